@@ -1,0 +1,121 @@
+"""The reverse-mode driver: walks the differentiated region backwards and accumulates gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import onnx
+
+from ..errors import MissingRule, UnsupportedOpError
+from ..graph.builder import GraphBuilder
+from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus outer-scope names read inside subgraphs (If, Loop, Scan bodies)."""
+    names = [name for name in node.input if name]
+    for attribute in node.attribute:
+        graphs = list(attribute.graphs)
+        if attribute.HasField("g"):
+            graphs.append(attribute.g)
+        for graph in graphs:
+            inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+            inner |= {init.name for init in graph.initializer}
+            for sub in graph.node:
+                names.extend(name for name in node_inputs(sub) if name not in inner)
+    return names
+
+
+def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str]
+                          ) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on a float path from any of `wrt` to any of `outputs`, and the active tensors.
+
+    A tensor is active when it is a float tensor that depends on a `wrt` tensor; only nodes
+    with an active input and an output that reaches `outputs` need a backward rule.
+    """
+    active = {name for name in wrt}
+    forward: list[onnx.NodeProto] = []
+    for node in b.graph.node:
+        if not any(name in active for name in node_inputs(node)):
+            continue
+        if has_no_gradient(node.domain, node.op_type):
+            continue
+        forward.append(node)
+        active.update(out for out in node.output if out and b.info(out).is_float)
+    needed = set(outputs)
+    region: list[onnx.NodeProto] = []
+    for node in reversed(forward):
+        if any(out in needed for out in node.output):
+            region.append(node)
+            needed.update(node_inputs(node))
+    region.reverse()
+    return region, active
+
+
+def missing_rules(b: GraphBuilder, nodes: Sequence[onnx.NodeProto], rules: RuleSet,
+                  active: set[str]) -> list[MissingRule]:
+    """Every node in `nodes` whose op has no rule, or whose rule does not apply, listed at once."""
+    missing = []
+    for node in nodes:
+        opset = _opset_of(b, node.domain)
+        entry = rules.lookup(node.domain, node.op_type, opset)
+        if entry is None:
+            since = rules.earliest(node.domain, node.op_type)
+            reason = f"rule needs opset {since} or newer" if since is not None else ""
+            missing.append(MissingRule(node.domain, node.op_type, opset, node.name, reason))
+            continue
+        if entry.supports is not None:
+            reason = entry.supports(_context(b, node, active))
+            if reason:
+                missing.append(MissingRule(node.domain, node.op_type, opset, node.name, reason))
+    return missing
+
+
+def _opset_of(b: GraphBuilder, domain: str) -> int:
+    for entry in b.model.opset_import:
+        if entry.domain == domain or (domain in ("", "ai.onnx") and entry.domain in ("", "ai.onnx")):
+            return entry.version
+    return 1
+
+
+def _context(b: GraphBuilder, node: onnx.NodeProto, active: set[str]) -> NodeContext:
+    return NodeContext(b, node, tuple(name in active for name in node.input))
+
+
+def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
+                  rules: RuleSet = GRADIENT) -> dict[str, str]:
+    """Append d(sum of seed * output)/d(tensor) for each tensor in `wrt`; return their names.
+
+    `seeds` maps output tensors to seed tensors of the same shape. Raises UnsupportedOpError
+    naming every op without a rule before emitting anything.
+    """
+    region, active = differentiated_region(b, wrt, seeds)
+    missing = missing_rules(b, region, rules, active)
+    if missing:
+        raise UnsupportedOpError(missing)
+    grads: dict[str, list[str]] = {out: [seed] for out, seed in seeds.items()}
+
+    def total(name: str) -> str | None:
+        parts = grads.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            grads[name] = [b.add_all(parts)]
+        return grads[name][0]
+
+    for node in reversed(region):
+        gy = [total(out) if out else None for out in node.output]
+        if all(g is None for g in gy):
+            continue
+        ctx = _context(b, node, active)
+        entry = rules.lookup(node.domain, node.op_type, _opset_of(b, node.domain))
+        assert entry is not None  # missing_rules checked the whole region
+        gx = list(entry.rule(ctx, gy))
+        for i, name in enumerate(node.input):
+            if i < len(gx) and gx[i] is not None and ctx.need(i):
+                grads.setdefault(name, []).append(gx[i])
+    result = {}
+    for name in wrt:
+        grad = total(name)
+        result[name] = grad if grad is not None else b.zeros_like(name)
+    return result

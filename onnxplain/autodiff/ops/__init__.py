@@ -1,0 +1,14 @@
+"""Backward rules, one module per op family; importing this package registers them all."""
+
+from . import (  # noqa: F401
+    activations,
+    arithmetic,
+    conv,
+    indexing,
+    linalg,
+    normalization,
+    pooling,
+    reductions,
+    resize,
+    shape,
+)

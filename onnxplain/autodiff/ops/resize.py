@@ -1,0 +1,1 @@
+"""Backward rules (being written)."""

@@ -1,0 +1,131 @@
+"""Load an ONNX model from any source and bring it to the canonical form the passes expect."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+from google.protobuf.message import DecodeError
+from onnx import helper
+
+from ..errors import ModelError
+
+OLDEST_OPSET = 9
+# onnxruntime 1.31 refuses IR versions above 13, while onnx 1.23 stamps 14 on new models.
+NEWEST_RUNTIME_IR = 10
+
+
+def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Return a normalised copy of the model and the path it came from (None for in-memory models).
+
+    The user's file and ModelProto are never modified.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model, path = _copy(source), None
+    elif isinstance(source, (bytes, bytearray)):
+        model, path = _parse(bytes(source), "the given bytes"), None
+    elif isinstance(source, (str, os.PathLike)):
+        path = str(source)
+        model = _read(path)
+    else:
+        raise ModelError(f"expected a path, bytes or onnx.ModelProto, got {type(source).__name__}")
+    _check(model, path)
+    return normalize(model), path
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _read(path: str) -> onnx.ModelProto:
+    file = Path(path)
+    if not file.exists():
+        raise ModelError(f"model file not found: {path}")
+    if file.is_dir():
+        raise ModelError(f"model path is a directory, not an ONNX file: {path}")
+    try:
+        return onnx.load(path, load_external_data=True)
+    except DecodeError as err:
+        raise ModelError(f"{path} is not an ONNX model (truncated or not a protobuf: {err})") from None
+    except FileNotFoundError as err:
+        raise ModelError(f"external data of {path} is missing: {err.filename or err}") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise ModelError(f"cannot read {path}: {_first_line(err)}") from None
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    try:
+        return onnx.load_model_from_string(data)
+    except DecodeError as err:
+        raise ModelError(f"{where} are not an ONNX model (truncated or not a protobuf: {err})") from None
+
+
+def _check(model: onnx.ModelProto, path: str | None) -> None:
+    where = path or "the model"
+    if not model.HasField("graph") or not model.graph.output:
+        raise ModelError(f"{where} is not an ONNX model (no graph or no graph outputs)")
+    version = ai_onnx_opset(model)
+    if version is None:
+        raise ModelError(f"{where} does not import the standard ai.onnx opset")
+    if version < OLDEST_OPSET:
+        raise ModelError(
+            f"{where} uses opset {version}; onnxplain supports opset {OLDEST_OPSET} and newer "
+            "(upgrade it with onnx.version_converter.convert_version)")
+    try:
+        # A path lets the checker handle models over 2 GB with external data.
+        big = model.ByteSize() > 1_800_000_000
+        onnx.checker.check_model(path if (big and path) else model)
+    except onnx.checker.ValidationError as err:
+        raise ModelError(f"{where} is not a valid ONNX model: {_first_line(err)}") from None
+    except ValueError as err:  # protobuf refuses to serialise models over 2 GB without a path
+        raise ModelError(f"{where} cannot be checked: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return None
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Canonical form: functions inlined, initializers not listed as inputs, every node named."""
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    graph = model.graph
+    initializer_names = {init.name for init in graph.initializer}
+    if any(inp.name in initializer_names for inp in graph.input):
+        # IR < 4 exports list weights as inputs too; they are constants, not things to explain.
+        kept = [inp for inp in graph.input if inp.name not in initializer_names]
+        del graph.input[:]
+        graph.input.extend(kept)
+    _name_nodes(graph)
+    set_runtime_ir_version(model)
+    return model
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    taken = {node.name for node in graph.node if node.name}
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+
+
+def set_runtime_ir_version(model: onnx.ModelProto) -> None:
+    """Pick the lowest IR version that the opsets need, never above what ONNX Runtime loads."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = max(needed, min(model.ir_version or needed, NEWEST_RUNTIME_IR))
