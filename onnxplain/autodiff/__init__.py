@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from ..graph.builder import GraphBuilder
-from ..graph.shapes import TensorInfo, infer_shapes, tensor_infos
+from ..graph.shapes import TensorInfo, infer_shapes
 from . import ops  # noqa: F401 - registers the rules
 from .build import add_gradients, differentiated_region, missing_rules
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient, rule
@@ -41,7 +41,7 @@ def differentiate(model: onnx.ModelProto, wrt: Sequence[str],
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     if infos is None:
-        infos = tensor_infos(infer_shapes(copy))
+        infos = infer_shapes(copy)
     b = GraphBuilder(copy, infos)
     outputs = list(outputs) if outputs is not None else [o.name for o in copy.graph.output]
     seeds = {out: add_input_like(b, SEED_PREFIX + out, out) for out in outputs}
@@ -70,7 +70,7 @@ def add_output(b: GraphBuilder, name: str, tensor: str, like: str | None = None)
 
 def _dims(info: TensorInfo) -> list | None:
     """Declared dims: known ones kept, unknown ones left open, the rank always stated."""
-    return None if info.shape is None else list(info.shape)
+    return None if info.certain is None else list(info.certain)
 
 
 __all__ = ["GRADIENT", "Differentiated", "NodeContext", "RuleSet", "add_gradients",

@@ -14,7 +14,7 @@ def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
     sequence axes work.
     """
     rank_x, rank_y = b.rank(x), b.rank(y)
-    shape_x, shape_y = b.info(x).shape, b.info(y).shape
+    shape_x, shape_y = b.info(x).certain, b.info(y).certain
     lead = rank_y - rank_x
     if lead:
         g = b.reduce("ReduceSum", g, list(range(lead)), keepdims=False)

@@ -22,6 +22,16 @@ class TensorInfo:
 
     dtype: int | None
     shape: tuple[Dim, ...] | None
+    # Positions filled in by ONNX Runtime's symbolic inference, which assumes broadcast dims
+    # are equal: good for reports, not proof enough to skip a broadcast reduction.
+    guessed: frozenset[int] = frozenset()
+
+    @property
+    def certain(self) -> tuple[Dim, ...] | None:
+        """The shape with guessed dims replaced by None."""
+        if self.shape is None or not self.guessed:
+            return self.shape
+        return tuple(None if i in self.guessed else d for i, d in enumerate(self.shape))
 
     @property
     def rank(self) -> int | None:
@@ -57,19 +67,46 @@ def value_info_to_tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(dtype, tuple(dims))
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run symbolic shape inference (keeps names like `batch`), falling back to ONNX's own."""
+def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Type and shape of every tensor.
+
+    ONNX's own inference is the ground truth: it only gives two dims the same name when it
+    proved them equal. Where it leaves a dim unknown, ONNX Runtime's symbolic inference fills
+    in a value or a name (`batch`, `seq`) derived from the graph inputs.
+    """
+    infos = tensor_infos(_onnx_inference(model))
+    symbolic = _symbolic_inference(model)
+    if symbolic is None:
+        return infos
+    for name, extra in tensor_infos(symbolic).items():
+        known = infos.get(name)
+        if extra.shape is None:
+            continue
+        if known is None or known.shape is None:
+            infos[name] = TensorInfo(known.dtype if known and known.dtype else extra.dtype,
+                                     extra.shape, frozenset(range(len(extra.shape))))
+        elif len(extra.shape) == len(known.shape):
+            fill = frozenset(i for i, (k, e) in enumerate(zip(known.shape, extra.shape,
+                                                              strict=True))
+                             if _unknown(k) and e is not None)
+            dims = tuple(extra.shape[i] if i in fill else k for i, k in enumerate(known.shape))
+            infos[name] = TensorInfo(known.dtype or extra.dtype, dims, fill)
+    return infos
+
+
+def _unknown(dim: Dim) -> bool:
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
+def _symbolic_inference(model: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        # It prints its own progress and warnings; the fallback below covers what it cannot do.
+        # It prints progress and warnings of its own; failures just mean less information.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False)
-        if inferred is not None:
-            return _complete_with_onnx_inference(inferred)
-    except Exception:  # noqa: BLE001 - any failure of the optional pass means: use the fallback
-        pass
-    return _onnx_inference(model)
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - the pass is optional
+        return None
 
 
 def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -77,20 +114,6 @@ def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - models over 2 GB or ops ONNX cannot infer: keep what we have
         return model
-
-
-def _complete_with_onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fill in element types the symbolic pass left out, without overwriting its shapes."""
-    known = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type}
-    produced = {o for node in model.graph.node for o in node.output if o}
-    outputs = {o.name for o in model.graph.output}
-    if produced - known - outputs:
-        fallback = _onnx_inference(model)
-        have = {v.name for v in model.graph.value_info}
-        for value in fallback.graph.value_info:
-            if value.name not in have:
-                model.graph.value_info.append(value)
-    return model
 
 
 def tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
