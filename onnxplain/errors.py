@@ -20,10 +20,19 @@ class UnsupportedOpError(OnnxplainError):
 
     def __init__(self, missing: list[MissingRule]):
         self.missing = list(missing)
-        shown = "; ".join(m.describe() for m in self.missing)
+        groups: dict[tuple, list[str]] = {}
+        for item in self.missing:
+            key = (item.domain or "ai.onnx", item.op_type, item.opset, item.reason)
+            groups.setdefault(key, []).append(item.node)
+        parts = []
+        for (domain, op_type, opset, reason), nodes in groups.items():
+            where = ", ".join(f"'{node}'" for node in nodes)
+            noun = "node" if len(nodes) == 1 else f"{len(nodes)} nodes"
+            text = f"{domain}::{op_type} (opset {opset}) at {noun} {where}"
+            parts.append(f"{text} ({reason})" if reason else text)
         count = len(self.missing)
-        noun = "op has" if count == 1 else "ops have"
-        super().__init__(f"{count} {noun} no backward rule: {shown}")
+        noun = "node has" if count == 1 else "nodes have"
+        super().__init__(f"{count} {noun} no backward rule: {'; '.join(parts)}")
 
 
 class RuntimeMissingError(OnnxplainError, ImportError):

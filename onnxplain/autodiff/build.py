@@ -73,7 +73,8 @@ def missing_rules(b: GraphBuilder, nodes: Sequence[onnx.NodeProto], rules: RuleS
 
 def _opset_of(b: GraphBuilder, domain: str) -> int:
     for entry in b.model.opset_import:
-        if entry.domain == domain or (domain in ("", "ai.onnx") and entry.domain in ("", "ai.onnx")):
+        standard = ("", "ai.onnx")
+        if entry.domain == domain or (domain in standard and entry.domain in standard):
             return entry.version
     return 1
 

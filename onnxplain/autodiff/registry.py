@@ -71,7 +71,7 @@ class RuleSet:
         entries.sort(key=lambda entry: entry.since)
 
     def lookup(self, domain: str, op_type: str, opset: int) -> RuleEntry | None:
-        """The rule for this op at this opset; None if the op has none or only from a later opset."""
+        """The rule for this op at this opset; None if it has none, or only from a later one."""
         entries = self._rules.get((_domain(domain), op_type))
         if entries is None:
             return self.parent.lookup(domain, op_type, opset) if self.parent else None
@@ -117,7 +117,7 @@ NO_GRADIENT = frozenset({
     "Shape", "Size", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
     "Or", "Xor", "Range", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf",
     "Constant", "Floor", "Ceil", "Round", "Sign", "RandomNormal", "RandomUniform",
-    "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "EyeLike",
+    "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "EyeLike", "Hardmax",
     "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
 })
 

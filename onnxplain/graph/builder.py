@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
 from .load import ai_onnx_opset
-from .shapes import TensorInfo, constant_node_value
+from .shapes import FLOAT_TYPES, TensorInfo, constant_node_value
 
 BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
                       "Or", "Xor", "IsNaN", "IsInf"})
@@ -103,20 +103,24 @@ class GraphBuilder:
 
     # ---- emission -------------------------------------------------------------------
     def node(self, op_type: str, inputs: Sequence[str], n_out: int = 1, *, domain: str = "",
-             dtype: int | None = None, rank: int | None = None, **attrs) -> list[str]:
+             out_type: int | None = None, out_rank: int | None = None, **attrs) -> list[str]:
         outputs = [self.fresh(op_type) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(op_type + "_node"),
                                 domain=domain or None, **attrs)
         self.graph.node.append(node)
-        out_type = dtype if dtype is not None else self._default_dtype(op_type, inputs, attrs)
+        if out_type is None:
+            out_type = self._default_dtype(op_type, inputs, attrs)
         for out in outputs:
-            self.infos[out] = TensorInfo(out_type, None if rank is None else (None,) * rank)
+            self.infos[out] = TensorInfo(out_type,
+                                         None if out_rank is None else (None,) * out_rank)
         return outputs
 
-    def op(self, op_type: str, *inputs: str, dtype: int | None = None, rank: int | None = None,
-           **attrs) -> str:
-        return self.node(op_type, inputs, 1, dtype=dtype, rank=rank, **attrs)[0]
+    def op(self, op_type: str, *inputs: str, out_type: int | None = None,
+           out_rank: int | None = None, **attrs) -> str:
+        """Emit one node and return its output. `out_type`/`out_rank` record what the builder
+        cannot derive; every other keyword is an ONNX attribute (`dtype` included)."""
+        return self.node(op_type, inputs, 1, out_type=out_type, out_rank=out_rank, **attrs)[0]
 
     def _default_dtype(self, op_type: str, inputs: Sequence[str], attrs: dict) -> int | None:
         if op_type in BOOL_OPS:
@@ -125,6 +129,9 @@ class GraphBuilder:
             return TensorProto.INT64
         if op_type == "Cast":
             return attrs["to"]
+        if op_type == "ConstantOfShape":
+            value = attrs.get("value")
+            return value.data_type if value is not None else TensorProto.FLOAT
         if op_type == "Where":
             return self.info(inputs[1]).dtype
         for name in inputs:
@@ -133,7 +140,7 @@ class GraphBuilder:
         return None
 
     def const(self, value: np.ndarray, hint: str = "const") -> str:
-        value = np.ascontiguousarray(value)
+        value = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
         key = (value.dtype.str, value.shape, value.tobytes())
         if key not in self._consts:
             name = self.fresh(hint)
@@ -163,7 +170,7 @@ class GraphBuilder:
 
     # ---- shapes ----------------------------------------------------------------------
     def shape(self, x: str) -> str:
-        return self.memo(("Shape", x), lambda: self.op("Shape", x, rank=1))
+        return self.memo(("Shape", x), lambda: self.op("Shape", x, out_rank=1))
 
     def dims(self, x: str, start: int, end: int | None = None) -> str:
         """Shape(x)[start:end] as a 1-D int64 tensor."""
@@ -183,7 +190,7 @@ class GraphBuilder:
 
     def zeros_like(self, x: str) -> str:
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.np_dtype(x)))
-        out = self.op("ConstantOfShape", self.shape(x), value=zero, dtype=self.dtype(x))
+        out = self.op("ConstantOfShape", self.shape(x), value=zero)
         self.infos[out] = self.info(x)
         return out
 
@@ -247,10 +254,16 @@ class GraphBuilder:
     def add_all(self, items: Sequence[str]) -> str:
         return items[0] if len(items) == 1 else self.op("Sum", *items)
 
+    def equal(self, a: str, b: str) -> str:
+        """Equal, also for floats before opset 11 (Equal-7 takes integers and bools only)."""
+        if self.opset >= 11 or self.info(a).dtype not in FLOAT_TYPES:
+            return self.op("Equal", a, b)
+        return self.op("Not", self.op("Or", self.op("Less", a, b), self.op("Greater", a, b)))
+
     def where(self, cond: str, a: str, b: str) -> str:
         return self.op("Where", cond, a, b)
 
     def range(self, start: str, limit: str, delta: str) -> str:
         if self.opset < 11:
             raise ModelError(f"Range needs opset 11, model has {self.opset}")
-        return self.op("Range", start, limit, delta, rank=1)
+        return self.op("Range", start, limit, delta, out_rank=1)

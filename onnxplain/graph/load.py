@@ -17,7 +17,8 @@ OLDEST_OPSET = 9
 NEWEST_RUNTIME_IR = 10
 
 
-def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+def load_model(source: str | os.PathLike | bytes | onnx.ModelProto
+               ) -> tuple[onnx.ModelProto, str | None]:
     """Return a normalised copy of the model and the path it came from (None for in-memory models).
 
     The user's file and ModelProto are never modified.
@@ -50,10 +51,12 @@ def _read(path: str) -> onnx.ModelProto:
     try:
         return onnx.load(path, load_external_data=True)
     except DecodeError as err:
-        raise ModelError(f"{path} is not an ONNX model (truncated or not a protobuf: {err})") from None
-    except FileNotFoundError as err:
-        raise ModelError(f"external data of {path} is missing: {err.filename or err}") from None
+        raise ModelError(f"{path} is not an ONNX model (truncated or not a protobuf: {err})"
+                         ) from None
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        if isinstance(err, FileNotFoundError) or "should be stored in" in str(err):
+            raise ModelError(f"external data of {path} is missing or unreadable: "
+                             f"{_first_line(err)}") from None
         raise ModelError(f"cannot read {path}: {_first_line(err)}") from None
 
 
@@ -61,7 +64,8 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     try:
         return onnx.load_model_from_string(data)
     except DecodeError as err:
-        raise ModelError(f"{where} are not an ONNX model (truncated or not a protobuf: {err})") from None
+        raise ModelError(f"{where} are not an ONNX model (truncated or not a protobuf: {err})"
+                         ) from None
 
 
 def _check(model: onnx.ModelProto, path: str | None) -> None:

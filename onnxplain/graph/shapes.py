@@ -18,7 +18,7 @@ FLOAT_TYPES = frozenset({
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Element type (a TensorProto enum) and shape; a dim is an int, a symbol, or None if unknown."""
+    """Element type (a TensorProto enum) and shape; a dim is an int, a symbol or None (unknown)."""
 
     dtype: int | None
     shape: tuple[Dim, ...] | None

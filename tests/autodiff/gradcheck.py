@@ -5,13 +5,13 @@ dims, so rules must read shapes at run time) and are differentiated; `Const` inp
 initializers. The objective is sum(seed * output) with a random seed per output.
 
 The float64 check runs model and gradient graph in onnx's reference evaluator (ONNX Runtime
-lacks float64 kernels for several ops). The same gradient graph built in float32 must then
-run in ONNX Runtime and agree with the float64 gradient, and pass the full ONNX checker.
+lacks float64 kernels for several ops), with the corrections of reference_fixes.py. The same
+gradient graph built in float32 must then run in ONNX Runtime and agree with the float64
+gradient, and pass the full ONNX checker.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,39 +19,29 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from onnx.reference.ops._op import OpRunUnaryNum
 
 from onnxplain.autodiff import differentiate
 from onnxplain.graph.load import set_runtime_ir_version
 
-
-class Erf(OpRunUnaryNum):
-    """The reference Erf rounds through float32; finite differences need float64."""
-
-    def _run(self, x):
-        return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
-
-
-class Gelu(OpRunUnaryNum):
-    """The reference Gelu expands to the float32 Erf above; this one stays in float64."""
-
-    def _run(self, x):
-        if self.approximate in ("tanh", b"tanh"):
-            inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
-            return ((0.5 * x * (1 + np.tanh(inner))).astype(x.dtype),)
-        erf = np.vectorize(math.erf, otypes=[x.dtype])
-        return ((0.5 * x * (1 + erf(x / math.sqrt(2)))).astype(x.dtype),)
+from .reference_fixes import CORRECTED_OPS
 
 
 def evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
-    return ReferenceEvaluator(model, new_ops=[Erf, Gelu])
+    """onnx's reference evaluator with every op class of reference_fixes.py. (Its module-level
+    corrections are applied around each test by tests/autodiff/conftest.py.)"""
+    return ReferenceEvaluator(model, new_ops=CORRECTED_OPS)
 
 
 @dataclass
 class Const:
-    """An input fed as an initializer: not differentiated (axes, shapes, indices, weights)."""
+    """An input fed as an initializer: not differentiated (axes, shapes, indices, weights).
+
+    A float value takes the model's float type unless `keep_dtype` (for inputs the spec types
+    apart from the data, such as Resize's float32 scales).
+    """
 
     value: np.ndarray
+    keep_dtype: bool = False
 
 
 @dataclass
@@ -89,7 +79,8 @@ def build_model(case: OpCase, dtype: np.dtype, symbolic: bool) -> tuple[onnx.Mod
         name = f"in{i}"
         names.append(name)
         if isinstance(value, Const):
-            arr = value.value.astype(dtype) if value.value.dtype.kind == "f" else value.value
+            cast = value.value.dtype.kind == "f" and not value.keep_dtype
+            arr = value.value.astype(dtype) if cast else value.value
             inits.append(numpy_helper.from_array(arr, name))
             continue
         arr = value.astype(dtype) if value.dtype.kind == "f" else value

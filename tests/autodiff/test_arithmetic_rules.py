@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from .cases import Const, OpCase, apart, ints, pos, r
+from .cases import Const, OpCase, apart, pos, r
 from .gradcheck import check_case
 
 CASES = [
@@ -41,6 +41,9 @@ CASES = [
     OpCase("identity", "Identity", [r(2, 3)]),
     OpCase("dropout", "Dropout", [r(2, 3)], n_outputs=1),
     OpCase("add-opset9", "Add", [r(2, 3, 4), r(4)], opset=9),
+    OpCase("max-opset9", "Max", [apart(2, 3), apart(2, 3) + 0.002, apart(1, 3) - 0.001],
+           opset=9),
+    OpCase("min-opset10", "Min", [apart(2, 3), apart(3) + 0.004], opset=10),
     OpCase("mul-opset11", "Mul", [r(2, 3, 4), r(3, 1)], opset=11),
 ]
 

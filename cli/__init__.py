@@ -1,0 +1,1 @@
+"""The `onnxplain` command line (installed as the onnxplain_cli package)."""

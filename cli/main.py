@@ -1,0 +1,151 @@
+"""onnxplain: explain any exported ONNX model from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from onnxplain.errors import InputError
+
+from .errors import friendly, one_line
+
+
+class OneLineErrors(click.Group):
+    """Usage errors as one `error: ...` line (exit 2), like every other bad input."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as err:
+            hint = ""
+            if isinstance(err, click.UsageError) and err.ctx is not None:
+                hint = f" (see '{err.ctx.command_path} --help')"
+            click.echo(f"error: {one_line(err.format_message())}{hint}", err=True)
+            sys.exit(err.exit_code)
+
+
+def _version() -> str:
+    from onnxplain._version import __version__
+
+    return __version__
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="onnxplain")
+def main() -> None:
+    """Explain any exported ONNX model without the framework it came from."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@friendly
+def methods(as_json: bool) -> None:
+    """List the attribution methods with their defaults."""
+    from onnxplain.methods import METHODS
+
+    rows = [{"name": m.name, "family": m.family, "summary": m.summary,
+             "defaults": m.defaults, "reference": m.reference} for m in METHODS.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "none"
+        click.echo(f"{row['name']:22s} {row['summary']}")
+        click.echo(f"{'':22s} defaults: {defaults}; paper: {row['reference']}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@friendly
+def inspect(model: str, as_json: bool) -> None:
+    """Inputs, outputs, opsets, ops, gaps in backward rules and candidate layers of MODEL."""
+    from onnxplain.graph.inspect import describe_model
+    from onnxplain.graph.model import Model
+
+    from .report import print_description
+
+    description = describe_model(Model.load(model))
+    if as_json:
+        click.echo(json.dumps(description, indent=2, default=str))
+    else:
+        print_description(description)
+
+
+@main.command()
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+@click.option("-m", "--method", default="saliency", show_default=True,
+              help="attribution method (see `onnxplain methods`)")
+@click.option("-t", "--target", default=None,
+              help="class index, or one per row separated by commas (default: predicted)")
+@click.option("--output", "output_name", default=None, help="model output to explain")
+@click.option("-o", "--out", default="onnxplain_out", show_default=True,
+              help="folder for attribution.npy, heatmaps and summary.json")
+@click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="method option, e.g. -O abs=false (repeatable)")
+@click.option("--provider", default="auto", show_default=True,
+              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="rows per run (default: the whole batch)")
+@click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@friendly
+def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
+            output_name: str | None, out: str, options: tuple[str, ...], provider: str,
+            batch_size: int | None, as_json: bool, quiet: bool) -> None:
+    """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
+    from onnxplain import Explainer
+
+    from .input_files import read_inputs
+    from .outputs import describe_result, prepare_folder, write_explanation
+
+    explainer = Explainer(model, providers=provider, output=output_name)
+    arrays, files = read_inputs(explainer.model, inputs)
+    folder = prepare_folder(out, [model, *files])
+    result = explainer.explain(arrays, method=method, target=_targets(target),
+                               batch_size=batch_size, **_options(options))
+    signed = not result.options.get("abs", True)
+    written = write_explanation(result, folder, [model, *files], signed)
+    if as_json:
+        summary = result.summary()
+        summary["files"] = written
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        click.echo(f"{result.method} on {model} ({result.runtime_s:.3f} s, "
+                   f"{result.providers[0]})")
+        for line in describe_result(result):
+            click.echo(f"  {line}")
+        click.echo(f"wrote {len(written)} files to {folder}/")
+
+
+def _targets(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--target '{text}' is not a class index or a comma-separated list "
+                         "of them") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--option '{pair}' is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value
+    return options
+
+
+if __name__ == "__main__":
+    main()

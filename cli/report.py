@@ -1,0 +1,50 @@
+"""Plain-text rendering of `onnxplain inspect`."""
+
+from __future__ import annotations
+
+import click
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def print_description(d: dict) -> None:
+    echo = click.echo
+    echo(f"model: {d['path'] or '(in memory)'}  IR {d['ir_version']}"
+         + (f"  producer {d['producer']}" if d["producer"] else ""))
+    echo("opsets: " + ", ".join(f"{k} {v}" for k, v in d["opsets"].items()))
+    echo("inputs:")
+    for spec in d["inputs"]:
+        echo(f"  {spec['name']}: {spec['dtype']} {_shape(spec['shape'])}")
+    echo("outputs:")
+    for spec in d["outputs"]:
+        echo(f"  {spec['name']}: {spec['dtype']} {_shape(spec['shape'])}")
+    batch = d["batch_axis"]
+    echo("batch axis: " + ("symbolic" if batch["symbolic"] else
+                           f"fixed to {batch['fixed_size']} (rows run in chunks)"))
+    echo("attributed at: " + ("; ".join(d["attribution_sources"]) or "nothing"))
+    for name, reason in d["unattributed_inputs"].items():
+        echo(f"  {name}: {reason}")
+    echo(f"nodes: {d['node_count']}")
+    echo("ops: " + ", ".join(f"{op} x{count}" for op, count in d["op_histogram"].items()))
+    missing = d["ops_without_backward_rule"]
+    if missing:
+        echo(f"ops without a backward rule ({len(missing)} nodes):")
+        for item in missing:
+            where = "on the explained path" if item["on_default_path"] else "elsewhere"
+            reason = f" - {item['reason']}" if item["reason"] else ""
+            echo(f"  {item['domain']}::{item['op_type']} (opset {item['opset']}) "
+                 f"'{item['node']}' [{where}]{reason}")
+    else:
+        echo("ops without a backward rule: none")
+    layers = d["candidate_layers"]
+    echo("candidate layers:")
+    for kind, label in (("conv", "last conv blocks"), ("attention_softmax", "attention")):
+        entries = layers[kind]
+        if not entries:
+            echo(f"  {label}: none found")
+            continue
+        echo(f"  {label}:")
+        for entry in entries:
+            echo(f"    {entry['tensor']} {_shape(entry['shape'])} (node '{entry['node']}')")

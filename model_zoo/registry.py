@@ -1,0 +1,119 @@
+"""The zoo's catalogue and its cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    description: str
+    module: str          # model_zoo submodule that defines it
+    make: str            # function returning (torch module, example inputs dict) with weights
+    export: str          # function(module, example, path) writing the ONNX file
+    architecture: str    # function returning the untrained torch module (for load_torch)
+
+
+ZOO: dict[str, ZooModel] = {m.name: m for m in [
+    ZooModel("digits_cnn", "small CNN trained on scikit-learn's 8x8 digits (GAP + dense head)",
+             "digits", "make_digits_cnn", "export_digits_cnn", "digits_architecture"),
+    ZooModel("resnet18", "ResNet-18 configuration (transformers), random weights, 224x224",
+             "hf_models", "make_resnet18", "export_image_model", "resnet18_architecture"),
+    ZooModel("resnet18_64", "the resnet18 weights exported for 64x64 inputs (oracle tests)",
+             "hf_models", "make_resnet18_64", "export_image_model", "resnet18_architecture"),
+    ZooModel("vit_small", "small ViT (transformers), random weights, 32x32, 4 layers",
+             "hf_models", "make_vit_small", "export_image_model", "vit_small_architecture"),
+    ZooModel("bert_small", "small BERT classifier (transformers), random weights, 2 layers",
+             "hf_models", "make_bert_small", "export_text_model", "bert_small_architecture"),
+]}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ONNXPLAIN_ZOO_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "onnxplain" / "zoo"
+
+
+def _function(entry: ZooModel, attribute: str) -> Callable:
+    import importlib
+
+    module = importlib.import_module(f"model_zoo.{entry.module}")
+    return getattr(module, getattr(entry, attribute))
+
+
+def _fingerprint(entry: ZooModel) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name in ("registry.py", f"{entry.module}.py"):
+        digest.update((HERE / name).read_bytes())
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+def _entry(name: str) -> ZooModel:
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo model '{name}' (known: {', '.join(sorted(ZOO))})")
+    return ZOO[name]
+
+
+def build(name: str, force: bool = False) -> Path:
+    """Build (or reuse) the model; returns its folder."""
+    entry = _entry(name)
+    folder = cache_dir() / name
+    meta_file = folder / "meta.json"
+    fingerprint = _fingerprint(entry)
+    if not force and meta_file.exists():
+        if json.loads(meta_file.read_text()).get("fingerprint") == fingerprint:
+            return folder
+    import torch
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        module, example = _function(entry, "make")()
+        module.eval()
+        _function(entry, "export")(module, example, staging / "model.onnx")
+        torch.save(module.state_dict(), staging / "state.pt")
+        np.savez(staging / "sample.npz", **{k: v.numpy() for k, v in example.items()})
+        meta = {"name": name, "fingerprint": fingerprint, "description": entry.description,
+                "inputs": list(example)}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)  # atomic: a half-built model is never visible
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return folder
+
+
+def model_path(name: str) -> Path:
+    return build(name) / "model.onnx"
+
+
+def sample(name: str) -> dict[str, np.ndarray]:
+    with np.load(build(name) / "sample.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_torch(name: str):
+    """The torch original with the exported weights, in eval mode (for oracle tests)."""
+    import torch
+
+    entry = _entry(name)
+    folder = build(name)
+    module = _function(entry, "architecture")()
+    module.load_state_dict(torch.load(folder / "state.pt", weights_only=True))
+    return module.eval()

@@ -1,0 +1,103 @@
+"""Gradient programs: the model rewritten to return outputs, gradients and taps in one run.
+
+The objective is a weighted sum of output elements. For a classifier output [N, C] the weights
+are a one-hot of the target class per row, chosen inside the graph (a negative target means
+the predicted class), so one run explains a whole batch and reports which class it explained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import InputError
+from ..graph.builder import GraphBuilder
+from ..graph.model import Model
+from ..graph.shapes import TensorInfo
+from ..graph.taps import append_outputs
+from . import GRAD_PREFIX, SEED_PREFIX, add_input_like, add_output
+from .build import add_gradients
+from .registry import GRADIENT, RuleSet
+
+TARGET_INPUT = "onnxplain/target"
+TARGET_OUTPUT = "onnxplain/target_used"
+
+
+@dataclass
+class GradientProgram:
+    model: onnx.ModelProto
+    output: str
+    grads: dict[str, str]                      # wrt tensor -> gradient output
+    target_input: str | None = None            # int64 [N], -1 = predicted class
+    target_output: str | None = None           # the class each row was explained for
+    seed_input: str | None = None              # user weights shaped like the output
+    taps: list[str] = field(default_factory=list)
+
+
+def objective_kind(model: Model, output: str) -> str:
+    """'class' for [N, C] outputs, 'sum' for [N] outputs; others need an explicit seed."""
+    rank = model.infos.get(output).rank if output in model.infos else None
+    if rank == 2:
+        return "class"
+    if rank == 1:
+        return "sum"
+    raise InputError(f"output '{output}' has rank {rank}; a class target needs a [batch, "
+                     "classes] output: choose another output or pass an output seed")
+
+
+def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
+                           rules: RuleSet = GRADIENT, seeded: bool = False,
+                           taps: Sequence[str] = ()) -> GradientProgram:
+    """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    b = GraphBuilder(proto, model.infos)
+    program = GradientProgram(proto, output, {})
+    if seeded:
+        program.seed_input = add_input_like(b, SEED_PREFIX + output, output)
+        seed = program.seed_input
+    elif objective_kind(model, output) == "class":
+        seed = _class_seed(b, output, program)
+    else:
+        one = numpy_helper.from_array(np.ones(1, dtype=b.np_dtype(output)))
+        seed = b.op("ConstantOfShape", b.shape(output), value=one)
+    grads = add_gradients(b, {output: seed}, list(wrt), rules)
+    program.grads = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)
+                     for name, grad in grads.items()}
+    append_outputs(proto.graph, b.infos, list(taps))
+    program.taps = list(taps)
+    return program
+
+
+def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:
+    target = TARGET_INPUT
+    b.graph.input.append(helper.make_tensor_value_info(target, TensorProto.INT64, [None]))
+    b.infos[target] = TensorInfo(TensorProto.INT64, (None,))
+    predicted = b.op("ArgMax", output, axis=1, keepdims=0)
+    chosen = b.where(b.op("Less", target, b.const(np.array(0, dtype=np.int64))), predicted,
+                     target)
+    b.graph.node.append(helper.make_node("Identity", [chosen], [TARGET_OUTPUT],
+                                         name=b.fresh("target_output")))
+    b.graph.output.append(helper.make_tensor_value_info(TARGET_OUTPUT, TensorProto.INT64,
+                                                        [None]))
+    program.target_input, program.target_output = target, TARGET_OUTPUT
+    classes = _class_range(b, output)
+    hot = b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0]))
+    return b.op("Cast", hot, to=b.dtype(output))
+
+
+def _class_range(b: GraphBuilder, output: str) -> str:
+    """[0, 1, ..., C-1] for the class axis of `output`, C read at run time when it can be."""
+    count = (b.info(output).certain or (None, None))[1]
+    if isinstance(count, int):
+        return b.const(np.arange(count, dtype=np.int64))
+    if b.opset < 11:
+        raise InputError(f"output '{output}' has no static class count and the model's opset "
+                         f"{b.opset} has no Range op")
+    zero, one = (b.const(np.array(v, dtype=np.int64)) for v in (0, 1))
+    limit = b.squeeze(b.dim(output, 1), [0])
+    return b.range(zero, limit, one)

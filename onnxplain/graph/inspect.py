@@ -1,0 +1,120 @@
+"""What `onnxplain inspect` reports: IO, opsets, ops, gaps in backward rules, candidate layers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+from ..autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
+from .builder import GraphBuilder
+from .model import Model, TensorSpec
+from .sources import find_sources
+
+# Ops after which a tensor still belongs to the conv block that produced it.
+_CONV_BLOCK = frozenset({"Conv", "Relu", "BatchNormalization", "Add", "Clip", "LeakyRelu",
+                         "Sigmoid", "Mul", "HardSwish", "Elu", "PRelu", "Gelu", "Silu"})
+
+
+def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
+    """A JSON-ready description of the model for humans and scripts."""
+    proto = model.proto
+    sources, unattributed = find_sources(model)
+    return {
+        "path": model.path,
+        "ir_version": proto.ir_version,
+        "producer": " ".join(p for p in (proto.producer_name, proto.producer_version) if p),
+        "opsets": {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import},
+        "inputs": [_spec(spec) for spec in model.inputs],
+        "outputs": [_spec(spec) for spec in model.outputs],
+        "batch_axis": {"symbolic": model.batch.symbolic, "fixed_size": model.batch.size,
+                       "per_input": {spec.name: _first_dim(spec) for spec in model.inputs}},
+        "node_count": len(proto.graph.node),
+        "op_histogram": dict(Counter(_op_name(node) for node in proto.graph.node)
+                             .most_common()),
+        "attribution_sources": [source.describe() for source in sources],
+        "unattributed_inputs": unattributed,
+        "ops_without_backward_rule": _missing(model, rules, sources),
+        "candidate_layers": {"conv": conv_candidates(model),
+                             "attention_softmax": softmax_candidates(model)},
+    }
+
+
+def _spec(spec: TensorSpec) -> dict:
+    dims = None if spec.dims is None else ["?" if d is None else d for d in spec.dims]
+    dtype = spec.numpy_dtype.name if spec.info.dtype else None
+    return {"name": spec.name, "dtype": dtype, "shape": dims}
+
+
+def _first_dim(spec: TensorSpec):
+    if not spec.dims:
+        return None
+    return "?" if spec.dims[0] is None else spec.dims[0]
+
+
+def _op_name(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def _missing(model: Model, rules: RuleSet, sources) -> list[dict]:
+    """Every node that would block a gradient, marking those on the default explained path."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    b = GraphBuilder(proto, model.infos)
+    wrt = [source.tensor for source in sources]
+    outputs = [spec.name for spec in model.outputs]
+    # Whole graph: every node reading a float tensor that depends on any input.
+    floats = [name for name, info in model.infos.items() if info.is_float]
+    everywhere, active = differentiated_region(b, wrt + floats, outputs)
+    on_path, _ = differentiated_region(b, wrt, outputs[:1])
+    on_path_names = {node.name for node in on_path}
+    found = missing_rules(b, everywhere, rules, active)
+    return [dict(item.as_dict(), on_default_path=item.node in on_path_names)
+            for item in found]
+
+
+def conv_candidates(model: Model, limit: int = 3) -> list[dict]:
+    """The last spatial conv-block outputs, newest first: the default Grad-CAM layer leads."""
+    found = []
+    for node in reversed(model.proto.graph.node):
+        if node.op_type not in _CONV_BLOCK or not node.output:
+            continue
+        info = model.infos.get(node.output[0])
+        if info is None or info.rank != 4 or not _has_conv_upstream(model, node):
+            continue
+        height, width = info.shape[2], info.shape[3]
+        if isinstance(height, int) and isinstance(width, int) and height * width <= 1:
+            continue
+        found.append({"tensor": node.output[0], "node": node.name, "op_type": node.op_type,
+                      "shape": ["?" if d is None else d for d in info.shape]})
+        if len(found) == limit:
+            break
+    return found
+
+
+def _has_conv_upstream(model: Model, node: onnx.NodeProto, depth: int = 8) -> bool:
+    frontier = [node]
+    for _ in range(depth):
+        if any(n.op_type == "Conv" for n in frontier):
+            return True
+        frontier = [model.node_by_output[i] for n in frontier for i in n.input
+                    if i in model.node_by_output]
+        if not frontier:
+            return False
+    return False
+
+
+def softmax_candidates(model: Model) -> list[dict]:
+    """Softmax over the last axis of a rank-4 tensor: how exporters write attention."""
+    found = []
+    for node in model.proto.graph.node:
+        if node.op_type != "Softmax":
+            continue
+        info = model.infos.get(node.input[0])
+        default_axis = -1 if model.opset >= 13 else 1
+        axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
+        if info is None or info.rank != 4 or axis not in (-1, 3):
+            continue
+        found.append({"tensor": node.output[0], "node": node.name,
+                      "shape": ["?" if d is None else d for d in info.shape]})
+    return found

@@ -1,0 +1,113 @@
+"""A loaded model with the facts every pass and method asks about: inputs, outputs, batch axis."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import onnx
+
+from .load import ai_onnx_opset, load_model
+from .shapes import Dim, TensorInfo, infer_shapes, value_info_to_tensor_info
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as declared in the model."""
+
+    name: str
+    info: TensorInfo
+
+    @property
+    def dims(self) -> tuple[Dim, ...] | None:
+        return self.info.shape
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return self.info.numpy_dtype
+
+    @property
+    def is_float(self) -> bool:
+        return self.info.is_float
+
+    def describe(self) -> str:
+        dims = "?" if self.dims is None else ", ".join(
+            "?" if d is None else str(d) for d in self.dims)
+        dtype = self.numpy_dtype.name if self.info.dtype else "unknown type"
+        return f"{self.name} ({dtype} [{dims}])"
+
+
+@dataclass(frozen=True)
+class BatchAxis:
+    """Axis 0 of the inputs: symbolic, or fixed to `size` (then rows run in chunks of it)."""
+
+    symbolic: bool
+    size: int | None
+
+    def describe(self) -> str:
+        return "symbolic" if self.symbolic else f"fixed to {self.size}"
+
+
+class Model:
+    """A normalised ONNX model (see graph.load) plus lazily computed shape facts."""
+
+    def __init__(self, proto: onnx.ModelProto, path: str | None = None):
+        self.proto = proto
+        self.path = path
+        self.opset: int = ai_onnx_opset(proto) or 0
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
+        proto, path = load_model(source)
+        return cls(proto, path)
+
+    @cached_property
+    def infos(self) -> dict[str, TensorInfo]:
+        return infer_shapes(self.proto)
+
+    @cached_property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(v.name, value_info_to_tensor_info(v)) for v in self.proto.graph.input]
+
+    @cached_property
+    def outputs(self) -> list[TensorSpec]:
+        specs = []
+        for value in self.proto.graph.output:
+            declared = value_info_to_tensor_info(value)
+            inferred = self.infos.get(value.name)
+            if inferred is not None and (declared.shape is None or declared.dtype is None):
+                declared = TensorInfo(declared.dtype or inferred.dtype,
+                                      declared.shape if declared.shape is not None
+                                      else inferred.certain)
+            specs.append(TensorSpec(value.name, declared))
+        return specs
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.outputs if spec.name == name)
+
+    @cached_property
+    def batch(self) -> BatchAxis:
+        """Fixed if any input declares an integer first dim (exports bake the 1 in)."""
+        fixed = [spec.dims[0] for spec in self.inputs
+                 if spec.dims and isinstance(spec.dims[0], int)]
+        if fixed:
+            return BatchAxis(False, min(fixed))
+        return BatchAxis(True, None)
+
+    @cached_property
+    def node_by_output(self) -> dict[str, onnx.NodeProto]:
+        return {out: node for node in self.proto.graph.node for out in node.output if out}
+
+    @cached_property
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        users: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.proto.graph.node:
+            for name in node.input:
+                if name:
+                    users.setdefault(name, []).append(node)
+        return users

@@ -1,0 +1,58 @@
+"""Where each model input is attributed: float inputs themselves, token ids at their embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import Model
+
+# Ops that carry token ids unchanged (up to shape) from the graph input to the embedding lookup.
+_ID_PASSTHROUGH = frozenset({"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Attributions for `input` are taken at `tensor`; `per_token` sums the trailing axes."""
+
+    input: str
+    tensor: str
+    per_token: bool = False
+
+    def describe(self) -> str:
+        if self.per_token:
+            return f"{self.input}: at its embedding '{self.tensor}', summed per token"
+        return f"{self.input}: at the input itself"
+
+
+def find_sources(model: Model) -> tuple[list[Source], dict[str, str]]:
+    """Attribution sources for every input, and the reason for each input that has none."""
+    sources, skipped = [], {}
+    for spec in model.inputs:
+        if spec.is_float:
+            sources.append(Source(spec.name, spec.name))
+            continue
+        embedding = _embedding_of(model, spec.name)
+        if embedding is None:
+            skipped[spec.name] = ("integer input without an embedding lookup (Gather) "
+                                  "reading it; not attributed")
+        else:
+            sources.append(Source(spec.name, embedding, per_token=True))
+    return sources, skipped
+
+
+def _embedding_of(model: Model, ids: str) -> str | None:
+    """The output of the first Gather that looks up float rows with these ids."""
+    frontier, seen = [ids], {ids}
+    while frontier:
+        name = frontier.pop(0)
+        for node in model.consumers.get(name, []):
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+                data = model.infos.get(node.input[0])
+                if data is not None and data.is_float:
+                    return node.output[0]
+            if node.op_type in _ID_PASSTHROUGH and node.input[0] == name:
+                out = node.output[0]
+                if out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
+    return None

@@ -1,0 +1,78 @@
+"""Attribution methods: one module and one verb each, listed in METHODS with their defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method as the API and CLI show it: its verb, one-line summary, defaults and paper."""
+
+    name: str
+    run: Callable
+    summary: str
+    reference: str
+    family: str
+    defaults: dict = field(default_factory=dict)
+    # How an attribution at a token embedding becomes one value per token: "sum" over the
+    # embedding axis (for products like input x gradient), or the vector "norm" for raw
+    # gradients, whose sum is ~0 whenever a LayerNorm follows the embedding.
+    token_reduction: str = "sum"
+
+    def resolve_options(self, options: Mapping[str, object]) -> dict:
+        """Defaults overridden by `options`; strings (from the CLI) take the default's type."""
+        unknown = [key for key in options if key not in self.defaults]
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise InputError(f"method '{self.name}' has no option '{unknown[0]}' "
+                             f"(its options: {known})")
+        resolved = dict(self.defaults)
+        for key, value in options.items():
+            resolved[key] = _coerce(self.name, key, value, self.defaults[key])
+        return resolved
+
+
+def _coerce(method: str, key: str, value: object, default: object) -> object:
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    text = value.strip().lower()
+    try:
+        if isinstance(default, bool):
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise InputError(f"option '{key}' of method '{method}' expects a "
+                         f"{type(default).__name__}, got '{value}'") from None
+    return value
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})"
+                         ) from None
+
+
+from . import saliency  # noqa: E402,F401 - registers itself
+
+__all__ = ["METHODS", "MethodSpec", "get_method", "register"]

@@ -1,0 +1,43 @@
+"""Shared fixtures: model-zoo models, and reference dependencies that CI may not skip."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # model_zoo is a top-level folder, not an installed package
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(module: str):
+    """Import a reference dependency; a missing one fails in CI and skips elsewhere."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        message = f"reference dependency '{module}' is not installed ({err})"
+        if in_ci():
+            pytest.fail(message + ": CI must install the test extras", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The model_zoo package, with torch required (it builds the models)."""
+    require("torch")
+    import model_zoo
+
+    return model_zoo
+
+
+@pytest.fixture(scope="session")
+def digits_path(zoo) -> Path:
+    return zoo.model_path("digits_cnn")

@@ -1,0 +1,200 @@
+"""The command line: successful runs write what they promise; every bad input is one line
+on stderr and exit code 2, never a traceback, and the user's files are left alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnxplain_cli.main import main
+
+from .tiny_models import mlp, mlp_reference, with_unsupported_ops
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    onnx.save(with_unsupported_ops(), tmp_path / "unsupported.onnx")
+    x = np.random.default_rng(3).standard_normal((3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path
+
+
+def run(*args: str):
+    # Click 8.2+ keeps stderr apart from stdout by default.
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.iterdir() if p.is_file()}
+
+
+def test_explain_writes_attribution_heatmapless_summary(workdir):
+    model = mlp()
+    before = _digests(workdir)
+    result = run("explain", str(workdir / "mlp.onnx"), "--input", str(workdir / "x.npy"),
+                 "--method", "saliency", "--target", "3", "--out", str(workdir / "out"))
+    assert result.exit_code == 0, result.stderr
+    out = workdir / "out"
+    attribution = np.load(out / "attribution.npy")
+    _, jacobian = mlp_reference(model, np.load(workdir / "x.npy"))
+    np.testing.assert_allclose(attribution, np.abs(jacobian[:, 3]), rtol=1e-5, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "saliency"
+    assert summary["target"] == [3, 3, 3]
+    assert len(summary["predicted_class"]) == 3
+    assert summary["execution_provider"] == "CPUExecutionProvider"
+    assert summary["runtime_s"] > 0
+    assert summary["inputs"]["x"]["shape"] == [3, 6]
+    assert set(summary["inputs"]["x"]["statistics"]) >= {"min", "max", "mean", "sum"}
+    assert not list(out.glob("heatmap_*.png"))  # not image-shaped
+    assert _digests(workdir) == before  # model and input untouched
+
+
+def test_explain_default_target_is_predicted_and_json_output(workdir):
+    result = run("explain", str(workdir / "mlp.onnx"), "-i", f"x={workdir / 'x.npy'}",
+                 "--out", str(workdir / "out"), "--json", "-O", "abs=false")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["target"] == summary["predicted_class"]
+    assert summary["options"] == {"abs": False}
+    logits, jacobian = mlp_reference(mlp(), np.load(workdir / "x.npy"))
+    signed = np.load(workdir / "out" / "attribution.npy")
+    rows = np.arange(3)
+    np.testing.assert_allclose(signed, jacobian[rows, logits.argmax(1)], rtol=1e-5, atol=1e-6)
+
+
+def test_image_inputs_get_heatmaps(tmp_path, digits_path):
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "digits.npy", x)
+    result = run("explain", str(digits_path), "-i", str(tmp_path / "digits.npy"),
+                 "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.stderr
+    from PIL import Image
+
+    for row in range(2):
+        image = Image.open(tmp_path / "out" / f"heatmap_image_{row}.png")
+        assert image.size[0] >= 224 and image.mode == "RGB"
+
+
+def test_methods_and_version():
+    listing = run("methods")
+    assert listing.exit_code == 0 and "saliency" in listing.stdout
+    assert "abs=True" in listing.stdout
+    rows = json.loads(run("methods", "--json").stdout)
+    assert rows[0]["name"] == "saliency" and rows[0]["defaults"] == {"abs": True}
+    from onnxplain import __version__
+
+    assert __version__ in run("--version").stdout
+
+
+def test_inspect_lists_missing_rules_with_node_names(workdir):
+    result = run("inspect", str(workdir / "unsupported.onnx"), "--json")
+    assert result.exit_code == 0, result.stderr
+    description = json.loads(result.stdout)
+    missing = {(m["op_type"], m["node"]) for m in description["ops_without_backward_rule"]}
+    assert missing == {("Det", "det_a"), ("Det", "det_b"), ("Acosh", "acosh")}
+    assert description["batch_axis"]["symbolic"] is True
+    assert description["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 6]}]
+    assert description["op_histogram"]["Det"] == 2
+    text = run("inspect", str(workdir / "unsupported.onnx"))
+    assert "det_a" in text.stdout and "on the explained path" in text.stdout
+
+
+def _assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert fragment in lines[0], lines[0]
+
+
+BAD_INPUTS = {
+    "missing model": (["explain", "{w}/nope.onnx", "-i", "{w}/x.npy"], "model file not found"),
+    "not onnx": (["explain", "{w}/x.npy", "-i", "{w}/x.npy"], "not an ONNX model"),
+    "truncated": (["explain", "{w}/truncated.onnx", "-i", "{w}/x.npy"], "ONNX model"),
+    "missing input file": (["explain", "{w}/mlp.onnx", "-i", "{w}/none.npy"],
+                           "input file not found"),
+    "bad input file": (["explain", "{w}/mlp.onnx", "-i", "{w}/garbage.npy"],
+                       "cannot read input file"),
+    "unknown input name": (["explain", "{w}/mlp.onnx", "-i", "y={w}/x.npy"],
+                           "unknown input 'y'; the model's inputs are: x (float32 [batch, 6])"),
+    "wrong rank": (["explain", "{w}/mlp.onnx", "-i", "{w}/rank1.npy"], "expects rank 2"),
+    "wrong shape": (["explain", "{w}/mlp.onnx", "-i", "{w}/wide.npy"],
+                    "expects size 6 on axis 1"),
+    "wrong dtype": (["explain", "{w}/mlp.onnx", "-i", "{w}/bytes.npy"],
+                    "expects float32, got uint8"),
+    "target out of range": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-t", "4"],
+                            "target 4 is out of range: the output has 4 classes"),
+    "negative target": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-t", "-1"],
+                        "out of range"),
+    "target count": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-t", "1,2"],
+                     "target has 2 entries for 3 input rows"),
+    "target text": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-t", "cat"],
+                    "not a class index"),
+    "unsupported ops": (["explain", "{w}/unsupported.onnx", "-i", "{w}/x.npy"],
+                        "3 nodes have no backward rule: ai.onnx::Det (opset 17) at 2 nodes "
+                        "'det_a', 'det_b'; ai.onnx::Acosh (opset 17) at node 'acosh'"),
+    "unknown method": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-m", "magic"],
+                       "unknown method 'magic'"),
+    "unknown option": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-O", "steps=3"],
+                       "has no option 'steps'"),
+    "bad option value": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-O", "abs=maybe"],
+                         "expects a bool"),
+    "unknown output": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "--output", "z"],
+                       "unknown output 'z'"),
+    "out is a file": (["explain", "{w}/mlp.onnx", "-i", "{w}/x.npy", "-o", "{w}/x.npy"],
+                      "exists and is not a folder"),
+    "inspect garbage": (["inspect", "{w}/garbage.npy"], "not an ONNX model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_code_2(workdir, case):
+    (workdir / "truncated.onnx").write_bytes((workdir / "mlp.onnx").read_bytes()[:120])
+    (workdir / "garbage.npy").write_bytes(b"not numpy")
+    np.save(workdir / "rank1.npy", np.zeros(6, dtype=np.float32))
+    np.save(workdir / "wide.npy", np.zeros((3, 7), dtype=np.float32))
+    np.save(workdir / "bytes.npy", np.zeros((3, 6), dtype=np.uint8))
+    before = _digests(workdir)
+    args, fragment = BAD_INPUTS[case]
+    result = run(*[a.format(w=workdir) for a in args], "-o", str(workdir / "out")) \
+        if "-o" not in args and args[0] == "explain" else run(*[a.format(w=workdir) for a in args])
+    _assert_one_line_error(result, fragment)
+    assert _digests(workdir) == before
+
+
+def test_nan_input_warns_in_one_line_and_still_explains(workdir):
+    x = np.load(workdir / "x.npy")
+    x[0, 2] = np.nan
+    np.save(workdir / "nan.npy", x)
+    result = run("explain", str(workdir / "mlp.onnx"), "-i", str(workdir / "nan.npy"),
+                 "-o", str(workdir / "out"))
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert warnings == ["warning: input 'x' contains 1 NaN or Inf values; attributions will "
+                        "not be meaningful"]
+
+
+def test_console_script_runs_in_a_real_process(workdir):
+    """The installed `onnxplain` entry point, as a user runs it."""
+    script = Path(sys.executable).with_name("onnxplain")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "onnxplain_cli.main"]
+    ok = subprocess.run([*command, "explain", str(workdir / "mlp.onnx"), "-i",
+                         str(workdir / "x.npy"), "-o", str(workdir / "out"), "-q"],
+                        capture_output=True, text=True, env={**os.environ, "CI": ""})
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == "", ok.stderr
+    bad = subprocess.run([*command, "explain", str(workdir / "missing.onnx"), "-i", "x.npy"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"error: model file not found: {workdir / 'missing.onnx'}"]

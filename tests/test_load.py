@@ -1,0 +1,131 @@
+"""Loading: every kind of bad file gets a one-line ModelError; odd but valid models load."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxplain
+from onnxplain.errors import ModelError
+from onnxplain.graph.load import load_model
+
+
+def _tiny(opset: int = 17, ir: int | None = None) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2) / 5, "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    if ir is not None:
+        model.ir_version = ir
+    return model
+
+
+def _expected_grad(x: np.ndarray, target: int) -> np.ndarray:
+    w = np.arange(6, dtype=np.float64).reshape(3, 2) / 5
+    h = x.astype(np.float64) @ w
+    return (1 - np.tanh(h[:, target]) ** 2)[:, None] * w[:, target][None, :]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "no graph"),
+    (b"this is not a protobuf at all \xff\xfe", "not an ONNX model"),
+    (b"\x08\x07\x12\x05hello\x1a", "not an ONNX model"),
+])
+def test_garbage_files_raise_model_error(tmp_path, content, fragment):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=fragment) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_model_raises_model_error(tmp_path):
+    data = _tiny().SerializeToString()
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="not an ONNX model|not a valid ONNX model"):
+        load_model(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ModelError, match="model file not found"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="is a directory"):
+        load_model(tmp_path)
+
+
+def test_too_old_opset_is_refused():
+    with pytest.raises(ModelError, match="opset 8"):
+        load_model(_tiny(opset=8).SerializeToString())
+
+
+def test_new_ir_version_is_lowered_for_onnxruntime():
+    # onnx 1.23 stamps IR 14, which onnxruntime 1.31 refuses.
+    explainer = onnxplain.Explainer(_tiny(ir=14), providers="cpu")
+    x = np.array([[0.1, 0.2, 0.3]], dtype=np.float32)
+    result = explainer.explain(x, target=1, abs=False)
+    np.testing.assert_allclose(result["x"], _expected_grad(x, 1), rtol=1e-5)
+
+
+def test_initializers_listed_as_inputs_are_constants():
+    model = _tiny(opset=9, ir=3)
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2]))
+    explainer = onnxplain.Explainer(model, providers="cpu")
+    assert [spec.name for spec in explainer.model.inputs] == ["x"]
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    result = explainer.explain(x, target=0, abs=False)
+    np.testing.assert_allclose(result["x"], _expected_grad(x, 0), rtol=1e-5)
+
+
+def test_external_data_model(tmp_path):
+    path = tmp_path / "external.onnx"
+    onnx.save(_tiny(), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.data", size_threshold=0)
+    assert (tmp_path / "external.data").exists()
+    x = np.array([[0.5, -0.2, 0.1]], dtype=np.float32)
+    result = onnxplain.Explainer(path, providers="cpu").explain(x, target=0, abs=False)
+    np.testing.assert_allclose(result["x"], _expected_grad(x, 0), rtol=1e-5)
+
+
+def test_missing_external_data_is_a_model_error(tmp_path):
+    path = tmp_path / "external.onnx"
+    onnx.save(_tiny(), path, save_as_external_data=True, location="gone.data",
+              size_threshold=0)
+    (tmp_path / "gone.data").unlink()
+    with pytest.raises(ModelError, match="external data"):
+        load_model(path)
+
+
+def test_model_local_functions_are_inlined_and_differentiated():
+    # y = tanh(x @ w) computed inside a local function of a custom domain.
+    body = [helper.make_node("MatMul", ["a", "b"], ["h"]), helper.make_node("Tanh", ["h"], ["o"])]
+    function = helper.make_function("custom", "Dense", ["a", "b"], ["o"], body,
+                                    [helper.make_opsetid("", 17)])
+    tiny = _tiny()
+    del tiny.graph.node[:]
+    tiny.graph.node.append(helper.make_node("Dense", ["x", "w"], ["y"], domain="custom"))
+    model = helper.make_model(tiny.graph, functions=[function], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    x = np.array([[0.3, -0.1, 0.7], [0.2, 0.2, 0.2]], dtype=np.float32)
+    result = onnxplain.Explainer(model, providers="cpu").explain(x, target=1, abs=False)
+    np.testing.assert_allclose(result["x"], _expected_grad(x, 1), rtol=1e-5)
+
+
+def test_users_model_and_file_are_never_modified(tmp_path):
+    model = _tiny()
+    before = model.SerializeToString()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    x = np.ones((2, 3), dtype=np.float32)
+    onnxplain.Explainer(model, providers="cpu").explain(x)
+    onnxplain.Explainer(path, providers="cpu").explain(x)
+    assert model.SerializeToString() == before
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
