@@ -15,7 +15,7 @@ import onnx
 from .attribution import Attribution
 from .autodiff import GRADIENT, RuleSet
 from .autodiff.program import GradientProgram, build_gradient_program
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, OnnxplainError
 from .graph.model import Model
 from .graph.sources import Source, find_sources
 from .graph.taps import add_taps
@@ -120,6 +120,11 @@ class Explainer:
         used = results.get(program.target_output) if program.target_output else None
         if used is not None and target is not None:
             check_target_range(used, results[self.output].shape[1])
+        for name, out in program.grads.items():
+            if name in feeds and results[out].shape != feeds[name].shape:
+                # A wrong static shape fact would show here first: never return such a result.
+                raise OnnxplainError(f"internal error: the gradient of '{name}' has shape "
+                                     f"{results[out].shape}, the input {feeds[name].shape}")
         return GradientRun(
             outputs={o.name: results[o.name] for o in self.model.outputs},
             grads={name: results[out] for name, out in program.grads.items()},

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from ..graph.builder import GraphBuilder
+from .registry import NodeContext
+
+# Before opset 13 ReduceSum takes its axes as an attribute, so they must be known statically.
+RUNTIME_AXES_OPSET = 13
 
 
-def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
-    """Reduce g, shaped like the broadcast result y, to the shape of operand x.
+def _broadcast_axes(b: GraphBuilder, x: str, y: str) -> tuple[int, list[int], bool]:
+    b.rank(x), b.rank(y)  # raise a clear error when a rank is unknown
+    return broadcast_axes(b.info(x).certain, b.info(y).certain)
 
-    Axes are found statically from the inferred shapes when they are certain; otherwise the
-    size-1 axes of x are found at run time (Shape, Equal, NonZero), so dynamic batch and
-    sequence axes work.
+
+def broadcast_axes(shape_x: tuple, shape_y: tuple) -> tuple[int, list[int], bool]:
+    """(leading axes added, size-1 axes of x that were expanded, whether that is uncertain).
+
+    Axes are decided from the inferred shapes only when certain: a dim of x that is unknown
+    (or only guessed) and not provably equal to y's may be 1 at run time.
     """
-    rank_x, rank_y = b.rank(x), b.rank(y)
-    shape_x, shape_y = b.info(x).certain, b.info(y).certain
-    lead = rank_y - rank_x
-    if lead:
-        g = b.reduce("ReduceSum", g, list(range(lead)), keepdims=False)
+    rank_x = len(shape_x)
+    lead = len(shape_y) - rank_x
     axes: list[int] = []
     uncertain = False
     for i in range(rank_x):
@@ -28,13 +33,41 @@ def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
         elif isinstance(dx, int) or dy == 1 or (dx is not None and dx == dy):
             continue  # x is not broadcast along this axis
         else:
-            uncertain = True  # x's dim is unknown and may be 1 at run time
+            uncertain = True
+    return lead, axes, uncertain
+
+
+def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
+    """Reduce g, shaped like the broadcast result y, to the shape of operand x.
+
+    When the expanded axes are uncertain statically, the size-1 axes of x are found at run
+    time (Shape, Equal, NonZero), so dynamic batch and sequence axes work.
+    """
+    lead, axes, uncertain = _broadcast_axes(b, x, y)
+    if lead:
+        g = b.reduce("ReduceSum", g, list(range(lead)), keepdims=False)
     if not uncertain:
         return b.reduce("ReduceSum", g, axes, keepdims=True) if axes else g
-    if b.opset < 13:
-        raise ModelError(f"cannot tell statically which axes of '{x}' are broadcast; models "
-                         f"with opset {b.opset} need static reduce axes (opset 13+ decides at "
-                         "run time)")
+    if b.opset < RUNTIME_AXES_OPSET:
+        raise ModelError(undecidable_reason(b, x))
     ones = b.op("Equal", b.shape(x), b.ints([1]))
     found = b.reshape(b.op("NonZero", ones), [-1])
     return b.op("ReduceSum", g, found, keepdims=1, noop_with_empty_axes=1)
+
+
+def undecidable_reason(b: GraphBuilder, x: str) -> str:
+    return (f"cannot tell statically which axes of '{x}' are broadcast, and opset {b.opset} "
+            f"needs static reduce axes (opset {RUNTIME_AXES_OPSET}+ decides at run time)")
+
+
+def broadcast_supports(c: NodeContext) -> str | None:
+    """`supports` for ops that broadcast their inputs into output 0: reject, before building,
+    the old-opset cases where unbroadcast could not decide the axes."""
+    b = c.b
+    if b.opset >= RUNTIME_AXES_OPSET:
+        return None
+    for i, name in enumerate(c.node.input):
+        if c.need(i) and b.info(name).rank is not None and b.info(c.y()).rank is not None:
+            if _broadcast_axes(b, name, c.y())[2]:
+                return undecidable_reason(b, name)
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..broadcast import unbroadcast
+from ..broadcast import broadcast_supports, unbroadcast
 from ..registry import NodeContext, rule
 
 
@@ -30,7 +30,7 @@ def leaky_relu(c, gy):
     return [b.where(_positive(c), g, b.op("Mul", g, b.scalar(alpha, g)))]
 
 
-@rule("PRelu")
+@rule("PRelu", supports=broadcast_supports)
 def prelu(c, gy):
     """y = x if x > 0 else slope * x; the slope broadcasts (per channel in most models)."""
     g, b = gy[0], c.b

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..broadcast import unbroadcast
+from ..broadcast import broadcast_supports, unbroadcast
 from ..registry import NodeContext, rule
 
 
@@ -18,25 +18,25 @@ def _each(c: NodeContext, g: str | None, *parts) -> list[str | None]:
             for i, make in enumerate(parts)]
 
 
-@rule("Add")
+@rule("Add", supports=broadcast_supports)
 def add(c, gy):
     g = gy[0]
     return _each(c, g, lambda: g, lambda: g)
 
 
-@rule("Sub")
+@rule("Sub", supports=broadcast_supports)
 def sub(c, gy):
     g = gy[0]
     return _each(c, g, lambda: g, lambda: c.b.op("Neg", g))
 
 
-@rule("Mul")
+@rule("Mul", supports=broadcast_supports)
 def mul(c, gy):
     g, b = gy[0], c.b
     return _each(c, g, lambda: b.op("Mul", g, c.x(1)), lambda: b.op("Mul", g, c.x(0)))
 
 
-@rule("Div")
+@rule("Div", supports=broadcast_supports)
 def div(c, gy):
     g, b = gy[0], c.b
     # d(a/b)/db = -a/b^2 = -y/b
@@ -44,7 +44,7 @@ def div(c, gy):
                  lambda: b.op("Neg", b.op("Mul", g, b.op("Div", c.y(), c.x(1)))))
 
 
-@rule("Pow")
+@rule("Pow", supports=broadcast_supports)
 def pow_(c, gy):
     g, b = gy[0], c.b
     base, exponent = c.x(0), c.x(1)
@@ -68,13 +68,13 @@ def pow_(c, gy):
     return _each(c, g, d_base, d_exponent)
 
 
-@rule("Sum")
+@rule("Sum", supports=broadcast_supports)
 def sum_(c, gy):
     g = gy[0]
     return _each(c, g, *[lambda: g] * len(c.node.input))
 
 
-@rule("Mean")
+@rule("Mean", supports=broadcast_supports)
 def mean(c, gy):
     g, b = gy[0], c.b
     if g is None:
@@ -83,7 +83,7 @@ def mean(c, gy):
     return _each(c, g, *[lambda: scaled] * len(c.node.input))
 
 
-@rule("Min", "Max")
+@rule("Min", "Max", supports=broadcast_supports)
 def min_max(c, gy):
     """The gradient goes to the inputs equal to the result, split evenly between ties."""
     g, b = gy[0], c.b
@@ -94,7 +94,7 @@ def min_max(c, gy):
     return _each(c, g, *[(lambda m=m: b.op("Mul", share, m)) for m in masks])
 
 
-@rule("Where")
+@rule("Where", supports=broadcast_supports)
 def where(c, gy):
     g, b = gy[0], c.b
     if g is None:

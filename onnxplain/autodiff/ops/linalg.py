@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
-from ..broadcast import unbroadcast
+from ..broadcast import RUNTIME_AXES_OPSET, broadcast_axes, unbroadcast, undecidable_reason
 from ..registry import NodeContext, rule
 
 
@@ -23,7 +23,22 @@ def _batched_grad(b: GraphBuilder, product: str, operand: str, out: str) -> str:
     return unbroadcast(b, product, operand, product)
 
 
-@rule("MatMul")
+def _matmul_supports(c: NodeContext) -> str | None:
+    """Old opsets must know statically which batch axes of an operand were broadcast."""
+    b, y = c.b, c.y()
+    if b.opset >= RUNTIME_AXES_OPSET or b.rank(y) < 2:
+        return None
+    batch_y = (b.info(y).certain or (None,) * b.rank(y))[:-2]
+    for i, name in enumerate(c.node.input):
+        rank = b.rank(name)
+        if c.need(i) and rank >= 2:
+            batch_x = (b.info(name).certain or (None,) * rank)[:-2]
+            if broadcast_axes(batch_x, batch_y)[2]:
+                return undecidable_reason(b, name)
+    return None
+
+
+@rule("MatMul", supports=_matmul_supports)
 def matmul(c, gy):
     """Y = A B (numpy semantics): dA = g B^T and dB = A^T g, summed over broadcast batch axes."""
     g, b = gy[0], c.b
@@ -118,6 +133,8 @@ def _einsum_supports(c: NodeContext) -> str | None:
             return f"an ellipsis that does not lead its term ('{term}') is not supported"
     if any("..." in t for t in terms) and "..." not in output:
         return "summing over ellipsis axes (ellipsis missing from the output) is not supported"
+    if "..." in output and c.b.opset < RUNTIME_AXES_OPSET:
+        return f"ellipsis broadcasting needs opset {RUNTIME_AXES_OPSET} (run-time reduce axes)"
     return None
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from ...graph.builder import GraphBuilder
-from ..broadcast import unbroadcast
+from ..broadcast import broadcast_supports, unbroadcast
 from ..registry import NodeContext, rule
 
 INT64 = TensorProto.INT64
@@ -182,28 +182,7 @@ def split(c: NodeContext, gy):
 
 
 # ---- broadcasting and tiling ------------------------------------------------------------
-def _expand_supported(c: NodeContext) -> str | None:
-    """Before opset 13 unbroadcast needs to know statically which axes of x are size 1."""
-    b, x, y = c.b, c.x(0), c.y()
-    if b.opset >= 13:
-        return None
-    shape_x, shape_y = _certain(b, x), _certain(b, y)
-    lead = len(shape_y) - len(shape_x)
-    for i, dx in enumerate(shape_x):
-        dy = shape_y[lead + i]
-        if isinstance(dx, int) or dy == 1 or (dx is not None and dx == dy):
-            continue
-        return (f"cannot tell statically which axes of '{x}' are broadcast; opset "
-                f"{b.opset} needs static reduce axes (opset 13+ decides at run time)")
-    return None
-
-
-def _certain(b: GraphBuilder, x: str) -> tuple:
-    info = b.info(x)
-    return getattr(info, "certain", info.shape) or (None,) * b.rank(x)
-
-
-@rule("Expand", supports=_expand_supported)
+@rule("Expand", supports=broadcast_supports)
 def expand(c: NodeContext, gy):
     return [unbroadcast(c.b, gy[0], c.x(0), c.y())]
 
