@@ -39,6 +39,16 @@ def read_inputs(model: Model, specs: tuple[str, ...]) -> tuple[dict[str, np.ndar
     return arrays, files
 
 
+def read_array(path: str) -> np.ndarray:
+    """One array from a .npy file (or a single-array .npz)."""
+    loaded = _load(path)
+    if isinstance(loaded, dict):
+        if len(loaded) != 1:
+            raise InputError(f"{path} holds {len(loaded)} arrays; one is needed")
+        return next(iter(loaded.values()))
+    return loaded
+
+
 def _split(spec: str, names: list[str]) -> tuple[str | None, str]:
     if "=" in spec and not os.path.exists(spec):
         name, path = spec.split("=", 1)

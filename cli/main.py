@@ -87,6 +87,11 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("-t", "--target", default=None,
               help="class index, or one per row separated by commas (default: predicted)")
 @click.option("--output", "output_name", default=None, help="model output to explain")
+@click.option("--output-seed", default=None, metavar="FILE.npy",
+              help="weights shaped like the output; explains sum(weights * output) per row "
+                   "instead of a class")
+@click.option("--attribute-at", "attribute_at", multiple=True, metavar="INPUT=TENSOR",
+              help="take INPUT's attribution at another float tensor (repeatable)")
 @click.option("-o", "--out", default="onnxplain_out", show_default=True,
               help="folder for attribution.npy, heatmaps and summary.json")
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
@@ -99,19 +104,26 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
-            output_name: str | None, out: str, options: tuple[str, ...], provider: str,
-            batch_size: int | None, as_json: bool, quiet: bool) -> None:
+            output_name: str | None, output_seed: str | None, attribute_at: tuple[str, ...],
+            out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
+            as_json: bool, quiet: bool) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
-    from .input_files import read_inputs
+    from .input_files import read_array, read_inputs
     from .outputs import describe_result, prepare_folder, write_explanation
 
-    explainer = Explainer(model, providers=provider, output=output_name)
+    explainer = Explainer(model, providers=provider, output=output_name,
+                          attribute_at=_pairs(attribute_at, "--attribute-at"))
     arrays, files = read_inputs(explainer.model, inputs)
+    seed = None
+    if output_seed is not None:
+        seed = read_array(output_seed)
+        files.append(output_seed)
     folder = prepare_folder(out, [model, *files])
     result = explainer.explain(arrays, method=method, target=_targets(target),
-                               batch_size=batch_size, **_options(options))
+                               output_seed=seed, batch_size=batch_size,
+                               **_pairs(options, "--option"))
     signed = not result.options.get("abs", True)
     written = write_explanation(result, folder, [model, *files], signed)
     if as_json:
@@ -137,14 +149,14 @@ def _targets(text: str | None):
     return values[0] if len(values) == 1 else values
 
 
-def _options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options = {}
+def _pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
+    found = {}
     for pair in pairs:
         if "=" not in pair:
-            raise InputError(f"--option '{pair}' is not KEY=VALUE")
+            raise InputError(f"{option} '{pair}' is not KEY=VALUE")
         key, value = pair.split("=", 1)
-        options[key.strip()] = value
-    return options
+        found[key.strip()] = value
+    return found
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ class Attribution:
     options: dict = field(default_factory=dict)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # What was differentiated: "class" (the target logit of each row), "output_seed"
+    # (sum of seed * output) or "sum" (outputs with one value per row).
+    objective: str = "class"
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.attributions[name]
@@ -51,6 +54,7 @@ class Attribution:
             "method": self.method,
             "options": _jsonable(self.options),
             "output": self.output,
+            "objective": self.objective,
             "target": self.target.tolist(),
             "predicted_class": None if self.predicted is None else self.predicted.tolist(),
             "predicted_score": _floats(self.predicted_score),

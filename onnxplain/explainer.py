@@ -19,13 +19,21 @@ from .errors import InputError, ModelError, OnnxplainError
 from .graph.model import Model
 from .graph.sources import Source, find_sources
 from .graph.taps import add_taps
-from .inputs import Inputs, batch_size, check_target_range, prepare_inputs, prepare_target
+from .inputs import Inputs, check_target_range, prepare_inputs, prepare_target
+from .inputs import batch_size as batch_size_of
 from .methods import MethodSpec, get_method
 from .runtime.session import Session, resolve_providers
 
 
 class BatchNotice(UserWarning):
     """The model's batch axis is fixed, so rows run in chunks of that size (slower)."""
+
+
+@dataclass(frozen=True)
+class OutputSeed:
+    """An objective given as weights on the explained output: sum(values * output) per row."""
+
+    values: np.ndarray
 
 
 @dataclass
@@ -36,6 +44,7 @@ class GradientRun:
     grads: dict[str, np.ndarray]
     target: np.ndarray | None
     taps: dict[str, np.ndarray] = field(default_factory=dict)
+    objective: str = "class"  # "class", "output_seed", or "sum" for one-value outputs
 
 
 class Explainer:
@@ -43,19 +52,21 @@ class Explainer:
 
     `model` is a path, serialized bytes or an onnx.ModelProto (never modified). `providers`
     defaults to CUDA when it works, then CPU; `output` picks the explained output (default:
-    the first float output). `optimization` is ONNX Runtime's graph optimisation level
-    ("all", "extended", "basic" or "none"); below "extended" no fusion can change the last
-    bits of the outputs when tensors are tapped, at some cost in speed.
+    the first float output). `attribute_at` maps an input to another float tensor where its
+    attributions are taken (token ids default to their embedding lookup's output).
+    `optimization` is ONNX Runtime's graph optimisation level ("all", "extended", "basic" or
+    "none"); below "extended" no fusion can change the last bits of the outputs when tensors
+    are tapped, at some cost in speed.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Model,
                  providers: Sequence[str] | str | None = None, *, output: str | None = None,
-                 optimization: str = "all"):
+                 attribute_at: Mapping[str, str] | None = None, optimization: str = "all"):
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.providers = resolve_providers(providers)
         self.optimization = optimization
         self.output = self._pick_output(output)
-        self.sources, self.unattributed = find_sources(self.model)
+        self.sources, self.unattributed = find_sources(self.model, attribute_at)
         self._programs: dict[tuple, tuple[GradientProgram, Session]] = {}
         self._forward: dict[tuple, Session] = {}
         self._noticed = False
@@ -75,12 +86,21 @@ class Explainer:
 
     # ---- public API --------------------------------------------------------------------
     def explain(self, inputs: Inputs, method: str = "saliency", target=None, *,
-                batch_size: int | None = None, **options) -> Attribution:
-        """Attributions of `target` (class index, one per row, or None for the predicted
-        class) for `inputs` (an array for single-input models, or a dict name -> array)."""
+                output_seed: np.ndarray | None = None, batch_size: int | None = None,
+                **options) -> Attribution:
+        """Attributions for `inputs` (an array for single-input models, or a dict name ->
+        array) of `target`: a class index, one per row, or None for the predicted class.
+
+        `output_seed` replaces the class target by any weighting of the output: an array
+        shaped like the output, the objective being sum(output_seed * output) per row.
+        """
         spec = get_method(method)
         resolved = spec.resolve_options(options)
         feeds = prepare_inputs(self.model, inputs)
+        if output_seed is not None:
+            if target is not None:
+                raise InputError("give either target or output_seed, not both")
+            target = OutputSeed(self._check_seed(output_seed, batch_size_of(feeds)))
         if not self.sources:
             raise InputError("no input of this model can be attributed: "
                              + "; ".join(f"{k}: {v}" for k, v in self.unattributed.items()))
@@ -98,11 +118,17 @@ class Explainer:
     # ---- engine API used by the methods ------------------------------------------------
     def gradients(self, feeds: Mapping[str, np.ndarray], target=None,
                   wrt: Sequence[str] | None = None, *, rules: RuleSet = GRADIENT,
-                  seed: np.ndarray | None = None, taps: Sequence[str] = ()) -> GradientRun:
-        """Run the gradient program for `wrt` tensors over all rows of `feeds`."""
+                  taps: Sequence[str] = ()) -> GradientRun:
+        """Run the gradient program for `wrt` tensors over all rows of `feeds`.
+
+        `target` is a class index per row (None: predicted) or an OutputSeed.
+        """
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
+        seed = target.values if isinstance(target, OutputSeed) else None
+        if seed is not None:
+            target = None
         program, session = self.program(wrt, rules, seed is not None, tuple(taps))
-        rows = batch_size(feeds)
+        rows = batch_size_of(feeds)
         extra: dict[str, np.ndarray] = {}
         if program.target_input:
             classes = self._static_classes()
@@ -110,8 +136,7 @@ class Explainer:
         elif target is not None:
             raise InputError(f"output '{self.output}' has no class axis; leave target unset")
         if program.seed_input:
-            extra[program.seed_input] = np.asarray(seed, dtype=self.model.output(
-                self.output).numpy_dtype)
+            extra[program.seed_input] = seed
         names = [o.name for o in self.model.outputs] + list(program.grads.values())
         if program.target_output:
             names.append(program.target_output)
@@ -129,7 +154,9 @@ class Explainer:
             outputs={o.name: results[o.name] for o in self.model.outputs},
             grads={name: results[out] for name, out in program.grads.items()},
             target=used,
-            taps={t: results[t] for t in program.taps})
+            taps={t: results[t] for t in program.taps},
+            objective=("output_seed" if program.seed_input else
+                       "class" if program.target_input else "sum"))
 
     def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = ()
                 ) -> dict[str, np.ndarray]:
@@ -141,7 +168,7 @@ class Explainer:
             self._forward[key] = Session(model, self.providers, self.optimization)
         session = self._forward[key]
         return self._run_rows(session, session.output_names, dict(feeds), {},
-                              batch_size(feeds))
+                              batch_size_of(feeds))
 
     # ---- internals ---------------------------------------------------------------------
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
@@ -154,6 +181,21 @@ class Explainer:
             self._programs[key] = (program, Session(program.model, self.providers,
                                                     self.optimization))
         return self._programs[key]
+
+    def _check_seed(self, seed, rows: int) -> np.ndarray:
+        spec = self.model.output(self.output)
+        values = np.asarray(seed)
+        if values.dtype.kind not in "fiu":
+            raise InputError(f"output_seed must be numeric, got {values.dtype}")
+        dims = spec.dims
+        expected = "?" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+        shape_ok = dims is None or (values.ndim == len(dims) and all(
+            not isinstance(d, int) or d == n for d, n in zip(dims[1:], values.shape[1:],
+                                                              strict=True)))
+        if not shape_ok or (values.ndim and values.shape[0] != rows):
+            raise InputError(f"output_seed has shape {tuple(values.shape)}; output "
+                             f"'{self.output}' is {expected} with {rows} rows")
+        return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
 
     def _static_classes(self) -> int | None:
         dims = self.model.output(self.output).dims
@@ -217,7 +259,7 @@ class Explainer:
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
         return Attribution(method.name, per_input, tensors, sources, self.output, target, predicted,
                            predicted_score, target_score, self.session_providers, elapsed,
-                           options, run.outputs, notes)
+                           options, run.outputs, notes, run.objective)
 
 
 def _per_token(value: np.ndarray, dims, source: Source, reduction: str) -> np.ndarray:

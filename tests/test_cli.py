@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+
 from onnxplain_cli.main import main
 
 from .tiny_models import mlp, mlp_reference, with_unsupported_ops
@@ -52,7 +53,11 @@ def test_explain_writes_attribution_heatmapless_summary(workdir):
     assert summary["method"] == "saliency"
     assert summary["target"] == [3, 3, 3]
     assert len(summary["predicted_class"]) == 3
-    assert summary["execution_provider"] == "CPUExecutionProvider"
+    import onnxruntime
+
+    # What the session really got: CPU here, CUDA on a machine where it works.
+    assert summary["execution_provider"] in onnxruntime.get_available_providers()
+    assert summary["execution_providers"][-1] == "CPUExecutionProvider"
     assert summary["runtime_s"] > 0
     assert summary["inputs"]["x"]["shape"] == [3, 6]
     assert set(summary["inputs"]["x"]["statistics"]) >= {"min", "max", "mean", "sum"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..errors import InputError
 from .model import Model
 
 # Ops that carry token ids unchanged (up to shape) from the graph input to the embedding lookup.
@@ -24,10 +26,29 @@ class Source:
         return f"{self.input}: at the input itself"
 
 
-def find_sources(model: Model) -> tuple[list[Source], dict[str, str]]:
-    """Attribution sources for every input, and the reason for each input that has none."""
+def find_sources(model: Model, overrides: Mapping[str, str] | None = None
+                 ) -> tuple[list[Source], dict[str, str]]:
+    """Attribution sources for every input, and the reason for each input that has none.
+
+    `overrides` maps an input name to the float tensor where its attribution is taken
+    instead (for token ids: any tensor shaped [ids..., features]).
+    """
+    overrides = dict(overrides or {})
+    names = {spec.name for spec in model.inputs}
+    for name, tensor in overrides.items():
+        if name not in names:
+            raise InputError(f"cannot attribute unknown input '{name}' (inputs: "
+                             f"{', '.join(sorted(names))})")
+        info = model.infos.get(tensor)
+        if info is None or not any(tensor in node.output for node in model.proto.graph.node):
+            raise InputError(f"no tensor named '{tensor}' is computed in the model")
+        if not info.is_float:
+            raise InputError(f"tensor '{tensor}' is not a float tensor; attributions need one")
     sources, skipped = [], {}
     for spec in model.inputs:
+        if spec.name in overrides:
+            sources.append(Source(spec.name, overrides[spec.name], per_token=not spec.is_float))
+            continue
         if spec.is_float:
             sources.append(Source(spec.name, spec.name))
             continue

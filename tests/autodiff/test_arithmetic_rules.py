@@ -40,6 +40,8 @@ CASES = [
     OpCase("clip-bounds", "Clip", [apart(3, 4), np.array(-0.201), np.array(0.299)]),
     OpCase("clip-min-only", "Clip", [apart(3, 4), Const(np.array(-0.2))]),
     OpCase("cast", "Cast", [r(2, 3)], {"to": 1}, rtol=1e-3, eps=1e-2),
+    OpCase("castlike", "CastLike", [r(2, 3), Const(np.zeros(1, np.float32), keep_dtype=True)],
+           opset=15, rtol=1e-3, eps=1e-2),
     OpCase("identity", "Identity", [r(2, 3)]),
     OpCase("dropout", "Dropout", [r(2, 3)], n_outputs=1),
     OpCase("add-opset9", "Add", [r(2, 3, 4), r(4)], opset=9),
