@@ -22,6 +22,7 @@ from .graph.taps import add_taps
 from .inputs import Inputs, check_target_range, prepare_inputs, prepare_target
 from .inputs import batch_size as batch_size_of
 from .methods import MethodSpec, get_method
+from .runtime.batching import DEFAULT_BUDGET_MB, rows_per_run
 from .runtime.session import Session, resolve_providers
 
 
@@ -56,13 +57,19 @@ class Explainer:
     attributions are taken (token ids default to their embedding lookup's output).
     `optimization` is ONNX Runtime's graph optimisation level ("all", "extended", "basic" or
     "none"); below "extended" no fusion can change the last bits of the outputs when tensors
-    are tapped, at some cost in speed.
+    are tapped, at some cost in speed. Large batches run in chunks whose gradient programs
+    fit `memory_budget_mb` (estimated from the activations); `batch_size` in explain()
+    overrides it.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Model,
                  providers: Sequence[str] | str | None = None, *, output: str | None = None,
-                 attribute_at: Mapping[str, str] | None = None, optimization: str = "all"):
+                 attribute_at: Mapping[str, str] | None = None, optimization: str = "all",
+                 memory_budget_mb: float = DEFAULT_BUDGET_MB):
+        if memory_budget_mb <= 0:
+            raise InputError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
         self.model = model if isinstance(model, Model) else Model.load(model)
+        self.memory_budget_mb = memory_budget_mb
         self.providers = resolve_providers(providers)
         self.optimization = optimization
         self.output = self._pick_output(output)
@@ -212,21 +219,23 @@ class Explainer:
         finally:
             self._chunk = None
 
-    def _row_chunks(self, rows: int) -> Iterator[tuple[slice, int]]:
+    def _row_chunks(self, rows: int, feeds: Mapping[str, np.ndarray]
+                    ) -> Iterator[tuple[slice, int]]:
         """Row slices to run, and the batch size each must be padded to (0: no padding)."""
         fixed = None if self.model.batch.symbolic else self.model.batch.size
         if fixed is not None and rows != fixed and not self._noticed:
             self._noticed = True
             warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
                           f"in chunks of {fixed}", BatchNotice, stacklevel=4)
-        step = fixed or self._chunk or rows or 1
+        step = fixed or self._chunk or min(
+            rows, rows_per_run(self.model, feeds, self.memory_budget_mb)) or 1
         for start in range(0, max(rows, 1), step):
             yield slice(start, min(start + step, rows)), fixed or 0
 
     def _run_rows(self, session: Session, names: list[str], feeds: dict[str, np.ndarray],
                   extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for rows_slice, pad_to in self._row_chunks(rows):
+        for rows_slice, pad_to in self._row_chunks(rows, feeds):
             chunk = {k: v[rows_slice] for k, v in {**feeds, **extra}.items()}
             taken = next(iter(chunk.values())).shape[0] if chunk else 0
             if pad_to and taken < pad_to:

@@ -163,3 +163,17 @@ def test_fixed_batch_model_runs_in_chunks(zoo, tmp_path):
     free = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu").explain(
         sample, target=2)
     np.testing.assert_allclose(chunked["image"], free["image"], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_budget_chunks_rows_without_changing_results(zoo):
+    sample = zoo.sample("digits_cnn")
+    path = zoo.model_path("digits_cnn")
+    whole = onnxplain.Explainer(path, providers="cpu").explain(sample, target=4)
+    tiny = onnxplain.Explainer(path, providers="cpu", memory_budget_mb=0.05)
+    from onnxplain.runtime.batching import rows_per_run
+
+    assert rows_per_run(tiny.model, sample, tiny.memory_budget_mb) < len(sample["image"])
+    np.testing.assert_allclose(tiny.explain(sample, target=4)["image"], whole["image"],
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(onnxplain.InputError, match="memory_budget_mb must be positive"):
+        onnxplain.Explainer(path, providers="cpu", memory_budget_mb=0)

@@ -260,6 +260,11 @@ class GraphBuilder:
             return self.op("Equal", a, b)
         return self.op("Not", self.op("Or", self.op("Less", a, b), self.op("Greater", a, b)))
 
+    def keep(self, g: str, cond: str) -> str:
+        """g where cond holds, 0 elsewhere, as g * Cast(cond): ONNX Runtime's CPU Where with a
+        scalar branch is about twice as slow (15 against 7.5 ms on 32x64x56x56)."""
+        return self.op("Mul", g, self.op("Cast", cond, to=self.dtype(g)))
+
     def where(self, cond: str, a: str, b: str) -> str:
         return self.op("Where", cond, a, b)
 

@@ -174,7 +174,7 @@ def clip(c, gy):
     below, above = b.op("Less", x, low), b.op("Greater", x, high)
     inside = b.op("Not", b.op("Or", below, above))
     zero = b.scalar(0.0, g)
-    grads: list[str | None] = [b.where(inside, g, zero) if c.need(0) else None]
+    grads: list[str | None] = [b.keep(g, inside) if c.need(0) else None]
     for i, mask in ((1, below), (2, above)):
         if c.need(i):
             grads.append(b.reduce("ReduceSum", b.where(mask, g, zero), None, keepdims=False))

@@ -207,7 +207,7 @@ def _bias_grad(b: GraphBuilder, g: str) -> str:
     return b.reduce("ReduceSum", g, [0, *range(2, b.rank(g))], keepdims=False)
 
 
-def _dynamic_reason(c: NodeContext, win: Window) -> str | None:
+def dynamic_window_reason(c: NodeContext, win: Window) -> str | None:
     """Why strided windows over dynamic spatial dims cannot be handled at this opset."""
     b = c.b
     if win.unit_strides or spatial(b, c.x(0)) is not None:
@@ -223,7 +223,7 @@ def _conv_supports(c: NodeContext) -> str | None:
     kernel = conv_kernel(c)
     if kernel is None:
         return "the kernel shape is unknown (no kernel_shape and W's shape is not static)"
-    return _dynamic_reason(c, window(c, kernel))
+    return dynamic_window_reason(c, window(c, kernel))
 
 
 @rule("Conv", supports=_conv_supports)

@@ -17,7 +17,15 @@ from onnx import TensorProto, helper, numpy_helper
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
 from ..registry import NodeContext, rule
-from .conv import Window, conv_adjoint, output_dims, resolve_pads, spatial, window
+from .conv import (
+    Window,
+    conv_adjoint,
+    dynamic_window_reason,
+    output_dims,
+    resolve_pads,
+    spatial,
+    window,
+)
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -144,15 +152,7 @@ def global_average_pool(c, gy):
 
 
 def _avgpool_supports(c: NodeContext) -> str | None:
-    win = window(c, c.attr("kernel_shape"))
-    b = c.b
-    if win.unit_strides or spatial(b, c.x(0)) is not None:
-        return None
-    if win.same and b.opset < 11:
-        return f"auto_pad {win.auto_pad} over dynamic spatial dims needs opset 11"
-    if b.opset < 10:
-        return "a strided window over dynamic spatial dims needs opset 10 (Slice with inputs)"
-    return None
+    return dynamic_window_reason(c, window(c, c.attr("kernel_shape")))
 
 
 @rule("AveragePool", supports=_avgpool_supports)
