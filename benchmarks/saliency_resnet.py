@@ -62,7 +62,7 @@ def main() -> None:
     path = model_zoo.model_path("resnet18")
     explainer = onnxplain.Explainer(path, providers=args.provider)
     forward = Session(explainer.model.proto, explainer.providers)
-    program, gradient_session = explainer.program((explainer.sources[0].tensor,))
+    program, gradient_session = explainer.engine.program((explainer.sources[0].tensor,))
     torch_model = None if args.no_captum else model_zoo.load_torch("resnet18")
     print(f"onnxplain {onnxplain.__version__}, provider {forward.providers[0]}, "
           f"median of {args.repeats} runs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import _ort  # noqa: F401 - fails early, with one message, when no runtime is installed
 from ._version import __version__
 from .attribution import Attribution
+from .engine import BatchNotice
 from .errors import (
     InputError,
     InputWarning,
@@ -18,7 +19,7 @@ from .errors import (
     RuntimeMissingError,
     UnsupportedOpError,
 )
-from .explainer import BatchNotice, Explainer
+from .explainer import Explainer
 from .methods import METHODS
 
 __all__ = [

@@ -33,6 +33,8 @@ class Attribution:
     # What was differentiated: "class" (the target logit of each row), "output_seed"
     # (sum of seed * output) or "sum" (outputs with one value per row).
     objective: str = "class"
+    # Method-specific results: convergence deltas, the layer a layer method used, ...
+    extras: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.attributions[name]
@@ -66,6 +68,7 @@ class Attribution:
                               "shape": list(values.shape),
                               "statistics": statistics(values)}
                        for name, values in self.attributions.items()},
+            "extras": _jsonable(self.extras),
             "notes": list(self.notes),
         }
 

@@ -5,7 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..engine import GradientRun
 from ..errors import InputError
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns: the run whose outputs and targets describe the explanation,
+    attributions at the source tensors (the Explainer maps them to inputs) and/or already per
+    input (layer methods), extra tensors, and extras such as convergence deltas."""
+
+    run: GradientRun
+    at_sources: dict[str, np.ndarray] = field(default_factory=dict)
+    at_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,4 +92,4 @@ def get_method(name: str) -> MethodSpec:
 
 from . import saliency  # noqa: E402,F401 - registers itself
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "register"]
+__all__ = ["METHODS", "MethodOutput", "MethodSpec", "get_method", "register"]

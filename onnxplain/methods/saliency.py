@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import MethodSpec, register
+from . import MethodOutput, MethodSpec, register
 
 
 def saliency(engine, feeds, target, sources, *, abs: bool = True):  # noqa: A002 - Captum's name
@@ -18,8 +18,8 @@ def saliency(engine, feeds, target, sources, *, abs: bool = True):  # noqa: A002
     Visualising Image Classification Models and Saliency Maps", ICLR workshop 2014.
     """
     run = engine.gradients(feeds, target, [source.tensor for source in sources])
-    values = {name: np.abs(grad) if abs else grad for name, grad in run.grads.items()}
-    return values, run
+    return MethodOutput(run, {name: np.abs(grad) if abs else grad
+                              for name, grad in run.grads.items()})
 
 
 register(MethodSpec(

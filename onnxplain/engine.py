@@ -1,0 +1,212 @@
+"""The engine methods run on: cached rewritten programs and sessions, and chunked runs.
+
+Methods ask it for gradients (of the explained output w.r.t. any tensors, under any rule
+set, with taps) and for forward runs; they never touch graph internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .autodiff import GRADIENT, RuleSet
+from .autodiff.program import GradientProgram, build_gradient_program
+from .errors import InputError, ModelError, OnnxplainError
+from .graph.model import Model
+from .graph.sources import Source
+from .graph.taps import add_taps
+from .inputs import batch_size as batch_size_of
+from .inputs import check_target_range, prepare_target
+from .runtime.batching import rows_per_run
+from .runtime.session import Session
+
+
+class BatchNotice(UserWarning):
+    """The model's batch axis is fixed, so rows run in chunks of that size (slower)."""
+
+
+@dataclass(frozen=True)
+class OutputSeed:
+    """An objective given as weights on the explained output: sum(values * output) per row."""
+
+    values: np.ndarray
+
+
+@dataclass
+class GradientRun:
+    """Outputs of one gradient program over a batch, in input row order."""
+
+    outputs: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    target: np.ndarray | None
+    taps: dict[str, np.ndarray] = field(default_factory=dict)
+    objective: str = "class"  # "class", "output_seed", or "sum" for one-value outputs
+
+
+class Engine:
+    """Runs a model's rewritten programs on ONNX Runtime, rows in chunks."""
+
+    def __init__(self, model: Model, providers: Sequence[str], output: str,
+                 sources: Sequence[Source], optimization: str, memory_budget_mb: float):
+        if memory_budget_mb <= 0:
+            raise InputError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+        self.model = model
+        self.providers = list(providers)
+        self.output = output
+        self.sources = list(sources)
+        self.optimization = optimization
+        self.memory_budget_mb = memory_budget_mb
+        self._programs: dict[tuple, tuple[GradientProgram, Session]] = {}
+        self._forward: dict[tuple, Session] = {}
+        self._noticed = False
+        self._chunk: int | None = None
+        self._last_providers: list[str] | None = None
+
+    @property
+    def session_providers(self) -> list[str]:
+        """Providers of the most recent session (what really ran), else the requested ones."""
+        return list(self._last_providers or self.providers)
+
+    def gradients(self, feeds: Mapping[str, np.ndarray], target=None,
+                  wrt: Sequence[str] | None = None, *, rules: RuleSet = GRADIENT,
+                  taps: Sequence[str] = ()) -> GradientRun:
+        """Run the gradient program for `wrt` tensors over all rows of `feeds`.
+
+        `target` is a class index per row (None: predicted) or an OutputSeed.
+        """
+        wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
+        seed = target.values if isinstance(target, OutputSeed) else None
+        if seed is not None:
+            target = None
+        program, session = self.program(wrt, rules, seed is not None, tuple(taps))
+        rows = batch_size_of(feeds)
+        extra: dict[str, np.ndarray] = {}
+        if program.target_input:
+            extra[program.target_input] = prepare_target(target, rows, self.static_classes())
+        elif target is not None:
+            raise InputError(f"output '{self.output}' has no class axis; leave target unset")
+        if program.seed_input:
+            extra[program.seed_input] = seed
+        names = [o.name for o in self.model.outputs] + list(program.grads.values())
+        if program.target_output:
+            names.append(program.target_output)
+        names += [t for t in program.taps if t not in names]
+        results = self._run_rows(session, names, dict(feeds), extra, rows)
+        used = results.get(program.target_output) if program.target_output else None
+        if used is not None and target is not None:
+            check_target_range(used, results[self.output].shape[1])
+        for name, out in program.grads.items():
+            if name in feeds and results[out].shape != feeds[name].shape:
+                # A wrong static shape fact would show here first: never return such a result.
+                raise OnnxplainError(f"internal error: the gradient of '{name}' has shape "
+                                     f"{results[out].shape}, the input {feeds[name].shape}")
+        return GradientRun(
+            outputs={o.name: results[o.name] for o in self.model.outputs},
+            grads={name: results[out] for name, out in program.grads.items()},
+            target=used,
+            taps={t: results[t] for t in program.taps},
+            objective=("output_seed" if program.seed_input else
+                       "class" if program.target_input else "sum"))
+
+    def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = ()
+                ) -> dict[str, np.ndarray]:
+        """Original outputs, plus the tapped intermediate tensors, for all rows of `feeds`."""
+        key = tuple(taps)
+        if key not in self._forward:
+            model = add_taps(self.model.proto, self.model.infos, list(taps)) if taps \
+                else self.model.proto
+            self._forward[key] = Session(model, self.providers, self.optimization)
+        session = self._forward[key]
+        return self._run_rows(session, session.output_names, dict(feeds), {},
+                              batch_size_of(feeds))
+
+    def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
+                taps: tuple[str, ...] = ()) -> tuple[GradientProgram, Session]:
+        """The rewritten model for these gradients and its cached session (built once)."""
+        key = (self.output, wrt, rules.name, seeded, taps)
+        if key not in self._programs:
+            program = build_gradient_program(self.model, self.output, wrt, rules=rules,
+                                             seeded=seeded, taps=taps)
+            self._programs[key] = (program, Session(program.model, self.providers,
+                                                    self.optimization))
+        return self._programs[key]
+
+    def rows_per_run(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """Rows one gradient run may take: the user's batch size, else the memory budget's."""
+        if self._chunk:
+            return self._chunk
+        return rows_per_run(self.model, feeds, self.memory_budget_mb)
+
+    def static_classes(self) -> int | None:
+        dims = self.model.output(self.output).dims
+        return dims[1] if dims and len(dims) == 2 and isinstance(dims[1], int) else None
+
+    @contextlib.contextmanager
+    def chunking(self, size: int | None) -> Iterator[None]:
+        """Rows per run for the duration of one explain call (None: by the memory budget)."""
+        if size is not None and size < 1:
+            raise InputError(f"batch_size must be at least 1, got {size}")
+        self._chunk = size
+        try:
+            yield
+        finally:
+            self._chunk = None
+
+    def _row_chunks(self, rows: int, feeds: Mapping[str, np.ndarray]
+                    ) -> Iterator[tuple[slice, int]]:
+        """Row slices to run, and the batch size each must be padded to (0: no padding)."""
+        fixed = None if self.model.batch.symbolic else self.model.batch.size
+        if fixed is not None and rows != fixed and not self._noticed:
+            self._noticed = True
+            warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
+                          f"in chunks of {fixed}", BatchNotice, stacklevel=5)
+        step = fixed or min(rows, self.rows_per_run(feeds)) or 1
+        for start in range(0, max(rows, 1), step):
+            yield slice(start, min(start + step, rows)), fixed or 0
+
+    def _run_rows(self, session: Session, names: list[str], feeds: dict[str, np.ndarray],
+                  extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for rows_slice, pad_to in self._row_chunks(rows, feeds):
+            chunk = {k: v[rows_slice] for k, v in {**feeds, **extra}.items()}
+            taken = next(iter(chunk.values())).shape[0] if chunk else 0
+            if pad_to and taken < pad_to:
+                chunk = {k: _pad_rows(v, pad_to) for k, v in chunk.items()}
+            out = session.run(names, chunk)
+            self._last_providers = session.providers
+            for name in names:
+                value = out[name]
+                parts[name].append(value[:taken] if pad_to and value.ndim else value)
+        return {name: _join(values) for name, values in parts.items()}
+
+
+def pick_output(model: Model, output: str | None) -> str:
+    """The explained output: the one named, else the first float output."""
+    names = [spec.name for spec in model.outputs]
+    if output is not None:
+        if output not in names:
+            raise InputError(f"unknown output '{output}' (outputs: {', '.join(names)})")
+        return output
+    for spec in model.outputs:
+        if spec.is_float:
+            return spec.name
+    raise ModelError("the model has no float output to explain")
+
+
+def _pad_rows(value: np.ndarray, size: int) -> np.ndarray:
+    if not value.ndim or value.shape[0] >= size:
+        return value
+    filler = np.repeat(value[-1:], size - value.shape[0], axis=0)
+    return np.concatenate([value, filler], axis=0)
+
+
+def _join(values: list[np.ndarray]) -> np.ndarray:
+    if len(values) == 1:
+        return values[0]
+    if values[0].ndim == 0:
+        return values[0]
+    return np.concatenate(values, axis=0)
