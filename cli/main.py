@@ -49,8 +49,11 @@ def methods(as_json: bool) -> None:
     """List the attribution methods with their defaults."""
     from onnxplain.methods import METHODS
 
+    families = ["gradient", "noise", "layer", "perturbation", "transformer", "local"]
+    ordered = sorted(METHODS.values(), key=lambda m: (
+        families.index(m.family) if m.family in families else len(families), m.name))
     rows = [{"name": m.name, "family": m.family, "summary": m.summary,
-             "defaults": m.defaults, "reference": m.reference} for m in METHODS.values()]
+             "defaults": m.defaults, "reference": m.reference} for m in ordered]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -95,7 +98,8 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("-o", "--out", default="onnxplain_out", show_default=True,
               help="folder for attribution.npy, heatmaps and summary.json")
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="method option, e.g. -O abs=false (repeatable)")
+              help="method option, e.g. -O abs=false or -O baseline=@ref.npy for an array "
+                   "(repeatable)")
 @click.option("--provider", default="auto", show_default=True,
               help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -120,12 +124,15 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     if output_seed is not None:
         seed = read_array(output_seed)
         files.append(output_seed)
+    method_options = _pairs(options, "--option")
+    for key, value in method_options.items():
+        if value.startswith("@"):  # -O baseline=@ref.npy passes an array
+            method_options[key] = read_array(value[1:])
+            files.append(value[1:])
     folder = prepare_folder(out, [model, *files])
     result = explainer.explain(arrays, method=method, target=_targets(target),
-                               output_seed=seed, batch_size=batch_size,
-                               **_pairs(options, "--option"))
-    signed = not result.options.get("abs", True)
-    written = write_explanation(result, folder, [model, *files], signed)
+                               output_seed=seed, batch_size=batch_size, **method_options)
+    written = write_explanation(result, folder, [model, *files], result.signed)
     if as_json:
         summary = result.summary()
         summary["files"] = written

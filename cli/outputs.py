@@ -36,11 +36,12 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
         written.append(str(path))
         return path
 
-    save_npy(target("attribution.npy"), attribution.first)
+    if attribution.attributions:
+        save_npy(target("attribution.npy"), attribution.first)
     arrays = dict(attribution.attributions)
-    for input_name, tensor in attribution.sources.items():
-        if tensor != input_name:
-            arrays[f"{input_name}@{tensor}"] = attribution.tensors[tensor]
+    # Tensors inside the model (embeddings, layer maps, activations) under '@' + their name.
+    arrays.update({f"@{tensor}": value for tensor, value in attribution.tensors.items()
+                   if tensor not in attribution.attributions})
     save_npz(target("attributions.npz"), arrays)
     for name, values in attribution.attributions.items():
         layout = image_layout(values.shape)

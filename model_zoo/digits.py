@@ -1,7 +1,9 @@
-"""A small CNN trained on scikit-learn's bundled 8x8 digits: seconds on a CPU, ~97% accuracy.
+"""Small models trained on scikit-learn's bundled 8x8 digits: seconds on a CPU, ~95% accuracy.
 
-conv-relu, conv-relu, maxpool, conv-relu, global average pool, dense: the last conv block
-feeds a GAP + dense head, which CAM needs.
+- digits_cnn: conv-relu, conv-relu, maxpool, conv-relu, global average pool, dense (a CAM head).
+- digits_bn_cnn: the same with batch norm after each conv, exported without folding it away,
+  so BatchNormalization nodes stay in the ONNX graph.
+- digits_mlp: dense-relu, dense-relu, dense on the 64 pixels.
 """
 
 from __future__ import annotations
@@ -12,24 +14,42 @@ from pathlib import Path
 import numpy as np
 
 
-def digits_architecture():
+def _cnn(batch_norm: bool):
     import torch
     from torch import nn
+
+    def block(cin: int, cout: int) -> list:
+        layers = [nn.Conv2d(cin, cout, 3, padding=1)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        return layers + [nn.ReLU()]
 
     class DigitsCNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU())
+            self.features = nn.Sequential(*block(1, 16), *block(16, 32), nn.MaxPool2d(2),
+                                          *block(32, 64))
             self.classifier = nn.Linear(64, 10)
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             return self.classifier(self.features(image).mean(dim=(2, 3)))
 
     return DigitsCNN()
+
+
+def digits_architecture():
+    return _cnn(batch_norm=False)
+
+
+def digits_bn_architecture():
+    return _cnn(batch_norm=True)
+
+
+def digits_mlp_architecture():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                         nn.Linear(32, 10))
 
 
 def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -44,15 +64,17 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], labels[train], images[test], labels[test]
 
 
-def make_digits_cnn():
+def _train(model, flat: bool):
     import torch
 
     torch.manual_seed(0)
-    model = digits_architecture()
     x_train, y_train, x_test, y_test = digits_data()
+    if flat:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     xs, ys = torch.from_numpy(x_train), torch.from_numpy(y_train)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
+    model.train()
     for _ in range(40):
         for batch in torch.randperm(len(ys), generator=generator).split(64):
             optimiser.zero_grad()
@@ -63,15 +85,48 @@ def make_digits_cnn():
     with torch.no_grad():
         accuracy = (model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
     if accuracy < 0.9:
-        raise RuntimeError(f"digits CNN trained to only {accuracy:.2%} test accuracy")
-    return model, {"image": torch.from_numpy(x_test[:16])}
+        raise RuntimeError(f"digits model trained to only {accuracy:.2%} test accuracy")
+    return model, torch.from_numpy(x_test[:16])
+
+
+def make_digits_cnn():
+    import torch
+
+    torch.manual_seed(0)
+    model, sample = _train(digits_architecture(), flat=False)
+    return model, {"image": sample}
+
+
+def make_digits_bn_cnn():
+    import torch
+
+    torch.manual_seed(0)
+    model, sample = _train(digits_bn_architecture(), flat=False)
+    return model, {"image": sample}
+
+
+def make_digits_mlp():
+    import torch
+
+    torch.manual_seed(0)
+    model, sample = _train(digits_mlp_architecture(), flat=True)
+    return model, {"features": sample}
+
+
+def _export(model, example: dict, path: Path, fold: bool = True) -> None:
+    import torch
+
+    name = next(iter(example))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example[name],), str(path), input_names=[name],
+                          output_names=["logits"], dynamic_axes={name: {0: "batch"}},
+                          opset_version=17, dynamo=False, do_constant_folding=fold)
 
 
 def export_digits_cnn(model, example: dict, path: Path) -> None:
-    import torch
+    _export(model, example, path)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example["image"],), str(path), input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+
+def export_keeping_batch_norm(model, example: dict, path: Path) -> None:
+    _export(model, example, path, fold=False)

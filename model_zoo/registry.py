@@ -29,6 +29,11 @@ class ZooModel:
 ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("digits_cnn", "small CNN trained on scikit-learn's 8x8 digits (GAP + dense head)",
              "digits", "make_digits_cnn", "export_digits_cnn", "digits_architecture"),
+    ZooModel("digits_bn_cnn", "digits CNN with batch norm kept as BatchNormalization nodes",
+             "digits", "make_digits_bn_cnn", "export_keeping_batch_norm",
+             "digits_bn_architecture"),
+    ZooModel("digits_mlp", "MLP trained on the 64 digit pixels",
+             "digits", "make_digits_mlp", "export_digits_cnn", "digits_mlp_architecture"),
     ZooModel("resnet18", "ResNet-18 configuration (transformers), random weights, 224x224",
              "hf_models", "make_resnet18", "export_image_model", "resnet18_architecture"),
     ZooModel("resnet18_64", "the resnet18 weights exported for 64x64 inputs (oracle tests)",

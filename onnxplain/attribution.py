@@ -35,6 +35,7 @@ class Attribution:
     objective: str = "class"
     # Method-specific results: convergence deltas, the layer a layer method used, ...
     extras: dict = field(default_factory=dict)
+    signed: bool = True
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.attributions[name]
@@ -57,6 +58,7 @@ class Attribution:
             "options": _jsonable(self.options),
             "output": self.output,
             "objective": self.objective,
+            "signed": self.signed,
             "target": self.target.tolist(),
             "predicted_class": None if self.predicted is None else self.predicted.tolist(),
             "predicted_score": _floats(self.predicted_score),
@@ -101,10 +103,13 @@ def _floats(values: np.ndarray | None) -> list[float | None] | None:
 
 
 def _jsonable(options: dict) -> dict:
+    """Plain values for JSON; arrays of more than a few dozen numbers are described, not
+    written out (a baseline image does not belong in a summary)."""
     out = {}
     for key, value in options.items():
         if isinstance(value, np.ndarray):
-            value = value.tolist()
+            value = (_floats(value) if value.dtype.kind == "f" else value.tolist()) \
+                if value.size <= 64 else f"array of shape {list(value.shape)}"
         elif isinstance(value, np.generic):
             value = value.item()
         out[key] = value

@@ -135,7 +135,7 @@ class Explainer:
         return Attribution(method.name, per_input, tensors, sources, self.output, target,
                            predicted, predicted_score, target_score,
                            self.engine.session_providers, elapsed, options, run.outputs, notes,
-                           run.objective, output.extras)
+                           run.objective, output.extras, output.signed)
 
 
 def _per_token(value: np.ndarray, dims, source: Source, reduction: str) -> np.ndarray:

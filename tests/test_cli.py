@@ -95,8 +95,13 @@ def test_methods_and_version():
     listing = run("methods")
     assert listing.exit_code == 0 and "saliency" in listing.stdout
     assert "abs=True" in listing.stdout
-    rows = json.loads(run("methods", "--json").stdout)
-    assert rows[0]["name"] == "saliency" and rows[0]["defaults"] == {"abs": True}
+    rows = {row["name"]: row for row in json.loads(run("methods", "--json").stdout)}
+    from onnxplain import METHODS
+
+    assert set(rows) == set(METHODS)
+    assert rows["saliency"]["defaults"] == {"abs": True}
+    assert rows["integrated_gradients"]["defaults"]["n_steps"] == 50
+    assert all(row["reference"] and row["summary"] for row in rows.values())
     from onnxplain import __version__
 
     assert __version__ in run("--version").stdout
@@ -203,3 +208,34 @@ def test_console_script_runs_in_a_real_process(workdir):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         f"error: model file not found: {workdir / 'missing.onnx'}"]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("input_x_gradient", []),
+    ("integrated_gradients", ["-O", "n_steps=8", "-O", "rule=riemann_middle",
+                              "-O", "baseline=@{w}/base.npy"]),
+    ("smoothgrad", ["-O", "n_samples=3", "-O", "noise_level=0.1", "-O", "seed=7"]),
+    ("vargrad", ["-O", "n_samples=3", "-O", "base=input_x_gradient"]),
+    ("guided_backprop", []),
+    ("deconvnet", []),
+    ("grad_cam", ["-O", "upsample=nearest"]),
+    ("guided_grad_cam", []),
+    ("grad_cam_plus_plus", []),
+    ("cam", []),
+    ("activation_maps", []),
+])
+def test_every_method_runs_from_the_cli(tmp_path, digits_path, method, options):
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "digits.npy", x)
+    np.save(tmp_path / "base.npy", np.full((1, 1, 8, 8), 0.1, np.float32))
+    result = run("explain", str(digits_path), "-i", str(tmp_path / "digits.npy"),
+                 "-m", method, "-o", str(tmp_path / "out"), "--json",
+                 *[o.format(w=tmp_path) for o in options])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["method"] == method
+    assert np.load(tmp_path / "out" / "attribution.npy").shape[0] == 2
+    assert list((tmp_path / "out").glob("heatmap_image_*.png"))
+    if method == "integrated_gradients":
+        assert summary["options"]["rule"] == "riemann_middle"
+        assert len(summary["extras"]["convergence_delta"]) == 2

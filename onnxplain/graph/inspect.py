@@ -8,12 +8,9 @@ import onnx
 
 from ..autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
 from .builder import GraphBuilder
+from .layers import conv_candidates, softmax_candidates
 from .model import Model, TensorSpec
 from .sources import find_sources
-
-# Ops after which a tensor still belongs to the conv block that produced it.
-_CONV_BLOCK = frozenset({"Conv", "Relu", "BatchNormalization", "Add", "Clip", "LeakyRelu",
-                         "Sigmoid", "Mul", "HardSwish", "Elu", "PRelu", "Gelu", "Silu"})
 
 
 def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
@@ -71,50 +68,3 @@ def _missing(model: Model, rules: RuleSet, sources) -> list[dict]:
     found = missing_rules(b, everywhere, rules, active)
     return [dict(item.as_dict(), on_default_path=item.node in on_path_names)
             for item in found]
-
-
-def conv_candidates(model: Model, limit: int = 3) -> list[dict]:
-    """The last spatial conv-block outputs, newest first: the default Grad-CAM layer leads."""
-    found = []
-    for node in reversed(model.proto.graph.node):
-        if node.op_type not in _CONV_BLOCK or not node.output:
-            continue
-        info = model.infos.get(node.output[0])
-        if info is None or info.rank != 4 or not _has_conv_upstream(model, node):
-            continue
-        height, width = info.shape[2], info.shape[3]
-        if isinstance(height, int) and isinstance(width, int) and height * width <= 1:
-            continue
-        found.append({"tensor": node.output[0], "node": node.name, "op_type": node.op_type,
-                      "shape": ["?" if d is None else d for d in info.shape]})
-        if len(found) == limit:
-            break
-    return found
-
-
-def _has_conv_upstream(model: Model, node: onnx.NodeProto, depth: int = 8) -> bool:
-    frontier = [node]
-    for _ in range(depth):
-        if any(n.op_type == "Conv" for n in frontier):
-            return True
-        frontier = [model.node_by_output[i] for n in frontier for i in n.input
-                    if i in model.node_by_output]
-        if not frontier:
-            return False
-    return False
-
-
-def softmax_candidates(model: Model) -> list[dict]:
-    """Softmax over the last axis of a rank-4 tensor: how exporters write attention."""
-    found = []
-    for node in model.proto.graph.node:
-        if node.op_type != "Softmax":
-            continue
-        info = model.infos.get(node.input[0])
-        default_axis = -1 if model.opset >= 13 else 1
-        axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
-        if info is None or info.rank != 4 or axis not in (-1, 3):
-            continue
-        found.append({"tensor": node.output[0], "node": node.name,
-                      "shape": ["?" if d is None else d for d in info.shape]})
-    return found

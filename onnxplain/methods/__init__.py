@@ -23,6 +23,8 @@ class MethodOutput:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     extras: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Whether the sign means something (heatmaps then use a diverging colormap).
+    signed: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,19 @@ def get_method(name: str) -> MethodSpec:
                          ) from None
 
 
-from . import saliency  # noqa: E402,F401 - registers itself
+# Each module registers its method(s) on import.
+from . import (  # noqa: E402,F401
+    activation_maps,
+    cam,
+    deconvnet,
+    grad_cam,
+    grad_cam_plus_plus,
+    guided_backprop,
+    guided_grad_cam,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+)
 
 __all__ = ["METHODS", "MethodOutput", "MethodSpec", "get_method", "register"]

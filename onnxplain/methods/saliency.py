@@ -19,7 +19,7 @@ def saliency(engine, feeds, target, sources, *, abs: bool = True):  # noqa: A002
     """
     run = engine.gradients(feeds, target, [source.tensor for source in sources])
     return MethodOutput(run, {name: np.abs(grad) if abs else grad
-                              for name, grad in run.grads.items()})
+                              for name, grad in run.grads.items()}, signed=not abs)
 
 
 register(MethodSpec(

@@ -1,0 +1,63 @@
+"""Helpers the methods share: targets fixed from a clean forward run, row repetition."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..engine import Engine, GradientRun, OutputSeed
+from ..errors import InputError
+from ..graph.sources import Source
+
+
+def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
+    """The target as explicit classes, so that runs on perturbed or interpolated inputs all
+    explain the class of the clean input; also returns the clean forward outputs."""
+    outputs = engine.forward(feeds)
+    logits = outputs[engine.output]
+    if isinstance(target, OutputSeed) or logits.ndim != 2:
+        return target, outputs
+    rows = logits.shape[0]
+    if target is None:
+        return logits.argmax(axis=1).astype(np.int64), outputs
+    values = np.asarray(target)
+    return (np.full(rows, int(values), np.int64) if values.ndim == 0
+            else values.astype(np.int64)), outputs
+
+
+def repeat_target(target, times: int):
+    """A per-row target for inputs whose rows were repeated `times` times each (interleaved)."""
+    if target is None:
+        return None
+    if isinstance(target, OutputSeed):
+        return OutputSeed(np.repeat(target.values, times, axis=0))
+    return np.repeat(np.asarray(target), times, axis=0)
+
+
+def tile_target(target, times: int):
+    """A per-row target for inputs stacked `times` times (block after block)."""
+    if target is None:
+        return None
+    if isinstance(target, OutputSeed):
+        return OutputSeed(np.concatenate([target.values] * times, axis=0))
+    return np.concatenate([np.asarray(target)] * times, axis=0)
+
+
+def input_sources(sources: Sequence[Source], feeds: Mapping[str, np.ndarray], method: str
+                  ) -> list[Source]:
+    """Sources that are float graph inputs: methods that move the input itself need them."""
+    moved = [s for s in sources if s.tensor == s.input and s.tensor in feeds]
+    inner = [s.input for s in sources if s not in moved]
+    if inner:
+        raise InputError(f"{method} moves the input values, but {', '.join(inner)} is "
+                         "attributed at an inner tensor (token ids or attribute_at)")
+    return moved
+
+
+def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> GradientRun:
+    """A GradientRun describing the clean input: its outputs and the explained classes."""
+    objective = "output_seed" if isinstance(target, OutputSeed) else (
+        "class" if outputs[engine.output].ndim == 2 else "sum")
+    used = None if objective != "class" else np.asarray(target, dtype=np.int64)
+    return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)

@@ -1,0 +1,28 @@
+"""Input x Gradient (Shrikumar et al. 2016): the gradient times the input, element by element."""
+
+from __future__ import annotations
+
+from . import MethodOutput, MethodSpec, register
+
+
+def input_x_gradient(engine, feeds, target, sources):
+    """Attribution_i = x_i * d S_c / d x_i.
+
+    For token ids, x is the embedding vector and each token gets the sum over the embedding
+    axis (the dot product of embedding and gradient).
+    """
+    wrt = [source.tensor for source in sources]
+    inner = [tensor for tensor in wrt if tensor not in feeds]
+    run = engine.gradients(feeds, target, wrt, taps=inner)
+    values = {tensor: run.grads[tensor] * (feeds[tensor] if tensor in feeds else
+                                           run.taps[tensor]) for tensor in wrt}
+    return MethodOutput(run, values)
+
+
+register(MethodSpec(
+    name="input_x_gradient",
+    run=input_x_gradient,
+    summary="input times the gradient of the target score",
+    reference="Shrikumar, Greenside, Shcherbina, Kundaje 2016, arXiv:1605.01713",
+    family="gradient",
+))
