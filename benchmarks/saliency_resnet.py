@@ -18,37 +18,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import interleaved_times, median_ratio  # noqa: E402
 
 import model_zoo  # noqa: E402
 import onnxplain  # noqa: E402
 from onnxplain.runtime.session import Session  # noqa: E402
-
-
-def interleaved_times(runs: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times of each callable, run in turn `repeats` times after one warm-up round."""
-    for run in runs.values():
-        run()  # first runs allocate memory and pick kernels
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            # ONNX Runtime's worker threads spin for a while after a run; let the previous
-            # session's go idle so they do not steal this one's cores.
-            time.sleep(0.05)
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def median_ratio(top: list[float], bottom: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
 
 
 def main() -> None:

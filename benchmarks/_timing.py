@@ -1,0 +1,31 @@
+"""Timing helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int
+                      ) -> dict[str, list[float]]:
+    """Wall times of each callable, run in turn `repeats` times after one warm-up round.
+
+    ONNX Runtime's worker threads spin for a while after a run; a short sleep lets the
+    previous session's go idle so they do not steal the next one's cores.
+    """
+    for run in runs.values():
+        run()  # first runs allocate memory and pick kernels
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            time.sleep(0.05)
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(top: list[float], bottom: list[float]) -> float:
+    """Median of the per-repeat ratios: robust to a machine speeding up or slowing down."""
+    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
