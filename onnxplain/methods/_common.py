@@ -9,6 +9,7 @@ import numpy as np
 from ..engine import Engine, GradientRun, OutputSeed
 from ..errors import InputError
 from ..graph.sources import Source
+from ..inputs import prepare_target
 
 
 def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
@@ -18,12 +19,9 @@ def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
     logits = outputs[engine.output]
     if isinstance(target, OutputSeed) or logits.ndim != 2:
         return target, outputs
-    rows = logits.shape[0]
     if target is None:
         return logits.argmax(axis=1).astype(np.int64), outputs
-    values = np.asarray(target)
-    return (np.full(rows, int(values), np.int64) if values.ndim == 0
-            else values.astype(np.int64)), outputs
+    return prepare_target(target, logits.shape[0], logits.shape[1]), outputs
 
 
 def repeat_target(target, times: int):

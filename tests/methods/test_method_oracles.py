@@ -236,3 +236,12 @@ def test_smoothgrad_needs_a_gradient_base(zoo):
         case.explain("smoothgrad", base="vargrad")
     with pytest.raises(InputError, match="'grad_cam' is not one"):
         case.explain("smoothgrad", base="grad_cam")
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "cam"])
+def test_bad_targets_are_input_errors_for_every_method(zoo, method):
+    case = Case(zoo, "digits_cnn")
+    with pytest.raises(InputError, match="target 10 is out of range"):
+        case.explainer.explain(case.x, method=method, target=10)
+    with pytest.raises(InputError, match="target has 2 entries for 16 input rows"):
+        case.explainer.explain(case.x, method=method, target=[1, 2])
