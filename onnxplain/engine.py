@@ -150,11 +150,11 @@ class Engine:
         """Rows per run for the duration of one explain call (None: by the memory budget)."""
         if size is not None and size < 1:
             raise InputError(f"batch_size must be at least 1, got {size}")
-        self._chunk = size
+        previous, self._chunk = self._chunk, size
         try:
             yield
         finally:
-            self._chunk = None
+            self._chunk = previous
 
     def _row_chunks(self, rows: int, feeds: Mapping[str, np.ndarray]
                     ) -> Iterator[tuple[slice, int]]:

@@ -59,3 +59,13 @@ def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> Gradien
         "class" if outputs[engine.output].ndim == 2 else "sum")
     used = None if objective != "class" else np.asarray(target, dtype=np.int64)
     return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)
+
+
+def target_scores(logits: np.ndarray, target) -> np.ndarray:
+    """The explained score of each row: the target logit, seed-weighted sum, or the value."""
+    if isinstance(target, OutputSeed):
+        weights = target.values.reshape(target.values.shape[0], -1)
+        return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
+    if logits.ndim == 2:
+        return logits[np.arange(logits.shape[0]), target].astype(np.float64)
+    return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)

@@ -1,1 +1,141 @@
-"""(being written)"""
+"""DeepLIFT with the Rescale rule (Shrikumar, Greenside, Kundaje 2017, arXiv:1704.02685)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..engine import Engine, OutputSeed
+from ..errors import InputError
+from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
+from . import MethodOutput, MethodSpec, register
+from ._common import clean_run, fixed_target, input_sources, target_scores, tile_target
+from .baselines import make_baselines
+
+
+class SummationWarning(UserWarning):
+    """DeepLIFT's contributions do not sum to the output difference: the model has
+    nonlinear ops without a DeepLIFT rule (they fall back to their gradient) or a Softmax
+    (its rule centres the multipliers)."""
+
+
+def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value: float = 0.0,
+             blur_sigma: float = 5.0, seed: int = 0, eps: float = DEFAULT_EPS,
+             delta_tolerance: float = 1e-3):
+    """C_i = (x_i - x'_i) · m_i, with m the DeepLIFT multipliers of the target score S_c.
+
+    Multipliers follow the chain rule backwards with m = Δy / Δx at every nonlinearity
+    (Rescale; the derivative where |Δx| < `eps`), Captum's rules at MaxPool and Softmax, and
+    the weights at linear ops (see onnxplain.rules.deeplift), so that summation-to-delta
+    holds, sum_i C_i = S_c(x) - S_c(x'), wherever every nonlinearity on the path has a rule
+    and no Softmax centres the multipliers. The reference x' is "zeros", "constant"
+    (`baseline_value`), "blur" (`blur_sigma` pixels), "uniform" (seeded) or an array (or
+    dict of arrays), as for Integrated Gradients. Each input row runs in one batch with its
+    reference row (a batch size counts both). extras["convergence_delta"] holds
+    sum(C) - (S_c(x) - S_c(x')) per row; a SummationWarning is issued where it exceeds
+    `delta_tolerance` times |S_c(x) - S_c(x')|.
+    """
+    names = [source.tensor for source in input_sources(sources, feeds, "deeplift")]
+    eps = _check_eps(eps)
+    references = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
+    target, clean_outputs = fixed_target(engine, feeds, target)
+    multipliers, difference = _paired_runs(engine, feeds, references, target, names, eps)
+    values = {name: ((feeds[name] - references[name]) * multipliers[name]).astype(
+        feeds[name].dtype) for name in names}
+    delta = _summation_delta(values, difference, delta_tolerance)
+    return MethodOutput(clean_run(clean_outputs, target, engine), values,
+                        extras={"convergence_delta": delta})
+
+
+def _check_eps(eps: float) -> float:
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"eps must be a finite number >= 0, got {eps}")
+    return value
+
+
+# ---- input and reference rows in one run -------------------------------------------------
+def _pairs_per_run(engine: Engine, feeds: Mapping[str, np.ndarray]) -> tuple[int, bool]:
+    """How many (input, reference) pairs one run takes, and whether runs must be padded to
+    exactly that many (a fixed batch axis)."""
+    batch = engine.model.batch
+    if not batch.symbolic and batch.size:
+        if batch.size % 2:
+            raise InputError("deeplift runs each input row with its reference row in one "
+                             f"batch, but the model's batch axis is fixed to {batch.size}; "
+                             "export it with a symbolic (or even) batch size")
+        return batch.size // 2, True
+    return max(1, engine.rows_per_run(feeds) // 2), False
+
+
+def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
+                 references: Mapping[str, np.ndarray], target, names: Sequence[str],
+                 eps: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Multipliers at the inputs and S(x) - S(x') per row, from runs on [x; x'] batches.
+
+    The rules find the reference of row i at row N + i of the run they are in, so a run
+    must hold whole halves: the rows go in chunks of `pairs`, each run as [chunk; its
+    references], and the engine is told to run exactly that many rows at once."""
+    rows = next(iter(feeds.values())).shape[0]
+    pairs, padded = _pairs_per_run(engine, feeds)
+    rules = deeplift_rules(eps)
+    grads: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    differences = []
+    # Exactly 2 * pairs rows per run, whatever the budget or the caller's batch size say.
+    # Chunking resets the engine's chunk size on exit: no engine call follows this block.
+    with engine.chunking(2 * pairs):
+        for start in range(0, rows, pairs):
+            part = np.arange(start, min(start + pairs, rows))
+            # A fixed batch axis: repeat the last row so both halves fill it exactly.
+            taken = part if not padded else np.pad(part, (0, pairs - len(part)), mode="edge")
+            batch = {k: np.concatenate([v[taken], (references[k] if k in references
+                                                   else v)[taken]]) for k, v in feeds.items()}
+            part_target = _take(target, taken)
+            run = engine.gradients(batch, tile_target(part_target, 2), names, rules=rules)
+            count, half = len(part), len(taken)
+            for name in names:
+                grads[name].append(run.grads[name][:count])
+            scores = target_scores(run.outputs[engine.output], tile_target(part_target, 2))
+            differences.append((scores[:half] - scores[half:])[:count])
+    return ({name: np.concatenate(parts) for name, parts in grads.items()},
+            np.concatenate(differences))
+
+
+def _take(target, rows: np.ndarray):
+    """The target of the selected rows (a class per row, an output seed, or None)."""
+    if target is None:
+        return None
+    if isinstance(target, OutputSeed):
+        return OutputSeed(target.values[rows])
+    return np.asarray(target)[rows]
+
+
+def _summation_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
+                     tolerance: float) -> np.ndarray:
+    """sum(C) - (S(x) - S(x')) per row: 0 up to rounding where every nonlinearity has a
+    DeepLIFT rule."""
+    total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
+    delta = total - difference
+    scale = np.abs(difference) + 1e-6
+    if np.any(np.abs(delta) > tolerance * scale):
+        worst = float(np.max(np.abs(delta) / scale))
+        warnings.warn(f"deeplift: the contributions miss the output difference by {worst:.1%}; "
+                      "the model has nonlinear ops without a DeepLIFT rule (they use their "
+                      "gradient) or a Softmax (its rule centres the multipliers)",
+                      SummationWarning, stacklevel=4)
+    return delta
+
+
+register(MethodSpec(
+    name="deeplift",
+    run=deeplift,
+    summary="differences from a reference times Rescale multipliers (summation-to-delta gap "
+            "in extras)",
+    reference="Shrikumar, Greenside, Kundaje 2017, arXiv:1704.02685",
+    family="gradient",
+    defaults={"baseline": "zeros", "baseline_value": 0.0, "blur_sigma": 5.0, "seed": 0,
+              "eps": DEFAULT_EPS, "delta_tolerance": 1e-3},
+))

@@ -6,10 +6,9 @@ import warnings
 
 import numpy as np
 
-from ..engine import OutputSeed
 from ..errors import InputError
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, input_sources, tile_target
+from ._common import clean_run, fixed_target, input_sources, target_scores, tile_target
 from .baselines import make_baselines
 
 PATH_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
@@ -92,7 +91,7 @@ def _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
     """sum(IG) - (S(x) - S(x')) per row: 0 for an exact integral (completeness)."""
     base_feeds = {**feeds, **baselines}
     base_outputs = engine.forward(base_feeds)
-    difference = _scores(clean_outputs[engine.output], target) - _scores(
+    difference = target_scores(clean_outputs[engine.output], target) - target_scores(
         base_outputs[engine.output], target)
     total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
     delta = total - difference
@@ -103,16 +102,6 @@ def _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
                       "output difference; use more n_steps (or gausslegendre)",
                       ConvergenceWarning, stacklevel=4)
     return delta
-
-
-def _scores(logits: np.ndarray, target) -> np.ndarray:
-    """The explained score of each row: the target logit, seed-weighted sum, or the value."""
-    if isinstance(target, OutputSeed):
-        weights = target.values.reshape(target.values.shape[0], -1)
-        return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
-    if logits.ndim == 2:
-        return logits[np.arange(logits.shape[0]), target].astype(np.float64)
-    return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)
 
 
 register(MethodSpec(
