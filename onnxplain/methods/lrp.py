@@ -1,1 +1,113 @@
-"""(being written)"""
+"""Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import OutputSeed
+from ..errors import InputError
+from ..rules.lrp import LrpParams, lrp_rules
+from . import MethodOutput, MethodSpec, register
+from ._common import clean_run, fixed_target
+
+
+def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
+        epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0,
+        low=None, high=None, stabilizer: float = 1e-6, merge_batch_norm: bool = True):
+    """Relevance of each input value, propagated back from the target score layer by layer.
+
+    The output relevance is the explained score itself: R = y_c for class c (the predicted
+    one by default), R = seed * y for an output seed, R = y for one-value outputs. Each layer
+    redistributes the relevance of its outputs to its inputs (Montavon et al. 2019):
+
+        R_j = sum_k x'_j w'_jk R_k / stab(b'_k + sum_j x'_j w'_jk)
+
+    with the inputs, weights and bias modified by the rule the `composite` assigns to the
+    layer: "epsilon-plus" (default; z+ on convolutions, epsilon on dense layers),
+    "epsilon-plus-flat" (flat on the first layer), "epsilon-gamma-box" (box with bounds
+    `low` and `high` on the first layer, gamma on convolutions, epsilon on dense layers),
+    "epsilon-alpha2-beta1" (alpha-beta on convolutions, epsilon on dense layers), or one rule
+    on every weighted layer: "epsilon", "gamma", "z-plus", "alpha-beta", "flat", "w-square".
+    Parameters: `epsilon` of the epsilon rule (1e-6, Zennit's default; ~0 makes the
+    "epsilon" composite equal Gradient x Input on ReLU networks), `gamma` (0.25), `alpha` and
+    `beta` (2 and 1, alpha - beta = 1), `low` and `high` (numbers, or arrays broadcasting
+    against the first layer's input, e.g. shape [1, C, 1, 1] for per-channel bounds), and
+    `stabilizer` (1e-6), which keeps every other division (other rules, the proportional
+    rule of pools and residual Adds) away from zero. With `merge_batch_norm` (default, as
+    Zennit's canonizer) a BatchNormalization right after a Conv or Gemm is merged into that
+    layer's weights before its rule applies; otherwise it gets the proportional rule, as in
+    Captum. See onnxplain.rules.lrp for how relevance passes each op family.
+
+    extras: "rules" (weighted node -> rule), "output_relevance" and "input_relevance" (per
+    row, summed over every attributed input) and their ratio "conservation": 1 where the
+    relevance is conserved; biases, epsilon and rules like alpha-beta without negative
+    contributions make it drift.
+    """
+    params = LrpParams(_number("epsilon", epsilon), _number("gamma", gamma),
+                       _number("alpha", alpha), _number("beta", beta), _bound(low), _bound(high),
+                       _number("stabilizer", stabilizer))
+    names = [source.tensor for source in sources]
+    rules = lrp_rules(engine.model, names, str(composite), params, bool(merge_batch_norm))
+    target, outputs = fixed_target(engine, feeds, target)
+    seed = initial_relevance(outputs[engine.output], target)
+    run = engine.gradients(feeds, OutputSeed(seed), names, rules=rules)
+    values = dict(run.grads)
+    rows = seed.shape[0]
+    given = seed.reshape(rows, -1).sum(axis=1, dtype=np.float64)
+    found = sum(v.reshape(rows, -1).sum(axis=1, dtype=np.float64) for v in values.values())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conservation = np.asarray(found) / given
+    extras = {"composite": composite, "rules": rules.labels, "output_relevance": given,
+              "input_relevance": np.asarray(found), "conservation": conservation}
+    return MethodOutput(clean_run(outputs, target, engine), values, extras=extras)
+
+
+def initial_relevance(output: np.ndarray, target) -> np.ndarray:
+    """The relevance of each output value: the explained score's share of it."""
+    if isinstance(target, OutputSeed):
+        return (np.asarray(target.values) * output).astype(output.dtype)
+    if output.ndim == 2:
+        hot = np.zeros_like(output)
+        hot[np.arange(output.shape[0]), np.asarray(target, dtype=np.int64)] = 1
+        return hot * output
+    if output.ndim == 1:
+        return output.copy()
+    raise InputError(f"the explained output has rank {output.ndim}; a class target needs a "
+                     "[batch, classes] output: choose another output or pass an output seed")
+
+
+def _number(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"option '{name}' of method 'lrp' expects a number, got {value!r}"
+                         ) from None
+
+
+def _bound(value) -> np.ndarray | None:
+    """A box bound from the API (number or array) or the CLI (text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return np.asarray(float(value))
+        except ValueError:
+            raise InputError(f"low and high must be numbers, got '{value}'") from None
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"low and high must be numbers or numeric arrays, got {array.dtype}")
+    return array.astype(np.float64)
+
+
+register(MethodSpec(
+    name="lrp",
+    run=lrp,
+    summary="layer-wise relevance propagation, rules chosen per layer by a named composite "
+            "(conservation in extras)",
+    reference="Bach et al. 2015, PLOS ONE 10(7):e0130140; Montavon et al. 2019, "
+              "doi:10.1007/978-3-030-28954-6_10",
+    family="gradient",
+    defaults={"composite": "epsilon-plus", "epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0,
+              "beta": 1.0, "low": None, "high": None, "stabilizer": 1e-6,
+              "merge_batch_norm": True},
+))
