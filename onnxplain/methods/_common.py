@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -69,3 +70,16 @@ def target_scores(logits: np.ndarray, target) -> np.ndarray:
     if logits.ndim == 2:
         return logits[np.arange(logits.shape[0]), target].astype(np.float64)
     return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
+def completeness_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
+                       tolerance: float, category: type[Warning], message: str) -> np.ndarray:
+    """sum(attributions) - (S(x) - S(x')) per row, warning when it exceeds `tolerance` times
+    |S(x) - S(x')|; `message` is formatted with the worst relative error as {worst}."""
+    total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
+    delta = total - difference
+    scale = np.abs(difference) + 1e-6
+    if np.any(np.abs(delta) > tolerance * scale):
+        worst = float(np.max(np.abs(delta) / scale))
+        warnings.warn(message.format(worst=worst), category, stacklevel=5)
+    return delta

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,7 +11,14 @@ from ..engine import Engine, OutputSeed
 from ..errors import InputError
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, input_sources, target_scores, tile_target
+from ._common import (
+    clean_run,
+    completeness_delta,
+    fixed_target,
+    input_sources,
+    target_scores,
+    tile_target,
+)
 from .baselines import make_baselines
 
 
@@ -117,16 +123,11 @@ def _summation_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
                      tolerance: float) -> np.ndarray:
     """sum(C) - (S(x) - S(x')) per row: 0 up to rounding where every nonlinearity has a
     DeepLIFT rule."""
-    total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
-    delta = total - difference
-    scale = np.abs(difference) + 1e-6
-    if np.any(np.abs(delta) > tolerance * scale):
-        worst = float(np.max(np.abs(delta) / scale))
-        warnings.warn(f"deeplift: the contributions miss the output difference by {worst:.1%}; "
-                      "the model has nonlinear ops without a DeepLIFT rule (they use their "
-                      "gradient) or a Softmax (its rule centres the multipliers)",
-                      SummationWarning, stacklevel=4)
-    return delta
+    return completeness_delta(values, difference, tolerance, SummationWarning,
+                              "deeplift: the contributions miss the output difference by "
+                              "{worst:.1%}; the model has nonlinear ops without a DeepLIFT rule "
+                              "(they use their gradient) or a Softmax (its rule centres the "
+                              "multipliers)")
 
 
 register(MethodSpec(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from ..errors import InputError
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, input_sources, target_scores, tile_target
+from ._common import (
+    clean_run,
+    completeness_delta,
+    fixed_target,
+    input_sources,
+    target_scores,
+    tile_target,
+)
 from .baselines import make_baselines
 
 PATH_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
@@ -93,15 +98,9 @@ def _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
     base_outputs = engine.forward(base_feeds)
     difference = target_scores(clean_outputs[engine.output], target) - target_scores(
         base_outputs[engine.output], target)
-    total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
-    delta = total - difference
-    scale = np.abs(difference) + 1e-6
-    if np.any(np.abs(delta) > tolerance * scale):
-        worst = float(np.max(np.abs(delta) / scale))
-        warnings.warn(f"integrated gradients: the completeness error is {worst:.1%} of the "
-                      "output difference; use more n_steps (or gausslegendre)",
-                      ConvergenceWarning, stacklevel=4)
-    return delta
+    return completeness_delta(values, difference, tolerance, ConvergenceWarning,
+                              "integrated gradients: the completeness error is {worst:.1%} of "
+                              "the output difference; use more n_steps (or gausslegendre)")
 
 
 register(MethodSpec(

@@ -94,11 +94,9 @@ def test_input_x_gradient(case):
     assert max_relative_error(got, want.detach()) < 1e-4
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_integrated_gradients(case, rule):
+def captum_and_ours_ig(case: Case, steps: int, rule: str):
     from captum.attr import IntegratedGradients
 
-    steps = 16
     want = IntegratedGradients(case.module).attribute(
         case.tensor(), target=case.target_tensor(), n_steps=steps, method=rule).detach()
     if rule == "riemann_trapezoid":
@@ -107,6 +105,12 @@ def test_integrated_gradients(case, rule):
         want = want * steps / (steps - 1)
     result = case.explain("integrated_gradients", n_steps=steps, rule=rule,
                           delta_tolerance=1e9)
+    return result, want
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_integrated_gradients(case, rule):
+    result, want = captum_and_ours_ig(case, 16, rule)
     assert_rows_agree_but_for_flips(result[case.input], want)
     assert result.extras["convergence_delta"].shape == (len(case.x),)
 
@@ -115,16 +119,8 @@ def test_integrated_gradients(case, rule):
 def test_integrated_gradients_smooth_model(zoo, rule):
     """ViT (GELU, softmax, layer norm) has no activation-pattern boundaries: every row must
     agree to 1e-4."""
-    from captum.attr import IntegratedGradients
-
     case = Case(zoo, "vit_small")
-    steps = 12
-    want = IntegratedGradients(case.module).attribute(
-        case.tensor(), target=case.target_tensor(), n_steps=steps, method=rule).detach()
-    if rule == "riemann_trapezoid":
-        want = want * steps / (steps - 1)
-    result = case.explain("integrated_gradients", n_steps=steps, rule=rule,
-                          delta_tolerance=1e9)
+    result, want = captum_and_ours_ig(case, 12, rule)
     assert max_relative_error(result[case.input], want) < 1e-4
 
 
