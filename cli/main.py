@@ -104,22 +104,32 @@ def inspect(model: str, as_json: bool) -> None:
               help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="rows per run (default: the whole batch)")
+@click.option("--vocab", default=None, metavar="FILE",
+              help="token strings for token-id inputs: vocab.txt, vocab.json or "
+                   "tokenizer.json (default: the ids)")
 @click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
             output_name: str | None, output_seed: str | None, attribute_at: tuple[str, ...],
             out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
-            as_json: bool, quiet: bool) -> None:
+            vocab: str | None, as_json: bool, quiet: bool) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
     from .input_files import read_array, read_inputs
     from .outputs import describe_result, prepare_folder, write_explanation
 
+    vocabulary = None
+    if vocab is not None:
+        from onnxplain.vocab import load_vocabulary
+
+        vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, output=output_name,
                           attribute_at=_pairs(attribute_at, "--attribute-at"))
     arrays, files = read_inputs(explainer.model, inputs)
+    if vocab is not None:
+        files.append(vocab)
     seed = None
     if output_seed is not None:
         seed = read_array(output_seed)
@@ -132,7 +142,8 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     folder = prepare_folder(out, [model, *files])
     result = explainer.explain(arrays, method=method, target=_targets(target),
                                output_seed=seed, batch_size=batch_size, **method_options)
-    written = write_explanation(result, folder, [model, *files], result.signed)
+    written = write_explanation(result, folder, [model, *files], result.signed, arrays,
+                                vocabulary)
     if as_json:
         summary = result.summary()
         summary["files"] = written

@@ -11,6 +11,9 @@ from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
 from onnxplain.files import save_json, save_npy, save_npz
 from onnxplain.viz.heatmap import heatmap_image, image_layout, save_png, spatial_map
+from onnxplain.vocab import Vocabulary
+
+from .token_outputs import safe_name, write_token_views
 
 MAX_HEATMAPS = 64
 
@@ -24,8 +27,11 @@ def prepare_folder(out: str, protected: list[str]) -> Path:
 
 
 def write_explanation(attribution: Attribution, folder: Path, protected: list[str],
-                      signed: bool) -> list[str]:
-    """Write every output file atomically; refuse to overwrite a protected (input) file."""
+                      signed: bool, feeds: dict[str, np.ndarray] | None = None,
+                      vocabulary: Vocabulary | None = None) -> list[str]:
+    """Write every output file atomically; refuse to overwrite a protected (input) file.
+    Token-id inputs get HTML pages and JSON of their token scores (strings from
+    `vocabulary`, else the ids)."""
     guard = {os.path.realpath(p) for p in protected}
     written: list[str] = []
 
@@ -49,15 +55,12 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
             continue
         for row in range(min(values.shape[0], MAX_HEATMAPS)):
             image = heatmap_image(spatial_map(values[row], layout, signed), signed)
-            save_png(image, target(f"heatmap_{_safe(name)}_{row}.png"))
+            save_png(image, target(f"heatmap_{safe_name(name)}_{row}.png"))
+    write_token_views(attribution, feeds or {}, vocabulary, target)
     summary = attribution.summary()
     summary["files"] = [os.path.basename(p) for p in written] + ["summary.json"]
     save_json(target("summary.json"), summary)
     return written
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def describe_result(attribution: Attribution) -> list[str]:

@@ -38,13 +38,22 @@ def print_description(d: dict) -> None:
                  f"'{item['node']}' [{where}]{reason}")
     else:
         echo("ops without a backward rule: none")
-    layers = d["candidate_layers"]
-    echo("candidate layers:")
-    for kind, label in (("conv", "last conv blocks"), ("attention_softmax", "attention")):
-        entries = layers[kind]
-        if not entries:
-            echo(f"  {label}: none found")
-            continue
-        echo(f"  {label}:")
-        for entry in entries:
-            echo(f"    {entry['tensor']} {_shape(entry['shape'])} (node '{entry['node']}')")
+    entries = d["candidate_layers"]["conv"]
+    echo("candidate layers (last conv blocks):" + ("" if entries else " none found"))
+    for entry in entries:
+        echo(f"  {entry['tensor']} {_shape(entry['shape'])} (node '{entry['node']}')")
+    _print_attention(d)
+
+
+def _print_attention(d: dict) -> None:
+    echo = click.echo
+    if d.get("attention_problem"):
+        echo(f"attention layers: none readable ({d['attention_problem']})")
+        return
+    layers = d["attention_layers"]
+    echo(f"attention layers: {len(layers) or 'none found'}")
+    for layer in layers:
+        heads = layer["heads"] if layer["heads"] is not None else "?"
+        masks = ", ".join(layer["mask_inputs"]) or "no mask"
+        echo(f"  {layer['layer']}: {layer['probabilities']} ({heads} heads, "
+             f"{layer['layout']}, {masks}; reads '{layer['hidden_state']}')")

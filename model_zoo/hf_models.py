@@ -41,15 +41,20 @@ def vit_small_architecture():
     return _logits_wrapper(ViTForImageClassification(config), ("pixel_values",))
 
 
-def bert_small_architecture():
+def bert_small_architecture(attention: str = "eager"):
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128,
                         max_position_embeddings=128, num_labels=2,
-                        attn_implementation="eager")
+                        attn_implementation=attention)
     return _logits_wrapper(BertForSequenceClassification(config), (
         "input_ids", "attention_mask", "token_type_ids"))
+
+
+def bert_small_sdpa_architecture():
+    """bert_small with scaled_dot_product_attention (same weights: attention holds none)."""
+    return bert_small_architecture("sdpa")
 
 
 def _seeded(architecture):
@@ -100,6 +105,11 @@ def make_bert_small():
         "token_type_ids": torch.zeros(3, 12, dtype=torch.long)}
 
 
+def make_bert_small_sdpa():
+    _, example = make_bert_small()
+    return _seeded(bert_small_sdpa_architecture), example
+
+
 def _export(model, example: dict, path: Path, axes: dict[int, str]) -> None:
     import torch
 
@@ -118,3 +128,27 @@ def export_image_model(model, example: dict, path: Path) -> None:
 
 def export_text_model(model, example: dict, path: Path) -> None:
     _export(model, example, path, {0: "batch", 1: "sequence"})
+
+
+def _export_dynamo(model, example: dict, path: Path, opset: int) -> None:
+    """torch.export-based exporter, symbolic batch and sequence axes."""
+    import torch
+
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(example.values()), str(path),
+                          input_names=list(example), output_names=["logits"],
+                          dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in example),),
+                          opset_version=opset, dynamo=True, verbose=False)
+
+
+def export_text_model_dynamo18(model, example: dict, path: Path) -> None:
+    """Decomposed attention as the dynamo exporter writes it at opset 18."""
+    _export_dynamo(model, example, path, 18)
+
+
+def export_text_model_attention23(model, example: dict, path: Path) -> None:
+    """With sdpa attention, the dynamo exporter writes one standard Attention op per layer
+    at opset 23."""
+    _export_dynamo(model, example, path, 23)

@@ -42,6 +42,18 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "hf_models", "make_vit_small", "export_image_model", "vit_small_architecture"),
     ZooModel("bert_small", "small BERT classifier (transformers), random weights, 2 layers",
              "hf_models", "make_bert_small", "export_text_model", "bert_small_architecture"),
+    ZooModel("bert_small_dynamo", "bert_small by the dynamo exporter, opset 18",
+             "hf_models", "make_bert_small", "export_text_model_dynamo18",
+             "bert_small_architecture"),
+    ZooModel("bert_small_sdpa", "bert_small with sdpa attention, legacy exporter, opset 17",
+             "hf_models", "make_bert_small_sdpa", "export_text_model",
+             "bert_small_sdpa_architecture"),
+    ZooModel("bert_small_attention23", "bert_small with sdpa attention by the dynamo "
+             "exporter at opset 23: standard Attention ops", "hf_models", "make_bert_small_sdpa",
+             "export_text_model_attention23", "bert_small_sdpa_architecture"),
+    ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
+             "sentiment", "make_sentiment_bert", "export_sentiment_bert",
+             "sentiment_architecture"),
 ]}
 
 

@@ -12,10 +12,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
-from .autodiff import GRADIENT, RuleSet
-from .autodiff.program import GradientProgram, build_gradient_program
+from .autodiff import GRADIENT, POST_PREFIX, RuleSet, add_output
+from .autodiff.program import GradientProgram, Pass, Post, build_gradient_program
 from .errors import InputError, ModelError, OnnxplainError
+from .graph.builder import GraphBuilder
 from .graph.model import Model
 from .graph.sources import Source
 from .graph.taps import add_taps
@@ -45,6 +47,8 @@ class GradientRun:
     target: np.ndarray | None
     taps: dict[str, np.ndarray] = field(default_factory=dict)
     objective: str = "class"  # "class", "output_seed", or "sum" for one-value outputs
+    passes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    post: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Engine:
@@ -73,16 +77,20 @@ class Engine:
 
     def gradients(self, feeds: Mapping[str, np.ndarray], target=None,
                   wrt: Sequence[str] | None = None, *, rules: RuleSet = GRADIENT,
-                  taps: Sequence[str] = ()) -> GradientRun:
+                  taps: Sequence[str] = (), passes: Sequence[Pass] = (),
+                  post: Post | None = None, active_from: Sequence[str] = ()) -> GradientRun:
         """Run the gradient program for `wrt` tensors over all rows of `feeds`.
 
-        `target` is a class index per row (None: predicted) or an OutputSeed.
+        `target` is a class index per row (None: predicted) or an OutputSeed. `passes` add
+        backward passes under other rule sets to the same run, `post` reduces tensors in
+        the graph, `active_from` see autodiff.build.differentiated_region.
         """
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
         seed = target.values if isinstance(target, OutputSeed) else None
         if seed is not None:
             target = None
-        program, session = self.program(wrt, rules, seed is not None, tuple(taps))
+        program, session = self.program(wrt, rules, seed is not None, tuple(taps),
+                                        tuple(passes), post, tuple(active_from))
         rows = batch_size_of(feeds)
         extra: dict[str, np.ndarray] = {}
         if program.target_input:
@@ -95,6 +103,8 @@ class Engine:
         if program.target_output:
             names.append(program.target_output)
         names += [t for t in program.taps if t not in names]
+        extra_names = [o for grads in program.passes.values() for o in grads.values()]
+        names += extra_names + list(program.post.values())
         results = self._run_rows(session, names, dict(feeds), extra, rows)
         used = results.get(program.target_output) if program.target_output else None
         if used is not None and target is not None:
@@ -110,27 +120,38 @@ class Engine:
             target=used,
             taps={t: results[t] for t in program.taps},
             objective=("output_seed" if program.seed_input else
-                       "class" if program.target_input else "sum"))
+                       "class" if program.target_input else "sum"),
+            passes={label: {name: results[out] for name, out in grads.items()}
+                    for label, grads in program.passes.items()},
+            post={label: results[out] for label, out in program.post.items()})
 
-    def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = ()
-                ) -> dict[str, np.ndarray]:
-        """Original outputs, plus the tapped intermediate tensors, for all rows of `feeds`."""
-        key = tuple(taps)
+    def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = (),
+                post: Post | None = None) -> dict[str, np.ndarray]:
+        """Original outputs, plus the tapped intermediate tensors, for all rows of `feeds`;
+        the outputs of `post` (given no gradients) under POST_PREFIX + label."""
+        key = (tuple(taps), post.key if post is not None else None)
         if key not in self._forward:
             model = add_taps(self.model.proto, self.model.infos, list(taps)) if taps \
                 else self.model.proto
+            if post is not None:
+                model = _with_post(model, self.model.infos, post)
             self._forward[key] = Session(model, self.providers, self.optimization)
         session = self._forward[key]
         return self._run_rows(session, session.output_names, dict(feeds), {},
                               batch_size_of(feeds))
 
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
-                taps: tuple[str, ...] = ()) -> tuple[GradientProgram, Session]:
+                taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),
+                post: Post | None = None, active_from: tuple[str, ...] = ()
+                ) -> tuple[GradientProgram, Session]:
         """The rewritten model for these gradients and its cached session (built once)."""
-        key = (self.output, wrt, rules.name, seeded, taps)
+        key = (self.output, wrt, rules.name, seeded, taps,
+               tuple((p.label, p.rules.name, p.wrt, p.active_from) for p in passes),
+               post.key if post is not None else None, active_from)
         if key not in self._programs:
             program = build_gradient_program(self.model, self.output, wrt, rules=rules,
-                                             seeded=seeded, taps=taps)
+                                             seeded=seeded, taps=taps, passes=passes,
+                                             post=post, active_from=active_from)
             self._programs[key] = (program, Session(program.model, self.providers,
                                                     self.optimization))
         return self._programs[key]
@@ -182,6 +203,16 @@ class Engine:
                 value = out[name]
                 parts[name].append(value[:taken] if pad_to and value.ndim else value)
         return {name: _join(values) for name, values in parts.items()}
+
+
+def _with_post(model, infos, post: Post):
+    """A copy of `model` that also returns the outputs of `post` (forward only)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model)
+    b = GraphBuilder(proto, dict(infos))
+    for label, tensor in post.emit(b, {"": {}}).items():
+        add_output(b, POST_PREFIX + label, tensor)
+    return proto
 
 
 def pick_output(model: Model, output: str | None) -> str:

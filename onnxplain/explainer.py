@@ -12,6 +12,7 @@ import onnx
 from .attribution import Attribution
 from .engine import Engine, GradientRun, OutputSeed, pick_output
 from .errors import InputError
+from .graph.attention import check_not_fused
 from .graph.model import Model
 from .graph.sources import Source, find_sources
 from .graph.taps import resolve_taps
@@ -72,6 +73,7 @@ class Explainer:
                 raise InputError("give either target or output_seed, not both")
             target = OutputSeed(self._check_seed(output_seed, batch_size_of(feeds)))
         if not self.sources:
+            check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
             raise InputError("no input of this model can be attributed: "
                              + "; ".join(f"{k}: {v}" for k, v in self.unattributed.items()))
         start = time.perf_counter()

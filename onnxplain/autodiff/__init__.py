@@ -19,6 +19,7 @@ from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient, rule
 
 SEED_PREFIX = "onnxplain/seed/"
 GRAD_PREFIX = "onnxplain/grad/"
+POST_PREFIX = "onnxplain/post/"
 
 
 @dataclass

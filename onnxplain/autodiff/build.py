@@ -26,22 +26,31 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return names
 
 
-def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str]
+def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str],
+                          active_from: Iterable[str] = ()
                           ) -> tuple[list[onnx.NodeProto], set[str]]:
     """Nodes on a float path from any of `wrt` to any of `outputs`, and the active tensors.
 
-    A tensor is active when it is a float tensor that depends on a `wrt` tensor; only nodes
-    with an active input and an output that reaches `outputs` need a backward rule.
+    A tensor is active when it is a float tensor that depends on a `wrt` tensor or on one of
+    `active_from` (tensors that decide which inputs of a node count as activations, for
+    rules that treat those differently, without being differentiated themselves); only nodes
+    with an input that depends on `wrt` and an output that reaches `outputs` need a rule.
     """
-    active = {name for name in wrt}
+    wrt = set(wrt)
+    active = wrt | set(active_from)
+    reached = set(wrt)
     forward: list[onnx.NodeProto] = []
     for node in b.graph.node:
-        if not any(name in active for name in node_inputs(node)):
+        inputs = node_inputs(node)
+        if not any(name in active for name in inputs):
             continue
         if has_no_gradient(node.domain, node.op_type):
             continue
-        forward.append(node)
-        active.update(out for out in node.output if out and b.info(out).is_float)
+        floats = [out for out in node.output if out and b.info(out).is_float]
+        active.update(floats)
+        if any(name in reached for name in inputs):
+            reached.update(floats)
+            forward.append(node)
     needed = set(outputs)
     region: list[onnx.NodeProto] = []
     for node in reversed(forward):
@@ -84,13 +93,15 @@ def _context(b: GraphBuilder, node: onnx.NodeProto, active: set[str]) -> NodeCon
 
 
 def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
-                  rules: RuleSet = GRADIENT) -> dict[str, str]:
+                  rules: RuleSet = GRADIENT, active_from: Sequence[str] = ()
+                  ) -> dict[str, str]:
     """Append d(sum of seed * output)/d(tensor) for each tensor in `wrt`; return their names.
 
-    `seeds` maps output tensors to seed tensors of the same shape. Raises UnsupportedOpError
+    `seeds` maps output tensors to seed tensors of the same shape; `active_from` see
+    differentiated_region. Raises UnsupportedOpError
     naming every op without a rule before emitting anything.
     """
-    region, active = differentiated_region(b, wrt, seeds)
+    region, active = differentiated_region(b, wrt, seeds, active_from)
     missing = missing_rules(b, region, rules, active)
     if missing:
         raise UnsupportedOpError(missing)

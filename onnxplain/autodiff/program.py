@@ -7,7 +7,7 @@ the predicted class), so one run explains a whole batch and reports which class 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
-from . import GRAD_PREFIX, SEED_PREFIX, add_input_like, add_output
+from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients
 from .registry import GRADIENT, RuleSet
 
@@ -36,6 +36,30 @@ class GradientProgram:
     target_output: str | None = None           # the class each row was explained for
     seed_input: str | None = None              # user weights shaped like the output
     taps: list[str] = field(default_factory=list)
+    # Further backward passes under other rule sets: label -> wrt tensor -> output.
+    passes: dict[str, dict[str, str]] = field(default_factory=dict)
+    post: dict[str, str] = field(default_factory=dict)  # label -> output of `post` ops
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One more backward pass in the same program, sharing its forward and its seed."""
+
+    label: str
+    rules: RuleSet
+    wrt: tuple[str, ...]
+    active_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Post:
+    """Ops appended after the backward passes that reduce tensors inside the graph, so big
+    intermediates (attention maps, their gradients) never leave ONNX Runtime. `emit` gets
+    the builder and the gradient tensors by pass label ('' for the main pass) and wrt name,
+    and returns output tensors by label; `key` names what it emits (programs are cached)."""
+
+    key: tuple
+    emit: Callable[[GraphBuilder, Mapping[str, Mapping[str, str]]], dict[str, str]]
 
 
 def objective_kind(model: Model, output: str) -> str:
@@ -51,8 +75,11 @@ def objective_kind(model: Model, output: str) -> str:
 
 def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
                            rules: RuleSet = GRADIENT, seeded: bool = False,
-                           taps: Sequence[str] = ()) -> GradientProgram:
-    """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`."""
+                           taps: Sequence[str] = (), passes: Sequence[Pass] = (),
+                           post: Post | None = None, active_from: Sequence[str] = ()
+                           ) -> GradientProgram:
+    """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`,
+    the gradients of further `passes` and the outputs of `post`."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     b = GraphBuilder(proto, model.infos)
@@ -65,9 +92,20 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     else:
         one = numpy_helper.from_array(np.ones(1, dtype=b.np_dtype(output)))
         seed = b.op("ConstantOfShape", b.shape(output), value=one)
-    grads = add_gradients(b, {output: seed}, list(wrt), rules)
+    grads = add_gradients(b, {output: seed}, list(wrt), rules, active_from)
     program.grads = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)
                      for name, grad in grads.items()}
+    computed = {"": grads}
+    for extra in passes:
+        found = add_gradients(b, {output: seed}, list(extra.wrt), extra.rules,
+                              extra.active_from)
+        computed[extra.label] = found
+        program.passes[extra.label] = {
+            name: add_output(b, f"{GRAD_PREFIX}{extra.label}/{name}", grad, like=name)
+            for name, grad in found.items()}
+    if post is not None:
+        program.post = {label: add_output(b, POST_PREFIX + label, tensor)
+                        for label, tensor in post.emit(b, computed).items()}
     append_outputs(proto.graph, b.infos, list(taps))
     program.taps = list(taps)
     return program

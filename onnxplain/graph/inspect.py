@@ -7,8 +7,10 @@ from collections import Counter
 import onnx
 
 from ..autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
+from ..errors import ModelError
+from .attention import find_attention
 from .builder import GraphBuilder
-from .layers import conv_candidates, softmax_candidates
+from .layers import conv_candidates
 from .model import Model, TensorSpec
 from .sources import find_sources
 
@@ -32,9 +34,19 @@ def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
         "attribution_sources": [source.describe() for source in sources],
         "unattributed_inputs": unattributed,
         "ops_without_backward_rule": _missing(model, rules, sources),
-        "candidate_layers": {"conv": conv_candidates(model),
-                             "attention_softmax": softmax_candidates(model)},
+        "candidate_layers": {"conv": conv_candidates(model)},
+        **_attention(model),
     }
+
+
+def _attention(model: Model) -> dict:
+    """The attention layers the transformer methods would read, or why there are none."""
+    try:
+        layers = find_attention(model)
+    except ModelError as err:
+        return {"attention_layers": [], "attention_problem": str(err)}
+    return {"attention_layers": [layer.as_dict() for layer in layers],
+            "attention_problem": None}
 
 
 def _spec(spec: TensorSpec) -> dict:

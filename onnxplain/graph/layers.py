@@ -1,4 +1,4 @@
-"""Layers for layer methods: the default Grad-CAM layer, attention softmaxes, name lookup."""
+"""Layers for layer methods: the default Grad-CAM layer and name lookup."""
 
 from __future__ import annotations
 
@@ -58,19 +58,3 @@ def _has_conv_upstream(model: Model, node: onnx.NodeProto, depth: int = 8) -> bo
         if not frontier:
             return False
     return False
-
-
-def softmax_candidates(model: Model) -> list[dict]:
-    """Softmax over the last axis of a rank-4 tensor: how exporters write attention."""
-    found = []
-    for node in model.proto.graph.node:
-        if node.op_type != "Softmax":
-            continue
-        info = model.infos.get(node.input[0])
-        default_axis = -1 if model.opset >= 13 else 1
-        axis = next((a.i for a in node.attribute if a.name == "axis"), default_axis)
-        if info is None or info.rank != 4 or axis not in (-1, 3):
-            continue
-        found.append({"tensor": node.output[0], "node": node.name,
-                      "shape": ["?" if d is None else d for d in info.shape]})
-    return found

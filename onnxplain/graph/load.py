@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper
 
 from ..errors import ModelError
+from .attention_op import decompose_attention_ops, has_attention_ops
 
 OLDEST_OPSET = 9
 # onnxruntime 1.31 refuses IR versions above 13, while onnx 1.23 stamps 14 on new models.
@@ -102,9 +103,12 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Canonical form: functions inlined, initializers not listed as inputs, every node named."""
+    """Canonical form: functions inlined, standard Attention ops decomposed (so that autodiff and
+    taps see their probabilities), initializers not listed as inputs, every node named."""
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
+    if has_attention_ops(model):
+        model = decompose_attention_ops(model)
     graph = model.graph
     initializer_names = {init.name for init in graph.initializer}
     if any(inp.name in initializer_names for inp in graph.input):

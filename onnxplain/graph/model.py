@@ -57,6 +57,8 @@ class Model:
         self.proto = proto
         self.path = path
         self.opset: int = ai_onnx_opset(proto) or 0
+        # Facts derived by passes (attention layers...), computed once per model.
+        self.derived: dict[str, object] = {}
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
@@ -111,3 +113,27 @@ class Model:
                 if name:
                     users.setdefault(name, []).append(node)
         return users
+
+    @cached_property
+    def constants(self) -> frozenset[str]:
+        """Tensors computed from initializers and Constant nodes only."""
+        graph = self.proto.graph
+        constant = {init.name for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" or (
+                    node.input and all(not i or i in constant for i in node.input)
+                    and not node.op_type.startswith("Random")):
+                constant.update(o for o in node.output if o)
+        return frozenset(constant)
+
+    @cached_property
+    def float_activations(self) -> list[tuple[tuple[Dim, ...], int]]:
+        """(dims after the batch axis, bytes per element) of every float node output whose
+        rank is known: what memory estimates add up."""
+        found = []
+        for node in self.proto.graph.node:
+            for name in node.output:
+                info = self.infos.get(name)
+                if info is not None and info.is_float and info.shape:
+                    found.append((tuple(info.shape[1:]), info.numpy_dtype.itemsize))
+        return found

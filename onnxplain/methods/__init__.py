@@ -95,7 +95,9 @@ def get_method(name: str) -> MethodSpec:
 # Each module registers its method(s) on import.
 from . import (  # noqa: E402,F401
     activation_maps,
+    attention_flow,
     cam,
+    cat,
     deconvnet,
     deeplift,
     grad_cam,
@@ -104,6 +106,7 @@ from . import (  # noqa: E402,F401
     guided_grad_cam,
     input_x_gradient,
     integrated_gradients,
+    layer_integrated_gradients,
     lrp,
     saliency,
     smoothgrad,

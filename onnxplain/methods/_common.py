@@ -17,12 +17,17 @@ def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
     """The target as explicit classes, so that runs on perturbed or interpolated inputs all
     explain the class of the clean input; also returns the clean forward outputs."""
     outputs = engine.forward(feeds)
+    return explicit_target(engine, outputs, target), outputs
+
+
+def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
+    """The target as class indices (None: the predicted class) given the forward outputs."""
     logits = outputs[engine.output]
     if isinstance(target, OutputSeed) or logits.ndim != 2:
-        return target, outputs
+        return target
     if target is None:
-        return logits.argmax(axis=1).astype(np.int64), outputs
-    return prepare_target(target, logits.shape[0], logits.shape[1]), outputs
+        return logits.argmax(axis=1).astype(np.int64)
+    return prepare_target(target, logits.shape[0], logits.shape[1])
 
 
 def repeat_target(target, times: int):

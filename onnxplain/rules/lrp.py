@@ -245,10 +245,11 @@ class LrpRuleSet(RuleSet):
         if entry is None or op_type in GRADIENT_KEPT:
             return entry
         if op_type in WEIGHTED:
-            return RuleEntry(entry.since, self._weighted, _both(entry.supports, _weighted_ok))
+            return RuleEntry(entry.since, self._weighted,
+                             both_supports(entry.supports, _weighted_ok))
         if op_type in PROPORTIONAL:
             return RuleEntry(entry.since, self._proportional,
-                             _both(entry.supports, _proportional_ok))
+                             both_supports(entry.supports, _proportional_ok))
         if op_type in PASS_THROUGH:
             return RuleEntry(entry.since, _pass_through, entry.supports)
         return RuleEntry(entry.since, entry.rule, _no_lrp_rule)
@@ -284,7 +285,7 @@ def _pass_through(c: NodeContext, gy: list[Grad]) -> list[Grad]:
     return [gy[0]] + [None] * (len(c.node.input) - 1)
 
 
-def _both(first: Supports | None, second: Supports) -> Supports:
+def both_supports(first: Supports | None, second: Supports) -> Supports:
     def supports(c: NodeContext) -> str | None:
         return (first(c) if first is not None else None) or second(c)
     return supports

@@ -29,14 +29,15 @@ def forward_bytes_per_row(model: Model, feeds: Mapping[str, np.ndarray]) -> int:
             if isinstance(dim, str) and value is not None and axis < value.ndim:
                 sizes[dim] = int(value.shape[axis])
     total = 0
-    for node in model.proto.graph.node:
-        for name in node.output:
-            info = model.infos.get(name)
-            if info is None or not info.is_float or not info.shape:
-                continue
-            dims = [d if isinstance(d, int) else sizes.get(d) for d in info.shape[1:]]
-            if all(d is not None for d in dims):
-                total += int(np.prod(dims, dtype=np.int64)) * info.numpy_dtype.itemsize
+    for dims, itemsize in model.float_activations:
+        count = itemsize
+        for d in dims:
+            size = d if isinstance(d, int) else sizes.get(d)
+            if size is None:
+                break
+            count *= size
+        else:
+            total += count
     return total
 
 

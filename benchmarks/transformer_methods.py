@@ -1,0 +1,78 @@
+"""Transformer explanations against the model's own forward time, on the model-zoo BERT
+configuration (batch 8, sequence 128, CPU), in one process.
+
+    python benchmarks/transformer_methods.py [--model sentiment_bert] [--repeats 5]
+
+Prints, per method, the median of per-repeat ratios of Explainer.explain time to the time of
+one ONNX Runtime forward of the original model on the same batch. Targets: rollout <= 1.3;
+generic_attention and transformer_attribution <= 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _timing import interleaved_times, median_ratio  # noqa: E402
+
+import model_zoo  # noqa: E402
+import onnxplain  # noqa: E402
+from onnxplain.runtime.session import Session  # noqa: E402
+
+METHODS = {"raw_attention": None, "rollout": 1.3, "attgrad": None, "generic_attention": 4.0,
+           "transformer_attribution": 4.0, "partial_lrp": None, "cat": None, "attncat": None}
+
+
+def batch(model: onnxplain.Explainer, rows: int, length: int) -> dict[str, np.ndarray]:
+    """Random token ids with the first token a class token, every row a different length."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    lengths = np.linspace(length // 2, length, rows).astype(int)
+    for spec in model.model.inputs:
+        if "mask" in spec.name:
+            feeds[spec.name] = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+        elif "type" in spec.name:
+            feeds[spec.name] = np.zeros((rows, length), np.int64)
+        else:
+            ids = rng.integers(4, 20, (rows, length))
+            ids[:, 0] = 2
+            feeds[spec.name] = ids.astype(np.int64)
+    return feeds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sentiment_bert")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    explainer = onnxplain.Explainer(model_zoo.model_path(args.model), providers="cpu")
+    feeds = batch(explainer, args.rows, args.length)
+    forward = Session(explainer.model.proto, explainer.providers)
+    runs = {"forward": partial(forward.run, None, feeds)}
+    for method in METHODS:
+        runs[method] = partial(explainer.explain, feeds, method)
+    times = interleaved_times(runs, args.repeats)
+    base = statistics.median(times["forward"])
+    print(f"{args.model}, batch {args.rows}, sequence {args.length}, CPU: forward "
+          f"{base * 1e3:.1f} ms (median of {args.repeats})")
+    for method, target in METHODS.items():
+        ratio = median_ratio(times[method], times["forward"])
+        goal = f" (target <= {target})" if target else ""
+        verdict = "" if target is None else ("  met" if ratio <= target else "  NOT MET")
+        print(f"  {method:24s} {statistics.median(times[method]) * 1e3:8.1f} ms  "
+              f"{ratio:5.2f} x forward{goal}{verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Find the attention layers of an exported transformer: the probability tensor of each layer
+and the tensors around it (scores, queries, keys, values, context, the hidden state it reads,
+the inputs its mask comes from).
+
+Exporters write self-attention as MatMul(Q, K^T) -> scale (Div/Mul) -> mask (Add/Where) ->
+Softmax(axis=-1) -> MatMul(., V), possibly with Cast/Dropout/Identity in between (see
+shared/REFERENCE.md); the standard Attention op (opset 23+) is decomposed into that form on
+load (graph/attention_op.py). A layer is a Softmax over the last axis of a rank-4 tensor that
+reads a product of two activations and feeds a product with a third: the probabilities
+[batch, heads, queries, keys]. Layers are numbered in topological order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import InputError, ModelError
+from .model import Model
+
+# ORT's transformer optimizer fuses attention into opaque contrib ops with no gradient.
+FUSED_ATTENTION = frozenset({
+    "Attention", "MultiHeadAttention", "EmbedLayerNormalization", "PackedAttention",
+    "PackedMultiHeadAttention", "GroupQueryAttention", "DecoderMaskedMultiHeadAttention",
+    "SkipLayerNormalization", "FastGelu", "BiasGelu"})
+# Ops between the Q K^T product and the Softmax (scale, mask, softcap, dtype casts).
+_TO_SCORES = frozenset({"Add", "Sub", "Where", "Mul", "Div", "Cast", "Tanh", "Identity",
+                        "Clip", "Max", "Min"})
+# Ops between the Softmax and the product with V (sdpa zeroes NaN rows of fully masked
+# queries with a Where).
+_TO_CONTEXT = frozenset({"Cast", "Dropout", "Identity", "Where"})  # sdpa: Where(IsNaN)
+# Ops that move a projection's output into heads, or scale it.
+_TO_PROJECTION = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
+                            "Gather", "Mul", "Div", "Add", "Cast", "Identity", "Expand",
+                            "Concat"})
+_PROJECTION = frozenset({"MatMul", "Gemm"})
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One self-attention layer as the exported graph computes it."""
+
+    index: int
+    probabilities: str          # the Softmax output, [batch, heads, queries, keys]
+    node: str                   # the Softmax node
+    heads: int | None           # None when the head axis is symbolic
+    scores: str | None = None   # the Q K^T product
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    context: str | None = None  # probabilities x V, [batch, heads, queries, head size]
+    hidden: str | None = None   # the residual stream this layer reads
+    mask_inputs: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"layer": self.index, "probabilities": self.probabilities, "node": self.node,
+                "heads": self.heads, "layout": "[batch, heads, queries, keys]",
+                "hidden_state": self.hidden, "mask_inputs": list(self.mask_inputs)}
+
+
+def fused_attention_nodes(model: Model) -> list[onnx.NodeProto]:
+    return [node for node in model.proto.graph.node
+            if node.domain == "com.microsoft" and node.op_type in FUSED_ATTENTION]
+
+
+def check_not_fused(model: Model) -> None:
+    """Refuse graphs where ONNX Runtime's optimizer fused the attention away."""
+    fused = fused_attention_nodes(model)
+    if fused:
+        kinds = ", ".join(sorted({f"com.microsoft::{n.op_type}" for n in fused}))
+        raise ModelError(f"the model contains ONNX Runtime fused transformer ops ({kinds}) "
+                         "whose attention cannot be read or differentiated; explain the "
+                         "un-optimised export (before onnxruntime.transformers.optimizer)")
+
+
+def find_attention(model: Model, override: Sequence[str] | None = None
+                   ) -> list[AttentionLayer]:
+    """Every attention layer, in topological order; `override` names the probability tensors
+    (or the nodes producing them) instead of searching."""
+    check_not_fused(model)
+    if override:
+        return [_layer(model, i, _tensor_of(model, name), strict=False)
+                for i, name in enumerate(override)]
+    return list(_search(model))
+
+
+def require_attention(model: Model, override: Sequence[str] | None = None
+                      ) -> list[AttentionLayer]:
+    layers = find_attention(model, override)
+    if not layers:
+        raise InputError("no attention layer found (a Softmax over the last axis of a rank-4 "
+                         "tensor between two activation products); name the probability "
+                         "tensors with attention=TENSOR,... (see `onnxplain inspect`)")
+    return layers
+
+
+def _search(model: Model) -> tuple[AttentionLayer, ...]:
+    if "attention" in model.derived:
+        return model.derived["attention"]  # type: ignore[return-value]
+    layers = []
+    for node in model.proto.graph.node:
+        if node.op_type == "Softmax" and _last_axis(model, node) and _is_rank4(model, node):
+            layer = _layer(model, len(layers), node.output[0], strict=True)
+            if layer is not None:
+                layers.append(layer)
+    model.derived["attention"] = tuple(layers)
+    return tuple(layers)
+
+
+def _tensor_of(model: Model, name: str) -> str:
+    if name in model.node_by_output:
+        return name
+    for node in model.proto.graph.node:
+        if node.name == name and node.output:
+            return node.output[0]
+    raise InputError(f"no tensor or node named '{name}' in the model")
+
+
+def _layer(model: Model, index: int, probs: str, strict: bool) -> AttentionLayer | None:
+    info = model.infos.get(probs)
+    if not strict and (info is None or info.rank != 4):
+        rank = None if info is None else info.rank
+        raise InputError(f"attention tensor '{probs}' has rank {rank}; attention "
+                         "probabilities are [batch, heads, queries, keys]")
+    scores = _scores_product(model, model.node_by_output[probs].input[0])
+    context = _context_product(model, probs)
+    if strict and (scores is None or context is None):
+        return None
+    heads = info.shape[1] if info is not None and info.shape else None
+    query = key = value = hidden = None
+    if scores is not None:
+        query, key = scores.input[0], scores.input[1]
+    if context is not None:
+        value = context.input[1]
+    if query and key and value:
+        hidden = _residual_stream(model, query, key, value)
+    masks = _mask_inputs(model, model.node_by_output[probs].input[0], scores)
+    return AttentionLayer(index, probs, model.node_by_output[probs].name,
+                          heads if isinstance(heads, int) else None,
+                          scores.output[0] if scores is not None else None, query, key, value,
+                          context.output[0] if context is not None else None, hidden, masks)
+
+
+def _last_axis(model: Model, node: onnx.NodeProto) -> bool:
+    default = -1 if model.opset >= 13 else 1
+    axis = next((a.i for a in node.attribute if a.name == "axis"), default)
+    return axis in (-1, 3)
+
+
+def _is_rank4(model: Model, node: onnx.NodeProto) -> bool:
+    info = model.infos.get(node.input[0])
+    return info is not None and info.rank == 4
+
+
+def _scores_product(model: Model, start: str, depth: int = 8) -> onnx.NodeProto | None:
+    """The MatMul of two activations (Q K^T) that the softmax logits come from."""
+    frontier = [start]
+    for _ in range(depth):
+        following = []
+        for name in frontier:
+            node = model.node_by_output.get(name)
+            if node is None:
+                continue
+            if node.op_type == "MatMul":
+                if not any(_is_constant(model, i) for i in node.input):
+                    return node
+                continue
+            if node.op_type in _TO_SCORES:
+                following.extend(i for i in node.input if i and not _is_constant(model, i))
+        frontier = following
+    return None
+
+
+def _context_product(model: Model, probs: str) -> onnx.NodeProto | None:
+    """The MatMul(probabilities, V) the softmax feeds, through casts and dropout."""
+    frontier = [probs]
+    for _ in range(4):
+        following = []
+        for name in frontier:
+            for node in model.consumers.get(name, []):
+                if node.op_type == "MatMul" and node.input[0] == name:
+                    return node
+                if node.op_type in _TO_CONTEXT:
+                    following.append(node.output[0])
+        frontier = following
+    return None
+
+
+def _projection_input(model: Model, start: str, depth: int = 10) -> str | None:
+    """The activation that a Q, K or V projection (MatMul/Gemm with a constant weight) reads."""
+    frontier = [start]
+    for _ in range(depth):
+        following = []
+        for name in frontier:
+            node = model.node_by_output.get(name)
+            if node is None:
+                continue
+            if node.op_type in _PROJECTION:
+                active = [i for i in node.input[:2] if not _is_constant(model, i)]
+                if len(active) == 1:
+                    return active[0]
+                continue
+            if node.op_type in _TO_PROJECTION:
+                following.extend(i for i in node.input if i and not _is_constant(model, i))
+        frontier = following
+    return None
+
+
+def _residual_stream(model: Model, query: str, key: str, value: str) -> str | None:
+    """The hidden state that Q, K and V are projected from; in pre-norm blocks (the normalised
+    tensor feeds only the projections) the stream before the LayerNormalization."""
+    sources = {_projection_input(model, t) for t in (query, key, value)}
+    if len(sources) != 1 or None in sources:
+        return None
+    hidden = sources.pop()
+    producer = model.node_by_output.get(hidden)
+    readers = [n for n in model.consumers.get(hidden, []) if n.op_type not in _SHAPE_READERS]
+    if (producer is not None and producer.op_type == "LayerNormalization"
+            and all(n.op_type in _PROJECTION for n in readers)):
+        return producer.input[0]
+    return hidden
+
+
+def _mask_inputs(model: Model, logits: str, scores: onnx.NodeProto | None) -> tuple[str, ...]:
+    """Graph inputs that reach the softmax logits other than through Q K^T: the mask's."""
+    graph_inputs = {i.name for i in model.proto.graph.input}
+    blocked = set(scores.output) if scores is not None else set()
+    seen, found, frontier = set(), [], [logits]
+    while frontier:
+        name = frontier.pop()
+        if name in seen or name in blocked:
+            continue
+        seen.add(name)
+        if name in graph_inputs:
+            found.append(name)
+            continue
+        node = model.node_by_output.get(name)
+        if node is not None and node.op_type not in _SHAPE_READERS:  # shapes carry no mask
+            frontier.extend(i for i in node.input if i)
+    return tuple(sorted(found))
+
+
+def _is_constant(model: Model, name: str) -> bool:
+    return name in model.constants

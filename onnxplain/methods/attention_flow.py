@@ -1,0 +1,174 @@
+"""Explanations read from attention maps, their gradients and their LRP relevance.
+
+With A_l the attention probabilities of layer l ([batch, heads, tokens, tokens]), G_l the
+gradient of the explained score w.r.t. A_l, R_l the relevance of A_l under the LRP of Chefer et
+al. (rules/chefer.py, seeded with the one-hot target), E_h the mean over heads and (.)+ the
+positive part, every method returns one score per token, read from the class-token row
+(`query`), with padded tokens and the query token's own entry set to zero:
+
+- raw_attention: E_h A_L of the last layer (all layers and heads are returned as tensors).
+- rollout (Abnar and Zuidema 2020): I + E_h A_l, rows renormalised, multiplied from
+  `start_layer` up, the later layer on the left.
+- partial_lrp (Voita et al. 2019): E_h R_L of the last layer; head relevance in extras.
+- transformer_attribution (Chefer et al. 2021a): I + E_h (G_l * R_l)+ rolled out likewise.
+- generic_attention (Chefer et al. 2021b): R = I, then R = R + E_h (G_l * A_l)+ R per layer.
+- attgrad (Barkan et al. 2021, Grad-SAM): the product of E_h (G_l * A_l), no clamping and
+  no identity, in the same order as rollout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autodiff import POST_PREFIX
+from ..autodiff.program import Pass
+from ..engine import GradientRun
+from ..rules.chefer import CHEFER
+from . import MethodOutput, MethodSpec, register
+from ._attention_graph import (
+    JOINT,
+    RELEVANCE,
+    accumulate_post,
+    attention_mean,
+    gradient_times_attention,
+    gradient_times_relevance,
+    product_post,
+    rollout_post,
+)
+from ._common import clean_run, explicit_target
+from ._tokens import (
+    attention_layers,
+    layer_index,
+    layer_stack,
+    padding_mask,
+    probabilities,
+    read_row,
+    token_layout,
+    token_output,
+)
+
+_COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
+
+
+def _finish(feeds, sources, run: GradientRun, layers, matrices: np.ndarray, query, upsample: str,
+            tensors: dict | None = None, extras: dict | None = None) -> MethodOutput:
+    """Read the query row of [N, S, S] token matrices and map it onto the inputs."""
+    rows, tokens = matrices.shape[0], matrices.shape[-1]
+    layout = token_layout(feeds, sources, tokens, query)
+    mask = padding_mask(feeds, layers, rows, tokens)
+    row = read_row(np.asarray(matrices, dtype=np.float64), layout)
+    at_inputs, out_tensors = token_output(feeds, row, layout, mask, upsample)
+    out_tensors.update(tensors or {})
+    info = {"layers": [layer.as_dict() for layer in layers],
+            "query": layout.query if layout.query is not None else "mean",
+            "patch_grid": list(layout.grid) if layout.grid else None}
+    info.update(extras or {})
+    return MethodOutput(run, at_inputs=at_inputs, tensors=out_tensors, extras=info)
+
+
+def _relevance_pass(layers, sources) -> Pass:
+    """R_l for every layer under Chefer et al.'s LRP. Activations are what depends on the
+    sources (not only on the maps), so that a residual sum splits relevance between both
+    its branches in the first layer too."""
+    return Pass(RELEVANCE, CHEFER, tuple(probabilities(layers)),
+                tuple(s.tensor for s in sources))
+
+
+def _forward_joint(engine, feeds, target, post) -> tuple[GradientRun, np.ndarray]:
+    values = engine.forward(feeds, post=post)
+    outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
+    run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
+    return run, values[POST_PREFIX + JOINT]
+
+
+def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
+                  upsample: str = "bilinear"):
+    """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
+    layers = attention_layers(engine, attention)
+    values = engine.forward(feeds, taps=probabilities(layers))
+    outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
+    run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
+    maps = layer_stack(values, layers)
+    tensors = {f"attention/{i}": m.astype(np.float32) for i, m in enumerate(maps)}
+    return _finish(feeds, sources, run, layers, maps[-1].mean(axis=1), query, upsample,
+                   tensors)
+
+
+def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
+            upsample: str = "bilinear", start_layer: int = 0):
+    """Attention rollout: prod_l normalise(I + E_h A_l), read at the query row."""
+    layers = attention_layers(engine, attention)
+    start = layer_index(start_layer, len(layers))
+    post = rollout_post("rollout", probabilities(layers), start, attention_mean)
+    run, joint = _forward_joint(engine, feeds, target, post)
+    return _finish(feeds, sources, run, layers, joint, query, upsample)
+
+
+def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
+                upsample: str = "bilinear"):
+    """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
+    each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
+    layers = attention_layers(engine, attention)
+    relevance = _relevance_pass(layers[-1:], sources)
+    run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
+                           active_from=relevance.active_from)
+    last = np.asarray(run.grads[layers[-1].probabilities], dtype=np.float64)
+    heads = last.sum(axis=(2, 3))
+    return _finish(feeds, sources, run, layers, last.mean(axis=1), query, upsample,
+                   extras={"head_relevance": heads.tolist()})
+
+
+def transformer_attribution(engine, feeds, target, sources, *, attention=None, query="auto",
+                            upsample: str = "bilinear", start_layer: int = 0):
+    """Rollout of I + E_h (G_l * R_l)+ (Chefer, Gur, Wolf 2021a)."""
+    layers = attention_layers(engine, attention)
+    start = layer_index(start_layer, len(layers))
+    maps = probabilities(layers)
+    post = rollout_post("transformer_attribution", maps, start, gradient_times_relevance)
+    run = engine.gradients(feeds, target, maps, passes=[_relevance_pass(layers, sources)],
+                           post=post)
+    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+
+
+def generic_attention(engine, feeds, target, sources, *, attention=None, query="auto",
+                      upsample: str = "bilinear"):
+    """R = I; R <- R + E_h (G_l * A_l)+ R for each layer (Chefer, Gur, Wolf 2021b)."""
+    layers = attention_layers(engine, attention)
+    maps = probabilities(layers)
+    post = accumulate_post("generic_attention", maps, gradient_times_attention(True))
+    run = engine.gradients(feeds, target, maps, post=post)
+    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+
+
+def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
+            upsample: str = "bilinear"):
+    """prod_l E_h (G_l * A_l), later layers on the left, without clamping (Grad-SAM's
+    gradient-weighted attention, multiplied across layers)."""
+    layers = attention_layers(engine, attention)
+    maps = probabilities(layers)
+    post = product_post("attgrad", maps, gradient_times_attention(False))
+    run = engine.gradients(feeds, target, maps, post=post)
+    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+
+
+def _spec(name, run, summary, reference, family="attention", **defaults) -> MethodSpec:
+    return register(MethodSpec(name=name, run=run, summary=summary, reference=reference,
+                               family=family, defaults={**_COMMON, **defaults}))
+
+
+_spec("raw_attention", raw_attention, "last layer's attention of the class token, mean over "
+      "heads", "Bahdanau, Cho, Bengio 2015 (attention weights as explanation), "
+      "arXiv:1409.0473")
+_spec("rollout", rollout, "attention rolled out over layers with the residual identity",
+      "Abnar, Zuidema 2020, arXiv:2005.00928", start_layer=0)
+_spec("partial_lrp", partial_lrp, "LRP relevance of the last layer's attention heads",
+      "Voita, Talbot, Moiseev, Sennrich, Titov 2019, arXiv:1905.09418")
+_spec("transformer_attribution", transformer_attribution,
+      "rollout of gradient x LRP relevance of each attention map, positive part",
+      "Chefer, Gur, Wolf 2021, arXiv:2012.09838", start_layer=0)
+_spec("generic_attention", generic_attention,
+      "gradient x attention, positive part, accumulated R = R + A R over layers",
+      "Chefer, Gur, Wolf 2021, arXiv:2103.15679")
+_spec("attgrad", attgrad, "gradient x attention, mean over heads, multiplied across layers",
+      "Barkan, Hauon, Caciularu, Katz, Malkiel, Armstrong, Koenigstein 2021 (Grad-SAM), "
+      "arXiv:2204.11073")

@@ -1,0 +1,226 @@
+"""The LRP that Transformer Attribution and partial LRP read attention relevance from.
+
+Chefer, Gur, Wolf, "Transformer interpretability beyond attention visualization", CVPR 2021
+(arXiv:2012.09838), propagate relevance through a transformer with these rules, which this
+rule set applies op by op (what flows backward is relevance, seeded with the one-hot target):
+
+- Weighted layers (MatMul/Gemm/Conv with constant weights): LRP-alpha-beta with alpha = 1,
+  beta = 0 and the bias left out of z, R_x = x+ (W+ s) + x- (W- s), s = R / (x+ W+ + x- W-).
+- Products of two activations (Q K^T, probabilities x V, and any other two-activation Mul):
+  each operand gets half of its proportional share, R_a = a * VJP_a(R / z) / 2.
+- A gate, x * f(x) with f elementwise (GELU, SiLU as exporters decompose them): all the
+  relevance goes to x, as an activation passes it.
+- Sums of two activations (residual connections): the proportional shares a * R / z and
+  b * R / z, rescaled per row so that the two branches split sum(R) in the ratio of the
+  absolute sums of their shares.
+- Adding, multiplying or dividing by a constant (biases, masks, the 1/sqrt(d) scale),
+  LayerNormalization, Softmax and activations: relevance passes unchanged.
+- Reshapes and selections (including taking the class token): their gradient rule.
+Every other op is refused, so no relevance is silently made up.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..autodiff import GRADIENT, NodeContext, RuleSet
+from ..autodiff.registry import Grad, RuleEntry
+from ..graph.builder import GraphBuilder
+from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
+from .lrp_layers import Layer, negative_part, positive_part, producer
+
+# Chefer et al.'s safe_divide: a / (b + 1e-9), 0 where b == 0. Unlike z + eps sign(z), the
+# shift is always positive; near-zero negative denominators make the two differ visibly.
+STABILIZER = 1e-9
+_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
+_UNCHANGED = PASS_THROUGH | {"LayerNormalization", "Erf", "Dropout", "Identity", "Cast",
+                             "GroupNormalization", "InstanceNormalization"}
+_SCALINGS = frozenset({"Mul", "Div"})
+_SUMS = frozenset({"Add", "Sub"})
+_PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool"})
+# Elementwise ops a gate f(x) may be built from.
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Sqrt",
+                          "Exp", "Neg", "Cast", "Identity", "HardSigmoid", "Softplus"})
+
+
+class CheferRuleSet(RuleSet):
+    """GRADIENT with the relevance rules above."""
+
+    def __init__(self) -> None:
+        super().__init__(name="lrp/chefer", parent=GRADIENT)
+
+    def lookup(self, domain: str, op_type: str, opset: int) -> RuleEntry | None:
+        entry = super().lookup(domain, op_type, opset)
+        if entry is None or domain not in ("", "ai.onnx"):
+            return None if entry is None else RuleEntry(entry.since, entry.rule, _refused)
+        rule = {**dict.fromkeys(_WEIGHTED, _product), **dict.fromkeys(_SUMS, _sum),
+                **dict.fromkeys(_SCALINGS, _scaling),
+                **dict.fromkeys(_PROPORTIONAL, _proportional)}.get(op_type)
+        if op_type == "Div":
+            return RuleEntry(entry.since, rule, both_supports(entry.supports, _divisor_constant))
+        if rule is not None:
+            return RuleEntry(entry.since, rule, entry.supports)
+        if op_type in _UNCHANGED:
+            return RuleEntry(entry.since, _pass_through, entry.supports)
+        if op_type in GRADIENT_KEPT:
+            return entry
+        return RuleEntry(entry.since, entry.rule, _refused)
+
+
+def _refused(c: NodeContext) -> str | None:
+    return (f"Transformer Attribution's LRP has no relevance rule for {c.node.op_type} "
+            "(it has for linear layers, products, sums, normalisations and activations)")
+
+
+def _divisor_constant(c: NodeContext) -> str | None:
+    return "no relevance rule for a division by an activation" if c.need(1) else None
+
+
+def _active(c: NodeContext) -> list[int]:
+    return [i for i in range(len(c.node.input)) if c.need(i)]
+
+
+def _pass_through(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    return [gy[0]] + [None] * (len(c.node.input) - 1)
+
+
+def _shares(c: NodeContext, r: str) -> list[Grad]:
+    """x_i * VJP_i(R / z) for every active input i: each input's proportional share."""
+    b = c.b
+    s = _safe_div(b, r, c.y())
+    entry = GRADIENT.lookup(c.node.domain, c.node.op_type, b.opset)
+    assert entry is not None
+    grads = entry.rule(c, [s])
+    return [b.op("Mul", c.x(i), g) if g is not None and c.need(i) else None
+            for i, g in enumerate(grads)]
+
+
+def _halved(c: NodeContext, r: str) -> list[Grad]:
+    b = c.b
+    return [None if g is None else b.op("Mul", g, b.scalar(0.5, g)) for g in _shares(c, r)]
+
+
+def _product(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    if gy[0] is None:
+        return [None] * len(c.node.input)
+    active = _active(c)
+    weights_constant = c.node.op_type == "Conv" or len([i for i in active if i < 2]) == 1
+    if not weights_constant:
+        return _halved(c, gy[0])
+    layer = Layer(c)
+    grads: list[Grad] = [None] * len(c.node.input)
+    grads[layer.xi] = _alpha_one(layer, gy[0])
+    return grads
+
+
+def _alpha_one(layer: Layer, r: str) -> str:
+    """R_x = x+ (W+ s) + x- (W- s), s = R / (x+ W+ + x- W-): LRP-alpha-beta with alpha 1,
+    beta 0 and no bias, divided as Chefer et al. divide (see _safe_div)."""
+    b, x = layer.b, layer.x
+    xp, xn = positive_part(b, x), negative_part(b, x)
+    wp, wn = layer.weight("plus"), layer.weight("minus")
+    z = b.op("Add", layer.forward(xp, wp, None), layer.forward(xn, wn, None))
+    s = _safe_div(b, r, z)
+    return b.op("Add", b.op("Mul", xp, layer.vjp(wp, s)), b.op("Mul", xn, layer.vjp(wn, s)))
+
+
+def _scaling(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    active = _active(c)
+    if len(active) == 1:
+        return _unbroadcast_to(c, gy, active[0])
+    if c.node.op_type == "Mul":
+        gated = _gated_input(c.b, c.node)
+        if gated is not None:
+            return _unbroadcast_to(c, gy, gated)
+        return _halved(c, gy[0])
+    return [None, None]
+
+
+def _unbroadcast_to(c: NodeContext, gy: list[Grad], index: int) -> list[Grad]:
+    """All of R to input `index`, summed over the axes that input was broadcast along (the
+    gradient rule of Add gives exactly that)."""
+    entry = GRADIENT.lookup("", "Add", c.b.opset)
+    assert entry is not None
+    needs = tuple(i == index for i in range(2))
+    add = onnx.helper.make_node("Add", list(c.node.input[:2]), list(c.node.output))
+    grads = list(entry.rule(NodeContext(c.b, add, needs), gy))
+    return [grads[i] if i == index else None for i in range(len(c.node.input))]
+
+
+def _sum(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    if gy[0] is None:
+        return [None, None]
+    active = _active(c)
+    if len(active) == 1 and c.node.op_type == "Add":
+        return _unbroadcast_to(c, gy, active[0])
+    shares = _shares(c, gy[0])
+    if len(active) == 1:
+        return shares
+    b = c.b
+    first, second = shares[0], shares[1]
+    assert first is not None and second is not None
+    total = _row_sum(b, gy[0])
+    sum_a, sum_b = _row_sum(b, first), _row_sum(b, second)
+    abs_a, abs_b = b.op("Abs", sum_a), b.op("Abs", sum_b)
+    both = b.op("Add", abs_a, abs_b)
+
+    def rescale(share: str, own_sum: str, own_abs: str, like: str) -> str:
+        target = b.op("Mul", _safe_div(b, own_abs, both), total)
+        return b.op("Mul", share, _expand_rows(b, _safe_div(b, target, own_sum), like))
+    return [rescale(first, sum_a, abs_a, c.x(0)), rescale(second, sum_b, abs_b, c.x(1))]
+
+
+def _proportional(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    if gy[0] is None:
+        return [None] * len(c.node.input)
+    return _shares(c, gy[0])
+
+
+def _row_sum(b: GraphBuilder, x: str) -> str:
+    """[N, 1]: the sum of each row over every other axis."""
+    return b.reduce("ReduceSum", b.op("Flatten", x, axis=1), [1], keepdims=True)
+
+
+def _expand_rows(b: GraphBuilder, per_row: str, like: str) -> str:
+    """[N, 1] -> [N, 1, ..., 1] with the rank of `like`, to broadcast against it."""
+    extra = b.rank(like) - 2
+    return b.unsqueeze(per_row, list(range(2, 2 + extra))) if extra > 0 else per_row
+
+
+def _safe_div(b: GraphBuilder, a: str, d: str) -> str:
+    """a / (d + 1e-9), and 0 where d == 0 (Chefer et al.'s safe_divide)."""
+    zero = b.scalar(0.0, d)
+    nonzero = b.op("Cast", b.op("Not", b.op("Equal", d, zero)), to=b.dtype(d))
+    shifted = b.op("Add", d, b.scalar(STABILIZER, d))
+    shifted = b.op("Add", shifted, b.op("Sub", b.scalar(1.0, d), nonzero))  # no 0 / 0
+    return b.op("Mul", b.op("Div", a, shifted), nonzero)
+
+
+def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
+    """For Mul(x, f(x)) with f elementwise and built from x and constants: the index of x."""
+    for i in (0, 1):
+        if _computed_from(b, node.input[1 - i], node.input[i], depth=10):
+            return i
+    return None
+
+
+def _computed_from(b: GraphBuilder, tensor: str, x: str, depth: int) -> bool:
+    if tensor == x:
+        return True
+    if b.static_value(tensor) is not None:
+        return True
+    if depth == 0:
+        return False
+    node = producer(b, tensor)
+    if node is None or node.op_type not in _ELEMENTWISE:
+        return False
+    inputs = [i for i in node.input if i]
+    return any(i == x or not _is_static(b, i) for i in inputs) and all(
+        _computed_from(b, i, x, depth - 1) for i in inputs)
+
+
+def _is_static(b: GraphBuilder, name: str) -> bool:
+    return b.static_value(name) is not None
+
+
+CHEFER = CheferRuleSet()

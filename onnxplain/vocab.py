@@ -1,0 +1,194 @@
+"""Token ids to strings: BERT-style vocab.txt, GPT-2-style vocab.json, or a tokenizer.json.
+
+The Hugging Face `tokenizers` package is optional (the `onnxplain[text]` extra): a
+tokenizer.json is read with it when it is installed, and its "model" -> "vocab" table is read
+directly when it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["Vocabulary", "ids_as_tokens", "load_vocabulary", "read_tokenizer_json"]
+
+_EXPECTED = "expected a vocab.txt (one token per line), a {token: id} JSON or a tokenizer.json"
+
+
+class Vocabulary:
+    """An id -> token table; ids need not be contiguous (added tokens may leave gaps)."""
+
+    def __init__(self, tokens: Sequence[str] | Mapping[int, str], source: str = ""):
+        items = tokens.items() if isinstance(tokens, Mapping) else enumerate(tokens)
+        self._tokens: dict[int, str] = {int(i): str(token) for i, token in items}
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __repr__(self) -> str:
+        where = f" from {self.source}" if self.source else ""
+        return f"<Vocabulary of {len(self)} tokens{where}>"
+
+    def tokens_for(self, ids: np.ndarray) -> list[str]:
+        """The strings of one row of token ids; an unknown id becomes '[id 1234]'."""
+        row = _id_row(ids)
+        return [self._tokens.get(i, f"[id {i}]") for i in row]
+
+
+def ids_as_tokens(ids: np.ndarray) -> list[str]:
+    """Stand-in strings when no vocabulary is given: id 1996 becomes '#1996'.
+
+    One '#' reads as "number" and cannot be mistaken for a WordPiece '##' continuation, so
+    token views never glue two bare ids together.
+    """
+    return [f"#{i}" for i in _id_row(ids)]
+
+
+def load_vocabulary(path: str | os.PathLike) -> Vocabulary:
+    """Read a vocabulary file; every problem raises InputError naming the file."""
+    path = os.fspath(path)
+    text = _read_text(path)
+    if not text.strip():
+        raise _error(path, "is empty")
+    data = _json_object(path, text)
+    if data is None:
+        return _plain(path, text)
+    if isinstance(data.get("model"), dict):
+        return _tokenizer(path, data)
+    if data and all(type(value) is int for value in data.values()):
+        return Vocabulary(_by_id(path, data), source=path)
+    raise _error(path, f"is JSON but not a vocabulary ({_EXPECTED})")
+
+
+def read_tokenizer_json(path: str | os.PathLike, data: dict | None = None) -> Vocabulary:
+    """A tokenizer.json's "model" -> "vocab" table plus its "added_tokens", without `tokenizers`.
+
+    Handles the {token: id} tables of WordPiece, BPE and WordLevel and the [[token, score]]
+    list of Unigram (id = position).
+    """
+    path = os.fspath(path)
+    table = _tokenizer_table(path, _json_object(path, _read_text(path)) if data is None else data)
+    if table is None:
+        raise _error(path, 'has no "model" -> "vocab" table of tokens')
+    return Vocabulary(table, source=path)
+
+
+def _tokenizer(path: str, data: dict) -> Vocabulary:
+    try:
+        import tokenizers
+    except ImportError:
+        table = _tokenizer_table(path, data)
+        if table is None:
+            raise _error(path, "needs the tokenizers package to be read: pip install tokenizers "
+                               "(or the extra onnxplain[text])") from None
+        return Vocabulary(table, source=path)
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as err:  # the Rust bindings raise a bare Exception for every parse error
+        table = _tokenizer_table(path, data)
+        if table is None:
+            raise _error(path, f"is not a valid tokenizer.json ({_first_line(err)})") from None
+        return Vocabulary(table, source=path)
+    # id_to_token resolves an added token that reuses a model id the way encoding does.
+    ids = set(tokenizer.get_vocab(with_added_tokens=True).values())
+    return Vocabulary({i: tokenizer.id_to_token(i) for i in ids}, source=path)
+
+
+def _tokenizer_table(path: str, data: dict | None) -> dict[int, str] | None:
+    """The id -> token table of a parsed tokenizer.json, or None when it holds none."""
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(vocab, dict) and vocab and all(type(v) is int for v in vocab.values()):
+        table = _by_id(path, vocab)
+    elif isinstance(vocab, list) and vocab and all(_is_pair(entry) for entry in vocab):
+        table = {i: entry[0] for i, entry in enumerate(vocab)}
+    else:
+        return None
+    for added in data.get("added_tokens") or []:
+        # Added tokens win over the model's table for their id, as in `tokenizers` itself.
+        if isinstance(added, dict) and type(added.get("id")) is int:
+            table[added["id"]] = str(added.get("content", ""))
+    return table
+
+
+def _plain(path: str, text: str) -> Vocabulary:
+    # split("\n"), not splitlines(): that also splits on \x0b, \x1c, \u2028 ..., which are
+    # legitimate characters inside tokens; line number = id only holds with "\n" alone.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line, it does not start a new token
+    if all(line.endswith("\r") for line in lines):
+        lines = [line[:-1] for line in lines]  # a CRLF file, not tokens ending in "\r"
+    return Vocabulary(lines, source=path)
+
+
+def _by_id(path: str, token_ids: Mapping[str, int]) -> dict[int, str]:
+    table: dict[int, str] = {}
+    for token, i in token_ids.items():
+        if i in table:
+            raise _error(path, f"gives id {i} to two tokens, {table[i]!r} and {token!r}")
+        table[i] = token
+    return table
+
+
+def _json_object(path: str, text: str) -> dict | None:
+    """The parsed JSON object, or None for a plain vocabulary file."""
+    is_json_name = path.lower().endswith(".json")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if is_json_name:
+            raise _error(path, f"is not valid JSON ({err})") from None
+        return None
+    if isinstance(data, dict):
+        return data
+    if is_json_name:
+        raise _error(path, f"is JSON but not a vocabulary ({_EXPECTED})")
+    return None  # e.g. a one-token vocab.txt holding "1": plain text that happens to parse
+
+
+def _read_text(path: str) -> str:
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"vocabulary file not found: {path}")
+    if file.is_dir():
+        raise InputError(f"vocabulary path is a directory, not a file: {path} ({_EXPECTED})")
+    try:
+        # newline="" keeps "\r" as written; utf-8-sig drops a BOM that is not part of token 0.
+        with open(path, encoding="utf-8-sig", newline="") as stream:
+            return stream.read()
+    except UnicodeDecodeError as err:
+        raise _error(path, f"is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise _error(path, f"cannot be read ({_first_line(err)})") from None
+
+
+def _id_row(ids: np.ndarray) -> list[int]:
+    row = np.asarray(ids)
+    if row.ndim != 1:
+        raise InputError(f"token ids must be one row (1-D), got shape {row.shape}")
+    if row.dtype.kind == "f" and np.all(np.isfinite(row)) and np.all(row == np.round(row)):
+        row = row.astype(np.int64)  # ids that went through a float tensor
+    if row.dtype.kind not in "iu":
+        raise InputError(f"token ids must be integers, got {row.dtype}")
+    return [int(i) for i in row]
+
+
+def _is_pair(entry: object) -> bool:
+    return isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+
+
+def _error(path: str, problem: str) -> InputError:
+    return InputError(f"vocabulary file {path} {problem}")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
