@@ -79,7 +79,8 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
                            post: Post | None = None, active_from: Sequence[str] = ()
                            ) -> GradientProgram:
     """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`,
-    the gradients of further `passes` and the outputs of `post`."""
+    and the gradients of further `passes`; with a `post`, its outputs instead of the
+    gradients."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     b = GraphBuilder(proto, model.infos)
@@ -92,18 +93,17 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     else:
         one = numpy_helper.from_array(np.ones(1, dtype=b.np_dtype(output)))
         seed = b.op("ConstantOfShape", b.shape(output), value=one)
-    grads = add_gradients(b, {output: seed}, list(wrt), rules, active_from)
-    program.grads = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)
-                     for name, grad in grads.items()}
-    computed = {"": grads}
+    computed = {"": add_gradients(b, {output: seed}, list(wrt), rules, active_from)}
     for extra in passes:
-        found = add_gradients(b, {output: seed}, list(extra.wrt), extra.rules,
-                              extra.active_from)
-        computed[extra.label] = found
-        program.passes[extra.label] = {
-            name: add_output(b, f"{GRAD_PREFIX}{extra.label}/{name}", grad, like=name)
-            for name, grad in found.items()}
-    if post is not None:
+        computed[extra.label] = add_gradients(b, {output: seed}, list(extra.wrt), extra.rules,
+                                              extra.active_from)
+    if post is None:  # with a post, only what it computes comes back
+        program.grads = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)
+                         for name, grad in computed[""].items()}
+        program.passes = {label: {name: add_output(b, f"{GRAD_PREFIX}{label}/{name}", grad,
+                                                   like=name) for name, grad in found.items()}
+                          for label, found in computed.items() if label}
+    else:
         program.post = {label: add_output(b, POST_PREFIX + label, tensor)
                         for label, tensor in post.emit(b, computed).items()}
     append_outputs(proto.graph, b.infos, list(taps))

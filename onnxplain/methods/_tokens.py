@@ -53,21 +53,44 @@ def token_layout(feeds: Mapping[str, np.ndarray], sources, tokens: int, query) -
     prefix, grid = 0, None
     if images and not text:
         prefix, grid = _patch_grid(images[0].shape, image_layout(images[0].shape), tokens)
-    if query is None or (isinstance(query, str) and query.strip().lower() == "auto"):
+    if _is_auto(query):
         row = 0 if (text or prefix) else None
-    elif isinstance(query, str) and query.strip().lower() == "mean":
-        row = None
     else:
         row = _query_index(query, tokens)
     return TokenLayout(tokens, row, prefix, grid, text)
 
 
-def _query_index(query, tokens: int) -> int:
+def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
+                  layers: Sequence[AttentionLayer], query) -> int | None:
+    """The query row before running (in-graph methods need it): as token_layout decides,
+    with the token count from the token ids or the maps' static shape (else the first)."""
+    text = [feeds[s.input] for s in sources if s.per_token and feeds[s.input].ndim == 2]
+    tokens = text[0].shape[1] if text else None
+    if tokens is None:
+        info = engine.model.infos.get(layers[-1].probabilities)
+        last = info.shape[-1] if info is not None and info.shape else None
+        tokens = last if isinstance(last, int) else None
+    if tokens is None:
+        return 0 if _is_auto(query) else _query_index(query, None)
+    return token_layout(feeds, sources, tokens, query).query
+
+
+def _is_auto(query) -> bool:
+    return query is None or (isinstance(query, str) and query.strip().lower() == "auto")
+
+
+def _query_index(query, tokens: int | None) -> int | None:
+    if isinstance(query, str) and query.strip().lower() == "mean":
+        return None
     try:
         row = int(query)
     except (TypeError, ValueError):
         raise InputError(f"query must be a token index, 'auto' or 'mean', got '{query}'"
                          ) from None
+    if tokens is None:
+        if row < 0:
+            raise InputError(f"query token {row}: negative indices need a known token count")
+        return row
     if not -tokens <= row < tokens:
         raise InputError(f"query token {row} is out of range for {tokens} tokens")
     return row % tokens

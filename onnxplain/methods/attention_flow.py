@@ -26,14 +26,12 @@ from ..engine import GradientRun
 from ..rules.chefer import CHEFER
 from . import MethodOutput, MethodSpec, register
 from ._attention_graph import (
-    JOINT,
     RELEVANCE,
-    accumulate_post,
+    ROW,
     attention_mean,
+    chain_post,
     gradient_times_attention,
     gradient_times_relevance,
-    product_post,
-    rollout_post,
 )
 from ._common import clean_run, explicit_target
 from ._tokens import (
@@ -43,21 +41,28 @@ from ._tokens import (
     padding_mask,
     probabilities,
     read_row,
+    resolve_query,
     token_layout,
     token_output,
 )
 
 _COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
+_POSITIVE_GXA = gradient_times_attention(positive=True)
+_SIGNED_GXA = gradient_times_attention(positive=False)
 
 
-def _finish(feeds, sources, run: GradientRun, layers, matrices: np.ndarray, query, upsample: str,
-            tensors: dict | None = None, extras: dict | None = None) -> MethodOutput:
-    """Read the query row of [N, S, S] token matrices and map it onto the inputs."""
-    rows, tokens = matrices.shape[0], matrices.shape[-1]
-    layout = token_layout(feeds, sources, tokens, query)
+def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
+            upsample: str, tensors: dict | None = None, extras: dict | None = None
+            ) -> MethodOutput:
+    """Map [N, S] scores (or [N, S, S] token matrices, read at the query row) onto the
+    inputs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rows, tokens = scores.shape[0], scores.shape[-1]
+    layout = token_layout(feeds, sources, tokens, "mean" if query is None else query)
+    if scores.ndim == 3:
+        scores = read_row(scores, layout)
     mask = padding_mask(feeds, layers, rows, tokens)
-    row = read_row(np.asarray(matrices, dtype=np.float64), layout)
-    at_inputs, out_tensors = token_output(feeds, row, layout, mask, upsample)
+    at_inputs, out_tensors = token_output(feeds, scores, layout, mask, upsample)
     out_tensors.update(tensors or {})
     info = {"layers": [layer.as_dict() for layer in layers],
             "query": layout.query if layout.query is not None else "mean",
@@ -74,11 +79,20 @@ def _relevance_pass(layers, sources) -> Pass:
                 tuple(s.tensor for s in sources))
 
 
-def _forward_joint(engine, feeds, target, post) -> tuple[GradientRun, np.ndarray]:
-    values = engine.forward(feeds, post=post)
-    outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
-    run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
-    return run, values[POST_PREFIX + JOINT]
+def _chain(engine, feeds, target, sources, attention, query, start_layer, name: str,
+           weighting, step: str, passes=()):
+    """(run, layers, query row, scores) of a method chained over layers in the graph."""
+    layers = attention_layers(engine, attention)
+    start = layer_index(start_layer, len(layers))
+    row = resolve_query(engine, feeds, sources, layers, query)
+    post = chain_post(name, probabilities(layers), start, weighting, step, row)
+    if weighting is attention_mean:  # forward only
+        values = engine.forward(feeds, post=post)
+        outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
+        run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
+        return run, layers, row, values[POST_PREFIX + ROW]
+    run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
+    return run, layers, row, run.post[ROW]
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -97,11 +111,9 @@ def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto
 def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear", start_layer: int = 0):
     """Attention rollout: prod_l normalise(I + E_h A_l), read at the query row."""
-    layers = attention_layers(engine, attention)
-    start = layer_index(start_layer, len(layers))
-    post = rollout_post("rollout", probabilities(layers), start, attention_mean)
-    run, joint = _forward_joint(engine, feeds, target, post)
-    return _finish(feeds, sources, run, layers, joint, query, upsample)
+    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query,
+                                      start_layer, "rollout", attention_mean, "rollout")
+    return _finish(feeds, sources, run, layers, scores, row, upsample)
 
 
 def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -122,33 +134,28 @@ def transformer_attribution(engine, feeds, target, sources, *, attention=None, q
                             upsample: str = "bilinear", start_layer: int = 0):
     """Rollout of I + E_h (G_l * R_l)+ (Chefer, Gur, Wolf 2021a)."""
     layers = attention_layers(engine, attention)
-    start = layer_index(start_layer, len(layers))
-    maps = probabilities(layers)
-    post = rollout_post("transformer_attribution", maps, start, gradient_times_relevance)
-    run = engine.gradients(feeds, target, maps, passes=[_relevance_pass(layers, sources)],
-                           post=post)
-    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+    run, layers, row, scores = _chain(
+        engine, feeds, target, sources, attention, query, start_layer,
+        "transformer_attribution", gradient_times_relevance, "rollout",
+        passes=[_relevance_pass(layers, sources)])
+    return _finish(feeds, sources, run, layers, scores, row, upsample)
 
 
 def generic_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                       upsample: str = "bilinear"):
     """R = I; R <- R + E_h (G_l * A_l)+ R for each layer (Chefer, Gur, Wolf 2021b)."""
-    layers = attention_layers(engine, attention)
-    maps = probabilities(layers)
-    post = accumulate_post("generic_attention", maps, gradient_times_attention(True))
-    run = engine.gradients(feeds, target, maps, post=post)
-    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query, 0,
+                                      "generic_attention", _POSITIVE_GXA, "accumulate")
+    return _finish(feeds, sources, run, layers, scores, row, upsample)
 
 
 def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear"):
     """prod_l E_h (G_l * A_l), later layers on the left, without clamping (Grad-SAM's
     gradient-weighted attention, multiplied across layers)."""
-    layers = attention_layers(engine, attention)
-    maps = probabilities(layers)
-    post = product_post("attgrad", maps, gradient_times_attention(False))
-    run = engine.gradients(feeds, target, maps, post=post)
-    return _finish(feeds, sources, run, layers, run.post[JOINT], query, upsample)
+    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query, 0,
+                                      "attgrad", _SIGNED_GXA, "product")
+    return _finish(feeds, sources, run, layers, scores, row, upsample)
 
 
 def _spec(name, run, summary, reference, family="attention", **defaults) -> MethodSpec:

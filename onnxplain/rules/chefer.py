@@ -190,10 +190,8 @@ def _expand_rows(b: GraphBuilder, per_row: str, like: str) -> str:
 def _safe_div(b: GraphBuilder, a: str, d: str) -> str:
     """a / (d + 1e-9), and 0 where d == 0 (Chefer et al.'s safe_divide)."""
     zero = b.scalar(0.0, d)
-    nonzero = b.op("Cast", b.op("Not", b.op("Equal", d, zero)), to=b.dtype(d))
-    shifted = b.op("Add", d, b.scalar(STABILIZER, d))
-    shifted = b.op("Add", shifted, b.op("Sub", b.scalar(1.0, d), nonzero))  # no 0 / 0
-    return b.op("Mul", b.op("Div", a, shifted), nonzero)
+    quotient = b.op("Div", a, b.op("Add", d, b.scalar(STABILIZER, d)))
+    return b.op("Where", b.op("Equal", d, zero), zero, quotient)
 
 
 def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
