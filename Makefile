@@ -22,12 +22,18 @@ $(VENV)/.test-$(EXTRA): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 demo: $(VENV)/.zoo-$(EXTRA)
-	$(PY) -m model_zoo build digits_cnn
+	$(PY) -m model_zoo build digits_cnn sentiment_bert
 	$(VENV)/bin/onnxplain explain "$$($(PY) -m model_zoo path digits_cnn)" \
 		--input "$$(dirname "$$($(PY) -m model_zoo path digits_cnn)")/sample.npz" \
-		--method saliency --out $(DEMO_OUT)
-	@echo "Explained the first 16 test digits; outputs are in $(abspath $(DEMO_OUT))/:"
-	@echo "  attribution.npy, heatmap_image_*.png, summary.json"
+		--method saliency --out $(DEMO_OUT)/digits
+	$(VENV)/bin/onnxplain explain "$$($(PY) -m model_zoo path sentiment_bert)" \
+		--input "$$(dirname "$$($(PY) -m model_zoo path sentiment_bert)")/sample.npz" \
+		--vocab "$$(dirname "$$($(PY) -m model_zoo path sentiment_bert)")/vocab.txt" \
+		--method layer_integrated_gradients --target 1 --out $(DEMO_OUT)/sentiment
+	@echo "Explained 16 test digits (saliency) and 6 sentences (evidence for 'positive');"
+	@echo "outputs are in $(abspath $(DEMO_OUT))/:"
+	@echo "  digits/: attribution.npy, heatmap_image_*.png, summary.json"
+	@echo "  sentiment/: tokens_input_ids_*.html (red: for, blue: against), tokens.json"
 
 lint: $(VENV)/.test-$(EXTRA)
 	$(VENV)/bin/ruff check .

@@ -49,7 +49,7 @@ def methods(as_json: bool) -> None:
     """List the attribution methods with their defaults."""
     from onnxplain.methods import METHODS
 
-    families = ["gradient", "noise", "layer", "perturbation", "transformer", "local"]
+    families = ["gradient", "noise", "layer", "attention", "perturbation", "local"]
     ordered = sorted(METHODS.values(), key=lambda m: (
         families.index(m.family) if m.family in families else len(families), m.name))
     rows = [{"name": m.name, "family": m.family, "summary": m.summary,
@@ -57,10 +57,11 @@ def methods(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    width = max(len(row["name"]) for row in rows) + 1
     for row in rows:
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "none"
-        click.echo(f"{row['name']:22s} {row['summary']}")
-        click.echo(f"{'':22s} defaults: {defaults}; paper: {row['reference']}")
+        click.echo(f"{row['name']:{width}s} {row['summary']}")
+        click.echo(f"{'':{width}s} defaults: {defaults}; paper: {row['reference']}")
 
 
 @main.command()

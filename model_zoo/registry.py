@@ -24,6 +24,7 @@ class ZooModel:
     make: str            # function returning (torch module, example inputs dict) with weights
     export: str          # function(module, example, path) writing the ONNX file
     architecture: str    # function returning the untrained torch module (for load_torch)
+    depends: tuple[str, ...] = ()  # other model_zoo files its code imports (cache key)
 
 
 ZOO: dict[str, ZooModel] = {m.name: m for m in [
@@ -53,7 +54,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "export_text_model_attention23", "bert_small_sdpa_architecture"),
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
-             "sentiment_architecture"),
+             "sentiment_architecture", depends=("hf_models.py",)),
 ]}
 
 
@@ -73,7 +74,7 @@ def _fingerprint(entry: ZooModel) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for name in ("registry.py", f"{entry.module}.py"):
+    for name in ("registry.py", f"{entry.module}.py", *entry.depends):
         digest.update((HERE / name).read_bytes())
     digest.update(torch.__version__.encode())
     return digest.hexdigest()[:16]

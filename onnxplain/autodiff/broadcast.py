@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..errors import ModelError
 from ..graph.builder import GraphBuilder
 from .registry import NodeContext
+
+Shape = tuple | None
 
 # Before opset 13 ReduceSum takes its axes as an attribute, so they must be known statically.
 RUNTIME_AXES_OPSET = 13
 
 
-def _broadcast_axes(b: GraphBuilder, x: str, y: str) -> tuple[int, list[int], bool]:
+def _broadcast_axes(b: GraphBuilder, x: str, y: str, others: Sequence[Shape] | None = None
+                    ) -> tuple[int, list[int], bool]:
     b.rank(x), b.rank(y)  # raise a clear error when a rank is unknown
-    return broadcast_axes(b.info(x).certain, b.info(y).certain)
+    return broadcast_axes(b.info(x).certain, b.info(y).certain, others)
 
 
-def broadcast_axes(shape_x: tuple, shape_y: tuple) -> tuple[int, list[int], bool]:
+def broadcast_axes(shape_x: tuple, shape_y: tuple, others: Sequence[Shape] | None = None
+                   ) -> tuple[int, list[int], bool]:
     """(leading axes added, size-1 axes of x that were expanded, whether that is uncertain).
 
     Axes are decided from the inferred shapes only when certain: a dim of x that is unknown
-    (or only guessed) and not provably equal to y's may be 1 at run time.
+    (or only guessed) and not provably equal to y's may be 1 at run time, unless every
+    other operand (`others`, certain shapes aligned at the right like y; None for an
+    unknown one; None when they are not known at all) is certainly 1 there or does not
+    reach that axis: then y's dim is x's.
     """
     rank_x = len(shape_x)
     lead = len(shape_y) - rank_x
@@ -32,18 +41,33 @@ def broadcast_axes(shape_x: tuple, shape_y: tuple) -> tuple[int, list[int], bool
                 axes.append(i)
         elif isinstance(dx, int) or dy == 1 or (dx is not None and dx == dy):
             continue  # x is not broadcast along this axis
+        elif others is not None and not _others_expand(others, len(shape_y), lead + i):
+            continue
         else:
             uncertain = True
     return lead, axes, uncertain
 
 
-def unbroadcast(b: GraphBuilder, g: str, x: str, y: str) -> str:
-    """Reduce g, shaped like the broadcast result y, to the shape of operand x.
+def _others_expand(others: Sequence[Shape], rank_y: int, axis: int) -> bool:
+    """Whether some other operand may be larger than 1 along axis `axis` of the result."""
+    for shape in others:
+        if shape is None:
+            return True
+        own = axis - (rank_y - len(shape))
+        if own >= 0 and shape[own] != 1:
+            return True
+    return False
+
+
+def unbroadcast(b: GraphBuilder, g: str, x: str, y: str,
+                others: Sequence[Shape] | None = None) -> str:
+    """Reduce g, shaped like the broadcast result y, to the shape of operand x; `others` are
+    the certain shapes of the other operands (see broadcast_axes; None: not known).
 
     When the expanded axes are uncertain statically, the size-1 axes of x are found at run
     time (Shape, Equal, NonZero), so dynamic batch and sequence axes work.
     """
-    lead, axes, uncertain = _broadcast_axes(b, x, y)
+    lead, axes, uncertain = _broadcast_axes(b, x, y, others)
     if lead:
         g = b.reduce("ReduceSum", g, list(range(lead)), keepdims=False)
     if not uncertain:
@@ -68,6 +92,11 @@ def broadcast_supports(c: NodeContext) -> str | None:
         return None
     for i, name in enumerate(c.node.input):
         if c.need(i) and b.info(name).rank is not None and b.info(c.y()).rank is not None:
-            if _broadcast_axes(b, name, c.y())[2]:
+            if _broadcast_axes(b, name, c.y(), other_shapes(b, c.node.input, i))[2]:
                 return undecidable_reason(b, name)
     return None
+
+
+def other_shapes(b: GraphBuilder, inputs: Sequence[str], index: int) -> list[Shape]:
+    """Certain shapes of every input but `index` (None where the rank is unknown)."""
+    return [b.info(name).certain for i, name in enumerate(inputs) if i != index and name]

@@ -21,13 +21,14 @@ Every other op is refused, so no relevance is silently made up.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..autodiff import GRADIENT, NodeContext, RuleSet
 from ..autodiff.registry import Grad, RuleEntry
 from ..graph.builder import GraphBuilder
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
-from .lrp_layers import Layer, negative_part, positive_part, producer
+from .lrp_layers import Layer, negative_part, positive_part, producer, static_value
 
 # Chefer et al.'s safe_divide: a / (b + 1e-9), 0 where b == 0. Unlike z + eps sign(z), the
 # shift is always positive; near-zero negative denominators make the two differ visibly.
@@ -84,10 +85,12 @@ def _pass_through(c: NodeContext, gy: list[Grad]) -> list[Grad]:
     return [gy[0]] + [None] * (len(c.node.input) - 1)
 
 
-def _shares(c: NodeContext, r: str) -> list[Grad]:
-    """x_i * VJP_i(R / z) for every active input i: each input's proportional share."""
+def _shares(c: NodeContext, r: str, scale: float = 1.0) -> list[Grad]:
+    """x_i * VJP_i(scale * R / z) for every active input i: each input's proportional share."""
     b = c.b
     s = _safe_div(b, r, c.y())
+    if scale != 1.0:
+        s = b.op("Mul", s, b.scalar(scale, s))
     entry = GRADIENT.lookup(c.node.domain, c.node.op_type, b.opset)
     assert entry is not None
     grads = entry.rule(c, [s])
@@ -96,8 +99,19 @@ def _shares(c: NodeContext, r: str) -> list[Grad]:
 
 
 def _halved(c: NodeContext, r: str) -> list[Grad]:
+    """Half of each share, halving whichever is smaller: the product (probabilities x V gives
+    [.., tokens, head size]) or the shares (Q K^T gives [.., tokens, tokens] products)."""
     b = c.b
+    if _smaller_than_operands(b, c.y(), c.x(0)):
+        return _shares(c, r, 0.5)
     return [None if g is None else b.op("Mul", g, b.scalar(0.5, g)) for g in _shares(c, r)]
+
+
+def _smaller_than_operands(b: GraphBuilder, y: str, x: str) -> bool:
+    """Whether y's last axis is a fixed size where x's is symbolic (as a head size against a
+    sequence length), so elementwise work on y is the cheaper."""
+    last_y, last_x = (b.info(name).shape[-1] if b.info(name).shape else None for name in (y, x))
+    return isinstance(last_y, int) and not isinstance(last_x, int)
 
 
 def _product(c: NodeContext, gy: list[Grad]) -> list[Grad]:
@@ -118,10 +132,33 @@ def _alpha_one(layer: Layer, r: str) -> str:
     beta 0 and no bias, divided as Chefer et al. divide (see _safe_div)."""
     b, x = layer.b, layer.x
     xp, xn = positive_part(b, x), negative_part(b, x)
+    stacked = _stacked_dense(layer, xp, xn, r)
+    if stacked is not None:
+        return stacked
     wp, wn = layer.weight("plus"), layer.weight("minus")
     z = b.op("Add", layer.forward(xp, wp, None), layer.forward(xn, wn, None))
-    s = _safe_div(b, r, z)
+    s = _nonnegative_div(b, r, z)
     return b.op("Add", b.op("Mul", xp, layer.vjp(wp, s)), b.op("Mul", xn, layer.vjp(wn, s)))
+
+
+def _stacked_dense(layer: Layer, xp: str, xn: str, r: str) -> str | None:
+    """The same rule for x @ W with a constant 2-D W as two products instead of four:
+    [x+, x-] @ [W+; W-] gives z, and s @ [W+; W-]^T both vector-Jacobian products side by
+    side (one kernel each on small layers, where launches cost more than the arithmetic)."""
+    b = layer.b
+    weight = static_value(b, layer.w)
+    rank = b.info(layer.x).rank
+    if layer.op != "MatMul" or layer.xi != 0 or weight is None or weight.ndim != 2 or not rank:
+        return None
+    plus, minus = np.maximum(weight, 0), np.minimum(weight, 0)
+    both = b.const(np.concatenate([plus, minus], axis=0), "chefer_w")
+    both_t = b.const(np.ascontiguousarray(np.concatenate([plus, minus], axis=0).T),
+                     "chefer_wt")
+    x2 = b.op("Concat", xp, xn, axis=-1)
+    s = _nonnegative_div(b, r, b.op("MatMul", x2, both))
+    shares = b.op("Mul", x2, b.op("MatMul", s, both_t))
+    halves = b.op("Reshape", shares, b.ints([0] * (rank - 1) + [2, weight.shape[0]]))
+    return b.reduce("ReduceSum", halves, [rank - 1], keepdims=False)
 
 
 def _scaling(c: NodeContext, gy: list[Grad]) -> list[Grad]:
@@ -192,6 +229,13 @@ def _safe_div(b: GraphBuilder, a: str, d: str) -> str:
     zero = b.scalar(0.0, d)
     quotient = b.op("Div", a, b.op("Add", d, b.scalar(STABILIZER, d)))
     return b.op("Where", b.op("Equal", d, zero), zero, quotient)
+
+
+def _nonnegative_div(b: GraphBuilder, r: str, z: str) -> str:
+    """R / (z + 1e-9) for z = x+ W+ + x- W- >= 0: where z = 0 every term x W of it is 0, so
+    whatever the quotient there, its products with x+ W+ and x- W- vanish as safe_divide's 0
+    would (no Equal/Where needed)."""
+    return b.op("Div", r, b.op("Add", z, b.scalar(STABILIZER, z)))
 
 
 def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:

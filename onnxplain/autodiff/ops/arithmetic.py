@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..broadcast import broadcast_supports, unbroadcast
+from ..broadcast import broadcast_supports, other_shapes, unbroadcast
 from ..registry import NodeContext, rule
 
 
@@ -14,8 +14,8 @@ def _each(c: NodeContext, g: str | None, *parts) -> list[str | None]:
     """For each input i: unbroadcast(part_i()) if input i needs a gradient, else None."""
     if g is None:
         return [None] * len(parts)
-    return [unbroadcast(c.b, make(), c.x(i), c.y()) if c.need(i) else None
-            for i, make in enumerate(parts)]
+    return [unbroadcast(c.b, make(), c.x(i), c.y(), other_shapes(c.b, c.node.input, i))
+            if c.need(i) else None for i, make in enumerate(parts)]
 
 
 @rule("Add", supports=broadcast_supports)

@@ -14,13 +14,18 @@ def _swap_last(b: GraphBuilder, x: str) -> str:
     return b.op("Transpose", x, perm=perm)
 
 
-def _batched_grad(b: GraphBuilder, product: str, operand: str, out: str) -> str:
-    """Sum a [batch..., r, c] product over the batch axes that broadcasting added to `operand`."""
+def _batched_grad(b: GraphBuilder, product: str, operand: str, out: str,
+                  other: str | None = None) -> str:
+    """Sum a [batch..., r, c] product over the batch axes that broadcasting added to `operand`
+    (only where the `other` factor of the MatMul may be larger there)."""
     out_shape = b.info(out).certain or ()
     operand_shape = b.info(operand).certain or ()
     batch = tuple(out_shape[:-2]) if len(out_shape) >= 2 else ()
     b.infos[product] = TensorInfo(b.dtype(operand), batch + tuple(operand_shape[-2:]))
-    return unbroadcast(b, product, operand, product)
+    others = None
+    if other is not None and b.info(other).certain is not None and b.rank(other) >= 2:
+        others = [tuple(b.info(other).certain[:-2]) + (1, 1)]  # its matrix axes never expand
+    return unbroadcast(b, product, operand, product, others)
 
 
 def _matmul_supports(c: NodeContext) -> str | None:
@@ -70,9 +75,9 @@ def matmul(c, gy):
                 if rank_a > 2 else per_batch, [-1])
         return grads
     if c.need(0):
-        grads[0] = _batched_grad(b, b.op("MatMul", g, _swap_last(b, w)), a, y)
+        grads[0] = _batched_grad(b, b.op("MatMul", g, _swap_last(b, w)), a, y, w)
     if c.need(1):
-        grads[1] = _batched_grad(b, b.op("MatMul", _swap_last(b, a), g), w, y)
+        grads[1] = _batched_grad(b, b.op("MatMul", _swap_last(b, a), g), w, y, a)
     return grads
 
 
