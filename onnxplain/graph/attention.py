@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import InputError, ModelError
+from .layers import tensor_of
 from .model import Model
 
 # ORT's transformer optimizer fuses attention into opaque contrib ops with no gradient.
@@ -82,7 +83,7 @@ def find_attention(model: Model, override: Sequence[str] | None = None
     (or the nodes producing them) instead of searching."""
     check_not_fused(model)
     if override:
-        return [_layer(model, i, _tensor_of(model, name), strict=False)
+        return [_layer(model, i, tensor_of(model, name), strict=False)
                 for i, name in enumerate(override)]
     return list(_search(model))
 
@@ -108,15 +109,6 @@ def _search(model: Model) -> tuple[AttentionLayer, ...]:
                 layers.append(layer)
     model.derived["attention"] = tuple(layers)
     return tuple(layers)
-
-
-def _tensor_of(model: Model, name: str) -> str:
-    if name in model.node_by_output:
-        return name
-    for node in model.proto.graph.node:
-        if node.name == name and node.output:
-            return node.output[0]
-    raise InputError(f"no tensor or node named '{name}' in the model")
 
 
 def _layer(model: Model, index: int, probs: str, strict: bool) -> AttentionLayer | None:
@@ -155,8 +147,9 @@ def _is_rank4(model: Model, node: onnx.NodeProto) -> bool:
     return info is not None and info.rank == 4
 
 
-def _scores_product(model: Model, start: str, depth: int = 8) -> onnx.NodeProto | None:
-    """The MatMul of two activations (Q K^T) that the softmax logits come from."""
+def _walk_back(model: Model, start: str, through: frozenset[str], found, depth: int):
+    """Breadth-first through the producers of `start` that are in `through`, following only
+    computed inputs, until `found(node)` returns something (then that) or `depth` runs out."""
     frontier = [start]
     for _ in range(depth):
         following = []
@@ -164,14 +157,22 @@ def _scores_product(model: Model, start: str, depth: int = 8) -> onnx.NodeProto 
             node = model.node_by_output.get(name)
             if node is None:
                 continue
-            if node.op_type == "MatMul":
-                if not any(_is_constant(model, i) for i in node.input):
-                    return node
-                continue
-            if node.op_type in _TO_SCORES:
+            result = found(node)
+            if result is not None:
+                return result
+            if node.op_type in through:
                 following.extend(i for i in node.input if i and not _is_constant(model, i))
         frontier = following
     return None
+
+
+def _scores_product(model: Model, start: str) -> onnx.NodeProto | None:
+    """The MatMul of two activations (Q K^T) that the softmax logits come from."""
+    def found(node):
+        if node.op_type == "MatMul" and not any(_is_constant(model, i) for i in node.input):
+            return node
+        return None
+    return _walk_back(model, start, _TO_SCORES, found, depth=8)
 
 
 def _context_product(model: Model, probs: str) -> onnx.NodeProto | None:
@@ -189,24 +190,14 @@ def _context_product(model: Model, probs: str) -> onnx.NodeProto | None:
     return None
 
 
-def _projection_input(model: Model, start: str, depth: int = 10) -> str | None:
+def _projection_input(model: Model, start: str) -> str | None:
     """The activation that a Q, K or V projection (MatMul/Gemm with a constant weight) reads."""
-    frontier = [start]
-    for _ in range(depth):
-        following = []
-        for name in frontier:
-            node = model.node_by_output.get(name)
-            if node is None:
-                continue
-            if node.op_type in _PROJECTION:
-                active = [i for i in node.input[:2] if not _is_constant(model, i)]
-                if len(active) == 1:
-                    return active[0]
-                continue
-            if node.op_type in _TO_PROJECTION:
-                following.extend(i for i in node.input if i and not _is_constant(model, i))
-        frontier = following
-    return None
+    def found(node):
+        if node.op_type not in _PROJECTION:
+            return None
+        active = [i for i in node.input[:2] if not _is_constant(model, i)]
+        return active[0] if len(active) == 1 else None
+    return _walk_back(model, start, _TO_PROJECTION, found, depth=10)
 
 
 def _residual_stream(model: Model, query: str, key: str, value: str) -> str | None:

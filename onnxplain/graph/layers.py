@@ -21,12 +21,17 @@ def resolve_layer(model: Model, layer: str | None) -> str:
             raise InputError("no spatial conv layer found for a default layer; name one with "
                              "layer=TENSOR (see `onnxplain inspect`)")
         return found[0]["tensor"]
-    if layer in model.node_by_output:
-        return layer
+    return tensor_of(model, layer)
+
+
+def tensor_of(model: Model, name: str) -> str:
+    """A computed tensor by its name, or the first output of the node of that name."""
+    if name in model.node_by_output:
+        return name
     for node in model.proto.graph.node:
-        if node.name == layer and node.output:
+        if node.name == name and node.output:
             return node.output[0]
-    raise InputError(f"no tensor or node named '{layer}' in the model")
+    raise InputError(f"no tensor or node named '{name}' in the model")
 
 
 def conv_candidates(model: Model, limit: int = 3) -> list[dict]:
