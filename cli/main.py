@@ -127,7 +127,8 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
 
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, output=output_name,
-                          attribute_at=_pairs(attribute_at, "--attribute-at"))
+                          attribute_at=_pairs(attribute_at, "--attribute-at"),
+                          progress=not (quiet or as_json))
     arrays, files = read_inputs(explainer.model, inputs)
     if vocab is not None:
         files.append(vocab)

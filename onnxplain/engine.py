@@ -68,6 +68,9 @@ class Engine:
         self._forward: dict[tuple, Session] = {}
         self._noticed = False
         self._chunk: int | None = None
+        self._non_tensor_outputs = {o.name for o in model.proto.graph.output
+                                    if not o.type.HasField("tensor_type")}
+        self.progress = True  # progress bars on long perturbation runs
         self._last_providers: list[str] | None = None
 
     @property
@@ -137,8 +140,9 @@ class Engine:
                 model = _with_post(model, self.model.infos, post)
             self._forward[key] = Session(model, self.providers, self.optimization)
         session = self._forward[key]
-        return self._run_rows(session, session.output_names, dict(feeds), {},
-                              batch_size_of(feeds))
+        # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only.
+        names = [n for n in session.output_names if n not in self._non_tensor_outputs]
+        return self._run_rows(session, names, dict(feeds), {}, batch_size_of(feeds))
 
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
                 taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),

@@ -34,18 +34,19 @@ class Explainer:
     "none"); below "extended" no fusion can change the last bits of the outputs when tensors
     are tapped, at some cost in speed. Large batches run in chunks whose gradient programs
     fit `memory_budget_mb` (estimated from the activations); `batch_size` in explain()
-    overrides it.
+    overrides it. `progress=False` silences the progress bars of long perturbation runs.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Model,
                  providers: Sequence[str] | str | None = None, *, output: str | None = None,
                  attribute_at: Mapping[str, str] | None = None, optimization: str = "all",
-                 memory_budget_mb: float = DEFAULT_BUDGET_MB):
+                 memory_budget_mb: float = DEFAULT_BUDGET_MB, progress: bool = True):
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.output = pick_output(self.model, output)
         self.sources, self.unattributed = find_sources(self.model, attribute_at)
         self.engine = Engine(self.model, resolve_providers(providers), self.output,
                              self.sources, optimization, memory_budget_mb)
+        self.engine.progress = progress
 
     @property
     def providers(self) -> list[str]:
@@ -72,7 +73,7 @@ class Explainer:
             if target is not None:
                 raise InputError("give either target or output_seed, not both")
             target = OutputSeed(self._check_seed(output_seed, batch_size_of(feeds)))
-        if not self.sources:
+        if not self.sources and spec.needs_sources:
             check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
             raise InputError("no input of this model can be attributed: "
                              + "; ".join(f"{k}: {v}" for k, v in self.unattributed.items()))

@@ -223,6 +223,7 @@ def test_console_script_runs_in_a_real_process(workdir):
     ("grad_cam_plus_plus", []),
     ("cam", []),
     ("activation_maps", []),
+    ("occlusion", ["-O", "window=2", "-O", "stride=1", "-O", "baseline=0.5"]),
 ])
 def test_every_method_runs_from_the_cli(tmp_path, digits_path, method, options):
     x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)

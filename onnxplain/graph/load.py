@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ..errors import ModelError
 from .attention_op import decompose_attention_ops, has_attention_ops
@@ -104,7 +104,8 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Canonical form: functions inlined, standard Attention ops decomposed (so that autodiff and
-    taps see their probabilities), initializers not listed as inputs, every node named."""
+    taps see their probabilities), initializers not listed as inputs, every node named, and
+    the probability tensor under each ZipMap output exposed as an output of its own."""
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     if has_attention_ops(model):
@@ -117,8 +118,22 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         del graph.input[:]
         graph.input.extend(kept)
     _name_nodes(graph)
+    _expose_zipmap_inputs(graph)
     set_runtime_ir_version(model)
     return model
+
+
+def _expose_zipmap_inputs(graph: onnx.GraphProto) -> None:
+    """skl2onnx classifiers return probabilities as a ZipMap (a sequence of maps, which no
+    method can read): add the [batch, classes] tensor it is made from as a graph output, after
+    the original ones (which stay as they are)."""
+    declared = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "ZipMap" and node.domain == "ai.onnx.ml" and node.input[0] not in \
+                declared and any(out in declared for out in node.output):
+            graph.output.append(helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT,
+                                                              [None, None]))
+            declared.add(node.input[0])
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:

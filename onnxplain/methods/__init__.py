@@ -41,6 +41,8 @@ class MethodSpec:
     # embedding axis (for products like input x gradient), or the vector "norm" for raw
     # gradients, whose sum is ~0 whenever a LayerNorm follows the embedding.
     token_reduction: str = "sum"
+    # Gradient methods need an attributable float tensor; forward-only methods do not.
+    needs_sources: bool = True
 
     def resolve_options(self, options: Mapping[str, object]) -> dict:
         """Defaults overridden by `options`; strings (from the CLI) take the default's type."""
@@ -106,8 +108,12 @@ from . import (  # noqa: E402,F401
     guided_grad_cam,
     input_x_gradient,
     integrated_gradients,
+    kernel_shap,
     layer_integrated_gradients,
+    lime,
     lrp,
+    occlusion,
+    rise,
     saliency,
     smoothgrad,
 )

@@ -41,9 +41,10 @@ def forward_bytes_per_row(model: Model, feeds: Mapping[str, np.ndarray]) -> int:
     return total
 
 
-def rows_per_run(model: Model, feeds: Mapping[str, np.ndarray], budget_mb: float) -> int:
-    """Rows whose gradient program fits the budget; at least one."""
-    per_row = PROGRAM_FACTOR * forward_bytes_per_row(model, feeds)
+def rows_per_run(model: Model, feeds: Mapping[str, np.ndarray], budget_mb: float,
+                 factor: float = PROGRAM_FACTOR) -> int:
+    """Rows whose gradient program (factor 1: forward run) fits the budget; at least one."""
+    per_row = factor * forward_bytes_per_row(model, feeds)
     if per_row <= 0:
         return 1 << 30
     return max(1, int(budget_mb * 2**20 // per_row))

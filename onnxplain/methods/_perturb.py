@@ -1,0 +1,36 @@
+"""What the perturbation methods share: which input they perturb, and feeds for a chunk of
+perturbed copies of one row (the other inputs repeated)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None) -> str:
+    """The input a perturbation method changes: `name`, else the first float input, else the
+    first integer input shaped [batch, tokens] (token ids)."""
+    if name is not None:
+        if name not in feeds:
+            raise InputError(f"unknown input '{name}' (inputs: {', '.join(feeds)})")
+        return name
+    for key, value in feeds.items():
+        if value.dtype.kind == "f":
+            return key
+    for key, value in feeds.items():
+        if value.dtype.kind in "iu" and value.ndim == 2:
+            return key
+    raise InputError("no float or token-id input to perturb; name one with input=NAME")
+
+
+def copies(feeds: Mapping[str, np.ndarray], row: int, count: int, name: str,
+           values: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds of `count` rows: input `name` set to `values` ([count, ...]), every other input
+    repeated from row `row`."""
+    out = {key: np.repeat(value[row:row + 1], count, axis=0)
+           for key, value in feeds.items() if key != name}
+    out[name] = np.ascontiguousarray(values, dtype=feeds[name].dtype)
+    return out

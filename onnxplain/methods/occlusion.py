@@ -1,0 +1,127 @@
+"""Occlusion (Zeiler and Fergus 2014, arXiv:1311.2901): slide a window over the input, replace
+what it covers by a baseline, and credit the covered elements with the drop of the score.
+
+    A(x)_i = mean over windows W containing i of  S_c(x) - S_c(x with W set to the baseline)
+
+(the mean over covering windows is Captum's normalisation, so overlapping strides keep the
+scale). Windows span every channel of an image; token ids and tabular rows are windowed
+along their one axis. Every occluded copy runs through the batched perturbation executor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ..errors import InputError
+from ..runtime.perturb import perturbed_scores
+from ..viz.heatmap import image_layout
+from . import MethodOutput, MethodSpec, register
+from ._common import clean_run, fixed_target, target_scores
+from ._perturb import copies, perturbed_input
+
+
+def window_geometry(row_shape: tuple[int, ...], window, stride) -> tuple[tuple, tuple]:
+    """Window and stride shapes over a row: images [C, H, W] or [H, W, C] get square
+    `window` x `window` patches over every channel; other rows a window along each axis."""
+    size, step = _pair(window, "window"), _pair(stride, "stride")
+    layout = image_layout((1, *row_shape))
+    if layout == "NCHW":
+        return (row_shape[0], *size), (row_shape[0], *step)
+    if layout == "NHWC":
+        return (*size, row_shape[2]), (*step, row_shape[2])
+    if len(row_shape) == 1:
+        return (size[0],), (step[0],)
+    return tuple(min(size[0], d) for d in row_shape), tuple(step[0] for _ in row_shape)
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, str):
+        value = [int(part) for part in value.replace("x", ",").split(",") if part.strip()]
+    values = [int(v) for v in np.atleast_1d(value)]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise InputError(f"{what} must be one or two positive integers, got {value!r}")
+    return values[0], values[1]
+
+
+def window_starts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[tuple]:
+    """Start corners of every window position, as Captum places them: steps of `stride`
+    until the window reaches the end, the last one clipped at the border if it overhangs."""
+    ranges = []
+    for dim, size, step in zip(row_shape, window, stride, strict=True):
+        if size > dim:
+            raise InputError(f"the occlusion window {window} is larger than the input row "
+                             f"{row_shape}")
+        count = math.ceil((dim - size) / step) + 1
+        ranges.append([k * step for k in range(count)])
+    return list(itertools.product(*ranges))
+
+
+def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
+              input=None):
+    """Occlusion maps for one input (`input`, default the first float or token-id input):
+    `window` and `stride` in pixels for images (one number for square, or "h,w"; default
+    8 and 8), in elements for other inputs (default 1: one token or column at a time);
+    `baseline` a number or an array like one row (token ids: the id put in)."""
+    name = perturbed_input(feeds, input)
+    value = feeds[name]
+    row_shape = value.shape[1:]
+    image = image_layout(value.shape) is not None
+    window = window if window is not None else (8 if image else 1)
+    stride = stride if stride is not None else window
+    size, step = window_geometry(row_shape, window, stride)
+    starts = window_starts(row_shape, size, step)
+    fill = _baseline(baseline, value)
+    target, clean = fixed_target(engine, feeds, target)
+    clean_scores = target_scores(clean[engine.output], target)
+
+    def make(row: int, first: int, last: int) -> dict[str, np.ndarray]:
+        batch = np.repeat(value[row:row + 1], last - first, axis=0)
+        for k, corner in enumerate(starts[first:last]):
+            region = (k, *(slice(c, c + s) for c, s in zip(corner, size, strict=True)))
+            batch[region] = fill[region[1:]]
+        return copies(feeds, row, last - first, name, batch)
+
+    scores = perturbed_scores(engine, feeds, target, make, len(starts), label="occlusion")
+    total = np.zeros(value.shape, dtype=np.float64)
+    covered = np.zeros(row_shape, dtype=np.float64)
+    drops = clean_scores[:, None] - scores
+    for k, corner in enumerate(starts):
+        region = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
+        total[(slice(None), *region)] += drops[:, k].reshape(-1, *[1] * len(row_shape))
+        covered[region] += 1
+    maps = np.where(covered > 0, total / np.maximum(covered, 1), 0.0).astype(np.float32)
+    extras = {"window": list(size), "stride": list(step), "windows": len(starts)}
+    return MethodOutput(clean_run(clean, target, engine), at_inputs={name: maps},
+                        extras=extras)
+
+
+def _baseline(baseline, value: np.ndarray) -> np.ndarray:
+    """The values occluded elements take, shaped like one row."""
+    array = np.asarray(baseline)
+    if array.dtype.kind not in "fiub":
+        try:
+            array = np.asarray(float(str(baseline)))
+        except ValueError:
+            raise InputError(f"baseline must be a number or an array, got {baseline!r}"
+                             ) from None
+    try:
+        return np.broadcast_to(array, value.shape[1:]).astype(value.dtype)
+    except ValueError:
+        raise InputError(f"baseline of shape {array.shape} does not broadcast to an input "
+                         f"row {value.shape[1:]}") from None
+
+
+register(MethodSpec(
+    name="occlusion",
+    run=occlusion,
+    summary="score drop when a sliding window is replaced by a baseline (forward runs only)",
+    reference="Zeiler, Fergus 2014, arXiv:1311.2901",
+    family="perturbation",
+    defaults={"window": None, "stride": None, "baseline": 0.0, "input": None},
+    needs_sources=False,
+))

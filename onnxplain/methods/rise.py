@@ -1,0 +1,177 @@
+"""RISE (Petsiuk, Das, Saenko 2018): the score-weighted average of random input masks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..runtime.perturb import perturbed_scores
+from ..viz.heatmap import image_layout
+from . import MethodOutput, MethodSpec, register
+from ._common import clean_run, fixed_target
+from ._perturb import copies, perturbed_input
+
+# Masks per block when the saliency is summed: bounds the float64 scratch at 224x224 to ~25 MB.
+_SUM_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class RisePlan:
+    """The random draws behind every mask, taken up front: they are tiny (a grid x grid
+    boolean grid and a shift per mask), so mask i never depends on the chunk it is made in."""
+
+    shape: tuple[int, ...]       # the mask's shape: (H, W) for images, else the features
+    kept: np.ndarray             # [n, grid, grid] (images) or [n, *shape] booleans
+    shifts: np.ndarray | None    # [n, 2] crop offsets in [0, cell) (images)
+    rows: np.ndarray | None      # [(grid + 1) * cell_h, grid] bilinear weights along H
+    cols: np.ndarray | None      # [(grid + 1) * cell_w, grid] bilinear weights along W
+
+    @property
+    def count(self) -> int:
+        return self.kept.shape[0]
+
+
+def rise_plan(shape: tuple[int, ...], n_masks: int, grid: int | None, keep: float, seed: int
+              ) -> RisePlan:
+    """The draws of `n_masks` RISE masks of `shape`, from np.random.default_rng(seed).
+
+    With `grid` (images, shape (H, W)): cells of a grid x grid grid are kept with probability
+    `keep`, and each mask is cropped at a random shift in [0, ceil(H / grid)) x
+    [0, ceil(W / grid)). With grid=None: every feature of `shape` is kept with probability
+    `keep` (tabular features, token ids).
+    """
+    if n_masks < 1:
+        raise InputError(f"rise: n_masks must be at least 1, got {n_masks}")
+    if not 0 < keep <= 1:
+        raise InputError(f"rise: keep is a probability in (0, 1], got {keep}")
+    rng = np.random.default_rng(seed)
+    if grid is None:
+        return RisePlan(tuple(shape), rng.random((n_masks, *shape)) < keep, None, None, None)
+    if grid < 1:
+        raise InputError(f"rise: grid must be at least 1 cell per side, got {grid}")
+    height, width = shape
+    cells = (math.ceil(height / grid), math.ceil(width / grid))
+    kept = rng.random((n_masks, grid, grid)) < keep
+    shifts = np.stack([rng.integers(0, cells[0], n_masks),
+                       rng.integers(0, cells[1], n_masks)], axis=1)
+    return RisePlan((height, width), kept, shifts, _bilinear((grid + 1) * cells[0], grid),
+                    _bilinear((grid + 1) * cells[1], grid))
+
+
+def _bilinear(n_out: int, n_in: int) -> np.ndarray:
+    """[n_out, n_in] weights of a linear resize with half-pixel centres and clamped edges
+    (torch's align_corners=False, tf.image.resize): resizing is then a matrix product."""
+    source = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, n_in - 1)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1 - (source - low))
+    np.add.at(weights, (np.arange(n_out), high), source - low)
+    return weights
+
+
+def rise_masks(plan: RisePlan, start: int, stop: int) -> np.ndarray:
+    """Masks start..stop-1 of `plan` as float32 [stop - start, *plan.shape] in [0, 1].
+
+    Images: M_i = crop(upsample(G_i)) with G_i the kept cells, upsampled bilinearly to
+    ((grid + 1) * cell_h, (grid + 1) * cell_w) and cropped to H x W at the mask's shift.
+    Features: the kept booleans as 0 / 1.
+    """
+    kept = plan.kept[start:stop]
+    if plan.shifts is None:
+        return kept.astype(np.float32)
+    height, width = plan.shape
+    shifts = plan.shifts[start:stop]
+    # Cropping the upsampled grid = taking H consecutive rows of the resize matrix.
+    rows = plan.rows[shifts[:, :1] + np.arange(height)]          # [n, H, grid]
+    cols = plan.cols[shifts[:, 1:] + np.arange(width)]           # [n, W, grid]
+    masks = rows @ kept.astype(np.float64) @ cols.transpose(0, 2, 1)
+    return masks.astype(np.float32)
+
+
+def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
+         keep: float = 0.5, seed: int = 0, baseline=0.0, input: str | None = None):
+    """S_c(x) = 1 / (N p) * sum_i f_c(x (.) M_i + (1 - M_i) baseline) M_i, with E[M] = p.
+
+    Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for Explanation of Black-box
+    Models", arXiv:1806.07421. Images ([N, C, H, W] or [N, H, W, C]) get smooth masks (a
+    grid x grid binary grid, cells kept with probability `keep`, upsampled bilinearly and
+    shifted at random), shared over channels; other inputs get binary masks over their
+    features (token ids take the integer `baseline`, e.g. the padding id). The same masks
+    explain every row; the saliency is unsigned, shaped [N, 1, H, W] / [N, H, W, 1] for
+    images and like the input otherwise.
+    """
+    name = perturbed_input(feeds, input)
+    target, outputs = fixed_target(engine, feeds, target)
+    value = feeds[name]
+    layout = image_layout(value.shape) if value.dtype.kind == "f" else None
+    if layout is None:
+        plan = rise_plan(value.shape[1:], n_masks, None, keep, seed)
+    else:
+        size = value.shape[2:] if layout == "NCHW" else value.shape[1:3]
+        plan = rise_plan(tuple(size), n_masks, grid, keep, seed)
+    fill = _baseline(value, baseline)
+
+    def make(row: int, first: int, last: int) -> Mapping[str, np.ndarray]:
+        masks = rise_masks(plan, first, last)
+        x, b = value[row:row + 1], fill[row:row + 1]
+        if layout is None:
+            perturbed = np.where(masks.astype(bool), x, b)
+        else:
+            m = masks[:, None] if layout == "NCHW" else masks[..., None]
+            perturbed = m * x + (1 - m) * b
+        return copies(feeds, row, last - first, name, perturbed)
+
+    scores = perturbed_scores(engine, feeds, target, make, n_masks, label="rise")
+    saliency = _weighted_sum(plan, scores) / (n_masks * keep)
+    dtype = value.dtype if value.dtype.kind == "f" else np.float32
+    if layout == "NCHW":
+        saliency = saliency[:, None]
+    elif layout == "NHWC":
+        saliency = saliency[..., None]
+    extras = {"n_masks": n_masks, "grid": grid if layout else None, "keep": keep}
+    notes = [] if value.dtype.kind == "f" else [
+        f"rise: masked tokens of '{name}' were set to id {int(fill.flat[0])}"]
+    return MethodOutput(clean_run(outputs, target, engine),
+                        at_inputs={name: saliency.astype(dtype)}, extras=extras, notes=notes,
+                        signed=False)
+
+
+def _baseline(value: np.ndarray, baseline) -> np.ndarray:
+    """The baseline broadcast to the input (a scalar, or an array such as a blurred image)."""
+    fill = np.asarray(baseline)
+    if value.dtype.kind in "iu" and np.any(fill != np.round(fill)):
+        raise InputError(f"rise: the baseline of an integer input must be an integer id, "
+                         f"got {baseline}")
+    try:
+        return np.broadcast_to(fill.astype(value.dtype), value.shape)
+    except ValueError:
+        raise InputError(f"rise: baseline shape {fill.shape} does not broadcast to the "
+                         f"input's {value.shape}") from None
+
+
+def _weighted_sum(plan: RisePlan, scores: np.ndarray) -> np.ndarray:
+    """[rows, *plan.shape] float64: sum_i scores[:, i] M_i, the masks made again block by
+    block (keeping them all would take n_masks * H * W floats)."""
+    total = np.zeros((scores.shape[0], math.prod(plan.shape)))
+    for start in range(0, plan.count, _SUM_BLOCK):
+        stop = min(start + _SUM_BLOCK, plan.count)
+        masks = rise_masks(plan, start, stop).reshape(stop - start, -1)
+        total += scores[:, start:stop] @ masks.astype(np.float64)
+    return total.reshape(scores.shape[0], *plan.shape)
+
+
+register(MethodSpec(
+    name="rise",
+    run=rise,
+    summary="average of random smooth input masks weighted by the model's score on each",
+    reference="Petsiuk, Das, Saenko 2018, arXiv:1806.07421",
+    family="perturbation",
+    defaults={"n_masks": 2000, "grid": 7, "keep": 0.5, "seed": 0, "baseline": 0.0,
+              "input": None},
+    needs_sources=False,
+))
