@@ -1,10 +1,11 @@
-"""Occlusion against Captum's Occlusion on the torch original, in one process, on the
-model-zoo ResNet-18 (224x224, batch 1, CPU, window 16 stride 16: 196 occluded copies).
+"""Occlusion and KernelSHAP against Captum's on the torch original, in one process, on the
+model-zoo ResNet-18 (224x224, batch 1, CPU): occlusion with window 16 stride 16 (196 occluded
+copies), KernelSHAP on a 4x4 grid of 56-pixel cells with 128 coalitions.
 
-    python benchmarks/perturbation_methods.py [--repeats 3] [--window 16]
+    python benchmarks/perturbation_methods.py [--repeats 3] [--window 16] [--samples 128]
 
-Prints onnxplain time / Captum time (lower is better) and onnxplain time / the ONNX Runtime
-forward of as many rows as there are occluded copies.
+Prints onnxplain time / Captum time (lower is better), and for occlusion onnxplain time / the
+ONNX Runtime forward of as many rows as there are occluded copies.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=128)
     args = parser.parse_args()
     import torch
-    from captum.attr import Occlusion
+    from captum.attr import KernelShap, Occlusion
 
     path = model_zoo.model_path("resnet18")
     explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
@@ -58,16 +60,32 @@ def main() -> None:
                                 strides=window, baselines=0.0, target=3,
                                 perturbations_per_eval=len(block))
 
+    cells = np.arange(16).reshape(4, 4).repeat(56, axis=0).repeat(56, axis=1)
+    shap = KernelShap(module)
+
+    def captum_shap() -> None:
+        with torch.no_grad():
+            shap.attribute(torch.from_numpy(x), baselines=0.0, target=3,
+                           feature_mask=torch.from_numpy(cells)[None, None],
+                           n_samples=args.samples, perturbations_per_eval=len(block))
+
     runs = {"forward": forwards, "captum": captum,
             "onnxplain": partial(explainer.explain, x, "occlusion", target=3,
-                                 window=args.window, stride=args.window)}
+                                 window=args.window, stride=args.window),
+            "captum_shap": captum_shap,
+            "onnxplain_shap": partial(explainer.explain, x, "kernel_shap", target=3,
+                                      features="grid", cell=56, n_samples=args.samples)}
     times = interleaved_times(runs, args.repeats)
-    print(f"occlusion, ResNet-18 224x224, window {args.window}: {copies} copies, "
-          f"{torch.get_num_threads()} torch threads")
+    print(f"ResNet-18 224x224, {torch.get_num_threads()} torch threads: occlusion window "
+          f"{args.window} ({copies} copies), KernelSHAP 16 cells x {args.samples} samples")
     for name, values in times.items():
-        print(f"  {name:10s} {statistics.median(values):7.3f} s")
-    print(f"  onnxplain / Captum  {median_ratio(times['onnxplain'], times['captum']):.2f}")
-    print(f"  onnxplain / forward {median_ratio(times['onnxplain'], times['forward']):.2f}")
+        print(f"  {name:15s} {statistics.median(values):7.3f} s")
+    print(f"  occlusion   onnxplain / Captum  "
+          f"{median_ratio(times['onnxplain'], times['captum']):.2f}")
+    print(f"  occlusion   onnxplain / forward "
+          f"{median_ratio(times['onnxplain'], times['forward']):.2f}")
+    print(f"  KernelSHAP  onnxplain / Captum  "
+          f"{median_ratio(times['onnxplain_shap'], times['captum_shap']):.2f}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ class Engine:
         backward passes under other rule sets to the same run, `post` reduces tensors in
         the graph, `active_from` see autodiff.build.differentiated_region.
         """
+        if not self.model.output(self.output).is_float:
+            raise InputError(f"output '{self.output}' is not a float tensor (class labels?); "
+                             "gradient methods need scores: name a float output with "
+                             "--output, or use a perturbation method")
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
         seed = target.values if isinstance(target, OutputSeed) else None
         if seed is not None:
@@ -190,6 +194,13 @@ class Engine:
             warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
                           f"in chunks of {fixed}", BatchNotice, stacklevel=5)
         step = fixed or min(rows, self.rows_per_run(feeds)) or 1
+        coupled = self.model.rows_coupled
+        if coupled and rows > 1:
+            if not self._noticed:
+                self._noticed = True
+                warnings.warn(f"{coupled} computes over the whole batch, so rows run one at a "
+                              "time (each as if explained alone)", BatchNotice, stacklevel=5)
+            step = 1
         for start in range(0, max(rows, 1), step):
             yield slice(start, min(start + step, rows)), fixed or 0
 
@@ -220,7 +231,8 @@ def _with_post(model, infos, post: Post):
 
 
 def pick_output(model: Model, output: str | None) -> str:
-    """The explained output: the one named, else the first float output."""
+    """The explained output: the one named, else the first float output, else the first
+    integer tensor (class labels of an ArgMax head: perturbation methods explain those)."""
     names = [spec.name for spec in model.outputs]
     if output is not None:
         if output not in names:
@@ -229,7 +241,10 @@ def pick_output(model: Model, output: str | None) -> str:
     for spec in model.outputs:
         if spec.is_float:
             return spec.name
-    raise ModelError("the model has no float output to explain")
+    for spec in model.outputs:
+        if spec.info.dtype is not None and spec.numpy_dtype.kind in "iu":
+            return spec.name
+    raise ModelError("the model has no float or integer tensor output to explain")
 
 
 def _pad_rows(value: np.ndarray, size: int) -> np.ndarray:

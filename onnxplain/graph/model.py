@@ -137,3 +137,12 @@ class Model:
                 if info is not None and info.is_float and info.shape:
                     found.append((tuple(info.shape[1:]), info.numpy_dtype.itemsize))
         return found
+
+    @cached_property
+    def rows_coupled(self) -> str | None:
+        """An op whose result for one row depends on the other rows of the batch (dynamic
+        quantisation takes one scale over the batch), or None."""
+        for node in self.proto.graph.node:
+            if node.op_type == "DynamicQuantizeLinear":
+                return node.op_type
+        return None

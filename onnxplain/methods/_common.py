@@ -23,11 +23,19 @@ def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
 def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     """The target as class indices (None: the predicted class) given the forward outputs."""
     logits = outputs[engine.output]
+    if _labels(logits) and not isinstance(target, OutputSeed):
+        return logits.astype(np.int64) if target is None else prepare_target(
+            target, logits.shape[0], None)
     if isinstance(target, OutputSeed) or logits.ndim != 2:
         return target
     if target is None:
         return logits.argmax(axis=1).astype(np.int64)
     return prepare_target(target, logits.shape[0], logits.shape[1])
+
+
+def _labels(output: np.ndarray) -> bool:
+    """Class labels per row (an ArgMax head) rather than scores."""
+    return output.ndim == 1 and output.dtype.kind in "iub"
 
 
 def repeat_target(target, times: int):
@@ -61,14 +69,17 @@ def input_sources(sources: Sequence[Source], feeds: Mapping[str, np.ndarray], me
 
 def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> GradientRun:
     """A GradientRun describing the clean input: its outputs and the explained classes."""
+    output = outputs[engine.output]
     objective = "output_seed" if isinstance(target, OutputSeed) else (
-        "class" if outputs[engine.output].ndim == 2 else "sum")
+        "class" if output.ndim == 2 or _labels(output) else "sum")
     used = None if objective != "class" else np.asarray(target, dtype=np.int64)
     return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)
 
 
 def target_scores(logits: np.ndarray, target) -> np.ndarray:
     """The explained score of each row: the target logit, seed-weighted sum, or the value."""
+    if _labels(logits) and not isinstance(target, OutputSeed):
+        return (logits == np.asarray(target)).astype(np.float64)  # is the class chosen?
     if isinstance(target, OutputSeed):
         weights = target.values.reshape(target.values.shape[0], -1)
         return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)

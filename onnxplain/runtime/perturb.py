@@ -80,6 +80,9 @@ def _check_rows(made: Mapping[str, np.ndarray], rows: int) -> None:
 
 
 def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
+    if output.dtype.kind in "iub" and output.ndim == 1 and target is not None:
+        # Class labels (an ArgMax head): the score is whether the target class is chosen.
+        return (output == np.asarray(target)[owners]).astype(np.float64)
     if isinstance(target, OutputSeed):
         weights = target.values[owners].reshape(len(owners), -1)
         return (weights * output.reshape(len(owners), -1)).sum(axis=1, dtype=np.float64)
