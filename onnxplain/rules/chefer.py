@@ -196,15 +196,17 @@ def _sum(c: NodeContext, gy: list[Grad]) -> list[Grad]:
     b = c.b
     first, second = shares[0], shares[1]
     assert first is not None and second is not None
-    total = _row_sum(b, gy[0])
-    sum_a, sum_b = _row_sum(b, first), _row_sum(b, second)
-    abs_a, abs_b = b.op("Abs", sum_a), b.op("Abs", sum_b)
-    both = b.op("Add", abs_a, abs_b)
-
-    def rescale(share: str, own_sum: str, own_abs: str, like: str) -> str:
-        target = b.op("Mul", _safe_div(b, own_abs, both), total)
-        return b.op("Mul", share, _expand_rows(b, _safe_div(b, target, own_sum), like))
-    return [rescale(first, sum_a, abs_a, c.x(0)), rescale(second, sum_b, abs_b, c.x(1))]
+    # Both branches' per-row numbers side by side, [N, 2]: fewer (tiny) nodes to run.
+    sums = b.op("Concat", _row_sum(b, first), _row_sum(b, second), axis=1)
+    magnitudes = b.op("Abs", sums)
+    share_of_total = b.op("Mul", _safe_div(b, magnitudes, b.reduce(
+        "ReduceSum", magnitudes, [1], keepdims=True)), _row_sum(b, gy[0]))
+    factors = _safe_div(b, share_of_total, sums)
+    factor_a, factor_b = b.node("Split", [factors] + ([b.ints([1, 1])] if b.opset >= 13
+                                                      else []), 2, axis=1,
+                                **({} if b.opset >= 13 else {"split": [1, 1]}))
+    return [b.op("Mul", first, _expand_rows(b, factor_a, c.x(0))),
+            b.op("Mul", second, _expand_rows(b, factor_b, c.x(1)))]
 
 
 def _proportional(c: NodeContext, gy: list[Grad]) -> list[Grad]:
