@@ -51,7 +51,15 @@ def _print_attention(d: dict) -> None:
         echo(f"attention layers: none readable ({d['attention_problem']})")
         return
     layers = d["attention_layers"]
-    echo(f"attention layers: {len(layers) or 'none found'}")
+    tokens = d.get("attention_tokens")
+    extra = ""
+    if tokens:
+        extra = f" ({tokens['tokens']} tokens"
+        if tokens.get("patch_grid"):
+            rows, cols = tokens["patch_grid"]
+            extra += f": {tokens['class_tokens']} class token(s) + {rows}x{cols} patches"
+        extra += ")"
+    echo(f"attention layers: {len(layers) or 'none found'}{extra}")
     for layer in layers:
         heads = layer["heads"] if layer["heads"] is not None else "?"
         masks = ", ".join(layer["mask_inputs"]) or "no mask"

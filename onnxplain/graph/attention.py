@@ -12,6 +12,7 @@ reads a product of two activations and feeds a product with a third: the probabi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,42 @@ class AttentionLayer:
         return {"layer": self.index, "probabilities": self.probabilities, "node": self.node,
                 "heads": self.heads, "layout": "[batch, heads, queries, keys]",
                 "hidden_state": self.hidden, "mask_inputs": list(self.mask_inputs)}
+
+
+def patch_grid(shape: tuple[int, ...], layout: str, tokens: int
+                ) -> tuple[int, tuple[int, int] | None]:
+    """(leading non-patch tokens, patch grid) whose aspect ratio matches the image."""
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    for prefix in range(0, min(tokens, 5)):
+        patches = tokens - prefix
+        rows = math.isqrt(patches * height // width) if width else 0
+        for grid_rows in (rows, rows + 1):
+            if grid_rows and patches % grid_rows == 0:
+                cols = patches // grid_rows
+                if grid_rows * width == cols * height:
+                    return prefix, (grid_rows, cols)
+    return 0, None
+
+
+def token_layout_of(model: Model, layers: Sequence[AttentionLayer]) -> dict | None:
+    """What the static shapes say about the tokens: their count, and for image models the
+    class tokens in front and the patch grid (None when the token count is symbolic)."""
+    if not layers:
+        return None
+    info = model.infos.get(layers[-1].probabilities)
+    tokens = info.shape[-1] if info is not None and info.shape else None
+    if not isinstance(tokens, int):
+        return None
+    layout = {"tokens": tokens}
+    for spec in model.inputs:
+        dims = spec.dims
+        if spec.is_float and dims and len(dims) == 4 and all(isinstance(d, int)
+                                                             for d in dims[1:]):
+            kind = "NCHW" if dims[1] in (1, 3, 4) else "NHWC"
+            prefix, grid = patch_grid((1, *dims[1:]), kind, tokens)
+            if grid is not None:
+                layout.update(class_tokens=prefix, patch_grid=list(grid))
+    return layout
 
 
 def fused_attention_nodes(model: Model) -> list[onnx.NodeProto]:

@@ -8,7 +8,7 @@ import onnx
 
 from ..autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
 from ..errors import ModelError
-from .attention import find_attention
+from .attention import find_attention, token_layout_of
 from .builder import GraphBuilder
 from .layers import conv_candidates
 from .model import Model, TensorSpec
@@ -44,9 +44,10 @@ def _attention(model: Model) -> dict:
     try:
         layers = find_attention(model)
     except ModelError as err:
-        return {"attention_layers": [], "attention_problem": str(err)}
+        return {"attention_layers": [], "attention_tokens": None,
+                "attention_problem": str(err)}
     return {"attention_layers": [layer.as_dict() for layer in layers],
-            "attention_problem": None}
+            "attention_tokens": token_layout_of(model, layers), "attention_problem": None}
 
 
 def _spec(spec: TensorSpec) -> dict:

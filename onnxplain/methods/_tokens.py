@@ -4,14 +4,13 @@ keep one score per token; images get the patch grid resized over the image)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
-from ..graph.attention import AttentionLayer, require_attention
+from ..graph.attention import AttentionLayer, patch_grid, require_attention
 from ..viz.heatmap import image_layout
 from ._layer import maps_per_image_input
 
@@ -52,7 +51,7 @@ def token_layout(feeds: Mapping[str, np.ndarray], sources, tokens: int, query) -
               if value.dtype.kind == "f" and image_layout(value.shape) is not None]
     prefix, grid = 0, None
     if images and not text:
-        prefix, grid = _patch_grid(images[0].shape, image_layout(images[0].shape), tokens)
+        prefix, grid = patch_grid(images[0].shape, image_layout(images[0].shape), tokens)
     if _is_auto(query):
         row = 0 if (text or prefix) else None
     else:
@@ -94,21 +93,6 @@ def _query_index(query, tokens: int | None) -> int | None:
     if not -tokens <= row < tokens:
         raise InputError(f"query token {row} is out of range for {tokens} tokens")
     return row % tokens
-
-
-def _patch_grid(shape: tuple[int, ...], layout: str, tokens: int
-                ) -> tuple[int, tuple[int, int] | None]:
-    """(leading non-patch tokens, patch grid) whose aspect ratio matches the image."""
-    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    for prefix in range(0, min(tokens, 5)):
-        patches = tokens - prefix
-        rows = math.isqrt(patches * height // width) if width else 0
-        for grid_rows in (rows, rows + 1):
-            if grid_rows and patches % grid_rows == 0:
-                cols = patches // grid_rows
-                if grid_rows * width == cols * height:
-                    return prefix, (grid_rows, cols)
-    return 0, None
 
 
 def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer], rows: int,

@@ -130,3 +130,11 @@ def test_ort_fused_graphs_get_a_clear_error(zoo, tmp_path):
         explainer.explain(zoo.sample("bert_small"), "rollout")
     description = describe_model(explainer.model)
     assert "com.microsoft::Attention" in description["attention_problem"]
+
+
+def test_inspect_reports_the_token_layout_when_shapes_are_static(zoo):
+    vit = describe_model(Model.load(zoo.model_path("vit_small")))
+    assert vit["attention_tokens"] == {"tokens": 65, "class_tokens": 1, "patch_grid": [8, 8]}
+    bert = describe_model(Model.load(zoo.model_path("bert_small")))
+    assert bert["attention_tokens"] is None  # the sequence axis is symbolic
+    assert len(bert["attention_layers"]) == 2
