@@ -57,11 +57,14 @@ def feature_mask(value_row: np.ndarray, kind: str = "auto", *, cell: int = 8,
     return np.arange(row.size, dtype=np.int64).reshape(row.shape)
 
 
-def row_masks(values: np.ndarray, features: str | np.ndarray = "auto", *, cell: int = 8,
+def row_masks(values: np.ndarray, features: str | np.ndarray = "auto", *, cell: int = 0,
               n_segments: int = 50) -> list[np.ndarray]:
     """One feature mask per row of `values` [N, *row]. `features` is a kind (see
     feature_mask) or an integer mask shared by every row; only superpixels depend on the
-    row's values, so the other kinds are computed once."""
+    row's values, so the other kinds are computed once. `cell` 0 sizes grid cells so that
+    the image's shorter side holds GRID_CELLS of them (8x8 digits: 1 pixel; 224: 28)."""
+    if not cell:
+        cell = default_cell(values[0])
     if isinstance(features, str):
         kind, mask = features, None
     else:
@@ -70,6 +73,18 @@ def row_masks(values: np.ndarray, features: str | np.ndarray = "auto", *, cell: 
         return [feature_mask(row, kind, n_segments=n_segments) for row in values]
     one = feature_mask(values[0], kind, cell=cell, n_segments=n_segments, mask=mask)
     return [one] * len(values)
+
+
+GRID_CELLS = 8
+
+
+def default_cell(value_row: np.ndarray) -> int:
+    """Grid cell size giving GRID_CELLS cells along the shorter side of an image row."""
+    layout = image_layout((1, *value_row.shape))
+    if layout is None:
+        return 1
+    height, width = value_row.shape[1:] if layout == "NCHW" else value_row.shape[:2]
+    return max(1, -(-min(height, width) // GRID_CELLS))
 
 
 def apply_features(value_row: np.ndarray, feature_mask: np.ndarray, present: np.ndarray,

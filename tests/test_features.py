@@ -149,3 +149,14 @@ def test_apply_features_on_token_ids():
         apply_features(ids, feature_mask(ids), present[:, :3], 0)
     with pytest.raises(InputError, match="baseline of shape"):
         apply_features(ids, feature_mask(ids), present, np.zeros(3))
+
+
+def test_default_grid_has_eight_cells_along_the_shorter_side():
+    from onnxplain.features import default_cell, row_masks
+
+    assert default_cell(np.zeros((3, 224, 224))) == 28
+    assert default_cell(np.zeros((1, 8, 8))) == 1
+    assert default_cell(np.zeros((30, 20, 3))) == 3  # NHWC, shorter side 20
+    assert default_cell(np.zeros(6)) == 1
+    masks = row_masks(np.zeros((2, 1, 8, 8), np.float32), "grid")
+    assert len(masks) == 2 and masks[0].max() == 63

@@ -29,7 +29,7 @@ class AdditivityWarning(UserWarning):
 
 
 def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-                features: str | np.ndarray = "auto", cell: int = 8, n_samples: int = 2048,
+                features: str | np.ndarray = "auto", cell: int = 0, n_samples: int = 2048,
                 seed: int = 0, baseline=0.0, input: str | None = None) -> MethodOutput:
     """phi = argmin_phi sum_z pi(z) (v(z) - E[f] - z . phi)^2  s.t.  sum(phi) = f(x) - E[f],
 
@@ -41,7 +41,8 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     proportional to the kernel's mass per size. `baseline` is a scalar, an array like one
     row, or background rows [B, *row]: then v(z) averages over them, as shap's
     KernelExplainer does, and E[f] is the mean score of the background. Features: see
-    onnxplain.features.feature_mask (or pass an integer mask). Every row uses the same
+    onnxplain.features.feature_mask (or pass an integer mask); image grid cells are `cell`
+    pixels, 0 for an 8x8 grid over the image. Every row uses the same
     coalitions (seeded by `seed`), so a batch gives what its rows give one by one.
     """
     check_count("kernel_shap", "n_samples", n_samples)
@@ -273,7 +274,7 @@ register(MethodSpec(
     summary="Shapley values of features from a kernel-weighted regression over coalitions",
     reference="Lundberg and Lee 2017, arXiv:1705.07874",
     family="perturbation",
-    defaults={"features": "auto", "cell": 8, "n_samples": 2048, "seed": 0, "baseline": 0.0,
+    defaults={"features": "auto", "cell": 0, "n_samples": 2048, "seed": 0, "baseline": 0.0,
               "input": None},
     needs_sources=False,
 ))

@@ -25,7 +25,7 @@ from .kernel_shap import (
 
 
 def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-         features: str | np.ndarray = "auto", cell: int = 8, n_samples: int = 1000,
+         features: str | np.ndarray = "auto", cell: int = 0, n_samples: int = 1000,
          kernel_width: float = 0.25, alpha: float = 1.0, seed: int = 0, baseline=0.0,
          input: str | None = None) -> MethodOutput:
     """(w, b) = argmin sum_z pi(z) (f(h_x(z)) - b - w . z)^2 + alpha |w|^2  (b unpenalised),
@@ -38,6 +38,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     the features in z and sets the others to `baseline` (a scalar, an array like a row, or
     background rows [B, *row] averaged over). Returns w on the input (each element gets its
     feature's weight); extras: the weights [N, F], the intercepts b and the weighted R^2.
+    Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image.
     """
     check_count("lime", "n_samples", n_samples)
     if not isinstance(kernel_width, Real) or not kernel_width > 0:
@@ -119,7 +120,7 @@ register(MethodSpec(
     summary="weights of a kernel-weighted ridge regression on random coalitions of features",
     reference="Ribeiro, Singh and Guestrin 2016, arXiv:1602.04938",
     family="perturbation",
-    defaults={"features": "auto", "cell": 8, "n_samples": 1000, "kernel_width": 0.25,
+    defaults={"features": "auto", "cell": 0, "n_samples": 1000, "kernel_width": 0.25,
               "alpha": 1.0, "seed": 0, "baseline": 0.0, "input": None},
     needs_sources=False,
 ))
