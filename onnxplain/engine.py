@@ -74,6 +74,11 @@ class Engine:
         self._last_providers: list[str] | None = None
 
     @property
+    def requested_rows(self) -> int | None:
+        """Rows per run the caller set for this explain call (batch_size), if any."""
+        return self._chunk
+
+    @property
     def session_providers(self) -> list[str]:
         """Providers of the most recent session (what really ran), else the requested ones."""
         return list(self._last_providers or self.providers)
@@ -218,6 +223,24 @@ class Engine:
                 value = out[name]
                 parts[name].append(value[:taken] if pad_to and value.ndim else value)
         return {name: _join(values) for name, values in parts.items()}
+
+
+def is_labels(output: np.ndarray) -> bool:
+    """Class labels per row (an ArgMax head) rather than scores."""
+    return output.ndim == 1 and output.dtype.kind in "iub"
+
+
+def target_scores(logits: np.ndarray, target) -> np.ndarray:
+    """The explained score of each row: the target logit, seed-weighted sum, whether the
+    target class was chosen (label outputs), or the value."""
+    if is_labels(logits) and not isinstance(target, OutputSeed):
+        return (logits == np.asarray(target)).astype(np.float64)
+    if isinstance(target, OutputSeed):
+        weights = target.values.reshape(target.values.shape[0], -1)
+        return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
+    if logits.ndim == 2:
+        return logits[np.arange(logits.shape[0]), target].astype(np.float64)
+    return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)
 
 
 def _with_post(model, infos, post: Post):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, GradientRun, OutputSeed
+from ..engine import Engine, GradientRun, OutputSeed, is_labels
 from ..errors import InputError
 from ..graph.sources import Source
 from ..inputs import prepare_target
@@ -23,7 +23,7 @@ def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
 def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     """The target as class indices (None: the predicted class) given the forward outputs."""
     logits = outputs[engine.output]
-    if _labels(logits) and not isinstance(target, OutputSeed):
+    if is_labels(logits) and not isinstance(target, OutputSeed):
         return logits.astype(np.int64) if target is None else prepare_target(
             target, logits.shape[0], None)
     if isinstance(target, OutputSeed) or logits.ndim != 2:
@@ -31,11 +31,6 @@ def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     if target is None:
         return logits.argmax(axis=1).astype(np.int64)
     return prepare_target(target, logits.shape[0], logits.shape[1])
-
-
-def _labels(output: np.ndarray) -> bool:
-    """Class labels per row (an ArgMax head) rather than scores."""
-    return output.ndim == 1 and output.dtype.kind in "iub"
 
 
 def repeat_target(target, times: int):
@@ -71,21 +66,9 @@ def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> Gradien
     """A GradientRun describing the clean input: its outputs and the explained classes."""
     output = outputs[engine.output]
     objective = "output_seed" if isinstance(target, OutputSeed) else (
-        "class" if output.ndim == 2 or _labels(output) else "sum")
+        "class" if output.ndim == 2 or is_labels(output) else "sum")
     used = None if objective != "class" else np.asarray(target, dtype=np.int64)
     return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)
-
-
-def target_scores(logits: np.ndarray, target) -> np.ndarray:
-    """The explained score of each row: the target logit, seed-weighted sum, or the value."""
-    if _labels(logits) and not isinstance(target, OutputSeed):
-        return (logits == np.asarray(target)).astype(np.float64)  # is the class chosen?
-    if isinstance(target, OutputSeed):
-        weights = target.values.reshape(target.values.shape[0], -1)
-        return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
-    if logits.ndim == 2:
-        return logits[np.arange(logits.shape[0]), target].astype(np.float64)
-    return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)
 
 
 def completeness_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,

@@ -79,20 +79,25 @@ def _relevance_pass(layers, sources) -> Pass:
                 tuple(s.tensor for s in sources))
 
 
-def _chain(engine, feeds, target, sources, attention, query, start_layer, name: str,
-           weighting, step: str, passes=()):
-    """(run, layers, query row, scores) of a method chained over layers in the graph."""
+def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
+           start_layer: int, name: str, weighting, step: str, reads: str) -> MethodOutput:
+    """A method chained over layers in the graph (see _attention_graph); `reads` is what the
+    weighting needs besides the maps: "nothing" (one forward run), "gradients", or
+    "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
     layers = attention_layers(engine, attention)
     start = layer_index(start_layer, len(layers))
     row = resolve_query(engine, feeds, sources, layers, query)
     post = chain_post(name, probabilities(layers), start, weighting, step, row)
-    if weighting is attention_mean:  # forward only
+    if reads == "nothing":
         values = engine.forward(feeds, post=post)
         outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
         run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
-        return run, layers, row, values[POST_PREFIX + ROW]
-    run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
-    return run, layers, row, run.post[ROW]
+        scores = values[POST_PREFIX + ROW]
+    else:
+        passes = [_relevance_pass(layers, sources)] if reads == "relevance" else []
+        run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
+        scores = run.post[ROW]
+    return _finish(feeds, sources, run, layers, scores, row, upsample)
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -111,9 +116,9 @@ def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto
 def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear", start_layer: int = 0):
     """Attention rollout: prod_l normalise(I + E_h A_l), read at the query row."""
-    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query,
-                                      start_layer, "rollout", attention_mean, "rollout")
-    return _finish(feeds, sources, run, layers, scores, row, upsample)
+    return _chain(engine, feeds, target, sources, attention=attention, query=query,
+                  upsample=upsample, start_layer=start_layer, name="rollout",
+                  weighting=attention_mean, step="rollout", reads="nothing")
 
 
 def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -133,29 +138,26 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
 def transformer_attribution(engine, feeds, target, sources, *, attention=None, query="auto",
                             upsample: str = "bilinear", start_layer: int = 0):
     """Rollout of I + E_h (G_l * R_l)+ (Chefer, Gur, Wolf 2021a)."""
-    layers = attention_layers(engine, attention)
-    run, layers, row, scores = _chain(
-        engine, feeds, target, sources, attention, query, start_layer,
-        "transformer_attribution", gradient_times_relevance, "rollout",
-        passes=[_relevance_pass(layers, sources)])
-    return _finish(feeds, sources, run, layers, scores, row, upsample)
+    return _chain(engine, feeds, target, sources, attention=attention, query=query,
+                  upsample=upsample, start_layer=start_layer, name="transformer_attribution",
+                  weighting=gradient_times_relevance, step="rollout", reads="relevance")
 
 
 def generic_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                       upsample: str = "bilinear"):
     """R = I; R <- R + E_h (G_l * A_l)+ R for each layer (Chefer, Gur, Wolf 2021b)."""
-    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query, 0,
-                                      "generic_attention", _POSITIVE_GXA, "accumulate")
-    return _finish(feeds, sources, run, layers, scores, row, upsample)
+    return _chain(engine, feeds, target, sources, attention=attention, query=query,
+                  upsample=upsample, start_layer=0, name="generic_attention",
+                  weighting=_POSITIVE_GXA, step="accumulate", reads="gradients")
 
 
 def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear"):
     """prod_l E_h (G_l * A_l), later layers on the left, without clamping (Grad-SAM's
     gradient-weighted attention, multiplied across layers)."""
-    run, layers, row, scores = _chain(engine, feeds, target, sources, attention, query, 0,
-                                      "attgrad", _SIGNED_GXA, "product")
-    return _finish(feeds, sources, run, layers, scores, row, upsample)
+    return _chain(engine, feeds, target, sources, attention=attention, query=query,
+                  upsample=upsample, start_layer=0, name="attgrad", weighting=_SIGNED_GXA,
+                  step="product", reads="gradients")
 
 
 def _spec(name, run, summary, reference, family="attention", **defaults) -> MethodSpec:

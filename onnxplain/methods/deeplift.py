@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed
+from ..engine import Engine, OutputSeed, target_scores
 from ..errors import InputError
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
 from . import MethodOutput, MethodSpec, register
@@ -16,7 +16,6 @@ from ._common import (
     completeness_delta,
     fixed_target,
     input_sources,
-    target_scores,
     tile_target,
 )
 from .baselines import make_baselines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine import target_scores
 from ..errors import InputError
 from . import MethodOutput, MethodSpec, register
 from ._common import (
@@ -11,7 +12,6 @@ from ._common import (
     completeness_delta,
     fixed_target,
     input_sources,
-    target_scores,
     tile_target,
 )
 from .baselines import make_baselines

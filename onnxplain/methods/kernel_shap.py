@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed
+from ..engine import Engine, OutputSeed, target_scores
 from ..errors import InputError
 from ..features import apply_features, baseline_values, row_masks
 from ..runtime.perturb import perturbed_scores
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, target_scores
+from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 
 # Up to this many features every coalition is evaluated: 2^12 runs cost little.

@@ -15,11 +15,12 @@ import math
 
 import numpy as np
 
+from ..engine import target_scores
 from ..errors import InputError
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, target_scores
+from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed
+from ..engine import Engine, OutputSeed, target_scores
 from ..errors import InputError
 from .batching import rows_per_run
 
@@ -37,7 +37,7 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
         raise InputError(f"{label}: the number of perturbations must be at least 1")
     rows = next(iter(feeds.values())).shape[0]
     one_row = {name: value[:1] for name, value in feeds.items()}
-    chunk = batch_size or engine._chunk or rows_per_run(
+    chunk = batch_size or engine.requested_rows or rows_per_run(
         engine.model, one_row, engine.memory_budget_mb, factor=1)
     total = rows * count
     scores = np.empty(total, dtype=np.float64)
@@ -80,15 +80,10 @@ def _check_rows(made: Mapping[str, np.ndarray], rows: int) -> None:
 
 
 def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
-    if output.dtype.kind in "iub" and output.ndim == 1 and target is not None:
-        # Class labels (an ArgMax head): the score is whether the target class is chosen.
-        return (output == np.asarray(target)[owners]).astype(np.float64)
+    """The explained score of each perturbed copy, with the target of the row it came from."""
     if isinstance(target, OutputSeed):
-        weights = target.values[owners].reshape(len(owners), -1)
-        return (weights * output.reshape(len(owners), -1)).sum(axis=1, dtype=np.float64)
-    if output.ndim == 2 and target is not None:
-        return output[np.arange(len(owners)), np.asarray(target)[owners]].astype(np.float64)
-    return output.reshape(len(owners), -1).sum(axis=1, dtype=np.float64)
+        return target_scores(output, OutputSeed(target.values[owners]))
+    return target_scores(output, None if target is None else np.asarray(target)[owners])
 
 
 class _NoBar:
