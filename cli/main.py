@@ -10,6 +10,7 @@ import click
 from onnxplain.errors import InputError
 
 from .errors import friendly, one_line
+from .local_head import local_head
 
 
 class OneLineErrors(click.Group):
@@ -177,6 +178,9 @@ def _pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
         key, value = pair.split("=", 1)
         found[key.strip()] = value
     return found
+
+
+main.add_command(local_head)
 
 
 if __name__ == "__main__":

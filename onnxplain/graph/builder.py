@@ -151,6 +151,16 @@ class GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
+    def initializer(self, value: np.ndarray, name: str) -> str:
+        """A named initializer (a parameter, not a shared constant): `name` itself when free."""
+        if name in self._taken:
+            name = self.fresh(name)
+        self._taken.add(name)
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        self.infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype),
+                                      tuple(value.shape))
+        return name
+
     def np_dtype(self, like: str | int) -> np.dtype:
         dtype = like if isinstance(like, int) else self.dtype(like)
         return np.dtype(helper.tensor_dtype_to_np_dtype(dtype))
@@ -158,6 +168,9 @@ class GraphBuilder:
     def scalar(self, value: float, like: str | int) -> str:
         """A 0-d constant with the element type of tensor `like` (or the TensorProto type)."""
         return self.const(np.array(value, dtype=self.np_dtype(like)), "scalar")
+
+    def cast_like(self, value: str, like: str) -> str:
+        return self.op("Cast", value, to=self.dtype(like))
 
     def ints(self, values: Ints) -> str:
         return self.const(np.array(list(values), dtype=np.int64), "ints")

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from ..errors import ModelError
+from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
 
 OLDEST_OPSET = 9
@@ -106,8 +107,10 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Canonical form: functions inlined, standard Attention ops decomposed (so that autodiff and
     taps see their probabilities), initializers not listed as inputs, every node named, and
     the probability tensor under each ZipMap output exposed as an output of its own."""
-    if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
+    if any(not _has_rule(function) for function in model.functions):
+        # Functions without a backward rule of their own are differentiated through their body.
+        kept = [(f.domain, f.name) for f in model.functions if _has_rule(f)]
+        model = onnx.inliner.inline_selected_functions(model, kept, exclude=True)
     if has_attention_ops(model):
         model = decompose_attention_ops(model)
     graph = model.graph
@@ -121,6 +124,10 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     _expose_zipmap_inputs(graph)
     set_runtime_ir_version(model)
     return model
+
+
+def _has_rule(function: onnx.FunctionProto) -> bool:
+    return function.domain == epsilon_softmax.DOMAIN and function.name == epsilon_softmax.OP_TYPE
 
 
 def _expose_zipmap_inputs(graph: onnx.GraphProto) -> None:

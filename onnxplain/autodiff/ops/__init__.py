@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     activations,
     arithmetic,
     conv,
+    epsilon_softmax,
     indexing,
     linalg,
     normalization,

@@ -1,0 +1,170 @@
+"""Local heads: a local classifier attached to a layer of an existing model, whose epsilon
+neuron rejects inputs unlike the training data (out-of-distribution and adversarial inputs).
+
+The head model keeps every original output and adds, from the features at the chosen layer
+(flattened per row):
+    local/probabilities  [N, C]    each class's share of the center activations
+    local/epsilon        [N]       the epsilon neuron; the input is rejected when it is the
+                                   most active neuron (no center is nearer than -epsilon)
+    local/prototypes     [N, top]  the most active centers, strongest first
+    local/prototype_activations [N, top]
+and records in its metadata (key `onnxplain.local_head`, JSON) the layer, the op's
+attributes and, per center, the training row it was drawn from and that row's label.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .._version import __version__
+from ..errors import InputError, ModelError
+from ..explainer import Explainer
+from ..graph.builder import GraphBuilder
+from ..graph.load import set_runtime_ir_version
+from ..graph.model import Model
+from ..graph.shapes import TensorInfo
+from ..graph.taps import resolve_taps
+from .init import calibrate_epsilon, classifier_from_data
+from .layers import LocalLayer, declare_output, emit_layer
+
+METADATA_KEY = "onnxplain.local_head"
+PREFIX = "local/"
+OUTPUTS = ("probabilities", "epsilon", "prototypes", "prototype_activations")
+DEFAULT_PER_CLASS = 50
+DEFAULT_REJECT_RATE = 0.05
+
+
+@dataclass
+class LocalHead:
+    """A fitted head: the combined model, its local layer and what the metadata records."""
+
+    model: onnx.ModelProto
+    layer: LocalLayer
+    info: dict
+
+    def save(self, path: str) -> None:
+        onnx.save(self.model, path)
+
+
+def features(explainer: Explainer, inputs, tensor: str) -> np.ndarray:
+    """The tapped tensor for every row, flattened to [N, features], in float32."""
+    values = explainer.forward(inputs, taps=[tensor])[tensor]
+    if values.ndim < 2:
+        raise InputError(f"layer '{tensor}' has shape {values.shape}; a head needs one "
+                         "feature vector per row")
+    return values.reshape(len(values), -1).astype(np.float32)
+
+
+def fit_local_head(model, layer: str, inputs, labels=None, *, per_class: int = DEFAULT_PER_CLASS,
+                   distance: str = "l2", temperature="auto", epsilon="auto",
+                   reject_rate: float = DEFAULT_REJECT_RATE, holdout: float = 0.2,
+                   top: int = 5, seed: int = 0, providers=None) -> LocalHead:
+    """Fit a local classifier on the features at `layer` and attach it to `model`.
+
+    Centers are `per_class` training rows of each class (stratified), values their one-hot
+    labels. Labels default to the model's own predictions, so the head then learns where the
+    model has seen data. `epsilon="auto"` calibrates it on a held-out `holdout` share of the
+    rows so that `reject_rate` of those clean rows are rejected; a number sets it directly.
+    """
+    explainer = Explainer(model, providers, progress=False)
+    tensor = _one_tensor(explainer.model, layer)
+    x = features(explainer, inputs, tensor)
+    from_model = labels is None
+    if from_model:
+        labels, classes = _predictions(explainer, inputs)
+    else:
+        labels = _labels(labels, len(x))
+        classes = int(labels.max()) + 1
+    fit_rows, held_rows = _split(len(x), holdout if epsilon == "auto" else 0.0, seed)
+    count = min(len(fit_rows), per_class * len(np.unique(labels[fit_rows])))
+    local = classifier_from_data(x[fit_rows], labels[fit_rows], count, classes=classes,
+                                 distance=distance, temperature=temperature, seed=seed)
+    local.sources = fit_rows[local.sources]  # rows of the user's data, not of the fit subset
+    if epsilon == "auto":
+        local.epsilon = calibrate_epsilon(local, x[held_rows], reject_rate)
+    else:
+        local.epsilon = float(epsilon)
+    info = {"layer": tensor, "distance": distance, "temperature": local.temperature,
+            "epsilon": local.epsilon, "reject_rate": reject_rate if epsilon == "auto" else None,
+            "classes": classes, "centers": local.size, "features": local.in_features,
+            "sources": local.sources.tolist(), "labels": local.labels.tolist(),
+            "labels_from": "model predictions" if from_model else "data",
+            "outputs": {key: PREFIX + key for key in OUTPUTS}, "onnxplain": __version__}
+    return LocalHead(attach(explainer.model, tensor, local, info, top), local, info)
+
+
+def attach(model: Model, tensor: str, layer: LocalLayer, info: dict, top: int = 5
+           ) -> onnx.ModelProto:
+    """A copy of `model` with the head reading `tensor`, outputs and metadata added."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    taken = {o.name for o in proto.graph.output}
+    clash = [PREFIX + key for key in OUTPUTS if PREFIX + key in taken]
+    if clash:
+        raise ModelError(f"the model already has outputs {', '.join(clash)}: it has a head")
+    b = GraphBuilder(proto, model.infos, prefix="onnxplain/local")
+    rows = b.op("Flatten", tensor, axis=1)
+    if b.dtype(tensor) != TensorProto.FLOAT:
+        rows = b.op("Cast", rows, to=TensorProto.FLOAT)
+    shape = b.info(tensor).shape
+    b.infos[rows] = TensorInfo(TensorProto.FLOAT, (shape[0] if shape else None,
+                                                   layer.in_features))
+    emitted = emit_layer(b, rows, layer, "local", top=top)
+    emitted["probabilities"] = emitted.pop("output")
+    for key in OUTPUTS:
+        declare_output(b, emitted[key], PREFIX + key)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        METADATA_KEY: json.dumps(info)})
+    set_runtime_ir_version(proto)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def head_info(model: onnx.ModelProto) -> dict:
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise ModelError("the model has no local head (fit one with 'onnxplain local-head fit')")
+
+
+def _one_tensor(model: Model, layer: str) -> str:
+    found = resolve_taps(model.proto, [layer])
+    floats = [name for name in found if model.infos.get(name) and model.infos[name].is_float]
+    if len(floats) != 1:
+        raise InputError(f"'{layer}' names {len(floats)} float tensors; name one tensor")
+    return floats[0]
+
+
+def _predictions(explainer: Explainer, inputs) -> tuple[np.ndarray, int]:
+    """The model's predicted class per row, and its number of classes."""
+    scores = explainer.forward(inputs)[explainer.output]
+    if scores.ndim != 2:
+        raise InputError(f"output '{explainer.output}' has shape {scores.shape}; a head needs "
+                         "a [batch, classes] output or labels")
+    return scores.argmax(axis=1), scores.shape[1]
+
+
+def _labels(labels, rows: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 2:  # one-hot or scores
+        labels = labels.argmax(axis=1)
+    if labels.shape != (rows,) or labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise InputError(f"labels must be {rows} non-negative class indices, got "
+                         f"{labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def _split(rows: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 <= holdout < 1:
+        raise InputError(f"holdout must be in [0, 1), got {holdout}")
+    order = np.random.default_rng(seed).permutation(rows)
+    held = int(round(rows * holdout))
+    if holdout and (held < 1 or rows - held < 2):
+        raise InputError(f"{rows} rows are too few to hold out {holdout:.0%} for calibrating "
+                         "epsilon")
+    return np.sort(order[held:]), np.sort(order[:held])
