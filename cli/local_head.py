@@ -72,14 +72,14 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
     from onnxplain.graph.model import Model
     from onnxplain.local.head import fit_local_head
 
-    _refuse_inputs(out, [model, data])
+    refuse_inputs(out, [model, data])
     loaded = Model.load(model)
     inputs, labels = read_data(loaded, data)
     head = fit_local_head(loaded, layer, inputs, labels, per_class=per_class,
                           distance=distance, temperature=_temperature(temperature),
                           epsilon=_epsilon(epsilon), reject_rate=reject_rate, holdout=holdout,
                           top=top, seed=seed, providers=provider)
-    _write_model(head.model, out)
+    write_model(head.model, out)
     summary = {key: value for key, value in head.info.items() if key not in ("sources",
                                                                             "labels")}
     summary["written"] = out
@@ -175,14 +175,14 @@ def read_data(model, path: str) -> tuple[dict[str, np.ndarray], np.ndarray | Non
     return arrays, labels
 
 
-def _refuse_inputs(out: str, protected: list[str]) -> None:
+def refuse_inputs(out: str, protected: list[str]) -> None:
     if os.path.realpath(out) in {os.path.realpath(p) for p in protected}:
         raise InputError(f"refusing to overwrite {out}: it is one of your input files")
     if Path(out).is_dir():
         raise InputError(f"--out {out} is a folder; give a file name such as head.onnx")
 
 
-def _write_model(model, out: str) -> None:
+def write_model(model, out: str) -> None:
     """Write through a temporary file so a failure never leaves half a model behind."""
     folder = Path(out).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)

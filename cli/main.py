@@ -10,6 +10,7 @@ import click
 from onnxplain.errors import InputError
 
 from .errors import friendly, one_line
+from .export import export
 from .local_head import local_head
 
 
@@ -181,6 +182,7 @@ def _pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 
 
 main.add_command(local_head)
+main.add_command(export)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,11 @@ class MethodSpec:
                              f"(its options: {known})")
         resolved = dict(self.defaults)
         for key, value in options.items():
-            resolved[key] = _coerce(self.name, key, value, self.defaults[key])
+            resolved[key] = coerce_option(self.name, key, value, self.defaults[key])
         return resolved
 
 
-def _coerce(method: str, key: str, value: object, default: object) -> object:
+def coerce_option(method: str, key: str, value: object, default: object) -> object:
     if not isinstance(value, str) or isinstance(default, str) or default is None:
         return value
     text = value.strip().lower()

@@ -1,0 +1,78 @@
+"""`onnxplain export`: bake a method into one ONNX file that runs without onnxplain."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from onnxplain.errors import InputError
+
+from .errors import friendly
+from .input_files import read_array, read_inputs
+from .local_head import refuse_inputs, write_model
+
+
+@click.command("export")
+@click.argument("model")
+@click.option("-m", "--method", default="saliency", show_default=True,
+              help="method to bake in (see the README's export table)")
+@click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="method option, e.g. -O n_steps=32; -O baseline=@ref.npy passes an array")
+@click.option("--output", "output_name", default=None, help="model output to explain")
+@click.option("-o", "--out", required=True, metavar="FILE.onnx",
+              help="where to write the explainer model")
+@click.option("--check", is_flag=True, help="compare the exported model with the in-process "
+              "method on sample inputs and report the largest difference")
+@click.option("-i", "--input", "inputs", multiple=True,
+              help="sample inputs for --check (default: random rows of the declared shape)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@friendly
+def export(model: str, method: str, options: tuple[str, ...], output_name: str | None,
+           out: str, check: bool, inputs: tuple[str, ...], as_json: bool) -> None:
+    """Write MODEL plus METHOD's attributions as one ONNX model (inputs: the original ones
+    and an optional `target`; outputs: the original ones, `target_used` and the method's)."""
+    from onnxplain.export import export_explainer
+    from onnxplain.export.check import check_export, sample_inputs
+    from onnxplain.graph.model import Model
+
+    refuse_inputs(out, [model, *_files(inputs)])
+    loaded = Model.load(model)
+    method_options = _options(options)
+    exported = export_explainer(loaded, method, output=output_name, **method_options)
+    write_model(exported, out)
+    summary = {"written": out, "method": method,
+               "added": json.loads(next(p.value for p in exported.metadata_props
+                                        if p.key == "onnxplain.added"))}
+    if check:
+        arrays = read_inputs(loaded, inputs)[0] if inputs else sample_inputs(loaded)
+        summary["check"] = check_export(loaded, exported, method, method_options, arrays,
+                                        output_name)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"wrote {out}: {method} baked into the model")
+    for name, meaning in summary["added"].items():
+        click.echo(f"  {name}: {meaning}")
+    if check:
+        result = summary["check"]
+        click.echo(f"check on {result['rows']} rows: largest difference "
+                   f"{result['max_abs_diff']:.3g} (relative {result['max_rel_diff']:.3g}) "
+                   f"against the in-process method")
+
+
+def _options(pairs: tuple[str, ...]) -> dict:
+    found: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--option '{pair}' is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        found[key.strip()] = read_array(value[1:]) if value.startswith("@") else value
+    return found
+
+
+def _files(specs: tuple[str, ...]) -> list[str]:
+    return [spec.split("=", 1)[-1] for spec in specs]
+
+
+

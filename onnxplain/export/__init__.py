@@ -1,0 +1,60 @@
+"""Standalone explainer models: a method baked into one ONNX file that any ONNX Runtime runs,
+in any language, without onnxplain.
+
+The exported model's inputs are the original ones plus `target` (int64 [N], optional:
+-1 or absent explains the predicted class); its outputs are the original ones plus
+`target_used` and the method's results (`attribution/<input>`, and per method
+`convergence_delta` or `layer_map`). Its metadata (`metadata_props`) records the method, its
+options, the onnxplain version and the meaning of every added input and output.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from ..engine import pick_output
+from ..errors import InputError
+from ..graph.load import set_runtime_ir_version
+from ..graph.model import Model
+from ..methods import coerce_option
+from . import attention, noise  # noqa: F401 - register their exports
+from .graph import TARGET, TARGET_USED, ExplainerGraph
+from .methods import ATTRIBUTION, EXPORTS, metadata
+
+__all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "export_explainer",
+           "exported_options"]
+
+
+def exported_options(method: str, options: dict) -> dict:
+    """The method's export options with defaults filled in; unknown ones are an InputError."""
+    spec = EXPORTS.get(method)
+    if spec is None:
+        raise InputError(f"method '{method}' cannot be exported; exportable methods: "
+                         f"{', '.join(sorted(EXPORTS))}")
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        known = ", ".join(spec.defaults) or "none"
+        raise InputError(f"method '{method}' has no export option '{unknown[0]}' (its "
+                         f"options: {known})")
+    return {**spec.defaults, **{key: coerce_option(method, key, value, spec.defaults[key])
+                                for key, value in options.items()}}
+
+
+def export_explainer(model, method: str = "saliency", *, output: str | None = None,
+                     **options) -> onnx.ModelProto:
+    """One ONNX model computing the model's outputs and `method`'s attributions together."""
+    loaded = model if isinstance(model, Model) else Model.load(model)
+    options = exported_options(method, options)
+    if not loaded.batch.symbolic:
+        raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
+                         "explainer needs a symbolic batch axis (re-export with dynamic axes)")
+    eg = ExplainerGraph(loaded, pick_output(loaded, output))
+    EXPORTS[method].build(eg, options)
+    proto = eg.proto
+    helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                   **metadata(method, options, eg)})
+    proto.producer_name = "onnxplain"
+    set_runtime_ir_version(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto

@@ -1,0 +1,56 @@
+"""Checking an exported explainer against the in-process method on the same inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from ..errors import InputError
+from ..explainer import Explainer
+from ..graph.model import Model
+from ..runtime.session import Session
+from .methods import ATTRIBUTION
+
+SAMPLE_ROWS = 2
+
+
+def sample_inputs(model: Model, rows: int = SAMPLE_ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+    """Uniform [0, 1) rows of every float input's declared shape; other inputs, or symbolic
+    dims after the batch axis, need real samples."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in model.inputs:
+        dims = spec.dims
+        if not spec.is_float or dims is None or not all(isinstance(d, int) for d in dims[1:]):
+            raise InputError(f"cannot make a sample for input {spec.describe()}; pass sample "
+                             "inputs with --input")
+        arrays[spec.name] = rng.random((rows, *dims[1:])).astype(spec.numpy_dtype)
+    return arrays
+
+
+def check_export(model: Model, exported: onnx.ModelProto, method: str, options: dict,
+                 inputs: Mapping[str, np.ndarray], output: str | None = None,
+                 providers=None) -> dict:
+    """Largest absolute and relative (to the largest reference value) difference between
+    the exported model's attributions and Explainer.explain's, per input."""
+    explainer = Explainer(model, providers, output=output, progress=False)
+    reference = explainer.explain(dict(inputs), method=method, **options)
+    session = Session(exported, explainer.providers)
+    got = session.run(None, dict(inputs))
+    per_input = {}
+    for name, expected in reference.attributions.items():
+        mine = got.get(ATTRIBUTION + name)
+        if mine is None:
+            continue
+        diff = float(np.abs(mine.astype(np.float64) - expected).max())
+        scale = float(np.abs(expected).max())
+        per_input[name] = {"max_abs_diff": diff, "max_rel_diff": diff / scale if scale else diff}
+    if not per_input:
+        raise InputError(f"the exported model has no attribution output to compare with "
+                         f"{method}'s")
+    rows = len(next(iter(inputs.values())))
+    return {"rows": rows, "inputs": per_input,
+            "max_abs_diff": max(v["max_abs_diff"] for v in per_input.values()),
+            "max_rel_diff": max(v["max_rel_diff"] for v in per_input.values())}

@@ -1,0 +1,202 @@
+"""The plumbing of an explainer model: the original graph run on several copies of each row,
+a class target chosen inside the graph, onnxplain's gradient pass, and the original outputs
+read from the clean copy.
+
+Layout of the batch the original nodes see when a method evaluates the model at `copies`
+points per row (Integrated Gradients' path, for instance): block after block,
+[copy_0 (N rows); ...; copy_{S-1}; clean (N rows)], so row s * N + n is copy s of row n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..autodiff.build import add_gradients
+from ..autodiff.program import Pass
+from ..autodiff.registry import GRADIENT, RuleSet
+from ..errors import InputError
+from ..graph.builder import GraphBuilder
+from ..graph.model import Model
+from ..graph.shapes import TensorInfo
+
+TARGET = "target"
+TARGET_USED = "target_used"
+ALL_ROWS = "/all_rows"
+NO_TARGET = -1
+
+# Makes the copies of one input: (builder, input tensor) -> the copies stacked block after
+# block, [count * N, ...]. Inputs without a maker are repeated.
+CopyMaker = Callable[[GraphBuilder, str], str]
+
+
+class ExplainerGraph:
+    """A copy of `model` being turned into an explainer; emit with `b`, then `finish()`."""
+
+    def __init__(self, model: Model, output: str):
+        spec = next((s for s in model.outputs if s.name == output), None)
+        if spec is None or not spec.is_float or spec.dims is None or len(spec.dims) != 2:
+            raise InputError(f"output '{output}' is not a [batch, classes] float output; an "
+                             "exported explainer needs one")
+        self.model, self.output = model, output
+        self.proto = onnx.ModelProto()
+        self.proto.CopyFrom(model.proto)
+        self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export")
+        self.copies = 1
+        self.feeds = {spec.name: spec.name for spec in model.inputs}  # input -> what nodes see
+        self.outputs = [o.name for o in self.proto.graph.output]
+        self.added: dict[str, str] = {}  # added graph input/output -> its meaning
+        self.chosen = ""  # the explained class per row, once target() ran
+        self._batched = {name: name for name in self.outputs}
+
+    @property
+    def rows(self) -> str:
+        """N, read from the first input as the user feeds it (never from the copies: nothing
+        may be emitted before run_on_copies, whose renaming would reach it)."""
+        return self.b.dim(self.model.inputs[0].name, 0)
+
+    # ---- running the model on copies --------------------------------------------------
+    def run_on_copies(self, count: int, makers: dict[str, CopyMaker],
+                      clean_first: bool = False) -> None:
+        """Let the original nodes see `count` copies of every row plus the clean row (after
+        the copies, or before them with `clean_first`: DeepLIFT's rules want [x; x'])."""
+        if self.copies != 1:
+            raise RuntimeError("copies are set once")
+        graph, b = self.proto.graph, self.b
+        original = list(graph.node)
+        del graph.node[:]
+        for spec in self.model.inputs:
+            inside = b.fresh(f"{spec.name}_copies")
+            made = [makers[spec.name](b, spec.name)] if spec.name in makers else \
+                [spec.name] * count
+            order = [spec.name, *made] if clean_first else [*made, spec.name]
+            graph.node.append(helper.make_node("Concat", order, [inside], axis=0,
+                                               name=b.fresh("copies")))
+            b.infos[inside] = b.info(spec.name)
+            _rename_uses(original, spec.name, inside)
+            self.feeds[spec.name] = inside
+        graph.node.extend(original)
+        for name in self.outputs:
+            batched = name + ALL_ROWS
+            _rename_everywhere(graph, name, batched)
+            b.infos[batched] = b.info(name)
+            self._batched[name] = batched
+        self.copies = count + 1
+        for name in self.outputs:  # the clean block, under the original name
+            clean = self.block(self._batched[name], 0 if clean_first else count)
+            graph.node.append(helper.make_node("Identity", [clean], [name],
+                                               name=b.fresh("clean_output")))
+            b.infos[name] = self.model.infos.get(name, TensorInfo(None, None))
+
+    def block(self, tensor: str, index: int) -> str:
+        """Rows [index * N, (index + 1) * N) of a tensor computed on the copies."""
+        b = self.b
+        start = b.op("Mul", self.rows, b.ints([index]))
+        return b.slice(tensor, start, b.op("Add", start, self.rows), [0])
+
+    def blocks(self, tensor: str, count: int) -> str:
+        """The first `count` blocks of `tensor` as [count, N, ...]."""
+        b = self.b
+        head = b.slice(tensor, [0], b.op("Mul", self.rows, b.ints([count])), [0])
+        shape = b.concat([b.ints([count, -1]), b.dims(tensor, 1)], axis=0)
+        return b.op("Reshape", head, shape)
+
+    # ---- target and gradients ---------------------------------------------------------
+    def target(self) -> str:
+        """The explained class per row: the `target` input where it is >= 0, else the
+        predicted class (ArgMax of the clean output). Exposed as output `target_used`."""
+        b, graph = self.b, self.proto.graph
+        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["rows"]))
+        # An initializer of the same name makes the input optional: [-1] = predicted class.
+        graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
+                                                         TARGET))
+        b.infos[TARGET] = TensorInfo(TensorProto.INT64, ("rows",))
+        predicted = b.op("ArgMax", self.output, axis=1, keepdims=0)
+        negative = b.op("Less", TARGET, b.const(np.array(0, np.int64)))
+        chosen = b.where(negative, predicted, TARGET)  # a [1] default broadcasts over rows
+        self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
+                     TensorInfo(TensorProto.INT64, ("N",)))
+        self.added[TARGET] = ("int64 [N], optional: class to explain per row; -1 or absent: "
+                              "the predicted class")
+        self.chosen = chosen
+        return chosen
+
+    def gradients(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
+                  times_output: bool = False) -> dict[str, str]:
+        """d(target score)/d(t) for t in `wrt`, every copy explaining its row's target (with
+        `times_output` the seed is the score itself, LRP's initial relevance)."""
+        return self.gradient_passes(wrt, rules, times_output=times_output)[""]
+
+    def gradient_passes(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
+                        passes: Sequence[Pass] = (), times_output: bool = False
+                        ) -> dict[str, dict[str, str]]:
+        """The gradients, and those of further `passes` (other rule sets, the same seed), by
+        pass label ('' for the main one)."""
+        seed = self._seed()
+        if times_output:
+            seed = self.b.op("Mul", seed, self._batched[self.output])
+        computed = {"": add_gradients(self.b, {self._batched[self.output]: seed}, list(wrt),
+                                      rules)}
+        for extra in passes:
+            computed[extra.label] = add_gradients(self.b, {self._batched[self.output]: seed},
+                                                  list(extra.wrt), extra.rules,
+                                                  extra.active_from)
+        return computed
+
+    def _seed(self) -> str:
+        """One-hot of the chosen class, for every copy of every row."""
+        b = self.b
+        chosen = self.target()
+        if self.copies > 1:
+            chosen = b.op("Tile", chosen, b.ints([self.copies]))
+        classes = _class_range(b, self.output)
+        hot = b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0]))
+        return b.op("Cast", hot, to=b.dtype(self.output))
+
+    def declare(self, tensor: str, name: str, meaning: str, info: TensorInfo | None = None
+                ) -> None:
+        b = self.b
+        info = info or b.info(tensor)
+        self.proto.graph.node.append(helper.make_node("Identity", [tensor], [name],
+                                                      name=b.fresh("explainer_output")))
+        dims = None if info.shape is None else list(info.shape)
+        self.proto.graph.output.append(helper.make_tensor_value_info(name, info.dtype, dims))
+        b.infos[name] = info
+        self.added[name] = meaning
+
+    def batched(self, name: str) -> str:
+        """What an original tensor is called inside the copies (the outputs were renamed)."""
+        return self._batched.get(name, name)
+
+
+def _class_range(b: GraphBuilder, output: str) -> str:
+    count = (b.info(output).certain or (None, None))[1]
+    if isinstance(count, int):
+        return b.const(np.arange(count, dtype=np.int64))
+    limit = b.squeeze(b.dim(output, 1), [0])
+    zero, one = (b.const(np.array(v, dtype=np.int64)) for v in (0, 1))
+    return b.range(zero, limit, one)
+
+
+def _rename_uses(nodes: Sequence[onnx.NodeProto], old: str, new: str) -> None:
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for attribute in node.attribute:
+            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                _rename_uses(graph.node, old, new)
+
+
+def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
+    _rename_uses(graph.node, old, new)
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    for value in graph.value_info:
+        if value.name == old:
+            value.name = new

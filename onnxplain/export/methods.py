@@ -1,0 +1,333 @@
+"""Methods baked into the explainer graph: everything after the user's inputs (copies,
+targets, gradients, reductions, resizing) is ONNX, so any ONNX Runtime computes the
+attribution with no onnxplain and no Python."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import TensorProto
+
+from ..autodiff.program import Pass
+from ..errors import InputError
+from ..graph.layers import resolve_layer
+from ..graph.shapes import TensorInfo
+from ..maps import MODES as UPSAMPLE_MODES
+from ..methods.integrated_gradients import path_points
+from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
+from ..rules.guided import DECONVNET, GUIDED_BACKPROP
+from ..rules.lrp import LrpParams, lrp_rules
+from .graph import ExplainerGraph
+
+ATTRIBUTION = "attribution/"
+Build = Callable[[ExplainerGraph, dict], None]
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    name: str
+    build: Build
+    defaults: dict = field(default_factory=dict)
+
+
+EXPORTS: dict[str, ExportSpec] = {}
+
+
+def register_export(name: str, defaults: dict | None = None):
+    def register(build: Build) -> Build:
+        EXPORTS[name] = ExportSpec(name, build, defaults or {})
+        return build
+    return register
+
+
+def declare_per_input(eg: ExplainerGraph, values: dict[str, str], meaning: str) -> None:
+    for name, tensor in values.items():
+        eg.declare(tensor, ATTRIBUTION + name, f"{meaning}, shaped like input '{name}'",
+                   eg.b.info(name))
+
+
+@register_export("saliency", {"abs": True})
+def saliency(eg, options):
+    inputs = float_inputs(eg)
+    grads = eg.gradients([eg.feeds[name] for name in inputs])
+    values = {name: grads[eg.feeds[name]] for name in inputs}
+    if options["abs"]:
+        values = {name: eg.b.op("Abs", g) for name, g in values.items()}
+    declare_per_input(eg, values, "|d score / d input|" if options["abs"] else
+                       "d score / d input")
+
+
+@register_export("input_x_gradient")
+def input_x_gradient(eg, options):
+    inputs = float_inputs(eg)
+    grads = eg.gradients(inputs)
+    declare_per_input(eg, {name: eg.b.op("Mul", name, grads[name]) for name in inputs},
+                       "input * d score / d input")
+
+
+def _modified_gradient(rules, meaning: str):
+    def build(eg, options):
+        inputs = float_inputs(eg)
+        grads = eg.gradients(inputs, rules)
+        declare_per_input(eg, {name: grads[name] for name in inputs}, meaning)
+    return build
+
+
+register_export("guided_backprop")(_modified_gradient(
+    GUIDED_BACKPROP, "guided backpropagation (ReLUs pass positive signals where the input "
+    "was positive)"))
+register_export("deconvnet")(_modified_gradient(
+    DECONVNET, "deconvnet signal (ReLUs pass positive signals)"))
+
+
+@register_export("integrated_gradients", {"n_steps": 50, "rule": "gausslegendre",
+                                    "baseline": "zeros", "baseline_value": 0.0})
+def integrated_gradients(eg, options):
+    """IG_i = (x_i - x'_i) sum_s w_s d S_c(x' + a_s (x - x')) / d x_i, the n_steps path
+    points folded into the batch axis inside the graph, plus one block at the baseline for
+    the convergence delta."""
+    b, inputs = eg.b, float_inputs(eg)
+    alphas, weights = path_points(int(options["n_steps"]), options["rule"])
+    steps = len(alphas)
+    differences = {}
+
+    def copies(b, name: str) -> str:
+        start = _baseline(b, name, options)
+        difference = b.op("Sub", name, start)
+        differences[name] = difference
+        rank = b.rank(name)
+        path = b.const(alphas.reshape((steps,) + (1,) * rank).astype(b.np_dtype(name)))
+        points = b.op("Add", b.unsqueeze(start, [0]),
+                      b.op("Mul", path, b.unsqueeze(difference, [0])))
+        shape = b.concat([b.ints([-1]), b.dims(name, 1)], axis=0)
+        return b.concat([b.op("Reshape", points, shape), start], axis=0)
+
+    eg.run_on_copies(steps + 1, {name: copies for name in inputs})
+    grads = eg.gradients([eg.feeds[name] for name in inputs])
+    values = {}
+    for name in inputs:
+        w = b.const(weights.reshape((steps,) + (1,) * b.rank(name)).astype(b.np_dtype(name)))
+        path = b.op("Mul", eg.blocks(grads[eg.feeds[name]], steps), w)
+        values[name] = b.op("Mul", differences[name], b.reduce("ReduceSum", path, [0], False))
+    declare_per_input(eg, values, "integrated gradients")
+    _declare_delta(eg, values, _target_change(eg, steps + 1, steps))
+
+
+def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
+    """S_c(block clean) - S_c(block other) per row [N]."""
+    b, scores = eg.b, eg.batched(eg.output)
+    chosen = b.unsqueeze(eg.chosen, [1])
+    picked = [b.op("GatherElements", eg.block(scores, i), chosen, axis=1) for i in (clean, other)]
+    return b.squeeze(b.op("Sub", *picked), [1])
+
+
+def _declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:
+    """sum of the attributions - change of the score, per row: completeness's gap."""
+    b = eg.b
+    total = b.add_all([b.reduce("ReduceSum", v, list(range(1, b.rank(name))), False)
+                       for name, v in values.items()])
+    delta = b.op("Sub", b.op("Cast", total, to=b.dtype(change)), change)
+    eg.declare(delta, "convergence_delta", "float [N]: sum of the attributions minus the "
+               "change of the target score from the baseline (0 when complete)",
+               TensorInfo(b.dtype(change), ("N",)))
+
+
+@register_export("deeplift", {"baseline": "zeros", "baseline_value": 0.0, "eps": DEFAULT_EPS})
+def deeplift(eg, options):
+    """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
+    [x; x'] and the rules read the reference half (onnxplain.rules.deeplift)."""
+    b, inputs = eg.b, float_inputs(eg)
+    starts = {}
+
+    def reference(b, name: str) -> str:
+        starts[name] = _baseline(b, name, options)
+        return starts[name]
+
+    eg.run_on_copies(1, {name: reference for name in inputs}, clean_first=True)
+    grads = eg.gradients([eg.feeds[name] for name in inputs],
+                         deeplift_rules(float(options["eps"])))
+    values = {name: b.op("Mul", b.op("Sub", name, starts[name]),
+                         eg.block(grads[eg.feeds[name]], 0)) for name in inputs}
+    declare_per_input(eg, values, "DeepLIFT contributions (Rescale rule)")
+    _declare_delta(eg, values, _target_change(eg, 0, 1))
+
+
+@register_export("lrp", {"composite": "epsilon-plus", "epsilon": 1e-6, "gamma": 0.25,
+                         "alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6,
+                         "merge_batch_norm": True})
+def lrp(eg, options):
+    """Relevance of each input value under the `composite`'s rules, from R = y_c."""
+    inputs = float_inputs(eg)
+    params = LrpParams(float(options["epsilon"]), float(options["gamma"]),
+                       float(options["alpha"]), float(options["beta"]), None, None,
+                       float(options["stabilizer"]))
+    rules = lrp_rules(eg.model, inputs, str(options["composite"]), params,
+                      bool(options["merge_batch_norm"]))
+    grads = eg.gradients(inputs, rules, times_output=True)
+    declare_per_input(eg, {name: grads[name] for name in inputs},
+                      f"LRP relevance ({options['composite']})")
+
+
+def _baseline(b, name: str, options: dict) -> str:
+    baseline = options["baseline"]
+    dtype = b.np_dtype(name)
+    if isinstance(baseline, np.ndarray):
+        array = baseline.astype(dtype)
+        if array.ndim == b.rank(name) - 1:
+            array = array[None]
+        if array.ndim != b.rank(name) or array.shape[0] != 1:
+            raise InputError(f"an exported baseline must be shaped like one row of "
+                             f"'{name}' (got {baseline.shape})")
+        return b.op("Expand", b.const(array, "baseline"), b.shape(name))
+    if baseline in ("zeros", "constant"):
+        value = 0.0 if baseline == "zeros" else float(options["baseline_value"])
+        return b.op("Expand", b.scalar(value, name), b.shape(name))
+    raise InputError(f"baseline '{baseline}' cannot be exported; use zeros, constant (with "
+                     "baseline_value) or an array shaped like one row")
+
+
+def _layer(eg: ExplainerGraph, layer) -> str:
+    tensor = resolve_layer(eg.model, layer)
+    if eg.b.info(tensor).rank != 4:
+        raise InputError(f"layer '{tensor}' is not a [batch, channels, height, width] tensor")
+    return tensor
+
+
+def _cam(eg: ExplainerGraph, layer: str, weights: str, relu: bool) -> str:
+    """sum_k w_k A_k over channels, optionally ReLU'd, declared as `layer_map`."""
+    b = eg.b
+    cam = b.reduce("ReduceSum", b.op("Mul", weights, layer), [1], True)
+    if relu:
+        cam = b.op("Relu", cam)
+    eg.declare(cam, "layer_map", f"float [N, 1, h, w]: the map at layer '{layer}'",
+               TensorInfo(b.dtype(layer), ("N", 1, None, None)))
+    return cam
+
+
+def _resized(eg: ExplainerGraph, cam: str, mode: str) -> dict[str, str]:
+    """The map resized to every image input (none when mode is 'none')."""
+    if mode not in UPSAMPLE_MODES:
+        raise InputError(f"unknown upsample mode '{mode}' (choose from "
+                         f"{', '.join(UPSAMPLE_MODES)})")
+    b = eg.b
+    if mode == "none":
+        return {}
+    images = [name for name in float_inputs(eg) if b.rank(name) == 4]
+    return {name: resize_like_torch(b, cam, b.concat([b.dims(cam, 0, 2), b.dims(name, 2, 4)],
+                                                     axis=0), mode) for name in images}
+
+
+def _declare_maps(eg: ExplainerGraph, maps: dict[str, str], mode: str, layer: str) -> None:
+    for name, resized in maps.items():
+        eg.declare(resized, ATTRIBUTION + name, f"the map resized to input '{name}' ({mode})",
+                   TensorInfo(eg.b.dtype(layer), ("N", 1, None, None)))
+
+
+@register_export("grad_cam", {"layer": None, "relu": True, "upsample": "bilinear"})
+def grad_cam(eg, options):
+    """L_c = ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of d S_c / d A_k, resized to
+    every image input."""
+    layer = _layer(eg, options["layer"])
+    grads = eg.gradients([layer])
+    weights = eg.b.reduce("ReduceMean", grads[layer], [2, 3], True)
+    cam = _cam(eg, layer, weights, options["relu"])
+    _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
+
+
+@register_export("grad_cam_plus_plus", {"layer": None, "upsample": "bilinear"})
+def grad_cam_plus_plus(eg, options):
+    """w_k = sum_ij a_kij relu(g_kij), a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3) (0 where the
+    denominator is 0), L_c = ReLU(sum_k w_k A_k)."""
+    b = eg.b
+    layer = _layer(eg, options["layer"])
+    g = eg.gradients([layer])[layer]
+    square = b.op("Mul", g, g)
+    mass = b.reduce("ReduceSum", layer, [2, 3], True)
+    denominator = b.op("Add", b.op("Add", square, square),
+                       b.op("Mul", mass, b.op("Mul", square, g)))
+    zero = b.op("Equal", denominator, b.scalar(0.0, g))
+    safe = b.where(zero, b.op("Add", denominator, b.scalar(1.0, g)), denominator)
+    alpha = b.op("Mul", b.op("Div", square, safe), b.op("Cast", b.op("Not", zero),
+                                                          to=b.dtype(g)))
+    weights = b.reduce("ReduceSum", b.op("Mul", alpha, b.op("Relu", g)), [2, 3], True)
+    cam = _cam(eg, layer, weights, True)
+    _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
+
+
+@register_export("guided_grad_cam", {"layer": None, "upsample": "nearest"})
+def guided_grad_cam(eg, options):
+    """Guided Backprop of each image input times the Grad-CAM map resized to it."""
+    b = eg.b
+    layer = _layer(eg, options["layer"])
+    images = [name for name in float_inputs(eg) if b.rank(name) == 4]
+    passes = eg.gradient_passes([layer], passes=[Pass("guided", GUIDED_BACKPROP,
+                                                      tuple(images))])
+    weights = b.reduce("ReduceMean", passes[""][layer], [2, 3], True)
+    cam = _cam(eg, layer, weights, True)
+    maps = _resized(eg, cam, "none" if options["upsample"] == "none" else options["upsample"])
+    if not maps:
+        raise InputError("guided_grad_cam multiplies by the map resized to the image: "
+                         "upsample cannot be 'none'")
+    declare_per_input(eg, {name: b.op("Mul", passes["guided"][name], maps[name])
+                            for name in maps}, "guided backpropagation times the resized "
+                       "Grad-CAM map")
+
+
+def resize_like_torch(b, x: str, sizes: str, mode: str) -> str:
+    """As torch's interpolate: bilinear without corner alignment, or floor-nearest."""
+    attrs = ({"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+             if mode == "bilinear" else
+             {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+              "nearest_mode": "floor"})
+    if b.opset >= 13:
+        return b.op("Resize", x, "", "", sizes, **attrs)
+    empty = b.const(np.zeros(0, np.float32), "empty")
+    return b.op("Resize", x, empty, empty, sizes, **attrs)
+
+
+def float_inputs(eg: ExplainerGraph) -> list[str]:
+    """Float graph inputs: what the exported gradient methods attribute."""
+    found = [spec.name for spec in eg.model.inputs if spec.is_float]
+    if not found:
+        raise InputError("the model has no float input; exported gradient methods explain "
+                         "float inputs (token models: use an attention method)")
+    return found
+
+
+def metadata(method: str, options: dict, eg: ExplainerGraph) -> dict[str, str]:
+    import json
+
+    from .._version import __version__
+
+    def jsonable(value):
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    return {"onnxplain.method": method,
+            "onnxplain.options": json.dumps({k: jsonable(v) for k, v in options.items()}),
+            "onnxplain.version": __version__,
+            "onnxplain.explained_output": eg.output,
+            "onnxplain.added": json.dumps(eg.added)}
+
+
+
+@register_export("prototypes")
+def prototypes(eg, options):
+    """For a model with a local head (onnxplain local-head fit): the training row and label
+    behind each reported prototype, and whether the epsilon neuron rejects the row."""
+    from ..local.head import PREFIX, head_info
+
+    b = eg.b
+    info = head_info(eg.proto)
+    centers = eg.batched(PREFIX + "prototypes")
+    for key, meaning in (("sources", "training row"), ("labels", "label of the training row")):
+        table = b.const(np.asarray(info[key], np.int64), key)
+        eg.declare(b.op("Gather", table, centers, axis=0), f"{PREFIX}prototype_{key}",
+                   f"int64 [N, top]: the {meaning} each prototype was drawn from",
+                   TensorInfo(TensorProto.INT64, ("N", None)))
+    strongest = b.squeeze(b.slice(eg.batched(PREFIX + "prototype_activations"), [0], [1], [1]),
+                          [1])
+    eg.declare(b.op("Greater", eg.batched(PREFIX + "epsilon"), strongest), PREFIX + "rejected",
+               "bool [N]: the epsilon neuron is the most active one (the input is unlike "
+               "the training data)", TensorInfo(TensorProto.BOOL, ("N",)))

@@ -1,0 +1,201 @@
+"""Exported explainers compute what the in-process methods compute, for whole batches of any
+size, with the original outputs untouched, and refuse what they cannot export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxplain import Explainer
+from onnxplain.errors import InputError
+from onnxplain.export import EXPORTS, export_explainer
+from onnxplain_cli.main import main
+from tests.ops.epsilon_models import run
+
+CASES = [("saliency", {}), ("saliency", {"abs": False}), ("input_x_gradient", {}),
+         ("guided_backprop", {}), ("deconvnet", {}),
+         ("integrated_gradients", {"n_steps": 12, "rule": "riemann_trapezoid"}),
+         ("integrated_gradients", {"n_steps": 8, "baseline": "constant", "baseline_value": 0.5}),
+         ("grad_cam", {}), ("grad_cam", {"upsample": "nearest", "relu": False}),
+         ("grad_cam_plus_plus", {}), ("guided_grad_cam", {}),
+         ("deeplift", {}), ("deeplift", {"baseline": "constant", "baseline_value": 0.3}),
+         ("lrp", {}), ("lrp", {"composite": "epsilon-alpha2-beta1"})]
+ATTENTION = ["raw_attention", "rollout", "generic_attention", "attgrad",
+             "transformer_attribution"]
+NOISE = ["smoothgrad", "smoothgrad_sq", "vargrad"]
+
+
+@pytest.fixture(scope="module")
+def digits(zoo):
+    from model_zoo.digits import digits_data
+
+    return digits_data()[2][:6]
+
+
+def _run(model, feeds):
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, run(model, feeds), strict=True))
+
+
+def _close(got, expected, rtol=1e-5):
+    scale = float(np.abs(expected).max()) or 1.0
+    assert float(np.abs(got - expected).max()) <= rtol * scale
+
+
+@pytest.mark.parametrize("method,options", CASES, ids=lambda v: str(v))
+def test_exported_method_equals_the_in_process_method(method, options, digits_path, digits):
+    exported = export_explainer(str(digits_path), method, **options)
+    onnx.checker.check_model(exported, full_check=True)
+    assert {n.domain for n in exported.graph.node} <= {""}
+    explainer = Explainer(str(digits_path), "cpu")
+    original = _run(onnx.load(str(digits_path)), {"image": digits})["logits"]
+    for target in (None, [3, 1, 4, 1, 5, 9]):
+        feeds = {"image": digits} if target is None else {
+            "image": digits, "target": np.array(target, np.int64)}
+        got = _run(exported, feeds)
+        quiet = {"delta_tolerance": 1e9} if method in ("integrated_gradients",
+                                                          "deeplift") else {}
+        expected = explainer.explain(digits, method=method, target=target, **options, **quiet)
+        _close(got["attribution/image"], expected.attributions["image"])
+        np.testing.assert_array_equal(got["target_used"], expected.target)
+        np.testing.assert_array_equal(got["logits"], original)
+        if "convergence_delta" in expected.extras:
+            np.testing.assert_allclose(got["convergence_delta"],
+                                       expected.extras["convergence_delta"], atol=1e-5)
+
+
+@pytest.mark.parametrize("method,options", [CASES[0], CASES[5], CASES[7]], ids=str)
+def test_any_batch_size_gives_the_rows_it_would_give_alone(method, options, digits_path,
+                                                          digits):
+    exported = export_explainer(str(digits_path), method, **options)
+    batch = _run(exported, {"image": digits})["attribution/image"]
+    for i in (0, 5):
+        alone = _run(exported, {"image": digits[i:i + 1]})["attribution/image"]
+        _close(alone[0], batch[i])
+
+
+def test_metadata_describes_the_method_and_the_added_tensors(digits_path):
+    exported = export_explainer(str(digits_path), "integrated_gradients", n_steps="7")
+    props = {p.key: p.value for p in exported.metadata_props}
+    assert props["onnxplain.method"] == "integrated_gradients"
+    assert json.loads(props["onnxplain.options"])["n_steps"] == 7
+    assert props["onnxplain.explained_output"] == "logits"
+    added = json.loads(props["onnxplain.added"])
+    assert set(added) == {"target", "target_used", "attribution/image", "convergence_delta"}
+    assert [i.name for i in exported.graph.input] == ["image", "target"]
+
+
+def test_every_exportable_method_is_covered_here():
+    covered = {method for method, _ in CASES} | set(ATTENTION) | set(NOISE) | {"prototypes"}
+    assert covered == set(EXPORTS)
+
+
+@pytest.fixture(scope="module")
+def text_batch(zoo):
+    """Token ids with a class token first and padded rows of different lengths."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([24, 17, 9])
+    mask = (np.arange(24)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(4, 20, (3, 24)) * mask
+    ids[:, 0] = 2
+    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("method", ATTENTION)
+@pytest.mark.parametrize("model", ["sentiment_bert", "vit_small"])
+def test_exported_attention_method_equals_the_in_process_method(method, model, zoo,
+                                                                text_batch):
+    path = str(zoo.model_path(model))
+    explainer = Explainer(path, "cpu")
+    if model == "vit_small":
+        spec = explainer.model.inputs[0]
+        feeds = {spec.name: np.random.default_rng(1).random((2, *spec.dims[1:])).astype(
+            np.float32)}
+    else:
+        names = {spec.name for spec in explainer.model.inputs}
+        feeds = {k: v for k, v in text_batch.items() if k in names}
+    exported = export_explainer(path, method)
+    onnx.checker.check_model(exported, full_check=True)
+    got = _run(exported, feeds)
+    expected = explainer.explain(feeds, method=method)
+    for name, value in expected.attributions.items():
+        _close(got["attribution/" + name], value)
+    np.testing.assert_array_equal(got["target_used"], expected.target)
+
+
+@pytest.mark.parametrize("kind", NOISE)
+def test_exported_noise_tunnels_agree_with_the_in_process_ones(kind, digits_path, digits):
+    """The noise differs (RandomNormalLike against numpy), so compare like two seeds: the
+    exported mean is as close to the in-process one as two in-process seeds are."""
+    explainer = Explainer(str(digits_path), "cpu")
+    options = {"n_samples": 200, "noise_level": 0.1}
+    got = _run(export_explainer(str(digits_path), kind, **options),
+               {"image": digits})["attribution/image"]
+    first = explainer.explain(digits, method=kind, seed=1, **options)["image"]
+    second = explainer.explain(digits, method=kind, seed=2, **options)["image"]
+    spread = np.linalg.norm(first - second)
+    assert np.linalg.norm(got - first) < 2 * spread
+    assert spread < 0.2 * np.linalg.norm(first)
+    silent = export_explainer(str(digits_path), kind, n_samples=2, noise_level=0.0,
+                              base="input_x_gradient")
+    plain = explainer.explain(digits, method="input_x_gradient")["image"]
+    expected = {"smoothgrad": plain, "smoothgrad_sq": plain ** 2, "vargrad": 0 * plain}[kind]
+    np.testing.assert_allclose(_run(silent, {"image": digits})["attribution/image"], expected,
+                               atol=1e-6)
+
+
+def test_exported_prototypes_name_the_training_rows(digits_path, zoo, tmp_path):
+    from model_zoo.digits import digits_data
+    from onnxplain.local.head import fit_local_head
+    from onnxplain.local.report import explain_prototypes
+
+    x, y, x_test, _ = digits_data()
+    head = fit_local_head(str(digits_path), "/features/features.6/Relu_output_0", x, y,
+                          per_class=5)
+    exported = export_explainer(head.model, "prototypes")
+    got = _run(exported, {"image": x_test[:4]})
+    rows = explain_prototypes(head.model, x_test[:4])
+    for row, sources, labels, rejected in zip(rows, got["local/prototype_sources"],
+                                              got["local/prototype_labels"],
+                                              got["local/rejected"], strict=True):
+        assert [p["source_row"] for p in row["prototypes"]] == sources.tolist()
+        assert [p["label"] for p in row["prototypes"]] == labels.tolist()
+        assert row["rejected"] == bool(rejected)
+    with pytest.raises(Exception, match="has no local head"):
+        export_explainer(str(digits_path), "prototypes")
+
+
+@pytest.mark.parametrize("method,options,message", [
+    ("lime", {}, "method 'lime' cannot be exported"),
+    ("saliency", {"foo": 1}, "has no export option 'foo'"),
+    ("integrated_gradients", {"baseline": "blur"}, "baseline 'blur' cannot be exported"),
+    ("integrated_gradients", {"n_steps": "many"}, "expects a int"),
+    ("grad_cam", {"layer": "logits"}, "is not a \\[batch, channels, height, width\\]"),
+    ("grad_cam", {"upsample": "cubic"}, "unknown upsample mode"),
+])
+def test_what_cannot_be_exported_is_an_input_error(method, options, message, digits_path):
+    with pytest.raises(InputError, match=message):
+        export_explainer(str(digits_path), method, **options)
+
+
+def test_cli_export_with_check(tmp_path, digits_path):
+    out = tmp_path / "explainer.onnx"
+    result = CliRunner().invoke(main, ["export", str(digits_path), "-m", "integrated_gradients",
+                                       "-O", "n_steps=8", "-o", str(out), "--check", "--json"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["check"]["max_rel_diff"] < 1e-5 and summary["check"]["rows"] == 2
+    assert onnx.load(str(out)).graph.output[-1].name == "convergence_delta"
+    before = digits_path.read_bytes()
+    for args, message in [(["-o", str(digits_path)], "refusing to overwrite"),
+                          (["-m", "rise", "-o", str(tmp_path / "x.onnx")], "cannot be exported"),
+                          (["-O", "abs", "-o", str(tmp_path / "x.onnx")], "is not KEY=VALUE")]:
+        bad = CliRunner().invoke(main, ["export", str(digits_path), *args])
+        assert bad.exit_code == 2 and message in bad.stderr, (args, bad.stderr)
+        assert bad.stderr.count("\n") == 1
+    assert digits_path.read_bytes() == before
+    assert not (tmp_path / "x.onnx").exists()
