@@ -22,6 +22,11 @@ from .local_head import refuse_inputs, write_model
 @click.option("--output", "output_name", default=None, help="model output to explain")
 @click.option("-o", "--out", required=True, metavar="FILE.onnx",
               help="where to write the explainer model")
+@click.option("--target-input", type=click.Choice(["optional", "required"]),
+              default="optional", show_default=True,
+              help="'optional' gives `target` a default (the predicted class); 'required' "
+              "makes it a plain input, for runtimes that cannot feed inputs with defaults "
+              "(onnxruntime-node)")
 @click.option("--check", is_flag=True, help="compare the exported model with the in-process "
               "method on sample inputs and report the largest difference")
 @click.option("-i", "--input", "inputs", multiple=True,
@@ -29,7 +34,8 @@ from .local_head import refuse_inputs, write_model
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
 @friendly
 def export(model: str, method: str, options: tuple[str, ...], output_name: str | None,
-           out: str, check: bool, inputs: tuple[str, ...], as_json: bool) -> None:
+           out: str, target_input: str, check: bool, inputs: tuple[str, ...],
+           as_json: bool) -> None:
     """Write MODEL plus METHOD's attributions as one ONNX model (inputs: the original ones
     and an optional `target`; outputs: the original ones, `target_used` and the method's)."""
     from onnxplain.export import export_explainer
@@ -39,7 +45,8 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
     refuse_inputs(out, [model, *_files(inputs)])
     loaded = Model.load(model)
     method_options = _options(options)
-    exported = export_explainer(loaded, method, output=output_name, **method_options)
+    exported = export_explainer(loaded, method, output=output_name, target_input=target_input,
+                                **method_options)
     write_model(exported, out)
     summary = {"written": out, "method": method,
                "added": json.loads(next(p.value for p in exported.metadata_props

@@ -60,6 +60,21 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr
 
 
+def test_explaining_does_not_import_torch_even_when_installed():
+    """ONNX Runtime's tools package imports torch when it can (onnxplain loads the one
+    module it needs from its file instead)."""
+    code = f"""
+import sys
+import numpy as np, onnxplain
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from tiny_models import mlp
+onnxplain.Explainer(mlp(), providers="cpu").explain(np.ones((2, 6), np.float32))
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 def test_every_package_is_listed_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
@@ -76,3 +91,24 @@ def test_cli_is_installed_as_onnxplain_cli_not_cli():
     assert Path(onnxplain_cli.__file__).resolve().parent == ROOT / "cli"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"onnxplain": "onnxplain_cli.main:main"}
+
+
+def test_shape_inference_leaves_the_current_folder_alone(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference saves a model (and uuid-named .data files)
+    into the current folder when an op it does not know leaves shapes unknown."""
+    import onnx
+
+    from onnxplain.graph.shapes import infer_shapes
+
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("Mystery", ["x"], ["y"], domain="com.example"),
+         h.make_node("Relu", ["y"], ["z"])], "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17),
+                                               h.make_opsetid("com.example", 1)])
+    monkeypatch.chdir(tmp_path)
+    infos = infer_shapes(model)
+    assert infos["x"].shape == ("N", 3)
+    assert list(tmp_path.iterdir()) == []

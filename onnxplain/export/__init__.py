@@ -42,14 +42,18 @@ def exported_options(method: str, options: dict) -> dict:
 
 
 def export_explainer(model, method: str = "saliency", *, output: str | None = None,
-                     **options) -> onnx.ModelProto:
-    """One ONNX model computing the model's outputs and `method`'s attributions together."""
+                     target_input: str = "optional", **options) -> onnx.ModelProto:
+    """One ONNX model computing the model's outputs and `method`'s attributions together.
+
+    `target_input="optional"` gives the `target` input a default (-1, the predicted class)
+    through an initializer of the same name; "required" makes it a plain input, for
+    runtimes that cannot feed inputs with defaults (onnxruntime-node ignores such feeds)."""
     loaded = model if isinstance(model, Model) else Model.load(model)
     options = exported_options(method, options)
     if not loaded.batch.symbolic:
         raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
-    eg = ExplainerGraph(loaded, pick_output(loaded, output))
+    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input)
     EXPORTS[method].build(eg, options)
     proto = eg.proto
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},

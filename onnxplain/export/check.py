@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..explainer import Explainer
 from ..graph.model import Model
 from ..runtime.session import Session
+from .graph import TARGET
 from .methods import ATTRIBUTION
 
 SAMPLE_ROWS = 2
@@ -38,7 +39,11 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
     explainer = Explainer(model, providers, output=output, progress=False)
     reference = explainer.explain(dict(inputs), method=method, **options)
     session = Session(exported, explainer.providers)
-    got = session.run(None, dict(inputs))
+    feeds = dict(inputs)
+    defaults = {init.name for init in exported.graph.initializer}
+    if TARGET in {i.name for i in exported.graph.input} - defaults:
+        feeds[TARGET] = np.full(len(next(iter(inputs.values()))), -1, np.int64)
+    got = session.run(None, feeds)
     per_input = {}
     for name, expected in reference.attributions.items():
         mine = got.get(ATTRIBUTION + name)

@@ -27,6 +27,7 @@ TARGET = "target"
 TARGET_USED = "target_used"
 ALL_ROWS = "/all_rows"
 NO_TARGET = -1
+TARGET_INPUTS = ("optional", "required")
 
 # Makes the copies of one input: (builder, input tensor) -> the copies stacked block after
 # block, [count * N, ...]. Inputs without a maker are repeated.
@@ -36,12 +37,15 @@ CopyMaker = Callable[[GraphBuilder, str], str]
 class ExplainerGraph:
     """A copy of `model` being turned into an explainer; emit with `b`, then `finish()`."""
 
-    def __init__(self, model: Model, output: str):
+    def __init__(self, model: Model, output: str, target_input: str = "optional"):
         spec = next((s for s in model.outputs if s.name == output), None)
         if spec is None or not spec.is_float or spec.dims is None or len(spec.dims) != 2:
             raise InputError(f"output '{output}' is not a [batch, classes] float output; an "
                              "exported explainer needs one")
-        self.model, self.output = model, output
+        if target_input not in TARGET_INPUTS:
+            raise InputError(f"target_input must be one of {', '.join(TARGET_INPUTS)}, got "
+                             f"'{target_input}'")
+        self.model, self.output, self.target_input = model, output, target_input
         self.proto = onnx.ModelProto()
         self.proto.CopyFrom(model.proto)
         self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export")
@@ -109,18 +113,24 @@ class ExplainerGraph:
         """The explained class per row: the `target` input where it is >= 0, else the
         predicted class (ArgMax of the clean output). Exposed as output `target_used`."""
         b, graph = self.b, self.proto.graph
-        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["rows"]))
-        # An initializer of the same name makes the input optional: [-1] = predicted class.
-        graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
-                                                         TARGET))
-        b.infos[TARGET] = TensorInfo(TensorProto.INT64, ("rows",))
+        optional = self.target_input == "optional"
+        rows = "target_rows" if optional else self.model.inputs[0].dims[0]
+        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [rows]))
+        if optional:
+            # An initializer of the same name makes the input optional: [-1] = predicted
+            # class. Runtimes that cannot feed such inputs (onnxruntime-node) need "required".
+            graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
+                                                             TARGET))
+        b.infos[TARGET] = TensorInfo(TensorProto.INT64, (rows,))
         predicted = b.op("ArgMax", self.output, axis=1, keepdims=0)
         negative = b.op("Less", TARGET, b.const(np.array(0, np.int64)))
         chosen = b.where(negative, predicted, TARGET)  # a [1] default broadcasts over rows
         self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
                      TensorInfo(TensorProto.INT64, ("N",)))
-        self.added[TARGET] = ("int64 [N], optional: class to explain per row; -1 or absent: "
-                              "the predicted class")
+        self.added[TARGET] = ("int64 [N]" + (", optional" if optional else "") +
+                              ": class to explain per row; -1" + (" or absent" if optional
+                                                                   else "") +
+                              ": the predicted class")
         self.chosen = chosen
         return chosen
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -98,9 +101,37 @@ def _unknown(dim: Dim) -> bool:
     return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
+@functools.cache
+def _symbolic_shape_infer():
+    """ONNX Runtime's symbolic_shape_infer module, loaded from its file: importing it the
+    usual way runs onnxruntime/tools/__init__.py, which imports torch when it is installed
+    (2.5 s, and a library that must not depend on torch)."""
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("onnxplain_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.onnx = _OnnxWithoutSaving()
+    return module
+
+
+class _OnnxWithoutSaving:
+    """The onnx module, minus saving: when some shapes stay unknown (custom ops), the tool
+    writes sym_shape_infer_temp.onnx and uuid-named .data files into the current folder,
+    which is the user's."""
+
+    def __getattr__(self, name: str):
+        return getattr(onnx, name)
+
+    @staticmethod
+    def save_model(*args, **kwargs) -> None:
+        del args, kwargs
+
+
 def _symbolic_inference(model: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        SymbolicShapeInference = _symbolic_shape_infer().SymbolicShapeInference  # noqa: N806
 
         # It prints progress and warnings of its own; failures just mean less information.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -199,3 +199,16 @@ def test_cli_export_with_check(tmp_path, digits_path):
         assert bad.stderr.count("\n") == 1
     assert digits_path.read_bytes() == before
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_required_target_is_a_plain_input(digits_path, digits):
+    exported = export_explainer(str(digits_path), "saliency", target_input="required")
+    assert "target" not in {init.name for init in exported.graph.initializer}
+    optional = export_explainer(str(digits_path), "saliency")
+    feeds = {"image": digits, "target": np.array([-1, 2, -1, 4, 5, 6], np.int64)}
+    np.testing.assert_array_equal(_run(exported, feeds)["attribution/image"],
+                                  _run(optional, feeds)["attribution/image"])
+    with pytest.raises(Exception, match="target"):
+        _run(exported, {"image": digits})
+    with pytest.raises(InputError, match="target_input must be one of optional, required"):
+        export_explainer(str(digits_path), "saliency", target_input="maybe")
