@@ -32,10 +32,11 @@ from .local_head import refuse_inputs, write_model
 @click.option("-i", "--input", "inputs", multiple=True,
               help="sample inputs for --check (default: random rows of the declared shape)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
 def export(model: str, method: str, options: tuple[str, ...], output_name: str | None,
            out: str, target_input: str, check: bool, inputs: tuple[str, ...],
-           as_json: bool) -> None:
+           as_json: bool, quiet: bool) -> None:
     """Write MODEL plus METHOD's attributions as one ONNX model (inputs: the original ones
     and an optional `target`; outputs: the original ones, `target_used` and the method's)."""
     from onnxplain.export import export_explainer
@@ -57,6 +58,8 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
                                         output_name)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
+        return
+    if quiet:
         return
     click.echo(f"wrote {out}: {method} baked into the model")
     for name, meaning in summary["added"].items():

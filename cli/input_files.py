@@ -1,4 +1,6 @@
-"""Read `--input` files: `x.npy`, `name=x.npy`, or an `.npz` holding arrays by input name."""
+"""Read `--input` files: `x.npy`, `name=x.npy`, an `.npz` holding arrays by input name, or
+image files (`cat.png`, `name=cat.jpg`; several make a batch), preprocessed as the
+preset next to the model or the input's shape says (cli/presets.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,24 @@ import numpy as np
 
 from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
+from onnxplain.images import is_image_file, load_images
+
+from .presets import ImageSettings, preprocessing_for
 
 
-def read_inputs(model: Model, specs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+def read_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None
+                ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays by input name, and the files they came from."""
     names = [spec.name for spec in model.inputs]
     arrays: dict[str, np.ndarray] = {}
     files: list[str] = []
+    pictures: dict[str, list[str]] = {}
     for spec in specs:
         name, path = _split(spec, names)
         files.append(path)
+        if is_image_file(path):
+            pictures.setdefault(_only_input(name, names), []).append(path)
+            continue
         loaded = _load(path)
         if isinstance(loaded, dict):
             if name is not None:
@@ -30,13 +40,23 @@ def read_inputs(model: Model, specs: tuple[str, ...]) -> tuple[dict[str, np.ndar
                 loaded = {names[0]: loaded["arr_0"]}
             arrays.update(loaded)
             continue
-        if name is None:
-            if len(names) != 1:
-                raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); "
-                                 f"pass each as NAME=FILE or in one .npz")
-            name = names[0]
-        arrays[name] = loaded
+        arrays[_only_input(name, names)] = loaded
+    for name, paths in pictures.items():
+        for path in paths:
+            if not Path(path).is_file():
+                raise InputError(f"input file not found: {path}")
+        prep = preprocessing_for(model, model.input(name), images)
+        arrays[name] = load_images(paths, prep)
     return arrays, files
+
+
+def _only_input(name: str | None, names: list[str]) -> str:
+    if name is not None:
+        return name
+    if len(names) != 1:
+        raise InputError(f"the model has {len(names)} inputs ({', '.join(names)}); "
+                         f"pass each as NAME=FILE or in one .npz")
+    return names[0]
 
 
 def read_array(path: str) -> np.ndarray:
@@ -64,7 +84,8 @@ def _load(path: str) -> np.ndarray | dict[str, np.ndarray]:
         raise InputError(f"input path is a directory: {path}")
     suffix = file.suffix.lower()
     if suffix not in (".npy", ".npz"):
-        raise InputError(f"unsupported input file '{path}': use .npy or .npz arrays")
+        raise InputError(f"unsupported input file '{path}': use .npy or .npz arrays, or "
+                         "image files (PNG, JPEG, ...)")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:

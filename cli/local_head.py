@@ -100,8 +100,9 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
               help="inputs, and labels under 'y' (default: the model's predictions)")
 @click.option("--provider", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
-def evaluate(model: str, data: str, provider: str, as_json: bool) -> None:
+def evaluate(model: str, data: str, provider: str, as_json: bool, quiet: bool) -> None:
     """Accuracy, rejection rate and the confusion of rejected inputs of a head model."""
     from onnxplain.graph.model import Model
     from onnxplain.local.report import evaluate_head
@@ -111,6 +112,8 @@ def evaluate(model: str, data: str, provider: str, as_json: bool) -> None:
     result = evaluate_head(loaded, inputs, labels, providers=provider)
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        return
+    if quiet:
         return
     click.echo(f"{result['rows']} rows (truth: {result['truth']}), epsilon "
                f"{result['epsilon']:.4g}")
@@ -137,8 +140,10 @@ def evaluate(model: str, data: str, provider: str, as_json: bool) -> None:
               help="FILE.npy, NAME=FILE.npy, or an .npz with arrays by input name")
 @click.option("--provider", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
-def explain(model: str, inputs: tuple[str, ...], provider: str, as_json: bool) -> None:
+def explain(model: str, inputs: tuple[str, ...], provider: str, as_json: bool,
+            quiet: bool) -> None:
     """Prototype explanation: the centers that fired most for each row, and the training
     rows they were drawn from."""
     from onnxplain.graph.model import Model
@@ -149,6 +154,8 @@ def explain(model: str, inputs: tuple[str, ...], provider: str, as_json: bool) -
     rows = explain_prototypes(loaded, arrays, providers=provider)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        return
+    if quiet:
         return
     for row in rows:
         verdict = "REJECTED" if row["rejected"] else f"class {row['predicted']}"

@@ -12,6 +12,7 @@ from onnxplain.errors import InputError
 from .errors import friendly, one_line
 from .export import export
 from .local_head import local_head
+from .presets import image_options
 
 
 class OneLineErrors(click.Group):
@@ -46,8 +47,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
 @friendly
-def methods(as_json: bool) -> None:
+def methods(as_json: bool, quiet: bool) -> None:
     """List the attribution methods with their defaults."""
     from onnxplain.methods import METHODS
 
@@ -59,6 +61,8 @@ def methods(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if quiet:
+        return
     width = max(len(row["name"]) for row in rows) + 1
     for row in rows:
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "none"
@@ -69,8 +73,9 @@ def methods(as_json: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="only check that MODEL loads (errors only)")
 @friendly
-def inspect(model: str, as_json: bool) -> None:
+def inspect(model: str, as_json: bool, quiet: bool) -> None:
     """Inputs, outputs, opsets, ops, gaps in backward rules and candidate layers of MODEL."""
     from onnxplain.graph.inspect import describe_model
     from onnxplain.graph.model import Model
@@ -80,14 +85,15 @@ def inspect(model: str, as_json: bool) -> None:
     description = describe_model(Model.load(model))
     if as_json:
         click.echo(json.dumps(description, indent=2, default=str))
-    else:
+    elif not quiet:
         print_description(description)
 
 
 @main.command()
 @click.argument("model")
 @click.option("-i", "--input", "inputs", multiple=True, required=True,
-              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+              help="x.npy, NAME=x.npy, an .npz with one array per input name, or image "
+                   "files (several make a batch)")
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @click.option("-t", "--target", default=None,
@@ -112,11 +118,12 @@ def inspect(model: str, as_json: bool) -> None:
                    "tokenizer.json (default: the ids)")
 @click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@image_options
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
             output_name: str | None, output_seed: str | None, attribute_at: tuple[str, ...],
             out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
-            vocab: str | None, as_json: bool, quiet: bool) -> None:
+            vocab: str | None, as_json: bool, quiet: bool, image_settings) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
@@ -131,7 +138,7 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     explainer = Explainer(model, providers=provider, output=output_name,
                           attribute_at=_pairs(attribute_at, "--attribute-at"),
                           progress=not (quiet or as_json))
-    arrays, files = read_inputs(explainer.model, inputs)
+    arrays, files = read_inputs(explainer.model, inputs, image_settings)
     if vocab is not None:
         files.append(vocab)
     seed = None

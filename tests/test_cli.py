@@ -240,3 +240,19 @@ def test_every_method_runs_from_the_cli(tmp_path, digits_path, method, options):
     if method == "integrated_gradients":
         assert summary["options"]["rule"] == "riemann_middle"
         assert len(summary["extras"]["convergence_delta"]) == 2
+
+
+def test_every_command_takes_quiet_and_json():
+    """The issue's promise for the command line: -q and --json on every command."""
+    import click
+
+    def commands(group, prefix=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, (*prefix, name))
+            else:
+                yield (*prefix, name), command
+
+    for path, command in commands(main):
+        flags = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        assert {"-q", "--json"} <= flags, f"onnxplain {' '.join(path)} lacks -q or --json"
