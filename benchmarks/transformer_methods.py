@@ -2,6 +2,7 @@
 configuration (batch 8, sequence 128, CPU), in one process.
 
     python benchmarks/transformer_methods.py [--model sentiment_bert] [--repeats 5]
+        [--methods transformer_attribution,rollout]
 
 Prints, per method, the median of per-repeat ratios of Explainer.explain time to the time of
 one ONNX Runtime forward of the original model on the same batch. Targets: rollout <= 1.3;
@@ -55,18 +56,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated methods to time (default: all)")
     args = parser.parse_args()
+    methods = {name: METHODS[name] for name in args.methods.split(",") if name}
     explainer = onnxplain.Explainer(model_zoo.model_path(args.model), providers="cpu")
     feeds = batch(explainer, args.rows, args.length)
     forward = Session(explainer.model.proto, explainer.providers)
     runs = {"forward": partial(forward.run, None, feeds)}
-    for method in METHODS:
+    for method in methods:
         runs[method] = partial(explainer.explain, feeds, method)
     times = interleaved_times(runs, args.repeats)
     base = statistics.median(times["forward"])
     print(f"{args.model}, batch {args.rows}, sequence {args.length}, CPU: forward "
           f"{base * 1e3:.1f} ms (median of {args.repeats})")
-    for method, target in METHODS.items():
+    for method, target in methods.items():
         ratio = median_ratio(times[method], times["forward"])
         goal = f" (target <= {target})" if target else ""
         verdict = "" if target is None else ("  met" if ratio <= target else "  NOT MET")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,21 @@ from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, prepare_target
 from .runtime.batching import rows_per_run
 from .runtime.session import Session
+
+# A gradient program built for the exact feed shapes has every dim static, so the runtime
+# shape work symbolic dims need (broadcast checks, shape arithmetic, no-op reductions) goes:
+# 10-20% faster on a small BERT. Each shape costs a build and a session, so only the first
+# few shapes of a program are specialised (the others run the generic one), and not on
+# models big enough for a second copy of the weights to matter.
+SPECIALISED_SHAPES = 3
+SPECIALISE_MAX_BYTES = 1 << 29
+# Fusions ONNX Runtime applies only once shapes are static. SkipLayerNormalization rounds
+# the residual sum and normalisation differently from the model's own forward, and LRP
+# amplifies that on sums that nearly cancel: keep the generic program's numbers.
+STATIC_ONLY_FUSIONS = ("SkipLayerNormFusion",)
+
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+Built = tuple[GradientProgram, Session]
 
 
 class BatchNotice(UserWarning):
@@ -64,7 +79,10 @@ class Engine:
         self.sources = list(sources)
         self.optimization = optimization
         self.memory_budget_mb = memory_budget_mb
-        self._programs: dict[tuple, tuple[GradientProgram, Session]] = {}
+        self._programs: dict[tuple, Built] = {}
+        self._specialised: dict[tuple, dict[ShapeKey, Built | None]] = {}
+        self._input_names = frozenset(spec.name for spec in model.inputs)
+        self._small: bool | None = None
         self._forward: dict[tuple, Session] = {}
         self._noticed = False
         self._chunk: int | None = None
@@ -101,9 +119,11 @@ class Engine:
         seed = target.values if isinstance(target, OutputSeed) else None
         if seed is not None:
             target = None
-        program, session = self.program(wrt, rules, seed is not None, tuple(taps),
-                                        tuple(passes), post, tuple(active_from))
+        spec = (wrt, rules, seed is not None, tuple(taps), tuple(passes), post,
+                tuple(active_from))
         rows = batch_size_of(feeds)
+        first = next(self._chunks(dict(feeds), {}, rows))[0]
+        program, _ = self.program(*spec, shapes=self._shape_key(first))
         extra: dict[str, np.ndarray] = {}
         if program.target_input:
             extra[program.target_input] = prepare_target(target, rows, self.static_classes())
@@ -111,13 +131,18 @@ class Engine:
             raise InputError(f"output '{self.output}' has no class axis; leave target unset")
         if program.seed_input:
             extra[program.seed_input] = seed
+        # Output names do not depend on the shapes a program was specialised to.
         names = [o.name for o in self.model.outputs] + list(program.grads.values())
         if program.target_output:
             names.append(program.target_output)
         names += [t for t in program.taps if t not in names]
         extra_names = [o for grads in program.passes.values() for o in grads.values()]
         names += extra_names + list(program.post.values())
-        results = self._run_rows(session, names, dict(feeds), extra, rows)
+
+        def session_for(chunk: Mapping[str, np.ndarray]) -> Session:
+            return self.program(*spec, shapes=self._shape_key(chunk))[1]
+
+        results = self._run_rows(session_for, names, dict(feeds), extra, rows)
         used = results.get(program.target_output) if program.target_output else None
         if used is not None and target is not None:
             check_target_range(used, results[self.output].shape[1])
@@ -151,23 +176,79 @@ class Engine:
         session = self._forward[key]
         # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only.
         names = [n for n in session.output_names if n not in self._non_tensor_outputs]
-        return self._run_rows(session, names, dict(feeds), {}, batch_size_of(feeds))
+        return self._run_rows(lambda _: session, names, dict(feeds), {}, batch_size_of(feeds))
 
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
                 taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),
-                post: Post | None = None, active_from: tuple[str, ...] = ()
-                ) -> tuple[GradientProgram, Session]:
-        """The rewritten model for these gradients and its cached session (built once)."""
+                post: Post | None = None, active_from: tuple[str, ...] = (),
+                shapes: ShapeKey | None = None) -> Built:
+        """The rewritten model for these gradients and its cached session (built once), or
+        one specialised to the input `shapes` where that is allowed."""
         key = (self.output, wrt, rules.name, seeded, taps,
                tuple((p.label, p.rules.name, p.wrt, p.active_from) for p in passes),
                post.key if post is not None else None, active_from)
-        if key not in self._programs:
-            program = build_gradient_program(self.model, self.output, wrt, rules=rules,
+
+        def build(model: Model, disabled: tuple[str, ...] = ()) -> Built:
+            program = build_gradient_program(model, self.output, wrt, rules=rules,
                                              seeded=seeded, taps=taps, passes=passes,
                                              post=post, active_from=active_from)
-            self._programs[key] = (program, Session(program.model, self.providers,
-                                                    self.optimization))
+            return program, Session(program.model, self.providers, self.optimization,
+                                    disabled)
+
+        if shapes is not None:
+            specialised = self._specialised_program(key, shapes, build)
+            if specialised is not None:
+                return specialised
+        if key not in self._programs:
+            self._programs[key] = build(self.model)
         return self._programs[key]
+
+    def _specialised_program(self, key: tuple, shapes: ShapeKey,
+                             build: Callable[[Model, tuple[str, ...]], Built]
+                             ) -> Built | None:
+        """The program for `key` built for these input shapes (None: use the generic one)."""
+        variants = self._specialised.setdefault(key, {})
+        if shapes not in variants:
+            if len(variants) >= SPECIALISED_SHAPES or not self._small_enough():
+                return None
+            model = self._static_model(shapes)
+            variants[shapes] = None
+            if model is not None:
+                try:
+                    variants[shapes] = build(model, STATIC_ONLY_FUSIONS)
+                except Exception:  # noqa: BLE001 - the generic program reports real errors
+                    variants[shapes] = None
+        return variants[shapes]
+
+    def _small_enough(self) -> bool:
+        if self._small is None:
+            self._small = self.model.proto.ByteSize() <= SPECIALISE_MAX_BYTES
+        return self._small
+
+    def _static_model(self, shapes: ShapeKey) -> Model | None:
+        """A copy of the model whose inputs are declared with these shapes (None: they are
+        declared so already, or an input's declared rank differs and the run would fail)."""
+        fixed = dict(shapes)
+        declared = {spec.name: spec.dims for spec in self.model.inputs if spec.name in fixed}
+        if any(dims is None or len(dims) != len(fixed[name])
+               for name, dims in declared.items()):
+            return None
+        if all(tuple(dims) == fixed[name] for name, dims in declared.items()):
+            return None
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.model.proto)
+        for value in proto.graph.input:
+            if value.name in declared:
+                for dim, size in zip(value.type.tensor_type.shape.dim, fixed[value.name],
+                                     strict=True):
+                    dim.Clear()
+                    dim.dim_value = size
+        return Model(proto, self.model.path)
+
+    def _shape_key(self, chunk: Mapping[str, np.ndarray]) -> ShapeKey:
+        """The shapes of the model's inputs in one run."""
+        return tuple(sorted((name, tuple(int(d) for d in value.shape))
+                            for name, value in chunk.items() if name in self._input_names))
 
     def rows_per_run(self, feeds: Mapping[str, np.ndarray]) -> int:
         """Rows one gradient run may take: the user's batch size, else the memory budget's."""
@@ -209,14 +290,22 @@ class Engine:
         for start in range(0, max(rows, 1), step):
             yield slice(start, min(start + step, rows)), fixed or 0
 
-    def _run_rows(self, session: Session, names: list[str], feeds: dict[str, np.ndarray],
-                  extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    def _chunks(self, feeds: dict[str, np.ndarray], extra: dict[str, np.ndarray], rows: int
+                ) -> Iterator[tuple[dict[str, np.ndarray], int, int]]:
+        """(inputs of one run, rows of it that are real, batch size padded to or 0)."""
         for rows_slice, pad_to in self._row_chunks(rows, feeds):
             chunk = {k: v[rows_slice] for k, v in {**feeds, **extra}.items()}
             taken = next(iter(chunk.values())).shape[0] if chunk else 0
             if pad_to and taken < pad_to:
                 chunk = {k: _pad_rows(v, pad_to) for k, v in chunk.items()}
+            yield chunk, taken, pad_to
+
+    def _run_rows(self, session_for: Callable[[Mapping[str, np.ndarray]], Session],
+                  names: list[str], feeds: dict[str, np.ndarray],
+                  extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
+            session = session_for(chunk)
             out = session.run(names, chunk)
             self._last_providers = session.providers
             for name in names:

@@ -20,7 +20,7 @@ from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
-from .build import add_gradients
+from .build import add_gradients, node_inputs
 from .registry import GRADIENT, RuleSet
 
 TARGET_INPUT = "onnxplain/target"
@@ -108,7 +108,24 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
                         for label, tensor in post.emit(b, computed).items()}
     append_outputs(proto.graph, b.infos, list(taps))
     program.taps = list(taps)
+    _drop_unread(proto.graph, len(model.proto.graph.node))
     return program
+
+
+def _drop_unread(graph: onnx.GraphProto, start: int) -> None:
+    """Remove the nodes from index `start` on whose outputs nothing reads: rules emit every
+    active input's share, also where no later node asks for it (ONNX Runtime runs them)."""
+    read = {output.name for output in graph.output}
+    keep = []
+    for index in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[index]
+        if index < start or any(out in read for out in node.output if out):
+            read.update(node_inputs(node))
+            keep.append(node)
+    if len(keep) < len(graph.node):
+        kept = list(reversed(keep))
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:

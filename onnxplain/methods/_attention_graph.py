@@ -33,11 +33,37 @@ def _first_row(b: GraphBuilder, matrix: str, query: int | None) -> str:
     return b.unsqueeze(row, [0])
 
 
+def _unit_row(b: GraphBuilder, a: str, query: int) -> str:
+    """[1, 1, S]: e_q, sized from an attention map [N, H, S, S]."""
+    first = b.op("Gather", b.op("Gather", a, b.ints([0]), axis=0), b.ints([0]), axis=1)
+    eye = b.op("EyeLike", b.squeeze(first, [0, 1]))
+    return b.unsqueeze(b.op("Gather", eye, b.ints([query]), axis=0), [0])
+
+
+def _query_rows(b: GraphBuilder, a: str, grads: Mapping[str, Mapping[str, str]],
+                query: int) -> tuple[str, dict[str, dict[str, str]]]:
+    """Row `query` of a map ([N, H, 1, S]) and the same rows of its gradients, keyed as a
+    weighting looks them up."""
+    def row(x: str) -> str:
+        return b.op("Gather", x, b.ints([query]), axis=2)
+    sliced = row(a)
+    return sliced, {label: {sliced: row(found[a])} if a in found else {}
+                    for label, found in grads.items()}
+
+
 def _normalised_step(b: GraphBuilder, v: str, m: str) -> str:
     """v^T normalise_rows(I + M) = w^T M + w with w = v / rowsum(I + M)."""
     sums = b.op("Add", b.reduce("ReduceSum", m, [-1], keepdims=False), b.scalar(1.0, m))
     w = b.op("Div", v, b.unsqueeze(sums, [1]))
     return b.op("Add", b.op("MatMul", w, m), w)
+
+
+def _normalised_first(b: GraphBuilder, e: str, m: str) -> str:
+    """_normalised_step for v = e_q given only row q of M ([N, 1, S]): w_q M[q] + w, with
+    w_q = 1 / rowsum_q as the full step computes it."""
+    sums = b.op("Add", b.reduce("ReduceSum", m, [-1], keepdims=True), b.scalar(1.0, m))
+    w = b.op("Div", e, sums)
+    return b.op("Add", b.op("Mul", b.op("Div", b.scalar(1.0, m), sums), m), w)
 
 
 STEPS: dict[str, Callable[[GraphBuilder, str, str], str]] = {
@@ -48,6 +74,12 @@ STEPS: dict[str, Callable[[GraphBuilder, str, str], str]] = {
     # A plain product of the M_l.
     "product": lambda b, v, m: b.op("MatMul", v, m),
 }
+# The same steps for v = e_q given row q of M_l alone (the last layer: only that row is read).
+FIRST_STEPS: dict[str, Callable[[GraphBuilder, str, str], str]] = {
+    "rollout": _normalised_first,
+    "accumulate": lambda b, e, m: b.op("Add", e, m),
+    "product": lambda b, e, m: m,
+}
 
 
 def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting, step: str,
@@ -55,8 +87,14 @@ def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting,
     """Post computing row `query` of X_L ... X_start, X_l = STEPS[step] applied to
     M_l = weighting(layer l): [N, S] scores under the label ROW."""
     def emit(b: GraphBuilder, grads: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-        matrices = [weighting(b, a, grads) for a in maps[start:]]
-        v = _first_row(b, matrices[-1], query)
+        matrices = [weighting(b, a, grads) for a in maps[start:-1]]
+        if query is None:
+            matrices.append(weighting(b, maps[-1], grads))
+            v = _first_row(b, matrices[-1], query)
+        else:
+            # The last layer's matrix is read at row q only: weigh just that row.
+            row, view = _query_rows(b, maps[-1], grads, query)
+            v = FIRST_STEPS[step](b, _unit_row(b, maps[-1], query), weighting(b, row, view))
         for m in reversed(matrices):
             v = STEPS[step](b, v, m)
         return {ROW: b.squeeze(v, [1])}

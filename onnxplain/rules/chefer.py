@@ -108,9 +108,12 @@ def _halved(c: NodeContext, r: str) -> list[Grad]:
 
 
 def _smaller_than_operands(b: GraphBuilder, y: str, x: str) -> bool:
-    """Whether y's last axis is a fixed size where x's is symbolic (as a head size against a
-    sequence length), so elementwise work on y is the cheaper."""
+    """Whether y's last axis is smaller than x's: a fixed size where x's is symbolic (as a
+    head size against a sequence length), or both fixed (programs built for static shapes),
+    so elementwise work on y is the cheaper."""
     last_y, last_x = (b.info(name).shape[-1] if b.info(name).shape else None for name in (y, x))
+    if isinstance(last_y, int) and isinstance(last_x, int):
+        return last_y < last_x
     return isinstance(last_y, int) and not isinstance(last_x, int)
 
 

@@ -51,7 +51,8 @@ class Session:
     """One InferenceSession over a (rewritten) model, with the providers it really got."""
 
     def __init__(self, model: onnx.ModelProto, providers: Sequence[str],
-                 optimization: str = "all"):
+                 optimization: str = "all", disabled: Sequence[str] = ()):
+        """`disabled` names ONNX Runtime graph optimisers not to apply."""
         self.requested = list(providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -65,7 +66,9 @@ class Session:
         # fallback is reported through `providers`, so keep the console quiet meanwhile.
         ort.set_default_logger_severity(4)
         try:
-            self._session = ort.InferenceSession(source, options, providers=self.requested)
+            extra = {"disabled_optimizers": list(disabled)} if disabled else {}
+            self._session = ort.InferenceSession(source, options, providers=self.requested,
+                                                 **extra)
         except Exception as err:  # noqa: BLE001 - ORT raises several untyped errors
             raise OnnxplainError(f"ONNX Runtime could not load the model: {_short(err)}") from None
         finally:
