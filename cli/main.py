@@ -10,9 +10,11 @@ import click
 from onnxplain.errors import InputError
 
 from .errors import friendly, one_line
+from .evaluate import evaluate
 from .export import export
 from .local_head import local_head
 from .presets import image_options
+from .report_command import report
 
 
 class OneLineErrors(click.Group):
@@ -190,6 +192,8 @@ def _pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 
 main.add_command(local_head)
 main.add_command(export)
+main.add_command(evaluate)
+main.add_command(report)
 
 
 if __name__ == "__main__":

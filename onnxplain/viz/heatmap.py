@@ -39,13 +39,22 @@ def spatial_map(attribution: np.ndarray, layout: str, signed: bool = False) -> n
     return values.sum(axis=axis)
 
 
-def colorize(values: np.ndarray, signed: bool = False, clip_percentile: float = 99.5
-             ) -> np.ndarray:
-    """[H, W] floats to [H, W, 3] uint8, scaled by a high percentile so outliers don't wash out.
+def colour_scale(values: np.ndarray, clip_percentile: float = 99.5) -> float:
+    """The |value| drawn at full colour: a high percentile, so outliers don't wash out."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    scale = float(np.percentile(np.abs(values), clip_percentile)) if values.size else 0.0
+    return scale if scale > 0 else float(np.abs(values).max() if values.size else 0.0) or 1.0
+
+
+def colorize(values: np.ndarray, signed: bool = False, clip_percentile: float = 99.5,
+             scale: float | None = None) -> np.ndarray:
+    """[H, W] floats to [H, W, 3] uint8, divided by `scale` (default: colour_scale(values)).
+
+    Pass one `scale` to draw several maps (the parts of a signed map) comparably.
     """
     values = np.nan_to_num(np.asarray(values, dtype=np.float64))
-    scale = np.percentile(np.abs(values), clip_percentile) if values.size else 0.0
-    scale = scale if scale > 0 else (np.abs(values).max() or 1.0)
+    if scale is None or not scale > 0:
+        scale = colour_scale(values, clip_percentile)
     if signed:
         position = (np.clip(values / scale, -1, 1) + 1) / 2
         anchors = _DIVERGING

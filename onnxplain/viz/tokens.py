@@ -34,6 +34,21 @@ def token_html(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None
     where `mask` is 0 (padding) are left out; a WordPiece continuation ('##ing') is drawn
     joined to the token before it, without its '##', and keeps its own score.
     """
+    spans, scale = token_spans(tokens, scores, mask=mask, signed=signed)
+    heading = f"<h1>{escape(title)}</h1>\n" if title else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{escape(title or 'Token attributions')}</title>\n"
+        f"<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{heading}"
+        f"<div class=\"tokens\">{spans}</div>\n{token_legend(scale, signed)}\n"
+        "</body>\n</html>\n"
+    )
+
+
+def token_spans(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None = None,
+                signed: bool = True) -> tuple[str, float]:
+    """The coloured spans of token_html (an HTML fragment, for embedding in other pages) and
+    the scale (largest finite |score| shown) their colour strength was divided by."""
     values, shown = _row(tokens, scores, mask)
     alphas, scale = _alphas(values[shown])
     spans: list[str] = []
@@ -44,14 +59,7 @@ def token_html(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None
         colour = POSITIVE_RGB if values[index] >= 0 or not signed else NEGATIVE_RGB
         spans.append(("" if joined or not spans else " ") + _span(text, values[index], colour,
                                                                   alpha))
-    heading = f"<h1>{escape(title)}</h1>\n" if title else ""
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape(title or 'Token attributions')}</title>\n"
-        f"<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{heading}"
-        f"<div class=\"tokens\">{''.join(spans)}</div>\n{_legend(scale, signed)}\n"
-        "</body>\n</html>\n"
-    )
+    return "".join(spans), scale
 
 
 def token_scores_json(tokens: list[str], scores: np.ndarray, mask: np.ndarray | None = None
@@ -117,7 +125,8 @@ def _span(text: str, value: np.floating, colour: tuple[int, int, int], alpha: fl
             f"{escape(text)}</span>")
 
 
-def _legend(scale: float, signed: bool) -> str:
+def token_legend(scale: float, signed: bool) -> str:
+    """The colour key of token_spans: what red and blue mean, and the scale."""
     def swatch(colour: tuple[int, int, int]) -> str:
         return f'<span class="swatch" style="background-color: rgb{colour}"></span>'
 

@@ -1,0 +1,124 @@
+"""`onnxplain evaluate`: explain MODEL on the inputs, then score the explanation with the
+faithfulness and sanity metrics, each beside the same score for random attributions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .errors import friendly
+
+DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
+
+
+@click.command("evaluate")
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+@click.option("-m", "--method", default="saliency", show_default=True,
+              help="attribution method (see `onnxplain methods`)")
+@click.option("-t", "--target", default=None,
+              help="class index, or one per row separated by commas (default: predicted)")
+@click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="method option, e.g. -O n_steps=32 or -O baseline=@ref.npy (repeatable)")
+@click.option("--metrics", "metric_names", default=DEFAULT_METRICS, show_default=True,
+              help="comma-separated metrics to compute")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="points of the deletion, insertion and pixel-flipping curves")
+@click.option("--baseline-value", type=float, default=0.0, show_default=True,
+              help="value removed features take (token inputs: a token id)")
+@click.option("--features", default="auto", show_default=True,
+              help="what is removed together: auto, pixels, grid, superpixels, tokens, "
+                   "columns, or @mask.npy (integer ids shaped like one row)")
+@click.option("--cell", type=click.IntRange(min=0), default=0, show_default=True,
+              help="grid cell size in pixels (0: 8 cells per side)")
+@click.option("--probability", is_flag=True,
+              help="score the softmax probability of the target (as RISE) instead of the "
+                   "explained logit")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="randomise only the top N weighted layers (default: all)")
+@click.option("--draws", type=click.IntRange(min=0), default=3, show_default=True,
+              help="random attributions averaged for each random baseline")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="seed of the random attributions and the randomised weights")
+@click.option("--output", "output_name", default=None, help="model output to explain")
+@click.option("--provider", default="auto", show_default=True,
+              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="rows per run (default: by the memory budget)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable scores on stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@friendly
+def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | None,
+             options: tuple[str, ...], metric_names: str, steps: int, baseline_value: float,
+             features: str, cell: int, probability: bool, layers: int | None, draws: int,
+             seed: int, output_name: str | None, provider: str, batch_size: int | None,
+             as_json: bool, quiet: bool) -> None:
+    """Score MODEL's explanation of the inputs: deletion and insertion AUC, MoRF and LeRF
+    AOPC, completeness error, parameter-randomisation correlation."""
+    from onnxplain import Explainer
+    from onnxplain.metrics import evaluate as evaluate_scores
+    from onnxplain.metrics import resolve_metrics
+
+    from .input_files import read_array, read_inputs
+    from .main import _pairs, _targets
+
+    names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
+    explainer = Explainer(model, providers=provider, output=output_name,
+                          progress=not (quiet or as_json))
+    arrays, _ = read_inputs(explainer.model, inputs)
+    method_options = _pairs(options, "--option")
+    for key, value in method_options.items():
+        if value.startswith("@"):  # -O baseline=@ref.npy passes an array
+            method_options[key] = read_array(value[1:])
+    mask = read_array(features[1:]) if features.startswith("@") else features
+    attribution = explainer.explain(arrays, method=method, target=_targets(target),
+                                    batch_size=batch_size, **method_options)
+    scores = evaluate_scores(explainer, arrays, attribution, names, steps=steps,
+                             baseline_value=baseline_value, features=mask, cell=cell,
+                             probability=probability, random_draws=draws, seed=seed,
+                             layers=layers, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(scores, indent=2))
+    elif not quiet:
+        for line in describe(scores, model):
+            click.echo(line)
+
+
+def describe(scores: dict, model: str) -> list[str]:
+    """The scores as a table: metric, score, random baseline, which direction is better."""
+    settings = scores["settings"]
+    lines = [f"{scores['method']} on {model}: {scores['rows']} rows of '{scores['input']}', "
+             f"features {settings['features']}, {settings['steps']} steps, baseline "
+             f"{settings['baseline_value']:g}, random baseline of {settings['random_draws']} "
+             f"draws (seed {settings['seed']})",
+             f"  {'metric':44s} {'score':>11s} {'random':>11s}  better"]
+    for name, entry in scores["metrics"].items():
+        if name == "completeness" and not entry.get("available"):
+            lines.append(f"  {entry['label']:44s} {'n/a':>11s} {'-':>11s}  "
+                         f"({scores['method']} reports no completeness error)")
+            continue
+        lines.append(_row(entry["label"], entry))
+        if name == "completeness":
+            lines.append(_row(entry["relative"]["label"], entry["relative"]))
+        if name == "randomization":
+            lines.append(_row("  fully randomised", {"mean": entry["last"], "random": None,
+                                                      "better": entry["better"]}))
+            how = "cumulative" if entry["order"] == "cascading" else "one at a time"
+            lines.append(f"    per layer (randomised top first, {how}):")
+            for layer in entry["layers"]:
+                lines.append(f"    {_number(layer['mean']):>11s}  {layer['node']} "
+                             f"({layer['op_type']})")
+    return lines
+
+
+def _row(label: str, entry: dict) -> str:
+    return (f"  {label:44s} {_number(entry['mean']):>11s} {_number(entry['random']):>11s}  "
+            f"{entry['better']}").rstrip()
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}"

@@ -1,0 +1,139 @@
+"""`onnxplain report`: one self-contained HTML page comparing attribution methods."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from onnxplain.errors import InputError
+
+from .errors import friendly
+
+# Faithfulness metrics the report asks onnxplain.metrics for (the cheap, readable ones).
+REPORT_METRICS = ("deletion", "insertion")
+
+
+@click.command("report")
+@click.argument("model")
+@click.option("-i", "--input", "inputs", multiple=True, required=True,
+              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+@click.option("-m", "--methods", default=None,
+              help="comma-separated methods (default: chosen from the model, e.g. "
+                   "saliency,integrated_gradients,grad_cam for a CNN)")
+@click.option("-t", "--target", default=None,
+              help="class index, or one per row separated by commas (default: predicted)")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="classes listed per row")
+@click.option("--labels", default=None, metavar="FILE", help="class names, one per line")
+@click.option("--vocab", default=None, metavar="FILE",
+              help="token strings for token-id inputs: vocab.txt, vocab.json or tokenizer.json")
+@click.option("-o", "--out", default="onnxplain_report", show_default=True,
+              help="folder for index.html, report.json and the PNG pictures")
+@click.option("-O", "--option", "options", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="option of one method, e.g. -O integrated_gradients.n_steps=16 or "
+                   "-O rise.baseline=@ref.npy (repeatable)")
+@click.option("--provider", default="auto", show_default=True,
+              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@click.option("--no-scores", is_flag=True,
+              help="skip the faithfulness scores (onnxplain.metrics), which cost extra runs")
+@click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@friendly
+def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
+           top_k: int, labels: str | None, vocab: str | None, out: str,
+           options: tuple[str, ...], provider: str, no_scores: bool, as_json: bool,
+           quiet: bool) -> None:
+    """Explain MODEL with several methods; write one self-contained index.html comparing
+    them (heatmaps or token highlighting, runtimes, scores), report.json and PNGs."""
+    from onnxplain import Explainer
+    from onnxplain.viz.report import build_report, load_labels
+    from onnxplain.viz.report_files import check_folder, write_report
+
+    from .input_files import read_array, read_inputs
+
+    names = _method_list(methods)
+    class_names = load_labels(labels) if labels is not None else None
+    vocabulary = None
+    if vocab is not None:
+        from onnxplain.vocab import load_vocabulary
+
+        vocabulary = load_vocabulary(vocab)
+    explainer = Explainer(model, providers=provider, progress=not (quiet or as_json))
+    arrays, files = read_inputs(explainer.model, inputs)
+    files += [path for path in (labels, vocab) if path is not None]
+    per_method = _method_options(options)
+    for values in per_method.values():
+        for key, value in values.items():
+            if isinstance(value, str) and value.startswith("@"):  # an array from a file
+                values[key] = read_array(value[1:])
+                files.append(value[1:])
+    check_folder(out, [model, *files])
+    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
+    built = build_report(explainer, arrays, names, target=_targets(target), top_k=top_k,
+                         labels=class_names, vocabulary=vocabulary, options=per_method,
+                         score=None if no_scores else metrics_scorer(), progress=say)
+    written = write_report(built, out, protected=[model, *files])
+    if as_json:  # the file just written, so stdout and report.json cannot differ
+        click.echo(json.dumps(json.loads(Path(out, "report.json").read_text()), indent=2))
+    elif not quiet:
+        click.echo(f"wrote {len(written)} files to {out}/: open {out}/index.html")
+
+
+def metrics_scorer() -> Callable:
+    """onnxplain.metrics.evaluate as the report's scorer: per row, each metric beside the
+    same metric for random attributions."""
+    from onnxplain import metrics
+
+    def score(explainer, feeds, attribution) -> dict:
+        return flatten_scores(metrics.evaluate(explainer, feeds, attribution,
+                                               metrics=REPORT_METRICS))
+
+    return score
+
+
+def flatten_scores(found: dict) -> dict:
+    """{label: per-row values, label (random): per-row values} from an evaluate() result."""
+    flat = {}
+    for name, entry in found["metrics"].items():
+        label = entry.get("label") or name
+        for key, suffix in (("per_row", ""), ("random_per_row", " (random)")):
+            if entry.get(key) is not None:
+                flat[label + suffix] = entry[key]
+    return flat
+
+
+def _method_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise InputError("--methods is empty; give method names separated by commas")
+    return names
+
+
+def _method_options(pairs: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise InputError(f"--option '{pair}' is not METHOD.KEY=VALUE "
+                             "(e.g. integrated_gradients.n_steps=16)")
+        found.setdefault(method, {})[name] = value
+    return found
+
+
+def _targets(text: str | None) -> int | list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--target '{text}' is not a class index or a comma-separated list "
+                         "of them") from None
+    if not values:
+        raise InputError("--target is empty")
+    return values[0] if len(values) == 1 else values

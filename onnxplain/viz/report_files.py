@@ -1,0 +1,192 @@
+"""A report's files: one PNG per picture, report.json with every number, and index.html."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from ..files import atomic_write, save_json
+from .heatmap import image_layout, spatial_map
+from .overlay import enlarge, heatmap_parts, input_image
+from .report import Report, input_kind
+from .tokens import token_scores_json
+
+MAX_ROWS = 64  # rows drawn (pictures, HTML); report.json keeps the numbers of every row
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One PNG of the report: an input row, or one part of a method's heatmap."""
+
+    row: int
+    method: str  # "" for the input itself
+    input: str
+    part: str  # "input", "both", "positive", "negative" (signed maps) or "magnitude"
+    file: str
+    png: bytes
+
+
+PictureKey = tuple[int, str, str, str]
+
+
+def render_pictures(report: Report) -> dict[PictureKey, Picture]:
+    """Every picture, keyed (row, method, input, part); heatmaps have their input's size."""
+    pictures: dict[PictureKey, Picture] = {}
+
+    def add(row: int, method: str, name: str, part: str, image) -> None:
+        stem = f"r{row}_{safe_name(method or 'input')}_{safe_name(name)}"
+        suffix = "" if part in ("input", "both", "magnitude") else f"_{part}"
+        pictures[row, method, name, part] = Picture(row, method, name, part,
+                                                    f"{stem}{suffix}.png", _png(image))
+
+    for name, values in report.feeds.items():
+        if input_kind(values) != "image":
+            continue
+        layout = image_layout(values.shape)
+        for row in range(min(report.rows, MAX_ROWS)):
+            base = enlarge(input_image(values[row]))
+            add(row, "", name, "input", base)
+            for result in report.results:
+                attribution = result.attribution
+                scores = None if attribution is None else attribution.attributions.get(name)
+                if scores is None or scores.shape != values.shape:
+                    continue
+                flat = spatial_map(scores[row], layout, attribution.signed)
+                for part, heat in heatmap_parts(flat, attribution.signed).items():
+                    add(row, result.method, name, part, heat.resize(base.size, Image.NEAREST))
+    return pictures
+
+
+def report_json(report: Report, pictures: Mapping[PictureKey, Picture]) -> dict:
+    """Every number of the report as plain JSON (NaN and infinities become null)."""
+    rows = []
+    for row in range(report.rows):
+        out = report.scores_out[row]
+        rows.append({"row": row,
+                     "predicted_class": int(np.argmax(out)) if out.ndim == 1 and out.size > 1
+                     else None,
+                     "output": jsonable(out),
+                     "top_k": report.top_k[row],
+                     "input_files": _files(pictures, row, "")})
+    methods = {}
+    for result in report.results:
+        entry: dict = {"family": result.family, "status": result.status, "note": result.note}
+        attribution = result.attribution
+        if attribution is not None:
+            summary = attribution.summary()
+            entry.update({key: summary[key] for key in ("runtime_s", "signed", "target",
+                                                        "predicted_class", "objective")})
+            entry["summary"] = summary
+            entry["files"] = [_files(pictures, row, result.method)
+                              for row in range(min(report.rows, MAX_ROWS))]
+            entry["tokens"] = token_views(report, attribution)
+        entry["scores"] = jsonable(result.scores)
+        entry["score_note"] = result.score_note
+        methods[result.method] = entry
+    return {"model": report.model, "output": report.output,
+            "execution_providers": report.providers, "rows": report.rows,
+            "rows_drawn": min(report.rows, MAX_ROWS),
+            "inputs": {name: list(values.shape) for name, values in report.feeds.items()},
+            "probabilities": report.probabilities, "predictions": rows, "methods": methods}
+
+
+def token_views(report: Report, attribution) -> dict[str, list[list[dict]]]:
+    """Per token input, per row: [{"index", "token", "score"}] of the unmasked tokens."""
+    views = {}
+    for name, tokens in report.tokens.items():
+        scores = attribution.attributions.get(name)
+        if scores is None or scores.shape != report.feeds[name].shape:
+            continue
+        mask = report.masks.get(name)
+        views[name] = [token_scores_json(tokens[r], scores[r], None if mask is None else mask[r])
+                       for r in range(len(tokens))]
+    return views
+
+
+def write_report(report: Report, folder: str | os.PathLike,
+                 protected: Iterable[str | os.PathLike] = ()) -> list[str]:
+    """index.html, report.json and the PNGs into `folder` (made if missing), each written
+    atomically; refuses (InputError) to overwrite any `protected` file, e.g. the inputs."""
+    from .report_html import report_html
+
+    folder = Path(folder)
+    pictures = render_pictures(report)
+    names = [p.file for p in pictures.values()] + ["index.html", "report.json"]
+    check_folder(folder, protected, names)  # before writing anything: no half report
+    folder.mkdir(parents=True, exist_ok=True)
+    for picture in pictures.values():
+        atomic_write(folder / picture.file, lambda stream, p=picture: stream.write(p.png))
+    page = report_html(report, pictures).encode("utf-8")
+    atomic_write(folder / "index.html", lambda stream: stream.write(page))
+    save_json(folder / "report.json", report_json(report, pictures))
+    return [str(folder / n) for n in names]
+
+
+def check_folder(folder: str | os.PathLike, protected: Iterable[str | os.PathLike] = (),
+                 names: Iterable[str] | None = None) -> None:
+    """InputError when `folder` is a file or a report there would overwrite a `protected`
+    file; without `names`, any file named like a report's (index.html, report.json, r*.png).
+    Cheap: call it before the methods run, so that a bad --out fails at once."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--out {folder} exists and is not a folder")
+    for path in protected:
+        path = Path(os.path.realpath(path))
+        if path.parent != Path(os.path.realpath(folder)):
+            continue
+        if path.name in names if names is not None else _report_file(path.name):
+            raise InputError(f"refusing to overwrite {folder / path.name}: it is one of "
+                             "your input files")
+
+
+def _report_file(name: str) -> bool:
+    return name in ("index.html", "report.json") or bool(re.fullmatch(r"r\d+_.*\.png", name))
+
+
+def jsonable(value: object) -> object:
+    """Numbers, arrays, lists and dicts as plain JSON values; other objects as text."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _files(pictures: Mapping[PictureKey, Picture], row: int, method: str) -> dict:
+    found: dict[str, dict[str, str]] = {}
+    for picture in pictures.values():
+        if picture.row == row and picture.method == method:
+            found.setdefault(picture.input, {})[picture.part] = picture.file
+    return found
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+__all__ = ["MAX_ROWS", "Picture", "check_folder", "render_pictures", "report_json", "write_report"]
