@@ -35,19 +35,7 @@ METHODS = {"raw_attention": None, "rollout": 1.3, "attgrad": None, "generic_atte
 
 def batch(model: onnxplain.Explainer, rows: int, length: int) -> dict[str, np.ndarray]:
     """Random token ids with the first token a class token, every row a different length."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    lengths = np.linspace(length // 2, length, rows).astype(int)
-    for spec in model.model.inputs:
-        if "mask" in spec.name:
-            feeds[spec.name] = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
-        elif "type" in spec.name:
-            feeds[spec.name] = np.zeros((rows, length), np.int64)
-        else:
-            ids = rng.integers(4, 20, (rows, length))
-            ids[:, 0] = 2
-            feeds[spec.name] = ids.astype(np.int64)
-    return feeds
+    return model_zoo.token_batch([spec.name for spec in model.model.inputs], rows, length)
 
 
 def main() -> None:

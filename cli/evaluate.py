@@ -8,6 +8,13 @@ import json
 import click
 
 from .errors import friendly
+from .options import (
+    parse_pairs,
+    parse_targets,
+    provider_option,
+    quiet_option,
+    target_option,
+)
 
 DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
 
@@ -18,8 +25,7 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
               help="x.npy, NAME=x.npy, or an .npz with one array per input name")
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
-@click.option("-t", "--target", default=None,
-              help="class index, or one per row separated by commas (default: predicted)")
+@target_option
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O n_steps=32 or -O baseline=@ref.npy (repeatable)")
 @click.option("--metrics", "metric_names", default=DEFAULT_METRICS, show_default=True,
@@ -43,12 +49,11 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
 @click.option("--seed", type=int, default=0, show_default=True,
               help="seed of the random attributions and the randomised weights")
 @click.option("--output", "output_name", default=None, help="model output to explain")
-@click.option("--provider", default="auto", show_default=True,
-              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@provider_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="rows per run (default: by the memory budget)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable scores on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | None,
              options: tuple[str, ...], metric_names: str, steps: int, baseline_value: float,
@@ -62,18 +67,17 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     from onnxplain.metrics import resolve_metrics
 
     from .input_files import read_array, read_inputs
-    from .main import _pairs, _targets
 
     names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
     explainer = Explainer(model, providers=provider, output=output_name,
                           progress=not (quiet or as_json))
     arrays, _ = read_inputs(explainer.model, inputs)
-    method_options = _pairs(options, "--option")
+    method_options = parse_pairs(options, "--option")
     for key, value in method_options.items():
         if value.startswith("@"):  # -O baseline=@ref.npy passes an array
             method_options[key] = read_array(value[1:])
     mask = read_array(features[1:]) if features.startswith("@") else features
-    attribution = explainer.explain(arrays, method=method, target=_targets(target),
+    attribution = explainer.explain(arrays, method=method, target=parse_targets(target),
                                     batch_size=batch_size, **method_options)
     scores = evaluate_scores(explainer, arrays, attribution, names, steps=steps,
                              baseline_value=baseline_value, features=mask, cell=cell,

@@ -11,6 +11,7 @@ from onnxplain.errors import InputError
 from .errors import friendly
 from .input_files import read_array, read_inputs
 from .local_head import refuse_inputs, write_model
+from .options import quiet_option
 
 
 @click.command("export")
@@ -32,7 +33,7 @@ from .local_head import refuse_inputs, write_model
 @click.option("-i", "--input", "inputs", multiple=True,
               help="sample inputs for --check (default: random rows of the declared shape)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def export(model: str, method: str, options: tuple[str, ...], output_name: str | None,
            out: str, target_input: str, check: bool, inputs: tuple[str, ...],

@@ -15,6 +15,7 @@ from onnxplain.errors import InputError
 
 from .errors import friendly
 from .input_files import read_inputs
+from .options import provider_option, quiet_option
 
 LABEL_KEYS = ("y", "labels", "label", "target", "targets")
 
@@ -61,9 +62,9 @@ def _temperature(text: str):
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="prototypes reported per row")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--provider", default="auto", show_default=True)
+@provider_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: float,
         holdout: float, per_class: int, distance: str, temperature: str, top: int, seed: int,
@@ -98,9 +99,9 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
 @click.argument("model")
 @click.option("--data", required=True, metavar="FILE.npz",
               help="inputs, and labels under 'y' (default: the model's predictions)")
-@click.option("--provider", default="auto", show_default=True)
+@provider_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def evaluate(model: str, data: str, provider: str, as_json: bool, quiet: bool) -> None:
     """Accuracy, rejection rate and the confusion of rejected inputs of a head model."""
@@ -138,9 +139,9 @@ def evaluate(model: str, data: str, provider: str, as_json: bool, quiet: bool) -
 @click.argument("model")
 @click.option("-i", "--input", "inputs", multiple=True, required=True,
               help="FILE.npy, NAME=FILE.npy, or an .npz with arrays by input name")
-@click.option("--provider", default="auto", show_default=True)
+@provider_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def explain(model: str, inputs: tuple[str, ...], provider: str, as_json: bool,
             quiet: bool) -> None:

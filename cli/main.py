@@ -7,12 +7,18 @@ import sys
 
 import click
 
-from onnxplain.errors import InputError
-
 from .errors import friendly, one_line
 from .evaluate import evaluate
 from .export import export
 from .local_head import local_head
+from .options import (
+    parse_pairs,
+    parse_targets,
+    provider_option,
+    quiet_option,
+    target_option,
+    vocab_option,
+)
 from .presets import image_options
 from .report_command import report
 
@@ -49,7 +55,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output on stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def methods(as_json: bool, quiet: bool) -> None:
     """List the attribution methods with their defaults."""
@@ -98,8 +104,7 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
                    "files (several make a batch)")
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
-@click.option("-t", "--target", default=None,
-              help="class index, or one per row separated by commas (default: predicted)")
+@target_option
 @click.option("--output", "output_name", default=None, help="model output to explain")
 @click.option("--output-seed", default=None, metavar="FILE.npy",
               help="weights shaped like the output; explains sum(weights * output) per row "
@@ -111,15 +116,12 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O abs=false or -O baseline=@ref.npy for an array "
                    "(repeatable)")
-@click.option("--provider", default="auto", show_default=True,
-              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@provider_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="rows per run (default: the whole batch)")
-@click.option("--vocab", default=None, metavar="FILE",
-              help="token strings for token-id inputs: vocab.txt, vocab.json or "
-                   "tokenizer.json (default: the ids)")
+@vocab_option
 @click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @image_options
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
@@ -138,7 +140,7 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
 
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, output=output_name,
-                          attribute_at=_pairs(attribute_at, "--attribute-at"),
+                          attribute_at=parse_pairs(attribute_at, "--attribute-at"),
                           progress=not (quiet or as_json))
     arrays, files = read_inputs(explainer.model, inputs, image_settings)
     if vocab is not None:
@@ -147,13 +149,13 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     if output_seed is not None:
         seed = read_array(output_seed)
         files.append(output_seed)
-    method_options = _pairs(options, "--option")
+    method_options = parse_pairs(options, "--option")
     for key, value in method_options.items():
         if value.startswith("@"):  # -O baseline=@ref.npy passes an array
             method_options[key] = read_array(value[1:])
             files.append(value[1:])
     folder = prepare_folder(out, [model, *files])
-    result = explainer.explain(arrays, method=method, target=_targets(target),
+    result = explainer.explain(arrays, method=method, target=parse_targets(target),
                                output_seed=seed, batch_size=batch_size, **method_options)
     written = write_explanation(result, folder, [model, *files], result.signed, arrays,
                                 vocabulary)
@@ -167,27 +169,6 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
         for line in describe_result(result):
             click.echo(f"  {line}")
         click.echo(f"wrote {len(written)} files to {folder}/")
-
-
-def _targets(text: str | None):
-    if text is None:
-        return None
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--target '{text}' is not a class index or a comma-separated list "
-                         "of them") from None
-    return values[0] if len(values) == 1 else values
-
-
-def _pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
-    found = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise InputError(f"{option} '{pair}' is not KEY=VALUE")
-        key, value = pair.split("=", 1)
-        found[key.strip()] = value
-    return found
 
 
 main.add_command(local_head)

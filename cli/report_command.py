@@ -11,6 +11,13 @@ import click
 from onnxplain.errors import InputError
 
 from .errors import friendly
+from .options import (
+    parse_targets,
+    provider_option,
+    quiet_option,
+    target_option,
+    vocab_option,
+)
 
 # Faithfulness metrics the report asks onnxplain.metrics for (the cheap, readable ones).
 REPORT_METRICS = ("deletion", "insertion")
@@ -23,24 +30,21 @@ REPORT_METRICS = ("deletion", "insertion")
 @click.option("-m", "--methods", default=None,
               help="comma-separated methods (default: chosen from the model, e.g. "
                    "saliency,integrated_gradients,grad_cam for a CNN)")
-@click.option("-t", "--target", default=None,
-              help="class index, or one per row separated by commas (default: predicted)")
+@target_option
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="classes listed per row")
 @click.option("--labels", default=None, metavar="FILE", help="class names, one per line")
-@click.option("--vocab", default=None, metavar="FILE",
-              help="token strings for token-id inputs: vocab.txt, vocab.json or tokenizer.json")
+@vocab_option
 @click.option("-o", "--out", default="onnxplain_report", show_default=True,
               help="folder for index.html, report.json and the PNG pictures")
 @click.option("-O", "--option", "options", multiple=True, metavar="METHOD.KEY=VALUE",
               help="option of one method, e.g. -O integrated_gradients.n_steps=16 or "
                    "-O rise.baseline=@ref.npy (repeatable)")
-@click.option("--provider", default="auto", show_default=True,
-              help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")
+@provider_option
 @click.option("--no-scores", is_flag=True,
               help="skip the faithfulness scores (onnxplain.metrics), which cost extra runs")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
-@click.option("-q", "--quiet", is_flag=True, help="print nothing but errors and warnings")
+@quiet_option
 @friendly
 def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
            top_k: int, labels: str | None, vocab: str | None, out: str,
@@ -72,7 +76,7 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
                 files.append(value[1:])
     check_folder(out, [model, *files])
     say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
-    built = build_report(explainer, arrays, names, target=_targets(target), top_k=top_k,
+    built = build_report(explainer, arrays, names, target=parse_targets(target), top_k=top_k,
                          labels=class_names, vocabulary=vocabulary, options=per_method,
                          score=None if no_scores else metrics_scorer(), progress=say)
     written = write_report(built, out, protected=[model, *files])
@@ -126,14 +130,3 @@ def _method_options(pairs: tuple[str, ...]) -> dict[str, dict[str, object]]:
     return found
 
 
-def _targets(text: str | None) -> int | list[int] | None:
-    if text is None:
-        return None
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InputError(f"--target '{text}' is not a class index or a comma-separated list "
-                         "of them") from None
-    if not values:
-        raise InputError("--target is empty")
-    return values[0] if len(values) == 1 else values

@@ -11,5 +11,7 @@ tests can rebuild the torch original as an oracle), `sample.npz` (example inputs
 from __future__ import annotations
 
 from .registry import ZOO, ZooModel, build, cache_dir, load_torch, model_path, sample
+from .token_batches import token_batch
 
-__all__ = ["ZOO", "ZooModel", "build", "cache_dir", "load_torch", "model_path", "sample"]
+__all__ = ["ZOO", "ZooModel", "build", "cache_dir", "load_torch", "model_path", "sample",
+           "token_batch"]

@@ -29,6 +29,7 @@ from ..attribution import Attribution
 from ..errors import InputError
 from ..explainer import Explainer
 from ..inputs import Inputs
+from ..runtime.perturb import NoBar
 from ._common import check_output, row_values, spearman
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -216,24 +217,10 @@ def _fan_in(node: onnx.NodeProto, weight: str, inits: dict) -> int:
     return int(shape[-2] if node.input[1] == weight else shape[-1])
 
 
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        return None
-
-
 def _progress(explainer, total: int):
     """A tqdm bar over the randomised layers, on stderr after 1 s, unless turned off."""
     if not getattr(explainer.engine, "progress", True):
-        return _NoBar()
+        return NoBar()
     from tqdm import tqdm
 
     return tqdm(total=total, desc="randomised layers", unit="layer", delay=1.0, leave=False,

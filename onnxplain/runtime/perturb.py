@@ -86,7 +86,9 @@ def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
     return target_scores(output, None if target is None else np.asarray(target)[owners])
 
 
-class _NoBar:
+class NoBar:
+    """What code that reports progress calls when no bar is shown."""
+
     def __enter__(self):
         return self
 
@@ -96,14 +98,17 @@ class _NoBar:
     def update(self, n: int) -> None:
         return None
 
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        return None
+
 
 def _progress(engine: Engine, total: int, label: str):
     """A tqdm bar on stderr that appears only after PROGRESS_AFTER_S, unless turned off."""
     if not getattr(engine, "progress", True):
-        return _NoBar()
+        return NoBar()
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency; a broken install still explains
-        return _NoBar()
+        return NoBar()
     return tqdm(total=total, desc=label, unit="run", delay=PROGRESS_AFTER_S, leave=False,
                 file=sys.stderr, dynamic_ncols=True)

@@ -206,21 +206,9 @@ def test_node_client_refuses_to_feed_an_input_with_a_default(node, digits, tmp_p
 
 
 def token_batch(explainer: onnxplain.Explainer, rows: int, length: int) -> dict:
-    """As benchmarks/transformer_methods.py: random ids after a class token, every row a
-    different length (masked)."""
-    rng = np.random.default_rng(0)
-    lengths = np.linspace(length // 2, length, rows).astype(int)
-    feeds = {}
-    for spec in explainer.model.inputs:
-        if "mask" in spec.name:
-            feeds[spec.name] = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
-        elif "type" in spec.name:
-            feeds[spec.name] = np.zeros((rows, length), np.int64)
-        else:
-            ids = rng.integers(4, 20, (rows, length))
-            ids[:, 0] = 2
-            feeds[spec.name] = ids.astype(np.int64)
-    return feeds
+    import model_zoo
+
+    return model_zoo.token_batch([spec.name for spec in explainer.model.inputs], rows, length)
 
 
 def test_node_client_runs_rollout(node, zoo, tmp_path):
