@@ -24,6 +24,7 @@ from .graph.taps import add_taps
 from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, prepare_target
 from .runtime.batching import rows_per_run
+from .runtime.progress import progress_bar
 from .runtime.session import Session
 
 # A gradient program built for the exact feed shapes has every dim static, so the runtime
@@ -88,7 +89,7 @@ class Engine:
         self._chunk: int | None = None
         self._non_tensor_outputs = {o.name for o in model.proto.graph.output
                                     if not o.type.HasField("tensor_type")}
-        self.progress = True  # progress bars on long perturbation runs
+        self.progress = True  # progress bars on runs longer than a second
         self._last_providers: list[str] | None = None
 
     @property
@@ -304,13 +305,15 @@ class Engine:
                   names: list[str], feeds: dict[str, np.ndarray],
                   extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
-            session = session_for(chunk)
-            out = session.run(names, chunk)
-            self._last_providers = session.providers
-            for name in names:
-                value = out[name]
-                parts[name].append(value[:taken] if pad_to and value.ndim else value)
+        with progress_bar(self.progress, rows, "rows", "row") as bar:
+            for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
+                session = session_for(chunk)
+                out = session.run(names, chunk)
+                self._last_providers = session.providers
+                for name in names:
+                    value = out[name]
+                    parts[name].append(value[:taken] if pad_to and value.ndim else value)
+                bar.update(taken)
         return {name: _join(values) for name, values in parts.items()}
 
 

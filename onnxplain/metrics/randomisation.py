@@ -16,7 +16,6 @@ The user's model is never modified: each step explains a copy.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ..attribution import Attribution
 from ..errors import InputError
 from ..explainer import Explainer
 from ..inputs import Inputs
-from ..runtime.perturb import NoBar
+from ..runtime.progress import progress_bar
 from ._common import check_output, row_values, spearman
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -143,7 +142,8 @@ def parameter_randomisation(explainer, inputs: Inputs, attribution: Attribution,
     target = None if attribution.objective != "class" else attribution.target
     attribute_at = {s.input: s.tensor for s in explainer.sources if s.tensor != s.input}
     correlations, absolute = [], []
-    with _progress(explainer, len(chosen)) as bar:
+    with progress_bar(getattr(explainer.engine, "progress", True), len(chosen),
+                      "randomised layers", "layer") as bar:
         for layer, model in randomised_models(explainer.model.proto, chosen, seed=seed,
                                               order=order, randomise=randomise):
             bar.set_postfix_str(layer.node, refresh=False)
@@ -215,13 +215,3 @@ def _fan_in(node: onnx.NodeProto, weight: str, inits: dict) -> int:
         return int(shape[0])
     # MatMul: x @ W sums over W's rows; W @ x over its columns.
     return int(shape[-2] if node.input[1] == weight else shape[-1])
-
-
-def _progress(explainer, total: int):
-    """A tqdm bar over the randomised layers, on stderr after 1 s, unless turned off."""
-    if not getattr(explainer.engine, "progress", True):
-        return NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="randomised layers", unit="layer", delay=1.0, leave=False,
-                file=sys.stderr, dynamic_ncols=True)

@@ -9,7 +9,6 @@ batch axis is fixed run through the engine in chunks of that size.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -17,11 +16,10 @@ import numpy as np
 from ..engine import Engine, OutputSeed, target_scores
 from ..errors import InputError
 from .batching import rows_per_run
+from .progress import progress_bar
 
 # make(row, start, stop): model feeds for perturbations start..stop-1 of input row `row`.
 MakeFeeds = Callable[[int, int, int], Mapping[str, np.ndarray]]
-# Show a progress bar only once a run has lasted this long.
-PROGRESS_AFTER_S = 1.0
 
 
 def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, make: MakeFeeds,
@@ -41,7 +39,7 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
         engine.model, one_row, engine.memory_budget_mb, factor=1)
     total = rows * count
     scores = np.empty(total, dtype=np.float64)
-    with _progress(engine, total, label) as bar:
+    with progress_bar(getattr(engine, "progress", True), total, label) as bar:
         for start in range(0, total, max(1, chunk)):
             stop = min(start + chunk, total)
             batch, owners = _chunk_feeds(make, count, start, stop)
@@ -84,31 +82,3 @@ def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
     if isinstance(target, OutputSeed):
         return target_scores(output, OutputSeed(target.values[owners]))
     return target_scores(output, None if target is None else np.asarray(target)[owners])
-
-
-class NoBar:
-    """What code that reports progress calls when no bar is shown."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        return None
-
-
-def _progress(engine: Engine, total: int, label: str):
-    """A tqdm bar on stderr that appears only after PROGRESS_AFTER_S, unless turned off."""
-    if not getattr(engine, "progress", True):
-        return NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a dependency; a broken install still explains
-        return NoBar()
-    return tqdm(total=total, desc=label, unit="run", delay=PROGRESS_AFTER_S, leave=False,
-                file=sys.stderr, dynamic_ncols=True)

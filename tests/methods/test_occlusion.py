@@ -98,13 +98,29 @@ def test_bad_options_are_one_line_errors(zoo, options, fragment):
 
 
 def test_progress_bar_shows_on_long_runs_unless_silenced(zoo, capsys, monkeypatch):
-    import onnxplain.runtime.perturb as perturb
+    import onnxplain.runtime.progress as progress
 
-    monkeypatch.setattr(perturb, "PROGRESS_AFTER_S", 0.0)  # every run counts as long here
+    monkeypatch.setattr(progress, "PROGRESS_AFTER_S", 0.0)  # every run counts as long here
     x = zoo.sample("digits_cnn")["image"][:2]
     loud = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu")
     loud.explain(x, "occlusion", window=2, stride=2)
-    assert "occlusion" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "occlusion" in err
+    loud.explain(x, "saliency", batch_size=1)
+    assert "rows" in capsys.readouterr().err  # gradient runs in chunks show one too
     quiet = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu", progress=False)
     quiet.explain(x, "occlusion", window=2, stride=2)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bars_never_nest():
+    from onnxplain.runtime.progress import NoBar, progress_bar
+
+    with progress_bar(True, 3, "outer") as outer:
+        assert not isinstance(outer, NoBar)
+        with progress_bar(True, 3, "inner") as inner:
+            assert isinstance(inner, NoBar)
+    with progress_bar(True, 3, "again") as again:
+        assert not isinstance(again, NoBar)
+    with progress_bar(False, 3, "off") as off:
+        assert isinstance(off, NoBar)
