@@ -79,7 +79,8 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
     head = fit_local_head(loaded, layer, inputs, labels, per_class=per_class,
                           distance=distance, temperature=_temperature(temperature),
                           epsilon=_epsilon(epsilon), reject_rate=reject_rate, holdout=holdout,
-                          top=top, seed=seed, providers=provider)
+                          top=top, seed=seed, providers=provider,
+                          progress=not (quiet or as_json))
     write_model(head.model, out)
     summary = {key: value for key, value in head.info.items() if key not in ("sources",
                                                                             "labels")}
@@ -110,7 +111,8 @@ def evaluate(model: str, data: str, provider: str, as_json: bool, quiet: bool) -
 
     loaded = Model.load(model)
     inputs, labels = read_data(loaded, data)
-    result = evaluate_head(loaded, inputs, labels, providers=provider)
+    result = evaluate_head(loaded, inputs, labels, providers=provider,
+                           progress=not (quiet or as_json))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -63,7 +63,8 @@ def features(explainer: Explainer, inputs, tensor: str) -> np.ndarray:
 def fit_local_head(model, layer: str, inputs, labels=None, *, per_class: int = DEFAULT_PER_CLASS,
                    distance: str = "l2", temperature="auto", epsilon="auto",
                    reject_rate: float = DEFAULT_REJECT_RATE, holdout: float = 0.2,
-                   top: int = 5, seed: int = 0, providers=None) -> LocalHead:
+                   top: int = 5, seed: int = 0, providers=None, progress: bool = True
+                   ) -> LocalHead:
     """Fit a local classifier on the features at `layer` and attach it to `model`.
 
     Centers are `per_class` training rows of each class (stratified), values their one-hot
@@ -71,7 +72,7 @@ def fit_local_head(model, layer: str, inputs, labels=None, *, per_class: int = D
     model has seen data. `epsilon="auto"` calibrates it on a held-out `holdout` share of the
     rows so that `reject_rate` of those clean rows are rejected; a number sets it directly.
     """
-    explainer = Explainer(model, providers, progress=False)
+    explainer = Explainer(model, providers, progress=progress)
     tensor = _one_tensor(explainer.model, layer)
     x = features(explainer, inputs, tensor)
     from_model = labels is None

@@ -10,10 +10,11 @@ from ..explainer import Explainer
 from .head import PREFIX, head_info
 
 
-def head_outputs(model, inputs, providers=None) -> tuple[dict[str, np.ndarray], dict, str]:
+def head_outputs(model, inputs, providers=None, progress: bool = False
+                 ) -> tuple[dict[str, np.ndarray], dict, str]:
     """Every output of the head model for `inputs`, the head's metadata and the name of the
     model's own explained output."""
-    explainer = Explainer(model, providers, progress=False)
+    explainer = Explainer(model, providers, progress=progress)
     info = head_info(explainer.model.proto)
     own = [o.name for o in explainer.model.outputs if not o.name.startswith(PREFIX)]
     output = explainer.output if explainer.output in own else (own[0] if own else "")
@@ -26,11 +27,11 @@ def rejected(outputs: dict[str, np.ndarray]) -> np.ndarray:
     return outputs[PREFIX + "epsilon"] > strongest
 
 
-def evaluate_head(model, inputs, labels=None, providers=None) -> dict:
+def evaluate_head(model, inputs, labels=None, providers=None, progress: bool = False) -> dict:
     """Rejection rate, accuracy of the model and of the local classifier (all rows and
     accepted rows), and how rejection splits between rows the model gets right and wrong.
     Without labels the model's predictions stand in for them."""
-    outputs, info, own = head_outputs(model, inputs, providers)
+    outputs, info, own = head_outputs(model, inputs, providers, progress)
     local = outputs[PREFIX + "probabilities"].argmax(axis=1)
     model_pred = _argmax(outputs.get(own))
     rows = len(local)
