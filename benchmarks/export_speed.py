@@ -66,7 +66,7 @@ def image_methods(batches: list[int], steps: int, repeats: int, providers) -> No
 
 def rollout(rows: int, length: int, repeats: int, providers) -> None:
     path = model_zoo.model_path("sentiment_bert")
-    explainer = onnxplain.Explainer(path, providers=providers)
+    explainer = onnxplain.Explainer(path, providers=providers, progress=False)
     feeds = text_batch(explainer, rows, length)
     forward = Session(explainer.model.proto, explainer.providers)
     exported = Session(export_explainer(explainer.model, "rollout"), explainer.providers)

@@ -54,7 +54,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     path = model_zoo.model_path("resnet18")
-    explainer = onnxplain.Explainer(path, providers="cpu")
+    explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
     forward = Session(explainer.model.proto, explainer.providers)
     module = model_zoo.load_torch("resnet18")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -167,7 +167,8 @@ def _peak_rss_mb() -> float:
 
 
 def _memory_probe(steps: int) -> dict:
-    explainer = onnxplain.Explainer(model_zoo.model_path("resnet18"), providers="cpu")
+    explainer = onnxplain.Explainer(model_zoo.model_path("resnet18"), providers="cpu",
+                                     progress=False)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     explainer.explain(x, target=TARGET)  # sessions built, weights loaded
     loaded = _peak_rss_mb()

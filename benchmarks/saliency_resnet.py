@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     path = model_zoo.model_path("resnet18")
-    explainer = onnxplain.Explainer(path, providers=args.provider)
+    explainer = onnxplain.Explainer(path, providers=args.provider, progress=False)
     forward = Session(explainer.model.proto, explainer.providers)
     program, gradient_session = explainer.engine.program((explainer.sources[0].tensor,))
     torch_model = None if args.no_captum else model_zoo.load_torch("resnet18")

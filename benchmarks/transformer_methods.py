@@ -48,7 +48,8 @@ def main() -> None:
                         help="comma-separated methods to time (default: all)")
     args = parser.parse_args()
     methods = {name: METHODS[name] for name in args.methods.split(",") if name}
-    explainer = onnxplain.Explainer(model_zoo.model_path(args.model), providers="cpu")
+    explainer = onnxplain.Explainer(model_zoo.model_path(args.model), providers="cpu",
+                                     progress=False)
     feeds = batch(explainer, args.rows, args.length)
     forward = Session(explainer.model.proto, explainer.providers)
     runs = {"forward": partial(forward.run, None, feeds)}

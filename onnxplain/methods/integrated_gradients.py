@@ -81,8 +81,11 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
                 [start + end.dtype.type(a) * step for a in alphas[chunk]], axis=0)
         run = engine.gradients(batch, tile_target(target, count), names)
         for name in names:
-            grads = run.grads[name].reshape(count, *feeds[name].shape)
-            totals[name] += np.tensordot(weights[chunk], grads, axes=(0, 0))
+            grads = run.grads[name].reshape(count, -1)
+            # In the gradients' precision: a BLAS matrix-vector product, where float64
+            # tensordot first copies them (141 ms of 2.4 s for 32 steps on ResNet-18).
+            path = weights[chunk].astype(grads.dtype) @ grads
+            totals[name] += path.reshape(feeds[name].shape)
     values = {name: ((feeds[name] - baselines[name]) * totals[name]).astype(feeds[name].dtype)
               for name in names}
     delta = _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
