@@ -210,3 +210,38 @@ def test_exported_explainer_runs_without_onnxplain(method, digits, tmp_path):
         assert set(outputs) == expected_outputs(digits, method), case
         assert_matches_method(outputs, digits, method, options, target)
 
+
+
+def test_a_local_head_with_its_prototypes_runs_without_onnxplain(digits, tmp_path):
+    """EpsilonSoftmax ships as a model-local function: plain ONNX Runtime inlines it."""
+    from model_zoo.digits import digits_data
+    from onnxplain.local.head import fit_local_head
+    from onnxplain.local.report import explain_prototypes
+
+    x, y, _, _ = digits_data()
+    head = fit_local_head(str(digits["path"]), "/features/features.6/Relu_output_0", x, y,
+                          per_class=5, progress=False)
+    exported = export_explainer(head.model, "prototypes")
+    assert_standard(exported, custom_allowed=True)
+    assert [f.name for f in exported.functions] == ["EpsilonSoftmax"]
+    model_file = tmp_path / "prototypes.onnx"
+    onnx.save(exported, model_file)
+    np.savez(tmp_path / "in.npz", **digits["feeds"])
+    run_without_onnxplain(model_file, [(tmp_path / "in.npz", tmp_path / "out.npz")], tmp_path)
+    with np.load(tmp_path / "out.npz") as loaded:
+        outputs = dict(loaded)
+    rows = explain_prototypes(head.model, digits["feeds"])
+    for row, sources, rejected in zip(rows, outputs["local/prototype_sources"],
+                                      outputs["local/rejected"], strict=True):
+        assert [p["source_row"] for p in row["prototypes"]] == sources.tolist()
+        assert row["rejected"] == bool(rejected)
+    expected = onnx_run(head.model, digits["feeds"])["local/probabilities"]
+    assert relative_error(outputs["local/probabilities"], expected) < RTOL
+
+
+def onnx_run(model: onnx.ModelProto, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds), strict=True))
