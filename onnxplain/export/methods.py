@@ -266,7 +266,7 @@ def guided_grad_cam(eg, options):
                                                       tuple(images))])
     weights = b.reduce("ReduceMean", passes[""][layer], [2, 3], True)
     cam = _cam(eg, layer, weights, True)
-    maps = _resized(eg, cam, "none" if options["upsample"] == "none" else options["upsample"])
+    maps = _resized(eg, cam, options["upsample"])
     if not maps:
         raise InputError("guided_grad_cam multiplies by the map resized to the image: "
                          "upsample cannot be 'none'")
