@@ -52,10 +52,10 @@ _SIGNED_GXA = gradient_times_attention(positive=False)
 
 
 def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
-            upsample: str, tensors: dict | None = None, extras: dict | None = None
-            ) -> MethodOutput:
+            upsample: str, tensors: dict | None = None, extras: dict | None = None,
+            signed: bool = True) -> MethodOutput:
     """Map [N, S] scores (or [N, S, S] token matrices, read at the query row) onto the
-    inputs."""
+    inputs; `signed` False for methods whose scores cannot be negative."""
     scores = np.asarray(scores, dtype=np.float64)
     rows, tokens = scores.shape[0], scores.shape[-1]
     layout = token_layout(feeds, sources, tokens, "mean" if query is None else query)
@@ -68,7 +68,8 @@ def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
             "query": layout.query if layout.query is not None else "mean",
             "patch_grid": list(layout.grid) if layout.grid else None}
     info.update(extras or {})
-    return MethodOutput(run, at_inputs=at_inputs, tensors=out_tensors, extras=info)
+    return MethodOutput(run, at_inputs=at_inputs, tensors=out_tensors, extras=info,
+                        signed=signed)
 
 
 def _relevance_pass(layers, sources) -> Pass:
@@ -80,7 +81,8 @@ def _relevance_pass(layers, sources) -> Pass:
 
 
 def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
-           start_layer: int, name: str, weighting, step: str, reads: str) -> MethodOutput:
+           start_layer: int, name: str, weighting, step: str, reads: str,
+           signed: bool) -> MethodOutput:
     """A method chained over layers in the graph (see _attention_graph); `reads` is what the
     weighting needs besides the maps: "nothing" (one forward run), "gradients", or
     "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
@@ -97,7 +99,7 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
         passes = [_relevance_pass(layers, sources)] if reads == "relevance" else []
         run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
         scores = run.post[ROW]
-    return _finish(feeds, sources, run, layers, scores, row, upsample)
+    return _finish(feeds, sources, run, layers, scores, row, upsample, signed=signed)
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -110,7 +112,7 @@ def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto
     maps = layer_stack(values, layers)
     tensors = {f"attention/{i}": m.astype(np.float32) for i, m in enumerate(maps)}
     return _finish(feeds, sources, run, layers, maps[-1].mean(axis=1), query, upsample,
-                   tensors)
+                   tensors, signed=False)
 
 
 def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -118,7 +120,8 @@ def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
     """Attention rollout: prod_l normalise(I + E_h A_l), read at the query row."""
     return _chain(engine, feeds, target, sources, attention=attention, query=query,
                   upsample=upsample, start_layer=start_layer, name="rollout",
-                  weighting=attention_mean, step="rollout", reads="nothing")
+                  weighting=attention_mean, step="rollout", reads="nothing",
+                  signed=False)
 
 
 def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -140,7 +143,8 @@ def transformer_attribution(engine, feeds, target, sources, *, attention=None, q
     """Rollout of I + E_h (G_l * R_l)+ (Chefer, Gur, Wolf 2021a)."""
     return _chain(engine, feeds, target, sources, attention=attention, query=query,
                   upsample=upsample, start_layer=start_layer, name="transformer_attribution",
-                  weighting=gradient_times_relevance, step="rollout", reads="relevance")
+                  weighting=gradient_times_relevance, step="rollout",
+                  reads="relevance", signed=False)
 
 
 def generic_attention(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -148,7 +152,8 @@ def generic_attention(engine, feeds, target, sources, *, attention=None, query="
     """R = I; R <- R + E_h (G_l * A_l)+ R for each layer (Chefer, Gur, Wolf 2021b)."""
     return _chain(engine, feeds, target, sources, attention=attention, query=query,
                   upsample=upsample, start_layer=0, name="generic_attention",
-                  weighting=_POSITIVE_GXA, step="accumulate", reads="gradients")
+                  weighting=_POSITIVE_GXA, step="accumulate",
+                  reads="gradients", signed=False)
 
 
 def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
@@ -157,7 +162,7 @@ def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
     gradient-weighted attention, multiplied across layers)."""
     return _chain(engine, feeds, target, sources, attention=attention, query=query,
                   upsample=upsample, start_layer=0, name="attgrad", weighting=_SIGNED_GXA,
-                  step="product", reads="gradients")
+                  step="product", reads="gradients", signed=True)
 
 
 def _spec(name, run, summary, reference, family="attention", **defaults) -> MethodSpec:
