@@ -318,15 +318,21 @@ class Engine:
 
 
 def is_labels(output: np.ndarray) -> bool:
-    """Class labels per row (an ArgMax head) rather than scores."""
-    return output.ndim == 1 and output.dtype.kind in "iub"
+    """Class labels per row rather than scores: an ArgMax head [N], or a TopK head's
+    indices [N, k] (best first)."""
+    return output.ndim in (1, 2) and output.dtype.kind in "iub"
+
+
+def decisions(output: np.ndarray) -> np.ndarray:
+    """The class each row was given by a label output: the label, or the first of k."""
+    return output if output.ndim == 1 else output[:, 0]
 
 
 def target_scores(logits: np.ndarray, target) -> np.ndarray:
     """The explained score of each row: the target logit, seed-weighted sum, whether the
     target class was chosen (label outputs), or the value."""
     if is_labels(logits) and not isinstance(target, OutputSeed):
-        return (logits == np.asarray(target)).astype(np.float64)
+        return (decisions(logits) == np.asarray(target)).astype(np.float64)
     if isinstance(target, OutputSeed):
         weights = target.values.reshape(target.values.shape[0], -1)
         return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)

@@ -25,6 +25,37 @@ def _argmax_model() -> onnx.ModelProto:
                              ir_version=9)
 
 
+def _topk_indices_model() -> onnx.ModelProto:
+    """x [N, 4] -> the indices of the 2 best classes of x W, best first (no scores)."""
+    model = _argmax_model()
+    graph = model.graph
+    del graph.node[1:]
+    graph.node.append(helper.make_node("TopK", ["scores", "k"], ["values", "top"], axis=1))
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array([2], np.int64), "k"))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("top", TensorProto.INT64, ["N", 2]))
+    return model
+
+
+def test_a_topk_head_is_explained_by_its_first_choice():
+    explainer = onnxplain.Explainer(_topk_indices_model(), providers="cpu")
+    x = np.array([[2.0, 0.1, 0.0, 0.0], [0.0, 1.0, 0.0, 0.2]], dtype=np.float32)
+    top = explainer.forward(x)["top"]
+    result = explainer.explain(x, "occlusion", baseline=0.0)
+    np.testing.assert_array_equal(result.target, top[:, 0])
+    for row in range(2):
+        for column in range(4):
+            occluded = x[row:row + 1].copy()
+            occluded[0, column] = 0.0
+            kept = explainer.forward(occluded)["top"][0, 0] == top[row, 0]
+            assert result["x"][row, column] == pytest.approx(1.0 - float(kept))
+    shap = explainer.explain(x, "kernel_shap", features="columns")
+    # Additivity on the decision: the values sum to 1 (the class is chosen) minus its
+    # expected value over the coalitions' baseline (all zeros: class 0 of x W = 0 wins ties).
+    base = float(explainer.forward(np.zeros((1, 4), np.float32))["top"][0, 0] == top[0, 0])
+    assert shap["x"][0].sum() == pytest.approx(1.0 - base, abs=1e-6)
+
+
 def test_occlusion_explains_an_argmax_head_by_its_decision():
     explainer = onnxplain.Explainer(_argmax_model(), providers="cpu")
     assert explainer.output == "label"

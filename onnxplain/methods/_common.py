@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, GradientRun, OutputSeed, is_labels
+from ..engine import Engine, GradientRun, OutputSeed, decisions, is_labels
 from ..errors import InputError
 from ..graph.sources import Source
 from ..inputs import prepare_target
@@ -24,7 +24,7 @@ def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     """The target as class indices (None: the predicted class) given the forward outputs."""
     logits = outputs[engine.output]
     if is_labels(logits) and not isinstance(target, OutputSeed):
-        return logits.astype(np.int64) if target is None else prepare_target(
+        return decisions(logits).astype(np.int64) if target is None else prepare_target(
             target, logits.shape[0], None)
     if isinstance(target, OutputSeed) or logits.ndim != 2:
         return target

@@ -29,8 +29,9 @@ class AdditivityWarning(UserWarning):
 
 
 def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-                features: str | np.ndarray = "auto", cell: int = 0, n_samples: int = 2048,
-                seed: int = 0, baseline=0.0, input: str | None = None) -> MethodOutput:
+                features: str | np.ndarray = "auto", cell: int = 0, n_segments: int = 50,
+                n_samples: int = 2048, seed: int = 0, baseline=0.0, input: str | None = None
+                ) -> MethodOutput:
     """phi = argmin_phi sum_z pi(z) (v(z) - E[f] - z . phi)^2  s.t.  sum(phi) = f(x) - E[f],
 
     with the Shapley kernel pi(z) = (F - 1) / (C(F, |z|) |z| (F - |z|)) and v(z) the target
@@ -42,14 +43,16 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     row, or background rows [B, *row]: then v(z) averages over them, as shap's
     KernelExplainer does, and E[f] is the mean score of the background. Features: see
     onnxplain.features.feature_mask (or pass an integer mask); image grid cells are `cell`
-    pixels, 0 for an 8x8 grid over the image. Every row uses the same
+    pixels, 0 for an 8x8 grid over the image; superpixels (SLIC) aim at `n_segments`
+    segments. Every row uses the same
     coalitions (seeded by `seed`), so a batch gives what its rows give one by one.
     """
     check_count("kernel_shap", "n_samples", n_samples)
+    check_count("kernel_shap", "n_segments", n_segments)
     name = perturbed_input(feeds, input)
     target, outputs = fixed_target(engine, feeds, target)
     x = feeds[name]
-    masks = row_masks(x, features, cell=cell)
+    masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     base = coalition_baseline(baseline, x)
     fx = target_scores(outputs[engine.output], target)
     rows = x.shape[0]
@@ -274,7 +277,7 @@ register(MethodSpec(
     summary="Shapley values of features from a kernel-weighted regression over coalitions",
     reference="Lundberg and Lee 2017, arXiv:1705.07874",
     family="perturbation",
-    defaults={"features": "auto", "cell": 0, "n_samples": 2048, "seed": 0, "baseline": 0.0,
-              "input": None},
+    defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 2048, "seed": 0,
+              "baseline": 0.0, "input": None},
     needs_sources=False,
 ))

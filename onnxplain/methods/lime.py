@@ -25,9 +25,9 @@ from .kernel_shap import (
 
 
 def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-         features: str | np.ndarray = "auto", cell: int = 0, n_samples: int = 1000,
-         kernel_width: float = 0.25, alpha: float = 1.0, seed: int = 0, baseline=0.0,
-         input: str | None = None) -> MethodOutput:
+         features: str | np.ndarray = "auto", cell: int = 0, n_segments: int = 50,
+         n_samples: int = 1000, kernel_width: float = 0.25, alpha: float = 1.0, seed: int = 0,
+         baseline=0.0, input: str | None = None) -> MethodOutput:
     """(w, b) = argmin sum_z pi(z) (f(h_x(z)) - b - w . z)^2 + alpha |w|^2  (b unpenalised),
 
     over n_samples coalitions z ~ Bernoulli(1/2)^F (the first one all ones, the input
@@ -38,9 +38,11 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     the features in z and sets the others to `baseline` (a scalar, an array like a row, or
     background rows [B, *row] averaged over). Returns w on the input (each element gets its
     feature's weight); extras: the weights [N, F], the intercepts b and the weighted R^2.
-    Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image.
+    Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image; superpixels
+    (SLIC) aim at `n_segments` segments.
     """
     check_count("lime", "n_samples", n_samples)
+    check_count("lime", "n_segments", n_segments)
     if not isinstance(kernel_width, Real) or not kernel_width > 0:
         raise InputError(f"option 'kernel_width' of method 'lime' must be > 0, "
                          f"got {kernel_width!r}")
@@ -49,7 +51,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     name = perturbed_input(feeds, input)
     target, outputs = fixed_target(engine, feeds, target)
     x = feeds[name]
-    masks = row_masks(x, features, cell=cell)
+    masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     base = coalition_baseline(baseline, x)
     rows = x.shape[0]
     widest = max(int(mask.max()) + 1 for mask in masks)
@@ -120,7 +122,7 @@ register(MethodSpec(
     summary="weights of a kernel-weighted ridge regression on random coalitions of features",
     reference="Ribeiro, Singh and Guestrin 2016, arXiv:1602.04938",
     family="perturbation",
-    defaults={"features": "auto", "cell": 0, "n_samples": 1000, "kernel_width": 0.25,
-              "alpha": 1.0, "seed": 0, "baseline": 0.0, "input": None},
+    defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 1000,
+              "kernel_width": 0.25, "alpha": 1.0, "seed": 0, "baseline": 0.0, "input": None},
     needs_sources=False,
 ))

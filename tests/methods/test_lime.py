@@ -141,3 +141,22 @@ def test_bad_options_raise_one_line_input_errors(linear, options, message):
     with pytest.raises(InputError, match=message) as caught:
         explainer.explain(x, "lime", **options)
     assert "\n" not in str(caught.value)
+
+
+def test_superpixel_count_follows_n_segments(zoo):
+    """`n_segments` reaches SLIC: more segments, more features (weights per row)."""
+    from onnxplain.features import feature_mask
+
+    explainer = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu",
+                                    progress=False)
+    x = zoo.sample("digits_cnn")["image"][:1]
+    counts = []
+    for segments in (4, 16):
+        result = explainer.explain(x, "lime", features="superpixels", n_segments=segments,
+                                   n_samples=64)
+        features = int(feature_mask(x[0], "superpixels", n_segments=segments).max()) + 1
+        assert np.asarray(result.extras["weights"]).shape[1] == features
+        counts.append(features)
+    assert counts[0] < counts[1]
+    with pytest.raises(InputError, match="n_segments"):
+        explainer.explain(x, "kernel_shap", features="superpixels", n_segments=0)
