@@ -3,7 +3,6 @@ on stderr and exit code 2, never a traceback, and the user's files are left alon
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 from onnxplain_cli.main import main
 
+from .cli_helpers import digests, run
 from .tiny_models import mlp, mlp_reference, with_unsupported_ops
 
 
@@ -29,19 +28,11 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(*args: str):
-    # Click 8.2+ keeps stderr apart from stdout by default.
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.iterdir() if p.is_file()}
 
 
 def test_explain_writes_attribution_heatmapless_summary(workdir):
     model = mlp()
-    before = _digests(workdir)
+    before = digests(workdir)
     result = run("explain", str(workdir / "mlp.onnx"), "--input", str(workdir / "x.npy"),
                  "--method", "saliency", "--target", "3", "--out", str(workdir / "out"))
     assert result.exit_code == 0, result.stderr
@@ -62,7 +53,7 @@ def test_explain_writes_attribution_heatmapless_summary(workdir):
     assert summary["inputs"]["x"]["shape"] == [3, 6]
     assert set(summary["inputs"]["x"]["statistics"]) >= {"min", "max", "mean", "sum"}
     assert not list(out.glob("heatmap_*.png"))  # not image-shaped
-    assert _digests(workdir) == before  # model and input untouched
+    assert digests(workdir) == before  # model and input untouched
 
 
 def test_explain_default_target_is_predicted_and_json_output(workdir):
@@ -175,12 +166,12 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, case):
     np.save(workdir / "rank1.npy", np.zeros(6, dtype=np.float32))
     np.save(workdir / "wide.npy", np.zeros((3, 7), dtype=np.float32))
     np.save(workdir / "bytes.npy", np.zeros((3, 6), dtype=np.uint8))
-    before = _digests(workdir)
+    before = digests(workdir)
     args, fragment = BAD_INPUTS[case]
     result = run(*[a.format(w=workdir) for a in args], "-o", str(workdir / "out")) \
         if "-o" not in args and args[0] == "explain" else run(*[a.format(w=workdir) for a in args])
     _assert_one_line_error(result, fragment)
-    assert _digests(workdir) == before
+    assert digests(workdir) == before
 
 
 def test_nan_input_warns_in_one_line_and_still_explains(workdir):

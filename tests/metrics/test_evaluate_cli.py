@@ -4,17 +4,14 @@ were."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from onnxplain_cli.main import main
-
+from ..cli_helpers import digests, run
 from ..tiny_models import mlp
 
 
@@ -28,17 +25,10 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.iterdir() if p.is_file()}
 
 
 def test_table_prints_each_score_beside_its_random_baseline(workdir):
-    before = _digests(workdir)
+    before = digests(workdir)
     result = run("evaluate", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),
                  "-m", "deeplift", "--provider", "cpu", "--steps", "6")
     assert result.exit_code == 0, result.stderr
@@ -53,7 +43,7 @@ def test_table_prints_each_score_beside_its_random_baseline(workdir):
     layers = lines[lines.index("    per layer (randomised top first, cumulative):") + 1:]
     assert [line.split()[1:] for line in layers] == [["dense2", "(MatMul)"],
                                                      ["dense1", "(Gemm)"]]
-    assert _digests(workdir) == before  # evaluate writes nothing
+    assert digests(workdir) == before  # evaluate writes nothing
 
 
 def test_json_is_machine_readable(workdir):
@@ -91,11 +81,11 @@ def test_quiet_prints_nothing(workdir):
     (["--layers", "0"], "--layers"),
 ])
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
-    before = _digests(workdir)
+    before = digests(workdir)
     result = run("evaluate", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),
                  "--provider", "cpu", *args)
     _one_error(result, message)
-    assert _digests(workdir) == before
+    assert digests(workdir) == before
 
 
 @pytest.mark.parametrize("model, data, message", [

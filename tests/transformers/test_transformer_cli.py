@@ -8,16 +8,12 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from onnxplain_cli.main import main
+from ..cli_helpers import run
 
 TEXT_METHODS = ["raw_attention", "rollout", "attgrad", "generic_attention", "partial_lrp",
                 "transformer_attribution", "cat", "attncat", "layer_integrated_gradients"]
 
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 class _Spans(HTMLParser):

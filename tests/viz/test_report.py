@@ -4,7 +4,6 @@ attributions, notes for methods that do not apply, and one-line errors for bad i
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
 from onnxplain.viz import attention_matrix, build_report, default_methods, overlay, write_report
 from onnxplain.viz.report import NOT_APPLICABLE, top_classes
-from onnxplain_cli.main import main
 
+from ..cli_helpers import digests, run
 from ..tiny_models import mlp
 
 DIGITS_METHODS = ["saliency", "integrated_gradients", "grad_cam", "rollout"]
@@ -43,13 +41,6 @@ class Page(HTMLParser):
         self.text += data
 
 
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture()
@@ -245,11 +236,11 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(workdir, case):
     (workdir / "empty.txt").write_text("\n")
     (workdir / "report.json").write_text("0\n1\n2\n3\n")  # a labels file named like output
     extra, fragment = BAD[case]
-    before = digests(workdir)
+    before = digests(workdir, recursive=True)
     args = ["report", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),
             "-o", str(workdir / "out"), "--no-scores", *[a.format(w=workdir) for a in extra]]
     _one_line_error(run(*args), fragment)
-    assert digests(workdir) == before
+    assert digests(workdir, recursive=True) == before
     assert not (workdir / "out").exists()
 
 
