@@ -43,6 +43,22 @@ def print_description(d: dict) -> None:
     for entry in entries:
         echo(f"  {entry['tensor']} {_shape(entry['shape'])} (node '{entry['node']}')")
     _print_attention(d)
+    _print_onnxplain(d.get("onnxplain") or {})
+
+
+def _print_onnxplain(found: dict) -> None:
+    """What onnxplain wrote into this model (an exported explainer, a local head)."""
+    echo = click.echo
+    if "method" in found:
+        echo(f"exported explainer: {found['method']} (onnxplain {found.get('version', '?')}), "
+             f"explaining output '{found.get('explained_output', '?')}'")
+        for name, meaning in (found.get("added") or {}).items():
+            echo(f"  {name}: {meaning}")
+    head = found.get("local_head")
+    if isinstance(head, dict):
+        echo(f"local head on '{head.get('layer')}': {head.get('centers')} centers, "
+             f"{head.get('classes')} classes, {head.get('distance')} distance, epsilon "
+             f"{head.get('epsilon')}")
 
 
 def _print_attention(d: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import onnx
@@ -36,7 +37,26 @@ def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
         "ops_without_backward_rule": _missing(model, rules, sources),
         "candidate_layers": {"conv": conv_candidates(model)},
         **_attention(model),
+        "onnxplain": _onnxplain_metadata(proto),
     }
+
+
+def _onnxplain_metadata(proto) -> dict:
+    """What onnxplain wrote into the model: an exported explainer's method and added tensors,
+    a local head's layer and epsilon (its per-center tables left out)."""
+    found = {}
+    for prop in proto.metadata_props:
+        if not prop.key.startswith("onnxplain."):
+            continue
+        key = prop.key.removeprefix("onnxplain.")
+        try:
+            value = json.loads(prop.value)
+        except ValueError:
+            value = prop.value
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in ("sources", "labels")}
+        found[key] = value
+    return found
 
 
 def _attention(model: Model) -> dict:

@@ -212,3 +212,16 @@ def test_a_required_target_is_a_plain_input(digits_path, digits):
         _run(exported, {"image": digits})
     with pytest.raises(InputError, match="target_input must be one of optional, required"):
         export_explainer(str(digits_path), "saliency", target_input="maybe")
+
+
+def test_inspect_describes_an_exported_explainer(tmp_path, digits_path):
+    out = tmp_path / "explainer.onnx"
+    onnx.save(export_explainer(str(digits_path), "integrated_gradients", n_steps=4), out)
+    text = CliRunner().invoke(main, ["inspect", str(out)])
+    assert text.exit_code == 0, text.stderr
+    assert "exported explainer: integrated_gradients" in text.stdout
+    assert "convergence_delta:" in text.stdout
+    described = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+    assert described["onnxplain"]["options"]["n_steps"] == 4
+    plain = json.loads(CliRunner().invoke(main, ["inspect", str(digits_path), "--json"]).stdout)
+    assert plain["onnxplain"] == {}
