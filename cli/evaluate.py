@@ -9,7 +9,7 @@ import click
 
 from .errors import friendly
 from .options import (
-    parse_pairs,
+    method_options,
     parse_targets,
     provider_option,
     quiet_option,
@@ -72,13 +72,10 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     explainer = Explainer(model, providers=provider, output=output_name,
                           progress=not (quiet or as_json))
     arrays, _ = read_inputs(explainer.model, inputs)
-    method_options = parse_pairs(options, "--option")
-    for key, value in method_options.items():
-        if value.startswith("@"):  # -O baseline=@ref.npy passes an array
-            method_options[key] = read_array(value[1:])
+    chosen_options = method_options(options)
     mask = read_array(features[1:]) if features.startswith("@") else features
     attribution = explainer.explain(arrays, method=method, target=parse_targets(target),
-                                    batch_size=batch_size, **method_options)
+                                    batch_size=batch_size, **chosen_options)
     scores = evaluate_scores(explainer, arrays, attribution, names, steps=steps,
                              baseline_value=baseline_value, features=mask, cell=cell,
                              probability=probability, random_draws=draws, seed=seed,

@@ -6,12 +6,10 @@ import json
 
 import click
 
-from onnxplain.errors import InputError
-
 from .errors import friendly
-from .input_files import read_array, read_inputs
+from .input_files import read_inputs
 from .local_head import refuse_inputs, write_model
-from .options import quiet_option
+from .options import method_options, quiet_option
 
 
 @click.command("export")
@@ -46,16 +44,16 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
 
     refuse_inputs(out, [model, *_files(inputs)])
     loaded = Model.load(model)
-    method_options = _options(options)
+    chosen_options = method_options(options)
     exported = export_explainer(loaded, method, output=output_name, target_input=target_input,
-                                **method_options)
+                                **chosen_options)
     write_model(exported, out)
     summary = {"written": out, "method": method,
                "added": json.loads(next(p.value for p in exported.metadata_props
                                         if p.key == "onnxplain.added"))}
     if check:
         arrays = read_inputs(loaded, inputs)[0] if inputs else sample_inputs(loaded)
-        summary["check"] = check_export(loaded, exported, method, method_options, arrays,
+        summary["check"] = check_export(loaded, exported, method, chosen_options, arrays,
                                         output_name)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -70,16 +68,6 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
         click.echo(f"check on {result['rows']} rows: largest difference "
                    f"{result['max_abs_diff']:.3g} (relative {result['max_rel_diff']:.3g}) "
                    f"against the in-process method")
-
-
-def _options(pairs: tuple[str, ...]) -> dict:
-    found: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise InputError(f"--option '{pair}' is not KEY=VALUE")
-        key, value = pair.split("=", 1)
-        found[key.strip()] = read_array(value[1:]) if value.startswith("@") else value
-    return found
 
 
 def _files(specs: tuple[str, ...]) -> list[str]:

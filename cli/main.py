@@ -12,6 +12,7 @@ from .evaluate import evaluate
 from .export import export
 from .local_head import local_head
 from .options import (
+    method_options,
     parse_pairs,
     parse_targets,
     provider_option,
@@ -149,14 +150,10 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     if output_seed is not None:
         seed = read_array(output_seed)
         files.append(output_seed)
-    method_options = parse_pairs(options, "--option")
-    for key, value in method_options.items():
-        if value.startswith("@"):  # -O baseline=@ref.npy passes an array
-            method_options[key] = read_array(value[1:])
-            files.append(value[1:])
+    chosen_options = method_options(options, files)
     folder = prepare_folder(out, [model, *files])
     result = explainer.explain(arrays, method=method, target=parse_targets(target),
-                               output_seed=seed, batch_size=batch_size, **method_options)
+                               output_seed=seed, batch_size=batch_size, **chosen_options)
     written = write_explanation(result, folder, [model, *files], result.signed, arrays,
                                 vocabulary)
     if as_json:

@@ -43,3 +43,17 @@ def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
         key, value = pair.split("=", 1)
         found[key.strip()] = value
     return found
+
+
+def method_options(pairs: tuple[str, ...], files: list[str] | None = None) -> dict:
+    """-O KEY=VALUE method options; `-O baseline=@ref.npy` passes the array in that file
+    (its path is added to `files`, the user's files a command must not overwrite)."""
+    from .input_files import read_array
+
+    found: dict = parse_pairs(pairs, "--option")
+    for key, value in found.items():
+        if value.startswith("@"):
+            found[key] = read_array(value[1:])
+            if files is not None:
+                files.append(value[1:])
+    return found

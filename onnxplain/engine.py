@@ -82,6 +82,8 @@ class Engine:
         self.memory_budget_mb = memory_budget_mb
         self._programs: dict[tuple, Built] = {}
         self._specialised: dict[tuple, dict[ShapeKey, Built | None]] = {}
+        # One static copy (and its shape inference) per input shape, shared by the programs.
+        self._static_models: dict[ShapeKey, Model | None] = {}
         self._input_names = frozenset(spec.name for spec in model.inputs)
         self._small: bool | None = None
         self._forward: dict[tuple, Session] = {}
@@ -212,13 +214,14 @@ class Engine:
         if shapes not in variants:
             if len(variants) >= SPECIALISED_SHAPES or not self._small_enough():
                 return None
-            model = self._static_model(shapes)
+            if shapes not in self._static_models:
+                self._static_models[shapes] = self._static_model(shapes)
+            model = self._static_models[shapes]
             variants[shapes] = None
             if model is not None:
-                try:
+                # A build that fails here leaves the generic program, which reports real errors.
+                with contextlib.suppress(Exception):
                     variants[shapes] = build(model, STATIC_ONLY_FUSIONS)
-                except Exception:  # noqa: BLE001 - the generic program reports real errors
-                    variants[shapes] = None
         return variants[shapes]
 
     def _small_enough(self) -> bool:

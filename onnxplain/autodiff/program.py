@@ -132,14 +132,25 @@ def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:
     target = TARGET_INPUT
     b.graph.input.append(helper.make_tensor_value_info(target, TensorProto.INT64, [None]))
     b.infos[target] = TensorInfo(TensorProto.INT64, (None,))
-    predicted = b.op("ArgMax", output, axis=1, keepdims=0)
-    chosen = b.where(b.op("Less", target, b.const(np.array(0, dtype=np.int64))), predicted,
-                     target)
+    chosen = chosen_class(b, output, target)
     b.graph.node.append(helper.make_node("Identity", [chosen], [TARGET_OUTPUT],
                                          name=b.fresh("target_output")))
     b.graph.output.append(helper.make_tensor_value_info(TARGET_OUTPUT, TensorProto.INT64,
                                                         [None]))
     program.target_input, program.target_output = target, TARGET_OUTPUT
+    return one_hot(b, chosen, output)
+
+
+def chosen_class(b: GraphBuilder, output: str, target: str) -> str:
+    """The class each row explains: `target` where it is >= 0, else the predicted class
+    (ArgMax of the [N, C] `output`); a [1] target broadcasts over the rows."""
+    predicted = b.op("ArgMax", output, axis=1, keepdims=0)
+    negative = b.op("Less", target, b.const(np.array(0, dtype=np.int64)))
+    return b.where(negative, predicted, target)
+
+
+def one_hot(b: GraphBuilder, chosen: str, output: str) -> str:
+    """[N, C] in `output`'s type: 1 at each row's chosen class."""
     classes = _class_range(b, output)
     hot = b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0]))
     return b.op("Cast", hot, to=b.dtype(output))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..graph.attention import require_attention, token_layout_of
+from ..graph.attention import token_layout_of
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
 from ..methods._attention_graph import (
@@ -18,19 +18,18 @@ from ..methods._attention_graph import (
     gradient_times_relevance,
     head_mean,
 )
-from ..methods._tokens import layer_index, probabilities
-from ..methods.attention_flow import _relevance_pass
+from ..methods._tokens import (
+    attention_layers,
+    is_auto_query,
+    layer_index,
+    probabilities,
+    query_index,
+)
+from ..methods.attention_flow import relevance_pass
 from .graph import ExplainerGraph
 from .methods import ATTRIBUTION, register_export, resize_like_torch
 
 _COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
-
-
-def _layers(eg: ExplainerGraph, options: dict):
-    attention = options["attention"]
-    if isinstance(attention, str):
-        attention = [name.strip() for name in attention.split(",") if name.strip()]
-    return require_attention(eg.model, attention or None)
 
 
 def _layout(eg: ExplainerGraph, layers, query) -> dict:
@@ -48,13 +47,8 @@ def _layout(eg: ExplainerGraph, layers, query) -> dict:
                              "input with static height, width and token count")
         layout.update(image=images[0], prefix=static.get("class_tokens", 0),
                       grid=tuple(static["patch_grid"]))
-    auto = query is None or str(query).strip().lower() == "auto"
-    if auto:
-        layout["query"] = 0 if (text or layout["prefix"]) else None
-    elif str(query).strip().lower() == "mean":
-        layout["query"] = None
-    else:
-        layout["query"] = int(query)
+    layout["query"] = ((0 if (text or layout["prefix"]) else None) if is_auto_query(query)
+                       else query_index(query, None))
     return layout
 
 
@@ -93,7 +87,7 @@ def _finish(eg: ExplainerGraph, scores: str, layers, layout: dict, upsample: str
 
 
 def _chain(eg, options, weighting, step: str, reads: str, start: int = 0) -> None:
-    layers = _layers(eg, options)
+    layers = attention_layers(eg.model, options["attention"])
     layout = _layout(eg, layers, options["query"])
     maps = probabilities(layers)
     first = layer_index(start, len(layers))
@@ -105,7 +99,7 @@ def _chain(eg, options, weighting, step: str, reads: str, start: int = 0) -> Non
         grads = eg.gradient_passes(maps)
     else:
         sources, _ = find_sources(eg.model)
-        grads = eg.gradient_passes(maps, passes=[_relevance_pass(layers, sources)])
+        grads = eg.gradient_passes(maps, passes=[relevance_pass(layers, sources)])
     scores = post.emit(eg.b, grads)[ROW]
     _finish(eg, scores, layers, layout, options["upsample"])
 
@@ -113,7 +107,7 @@ def _chain(eg, options, weighting, step: str, reads: str, start: int = 0) -> Non
 @register_export("raw_attention", dict(_COMMON))
 def raw_attention(eg, options):
     """E_h A_L of the last layer, at the query row."""
-    layers = _layers(eg, options)
+    layers = attention_layers(eg.model, options["attention"])
     layout = _layout(eg, layers, options["query"])
     eg.target()
     mean = head_mean(eg.b, layers[-1].probabilities)

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff.build import add_gradients
-from ..autodiff.program import Pass
+from ..autodiff.program import Pass, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError
 from ..graph.builder import GraphBuilder
@@ -112,6 +112,8 @@ class ExplainerGraph:
     def target(self) -> str:
         """The explained class per row: the `target` input where it is >= 0, else the
         predicted class (ArgMax of the clean output). Exposed as output `target_used`."""
+        if self.chosen:
+            return self.chosen
         b, graph = self.b, self.proto.graph
         optional = self.target_input == "optional"
         rows = "target_rows" if optional else self.model.inputs[0].dims[0]
@@ -122,9 +124,7 @@ class ExplainerGraph:
             graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
                                                              TARGET))
         b.infos[TARGET] = TensorInfo(TensorProto.INT64, (rows,))
-        predicted = b.op("ArgMax", self.output, axis=1, keepdims=0)
-        negative = b.op("Less", TARGET, b.const(np.array(0, np.int64)))
-        chosen = b.where(negative, predicted, TARGET)  # a [1] default broadcasts over rows
+        chosen = chosen_class(b, self.output, TARGET)
         self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
                      TensorInfo(TensorProto.INT64, ("N",)))
         self.added[TARGET] = ("int64 [N]" + (", optional" if optional else "") +
@@ -162,9 +162,7 @@ class ExplainerGraph:
         chosen = self.target()
         if self.copies > 1:
             chosen = b.op("Tile", chosen, b.ints([self.copies]))
-        classes = _class_range(b, self.output)
-        hot = b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0]))
-        return b.op("Cast", hot, to=b.dtype(self.output))
+        return one_hot(b, chosen, self.output)
 
     def declare(self, tensor: str, name: str, meaning: str, info: TensorInfo | None = None
                 ) -> None:
@@ -180,15 +178,6 @@ class ExplainerGraph:
     def batched(self, name: str) -> str:
         """What an original tensor is called inside the copies (the outputs were renamed)."""
         return self._batched.get(name, name)
-
-
-def _class_range(b: GraphBuilder, output: str) -> str:
-    count = (b.info(output).certain or (None, None))[1]
-    if isinstance(count, int):
-        return b.const(np.arange(count, dtype=np.int64))
-    limit = b.squeeze(b.dim(output, 1), [0])
-    zero, one = (b.const(np.array(v, dtype=np.int64)) for v in (0, 1))
-    return b.range(zero, limit, one)
 
 
 def _rename_uses(nodes: Sequence[onnx.NodeProto], old: str, new: str) -> None:

@@ -67,6 +67,7 @@ def explain_prototypes(model, inputs, providers=None) -> list[dict]:
     and the centers that fired most with their activation, source row and label."""
     outputs, info, _ = head_outputs(model, inputs, providers)
     sources, labels = info.get("sources"), info.get("labels")
+    refused = rejected(outputs)
     rows = []
     for i, probabilities in enumerate(outputs[PREFIX + "probabilities"]):
         centers = outputs[PREFIX + "prototypes"][i]
@@ -75,7 +76,7 @@ def explain_prototypes(model, inputs, providers=None) -> list[dict]:
             "row": i, "predicted": int(probabilities.argmax()),
             "probability": float(probabilities.max()),
             "epsilon_activation": float(outputs[PREFIX + "epsilon"][i]),
-            "rejected": bool(outputs[PREFIX + "epsilon"][i] > strengths[0]),
+            "rejected": bool(refused[i]),
             "prototypes": [{"center": int(c), "activation": float(a),
                             "source_row": None if sources is None else int(sources[c]),
                             "label": None if labels is None else int(labels[c])}

@@ -15,12 +15,12 @@ from ..viz.heatmap import image_layout
 from ._layer import maps_per_image_input
 
 
-def attention_layers(engine, attention) -> list[AttentionLayer]:
+def attention_layers(model, attention) -> list[AttentionLayer]:
     """The model's attention layers, or those named by the `attention` option (a list or a
     comma-separated string of probability tensors or Softmax nodes)."""
     if isinstance(attention, str):
         attention = [name.strip() for name in attention.split(",") if name.strip()]
-    return require_attention(engine.model, attention or None)
+    return require_attention(model, attention or None)
 
 
 def probabilities(layers: Sequence[AttentionLayer]) -> list[str]:
@@ -52,10 +52,10 @@ def token_layout(feeds: Mapping[str, np.ndarray], sources, tokens: int, query) -
     prefix, grid = 0, None
     if images and not text:
         prefix, grid = patch_grid(images[0].shape, image_layout(images[0].shape), tokens)
-    if _is_auto(query):
+    if is_auto_query(query):
         row = 0 if (text or prefix) else None
     else:
-        row = _query_index(query, tokens)
+        row = query_index(query, tokens)
     return TokenLayout(tokens, row, prefix, grid, text)
 
 
@@ -70,15 +70,15 @@ def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
         last = info.shape[-1] if info is not None and info.shape else None
         tokens = last if isinstance(last, int) else None
     if tokens is None:
-        return 0 if _is_auto(query) else _query_index(query, None)
+        return 0 if is_auto_query(query) else query_index(query, None)
     return token_layout(feeds, sources, tokens, query).query
 
 
-def _is_auto(query) -> bool:
+def is_auto_query(query) -> bool:
     return query is None or (isinstance(query, str) and query.strip().lower() == "auto")
 
 
-def _query_index(query, tokens: int | None) -> int | None:
+def query_index(query, tokens: int | None) -> int | None:
     if isinstance(query, str) and query.strip().lower() == "mean":
         return None
     try:

@@ -72,7 +72,7 @@ def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
                         signed=signed)
 
 
-def _relevance_pass(layers, sources) -> Pass:
+def relevance_pass(layers, sources) -> Pass:
     """R_l for every layer under Chefer et al.'s LRP. Activations are what depends on the
     sources (not only on the maps), so that a residual sum splits relevance between both
     its branches in the first layer too."""
@@ -86,7 +86,7 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
     """A method chained over layers in the graph (see _attention_graph); `reads` is what the
     weighting needs besides the maps: "nothing" (one forward run), "gradients", or
     "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
-    layers = attention_layers(engine, attention)
+    layers = attention_layers(engine.model, attention)
     start = layer_index(start_layer, len(layers))
     row = resolve_query(engine, feeds, sources, layers, query)
     post = chain_post(name, probabilities(layers), start, weighting, step, row)
@@ -96,7 +96,7 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
         run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
         scores = values[POST_PREFIX + ROW]
     else:
-        passes = [_relevance_pass(layers, sources)] if reads == "relevance" else []
+        passes = [relevance_pass(layers, sources)] if reads == "relevance" else []
         run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
         scores = run.post[ROW]
     return _finish(feeds, sources, run, layers, scores, row, upsample, signed=signed)
@@ -105,7 +105,7 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                   upsample: str = "bilinear"):
     """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
-    layers = attention_layers(engine, attention)
+    layers = attention_layers(engine.model, attention)
     values = engine.forward(feeds, taps=probabilities(layers))
     outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
     run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
@@ -128,8 +128,8 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
                 upsample: str = "bilinear"):
     """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
     each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
-    layers = attention_layers(engine, attention)
-    relevance = _relevance_pass(layers[-1:], sources)
+    layers = attention_layers(engine.model, attention)
+    relevance = relevance_pass(layers[-1:], sources)
     run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
                            active_from=relevance.active_from)
     last = np.asarray(run.grads[layers[-1].probabilities], dtype=np.float64)

@@ -40,7 +40,7 @@ def _head_shares(g: np.ndarray, h: np.ndarray, heads: int, name: str) -> np.ndar
 
 def _run(engine, feeds, target, sources, attention, query, upsample: str, weighted: bool
          ) -> MethodOutput:
-    layers = attention_layers(engine, attention)
+    layers = attention_layers(engine.model, attention)
     hidden = _hidden_states(layers)
     taps = list(dict.fromkeys(hidden + ([lay.probabilities for lay in layers]
                                          if weighted else [])))
