@@ -20,6 +20,7 @@ from .errors import InputError, ModelError, OnnxplainError
 from .graph.builder import GraphBuilder
 from .graph.model import Model
 from .graph.sources import Source
+from .graph.stem import affine_stem
 from .graph.taps import add_taps
 from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, prepare_target
@@ -67,6 +68,16 @@ class GradientRun:
     post: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StemEngines:
+    """Engines over the affine stem of an input (its output is `frontier`) and over the rest
+    of the model, which reads `frontier` in place of the input (see graph.stem)."""
+
+    frontier: str
+    prefix: Engine
+    suffix: Engine
+
+
 class Engine:
     """Runs a model's rewritten programs on ONNX Runtime, rows in chunks."""
 
@@ -87,6 +98,7 @@ class Engine:
         self._input_names = frozenset(spec.name for spec in model.inputs)
         self._small: bool | None = None
         self._forward: dict[tuple, Session] = {}
+        self._stems: dict[str, StemEngines | None] = {}
         self._noticed = False
         self._chunk: int | None = None
         self._non_tensor_outputs = {o.name for o in model.proto.graph.output
@@ -164,6 +176,23 @@ class Engine:
             passes={label: {name: results[out] for name, out in grads.items()}
                     for label, grads in program.passes.items()},
             post={label: results[out] for label, out in program.post.items()})
+
+    def stem(self, name: str) -> StemEngines | None:
+        """Engines over the affine stem of input `name` and over the rest of the model, built
+        once; None where the input has none or rows are computed together."""
+        if name not in self._stems:
+            stem = None if self.model.rows_coupled else affine_stem(self.model, name)
+            self._stems[name] = None if stem is None else StemEngines(
+                stem.frontier, self._part(stem.prefix, stem.frontier, name),
+                self._part(stem.suffix, self.output, stem.frontier))
+        found = self._stems[name]
+        if found is not None:
+            found.prefix.progress = found.suffix.progress = self.progress
+        return found
+
+    def _part(self, model: Model, output: str, source: str) -> Engine:
+        return Engine(model, self.providers, output, [Source(source, source)],
+                      self.optimization, self.memory_budget_mb)
 
     def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = (),
                 post: Post | None = None) -> dict[str, np.ndarray]:
