@@ -21,6 +21,7 @@ from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
+from .commute import pool_after_relu
 from .registry import GRADIENT, RuleSet
 
 TARGET_INPUT = "onnxplain/target"
@@ -83,7 +84,12 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     gradients."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    b = GraphBuilder(proto, model.infos)
+    infos = dict(model.infos)
+    if post is None and all(p.rules is GRADIENT for p in passes) and rules is GRADIENT:
+        named = {output, *wrt, *taps, *active_from}
+        named.update(name for p in passes for name in (*p.wrt, *p.active_from))
+        pool_after_relu(proto.graph, infos, named)
+    b = GraphBuilder(proto, infos)
     program = GradientProgram(proto, output, {})
     if seeded:
         program.seed_input = add_input_like(b, SEED_PREFIX + output, output)

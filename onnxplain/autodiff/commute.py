@@ -1,0 +1,53 @@
+"""Forward rewrites that leave every output bit-identical and make the backward cheaper.
+
+Relu then MaxPool becomes MaxPool then Relu: both are monotone, so max(relu(a), relu(b))
+= relu(max(a, b)) exactly. The Relu's backward mask then covers the pooled tensor, not the
+one before pooling (a quarter of it for a stride-2 pool), and its gradient is unchanged:
+a pooled value that is positive came from a positive input, one at or below zero gives the
+gradient to an input that Relu zeroed either way. Rule sets that change Relu's or
+MaxPool's backward (Guided Backprop, LRP...) differ in ties between windows, so this is
+for plain gradients only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+import onnx
+
+from ..graph.shapes import TensorInfo
+from .build import node_inputs
+
+
+def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
+                    keep: Container[str]) -> None:
+    """Rewrite Relu -> MaxPool (the Relu's only reader, no Indices output) in place as
+    MaxPool -> Relu, unless the Relu's output is a graph output or in `keep`."""
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node_inputs(node):
+            readers.setdefault(name, []).append(index)
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type != "Relu" or node.domain not in ("", "ai.onnx"):
+            continue
+        between = node.output[0]
+        users = readers.get(between, [])
+        if between in outputs or between in keep or len(users) != 1:
+            continue
+        pool = graph.node[users[0]]
+        if pool.op_type != "MaxPool" or pool.domain not in ("", "ai.onnx") or \
+                len([o for o in pool.output if o]) != 1:
+            continue
+        pooled = pool.output[0]
+        pool.input[0] = node.input[0]
+        pool.output[0] = between  # now the pool of the Relu's input
+        infos[between] = infos.get(pooled, TensorInfo(None, None))
+        node.input[0] = between
+        node.output[0] = pooled
+        # The pool takes the Relu's place in the order and the Relu the pool's: the pool's
+        # input comes earlier still, and whatever reads `pooled` came after the pool.
+        relu = onnx.NodeProto()
+        relu.CopyFrom(node)
+        node.CopyFrom(pool)
+        pool.CopyFrom(relu)
