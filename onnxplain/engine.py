@@ -18,6 +18,7 @@ from .autodiff import GRADIENT, POST_PREFIX, RuleSet, add_output
 from .autodiff.program import GradientProgram, Pass, Post, build_gradient_program
 from .errors import InputError, ModelError, OnnxplainError
 from .graph.builder import GraphBuilder
+from .graph.load import payload_bytes
 from .graph.model import Model
 from .graph.sources import Source
 from .graph.stem import affine_stem
@@ -191,8 +192,10 @@ class Engine:
         return found
 
     def _part(self, model: Model, output: str, source: str) -> Engine:
-        return Engine(model, self.providers, output, [Source(source, source)],
+        part = Engine(model, self.providers, output, [Source(source, source)],
                       self.optimization, self.memory_budget_mb)
+        part._noticed = True  # a fixed batch axis is this engine's to report, once
+        return part
 
     def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = (),
                 post: Post | None = None) -> dict[str, np.ndarray]:
@@ -255,7 +258,7 @@ class Engine:
 
     def _small_enough(self) -> bool:
         if self._small is None:
-            self._small = self.model.proto.ByteSize() <= SPECIALISE_MAX_BYTES
+            self._small = payload_bytes(self.model.proto) <= SPECIALISE_MAX_BYTES
         return self._small
 
     def _static_model(self, shapes: ShapeKey) -> Model | None:

@@ -58,8 +58,10 @@ def affine_stem(model: Model, name: str) -> Stem | None:
     if info is None or info.dtype is None or info.shape is None:
         return None
     prefix_nodes = _ancestors(model, end, stop={name})
-    return Stem(name, end, Model(_prefix(model, name, end, prefix_nodes), model.path),
-                Model(_suffix(model, name, end, inside), model.path))
+    # Both parts keep the model's tensor names, so its shape facts hold for them.
+    return Stem(name, end, Model(_prefix(model, name, end, prefix_nodes), model.path,
+                                 model.infos),
+                Model(_suffix(model, name, end, inside), model.path, model.infos))
 
 
 def _affine(node: onnx.NodeProto, region: set[str], constants: frozenset[str],

@@ -69,7 +69,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     target, clean_outputs = fixed_target(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
     per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
-    path = Path(alphas, weights, max(1, per_run // max(rows, 1)))
+    path = Path(alphas, weights, _steps_per_run(len(alphas), max(1, per_run // max(rows, 1))))
     stem = engine.stem(names[0]) if len(names) == 1 else None
     if stem is None:
         totals = _path_sums(engine, feeds, baselines, target, path)
@@ -90,6 +90,18 @@ class Path:
     alphas: np.ndarray
     weights: np.ndarray
     steps_per_run: int
+
+
+def _steps_per_run(n_steps: int, limit: int) -> int:
+    """Path points per run: all of them if they fit, else a divisor of n_steps between
+    limit / 2 and limit where there is one, so that every run has the same shape (the
+    first run of each shape builds a program: about a second on ResNet-18), else `limit`."""
+    if n_steps <= limit:
+        return n_steps
+    for size in range(limit, (limit + 1) // 2 - 1, -1):
+        if size and n_steps % size == 0:
+            return size
+    return limit
 
 
 def _path_sums(engine, feeds, starts, target, path: Path) -> dict[str, np.ndarray]:

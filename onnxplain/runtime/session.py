@@ -11,6 +11,7 @@ import onnx
 
 from .._ort import ort
 from ..errors import InputError, OnnxplainError
+from ..graph.load import payload_bytes
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -78,7 +79,7 @@ class Session:
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     def _serialise(self, model: onnx.ModelProto) -> bytes | str:
-        if model.ByteSize() < _INLINE_LIMIT:
+        if payload_bytes(model) < _INLINE_LIMIT:
             return model.SerializeToString()
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxplain-")
         path = os.path.join(self._tmp.name, "model.onnx")

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.engine import OutputSeed
+from onnxplain.engine import BatchNotice, OutputSeed
 from onnxplain.graph.model import Model
 from onnxplain.graph.stem import affine_stem
 from onnxplain.runtime.session import Session
@@ -144,3 +144,23 @@ def test_integrated_gradients_without_a_stem_still_runs():
     result = explainer.explain(x, method="integrated_gradients", n_steps=8)
     assert explainer.engine.stem("x") is None
     assert np.isfinite(result.attributions["x"]).all()
+
+
+def test_fixed_batch_notice_comes_once(zoo, monkeypatch):
+    """A model exported with batch 1 runs IG's rows one at a time through the stem's
+    engines too, with the one notice the whole explain call gives."""
+    proto = onnx.load(str(zoo.model_path("digits_cnn")))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    explainer = onnxplain.Explainer(proto, providers="cpu")
+    x = zoo.sample("digits_cnn")["image"][:3]
+    options = {"method": "integrated_gradients", "n_steps": 8, "delta_tolerance": 1.0}
+    with pytest.warns(BatchNotice) as caught:
+        through = explainer.explain(x, **options)
+    assert len([w for w in caught if w.category is BatchNotice]) == 1
+    assert explainer.engine.stem("image") is not None
+    monkeypatch.setattr(explainer.engine, "stem", lambda name: None)
+    direct = explainer.explain(x, **options)
+    np.testing.assert_allclose(through.attributions["image"], direct.attributions["image"],
+                               rtol=1e-4, atol=1e-6)
