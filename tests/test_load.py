@@ -13,6 +13,8 @@ import onnxplain
 from onnxplain.errors import ModelError
 from onnxplain.graph.load import load_model
 
+from .tiny_models import mlp
+
 
 def _tiny(opset: int = 17, ir: int | None = None) -> onnx.ModelProto:
     weight = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2) / 5, "w")
@@ -129,3 +131,15 @@ def test_users_model_and_file_are_never_modified(tmp_path):
     assert model.SerializeToString() == before
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.parametrize("features", [4, 100])  # a small initializer and a large weight
+def test_weights_shorter_than_their_shape_are_refused(features):
+    """The checker sees the model without its weights' bytes: their sizes are checked apart."""
+    model = mlp(features=features)
+    weight = model.graph.initializer[0]
+    data = numpy_helper.to_array(weight).tobytes()
+    weight.ClearField("float_data")
+    weight.raw_data = data[:-8]
+    with pytest.raises(ModelError, match="w1"):
+        load_model(model)

@@ -77,7 +77,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     proved them equal. Where it leaves a dim unknown, ONNX Runtime's symbolic inference fills
     in a value or a name (`batch`, `seq`) derived from the graph inputs.
     """
-    light = _without_weights(model)
+    light = without_weights(model)
     infos = tensor_infos(_onnx_inference(light))
     if _complete(model, infos):
         return infos  # nothing left to fill in (most CNNs): spares 0.7 s of sympy import
@@ -105,7 +105,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
 _WEIGHT_ELEMENTS = 64
 
 
-def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its large float initializers declared as graph inputs of their type and
     shape instead: both inferences serialise the model, which with the weights is most of
     their cost (ResNet-18: 0.39 against 0.02 s)."""

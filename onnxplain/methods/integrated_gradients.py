@@ -94,12 +94,13 @@ class Path:
 
 def _steps_per_run(n_steps: int, limit: int) -> int:
     """Path points per run: all of them if they fit, else a divisor of n_steps between
-    limit / 2 and limit where there is one, so that every run has the same shape (the
-    first run of each shape builds a program: about a second on ResNet-18), else `limit`."""
+    2/3 of limit and limit where there is one, so that every run has the same shape (the
+    first run of each shape builds a program: about a second on ResNet-18; much smaller
+    runs cost more per row), else `limit`."""
     if n_steps <= limit:
         return n_steps
-    for size in range(limit, (limit + 1) // 2 - 1, -1):
-        if size and n_steps % size == 0:
+    for size in range(limit, max(1, -(-2 * limit // 3)) - 1, -1):
+        if n_steps % size == 0:
             return size
     return limit
 

@@ -13,7 +13,7 @@ from onnxplain.graph.load import load_model
 def test_shortcuts_give_the_same_facts(name, zoo, monkeypatch):
     model, _ = load_model(str(zoo.model_path(name)))
     fast = shapes.infer_shapes(model)
-    monkeypatch.setattr(shapes, "_without_weights", lambda m: m)
+    monkeypatch.setattr(shapes, "without_weights", lambda m: m)
     monkeypatch.setattr(shapes, "_complete", lambda m, infos: False)
     full = shapes.infer_shapes(model)
     assert fast == full
@@ -22,7 +22,7 @@ def test_shortcuts_give_the_same_facts(name, zoo, monkeypatch):
 
 def test_weights_leave_the_copy_but_not_their_shapes(zoo):
     model, _ = load_model(str(zoo.model_path("resnet18")))
-    light = shapes._without_weights(model)
+    light = shapes.without_weights(model)
     assert light.ByteSize() < model.ByteSize() / 100
     declared = {value.name for value in light.graph.input}
     big = [init for init in model.graph.initializer if len(init.raw_data) > 1024]

@@ -247,3 +247,12 @@ def test_bad_targets_are_input_errors_for_every_method(zoo, method):
         case.explainer.explain(case.x, method=method, target=10)
     with pytest.raises(InputError, match="target has 2 entries for 16 input rows"):
         case.explainer.explain(case.x, method=method, target=[1, 2])
+
+
+@pytest.mark.parametrize(("n_steps", "limit", "expected"),
+                         [(50, 7, 5), (32, 7, 7), (7, 7, 7), (3, 7, 3), (500, 7, 5), (13, 7, 7)])
+def test_integrated_gradients_prefers_equal_runs(n_steps, limit, expected):
+    """Runs of one shape build one program; a divisor is taken only if not much smaller."""
+    from onnxplain.methods.integrated_gradients import _steps_per_run
+
+    assert _steps_per_run(n_steps, limit) == expected
