@@ -82,3 +82,16 @@ def completeness_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
         worst = float(np.max(np.abs(delta) / scale))
         warnings.warn(message.format(worst=worst), category, stacklevel=5)
     return delta
+
+
+def equal_runs(count: int, limit: int) -> int:
+    """Points per run (path steps, noise samples) for `count` of them, at most `limit`: all
+    if they fit, else a divisor of count between 2/3 of limit and limit where there is one,
+    so that every run has the same shape (the first run of each shape builds a program:
+    about a second on ResNet-18; much smaller runs cost more per row), else `limit`."""
+    if count <= limit:
+        return count
+    for size in range(limit, max(1, -(-2 * limit // 3)) - 1, -1):
+        if count % size == 0:
+            return size
+    return limit

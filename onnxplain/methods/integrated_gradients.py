@@ -12,6 +12,7 @@ from . import MethodOutput, MethodSpec, register
 from ._common import (
     clean_run,
     completeness_delta,
+    equal_runs,
     fixed_target,
     input_sources,
     tile_target,
@@ -69,7 +70,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     target, clean_outputs = fixed_target(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
     per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
-    path = Path(alphas, weights, _steps_per_run(len(alphas), max(1, per_run // max(rows, 1))))
+    path = Path(alphas, weights, equal_runs(len(alphas), max(1, per_run // max(rows, 1))))
     stem = engine.stem(names[0]) if len(names) == 1 else None
     if stem is None:
         totals = _path_sums(engine, feeds, baselines, target, path)
@@ -90,19 +91,6 @@ class Path:
     alphas: np.ndarray
     weights: np.ndarray
     steps_per_run: int
-
-
-def _steps_per_run(n_steps: int, limit: int) -> int:
-    """Path points per run: all of them if they fit, else a divisor of n_steps between
-    2/3 of limit and limit where there is one, so that every run has the same shape (the
-    first run of each shape builds a program: about a second on ResNet-18; much smaller
-    runs cost more per row), else `limit`."""
-    if n_steps <= limit:
-        return n_steps
-    for size in range(limit, max(1, -(-2 * limit // 3)) - 1, -1):
-        if n_steps % size == 0:
-            return size
-    return limit
 
 
 def _path_sums(engine, feeds, starts, target, path: Path) -> dict[str, np.ndarray]:

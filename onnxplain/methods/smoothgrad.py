@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import METHODS, MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target, input_sources, repeat_target
+from ._common import clean_run, equal_runs, fixed_target, input_sources, repeat_target
 
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -63,7 +63,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     rows = next(iter(feeds.values())).shape[0]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
-    per_run = max(1, engine.rows_per_run(feeds) // max(rows, 1))
+    per_run = equal_runs(n_samples, max(1, engine.rows_per_run(feeds) // max(rows, 1)))
     for first in range(0, n_samples, per_run):
         count = min(per_run, n_samples - first)
         picked = _sample_rows(rows, n_samples, first, count)

@@ -251,8 +251,8 @@ def test_bad_targets_are_input_errors_for_every_method(zoo, method):
 
 @pytest.mark.parametrize(("n_steps", "limit", "expected"),
                          [(50, 7, 5), (32, 7, 7), (7, 7, 7), (3, 7, 3), (500, 7, 5), (13, 7, 7)])
-def test_integrated_gradients_prefers_equal_runs(n_steps, limit, expected):
+def test_path_steps_and_noise_samples_prefer_equal_runs(n_steps, limit, expected):
     """Runs of one shape build one program; a divisor is taken only if not much smaller."""
-    from onnxplain.methods.integrated_gradients import _steps_per_run
+    from onnxplain.methods._common import equal_runs
 
-    assert _steps_per_run(n_steps, limit) == expected
+    assert equal_runs(n_steps, limit) == expected
