@@ -187,8 +187,9 @@ class Engine:
                 stem.frontier, self._part(stem.prefix, stem.frontier, name),
                 self._part(stem.suffix, self.output, stem.frontier))
         found = self._stems[name]
-        if found is not None:
-            found.prefix.progress = found.suffix.progress = self.progress
+        if found is not None:  # this explain call's settings hold for the parts too
+            for part in (found.prefix, found.suffix):
+                part.progress, part._chunk = self.progress, self._chunk
         return found
 
     def _part(self, model: Model, output: str, source: str) -> Engine:

@@ -164,3 +164,21 @@ def test_fixed_batch_notice_comes_once(zoo, monkeypatch):
     direct = explainer.explain(x, **options)
     np.testing.assert_allclose(through.attributions["image"], direct.attributions["image"],
                                rtol=1e-4, atol=1e-6)
+
+
+def test_batch_size_holds_through_the_stem(zoo, monkeypatch):
+    """explain(batch_size=2) runs at most two rows at once, also on the stem's engines."""
+    explainer = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu")
+    x = zoo.sample("digits_cnn")["image"][:3]
+    seen: list[int] = []
+    original = Session.run
+
+    def spy(self, outputs, feeds):
+        seen.append(next(iter(feeds.values())).shape[0])
+        return original(self, outputs, feeds)
+
+    monkeypatch.setattr(Session, "run", spy)
+    explainer.explain(x, method="integrated_gradients", n_steps=8, batch_size=2,
+                      delta_tolerance=1.0)
+    assert explainer.engine.stem("image") is not None
+    assert seen and max(seen) <= 2
