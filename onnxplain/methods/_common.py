@@ -58,7 +58,9 @@ def input_sources(sources: Sequence[Source], feeds: Mapping[str, np.ndarray], me
     inner = [s.input for s in sources if s not in moved]
     if inner:
         raise InputError(f"{method} moves the input values, but {', '.join(inner)} is "
-                         "attributed at an inner tensor (token ids or attribute_at)")
+                         "attributed at an inner tensor (token ids or attribute_at); for "
+                         "token ids use layer_integrated_gradients, saliency or "
+                         "input_x_gradient")
     return moved
 
 

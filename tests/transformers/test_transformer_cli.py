@@ -88,6 +88,7 @@ def test_inspect_lists_attention_layers(sentiment):
     (["-m", "rollout", "-O", "start_layer=9"], "start_layer 9 is out of range"),
     (["-m", "rollout", "-O", "attention=nothing_here"], "no tensor or node named"),
     (["-m", "rollout", "--vocab", "{missing}"], "vocabulary file"),
+    (["-m", "integrated_gradients"], "use layer_integrated_gradients"),
 ])
 def test_bad_transformer_options_are_one_line_errors(sentiment, tmp_path, args, fragment):
     model, sample, _ = sentiment
