@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
+from ..graph.stem import Stem
 
 TARGET = "target"
 TARGET_USED = "target_used"
@@ -83,6 +84,49 @@ class ExplainerGraph:
             _rename_uses(original, spec.name, inside)
             self.feeds[spec.name] = inside
         graph.node.extend(original)
+        self._batch_outputs(count, 0 if clean_first else count)
+
+    def run_past_stem(self, stem: Stem, start: CopyMaker, count: int,
+                      copies: Callable[[GraphBuilder, str, str], str]) -> tuple[str, str, str]:
+        """run_on_copies for a one-input model with copies made after the input's affine
+        stem (graph.stem): the stem's nodes run on [x; x'] only, x' = start(b, x), and the
+        nodes after it see copies(b, z, z') (count blocks) then z, with z = L(x) and
+        z' = L(x'). Returns ([x; x'] as the stem reads it, x', the copies)."""
+        if self.copies != 1 or len(self.model.inputs) != 1:
+            raise RuntimeError("copies are set once, on a one-input model")
+        graph, b, name = self.proto.graph, self.b, stem.input
+        original = list(graph.node)
+        del graph.node[:]
+        baseline = start(b, name)
+        both = b.concat([name, baseline], 0)
+        b.infos[both] = b.info(name)
+        prelude = list(graph.node)
+        del graph.node[:]
+        ends = b.dim(name, 0)  # N, read from the user's input
+        z, z_start = (b.slice(stem.frontier, b.op("Mul", ends, b.ints([i])),
+                              b.op("Mul", ends, b.ints([i + 1])), [0]) for i in (0, 1))
+        made = b.concat([copies(b, z, z_start), z], 0)
+        b.infos[made] = b.info(stem.frontier)
+        after_stem = list(graph.node)
+        del graph.node[:]
+        stem_nodes = [n for n in original if set(n.output) <= stem.region]
+        rest = [n for n in original if not set(n.output) <= stem.region]
+        _rename_uses(stem_nodes, name, both)
+        _rename_uses(rest, stem.frontier, made)
+        for node in original:
+            if node is stem_nodes[0]:
+                graph.node.extend(prelude)
+            graph.node.append(node)
+            if stem.frontier in node.output:
+                graph.node.extend(after_stem)
+        self.feeds[name] = both
+        self._batch_outputs(count, count)
+        return both, baseline, made
+
+    def _batch_outputs(self, count: int, clean: int) -> None:
+        """Rename the original outputs to their all-rows form and read the clean block
+        (index `clean` of count + 1) back under the original names."""
+        graph, b = self.proto.graph, self.b
         for name in self.outputs:
             batched = name + ALL_ROWS
             _rename_everywhere(graph, name, batched)
@@ -90,8 +134,8 @@ class ExplainerGraph:
             self._batched[name] = batched
         self.copies = count + 1
         for name in self.outputs:  # the clean block, under the original name
-            clean = self.block(self._batched[name], 0 if clean_first else count)
-            graph.node.append(helper.make_node("Identity", [clean], [name],
+            clean_rows = self.block(self._batched[name], clean)
+            graph.node.append(helper.make_node("Identity", [clean_rows], [name],
                                                name=b.fresh("clean_output")))
             b.infos[name] = self.model.infos.get(name, TensorInfo(None, None))
 

@@ -8,12 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
+from ..autodiff.build import add_gradients
 from ..autodiff.program import Pass
+from ..autodiff.registry import GRADIENT
 from ..errors import InputError
 from ..graph.layers import resolve_layer
 from ..graph.shapes import TensorInfo
+from ..graph.stem import affine_stem
 from ..maps import MODES as UPSAMPLE_MODES
 from ..methods.integrated_gradients import path_points
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
@@ -95,24 +98,60 @@ def integrated_gradients(eg, options):
 
     def copies(b, name: str) -> str:
         start = _baseline(b, name, options)
-        difference = b.op("Sub", name, start)
-        differences[name] = difference
-        rank = b.rank(name)
-        path = b.const(alphas.reshape((steps,) + (1,) * rank).astype(b.np_dtype(name)))
-        points = b.op("Add", b.unsqueeze(start, [0]),
-                      b.op("Mul", path, b.unsqueeze(difference, [0])))
-        shape = b.concat([b.ints([-1]), b.dims(name, 1)], axis=0)
-        return b.concat([b.op("Reshape", points, shape), start], axis=0)
+        differences[name] = b.op("Sub", name, start)
+        return _path_copies(b, start, differences[name], alphas, name)
 
-    eg.run_on_copies(steps + 1, {name: copies for name in inputs})
-    grads = eg.gradients([eg.feeds[name] for name in inputs])
-    values = {}
-    for name in inputs:
-        w = b.const(weights.reshape((steps,) + (1,) * b.rank(name)).astype(b.np_dtype(name)))
-        path = b.op("Mul", eg.blocks(grads[eg.feeds[name]], steps), w)
-        values[name] = b.op("Mul", differences[name], b.reduce("ReduceSum", path, [0], False))
+    stem = affine_stem(eg.model, inputs[0]) if len(eg.model.inputs) == 1 else None
+    if stem is not None:
+        values = {inputs[0]: _integrated_gradients_past_stem(eg, stem, alphas, weights,
+                                                             options)}
+    else:
+        eg.run_on_copies(steps + 1, {name: copies for name in inputs})
+        grads = eg.gradients([eg.feeds[name] for name in inputs])
+        values = {name: b.op("Mul", differences[name],
+                             _path_sum(eg, grads[eg.feeds[name]], weights, name))
+                  for name in inputs}
     declare_per_input(eg, values, "integrated gradients")
     _declare_delta(eg, values, _target_change(eg, steps + 1, steps))
+
+
+def _path_copies(b, start: str, difference: str, alphas: np.ndarray, like: str) -> str:
+    """[start + a_0 difference; ...; start + a_{S-1} difference; start], block after block
+    (`like`: a tensor of the same rank and type whose facts are known)."""
+    rank, steps = b.rank(like), len(alphas)
+    path = b.const(alphas.reshape((steps,) + (1,) * rank).astype(b.np_dtype(like)))
+    points = b.op("Add", b.unsqueeze(start, [0]),
+                  b.op("Mul", path, b.unsqueeze(difference, [0])))
+    shape = b.concat([b.ints([-1]), b.dims(start, 1)], axis=0)
+    return b.concat([b.op("Reshape", points, shape), start], axis=0)
+
+
+def _path_sum(eg: ExplainerGraph, grads: str, weights: np.ndarray, like: str) -> str:
+    """sum_s w_s grads[block s] over the path's blocks, [N, ...]."""
+    b, steps = eg.b, len(weights)
+    w = b.const(weights.reshape((steps,) + (1,) * b.rank(like)).astype(b.np_dtype(like)))
+    return b.reduce("ReduceSum", b.op("Mul", eg.blocks(grads, steps), w), [0], False)
+
+
+def _integrated_gradients_past_stem(eg: ExplainerGraph, stem, alphas, weights, options):
+    """The path walked at the output of the input's affine stem L, as in-process
+    (methods.integrated_gradients): the stem runs on [x; x'], and its adjoint maps the
+    path's summed gradient back once."""
+    b, steps = eg.b, len(alphas)
+
+    def copies(b, z: str, z_start: str) -> str:
+        return _path_copies(b, z_start, b.op("Sub", z, z_start), alphas, stem.frontier)
+
+    both, start, made = eg.run_past_stem(stem, lambda b, x: _baseline(b, x, options),
+                                         steps + 1, copies)
+    summed = _path_sum(eg, eg.gradients([made])[made], weights, stem.frontier)
+    zeros = b.op("ConstantOfShape", b.shape(summed),
+                 value=numpy_helper.from_array(np.zeros(1, b.np_dtype(summed))))
+    # Seed the stem's output on x's block only: the gradient at [x; x'] is then L^T on top.
+    adjoint = add_gradients(b, {stem.frontier: b.concat([summed, zeros], 0)}, [both],
+                            GRADIENT)[both]
+    x = stem.input
+    return b.op("Mul", b.op("Sub", x, start), eg.block(adjoint, 0))
 
 
 def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:

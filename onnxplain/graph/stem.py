@@ -32,6 +32,7 @@ class Stem:
     frontier: str
     prefix: Model
     suffix: Model
+    region: frozenset[str]  # what the stem's own nodes compute, `frontier` included
 
 
 def affine_stem(model: Model, name: str) -> Stem | None:
@@ -61,7 +62,8 @@ def affine_stem(model: Model, name: str) -> Stem | None:
     # Both parts keep the model's tensor names, so its shape facts hold for them.
     return Stem(name, end, Model(_prefix(model, name, end, prefix_nodes), model.path,
                                  model.infos),
-                Model(_suffix(model, name, end, inside), model.path, model.infos))
+                Model(_suffix(model, name, end, inside), model.path, model.infos),
+                frozenset(region - {name}))
 
 
 def _affine(node: onnx.NodeProto, region: set[str], constants: frozenset[str],

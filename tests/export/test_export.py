@@ -225,3 +225,33 @@ def test_inspect_describes_an_exported_explainer(tmp_path, digits_path):
     assert described["onnxplain"]["options"]["n_steps"] == 4
     plain = json.loads(CliRunner().invoke(main, ["inspect", str(digits_path), "--json"]).stdout)
     assert plain["onnxplain"] == {}
+
+
+def test_exported_integrated_gradients_runs_the_stem_on_two_blocks_only(digits_path):
+    """The input convolution (the affine stem) reads [x; x'], not the path's copies."""
+    exported = export_explainer(str(digits_path), "integrated_gradients", n_steps=8)
+    producers = {o: n for n in exported.graph.node for o in n.output}
+    first_conv = next(n for n in exported.graph.node if n.op_type == "Conv")
+    stem_input = producers[first_conv.input[0]]
+    assert stem_input.op_type == "Concat" and len(stem_input.input) == 2
+    assert stem_input.input[0] == "image"
+
+
+def test_exported_integrated_gradients_without_a_stem():
+    """A model whose input meets a Relu first has no stem: the path is built at the input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(2).standard_normal((5, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])],
+        "relu_first", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.random.default_rng(3).standard_normal((4, 5)).astype(np.float32)
+    exported = export_explainer(model, "integrated_gradients", n_steps=16)
+    got = _run(exported, {"x": x})
+    expected = Explainer(model, "cpu").explain(x, method="integrated_gradients", n_steps=16,
+                                                delta_tolerance=1e9)
+    _close(got["attribution/x"], expected.attributions["x"])
