@@ -62,6 +62,8 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     "uniform" (noise within each row's range, seeded) or an array (or dict of arrays).
     extras["convergence_delta"] holds, per row, sum(IG) - (S_c(x) - S_c(x')); a
     ConvergenceWarning is issued when it exceeds `delta_tolerance` times |S_c(x) - S_c(x')|.
+    Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
+    path is walked at their output and the gradients go back through them once.
     """
     moved = input_sources(sources, feeds, "integrated_gradients")
     names = [source.tensor for source in moved]
@@ -70,7 +72,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     target, clean_outputs = fixed_target(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
     per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
-    path = Path(alphas, weights, equal_runs(len(alphas), max(1, per_run // max(rows, 1))))
+    path = Quadrature(alphas, weights, equal_runs(len(alphas), max(1, per_run // max(rows, 1))))
     stem = engine.stem(names[0]) if len(names) == 1 else None
     if stem is None:
         totals = _path_sums(engine, feeds, baselines, target, path)
@@ -85,7 +87,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
 
 
 @dataclass(frozen=True)
-class Path:
+class Quadrature:
     """Quadrature points and weights along [0, 1], and how many points one run takes."""
 
     alphas: np.ndarray
@@ -93,7 +95,7 @@ class Path:
     steps_per_run: int
 
 
-def _path_sums(engine, feeds, starts, target, path: Path) -> dict[str, np.ndarray]:
+def _path_sums(engine, feeds, starts, target, path: Quadrature) -> dict[str, np.ndarray]:
     """sum_k w_k dS/dt(start + a_k (end - start)) for each tensor t of `starts`, whose end
     point is feeds[t]; the points are folded into the batch axis, a chunk per run."""
     totals = {name: np.zeros(feeds[name].shape, np.float64) for name in starts}
@@ -121,7 +123,7 @@ def _path_sums(engine, feeds, starts, target, path: Path) -> dict[str, np.ndarra
     return totals
 
 
-def _path_sums_at_stem(stem, name, feeds, baselines, target, path: Path
+def _path_sums_at_stem(stem, name, feeds, baselines, target, path: Quadrature
                        ) -> dict[str, np.ndarray]:
     """_path_sums for input `name` through its affine stem L (graph.stem): the straight
     path runs between L(x') and L(x), and L's adjoint maps the summed gradient back once.
