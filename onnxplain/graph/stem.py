@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from ..autodiff.build import node_inputs
 from .model import Model
 
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "MatMul", "Gemm"})
@@ -48,10 +49,12 @@ def affine_stem(model: Model, name: str) -> Stem | None:
             stem_nodes.append(node)
             region.update(o for o in node.output if o)
     inside = {id(node) for node in stem_nodes}
-    outputs = {o.name for o in graph.output}
-    frontier = {t for t in region
-                if t in outputs or any(id(user) not in inside
-                                       for user in model.consumers.get(t, ()))}
+    # What the other nodes read, inside their subgraphs (If, Loop bodies) too.
+    read = {o.name for o in graph.output}
+    for node in graph.node:
+        if id(node) not in inside:
+            read.update(node_inputs(node))
+    frontier = region & read
     if len(frontier) != 1 or name in frontier:
         return None
     (end,) = frontier

@@ -133,6 +133,25 @@ NO_STEM = {
 }
 
 
+def _read_inside_if() -> Model:
+    """a = x + k is read by Mul (in the stem) and inside an If branch: a second end."""
+    def branch(label: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", ["a"], [f"{label}_out"])],
+                                 label, [], [helper.make_tensor_value_info(
+                                     f"{label}_out", TensorProto.FLOAT, None)])
+
+    nodes = [helper.make_node("Add", ["x", "k"], ["a"]),
+             helper.make_node("Mul", ["a", "k"], ["b"]),
+             helper.make_node("If", ["flag"], ["picked"], then_branch=branch("then"),
+                              else_branch=branch("else")),
+             helper.make_node("Add", ["b", "picked"], ["s"])]
+    flag = numpy_helper.from_array(np.array(True), "flag")
+    return _first(*nodes, extra=[_const("k", 1, 3, 1, 1), flag])
+
+
+NO_STEM["read inside a subgraph"] = _read_inside_if
+
+
 @pytest.mark.parametrize("case", sorted(NO_STEM))
 def test_no_stem(case):
     assert affine_stem(NO_STEM[case](), "x") is None
