@@ -26,6 +26,9 @@ def print_description(d: dict) -> None:
     echo("attributed at: " + ("; ".join(d["attribution_sources"]) or "nothing"))
     for name, reason in d["unattributed_inputs"].items():
         echo(f"  {name}: {reason}")
+    for name, stem in d["affine_stems"].items():
+        echo(f"affine stem of {name}: {' -> '.join(stem['ops'])}, ending at '{stem['end']}' "
+             "(Integrated Gradients walks its path after it)")
     echo(f"nodes: {d['node_count']}")
     echo("ops: " + ", ".join(f"{op} x{count}" for op, count in d["op_histogram"].items()))
     missing = d["ops_without_backward_rule"]

@@ -247,3 +247,13 @@ def test_every_command_takes_quiet_and_json():
     for path, command in commands(main):
         flags = {opt for param in command.params for opt in getattr(param, "opts", [])}
         assert {"-q", "--json"} <= flags, f"onnxplain {' '.join(path)} lacks -q or --json"
+
+
+def test_inspect_names_the_affine_stem(tmp_path):
+    """The MLP's input meets a Gemm first: IG walks its path after it, at 'h'."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), str(path))
+    description = json.loads(run("inspect", str(path), "--json").stdout)
+    assert description["affine_stems"] == {"x": {"ops": ["Gemm"], "end": "h"}}
+    text = run("inspect", str(path)).stdout
+    assert "affine stem of x: Gemm, ending at 'h'" in text

@@ -14,6 +14,7 @@ from .builder import GraphBuilder
 from .layers import conv_candidates
 from .model import Model, TensorSpec
 from .sources import find_sources
+from .stem import affine_stem
 
 
 def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
@@ -33,12 +34,26 @@ def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
         "op_histogram": dict(Counter(_op_name(node) for node in proto.graph.node)
                              .most_common()),
         "attribution_sources": [source.describe() for source in sources],
+        "affine_stems": _stems(model),
         "unattributed_inputs": unattributed,
         "ops_without_backward_rule": _missing(model, rules, sources),
         "candidate_layers": {"conv": conv_candidates(model)},
         **_attention(model),
         "onnxplain": _onnxplain_metadata(proto),
     }
+
+
+def _stems(model: Model) -> dict:
+    """Per float input, the affine ops it meets first and the tensor where they end: where
+    Integrated Gradients walks its path (graph.stem)."""
+    found = {}
+    for spec in model.inputs:
+        stem = affine_stem(model, spec.name) if spec.is_float else None
+        if stem is not None:
+            ops = [node.op_type for node in stem.prefix.proto.graph.node
+                   if set(node.output) <= stem.region]
+            found[spec.name] = {"ops": ops, "end": stem.frontier}
+    return found
 
 
 def _onnxplain_metadata(proto) -> dict:
