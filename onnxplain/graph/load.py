@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper
 from ..errors import ModelError
 from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
-from .shapes import without_weights
+from .shapes import is_weight, without_weights
 
 OLDEST_OPSET = 9
 # onnxruntime 1.31 refuses IR versions above 13, while onnx 1.23 stamps 14 on new models.
@@ -95,29 +96,24 @@ def _check(model: onnx.ModelProto, path: str | None) -> None:
 
 
 def _check_weight_sizes(model: onnx.ModelProto) -> None:
-    """What the checker would say of weights it did not see: data shorter or longer than
-    their shape."""
+    """What the checker would say of the weights without_weights kept from it: data shorter
+    or longer than their shape."""
     for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL or init.data_type not in _FLOAT_BYTES:
+        if init.data_location == TensorProto.EXTERNAL or not is_weight(init):
             continue
-        count = 1
-        for dim in init.dims:
-            count *= dim
+        count = int(np.prod(init.dims))
         if init.raw_data:
-            have, need = len(init.raw_data), count * _FLOAT_BYTES[init.data_type]
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+            have, need, unit = len(init.raw_data), count * itemsize, "bytes"
         else:
-            typed = init.double_data if init.data_type == TensorProto.DOUBLE else \
-                init.int32_data if init.data_type in _HALF_TYPES else init.float_data
-            have, need = len(typed), count
+            typed = getattr(init, helper.tensor_dtype_to_field(init.data_type))
+            have, need, unit = len(typed), count, "values"
         if have != need:
             raise onnx.checker.ValidationError(
-                f"initializer '{init.name}' holds {have} {'bytes' if init.raw_data else 'values'}"
-                f" where its shape {list(init.dims)} needs {need}")
+                f"initializer '{init.name}' holds {have} {unit} where its shape "
+                f"{list(init.dims)} needs {need}")
 
 
-_FLOAT_BYTES = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
-                TensorProto.BFLOAT16: 2}
-_HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 _ITEM_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8,
                "uint64_data": 8}
 

@@ -105,6 +105,11 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, TensorInfo]:
 _WEIGHT_ELEMENTS = 64
 
 
+def is_weight(init: onnx.TensorProto) -> bool:
+    """A float initializer big enough that only its type and shape matter to inference."""
+    return init.data_type in FLOAT_TYPES and int(np.prod(init.dims)) > _WEIGHT_ELEMENTS
+
+
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its large float initializers declared as graph inputs of their type and
     shape instead: both inferences serialise the model, which with the weights is most of
@@ -113,7 +118,7 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {value.name for value in graph.input}
     kept, inputs = [], list(graph.input)
     for init in graph.initializer:
-        if init.data_type in FLOAT_TYPES and int(np.prod(init.dims)) > _WEIGHT_ELEMENTS:
+        if is_weight(init):
             if init.name not in declared:
                 inputs.append(helper.make_tensor_value_info(init.name, init.data_type,
                                                             list(init.dims)))
@@ -121,12 +126,9 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             kept.append(init)
     if len(kept) == len(graph.initializer):
         return model
-    light = onnx.ModelProto()
-    for field in ("ir_version", "opset_import", "functions", "producer_name", "domain"):
-        if field in ("opset_import", "functions"):
-            getattr(light, field).extend(getattr(model, field))
-        else:
-            setattr(light, field, getattr(model, field))
+    light = onnx.ModelProto(ir_version=model.ir_version, domain=model.domain)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
     light.graph.name = graph.name
     light.graph.node.extend(graph.node)
     light.graph.input.extend(inputs)

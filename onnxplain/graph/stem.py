@@ -128,7 +128,7 @@ def _ancestors(model: Model, end: str, stop: set[str]) -> list[onnx.NodeProto]:
         if tensor in stop or node is None or id(node) in needed:
             continue
         needed.add(id(node))
-        queue.extend(i for i in node.input if i)
+        queue.extend(node_inputs(node))
     return [node for node in model.proto.graph.node if id(node) in needed]
 
 
@@ -157,14 +157,8 @@ def _suffix(model: Model, name: str, end: str, inside: set[int]) -> onnx.ModelPr
 
 def _used_initializers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
                        ) -> list[onnx.TensorProto]:
-    used = {i for node in nodes for i in node.input}
-    used |= {i for node in nodes for a in node.attribute if a.g for i in _graph_inputs(a.g)}
+    used = {name for node in nodes for name in node_inputs(node)}
     return [init for init in graph.initializer if init.name in used]
-
-
-def _graph_inputs(graph: onnx.GraphProto) -> set[str]:
-    """Outer-scope names a subgraph reads."""
-    return {i for node in graph.node for i in node.input}
 
 
 def _model_like(original: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:

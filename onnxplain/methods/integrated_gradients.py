@@ -129,8 +129,9 @@ def _path_sums_at_stem(stem, name, feeds, baselines, target, path: Quadrature
     path runs between L(x') and L(x), and L's adjoint maps the summed gradient back once.
     On ResNet-18 this skips the input convolution and its transposed convolution at every
     path point."""
-    ends = stem.prefix.forward({name: feeds[name]})[stem.frontier]
-    starts = stem.prefix.forward({name: baselines[name]})[stem.frontier]
+    rows = feeds[name].shape[0]
+    both = stem.prefix.forward({name: np.concatenate([feeds[name], baselines[name]])})
+    ends, starts = both[stem.frontier][:rows], both[stem.frontier][rows:]
     inner = {k: v for k, v in feeds.items() if k != name}
     inner[stem.frontier] = ends
     summed = _path_sums(stem.suffix, inner, {stem.frontier: starts}, target, path)
