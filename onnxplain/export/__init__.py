@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from ..autodiff.build import node_inputs
 from ..engine import pick_output
 from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
@@ -59,6 +60,17 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})
     proto.producer_name = "onnxplain"
+    _drop_unread_initializers(proto.graph)
     set_runtime_ir_version(proto)
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
+    """Weights only a Loop body reads now live in that body (export.loop)."""
+    read = {name for node in graph.node for name in node_inputs(node)}
+    read |= {v.name for v in graph.input} | {v.name for v in graph.output}
+    kept = [init for init in graph.initializer if init.name in read]
+    if len(kept) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)

@@ -86,42 +86,33 @@ class ExplainerGraph:
         graph.node.extend(original)
         self._batch_outputs(count, 0 if clean_first else count)
 
-    def run_past_stem(self, stem: Stem, start: CopyMaker, count: int,
-                      copies: Callable[[GraphBuilder, str, str], str]) -> tuple[str, str, str]:
-        """run_on_copies for a one-input model with copies made after the input's affine
-        stem (graph.stem): the stem's nodes run on [x; x'] only, x' = start(b, x), and the
-        nodes after it see copies(b, z, z') (count blocks) then z, with z = L(x) and
-        z' = L(x'). Returns ([x; x'] as the stem reads it, x', the copies)."""
-        if self.copies != 1 or len(self.model.inputs) != 1:
-            raise RuntimeError("copies are set once, on a one-input model")
-        graph, b, name = self.proto.graph, self.b, stem.input
-        original = list(graph.node)
-        del graph.node[:]
-        baseline = start(b, name)
-        both = b.concat([name, baseline], 0)
-        b.infos[both] = b.info(name)
-        prelude = list(graph.node)
-        del graph.node[:]
-        ends = b.dim(name, 0)  # N, read from the user's input
-        z, z_start = (b.slice(stem.frontier, b.op("Mul", ends, b.ints([i])),
-                              b.op("Mul", ends, b.ints([i + 1])), [0]) for i in (0, 1))
-        made = b.concat([copies(b, z, z_start), z], 0)
-        b.infos[made] = b.info(stem.frontier)
-        after_stem = list(graph.node)
-        del graph.node[:]
-        stem_nodes = [n for n in original if set(n.output) <= stem.region]
-        rest = [n for n in original if not set(n.output) <= stem.region]
-        _rename_uses(stem_nodes, name, both)
-        _rename_uses(rest, stem.frontier, made)
-        for node in original:
-            if node is stem_nodes[0]:
-                graph.node.extend(prelude)
-            graph.node.append(node)
-            if stem.frontier in node.output:
-                graph.node.extend(after_stem)
-        self.feeds[name] = both
-        self._batch_outputs(count, count)
-        return both, baseline, made
+    def take_model_nodes(self) -> list[onnx.NodeProto]:
+        """Remove the model's nodes from the graph, for a method that runs them elsewhere (a
+        Loop body: export.loop); call it before emitting anything."""
+        if self.copies != 1 or len(self.proto.graph.node) != len(self.model.proto.graph.node):
+            raise RuntimeError("the model's nodes are taken out first, once")
+        nodes = list(self.proto.graph.node)
+        del self.proto.graph.node[:]
+        return nodes
+
+    def put_back_stem(self, stem: Stem, nodes: Sequence[onnx.NodeProto], both: str) -> None:
+        """Put the nodes of the input's affine stem (graph.stem) back, reading `both`
+        ([x; x']) in place of the input: its frontier then holds 2N rows."""
+        kept = [node for node in nodes if set(node.output) <= stem.region]
+        _rename_uses(kept, stem.input, both)
+        self.proto.graph.node.extend(kept)
+        self.feeds[stem.input] = both
+
+    def outputs_from(self, batched: dict[str, str]) -> None:
+        """The original outputs as block 0 of `batched` (per output, a tensor computed on
+        [x; x'] elsewhere), under their own names; block 1 stays readable (batched())."""
+        graph, b = self.proto.graph, self.b
+        self._batched.update(batched)
+        self.copies = 2
+        for name in self.outputs:
+            graph.node.append(helper.make_node("Identity", [self.block(batched[name], 0)], [name],
+                                               name=b.fresh("clean_output")))
+            b.infos[name] = self.model.infos.get(name, TensorInfo(None, None))
 
     def _batch_outputs(self, count: int, clean: int) -> None:
         """Rename the original outputs to their all-rows form and read the clean block
@@ -144,13 +135,6 @@ class ExplainerGraph:
         b = self.b
         start = b.op("Mul", self.rows, b.ints([index]))
         return b.slice(tensor, start, b.op("Add", start, self.rows), [0])
-
-    def blocks(self, tensor: str, count: int) -> str:
-        """The first `count` blocks of `tensor` as [count, N, ...]."""
-        b = self.b
-        head = b.slice(tensor, [0], b.op("Mul", self.rows, b.ints([count])), [0])
-        shape = b.concat([b.ints([count, -1]), b.dims(tensor, 1)], axis=0)
-        return b.op("Reshape", head, shape)
 
     # ---- target and gradients ---------------------------------------------------------
     def target(self) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..autodiff.build import add_gradients
 from ..autodiff.program import Pass
@@ -23,6 +23,7 @@ from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import LrpParams, lrp_rules
 from .graph import ExplainerGraph
+from .loop import Walk, aliases, gradient_loop, per_block, repeated, weighted_blocks
 
 ATTRIBUTION = "attribution/"
 Build = Callable[[ExplainerGraph, dict], None]
@@ -86,72 +87,90 @@ register_export("deconvnet")(_modified_gradient(
 
 
 @register_export("integrated_gradients", {"n_steps": 50, "rule": "gausslegendre",
-                                    "baseline": "zeros", "baseline_value": 0.0})
+                                    "baseline": "zeros", "baseline_value": 0.0,
+                                    "internal_batch_size": 16})
 def integrated_gradients(eg, options):
-    """IG_i = (x_i - x'_i) sum_s w_s d S_c(x' + a_s (x - x')) / d x_i, the n_steps path
-    points folded into the batch axis inside the graph, plus one block at the baseline for
-    the convergence delta."""
+    """IG_i = (x_i - x'_i) sum_s w_s d S_c(x' + a_s (x - x')) / d x_i.
+
+    The path's points run in a Loop, about `internal_batch_size` rows per iteration
+    (export.loop), so memory does not grow with n_steps; its first iteration also runs
+    [x; x'] (the original outputs and the convergence delta). As in-process, a one-input
+    model walks the path at the output of its input's affine stem L and maps the summed
+    gradient back through L's adjoint once."""
     b, inputs = eg.b, float_inputs(eg)
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
-    steps = len(alphas)
-    differences = {}
-
-    def copies(b, name: str) -> str:
-        start = _baseline(b, name, options)
-        differences[name] = b.op("Sub", name, start)
-        return _path_copies(b, start, differences[name], alphas, name)
-
-    stem = affine_stem(eg.model, inputs[0]) if len(eg.model.inputs) == 1 else None
-    if stem is not None:
-        values = {inputs[0]: _integrated_gradients_past_stem(eg, stem, alphas, weights,
-                                                             options)}
+    per_run = int(options["internal_batch_size"])
+    if per_run < 1:
+        raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
+    nodes = eg.take_model_nodes()
+    baselines = {name: _baseline(b, name, options) for name in inputs}
+    for name, baseline in baselines.items():
+        b.infos[baseline] = b.info(name)
+    single = len(eg.model.inputs) == 1 and not eg.model.rows_coupled
+    stem = affine_stem(eg.model, inputs[0]) if single else None
+    if stem is None:
+        body = eg.model
+        clean = {spec.name: b.concat([spec.name, baselines.get(spec.name, spec.name)], 0)
+                 for spec in body.inputs}
+        starts, ends = baselines, {name: name for name in inputs}
     else:
-        eg.run_on_copies(steps + 1, {name: copies for name in inputs})
-        grads = eg.gradients([eg.feeds[name] for name in inputs])
-        values = {name: b.op("Mul", differences[name],
-                             _path_sum(eg, grads[eg.feeds[name]], weights, name))
-                  for name in inputs}
+        body, x = stem.suffix, stem.input
+        eg.put_back_stem(stem, nodes, b.concat([x, baselines[x]], 0))
+        clean = {stem.frontier: stem.frontier}
+        ends, starts = ({stem.frontier: eg.block(stem.frontier, i)} for i in (0, 1))
+        for block in (ends, starts):
+            b.infos[block[stem.frontier]] = b.info(stem.frontier)
+    differences = {name: b.op("Sub", ends[name], starts[name]) for name in ends}
+    walk = _path_walk(eg, body, alphas, weights, clean, starts, differences)
+    sums = dict(zip(ends, gradient_loop(eg, walk, per_run), strict=True))
+    if stem is None:
+        values = {name: b.op("Mul", differences[name], sums[name]) for name in inputs}
+    else:
+        values = {x: _through_stem(eg, stem, sums[stem.frontier], baselines[x])}
     declare_per_input(eg, values, "integrated gradients")
-    _declare_delta(eg, values, _target_change(eg, steps + 1, steps))
+    _declare_delta(eg, values, _target_change(eg, 0, 1))
 
 
-def _path_copies(b, start: str, difference: str, alphas: np.ndarray, like: str) -> str:
-    """[start + a_0 difference; ...; start + a_{S-1} difference; start], block after block
-    (`like`: a tensor of the same rank and type whose facts are known)."""
-    rank, steps = b.rank(like), len(alphas)
-    path = b.const(alphas.reshape((steps,) + (1,) * rank).astype(b.np_dtype(like)))
-    points = b.op("Add", b.unsqueeze(start, [0]),
-                  b.op("Mul", path, b.unsqueeze(difference, [0])))
-    shape = b.concat([b.ints([-1]), b.dims(start, 1)], axis=0)
-    return b.concat([b.op("Reshape", points, shape), start], axis=0)
+def _path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
+               clean: dict[str, str], starts: dict[str, str], differences: dict[str, str]
+               ) -> Walk:
+    """`body` at start + a_s difference for each input in `starts` (its other inputs
+    repeated), summing w_s times the gradients there."""
+    names = list(starts)
+    others = aliases(eg, [spec.name for spec in body.inputs if spec.name not in starts])
+
+    def feeds(bb, chunk) -> dict[str, str]:
+        path = _gathered(bb, alphas, chunk, starts[names[0]])
+        made = {name: repeated(bb, chunk, alias) for name, alias in others.items()}
+        for name in names:
+            start = starts[name]
+            points = bb.op("Add", bb.unsqueeze(start, [0]),
+                           bb.op("Mul", per_block(bb, path, start),
+                                 bb.unsqueeze(differences[name], [0])))
+            made[name] = bb.reshape(points, bb.concat([bb.ints([-1]), bb.dims(start, 1)], 0))
+        return made
+
+    def contributions(bb, chunk, grads) -> list[str]:
+        weight = bb.op("Mul", _gathered(bb, weights, chunk, starts[names[0]]), chunk.live)
+        return [weighted_blocks(bb, chunk, grads[name], weight, starts[name])
+                for name in names]
+
+    return Walk(body, len(alphas), clean, 2, names, feeds, contributions,
+                [starts[name] for name in names])
 
 
-def _path_sum(eg: ExplainerGraph, grads: str, weights: np.ndarray, like: str) -> str:
-    """sum_s w_s grads[block s] over the path's blocks, [N, ...]."""
-    b, steps = eg.b, len(weights)
-    w = b.const(weights.reshape((steps,) + (1,) * b.rank(like)).astype(b.np_dtype(like)))
-    return b.reduce("ReduceSum", b.op("Mul", eg.blocks(grads, steps), w), [0], False)
+def _gathered(bb, table: np.ndarray, chunk, like: str) -> str:
+    """table[chunk.index] in `like`'s type, [k]."""
+    return bb.op("Gather", bb.const(table.astype(bb.np_dtype(like))), chunk.index, axis=0)
 
 
-def _integrated_gradients_past_stem(eg: ExplainerGraph, stem, alphas, weights, options):
-    """The path walked at the output of the input's affine stem L, as in-process
-    (methods.integrated_gradients): the stem runs on [x; x'], and its adjoint maps the
-    path's summed gradient back once."""
-    b, steps = eg.b, len(alphas)
-
-    def copies(b, z: str, z_start: str) -> str:
-        return _path_copies(b, z_start, b.op("Sub", z, z_start), alphas, stem.frontier)
-
-    both, start, made = eg.run_past_stem(stem, lambda b, x: _baseline(b, x, options),
-                                         steps + 1, copies)
-    summed = _path_sum(eg, eg.gradients([made])[made], weights, stem.frontier)
-    zeros = b.op("ConstantOfShape", b.shape(summed),
-                 value=numpy_helper.from_array(np.zeros(1, b.np_dtype(summed))))
-    # Seed the stem's output on x's block only: the gradient at [x; x'] is then L^T on top.
-    adjoint = add_gradients(b, {stem.frontier: b.concat([summed, zeros], 0)}, [both],
-                            GRADIENT)[both]
-    x = stem.input
-    return b.op("Mul", b.op("Sub", x, start), eg.block(adjoint, 0))
+def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
+    """(x - x') L^T summed: the stem's adjoint, seeded on x's block of [x; x']."""
+    b = eg.b
+    both = eg.feeds[stem.input]
+    seed = b.concat([summed, b.zeros_like(summed)], 0)
+    adjoint = add_gradients(b, {stem.frontier: seed}, [both], GRADIENT)[both]
+    return b.op("Mul", b.op("Sub", stem.input, baseline), eg.block(adjoint, 0))
 
 
 def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:

@@ -1,0 +1,290 @@
+"""Methods that evaluate the model at many points per row (Integrated Gradients' path,
+SmoothGrad's noisy copies) run those points in an ONNX Loop, a few per iteration, so an
+explainer needs the memory of one gradient run over about `rows_per_run` rows however many
+points there are.
+
+The Loop's body is a model (the original one, or the part after its input's affine stem)
+with onnxplain's gradient pass, and it holds that model's weights: ONNX Runtime lays out
+convolutions for speed (NCHWc) only where the weights are the graph's own. Iteration i
+evaluates points i*k .. i*k+k-1, each over all N rows (block after block, as ExplainerGraph
+lays out copies), with k = max(1, rows_per_run // N) decided at run time; points past the
+last repeat it with weight 0. Iteration 0 also runs the clean rows (x, and x' for a path),
+whose outputs leave the Loop as the explainer's original outputs, so the model's nodes
+appear once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..autodiff.build import add_gradients, node_inputs
+from ..autodiff.program import chosen_class, one_hot
+from ..autodiff.registry import GRADIENT, RuleSet
+from ..errors import ModelError
+from ..graph.builder import GraphBuilder
+from ..graph.model import Model
+from ..graph.shapes import TensorInfo
+from .graph import NO_TARGET, TARGET, ExplainerGraph
+
+BODY_PREFIX = "onnxplain/loop"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One iteration's points: `index` [k] into the point tables (clipped to the last point),
+    `live` [k] in the sums' type (1, or 0 for the repeats past the last point), and `k` (int64
+    [1]) for tiling."""
+
+    index: str
+    live: str
+    k: str
+
+
+# Emits, inside the body, the values of the body model's inputs at a chunk's points: k
+# blocks of N rows each.
+Feeds = Callable[[GraphBuilder, Chunk], dict[str, str]]
+# Emits a chunk's contribution to each loop-carried sum (N rows) from the gradients at the
+# points (k blocks of N rows).
+Contributions = Callable[[GraphBuilder, Chunk, dict[str, str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Walk:
+    """What the Loop evaluates: `model` at `points` points per row (`feeds`), plus once the
+    clean rows `clean` (per input of `model`, an outer tensor of `clean_blocks` blocks of N
+    rows: [x; x'] for a path from x', [x] for noise)."""
+
+    model: Model
+    points: int
+    clean: dict[str, str]
+    clean_blocks: int
+    wrt: Sequence[str]  # the inputs of `model` whose gradients the contributions read
+    feeds: Feeds
+    contributions: Contributions
+    sums_like: Sequence[str]  # outer tensors shaped like the sums
+
+
+def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
+                  rules: RuleSet = GRADIENT) -> list[str]:
+    """Run the walk with gradients seeded by the one-hot of eg's target at every point, and
+    return the sums of its contributions. The model's outputs on the clean rows become the
+    explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph."""
+    b = eg.b
+    if b.opset >= 12:  # int64 Min and Max
+        per_run = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))
+        k = b.op("Min", per_run, b.ints([walk.points]))
+    else:
+        k = b.ints([1])
+    trips = b.op("Div", b.op("Add", b.ints([walk.points]), b.op("Sub", k, b.ints([1]))), k)
+    clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
+    outputs = [spec.name for spec in eg.model.outputs]
+    clean = aliases(eg, list(walk.clean.values()))
+    body = _body(eg, walk, {name: clean[value] for name, value in walk.clean.items()}, k,
+                 clean_rows, outputs, rules)
+    initial = [b.zeros_like(like) for like in walk.sums_like]
+    initial += [_placeholder(b, eg.model.infos.get(name)) for name in outputs]
+    results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
+    sums, clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
+    for total, like in zip(sums, walk.sums_like, strict=True):
+        b.infos[total] = b.info(like)
+    for value, name in zip(clean, outputs, strict=True):
+        b.infos[value] = eg.model.infos.get(name, TensorInfo(None, None))
+    eg.outputs_from(dict(zip(outputs, clean, strict=True)))
+    eg.target()  # the same choice as the body's, from the same outputs
+    return sums
+
+
+def aliases(eg: ExplainerGraph, names: Sequence[str]) -> dict[str, str]:
+    """Outer Identity copies of `names`: the body defines the model's tensor names itself
+    (a model input included), so it reads those outer tensors under other names."""
+    made = {}
+    for name in names:
+        made[name] = eg.b.op("Identity", name)
+        eg.b.infos[made[name]] = eg.b.info(name)
+    return made
+
+
+def repeated(bb: GraphBuilder, chunk: Chunk, rows: str) -> str:
+    """k blocks of the N `rows`, one per point of the chunk."""
+    return bb.op("Tile", rows, bb.concat([chunk.k, bb.ints([1] * (bb.rank(rows) - 1))], 0))
+
+
+def per_block(bb: GraphBuilder, values: str, like: str) -> str:
+    """[k] -> [k, 1, ..., 1], broadcasting over blocks shaped like `like` ([N, ...])."""
+    return bb.unsqueeze(values, list(range(1, bb.rank(like) + 1)))
+
+
+def weighted_blocks(bb: GraphBuilder, chunk: Chunk, value: str, weights: str, like: str
+                    ) -> str:
+    """sum_j weights[j] * value[block j]: k blocks shaped like `like` ([N, ...]) summed."""
+    blocks = bb.reshape(value, bb.concat([chunk.k, bb.ints([-1]), bb.dims(like, 1)], 0))
+    return bb.reduce("ReduceSum", bb.op("Mul", blocks, per_block(bb, weights, like)), [0],
+                     False)
+
+
+def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
+          outputs: list[str], rules: RuleSet) -> onnx.GraphProto:
+    outer, model = eg.b, walk.model
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    bb = GraphBuilder(proto, {**model.infos, **outer.infos}, prefix=BODY_PREFIX)
+    graph = proto.graph
+    step, cond = bb.fresh("iteration"), bb.fresh("cond")
+    carried = [bb.fresh("sum") for _ in walk.sums_like]
+    kept = [bb.fresh("clean") for _ in outputs]
+    bb.infos[step] = TensorInfo(TensorProto.INT64, ())
+    for name, like in zip(carried, walk.sums_like, strict=True):
+        bb.infos[name] = outer.info(like)
+
+    model_nodes = list(graph.node)
+    del graph.node[:]  # they run after the inputs are defined
+    chunk = _chunk(bb, step, k, walk.points, walk.sums_like[0])
+    first = bb.op("Equal", step, bb.const(np.array(0, np.int64)))
+    # Iteration 0 runs the clean rows before its points, the others none.
+    extra = bb.reshape(bb.where(first, bb.reshape(clean_rows, []),
+                                bb.const(np.array(0, np.int64))), [1])
+    _feed_model(bb, walk, clean, chunk, extra)
+    graph.node.extend(model_nodes)
+    clean_outputs = [_first_or_kept(bb, first, bb.slice(name, [0], extra, [0]), previous,
+                                    name) for name, previous in zip(outputs, kept, strict=True)]
+    explained = clean_outputs[outputs.index(eg.output)]
+    chosen = chosen_class(bb, bb.slice(explained, [0], eg.rows, [0]), TARGET)
+    unseeded = bb.op("Expand", bb.ints([NO_TARGET]), extra)
+    seed = one_hot(bb, bb.concat([unseeded, bb.op("Tile", chosen, chunk.k)], 0), eg.output)
+    grads = add_gradients(bb, {eg.output: seed}, list(walk.wrt), rules)
+    at_grads = {name: bb.slice(grads[name], extra, [np.iinfo(np.int64).max], [0])
+                for name in walk.wrt}
+    parts = walk.contributions(bb, chunk, at_grads)
+    updated = [bb.op("Add", total, part) for total, part in zip(carried, parts, strict=True)]
+    for name, like in zip(updated, walk.sums_like, strict=True):
+        bb.infos[name] = outer.info(like)
+    done = bb.op("Identity", cond)
+
+    nodes = _needed(list(graph.node), [done, *updated, *clean_outputs])
+    likes = [*walk.sums_like, *outputs]
+    body = helper.make_graph(
+        nodes, f"{model.proto.graph.name}_points",
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
+         *_value_infos(bb, [*carried, *kept], likes)],
+        [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
+         *_value_infos(bb, [*updated, *clean_outputs], likes)],
+        _used_initializers(graph, nodes))
+    _rename_shadowing(body, _outer_names(eg.proto.graph))
+    return body
+
+
+def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chunk,
+                extra: str) -> None:
+    """Define the model's inputs: the first `extra` clean rows, then the chunk's points."""
+    at_points = walk.feeds(bb, chunk)
+    for spec in walk.model.inputs:
+        rows = bb.slice(clean[spec.name], [0], extra, [0])
+        bb.graph.node.append(helper.make_node("Identity",
+                                              [bb.concat([rows, at_points[spec.name]], 0)],
+                                              [spec.name], name=bb.fresh("feed_node")))
+        bb.infos[spec.name] = walk.model.infos.get(spec.name, spec.info)
+
+
+def _chunk(b: GraphBuilder, step: str, k: str, points: int, like: str) -> Chunk:
+    """index = step * k + [0 .. k-1], clipped to the last point; live marks the real ones."""
+    first = b.op("Mul", b.reshape(step, [1]), k)
+    if b.opset >= 12:
+        wanted = b.op("Add", first, b.range(b.const(np.array(0, np.int64)),
+                                            b.reshape(k, []), b.const(np.array(1, np.int64))))
+    else:
+        wanted = first  # k is 1 below opset 12
+    last = b.ints([points - 1])
+    index = b.where(b.op("Less", last, wanted), last, wanted)
+    live = b.op("Cast", b.op("Less", wanted, b.ints([points])), to=b.dtype(like))
+    return Chunk(index, live, k)
+
+
+def _first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str) -> str:
+    """`fresh` in iteration 0, else what the Loop carried (an If: their shapes differ)."""
+    branches = {}
+    for label, value in (("then", fresh), ("else", kept)):
+        out = b.fresh(f"{label}_value")
+        branches[label] = helper.make_graph(
+            [helper.make_node("Identity", [value], [out], name=b.fresh(f"{label}_node"))],
+            b.fresh(f"{label}_branch"), [], [_value_info(b, out, like)])
+    result = b.node("If", [first], 1, then_branch=branches["then"],
+                    else_branch=branches["else"])[0]
+    b.infos[result] = b.info(like)
+    return result
+
+
+def _placeholder(b: GraphBuilder, info: TensorInfo | None) -> str:
+    """An empty tensor of the output's type and rank: what the Loop carries into
+    iteration 0, which replaces it."""
+    if info is None or info.dtype is None or info.rank is None:
+        raise ModelError("an exported explainer that loops over points needs the element "
+                         "type and rank of every model output (shape inference left one "
+                         "unknown)")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(info.dtype))
+    return b.const(np.zeros((0,) * info.rank, dtype), "placeholder")
+
+
+def _needed(nodes: list[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes the body's outputs depend on."""
+    wanted, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(out in wanted for out in node.output):
+            kept.append(node)
+            wanted.update(node_inputs(node))
+    return kept[::-1]
+
+
+def _used_initializers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]
+                       ) -> list[onnx.TensorProto]:
+    used = {name for node in nodes for name in node_inputs(node)}
+    return [init for init in graph.initializer if init.name in used]
+
+
+def _value_info(b: GraphBuilder, name: str, like: str) -> onnx.ValueInfoProto:
+    """`name` typed as `like`, with `like`'s rank and no fixed dims (they change per run)."""
+    info = b.info(like)
+    rank = info.rank if info.rank is not None else b.rank(name)
+    return helper.make_tensor_value_info(name, info.dtype or b.dtype(name), [None] * rank)
+
+
+def _value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
+                 ) -> list[onnx.ValueInfoProto]:
+    return [_value_info(b, name, like) for name, like in zip(names, likes, strict=True)]
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in graph.input} | {init.name for init in graph.initializer}
+    return names | {out for node in graph.node for out in node.output}
+
+
+def _rename_shadowing(body: onnx.GraphProto, outer: set[str]) -> None:
+    """A subgraph may not redefine a name of its enclosing graph: the body computes the
+    model's tensors under their own names, so those get a prefix."""
+    defined = {v.name for v in body.input} | {init.name for init in body.initializer}
+    defined |= {out for n in body.node for out in n.output}
+    renamed = {name: f"{BODY_PREFIX}/{name}" for name in defined & outer}
+    if not renamed:
+        return
+    for node in body.node:
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        _rename_reads(node, renamed)
+    for value in list(body.input) + list(body.output):
+        value.name = renamed.get(value.name, value.name)
+    for init in body.initializer:
+        init.name = renamed.get(init.name, init.name)
+
+
+def _rename_reads(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+    node.input[:] = [renamed.get(name, name) for name in node.input]
+    for attribute in node.attribute:
+        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+            inner = {out for n in graph.node for out in n.output} | {v.name for v in graph.input}
+            outer_only = {k: v for k, v in renamed.items() if k not in inner}
+            for sub in graph.node:
+                _rename_reads(sub, outer_only)
