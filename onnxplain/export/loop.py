@@ -7,10 +7,10 @@ The Loop's body is a model (the original one, or the part after its input's affi
 with onnxplain's gradient pass, and it holds that model's weights: ONNX Runtime lays out
 convolutions for speed (NCHWc) only where the weights are the graph's own. Iteration i
 evaluates points i*k .. i*k+k-1, each over all N rows (block after block, as ExplainerGraph
-lays out copies), with k = max(1, rows_per_run // N) decided at run time; points past the
-last repeat it with weight 0. Iteration 0 also runs the clean rows (x, and x' for a path),
-whose outputs leave the Loop as the explainer's original outputs, so the model's nodes
-appear once.
+lays out copies), with k decided at run time: at most max(1, rows_per_run // N), spread
+evenly over the iterations that needs; points past the last repeat it with weight 0.
+Iteration 0 also runs the clean rows (x, and x' for a path), whose outputs leave the Loop
+as the explainer's original outputs, so the model's nodes appear once.
 """
 
 from __future__ import annotations
@@ -75,12 +75,14 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     return the sums of its contributions. The model's outputs on the clean rows become the
     explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph."""
     b = eg.b
+    points = b.ints([walk.points])
     if b.opset >= 12:  # int64 Min and Max
-        per_run = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))
-        k = b.op("Min", per_run, b.ints([walk.points]))
+        most = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))
+        trips = _ceil_div(b, points, b.op("Min", most, points))
+        k = _ceil_div(b, points, trips)  # as even as the trips allow: few repeats at the end
     else:
         k = b.ints([1])
-    trips = b.op("Div", b.op("Add", b.ints([walk.points]), b.op("Sub", k, b.ints([1]))), k)
+        trips = points
     clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
     outputs = [spec.name for spec in eg.model.outputs]
     clean = aliases(eg, list(walk.clean.values()))
@@ -97,6 +99,10 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     eg.outputs_from(dict(zip(outputs, clean, strict=True)))
     eg.target()  # the same choice as the body's, from the same outputs
     return sums
+
+
+def _ceil_div(b: GraphBuilder, a: str, d: str) -> str:
+    return b.op("Div", b.op("Add", a, b.op("Sub", d, b.ints([1]))), d)
 
 
 def aliases(eg: ExplainerGraph, names: Sequence[str]) -> dict[str, str]:
