@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from ..autodiff.build import add_gradients, node_inputs
 from ..autodiff.program import chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
@@ -75,6 +75,10 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     return the sums of its contributions. The model's outputs on the clean rows become the
     explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph."""
     b = eg.b
+    if b.opset < 10:
+        raise InputError(f"exported methods that run the model at many points per row "
+                         f"(integrated_gradients, the noise tunnels) need opset 10 or newer "
+                         f"(computed Slice); the model has opset {b.opset}")
     points = b.ints([walk.points])
     if b.opset >= 12:  # int64 Min and Max
         most = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))

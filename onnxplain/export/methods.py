@@ -11,7 +11,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..autodiff.build import add_gradients
-from ..autodiff.program import Pass
+from ..autodiff.program import Pass, one_hot
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError
 from ..graph.layers import resolve_layer
@@ -174,11 +174,12 @@ def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
 
 
 def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
-    """S_c(block clean) - S_c(block other) per row [N]."""
+    """S_c(block clean) - S_c(block other) per row [N], each score read as a dot product with
+    the one-hot of c (GatherElements needs opset 11)."""
     b, scores = eg.b, eg.batched(eg.output)
-    chosen = b.unsqueeze(eg.chosen, [1])
-    picked = [b.op("GatherElements", eg.block(scores, i), chosen, axis=1) for i in (clean, other)]
-    return b.squeeze(b.op("Sub", *picked), [1])
+    hot = one_hot(b, eg.chosen, eg.output)
+    change = b.op("Sub", eg.block(scores, clean), eg.block(scores, other))
+    return b.reduce("ReduceSum", b.op("Mul", change, hot), [1], False)
 
 
 def _declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:
@@ -305,7 +306,7 @@ def grad_cam_plus_plus(eg, options):
     mass = b.reduce("ReduceSum", layer, [2, 3], True)
     denominator = b.op("Add", b.op("Add", square, square),
                        b.op("Mul", mass, b.op("Mul", square, g)))
-    zero = b.op("Equal", denominator, b.scalar(0.0, g))
+    zero = b.equal(denominator, b.scalar(0.0, g))
     safe = b.where(zero, b.op("Add", denominator, b.scalar(1.0, g)), denominator)
     alpha = b.op("Mul", b.op("Div", square, safe), b.op("Cast", b.op("Not", zero),
                                                           to=b.dtype(g)))

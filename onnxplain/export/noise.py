@@ -51,7 +51,7 @@ def _sigma(b, name: str, level: float) -> str:
     axes = list(range(1, b.rank(name)))
     spread = b.op("Sub", b.reduce("ReduceMax", name, axes, True),
                   b.reduce("ReduceMin", name, axes, True))
-    flat = b.op("Equal", spread, b.scalar(0.0, name))
+    flat = b.equal(spread, b.scalar(0.0, name))
     sigma = b.op("Mul", b.where(flat, b.op("Add", spread, b.scalar(1.0, name)), spread),
                  b.scalar(level, name))
     b.infos[sigma] = b.info(name)

@@ -159,3 +159,34 @@ def test_memory_does_not_grow_with_the_number_of_points(zoo):
     zoo.model_path("resnet18_64")
     few, many = _peak_growth_kb(8), _peak_growth_kb(128)
     assert many < few + 150_000, (few, many)
+
+
+@pytest.mark.parametrize("opset", [10, 11, 13])
+def test_old_opsets_export_the_looping_methods(opset):
+    """Below opset 12 an iteration takes one point (no int64 Min/Max); below 11 the
+    convergence delta reads the score without GatherElements, and SmoothGrad compares floats
+    without Equal."""
+    model = _two_input_model()
+    model.opset_import[0].version = opset
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32),
+             "m": rng.integers(0, 2, (3, 4)).astype(np.int64)}
+    explainer = Explainer(model, "cpu")
+    got = _outputs(export_explainer(model, "integrated_gradients", n_steps=5), feeds)
+    expected = explainer.explain(feeds, method="integrated_gradients", n_steps=5,
+                                 delta_tolerance=1e9)
+    _close(got["attribution/x"], expected.attributions["x"])
+    np.testing.assert_allclose(got["convergence_delta"], expected.extras["convergence_delta"],
+                               atol=1e-5)
+    silent = export_explainer(model, "smoothgrad", n_samples=3, noise_level=0.0,
+                              base="input_x_gradient")
+    np.testing.assert_allclose(_outputs(silent, feeds)["attribution/x"],
+                               explainer.explain(feeds, method="input_x_gradient")["x"],
+                               atol=1e-6)
+
+
+def test_opset_9_is_refused_with_the_reason():
+    model = _two_input_model()
+    model.opset_import[0].version = 9
+    with pytest.raises(InputError, match="need opset 10 or newer"):
+        export_explainer(model, "integrated_gradients")
