@@ -190,3 +190,22 @@ def test_opset_9_is_refused_with_the_reason():
     model.opset_import[0].version = 9
     with pytest.raises(InputError, match="need opset 10 or newer"):
         export_explainer(model, "integrated_gradients")
+
+
+def test_every_output_leaves_the_loop_unchanged(digits_path, zoo):
+    """A local head adds int64 and float outputs and a model-local function: the body runs
+    the function, and every output equals the model's own, bit for bit."""
+    from model_zoo.digits import digits_data
+    from onnxplain.local.head import fit_local_head
+
+    x, y, x_test, _ = digits_data()
+    head = fit_local_head(str(digits_path), "/features/features.6/Relu_output_0", x, y,
+                          per_class=5).model
+    feeds = {"image": x_test[:3]}
+    exported = export_explainer(head, "integrated_gradients", n_steps=4)
+    got, original = _outputs(exported, feeds), _outputs(head, feeds)
+    for name, value in original.items():
+        np.testing.assert_array_equal(got[name], value)
+    expected = Explainer(head, "cpu").explain(feeds["image"], method="integrated_gradients",
+                                              n_steps=4, delta_tolerance=1e9)
+    _close(got["attribution/image"], expected.attributions["image"])
