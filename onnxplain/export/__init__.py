@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..methods import coerce_option
-from . import attention, noise  # noqa: F401 - register their exports
+from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
 

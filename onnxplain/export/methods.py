@@ -121,17 +121,17 @@ def integrated_gradients(eg, options):
         for block in (ends, starts):
             b.infos[block[stem.frontier]] = b.info(stem.frontier)
     differences = {name: b.op("Sub", ends[name], starts[name]) for name in ends}
-    walk = _path_walk(eg, body, alphas, weights, clean, starts, differences)
+    walk = path_walk(eg, body, alphas, weights, clean, starts, differences)
     sums = dict(zip(ends, gradient_loop(eg, walk, per_run), strict=True))
     if stem is None:
         values = {name: b.op("Mul", differences[name], sums[name]) for name in inputs}
     else:
         values = {x: _through_stem(eg, stem, sums[stem.frontier], baselines[x])}
     declare_per_input(eg, values, "integrated gradients")
-    _declare_delta(eg, values, _target_change(eg, 0, 1))
+    declare_delta(eg, values, target_change(eg, 0, 1))
 
 
-def _path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
+def path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
                clean: dict[str, str], starts: dict[str, str], differences: dict[str, str]
                ) -> Walk:
     """`body` at start + a_s difference for each input in `starts` (its other inputs
@@ -173,7 +173,7 @@ def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
     return b.op("Mul", b.op("Sub", stem.input, baseline), eg.block(adjoint, 0))
 
 
-def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
+def target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
     """S_c(block clean) - S_c(block other) per row [N], each score read as a dot product with
     the one-hot of c (GatherElements needs opset 11)."""
     b, scores = eg.b, eg.batched(eg.output)
@@ -182,7 +182,7 @@ def _target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
     return b.reduce("ReduceSum", b.op("Mul", change, hot), [1], False)
 
 
-def _declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:
+def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:
     """sum of the attributions - change of the score, per row: completeness's gap."""
     b = eg.b
     total = b.add_all([b.reduce("ReduceSum", v, list(range(1, b.rank(name))), False)
@@ -210,7 +210,7 @@ def deeplift(eg, options):
     values = {name: b.op("Mul", b.op("Sub", name, starts[name]),
                          eg.block(grads[eg.feeds[name]], 0)) for name in inputs}
     declare_per_input(eg, values, "DeepLIFT contributions (Rescale rule)")
-    _declare_delta(eg, values, _target_change(eg, 0, 1))
+    declare_delta(eg, values, target_change(eg, 0, 1))
 
 
 @register_export("lrp", {"composite": "epsilon-plus", "epsilon": 1e-6, "gamma": 0.25,
@@ -351,7 +351,8 @@ def float_inputs(eg: ExplainerGraph) -> list[str]:
     found = [spec.name for spec in eg.model.inputs if spec.is_float]
     if not found:
         raise InputError("the model has no float input; exported gradient methods explain "
-                         "float inputs (token models: use an attention method)")
+                         "float inputs (token models: layer_integrated_gradients or an "
+                         "attention method)")
     return found
 
 

@@ -90,7 +90,8 @@ def test_metadata_describes_the_method_and_the_added_tensors(digits_path):
 
 
 def test_every_exportable_method_is_covered_here():
-    covered = {method for method, _ in CASES} | set(ATTENTION) | set(NOISE) | {"prototypes"}
+    covered = {method for method, _ in CASES} | set(ATTENTION) | set(NOISE) | {
+        "prototypes", "layer_integrated_gradients"}
     assert covered == set(EXPORTS)
 
 
@@ -103,6 +104,34 @@ def text_batch(zoo):
     ids = rng.integers(4, 20, (3, 24)) * mask
     ids[:, 0] = 2
     return {"input_ids": ids.astype(np.int64), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("token", [-1, 3], ids=["zero_embedding", "token_3"])
+@pytest.mark.parametrize("model", ["sentiment_bert", "bert_small_attention23"])
+def test_exported_layer_integrated_gradients_equals_the_in_process_method(model, token, zoo,
+                                                                          text_batch):
+    """The path over the token embeddings, from zeros or the embedding of token 3 (token 0
+    is the padding row, itself zero); one score per token, 0 on padding."""
+    path = str(zoo.model_path(model))
+    explainer = Explainer(path, "cpu")
+    names = {spec.name for spec in explainer.model.inputs}
+    feeds = {**text_batch, "token_type_ids": np.zeros_like(text_batch["input_ids"])}
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    got = _run(export_explainer(path, "layer_integrated_gradients", n_steps=8,
+                                baseline_token=token), feeds)
+    expected = explainer.explain(feeds, method="layer_integrated_gradients", n_steps=8,
+                                 baseline_token=None if token < 0 else token,
+                                 delta_tolerance=1e9)
+    _close(got["attribution/input_ids"], expected.attributions["input_ids"])
+    np.testing.assert_allclose(got["convergence_delta"], expected.extras["convergence_delta"],
+                               atol=1e-5)
+    assert not got["attribution/input_ids"][text_batch["attention_mask"] == 0].any()
+    np.testing.assert_array_equal(got["target_used"], expected.target)
+
+
+def test_layer_integrated_gradients_needs_token_ids(digits_path):
+    with pytest.raises(InputError, match="has none"):
+        export_explainer(str(digits_path), "layer_integrated_gradients")
 
 
 @pytest.mark.parametrize("method", ATTENTION)

@@ -1,0 +1,105 @@
+"""Layer Integrated Gradients baked into the graph, for token models: the path runs over the
+embedding of the first token-id input (its lookup's output), as in-process
+(methods.layer_integrated_gradients), in a Loop (export.loop); one score per token."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from ..autodiff.build import node_inputs
+from ..errors import InputError
+from ..graph.attention import find_attention
+from ..graph.shapes import TensorInfo
+from ..graph.sources import find_sources
+from ..methods.integrated_gradients import path_points
+from ..methods.layer_integrated_gradients import cut_at
+from .graph import ExplainerGraph
+from .loop import gradient_loop
+from .methods import ATTRIBUTION, declare_delta, path_walk, register_export, target_change
+
+
+@register_export("layer_integrated_gradients", {"n_steps": 50, "rule": "gausslegendre",
+                                                "baseline_token": -1,
+                                                "internal_batch_size": 16})
+def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
+    """IG from the embedding of `baseline_token` put in place of every token (-1: a zero
+    embedding) to the input's embedding, summed over the embedding features per token, zero
+    on padding (the inputs the attention masks are computed from)."""
+    b = eg.b
+    tokens = [source for source in find_sources(eg.model)[0] if source.per_token]
+    if not tokens:
+        raise InputError("layer_integrated_gradients attributes token-id inputs at their "
+                         "embedding, and this model has none (use integrated_gradients)")
+    ids, tensor = tokens[0].input, tokens[0].tensor
+    alphas, weights = path_points(int(options["n_steps"]), options["rule"])
+    per_run, token = int(options["internal_batch_size"]), int(options["baseline_token"])
+    if per_run < 1:
+        raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
+    nodes = eg.take_model_nodes()
+    _look_up_both(eg, nodes, ids, tensor, token)
+    end = eg.block(tensor, 0)
+    start = b.zeros_like(end) if token < 0 else eg.block(tensor, 1)
+    for name in (end, start):
+        b.infos[name] = b.info(tensor)
+    body = cut_at(eg.model, tensor)
+    clean = {spec.name: b.concat([spec.name, spec.name], 0) for spec in body.inputs
+             if spec.name != tensor}
+    clean[tensor] = b.concat([end, start], 0)
+    difference = b.op("Sub", end, start)
+    walk = path_walk(eg, body, alphas, weights, clean, {tensor: start}, {tensor: difference})
+    (summed,) = gradient_loop(eg, walk, per_run)
+    per_feature = b.op("Mul", difference, summed)
+    scores = b.reduce("ReduceSum", per_feature, list(range(b.rank(ids), b.rank(tensor))), False)
+    declare_delta(eg, {ids: scores}, target_change(eg, 0, 1))
+    mask = _padding(eg, ids, tensor)
+    if mask is not None:
+        scores = b.op("Mul", scores, mask)
+    eg.declare(scores, ATTRIBUTION + ids, f"layer integrated gradients at the embedding "
+               f"'{tensor}', summed per token of input '{ids}' (0 on padding)",
+               TensorInfo(b.dtype(tensor), b.info(ids).shape))
+
+
+def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) -> None:
+    """Put the lookup's nodes back, run on [ids; the baseline token everywhere]: `tensor`
+    then holds both embeddings, 2N rows."""
+    b = eg.b
+    producers = {out: node for node in nodes for out in node.output}
+    lookup, queue, seen = [], [tensor], set()
+    while queue:
+        node = producers.get(queue.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        lookup.append(node)
+        queue.extend(node_inputs(node))
+    lookup = [node for node in nodes if id(node) in seen]  # in graph order
+    inputs = {spec.name for spec in eg.model.inputs}
+    read = {name for node in lookup for name in node_inputs(node)} & inputs
+    if read != {ids}:
+        raise InputError(f"the embedding '{tensor}' of '{ids}' is computed from other inputs "
+                         f"too ({', '.join(sorted(read - {ids}))}); it cannot be exported")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(b.dtype(ids)))
+    baseline = ids if token < 0 else b.op("Expand", b.const(np.array(token, dtype)),
+                                          b.shape(ids))
+    both = b.concat([ids, baseline], 0)
+    b.infos[both] = b.info(ids)
+    for node in lookup:
+        node.input[:] = [both if name == ids else name for name in node.input]
+    eg.proto.graph.node.extend(lookup)
+
+
+def _padding(eg: ExplainerGraph, ids: str, like: str) -> str | None:
+    """1 for real tokens [N, S] in `like`'s type: from the inputs shaped like the ids that
+    attention masks are computed from."""
+    b = eg.b
+    names = {name for layer in find_attention(eg.model) for name in layer.mask_inputs}
+    rank = b.rank(ids)
+    mask = None
+    for name in sorted(names):
+        if name not in {spec.name for spec in eg.model.inputs} or b.info(name).rank != rank:
+            continue
+        zero = b.const(np.zeros((), b.np_dtype(name)))
+        real = b.op("Cast", b.op("Not", b.equal(name, zero)), to=b.dtype(like))
+        mask = real if mask is None else b.op("Mul", mask, real)
+    return mask
