@@ -234,3 +234,20 @@ def test_node_client_runs_rollout(node, zoo, tmp_path):
     for name in compared:
         error = relative_error(from_node[ATTRIBUTION + name], reference.attributions[name])
         assert error < RTOL, f"rollout {ATTRIBUTION + name}: relative error {error:.3g}"
+
+
+def test_node_client_runs_layer_integrated_gradients(node, zoo, tmp_path):
+    """Text IG's Loop (a body holding the model, an If keeping the clean outputs, loop-carried
+    values whose shape changes after the first iteration) runs in onnxruntime-node too."""
+    path = Path(zoo.model_path("sentiment_bert"))
+    explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
+    feeds = token_batch(explainer, rows=3, length=16)
+    options = {"n_steps": 8, "internal_batch_size": 4}
+    model_file = export_to(tmp_path, path, "layer_integrated_gradients", options)
+    from_node = run_node(node, model_file, feeds, tmp_path, "lig")
+    assert_same_run(from_node, run_python(model_file, feeds))
+    reference = explainer.explain(feeds, method="layer_integrated_gradients", n_steps=8,
+                                  delta_tolerance=1e9)
+    error = relative_error(from_node[ATTRIBUTION + "input_ids"],
+                           reference.attributions["input_ids"])
+    assert error < RTOL, f"layer integrated gradients: relative error {error:.3g}"
