@@ -61,17 +61,16 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
 
 
 def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) -> None:
-    """Put the lookup's nodes back, run on [ids; the baseline token everywhere]: `tensor`
-    then holds both embeddings, 2N rows."""
+    """Put the lookup's nodes back, run on [ids; the baseline token everywhere] (the ids
+    again for a zero baseline): `tensor` then holds both embeddings, 2N rows."""
     b = eg.b
     producers = {out: node for node in nodes for out in node.output}
-    lookup, queue, seen = [], [tensor], set()
+    queue, seen = [tensor], set()
     while queue:
         node = producers.get(queue.pop())
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        lookup.append(node)
         queue.extend(node_inputs(node))
     lookup = [node for node in nodes if id(node) in seen]  # in graph order
     inputs = {spec.name for spec in eg.model.inputs}
