@@ -54,10 +54,11 @@ def _cut_engine(engine: Engine, tensor: str) -> Engine:
 def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
                                rule: str = "gausslegendre", baseline_token=None,
                                internal_batch_size: int = 0, delta_tolerance: float = 0.05):
-    """IG over the embeddings of the (first) token-id input, from a baseline embedding
-    (zeros, or the embedding of `baseline_token`, an id put in place of every token) to the
-    embedding of the input. Padded tokens (from the attention mask) get zero. extras hold
-    the convergence delta per row, as for integrated_gradients."""
+    """IG over the embeddings of the (first) token-id input, from a baseline embedding to the
+    embedding of the input. The baseline is zeros (also for a negative `baseline_token`, as
+    the exported method takes -1), or the embedding of `baseline_token`, an id put in place
+    of every token. Padded tokens (from the attention mask) get zero. extras hold the
+    convergence delta per row, as for integrated_gradients."""
     tokens = [s for s in sources if s.per_token]
     if not tokens:
         raise InputError("layer_integrated_gradients attributes token-id inputs at their "
@@ -85,13 +86,16 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
 
 
 def _baselines(engine, feeds, tokens, embedded, baseline_token) -> dict[str, np.ndarray]:
+    zeros = {s.tensor: np.zeros_like(embedded[s.tensor]) for s in tokens}
     if baseline_token is None or (isinstance(baseline_token, str)
                                   and baseline_token.strip().lower() in ("", "none", "zeros")):
-        return {s.tensor: np.zeros_like(embedded[s.tensor]) for s in tokens}
+        return zeros
     try:
         token = int(baseline_token)
     except (TypeError, ValueError):
         raise InputError(f"baseline_token must be a token id, got '{baseline_token}'") from None
+    if token < 0:  # as the exported method's -1
+        return zeros
     replaced = dict(feeds)
     for source in tokens:
         replaced[source.input] = np.full_like(feeds[source.input], token)
