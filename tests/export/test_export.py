@@ -202,6 +202,19 @@ def test_exported_prototypes_name_the_training_rows(digits_path, zoo, tmp_path):
         export_explainer(str(digits_path), "prototypes")
 
 
+@pytest.mark.parametrize("token", ["-1", "3"])
+def test_cli_export_checks_text_integrated_gradients(token, tmp_path, zoo, text_batch):
+    """--check runs the in-process method with the export's options, -1 included."""
+    inputs = tmp_path / "text.npz"
+    np.savez(inputs, **text_batch)
+    result = CliRunner().invoke(main, [
+        "export", str(zoo.model_path("sentiment_bert")), "-m", "layer_integrated_gradients",
+        "-O", "n_steps=8", "-O", f"baseline_token={token}", "-o", str(tmp_path / "x.onnx"),
+        "--check", "--input", str(inputs), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["check"]["max_rel_diff"] < 1e-5
+
+
 @pytest.mark.parametrize("method,options,message", [
     ("lime", {}, "method 'lime' cannot be exported"),
     ("saliency", {"foo": 1}, "has no export option 'foo'"),
