@@ -8,7 +8,7 @@ with onnxplain's gradient pass, and it holds that model's weights: ONNX Runtime 
 convolutions for speed (NCHWc) only where the weights are the graph's own. Iteration i
 evaluates points i*k .. i*k+k-1, each over all N rows (block after block, as ExplainerGraph
 lays out copies), with k decided at run time: at most max(1, rows_per_run // N), spread
-evenly over the iterations that needs; points past the last repeat it with weight 0.
+evenly over the iterations that needs (the last one takes what is left).
 Iteration 0 also runs the clean rows (x, and x' for a path), whose outputs leave the Loop
 as the explainer's original outputs, so the model's nodes appear once.
 """
@@ -36,12 +36,10 @@ BODY_PREFIX = "onnxplain/loop"
 
 @dataclass(frozen=True)
 class Chunk:
-    """One iteration's points: `index` [k] into the point tables (clipped to the last point),
-    `live` [k] in the sums' type (1, or 0 for the repeats past the last point), and `k` (int64
-    [1]) for tiling."""
+    """One iteration's points: `index` [k] into the point tables and their count `k` (int64
+    [1]; the last iteration may take fewer)."""
 
     index: str
-    live: str
     k: str
 
 
@@ -129,12 +127,14 @@ def per_block(bb: GraphBuilder, values: str, like: str) -> str:
     return bb.unsqueeze(values, list(range(1, bb.rank(like) + 1)))
 
 
-def weighted_blocks(bb: GraphBuilder, chunk: Chunk, value: str, weights: str, like: str
-                    ) -> str:
-    """sum_j weights[j] * value[block j]: k blocks shaped like `like` ([N, ...]) summed."""
+def weighted_blocks(bb: GraphBuilder, chunk: Chunk, value: str, weights: str | None,
+                    like: str) -> str:
+    """sum_j weights[j] * value[block j] (or the plain sum): k blocks shaped like `like`
+    ([N, ...]) summed."""
     blocks = bb.reshape(value, bb.concat([chunk.k, bb.ints([-1]), bb.dims(like, 1)], 0))
-    return bb.reduce("ReduceSum", bb.op("Mul", blocks, per_block(bb, weights, like)), [0],
-                     False)
+    if weights is not None:
+        blocks = bb.op("Mul", blocks, per_block(bb, weights, like))
+    return bb.reduce("ReduceSum", blocks, [0], False)
 
 
 def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
@@ -153,7 +153,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
 
     model_nodes = list(graph.node)
     del graph.node[:]  # they run after the inputs are defined
-    chunk = _chunk(bb, step, k, walk.points, walk.sums_like[0])
+    chunk = _chunk(bb, step, k, walk.points)
     first = bb.op("Equal", step, bb.const(np.array(0, np.int64)))
     # Iteration 0 runs the clean rows before its points, the others none.
     extra = bb.reshape(bb.where(first, bb.reshape(clean_rows, []),
@@ -201,18 +201,15 @@ def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chun
         bb.infos[spec.name] = walk.model.infos.get(spec.name, spec.info)
 
 
-def _chunk(b: GraphBuilder, step: str, k: str, points: int, like: str) -> Chunk:
-    """index = step * k + [0 .. k-1], clipped to the last point; live marks the real ones."""
+def _chunk(b: GraphBuilder, step: str, k: str, points: int) -> Chunk:
+    """index = step * k + [0 .. count-1], count = min(k, the points left)."""
     first = b.op("Mul", b.reshape(step, [1]), k)
-    if b.opset >= 12:
-        wanted = b.op("Add", first, b.range(b.const(np.array(0, np.int64)),
-                                            b.reshape(k, []), b.const(np.array(1, np.int64))))
-    else:
-        wanted = first  # k is 1 below opset 12
-    last = b.ints([points - 1])
-    index = b.where(b.op("Less", last, wanted), last, wanted)
-    live = b.op("Cast", b.op("Less", wanted, b.ints([points])), to=b.dtype(like))
-    return Chunk(index, live, k)
+    if b.opset < 12:
+        return Chunk(first, k)  # k is 1 below opset 12
+    count = b.op("Min", k, b.op("Sub", b.ints([points]), first))
+    steps = b.range(b.const(np.array(0, np.int64)), b.reshape(count, []),
+                    b.const(np.array(1, np.int64)))
+    return Chunk(b.op("Add", first, steps), count)
 
 
 def _first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str) -> str:

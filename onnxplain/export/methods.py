@@ -151,7 +151,7 @@ def path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
         return made
 
     def contributions(bb, chunk, grads) -> list[str]:
-        weight = bb.op("Mul", _gathered(bb, weights, chunk, starts[names[0]]), chunk.live)
+        weight = _gathered(bb, weights, chunk, starts[names[0]])
         return [weighted_blocks(bb, chunk, grads[name], weight, starts[name])
                 for name in names]
 

@@ -82,7 +82,7 @@ def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], s
                 g = bb.op("Abs", g)
             elif base == "input_x_gradient":
                 g = bb.op("Mul", g, noisy[name])
-            parts += [weighted_blocks(bb, chunk, value, chunk.live, rows[name])
+            parts += [weighted_blocks(bb, chunk, value, None, rows[name])
                       for value in (g, bb.op("Mul", g, g))]
         return parts
 

@@ -39,11 +39,11 @@ def _close(got, expected, rtol=1e-5):
     assert float(np.abs(got - expected).max()) <= rtol * float(np.abs(expected).max())
 
 
-@pytest.mark.parametrize("rows", [1, 13, 100], ids=["one_row", "partial_last", "all_at_once"])
+@pytest.mark.parametrize("rows", [1, 13, 100], ids=["one_point", "short_last", "all_at_once"])
 def test_integrated_gradients_do_not_depend_on_the_rows_per_iteration(rows, digits_path,
                                                                        digits):
-    """6 rows: 1 gives one point per iteration, 13 two (the last iteration half past the
-    end), 100 all seven at once."""
+    """6 rows: 1 gives one point per iteration, 13 two (the last iteration takes the one
+    left), 100 all seven at once."""
     exported = export_explainer(str(digits_path), "integrated_gradients", n_steps=7,
                                 internal_batch_size=rows)
     got = _outputs(exported, {"image": digits})
