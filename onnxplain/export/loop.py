@@ -81,7 +81,7 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     if b.opset >= 12:  # int64 Min and Max
         most = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))
         trips = _ceil_div(b, points, b.op("Min", most, points))
-        k = _ceil_div(b, points, trips)  # as even as the trips allow: few repeats at the end
+        k = _ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
     else:
         k = b.ints([1])
         trips = points
@@ -93,12 +93,12 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     initial = [b.zeros_like(like) for like in walk.sums_like]
     initial += [_placeholder(b, eg.model.infos.get(name)) for name in outputs]
     results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
-    sums, clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
+    sums, on_clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
     for total, like in zip(sums, walk.sums_like, strict=True):
         b.infos[total] = b.info(like)
-    for value, name in zip(clean, outputs, strict=True):
+    for value, name in zip(on_clean, outputs, strict=True):
         b.infos[value] = eg.model.infos.get(name, TensorInfo(None, None))
-    eg.outputs_from(dict(zip(outputs, clean, strict=True)))
+    eg.outputs_from(dict(zip(outputs, on_clean, strict=True)))
     eg.target()  # the same choice as the body's, from the same outputs
     return sums
 
