@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ..autodiff.build import node_inputs
+from ..autodiff.build import used_initializers
 from ..engine import pick_output
 from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
@@ -68,8 +68,8 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
 
 def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
     """Weights only a Loop body reads now live in that body (export.loop)."""
-    read = {name for node in graph.node for name in node_inputs(node)}
-    read |= {v.name for v in graph.input} | {v.name for v in graph.output}
+    read = {init.name for init in used_initializers(graph, graph.node)}
+    read |= {v.name for v in list(graph.input) + list(graph.output)}  # e.g. target's default
     kept = [init for init in graph.initializer if init.name in read]
     if len(kept) < len(graph.initializer):
         del graph.initializer[:]

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..autodiff.build import add_gradients
+from ..autodiff.build import add_gradients, rename_reads
 from ..autodiff.program import Pass, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError
@@ -81,7 +81,7 @@ class ExplainerGraph:
             graph.node.append(helper.make_node("Concat", order, [inside], axis=0,
                                                name=b.fresh("copies")))
             b.infos[inside] = b.info(spec.name)
-            _rename_uses(original, spec.name, inside)
+            rename_reads(original, {spec.name: inside})
             self.feeds[spec.name] = inside
         graph.node.extend(original)
         self._batch_outputs(count, 0 if clean_first else count)
@@ -99,7 +99,7 @@ class ExplainerGraph:
         """Put the nodes of the input's affine stem (graph.stem) back, reading `both`
         ([x; x']) in place of the input: its frontier then holds 2N rows."""
         kept = [node for node in nodes if set(node.output) <= stem.region]
-        _rename_uses(kept, stem.input, both)
+        rename_reads(kept, {stem.input: both})
         self.proto.graph.node.extend(kept)
         self.feeds[stem.input] = both
 
@@ -208,18 +208,8 @@ class ExplainerGraph:
         return self._batched.get(name, name)
 
 
-def _rename_uses(nodes: Sequence[onnx.NodeProto], old: str, new: str) -> None:
-    for node in nodes:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for attribute in node.attribute:
-            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                _rename_uses(graph.node, old, new)
-
-
 def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
-    _rename_uses(graph.node, old, new)
+    rename_reads(graph.node, {old: new})
     for node in graph.node:
         for i, name in enumerate(node.output):
             if name == old:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..autodiff.build import add_gradients, node_inputs
+from ..autodiff.build import add_gradients, ancestors, rename_reads, used_initializers
 from ..autodiff.program import chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
@@ -87,9 +87,14 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
         trips = points
     clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
     outputs = [spec.name for spec in eg.model.outputs]
-    clean = aliases(eg, list(walk.clean.values()))
-    body = _body(eg, walk, {name: clean[value] for name, value in walk.clean.items()}, k,
-                 clean_rows, outputs, rules)
+    # The body defines the model's inputs and tensors: it reads such clean rows (a stem's
+    # end) via aliases.
+    model = walk.model
+    defined = {spec.name for spec in model.inputs}
+    defined |= {out for node in model.proto.graph.node for out in node.output}
+    clean = aliases(eg, [value for value in walk.clean.values() if value in defined])
+    body = _body(eg, walk, {name: clean.get(value, value) for name, value in walk.clean.items()},
+                 k, clean_rows, outputs, rules)
     initial = [b.zeros_like(like) for like in walk.sums_like]
     initial += [_placeholder(b, eg.model.infos.get(name)) for name in outputs]
     results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
@@ -175,7 +180,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
         bb.infos[name] = outer.info(like)
     done = bb.op("Identity", cond)
 
-    nodes = _needed(list(graph.node), [done, *updated, *clean_outputs])
+    nodes = ancestors(graph.node, [done, *updated, *clean_outputs])
     likes = [*walk.sums_like, *outputs]
     body = helper.make_graph(
         nodes, f"{model.proto.graph.name}_points",
@@ -184,7 +189,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
          *_value_infos(bb, [*carried, *kept], likes)],
         [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
          *_value_infos(bb, [*updated, *clean_outputs], likes)],
-        _used_initializers(graph, nodes))
+        used_initializers(graph, nodes))
     _rename_shadowing(body, _outer_names(eg.proto.graph))
     return body
 
@@ -237,22 +242,6 @@ def _placeholder(b: GraphBuilder, info: TensorInfo | None) -> str:
     return b.const(np.zeros((0,) * info.rank, dtype), "placeholder")
 
 
-def _needed(nodes: list[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
-    """The nodes the body's outputs depend on."""
-    wanted, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(out in wanted for out in node.output):
-            kept.append(node)
-            wanted.update(node_inputs(node))
-    return kept[::-1]
-
-
-def _used_initializers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]
-                       ) -> list[onnx.TensorProto]:
-    used = {name for node in nodes for name in node_inputs(node)}
-    return [init for init in graph.initializer if init.name in used]
-
-
 def _value_info(b: GraphBuilder, name: str, like: str) -> onnx.ValueInfoProto:
     """`name` typed as `like`, with `like`'s rank and no fixed dims (they change per run)."""
     info = b.info(like)
@@ -280,18 +269,8 @@ def _rename_shadowing(body: onnx.GraphProto, outer: set[str]) -> None:
         return
     for node in body.node:
         node.output[:] = [renamed.get(name, name) for name in node.output]
-        _rename_reads(node, renamed)
+    rename_reads(body.node, renamed)
     for value in list(body.input) + list(body.output):
         value.name = renamed.get(value.name, value.name)
     for init in body.initializer:
         init.name = renamed.get(init.name, init.name)
-
-
-def _rename_reads(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
-    node.input[:] = [renamed.get(name, name) for name in node.input]
-    for attribute in node.attribute:
-        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            inner = {out for n in graph.node for out in n.output} | {v.name for v in graph.input}
-            outer_only = {k: v for k, v in renamed.items() if k not in inner}
-            for sub in graph.node:
-                _rename_reads(sub, outer_only)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from ..autodiff.build import node_inputs
+from ..autodiff.build import ancestors, node_inputs, rename_reads
 from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.shapes import TensorInfo
@@ -64,15 +64,7 @@ def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) 
     """Put the lookup's nodes back, run on [ids; the baseline token everywhere] (the ids
     again for a zero baseline): `tensor` then holds both embeddings, 2N rows."""
     b = eg.b
-    producers = {out: node for node in nodes for out in node.output}
-    queue, seen = [tensor], set()
-    while queue:
-        node = producers.get(queue.pop())
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        queue.extend(node_inputs(node))
-    lookup = [node for node in nodes if id(node) in seen]  # in graph order
+    lookup = ancestors(nodes, [tensor])
     inputs = {spec.name for spec in eg.model.inputs}
     read = {name for node in lookup for name in node_inputs(node)} & inputs
     if read != {ids}:
@@ -83,8 +75,7 @@ def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) 
                                           b.shape(ids))
     both = b.concat([ids, baseline], 0)
     b.infos[both] = b.info(ids)
-    for node in lookup:
-        node.input[:] = [both if name == ids else name for name in node.input]
+    rename_reads(lookup, {ids: both})
     eg.proto.graph.node.extend(lookup)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from ..autodiff.build import node_inputs
+from ..autodiff.build import ancestors, node_inputs, used_initializers
 from .model import Model
 
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "MatMul", "Gemm"})
@@ -61,7 +61,7 @@ def affine_stem(model: Model, name: str) -> Stem | None:
     info = model.infos.get(end)
     if info is None or info.dtype is None or info.shape is None:
         return None
-    prefix_nodes = _ancestors(model, end, stop={name})
+    prefix_nodes = ancestors(graph.node, [end], stop=[name])
     # Both parts keep the model's tensor names, so its shape facts hold for them.
     return Stem(name, end, Model(_prefix(model, name, end, prefix_nodes), model.path,
                                  model.infos),
@@ -118,20 +118,6 @@ def _no_batch_broadcast(model: Model, constants: list[str], rank: int | None) ->
     return True
 
 
-def _ancestors(model: Model, end: str, stop: set[str]) -> list[onnx.NodeProto]:
-    """The nodes `end` is computed from, back to `stop` and the initializers, in order."""
-    needed, queue = set(), [end]
-    producers = model.node_by_output
-    while queue:
-        tensor = queue.pop()
-        node = producers.get(tensor)
-        if tensor in stop or node is None or id(node) in needed:
-            continue
-        needed.add(id(node))
-        queue.extend(node_inputs(node))
-    return [node for node in model.proto.graph.node if id(node) in needed]
-
-
 def _value_info(model: Model, name: str) -> onnx.ValueInfoProto:
     info = model.infos[name]
     return helper.make_tensor_value_info(name, info.dtype, list(info.certain or info.shape))
@@ -142,7 +128,7 @@ def _prefix(model: Model, name: str, end: str, nodes: list[onnx.NodeProto]
     source = model.proto.graph
     graph = helper.make_graph(
         nodes, source.name + "_stem", [i for i in source.input if i.name == name],
-        [_value_info(model, end)], _used_initializers(source, nodes))
+        [_value_info(model, end)], used_initializers(source, nodes))
     return _model_like(model.proto, graph)
 
 
@@ -151,14 +137,8 @@ def _suffix(model: Model, name: str, end: str, inside: set[int]) -> onnx.ModelPr
     nodes = [node for node in source.node if id(node) not in inside]
     inputs = [_value_info(model, end) if i.name == name else i for i in source.input]
     graph = helper.make_graph(nodes, source.name, inputs, list(source.output),
-                              _used_initializers(source, nodes))
+                              used_initializers(source, nodes))
     return _model_like(model.proto, graph)
-
-
-def _used_initializers(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]
-                       ) -> list[onnx.TensorProto]:
-    used = {name for node in nodes for name in node_inputs(node)}
-    return [init for init in graph.initializer if init.name in used]
 
 
 def _model_like(original: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
