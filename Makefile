@@ -8,7 +8,11 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test lint bench clean
 
+# The first run creates the virtual environment (about 2.5 GB with torch, transformers and
+# ONNX Runtime: some 3.5 minutes on two cores); later runs reuse it.
 $(VENV)/bin/python:
+	@echo "== first run: creating $(VENV) and installing onnxplain with the model-zoo tools"
+	@echo "   (about 2.5 GB, 3-4 minutes on two cores; later runs reuse it)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
@@ -22,18 +26,22 @@ $(VENV)/.test-$(EXTRA): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 demo: $(VENV)/.zoo-$(EXTRA)
+	@echo "== building the demo models (trains a digits CNN and a tiny BERT: about half a minute)"
 	$(PY) -m model_zoo build digits_cnn sentiment_bert
+	@echo "== explaining 16 test digits with saliency"
 	$(VENV)/bin/onnxplain explain "$$($(PY) -m model_zoo path digits_cnn)" \
 		--input "$$(dirname "$$($(PY) -m model_zoo path digits_cnn)")/sample.npz" \
 		--method saliency --out $(DEMO_OUT)/digits
+	@echo "== explaining 6 sentences with Layer Integrated Gradients (evidence for 'positive')"
 	$(VENV)/bin/onnxplain explain "$$($(PY) -m model_zoo path sentiment_bert)" \
 		--input "$$(dirname "$$($(PY) -m model_zoo path sentiment_bert)")/sample.npz" \
 		--vocab "$$(dirname "$$($(PY) -m model_zoo path sentiment_bert)")/vocab.txt" \
 		--method layer_integrated_gradients --target 1 --out $(DEMO_OUT)/sentiment
-	@echo "Explained 16 test digits (saliency) and 6 sentences (evidence for 'positive');"
-	@echo "outputs are in $(abspath $(DEMO_OUT))/:"
-	@echo "  digits/: attribution.npy, heatmap_image_*.png, summary.json"
-	@echo "  sentiment/: tokens_input_ids_*.html (red: for, blue: against), tokens.json"
+	@$(PY) -c "import json; rows = json.load(open('$(DEMO_OUT)/sentiment/tokens.json'))['input_ids']; \
+		[print('  ' + '  '.join(f\"{t['token']} {t['score']:+.2f}\" for t in row)) for row in rows[:2]]"
+	@echo "Outputs are in $(abspath $(DEMO_OUT))/:"
+	@echo "  digits/: attribution.npy, heatmap and overlay PNGs, summary.json"
+	@echo "  sentiment/: tokens_input_ids_*.html (red: for 'positive', blue: against), tokens.json"
 
 lint: $(VENV)/.test-$(EXTRA)
 	$(VENV)/bin/ruff check .

@@ -46,7 +46,8 @@ def friendly(command):
         except Exception as err:  # noqa: BLE001 - a bug: one line unless debugging
             if os.environ.get("ONNXPLAIN_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"internal error: {type(err).__name__}: {one_line(err)} "
-                       "(set ONNXPLAIN_DEBUG=1 for the traceback)", err=True)
+            click.echo(f"internal error: {type(err).__name__}: {one_line(err)} (a bug in "
+                       "onnxplain, not a problem with your input; ONNXPLAIN_DEBUG=1 shows the "
+                       "traceback to report)", err=True)
             sys.exit(1)
     return wrapper

@@ -9,23 +9,27 @@ import click
 
 from .errors import friendly
 from .options import (
+    inputs_option,
     method_options,
     parse_targets,
     provider_option,
     quiet_option,
     target_option,
 )
+from .presets import image_options
 
 DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
 
 
 @click.command("evaluate")
 @click.argument("model")
-@click.option("-i", "--input", "inputs", multiple=True, required=True,
-              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+@inputs_option
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @target_option
+@click.option("--output-seed", default=None, metavar="FILE.npy",
+              help="weights shaped like the output; explains and scores sum(weights * "
+                   "output) per row instead of a class")
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O n_steps=32 or -O baseline=@ref.npy (repeatable)")
 @click.option("--metrics", "metric_names", default=DEFAULT_METRICS, show_default=True,
@@ -54,12 +58,14 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
               help="rows per run (default: by the memory budget)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable scores on stdout")
 @quiet_option
+@image_options
 @friendly
 def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | None,
-             options: tuple[str, ...], metric_names: str, steps: int, baseline_value: float,
-             features: str, cell: int, probability: bool, layers: int | None, draws: int,
-             seed: int, output_name: str | None, provider: str, batch_size: int | None,
-             as_json: bool, quiet: bool) -> None:
+             output_seed: str | None, options: tuple[str, ...], metric_names: str,
+             steps: int, baseline_value: float, features: str, cell: int, probability: bool,
+             layers: int | None, draws: int, seed: int, output_name: str | None,
+             provider: str, batch_size: int | None, as_json: bool, quiet: bool,
+             image_settings) -> None:
     """Score MODEL's explanation of the inputs: deletion and insertion AUC, MoRF and LeRF
     AOPC, completeness error, parameter-randomisation correlation."""
     from onnxplain import Explainer
@@ -71,15 +77,17 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
     explainer = Explainer(model, providers=provider, output=output_name,
                           progress=not (quiet or as_json))
-    arrays, _ = read_inputs(explainer.model, inputs)
+    arrays, _ = read_inputs(explainer.model, inputs, image_settings)
     chosen_options = method_options(options)
     mask = read_array(features[1:]) if features.startswith("@") else features
+    weights = read_array(output_seed) if output_seed is not None else None
     attribution = explainer.explain(arrays, method=method, target=parse_targets(target),
-                                    batch_size=batch_size, **chosen_options)
+                                    output_seed=weights, batch_size=batch_size,
+                                    **chosen_options)
     scores = evaluate_scores(explainer, arrays, attribution, names, steps=steps,
                              baseline_value=baseline_value, features=mask, cell=cell,
                              probability=probability, random_draws=draws, seed=seed,
-                             layers=layers, batch_size=batch_size)
+                             layers=layers, output_seed=weights, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(scores, indent=2))
     elif not quiet:
@@ -89,12 +97,15 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
 
 def describe(scores: dict, model: str) -> list[str]:
     """The scores as a table: metric, score, random baseline, which direction is better."""
+    from onnxplain.viz.report import counted
+
     settings = scores["settings"]
-    lines = [f"{scores['method']} on {model}: {scores['rows']} rows of '{scores['input']}', "
-             f"features {settings['features']}, {settings['steps']} steps, baseline "
-             f"{settings['baseline_value']:g}, random baseline of {settings['random_draws']} "
-             f"draws (seed {settings['seed']})",
-             f"  {'metric':44s} {'score':>11s} {'random':>11s}  better"]
+    lines = [f"{scores['method']} on {model}: {counted(scores['rows'], 'row')} of "
+             f"'{scores['input']}', features {settings['features']}, "
+             f"{counted(settings['steps'], 'step')}, baseline {settings['baseline_value']:g}, "
+             f"random baseline of {counted(settings['random_draws'], 'draw')} "
+             f"(seed {settings['seed']})",
+             f"  {'metric':44s} {'score':>11s} {'random':>11s}"]
     for name, entry in scores["metrics"].items():
         if name == "completeness" and not entry.get("available"):
             lines.append(f"  {entry['label']:44s} {'n/a':>11s} {'-':>11s}  "
@@ -116,7 +127,7 @@ def describe(scores: dict, model: str) -> list[str]:
 
 def _row(label: str, entry: dict) -> str:
     return (f"  {label:44s} {_number(entry['mean']):>11s} {_number(entry['random']):>11s}  "
-            f"{entry['better']}").rstrip()
+            f"{entry['better']} is better")
 
 
 def _number(value) -> str:

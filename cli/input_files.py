@@ -1,11 +1,12 @@
 """Read `--input` files: `x.npy`, `name=x.npy`, an `.npz` holding arrays by input name, or
-image files (`cat.png`, `name=cat.jpg`; several make a batch), preprocessed as the
-preset next to the model or the input's shape says (cli/presets.py)."""
+image files (`cat.png`, `name=cat.jpg`, a folder of them; several make a batch),
+preprocessed as the preset next to the model or the input's shape says (cli/presets.py)."""
 
 from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,37 +18,87 @@ from onnxplain.images import is_image_file, load_images
 from .presets import ImageSettings, preprocessing_for
 
 
+@dataclass
+class InputSet:
+    """What the input files gave: arrays by input name, the files read, where each row came
+    from (per input, per row: {"file", "row"} and "key" inside an .npz), the preprocessing
+    of each image input, and lines worth telling the user (a saved preset applied)."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    sources: dict[str, list[dict]] = field(default_factory=dict)
+    preprocessing: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def read_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None
                 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays by input name, and the files they came from."""
+    loaded = load_inputs(model, specs, images)
+    return loaded.arrays, loaded.files
+
+
+def load_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None
+                ) -> InputSet:
+    """The arrays of `specs` (-i values) with where every row came from; see InputSet."""
     names = [spec.name for spec in model.inputs]
-    arrays: dict[str, np.ndarray] = {}
-    files: list[str] = []
+    found = InputSet()
     pictures: dict[str, list[str]] = {}
     for spec in specs:
-        name, path = _split(spec, names)
-        files.append(path)
-        if is_image_file(path):
-            pictures.setdefault(_only_input(name, names), []).append(path)
-            continue
-        loaded = _load(path)
-        if isinstance(loaded, dict):
-            if name is not None:
-                if len(loaded) != 1:
-                    raise InputError(f"{path} holds {len(loaded)} arrays; name=FILE needs one")
-                loaded = {name: next(iter(loaded.values()))}
-            elif set(loaded) == {"arr_0"} and len(names) == 1:
-                loaded = {names[0]: loaded["arr_0"]}
-            arrays.update(loaded)
-            continue
-        arrays[_only_input(name, names)] = loaded
+        for name, path in _expand(*_split(spec, names)):
+            found.files.append(path)
+            if is_image_file(path):
+                pictures.setdefault(_only_input(name, names), []).append(path)
+            else:
+                _add_arrays(found, name, path, names)
     for name, paths in pictures.items():
         for path in paths:
             if not Path(path).is_file():
                 raise InputError(f"input file not found: {path}")
-        prep = preprocessing_for(model, model.input(name), images)
-        arrays[name] = load_images(paths, prep)
-    return arrays, files
+        chosen = preprocessing_for(model, model.input(name), images)
+        found.arrays[name] = load_images(paths, chosen.prep)
+        found.sources[name] = [{"file": path, "row": 0} for path in paths]
+        found.preprocessing[name] = chosen.as_dict()
+        note = f"using preset {chosen.preset} from {chosen.preset_file}"
+        if chosen.preset is not None and note not in found.notes:
+            found.notes.append(note)
+    return found
+
+
+def _add_arrays(found: InputSet, name: str | None, path: str, names: list[str]) -> None:
+    loaded = _load(path)
+    if not isinstance(loaded, dict):
+        _add(found, _only_input(name, names), loaded, {"file": path})
+        return
+    if name is not None:
+        if len(loaded) != 1:
+            raise InputError(f"{path} holds {len(loaded)} arrays; name=FILE needs one")
+        key, values = next(iter(loaded.items()))
+        _add(found, name, values, {"file": path, "key": key})
+        return
+    if set(loaded) == {"arr_0"} and len(names) == 1:
+        _add(found, names[0], loaded["arr_0"], {"file": path, "key": "arr_0"})
+        return
+    for key, values in loaded.items():
+        _add(found, key, values, {"file": path, "key": key})
+
+
+def _add(found: InputSet, name: str, values: np.ndarray, source: dict) -> None:
+    found.arrays[name] = values
+    rows = values.shape[0] if values.ndim else 1
+    found.sources[name] = [{**source, "row": row} for row in range(rows)]
+
+
+def _expand(name: str | None, path: str) -> list[tuple[str | None, str]]:
+    """A folder stands for its image files, sorted by name (hidden files left out)."""
+    if not os.path.isdir(path):
+        return [(name, path)]
+    images = sorted(entry for entry in os.listdir(path)
+                    if is_image_file(entry) and not entry.startswith(".")
+                    and os.path.isfile(os.path.join(path, entry)))
+    if not images:
+        raise InputError(f"no image files in folder {path} (PNG, JPEG, BMP, GIF, WebP, TIFF)")
+    return [(name, os.path.join(path, entry)) for entry in images]
 
 
 def _only_input(name: str | None, names: list[str]) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
 from onnxplain.errors import InputError
+from onnxplain.files import save_bytes
 
 from .errors import friendly
 from .input_files import read_inputs
@@ -193,17 +193,9 @@ def refuse_inputs(out: str, protected: list[str]) -> None:
 
 
 def write_model(model, out: str) -> None:
-    """Write through a temporary file so a failure never leaves half a model behind."""
-    folder = Path(out).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=folder)
-    os.close(handle)
-    try:
-        Path(temporary).write_bytes(model.SerializeToString())
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write atomically (onnxplain.files), so a failure never leaves half a model behind."""
+    Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    save_bytes(out, model.SerializeToString())
 
 
 def _percent(value) -> str:

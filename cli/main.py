@@ -12,6 +12,9 @@ from .evaluate import evaluate
 from .export import export
 from .local_head import local_head
 from .options import (
+    clip_percentile_option,
+    colormap_option,
+    inputs_option,
     method_options,
     parse_pairs,
     parse_targets,
@@ -22,6 +25,15 @@ from .options import (
 )
 from .presets import image_options
 from .report_command import report
+
+# Method families in the order `onnxplain methods` lists them, with their headings.
+FAMILIES = {
+    "gradient": "Gradient methods (one backward pass per run)",
+    "noise": "Noise tunnels (gradients averaged over noisy copies)",
+    "layer": "Layer methods (maps at a convolution layer, upsampled)",
+    "attention": "Transformer methods (attention maps and their relevance)",
+    "perturbation": "Perturbation methods (forward runs only: any model)",
+}
 
 
 class OneLineErrors(click.Group):
@@ -59,24 +71,32 @@ def main() -> None:
 @quiet_option
 @friendly
 def methods(as_json: bool, quiet: bool) -> None:
-    """List the attribution methods with their defaults."""
+    """List the attribution methods by family, with their defaults and whether they export."""
+    from onnxplain.export import EXPORTS
     from onnxplain.methods import METHODS
 
-    families = ["gradient", "noise", "layer", "attention", "perturbation", "local"]
+    order = list(FAMILIES)
     ordered = sorted(METHODS.values(), key=lambda m: (
-        families.index(m.family) if m.family in families else len(families), m.name))
+        order.index(m.family) if m.family in order else len(order), m.name))
     rows = [{"name": m.name, "family": m.family, "summary": m.summary,
-             "defaults": m.defaults, "reference": m.reference} for m in ordered]
+             "defaults": m.defaults, "reference": m.reference,
+             "exportable": m.name in EXPORTS} for m in ordered]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if quiet:
         return
     width = max(len(row["name"]) for row in rows) + 1
+    family = None
     for row in rows:
+        if row["family"] != family:
+            family = row["family"]
+            click.echo(("" if row is rows[0] else "\n") + FAMILIES.get(family, family))
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "none"
-        click.echo(f"{row['name']:{width}s} {row['summary']}")
-        click.echo(f"{'':{width}s} defaults: {defaults}; paper: {row['reference']}")
+        mark = " [export]" if row["exportable"] else ""
+        click.echo(f"  {row['name']:{width}s} {row['summary']}{mark}")
+        click.echo(f"  {'':{width}s} defaults: {defaults}; paper: {row['reference']}")
+    click.echo("\n[export]: `onnxplain export` bakes the method into a standalone ONNX file")
 
 
 @main.command()
@@ -100,9 +120,7 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("-i", "--input", "inputs", multiple=True, required=True,
-              help="x.npy, NAME=x.npy, an .npz with one array per input name, or image "
-                   "files (several make a batch)")
+@inputs_option
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @target_option
@@ -113,7 +131,10 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @click.option("--attribute-at", "attribute_at", multiple=True, metavar="INPUT=TENSOR",
               help="take INPUT's attribution at another float tensor (repeatable)")
 @click.option("-o", "--out", default="onnxplain_out", show_default=True,
-              help="folder for attribution.npy, heatmaps and summary.json")
+              help="folder for attribution.npy, heatmaps and summary.json; files an earlier "
+                   "run wrote there and this one does not are removed")
+@colormap_option
+@clip_percentile_option
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O abs=false or -O baseline=@ref.npy for an array "
                    "(repeatable)")
@@ -127,13 +148,14 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
             output_name: str | None, output_seed: str | None, attribute_at: tuple[str, ...],
-            out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
-            vocab: str | None, as_json: bool, quiet: bool, image_settings) -> None:
+            out: str, colormap: str | None, clip_percentile: float, options: tuple[str, ...],
+            provider: str, batch_size: int | None, vocab: str | None, as_json: bool,
+            quiet: bool, image_settings) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
-    from .input_files import read_array, read_inputs
-    from .outputs import describe_result, prepare_folder, write_explanation
+    from .input_files import load_inputs, read_array
+    from .outputs import HeatmapStyle, describe_result, prepare_folder, write_explanation
 
     vocabulary = None
     if vocab is not None:
@@ -143,7 +165,11 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     explainer = Explainer(model, providers=provider, output=output_name,
                           attribute_at=parse_pairs(attribute_at, "--attribute-at"),
                           progress=not (quiet or as_json))
-    arrays, files = read_inputs(explainer.model, inputs, image_settings)
+    loaded = load_inputs(explainer.model, inputs, image_settings)
+    arrays, files = loaded.arrays, list(loaded.files)
+    if not (quiet or as_json):
+        for note in loaded.notes:
+            click.echo(note)
     if vocab is not None:
         files.append(vocab)
     seed = None
@@ -155,10 +181,10 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     result = explainer.explain(arrays, method=method, target=parse_targets(target),
                                output_seed=seed, batch_size=batch_size, **chosen_options)
     written = write_explanation(result, folder, [model, *files], result.signed, arrays,
-                                vocabulary)
+                                vocabulary, HeatmapStyle(colormap, clip_percentile), loaded)
     if as_json:
-        summary = result.summary()
-        summary["files"] = written
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["files"] = written  # as paths here, names relative to the folder in the file
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
         click.echo(f"{result.method} on {model} ({result.runtime_s:.3f} s, "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from onnxplain.errors import InputError
+from onnxplain.viz.heatmap import CLIP_PERCENTILE, COLORMAPS
 
 target_option = click.option(
     "-t", "--target", default=None,
@@ -18,6 +21,32 @@ vocab_option = click.option(
          "(default: the ids)")
 quiet_option = click.option("-q", "--quiet", is_flag=True,
                             help="print nothing but errors and warnings")
+colormap_option = click.option(
+    "--colormap", type=click.Choice(list(COLORMAPS)), default=None,
+    help="heatmap colours; rdbu is blue-white-red (default: inferno, rdbu for signed maps)")
+clip_percentile_option = click.option(
+    "--clip-percentile", type=click.FloatRange(50, 100), default=CLIP_PERCENTILE,
+    show_default=True,
+    help="heatmaps: this percentile of |value| gets the full colour; larger values are clipped")
+
+
+def inputs_option(command):
+    """`-i/--input` (repeatable) plus input files after the model, merged into `inputs`, so
+    `-i a.png b.png` and `-i images/` both work; at least one input is required."""
+    input_option = click.option(
+        "-i", "--input", "inputs", multiple=True,
+        help="x.npy, NAME=x.npy, an .npz with one array per input name, image files or a "
+             "folder of them (several make a batch; files after MODEL are inputs too)")
+    more_option = click.argument("more_inputs", nargs=-1, metavar="[INPUT]...")
+
+    @functools.wraps(command)
+    def wrapper(*args, inputs: tuple[str, ...], more_inputs: tuple[str, ...], **kwargs):
+        if not inputs and not more_inputs:
+            raise click.UsageError("no inputs: give -i FILE (files after MODEL count too)",
+                                   click.get_current_context())
+        return command(*args, inputs=(*inputs, *more_inputs), **kwargs)
+
+    return input_option(more_option(wrapper))
 
 
 def parse_targets(text: str | None) -> int | list[int] | None:

@@ -1,8 +1,13 @@
-"""Files `onnxplain explain` writes: attribution arrays, heatmaps, summary.json."""
+"""Files `onnxplain explain` writes: attribution arrays, heatmaps with overlays, token views,
+and summary.json, which lists every file of the run so that the next run into the same folder
+removes the ones it does not write again."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +15,35 @@ import numpy as np
 from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
 from onnxplain.files import save_json, save_npy, save_npz
-from onnxplain.viz.heatmap import heatmap_image, image_layout, save_png, spatial_map
+from onnxplain.objective import describe_objective
+from onnxplain.viz.heatmap import (
+    CLIP_PERCENTILE,
+    colour_bar_text,
+    colour_range,
+    default_colormap,
+    heatmap_image,
+    image_layout,
+    save_png,
+    spatial_map,
+    with_colour_bar,
+)
+from onnxplain.viz.overlay import overlay
 from onnxplain.vocab import Vocabulary
 
+from .input_files import InputSet
 from .token_outputs import safe_name, write_token_views
 
 MAX_HEATMAPS = 64
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How heatmaps are drawn: the colormap (None: inferno, rdbu for signed maps) and the
+    percentile of |value| that gets the full colour."""
+
+    colormap: str | None = None
+    clip_percentile: float = CLIP_PERCENTILE
 
 
 def prepare_folder(out: str, protected: list[str]) -> Path:
@@ -28,11 +56,14 @@ def prepare_folder(out: str, protected: list[str]) -> Path:
 
 def write_explanation(attribution: Attribution, folder: Path, protected: list[str],
                       signed: bool, feeds: dict[str, np.ndarray] | None = None,
-                      vocabulary: Vocabulary | None = None) -> list[str]:
+                      vocabulary: Vocabulary | None = None, style: HeatmapStyle | None = None,
+                      inputs: InputSet | None = None) -> list[str]:
     """Write every output file atomically; refuse to overwrite a protected (input) file.
-    Token-id inputs get HTML pages and JSON of their token scores (strings from
-    `vocabulary`, else the ids)."""
+    Image inputs get a heatmap and an overlay per row, token-id inputs HTML pages and JSON of
+    their token scores (strings from `vocabulary`, else the ids). Files an earlier run listed
+    in summary.json and this one does not write are removed. Returns the paths written."""
     guard = {os.path.realpath(p) for p in protected}
+    previous = previous_files(folder)
     written: list[str] = []
 
     def target(name: str) -> Path:
@@ -49,29 +80,114 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
     arrays.update({f"@{tensor}": value for tensor, value in attribution.tensors.items()
                    if tensor not in attribution.attributions})
     save_npz(target("attributions.npz"), arrays)
+    pictures = write_heatmaps(attribution, signed, feeds or {}, style or HeatmapStyle(), target)
+    write_token_views(attribution, feeds or {}, vocabulary, target)
+    summary = attribution.summary()
+    if inputs is not None:
+        summary["preprocessing"] = inputs.preprocessing
+    summary["rows"] = row_records(summary, _row_count(attribution, feeds), inputs, pictures)
+    summary["files"] = [os.path.basename(p) for p in written] + [SUMMARY]
+    save_json(target(SUMMARY), summary)
+    remove_stale(folder, previous, summary["files"], guard)
+    return written
+
+
+def write_heatmaps(attribution: Attribution, signed: bool, feeds: Mapping[str, np.ndarray],
+                   style: HeatmapStyle, target: Callable[[str], Path]) -> dict[int, dict]:
+    """heatmap_INPUT_ROW.png (the map) and overlay_INPUT_ROW.png (the map over the input),
+    each with a colour bar, for the first MAX_HEATMAPS rows of image-shaped attributions.
+    Returns per row, per input, the files and the colour scale."""
+    colormap = style.colormap or default_colormap(signed)
+    pictures: dict[int, dict] = {}
     for name, values in attribution.attributions.items():
         layout = image_layout(values.shape)
         if layout is None:
             continue
+        image = feeds.get(name)
+        if image is not None and (image_layout(image.shape) is None or len(image) != len(values)):
+            image = None  # an overlay needs the input as a picture, row for row
         for row in range(min(values.shape[0], MAX_HEATMAPS)):
-            image = heatmap_image(spatial_map(values[row], layout, signed), signed)
-            save_png(image, target(f"heatmap_{safe_name(name)}_{row}.png"))
-    write_token_views(attribution, feeds or {}, vocabulary, target)
-    summary = attribution.summary()
-    summary["files"] = [os.path.basename(p) for p in written] + ["summary.json"]
-    save_json(target("summary.json"), summary)
-    return written
+            flat = spatial_map(values[row], layout, signed)
+            span = colour_range(flat, signed, style.clip_percentile, stretch=True)
+            text = colour_bar_text(span, colormap)
+            stem = f"{safe_name(name)}_{row}"
+            entry = {"heatmap": f"heatmap_{stem}.png", "colormap": colormap,
+                     "colour_range": span.as_dict()}
+            bare = heatmap_image(flat, signed, colormap=colormap, span=span)
+            save_png(with_colour_bar(bare, span, colormap), target(entry["heatmap"]), text)
+            if image is not None:
+                entry["overlay"] = f"overlay_{stem}.png"
+                blended = overlay(image[row], flat, signed, colormap=colormap, span=span)
+                save_png(with_colour_bar(blended, span, colormap), target(entry["overlay"]),
+                         text)
+            pictures.setdefault(row, {})[name] = entry
+    return pictures
+
+
+def row_records(summary: dict, rows: int, inputs: InputSet | None,
+                pictures: Mapping[int, dict]) -> list[dict]:
+    """Per row: the file (and row in it) each input came from, the explained target and its
+    score, the prediction, and the row's heatmaps."""
+    records = []
+    for row in range(rows):
+        record: dict = {"row": row}
+        if inputs is not None:
+            record["sources"] = {name: found[row] for name, found in inputs.sources.items()
+                                 if row < len(found)}
+        for key in ("target", "target_score", "predicted_class", "predicted_score"):
+            values = summary.get(key)
+            if isinstance(values, list) and row < len(values):
+                record[key] = values[row]
+        if row in pictures:
+            record["heatmaps"] = pictures[row]
+        records.append(record)
+    return records
+
+
+def previous_files(folder: Path) -> list[str]:
+    """The files an earlier onnxplain run listed in the folder's summary.json (plain names
+    only: a name with a path in it is not one onnxplain wrote)."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return []
+    files = summary.get("files") if isinstance(summary, dict) else None
+    if not isinstance(files, list) or "method" not in summary:
+        return []
+    return [name for name in files if isinstance(name, str)
+            and name not in ("", ".", "..") and os.path.basename(name) == name]
+
+
+def remove_stale(folder: Path, previous: list[str], current: list[str], guard: set[str]
+                 ) -> None:
+    """Remove what the previous run wrote and this one did not (never an input file)."""
+    for name in sorted(set(previous) - set(current)):
+        path = folder / name
+        if os.path.realpath(path) not in guard and (path.is_file() or path.is_symlink()):
+            path.unlink()
+
+
+def _row_count(attribution: Attribution, feeds: Mapping[str, np.ndarray] | None) -> int:
+    counts = [len(values) for values in (feeds or {}).values() if np.ndim(values)]
+    counts += [len(values) for values in attribution.attributions.values() if np.ndim(values)]
+    return max(counts, default=len(attribution.target))
 
 
 def describe_result(attribution: Attribution) -> list[str]:
-    lines = []
+    """What was explained (one sentence), then per row the explained score and, apart from
+    it, the prediction."""
+    lines = [f"explained: {describe_objective(attribution.objective, attribution.output)}"]
+    scores = attribution.target_score
     for row, used in enumerate(attribution.target.tolist()):
-        text = f"row {row}: explained class {used}"
+        text = f"row {row}: class {used}"
+        if scores is not None:
+            text += f" (explained score {float(scores[row]):.4g})"
         if attribution.predicted is not None:
-            text += (f", predicted class {int(attribution.predicted[row])} "
-                     f"(score {float(attribution.predicted_score[row]):.4g})")
+            text += f"; predicted class {int(attribution.predicted[row])}"
+            if attribution.predicted_score is not None:
+                text += f" (score {float(attribution.predicted_score[row]):.4g})"
         lines.append(text)
-    if not lines and attribution.target_score is not None:
-        lines.append(f"explained output '{attribution.output}' "
-                     f"(values {np.round(attribution.target_score, 4).tolist()})")
+    if not attribution.target.size and scores is not None:
+        lines += [f"row {row}: explained score {float(value):.4g}"
+                  for row, value in enumerate(np.asarray(scores).reshape(-1))]
     return lines

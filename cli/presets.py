@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from onnxplain.errors import InputError
+from onnxplain.files import save_json
 from onnxplain.graph.model import Model, TensorSpec
 from onnxplain.images import CHANNELS, LAYOUTS, ImagePreprocessing, default_preprocessing
 
@@ -51,8 +50,20 @@ def read_config(model_path: str | None) -> dict:
     return config
 
 
+@dataclass(frozen=True)
+class ChosenPreprocessing:
+    """The preprocessing applied to an image input, and the saved preset it started from."""
+
+    prep: ImagePreprocessing
+    preset: str | None = None
+    preset_file: str | None = None
+
+    def as_dict(self) -> dict:
+        return {**self.prep.as_dict(), "preset": self.preset, "preset_file": self.preset_file}
+
+
 def preprocessing_for(model: Model, spec: TensorSpec, settings: ImageSettings | None
-                      ) -> ImagePreprocessing:
+                      ) -> ChosenPreprocessing:
     """The preset named (else the file's default, else what the input shape says), with the
     command line's overrides; saved under `settings.save_as` when given."""
     settings = settings or ImageSettings()
@@ -61,12 +72,15 @@ def preprocessing_for(model: Model, spec: TensorSpec, settings: ImageSettings | 
     if settings.preset and settings.preset not in config["presets"]:
         where = config_path(model.path) if model.path else "the model (loaded from memory)"
         raise InputError(f"no preset named '{settings.preset}' in {where}")
-    base = (ImagePreprocessing.from_dict(config["presets"][name]) if name in config["presets"]
+    found = name in config["presets"]
+    base = (ImagePreprocessing.from_dict(config["presets"][name]) if found
             else default_preprocessing(spec))
     prep = ImagePreprocessing.from_dict({**base.as_dict(), **settings.overrides})
     if settings.save_as:
         _save(model.path, config, settings.save_as, prep)
-    return prep
+    if not found:
+        return ChosenPreprocessing(prep)
+    return ChosenPreprocessing(prep, name, str(config_path(model.path)))
 
 
 def _save(model_path: str | None, config: dict, name: str, prep: ImagePreprocessing) -> None:
@@ -74,11 +88,7 @@ def _save(model_path: str | None, config: dict, name: str, prep: ImagePreprocess
         raise InputError("presets are saved next to the model file; this model has no path")
     config["presets"][name] = prep.as_dict()
     config["default"] = name
-    path = config_path(model_path)
-    handle, temporary = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(config, out, indent=2)
-    os.replace(temporary, path)
+    save_json(config_path(model_path), config)
 
 
 def _numbers(text: str | None, option: str) -> tuple[float, ...] | None:

@@ -12,12 +12,14 @@ from onnxplain.errors import InputError
 
 from .errors import friendly
 from .options import (
+    inputs_option,
     parse_targets,
     provider_option,
     quiet_option,
     target_option,
     vocab_option,
 )
+from .presets import image_options
 
 # Faithfulness metrics the report asks onnxplain.metrics for (the cheap, readable ones).
 REPORT_METRICS = ("deletion", "insertion")
@@ -25,12 +27,14 @@ REPORT_METRICS = ("deletion", "insertion")
 
 @click.command("report")
 @click.argument("model")
-@click.option("-i", "--input", "inputs", multiple=True, required=True,
-              help="x.npy, NAME=x.npy, or an .npz with one array per input name")
+@inputs_option
 @click.option("-m", "--methods", default=None,
               help="comma-separated methods (default: chosen from the model, e.g. "
                    "saliency,integrated_gradients,grad_cam for a CNN)")
 @target_option
+@click.option("--output-seed", default=None, metavar="FILE.npy",
+              help="weights shaped like the output; explains sum(weights * output) per row "
+                   "instead of a class (scores too)")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="classes listed per row")
 @click.option("--labels", default=None, metavar="FILE", help="class names, one per line")
@@ -45,15 +49,16 @@ REPORT_METRICS = ("deletion", "insertion")
               help="skip the faithfulness scores (onnxplain.metrics), which cost extra runs")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
 @quiet_option
+@image_options
 @friendly
 def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
-           top_k: int, labels: str | None, vocab: str | None, out: str,
-           options: tuple[str, ...], provider: str, no_scores: bool, as_json: bool,
-           quiet: bool) -> None:
+           output_seed: str | None, top_k: int, labels: str | None, vocab: str | None,
+           out: str, options: tuple[str, ...], provider: str, no_scores: bool, as_json: bool,
+           quiet: bool, image_settings) -> None:
     """Explain MODEL with several methods; write one self-contained index.html comparing
     them (heatmaps or token highlighting, runtimes, scores), report.json and PNGs."""
     from onnxplain import Explainer
-    from onnxplain.viz.report import build_report, load_labels
+    from onnxplain.viz.report import build_report, counted, load_labels
     from onnxplain.viz.report_files import check_folder, write_report
 
     from .input_files import read_array, read_inputs
@@ -66,8 +71,9 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
 
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, progress=not (quiet or as_json))
-    arrays, files = read_inputs(explainer.model, inputs)
-    files += [path for path in (labels, vocab) if path is not None]
+    arrays, files = read_inputs(explainer.model, inputs, image_settings)
+    files += [path for path in (labels, vocab, output_seed) if path is not None]
+    seed = read_array(output_seed) if output_seed is not None else None
     per_method = _method_options(options)
     for values in per_method.values():
         for key, value in values.items():
@@ -78,35 +84,33 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
     say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
     built = build_report(explainer, arrays, names, target=parse_targets(target), top_k=top_k,
                          labels=class_names, vocabulary=vocabulary, options=per_method,
-                         score=None if no_scores else metrics_scorer(), progress=say)
+                         score=None if no_scores else metrics_scorer(seed), progress=say,
+                         output_seed=seed)
     written = write_report(built, out, protected=[model, *files])
     if as_json:  # the file just written, so stdout and report.json cannot differ
         click.echo(json.dumps(json.loads(Path(out, "report.json").read_text()), indent=2))
     elif not quiet:
-        click.echo(f"wrote {len(written)} files to {out}/: open {out}/index.html")
+        click.echo(f"wrote {counted(len(written), 'file')} to {out}/: open {out}/index.html")
 
 
-def metrics_scorer() -> Callable:
+def metrics_scorer(output_seed=None) -> Callable:
     """onnxplain.metrics.evaluate as the report's scorer: per row, each metric beside the
-    same metric for random attributions."""
+    same metric for random attributions (of the `output_seed` objective, when given)."""
     from onnxplain import metrics
 
     def score(explainer, feeds, attribution) -> dict:
         return flatten_scores(metrics.evaluate(explainer, feeds, attribution,
-                                               metrics=REPORT_METRICS))
+                                               metrics=REPORT_METRICS, output_seed=output_seed))
 
     return score
 
 
 def flatten_scores(found: dict) -> dict:
-    """{label: per-row values, label (random): per-row values} from an evaluate() result."""
-    flat = {}
-    for name, entry in found["metrics"].items():
-        label = entry.get("label") or name
-        for key, suffix in (("per_row", ""), ("random_per_row", " (random)")):
-            if entry.get(key) is not None:
-                flat[label + suffix] = entry[key]
-    return flat
+    """{label: {"per_row", "random_per_row", "better"}} from an evaluate() result: the
+    report shows each row's score, its random baseline and which direction is better."""
+    return {entry.get("label") or name: {key: entry.get(key) for key in
+                                         ("per_row", "random_per_row", "better")}
+            for name, entry in found["metrics"].items()}
 
 
 def _method_list(text: str | None) -> list[str] | None:

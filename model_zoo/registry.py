@@ -52,6 +52,11 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("bert_small_attention23", "bert_small with sdpa attention by the dynamo "
              "exporter at opset 23: standard Attention ops", "hf_models", "make_bert_small_sdpa",
              "export_text_model_attention23", "bert_small_sdpa_architecture"),
+    ZooModel("rgb_cnn", "small RGB CNN, random weights, 3x32x32, 10 classes, symbolic batch",
+             "rgb", "make_rgb_cnn", "export_rgb_model", "rgb_cnn_architecture"),
+    ZooModel("rgb_squeezenet", "SqueezeNet-style RGB CNN, random weights, 3x64x64, softmax "
+             "output [N, 1000, 1, 1] as in the classic ONNX zoo", "rgb", "make_rgb_squeezenet",
+             "export_rgb_model", "rgb_squeezenet_architecture"),
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
              "sentiment_architecture", depends=("hf_models.py",)),

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .objective import describe_objective
+
 
 @dataclass
 class Attribution:
@@ -58,6 +60,7 @@ class Attribution:
             "options": _jsonable(self.options),
             "output": self.output,
             "objective": self.objective,
+            "explained": describe_objective(self.objective, self.output),
             "signed": self.signed,
             "target": self.target.tolist(),
             "predicted_class": None if self.predicted is None else self.predicted.tolist(),

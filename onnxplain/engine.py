@@ -25,6 +25,7 @@ from .graph.stem import affine_stem
 from .graph.taps import add_taps
 from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, prepare_target
+from .objective import class_count, class_scores
 from .runtime.batching import rows_per_run
 from .runtime.progress import progress_bar
 from .runtime.session import Session
@@ -294,8 +295,7 @@ class Engine:
         return rows_per_run(self.model, feeds, self.memory_budget_mb)
 
     def static_classes(self) -> int | None:
-        dims = self.model.output(self.output).dims
-        return dims[1] if dims and len(dims) == 2 and isinstance(dims[1], int) else None
+        return class_count(self.model, self.output)
 
     @contextlib.contextmanager
     def chunking(self, size: int | None) -> Iterator[None]:
@@ -365,16 +365,20 @@ def decisions(output: np.ndarray) -> np.ndarray:
 
 
 def target_scores(logits: np.ndarray, target) -> np.ndarray:
-    """The explained score of each row: the target logit, seed-weighted sum, whether the
-    target class was chosen (label outputs), or the value."""
+    """The explained score of each row (see objective): the target class's score, the
+    seed-weighted sum, whether the target class was chosen (label outputs), or the value."""
     if is_labels(logits) and not isinstance(target, OutputSeed):
         return (decisions(logits) == np.asarray(target)).astype(np.float64)
     if isinstance(target, OutputSeed):
         weights = target.values.reshape(target.values.shape[0], -1)
         return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
-    if logits.ndim == 2:
-        return logits[np.arange(logits.shape[0]), target].astype(np.float64)
-    return logits.reshape(logits.shape[0], -1).sum(axis=1, dtype=np.float64)
+    scores = class_scores(logits)
+    if scores is not None:
+        return scores[np.arange(scores.shape[0]), target].astype(np.float64)
+    if logits.ndim == 1:
+        return logits.astype(np.float64)
+    raise InputError(f"the explained output has shape {tuple(logits.shape)}: neither class "
+                     "scores [batch, classes] nor one value per row; pass an output seed")
 
 
 def _with_post(model, infos, post: Post):

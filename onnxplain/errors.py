@@ -43,6 +43,11 @@ class InputWarning(UserWarning):
     """Inputs that can be explained but probably should not be (NaN, Inf)."""
 
 
+class AttributionWarning(UserWarning):
+    """A result not to be read as it stands: every attribution of a row is 0, or the
+    predicted class of a row is tied with another."""
+
+
 class MissingRule:
     """One node without a backward rule, with the reason when a rule exists but does not apply."""
 

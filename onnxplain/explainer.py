@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from .attribution import Attribution
-from .engine import Engine, GradientRun, OutputSeed, pick_output
-from .errors import InputError
+from .engine import (
+    Engine,
+    GradientRun,
+    OutputSeed,
+    decisions,
+    is_labels,
+    pick_output,
+    target_scores,
+)
+from .errors import AttributionWarning, InputError
 from .graph.attention import check_not_fused
 from .graph.model import Model
 from .graph.sources import Source, find_sources
@@ -19,8 +28,10 @@ from .graph.taps import resolve_taps
 from .inputs import Inputs, prepare_inputs
 from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
+from .methods._common import rows_text
+from .objective import class_scores, require_objective
 from .runtime.batching import DEFAULT_BUDGET_MB
-from .runtime.session import resolve_providers
+from .runtime.session import fallback_note, resolve_providers
 
 
 class Explainer:
@@ -47,6 +58,7 @@ class Explainer:
         self.engine = Engine(self.model, resolve_providers(providers), self.output,
                              self.sources, optimization, memory_budget_mb)
         self.engine.progress = progress
+        self.provider_note = fallback_note(providers)
 
     @property
     def providers(self) -> list[str]:
@@ -73,6 +85,9 @@ class Explainer:
             if target is not None:
                 raise InputError("give either target or output_seed, not both")
             target = OutputSeed(self._check_seed(output_seed, batch_size_of(feeds)))
+        if spec.uses_objective:  # one rule for every family (see objective)
+            require_objective(self.model, self.output, seeded=output_seed is not None,
+                              targeted=target is not None)
         if not self.sources and spec.needs_sources:
             check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
             raise InputError("no input of this model can be attributed: "
@@ -81,7 +96,7 @@ class Explainer:
         with self.engine.chunking(batch_size):
             output = spec.run(self.engine, feeds, target, self.sources, **resolved)
         elapsed = time.perf_counter() - start
-        return self._attribution(spec, resolved, output, elapsed)
+        return self._attribution(spec, resolved, output, elapsed, target)
 
     def forward(self, inputs: Inputs, taps: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The model's outputs plus any intermediate tensors (selected by tensor name, node
@@ -113,7 +128,7 @@ class Explainer:
         return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
 
     def _attribution(self, method: MethodSpec, options: dict, output: MethodOutput,
-                     elapsed: float) -> Attribution:
+                     elapsed: float, objective) -> Attribution:
         per_input, tensors, sources = dict(output.at_inputs), dict(output.tensors), {}
         for source in self.sources:
             if source.tensor not in output.at_sources:
@@ -127,18 +142,59 @@ class Explainer:
         logits = run.outputs[self.output]
         predicted = predicted_score = target_score = None
         target = run.target if run.target is not None else np.zeros(0, dtype=np.int64)
-        if logits.ndim == 2:
-            predicted = logits.argmax(axis=1)
-            predicted_score = logits.max(axis=1)
-            target_score = logits[np.arange(len(target)), target] if target.size else None
+        scores = class_scores(logits)
+        if scores is not None:
+            predicted = scores.argmax(axis=1)
+            predicted_score = scores.max(axis=1)
+            target_score = scores[np.arange(len(target)), target] if target.size else None
+        elif is_labels(logits):
+            predicted = decisions(logits)
+            target_score = target_scores(logits, target) if target.size else None
         elif logits.ndim == 1:
             target_score = logits
+        if isinstance(objective, OutputSeed):
+            target_score = target_scores(logits, objective)
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
+        notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
+        doubts = _ties(scores) if objective is None and scores is not None else []
+        doubts += _all_zero(per_input)
+        for doubt in doubts:
+            warnings.warn(doubt, AttributionWarning, stacklevel=3)
+        notes += doubts
         return Attribution(method.name, per_input, tensors, sources, self.output, target,
                            predicted, predicted_score, target_score,
                            self.engine.session_providers, elapsed, options, run.outputs, notes,
                            run.objective, output.extras, output.signed)
+
+
+def _ties(scores: np.ndarray) -> list[str]:
+    """Rows whose top score is shared: the first of the tied classes was explained."""
+    if scores.shape[1] < 2:
+        return []
+    top = np.sort(scores, axis=1)[:, -2:]
+    rows = np.flatnonzero(top[:, 0] == top[:, 1])
+    if not len(rows):
+        return []
+    first = rows[0]
+    tied = np.flatnonzero(scores[first] == scores[first].max())
+    return [f"{rows_text(rows)}: classes {', '.join(str(c) for c in tied[:4])} tie for the "
+            f"highest score in row {first}; the first, {tied[0]}, was explained (pass a "
+            "target to choose)"]
+
+
+def _all_zero(attributions: Mapping[str, np.ndarray]) -> list[str]:
+    """Rows whose every attribution is exactly 0: never to be shown as a result."""
+    values = [v.reshape(v.shape[0], -1) for v in attributions.values() if v.ndim and v.size]
+    if not values:
+        return []
+    zero = np.logical_and.reduce([~np.any(v, axis=1) for v in values])
+    if not np.any(zero):
+        return []
+    return [f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: the explained "
+            "score does not change with the input where this method looks (a constant "
+            "output, a saturated activation, an input equal to the baseline, or an op "
+            "whose gradient is 0 almost everywhere on the path)"]
 
 
 def _per_token(value: np.ndarray, dims, source: Source, reduction: str) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Atomic file output: a reader never sees a half-written file, and failures leave no debris."""
+"""Atomic file output: a reader never sees a half-written file, and failures leave no debris.
+
+Every file onnxplain writes goes through `atomic_write`, so all of them get the same
+permissions: what the umask allows (0o666 & ~umask), as `open(path, "w")` would give.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     suffix = os.path.splitext(path)[1]
     handle, temporary = tempfile.mkstemp(prefix=".onnxplain-", suffix=suffix, dir=folder)
     try:
+        # mkstemp makes the file 0600 whatever the umask; give it the usual mode instead.
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as stream:
             write(stream)
         os.replace(temporary, path)
@@ -25,6 +31,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def save_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -37,7 +47,14 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 def save_json(path: str | os.PathLike, data: dict) -> None:
     text = json.dumps(data, indent=2, allow_nan=False, default=_plain)
-    atomic_write(path, lambda stream: stream.write(text.encode() + b"\n"))
+    save_bytes(path, text.encode() + b"\n")
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _plain(value):

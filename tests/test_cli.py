@@ -182,8 +182,14 @@ def test_nan_input_warns_in_one_line_and_still_explains(workdir):
                  "-o", str(workdir / "out"))
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.strip()]
-    assert warnings == ["warning: input 'x' contains 1 NaN or Inf values; attributions will "
-                        "not be meaningful"]
+    assert warnings[0] == ("warning: input 'x' contains 1 NaN or Inf values; attributions "
+                           "will not be meaningful")
+    # The NaN row's gradient is 0 through the ReLU masks: said, never shown as a result.
+    assert warnings[1:] == ["warning: every attribution is 0 in row 0: the explained score "
+                            "does not change with the input where this method looks (a "
+                            "constant output, a saturated activation, an input equal to the "
+                            "baseline, or an op whose gradient is 0 almost everywhere on the "
+                            "path)"]
 
 
 def test_console_script_runs_in_a_real_process(workdir):

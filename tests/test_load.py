@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -73,6 +74,24 @@ def test_new_ir_version_is_lowered_for_onnxruntime():
     x = np.array([[0.1, 0.2, 0.3]], dtype=np.float32)
     result = explainer.explain(x, target=1, abs=False)
     np.testing.assert_allclose(result["x"], _expected_grad(x, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("ir", [3, 14])
+def test_inspect_reports_the_files_ir_version(tmp_path, ir):
+    """The file's IR, not the normalised copy's (raised to 4 for IR 3 files, lowered for 14)."""
+    from click.testing import CliRunner
+
+    from onnxplain_cli.main import main
+
+    path, model = tmp_path / "m.onnx", _tiny(opset=9, ir=ir)
+    if ir < 4:  # IR 3 lists its weights as inputs
+        model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2]))
+    onnx.save(model, path)
+    result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert json.loads(result.stdout)["ir_version"] == ir
+    assert onnxplain.Explainer(str(path), "cpu").model.proto.ir_version != ir
+    text = CliRunner().invoke(main, ["inspect", str(path)]).stdout
+    assert text.splitlines()[0].split()[2:4] == ["IR", str(ir)]
 
 
 def test_initializers_listed_as_inputs_are_constants():

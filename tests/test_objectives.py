@@ -68,8 +68,11 @@ def test_one_value_outputs_are_explained_directly():
     _, jacobian = mlp_reference(mlp(classes=1), X)
     np.testing.assert_allclose(result["x"], jacobian[:, 0], rtol=1e-5, atol=1e-6)
     assert result.objective == "sum" and result.predicted is None
-    with pytest.raises(InputError, match="has no class axis"):
-        explainer.explain(X, target=0)
+    for method in ("saliency", "occlusion"):  # one rule for every family
+        with pytest.raises(InputError, match="one value per row and no class axis"):
+            explainer.explain(X, method, target=0)
+    occluded = explainer.explain(X, "occlusion", window=1)
+    np.testing.assert_allclose(occluded.target_score, explainer.forward(X)["score"], rtol=1e-6)
 
 
 def test_attribute_at_an_intermediate_tensor():

@@ -102,3 +102,24 @@ def test_onnx_logits_equal_torch(zoo, session):
     got = run(session, sample["input_ids"], sample["attention_mask"])
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(want).max() > 1  # a trained, confident model, not all-zero logits
+
+
+def test_the_readme_claims_about_the_demo(folder, tmp_path):
+    """What README.md says `make demo` shows, run as the Makefile runs it: in "the movie was
+    not good" both "not" and "good" count against "positive", in "not bad at all" both "not"
+    and "bad" count for it, and "good" alone counts for it."""
+    import json
+
+    from .cli_helpers import run as cli
+
+    result = cli("explain", str(folder / "model.onnx"), "--input", str(folder / "sample.npz"),
+                 "--vocab", str(folder / "vocab.txt"), "--method", "layer_integrated_gradients",
+                 "--target", "1", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((tmp_path / "tokens.json").read_text())["input_ids"]
+    by_text = {" ".join(t["token"] for t in row[1:-1]): {t["token"]: t["score"] for t in row}
+               for row in rows}
+    negated, double = by_text["the movie was not good"], by_text["not bad at all"]
+    assert negated["not"] < 0 and negated["good"] < 0
+    assert double["not"] > 0 and double["bad"] > 0
+    assert by_text["good"]["good"] > 0

@@ -19,6 +19,7 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
+from ..objective import CLASS, VALUE, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
 from .commute import pool_after_relu
@@ -64,14 +65,15 @@ class Post:
 
 
 def objective_kind(model: Model, output: str) -> str:
-    """'class' for [N, C] outputs, 'sum' for [N] outputs; others need an explicit seed."""
-    rank = model.infos.get(output).rank if output in model.infos else None
-    if rank == 2:
+    """'class' for class scores ([N, C], also [N, C, 1, 1]), 'sum' for [N] outputs; others
+    need an explicit seed (see objective)."""
+    form = require_objective(model, output, seeded=False, targeted=False)
+    if form == CLASS:
         return "class"
-    if rank == 1:
+    if form == VALUE:
         return "sum"
-    raise InputError(f"output '{output}' has rank {rank}; a class target needs a [batch, "
-                     "classes] output: choose another output or pass an output seed")
+    raise InputError(f"output {model.output(output).describe()} has no known shape, so no "
+                     "class axis can be found: pass an output seed or choose another output")
 
 
 def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
@@ -149,17 +151,24 @@ def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:
 
 def chosen_class(b: GraphBuilder, output: str, target: str) -> str:
     """The class each row explains: `target` where it is >= 0, else the predicted class
-    (ArgMax of the [N, C] `output`); a [1] target broadcasts over the rows."""
-    predicted = b.op("ArgMax", output, axis=1, keepdims=0)
+    (ArgMax over the class axis of `output`); a [1] target broadcasts over the rows."""
+    predicted = b.op("ArgMax", scores_2d(b, output), axis=1, keepdims=0)
     negative = b.op("Less", target, b.const(np.array(0, dtype=np.int64)))
     return b.where(negative, predicted, target)
 
 
 def one_hot(b: GraphBuilder, chosen: str, output: str) -> str:
-    """[N, C] in `output`'s type: 1 at each row's chosen class."""
+    """Shaped like `output`, in its type: 1 at each row's chosen class."""
     classes = _class_range(b, output)
-    hot = b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0]))
-    return b.op("Cast", hot, to=b.dtype(output))
+    hot = b.op("Cast", b.op("Equal", b.unsqueeze(chosen, [1]), b.unsqueeze(classes, [0])),
+               to=b.dtype(output))
+    rank = b.info(output).rank or 2
+    return hot if rank == 2 else b.unsqueeze(hot, list(range(2, rank)))
+
+
+def scores_2d(b: GraphBuilder, output: str) -> str:
+    """`output` as [N, C]: class outputs may carry trailing axes of size 1 ([N, C, 1, 1])."""
+    return output if b.info(output).rank == 2 else b.op("Flatten", output, axis=1)
 
 
 def _class_range(b: GraphBuilder, output: str) -> str:

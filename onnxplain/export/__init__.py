@@ -18,7 +18,7 @@ from ..engine import pick_output
 from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
-from ..methods import coerce_option
+from ..methods import METHODS, coerce_option, did_you_mean
 from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
@@ -31,8 +31,9 @@ def exported_options(method: str, options: dict) -> dict:
     """The method's export options with defaults filled in; unknown ones are an InputError."""
     spec = EXPORTS.get(method)
     if spec is None:
-        raise InputError(f"method '{method}' cannot be exported; exportable methods: "
-                         f"{', '.join(sorted(EXPORTS))}")
+        hint = did_you_mean(method, EXPORTS) if method not in METHODS else ""
+        raise InputError(f"method '{method}' cannot be exported{hint} (exportable methods: "
+                         f"{', '.join(sorted(EXPORTS))})")
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
         known = ", ".join(spec.defaults) or "none"
@@ -43,18 +44,22 @@ def exported_options(method: str, options: dict) -> dict:
 
 
 def export_explainer(model, method: str = "saliency", *, output: str | None = None,
-                     target_input: str = "optional", **options) -> onnx.ModelProto:
+                     target_input: str = "optional", output_seed=None,
+                     **options) -> onnx.ModelProto:
     """One ONNX model computing the model's outputs and `method`'s attributions together.
 
     `target_input="optional"` gives the `target` input a default (-1, the predicted class)
     through an initializer of the same name; "required" makes it a plain input, for
-    runtimes that cannot feed inputs with defaults (onnxruntime-node ignores such feeds)."""
+    runtimes that cannot feed inputs with defaults (onnxruntime-node ignores such feeds).
+    `output_seed` (one row of weights shaped like a row of the output) replaces the class
+    target: the explainer gets an `output_seed` input instead of `target`, defaulting to
+    these weights (export.seed)."""
     loaded = model if isinstance(model, Model) else Model.load(model)
     options = exported_options(method, options)
     if not loaded.batch.symbolic:
         raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
-    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input)
+    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed)
     EXPORTS[method].build(eg, options)
     proto = eg.proto
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},

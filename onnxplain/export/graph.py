@@ -23,6 +23,8 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
+from ..objective import CLASS, output_form
+from .seed import OUTPUT_SEED, declare_seed_input, seed_row
 
 TARGET = "target"
 TARGET_USED = "target_used"
@@ -38,11 +40,14 @@ CopyMaker = Callable[[GraphBuilder, str], str]
 class ExplainerGraph:
     """A copy of `model` being turned into an explainer; emit with `b`, then `finish()`."""
 
-    def __init__(self, model: Model, output: str, target_input: str = "optional"):
-        spec = next((s for s in model.outputs if s.name == output), None)
-        if spec is None or not spec.is_float or spec.dims is None or len(spec.dims) != 2:
+    def __init__(self, model: Model, output: str, target_input: str = "optional",
+                 output_seed: np.ndarray | None = None):
+        if output not in {s.name for s in model.outputs} or (
+                output_seed is None and output_form(model, output) != CLASS):
             raise InputError(f"output '{output}' is not a [batch, classes] float output; an "
-                             "exported explainer needs one")
+                             "exported explainer needs one, or an output seed")
+        # One row of weights on the output, replacing the class target (export.seed).
+        self.seed = None if output_seed is None else seed_row(model, output, output_seed)
         if target_input not in TARGET_INPUTS:
             raise InputError(f"target_input must be one of {', '.join(TARGET_INPUTS)}, got "
                              f"'{target_input}'")
@@ -139,7 +144,11 @@ class ExplainerGraph:
     # ---- target and gradients ---------------------------------------------------------
     def target(self) -> str:
         """The explained class per row: the `target` input where it is >= 0, else the
-        predicted class (ArgMax of the clean output). Exposed as output `target_used`."""
+        predicted class (ArgMax of the clean output). Exposed as output `target_used`.
+        With an output seed there is no class: the seed input is declared, "" returned."""
+        if self.seed is not None:
+            declare_seed_input(self)
+            return ""
         if self.chosen:
             return self.chosen
         b, graph = self.b, self.proto.graph
@@ -184,9 +193,27 @@ class ExplainerGraph:
                                                   extra.active_from)
         return computed
 
+    def row_weights(self, b: GraphBuilder, scores: str) -> str:
+        """Weights shaped like `scores` (N rows of the explained output) whose product with
+        them is the explained score: the output seed, else the one-hot of each row's class
+        (the `target` input, or the ArgMax of `scores`)."""
+        if self.seed is not None:
+            declare_seed_input(self)
+            weights = b.op("Expand", OUTPUT_SEED, b.shape(scores))
+        else:  # a Loop body's rows choose from their own outputs (the outer ones come later)
+            chosen = self.target() if scores == self.output else chosen_class(b, scores, TARGET)
+            weights = one_hot(b, chosen, self.output)
+        b.infos[weights] = b.info(self.output)
+        return weights
+
     def _seed(self) -> str:
-        """One-hot of the chosen class, for every copy of every row."""
+        """One-hot of the chosen class (or the output seed), for every copy of every row."""
         b = self.b
+        if self.seed is not None:
+            weights = self.row_weights(b, self.output)
+            rank = b.rank(self.output)
+            return weights if self.copies == 1 else b.op(
+                "Tile", weights, b.ints([self.copies] + [1] * (rank - 1)))
         chosen = self.target()
         if self.copies > 1:
             chosen = b.op("Tile", chosen, b.ints([self.copies]))

@@ -23,13 +23,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..autodiff.build import add_gradients, ancestors, rename_reads, used_initializers
-from ..autodiff.program import chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
-from .graph import NO_TARGET, TARGET, ExplainerGraph
+from .graph import ExplainerGraph
 
 BODY_PREFIX = "onnxplain/loop"
 
@@ -168,9 +167,11 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
     clean_outputs = [_first_or_kept(bb, first, bb.slice(name, [0], extra, [0]), previous,
                                     name) for name, previous in zip(outputs, kept, strict=True)]
     explained = clean_outputs[outputs.index(eg.output)]
-    chosen = chosen_class(bb, bb.slice(explained, [0], eg.rows, [0]), TARGET)
-    unseeded = bb.op("Expand", bb.ints([NO_TARGET]), extra)
-    seed = one_hot(bb, bb.concat([unseeded, bb.op("Tile", chosen, chunk.k)], 0), eg.output)
+    weights = eg.row_weights(bb, bb.slice(explained, [0], eg.rows, [0]))
+    # The clean rows are not explained: zero weights; each point its row's weights.
+    unseeded = bb.op("Expand", bb.scalar(0.0, weights), bb.concat([extra, bb.dims(weights, 1)],
+                                                                  0))
+    seed = bb.concat([unseeded, repeated(bb, chunk, weights)], 0)
     grads = add_gradients(bb, {eg.output: seed}, list(walk.wrt), rules)
     at_grads = {name: bb.slice(grads[name], extra, [np.iinfo(np.int64).max], [0])
                 for name in walk.wrt}

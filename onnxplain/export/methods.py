@@ -11,7 +11,7 @@ import numpy as np
 from onnx import TensorProto
 
 from ..autodiff.build import add_gradients
-from ..autodiff.program import Pass, one_hot
+from ..autodiff.program import Pass
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError
 from ..graph.layers import resolve_layer
@@ -175,11 +175,12 @@ def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
 
 def target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
     """S_c(block clean) - S_c(block other) per row [N], each score read as a dot product with
-    the one-hot of c (GatherElements needs opset 11)."""
+    the one-hot of c (GatherElements needs opset 11), or with the output seed."""
     b, scores = eg.b, eg.batched(eg.output)
-    hot = one_hot(b, eg.chosen, eg.output)
+    hot = eg.row_weights(b, eg.output)
     change = b.op("Sub", eg.block(scores, clean), eg.block(scores, other))
-    return b.reduce("ReduceSum", b.op("Mul", change, hot), [1], False)
+    return b.reduce("ReduceSum", b.op("Mul", change, hot),
+                    list(range(1, b.info(eg.output).rank or 2)), False)
 
 
 def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:

@@ -40,8 +40,10 @@ def _noise_tunnel(kind: str):
         for name in inputs:
             mean, square = (b.op("Div", sums[name, power], b.scalar(float(samples), name))
                             for power in (1, 2))
+            variance = b.op("Sub", square, b.op("Mul", mean, mean))
             values[name] = {"smoothgrad": mean, "smoothgrad_sq": square,
-                            "vargrad": b.op("Sub", square, b.op("Mul", mean, mean))}[kind]
+                            # rounding can leave it just below 0; a variance is not
+                            "vargrad": b.op("Max", variance, b.scalar(0.0, name))}[kind]
         declare_per_input(eg, values, f"{kind} over {base} ({samples} noisy copies)")
     return build
 

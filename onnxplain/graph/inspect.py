@@ -23,7 +23,7 @@ def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
     sources, unattributed = find_sources(model)
     return {
         "path": model.path,
-        "ir_version": proto.ir_version,
+        "ir_version": model.file_ir_version,
         "producer": " ".join(p for p in (proto.producer_name, proto.producer_version) if p),
         "opsets": {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import},
         "inputs": [_spec(spec) for spec in model.inputs],

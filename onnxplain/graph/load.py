@@ -27,6 +27,13 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto
 
     The user's file and ModelProto are never modified.
     """
+    model, path = read_model(source)
+    return normalize(model), path
+
+
+def read_model(source: str | os.PathLike | bytes | onnx.ModelProto
+               ) -> tuple[onnx.ModelProto, str | None]:
+    """The model as given (a copy), checked, and the path it came from."""
     if isinstance(source, onnx.ModelProto):
         model, path = _copy(source), None
     elif isinstance(source, (bytes, bytearray)):
@@ -37,7 +44,7 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto
     else:
         raise ModelError(f"expected a path, bytes or onnx.ModelProto, got {type(source).__name__}")
     _check(model, path)
-    return normalize(model), path
+    return model, path
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

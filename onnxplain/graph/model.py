@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 import onnx
 
-from .load import ai_onnx_opset, load_model
+from .load import ai_onnx_opset, normalize, read_model
 from .shapes import Dim, TensorInfo, infer_shapes, value_info_to_tensor_info
 
 
@@ -62,13 +62,18 @@ class Model:
         if infos is not None:
             self.__dict__["infos"] = infos
         self.opset: int = ai_onnx_opset(proto) or 0
+        # The IR version of the file as given (normalising may raise or lower it).
+        self.file_ir_version: int = proto.ir_version
         # Facts derived by passes (attention layers...), computed once per model.
         self.derived: dict[str, object] = {}
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
-        proto, path = load_model(source)
-        return cls(proto, path)
+        proto, path = read_model(source)
+        ir_version = proto.ir_version
+        model = cls(normalize(proto), path)
+        model.file_ir_version = ir_version
+        return model
 
     @cached_property
     def infos(self) -> dict[str, TensorInfo]:

@@ -24,6 +24,7 @@ from onnx import TensorProto
 from .._version import __version__
 from ..errors import InputError, ModelError
 from ..explainer import Explainer
+from ..files import save_bytes
 from ..graph.builder import GraphBuilder
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
@@ -48,7 +49,7 @@ class LocalHead:
     info: dict
 
     def save(self, path: str) -> None:
-        onnx.save(self.model, path)
+        save_bytes(path, self.model.SerializeToString())
 
 
 def features(explainer: Explainer, inputs, tensor: str) -> np.ndarray:

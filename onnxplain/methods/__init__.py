@@ -43,6 +43,9 @@ class MethodSpec:
     token_reduction: str = "sum"
     # Gradient methods need an attributable float tensor; forward-only methods do not.
     needs_sources: bool = True
+    # Whether the method explains a score per row (see objective); forward-only attention
+    # and activation methods read the model without one.
+    uses_objective: bool = True
 
     def resolve_options(self, options: Mapping[str, object]) -> dict:
         """Defaults overridden by `options`; strings (from the CLI) take the default's type."""
@@ -90,8 +93,17 @@ def get_method(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except KeyError:
-        raise InputError(f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})"
-                         ) from None
+        raise InputError(f"unknown method '{name}'{did_you_mean(name, METHODS)} (methods: "
+                         f"{', '.join(sorted(METHODS))})") from None
+
+
+def did_you_mean(name: str, known) -> str:
+    """': did you mean 'x'?' for the closest known name, else ''."""
+    import difflib
+
+    text = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    close = difflib.get_close_matches(text, list(known), n=1, cutoff=0.6)
+    return f": did you mean '{close[0]}'?" if close else ""
 
 
 # Each module registers its method(s) on import.
@@ -118,4 +130,4 @@ from . import (  # noqa: E402,F401
     smoothgrad,
 )
 
-__all__ = ["METHODS", "MethodOutput", "MethodSpec", "get_method", "register"]
+__all__ = ["METHODS", "MethodOutput", "MethodSpec", "did_you_mean", "get_method", "register"]

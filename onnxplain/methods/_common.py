@@ -11,6 +11,7 @@ from ..engine import Engine, GradientRun, OutputSeed, decisions, is_labels
 from ..errors import InputError
 from ..graph.sources import Source
 from ..inputs import prepare_target
+from ..objective import class_scores
 
 
 def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
@@ -26,11 +27,12 @@ def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     if is_labels(logits) and not isinstance(target, OutputSeed):
         return decisions(logits).astype(np.int64) if target is None else prepare_target(
             target, logits.shape[0], None)
-    if isinstance(target, OutputSeed) or logits.ndim != 2:
+    scores = class_scores(logits)
+    if isinstance(target, OutputSeed) or scores is None:
         return target
     if target is None:
-        return logits.argmax(axis=1).astype(np.int64)
-    return prepare_target(target, logits.shape[0], logits.shape[1])
+        return scores.argmax(axis=1).astype(np.int64)
+    return prepare_target(target, scores.shape[0], scores.shape[1])
 
 
 def repeat_target(target, times: int):
@@ -68,22 +70,48 @@ def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> Gradien
     """A GradientRun describing the clean input: its outputs and the explained classes."""
     output = outputs[engine.output]
     objective = "output_seed" if isinstance(target, OutputSeed) else (
-        "class" if output.ndim == 2 or is_labels(output) else "sum")
+        "class" if class_scores(output) is not None or is_labels(output) else "sum")
     used = None if objective != "class" else np.asarray(target, dtype=np.int64)
     return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)
 
 
-def completeness_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
-                       tolerance: float, category: type[Warning], message: str) -> np.ndarray:
-    """sum(attributions) - (S(x) - S(x')) per row, warning when it exceeds `tolerance` times
-    |S(x) - S(x')|; `message` is formatted with the worst relative error as {worst}."""
-    total = sum(v.reshape(v.shape[0], -1).sum(axis=1, dtype=np.float64) for v in values.values())
+def completeness_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base: np.ndarray,
+                       tolerance: float, category: type[Warning], method: str, gap: str,
+                       advice: str) -> np.ndarray:
+    """sum(attributions) - (S(x) - S(x')) per row, from the explained scores at the input
+    (`clean`) and at the reference (`base`). Warns, in plain words, where the gap exceeds
+    `tolerance` times |S(x) - S(x')|, and where S(x) = S(x') leaves nothing to compare with
+    (a percentage of zero would be meaningless): `gap` names what missed, `advice` the fix."""
+    rows = [v.reshape(v.shape[0], -1).astype(np.float64) for v in values.values()]
+    total, mass = sum(r.sum(axis=1) for r in rows), sum(np.abs(r).sum(axis=1) for r in rows)
+    difference = clean - base
     delta = total - difference
-    scale = np.abs(difference) + 1e-6
-    if np.any(np.abs(delta) > tolerance * scale):
-        worst = float(np.max(np.abs(delta) / scale))
-        warnings.warn(message.format(worst=worst), category, stacklevel=5)
+    # Scores equal to float32 rounding: there is no output difference to complete.
+    size = np.maximum(np.abs(clean), np.abs(base))
+    flat = np.abs(difference) <= 1e-6 * size
+    # ... and a sum is left over when it is neither rounding nor a cancelling part of the mass.
+    summed = flat & (np.abs(total) > np.maximum(tolerance * mass, 1e-5 * size))
+    if np.any(summed):
+        rows = np.flatnonzero(summed)
+        warnings.warn(f"{method}: the explained score is the same at the input and at the "
+                      f"reference in {rows_text(rows)}, so there is no output difference to "
+                      f"complete, yet the attributions sum to {total[rows[0]]:.3g}"
+                      f"{' (first row)' if len(rows) > 1 else ''}; {advice}", category,
+                      stacklevel=5)
+    missed = ~flat & (np.abs(delta) > tolerance * np.abs(difference))
+    if np.any(missed):
+        worst = float(np.max(np.abs(delta[missed]) / np.abs(difference[missed])))
+        warnings.warn(f"{method}: {gap} by {worst:.1%} in "
+                      f"{rows_text(np.flatnonzero(missed))}; {advice}", category, stacklevel=5)
     return delta
+
+
+def rows_text(rows: Sequence[int]) -> str:
+    """'row 3' or 'rows 0, 2, 5' (the first eight, then how many more)."""
+    rows = [int(r) for r in rows]
+    shown = ", ".join(str(r) for r in rows[:8])
+    more = f" and {len(rows) - 8} more" if len(rows) > 8 else ""
+    return f"row {shown}" if len(rows) == 1 else f"rows {shown}{more}"
 
 
 def equal_runs(count: int, limit: int) -> int:

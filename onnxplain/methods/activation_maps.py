@@ -66,4 +66,5 @@ register(MethodSpec(
               "arXiv:1704.05796",
     family="layer",
     defaults={"layer": None, "upsample": "bilinear"},
+    uses_objective=False,
 ))

@@ -165,16 +165,18 @@ def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
                   step="product", reads="gradients", signed=True)
 
 
-def _spec(name, run, summary, reference, family="attention", **defaults) -> MethodSpec:
+def _spec(name, run, summary, reference, family="attention", uses_objective=True,
+          **defaults) -> MethodSpec:
     return register(MethodSpec(name=name, run=run, summary=summary, reference=reference,
-                               family=family, defaults={**_COMMON, **defaults}))
+                               family=family, defaults={**_COMMON, **defaults},
+                               uses_objective=uses_objective))
 
 
 _spec("raw_attention", raw_attention, "last layer's attention of the class token, mean over "
       "heads", "Bahdanau, Cho, Bengio 2015 (attention weights as explanation), "
-      "arXiv:1409.0473")
+      "arXiv:1409.0473", uses_objective=False)
 _spec("rollout", rollout, "attention rolled out over layers with the residual identity",
-      "Abnar, Zuidema 2020, arXiv:2005.00928", start_layer=0)
+      "Abnar, Zuidema 2020, arXiv:2005.00928", uses_objective=False, start_layer=0)
 _spec("partial_lrp", partial_lrp, "LRP relevance of the last layer's attention heads",
       "Voita, Talbot, Moiseev, Sennrich, Titov 2019, arXiv:1905.09418")
 _spec("transformer_attribution", transformer_attribution,

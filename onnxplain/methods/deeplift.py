@@ -10,6 +10,7 @@ import numpy as np
 from ..engine import Engine, OutputSeed, target_scores
 from ..errors import InputError
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
+from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._common import (
     clean_run,
@@ -47,10 +48,10 @@ def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value
     eps = _check_eps(eps)
     references = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
     target, clean_outputs = fixed_target(engine, feeds, target)
-    multipliers, difference = _paired_runs(engine, feeds, references, target, names, eps)
+    multipliers, (clean, base) = _paired_runs(engine, feeds, references, target, names, eps)
     values = {name: ((feeds[name] - references[name]) * multipliers[name]).astype(
         feeds[name].dtype) for name in names}
-    delta = _summation_delta(values, difference, delta_tolerance)
+    delta = _summation_delta(values, clean, base, delta_tolerance)
     return MethodOutput(clean_run(clean_outputs, target, engine), values,
                         extras={"convergence_delta": delta})
 
@@ -78,8 +79,9 @@ def _pairs_per_run(engine: Engine, feeds: Mapping[str, np.ndarray]) -> tuple[int
 
 def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
                  references: Mapping[str, np.ndarray], target, names: Sequence[str],
-                 eps: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Multipliers at the inputs and S(x) - S(x') per row, from runs on [x; x'] batches.
+                 eps: float
+                 ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Multipliers at the inputs and (S(x), S(x')) per row, from runs on [x; x'] batches.
 
     The rules find the reference of row i at row N + i of the run they are in, so a run
     must hold whole halves: the rows go in chunks of `pairs`, each run as [chunk; its
@@ -88,10 +90,11 @@ def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
     pairs, padded = _pairs_per_run(engine, feeds)
     rules = deeplift_rules(eps)
     grads: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    differences = []
+    cleans, bases = [], []
     # Exactly 2 * pairs rows per run, whatever the budget or the caller's batch size say.
     # Chunking resets the engine's chunk size on exit: no engine call follows this block.
-    with engine.chunking(2 * pairs):
+    with engine.chunking(2 * pairs), progress_bar(engine.progress, rows, "deeplift",
+                                                   "row") as bar:
         for start in range(0, rows, pairs):
             part = np.arange(start, min(start + pairs, rows))
             # A fixed batch axis: repeat the last row so both halves fill it exactly.
@@ -104,9 +107,11 @@ def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
             for name in names:
                 grads[name].append(run.grads[name][:count])
             scores = target_scores(run.outputs[engine.output], tile_target(part_target, 2))
-            differences.append((scores[:half] - scores[half:])[:count])
+            cleans.append(scores[:half][:count])
+            bases.append(scores[half:][:count])
+            bar.update(count)
     return ({name: np.concatenate(parts) for name, parts in grads.items()},
-            np.concatenate(differences))
+            (np.concatenate(cleans), np.concatenate(bases)))
 
 
 def _take(target, rows: np.ndarray):
@@ -118,15 +123,14 @@ def _take(target, rows: np.ndarray):
     return np.asarray(target)[rows]
 
 
-def _summation_delta(values: Mapping[str, np.ndarray], difference: np.ndarray,
+def _summation_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base: np.ndarray,
                      tolerance: float) -> np.ndarray:
     """sum(C) - (S(x) - S(x')) per row: 0 up to rounding where every nonlinearity has a
     DeepLIFT rule."""
-    return completeness_delta(values, difference, tolerance, SummationWarning,
-                              "deeplift: the contributions miss the output difference by "
-                              "{worst:.1%}; the model has nonlinear ops without a DeepLIFT rule "
-                              "(they use their gradient) or a Softmax (its rule centres the "
-                              "multipliers)")
+    return completeness_delta(values, clean, base, tolerance, SummationWarning, "deeplift",
+                              "the contributions miss the output difference",
+                              "the model has nonlinear ops without a DeepLIFT rule (they use "
+                              "their gradient) or a Softmax (its rule centres the multipliers)")
 
 
 register(MethodSpec(

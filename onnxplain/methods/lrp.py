@@ -6,6 +6,7 @@ import numpy as np
 
 from ..engine import OutputSeed
 from ..errors import InputError
+from ..objective import class_scores
 from ..rules.lrp import LrpParams, lrp_rules
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
@@ -66,14 +67,15 @@ def initial_relevance(output: np.ndarray, target) -> np.ndarray:
     """The relevance of each output value: the explained score's share of it."""
     if isinstance(target, OutputSeed):
         return (np.asarray(target.values) * output).astype(output.dtype)
-    if output.ndim == 2:
-        hot = np.zeros_like(output)
-        hot[np.arange(output.shape[0]), np.asarray(target, dtype=np.int64)] = 1
-        return hot * output
+    scores = class_scores(output)
+    if scores is not None:
+        hot = np.zeros_like(scores)
+        hot[np.arange(scores.shape[0]), np.asarray(target, dtype=np.int64)] = 1
+        return (hot * scores).reshape(output.shape)
     if output.ndim == 1:
         return output.copy()
-    raise InputError(f"the explained output has rank {output.ndim}; a class target needs a "
-                     "[batch, classes] output: choose another output or pass an output seed")
+    raise InputError(f"the explained output has shape {tuple(output.shape)}: neither class "
+                     "scores [batch, classes] nor one value per row; pass an output seed")
 
 
 def _number(name: str, value) -> float:

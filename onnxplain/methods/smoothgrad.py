@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.progress import progress_bar
 from . import METHODS, MethodOutput, MethodSpec, register
 from ._common import clean_run, equal_runs, fixed_target, input_sources, repeat_target
 
@@ -64,23 +65,27 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     per_run = equal_runs(n_samples, max(1, engine.rows_per_run(feeds) // max(rows, 1)))
-    for first in range(0, n_samples, per_run):
-        count = min(per_run, n_samples - first)
-        picked = _sample_rows(rows, n_samples, first, count)
-        noisy = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
-        for name in names:
-            noisy[name] = noisy[name] + noise[name][picked]
-        output = spec.run(engine, noisy, repeat_target(target, count), sources, **spec.defaults)
-        for tensor, value in output.at_sources.items():
-            value = value.reshape((rows, count) + value.shape[1:]).astype(np.float64)
-            sums[tensor] = sums.get(tensor, 0) + value.sum(axis=1)
-            squares[tensor] = squares.get(tensor, 0) + np.square(value).sum(axis=1)
+    with progress_bar(engine.progress, n_samples, kind, "sample") as bar:
+        for first in range(0, n_samples, per_run):
+            count = min(per_run, n_samples - first)
+            picked = _sample_rows(rows, n_samples, first, count)
+            noisy = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
+            for name in names:
+                noisy[name] = noisy[name] + noise[name][picked]
+            output = spec.run(engine, noisy, repeat_target(target, count), sources,
+                              **spec.defaults)
+            for tensor, value in output.at_sources.items():
+                value = value.reshape((rows, count) + value.shape[1:]).astype(np.float64)
+                sums[tensor] = sums.get(tensor, 0) + value.sum(axis=1)
+                squares[tensor] = squares.get(tensor, 0) + np.square(value).sum(axis=1)
+            bar.update(count)
     signed = kind == "smoothgrad" and output.signed
     values = {}
     for tensor, total in sums.items():
         mean, mean_square = total / n_samples, squares[tensor] / n_samples
         result = {"smoothgrad": mean, "smoothgrad_sq": mean_square,
-                  "vargrad": mean_square - np.square(mean)}[kind]
+                  # Rounding can leave E[g^2] - E[g]^2 just below 0; a variance is not.
+                  "vargrad": np.maximum(mean_square - np.square(mean), 0)}[kind]
         values[tensor] = result.astype(feeds[tensor].dtype if tensor in feeds else np.float32)
     return MethodOutput(clean_run(clean_outputs, target, engine), values, signed=signed,
                         notes=[f"{kind} over {base}: {n_samples} samples, noise "

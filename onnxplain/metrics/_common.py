@@ -10,13 +10,15 @@ import numpy as np
 from ..attribution import Attribution
 from ..engine import OutputSeed
 from ..errors import InputError
+from ..viz.heatmap import image_layout
+from ..viz.report import counted
 
 
 def attributed_input(attribution: Attribution, feeds: Mapping[str, np.ndarray],
-                     name: str | None = None) -> str:
-    """The input whose elements the perturbation metrics remove: `name`, else the first
-    attributed input. Its attribution must have the input's shape (one value per element,
-    or per token for token ids)."""
+                     name: str | None = None) -> tuple[str, np.ndarray]:
+    """The input whose elements the perturbation metrics remove (`name`, else the first
+    attributed input) and its attribution shaped like it (see shaped_like_input: one value
+    per element, per token for token ids, or a map shared over an image's channels)."""
     names = [key for key in attribution.attributions if key in feeds]
     if name is None:
         if not names:
@@ -28,11 +30,29 @@ def attributed_input(attribution: Attribution, feeds: Mapping[str, np.ndarray],
                          f"(it has: {', '.join(attribution.attributions) or 'none'})")
     if name not in feeds:
         raise InputError(f"unknown input '{name}' (inputs: {', '.join(feeds)})")
-    shape, wanted = attribution.attributions[name].shape, feeds[name].shape
-    if shape != wanted:
-        raise InputError(f"the attribution of '{name}' has shape {shape}, the input "
+    values, wanted = attribution.attributions[name], feeds[name].shape
+    shaped = shaped_like_input(values, wanted)
+    if shaped is None:
+        raise InputError(f"the attribution of '{name}' has shape {values.shape}, the input "
                          f"{wanted}: explain the same inputs that are evaluated")
-    return name
+    return name, shaped
+
+
+def shaped_like_input(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`values` as an attribution of an input of `shape`: as they are when the shapes agree;
+    a map shared over an image's channels (size 1 on the channel axis of NCHW or NHWC
+    images, as Grad-CAM and RISE give) repeated over them, so every channel of a pixel
+    carries the pixel's score; None otherwise. Every metric reads maps through this."""
+    values = np.asarray(values)
+    if values.shape == tuple(shape):
+        return values
+    layout = image_layout(tuple(shape))
+    if layout is None:
+        return None
+    axis = 1 if layout == "NCHW" else 3
+    if values.shape != (*shape[:axis], 1, *shape[axis + 1:]):
+        return None
+    return np.broadcast_to(values, shape)
 
 
 def explained_target(attribution: Attribution, rows: int, output_seed=None):
@@ -47,15 +67,19 @@ def explained_target(attribution: Attribution, rows: int, output_seed=None):
         return None
     target = np.asarray(attribution.target, dtype=np.int64).reshape(-1)
     if target.shape[0] != rows:
-        raise InputError(f"the attribution explains {target.shape[0]} rows, the inputs have "
-                         f"{rows}: evaluate the inputs that were explained")
+        raise InputError(f"the attribution explains {counted(target.shape[0], 'row')}, the "
+                         f"inputs have {rows}: evaluate the inputs that were explained")
     return target
 
 
-def row_values(attribution: Attribution) -> np.ndarray:
-    """[rows, n] float64: every attributed value of each row, inputs in order."""
-    parts = [np.asarray(v, dtype=np.float64).reshape(v.shape[0], -1)
-             for v in attribution.attributions.values()]
+def row_values(attribution: Attribution, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """[rows, n] float64: every attributed value of each row, inputs in order, maps shared
+    over channels repeated over the channels of their input (shaped_like_input)."""
+    parts = []
+    for name, values in attribution.attributions.items():
+        shaped = shaped_like_input(values, feeds[name].shape) if name in feeds else None
+        values = values if shaped is None else shaped
+        parts.append(np.asarray(values, dtype=np.float64).reshape(values.shape[0], -1))
     if not parts:
         raise InputError("the attribution holds no values")
     return np.concatenate(parts, axis=1)

@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..features import apply_features, row_masks
 from ..inputs import Inputs, prepare_inputs
 from ..methods._perturb import copies
+from ..objective import class_scores
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from ._common import attributed_input, check_output, explained_target
@@ -88,7 +89,9 @@ def perturbation_curves(explainer, inputs: Inputs, attribution: Attribution,
                         maps: Sequence[np.ndarray] = (), output_seed=None
                         ) -> dict[str, list[Curve]]:
     """Curves of each kind for the attribution, then for each extra attribution in `maps`
-    (same shape: random ones, for a baseline), all in one stream of forward runs."""
+    (shaped like the input: random ones, for a baseline), all in one stream of forward
+    runs. A map shared over an image's channels ranks pixels as the same map repeated over
+    the channels would (metrics._common.shaped_like_input)."""
     settings = settings or CurveSettings()
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown:
@@ -96,10 +99,10 @@ def perturbation_curves(explainer, inputs: Inputs, attribution: Attribution,
     steps = _steps(settings.steps)
     check_output(explainer, attribution)
     feeds = prepare_inputs(explainer.model, inputs)
-    name = attributed_input(attribution, feeds, settings.input)
+    name, shaped = attributed_input(attribution, feeds, settings.input)
     rows = feeds[name].shape[0]
     target = explained_target(attribution, rows, output_seed)
-    values = [attribution.attributions[name], *maps]
+    values = [shaped, *maps]
     masks = feature_masks(feeds[name], settings.features, settings.cell)
     # Kinds that perturb alike (deletion and MoRF) share their runs.
     plans = sorted({KINDS[kind] for kind in kinds}, reverse=True)
@@ -230,11 +233,13 @@ class _SoftmaxScores:
 
     def forward(self, feeds, *args, **kwargs) -> dict[str, np.ndarray]:
         outputs = dict(self._engine.forward(feeds, *args, **kwargs))
-        logits = outputs[self._engine.output]
-        if logits.ndim != 2 or logits.dtype.kind != "f":
-            raise InputError("probability scores need a [batch, classes] float output, got "
-                             f"{logits.dtype} of shape {logits.shape}")
+        raw = outputs[self._engine.output]
+        logits = class_scores(raw)
+        if logits is None:
+            raise InputError("probability scores need class scores [batch, classes], got "
+                             f"{raw.dtype} of shape {raw.shape}")
         logits = logits.astype(np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        outputs[self._engine.output] = shifted / shifted.sum(axis=1, keepdims=True)
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        outputs[self._engine.output] = probabilities.reshape(raw.shape)
         return outputs

@@ -52,7 +52,7 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
     if not isinstance(random_draws, int | np.integer) or random_draws < 0:
         raise InputError(f"random_draws must be an integer >= 0, got {random_draws!r}")
     feeds = prepare_inputs(explainer.model, inputs)
-    name = attributed_input(attribution, feeds, input)
+    name, values = attributed_input(attribution, feeds, input)
     kind = resolve_features(feeds[name], features)
     settings = CurveSettings(steps, baseline_value, features, cell, name, probability,
                              batch_size)
@@ -66,7 +66,6 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
                     "metrics": {}}
     kinds = [m for m in chosen if m in ("deletion", "insertion", "morf", "lerf")]
     if kinds:
-        values = attribution.attributions[name]
         maps = [random_like(values, draw_rng(seed, d)) for d in range(random_draws)]
         curves = perturbation_curves(explainer, feeds, attribution, kinds, settings,
                                      maps=maps, output_seed=output_seed)
@@ -80,7 +79,7 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
                                         seed=seed, order=order, output_seed=output_seed,
                                         batch_size=batch_size)
         result["metrics"]["randomization"] = _randomisation_entry(
-            found, attribution, random_draws, seed)
+            found, row_values(attribution, feeds), random_draws, seed)
     return jsonable(result)
 
 
@@ -136,10 +135,9 @@ def _completeness_entry(attribution: Attribution, output_seed, draws: int, seed:
     return entry
 
 
-def _randomisation_entry(found, attribution: Attribution, draws: int, seed: int) -> dict:
+def _randomisation_entry(found, original: np.ndarray, draws: int, seed: int) -> dict:
     """Mean correlation over layers and rows; random attributions' correlation with the
-    original attribution as the chance level."""
-    original = row_values(attribution)
+    original attribution (`original`: its row_values) as the chance level."""
     random_rows = None
     if draws:
         random_rows = np.mean([rank_correlation(original, random_like(original,

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from ..attribution import Attribution
 from ..errors import InputError
 from ..explainer import Explainer
-from ..inputs import Inputs
+from ..inputs import Inputs, prepare_inputs
 from ..runtime.progress import progress_bar
 from ._common import check_output, row_values, spearman
 
@@ -138,7 +138,8 @@ def parameter_randomisation(explainer, inputs: Inputs, attribution: Attribution,
     """
     check_output(explainer, attribution)
     chosen = _choose(weighted_layers(explainer.model.proto), layers)
-    original = row_values(attribution)
+    feeds = prepare_inputs(explainer.model, inputs)
+    original = row_values(attribution, feeds)
     target = None if attribution.objective != "class" else attribution.target
     attribute_at = {s.input: s.tensor for s in explainer.sources if s.tensor != s.input}
     correlations, absolute = [], []
@@ -155,10 +156,10 @@ def parameter_randomisation(explainer, inputs: Inputs, attribution: Attribution,
             with warnings.catch_warnings():
                 # Convergence and conservation warnings would be about the random model.
                 warnings.simplefilter("ignore")
-                again = random_explainer.explain(inputs, attribution.method, target,
+                again = random_explainer.explain(feeds, attribution.method, target,
                                                  output_seed=output_seed,
                                                  batch_size=batch_size, **attribution.options)
-            values = row_values(again)
+            values = row_values(again, feeds)
             correlations.append(spearman(original, values))
             absolute.append(spearman(np.abs(original), np.abs(values)))
             bar.update(1)

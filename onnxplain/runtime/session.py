@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .._ort import ort
 from ..errors import InputError, OnnxplainError
@@ -33,7 +35,7 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     """
     available = ort.get_available_providers()
     if requested is None or requested == "auto":
-        wanted = [p for p in DEFAULT_PROVIDERS if p in available]
+        wanted = [p for p in DEFAULT_PROVIDERS if p in available and starts(p)]
     else:
         names = [requested] if isinstance(requested, str) else list(requested)
         wanted = []
@@ -42,10 +44,47 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
             if full not in available:
                 raise InputError(f"execution provider '{name}' is not available in this "
                                  f"onnxruntime build (available: {', '.join(available)})")
+            if not starts(full):
+                raise InputError(f"execution provider '{name}' was asked for but ONNX Runtime "
+                                 "could not start it here (no usable GPU, driver or CUDA "
+                                 "libraries); use --provider auto to fall back to the CPU, "
+                                 "or --provider cpu")
             wanted.append(full)
     if "CPUExecutionProvider" not in wanted:
         wanted.append("CPUExecutionProvider")
     return wanted
+
+
+def fallback_note(requested: Sequence[str] | str | None) -> str | None:
+    """What the default provider choice fell back from, for the summary (None: nothing)."""
+    if requested not in (None, "auto"):
+        return None
+    missed = [p for p in DEFAULT_PROVIDERS
+              if p in ort.get_available_providers() and not starts(p)]
+    return None if not missed else (
+        f"providers auto: {', '.join(missed)} is in this onnxruntime build but could not "
+        "start here (no usable GPU, driver or CUDA libraries), so it ran on the CPU")
+
+
+@functools.cache
+def starts(provider: str) -> bool:
+    """Whether a session asking for `provider` really gets it: builds list providers
+    (onnxruntime-gpu lists CUDA) that then fall back to the CPU without a usable device."""
+    if provider == "CPUExecutionProvider":
+        return True
+    value = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=[provider, "CPUExecutionProvider"])
+        return provider in session.get_providers()
+    except Exception:  # noqa: BLE001 - a provider that cannot start raises untyped errors
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 class Session:

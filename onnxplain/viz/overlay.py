@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .heatmap import colorize, colour_scale, image_layout, spatial_map
+from .heatmap import ColourRange, colorize, colour_range, enlarge, image_layout, spatial_map
 
 ImageLike = Image.Image | np.ndarray
 
@@ -29,38 +29,35 @@ def input_image(values: np.ndarray) -> Image.Image:
     return Image.fromarray((scaled * 255).round().astype(np.uint8)).convert("RGB")
 
 
-def heatmap_parts(values: np.ndarray, signed: bool) -> dict[str, Image.Image]:
+def heatmap_parts(values: np.ndarray, signed: bool, colormap: str | None = None,
+                  span: ColourRange | None = None) -> dict[str, Image.Image]:
     """[H, W] map as images: 'both' (diverging), 'positive' and 'negative' for signed maps,
-    all three on one colour scale so that they compare; 'magnitude' alone when unsigned."""
+    all three on one colour scale (`span`, default colour_range) so that they compare;
+    'magnitude' alone when unsigned."""
     values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    span = span or colour_range(values, signed)
     if not signed:
-        return {"magnitude": Image.fromarray(colorize(values, signed=False))}
-    scale = colour_scale(values)
-    return {"both": Image.fromarray(colorize(values, True, scale=scale)),
-            "positive": Image.fromarray(colorize(np.maximum(values, 0), True, scale=scale)),
-            "negative": Image.fromarray(colorize(np.minimum(values, 0), True, scale=scale))}
-
-
-def enlarge(image: Image.Image, min_size: int = 224) -> Image.Image:
-    """Blow small images up by a whole factor with nearest neighbour, so pixels stay sharp."""
-    factor = max(1, -(-min_size // max(image.size)))
-    if factor == 1:
-        return image
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+        return {"magnitude": Image.fromarray(colorize(values, False, colormap=colormap,
+                                                      span=span))}
+    return {part: Image.fromarray(colorize(kept, True, colormap=colormap, span=span))
+            for part, kept in (("both", values), ("positive", np.maximum(values, 0)),
+                               ("negative", np.minimum(values, 0)))}
 
 
 def overlay(image: ImageLike, attribution: np.ndarray, signed: bool = False,
-            alpha: float = 0.5, part: str = "both", min_size: int = 224) -> Image.Image:
+            alpha: float = 0.5, part: str = "both", min_size: int = 224,
+            colormap: str | None = None, span: ColourRange | None = None) -> Image.Image:
     """The attribution's heatmap blended over `image` with opacity `alpha` (0: image only).
 
     `image` is a PIL image or one row of an image input; `attribution` is an [H, W] map or
     one row shaped like the input (channels are summed: absolute values unless `signed`).
-    Signed maps use the diverging colormap; `part` picks 'both', 'positive' or 'negative'.
+    Signed maps are drawn diverging by default; `part` picks 'both', 'positive' or 'negative'.
+    `colormap` and `span` (the values at the scale's ends) default as in `colorize`.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be within [0, 1], got {alpha}")
     base = image.convert("RGB") if isinstance(image, Image.Image) else input_image(image)
-    parts = heatmap_parts(_as_map(attribution, signed), signed)
+    parts = heatmap_parts(_as_map(attribution, signed), signed, colormap, span)
     key = "magnitude" if not signed else part
     if key not in parts:
         raise InputError(f"part must be 'both', 'positive' or 'negative', got '{part}'")

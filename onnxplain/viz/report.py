@@ -20,6 +20,7 @@ from ..attribution import Attribution
 from ..errors import InputError, OnnxplainError
 from ..inputs import prepare_inputs
 from ..methods import get_method
+from ..objective import class_scores
 from ..vocab import Vocabulary, ids_as_tokens
 from .heatmap import image_layout
 
@@ -67,14 +68,17 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
                  target: int | Sequence[int] | None = None, top_k: int = 5,
                  labels: Sequence[str] | None = None, vocabulary: Vocabulary | None = None,
                  options: Mapping[str, Mapping[str, object]] | None = None,
-                 score: Scorer | None = None, progress: Progress | None = None) -> Report:
+                 score: Scorer | None = None, progress: Progress | None = None,
+                 output_seed: np.ndarray | None = None) -> Report:
     """Run each method on `inputs` with an onnxplain.Explainer and collect what a report shows.
 
     A method that cannot explain this model (no conv layer for grad_cam, no attention for
     rollout, ...) becomes a note in its result instead of an error; unknown methods or
     options, bad inputs and bad targets raise InputError before anything runs. `options`
     maps a method to its options; `score` (e.g. onnxplain.metrics' entry point) is called
-    once per explained method and its numbers are reported as they come.
+    once per explained method and its numbers are reported as they come. `output_seed`
+    (weights shaped like the output) replaces the class target, as in Explainer.explain;
+    a scorer of such attributions must be given the same seed.
     """
     feeds = prepare_inputs(explainer.model, inputs)
     names = list(dict.fromkeys(methods or default_methods(explainer)))
@@ -83,9 +87,10 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
         raise InputError(f"top-k must be at least 1, got {top_k}")
     out = explainer.forward(feeds)[explainer.output]
     _check_target(target, out)
+    objective = _objective(target, output_seed, out)
     rows, kind = top_classes(out, top_k, labels)
     say = progress or (lambda message: None)
-    results = [_run(explainer, feeds, name, target, resolved[name], score, say)
+    results = [_run(explainer, feeds, name, objective, resolved[name], score, say)
                for name in names]
     tokens = {name: [vocabulary.tokens_for(row) if vocabulary else ids_as_tokens(row)
                      for row in ids]
@@ -122,9 +127,12 @@ def default_methods(explainer: Any) -> list[str]:
 
 def top_classes(out: np.ndarray, k: int, labels: Sequence[str] | None = None
                 ) -> tuple[list[list[dict]], str | None]:
-    """The k highest-scoring classes per row, with probabilities when they can be had."""
-    if out.ndim != 2 or out.shape[1] < 2:
+    """The k highest-scoring classes per row, with probabilities when they can be had;
+    class scores may carry trailing axes of size 1 ([N, C, 1, 1])."""
+    scores = class_scores(out)
+    if scores is None or scores.shape[1] < 2:
         return [[] for _ in range(len(out))], None
+    out = scores
     probs, kind = probabilities(out)
     order = np.argsort(-np.nan_to_num(out, nan=-np.inf), axis=1, kind="stable")[:, :k]
     rows = []
@@ -190,11 +198,11 @@ def finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _run(explainer: Any, feeds: dict[str, np.ndarray], name: str, target: Any,
+def _run(explainer: Any, feeds: dict[str, np.ndarray], name: str, objective: dict,
          options: dict, score: Scorer | None, say: Progress) -> MethodResult:
     result = MethodResult(name, get_method(name).family)
     try:
-        result.attribution = explainer.explain(feeds, method=name, target=target, **options)
+        result.attribution = explainer.explain(feeds, method=name, **objective, **options)
     except OnnxplainError as err:  # the method does not fit this model: say why, go on
         result.status, result.note = NOT_APPLICABLE, _line(err)
     except Exception as err:  # noqa: BLE001 - a bug in one method must not lose the others
@@ -238,17 +246,38 @@ def _check_options(names: list[str], options: Mapping[str, Mapping[str, object]]
 
 
 def _check_target(target: Any, out: np.ndarray) -> None:
-    if target is None or out.ndim != 2:
+    out = class_scores(out)
+    if target is None or out is None:
         return
     values = np.atleast_1d(np.asarray(target))
     if values.dtype.kind not in "iu":
         raise InputError(f"target must be class indices, got {target!r}")
     if values.size not in (1, len(out)):
-        raise InputError(f"{values.size} targets for {len(out)} rows; give one, or one per row")
+        raise InputError(f"{counted(values.size, 'target')} for {counted(len(out), 'row')}; "
+                         "give one, or one per row")
     bad = values[(values < 0) | (values >= out.shape[1])]
     if bad.size:
         raise InputError(f"target class {int(bad[0])} is out of range: output "
-                         f"has {out.shape[1]} classes")
+                         f"has {counted(out.shape[1], 'class', 'classes')}")
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """"1 row", "3 rows": a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _objective(target: Any, output_seed: Any, out: np.ndarray) -> dict:
+    """explain()'s target or output_seed, the seed checked now: an error there would
+    otherwise become every method's note."""
+    if output_seed is None:
+        return {"target": target}
+    if target is not None:
+        raise InputError("give either a target or an output seed, not both")
+    seed = np.asarray(output_seed)
+    if seed.dtype.kind not in "fiu" or seed.shape != out.shape:
+        raise InputError(f"the output seed is {seed.dtype} of shape {seed.shape}; the output "
+                         f"is {out.shape}: give numbers shaped like it")
+    return {"output_seed": seed}
 
 
 def _line(err: BaseException) -> str:
@@ -256,4 +285,4 @@ def _line(err: BaseException) -> str:
 
 
 __all__ = ["FAILED", "NOT_APPLICABLE", "OK", "MethodResult", "Report",
-           "build_report", "default_methods", "load_labels", "top_classes"]
+           "build_report", "counted", "default_methods", "load_labels", "top_classes"]

@@ -15,8 +15,9 @@ from PIL import Image
 
 from ..errors import InputError
 from ..files import atomic_write, save_json
-from .heatmap import image_layout, spatial_map
-from .overlay import enlarge, heatmap_parts, input_image
+from ..objective import class_scores
+from .heatmap import ColourRange, colour_range, enlarge, image_layout, spatial_map
+from .overlay import heatmap_parts, input_image
 from .report import Report, input_kind
 from .tokens import token_scores_json
 
@@ -33,20 +34,24 @@ class Picture:
     part: str  # "input", "both", "positive", "negative" (signed maps) or "magnitude"
     file: str
     png: bytes
+    span: ColourRange | None = None  # heatmaps: the values at the ends of the colour scale
 
 
 PictureKey = tuple[int, str, str, str]
 
 
 def render_pictures(report: Report) -> dict[PictureKey, Picture]:
-    """Every picture, keyed (row, method, input, part); heatmaps have their input's size."""
+    """Every picture, keyed (row, method, input, part); heatmaps have their input's size.
+    Maps shared over the image's channels (one channel, as Grad-CAM and RISE give) are drawn
+    like maps with a value per channel: summed over channels, to one value per pixel. Each
+    map is drawn on its colour_range (as `explain` draws it), which its colour bar shows."""
     pictures: dict[PictureKey, Picture] = {}
 
-    def add(row: int, method: str, name: str, part: str, image) -> None:
+    def add(row: int, method: str, name: str, part: str, image, span=None) -> None:
         stem = f"r{row}_{safe_name(method or 'input')}_{safe_name(name)}"
         suffix = "" if part in ("input", "both", "magnitude") else f"_{part}"
         pictures[row, method, name, part] = Picture(row, method, name, part,
-                                                    f"{stem}{suffix}.png", _png(image))
+                                                    f"{stem}{suffix}.png", _png(image), span)
 
     for name, values in report.feeds.items():
         if input_kind(values) != "image":
@@ -55,25 +60,38 @@ def render_pictures(report: Report) -> dict[PictureKey, Picture]:
         for row in range(min(report.rows, MAX_ROWS)):
             base = enlarge(input_image(values[row]))
             add(row, "", name, "input", base)
+            pixels = spatial_map(values[row], layout).shape
             for result in report.results:
-                attribution = result.attribution
-                scores = None if attribution is None else attribution.attributions.get(name)
-                if scores is None or scores.shape != values.shape:
+                flat = _pixel_map(result.attribution, name, values.shape, row, layout)
+                if flat is None or flat.shape != pixels:
                     continue
-                flat = spatial_map(scores[row], layout, attribution.signed)
-                for part, heat in heatmap_parts(flat, attribution.signed).items():
-                    add(row, result.method, name, part, heat.resize(base.size, Image.NEAREST))
+                signed = result.attribution.signed
+                span = colour_range(flat, signed, stretch=True)
+                for part, heat in heatmap_parts(flat, signed, span=span).items():
+                    add(row, result.method, name, part, heat.resize(base.size, Image.NEAREST),
+                        span)
     return pictures
+
+
+def _pixel_map(attribution, name: str, shape: tuple[int, ...], row: int, layout: str
+               ) -> np.ndarray | None:
+    """One row's attribution of image input `name` as an [H, W] map, or None when the
+    attribution has no image of that batch there."""
+    scores = None if attribution is None else attribution.attributions.get(name)
+    if scores is None or scores.ndim != len(shape) or scores.shape[0] != shape[0]:
+        return None
+    return spatial_map(scores[row], layout, attribution.signed)
 
 
 def report_json(report: Report, pictures: Mapping[PictureKey, Picture]) -> dict:
     """Every number of the report as plain JSON (NaN and infinities become null)."""
     rows = []
+    classes = class_scores(report.scores_out)
     for row in range(report.rows):
         out = report.scores_out[row]
         rows.append({"row": row,
-                     "predicted_class": int(np.argmax(out)) if out.ndim == 1 and out.size > 1
-                     else None,
+                     "predicted_class": int(np.argmax(classes[row]))
+                     if classes is not None and classes.shape[1] > 1 else None,
                      "output": jsonable(out),
                      "top_k": report.top_k[row],
                      "input_files": _files(pictures, row, "")})
@@ -86,8 +104,10 @@ def report_json(report: Report, pictures: Mapping[PictureKey, Picture]) -> dict:
             entry.update({key: summary[key] for key in ("runtime_s", "signed", "target",
                                                         "predicted_class", "objective")})
             entry["summary"] = summary
-            entry["files"] = [_files(pictures, row, result.method)
-                              for row in range(min(report.rows, MAX_ROWS))]
+            drawn = range(min(report.rows, MAX_ROWS))
+            entry["files"] = [_files(pictures, row, result.method) for row in drawn]
+            entry["colour_ranges"] = [colour_ranges(pictures, row, result.method)
+                                      for row in drawn]
             entry["tokens"] = token_views(report, attribution)
         entry["scores"] = jsonable(result.scores)
         entry["score_note"] = result.score_note
@@ -175,6 +195,14 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def colour_ranges(pictures: Mapping[PictureKey, Picture], row: int, method: str
+                  ) -> dict[str, dict]:
+    """Per input: the values at the ends of the colour scale of a method's heatmap of this
+    row (ColourRange.as_dict: low, high and what each is)."""
+    return {p.input: p.span.as_dict() for p in pictures.values()
+            if p.row == row and p.method == method and p.span is not None}
+
+
 def _files(pictures: Mapping[PictureKey, Picture], row: int, method: str) -> dict:
     found: dict[str, dict[str, str]] = {}
     for picture in pictures.values():
@@ -189,4 +217,5 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["MAX_ROWS", "Picture", "check_folder", "render_pictures", "report_json", "write_report"]
+__all__ = ["MAX_ROWS", "Picture", "check_folder", "colour_ranges", "render_pictures",
+           "report_json", "write_report"]

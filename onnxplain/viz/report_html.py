@@ -10,12 +10,15 @@ from html import escape
 
 import numpy as np
 
-from .report import FAILED, OK, MethodResult, Report, input_kind
+from .heatmap import ColourRange, colorize, format_value
+from .report import FAILED, OK, MethodResult, Report, counted, input_kind
 from .report_files import MAX_ROWS, Picture, PictureKey
 from .tokens import token_legend, token_spans
 
 MAX_FEATURES = 256  # longer feature vectors get their statistics, not coloured cells
 PARTS = ("both", "positive", "negative")
+# A picture that enlarges on click (or Enter): focusable, labelled for screen readers.
+_STACK = 'class="stack" tabindex="0" role="button" title="click to enlarge"'
 
 _CSS = """:root { --alpha: 0.6; }
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #111; }
@@ -42,7 +45,22 @@ body[data-part="positive"] .tok.neg, body[data-part="negative"] .tok.pos {
 .note { max-width: 20em; font-style: italic; }
 .scores td { border: none; padding: 0 0.6em 0 0; font-size: 0.85em; }
 ol.topk { margin: 0; padding-left: 1.4em; font-size: 0.9em; }
-.bar { display: inline-block; height: 0.6em; background: #b2182b; vertical-align: middle; }"""
+.bar { display: inline-block; height: 0.6em; background: #b2182b; vertical-align: middle; }
+.stack { cursor: zoom-in; }
+.cbar { width: 160px; font-size: 0.75em; color: #555; margin-top: 0.2em; }
+.cbar .strip { height: 0.6em; border: 1px solid #bbb; }
+.cbar .ticks { display: flex; justify-content: space-between; line-height: 1.3; }
+.cbar .means { color: #888; font-size: 0.9em; }
+.scores td + td { white-space: nowrap; }
+.better { color: #555; font-style: italic; font-size: 0.9em; white-space: nowrap; }
+#lightbox { position: fixed; inset: 0; z-index: 10; background: rgba(0, 0, 0, 0.85);
+  display: flex; flex-direction: column; align-items: center; justify-content: center;
+  cursor: zoom-out; }
+#lightbox[hidden] { display: none; }
+#lightbox .stack { cursor: zoom-out; }
+#lightbox .stack img { width: min(85vw, 80vh); }
+#lightbox .cbar { width: min(85vw, 80vh); color: #eee; font-size: 1em; }
+#lightbox .caption { color: #eee; margin-top: 0.5em; }"""
 
 # The slider sets the heatmaps' opacity; the radio buttons pick which part of signed maps
 # is shown (CSS does the rest). Tokens of signed maps get pos/neg classes so that the same
@@ -60,6 +78,22 @@ _SCRIPT = """(function () {
   document.querySelectorAll('input[name="part"]').forEach(function (radio) {
     radio.addEventListener('change', function () { body.setAttribute('data-part', radio.value); });
   });
+  // Click (or Enter on) a picture: a copy, with its colour bar, fills the window; a click
+  // anywhere or Escape closes it. Opacity and sign toggles apply to the copy as well.
+  var box = document.getElementById('lightbox');
+  function enlarge(stack) {
+    var view = stack.closest('.view') || stack, caption = document.createElement('div');
+    caption.className = 'caption';
+    caption.textContent = stack.querySelector('img:last-child').alt;
+    box.replaceChildren(view.cloneNode(true), caption);
+    box.hidden = false;
+  }
+  document.querySelectorAll('.report .stack').forEach(function (stack) {
+    stack.addEventListener('click', function () { enlarge(stack); });
+    stack.addEventListener('keydown', function (e) { if (e.key === 'Enter') enlarge(stack); });
+  });
+  box.addEventListener('click', function () { box.hidden = true; });
+  document.addEventListener('keydown', function (e) { if (e.key === 'Escape') box.hidden = true; });
   setAlpha();
 })();"""
 
@@ -69,8 +103,9 @@ def report_html(report: Report, pictures: Mapping[PictureKey, Picture]) -> str:
     drawn = min(report.rows, MAX_ROWS)
     head = "".join(f"<th>{_method_heading(result)}</th>" for result in report.results)
     rows = "\n".join(_row(report, pictures, row) for row in range(drawn))
-    more = (f'<p class="note">{report.rows - drawn} more rows are in report.json only.</p>'
-            if report.rows > drawn else "")
+    left = report.rows - drawn
+    more = (f'<p class="note">{counted(left, "more row")} {"is" if left == 1 else "are"} in '
+            "report.json only.</p>" if left > 0 else "")
     title = f"onnxplain report: {report.model or 'model'}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -78,7 +113,8 @@ def report_html(report: Report, pictures: Mapping[PictureKey, Picture]) -> str:
         f"<body data-part=\"both\">\n<h1>{escape(title)}</h1>\n{_meta(report)}\n{_controls()}\n"
         f"<table class=\"report\">\n<thead><tr><th>row</th><th>input</th><th>prediction</th>"
         f"{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n{more}\n"
-        f"<script>\n{_SCRIPT}\n</script>\n</body>\n</html>\n"
+        f'<div id="lightbox" hidden></div>\n<script>\n{_SCRIPT}\n</script>\n</body>\n'
+        "</html>\n"
     )
 
 
@@ -87,10 +123,11 @@ def _meta(report: Report) -> str:
     kinds = {"softmax": "softmax of the output (read as logits)",
              "model": "the output itself (rows already sum to 1)"}
     probability = kinds.get(report.probabilities or "", "none (output is not a distribution)")
-    return (f'<p class="meta">output <b>{escape(report.output)}</b>, {report.rows} rows, '
-            f"run on {escape(provider)}; probabilities: {probability}. Red raises the "
-            "explained class, blue lowers it; unsigned maps show magnitude (dark to bright)."
-            "</p>")
+    return (f'<p class="meta">output <b>{escape(report.output)}</b>, '
+            f"{counted(report.rows, 'row')}, run on {escape(provider)}; probabilities: "
+            f"{probability}. Red raises the explained class, blue lowers it; unsigned maps "
+            "show magnitude (dark to bright); the bar under each map gives its values "
+            "(larger ones saturate). Click a picture to enlarge it.</p>")
 
 
 def _controls() -> str:
@@ -127,7 +164,7 @@ def _input_cell(report: Report, pictures: Mapping[PictureKey, Picture], row: int
     for name, values in report.feeds.items():
         picture = pictures.get((row, "", name, "input"))
         if picture is not None:
-            parts.append(f'<div class="stack"><img alt="{escape(name)}, row {row}" '
+            parts.append(f'<div {_STACK}><img alt="{escape(name)}, row {row}" '
                          f'src="{_data_uri(picture.png)}"></div>')
         elif name in report.tokens and _is_attributed(report, name):
             mask = report.masks.get(name)
@@ -157,6 +194,9 @@ def _prediction(report: Report, row: int) -> str:
                if r.attribution is not None and row < len(r.attribution.target)}
     explained = (f'<div class="meta">explained class {", ".join(map(str, sorted(targets)))}'
                  "</div>" if targets else "")
+    if any(r.attribution is not None and r.attribution.objective == "output_seed"
+           for r in report.results):
+        explained = '<div class="meta">explained: the output seed (sum of seed * output)</div>'
     return f'<ol class="topk">{"".join(items)}</ol>{explained}'
 
 
@@ -186,8 +226,32 @@ def _image_view(pictures: Mapping[PictureKey, Picture], row: int, method: str, n
         return ""
     layers = "".join(f'<img class="heat {part}" alt="{escape(method)} {part}, row {row}" '
                      f'src="{_data_uri(p.png)}">' for part, p in heats)
-    return (f'<div class="stack"><img class="base" alt="{escape(name)}, row {row}" '
-            f'src="{_data_uri(base.png)}">{layers}</div>')
+    signed = heats[0][0] != "magnitude"
+    return (f'<div class="view"><div {_STACK}><img class="base" alt="{escape(name)}, row '
+            f'{row}" src="{_data_uri(base.png)}">{layers}</div>'
+            f"{colour_bar(heats[0][1].span, signed)}</div>")
+
+
+def colour_bar(span: ColourRange | None, signed: bool) -> str:
+    """The map's colour scale as a strip with its values: low (left) to high (right), each
+    end with what it is (e.g. p99: values beyond it saturate), and 0 marked where the scale
+    crosses it. The colours come from heatmap.colorize: they are the pictures' own."""
+    if span is None:
+        return ""
+    colours = colorize(np.linspace(span.low, span.high, 9), signed, span=span)
+    stops = ", ".join(f"rgb({r}, {g}, {b}) {100 * k / (len(colours) - 1):.1f}%"
+                      for k, (r, g, b) in enumerate(colours.tolist()))
+    ticks = [(span.low, span.low_means), (span.high, span.high_means)]
+    if span.low < 0 < span.high:
+        ticks.insert(1, (0.0, ""))
+    labels = "".join(f'<span title="{escape(means)}">{format_value(value)}</span>'
+                     for value, means in ticks)
+    title = (f"colour scale from {format_value(span.low)} ({span.low_means}) to "
+             f"{format_value(span.high)} ({span.high_means}); values beyond saturate")
+    return (f'<div class="cbar" title="{escape(title)}"><div class="strip" style="background: '
+            f'linear-gradient(to right, {stops})"></div><div class="ticks">{labels}</div>'
+            f'<div class="ticks means"><span>{escape(span.low_means)}</span>'
+            f"<span>{escape(span.high_means)}</span></div></div>")
 
 
 def _token_view(report: Report, result: MethodResult, name: str, row: int) -> str:
@@ -219,19 +283,31 @@ def _tokens_div(spans: str, scale: float, signed: bool) -> str:
 
 def _scores(result: MethodResult, row: int, rows: int) -> str:
     """The scorer's numbers as it returned them: a list with one entry per row gives this
-    row's entry; anything else is shown whole, marked as being about the batch."""
+    row's entry; anything else is shown whole, marked as being about the batch. A metric
+    given as {"per_row", "random_per_row", "better"} (cli's flatten_scores) shows its
+    random baseline and which direction is better beside it."""
     if result.score_note:
         return f'<div class="note">{escape(result.score_note)}</div>'
     if not result.scores:
         return ""
     lines = []
     for key, value in result.scores.items():
-        if isinstance(value, list | tuple | np.ndarray) and len(value) == rows:
-            text = _number(value[row])
-        else:
-            text = f"{_number(value)} <span class=\"meta\">(batch)</span>"
-        lines.append(f"<tr><td>{escape(str(key))}</td><td>{text}</td></tr>")
+        label, extra = escape(str(key)), ""
+        if isinstance(value, Mapping) and "per_row" in value:
+            if value.get("better"):
+                label += f'<div class="better">{escape(str(value["better"]))} is better</div>'
+            random = value.get("random_per_row")
+            if random is not None:
+                extra = f'<td class="meta">random {_this_row(random, row, rows)}</td>'
+            value = value["per_row"]
+        lines.append(f"<tr><td>{label}</td><td>{_this_row(value, row, rows)}</td>{extra}</tr>")
     return f'<table class="scores">{"".join(lines)}</table>'
+
+
+def _this_row(value: object, row: int, rows: int) -> str:
+    if isinstance(value, list | tuple | np.ndarray) and len(value) == rows:
+        return _number(value[row])
+    return f"{_number(value)} <span class=\"meta\">(batch)</span>"
 
 
 def _number(value: object) -> str:

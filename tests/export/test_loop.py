@@ -62,11 +62,14 @@ def test_noise_tunnels_do_not_depend_on_the_rows_per_iteration(rows, digits_path
     method, VarGrad zero, whatever the split."""
     explainer = Explainer(str(digits_path), "cpu")
     plain = explainer.explain(digits, method="input_x_gradient")["image"]
-    for kind, expected in (("smoothgrad", plain), ("vargrad", 0 * plain)):
+    # E[g^2] - E[g]^2 in float32 cancels to within a few roundings of g^2.
+    rounding = 8 * np.finfo(np.float32).eps * float(np.square(plain).max())
+    for kind, expected, atol in (("smoothgrad", plain, 1e-6), ("vargrad", 0 * plain, rounding)):
         exported = export_explainer(str(digits_path), kind, n_samples=5, noise_level=0.0,
                                     base="input_x_gradient", internal_batch_size=rows)
         got = _outputs(exported, {"image": digits})["attribution/image"]
-        np.testing.assert_allclose(got, expected, atol=1e-6)
+        np.testing.assert_allclose(got, expected, atol=atol)
+        assert got.min() >= 0 or kind != "vargrad"
 
 
 def test_model_nodes_and_weights_are_stored_once(digits_path):

@@ -163,8 +163,12 @@ def test_integrated_gradients_completeness_and_warning(zoo):
     delta = result.extras["convergence_delta"]
     logits = result.outputs["logits"][np.arange(len(case.x)), case.targets]
     assert np.abs(delta).max() < 2e-3 * np.abs(logits).max()
-    with pytest.warns(ConvergenceWarning, match="completeness error"):
+    with pytest.warns(ConvergenceWarning, match=r"miss the output difference by \d+\.\d%.*"
+                      r"use more n_steps \(or rule=gausslegendre\)$"):
         case.explain("integrated_gradients", n_steps=2, rule="riemann_left")
+    with pytest.warns(ConvergenceWarning) as caught:  # the default rule is not suggested
+        case.explain("integrated_gradients", n_steps=1)
+    assert all(str(w.message).endswith("use more n_steps") for w in caught)
 
 
 @pytest.mark.parametrize("baseline", ["zeros", "constant", "blur", "uniform", 0.25, "array"])

@@ -25,15 +25,18 @@ def linear(weights: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
                   inits)
 
 
-def linear_image(weights: np.ndarray) -> onnx.ModelProto:
-    """image [batch, 1, H, W] -> flatten -> @ weights [H*W, C]: logits [batch, C]."""
-    hw, c = weights.shape
-    side = int(round(np.sqrt(hw)))
+def linear_image(weights: np.ndarray, channels: int = 1, layout: str = "NCHW"
+                 ) -> onnx.ModelProto:
+    """image [batch, channels, H, W] (or [batch, H, W, channels] for "NHWC") -> flatten ->
+    @ weights [channels*H*W, C]: logits [batch, C], weights in the layout's element order."""
+    elements, c = weights.shape
+    side = int(round(np.sqrt(elements // channels)))
+    dims = ["batch", channels, side, side] if layout == "NCHW" else ["batch", side, side,
+                                                                       channels]
     inits = [numpy_helper.from_array(weights.astype(np.float32), "w")]
     nodes = [helper.make_node("Flatten", ["image"], ["flat"], name="flatten", axis=1),
              helper.make_node("MatMul", ["flat", "w"], ["logits"], name="dense")]
-    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                        ["batch", 1, side, side])],
+    return _model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c])],
                   inits)
 

@@ -88,6 +88,28 @@ def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
     assert digests(workdir) == before
 
 
+def test_output_seed_is_explained_and_scored(workdir):
+    from onnxplain import Explainer, metrics
+
+    seed = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
+    np.save(workdir / "seed.npy", seed)
+    result = run("evaluate", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),
+                 "--provider", "cpu", "--json", "--metrics", "deletion,randomization",
+                 "--steps", "3", "--output-seed", str(workdir / "seed.npy"))
+    assert result.exit_code == 0, result.stderr
+    explainer = Explainer(str(workdir / "mlp.onnx"), "cpu", progress=False)
+    x = np.load(workdir / "x.npy")
+    attribution = explainer.explain(x, output_seed=seed)
+    expected = metrics.evaluate(explainer, x, attribution, ["deletion", "randomization"],
+                                steps=3, output_seed=seed)
+    assert json.loads(result.stdout) == json.loads(json.dumps(expected))
+    classes = metrics.evaluate(explainer, x, explainer.explain(x), ["deletion"], steps=3)
+    assert classes["metrics"]["deletion"]["per_row"] != expected["metrics"]["deletion"]["per_row"]
+    both = run("evaluate", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),
+               "--output-seed", str(workdir / "seed.npy"), "-t", "1")
+    _one_error(both, "give either target or output_seed, not both")
+
+
 @pytest.mark.parametrize("model, data, message", [
     ("missing.onnx", "x.npy", "model file not found"),
     ("mlp.onnx", "missing.npy", "input file not found"),

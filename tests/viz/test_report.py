@@ -182,9 +182,14 @@ def test_report_scores_are_onnxplains_metrics_on_the_same_attributions(workdir):
     expected = metrics.evaluate(explainer, x, explainer.explain(x, method="saliency"),
                                 metrics=("deletion", "insertion"))["metrics"]
     for entry in expected.values():
-        np.testing.assert_allclose(scores["scores"][entry["label"]], entry["per_row"])
-        np.testing.assert_allclose(scores["scores"][entry["label"] + " (random)"],
-                                   entry["random_per_row"])
+        shown = scores["scores"][entry["label"]]
+        np.testing.assert_allclose(shown["per_row"], entry["per_row"])
+        np.testing.assert_allclose(shown["random_per_row"], entry["random_per_row"])
+        assert shown["better"] == entry["better"]
+    assert scores["scores"]["deletion AUC"]["better"] == "lower"
+    assert scores["scores"]["insertion AUC"]["better"] == "higher"
+    page = Page((workdir / "a" / "index.html").read_text()).text
+    assert page.count("lower is better") == page.count("higher is better") == 3  # per row
     assert run(*base, "-o", str(workdir / "b"), "--no-scores").exit_code == 0
     assert json.loads((workdir / "b" / "report.json").read_text()
                       )["methods"]["saliency"]["scores"] is None
@@ -228,6 +233,11 @@ BAD = {
     "top-k zero": (["--top-k", "0"], "top-k"),
     "out is a file": (["-o", "{w}/x.npy"], "exists and is not a folder"),
     "overwrite labels": (["-o", "{w}", "--labels", "{w}/report.json"], "refusing to overwrite"),
+    "seed and target": (["--output-seed", "{w}/seed.npy", "-t", "1"], "not both"),
+    "seed shape": (["--output-seed", "{w}/short_seed.npy"], "the output seed is float32 of "
+                   "shape (3, 3); the output is (3, 4)"),
+    "missing seed": (["--output-seed", "{w}/none.npy"], "input file not found"),
+    "bad mean": (["--mean", "a,b"], "--mean 'a,b' is not a comma-separated list"),
 }
 
 
@@ -235,6 +245,8 @@ BAD = {
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(workdir, case):
     (workdir / "empty.txt").write_text("\n")
     (workdir / "report.json").write_text("0\n1\n2\n3\n")  # a labels file named like output
+    np.save(workdir / "seed.npy", np.ones((3, 4), np.float32))
+    np.save(workdir / "short_seed.npy", np.ones((3, 3), np.float32))
     extra, fragment = BAD[case]
     before = digests(workdir, recursive=True)
     args = ["report", str(workdir / "mlp.onnx"), "-i", str(workdir / "x.npy"),

@@ -9,6 +9,7 @@ the test skips, except in CI (CI=true), where it fails.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -106,6 +107,77 @@ def test_reports_render_in_headless_chromium(chromium, reports, artifacts):
     assert time.monotonic() - start < 30
 
 
+RGB_METHODS = "saliency,integrated_gradients,grad_cam,rise"  # the README's example
+
+
+@pytest.fixture(scope="module")
+def rgb_report(zoo, tmp_path_factory) -> Path:
+    """The README's report, with scores, on the 3-channel CNN: grad_cam and rise give maps
+    shared over the channels ([N, 1, H, W])."""
+    folder = tmp_path_factory.mktemp("rgb")
+    np.save(folder / "x.npy", zoo.sample("rgb_cnn")["image"][:2])
+    result = CliRunner().invoke(main, ["report", str(zoo.model_path("rgb_cnn")), "-i",
+                                       str(folder / "x.npy"), "--methods", RGB_METHODS,
+                                       "--provider", "cpu", "-o", str(folder / "out"), "-q"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return folder / "out"
+
+
+def test_rgb_report_draws_and_scores_every_method(chromium, rgb_report, artifacts):
+    data = json.loads((rgb_report / "report.json").read_text())
+    with Browser(chromium) as browser:
+        browser.open((rgb_report / "index.html").as_uri())
+        # Per row and method cell: its loaded heatmaps, its score rows and colour-bar ticks.
+        cells = browser.evaluate(
+            "Array.from(document.querySelectorAll('table.report > tbody > tr')).map(tr => "
+            "Array.from(tr.children).slice(3).map(td => ({"
+            "heats: Array.from(td.querySelectorAll('img.heat')).map(i => "
+            "  [i.complete, i.naturalWidth]),"
+            "scores: Array.from(td.querySelectorAll('table.scores tr')).map(r => r.innerText),"
+            "ticks: Array.from(td.querySelectorAll('.cbar .ticks:not(.means) span')).map(s => "
+            "  s.textContent)})))")
+        assert len(cells) == 2 and all(len(row) == 4 for row in cells)
+        methods = RGB_METHODS.split(",")
+        for row, found in enumerate(cells):
+            for method, cell in zip(methods, found, strict=True):
+                assert cell["heats"] and all(ok and width > 0 for ok, width in cell["heats"]), \
+                    (row, method, cell)
+                text = " ".join(cell["scores"])
+                assert "deletion AUC" in text and "lower is better" in text, (method, text)
+                assert "insertion AUC" in text and "higher is better" in text, (method, text)
+                scores = data["methods"][method]["scores"]
+                for label in ("deletion AUC", "insertion AUC"):
+                    value = scores[label]["per_row"][row]
+                    assert value is not None and f"{value:.4g}" in text, (method, label)
+                span = data["methods"][method]["colour_ranges"][row]["image"]
+                assert float(cell["ticks"][0]) == pytest.approx(span["low"], rel=1e-2)
+                assert float(cell["ticks"][-1]) == pytest.approx(span["high"], rel=1e-2)
+        shot = browser.screenshot(artifacts / "report_rgb_cnn.png")
+        _picture_enlarges_on_click(browser)
+        assert browser.problems() == []
+    assert shot.stat().st_size > 10_000
+
+
+def _picture_enlarges_on_click(browser: Browser) -> None:
+    """A click on grad_cam's overlay shows a larger copy with its colour bar; Escape closes."""
+    selector = "table.report tbody tr td:nth-child(6) .stack"
+    small = browser.evaluate(f"document.querySelector('{selector}').offsetWidth")
+    _mouse_click(browser, selector)
+    box = browser.evaluate(
+        "(() => { const b = document.getElementById('lightbox'); return [b.hidden, "
+        "b.querySelector('.stack').offsetWidth, b.querySelectorAll('img.heat').length, "
+        "Array.from(b.querySelectorAll('img')).every(i => i.naturalWidth > 0), "
+        "b.querySelectorAll('.cbar').length, b.innerText]; })()")
+    hidden, large, heats, loaded, bars, caption = box
+    assert not hidden and large > 2 * small and heats == 1 and loaded and bars == 1
+    assert "grad_cam" in caption
+    for kind in ("keyDown", "keyUp"):
+        browser.call("Input.dispatchKeyEvent", session=True, type=kind, key="Escape",
+                     code="Escape", windowsVirtualKeyCode=27, nativeVirtualKeyCode=27)
+    assert browser.evaluate("document.getElementById('lightbox').hidden") is True
+
+
 def _slider_sets_heatmap_opacity(browser: Browser) -> None:
     """Focus the slider and press ArrowLeft, as a keyboard user would: 0.60 -> 0.55."""
     browser.evaluate("document.getElementById('alpha').focus()")
@@ -130,6 +202,12 @@ def _toggle_shows_one_sign(browser: Browser) -> None:
 
 
 def _click(browser: Browser, selector: str) -> None:
+    """A real mouse click on a checkbox or radio button, which must then be checked."""
+    _mouse_click(browser, selector)
+    assert browser.evaluate(f"document.querySelector('{selector}').checked") is True
+
+
+def _mouse_click(browser: Browser, selector: str) -> None:
     """A real mouse click at the element's centre (after scrolling it into view)."""
     x, y = browser.evaluate(
         f"(() => {{ const e = document.querySelector('{selector}'); e.scrollIntoView(); "
@@ -138,4 +216,3 @@ def _click(browser: Browser, selector: str) -> None:
     for kind in ("mousePressed", "mouseReleased"):
         browser.call("Input.dispatchMouseEvent", session=True, type=kind, x=x, y=y,
                      button="left", clickCount=1)
-    assert browser.evaluate(f"document.querySelector('{selector}').checked") is True

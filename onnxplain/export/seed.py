@@ -1,0 +1,62 @@
+"""An output seed baked into an explainer: weights w on the explained output replace the
+class target, the explained score of each row being sum(w * output), as
+Explainer.explain(..., output_seed=w) computes it.
+
+The weights become the default of an optional float input `output_seed` (one row, shaped
+like a row of the output, broadcast over the rows), so a caller may also feed other
+weights, one row for all or one per row; with target_input "required" it is a plain input.
+Outputs that are not class scores ([N, T, C] sequences, segmentation maps) export this way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+from ..errors import InputError
+from ..graph.model import Model
+from ..graph.shapes import TensorInfo
+
+OUTPUT_SEED = "output_seed"
+
+
+def seed_row(model: Model, output: str, seed) -> np.ndarray:
+    """`seed` as one row [1, ...] of weights in the output's type, checked against its
+    declared shape: one row for every row of the batch (with or without the batch axis)."""
+    spec = model.output(output)
+    values = np.asarray(seed)
+    if values.dtype.kind not in "fiu" or not spec.is_float:
+        raise InputError(f"an output seed weights a float output with numbers; got "
+                         f"{values.dtype} for output {spec.describe()}")
+    dims = spec.dims
+    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        raise InputError(f"output {spec.describe()} has no static shape after the batch "
+                         "axis; an exported output seed needs one")
+    row = tuple(dims[1:])
+    if values.shape == row:
+        values = values[None]
+    if values.shape != (1, *row):
+        raise InputError(f"an exported output seed is one row of weights shaped {list(row)} "
+                         f"(or [1, {', '.join(map(str, row))}]), applied to every row; got "
+                         f"shape {list(values.shape)}")
+    return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
+
+
+def declare_seed_input(eg) -> None:
+    """The `output_seed` input of an ExplainerGraph with a seed, once: optional with the
+    baked weights as default, or plain with target_input "required"."""
+    if OUTPUT_SEED in eg.added:
+        return
+    graph, b = eg.proto.graph, eg.b
+    optional = eg.target_input == "optional"
+    dtype = b.dtype(eg.output)
+    shape = ["seed_rows", *eg.seed.shape[1:]]
+    graph.input.append(helper.make_tensor_value_info(OUTPUT_SEED, dtype, shape))
+    if optional:  # an initializer of the same name is the input's default
+        graph.initializer.append(numpy_helper.from_array(eg.seed, OUTPUT_SEED))
+    b.infos[OUTPUT_SEED] = TensorInfo(dtype, tuple(shape))
+    eg.added[OUTPUT_SEED] = (f"float [1 or N, {', '.join(map(str, eg.seed.shape[1:]))}]"
+                             + (", optional" if optional else "")
+                             + f": weights on output '{eg.output}' (one row for all rows, or "
+                             "one per row); explained per row: sum(weights * output)"
+                             + (" (default: the seed given at export)" if optional else ""))
