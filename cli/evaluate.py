@@ -77,7 +77,8 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
     explainer = Explainer(model, providers=provider, output=output_name,
                           progress=not (quiet or as_json))
-    arrays, _ = read_inputs(explainer.model, inputs, image_settings)
+    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
+    arrays, _ = read_inputs(explainer.model, inputs, image_settings, say)
     chosen_options = method_options(options)
     mask = read_array(features[1:]) if features.startswith("@") else features
     weights = read_array(output_seed) if output_seed is not None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +32,14 @@ class InputSet:
     notes: list[str] = field(default_factory=list)
 
 
-def read_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None
+def read_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None,
+                say: Callable[[str], None] | None = None
                 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Arrays by input name, and the files they came from."""
+    """Arrays by input name, and the files they came from; `say` hears the notes (a saved
+    preset applied)."""
     loaded = load_inputs(model, specs, images)
+    for note in loaded.notes if say is not None else ():
+        say(note)
     return loaded.arrays, loaded.files
 
 

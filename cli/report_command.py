@@ -71,7 +71,8 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
 
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, progress=not (quiet or as_json))
-    arrays, files = read_inputs(explainer.model, inputs, image_settings)
+    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
+    arrays, files = read_inputs(explainer.model, inputs, image_settings, say)
     files += [path for path in (labels, vocab, output_seed) if path is not None]
     seed = read_array(output_seed) if output_seed is not None else None
     per_method = _method_options(options)
@@ -81,7 +82,6 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
                 values[key] = read_array(value[1:])
                 files.append(value[1:])
     check_folder(out, [model, *files])
-    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
     built = build_report(explainer, arrays, names, target=parse_targets(target), top_k=top_k,
                          labels=class_names, vocabulary=vocabulary, options=per_method,
                          score=None if no_scores else metrics_scorer(seed), progress=say,

@@ -57,6 +57,9 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("rgb_squeezenet", "SqueezeNet-style RGB CNN, random weights, 3x64x64, softmax "
              "output [N, 1000, 1, 1] as in the classic ONNX zoo", "rgb", "make_rgb_squeezenet",
              "export_rgb_model", "rgb_squeezenet_architecture"),
+    # -- quantized exports (issue 16: model_zoo/quantized.py)
+    # -- ONNX Runtime-optimized exports (issue 16: model_zoo/optimized.py)
+    # -- float16 and newest-opset exports (issue 16: model_zoo/precision.py)
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
              "sentiment_architecture", depends=("hf_models.py",)),

@@ -168,6 +168,12 @@ def test_summary_records_each_rows_source_preprocessing_and_score(rgb):
                                atol=1e-7)
     quiet = _explain(rgb, *pictures, "-o", str(rgb / "quiet"), "-q")
     assert quiet.stdout == ""
+    for command in (["report", "--methods", "saliency", "--no-scores", "-o",
+                     str(rgb / "report")],
+                    ["evaluate", "-m", "saliency", "--metrics", "deletion"]):
+        said = run(command[0], str(rgb / "model.onnx"), *pictures, *command[1:])
+        assert said.exit_code == 0, said.stderr
+        assert f"using preset half from {preset_file}" in said.stderr.splitlines()
 
 
 def test_image_sets_equal_repeated_inputs(rgb):

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from ..errors import ModelError
 from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
+from .canonical import canonicalise, needs_canonicalising
 from .shapes import is_weight, without_weights
 
 OLDEST_OPSET = 9
@@ -160,6 +161,8 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         # Functions without a backward rule of their own are differentiated through their body.
         kept = [(f.domain, f.name) for f in model.functions if _has_rule(f)]
         model = onnx.inliner.inline_selected_functions(model, kept, exclude=True)
+    if needs_canonicalising(model):  # fused, quantized and newer ops as standard ones
+        model = canonicalise(model)
     if has_attention_ops(model):
         model = decompose_attention_ops(model)
     graph = model.graph
