@@ -15,6 +15,7 @@ from ..errors import ModelError
 from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
 from .canonical import canonicalise, needs_canonicalising
+from .dims import name_unknown_dims
 from .shapes import is_weight, without_weights
 
 OLDEST_OPSET = 9
@@ -161,6 +162,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         # Functions without a backward rule of their own are differentiated through their body.
         kept = [(f.domain, f.name) for f in model.functions if _has_rule(f)]
         model = onnx.inliner.inline_selected_functions(model, kept, exclude=True)
+    name_unknown_dims(model.graph)
     if needs_canonicalising(model):  # fused, quantized and newer ops as standard ones
         model = canonicalise(model)
     if has_attention_ops(model):
