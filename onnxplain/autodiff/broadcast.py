@@ -10,19 +10,21 @@ from .registry import NodeContext
 
 Shape = tuple | None
 
-# Before opset 13 ReduceSum takes its axes as an attribute, so they must be known statically.
+# Before opset 13 ReduceSum takes its axes as an attribute, so they must be known statically
+# or masked in at run time; before opset 10 Slice cannot cut a run-time shape out either.
 RUNTIME_AXES_OPSET = 13
+SLICE_INPUTS_OPSET = 10
 
 
 def _broadcast_axes(b: GraphBuilder, x: str, y: str, others: Sequence[Shape] | None = None
-                    ) -> tuple[int, list[int], bool]:
+                    ) -> tuple[int, list[int], list[int]]:
     b.rank(x), b.rank(y)  # raise a clear error when a rank is unknown
     return broadcast_axes(b.info(x).certain, b.info(y).certain, others)
 
 
 def broadcast_axes(shape_x: tuple, shape_y: tuple, others: Sequence[Shape] | None = None
-                   ) -> tuple[int, list[int], bool]:
-    """(leading axes added, size-1 axes of x that were expanded, whether that is uncertain).
+                   ) -> tuple[int, list[int], list[int]]:
+    """(leading axes added, size-1 axes of x that were expanded, axes of x that may be 1).
 
     Axes are decided from the inferred shapes only when certain: a dim of x that is unknown
     (or only guessed) and not provably equal to y's may be 1 at run time, unless every
@@ -33,7 +35,7 @@ def broadcast_axes(shape_x: tuple, shape_y: tuple, others: Sequence[Shape] | Non
     rank_x = len(shape_x)
     lead = len(shape_y) - rank_x
     axes: list[int] = []
-    uncertain = False
+    uncertain: list[int] = []
     for i in range(rank_x):
         dx, dy = shape_x[i], shape_y[lead + i]
         if dx == 1:
@@ -44,7 +46,7 @@ def broadcast_axes(shape_x: tuple, shape_y: tuple, others: Sequence[Shape] | Non
         elif others is not None and not _others_expand(others, len(shape_y), lead + i):
             continue
         else:
-            uncertain = True
+            uncertain.append(i)
     return lead, axes, uncertain
 
 
@@ -72,23 +74,40 @@ def unbroadcast(b: GraphBuilder, g: str, x: str, y: str,
         g = b.reduce("ReduceSum", g, list(range(lead)), keepdims=False)
     if not uncertain:
         return b.reduce("ReduceSum", g, axes, keepdims=True) if axes else g
-    if b.opset < RUNTIME_AXES_OPSET:
+    if b.opset < SLICE_INPUTS_OPSET:
         raise ModelError(undecidable_reason(b, x))
+    if b.opset < RUNTIME_AXES_OPSET:
+        return _sum_where_one(b, g, x, axes, uncertain)
     ones = b.op("Equal", b.shape(x), b.ints([1]))
     found = b.reshape(b.op("NonZero", ones), [-1])
     return b.op("ReduceSum", g, found, keepdims=1, noop_with_empty_axes=1)
 
 
+def _sum_where_one(b: GraphBuilder, g: str, x: str, axes: list[int], maybe: list[int]) -> str:
+    """unbroadcast before opset 13 (static reduce axes only): each axis of x that may be 1
+    is summed, and the sum kept (broadcast back over the axis by Where) where x's dim is 1 at
+    run time; x's shape is then sliced out of the result."""
+    if axes:
+        g = b.reduce("ReduceSum", g, axes, keepdims=True)
+    shape = b.shape(x)
+    for axis in maybe:
+        one = b.op("Equal", b.slice(shape, [axis], [axis + 1], [0]), b.ints([1]))
+        g = b.where(one, b.reduce("ReduceSum", g, [axis], keepdims=True), g)
+    rank = b.rank(x)
+    return b.slice(g, [0] * rank, shape, list(range(rank)))
+
+
 def undecidable_reason(b: GraphBuilder, x: str) -> str:
     return (f"cannot tell statically which axes of '{x}' are broadcast, and opset {b.opset} "
-            f"needs static reduce axes (opset {RUNTIME_AXES_OPSET}+ decides at run time)")
+            f"has no Slice with run-time ends (opset {SLICE_INPUTS_OPSET}+ decides at run "
+            "time)")
 
 
 def broadcast_supports(c: NodeContext) -> str | None:
     """`supports` for ops that broadcast their inputs into output 0: reject, before building,
     the old-opset cases where unbroadcast could not decide the axes."""
     b = c.b
-    if b.opset >= RUNTIME_AXES_OPSET:
+    if b.opset >= SLICE_INPUTS_OPSET:
         return None
     for i, name in enumerate(c.node.input):
         if c.need(i) and b.info(name).rank is not None and b.info(c.y()).rank is not None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
-from ..broadcast import RUNTIME_AXES_OPSET, broadcast_axes, unbroadcast, undecidable_reason
+from ..broadcast import (
+    RUNTIME_AXES_OPSET,
+    SLICE_INPUTS_OPSET,
+    broadcast_axes,
+    unbroadcast,
+    undecidable_reason,
+)
 from ..registry import NodeContext, rule
 
 
@@ -29,9 +35,9 @@ def _batched_grad(b: GraphBuilder, product: str, operand: str, out: str,
 
 
 def _matmul_supports(c: NodeContext) -> str | None:
-    """Old opsets must know statically which batch axes of an operand were broadcast."""
+    """Opset 9 must know statically which batch axes of an operand were broadcast."""
     b, y = c.b, c.y()
-    if b.opset >= RUNTIME_AXES_OPSET or b.rank(y) < 2:
+    if b.opset >= SLICE_INPUTS_OPSET or b.rank(y) < 2:
         return None
     batch_y = (b.info(y).certain or (None,) * b.rank(y))[:-2]
     for i, name in enumerate(c.node.input):
