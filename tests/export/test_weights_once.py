@@ -1,0 +1,45 @@
+"""An exported explainer stores the model's weights once: the flipped kernels of the
+convolutions' adjoints are computed in the graph from the weights themselves (ONNX Runtime
+folds them when the session starts), so the file stays the size of the original."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxplain import Explainer
+from onnxplain.export import export_explainer
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad"])
+def test_exported_file_is_within_a_tenth_of_the_original(zoo, tmp_path, method):
+    original = zoo.model_path("resnet18_64")
+    exported = export_explainer(str(original), method)
+    onnx.save(exported, tmp_path / "explainer.onnx")
+    ratio = os.path.getsize(tmp_path / "explainer.onnx") / os.path.getsize(original)
+    assert ratio <= 1.1, ratio
+    weights = {init.name for init in onnx.load(str(original)).graph.initializer}
+    stored = [init for init in exported.graph.initializer if init.name not in weights]
+    assert sum(int(np.prod(init.dims)) for init in stored) < 10_000  # constants, no kernels
+
+
+def test_in_graph_flips_equal_the_stored_ones(zoo):
+    """The stride-1 adjoint with weights flipped in the graph gives the gradients the stored
+    flipped copy gave (the program is otherwise identical)."""
+    from onnxplain.autodiff.ops import conv
+
+    path = str(zoo.model_path("resnet18_64"))
+    x = zoo.sample("resnet18_64")["pixel_values"][:1]
+    in_graph = Explainer(path, "cpu").explain(x, "saliency", target=3, abs=False)["pixel_values"]
+    original = conv._flipped_weights
+    conv._flipped_weights = lambda b, w, value, group: b.const(
+        conv._flipped(value, group), "flipped_weights")
+    try:
+        stored = Explainer(path, "cpu").explain(x, "saliency", target=3,
+                                                abs=False)["pixel_values"]
+    finally:
+        conv._flipped_weights = original
+    np.testing.assert_allclose(in_graph, stored, rtol=1e-5, atol=1e-6 * np.abs(stored).max())
