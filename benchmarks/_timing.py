@@ -29,3 +29,26 @@ def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int
 def median_ratio(top: list[float], bottom: list[float]) -> float:
     """Median of the per-repeat ratios: robust to a machine speeding up or slowing down."""
     return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+
+
+def machine() -> str:
+    """The CPU model and the vector extensions ONNX Runtime's kernels can use: ratios between
+    runtimes depend on them (see shared/REFERENCE.md)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+              "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
+    extensions = " ".join(f for f in wanted if f in flags) or "unknown"
+    return f"{model}, {os.cpu_count()} logical cores, vector extensions: {extensions}"

@@ -58,8 +58,59 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "output [N, 1000, 1, 1] as in the classic ONNX zoo", "rgb", "make_rgb_squeezenet",
              "export_rgb_model", "rgb_squeezenet_architecture"),
     # -- quantized exports (issue 16: model_zoo/quantized.py)
+    ZooModel("digits_cnn_qdq", "digits_cnn by quantize_static, QDQ format (uint8 "
+             "activations, per-channel int8 weights)", "quantized", "make_digits_cnn_reused",
+             "export_qdq", "digits_architecture", depends=("digits.py",)),
+    ZooModel("digits_cnn_qoperator", "digits_cnn by quantize_static, QOperator format "
+             "(QLinearConv, uint8 MaxPool, QGemm)", "quantized", "make_digits_cnn_reused",
+             "export_qoperator", "digits_architecture", depends=("digits.py",)),
+    ZooModel("digits_resnet_qdq", "residual digits CNN by quantize_static, QDQ format",
+             "quantized", "make_digits_resnet", "export_qdq", "digits_resnet_architecture",
+             depends=("digits.py", "sentiment.py", "hf_models.py")),
+    ZooModel("digits_resnet_qoperator", "digits_resnet_qdq's weights by quantize_static, "
+             "QOperator format (QLinearAdd, QLinearGlobalAveragePool)", "quantized",
+             "make_digits_resnet_reused", "export_qoperator", "digits_resnet_architecture",
+             depends=("digits.py", "sentiment.py", "hf_models.py")),
+    ZooModel("sentiment_bert_dynamic", "sentiment_bert by quantize_dynamic "
+             "(DynamicQuantizeLinear, MatMulInteger, int8 embedding tables)", "quantized",
+             "make_sentiment_bert_reused", "export_dynamic", "sentiment_architecture",
+             depends=("sentiment.py", "hf_models.py", "digits.py")),
     # -- ONNX Runtime-optimized exports (issue 16: model_zoo/optimized.py)
+    ZooModel("bert_small_ort", "bert_small through ONNX Runtime's transformer optimizer "
+             "(bert, opt_level 1): fused Attention, EmbedLayerNormalization, "
+             "SkipLayerNormalization, BiasGelu", "optimized", "make_bert_small",
+             "export_bert_ort", "bert_small_architecture", depends=("hf_models.py",)),
+    ZooModel("bert_small_ort_mha", "bert_small optimized with MultiHeadAttention, a raw 2-D "
+             "mask and FastGelu", "optimized", "make_bert_small", "export_bert_ort_mha",
+             "bert_small_architecture", depends=("hf_models.py",)),
+    ZooModel("vit_small_ort", "vit_small through the optimizer (vit): SkipLayerNormalization, "
+             "BiasGelu", "optimized", "make_vit_small", "export_vit_ort",
+             "vit_small_architecture", depends=("hf_models.py",)),
+    ZooModel("gpt2_tiny", "GPT-2, 2 layers of width 32, 2 heads, 100 tokens, random weights; "
+             "logits of every position", "optimized", "make_gpt2_tiny", "export_gpt2",
+             "gpt2_tiny_architecture", depends=("hf_models.py",)),
+    ZooModel("gpt2_tiny_ort", "gpt2_tiny through the optimizer (gpt2): SkipLayerNormalization, "
+             "FastGelu", "optimized", "make_gpt2_tiny", "export_gpt2_ort",
+             "gpt2_tiny_architecture", depends=("hf_models.py",)),
     # -- float16 and newest-opset exports (issue 16: model_zoo/precision.py)
+    ZooModel("digits_cnn_fp16", "digits_cnn converted to float16 by onnxconverter-common "
+             "(float16 input and logits)", "precision", "make_digits_cnn", "export_digits_fp16",
+             "digits_architecture", depends=("digits.py", "hf_models.py")),
+    ZooModel("digits_cnn_fp16_io32", "digits_cnn converted to float16 by onnxconverter-common "
+             "with keep_io_types (float32 input and logits)", "precision", "make_digits_cnn",
+             "export_digits_fp16_io32", "digits_architecture",
+             depends=("digits.py", "hf_models.py")),
+    ZooModel("bert_small_fp16", "bert_small converted to float16 by onnxconverter-common",
+             "precision", "make_bert_small", "export_bert_fp16", "bert_small_architecture",
+             depends=("digits.py", "hf_models.py")),
+    ZooModel("bert_small_ort_fp16", "bert_small converted to float16 by "
+             "onnxruntime.transformers.float16 (keep_io_types)", "precision", "make_bert_small",
+             "export_bert_ort_fp16", "bert_small_architecture",
+             depends=("digits.py", "hf_models.py")),
+    ZooModel("llama_tiny_opset23", "2-layer Llama classifier (transformers), random weights, "
+             "dynamo exporter at opset 23: RMSNormalization, RotaryEmbedding, Attention",
+             "precision", "make_llama_tiny", "export_llama_opset23", "llama_tiny_architecture",
+             depends=("digits.py", "hf_models.py")),
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
              "sentiment_architecture", depends=("hf_models.py",)),

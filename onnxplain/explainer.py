@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from .attribution import Attribution
+from .autodiff.ops.quantize import straight_through_notes
 from .engine import (
     Engine,
     GradientRun,
@@ -157,6 +158,7 @@ class Explainer:
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
         notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
+        notes += straight_through_notes(self.model.proto) if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
         doubts += _all_zero(per_input)
         for doubt in doubts:

@@ -1,5 +1,5 @@
-"""Saliency across the opsets exporters write (9 to 23, legacy and dynamo exporters), each
-against torch autograd on the same trained digits CNN."""
+"""Saliency across the opsets exporters write (9 to 23 here, legacy and dynamo exporters; 24
+to 28 in test_newest_opsets.py), each against torch autograd on the same trained digits CNN."""
 
 from __future__ import annotations
 

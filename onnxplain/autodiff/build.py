@@ -8,6 +8,7 @@ import onnx
 
 from ..errors import MissingRule, UnsupportedOpError
 from ..graph.builder import GraphBuilder
+from .ops.quantize import carried_outputs, float_view
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
 
 
@@ -60,7 +61,8 @@ def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable
                           ) -> tuple[list[onnx.NodeProto], set[str]]:
     """Nodes on a float path from any of `wrt` to any of `outputs`, and the active tensors.
 
-    A tensor is active when it is a float tensor that depends on a `wrt` tensor or on one of
+    A tensor is active when it is a float tensor (or an integer one holding quantized values,
+    see ops/quantize.py) that depends on a `wrt` tensor or on one of
     `active_from` (tensors that decide which inputs of a node count as activations, for
     rules that treat those differently, without being differentiated themselves); only nodes
     with an input that depends on `wrt` and an output that reaches `outputs` need a rule.
@@ -75,10 +77,10 @@ def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable
             continue
         if has_no_gradient(node.domain, node.op_type):
             continue
-        floats = [out for out in node.output if out and b.info(out).is_float]
-        active.update(floats)
+        carried = carried_outputs(b, node, active)
+        active.update(carried)
         if any(name in reached for name in inputs):
-            reached.update(floats)
+            reached.update(carried)
             forward.append(node)
     needed = set(outputs)
     region: list[onnx.NodeProto] = []
@@ -109,6 +111,36 @@ def missing_rules(b: GraphBuilder, nodes: Sequence[onnx.NodeProto], rules: RuleS
     return missing
 
 
+def path_cuts(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str], active: set[str]
+              ) -> list[MissingRule]:
+    """Where the gradient path is cut, when no output is active yet one depends on `wrt`
+    through values (not only shapes): the nodes that read an active tensor and whose results
+    the gradient treats as constant (integer casts, ArgMax, comparisons, rounding). Without
+    this, the gradient would be an all-zero map presented as an answer."""
+    outputs = set(outputs)
+    if outputs & active:
+        return []
+    needed = {name for node in ancestors(b.graph.node, outputs) for name in node_inputs(node)}
+    needed |= outputs
+    depends, cuts = set(wrt), []
+    for node in b.graph.node:
+        if node.op_type in VALUE_FREE or not any(n in depends for n in node_inputs(node)):
+            continue
+        depends.update(out for out in node.output if out)
+        constant = [out for out in node.output if out in needed and out not in active]
+        if constant and any(n in active for n in node_inputs(node)):
+            cuts.append(MissingRule(node.domain, node.op_type, _opset_of(b, node.domain),
+                                    node.name, CUT_REASON))
+    return cuts if outputs & depends else []
+
+
+# Results that depend on a tensor's shape only, never on its values.
+VALUE_FREE = frozenset({"Shape", "Size"})
+CUT_REASON = ("the explained output depends on the attributed input only through this "
+              "node, whose result the gradient treats as constant (integer, boolean or "
+              "piecewise constant): the gradient would be 0 everywhere")
+
+
 def _opset_of(b: GraphBuilder, domain: str) -> int:
     for entry in b.model.opset_import:
         standard = ("", "ai.onnx")
@@ -131,7 +163,7 @@ def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
     naming every op without a rule before emitting anything.
     """
     region, active = differentiated_region(b, wrt, seeds, active_from)
-    missing = missing_rules(b, region, rules, active)
+    missing = missing_rules(b, region, rules, active) or path_cuts(b, wrt, seeds, active)
     if missing:
         raise UnsupportedOpError(missing)
     grads: dict[str, list[str]] = {out: [seed] for out, seed in seeds.items()}
@@ -148,7 +180,7 @@ def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
         gy = [total(out) if out else None for out in node.output]
         if all(g is None for g in gy):
             continue
-        ctx = _context(b, node, active)
+        ctx = float_view(_context(b, node, active), gy)
         entry = rules.lookup(node.domain, node.op_type, _opset_of(b, node.domain))
         assert entry is not None  # missing_rules checked the whole region
         gx = list(entry.rule(ctx, gy))

@@ -22,11 +22,12 @@ from ..errors import InputError, ModelError
 from .layers import tensor_of
 from .model import Model
 
-# ORT's transformer optimizer fuses attention into opaque contrib ops with no gradient.
+# ONNX Runtime's fused attention ops that no canonicalisation decomposes (graph/canonical/
+# ms_attention.py turns Attention, MultiHeadAttention and GroupQueryAttention into standard
+# ops on load): opaque, with no probability tensor and no gradient.
 FUSED_ATTENTION = frozenset({
-    "Attention", "MultiHeadAttention", "EmbedLayerNormalization", "PackedAttention",
-    "PackedMultiHeadAttention", "GroupQueryAttention", "DecoderMaskedMultiHeadAttention",
-    "SkipLayerNormalization", "FastGelu", "BiasGelu"})
+    "PackedAttention", "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention",
+    "DecoderMaskedSelfAttention", "SparseAttention", "PagedAttention"})
 # Ops between the Q K^T product and the Softmax (scale, mask, softcap, dtype casts).
 _TO_SCORES = frozenset({"Add", "Sub", "Where", "Mul", "Div", "Cast", "Tanh", "Identity",
                         "Clip", "Max", "Min"})

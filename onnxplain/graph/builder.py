@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -15,6 +15,11 @@ from .shapes import FLOAT_TYPES, TensorInfo, constant_node_value
 BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
                       "Or", "Xor", "IsNaN", "IsInf"})
 INT64_OPS = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin"})
+HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
+# Ops ONNX Runtime's CPU provider has a half-precision kernel for that fails at run time
+# ("MLFloat16 data type is not supported with ScatterElements opset 16 when reduction is
+# 'add'"), instead of being run in float32 as it does for ops with no half kernel at all.
+NO_HALF_REDUCTION = frozenset({"ScatterElements", "ScatterND"})
 
 Ints = Sequence[int]
 
@@ -104,8 +109,11 @@ class GraphBuilder:
     # ---- emission -------------------------------------------------------------------
     def node(self, op_type: str, inputs: Sequence[str], n_out: int = 1, *, domain: str = "",
              out_type: int | None = None, out_rank: int | None = None, **attrs) -> list[str]:
-        outputs = [self.fresh(op_type) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
+        if n_out == 1 and self._lacks_half_kernel(op_type, inputs, attrs):
+            return [self.in_float32(lambda *wide: self.op(op_type, *wide, out_rank=out_rank,
+                                                          **attrs), *inputs)]
+        outputs = [self.fresh(op_type) for _ in range(n_out)]
         node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(op_type + "_node"),
                                 domain=domain or None, **attrs)
         self.graph.node.append(node)
@@ -121,6 +129,24 @@ class GraphBuilder:
         """Emit one node and return its output. `out_type`/`out_rank` record what the builder
         cannot derive; every other keyword is an ONNX attribute (`dtype` included)."""
         return self.node(op_type, inputs, 1, out_type=out_type, out_rank=out_rank, **attrs)[0]
+
+    def in_float32(self, make: Callable[..., str], *tensors: str) -> str:
+        """make(*tensors) computed on float32 copies of the half-precision ones (float16,
+        bfloat16), its result cast back to their type; other tensors pass unchanged. For
+        backward islands ONNX Runtime cannot run (or runs badly) in half precision; sums
+        inside the island accumulate in float32."""
+        half = next((self.info(t).dtype for t in tensors if self.info(t).dtype in HALF_TYPES),
+                    None)
+        if half is None:
+            return make(*tensors)
+        wide = [self.op("Cast", t, to=TensorProto.FLOAT) if self.info(t).dtype in HALF_TYPES
+                else t for t in tensors]
+        return self.op("Cast", make(*wide), to=half)
+
+    def _lacks_half_kernel(self, op_type: str, inputs: Sequence[str], attrs: dict) -> bool:
+        reduction = attrs.get("reduction", "none")
+        return (op_type in NO_HALF_REDUCTION and reduction not in ("none", b"none")
+                and self.info(inputs[0]).dtype in HALF_TYPES)
 
     def _default_dtype(self, op_type: str, inputs: Sequence[str], attrs: dict) -> int | None:
         if op_type in BOOL_OPS:

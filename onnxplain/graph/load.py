@@ -15,10 +15,13 @@ from ..errors import ModelError
 from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
 from .canonical import canonicalise, needs_canonicalising
+from .canonical.ms_common import runtime_ops_aside
+from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
 from .shapes import is_weight, without_weights
 
 OLDEST_OPSET = 9
+NEWEST_OPSET = 28  # onnx 1.23's; models past ONNX Runtime's newest are restamped on load
 # onnxruntime 1.31 refuses IR versions above 13, while onnx 1.23 stamps 14 on new models.
 NEWEST_RUNTIME_IR = 10
 
@@ -90,13 +93,16 @@ def _check(model: onnx.ModelProto, path: str | None) -> None:
         raise ModelError(f"{where} does not import the standard ai.onnx opset")
     if version < OLDEST_OPSET:
         raise ModelError(
-            f"{where} uses opset {version}; onnxplain supports opset {OLDEST_OPSET} and newer "
-            "(upgrade it with onnx.version_converter.convert_version)")
+            f"{where} uses opset {version}; onnxplain supports opsets {OLDEST_OPSET} to "
+            f"{NEWEST_OPSET} (upgrade it with onnx.version_converter.convert_version)")
+    if version > NEWEST_OPSET:
+        raise ModelError(f"{where} uses opset {version}; onnxplain supports opsets "
+                         f"{OLDEST_OPSET} to {NEWEST_OPSET}")
     try:
         # The checker serialises what it checks: without the weights' bytes that takes
         # milliseconds, not a tenth of a second per 45 MB, and works past protobuf's 2 GB.
         # ONNX Runtime still rejects malformed weights when it loads them.
-        onnx.checker.check_model(without_weights(model))
+        onnx.checker.check_model(runtime_ops_aside(without_weights(model)))
         _check_weight_sizes(model)
     except onnx.checker.ValidationError as err:
         raise ModelError(f"{where} is not a valid ONNX model: {_first_line(err)}") from None
@@ -165,6 +171,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     name_unknown_dims(model.graph)
     if needs_canonicalising(model):  # fused, quantized and newer ops as standard ones
         model = canonicalise(model)
+    model = lower_to_runtime_opset(model)
     if has_attention_ops(model):
         model = decompose_attention_ops(model)
     graph = model.graph

@@ -71,9 +71,21 @@ def _embedding_of(model: Model, ids: str) -> str | None:
                 data = model.infos.get(node.input[0])
                 if data is not None and data.is_float:
                     return node.output[0]
+                rows = _dequantized(model, node.output[0])
+                if rows is not None:
+                    return rows
             if node.op_type in _ID_PASSTHROUGH and node.input[0] == name:
                 out = node.output[0]
                 if out not in seen:
                     seen.add(out)
                     frontier.append(out)
+    return None
+
+
+def _dequantized(model: Model, rows: str) -> str | None:
+    """The float rows a quantized embedding table's lookup is dequantized into, if any
+    (ONNX Runtime's dynamic quantization stores the table as int8 and looks it up first)."""
+    readers = model.consumers.get(rows, [])
+    if len(readers) == 1 and readers[0].op_type == "DequantizeLinear":
+        return readers[0].output[0]
     return None

@@ -118,18 +118,29 @@ def test_models_without_attention_are_refused(digits_path):
         explainer.explain(np.zeros((1, 1, 8, 8), np.float32), "rollout")
 
 
-def test_ort_fused_graphs_get_a_clear_error(zoo, tmp_path):
-    from onnxruntime.transformers.optimizer import optimize_model
+def test_ort_fused_graphs_get_a_clear_error():
+    """Fused attention that no canonicalisation decomposes (PackedAttention) is refused;
+    Attention, MultiHeadAttention and GroupQueryAttention are decomposed on load
+    (tests/graph/test_canonical_ms_attention.py, tests/transformers/test_optimized_models.py)."""
+    from onnx import TensorProto, helper
 
-    fused = optimize_model(str(zoo.model_path("bert_small")), model_type="bert", num_heads=4,
-                           hidden_size=64)
-    path = tmp_path / "fused.onnx"
-    fused.save_model_to_file(str(path))
-    explainer = onnxplain.Explainer(path)
+    names = ["input", "weights", "bias", "token_offset", "cumulative_sequence_length"]
+    node = helper.make_node("PackedAttention", names, ["out"], domain="com.microsoft",
+                            num_heads=2, name="packed")
+    shapes = {"input": [6, 16], "weights": [16, 48], "bias": [48], "token_offset": [2, 4],
+              "cumulative_sequence_length": [3]}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT if i < 3 else
+                                            TensorProto.INT32, shapes[n])
+              for i, n in enumerate(names)]
+    graph = helper.make_graph([node], "packed", inputs, [
+        helper.make_tensor_value_info("out", TensorProto.FLOAT, [6, 16])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    model = Model.load(proto)
     with pytest.raises(ModelError, match="explain the un-optimised export"):
-        explainer.explain(zoo.sample("bert_small"), "rollout")
-    description = describe_model(explainer.model)
-    assert "com.microsoft::Attention" in description["attention_problem"]
+        find_attention(model)
+    assert "com.microsoft::PackedAttention" in describe_model(model)["attention_problem"]
 
 
 def test_inspect_reports_the_token_layout_when_shapes_are_static(zoo):

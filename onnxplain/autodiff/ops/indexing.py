@@ -39,7 +39,10 @@ def gather(c: NodeContext, gy) -> Grads:
         return [_scatter_add_axis(b, g, idx, data, rank, axis), None]
     # [n, K] one-hot: dx[.., j, ..] = sum_k g[.., k, ..] * (idx[k] == j)
     hits = b.op("Equal", b.unsqueeze(iota(b, n), [1]), idx)
-    return [contract_axis(b, g, b.op("Cast", hits, to=b.dtype(g)), rank, axis), None]
+    # In float16 ONNX Runtime 1.31 crashes building a session with MatMul(constant one-hot,
+    # Transpose(g)): the contraction runs in float32 (as ORT's CPU MatMul does anyway).
+    return [b.in_float32(lambda wide: contract_axis(
+        b, wide, b.op("Cast", hits, to=b.dtype(wide)), rank, axis), g), None]
 
 
 # Below this many gathered indices or rows, the one-hot product (one batched MatMul) beats

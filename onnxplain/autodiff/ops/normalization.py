@@ -300,3 +300,26 @@ def group_view(b: GraphBuilder, t: str) -> str:
     if value is not None:
         return b.const(value.reshape(-1, 1), "group")
     return b.reshape(t, [-1, 1])
+
+
+# ---- RMSNormalization ----------------------------------------------------------------------
+@rule("RMSNormalization", since=23)
+def rms_norm(c, gy):
+    """y = x̂·scale with x̂ = x·r, r = 1/sqrt(mean(x²) + ε) over the axes from `axis` on
+    (Zhang and Sennrich 2019); with gs = g·scale, dx = r · (gs - x̂ · mean(gs · x̂)) and
+    dscale = Σ g·x̂ over the broadcast axes. Computed in x's type whatever the stash_type."""
+    b, x, g = c.b, c.x(0), gy[0]
+    rank = b.rank(x)
+    axes = list(range(int(c.attr("axis", -1)) % rank, rank))
+    square_mean = b.reduce("ReduceMean", b.op("Mul", x, x), axes, keepdims=True)
+    inv_rms = b.op("Reciprocal", b.op("Sqrt", b.op(
+        "Add", square_mean, b.scalar(c.attr("epsilon", 1e-5), x))))
+    xhat = b.op("Mul", x, inv_rms)
+    grads: list[str | None] = [None, None]
+    if c.need(0):
+        gs = b.op("Mul", g, c.x(1))
+        mean_gsx = b.reduce("ReduceMean", b.op("Mul", gs, xhat), axes, keepdims=True)
+        grads[0] = b.op("Mul", b.op("Sub", gs, b.op("Mul", xhat, mean_gsx)), inv_rms)
+    if c.need(1):
+        grads[1] = unbroadcast(b, b.op("Mul", g, xhat), c.x(1), c.y())
+    return grads

@@ -13,6 +13,7 @@ naming the node, its attributes and the case.
 from __future__ import annotations
 
 import importlib
+import itertools
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import ModelError
+from ..shapes import constant_node_value
 
 Decomposition = Callable[["Rewrite"], list[onnx.NodeProto]]
 DECOMPOSITIONS: dict[tuple[str, str], Decomposition] = {}
@@ -51,6 +53,25 @@ class Rewrite:
         """The model's ai.onnx opset: emitted ops must exist in this version."""
         return next(e.version for e in self.model.opset_import if e.domain in ("", "ai.onnx"))
 
+    def input(self, index: int) -> str:
+        """The node's input `index`, '' when absent."""
+        return self.node.input[index] if index < len(self.node.input) else ""
+
+    def output(self, index: int) -> str:
+        """The node's output `index`, '' when absent."""
+        return self.node.output[index] if index < len(self.node.output) else ""
+
+    def static(self, name: str) -> np.ndarray | None:
+        """The value of an initializer (the model's or this rewrite's) or of a Constant's
+        output; None for a computed tensor."""
+        for init in (*self.model.graph.initializer, *self.initializers):
+            if init.name == name:
+                return numpy_helper.to_array(init)
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" and name in node.output:
+                return constant_node_value(node)
+        return None
+
     def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
         """Emit one standard node; returns its output (`out`, else a fresh name)."""
         return self.multi(op_type, inputs, [out or self.fresh(op_type.lower())], **attrs)[0]
@@ -74,13 +95,16 @@ class Rewrite:
         return default
 
     def fresh(self, label: str) -> str:
-        """A tensor or node name unique to this node's replacement."""
+        """A tensor or node name unique to this node's replacement (unnamed nodes get a
+        number of their own, so two of them never share names)."""
         self._count += 1
-        return f"{self.node.name or self.node.op_type}/canonical/{label}_{self._count}"
+        if not self.node.name:
+            self.node.name = f"{self.node.op_type}_{next(_UNNAMED)}"
+        return f"{self.node.name}/canonical/{label}_{self._count}"
 
     def refuse(self, case: str) -> ModelError:
         """The error for a case the decomposition does not cover (raise it)."""
-        attrs = ", ".join(f"{a.name}={helper.get_attribute_value(a)!r}"
+        attrs = ", ".join(f"{a.name}={_plain(helper.get_attribute_value(a))!r}"
                           for a in self.node.attribute) or "no attributes"
         return ModelError(f"cannot canonicalise {self.node.domain or 'ai.onnx'}::"
                           f"{self.node.op_type} node '{self.node.name}' ({attrs}): {case}")
@@ -113,6 +137,14 @@ def canonicalise(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.initializer.extend(added)
     raise ModelError("canonicalisation did not converge: a decomposition keeps producing "
                      "ops that need decomposing")
+
+
+def _plain(value):
+    """String attributes as text, not bytes, in messages."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_UNNAMED = itertools.count()
 
 
 def _domain(domain: str) -> str:
