@@ -8,6 +8,9 @@
   per-channel weights in QDQ; QOperator adds QLinearAdd and QLinearGlobalAveragePool.
 - sentiment_bert_dynamic: the sentiment_bert weights through `quantize_dynamic`
   (DynamicQuantizeLinear + MatMulInteger, int8 embedding tables looked up then dequantized).
+- bert_small_ort_dynamic: bert_small_ort (ONNX Runtime's transformer optimizer) through
+  `quantize_dynamic`, which turns the fused Attention into com.microsoft QAttention and
+  EmbedLayerNormalization into QEmbedLayerNormalization (uint8 tables).
 
 Each folder also holds `float.onnx`, the export before quantization (the tests' oracle).
 """
@@ -18,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import digits, registry, sentiment
+from . import digits, optimized, registry, sentiment
 from .digits import digits_architecture  # noqa: F401 - the registry names it in this module
+from .hf_models import bert_small_architecture, make_bert_small  # noqa: F401 - likewise
 from .sentiment import sentiment_architecture  # noqa: F401 - likewise
 
 CALIBRATION_ROWS = 256
@@ -87,6 +91,18 @@ def export_dynamic(module, example: dict, path: Path) -> None:
     path = Path(path)
     sentiment.export_sentiment_bert(module, example, path.with_name("float.onnx"))
     quantize_dynamic(str(path.with_name("float.onnx")), str(path))
+
+
+def export_bert_ort_dynamic(module, example: dict, path: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    path = Path(path)
+    optimized.export_bert_ort(module, example, path.with_name("float.onnx"))
+    # The quantizer's shape inference cannot type the outputs of contrib ops (fused
+    # Attention, SkipLayerNormalization): it is told they are float.
+    quantize_dynamic(str(path.with_name("float.onnx")), str(path),
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _quantize_static(module, example: dict, path: Path, quant_format: str,

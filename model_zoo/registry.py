@@ -75,6 +75,10 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "(DynamicQuantizeLinear, MatMulInteger, int8 embedding tables)", "quantized",
              "make_sentiment_bert_reused", "export_dynamic", "sentiment_architecture",
              depends=("sentiment.py", "hf_models.py", "digits.py")),
+    ZooModel("bert_small_ort_dynamic", "bert_small_ort by quantize_dynamic: com.microsoft "
+             "QAttention and QEmbedLayerNormalization", "quantized", "make_bert_small",
+             "export_bert_ort_dynamic", "bert_small_architecture",
+             depends=("optimized.py", "hf_models.py", "digits.py", "sentiment.py")),
     # -- ONNX Runtime-optimized exports (issue 16: model_zoo/optimized.py)
     ZooModel("bert_small_ort", "bert_small through ONNX Runtime's transformer optimizer "
              "(bert, opt_level 1): fused Attention, EmbedLayerNormalization, "

@@ -229,8 +229,9 @@ class Engine:
             program = build_gradient_program(model, self.output, wrt, rules=rules,
                                              seeded=seeded, taps=taps, passes=passes,
                                              post=post, active_from=active_from)
-            return program, Session(program.model, self.providers, self.optimization,
-                                    disabled)
+            session = Session(program.model, self.providers, self.optimization, disabled)
+            program.model = None  # the session has the weights: do not hold a second copy
+            return program, session
 
         if shapes is not None:
             specialised = self._specialised_program(key, shapes, build)

@@ -31,7 +31,7 @@ TARGET_OUTPUT = "onnxplain/target_used"
 
 @dataclass
 class GradientProgram:
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None              # None once a session holds it (engine)
     output: str
     grads: dict[str, str]                      # wrt tensor -> gradient output
     target_input: str | None = None            # int64 [N], -1 = predicted class

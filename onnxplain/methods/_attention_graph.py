@@ -5,14 +5,20 @@ reduced where ONNX Runtime computed them, and only one row per input comes back.
 Every method is a chain of per-layer token matrices M_l read at the query row q. The row is
 carried from the last layer down as a vector, e_q^T X_L X_(L-1) ... X_start, so no matrix
 product of two token matrices is ever formed.
+
+Everything here runs in float32, whatever the model's precision: products of a gradient and a
+relevance (each ~1e-4 in a random-weight BERT) and their products across layers fall below
+float16's smallest subnormal (6e-8) and would come back as an all-zero map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from onnx import TensorProto
+
 from ..autodiff.program import Post
-from ..graph.builder import GraphBuilder
+from ..graph.builder import HALF_TYPES, GraphBuilder
 
 RELEVANCE = "relevance"
 ROW = "row"
@@ -23,6 +29,18 @@ Weighting = Callable[[GraphBuilder, str, Mapping[str, Mapping[str, str]]], str]
 
 def head_mean(b: GraphBuilder, x: str) -> str:
     return b.reduce("ReduceMean", x, [1], keepdims=False)
+
+
+def wide_type(b: GraphBuilder, x: str) -> int:
+    """The type the scores computed from x are in: float32 for half precision, else x's."""
+    return TensorProto.FLOAT if b.dtype(x) in HALF_TYPES else b.dtype(x)
+
+
+def wide(b: GraphBuilder, x: str) -> str:
+    """x as float32 where it is half precision (see the module docstring)."""
+    if b.dtype(x) not in HALF_TYPES:
+        return x
+    return b.memo(("float32", x), lambda: b.op("Cast", x, to=TensorProto.FLOAT))
 
 
 def _first_row(b: GraphBuilder, matrix: str, query: int | None) -> str:
@@ -36,7 +54,8 @@ def _first_row(b: GraphBuilder, matrix: str, query: int | None) -> str:
 def _unit_row(b: GraphBuilder, a: str, query: int) -> str:
     """[1, 1, S]: e_q, sized from an attention map [N, H, S, S]."""
     first = b.op("Gather", b.op("Gather", a, b.ints([0]), axis=0), b.ints([0]), axis=1)
-    eye = b.op("EyeLike", b.squeeze(first, [0, 1]))
+    eye = b.op("EyeLike", b.squeeze(first, [0, 1]), dtype=wide_type(b, a),
+               out_type=wide_type(b, a))
     return b.unsqueeze(b.op("Gather", eye, b.ints([query]), axis=0), [0])
 
 
@@ -103,17 +122,18 @@ def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting,
 
 def attention_mean(b: GraphBuilder, a: str, grads) -> str:
     """E_h A."""
-    return head_mean(b, a)
+    return head_mean(b, wide(b, a))
 
 
 def gradient_times_attention(positive: bool) -> Weighting:
     """E_h (G * A), or E_h (G * A)+."""
     def weighting(b: GraphBuilder, a: str, grads) -> str:
-        product = b.op("Mul", grads[""][a], a)
+        product = b.op("Mul", wide(b, grads[""][a]), wide(b, a))
         return head_mean(b, b.op("Relu", product) if positive else product)
     return weighting
 
 
 def gradient_times_relevance(b: GraphBuilder, a: str, grads) -> str:
     """E_h (G * R)+ with R the LRP relevance of the map."""
-    return head_mean(b, b.op("Relu", b.op("Mul", grads[""][a], grads[RELEVANCE][a])))
+    product = b.op("Mul", wide(b, grads[""][a]), wide(b, grads[RELEVANCE][a]))
+    return head_mean(b, b.op("Relu", product))

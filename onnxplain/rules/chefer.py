@@ -15,6 +15,8 @@ rule set applies op by op (what flows backward is relevance, seeded with the one
   absolute sums of their shares.
 - Adding, multiplying or dividing by a constant (biases, masks, the 1/sqrt(d) scale),
   LayerNormalization, Softmax and activations: relevance passes unchanged.
+- Quantize and dequantize ops (quantized models): relevance passes unchanged, the
+  straight-through estimator's rule for relevance (autodiff/ops/quantize.py).
 - Reshapes and selections (including taking the class token): their gradient rule.
 Every other op is refused, so no relevance is silently made up.
 """
@@ -25,6 +27,7 @@ import numpy as np
 import onnx
 
 from ..autodiff import GRADIENT, NodeContext, RuleSet
+from ..autodiff.ops.quantize import STRAIGHT_THROUGH, relevance_straight_through
 from ..autodiff.registry import Grad, RuleEntry
 from ..graph.builder import GraphBuilder
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
@@ -34,7 +37,9 @@ from .lrp_layers import Layer, negative_part, positive_part, producer, static_va
 # shift is always positive; near-zero negative denominators make the two differ visibly.
 STABILIZER = 1e-9
 _WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
-_UNCHANGED = PASS_THROUGH | {"LayerNormalization", "Erf", "Dropout", "Identity", "Cast",
+# Cast is left to its gradient rule, which casts the relevance to the input's type (float16
+# layers under float32 logits, as keep_io_types writes them).
+_UNCHANGED = PASS_THROUGH | {"LayerNormalization", "Erf", "Dropout", "Identity",
                              "GroupNormalization", "InstanceNormalization"}
 _SCALINGS = frozenset({"Mul", "Div"})
 _SUMS = frozenset({"Add", "Sub"})
@@ -63,6 +68,8 @@ class CheferRuleSet(RuleSet):
             return RuleEntry(entry.since, rule, entry.supports)
         if op_type in _UNCHANGED:
             return RuleEntry(entry.since, _pass_through, entry.supports)
+        if op_type in STRAIGHT_THROUGH:
+            return RuleEntry(entry.since, relevance_straight_through, entry.supports)
         if op_type in GRADIENT_KEPT:
             return entry
         return RuleEntry(entry.since, entry.rule, _refused)
@@ -232,7 +239,7 @@ def _expand_rows(b: GraphBuilder, per_row: str, like: str) -> str:
 def _safe_div(b: GraphBuilder, a: str, d: str) -> str:
     """a / (d + 1e-9), and 0 where d == 0 (Chefer et al.'s safe_divide)."""
     zero = b.scalar(0.0, d)
-    quotient = b.op("Div", a, b.op("Add", d, b.scalar(STABILIZER, d)))
+    quotient = b.op("Div", a, b.op("Add", d, _stabilizer(b, d)))
     return b.op("Where", b.op("Equal", d, zero), zero, quotient)
 
 
@@ -240,7 +247,14 @@ def _nonnegative_div(b: GraphBuilder, r: str, z: str) -> str:
     """R / (z + 1e-9) for z = x+ W+ + x- W- >= 0: where z = 0 every term x W of it is 0, so
     whatever the quotient there, its products with x+ W+ and x- W- vanish as safe_divide's 0
     would (no Equal/Where needed)."""
-    return b.op("Div", r, b.op("Add", z, b.scalar(STABILIZER, z)))
+    return b.op("Div", r, b.op("Add", z, _stabilizer(b, z)))
+
+
+def _stabilizer(b: GraphBuilder, like: str) -> str:
+    """1e-9 in the type of `like`, at least its smallest positive value: in float16, 1e-9
+    rounds to 0 and an underflowed z = 0 would give R / 0 = inf, then inf * 0 = NaN."""
+    tiny = float(np.finfo(b.np_dtype(like)).smallest_subnormal)
+    return b.scalar(max(STABILIZER, tiny), like)
 
 
 def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:

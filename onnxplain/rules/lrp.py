@@ -27,6 +27,9 @@ to the relevance of its inputs. Rules by op family:
 - MaxPool, GlobalMaxPool, ReduceMax/Min, Min, Max: winner-take-all (the relevance of a window
   goes to its maximum: the ordinary gradient rule, which is what Zennit does; Captum's epsilon
   rule on MaxPool gives the same up to y / (y + 1e-9)).
+- QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear (quantized models): relevance
+  passes unchanged, the straight-through estimator's rule for relevance (round() as the
+  identity leaves Clip; see autodiff/ops/quantize.py).
 - Reshapes and selections (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split,
   Slice, Gather*, Expand, Tile, Pad, Identity, Dropout, Cast, Where, TopK): their gradient rule,
   which moves relevance unchanged (and adds the copies Expand and Tile made).
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..autodiff import GRADIENT, NodeContext, RuleSet, has_no_gradient
+from ..autodiff.ops.quantize import STRAIGHT_THROUGH, carried_by, relevance_straight_through
 from ..autodiff.registry import Grad, RuleEntry, Supports
 from ..errors import InputError
 from ..graph.model import Model
@@ -206,8 +210,8 @@ def assign(model: Model, sources: Sequence[str], composite: str, params: LrpPara
         flags = [name in active for name in node.input]
         if not any(flags) or has_no_gradient(node.domain, node.op_type):
             continue
-        outputs = [o for o in node.output if o and model.infos.get(o) is not None
-                   and model.infos[o].is_float]
+        outputs = carried_by(node, lambda name: model.infos.get(name) is not None
+                             and model.infos[name].is_float, active)
         active.update(outputs)
         reached = any(name in fresh for name in node.input)
         group = weighted_group(node.op_type, flags) if node.domain in ("", "ai.onnx") else None
@@ -252,6 +256,8 @@ class LrpRuleSet(RuleSet):
                              both_supports(entry.supports, _proportional_ok))
         if op_type in PASS_THROUGH:
             return RuleEntry(entry.since, _pass_through, entry.supports)
+        if op_type in STRAIGHT_THROUGH:
+            return RuleEntry(entry.since, relevance_straight_through, entry.supports)
         return RuleEntry(entry.since, entry.rule, _no_lrp_rule)
 
     def _weighted(self, c: NodeContext, gy: list[Grad]) -> list[Grad]:

@@ -24,6 +24,7 @@ clip (see there).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -66,12 +67,18 @@ def straight_through_notes(model: onnx.ModelProto) -> list[str]:
 def carried_outputs(b: GraphBuilder, node: onnx.NodeProto, active: set[str]) -> list[str]:
     """The outputs of `node` (which reads an active tensor) that carry a gradient: its float
     outputs, and integer outputs holding quantized values (see the module docstring)."""
+    return carried_by(node, lambda name: b.info(name).is_float, active)
+
+
+def carried_by(node: onnx.NodeProto, is_float: Callable[[str], bool], active: set[str]
+               ) -> list[str]:
+    """carried_outputs, given which tensors are float (for walks without a builder)."""
     if node.domain in ("", "ai.onnx") and node.op_type in QUANTIZERS:
         return [node.output[0]]  # the scale and zero point are constants of the estimator
-    integer_in = any(name in active and not b.info(name).is_float for name in node.input)
+    integer_in = any(name in active and not is_float(name) for name in node.input)
     passes = integer_in and node.domain in ("", "ai.onnx") and (
         node.op_type in INTEGER_PASSTHROUGH)
-    return [out for out in node.output if out and (passes or b.info(out).is_float)]
+    return [out for out in node.output if out and (passes or is_float(out))]
 
 
 def float_view(c: NodeContext, gy: list[str | None]) -> NodeContext:
@@ -182,3 +189,23 @@ def dynamic_quantize_linear(c, gy):
         return [None]
     dtype = b.dtype(x)
     return [b.op("Div", _as(b, g, dtype), _as(b, c.y(1), dtype))]
+
+
+# ---- relevance ----------------------------------------------------------------------------
+# The quantize ops, whose gradient is the estimator above.
+STRAIGHT_THROUGH = QUANTIZERS | {"DequantizeLinear"}
+
+
+def relevance_straight_through(c: NodeContext, gy: list[str | None]) -> list[str | None]:
+    """The estimator for relevance rule sets (LRP, Chefer et al.'s): with round() as the
+    identity, a quantize or dequantize op is Clip or the identity, and relevance passes both
+    unchanged (LRP's rule for Clip), in the type of the float input. The scale is not applied:
+    relevance is in units of the explained score, and where ONNX Runtime's dynamic
+    quantization applies it later (MatMulInteger, then a Mul by the two scales), that Mul by
+    a constant passes relevance unchanged too."""
+    b, g = c.b, gy[0]
+    if g is None:
+        return [None] * len(c.node.input)
+    x = c.x(0)
+    g = _as(b, g, b.dtype(x)) if b.info(x).is_float else g
+    return [g] + [None] * (len(c.node.input) - 1)

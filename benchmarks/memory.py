@@ -1,0 +1,204 @@
+"""Peak memory of a saliency run against a plain ONNX Runtime forward of the same model and
+batch, each measured in a fresh process (peak resident set size: VmHWM, else `getrusage`).
+
+    python benchmarks/memory.py [--model vgg19|resnet18|PATH] [--batches 1 8]
+        [--exports saliency integrated_gradients ...]
+
+- vgg19: VGG-19's layers (16 convolutions, 3 dense layers, 143.7M parameters, 575 MB of
+  float32 weights) with random weights, written in torch here (torchvision is not a
+  dependency) and exported once into the temporary folder (reused by later runs).
+- resnet18: the model zoo's ResNet-18 configuration (45 MB), a quick check.
+
+Per batch size it prints the peak RSS of
+  forward    a process that opens an ONNX Runtime session on the file and runs one forward
+  saliency   a process that runs onnxplain.Explainer(file).explain(x, method="saliency")
+and `kept`, an upper bound on the activations a backward must keep: every float tensor the
+forward computes, for the batch. Goal: saliency <= 1.5 x forward + kept. The weights' size and
+the interpreter's baseline (python, numpy, onnxruntime imported; no model) are printed too.
+With --exports, the size of each exported explainer file against the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _timing import machine  # noqa: E402
+
+MB = 1 << 20
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M")
+
+
+def vgg19_architecture():
+    """torchvision's vgg19 layout (no batch norm), 224x224 inputs, 1000 classes."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in VGG19:
+        if width == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, int(width), 3, padding=1), nn.ReLU()]
+            channels = int(width)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                         nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 1000))
+
+
+def vgg19_path() -> Path:
+    """The exported VGG-19 (built on the first call; random weights, seed 0)."""
+    path = Path(tempfile.gettempdir()) / "onnxplain-bench" / "vgg19.onnx"
+    if not path.exists():
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        model = vgg19_architecture().eval()
+        partial = path.with_suffix(".partial")
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(partial),
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+        partial.rename(path)
+    return path
+
+
+def model_path(name: str) -> Path:
+    if name == "vgg19":
+        return vgg19_path()
+    if name == "resnet18":
+        import model_zoo
+
+        return model_zoo.model_path("resnet18")
+    return Path(name)
+
+
+def child(mode: str, path: str, batch: int) -> None:
+    """One measurement in this (fresh) process: prints a JSON line."""
+    import onnxruntime as ort
+
+    start = time.perf_counter()
+    if mode == "forward":
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        value = session.get_inputs()[0]
+        session.run(None, {value.name: _batch(value.shape, batch)})
+    elif mode == "saliency":
+        import onnxplain
+
+        explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
+        spec = explainer.model.inputs[0]
+        explainer.explain(_batch(spec.dims, batch), method="saliency", target=3)
+    print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes. Linux keeps getrusage's ru_maxrss
+    across exec, so a child forked from a big parent would report the parent's peak;
+    VmHWM belongs to the process's own address space."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _batch(dims, batch: int) -> np.ndarray:
+    """Random float32 inputs of these declared dims, the non-integer ones set to `batch`."""
+    shape = [d if isinstance(d, int) else batch for d in dims]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def measure(mode: str, path: Path, batch: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(batch)],
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kept_bytes(path: Path, batch: int) -> int:
+    """Every float tensor the forward computes, for `batch` rows (dims known statically)."""
+    from onnxplain.graph.model import Model
+
+    model = Model.load(path)
+    total = 0
+    for dims, itemsize in model.float_activations:
+        if all(isinstance(d, int) for d in dims):
+            total += int(np.prod(dims, dtype=np.int64)) * itemsize * batch
+    return total
+
+
+def weight_bytes(path: Path) -> int:
+    import onnx
+
+    return sum(len(init.raw_data) for init in onnx.load(str(path)).graph.initializer)
+
+
+def export_sizes(path: Path, methods: list[str]) -> None:
+    from onnxplain.export import export_explainer
+    from onnxplain.graph.model import Model
+
+    model = Model.load(path)
+    size = path.stat().st_size
+    print(f"exported explainers (file {size / MB:.1f} MB):")
+    for method in methods:
+        proto = export_explainer(model, method)
+        print(f"  {method:24s} {proto.ByteSize() / MB:9.1f} MB  {proto.ByteSize() / size:6.4f} x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg19")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="fresh processes per measurement (the smallest peak is kept)")
+    parser.add_argument("--exports", nargs="*", default=[])
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "BATCH"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]))
+        return
+    path = model_path(args.model)
+    print(machine())
+    base = measure("baseline", path, 1)["peak"]
+    print(f"{args.model}: weights {weight_bytes(path) / MB:.0f} MB, file "
+          f"{path.stat().st_size / MB:.0f} MB; interpreter baseline {base / MB:.0f} MB (peak "
+          "RSS of whole processes, MB)")
+    print(f"{'batch':>5} {'forward':>9} {'saliency':>9} {'kept':>9} {'ratio':>7} "
+          f"{'goal':>9} {'fwd s':>7} {'sal s':>7}", flush=True)
+    for batch in args.batches:
+        runs = {mode: [measure(mode, path, batch) for _ in range(args.repeats)]
+                for mode in ("forward", "saliency")}
+        best = {mode: min(r["peak"] for r in found) for mode, found in runs.items()}
+        kept = kept_bytes(path, batch)
+        goal = 1.5 * best["forward"] + kept
+        print(f"{batch:>5} {best['forward'] / MB:>9.0f} {best['saliency'] / MB:>9.0f} "
+              f"{kept / MB:>9.0f} {best['saliency'] / best['forward']:>7.2f} "
+              f"{goal / MB:>9.0f} {min(r['seconds'] for r in runs['forward']):>7.2f} "
+              f"{min(r['seconds'] for r in runs['saliency']):>7.2f}", flush=True)
+    if args.exports:
+        export_sizes(path, args.exports)
+
+
+if __name__ == "__main__":
+    main()
