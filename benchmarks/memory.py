@@ -1,12 +1,15 @@
 """Peak memory of a saliency run against a plain ONNX Runtime forward of the same model and
 batch, each measured in a fresh process (peak resident set size: VmHWM, else `getrusage`).
 
-    python benchmarks/memory.py [--model vgg19|resnet18|PATH] [--batches 1 8]
+    python benchmarks/memory.py [--model vgg19|decoder|resnet18|PATH] [--batches 1 8]
         [--exports saliency integrated_gradients ...]
 
 - vgg19: VGG-19's layers (16 convolutions, 3 dense layers, 143.7M parameters, 575 MB of
   float32 weights) with random weights, written in torch here (torchvision is not a
   dependency) and exported once into the temporary folder (reused by later runs).
+- decoder: a GPT-2-shaped decoder (vocabulary 50257, width 768, 12 heads, 8 blocks, an
+  untied output head; 134.6M parameters, 538 MB) with random weights, 32 tokens, returning
+  the last position's logits [N, V]; saliency explains class 3 at the token embeddings.
 - resnet18: the model zoo's ResNet-18 configuration (45 MB), a quick check.
 
 Per batch size it prints the peak RSS of
@@ -62,17 +65,78 @@ def vgg19_architecture():
 
 def vgg19_path() -> Path:
     """The exported VGG-19 (built on the first call; random weights, seed 0)."""
-    path = Path(tempfile.gettempdir()) / "onnxplain-bench" / "vgg19.onnx"
+    return _exported("vgg19", vgg19_architecture, (1, 3, 224, 224), "float32", "image")
+
+
+def decoder_architecture(vocab: int = 50257, width: int = 768, heads: int = 12,
+                         layers: int = 8, tokens: int = 32):
+    """GPT-2's block layout (pre-LayerNorm, causal attention, tanh-GELU MLP, 4x width)."""
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+            self.register_buffer("causal", torch.full((tokens, tokens), float("-inf")).triu(1))
+
+        def forward(self, x):
+            n, t, _ = x.shape
+            q, k, v = (part.reshape(n, t, heads, -1).transpose(1, 2)
+                       for part in self.qkv(x).split(width, dim=2))
+            scores = q @ k.transpose(2, 3) / (width // heads) ** 0.5 + self.causal
+            mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, width)
+            return self.out(mixed)
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.attention = Attention()
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU("tanh"),
+                                     nn.Linear(4 * width, width))
+
+        def forward(self, x):
+            x = x + self.attention(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(tokens, width)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab, bias=False)
+
+        def forward(self, ids):
+            x = self.tokens(ids) + self.positions.weight
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(self.norm(x[:, -1]))
+
+    return Decoder()
+
+
+def decoder_path() -> Path:
+    """The exported decoder (built on the first call; random weights, seed 0)."""
+    return _exported("decoder", decoder_architecture, (1, 32), "int64", "ids")
+
+
+def _exported(name: str, architecture, shape: tuple[int, ...], dtype: str,
+              input_name: str) -> Path:
+    """`architecture()` exported once to the temp folder on a zero input of `shape`, batch
+    axis symbolic."""
+    path = Path(tempfile.gettempdir()) / "onnxplain-bench" / f"{name}.onnx"
     if not path.exists():
         import torch
 
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        model = vgg19_architecture().eval()
+        model = architecture().eval()
         partial = path.with_suffix(".partial")
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(partial),
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}}, opset_version=17,
+        torch.onnx.export(model, (torch.zeros(shape, dtype=getattr(torch, dtype)),),
+                          str(partial),
+                          input_names=[input_name], output_names=["logits"],
+                          dynamic_axes={input_name: {0: "batch"}}, opset_version=17,
                           dynamo=False)
         partial.rename(path)
     return path
@@ -81,6 +145,8 @@ def vgg19_path() -> Path:
 def model_path(name: str) -> Path:
     if name == "vgg19":
         return vgg19_path()
+    if name == "decoder":
+        return decoder_path()
     if name == "resnet18":
         import model_zoo
 
@@ -96,13 +162,14 @@ def child(mode: str, path: str, batch: int) -> None:
     if mode == "forward":
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         value = session.get_inputs()[0]
-        session.run(None, {value.name: _batch(value.shape, batch)})
+        session.run(None, {value.name: _batch(value.shape, batch, "int" in value.type)})
     elif mode == "saliency":
         import onnxplain
 
         explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
         spec = explainer.model.inputs[0]
-        explainer.explain(_batch(spec.dims, batch), method="saliency", target=3)
+        explainer.explain(_batch(spec.dims, batch, spec.numpy_dtype.kind in "iu"),
+                          method="saliency", target=3)
     print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start}))
 
 
@@ -120,10 +187,14 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def _batch(dims, batch: int) -> np.ndarray:
-    """Random float32 inputs of these declared dims, the non-integer ones set to `batch`."""
+def _batch(dims, batch: int, ids: bool = False) -> np.ndarray:
+    """Random float32 inputs (int64 token ids below 1000 for `ids`) of these declared dims,
+    the non-integer ones set to `batch`."""
     shape = [d if isinstance(d, int) else batch for d in dims]
-    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rng = np.random.default_rng(0)
+    if ids:
+        return rng.integers(0, 1000, shape, dtype=np.int64)
+    return rng.standard_normal(shape).astype(np.float32)
 
 
 def measure(mode: str, path: Path, batch: int) -> dict:

@@ -41,6 +41,11 @@ def print_description(d: dict) -> None:
                  f"'{item['node']}' [{where}]{reason}")
     else:
         echo("ops without a backward rule: none")
+    unknown = d.get("rank_unknown_statically") or []
+    if unknown:
+        echo(f"rank known only at run time ({len(unknown)} nodes; gradient programs are built "
+             "per input shape): " + ", ".join(f"'{u['node']}' ({u['op']})" for u in unknown[:8])
+             + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
     entries = d["candidate_layers"]["conv"]
     echo("candidate layers (last conv blocks):" + ("" if entries else " none found"))
     for entry in entries:

@@ -6,11 +6,13 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 
 import numpy as np
 import onnx
 
 from .attribution import Attribution
+from .autodiff.build import partial_cut_notes
 from .autodiff.ops.quantize import straight_through_notes
 from .engine import (
     Engine,
@@ -113,6 +115,15 @@ class Explainer:
         return self.engine.gradients(feeds, target, wrt,
                                      taps=resolve_taps(self.model.proto, taps))
 
+    @cached_property
+    def _cut_notes(self) -> list[str]:
+        """Paths the gradient treats as constant beside a differentiable one (warned once)."""
+        notes = partial_cut_notes(self.model.proto.graph.node, [s.tensor for s in self.sources],
+                                  self.output, self.model.infos)
+        for note in notes:
+            warnings.warn(note, AttributionWarning, stacklevel=4)
+        return notes
+
     def _check_seed(self, seed, rows: int) -> np.ndarray:
         spec = self.model.output(self.output)
         values = np.asarray(seed)
@@ -159,6 +170,7 @@ class Explainer:
         notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
         notes += straight_through_notes(self.model.proto) if method.needs_sources else []
+        notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
         doubts += _all_zero(per_input)
         for doubt in doubts:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import onnx
 
-from ..errors import MissingRule, UnsupportedOpError
+from ..errors import MissingRule, ModelError, UnsupportedOpError
 from ..graph.builder import GraphBuilder
-from .ops.quantize import carried_outputs, float_view
+from ..graph.shapes import TensorInfo
+from .ops.quantize import INTEGER_PASSTHROUGH, QUANTIZERS, carried_by, carried_outputs, float_view
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
 
 
@@ -105,7 +106,10 @@ def missing_rules(b: GraphBuilder, nodes: Sequence[onnx.NodeProto], rules: RuleS
             missing.append(MissingRule(node.domain, node.op_type, opset, node.name, reason))
             continue
         if entry.supports is not None:
-            reason = entry.supports(_context(b, node, active))
+            try:
+                reason = entry.supports(_context(b, node, active))
+            except ModelError as err:  # e.g. a rank that static inference left unknown
+                reason = f"{err}; known only at run time"
             if reason:
                 missing.append(MissingRule(node.domain, node.op_type, opset, node.name, reason))
     return missing
@@ -132,6 +136,72 @@ def path_cuts(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str], activ
             cuts.append(MissingRule(node.domain, node.op_type, _opset_of(b, node.domain),
                                     node.name, CUT_REASON))
     return cuts if outputs & depends else []
+
+
+def partial_cuts(nodes: Sequence[onnx.NodeProto], wrt: Iterable[str], outputs: Iterable[str],
+                 is_float: Callable[[str], bool]) -> list[onnx.NodeProto]:
+    """Where `outputs` depend on `wrt` through a differentiable path and also through nodes
+    whose results the gradient treats as constant (rounding, integer casts, comparisons,
+    ArgMax), with those results reaching `outputs` as values: the gradient ignores that part
+    of the dependence. Results used only to select (Where's condition, gather indices) or as
+    shapes are not listed: there the gradient of the selected values is the whole answer.
+    (When no path is differentiable, path_cuts refuses instead.)"""
+    active, outputs = set(wrt), set(outputs)
+    reads: list[onnx.NodeProto] = []
+    for node in nodes:
+        if not any(name in active for name in node_inputs(node)):
+            continue
+        reads.append(node)
+        if not has_no_gradient(node.domain, node.op_type):
+            active.update(carried_by(node, is_float, active))
+    if not outputs & active:
+        return []
+    return [node for node in reads
+            if node.op_type not in VALUE_FREE | QUANTIZERS  # quantizers: the STE's constants
+            and _reaches_as_value(nodes, node, outputs, active, is_float)]
+
+
+def _reaches_as_value(nodes: Sequence[onnx.NodeProto], cut: onnx.NodeProto, outputs: set[str],
+                      active: set[str], is_float: Callable[[str], bool]) -> bool:
+    tainted = {out for out in cut.output if out and out not in active}
+    if not tainted:
+        return False
+    for node in nodes:
+        if any(name in tainted and _as_value(node, i, name, is_float)
+               for i, name in enumerate(node.input)):
+            tainted.update(out for out in node.output if out)
+    return bool(tainted & outputs)
+
+
+def _as_value(node: onnx.NodeProto, index: int, name: str,
+              is_float: Callable[[str], bool]) -> bool:
+    """Whether input `index` of `node` enters its result as a value (not as an index, a
+    condition or a shape): float inputs, and integer or boolean ones of arithmetic, logic,
+    casts and data movement."""
+    if node.op_type in VALUE_FREE:
+        return False
+    if is_float(name) or node.op_type in _INTEGER_VALUE_OPS:
+        return True
+    return index == 0 and node.op_type in INTEGER_PASSTHROUGH
+
+
+_INTEGER_VALUE_OPS = frozenset({"Cast", "CastLike", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
+                                "Mod", "Min", "Max", "Sum", "Clip", "Concat", "Not", "And", "Or",
+                                "Xor"})
+
+
+def partial_cut_notes(nodes: Sequence[onnx.NodeProto], wrt: Iterable[str], output: str,
+                      infos: Mapping[str, TensorInfo]) -> list[str]:
+    """partial_cuts as one note for the summary (and a warning), or none."""
+    cuts = partial_cuts(nodes, wrt, [output],
+                        lambda name: name in infos and infos[name].is_float)
+    if not cuts:
+        return []
+    named = ", ".join(f"'{node.name or node.output[0]}' ({node.op_type})" for node in cuts[:8])
+    more = f" and {len(cuts) - 8} more" if len(cuts) > 8 else ""
+    return [f"the gradient treats the path through {named}{more} as constant (a derivative "
+            f"0 almost everywhere): output '{output}' also depends on the input through it, "
+            "and the attribution leaves that dependence out"]
 
 
 # Results that depend on a tensor's shape only, never on its values.

@@ -19,6 +19,7 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
+from ..graph.weights import Weights, light_copy
 from ..objective import CLASS, VALUE, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
@@ -41,6 +42,7 @@ class GradientProgram:
     # Further backward passes under other rule sets: label -> wrt tensor -> output.
     passes: dict[str, dict[str, str]] = field(default_factory=dict)
     post: dict[str, str] = field(default_factory=dict)  # label -> output of `post` ops
+    weights: Weights | None = None  # what the program's stubs stand for (graph.weights)
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,14 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`,
     and the gradients of further `passes`; with a `post`, its outputs instead of the
     gradients."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = light_copy(model.proto)
     infos = dict(model.infos)
     if post is None and all(p.rules is GRADIENT for p in passes) and rules is GRADIENT:
         named = {output, *wrt, *taps, *active_from}
         named.update(name for p in passes for name in (*p.wrt, *p.active_from))
         pool_after_relu(proto.graph, infos, named)
-    b = GraphBuilder(proto, infos)
-    program = GradientProgram(proto, output, {})
+    b = GraphBuilder(proto, infos, weights=model.weights)
+    program = GradientProgram(proto, output, {}, weights=model.weights)
     if seeded:
         program.seed_input = add_input_like(b, SEED_PREFIX + output, output)
         seed = program.seed_input

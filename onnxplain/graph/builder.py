@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import ModelError
 from .load import ai_onnx_opset
 from .shapes import FLOAT_TYPES, TensorInfo, constant_node_value
+from .weights import Weights, is_stub
 
 BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
                       "Or", "Xor", "IsNaN", "IsInf"})
@@ -32,7 +33,9 @@ class GraphBuilder:
     """
 
     def __init__(self, model: onnx.ModelProto, infos: dict[str, TensorInfo],
-                 prefix: str = "onnxplain"):
+                 prefix: str = "onnxplain", weights: Weights | None = None):
+        """`weights`: those of the model `model` is a light copy of (graph.weights);
+        static_value reads the stubs' values there."""
         self.model = model
         self.graph = model.graph
         opset = ai_onnx_opset(model)
@@ -46,7 +49,14 @@ class GraphBuilder:
         self._consts: dict[tuple, str] = {}
         self._memo: dict[tuple, str] = {}
         self._static: dict[str, np.ndarray] = {}
+        # Tensors computed in the graph from constants only (ONNX Runtime folds them when the
+        # session starts): rules may treat them as constants of their static shape.
+        self.folded: set[str] = set()
         self._initializers = {init.name: init for init in self.graph.initializer}
+        if weights is not None and weights.proto is not model:
+            stubs = {name for name, init in self._initializers.items() if is_stub(init)}
+            self._initializers.update((init.name, init) for init in weights.proto.graph.initializer
+                                      if init.name in stubs)
         for node in self.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = constant_node_value(node)

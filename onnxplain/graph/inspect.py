@@ -13,6 +13,7 @@ from .attention import find_attention, token_layout_of
 from .builder import GraphBuilder
 from .layers import conv_candidates
 from .model import Model, TensorSpec
+from .shape_fold import unknown_ranks
 from .sources import find_sources
 from .stem import affine_stem
 
@@ -37,6 +38,7 @@ def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:
         "affine_stems": _stems(model),
         "unattributed_inputs": unattributed,
         "ops_without_backward_rule": _missing(model, rules, sources),
+        "rank_unknown_statically": _unknown_ranks(model),
         "candidate_layers": {"conv": conv_candidates(model)},
         **_attention(model),
         "onnxplain": _onnxplain_metadata(proto),
@@ -54,6 +56,14 @@ def _stems(model: Model) -> dict:
                    if set(node.output) <= stem.region]
             found[spec.name] = {"ops": ops, "end": stem.frontier}
     return found
+
+
+def _unknown_ranks(model: Model) -> list[dict]:
+    """Nodes whose float results static shape inference could not give a rank (shapes
+    computed at run time, as paddle2onnx writes them): gradient programs for them are built
+    per feed shape, with those computations folded (graph.shape_fold)."""
+    return [{"node": node.name or node.output[0], "op": _op_name(node),
+             "note": "rank known only at run time"} for node in unknown_ranks(model)]
 
 
 def _onnxplain_metadata(proto) -> dict:

@@ -19,6 +19,7 @@ from .canonical.ms_common import runtime_ops_aside
 from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
 from .shapes import is_weight, without_weights
+from .weights import payload_bytes  # noqa: F401 - re-exported
 
 OLDEST_OPSET = 9
 NEWEST_OPSET = 28  # onnx 1.23's; models past ONNX Runtime's newest are restamped on load
@@ -127,25 +128,6 @@ def _check_weight_sizes(model: onnx.ModelProto) -> None:
             raise onnx.checker.ValidationError(
                 f"initializer '{init.name}' holds {have} {unit} where its shape "
                 f"{list(init.dims)} needs {need}")
-
-
-_ITEM_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8,
-               "uint64_data": 8}
-
-
-def payload_bytes(model: onnx.ModelProto) -> int:
-    """About the serialised size of `model`: its initializers' and Constant nodes' bytes,
-    which dominate any large model. ByteSize() costs as much as serialising the whole
-    model (0.13 s on ResNet-18), this a tenth of it."""
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for node in model.graph.node if node.op_type == "Constant"
-                for a in node.attribute if a.HasField("t")]
-    total = 0
-    for tensor in tensors:
-        total += len(tensor.raw_data)
-        for field, size in _ITEM_BYTES.items():
-            total += size * len(getattr(tensor, field))
-    return total + 200 * len(model.graph.node)
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,6 +11,7 @@ import onnx
 
 from .load import ai_onnx_opset, normalize, read_model
 from .shapes import Dim, TensorInfo, infer_shapes, value_info_to_tensor_info
+from .weights import Weights, file_weights
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,14 @@ class Model:
     """A normalised ONNX model (see graph.load) plus lazily computed shape facts."""
 
     def __init__(self, proto: onnx.ModelProto, path: str | None = None,
-                 infos: dict[str, TensorInfo] | None = None):
+                 infos: dict[str, TensorInfo] | None = None,
+                 weights: Weights | None = None):
         """`infos` gives the shape facts when they are known already (a part of a model
-        whose shapes were inferred): inference costs a third of a second on ResNet-18."""
+        whose shapes were inferred): inference costs a third of a second on ResNet-18.
+        `weights`: those of the model `proto` is a light copy of (see graph.weights)."""
         self.proto = proto
         self.path = path
+        self.weights = Weights(proto) if weights is None else weights
         if infos is not None:
             self.__dict__["infos"] = infos
         self.opset: int = ai_onnx_opset(proto) or 0
@@ -71,7 +75,8 @@ class Model:
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
         proto, path = read_model(source)
         ir_version = proto.ir_version
-        model = cls(normalize(proto), path)
+        normal = normalize(proto)
+        model = cls(normal, path, weights=file_weights(normal, path))
         model.file_ir_version = ir_version
         return model
 

@@ -154,16 +154,18 @@ def _alpha_one(layer: Layer, r: str) -> str:
 def _stacked_dense(layer: Layer, xp: str, xn: str, r: str) -> str | None:
     """The same rule for x @ W with a constant 2-D W as two products instead of four:
     [x+, x-] @ [W+; W-] gives z, and s @ [W+; W-]^T both vector-Jacobian products side by
-    side (one kernel each on small layers, where launches cost more than the arithmetic)."""
+    side (one kernel each on small layers, where launches cost more than the arithmetic).
+    [W+; W-] and its transpose are computed in the graph from W (ONNX Runtime folds them when
+    the session starts), so an exported explainer stores W once."""
     b = layer.b
     weight = static_value(b, layer.w)
     rank = b.info(layer.x).rank
     if layer.op != "MatMul" or layer.xi != 0 or weight is None or weight.ndim != 2 or not rank:
         return None
-    plus, minus = np.maximum(weight, 0), np.minimum(weight, 0)
-    both = b.const(np.concatenate([plus, minus], axis=0), "chefer_w")
-    both_t = b.const(np.ascontiguousarray(np.concatenate([plus, minus], axis=0).T),
-                     "chefer_wt")
+    w = layer.w
+    both = b.memo(("chefer_w", w), lambda: b.op("Concat", positive_part(b, w),
+                                               negative_part(b, w), axis=0))
+    both_t = b.memo(("chefer_wt", w), lambda: b.op("Transpose", both, perm=[1, 0]))
     x2 = b.op("Concat", xp, xn, axis=-1)
     s = _nonnegative_div(b, r, b.op("MatMul", x2, both))
     shares = b.op("Mul", x2, b.op("MatMul", s, both_t))

@@ -11,9 +11,10 @@ sign(0) = 1 keeps the division finite. The "gradient trick" (Zennit; Anders et a
 arXiv:2106.13200) computes sum_k w'_jk s_k as the vector-Jacobian product of the layer with
 weights w', that is the layer's ordinary backward rule (GRADIENT) applied to a copy of the node
 whose weight input is w'. So R_x = x' * VJP_w'(R / stab(z')), with z' one more forward of the
-layer, and no rule re-derives convolution geometry. Where the weights are initializers (also
-behind Identity nodes, as torch exports shared weights) they are modified once with numpy;
-otherwise the same modifications are emitted as graph ops, which ONNX Runtime folds.
+layer, and no rule re-derives convolution geometry. The modified weights are graph ops on the
+model's own weight tensors (Relu, Sub, Mul, a Cast-Mul-Cast for a merged BatchNormalization):
+where the weights are initializers ONNX Runtime folds them once when the session starts, so an
+exported explainer stores no modified copies.
 
 Gemm's alpha and beta are folded into the weight and bias, so that w+ and w- refer to the
 weights the layer really applies.
@@ -112,12 +113,12 @@ class Layer:
 
     def weight(self, how: str, gamma: float = 0.0) -> str:
         if self.merged is not None:
-            return self.b.const(_NUMPY[how](self.merged.weight, gamma), "lrp_" + how)
+            return modified(self.b, merged_weight(self.b, self.merged), how, 1.0, gamma)
         return modified(self.b, self.w, how, self.scale, gamma)
 
     def bias(self, how: str, gamma: float = 0.0) -> str | None:
         if self.merged is not None:
-            return self.b.const(_NUMPY[how](self.merged.bias, gamma), "lrp_" + how)
+            return self.b.const(_NUMPY[how](self.merged.bias, gamma), "lrp_" + how)  # small
         if not self.bias_name:
             return None
         return modified(self.b, self.bias_name, how, self.bias_scale, gamma)
@@ -169,20 +170,33 @@ _NUMPY: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 def modified(b: GraphBuilder, name: str, how: str, scale: float = 1.0,
              gamma: float = 0.0) -> str:
     """scale * tensor `name`, modified: "same", "plus" (w+), "minus" (w-), "gamma"
-    (w + gamma w+), "square" (w^2) or "ones". A constant when the tensor is one."""
+    (w + gamma w+), "square" (w^2) or "ones", computed in the graph from `name`. Where `name`
+    is constant the result is marked folded (b.folded): ONNX Runtime computes it once."""
     if how == "same" and scale == 1.0:
         return name
-    value = static_value(b, name)
-    if value is not None:
-        scaled = value * value.dtype.type(scale) if scale != 1.0 else value
-        return b.const(np.asarray(_NUMPY[how](scaled, gamma), dtype=value.dtype), "lrp_" + how)
 
     def make() -> str:
         t = name if scale == 1.0 else b.op("Mul", name, b.scalar(scale, name))
         out = _graph_modified(b, t, how, gamma)
         b.infos[out] = b.info(name)  # shape facts, e.g. the kernel shape a Conv rule reads
+        if static_value(b, name) is not None or name in b.folded:
+            b.folded.add(out)
         return out
     return b.memo(("lrp_param", name, how, scale, gamma), make)
+
+
+def merged_weight(b: GraphBuilder, merged: Merged) -> str:
+    """The layer's weights times the merged BatchNormalization's per-channel factor, in
+    float64 as the factor is (the product is rounded once, as numpy would round it)."""
+    def make() -> str:
+        w = merged.weight
+        wide = b.op("Cast", w, to=onnx.TensorProto.DOUBLE)
+        product = b.op("Mul", wide, b.const(merged.factor, "lrp_bn_factor"))
+        out = b.op("Cast", product, to=b.dtype(w))
+        b.infos[out] = b.info(w)
+        b.folded.add(out)
+        return out
+    return b.memo(("lrp_merged", merged.output), make)
 
 
 def _graph_modified(b: GraphBuilder, t: str, how: str, gamma: float) -> str:

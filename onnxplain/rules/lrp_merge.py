@@ -7,8 +7,9 @@ divides by z, and where the shift c is large against a * z the relevance explode
 therefore merges the normalisation into the layer first (its SequentialMergeBatchNorm
 canonizer): the layer gets w'_jk = a_k w_jk and b'_k = a_k b_k + c_k, its output is y, and the
 BatchNormalization passes relevance unchanged. Here the merge is done by the rules (the model
-is not rewritten): the layer's rule reads merged constants, the normalisation's rule is a
-pass-through.
+is not rewritten): the layer's rule multiplies the model's weight tensor by the per-channel
+factor in the graph (ONNX Runtime folds it; no merged copy of the weights is stored), the
+normalisation's rule is a pass-through.
 
 A pair is merged when the layer's output feeds only the BatchNormalization (in inference
 mode), and the weights, bias and statistics are constants.
@@ -28,16 +29,19 @@ from ..graph.shapes import constant_node_value
 
 @dataclass(frozen=True, eq=False)
 class Merged:
-    """A layer with the BatchNormalization after it folded in: weight and bias are the
-    effective ones (Gemm's alpha and beta included), `output` the normalisation's output."""
+    """A layer with the BatchNormalization after it folded in: the effective weights are
+    tensor `weight` times `factor` (float64, shaped to broadcast against it; Gemm's alpha
+    included), `bias` the effective bias (beta included), `output` the normalisation's
+    output."""
 
     bn_node: str
     output: str
-    weight: np.ndarray
+    weight: str
+    factor: np.ndarray
     bias: np.ndarray
 
     def key(self) -> str:
-        return self.output + self.weight.tobytes().hex()[:32] + self.bias.tobytes().hex()[:32]
+        return self.output + self.factor.tobytes().hex()[:32] + self.bias.tobytes().hex()[:32]
 
 
 class Constants:
@@ -78,18 +82,17 @@ def merge_batch_norm(model: Model, node: onnx.NodeProto, constants: Constants
     if bias is None:
         return None
     if node.op_type == "Conv":
-        shape = (-1,) + (1,) * (weight.ndim - 1)
-        scaled, base = weight * a.reshape(shape), bias
+        factor, base = a.reshape((-1,) + (1,) * (weight.ndim - 1)), bias
     elif node.op_type == "Gemm" and not _attr(node, "transA", 0):
         # Output channels run along B's axis 1, or axis 0 when transB.
         axis = 0 if _attr(node, "transB", 0) else 1
         shape = (-1, 1) if axis == 0 else (1, -1)
-        scaled = weight * float(_attr(node, "alpha", 1.0)) * a.reshape(shape)
+        factor = a.reshape(shape) * float(_attr(node, "alpha", 1.0))
         base = bias * float(_attr(node, "beta", 1.0))
     else:
         return None
     merged_bias = a * np.broadcast_to(base, a.shape) + c
-    return Merged(bn.name or bn.output[0], bn.output[0], scaled.astype(weight.dtype),
+    return Merged(bn.name or bn.output[0], bn.output[0], node.input[1], factor,
                   merged_bias.astype(weight.dtype))
 
 

@@ -5,35 +5,41 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
-from google.protobuf.descriptor import FieldDescriptor
 from onnx import TensorProto, helper, numpy_helper
 
 from .._ort import ort
 from ..autodiff.build import node_inputs
 from ..errors import InputError, OnnxplainError
-from ..graph.load import payload_bytes
+from ..graph.weights import (
+    SHARE_FROM,
+    Weights,
+    copy_into,
+    copy_without,
+    is_stub,
+    payload_bytes,
+    shareable,
+)
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 SHORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                "tensorrt": "TensorrtExecutionProvider"}
-# Initializers from this size on go to ONNX Runtime as arrays (SessionOptions
-# add_external_initializers) beside a model file that holds none of their bytes: no serialised
-# copy of the weights, no second copy in ONNX Runtime's parse of it, and no 2 GB protobuf limit.
-HANDED_OVER_BYTES = 1 << 20
-# Models with fewer weight bytes than this are passed to ONNX Runtime as bytes, as they are.
-HAND_OVER_FROM = 16 << 20
+# Models with this many weight bytes or more do not give ONNX Runtime their large
+# initializers (graph.weights.shareable) in the serialised model: ONNX Runtime reads them from
+# the model's file, or gets them as arrays (SessionOptions add_external_initializers), beside
+# a model that holds none of their bytes: no serialised copy of the weights, no second copy
+# in ONNX Runtime's parse of it, and no 2 GB protobuf limit. Smaller models go as bytes.
+HAND_OVER_FROM = SHARE_FROM
 # From this many weight bytes on, ONNX Runtime does not pre-pack dense weights into copies of
 # its own layout: a gradient program uses each weight in two layouts (forward and backward),
 # each packed copy as big as the weight. VGG-19's program: 0.8 GB less at peak, 1-4% slower.
 UNPACKED_FROM = 256 << 20
 _PLACEHOLDER = "onnxplain-weights.bin"  # where the handed-over tensors say their bytes are
-_HANDED_TYPES = frozenset(helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (
-    "float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64"))
 # ONNX Runtime's graph optimisation levels. "all" adds the CPU NCHWc layout, ~1.6x faster on
 # ResNet-18; like every fusion it can round differently when an intermediate is also an output.
 OPTIMIZATION = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -105,8 +111,10 @@ class Session:
     """One InferenceSession over a (rewritten) model, with the providers it really got."""
 
     def __init__(self, model: onnx.ModelProto, providers: Sequence[str],
-                 optimization: str = "all", disabled: Sequence[str] = ()):
-        """`disabled` names ONNX Runtime graph optimisers not to apply."""
+                 optimization: str = "all", disabled: Sequence[str] = (),
+                 weights: onnx.ModelProto | None = None):
+        """`disabled` names ONNX Runtime graph optimisers not to apply; `weights` holds the
+        initializers that `model`'s stubs stand for (graph.load.light_copy)."""
         self.requested = list(providers)
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -114,14 +122,14 @@ class Session:
             raise InputError(f"unknown graph optimization '{optimization}' "
                              f"(choose from {', '.join(OPTIMIZATION)})")
         options.graph_optimization_level = OPTIMIZATION[optimization]
-        if payload_bytes(model) >= UNPACKED_FROM:
+        if payload_bytes(model) >= UNPACKED_FROM:  # stubs count
             options.add_session_config_entry("session.disable_prepacking", "1")
         # A missing CUDA install makes ORT log errors while it falls back to the CPU; the
         # fallback is reported through `providers`, so keep the console quiet meanwhile.
         ort.set_default_logger_severity(4)
         try:
             extra = {"disabled_optimizers": list(disabled)} if disabled else {}
-            with _handed_over(model, options) as source:
+            with _handed_over(model, options, weights) as source:
                 self._session = ort.InferenceSession(source, options,
                                                      providers=self.requested, **extra)
         except Exception as err:  # noqa: BLE001 - ORT raises several untyped errors
@@ -153,31 +161,52 @@ class Session:
 
 
 @contextlib.contextmanager
-def _handed_over(model: onnx.ModelProto, options) -> Iterator[bytes | str]:
+def _handed_over(model: onnx.ModelProto, options, weights: Weights | None
+                 ) -> Iterator[bytes | str]:
     """What to open a session on: the serialised model, or for models with large weights a
-    file of the model whose large initializers name an empty placeholder as their external
-    data, their arrays added to `options` (ONNX Runtime copies them in before it optimises;
-    the file and the arrays go once the session exists)."""
+    model that holds none of their bytes. Those its file holds unchanged (`weights`, for
+    `model` or the model its stubs stand for) it names as external data in that file, which
+    ONNX Runtime reads; the others name a placeholder, their arrays (views of protobuf's
+    bytes) added to `options`. ONNX Runtime copies both in before it optimises; the arrays
+    and the temporary file go once the session exists."""
     if payload_bytes(model) < HAND_OVER_FROM:
         yield model.SerializeToString()
         return
-    light = _copy_without(model, "graph")
-    _copy_into(model.graph, light.graph, skip="initializer")
+    weights = weights or Weights(model)
+    shared = {} if weights.proto is model else {
+        init.name: init for init in weights.proto.graph.initializer}
+    in_file = weights.readable()
+    location = os.path.basename(weights.file) if in_file and weights.file else _PLACEHOLDER
+    light = copy_without(model, "graph")
+    copy_into(model.graph, light.graph, skip="initializer")
     names, values = [], []
     # ONNX Runtime drops unread initializers before it takes the handed-over arrays, and
     # then refuses an array whose initializer is gone: unread ones are left out here.
     read = {name for node in model.graph.node for name in node_inputs(node)}
     read.update(output.name for output in model.graph.output)
-    for init in model.graph.initializer:
-        if not _hand_over(init):
+    for given in model.graph.initializer:
+        init = shared.get(given.name) if is_stub(given) else given
+        if init is None:
+            raise OnnxplainError(f"internal error: initializer '{given.name}' stands for a "
+                                 "shared one that was not given")
+        if not shareable(init):
             light.graph.initializer.append(init)
             continue
         if init.name not in read:
             continue
-        values.append(ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(init)))
-        names.append(init.name)
-        light.graph.initializer.append(_placeholder(init))
+        ours = init is not given or weights.proto is model  # not a program's own tensor
+        span = weights.spans.get(init.name) if in_file and ours else None
+        if span is None:
+            values.append(ort.OrtValue.ortvalue_from_numpy(_array(init)))
+            names.append(init.name)
+            span = (0, 0)
+        light.graph.initializer.append(_external(init, location, *span))
     options.add_external_initializers(names, values)
+    if in_file and weights.file:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         os.path.dirname(weights.file))
+        yield light.SerializeToString()
+        return
     with tempfile.TemporaryDirectory(prefix="onnxplain-") as folder:
         open(os.path.join(folder, _PLACEHOLDER), "wb").close()
         path = os.path.join(folder, "model.onnx")
@@ -186,36 +215,25 @@ def _handed_over(model: onnx.ModelProto, options) -> Iterator[bytes | str]:
         yield path
 
 
-def _hand_over(init: onnx.TensorProto) -> bool:
-    return (init.data_type in _HANDED_TYPES and init.data_location != TensorProto.EXTERNAL
-            and len(init.raw_data) >= HANDED_OVER_BYTES)
+def _array(init: onnx.TensorProto) -> np.ndarray:
+    """The value of `init`: a view of its raw bytes where they are little-endian (the
+    bytes are protobuf's one copy of the field, not a second one by numpy)."""
+    if sys.byteorder != "little":
+        return numpy_helper.to_array(init)
+    dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+    return np.frombuffer(init.raw_data, dtype=dtype).reshape(tuple(init.dims))
 
 
-def _placeholder(init: onnx.TensorProto) -> onnx.TensorProto:
+def _external(init: onnx.TensorProto, location: str, offset: int, length: int
+              ) -> onnx.TensorProto:
+    """A stub of `init` whose bytes are external data at `location` (an empty placeholder
+    for a handed-over array)."""
     stub = TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
                        data_location=TensorProto.EXTERNAL)
-    for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", "0")):
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
         stub.external_data.add(key=key, value=value)
     return stub
-
-
-def _copy_without(message, skip: str):
-    copy = type(message)()
-    _copy_into(message, copy, skip)
-    return copy
-
-
-def _copy_into(source, target, skip: str) -> None:
-    """Every field of `source` but `skip` into `target` (a copy that leaves the big one out)."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
 
 
 def _short(err: BaseException) -> str:

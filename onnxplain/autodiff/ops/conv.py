@@ -183,19 +183,32 @@ def _groups_to_channels(b: GraphBuilder, t: str, group: int, perm: list[int], le
     return b.reshape(moved, b.concat([lead, *middle, b.dims(t, 2)], 0))
 
 
-def _flipped_weights(b: GraphBuilder, w: str, value: np.ndarray, group: int) -> str:
+def _constant_shape(b: GraphBuilder, w: str) -> tuple[int, ...] | None:
+    """The shape of weights that do not change between runs: an initializer, or a tensor
+    computed from constants in the graph (b.folded, e.g. LRP's modified weights) where
+    Slice can flip it (opset 10). None otherwise."""
+    value = b.static_value(w)
+    if value is not None:
+        return value.shape
+    shape = b.info(w).shape
+    if w not in b.folded or b.opset < 10 or shape is None:
+        return None
+    return tuple(shape) if all(isinstance(d, int) for d in shape) else None
+
+
+def _flipped_weights(b: GraphBuilder, w: str, shape: tuple[int, ...], group: int) -> str:
     """The constant weights `w` regrouped and flipped for the stride-1 adjoint Conv, computed
     in the graph from `w` itself (ONNX Runtime folds it once when the session starts), so no
     second copy of the weights is stored in the program or in an exported file. Opset 9 has
     no Slice with steps: there the flipped copy is stored."""
     if b.opset < 10:
-        return b.const(_flipped(value, group), "flipped_weights")
-    m, cg, *kernel = value.shape
-    spatial_axes = list(range(2, value.ndim))
+        return b.const(_flipped(b.static_value(w), group), "flipped_weights")
+    m, cg, *kernel = shape
+    spatial_axes = list(range(2, len(shape)))
     swapped = b.op("Transpose", w, perm=[1, 0, *spatial_axes])
     if group != 1:
         split = b.reshape(w, [group, m // group, cg, *kernel])
-        moved = b.op("Transpose", split, perm=[0, 2, 1, *range(3, value.ndim + 1)])
+        moved = b.op("Transpose", split, perm=[0, 2, 1, *range(3, len(shape) + 1)])
         swapped = b.reshape(moved, [group * cg, m // group, *kernel])
     ends = [-(2 ** 63)] * len(kernel)
     return b.slice(swapped, [-1] * len(kernel), ends, spatial_axes, [-1] * len(kernel))
@@ -264,11 +277,11 @@ def conv(c, gy):
 
 def _conv_input_grad(b: GraphBuilder, g: str, x: str, w: str, win: Window, pads: Pads,
                      group: int) -> str:
-    value = b.static_value(w)
-    if value is not None and win.unit_strides and not isinstance(pads, str):
+    shape = _constant_shape(b, w)
+    if shape is not None and win.unit_strides and not isinstance(pads, str):
         full = [span - 1 - p for span, p in zip(win.spans * 2, pads, strict=True)]
         if min(full) >= 0:
-            return b.op("Conv", g, _flipped_weights(b, w, value, group),
+            return b.op("Conv", g, _flipped_weights(b, w, shape, group),
                         pads=full, dilations=list(win.dilations),
                         group=group if group != 1 else None)
     dims = spatial(b, x)

@@ -1,0 +1,232 @@
+"""Weights stored once: programs built over a model share its large initializers.
+
+A light copy of a model holds stubs (type and dims) for its large initializers; the
+`Weights` of the model it came from give their values: to GraphBuilder.static_value, and to
+runtime.session, which hands them to ONNX Runtime as arrays, or, where a model file holds
+their bytes unchanged, as external data read from that file (no copy in this process).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from google.protobuf.descriptor import FieldDescriptor
+from onnx import TensorProto, helper
+
+# Programs built over a model with this many weight bytes or more share its initializers of
+# SHARED_BYTES or more instead of copying them (see light_copy).
+SHARE_FROM = 16 << 20
+SHARED_BYTES = 1 << 20
+_SHARED = "onnxplain:shared"  # the location a shared initializer's stub names
+SHARED_TYPES = frozenset(helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (
+    "float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64"))
+_ITEM_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8,
+               "uint64_data": 8}
+_COMPARED = 16 << 20  # bytes of the file read at a time when checking its spans
+
+
+@dataclass(eq=False)
+class Weights:
+    """The initializers that light copies of `proto` stand for, and for some of them where
+    their bytes lie unchanged in the model's file: name -> (offset, length)."""
+
+    proto: onnx.ModelProto
+    file: str | None = None
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stamp: tuple[int, int, int] | None = None  # the file's inode, size and mtime when read
+
+    def readable(self) -> bool:
+        """Whether `spans` may be read: the file is unchanged since the model was read."""
+        return bool(self.spans) and self.file is not None and _stamp(self.file) == self.stamp
+
+
+def file_weights(model: onnx.ModelProto, path: str | None) -> Weights:
+    """The Weights of `model` (normalised from the file at `path`): its large initializers
+    whose bytes the file holds unchanged are read from there, by offset."""
+    weights = Weights(model)
+    if path is None or payload_bytes(model) < SHARE_FROM:
+        return weights
+    try:
+        stamp = _stamp(path)
+        found = raw_spans(path)
+        with open(path, "rb") as file:
+            spans = {init.name: found[init.name] for init in model.graph.initializer
+                     if shareable(init) and init.name in found
+                     and _same_bytes(file, found[init.name], init)}
+    except (OSError, ValueError, IndexError):  # not a plain protobuf file: arrays then
+        return weights
+    return Weights(model, os.path.abspath(path), spans, stamp)
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _same_bytes(file, span: tuple[int, int], init: onnx.TensorProto) -> bool:
+    """Whether `init`'s bytes equal the file's at `span` (normalising may have changed it)."""
+    offset, length = span
+    raw = init.raw_data
+    if len(raw) != length:
+        return False
+    view = memoryview(raw)
+    file.seek(offset)
+    for start in range(0, length, _COMPARED):
+        if file.read(min(_COMPARED, length - start)) != view[start:start + _COMPARED]:
+            return False
+    return True
+
+
+def raw_spans(path: str) -> dict[str, tuple[int, int]]:
+    """(offset, length) of the raw bytes of each initializer of the ModelProto in the file
+    at `path`, found by walking protobuf's wire format (ModelProto.graph = 7,
+    GraphProto.initializer = 5, TensorProto.name = 8, raw_data = 9) over a memory map."""
+    spans: dict[str, tuple[int, int]] = {}
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for number, start, end in _fields(mm, 0, len(mm)):
+            if number != 7:
+                continue
+            for inner, begin, stop in _fields(mm, start, end):
+                if inner != 5:
+                    continue
+                name = raw = None
+                for key, first, last in _fields(mm, begin, stop):
+                    if key == 8:
+                        name = bytes(mm[first:last]).decode()
+                    elif key == 9:
+                        raw = (first, last - first)
+                if name is not None and raw is not None:
+                    spans[name] = raw
+    return spans
+
+
+def _fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each field of the message in buf[pos:end]; only
+    length-delimited fields are yielded, the others skipped."""
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            pos = _varint(buf, pos)[1]
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > end:
+                raise ValueError("truncated field")
+            yield key >> 3, pos, pos + size
+            pos += size
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` for a program to be built on. From SHARE_FROM weight bytes on, its
+    large initializers are stubs (type and dims, external data at a placeholder location)
+    standing for the initializers of the same name in the model they came from (its
+    Model.weights): a gradient program, a tapped forward or a model specialised to its input
+    shapes then holds no second copy of the weights."""
+    if payload_bytes(model) < SHARE_FROM:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    light = copy_without(model, "graph")
+    copy_into(model.graph, light.graph, skip="initializer")
+    light.graph.initializer.extend(_stub(init) if shareable(init) else init
+                                   for init in model.graph.initializer)
+    return light
+
+
+def standalone(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
+    """A copy of light copy `model` holding the bytes its stubs stand for (to check or save)."""
+    shared = {init.name: init for init in weights.proto.graph.initializer}
+    full = copy_without(model, "graph")
+    copy_into(model.graph, full.graph, skip="initializer")
+    full.graph.initializer.extend(shared[init.name] if is_stub(init) else init
+                                  for init in model.graph.initializer)
+    return full
+
+
+def is_stub(init: onnx.TensorProto) -> bool:
+    """Whether `init` stands for a shared initializer of the model it was copied from."""
+    return (init.data_location == TensorProto.EXTERNAL and len(init.external_data) == 1
+            and init.external_data[0].value == _SHARED)
+
+
+def shareable(init: onnx.TensorProto) -> bool:
+    """A large initializer whose bytes this process holds (raw_data)."""
+    return (init.data_type in SHARED_TYPES and init.data_location != TensorProto.EXTERNAL
+            and init.HasField("raw_data") and tensor_bytes(init) >= SHARED_BYTES)
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes of `tensor`'s value from its type and dims (reading raw_data would copy
+    it: protobuf hands out a new bytes object on each read)."""
+    if tensor.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return 0
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def _stub(init: onnx.TensorProto) -> onnx.TensorProto:
+    stub = TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                       data_location=TensorProto.EXTERNAL)
+    stub.external_data.add(key="location", value=_SHARED)
+    return stub
+
+
+def copy_without(message, skip: str):
+    """A copy of a protobuf message without its field `skip`."""
+    copy = type(message)()
+    copy_into(message, copy, skip)
+    return copy
+
+
+def copy_into(source, target, skip: str) -> None:
+    """Every field of `source` but `skip` into `target` (a copy that leaves the big one out)."""
+    for entry, value in source.ListFields():
+        if entry.name == skip:
+            continue
+        if entry.is_repeated:
+            getattr(target, entry.name).extend(value)
+        elif entry.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(target, entry.name).CopyFrom(value)
+        else:
+            setattr(target, entry.name, value)
+
+
+def payload_bytes(model: onnx.ModelProto) -> int:
+    """About the serialised size of `model`: its initializers' and Constant nodes' bytes,
+    which dominate any large model, shared ones (stubs) included. ByteSize() costs as much
+    as serialising the whole model (0.13 s on ResNet-18), this a tenth of it."""
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for node in model.graph.node if node.op_type == "Constant"
+                for a in node.attribute if a.HasField("t")]
+    total = 0
+    for tensor in tensors:
+        if is_stub(tensor) or tensor.HasField("raw_data"):
+            total += tensor_bytes(tensor)
+        for name, size in _ITEM_BYTES.items():
+            total += size * len(getattr(tensor, name))
+    return total + 200 * len(model.graph.node)
