@@ -178,12 +178,16 @@ def describe_result(attribution: Attribution) -> list[str]:
     it, the prediction."""
     lines = [f"explained: {describe_objective(attribution.objective, attribution.output)}"]
     scores = attribution.target_score
+    positions = attribution.extras.get("explained_positions")
+    unit = "token" if positions is not None else "class"
     for row, used in enumerate(attribution.target.tolist()):
-        text = f"row {row}: class {used}"
+        text = f"row {row}: {unit} {used}"
+        if positions is not None:
+            text += f" after position {positions[row]}"
         if scores is not None:
             text += f" (explained score {float(scores[row]):.4g})"
         if attribution.predicted is not None:
-            text += f"; predicted class {int(attribution.predicted[row])}"
+            text += f"; predicted {unit} {int(attribution.predicted[row])}"
             if attribution.predicted_score is not None:
                 text += f" (score {float(attribution.predicted_score[row]):.4g})"
         lines.append(text)

@@ -110,7 +110,7 @@ def make_bert_small_sdpa():
     return _seeded(bert_small_sdpa_architecture), example
 
 
-def _export(model, example: dict, path: Path, axes: dict[int, str]) -> None:
+def _export(model, example: dict, path: Path, axes: dict[int, str], opset: int = 17) -> None:
     import torch
 
     names = list(example)
@@ -118,7 +118,7 @@ def _export(model, example: dict, path: Path, axes: dict[int, str]) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(example.values()), str(path), input_names=names,
                           output_names=["logits"],
-                          dynamic_axes={name: axes for name in names}, opset_version=17,
+                          dynamic_axes={name: axes for name in names}, opset_version=opset,
                           dynamo=False)
 
 
@@ -128,6 +128,11 @@ def export_image_model(model, example: dict, path: Path) -> None:
 
 def export_text_model(model, example: dict, path: Path) -> None:
     _export(model, example, path, {0: "batch", 1: "sequence"})
+
+
+def export_text_model_opset14(model, example: dict, path: Path) -> None:
+    """Legacy exporter at opset 14: LayerNorm written out as ReduceMean, Sub, Pow, Sqrt, Div."""
+    _export(model, example, path, {0: "batch", 1: "sequence"}, opset=14)
 
 
 def _export_dynamo(model, example: dict, path: Path, opset: int) -> None:

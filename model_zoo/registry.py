@@ -115,6 +115,9 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "dynamo exporter at opset 23: RMSNormalization, RotaryEmbedding, Attention",
              "precision", "make_llama_tiny", "export_llama_opset23", "llama_tiny_architecture",
              depends=("digits.py", "hf_models.py")),
+    ZooModel("bert_small_opset14", "bert_small by the legacy exporter at opset 14: LayerNorm "
+             "as ReduceMean, Sub, Pow, Sqrt, Div", "hf_models", "make_bert_small",
+             "export_text_model_opset14", "bert_small_architecture"),
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
              "sentiment_architecture", depends=("hf_models.py",)),

@@ -25,7 +25,7 @@ from .graph.stem import affine_stem
 from .graph.taps import append_outputs
 from .graph.weights import Weights, light_copy, payload_bytes
 from .inputs import batch_size as batch_size_of
-from .inputs import check_target_range, prepare_target
+from .inputs import check_target_range, join_rows, pad_rows, prepare_target, rows_axis, take_rows
 from .objective import class_count, class_scores
 from .runtime.batching import rows_per_run
 from .runtime.progress import progress_bar
@@ -141,7 +141,7 @@ class Engine:
             target = None
         spec = (wrt, rules, seed is not None, tuple(taps), tuple(passes), post,
                 tuple(active_from))
-        rows = batch_size_of(feeds)
+        rows = batch_size_of(feeds, self.model.batch.of_inputs)
         first = next(self._chunks(dict(feeds), {}, rows))[0]
         program, _ = self.program(*spec, shapes=self._shape_key(first))
         extra: dict[str, np.ndarray] = {}
@@ -162,7 +162,9 @@ class Engine:
         def session_for(chunk: Mapping[str, np.ndarray]) -> Session:
             return self.program(*spec, shapes=self._shape_key(chunk))[1]
 
-        results = self._run_rows(session_for, names, dict(feeds), extra, rows)
+        axes = {out: self.model.batch.of_inputs.get(name, 0)
+                for name, out in program.grads.items()}
+        results = self._run_rows(session_for, names, dict(feeds), extra, rows, axes)
         used = results.get(program.target_output) if program.target_output else None
         if used is not None and target is not None:
             check_target_range(used, results[self.output].shape[1])
@@ -219,7 +221,8 @@ class Engine:
         session = self._forward[key]
         # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only.
         names = [n for n in session.output_names if n not in self._non_tensor_outputs]
-        return self._run_rows(lambda _: session, names, dict(feeds), {}, batch_size_of(feeds))
+        return self._run_rows(lambda _: session, names, dict(feeds), {},
+                              batch_size_of(feeds, self.model.batch.of_inputs))
 
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
                 taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),
@@ -337,17 +340,25 @@ class Engine:
 
     def _chunks(self, feeds: dict[str, np.ndarray], extra: dict[str, np.ndarray], rows: int
                 ) -> Iterator[tuple[dict[str, np.ndarray], int, int]]:
-        """(inputs of one run, rows of it that are real, batch size padded to or 0)."""
+        """(inputs of one run, rows of it that are real, batch size padded to or 0).
+
+        Rows lie on each input's batch axis (Model.batch); inputs that are not per row go
+        to every run as they are."""
+        axes = self.model.batch.of_inputs
         for rows_slice, pad_to in self._row_chunks(rows, feeds):
-            chunk = {k: v[rows_slice] for k, v in {**feeds, **extra}.items()}
-            taken = next(iter(chunk.values())).shape[0] if chunk else 0
+            chunk = take_rows({**feeds, **extra}, axes, rows_slice)
+            taken = min(rows_slice.stop, rows) - rows_slice.start
             if pad_to and taken < pad_to:
-                chunk = {k: _pad_rows(v, pad_to) for k, v in chunk.items()}
+                chunk = {k: pad_rows(v, rows_axis(axes, k, v), pad_to) for k, v in chunk.items()}
             yield chunk, taken, pad_to
 
     def _run_rows(self, session_for: Callable[[Mapping[str, np.ndarray]], Session],
                   names: list[str], feeds: dict[str, np.ndarray],
-                  extra: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+                  extra: dict[str, np.ndarray], rows: int,
+                  axes: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+        """Results of `names` over all rows; `axes`: where rows lie in results that are not
+        model outputs (default axis 0)."""
+        axes = {**self._output_axes, **(axes or {})}
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         with progress_bar(self.progress, rows, "rows", "row") as bar:
             for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
@@ -356,9 +367,20 @@ class Engine:
                 self._last_providers = session.providers
                 for name in names:
                     value = out[name]
-                    parts[name].append(value[:taken] if pad_to and value.ndim else value)
+                    axis = rows_axis(axes, name, value)
+                    if pad_to and axis is not None:
+                        value = take_rows({name: value}, axes, slice(0, taken))[name]
+                    parts[name].append(value)
                 bar.update(taken)
-        return {name: _join(values) for name, values in parts.items()}
+        return {name: join_rows(values, rows_axis(axes, name, values[0]))
+                for name, values in parts.items()}
+
+    @property
+    def _output_axes(self) -> dict[str, int | None]:
+        """Model output -> the axis its rows lie on, from the batch symbol in its dims."""
+        batch = self.model.batch
+        return {spec.name: batch.axis_in(spec.dims) for spec in self.model.outputs
+                if spec.dims}
 
 
 def is_labels(output: np.ndarray) -> bool:
@@ -414,17 +436,3 @@ def pick_output(model: Model, output: str | None) -> str:
             return spec.name
     raise ModelError("the model has no float or integer tensor output to explain")
 
-
-def _pad_rows(value: np.ndarray, size: int) -> np.ndarray:
-    if not value.ndim or value.shape[0] >= size:
-        return value
-    filler = np.repeat(value[-1:], size - value.shape[0], axis=0)
-    return np.concatenate([value, filler], axis=0)
-
-
-def _join(values: list[np.ndarray]) -> np.ndarray:
-    if len(values) == 1:
-        return values[0]
-    if values[0].ndim == 0:
-        return values[0]
-    return np.concatenate(values, axis=0)

@@ -28,11 +28,18 @@ from .graph.attention import check_not_fused
 from .graph.model import Model
 from .graph.sources import Source, find_sources
 from .graph.taps import resolve_taps
-from .inputs import Inputs, prepare_inputs
+from .inputs import Inputs, RowAxes, check_rows_layout, prepare_inputs, rows_axis
 from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
 from .methods._common import rows_text
-from .objective import class_scores, require_objective
+from .objective import (
+    NEXT_TOKEN,
+    NextToken,
+    class_scores,
+    next_token,
+    output_form,
+    require_objective,
+)
 from .runtime.batching import DEFAULT_BUDGET_MB
 from .runtime.session import fallback_note, resolve_providers
 
@@ -76,21 +83,31 @@ class Explainer:
                 **options) -> Attribution:
         """Attributions for `inputs` (an array for single-input models, or a dict name ->
         array) of `target`: a class index, one per row, or None for the predicted class.
+        For next-token logits [batch, sequence, vocabulary] the logit of the next token at
+        the last non-padding position is explained, `target` naming the token (objective).
 
         `output_seed` replaces the class target by any weighting of the output: an array
         shaped like the output, the objective being sum(output_seed * output) per row.
         Method options (see `onnxplain.METHODS`) are keyword arguments.
         """
         spec = get_method(method)
+        check_rows_layout(self.model, spec.name)
         resolved = spec.resolve_options(options)
         feeds = prepare_inputs(self.model, inputs)
         if output_seed is not None:
             if target is not None:
                 raise InputError("give either target or output_seed, not both")
-            target = OutputSeed(self._check_seed(output_seed, batch_size_of(feeds)))
+            rows = batch_size_of(feeds, self.model.batch.of_inputs)
+            target = OutputSeed(self._check_seed(output_seed, rows))
+        objective = target
+        # Next-token logits: one objective for every family, resolved on the clean forward.
+        next_rule = output_seed is None and output_form(self.model, self.output) == NEXT_TOKEN
         if spec.uses_objective:  # one rule for every family (see objective)
             require_objective(self.model, self.output, seeded=output_seed is not None,
                               targeted=target is not None)
+            if next_rule:
+                objective = self._next_token(feeds, target)
+                target = OutputSeed(objective.seed)
         if not self.sources and spec.needs_sources:
             check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
             raise InputError("no input of this model can be attributed: "
@@ -99,7 +116,9 @@ class Explainer:
         with self.engine.chunking(batch_size):
             output = spec.run(self.engine, feeds, target, self.sources, **resolved)
         elapsed = time.perf_counter() - start
-        return self._attribution(spec, resolved, output, elapsed, target)
+        if next_rule and not spec.uses_objective:  # read at the explained position (query)
+            objective = next_token(self.model, feeds, output.run.outputs[self.output], target)
+        return self._attribution(spec, resolved, output, elapsed, objective)
 
     def forward(self, inputs: Inputs, taps: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The model's outputs plus any intermediate tensors (selected by tensor name, node
@@ -112,8 +131,15 @@ class Explainer:
         """Outputs, the gradient of the target score w.r.t. `wrt` tensors (default: the
         attribution sources) and taps, from one run per chunk of rows."""
         feeds = prepare_inputs(self.model, inputs)
+        if output_form(self.model, self.output) == NEXT_TOKEN:
+            target = OutputSeed(self._next_token(feeds, target).seed)
         return self.engine.gradients(feeds, target, wrt,
                                      taps=resolve_taps(self.model.proto, taps))
+
+    def _next_token(self, feeds: dict[str, np.ndarray], target) -> NextToken:
+        """The next-token objective, resolved once on the clean forward run (objective)."""
+        logits = self.engine.forward(feeds)[self.output]
+        return next_token(self.model, feeds, logits, target)
 
     @cached_property
     def _cut_notes(self) -> list[str]:
@@ -164,22 +190,29 @@ class Explainer:
             target_score = target_scores(logits, target) if target.size else None
         elif logits.ndim == 1:
             target_score = logits
+        extras, explained = dict(output.extras), run.objective
         if isinstance(objective, OutputSeed):
             target_score = target_scores(logits, objective)
+        if isinstance(objective, NextToken):
+            target, explained = objective.tokens, NEXT_TOKEN
+            at = logits[np.arange(len(target)), objective.positions]
+            predicted, predicted_score = at.argmax(axis=1), at.max(axis=1)
+            target_score = at[np.arange(len(target)), target]
+            extras["explained_positions"] = objective.positions.tolist()
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
         notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
         notes += straight_through_notes(self.model.proto) if method.needs_sources else []
         notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
-        doubts += _all_zero(per_input)
+        doubts += _all_zero(per_input, self.model.batch.of_inputs)
         for doubt in doubts:
             warnings.warn(doubt, AttributionWarning, stacklevel=3)
         notes += doubts
         return Attribution(method.name, per_input, tensors, sources, self.output, target,
                            predicted, predicted_score, target_score,
                            self.engine.session_providers, elapsed, options, run.outputs, notes,
-                           run.objective, output.extras, output.signed)
+                           explained, extras, output.signed)
 
 
 def _ties(scores: np.ndarray) -> list[str]:
@@ -197,9 +230,11 @@ def _ties(scores: np.ndarray) -> list[str]:
             "target to choose)"]
 
 
-def _all_zero(attributions: Mapping[str, np.ndarray]) -> list[str]:
+def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes) -> list[str]:
     """Rows whose every attribution is exactly 0: never to be shown as a result."""
-    values = [v.reshape(v.shape[0], -1) for v in attributions.values() if v.ndim and v.size]
+    values = [np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
+              for name, v in attributions.items()
+              if (axis := rows_axis(axes, name, v)) is not None and v.size]
     if not values:
         return []
     zero = np.logical_and.reduce([~np.any(v, axis=1) for v in values])

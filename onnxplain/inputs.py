@@ -11,6 +11,9 @@ from .errors import InputError, InputWarning
 from .graph.model import Model, TensorSpec
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
+# Input name -> the axis its rows lie on, None where it is not per row (see Model.batch);
+# names left out have their rows on axis 0.
+RowAxes = Mapping[str, int | None]
 
 
 def prepare_inputs(model: Model, inputs: Inputs) -> dict[str, np.ndarray]:
@@ -37,12 +40,14 @@ def prepare_inputs(model: Model, inputs: Inputs) -> dict[str, np.ndarray]:
     missing = [spec for spec in specs if spec.name not in given]
     if missing:
         raise InputError(f"missing input {missing[0].describe()}")
-    feeds = {spec.name: _check_one(spec, given[spec.name]) for spec in specs}
-    _check_batch(feeds)
+    axes = model.batch.of_inputs
+    feeds = {spec.name: _check_one(spec, given[spec.name], axes.get(spec.name, 0))
+             for spec in specs}
+    _check_batch(feeds, axes)
     return feeds
 
 
-def _check_one(spec: TensorSpec, value) -> np.ndarray:
+def _check_one(spec: TensorSpec, value, batch_axis: int | None) -> np.ndarray:
     try:
         array = np.asarray(value)
     except Exception as err:  # noqa: BLE001 - anything numpy cannot turn into an array
@@ -63,7 +68,7 @@ def _check_one(spec: TensorSpec, value) -> np.ndarray:
             raise InputError(f"input '{spec.name}' expects rank {len(dims)} "
                              f"{spec.describe()}, got shape {tuple(array.shape)}{hint}")
         for axis, (want_dim, got) in enumerate(zip(dims, array.shape, strict=True)):
-            if axis == 0 and isinstance(want_dim, int):
+            if axis == batch_axis and isinstance(want_dim, int):
                 continue  # fixed batch axes are handled by running in chunks
             if isinstance(want_dim, int) and want_dim != got:
                 raise InputError(f"input '{spec.name}' expects size {want_dim} on axis {axis} "
@@ -75,18 +80,80 @@ def _check_one(spec: TensorSpec, value) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _check_batch(feeds: dict[str, np.ndarray]) -> None:
-    sizes = {name: value.shape[0] for name, value in feeds.items() if value.ndim}
-    if len(set(sizes.values())) > 1:
-        listing = ", ".join(f"{name}: {size}" for name, size in sizes.items())
-        raise InputError(f"inputs disagree on the batch size (axis 0): {listing}")
+def _check_batch(feeds: dict[str, np.ndarray], axes: RowAxes) -> None:
+    sizes = {name: (value.shape[axis], axis) for name, value in feeds.items()
+             if (axis := rows_axis(axes, name, value)) is not None}
+    if len({size for size, _ in sizes.values()}) > 1:
+        listing = ", ".join(f"{name}: {size} (axis {axis})"
+                            for name, (size, axis) in sizes.items())
+        raise InputError(f"inputs disagree on the batch size: {listing}")
 
 
-def batch_size(feeds: Mapping[str, np.ndarray]) -> int:
-    for value in feeds.values():
-        if value.ndim:
-            return int(value.shape[0])
+# Methods that take every input's rows where Model.batch places them (a recurrent state
+# [2, batch, H], a scalar given once); the others still repeat and slice inputs on axis 0.
+# Checked by tests/test_batch_axis.py (batch equals singles, finite differences).
+ROWS_ANYWHERE = frozenset({"saliency", "input_x_gradient", "guided_backprop", "deconvnet",
+                           "occlusion", "rise"})
+
+
+def check_rows_layout(model: Model, what: str, allowed: frozenset[str] = ROWS_ANYWHERE
+                      ) -> None:
+    """Refuse `what` (a method) unless it is `allowed` or every input has its rows on axis 0:
+    it would slice another input's rows on the wrong axis."""
+    moved = model.batch.axes
+    if not moved or what in allowed:
+        return
+    listing = ", ".join(f"'{name}' " + ("is one value for every row" if axis is None
+                                        else f"has its rows on axis {axis}")
+                        for name, axis in moved)
+    fix = (f"methods that handle this model: {', '.join(sorted(allowed))}" if allowed
+           else "explain it in process")
+    raise InputError(f"{what} takes every input's rows on axis 0, but {listing}; {fix}")
+
+
+def rows_axis(axes: RowAxes, name: str, value: np.ndarray) -> int | None:
+    """The axis of `value` (input `name`) its rows lie on; None where it is not per row."""
+    return None if not value.ndim else axes.get(name, 0)
+
+
+def batch_size(feeds: Mapping[str, np.ndarray], axes: RowAxes | None = None) -> int:
+    for name, value in feeds.items():
+        axis = rows_axis(axes or {}, name, value)
+        if axis is not None:
+            return int(value.shape[axis])
     return 1
+
+
+def take_rows(feeds: Mapping[str, np.ndarray], axes: RowAxes, rows: slice
+              ) -> dict[str, np.ndarray]:
+    """Rows `rows` of every input (inputs that are not per row as they are)."""
+    out = {}
+    for name, value in feeds.items():
+        axis = rows_axis(axes, name, value)
+        out[name] = value if axis is None else value[(slice(None),) * axis + (rows,)]
+    return out
+
+
+def repeat_row(value: np.ndarray, axis: int | None, row: int, count: int) -> np.ndarray:
+    """Row `row` of `value` repeated `count` times along its rows axis."""
+    if axis is None:
+        return value
+    return np.repeat(value[(slice(None),) * axis + (slice(row, row + 1),)], count, axis=axis)
+
+
+def pad_rows(value: np.ndarray, axis: int | None, size: int) -> np.ndarray:
+    """`value` with its last row repeated up to `size` rows."""
+    if axis is None or value.shape[axis] >= size:
+        return value
+    filler = repeat_row(value, axis, value.shape[axis] - 1, size - value.shape[axis])
+    return np.concatenate([value, filler], axis=axis)
+
+
+def join_rows(parts: list[np.ndarray], axis: int | None) -> np.ndarray:
+    """Chunks of one tensor joined along its rows axis (not-per-row values: the first)."""
+    if len(parts) == 1 or axis is None or parts[0].ndim == 0:
+        return parts[0]
+    return np.concatenate(parts, axis=axis)
 
 
 def prepare_target(target, rows: int, classes: int | None) -> np.ndarray:

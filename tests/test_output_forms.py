@@ -179,3 +179,32 @@ def test_cli_refuses_an_output_without_a_score_per_row(map_output, squeezenet, t
                      "-o", str(tmp_path / "out"))
         assert result.exit_code == 2
         assert result.stderr.count("\n") == 1 and "--output-seed" in result.stderr
+
+
+@pytest.mark.parametrize("classes, form", [(3, "other"), (50, "next_token")])
+def test_per_position_logits_are_a_language_model_only_over_the_vocabulary(classes, form):
+    """[N, T, C] logits of a model reading token ids: over the vocabulary (C = the rows of the
+    embedding table) a language model, explained at the next token; a token classifier's
+    handful of tags is not, and needs an output seed like any other sequence output."""
+    from onnxplain.objective import output_form
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+         helper.make_node("MatMul", ["embedded", "head"], ["logits"])], "g",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
+                                       ["batch", "sequence", classes])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((50, 4)).astype(np.float32), "table"),
+         onnx.numpy_helper.from_array(rng.standard_normal((4, classes)).astype(np.float32),
+                                      "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    explainer = onnxplain.Explainer(model, "cpu")
+    assert output_form(explainer.model, "logits") == form
+    ids = rng.integers(0, 50, (2, 5))
+    if form == "other":
+        with pytest.raises(InputError, match="pass an output seed"):
+            explainer.explain(ids, "saliency")
+    else:
+        result = explainer.explain(ids, "saliency")
+        assert result.objective == "next_token"

@@ -18,6 +18,7 @@ from ..engine import pick_output
 from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
+from ..inputs import check_rows_layout
 from ..methods import METHODS, coerce_option, did_you_mean
 from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
@@ -59,6 +60,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     if not loaded.batch.symbolic:
         raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
+    check_rows_layout(loaded, "an exported explainer", frozenset())
     eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed)
     EXPORTS[method].build(eg, options)
     proto = eg.proto

@@ -42,13 +42,33 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class BatchAxis:
-    """Axis 0 of the inputs: symbolic, or fixed to `size` (then rows run in chunks of it)."""
+    """The batch axis: symbolic, or fixed to `size` (then rows run in chunks of it).
+
+    `axes`: (input, axis its rows lie on) where that is not axis 0; None for inputs that are
+    not per row (scalars), which every run gets as they are. `symbol`: the batch dim's name.
+    """
 
     symbolic: bool
     size: int | None
+    axes: tuple[tuple[str, int | None], ...] = ()
+    symbol: str | None = None
 
     def describe(self) -> str:
         return "symbolic" if self.symbolic else f"fixed to {self.size}"
+
+    @property
+    def of_inputs(self) -> dict[str, int | None]:
+        """Input name -> the axis its rows lie on (absent: axis 0)."""
+        return dict(self.axes)
+
+    def axis_in(self, dims: tuple[Dim, ...] | None) -> int | None:
+        """Where rows lie in a tensor declared with `dims`: the batch symbol's position,
+        else axis 0; None for scalars."""
+        if dims is not None and not dims:
+            return None
+        if dims and self.symbol is not None and self.symbol in dims:
+            return dims.index(self.symbol)
+        return 0
 
 
 class Model:
@@ -109,12 +129,24 @@ class Model:
 
     @cached_property
     def batch(self) -> BatchAxis:
-        """Fixed if any input declares an integer first dim (exports bake the 1 in)."""
-        fixed = [spec.dims[0] for spec in self.inputs
-                 if spec.dims and isinstance(spec.dims[0], int)]
+        """Where each input's rows lie, and whether the batch size is fixed.
+
+        The batch symbol is the one dim name the inputs declare on axis 0 (none if they
+        declare several); an input that carries it elsewhere (a recurrent state
+        [2, batch, H]) has its rows there, a scalar has none. Fixed if an input declares an
+        integer size where its rows lie (exports bake the 1 in).
+        """
+        firsts = {spec.dims[0] for spec in self.inputs
+                  if spec.dims and isinstance(spec.dims[0], str)}
+        probe = BatchAxis(True, None, symbol=firsts.pop() if len(firsts) == 1 else None)
+        axes = {spec.name: probe.axis_in(spec.dims) for spec in self.inputs}
+        fixed = [spec.dims[axis] for spec in self.inputs
+                 if (axis := axes[spec.name]) is not None and spec.dims
+                 and isinstance(spec.dims[axis], int)]
+        moved = tuple((name, axis) for name, axis in axes.items() if axis != 0)
         if fixed:
-            return BatchAxis(False, min(fixed))
-        return BatchAxis(True, None)
+            return BatchAxis(False, min(fixed), moved, probe.symbol)
+        return BatchAxis(True, None, moved, probe.symbol)
 
     @cached_property
     def node_by_output(self) -> dict[str, onnx.NodeProto]:

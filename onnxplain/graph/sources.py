@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import onnx
+
 from ..errors import InputError
 from .model import Model
 
@@ -63,6 +65,21 @@ def find_sources(model: Model, overrides: Mapping[str, str] | None = None
 
 def _embedding_of(model: Model, ids: str) -> str | None:
     """The output of the first Gather that looks up float rows with these ids."""
+    found = _lookup_of(model, ids)
+    return None if found is None else found[1]
+
+
+def embedding_rows(model: Model, ids: str) -> int | None:
+    """How many rows the embedding table these ids look up has (the vocabulary), if static."""
+    found = _lookup_of(model, ids)
+    info = None if found is None else model.infos.get(found[0].input[0])
+    rows = None if info is None or not info.shape else info.shape[0]
+    return rows if isinstance(rows, int) else None
+
+
+def _lookup_of(model: Model, ids: str) -> tuple[onnx.NodeProto, str] | None:
+    """The first Gather that looks up float rows (or int8 rows then dequantized) with these
+    ids, and the float rows it gives."""
     frontier, seen = [ids], {ids}
     while frontier:
         name = frontier.pop(0)
@@ -70,10 +87,10 @@ def _embedding_of(model: Model, ids: str) -> str | None:
             if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
                 data = model.infos.get(node.input[0])
                 if data is not None and data.is_float:
-                    return node.output[0]
+                    return node, node.output[0]
                 rows = _dequantized(model, node.output[0])
                 if rows is not None:
-                    return rows
+                    return node, rows
             if node.op_type in _ID_PASSTHROUGH and node.input[0] == name:
                 out = node.output[0]
                 if out not in seen:

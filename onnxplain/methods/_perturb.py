@@ -1,5 +1,5 @@
 """What the perturbation methods share: which input they perturb, and feeds for a chunk of
-perturbed copies of one row (the other inputs repeated)."""
+perturbed copies of one row (the runtime repeats the other inputs, see runtime.perturb)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None) -> str:
 
 def copies(feeds: Mapping[str, np.ndarray], row: int, count: int, name: str,
            values: np.ndarray) -> dict[str, np.ndarray]:
-    """Feeds of `count` rows: input `name` set to `values` ([count, ...]), every other input
-    repeated from row `row`."""
-    out = {key: np.repeat(value[row:row + 1], count, axis=0)
-           for key, value in feeds.items() if key != name}
-    out[name] = np.ascontiguousarray(values, dtype=feeds[name].dtype)
-    return out
+    """Feeds of `count` copies of row `row`: input `name` set to `values` ([count, ...]);
+    perturbed_scores repeats every other input from the row, on its own batch axis."""
+    if values.shape[0] != count:
+        raise AssertionError(f"{values.shape[0]} perturbed values for {count} copies")
+    return {name: np.ascontiguousarray(values, dtype=feeds[name].dtype)}

@@ -18,11 +18,15 @@ positive part, every method returns one score per token, read from the class-tok
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..autodiff import POST_PREFIX
 from ..autodiff.program import Pass
 from ..engine import GradientRun
+from ..errors import InputError
+from ..objective import last_positions, mask_inputs
 from ..rules.chefer import CHEFER
 from . import MethodOutput, MethodSpec, register
 from ._attention_graph import (
@@ -33,9 +37,10 @@ from ._attention_graph import (
     gradient_times_attention,
     gradient_times_relevance,
 )
-from ._common import clean_run, explicit_target
+from ._common import clean_run, explicit_target, rows_text
 from ._tokens import (
     attention_layers,
+    is_auto_query,
     layer_index,
     layer_stack,
     padding_mask,
@@ -49,6 +54,43 @@ from ._tokens import (
 _COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
 _POSITIVE_GXA = gradient_times_attention(positive=True)
 _SIGNED_GXA = gradient_times_attention(positive=False)
+
+
+def explained_query(engine, feeds, sources, layers, query):
+    """`query` as given, except "auto" on a causal model over token ids: the explained
+    position, the last non-padding one (objective.last_positions), whose row is the only
+    one that sees the whole prompt (the first token's row sees itself alone)."""
+    text = [feeds[s.input] for s in sources if s.per_token and feeds[s.input].ndim == 2]
+    if not is_auto_query(query) or not text:
+        return query
+    rows, length = text[0].shape
+    positions = last_positions(feeds, mask_inputs(engine.model), rows, length)
+    if not _causal(engine, feeds, layers[-1], positions[0]):
+        return query
+    if np.any(positions != positions[0]):
+        raise InputError(f"the rows end at different positions ({rows_text(range(rows))}: "
+                         f"{', '.join(str(p) for p in positions[:8])}), and attention "
+                         "methods read one query row per run: pad on the left, or explain "
+                         "rows of the same length together")
+    return int(positions[0])
+
+
+# Whether an engine's attention layer is causal: a property of the model, checked once.
+_CAUSAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _causal(engine, feeds, layer, last: int) -> bool:
+    """Whether the layer's first row attends to no later token (checked on one forward run
+    of that row, at the real query positions up to `last`)."""
+    known = _CAUSAL.setdefault(engine, {})
+    if layer.probabilities not in known:
+        row = {name: value[:1] for name, value in feeds.items()}
+        maps = engine.forward(row, taps=[layer.probabilities])[layer.probabilities]
+        if maps.ndim != 4 or maps.shape[2] != maps.shape[3] or maps.shape[2] <= last:
+            return False  # not decided on this input: check again next time
+        later = np.triu(np.abs(np.asarray(maps[0, :, :last + 1], dtype=np.float64)), 1)
+        known[layer.probabilities] = bool(np.all(later <= 1e-6))
+    return known[layer.probabilities]
 
 
 def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
@@ -80,6 +122,28 @@ def relevance_pass(layers, sources) -> Pass:
                 tuple(s.tensor for s in sources))
 
 
+def require_square_maps(engine, feeds, layers, method: str) -> None:
+    """Chained methods multiply the layers' maps and add the identity (the residual): every
+    map must be [tokens, tokens] over one sequence. Raise InputError naming the layers whose
+    keys differ from their queries (a KV cache, pooled keys, cross-attention); shapes that
+    shape inference leaves open are read from a forward run of the first row."""
+    shapes = [engine.model.infos[layer.probabilities].shape
+              if layer.probabilities in engine.model.infos else None for layer in layers]
+    if all(s and len(s) == 4 and s[2] == s[3] == shapes[0][2] for s in shapes):
+        return
+    row = {name: value[:1] for name, value in feeds.items()}
+    values = engine.forward(row, taps=probabilities(layers))
+    sizes = [np.shape(values[layer.probabilities]) for layer in layers]
+    odd = [f"{layer.index} ('{layer.probabilities}', {size[2]} queries x {size[3]} keys)"
+           for layer, size in zip(layers, sizes, strict=True)
+           if len(size) == 4 and size[2] != size[3]]
+    if odd:
+        raise InputError(f"{method} chains square self-attention maps, and the maps of layers "
+                         f"{', '.join(odd)} are not (keys cached, pooled or from another "
+                         "sequence): name square self-attention layers with attention=...")
+    layer_stack(values, layers)  # [batch, heads, tokens, tokens], one token count
+
+
 def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
            start_layer: int, name: str, weighting, step: str, reads: str,
            signed: bool) -> MethodOutput:
@@ -88,6 +152,8 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
     "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
     layers = attention_layers(engine.model, attention)
     start = layer_index(start_layer, len(layers))
+    require_square_maps(engine, feeds, layers[start:], name)
+    query = explained_query(engine, feeds, sources, layers, query)
     row = resolve_query(engine, feeds, sources, layers, query)
     post = chain_post(name, probabilities(layers), start, weighting, step, row)
     if reads == "nothing":
@@ -106,6 +172,7 @@ def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto
                   upsample: str = "bilinear"):
     """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
     layers = attention_layers(engine.model, attention)
+    query = explained_query(engine, feeds, sources, layers, query)
     values = engine.forward(feeds, taps=probabilities(layers))
     outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
     run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
@@ -129,6 +196,7 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
     """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
     each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
     layers = attention_layers(engine.model, attention)
+    query = explained_query(engine, feeds, sources, layers, query)
     relevance = relevance_pass(layers[-1:], sources)
     run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
                            active_from=relevance.active_from)

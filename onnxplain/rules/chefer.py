@@ -14,7 +14,10 @@ rule set applies op by op (what flows backward is relevance, seeded with the one
   b * R / z, rescaled per row so that the two branches split sum(R) in the ratio of the
   absolute sums of their shares.
 - Adding, multiplying or dividing by a constant (biases, masks, the 1/sqrt(d) scale),
-  LayerNormalization, Softmax and activations: relevance passes unchanged.
+  Neg, Softmax and activations: relevance passes unchanged.
+- LayerNormalization and RMSNormalization, as ops or written out as primitive ops (found by
+  rules/lrp_norms.py): the statistics are held constant, so relevance passes unchanged to the
+  normalised input and the mean and the denominator branch get none.
 - Quantize and dequantize ops (quantized models): relevance passes unchanged, the
   straight-through estimator's rule for relevance (autodiff/ops/quantize.py).
 - Reshapes and selections (including taking the class token): their gradient rule.
@@ -32,6 +35,7 @@ from ..autodiff.registry import Grad, RuleEntry
 from ..graph.builder import GraphBuilder
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
 from .lrp_layers import Layer, negative_part, positive_part, producer, static_value
+from .lrp_norms import norm_chains
 
 # Chefer et al.'s safe_divide: a / (b + 1e-9), 0 where b == 0. Unlike z + eps sign(z), the
 # shift is always positive; near-zero negative denominators make the two differ visibly.
@@ -39,8 +43,12 @@ STABILIZER = 1e-9
 _WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
 # Cast is left to its gradient rule, which casts the relevance to the input's type (float16
 # layers under float32 logits, as keep_io_types writes them).
-_UNCHANGED = PASS_THROUGH | {"LayerNormalization", "Erf", "Dropout", "Identity",
-                             "GroupNormalization", "InstanceNormalization"}
+_UNCHANGED = PASS_THROUGH | {"Erf", "Dropout", "Identity", "Neg", "GroupNormalization",
+                             "InstanceNormalization"}
+_NORMALISATIONS = frozenset({"LayerNormalization", "RMSNormalization"})
+# Ops that, in a normalisation written out as primitive ops, compute only the statistics the
+# rule holds constant (the rest of the chain, ReduceMean and Add, have rules of their own).
+_STATISTICS = frozenset({"Pow", "Sqrt", "Reciprocal"})
 _SCALINGS = frozenset({"Mul", "Div"})
 _SUMS = frozenset({"Add", "Sub"})
 _PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool"})
@@ -66,6 +74,10 @@ class CheferRuleSet(RuleSet):
             return RuleEntry(entry.since, rule, both_supports(entry.supports, _divisor_constant))
         if rule is not None:
             return RuleEntry(entry.since, rule, entry.supports)
+        if op_type in _NORMALISATIONS:
+            return RuleEntry(entry.since, _normalised, entry.supports)
+        if op_type in _STATISTICS:
+            return RuleEntry(entry.since, _held, _statistics_only)
         if op_type in _UNCHANGED:
             return RuleEntry(entry.since, _pass_through, entry.supports)
         if op_type in STRAIGHT_THROUGH:
@@ -81,7 +93,27 @@ def _refused(c: NodeContext) -> str | None:
 
 
 def _divisor_constant(c: NodeContext) -> str | None:
-    return "no relevance rule for a division by an activation" if c.need(1) else None
+    if not c.need(1) or c.y() in norm_chains(c.b).relevance_to:
+        return None
+    return "no relevance rule for a division by an activation"
+
+
+def _statistics_only(c: NodeContext) -> str | None:
+    return None if c.y() in norm_chains(c.b).held else _refused(c)
+
+
+def _held(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    """The statistics of a normalisation are held constant: they get no relevance."""
+    return [None] * len(c.node.input)
+
+
+def _normalised(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    """All relevance to the normalised input, the statistics held constant (Chefer et al.'s
+    LayerNorm rule): input 0 of a normalisation op; for a chain of primitive ops, the
+    numerator of its Div or Mul and the x of its centring x - mean(x)."""
+    if c.node.op_type in _NORMALISATIONS:
+        return _pass_through(c, gy)
+    return _unbroadcast_to(c, gy, norm_chains(c.b).relevance_to[c.y()])
 
 
 def _active(c: NodeContext) -> list[int]:
@@ -174,6 +206,8 @@ def _stacked_dense(layer: Layer, xp: str, xn: str, r: str) -> str | None:
 
 
 def _scaling(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    if c.y() in norm_chains(c.b).relevance_to:
+        return _normalised(c, gy)
     active = _active(c)
     if len(active) == 1:
         return _unbroadcast_to(c, gy, active[0])
@@ -199,6 +233,8 @@ def _unbroadcast_to(c: NodeContext, gy: list[Grad], index: int) -> list[Grad]:
 def _sum(c: NodeContext, gy: list[Grad]) -> list[Grad]:
     if gy[0] is None:
         return [None, None]
+    if c.y() in norm_chains(c.b).relevance_to:
+        return _normalised(c, gy)
     active = _active(c)
     if len(active) == 1 and c.node.op_type == "Add":
         return _unbroadcast_to(c, gy, active[0])

@@ -4,21 +4,27 @@ cached forward session, with a progress bar on long runs.
 
 Chunks are sized by `batch_size`, else by the memory budget (forward activations only), and
 may mix perturbations of several input rows, so small runs still fill a batch. Models whose
-batch axis is fixed run through the engine in chunks of that size.
+batch axis is fixed run through the engine in chunks of that size. A model whose batch axis
+is declared symbolic but that fails at batch > 1 (exports that bake a batch of 1 into a
+cache or a Reshape) runs one copy per run from then on, with a notice.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed, target_scores
-from ..errors import InputError
+from ..engine import BatchNotice, Engine, OutputSeed, target_scores
+from ..errors import InputError, OnnxplainError
+from ..inputs import RowAxes, join_rows, repeat_row, rows_axis, take_rows
+from ..inputs import batch_size as batch_size_of
 from .batching import rows_per_run
 from .progress import progress_bar
 
-# make(row, start, stop): model feeds for perturbations start..stop-1 of input row `row`.
+# make(row, start, stop): feeds of the perturbed input(s) for perturbations start..stop-1 of
+# input row `row`, rows on axis 0; inputs left out are repeated from the row.
 MakeFeeds = Callable[[int, int, int], Mapping[str, np.ndarray]]
 
 
@@ -29,52 +35,96 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
 
     The score is the target class's output (`target`: explicit classes per row, see
     methods._common.fixed_target), the output_seed-weighted sum, or the output value for
-    one-value outputs. `make` must return every model input with stop - start rows.
+    one-value outputs.
     """
     if count < 1:
         raise InputError(f"{label}: the number of perturbations must be at least 1")
-    rows = next(iter(feeds.values())).shape[0]
-    one_row = {name: value[:1] for name, value in feeds.items()}
+    axes = engine.model.batch.of_inputs
+    rows = batch_size_of(feeds, axes)
+    one_row = take_rows(feeds, axes, slice(0, 1))
     chunk = batch_size or engine.requested_rows or rows_per_run(
         engine.model, one_row, engine.memory_budget_mb, factor=1)
     total = rows * count
     scores = np.empty(total, dtype=np.float64)
+    runner = _Runner(engine, feeds, axes, make, count)
     with progress_bar(getattr(engine, "progress", True), total, label) as bar:
         for start in range(0, total, max(1, chunk)):
             stop = min(start + chunk, total)
-            batch, owners = _chunk_feeds(make, count, start, stop)
-            outputs = engine.forward(batch)
-            scores[start:stop] = _scores(outputs[engine.output], target, owners)
+            scores[start:stop] = runner.scores(start, stop, target)
             bar.update(stop - start)
     return scores.reshape(rows, count)
 
 
-def _chunk_feeds(make: MakeFeeds, count: int, start: int, stop: int
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Feeds for flat perturbation indices start..stop-1 (row-major over rows x count) and
-    the input row each one belongs to."""
-    parts: list[Mapping[str, np.ndarray]] = []
-    owners = []
-    index = start
-    while index < stop:
-        row, first = divmod(index, count)
-        last = min(count, first + (stop - index))
-        made = make(row, first, last)
-        _check_rows(made, last - first)
-        parts.append(made)
-        owners.append(np.full(last - first, row))
-        index += last - first
-    names = list(parts[0])
-    batch = {name: np.concatenate([p[name] for p in parts], axis=0) if len(parts) > 1
-             else np.asarray(parts[0][name]) for name in names}
-    return batch, np.concatenate(owners)
+class _Runner:
+    """Scores of flat perturbation indices (row-major over rows x count), one run per chunk,
+    or one per copy once a multi-row run has failed."""
 
+    def __init__(self, engine: Engine, feeds: Mapping[str, np.ndarray], axes: RowAxes,
+                 make: MakeFeeds, count: int):
+        self.engine, self.feeds, self.axes, self.make, self.count = (
+            engine, feeds, axes, make, count)
+        self.one_by_one = False
 
-def _check_rows(made: Mapping[str, np.ndarray], rows: int) -> None:
-    for name, value in made.items():
-        if value.shape[0] != rows:
-            raise AssertionError(f"perturbation feeds for '{name}' have {value.shape[0]} "
-                                 f"rows, expected {rows}")
+    def scores(self, start: int, stop: int, target) -> np.ndarray:
+        if self.one_by_one:
+            return self._singly(start, stop, target)
+        batch, owners = self._feeds(start, stop)
+        try:
+            outputs = self.engine.forward(batch)
+        except OnnxplainError as err:
+            if isinstance(err, InputError) or stop - start == 1:
+                raise
+            self._fall_back(stop - start, err)
+            return self._singly(start, stop, target)
+        return _scores(outputs[self.engine.output], target, owners)
+
+    def _singly(self, start: int, stop: int, target) -> np.ndarray:
+        found = [self._one(index, target) for index in range(start, stop)]
+        return np.concatenate(found)
+
+    def _one(self, index: int, target) -> np.ndarray:
+        batch, owners = self._feeds(index, index + 1)
+        return _scores(self.engine.forward(batch)[self.engine.output], target, owners)
+
+    def _fall_back(self, rows: int, err: Exception) -> None:
+        # Warned once per call: later chunks go one copy per run without trying again.
+        self.one_by_one = True
+        warnings.warn(f"the model failed on a batch of {rows} perturbed copies although its "
+                      f"batch axis is symbolic ({err}); running one copy per run (slower)",
+                      BatchNotice, stacklevel=4)
+
+    def _feeds(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Feeds for flat perturbation indices start..stop-1 and the input row each one
+        belongs to."""
+        parts: list[dict[str, np.ndarray]] = []
+        owners = []
+        index = start
+        while index < stop:
+            row, first = divmod(index, self.count)
+            last = min(self.count, first + (stop - index))
+            parts.append(self._copies(row, first, last))
+            owners.append(np.full(last - first, row))
+            index += last - first
+        batch = {name: join_rows([p[name] for p in parts], rows_axis(self.axes, name, value))
+                 for name, value in self.feeds.items()}
+        return batch, np.concatenate(owners)
+
+    def _copies(self, row: int, first: int, last: int) -> dict[str, np.ndarray]:
+        """Every model input for copies first..last-1 of row `row`: the perturbed ones as
+        `make` gives them, the others repeated from the row on their own batch axis."""
+        made = dict(self.make(row, first, last))
+        for name, value in made.items():
+            if self.axes.get(name, 0) != 0:
+                raise InputError(f"input '{name}' has its rows on axis {self.axes[name]}; "
+                                 "perturbation methods perturb inputs batched on axis 0")
+            if value.shape[0] != last - first:
+                raise AssertionError(f"perturbation feeds for '{name}' have {value.shape[0]} "
+                                     f"rows, expected {last - first}")
+        for name, value in self.feeds.items():
+            if name not in made:
+                made[name] = repeat_row(value, rows_axis(self.axes, name, value), row,
+                                        last - first)
+        return made
 
 
 def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
