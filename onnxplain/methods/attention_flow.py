@@ -138,9 +138,10 @@ def require_square_maps(engine, feeds, layers, method: str) -> None:
            for layer, size in zip(layers, sizes, strict=True)
            if len(size) == 4 and size[2] != size[3]]
     if odd:
-        raise InputError(f"{method} chains square self-attention maps, and the maps of layers "
-                         f"{', '.join(odd)} are not (keys cached, pooled or from another "
-                         "sequence): name square self-attention layers with attention=...")
+        raise InputError(f"{method} reads square self-attention maps (tokens x tokens of one "
+                         f"sequence), and the maps of layers {', '.join(odd)} are not (keys "
+                         "cached, pooled or from another sequence): name square "
+                         "self-attention layers with attention=...")
     layer_stack(values, layers)  # [batch, heads, tokens, tokens], one token count
 
 
@@ -172,6 +173,7 @@ def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto
                   upsample: str = "bilinear"):
     """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
     layers = attention_layers(engine.model, attention)
+    require_square_maps(engine, feeds, layers, "raw_attention")
     query = explained_query(engine, feeds, sources, layers, query)
     values = engine.forward(feeds, taps=probabilities(layers))
     outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
@@ -196,6 +198,7 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
     """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
     each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
     layers = attention_layers(engine.model, attention)
+    require_square_maps(engine, feeds, layers[-1:], "partial_lrp")
     query = explained_query(engine, feeds, sources, layers, query)
     relevance = relevance_pass(layers[-1:], sources)
     run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,

@@ -86,6 +86,17 @@ def test_non_square_maps_are_refused_naming_the_layers(kind, sizes, method):
     assert "'p0'" in message and "'p1'" in message and "5 queries" in message
 
 
+@pytest.mark.parametrize(("method", "named"), [("raw_attention", ("'p0'", "'p1'")),
+                                               ("partial_lrp", ("'p1'",))])
+def test_methods_reading_one_row_refuse_non_square_maps_too(method, named):
+    """Their scores are per key: with a cache they would be laid on the wrong tokens."""
+    explainer = onnxplain.Explainer(_model("cache"), progress=False)
+    with pytest.raises(onnxplain.InputError) as caught:
+        explainer.explain(_feeds("cache", past=3), method, target=0, query=0)
+    message = str(caught.value)
+    assert "\n" not in message and all(name in message for name in named)
+
+
 def _numpy_rollout(maps: list[np.ndarray], query: int) -> np.ndarray:
     v = None
     for a in reversed(maps):
