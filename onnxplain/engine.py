@@ -7,6 +7,7 @@ set, with taps) and for forward runs; they never touch graph internals.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -375,7 +376,7 @@ class Engine:
         return {name: join_rows(values, rows_axis(axes, name, values[0]))
                 for name, values in parts.items()}
 
-    @property
+    @functools.cached_property
     def _output_axes(self) -> dict[str, int | None]:
         """Model output -> the axis its rows lie on, from the batch symbol in its dims."""
         batch = self.model.batch

@@ -142,6 +142,10 @@ class Explainer:
         return next_token(self.model, feeds, logits, target)
 
     @cached_property
+    def _straight_through_notes(self) -> list[str]:
+        return straight_through_notes(self.model.proto)
+
+    @cached_property
     def _cut_notes(self) -> list[str]:
         """Paths the gradient treats as constant beside a differentiable one (warned once)."""
         notes = partial_cut_notes(self.model.proto.graph.node, [s.tensor for s in self.sources],
@@ -202,7 +206,7 @@ class Explainer:
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
         notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
-        notes += straight_through_notes(self.model.proto) if method.needs_sources else []
+        notes += self._straight_through_notes if method.needs_sources else []
         notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
         doubts += _all_zero(per_input, self.model.batch.of_inputs)

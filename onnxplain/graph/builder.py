@@ -112,6 +112,13 @@ class GraphBuilder:
         self._static[name] = value
         return value
 
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of an initializer or Constant output, without reading its values."""
+        if name in self._static:
+            return self._static[name].shape
+        init = self._initializers.get(name) if name else None
+        return None if init is None else tuple(init.dims)
+
     def static_ints(self, name: str) -> list[int] | None:
         value = self.static_value(name)
         return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]

@@ -26,10 +26,8 @@ def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None) -> str:
     raise InputError("no float or token-id input to perturb; name one with input=NAME")
 
 
-def copies(feeds: Mapping[str, np.ndarray], row: int, count: int, name: str,
-           values: np.ndarray) -> dict[str, np.ndarray]:
-    """Feeds of `count` copies of row `row`: input `name` set to `values` ([count, ...]);
+def copies(feeds: Mapping[str, np.ndarray], name: str, values: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """Feeds of perturbed copies: input `name` set to `values` ([copies, ...]) in its type;
     perturbed_scores repeats every other input from the row, on its own batch axis."""
-    if values.shape[0] != count:
-        raise AssertionError(f"{values.shape[0]} perturbed values for {count} copies")
     return {name: np.ascontiguousarray(values, dtype=feeds[name].dtype)}

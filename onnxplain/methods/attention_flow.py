@@ -18,8 +18,6 @@ positive part, every method returns one score per token, read from the class-tok
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from ..autodiff import POST_PREFIX
@@ -75,14 +73,11 @@ def explained_query(engine, feeds, sources, layers, query):
     return int(positions[0])
 
 
-# Whether an engine's attention layer is causal: a property of the model, checked once.
-_CAUSAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _causal(engine, feeds, layer, last: int) -> bool:
     """Whether the layer's first row attends to no later token (checked on one forward run
     of that row, at the real query positions up to `last`)."""
-    known = _CAUSAL.setdefault(engine, {})
+    # Causality is a property of the model: decided once, kept with its derived facts.
+    known = engine.model.derived.setdefault("causal_layers", {})
     if layer.probabilities not in known:
         row = {name: value[:1] for name, value in feeds.items()}
         maps = engine.forward(row, taps=[layer.probabilities])[layer.probabilities]

@@ -155,7 +155,7 @@ def coalition_values(engine: Engine, feeds: Mapping[str, np.ndarray], target, na
         coalition, rep = np.divmod(np.arange(start, stop), repeats)
         base = baseline[rep] if background else baseline
         values = apply_features(x[row], masks[row], present[coalition], base)
-        return copies(feeds, row, stop - start, name, values)
+        return copies(feeds, name, values)
 
     scores = perturbed_scores(engine, feeds, target, make, len(present) * repeats, label=label)
     return scores.reshape(x.shape[0], len(present), repeats).mean(axis=2)

@@ -85,7 +85,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
         for k, corner in enumerate(starts[first:last]):
             region = (k, *(slice(c, c + s) for c, s in zip(corner, size, strict=True)))
             batch[region] = fill[region[1:]]
-        return copies(feeds, row, last - first, name, batch)
+        return copies(feeds, name, batch)
 
     scores = perturbed_scores(engine, feeds, target, make, len(starts), label="occlusion")
     total = np.zeros(value.shape, dtype=np.float64)

@@ -124,7 +124,7 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
         else:
             m = masks[:, None] if layout == "NCHW" else masks[..., None]
             perturbed = m * x + (1 - m) * b
-        return copies(feeds, row, last - first, name, perturbed)
+        return copies(feeds, name, perturbed)
 
     scores = perturbed_scores(engine, feeds, target, make, n_masks, label="rise")
     saliency = _weighted_sum(plan, scores) / (n_masks * keep)

@@ -121,7 +121,7 @@ def perturbation_curves(explainer, inputs: Inputs, attribution: Attribution,
         taken = orders[row][plan] < done[step][:, None]  # [n, F] features moved so far
         present = np.where(plan_inserts[plan][:, None], taken, ~taken)
         batch = apply_features(feeds[name][row], mask, present, settings.baseline_value)
-        return copies(feeds, row, last - first, name, batch)
+        return copies(feeds, name, batch)
 
     count = len(plans) * len(values) * (steps + 1)
     scores = perturbed_scores(engine, feeds, target, make, count,

@@ -122,14 +122,15 @@ class Session:
             raise InputError(f"unknown graph optimization '{optimization}' "
                              f"(choose from {', '.join(OPTIMIZATION)})")
         options.graph_optimization_level = OPTIMIZATION[optimization]
-        if payload_bytes(model) >= UNPACKED_FROM:  # stubs count
+        size = payload_bytes(model)  # stubs count
+        if size >= UNPACKED_FROM:
             options.add_session_config_entry("session.disable_prepacking", "1")
         # A missing CUDA install makes ORT log errors while it falls back to the CPU; the
         # fallback is reported through `providers`, so keep the console quiet meanwhile.
         ort.set_default_logger_severity(4)
         try:
             extra = {"disabled_optimizers": list(disabled)} if disabled else {}
-            with _handed_over(model, options, weights) as source:
+            with _handed_over(model, options, weights, size) as source:
                 self._session = ort.InferenceSession(source, options,
                                                      providers=self.requested, **extra)
         except Exception as err:  # noqa: BLE001 - ORT raises several untyped errors
@@ -161,15 +162,15 @@ class Session:
 
 
 @contextlib.contextmanager
-def _handed_over(model: onnx.ModelProto, options, weights: Weights | None
+def _handed_over(model: onnx.ModelProto, options, weights: Weights | None, size: int
                  ) -> Iterator[bytes | str]:
     """What to open a session on: the serialised model, or for models with large weights a
     model that holds none of their bytes. Those its file holds unchanged (`weights`, for
     `model` or the model its stubs stand for) it names as external data in that file, which
     ONNX Runtime reads; the others name a placeholder, their arrays (views of protobuf's
     bytes) added to `options`. ONNX Runtime copies both in before it optimises; the arrays
-    and the temporary file go once the session exists."""
-    if payload_bytes(model) < HAND_OVER_FROM:
+    and the temporary file go once the session exists. `size`: the model's weight bytes."""
+    if size < HAND_OVER_FROM:
         yield model.SerializeToString()
         return
     weights = weights or Weights(model)

@@ -88,11 +88,6 @@ def spatial_map(attribution: np.ndarray, layout: str, signed: bool = False) -> n
     return values.sum(axis=axis)
 
 
-def colour_scale(values: np.ndarray, clip_percentile: float = CLIP_PERCENTILE) -> float:
-    """The |value| drawn at full colour: a high percentile, so outliers don't wash out."""
-    return _top(np.abs(_finite(values)), clip_percentile)[0]
-
-
 def colour_range(values: np.ndarray, signed: bool = False,
                  clip_percentile: float = CLIP_PERCENTILE, stretch: bool = False
                  ) -> ColourRange:
@@ -113,19 +108,15 @@ def colour_range(values: np.ndarray, signed: bool = False,
     return ColourRange(0.0, high, "0", means)
 
 
-def colorize(values: np.ndarray, signed: bool = False,
-             clip_percentile: float = CLIP_PERCENTILE, scale: float | None = None,
-             colormap: str | None = None, span: ColourRange | None = None) -> np.ndarray:
-    """[H, W] floats to [H, W, 3] uint8 on `span` (default: 0 or -scale to scale, where
-    scale defaults to colour_scale(values)); unsigned maps are drawn by |value|.
+def colorize(values: np.ndarray, signed: bool = False, colormap: str | None = None,
+             span: ColourRange | None = None) -> np.ndarray:
+    """[H, W] floats to [H, W, 3] uint8 on `span` (default: colour_range(values, signed));
+    unsigned maps are drawn by |value|.
 
-    Pass one `span` or `scale` to draw several maps (the parts of a signed map) comparably.
+    Pass one `span` to draw several maps (the parts of a signed map) comparably.
     """
     values = _finite(values)
-    if span is None:
-        if scale is None or not scale > 0:
-            scale = colour_scale(values, clip_percentile)
-        span = ColourRange(-scale if signed else 0.0, scale, "", "")
+    span = span or colour_range(values, signed)
     if not signed:
         values = np.abs(values)
     return paint(span.position(values), colormap or default_colormap(signed))

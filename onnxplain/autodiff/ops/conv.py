@@ -187,9 +187,9 @@ def _constant_shape(b: GraphBuilder, w: str) -> tuple[int, ...] | None:
     """The shape of weights that do not change between runs: an initializer, or a tensor
     computed from constants in the graph (b.folded, e.g. LRP's modified weights) where
     Slice can flip it (opset 10). None otherwise."""
-    value = b.static_value(w)
-    if value is not None:
-        return value.shape
+    known = b.static_shape(w)  # the shape only: reading the values would copy the weights
+    if known is not None:
+        return known
     shape = b.info(w).shape
     if w not in b.folded or b.opset < 10 or shape is None:
         return None
