@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from ...graph.builder import GraphBuilder
 from ..registry import NodeContext, rule
+from .shape import int_scalar, iota
 
 STE_NOTE = ("gradients pass QuantizeLinear/DequantizeLinear by the straight-through "
             "estimator: 1 inside the representable range [scale*(qmin - zero_point), "
@@ -134,15 +134,11 @@ def _along(c: NodeContext, t: str, like: str, dtype: int) -> str:
     axis = axis + rank if axis < 0 else axis
     block = int(c.attr("block_size", 0) or 0)
     if block > 0:  # blocked: element i along axis uses entry i // block
-        positions = b.range(_int(b, 0), b.squeeze(b.dim(like, axis), [0]), _int(b, 1))
-        return b.op("Gather", t, b.op("Div", positions, _int(b, block)), axis=axis)
+        positions = iota(b, b.dim(like, axis))
+        return b.op("Gather", t, b.op("Div", positions, int_scalar(b, block)), axis=axis)
     if rank_t == 0 or rank <= 1 or single:
         return t
     return b.reshape(t, [-1] + [1] * (rank - axis - 1))
-
-
-def _int(b: GraphBuilder, value: int) -> str:
-    return b.const(np.array(value, dtype=np.int64))
 
 
 def _in_range(b: GraphBuilder, x: str, s: str, z: str, qmin: int, qmax: int) -> str:
