@@ -26,8 +26,8 @@ $(VENV)/.test-$(EXTRA): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 demo: $(VENV)/.zoo-$(EXTRA)
-	@echo "== building the demo models (trains a digits CNN and a tiny BERT: about half a minute)"
-	$(PY) -m model_zoo build digits_cnn sentiment_bert
+	@echo "== building the demo models (trains a digits CNN, a tiny BERT and a tiny GPT-2: about 40 s)"
+	$(PY) -m model_zoo build digits_cnn sentiment_bert causal_lm
 	@echo "== explaining 16 test digits with saliency"
 	$(VENV)/bin/onnxplain explain "$$($(PY) -m model_zoo path digits_cnn)" \
 		--input "$$(dirname "$$($(PY) -m model_zoo path digits_cnn)")/sample.npz" \
@@ -39,9 +39,15 @@ demo: $(VENV)/.zoo-$(EXTRA)
 		--method layer_integrated_gradients --target 1 --out $(DEMO_OUT)/sentiment
 	@$(PY) -c "import json; rows = json.load(open('$(DEMO_OUT)/sentiment/tokens.json'))['input_ids']; \
 		[print('  ' + '  '.join(f\"{t['token']} {t['score']:+.2f}\" for t in row)) for row in rows[:2]]"
+	@echo "== a causal language model: generating 2 tokens, each explained with saliency"
+	$(VENV)/bin/onnxplain generate "$$($(PY) -m model_zoo path causal_lm)" \
+		--vocab "$$(dirname "$$($(PY) -m model_zoo path causal_lm)")/vocab.txt" \
+		--text "alice saw a brown cow near the river and it said" \
+		--steps 2 --method saliency --out $(DEMO_OUT)/causal_lm
 	@echo "Outputs are in $(abspath $(DEMO_OUT))/:"
 	@echo "  digits/: attribution.npy, heatmap and overlay PNGs, summary.json"
 	@echo "  sentiment/: tokens_input_ids_*.html (red: for 'positive', blue: against), tokens.json"
+	@echo "  causal_lm/: generation.html (the prompt coloured by its saliency for each generated token), generation.json"
 
 lint: $(VENV)/.test-$(EXTRA)
 	$(VENV)/bin/ruff check .

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 
 def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int
@@ -52,3 +54,53 @@ def machine() -> str:
               "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "sve")
     extensions = " ".join(f for f in wanted if f in flags) or "unknown"
     return f"{model}, {os.cpu_count()} logical cores, vector extensions: {extensions}"
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes. Linux keeps getrusage's ru_maxrss
+    across exec, so a child forked from a big parent would report the parent's peak;
+    VmHWM belongs to the process's own address space."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def methods_against_forward(path, feeds: dict, forward: Callable[[], object],
+                            methods: Sequence[str], repeats: int
+                            ) -> tuple[dict[str, tuple[list[float], list[float]]], float]:
+    """Each method's explain() interleaved with `forward`: {method: (its times, the forward's
+    times)} and the median forward time over all of them."""
+    import onnxplain
+
+    times = {}
+    for method in methods:
+        # A fresh Explainer per method, alone with the forward: idle worker threads of
+        # other methods' sessions would share the cores.
+        explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
+        pair = interleaved_times({"forward": forward,
+                                  method: partial(explainer.explain, feeds, method)}, repeats)
+        times[method] = (pair[method], pair["forward"])
+        del explainer
+        gc.collect()
+    base = statistics.median(t for _, forwards in times.values() for t in forwards)
+    return times, base
+
+
+def print_ratios(times: dict[str, tuple[list[float], list[float]]],
+                 targets: dict[str, float | None]) -> None:
+    """One line per method: its median time and its ratio to the forward, against the
+    target where one is set."""
+    for method, target in targets.items():
+        own, forwards = times[method]
+        ratio = median_ratio(own, forwards)
+        goal = f" (target <= {target})" if target else ""
+        verdict = "" if target is None else ("  met" if ratio <= target else "  NOT MET")
+        print(f"  {method:24s} {statistics.median(own) * 1e3:8.1f} ms  "
+              f"{ratio:5.2f} x forward{goal}{verdict}")

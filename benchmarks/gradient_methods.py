@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _timing import interleaved_times, median_ratio  # noqa: E402
+from _timing import interleaved_times, median_ratio, peak_rss  # noqa: E402
 
 import model_zoo  # noqa: E402
 import onnxplain  # noqa: E402
@@ -158,12 +158,7 @@ def _peak_memory() -> None:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Unlike getrusage's ru_maxrss it is not
-    inherited from the parent across fork and exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    return peak_rss() / (1 << 20)
 
 
 def _memory_probe(steps: int) -> dict:

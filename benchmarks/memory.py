@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _timing import machine  # noqa: E402
+from _timing import machine, peak_rss  # noqa: E402
 
 MB = 1 << 20
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -173,20 +172,6 @@ def child(mode: str, path: str, batch: int) -> None:
     print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start}))
 
 
-def peak_rss() -> int:
-    """This process's peak resident set size in bytes. Linux keeps getrusage's ru_maxrss
-    across exec, so a child forked from a big parent would report the parent's peak;
-    VmHWM belongs to the process's own address space."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-
-
 def _batch(dims, batch: int, ids: bool = False) -> np.ndarray:
     """Random float32 inputs (int64 token ids below 1000 for `ids`) of these declared dims,
     the non-integer ones set to `batch`."""
@@ -206,11 +191,8 @@ def measure(mode: str, path: Path, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def kept_bytes(path: Path, batch: int) -> int:
+def kept_bytes(model, batch: int) -> int:
     """Every float tensor the forward computes, for `batch` rows (dims known statically)."""
-    from onnxplain.graph.model import Model
-
-    model = Model.load(path)
     total = 0
     for dims, itemsize in model.float_activations:
         if all(isinstance(d, int) for d in dims):
@@ -218,17 +200,15 @@ def kept_bytes(path: Path, batch: int) -> int:
     return total
 
 
-def weight_bytes(path: Path) -> int:
-    import onnx
+def weight_bytes(model) -> int:
+    from onnxplain.graph.weights import tensor_bytes
 
-    return sum(len(init.raw_data) for init in onnx.load(str(path)).graph.initializer)
+    return sum(tensor_bytes(init) for init in model.proto.graph.initializer)
 
 
-def export_sizes(path: Path, methods: list[str]) -> None:
+def export_sizes(model, path: Path, methods: list[str]) -> None:
     from onnxplain.export import export_explainer
-    from onnxplain.graph.model import Model
 
-    model = Model.load(path)
     size = path.stat().st_size
     print(f"exported explainers (file {size / MB:.1f} MB):")
     for method in methods:
@@ -249,10 +229,13 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
+    from onnxplain.graph.model import Model
+
     path = model_path(args.model)
+    model = Model.load(path)  # once, for the activation sizes and the exports
     print(machine())
     base = measure("baseline", path, 1)["peak"]
-    print(f"{args.model}: weights {weight_bytes(path) / MB:.0f} MB, file "
+    print(f"{args.model}: weights {weight_bytes(model) / MB:.0f} MB, file "
           f"{path.stat().st_size / MB:.0f} MB; interpreter baseline {base / MB:.0f} MB (peak "
           "RSS of whole processes, MB)")
     print(f"{'batch':>5} {'forward':>9} {'saliency':>9} {'kept':>9} {'ratio':>7} "
@@ -261,14 +244,14 @@ def main() -> None:
         runs = {mode: [measure(mode, path, batch) for _ in range(args.repeats)]
                 for mode in ("forward", "saliency")}
         best = {mode: min(r["peak"] for r in found) for mode, found in runs.items()}
-        kept = kept_bytes(path, batch)
+        kept = kept_bytes(model, batch)
         goal = 1.5 * best["forward"] + kept
         print(f"{batch:>5} {best['forward'] / MB:>9.0f} {best['saliency'] / MB:>9.0f} "
               f"{kept / MB:>9.0f} {best['saliency'] / best['forward']:>7.2f} "
               f"{goal / MB:>9.0f} {min(r['seconds'] for r in runs['forward']):>7.2f} "
               f"{min(r['seconds'] for r in runs['saliency']):>7.2f}", flush=True)
     if args.exports:
-        export_sizes(path, args.exports)
+        export_sizes(model, path, args.exports)
 
 
 if __name__ == "__main__":

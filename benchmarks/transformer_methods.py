@@ -13,8 +13,6 @@ Targets: rollout <= 1.3; generic_attention and transformer_attribution <= 4.0.
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _timing import interleaved_times, median_ratio  # noqa: E402
+from _timing import methods_against_forward, print_ratios  # noqa: E402
 
 import model_zoo  # noqa: E402
 import onnxplain  # noqa: E402
@@ -54,27 +52,12 @@ def main() -> None:
     model = onnxplain.Explainer(path, providers="cpu", progress=False)
     feeds = batch(model, args.rows, args.length)
     forward = Session(model.model.proto, model.providers)
-    times = {}
-    for method in methods:
-        # Each method against the forward with only its own sessions alive: ONNX Runtime's
-        # idle worker threads of the other methods' sessions would share the cores.
-        explainer = onnxplain.Explainer(path, providers="cpu", progress=False)
-        pair = interleaved_times({"forward": partial(forward.run, None, feeds),
-                                  method: partial(explainer.explain, feeds, method)},
-                                 args.repeats)
-        times[method] = (pair[method], pair["forward"])
-        del explainer
-        gc.collect()
-    base = statistics.median(t for _, forwards in times.values() for t in forwards)
+    times, base = methods_against_forward(path, feeds, partial(forward.run, None, feeds),
+                                          list(methods), args.repeats)
     print(f"{args.model}, batch {args.rows}, sequence {args.length}, CPU: forward "
           f"{base * 1e3:.1f} ms (median of {args.repeats} per method)")
-    for method, target in methods.items():
-        own, forwards = times[method]
-        ratio = median_ratio(own, forwards)
-        goal = f" (target <= {target})" if target else ""
-        verdict = "" if target is None else ("  met" if ratio <= target else "  NOT MET")
-        print(f"  {method:24s} {statistics.median(own) * 1e3:8.1f} ms  "
-              f"{ratio:5.2f} x forward{goal}{verdict}")
+    print_ratios(times, methods)
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from .errors import friendly
 from .options import (
     inputs_option,
     method_options,
+    output_seed_option,
     parse_targets,
     provider_option,
     quiet_option,
@@ -27,9 +28,7 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @target_option
-@click.option("--output-seed", default=None, metavar="FILE.npy",
-              help="weights shaped like the output; explains and scores sum(weights * "
-                   "output) per row instead of a class")
+@output_seed_option(" (and scores it)")
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O n_steps=32 or -O baseline=@ref.npy (repeatable)")
 @click.option("--metrics", "metric_names", default=DEFAULT_METRICS, show_default=True,
@@ -72,12 +71,12 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     from onnxplain.metrics import evaluate as evaluate_scores
     from onnxplain.metrics import resolve_metrics
 
-    from .input_files import read_array, read_inputs
+    from .input_files import read_array, read_inputs, say_notes
 
     names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
     explainer = Explainer(model, providers=provider, output=output_name,
                           progress=not (quiet or as_json))
-    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
+    say = say_notes(quiet or as_json)
     arrays, _ = read_inputs(explainer.model, inputs, image_settings, say)
     chosen_options = method_options(options)
     mask = read_array(features[1:]) if features.startswith("@") else features
@@ -98,7 +97,7 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
 
 def describe(scores: dict, model: str) -> list[str]:
     """The scores as a table: metric, score, random baseline, which direction is better."""
-    from onnxplain.viz.report import counted
+    from onnxplain._text import counted
 
     settings = scores["settings"]
     lines = [f"{scores['method']} on {model}: {counted(scores['rows'], 'row')} of "

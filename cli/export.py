@@ -9,7 +9,7 @@ import click
 from .errors import friendly
 from .input_files import read_inputs
 from .local_head import refuse_inputs, write_model
-from .options import method_options, quiet_option
+from .options import method_options, output_seed_option, place_options, quiet_option
 
 
 @click.command("export")
@@ -19,12 +19,12 @@ from .options import method_options, quiet_option
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O n_steps=32; -O baseline=@ref.npy passes an array")
 @click.option("--output", "output_name", default=None, help="model output to explain")
-@click.option("--output-seed", default=None, metavar="FILE.npy",
-              help="weights shaped like one row of the output (or [1, ...]): the explainer "
-                   "explains sum(weights * output) per row instead of a class; it takes an "
-                   "`output_seed` input instead of `target` (optional, these weights by "
-                   "default; feed one row for all rows or one per row). Any float output "
-                   "with a static shape after the batch axis, not only [batch, classes]")
+@place_options
+@output_seed_option(
+    " (one row of it, or [1, ...]); the explainer takes an `output_seed` input instead of "
+    "`target` (optional, these weights by default; feed one row for all rows or one per "
+    "row). Any float output with a static shape after the batch axis, not only "
+    "[batch, classes]")
 @click.option("-o", "--out", required=True, metavar="FILE.onnx",
               help="where to write the explainer model")
 @click.option("--target-input", type=click.Choice(["optional", "required"]),
@@ -40,14 +40,14 @@ from .options import method_options, quiet_option
 @quiet_option
 @friendly
 def export(model: str, method: str, options: tuple[str, ...], output_name: str | None,
-           output_seed: str | None, out: str, target_input: str, check: bool,
+           place: dict, output_seed: str | None, out: str, target_input: str, check: bool,
            inputs: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     """Write MODEL plus METHOD's attributions as one ONNX model (inputs: the original ones
     and an optional `target`; outputs: the original ones, `target_used` and the method's)."""
+    from onnxplain._text import counted
     from onnxplain.export import export_explainer
     from onnxplain.export.check import check_export, sample_inputs
     from onnxplain.graph.model import Model
-    from onnxplain.viz.report import counted
 
     from .input_files import read_array
 
@@ -57,7 +57,7 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
     chosen_options = method_options(options)
     seed = read_array(output_seed) if output_seed is not None else None
     exported = export_explainer(loaded, method, output=output_name, target_input=target_input,
-                                output_seed=seed, **chosen_options)
+                                output_seed=seed, **place, **chosen_options)
     write_model(exported, out)
     summary = {"written": out, "method": method,
                "added": json.loads(next(p.value for p in exported.metadata_props
@@ -66,7 +66,7 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
         arrays = read_inputs(loaded, inputs)[0] if inputs else sample_inputs(loaded)
         summary["check"] = check_export(loaded, exported, method, chosen_options, arrays,
                                         output_name, output_seed=seed,
-                                        progress=not (quiet or as_json))
+                                        progress=not (quiet or as_json), place=place)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
 from onnxplain.errors import InputError
@@ -32,20 +33,33 @@ class InputSet:
     notes: list[str] = field(default_factory=list)
 
 
+def say_notes(silent: bool) -> Callable[[str], None] | None:
+    """How commands tell the user a note (on stderr, so stdout stays the command's own
+    output); None when `silent` (-q, --json)."""
+    return None if silent else (lambda message: click.echo(message, err=True))
+
+
 def read_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None,
                 say: Callable[[str], None] | None = None
                 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Arrays by input name, and the files they came from; `say` hears the notes (a saved
     preset applied)."""
-    loaded = load_inputs(model, specs, images)
-    for note in loaded.notes if say is not None else ():
-        say(note)
+    loaded = load_inputs(model, specs, images, say)
     return loaded.arrays, loaded.files
 
 
-def load_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None
-                ) -> InputSet:
-    """The arrays of `specs` (-i values) with where every row came from; see InputSet."""
+def load_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None = None,
+                say: Callable[[str], None] | None = None) -> InputSet:
+    """The arrays of `specs` (-i values) with where every row came from (see InputSet);
+    `say` hears the notes."""
+    found = _load_inputs(model, specs, images)
+    for note in found.notes if say is not None else ():
+        say(note)
+    return found
+
+
+def _load_inputs(model: Model, specs: tuple[str, ...], images: ImageSettings | None
+                 ) -> InputSet:
     names = [spec.name for spec in model.inputs]
     found = InputSet()
     pictures: dict[str, list[str]] = {}

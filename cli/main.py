@@ -10,17 +10,20 @@ import click
 from .errors import friendly, one_line
 from .evaluate import evaluate
 from .export import export
+from .generate import generate
 from .local_head import local_head
 from .options import (
     clip_percentile_option,
     colormap_option,
     inputs_option,
     method_options,
+    output_seed_option,
     parse_pairs,
-    parse_targets,
+    place_options,
     provider_option,
     quiet_option,
     target_option,
+    token_target,
     vocab_option,
 )
 from .presets import image_options
@@ -124,10 +127,9 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @target_option
+@place_options
 @click.option("--output", "output_name", default=None, help="model output to explain")
-@click.option("--output-seed", default=None, metavar="FILE.npy",
-              help="weights shaped like the output; explains sum(weights * output) per row "
-                   "instead of a class")
+@output_seed_option()
 @click.option("--attribute-at", "attribute_at", multiple=True, metavar="INPUT=TENSOR",
               help="take INPUT's attribution at another float tensor (repeatable)")
 @click.option("-o", "--out", default="onnxplain_out", show_default=True,
@@ -147,14 +149,15 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @image_options
 @friendly
 def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None,
-            output_name: str | None, output_seed: str | None, attribute_at: tuple[str, ...],
-            out: str, colormap: str | None, clip_percentile: float, options: tuple[str, ...],
-            provider: str, batch_size: int | None, vocab: str | None, as_json: bool,
-            quiet: bool, image_settings) -> None:
+            place: dict, output_name: str | None, output_seed: str | None,
+            attribute_at: tuple[str, ...], out: str, colormap: str | None,
+            clip_percentile: float, options: tuple[str, ...], provider: str,
+            batch_size: int | None, vocab: str | None, as_json: bool, quiet: bool,
+            image_settings) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
-    from .input_files import load_inputs, read_array
+    from .input_files import load_inputs, read_array, say_notes
     from .outputs import HeatmapStyle, describe_result, prepare_folder, write_explanation
 
     vocabulary = None
@@ -165,11 +168,8 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     explainer = Explainer(model, providers=provider, output=output_name,
                           attribute_at=parse_pairs(attribute_at, "--attribute-at"),
                           progress=not (quiet or as_json))
-    loaded = load_inputs(explainer.model, inputs, image_settings)
+    loaded = load_inputs(explainer.model, inputs, image_settings, say_notes(quiet or as_json))
     arrays, files = loaded.arrays, list(loaded.files)
-    if not (quiet or as_json):
-        for note in loaded.notes:
-            click.echo(note)
     if vocab is not None:
         files.append(vocab)
     seed = None
@@ -178,8 +178,10 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
         files.append(output_seed)
     chosen_options = method_options(options, files)
     folder = prepare_folder(out, [model, *files])
-    result = explainer.explain(arrays, method=method, target=parse_targets(target),
-                               output_seed=seed, batch_size=batch_size, **chosen_options)
+    target_ids = token_target(target, vocabulary, explainer.model, explainer.output)
+    result = explainer.explain(arrays, method=method, target=target_ids,
+                               output_seed=seed, batch_size=batch_size, **place,
+                               **chosen_options)
     written = write_explanation(result, folder, [model, *files], result.signed, arrays,
                                 vocabulary, HeatmapStyle(colormap, clip_percentile), loaded)
     if as_json:
@@ -189,7 +191,7 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     elif not quiet:
         click.echo(f"{result.method} on {model} ({result.runtime_s:.3f} s, "
                    f"{result.providers[0]})")
-        for line in describe_result(result):
+        for line in describe_result(result, vocabulary):
             click.echo(f"  {line}")
         click.echo(f"wrote {len(written)} files to {folder}/")
 
@@ -198,6 +200,7 @@ main.add_command(local_head)
 main.add_command(export)
 main.add_command(evaluate)
 main.add_command(report)
+main.add_command(generate)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import numpy as np
 from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
 from onnxplain.files import save_json, save_npy, save_npz
-from onnxplain.objective import describe_objective
+from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.heatmap import (
     CLIP_PERCENTILE,
     colour_bar_text,
@@ -83,6 +83,7 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
     pictures = write_heatmaps(attribution, signed, feeds or {}, style or HeatmapStyle(), target)
     write_token_views(attribution, feeds or {}, vocabulary, target)
     summary = attribution.summary()
+    summary.update(token_strings(attribution, vocabulary))
     if inputs is not None:
         summary["preprocessing"] = inputs.preprocessing
     summary["rows"] = row_records(summary, _row_count(attribution, feeds), inputs, pictures)
@@ -134,7 +135,8 @@ def row_records(summary: dict, rows: int, inputs: InputSet | None,
         if inputs is not None:
             record["sources"] = {name: found[row] for name, found in inputs.sources.items()
                                  if row < len(found)}
-        for key in ("target", "target_score", "predicted_class", "predicted_score"):
+        for key in ("target", "target_token", "target_score", "predicted_class",
+                    "predicted_token", "predicted_score"):
             values = summary.get(key)
             if isinstance(values, list) and row < len(values):
                 record[key] = values[row]
@@ -173,21 +175,36 @@ def _row_count(attribution: Attribution, feeds: Mapping[str, np.ndarray] | None)
     return max(counts, default=len(attribution.target))
 
 
-def describe_result(attribution: Attribution) -> list[str]:
+def token_strings(attribution: Attribution, vocabulary: Vocabulary | None) -> dict:
+    """For next-token logits and a vocabulary: the explained and the predicted next token of
+    each row as strings ({"target_token": [...], "predicted_token": [...]}), else {}."""
+    if vocabulary is None or attribution.objective != NEXT_TOKEN:
+        return {}
+    strings = {"target_token": vocabulary.tokens_for(attribution.target)}
+    if attribution.predicted is not None:
+        strings["predicted_token"] = vocabulary.tokens_for(attribution.predicted)
+    return strings
+
+
+def describe_result(attribution: Attribution, vocabulary: Vocabulary | None = None
+                    ) -> list[str]:
     """What was explained (one sentence), then per row the explained score and, apart from
-    it, the prediction."""
-    lines = [f"explained: {describe_objective(attribution.objective, attribution.output)}"]
+    it, the prediction (next tokens named by `vocabulary` when one is given)."""
+    names = token_strings(attribution, vocabulary)
+    lines = [f"explained: {attribution.explained}"]
     scores = attribution.target_score
     positions = attribution.extras.get("explained_positions")
     unit = "token" if positions is not None else "class"
     for row, used in enumerate(attribution.target.tolist()):
-        text = f"row {row}: {unit} {used}"
+        text = f"row {row}: {unit} {_named(used, names.get('target_token'), row)}"
         if positions is not None:
             text += f" after position {positions[row]}"
         if scores is not None:
             text += f" (explained score {float(scores[row]):.4g})"
         if attribution.predicted is not None:
-            text += f"; predicted {unit} {int(attribution.predicted[row])}"
+            predicted = _named(int(attribution.predicted[row]), names.get("predicted_token"),
+                               row)
+            text += f"; predicted {unit} {predicted}"
             if attribution.predicted_score is not None:
                 text += f" (score {float(attribution.predicted_score[row]):.4g})"
         lines.append(text)
@@ -195,3 +212,8 @@ def describe_result(attribution: Attribution) -> list[str]:
         lines += [f"row {row}: explained score {float(value):.4g}"
                   for row, value in enumerate(np.asarray(scores).reshape(-1))]
     return lines
+
+
+def _named(token_id: int, strings: list[str] | None, row: int) -> str:
+    """'moo' (id 42) with a vocabulary, else the bare id."""
+    return str(token_id) if strings is None else f"{strings[row]!r} (id {token_id})"

@@ -13,6 +13,7 @@ from onnxplain.errors import InputError
 from .errors import friendly
 from .options import (
     inputs_option,
+    output_seed_option,
     parse_targets,
     provider_option,
     quiet_option,
@@ -32,9 +33,7 @@ REPORT_METRICS = ("deletion", "insertion")
               help="comma-separated methods (default: chosen from the model, e.g. "
                    "saliency,integrated_gradients,grad_cam for a CNN)")
 @target_option
-@click.option("--output-seed", default=None, metavar="FILE.npy",
-              help="weights shaped like the output; explains sum(weights * output) per row "
-                   "instead of a class (scores too)")
+@output_seed_option(" (scores too)")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="classes listed per row")
 @click.option("--labels", default=None, metavar="FILE", help="class names, one per line")
@@ -58,10 +57,11 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
     """Explain MODEL with several methods; write one self-contained index.html comparing
     them (heatmaps or token highlighting, runtimes, scores), report.json and PNGs."""
     from onnxplain import Explainer
-    from onnxplain.viz.report import build_report, counted, load_labels
+    from onnxplain._text import counted
+    from onnxplain.viz.report import build_report, load_labels
     from onnxplain.viz.report_files import check_folder, write_report
 
-    from .input_files import read_array, read_inputs
+    from .input_files import read_array, read_inputs, say_notes
 
     names = _method_list(methods)
     class_names = load_labels(labels) if labels is not None else None
@@ -71,7 +71,7 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
 
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, progress=not (quiet or as_json))
-    say = None if quiet or as_json else (lambda message: click.echo(message, err=True))
+    say = say_notes(quiet or as_json)
     arrays, files = read_inputs(explainer.model, inputs, image_settings, say)
     files += [path for path in (labels, vocab, output_seed) if path is not None]
     seed = read_array(output_seed) if output_seed is not None else None

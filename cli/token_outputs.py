@@ -9,6 +9,7 @@ import numpy as np
 
 from onnxplain.attribution import Attribution
 from onnxplain.files import save_json
+from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.tokens import save_token_html, token_scores_json
 from onnxplain.vocab import Vocabulary, ids_as_tokens
 
@@ -47,18 +48,53 @@ def write_token_views(attribution: Attribution, feeds: Mapping[str, np.ndarray],
             keep = None if mask is None else mask[row]
             rows.append(token_scores_json(tokens, scores[row], keep))
             if row < MAX_PAGES:
-                title = f"{attribution.method}, row {row}, class {_class(attribution, row)}"
+                explained = _explained(attribution, row, vocabulary)
+                title = f"{attribution.method}, row {row}, {explained}"
                 save_token_html(target(f"tokens_{safe_name(name)}_{row}.html"), tokens,
-                                scores[row], mask=keep, title=title, signed=attribution.signed)
+                                scores[row], mask=keep, title=title, signed=attribution.signed,
+                                next_token=_next_token(attribution, row, vocabulary))
         views[name] = rows
+    if views and attribution.objective == NEXT_TOKEN:
+        views["next_tokens"] = next_tokens(attribution, vocabulary)
     if views:
         save_json(target("tokens.json"), views)
 
 
-def _class(attribution: Attribution, row: int) -> str:
-    if attribution.target is not None and row < len(attribution.target):
-        return str(int(attribution.target[row]))
-    return "?"
+def next_tokens(attribution: Attribution, vocabulary: Vocabulary | None) -> list[dict]:
+    """Per row of a next-token explanation: the position read, the explained token and the
+    predicted one (ids and strings)."""
+    positions = attribution.extras.get("explained_positions") or []
+    found = []
+    for row, token in enumerate(attribution.target.tolist()):
+        entry = {"row": row, "position": positions[row] if row < len(positions) else None,
+                 "id": token, "token": _string(token, vocabulary)}
+        if attribution.predicted is not None:
+            predicted = int(attribution.predicted[row])
+            entry |= {"predicted_id": predicted, "predicted_token": _string(predicted,
+                                                                            vocabulary)}
+        found.append(entry)
+    return found
+
+
+def _explained(attribution: Attribution, row: int, vocabulary: Vocabulary | None) -> str:
+    """'next token 'moo'' for a language model, else 'class 3' (the explained target)."""
+    if attribution.target is None or row >= len(attribution.target):
+        return "class ?"
+    token = int(attribution.target[row])
+    if attribution.objective == NEXT_TOKEN:
+        return f"next token {_string(token, vocabulary)!r}"
+    return f"class {token}"
+
+
+def _next_token(attribution: Attribution, row: int, vocabulary: Vocabulary | None
+                ) -> str | None:
+    if attribution.objective != NEXT_TOKEN or row >= len(attribution.target):
+        return None
+    return _string(int(attribution.target[row]), vocabulary)
+
+
+def _string(token: int, vocabulary: Vocabulary | None) -> str:
+    return vocabulary.token(token) if vocabulary else ids_as_tokens(np.array([token]))[0]
 
 
 def safe_name(name: str) -> str:

@@ -23,6 +23,7 @@ from .hf_models import (
     export_text_model,
     make_bert_small,
 )
+from .registry import reused
 
 # The builders and architectures the registry names in this module.
 __all__ = ["bert_small_architecture", "digits_architecture", "make_bert_small"]
@@ -31,11 +32,7 @@ __all__ = ["bert_small_architecture", "digits_architecture", "make_bert_small"]
 def make_digits_cnn():
     """digits_cnn's trained weights and sample, from its zoo build (training takes the most
     time of a cold build: done once)."""
-    import torch
-
-    from .registry import load_torch, sample
-
-    return load_torch("digits_cnn"), {"image": torch.from_numpy(sample("digits_cnn")["image"])}
+    return reused("digits_cnn")
 
 
 def _converted(export, model, example: dict, path: Path, convert) -> None:

@@ -49,7 +49,7 @@ def digits_resnet_architecture():
 
 def make_digits_cnn_reused():
     """The zoo's digits_cnn (same weights, no retraining) and its sample."""
-    return _reused("digits_cnn")
+    return registry.reused("digits_cnn")
 
 
 def make_digits_resnet():
@@ -62,19 +62,11 @@ def make_digits_resnet():
 
 def make_digits_resnet_reused():
     """digits_resnet_qdq's float weights (trained once for both formats)."""
-    return _reused("digits_resnet_qdq")
+    return registry.reused("digits_resnet_qdq")
 
 
 def make_sentiment_bert_reused():
-    return _reused("sentiment_bert")
-
-
-def _reused(name: str):
-    """Another zoo model's torch module (built if needed) and sample, as a builder returns."""
-    import torch
-
-    sample = registry.sample(name)
-    return registry.load_torch(name), {k: torch.from_numpy(v) for k, v in sample.items()}
+    return registry.reused("sentiment_bert")
 
 
 def export_qdq(module, example: dict, path: Path) -> None:

@@ -121,6 +121,78 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("sentiment_bert", "small BERT trained on generated sentiment with negations",
              "sentiment", "make_sentiment_bert", "export_sentiment_bert",
              "sentiment_architecture", depends=("hf_models.py",)),
+    # -- attention layouts: windows, pooled keys, cross-attention (issue 17 item 5: layouts.py)
+    ZooModel("swin_tiny", "Swin (transformers), 2 stages, window 4, random weights, 32x32: "
+             "window attention [batch x windows, heads, 16, 16]", "layouts", "make_swin_tiny",
+             "export_images", "swin_tiny_architecture", depends=("hf_models.py",)),
+    ZooModel("segformer_tiny", "SegFormer classifier (transformers), 2 stages, random weights, "
+             "32x32: spatial-reduction attention (keys pooled 2x2) in stage 1",
+             "layouts", "make_segformer_tiny", "export_images", "segformer_tiny_architecture",
+             depends=("hf_models.py",)),
+    ZooModel("detr_tiny", "DETR (transformers, ResNet backbone, no timm), 1+1 layers, 5 object "
+             "queries, random weights, 64x64: encoder, decoder and cross-attention",
+             "layouts", "make_detr_tiny", "export_images", "detr_tiny_architecture",
+             depends=("hf_models.py",)),
+    ZooModel("bart_tiny", "BART sequence classifier (transformers), 1+1 layers, random weights: "
+             "encoder, decoder self- and cross-attention", "layouts", "make_bart_tiny",
+             "export_text", "bart_tiny_architecture", depends=("hf_models.py",)),
+    ZooModel("clip_vision_tiny", "CLIP vision tower with a classifier (transformers), 2 layers, "
+             "random weights, 32x32, patch 8", "layouts", "make_clip_vision_tiny",
+             "export_images", "clip_vision_tiny_architecture", depends=("hf_models.py",)),
+    # -- causal language models with a KV cache and grouped-query heads (issue 17, items 4-5:
+    #    model_zoo/decoders.py)
+    ZooModel("gpt2_tiny_kv", "gpt2_tiny with its KV cache as inputs (5 cached positions, 3 new "
+             "tokens; legacy exporter, opset 17)", "decoders", "make_gpt2_tiny_kv",
+             "export_with_past", "gpt2_tiny_kv_architecture",
+             depends=("hf_models.py", "optimized.py", "precision.py", "digits.py")),
+    ZooModel("qwen2_tiny_opset18", "2-layer Qwen2 causal LM, 4 query heads over 2 key/value "
+             "heads, dynamo exporter at opset 18", "decoders", "make_qwen2_tiny",
+             "export_dynamo18", "qwen2_tiny_architecture",
+             depends=("hf_models.py", "optimized.py", "precision.py", "digits.py")),
+    ZooModel("qwen2_tiny_opset23", "qwen2_tiny with sdpa attention by the dynamo exporter at "
+             "opset 23: RMSNormalization, RotaryEmbedding, Attention", "decoders",
+             "make_qwen2_tiny_sdpa", "export_dynamo23", "qwen2_tiny_sdpa_architecture",
+             depends=("hf_models.py", "optimized.py", "precision.py", "digits.py")),
+    ZooModel("llama_tiny_kv", "2-layer Llama causal LM with its KV cache as inputs, 4 query "
+             "heads over 2 key/value heads (dynamo exporter, opset 18)", "decoders",
+             "make_llama_tiny_kv", "export_dynamo_with_past18", "llama_tiny_kv_architecture",
+             depends=("hf_models.py", "optimized.py", "precision.py", "digits.py")),
+    # -- outputs scored per position: token tags, CTC, segmentation (issue 17, item 3:
+    #    model_zoo/sequence.py)
+    ZooModel("token_tagger_tiny", "BertForTokenClassification (transformers), 2 layers of "
+             "width 32, 5 tags, random weights: logits [batch, sequence, 5], one padded row",
+             "sequence", "make_token_tagger", "export_text_model", "token_tagger_architecture",
+             depends=("hf_models.py",)),
+    ZooModel("ctc_conv_tiny", "convolutional CTC-style recogniser (no recurrence), random "
+             "weights, 1x16x48 image -> logits [batch, 12 time steps, 11 classes]", "sequence",
+             "make_ctc_conv", "export_image_model", "ctc_conv_architecture",
+             depends=("hf_models.py",)),
+    ZooModel("segment_fcn_tiny", "fully convolutional segmenter, random weights, 3x24x24 -> "
+             "logits [batch, 4, 24, 24]", "sequence", "make_segment_fcn", "export_image_model",
+             "segment_fcn_architecture", depends=("hf_models.py",)),
+    # -- trained causal LM for next-token explanations and generation (issue 17, item 4:
+    #    model_zoo/causal_lm.py)
+    ZooModel("causal_lm", "tiny GPT-2 trained on generated sentences: the next word is the "
+             "sound of the animal named earlier ('... cow ... and it said' -> 'moo')",
+             "causal_lm", "make_causal_lm", "export_causal_lm", "causal_lm_architecture",
+             depends=("hf_models.py", "optimized.py")),
+    # -- control flow: torch.cond exported as If (issue 17, item 2: model_zoo/control.py)
+    ZooModel("cond_cnn", "conv stem, then torch.cond on the sign of the input's mean picks "
+             "one of two dense heads (dynamo exporter, opset 18: an If reading outer "
+             "tensors), random weights, 3x16x16, 4 classes", "control", "make_cond_cnn",
+             "export_cond_cnn", "cond_cnn_architecture"),
+    # -- recurrent classifiers: LSTM, GRU, RNN (issue 17, item 1: model_zoo/recurrent.py)
+    ZooModel("lstm_tokens_tiny", "embedding + 2-layer bidirectional LSTM (hidden 6) over token "
+             "ids, last step -> 3 logits, random weights", "recurrent", "make_lstm_tokens",
+             "export_sequence_model", "lstm_tokens_architecture", depends=("hf_models.py",)),
+    ZooModel("gru_features_tiny", "bidirectional GRU (hidden 6) over float features [batch, "
+             "sequence, 5], mean over time -> 4 logits, random weights", "recurrent",
+             "make_gru_features", "export_sequence_model", "gru_features_architecture",
+             depends=("hf_models.py",)),
+    ZooModel("rnn_features_tiny", "2-layer tanh RNN (hidden 6, time-major) over float features "
+             "[batch, sequence, 5], final state -> 3 logits, random weights", "recurrent",
+             "make_rnn_features", "export_sequence_model", "rnn_features_architecture",
+             depends=("hf_models.py",)),
 ]}
 
 
@@ -201,3 +273,11 @@ def load_torch(name: str):
     module = _function(entry, "architecture")()
     module.load_state_dict(torch.load(folder / "state.pt", weights_only=True))
     return module.eval()
+
+
+def reused(name: str):
+    """Another zoo model's torch module (built if needed) and sample, as a builder returns
+    them: builders that convert a trained model reuse its weights instead of retraining."""
+    import torch
+
+    return load_torch(name), {k: torch.from_numpy(v) for k, v in sample(name).items()}

@@ -38,6 +38,9 @@ class Attribution:
     # Method-specific results: convergence deltas, the layer a layer method used, ...
     extras: dict = field(default_factory=dict)
     signed: bool = True
+    # Dense objectives (objective.DENSE): the weights resolved on the clean run, so that
+    # metrics score perturbed inputs with the same objective; not part of the summary.
+    seed: np.ndarray | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.attributions[name]
@@ -47,6 +50,12 @@ class Attribution:
 
     def __len__(self) -> int:
         return len(self.attributions)
+
+    @property
+    def explained(self) -> str:
+        """One sentence: what was explained (objective), with the place it was read at."""
+        return describe_objective(self.objective, self.output,
+                                  self.extras.get("explained_place", ""))
 
     @property
     def first(self) -> np.ndarray:
@@ -60,7 +69,7 @@ class Attribution:
             "options": _jsonable(self.options),
             "output": self.output,
             "objective": self.objective,
-            "explained": describe_objective(self.objective, self.output),
+            "explained": self.explained,
             "signed": self.signed,
             "target": self.target.tolist(),
             "predicted_class": None if self.predicted is None else self.predicted.tolist(),

@@ -56,9 +56,12 @@ class BatchNotice(UserWarning):
 
 @dataclass(frozen=True)
 class OutputSeed:
-    """An objective given as weights on the explained output: sum(values * output) per row."""
+    """An objective given as weights on the explained output: sum(values * output) per row.
+    `clean`: the outputs of the clean forward run the weights were resolved on (a dense
+    objective), so that methods do not run it again."""
 
     values: np.ndarray
+    clean: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -32,13 +32,20 @@ from .inputs import Inputs, RowAxes, check_rows_layout, prepare_inputs, rows_axi
 from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
 from .methods._common import rows_text
+from .methods._tokens import cached_inputs
 from .objective import (
+    DENSE,
+    EVERYWHERE,
     NEXT_TOKEN,
-    NextToken,
+    Dense,
+    Place,
+    check_output_seed,
+    check_place,
     class_scores,
-    next_token,
+    make_place,
     output_form,
     require_objective,
+    resolve_dense,
 )
 from .runtime.batching import DEFAULT_BUDGET_MB
 from .runtime.session import fallback_note, resolve_providers
@@ -80,11 +87,17 @@ class Explainer:
 
     def explain(self, inputs: Inputs, method: str = "saliency", target=None, *,
                 output_seed: np.ndarray | None = None, batch_size: int | None = None,
-                **options) -> Attribution:
+                position: int | None = None, pixel: Sequence[int] | None = None,
+                region: Sequence[Sequence[int]] | None = None, **options) -> Attribution:
         """Attributions for `inputs` (an array for single-input models, or a dict name ->
         array) of `target`: a class index, one per row, or None for the predicted class.
-        For next-token logits [batch, sequence, vocabulary] the logit of the next token at
-        the last non-padding position is explained, `target` naming the token (objective).
+
+        Outputs scored per position have a default objective (objective): next-token logits
+        [batch, sequence, vocabulary] explain the next token at the last non-padding
+        position; other [batch, positions, classes] outputs (token tags, CTC) and maps
+        [batch, classes, height, width] (segmentation) the summed score of the predicted
+        class (or of `target`) at every position or pixel. `position` explains one position,
+        `pixel` = (y, x) one pixel, `region` = ((y0, y1), (x0, x1)) a half-open box.
 
         `output_seed` replaces the class target by any weighting of the output: an array
         shaped like the output, the objective being sum(output_seed * output) per row.
@@ -94,20 +107,8 @@ class Explainer:
         check_rows_layout(self.model, spec.name)
         resolved = spec.resolve_options(options)
         feeds = prepare_inputs(self.model, inputs)
-        if output_seed is not None:
-            if target is not None:
-                raise InputError("give either target or output_seed, not both")
-            rows = batch_size_of(feeds, self.model.batch.of_inputs)
-            target = OutputSeed(self._check_seed(output_seed, rows))
-        objective = target
-        # Next-token logits: one objective for every family, resolved on the clean forward.
-        next_rule = output_seed is None and output_form(self.model, self.output) == NEXT_TOKEN
-        if spec.uses_objective:  # one rule for every family (see objective)
-            require_objective(self.model, self.output, seeded=output_seed is not None,
-                              targeted=target is not None)
-            if next_rule:
-                objective = self._next_token(feeds, target)
-                target = OutputSeed(objective.seed)
+        place = make_place(position, pixel, region)
+        objective, target = self._objective(spec, feeds, target, output_seed, place)
         if not self.sources and spec.needs_sources:
             check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
             raise InputError("no input of this model can be attributed: "
@@ -116,9 +117,38 @@ class Explainer:
         with self.engine.chunking(batch_size):
             output = spec.run(self.engine, feeds, target, self.sources, **resolved)
         elapsed = time.perf_counter() - start
-        if next_rule and not spec.uses_objective:  # read at the explained position (query)
-            objective = next_token(self.model, feeds, output.run.outputs[self.output], target)
+        if objective is None and output_seed is None and self._form == NEXT_TOKEN:
+            # Attention methods read the explained position's row (query): report it.
+            objective = resolve_dense(self.model, NEXT_TOKEN, self.output, feeds,
+                                      output.run.outputs, target)
         return self._attribution(spec, resolved, output, elapsed, objective)
+
+    def _objective(self, spec: MethodSpec, feeds: dict[str, np.ndarray], target,
+                   output_seed, place: Place) -> tuple[Dense | OutputSeed | None, object]:
+        """What `spec` explains, resolved once (objective): (the objective to report, the
+        target to run the method with)."""
+        if output_seed is not None:
+            if target is not None:
+                raise InputError("give either target or output_seed, not both")
+            if place != EVERYWHERE:
+                raise InputError("give either an output seed or a position, pixel or "
+                                 "region, not both")
+            rows = batch_size_of(feeds, self.model.batch.of_inputs)
+            seed = OutputSeed(check_output_seed(self.model, self.output, output_seed, rows))
+            if spec.uses_objective:
+                require_objective(self.model, self.output, seeded=True, targeted=False)
+            return seed, seed
+        check_place(self._form, place, self.model.output(self.output).describe())
+        if not spec.uses_objective:
+            if place != EVERYWHERE:
+                raise InputError(f"method '{spec.name}' does not explain a score of the "
+                                 "output, so a position, pixel or region does not apply")
+            return None, target
+        require_objective(self.model, self.output, seeded=False, targeted=target is not None)
+        if self._form not in DENSE:
+            return target, target
+        dense = self._dense(feeds, target, place)
+        return dense, OutputSeed(dense.seed, dense.outputs)
 
     def forward(self, inputs: Inputs, taps: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The model's outputs plus any intermediate tensors (selected by tensor name, node
@@ -131,15 +161,21 @@ class Explainer:
         """Outputs, the gradient of the target score w.r.t. `wrt` tensors (default: the
         attribution sources) and taps, from one run per chunk of rows."""
         feeds = prepare_inputs(self.model, inputs)
-        if output_form(self.model, self.output) == NEXT_TOKEN:
-            target = OutputSeed(self._next_token(feeds, target).seed)
+        if self._form in DENSE:
+            target = OutputSeed(self._dense(feeds, target).seed)
         return self.engine.gradients(feeds, target, wrt,
                                      taps=resolve_taps(self.model.proto, taps))
 
-    def _next_token(self, feeds: dict[str, np.ndarray], target) -> NextToken:
-        """The next-token objective, resolved once on the clean forward run (objective)."""
-        logits = self.engine.forward(feeds)[self.output]
-        return next_token(self.model, feeds, logits, target)
+    @cached_property
+    def _form(self) -> str:
+        return output_form(self.model, self.output)
+
+    def _dense(self, feeds: dict[str, np.ndarray], target, place: Place = EVERYWHERE
+               ) -> Dense:
+        """The dense objective, resolved once on the clean forward run (objective)."""
+        outputs = self.engine.forward(feeds)
+        return resolve_dense(self.model, self._form, self.output, feeds, outputs, target,
+                             place)
 
     @cached_property
     def _straight_through_notes(self) -> list[str]:
@@ -154,21 +190,6 @@ class Explainer:
             warnings.warn(note, AttributionWarning, stacklevel=4)
         return notes
 
-    def _check_seed(self, seed, rows: int) -> np.ndarray:
-        spec = self.model.output(self.output)
-        values = np.asarray(seed)
-        if values.dtype.kind not in "fiu":
-            raise InputError(f"output_seed must be numeric, got {values.dtype}")
-        dims = spec.dims
-        expected = "?" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
-        shape_ok = dims is None or (values.ndim == len(dims) and all(
-            not isinstance(d, int) or d == n for d, n in zip(dims[1:], values.shape[1:],
-                                                              strict=True)))
-        if not shape_ok or (values.ndim and values.shape[0] != rows):
-            raise InputError(f"output_seed has shape {tuple(values.shape)}; output "
-                             f"'{self.output}' is {expected} with {rows} rows")
-        return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
-
     def _attribution(self, method: MethodSpec, options: dict, output: MethodOutput,
                      elapsed: float, objective) -> Attribution:
         per_input, tensors, sources = dict(output.at_inputs), dict(output.tensors), {}
@@ -180,6 +201,8 @@ class Explainer:
             sources[source.input] = source.tensor
             per_input[source.input] = _per_token(value, self.model.input(source.input).dims,
                                                  source, method.token_reduction)
+        extras = _cached_block(per_input, cached_inputs(self.model) if method.needs_sources
+                               else (), dict(output.extras))
         run = output.run
         logits = run.outputs[self.output]
         predicted = predicted_score = target_score = None
@@ -194,15 +217,19 @@ class Explainer:
             target_score = target_scores(logits, target) if target.size else None
         elif logits.ndim == 1:
             target_score = logits
-        extras, explained = dict(output.extras), run.objective
+        explained = run.objective
         if isinstance(objective, OutputSeed):
             target_score = target_scores(logits, objective)
-        if isinstance(objective, NextToken):
-            target, explained = objective.tokens, NEXT_TOKEN
-            at = logits[np.arange(len(target)), objective.positions]
-            predicted, predicted_score = at.argmax(axis=1), at.max(axis=1)
-            target_score = at[np.arange(len(target)), target]
-            extras["explained_positions"] = objective.positions.tolist()
+        if objective is None and not method.uses_objective and self._form in DENSE:
+            explained = "none"  # e.g. rollout of a token tagger: no score is read
+        if isinstance(objective, Dense):
+            explained = objective.form
+            target, predicted, predicted_score, target_score = _dense_scores(objective,
+                                                                             logits)
+            if objective.form == NEXT_TOKEN:
+                extras["explained_positions"] = objective.positions.tolist()
+            if objective.place != EVERYWHERE:
+                extras["explained_place"] = objective.place.text()
         notes = [f"{name}: {reason}" for name, reason in self.unattributed.items()]
         notes += [self.provider_note] if self.provider_note else []
         notes += output.notes
@@ -216,7 +243,18 @@ class Explainer:
         return Attribution(method.name, per_input, tensors, sources, self.output, target,
                            predicted, predicted_score, target_score,
                            self.engine.session_providers, elapsed, options, run.outputs, notes,
-                           explained, extras, output.signed)
+                           explained, extras, output.signed,
+                           objective.seed if isinstance(objective, Dense) else None)
+
+
+def _dense_scores(objective: Dense, logits: np.ndarray) -> tuple:
+    """(target, predicted, predicted score, explained score) per row of a dense objective;
+    the prediction only where one place is explained."""
+    explained = target_scores(logits, OutputSeed(objective.seed))
+    target = np.zeros(0, np.int64) if objective.classes is None else objective.classes
+    if objective.at is None:
+        return target, None, None, explained
+    return target, objective.at.argmax(axis=1), objective.at.max(axis=1), explained
 
 
 def _ties(scores: np.ndarray) -> list[str]:
@@ -261,3 +299,14 @@ def _per_token(value: np.ndarray, dims, source: Source, reduction: str) -> np.nd
     if reduction == "norm":
         return np.sqrt(np.square(value, dtype=np.float64).sum(axis=axes)).astype(value.dtype)
     return value.sum(axis=axes)
+
+
+def _cached_block(per_input: dict, cached: Sequence[str], extras: dict) -> dict:
+    """A KV cache's inputs are no token map: their attributions leave `per_input` and are
+    reported summed per row as one block (extras 'cached_block', 'cached_inputs')."""
+    found = [name for name in cached if name in per_input]
+    if found:
+        blocks = [per_input.pop(name) for name in found]
+        total = sum(np.asarray(b, np.float64).reshape(len(b), -1).sum(axis=1) for b in blocks)
+        extras.update(cached_block=total.tolist(), cached_inputs=found)
+    return extras

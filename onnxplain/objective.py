@@ -13,7 +13,19 @@ one rule for every method family.
   token unless a target names one); padding is read from the attention-mask inputs. It is
   resolved once on the clean forward run into an output seed (a one-hot at [row, position,
   token]) that every family already applies.
-- Anything else (a segmentation map) has no single score per row: every family refuses it
+- Scores per position: a float [N, T, C] output that is not over the vocabulary (a CTC
+  recogniser, a token classifier). The summed score of the predicted class at every
+  position is explained; positions where an attention-mask input is 0 are left out.
+  `position` explains one position instead.
+- Scores per pixel: a float [N, C, H, W] output (segmentation logits). The summed score of
+  the predicted class at every pixel; `pixel` (y, x) explains one pixel, `region` the box
+  rows y0:y1, columns x0:x1 (half-open, as in Python slices).
+  A target names one class (or one per row) that replaces the predicted class at every
+  explained position or pixel.
+  These three "dense" objectives are resolved once on the clean forward run into an output
+  seed (1 at each explained [position, class]) that every family applies: gradient methods
+  seed the backward pass with it, perturbation methods score sum(seed * output) per row.
+- Anything else (rank 5 and more) has no single score per row: every family refuses it
   unless the user weights the output with an output seed.
 """
 
@@ -32,6 +44,9 @@ from .inputs import prepare_target
 
 CLASS, VALUE, LABELS, OTHER = "class", "value", "labels", "other"
 NEXT_TOKEN = "next_token"  # [N, T, V] logits: the next token at the last real position
+SEQUENCE = "sequence"  # [N, T, C] scores per position: the predicted class at every position
+SPATIAL = "spatial"  # [N, C, H, W] scores per pixel: the predicted class at every pixel
+DENSE = (NEXT_TOKEN, SEQUENCE, SPATIAL)  # objectives read at positions of the output
 UNKNOWN = "unknown"  # no shape facts: decided on the arrays a run returns
 
 
@@ -53,9 +68,9 @@ def output_form(model: Model, output: str) -> str:
     rank = len(class_axes(info.shape))
     if info.dtype is not None and not info.is_float and info.numpy_dtype.kind in "iub":
         return LABELS if rank in (1, 2) else OTHER
-    if rank == 3 and _over_the_vocabulary(model, info.shape[-1]):
-        return NEXT_TOKEN  # a language model's logits per position
-    return {2: CLASS, 1: VALUE}.get(rank, OTHER)
+    if rank == 3:  # a language model's logits per position, else a tag/CTC sequence
+        return NEXT_TOKEN if _over_the_vocabulary(model, info.shape[-1]) else SEQUENCE
+    return {2: CLASS, 1: VALUE, 4: SPATIAL}.get(rank, OTHER)
 
 
 def _over_the_vocabulary(model: Model, classes) -> bool:
@@ -89,14 +104,34 @@ def require_objective(model: Model, output: str, *, seeded: bool, targeted: bool
         return form
     spec = model.output(output)
     if form == OTHER:
-        raise InputError(f"output {spec.describe()} is neither class scores [batch, classes] "
-                         "nor one value per row, so no score per row can be explained: pass "
+        raise InputError(f"output {spec.describe()} is neither class scores [batch, classes], "
+                         "scores per position ([batch, positions, classes] or [batch, classes, "
+                         "height, width]) nor one value per row, so no score per row can be "
+                         "explained: pass "
                          "an output seed (--output-seed w.npy: explains sum(w * output)) or "
                          "choose another output with --output")
     if form == VALUE and targeted:
         raise InputError(f"output {spec.describe()} has one value per row and no class axis: "
                          "leave the target unset (the value itself is explained)")
     return form
+
+
+def check_output_seed(model: Model, output: str, seed, rows: int) -> np.ndarray:
+    """`seed` as weights on `output` for `rows` rows: numeric, shaped like the output (the
+    declared static axes), in its type; else an InputError."""
+    spec = model.output(output)
+    values = np.asarray(seed)
+    if values.dtype.kind not in "fiu":
+        raise InputError(f"output_seed must be numeric, got {values.dtype}")
+    dims = spec.dims
+    expected = "?" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+    shape_ok = dims is None or (values.ndim == len(dims) and all(
+        not isinstance(d, int) or d == n for d, n in zip(dims[1:], values.shape[1:],
+                                                          strict=True)))
+    if not shape_ok or (values.ndim and values.shape[0] != rows):
+        raise InputError(f"output_seed has shape {tuple(values.shape)}; output "
+                         f"'{output}' is {expected} with {rows} rows")
+    return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
 
 
 def class_scores(output: np.ndarray) -> np.ndarray | None:
@@ -107,26 +142,24 @@ def class_scores(output: np.ndarray) -> np.ndarray | None:
     return output.reshape(core) if len(core) == 2 else None
 
 
-def describe_objective(objective: str, output: str) -> str:
-    """One plain sentence: what was differentiated or scored, for the console and summary."""
+def describe_objective(objective: str, output: str, place: str = "") -> str:
+    """One plain sentence: what was differentiated or scored, for the console and summary
+    (`place`: Place.text() of a dense objective read at one place)."""
     return {
         "class": f"the score of the target class in output '{output}'",
         "labels": f"whether output '{output}' chose the target class",
         "output_seed": f"sum(output_seed * {output}) per row",
         "sum": f"the value of output '{output}' per row",
-        "next_token": f"the logit of the next token at the last non-padding position in "
-                      f"output '{output}'",
+        "next_token": f"the logit of the next token "
+                      f"{place or 'at the last non-padding position'} in output '{output}'",
+        "sequence": f"the score of the target class (default: the predicted one) "
+                    f"{place or 'summed over every non-padding position'} of output "
+                    f"'{output}'",
+        "spatial": f"the score of the target class (default: the predicted one) "
+                   f"{place or 'summed over every pixel'} of output '{output}'",
+        "none": f"no score of output '{output}': the method reads the model's attention "
+                "alone",
     }.get(objective, objective)
-
-
-@dataclass(frozen=True)
-class NextToken:
-    """The next-token objective resolved on the clean forward run: per row the explained
-    position and token, and the one-hot seed [N, T, V] that selects their logit."""
-
-    positions: np.ndarray
-    tokens: np.ndarray
-    seed: np.ndarray
 
 
 def mask_inputs(model: Model) -> tuple[str, ...]:
@@ -145,11 +178,7 @@ def last_positions(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: 
                    length: int) -> np.ndarray:
     """The last non-padding position of each row (padding: 0 in a [rows, length] mask
     input), else length - 1."""
-    real = np.ones((rows, length), dtype=bool)
-    for name in masks:
-        value = feeds.get(name)
-        if value is not None and value.shape == (rows, length):
-            real &= value != 0
+    real = _real(feeds, masks, rows, length)
     empty = np.flatnonzero(~real.any(axis=1))
     if len(empty):
         raise InputError(f"row {int(empty[0])} is all padding: its attention mask has no "
@@ -157,19 +186,186 @@ def last_positions(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: 
     return (length - 1 - np.argmax(real[:, ::-1], axis=1)).astype(np.int64)
 
 
-def next_token(model: Model, feeds: Mapping[str, np.ndarray], logits: np.ndarray,
-               target) -> NextToken:
-    """The next-token objective of [N, T, V] `logits`: position = last non-padding one,
-    token = `target` (one id, or one per row) or the argmax of the logits there."""
-    rows, length, vocab = logits.shape
-    if not any(feeds[name].shape == (rows, length) for name in token_inputs(model)):
-        raise InputError(f"the explained output is [batch, {length}, {vocab}] but no "
-                         f"token-id input has {length} positions, so it holds no next-token "
-                         "logits: pass an output seed (--output-seed w.npy)")
-    positions = last_positions(feeds, mask_inputs(model), rows, length)
-    at = logits[np.arange(rows), positions]
-    tokens = (at.argmax(axis=1).astype(np.int64) if target is None
-              else prepare_target(target, rows, vocab))
-    seed = np.zeros(logits.shape, dtype=logits.dtype)
-    seed[np.arange(rows), positions, tokens] = 1
-    return NextToken(positions, tokens, seed)
+Box = tuple[tuple[int, int], tuple[int, int]]  # ((y0, y1), (x0, x1)), half-open
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a dense objective is read: every (real) position or pixel by default (all None);
+    `position` one position of a sequence (for next-token logits: the position whose logits
+    predict the next token), `pixel` one (y, x) of a map, `region` a box of it."""
+
+    position: int | None = None
+    pixel: tuple[int, int] | None = None
+    region: Box | None = None
+
+    def text(self) -> str:
+        if self.position is not None:
+            return f"at position {self.position}"
+        if self.pixel is not None:
+            return f"at pixel (y={self.pixel[0]}, x={self.pixel[1]})"
+        if self.region is not None:
+            (y0, y1), (x0, x1) = self.region
+            return f"summed over the region y {y0}:{y1}, x {x0}:{x1}"
+        return ""
+
+
+EVERYWHERE = Place()
+
+
+def make_place(position=None, pixel=None, region=None) -> Place:
+    """A Place from the API's options, their types checked: position an int, pixel (y, x),
+    region ((y0, y1), (x0, x1))."""
+    try:
+        return Place(None if position is None else _index(position),
+                     None if pixel is None else _pair(pixel),
+                     None if region is None else (_pair(region[0]), _pair(region[1])))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InputError("position is an int, pixel (y, x) and region ((y0, y1), (x0, x1)); "
+                         f"got position={position!r}, pixel={pixel!r}, region={region!r}"
+                         ) from None
+
+
+def _index(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(value)
+    return int(value)
+
+
+def _pair(values) -> tuple[int, int]:
+    first, second = values
+    return _index(first), _index(second)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A dense objective resolved on the clean forward run (`outputs`): `seed` is 1 at each
+    explained [position, class] of the output. `classes`: per row the explained class where
+    one is (a target, or the class at the one explained place); `at`: the [rows, classes]
+    scores at the one explained place (next token, position, pixel), else None."""
+
+    form: str
+    seed: np.ndarray
+    place: Place
+    outputs: Mapping[str, np.ndarray]
+    classes: np.ndarray | None = None
+    at: np.ndarray | None = None
+    positions: np.ndarray | None = None  # sequences: the one explained position per row
+
+
+def check_place(form: str, place: Place, spec_text: str) -> None:
+    """An InputError when `place` does not fit the output's form."""
+    if place == EVERYWHERE:
+        return
+    chosen = [n for n in ("position", "pixel", "region") if getattr(place, n) is not None]
+    if len(chosen) > 1:
+        raise InputError(f"give one of position, pixel or region, not {' and '.join(chosen)}")
+    spatial = place.position is None
+    if form not in DENSE or spatial != (form == SPATIAL):
+        wanted = {SPATIAL: "[batch, classes, height, width] map",
+                  SEQUENCE: "[batch, positions, classes] sequence"}
+        kind = "a " + (wanted[SPATIAL] if spatial else wanted[SEQUENCE])
+        raise InputError(f"{chosen[0]} needs {kind} output; output {spec_text} is not one")
+
+
+def check_place_fits(form: str, place: Place, dims: Sequence | None) -> None:
+    """The checks resolve_dense makes, on the declared static axes (an exported explainer
+    fixes its place before any input is seen; symbolic axes are not checked)."""
+    if place == EVERYWHERE or dims is None or form not in DENSE:
+        return
+    if form != SPATIAL and isinstance(dims[1], int):
+        _position(place.position, dims[1])
+    if form == SPATIAL and all(isinstance(d, int) for d in dims[2:4]):
+        _spatial_mask((dims[2], dims[3]), place, 1)
+
+
+def resolve_dense(model: Model, form: str, output: str, feeds: Mapping[str, np.ndarray],
+                  outputs: Mapping[str, np.ndarray], target, place: Place = EVERYWHERE
+                  ) -> Dense:
+    """The dense objective of `output` (objective): its seed on the clean `outputs`."""
+    scores = outputs[output]
+    spatial = form == SPATIAL
+    view = np.moveaxis(scores, 1, -1) if spatial else scores  # classes last
+    rows, classes = view.shape[0], view.shape[-1]
+    where = (_spatial_mask(view.shape[1:3], place, rows) if spatial else
+             _sequence_mask(model, form, feeds, view.shape[1], place, rows))
+    given = None if target is None else prepare_target(target, rows, classes)
+    chosen = (view.argmax(axis=-1) if given is None else np.broadcast_to(
+        given.reshape((rows,) + (1,) * (view.ndim - 2)), view.shape[:-1]))
+    hot = (chosen[..., None] == np.arange(classes)) & where[..., None]
+    seed = np.ascontiguousarray(np.moveaxis(hot, -1, 1) if spatial else hot, scores.dtype)
+    flat = where.reshape(rows, -1)
+    if flat.sum(axis=1).max() != 1:  # summed over several places
+        return Dense(form, seed, place, outputs, given)
+    index = flat.argmax(axis=1)
+    at = view.reshape(rows, -1, classes)[np.arange(rows), index]
+    return Dense(form, seed, place, outputs,
+                 chosen.reshape(rows, -1)[np.arange(rows), index].astype(np.int64), at,
+                 None if spatial else index)
+
+
+def _sequence_mask(model: Model, form: str, feeds: Mapping[str, np.ndarray], length: int,
+                   place: Place, rows: int) -> np.ndarray:
+    """[rows, length]: the explained positions: the next-token one (last real), the given
+    one, or every position not masked as padding."""
+    masks = mask_inputs(model)
+    if form == NEXT_TOKEN:
+        if not any(feeds[name].shape == (rows, length) for name in token_inputs(model)):
+            raise InputError(f"the explained output has {length} positions but no token-id "
+                             f"input has {length}, so it holds no next-token logits: pass an "
+                             "output seed (--output-seed w.npy)")
+        positions = (last_positions(feeds, masks, rows, length) if place.position is None
+                     else np.full(rows, _position(place.position, length)))
+        return np.arange(length) == positions[:, None]
+    real = _real(feeds, masks, rows, length)
+    if place.position is None:
+        if not real.any(axis=1).all():
+            raise InputError(f"row {int(np.argmin(real.any(axis=1)))} is all padding: its "
+                             "attention mask has no non-zero entry")
+        return real
+    position = _position(place.position, length)
+    padded = np.flatnonzero(~real[:, position])
+    if len(padded):
+        raise InputError(f"position {position} is padding in row {int(padded[0])} (its "
+                         "attention mask is 0 there)")
+    return np.broadcast_to(np.arange(length) == position, (rows, length))
+
+
+def _position(position: int, length: int) -> int:
+    if not 0 <= position < length:
+        raise InputError(f"position {position} is out of range: the output has {length} "
+                         f"positions (0 to {length - 1})")
+    return position
+
+
+def _spatial_mask(size: tuple[int, int], place: Place, rows: int) -> np.ndarray:
+    """[rows, H, W]: the explained pixels (all, one, or a box)."""
+    height, width = size
+    where = np.zeros(size, dtype=bool)
+    if place.pixel is not None:
+        y, x = place.pixel
+        if not (0 <= y < height and 0 <= x < width):
+            raise InputError(f"pixel (y={y}, x={x}) is outside the {height}x{width} output "
+                             "map")
+        where[y, x] = True
+    elif place.region is not None:
+        (y0, y1), (x0, x1) = place.region
+        if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+            raise InputError(f"region y {y0}:{y1}, x {x0}:{x1} is empty or outside the "
+                             f"{height}x{width} output map (half-open: 0 <= y0 < y1 <= "
+                             f"{height}, 0 <= x0 < x1 <= {width})")
+        where[y0:y1, x0:x1] = True
+    else:
+        where[:] = True
+    return np.broadcast_to(where, (rows, height, width))
+
+
+def _real(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: int,
+          length: int) -> np.ndarray:
+    """[rows, length]: True where no [rows, length] mask input is 0."""
+    real = np.ones((rows, length), dtype=bool)
+    for name in masks:
+        value = feeds.get(name)
+        if value is not None and value.shape == (rows, length):
+            real &= value != 0
+    return real

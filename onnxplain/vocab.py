@@ -27,6 +27,7 @@ class Vocabulary:
     def __init__(self, tokens: Sequence[str] | Mapping[int, str], source: str = ""):
         items = tokens.items() if isinstance(tokens, Mapping) else enumerate(tokens)
         self._tokens: dict[int, str] = {int(i): str(token) for i, token in items}
+        self._ids: dict[str, int] | None = None  # token -> id, built on first use
         self.source = source
 
     def __len__(self) -> int:
@@ -40,6 +41,30 @@ class Vocabulary:
         """The strings of one row of token ids; an unknown id becomes '[id 1234]'."""
         row = _id_row(ids)
         return [self._tokens.get(i, f"[id {i}]") for i in row]
+
+    def token(self, token_id: int) -> str:
+        """The string of one id ('[id 1234]' when the table has none)."""
+        return self._tokens.get(int(token_id), f"[id {int(token_id)}]")
+
+    def id_of(self, token: str) -> int:
+        """The id of one token string; InputError when the vocabulary lacks it (the lowest
+        id wins when a token is listed twice)."""
+        if self._ids is None:
+            self._ids = {}
+            for i in sorted(self._tokens, reverse=True):
+                self._ids[self._tokens[i]] = i
+        if token not in self._ids:
+            where = f" {self.source}" if self.source else ""
+            raise InputError(f"token {token!r} is not in the vocabulary{where}")
+        return self._ids[token]
+
+    def encode_words(self, text: str) -> np.ndarray:
+        """Ids of the whitespace-separated words of `text`, each a whole token of the
+        vocabulary (no subword splitting: for word-level vocabularies)."""
+        words = text.split()
+        if not words:
+            raise InputError("the text is empty: give at least one word")
+        return np.array([self.id_of(word) for word in words], dtype=np.int64)
 
 
 def ids_as_tokens(ids: np.ndarray) -> list[str]:

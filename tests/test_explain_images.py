@@ -152,7 +152,7 @@ def test_summary_records_each_rows_source_preprocessing_and_score(rgb):
              "-o", str(rgb / "first"), "-q")
     again = _explain(rgb, *pictures, "-o", str(rgb / "again"))
     preset_file = str(rgb / "model.onnxplain.json")
-    assert again.stdout.splitlines()[0] == f"using preset half from {preset_file}"
+    assert again.stderr.splitlines()[0] == f"using preset half from {preset_file}"
     summary = json.loads((rgb / "again" / "summary.json").read_text())
     assert summary["preprocessing"]["image"] == {
         "resize": 32, "crop": [32, 32], "scale": 255.0, "mean": [0.5], "std": [1.0],

@@ -1,6 +1,7 @@
 """One rule for what is explained, in every family: class outputs shaped [N, C, 1, 1] (the
 classic ONNX zoo's SqueezeNet and DenseNet) are classifiers, and outputs with no score per row
-are refused by every method unless an output seed weights them.
+(neither classes, one value, nor scores per position or pixel) are refused by every method
+unless an output seed weights them.
 
 Oracles: torch autograd of the SqueezeNet-style zoo model; the same model with its output
 flattened to [N, C] (every method must give the same attribution); numpy dot products of the
@@ -111,12 +112,16 @@ def test_export_treats_n_c_1_1_as_n_c(squeezenet, flattened):
 
 @pytest.fixture(scope="module")
 def map_output(squeezenet) -> onnx.ModelProto:
-    """The SqueezeNet whose only output is its class map [N, 1000, 7, 7]: no score per row."""
+    """The SqueezeNet whose only output is its class map reshaped to [N, 10, 100, 7, 7]: no
+    score per row (a [N, 1000, 7, 7] map has one: tests/test_sequence_objectives.py)."""
     model = onnx.load(squeezenet[0])
     tensor = next(n.output[0] for n in model.graph.node if n.name.endswith("classifier.1/Relu"))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.array([-1, 10, 100, 7, 7], np.int64), "five_axes"))
+    model.graph.node.append(helper.make_node("Reshape", [tensor, "five_axes"], ["map"]))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info(
-        tensor, onnx.TensorProto.FLOAT, ["batch", 1000, 7, 7]))
+        "map", onnx.TensorProto.FLOAT, ["batch", 10, 100, 7, 7]))
     return model
 
 
@@ -133,7 +138,7 @@ def test_every_family_refuses_an_output_without_a_score_per_row(method, map_outp
 def test_a_seed_makes_any_output_explainable_and_is_the_stated_score(method, map_output,
                                                                      squeezenet):
     x = squeezenet[1]
-    seed = np.random.default_rng(0).random((2, 1000, 7, 7)).astype(np.float32)
+    seed = np.random.default_rng(0).random((2, 10, 100, 7, 7)).astype(np.float32)
     explainer = onnxplain.Explainer(map_output, "cpu", progress=False)
     result = explainer.explain(x, method, output_seed=seed, **QUICK.get(method, {}))
     output = next(iter(explainer.forward(x).values()))
@@ -181,11 +186,11 @@ def test_cli_refuses_an_output_without_a_score_per_row(map_output, squeezenet, t
         assert result.stderr.count("\n") == 1 and "--output-seed" in result.stderr
 
 
-@pytest.mark.parametrize("classes, form", [(3, "other"), (50, "next_token")])
+@pytest.mark.parametrize("classes, form", [(3, "sequence"), (50, "next_token")])
 def test_per_position_logits_are_a_language_model_only_over_the_vocabulary(classes, form):
     """[N, T, C] logits of a model reading token ids: over the vocabulary (C = the rows of the
     embedding table) a language model, explained at the next token; a token classifier's
-    handful of tags is not, and needs an output seed like any other sequence output."""
+    handful of tags is not: the predicted tag at every position (objective)."""
     from onnxplain.objective import output_form
 
     rng = np.random.default_rng(0)
@@ -202,9 +207,4 @@ def test_per_position_logits_are_a_language_model_only_over_the_vocabulary(class
     explainer = onnxplain.Explainer(model, "cpu")
     assert output_form(explainer.model, "logits") == form
     ids = rng.integers(0, 50, (2, 5))
-    if form == "other":
-        with pytest.raises(InputError, match="pass an output seed"):
-            explainer.explain(ids, "saliency")
-    else:
-        result = explainer.explain(ids, "saliency")
-        assert result.objective == "next_token"
+    assert explainer.explain(ids, "saliency").objective == form

@@ -16,6 +16,7 @@ import json
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -44,6 +45,31 @@ def test_digits(zoo) -> np.ndarray:
     from model_zoo.digits import digits_data
 
     return digits_data()[2][:64]
+
+
+def test_onnxruntime_optimized_nhwc_file_is_explained_as_the_quantized_model(
+        zoo, test_digits, tmp_path):
+    """The file ONNX Runtime saves at ORT_ENABLE_ALL from a quantized ResNet holds its NHWC
+    contrib ops (com.microsoft QLinearConv and QLinearGlobalAveragePool with channels_last=1,
+    NhwcMaxPool, QLinearAdd): explained, it gives the quantized model's saliency (same
+    arithmetic after canonicalisation; measured cosine 1.0000) and agrees with the float
+    model as the quantized one does (thresholds of the test below)."""
+    folder = zoo.build("digits_resnet_qdq")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3  # its warning that the file is hardware specific
+    ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
+           if n.domain == "com.microsoft"}
+    assert {"QLinearConv", "NhwcMaxPool", "QLinearGlobalAveragePool"} <= ops, ops
+    target = onnxplain.Explainer(str(folder / "float.onnx"), "cpu").explain(
+        test_digits, "saliency").predicted
+    expected = onnxplain.Explainer(str(folder / "model.onnx"), "cpu").explain(
+        test_digits, "saliency", target=target).attributions["image"]
+    got = onnxplain.Explainer(options.optimized_model_filepath, "cpu").explain(
+        test_digits, "saliency", target=target).attributions["image"]
+    assert cosines(got, expected).min() > 0.999
 
 
 @pytest.mark.parametrize("name", DIGITS)

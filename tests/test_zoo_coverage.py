@@ -67,16 +67,9 @@ OK = "ok"
 NO_ATTENTION = Refused("no attention", "no attention layer found")
 NO_CONV = Refused("no conv layer", "no spatial conv layer found")
 NO_FLOAT_INPUT = Refused("token ids", "has no float input")
-EXPORT_NO_SCORE = Refused("needs an output seed", r"is not a \[batch, classes\] float output")
 
 CNN = {"rollout": NO_ATTENTION, "transformer_attribution": NO_ATTENTION}
 TEXT = {"grad_cam": NO_CONV, "export_saliency": NO_FLOAT_INPUT}
-# Runs where the model it was derived from refuses: checked by the cell's own base oracle.
-OWN = "ok (its parent refuses)"
-# Language models explain the next token at the last position (objective.next_token).
-CAUSAL_LM = {**TEXT, "export_saliency": EXPORT_NO_SCORE,
-             "transformer_attribution": Refused("no LRP rule for GELU's Pow",
-                                                "no relevance rule for Pow")}
 EXPECTED: dict[str, dict] = {
     **{name: CNN for name in ("digits_cnn", "digits_bn_cnn", "resnet18", "resnet18_64",
                               "rgb_cnn", "rgb_squeezenet", "digits_cnn_qdq",
@@ -94,8 +87,21 @@ EXPECTED: dict[str, dict] = {
     "bert_small_ort_fp16": TEXT,
     "llama_tiny_opset23": TEXT,
     "bert_small_opset14": TEXT,
-    "gpt2_tiny": CAUSAL_LM,
-    "gpt2_tiny_ort": {**CAUSAL_LM, "transformer_attribution": OWN},  # FastGelu has no Pow
+    # Language models explain the next token at the last position (objective.resolve_dense).
+    **{name: TEXT for name in ("gpt2_tiny", "gpt2_tiny_ort", "causal_lm", "gpt2_tiny_kv",
+                               "llama_tiny_kv", "qwen2_tiny_opset18", "qwen2_tiny_opset23")},
+    # Recurrent and control-flow models.
+    "lstm_tokens_tiny": {**CNN, **TEXT},
+    **{name: {**CNN, "grad_cam": NO_CONV} for name in ("gru_features_tiny",
+                                                       "rnn_features_tiny")},
+    "cond_cnn": CNN,
+    # Sequence and map outputs: the predicted class summed over positions or pixels.
+    "token_tagger_tiny": TEXT,
+    **{name: CNN for name in ("ctc_conv_tiny", "segment_fcn_tiny")},
+    # Attention layouts: the layers not over the explained tokens are skipped with a notice.
+    **{name: {} for name in ("swin_tiny", "segformer_tiny", "detr_tiny", "clip_vision_tiny")},
+    "bart_tiny": {**TEXT, "rise": Refused("needs its tokens",
+                                          "model fails on a perturbed copy of its input")},
 }
 
 
@@ -187,7 +193,8 @@ OPTIONS = {"saliency": {"abs": False}, "integrated_gradients": {"n_steps": 32},
 # Llama's path starts at a zero embedding, where RMSNormalization is singular: rms(a e) ~ a,
 # so the normalised embedding jumps from 0 to e / rms(e) within a < sqrt(eps) / rms(e),
 # which Gauss-Legendre resolves only with many points (32: 15% off, 128: 0.5%).
-STEPS = {"llama_tiny_opset23": 128}
+STEPS = {name: 128 for name in ("llama_tiny_opset23", "qwen2_tiny_opset18",
+                                "qwen2_tiny_opset23")}
 _EXPLAINERS: dict[str, onnxplain.Explainer] = {}
 
 
@@ -290,20 +297,27 @@ class Forward:
                                             providers=["CPUExecutionProvider"])
         self.feeds = {k: v.astype(ex.model.input(k).numpy_dtype) if v.dtype.kind == "f"
                       else v for k, v in feeds.items() if k not in values}
-        self.target = np.asarray(result.target)
-        # Language models: the logit at each row's explained position (objective.next_token).
-        positions = result.extras.get("explained_positions")
-        self.positions = None if positions is None else np.asarray(positions)
+        self.target, self.seed = np.asarray(result.target), result.seed
+        self.rows = len(result.seed if result.seed is not None else result.target)
 
     def __call__(self, values: dict) -> np.ndarray:
         """values: tensor -> [copies * rows, ...]; the rows' scores, [copies * rows]."""
-        copies = len(next(iter(values.values()))) // len(self.target)
+        copies = len(next(iter(values.values()))) // self.rows
         feeds = {k: np.concatenate([v] * copies) for k, v in self.feeds.items()}
         (out,) = self.session.run(None, {**feeds, **values})
-        rows, target = np.arange(len(out)), np.tile(self.target, copies)
-        if self.positions is not None:
-            return out[rows, np.tile(self.positions, copies), target].astype(np.float64)
-        return out.reshape(len(out), -1).astype(np.float64)[rows, target]
+        return explained_scores(out, self.target, self.seed, copies)
+
+
+def explained_scores(out: np.ndarray, target: np.ndarray, seed: np.ndarray | None,
+                     copies: int) -> np.ndarray:
+    """[copies * rows] float64: the target class's score, or, for dense objectives (a
+    language model's next token, sequences, maps), the output weighted by the seed that the
+    explanation resolved on the clean run (objective.Dense)."""
+    out = out.astype(np.float64)
+    if seed is not None:
+        weights = np.tile(seed, (copies,) + (1,) * (seed.ndim - 1))
+        return (out * weights).reshape(len(out), -1).sum(1)
+    return out.reshape(len(out), -1)[np.arange(len(out)), np.tile(target, copies)]
 
 
 def attributed(ex: onnxplain.Explainer, feeds: dict, result) -> tuple[dict, dict]:
@@ -321,22 +335,29 @@ FD_STEPS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # of the row's root mean square
 FD_SUPPORT = 16
 
 
-def fd_directions(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def fd_directions(g: np.ndarray, rng: np.random.Generator,
+                  movable: np.ndarray | None = None) -> np.ndarray:
     """[3, rows, n] unit directions on FD_SUPPORT coordinates: the gradient on its largest
-    entries, random values there, and random values on random coordinates."""
+    entries, random values there, and random values on random coordinates; only on the
+    `movable` coordinates, where given."""
     rows, n = g.shape
     k = min(FD_SUPPORT, n)
-    top = np.argsort(-np.abs(g), axis=1)[:, :k]
-    spread = np.stack([rng.choice(n, k, replace=False) for _ in range(rows)])
+    top = np.argsort(-np.abs(g * (1 if movable is None else movable)), axis=1)[:, :k]
+    pool = [np.flatnonzero(movable[r]) if movable is not None else np.arange(n)
+            for r in range(rows)]
+    spread = np.stack([rng.choice(p, min(k, len(p)), replace=False) for p in pool])
     d = np.zeros((3, rows, n))
     index = np.arange(rows)[:, None]
     d[0][index, top] = g[index, top]
     d[1][index, top] = rng.standard_normal((rows, k))
-    d[2][index, spread] = rng.standard_normal((rows, k))
+    d[2][index, spread] = rng.standard_normal(spread.shape)
+    if movable is not None:
+        d = d * movable
     return d / np.linalg.norm(d, axis=2, keepdims=True)
 
 
-def directional_errors(forward: Forward, values: dict, grads: dict) -> np.ndarray:
+def directional_errors(forward: Forward, values: dict, grads: dict,
+                       movable: np.ndarray | None = None) -> np.ndarray:
     """Per direction (fd_directions) and row, the smallest over FD_STEPS of
     |central difference - <gradient, step>| / scale, where scale is the gradient's norm on
     the direction's coordinates, at least its norm over k random ones (sqrt(k / n) |g|):
@@ -346,7 +367,7 @@ def directional_errors(forward: Forward, values: dict, grads: dict) -> np.ndarra
     rows = len(values[names[0]])
     x = np.concatenate([values[n].reshape(rows, -1) for n in names], 1).astype(np.float64)
     g = np.concatenate([grads[n].reshape(rows, -1) for n in names], 1).astype(np.float64)
-    d = fd_directions(g, np.random.default_rng(0))
+    d = fd_directions(g, np.random.default_rng(0), movable)
     k = min(FD_SUPPORT, x.shape[1])
     scale = np.maximum(np.linalg.norm(g * (d != 0), axis=2),
                        np.sqrt(k / x.shape[1]) * np.linalg.norm(g, axis=1))
@@ -370,6 +391,26 @@ def check_saliency(ex, feeds, result) -> None:
     assert errors.max() < FD_TOLERANCE, errors
 
 
+def check_saliency_by_torch(zoo, name: str, feeds: dict, result) -> None:
+    """Saliency against float64 torch autograd of the same objective on the torch original:
+    for models whose float32 forward is too kinked for central differences (detr_tiny: a
+    ResNet backbone over random 64x64 pictures; 8.4% off along random directions, while the
+    gradient agrees with torch to 3e-7)."""
+    import torch
+
+    module = zoo.load_torch(name).double()
+    (input_name,) = result.attributions
+    x = torch.tensor(feeds[input_name], dtype=torch.float64, requires_grad=True)
+    out = module(x)
+    out = out[0] if isinstance(out, tuple | list) else out
+    weights = torch.tensor(result.seed, dtype=torch.float64)
+    (out * weights).sum().backward()
+    assert worst_row_error(result.attributions[input_name], x.grad.numpy()) < 1e-5
+
+
+TORCH_SALIENCY = {"detr_tiny"}
+
+
 def check_integrated_gradients(ex, feeds, result) -> None:
     values, _ = attributed(ex, feeds, result)
     forward = Forward(ex, feeds, values, result)
@@ -382,32 +423,51 @@ def check_integrated_gradients(ex, feeds, result) -> None:
 
 def check_grad_cam(ex, feeds, result) -> None:
     layer = result.extras["layer"]
-    run = ex.gradients(feeds, result.target, wrt=[layer], taps=[layer])
+    # Dense objectives: the default one again (result.target holds no class per row).
+    target = result.target if result.seed is None else None
+    run = ex.gradients(feeds, target, wrt=[layer], taps=[layer])
     activation, grad = run.taps[layer], run.grads[layer]
     want = np.maximum((grad.mean((2, 3), keepdims=True, dtype=np.float64)
                        * activation).sum(1, keepdims=True), 0)
     assert worst_row_error(result.tensors[layer], want) < 1e-5
     values = {layer: activation}
+    # A ReLU's zeros cannot move below 0, and a max-pool over a window of them ties: the
+    # random direction moves nonzero activations only (measured 47% off on ctc_conv_tiny
+    # otherwise, where the layer is the ReLU before the last max-pool).
+    movable = activation.reshape(len(activation), -1) != 0
     errors = directional_errors(Forward(ex, feeds, values, result), values,
-                                {layer: grad})
+                                {layer: grad}, movable)
     assert errors.max() < FD_TOLERANCE, errors
 
 
-def check_rollout(ex, feeds, result, query: int = 0) -> None:
+def check_rollout(ex, feeds, result, query: int | str = 0) -> None:
     """prod_l normalise_rows(I + mean_h A_l), the last layer on the left, read at the query
-    row; padding (attention_mask 0) and the query token itself set to 0."""
+    row (or the mean of all rows); padding (attention_mask 0) and the query token itself set
+    to 0. With cached keys ([Tq, P + Tq] maps) the P cached positions get identity rows, and
+    their part of the row is the cached block."""
     names = [layer["probabilities"] for layer in result.extras["layers"]]
     maps = ex.forward(feeds, taps=names)
-    tokens = maps[names[0]].shape[-1]
-    row = np.zeros((len(maps[names[0]]), 1, tokens))
-    row[:, 0, query % tokens] = 1
+    rows, _, queries, keys = maps[names[0]].shape
+    past = keys - queries
+    if query == "mean":
+        row = np.full((rows, 1, keys), 1 / keys)
+    else:
+        row = np.zeros((rows, 1, keys))
+        row[:, 0, past + query % queries] = 1
     for tensor in reversed(names):
-        step = np.eye(tokens) + maps[tensor].astype(np.float64).mean(axis=1)
+        square = np.zeros((rows, keys, keys))
+        square[:, past:] = maps[tensor].astype(np.float64).mean(axis=1)
+        step = np.eye(keys) + square
         row = row @ (step / step.sum(-1, keepdims=True))
-    want = row[:, 0]
+    want = row[:, 0, past:]
+    if past:
+        mask = feeds["attention_mask"][:, :past] != 0
+        np.testing.assert_allclose(result.extras["cached_block"],
+                                   (row[:, 0, :past] * mask).sum(1), rtol=1e-5)
     if "attention_mask" in feeds:
-        want = want * (feeds["attention_mask"] != 0)
-    want[:, query % tokens] = 0
+        want = want * (feeds["attention_mask"][:, past:] != 0)
+    if query != "mean":
+        want[:, query % queries] = 0
     # float16 maps: a few of float16's unit roundoff (4.9e-4); measured 6.5e-5.
     tolerance = 1e-5 if maps[names[0]].dtype == np.float32 else 1e-3
     assert worst_row_error(result.tensors["tokens"], want) < tolerance
@@ -436,12 +496,10 @@ def check_rise(ex, feeds, result) -> None:
     batch = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
     batch[perturbed] = np.concatenate(copies).astype(value.dtype)
     out = ex.forward(batch)[ex.output]
-    positions = result.extras.get("explained_positions")
-    if positions is not None:  # a language model: the logit at the explained position
-        out = out.reshape(len(value), count, *out.shape[1:])[
-            np.arange(len(value)), :, np.asarray(positions)]
-    scores = out.reshape(len(value), count, -1).astype(np.float64)[
-        np.arange(len(value)), :, result.target]
+    # copy-major, as explained_scores tiles: [count, rows, ...]
+    out = np.swapaxes(out.reshape(len(value), count, *out.shape[1:]), 0, 1)
+    scores = explained_scores(out.reshape(-1, *out.shape[2:]), np.asarray(result.target),
+                              result.seed, count).reshape(count, len(value)).T
     want = (scores @ masks.reshape(count, -1)) / (count * 0.5)
     got = result.attributions[perturbed].reshape(len(value), -1)
     # float16 scores: ONNX Runtime's half kernels round by batch layout; measured 3.9e-4.
@@ -522,7 +580,9 @@ def test_cell_matches_its_oracle_or_is_refused_in_one_line(zoo, name, cell):
         check_rollout(ex, feeds, result, result.extras.get("query", extra.get("query", 0)))
     if cell == "rise":
         check_rise(ex, feeds, result)
-    elif name in PARENTS and want != OWN:
+    elif cell == "saliency" and name in TORCH_SALIENCY:
+        check_saliency_by_torch(zoo, name, feeds, result)
+    elif name in PARENTS:
         check_derived(zoo, name, cell, feeds, result, target, extra)
     elif cell in BASE_ORACLES:
         BASE_ORACLES[cell](ex, feeds, result)

@@ -8,7 +8,7 @@ import onnx
 
 from ..errors import MissingRule, ModelError, UnsupportedOpError
 from ..graph.builder import GraphBuilder
-from ..graph.shapes import TensorInfo
+from ..graph.shapes import TensorInfo, ai_onnx_opset
 from .ops.quantize import INTEGER_PASSTHROUGH, QUANTIZERS, carried_by, carried_outputs, float_view
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
 
@@ -26,6 +26,12 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
             for sub in graph.node:
                 names.extend(name for name in node_inputs(sub) if name not in inner)
     return names
+
+
+def captures(node: onnx.NodeProto) -> list[str]:
+    """The outer-scope names read inside the subgraphs of `node`, each once. A rule returns
+    their gradients after the explicit inputs' (at index len(node.input) + k)."""
+    return list(dict.fromkeys(node_inputs(node)[len([n for n in node.input if n]):]))
 
 
 def ancestors(nodes: Sequence[onnx.NodeProto], ends: Iterable[str],
@@ -107,7 +113,7 @@ def missing_rules(b: GraphBuilder, nodes: Sequence[onnx.NodeProto], rules: RuleS
             continue
         if entry.supports is not None:
             try:
-                reason = entry.supports(_context(b, node, active))
+                reason = entry.supports(_context(b, node, active, rules))
             except ModelError as err:  # e.g. a rank that static inference left unknown
                 reason = f"{err}; known only at run time"
             if reason:
@@ -212,15 +218,15 @@ CUT_REASON = ("the explained output depends on the attributed input only through
 
 
 def _opset_of(b: GraphBuilder, domain: str) -> int:
-    for entry in b.model.opset_import:
-        standard = ("", "ai.onnx")
-        if entry.domain == domain or (domain in standard and entry.domain in standard):
-            return entry.version
-    return 1
+    if domain in ("", "ai.onnx"):
+        return ai_onnx_opset(b.model) or 1
+    return next((entry.version for entry in b.model.opset_import if entry.domain == domain), 1)
 
 
-def _context(b: GraphBuilder, node: onnx.NodeProto, active: set[str]) -> NodeContext:
-    return NodeContext(b, node, tuple(name in active for name in node.input))
+def _context(b: GraphBuilder, node: onnx.NodeProto, active: set[str],
+             rules: RuleSet = GRADIENT) -> NodeContext:
+    read = list(node.input) + captures(node)
+    return NodeContext(b, node, tuple(name in active for name in read), rules)
 
 
 def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
@@ -250,11 +256,11 @@ def add_gradients(b: GraphBuilder, seeds: dict[str, str], wrt: Sequence[str],
         gy = [total(out) if out else None for out in node.output]
         if all(g is None for g in gy):
             continue
-        ctx = float_view(_context(b, node, active), gy)
+        ctx = float_view(_context(b, node, active, rules), gy)
         entry = rules.lookup(node.domain, node.op_type, _opset_of(b, node.domain))
         assert entry is not None  # missing_rules checked the whole region
         gx = list(entry.rule(ctx, gy))
-        for i, name in enumerate(node.input):
+        for i, name in enumerate(list(node.input) + captures(node)):
             if i < len(gx) and gx[i] is not None and ctx.need(i):
                 grads.setdefault(name, []).append(gx[i])
     result = {}

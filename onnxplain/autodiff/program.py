@@ -20,7 +20,7 @@ from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
 from ..graph.weights import Weights, light_copy
-from ..objective import CLASS, NEXT_TOKEN, VALUE, require_objective
+from ..objective import CLASS, DENSE, VALUE, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
 from .commute import pool_after_relu
@@ -74,9 +74,9 @@ def objective_kind(model: Model, output: str) -> str:
         return "class"
     if form == VALUE:
         return "sum"
-    if form == NEXT_TOKEN:  # the explainer resolves it into a seed on the clean forward
-        raise InputError(f"output {model.output(output).describe()} holds next-token logits: "
-                         "its objective is an output seed (objective.next_token)")
+    if form in DENSE:  # the explainer resolves it into a seed on the clean forward
+        raise InputError(f"output {model.output(output).describe()} holds scores per "
+                         "position: its objective is an output seed (objective.resolve_dense)")
     raise InputError(f"output {model.output(output).describe()} has no known shape, so no "
                      "class axis can be found: pass an output seed or choose another output")
 

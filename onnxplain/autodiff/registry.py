@@ -27,6 +27,8 @@ class NodeContext:
     b: GraphBuilder
     node: onnx.NodeProto
     needs: tuple[bool, ...]
+    # The rule set being applied: rules that differentiate subgraphs (If, Loop) use it there.
+    rules: RuleSet | None = None
 
     def x(self, i: int) -> str:
         """Name of input i, or '' when the optional input is absent."""

@@ -20,6 +20,7 @@ from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..inputs import check_rows_layout
 from ..methods import METHODS, coerce_option, did_you_mean
+from ..objective import make_place
 from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
@@ -46,6 +47,7 @@ def exported_options(method: str, options: dict) -> dict:
 
 def export_explainer(model, method: str = "saliency", *, output: str | None = None,
                      target_input: str = "optional", output_seed=None,
+                     position: int | None = None, pixel=None, region=None,
                      **options) -> onnx.ModelProto:
     """One ONNX model computing the model's outputs and `method`'s attributions together.
 
@@ -54,14 +56,17 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     runtimes that cannot feed inputs with defaults (onnxruntime-node ignores such feeds).
     `output_seed` (one row of weights shaped like a row of the output) replaces the class
     target: the explainer gets an `output_seed` input instead of `target`, defaulting to
-    these weights (export.seed)."""
+    these weights (export.seed). Sequence outputs and maps explain their dense objective
+    (objective), computed in the graph on each input: `position`, `pixel` and `region` as
+    in Explainer.explain, `target` naming the class."""
     loaded = model if isinstance(model, Model) else Model.load(model)
     options = exported_options(method, options)
     if not loaded.batch.symbolic:
         raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
     check_rows_layout(loaded, "an exported explainer", frozenset())
-    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed)
+    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed,
+                        make_place(position, pixel, region))
     EXPORTS[method].build(eg, options)
     proto = eg.proto
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},

@@ -20,6 +20,7 @@ from ..methods._attention_graph import (
 )
 from ..methods._tokens import (
     attention_layers,
+    cached_inputs,
     is_auto_query,
     layer_index,
     probabilities,
@@ -35,6 +36,10 @@ _COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
 def _layout(eg: ExplainerGraph, layers, query) -> dict:
     """Where the scores go: token-id inputs, or the patch grid of an image input (static
     shapes only), and the query row (None: the mean of all rows)."""
+    cached = cached_inputs(eg.model)
+    if cached:  # the in-process methods square [Tq, P + Tq] maps; the export does not
+        raise InputError(f"exported attention methods read square maps, and this model has a "
+                         f"KV cache ({', '.join(cached)}): explain it in process")
     sources, _ = find_sources(eg.model)
     text = [s.input for s in sources if s.per_token]
     layout = {"text": text, "image": None, "prefix": 0, "grid": None}

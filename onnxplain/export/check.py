@@ -35,10 +35,12 @@ def sample_inputs(model: Model, rows: int = SAMPLE_ROWS, seed: int = 0) -> dict[
 
 def check_export(model: Model, exported: onnx.ModelProto, method: str, options: dict,
                  inputs: Mapping[str, np.ndarray], output: str | None = None,
-                 providers=None, output_seed=None, progress: bool = False) -> dict:
+                 providers=None, output_seed=None, progress: bool = False,
+                 place: Mapping | None = None) -> dict:
     """Largest absolute and relative (to the largest reference value) difference between
     the exported model's attributions and Explainer.explain's, per input. An explainer
-    exported with an `output_seed` (one row) is compared with that seed on every row.
+    exported with an `output_seed` (one row) is compared with that seed on every row, one
+    exported at a `place` (position, pixel or region) with explain() at that place.
     `progress` shows a bar over the two runs (the second takes about as long as the first,
     so its ETA is a fair one)."""
     explainer = Explainer(model, providers, output=output, progress=False)
@@ -49,7 +51,7 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
         seeds = np.repeat(row, rows, axis=0)
     with progress_bar(progress, 2, "export --check", "run") as bar:
         reference = explainer.explain(dict(inputs), method=method, output_seed=seeds,
-                                      **options)
+                                      **dict(place or {}), **options)
         bar.update(1)
         got = _run_exported(exported, explainer.providers, inputs, rows, seeds)
         bar.update(1)

@@ -9,7 +9,7 @@ points per row (Integrated Gradients' path, for instance): block after block,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -23,8 +23,17 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
-from ..objective import CLASS, output_form
-from .seed import OUTPUT_SEED, declare_seed_input, seed_row
+from ..objective import (
+    CLASS,
+    DENSE,
+    EVERYWHERE,
+    Place,
+    check_place,
+    check_place_fits,
+    describe_objective,
+    output_form,
+)
+from .seed import OUTPUT_SEED, declare_seed_input, dense_weights, seed_row
 
 TARGET = "target"
 TARGET_USED = "target_used"
@@ -41,11 +50,17 @@ class ExplainerGraph:
     """A copy of `model` being turned into an explainer; emit with `b`, then `finish()`."""
 
     def __init__(self, model: Model, output: str, target_input: str = "optional",
-                 output_seed: np.ndarray | None = None):
-        if output not in {s.name for s in model.outputs} or (
-                output_seed is None and output_form(model, output) != CLASS):
-            raise InputError(f"output '{output}' is not a [batch, classes] float output; an "
-                             "exported explainer needs one, or an output seed")
+                 output_seed: np.ndarray | None = None, place: Place = EVERYWHERE):
+        form = output_form(model, output) if output in {s.name for s in model.outputs} else ""
+        if output_seed is None and form not in (CLASS, *DENSE):
+            raise InputError(f"output '{output}' is not a [batch, classes] float output nor "
+                             "scores per position; an exported explainer needs one, or an "
+                             "output seed")
+        check_place(form if output_seed is None else "", place, model.output(output).describe())
+        check_place_fits(form, place, model.output(output).dims)
+        # Sequence outputs and maps: their dense objective, computed in the graph (objective).
+        self.dense = form if output_seed is None and form in DENSE else ""
+        self.place = place
         # One row of weights on the output, replacing the class target (export.seed).
         self.seed = None if output_seed is None else seed_row(model, output, output_seed)
         if target_input not in TARGET_INPUTS:
@@ -149,8 +164,22 @@ class ExplainerGraph:
         if self.seed is not None:
             declare_seed_input(self)
             return ""
+        if self.dense:
+            self._declare_target()
+            return ""
         if self.chosen:
             return self.chosen
+        self._declare_target()
+        chosen = chosen_class(self.b, self.output, TARGET)
+        self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
+                     TensorInfo(TensorProto.INT64, ("N",)))
+        self.chosen = chosen
+        return chosen
+
+    def _declare_target(self) -> None:
+        """The `target` input, once: int64 [N], optional (default -1) or required."""
+        if TARGET in self.added:
+            return
         b, graph = self.b, self.proto.graph
         optional = self.target_input == "optional"
         rows = "target_rows" if optional else self.model.inputs[0].dims[0]
@@ -161,15 +190,12 @@ class ExplainerGraph:
             graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
                                                              TARGET))
         b.infos[TARGET] = TensorInfo(TensorProto.INT64, (rows,))
-        chosen = chosen_class(b, self.output, TARGET)
-        self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
-                     TensorInfo(TensorProto.INT64, ("N",)))
+        where = (f" ({describe_objective(self.dense, self.output, self.place.text())})"
+                 if self.dense else "")
         self.added[TARGET] = ("int64 [N]" + (", optional" if optional else "") +
                               ": class to explain per row; -1" + (" or absent" if optional
                                                                    else "") +
-                              ": the predicted class")
-        self.chosen = chosen
-        return chosen
+                              ": the predicted class" + where)
 
     def gradients(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
                   times_output: bool = False) -> dict[str, str]:
@@ -193,13 +219,20 @@ class ExplainerGraph:
                                                   extra.active_from)
         return computed
 
-    def row_weights(self, b: GraphBuilder, scores: str) -> str:
+    def row_weights(self, b: GraphBuilder, scores: str,
+                    inputs: Mapping[str, str] | None = None) -> str:
         """Weights shaped like `scores` (N rows of the explained output) whose product with
-        them is the explained score: the output seed, else the one-hot of each row's class
-        (the `target` input, or the ArgMax of `scores`)."""
+        them is the explained score: the output seed, the dense objective's weights, else
+        the one-hot of each row's class (the `target` input, or the ArgMax of `scores`).
+        `inputs`: where the N clean rows of each input are (in a Loop body that redefines
+        the input names), for the padding masks of a dense objective."""
         if self.seed is not None:
             declare_seed_input(self)
             weights = b.op("Expand", OUTPUT_SEED, b.shape(scores))
+        elif self.dense:
+            self._declare_target()
+            weights = dense_weights(b, self.model, scores, TARGET, self.dense, self.place,
+                                    inputs or {})
         else:  # a Loop body's rows choose from their own outputs (the outer ones come later)
             chosen = self.target() if scores == self.output else chosen_class(b, scores, TARGET)
             weights = one_hot(b, chosen, self.output)
@@ -209,7 +242,7 @@ class ExplainerGraph:
     def _seed(self) -> str:
         """One-hot of the chosen class (or the output seed), for every copy of every row."""
         b = self.b
-        if self.seed is not None:
+        if self.seed is not None or self.dense:
             weights = self.row_weights(b, self.output)
             rank = b.rank(self.output)
             return weights if self.copies == 1 else b.op(

@@ -167,7 +167,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
     clean_outputs = [_first_or_kept(bb, first, bb.slice(name, [0], extra, [0]), previous,
                                     name) for name, previous in zip(outputs, kept, strict=True)]
     explained = clean_outputs[outputs.index(eg.output)]
-    weights = eg.row_weights(bb, bb.slice(explained, [0], eg.rows, [0]))
+    weights = eg.row_weights(bb, bb.slice(explained, [0], eg.rows, [0]), clean)
     # The clean rows are not explained: zero weights; each point its row's weights.
     unseeded = bb.op("Expand", bb.scalar(0.0, weights), bb.concat([extra, bb.dims(weights, 1)],
                                                                   0))

@@ -18,6 +18,7 @@ from ..graph.layers import resolve_layer
 from ..graph.shapes import TensorInfo
 from ..graph.stem import affine_stem
 from ..maps import MODES as UPSAMPLE_MODES
+from ..methods._tokens import cached_inputs
 from ..methods.integrated_gradients import path_points
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
@@ -349,11 +350,13 @@ def resize_like_torch(b, x: str, sizes: str, mode: str) -> str:
 
 def float_inputs(eg: ExplainerGraph) -> list[str]:
     """Float graph inputs: what the exported gradient methods attribute."""
-    found = [spec.name for spec in eg.model.inputs if spec.is_float]
+    cached = cached_inputs(eg.model)  # a KV cache is no input to attribute
+    found = [spec.name for spec in eg.model.inputs if spec.is_float and spec.name not in cached]
     if not found:
-        raise InputError("the model has no float input; exported gradient methods explain "
-                         "float inputs (token models: layer_integrated_gradients or an "
-                         "attention method)")
+        besides = " besides its KV cache" if cached else ""
+        raise InputError(f"the model has no float input{besides}; exported gradient methods "
+                         "explain float inputs (token models: layer_integrated_gradients or "
+                         "an attention method)")
     return found
 
 

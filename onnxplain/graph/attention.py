@@ -228,7 +228,7 @@ def _context_product(model: Model, probs: str) -> onnx.NodeProto | None:
     return None
 
 
-def _projection_input(model: Model, start: str) -> str | None:
+def projection_input(model: Model, start: str) -> str | None:
     """The activation that a Q, K or V projection (MatMul/Gemm with a constant weight) reads."""
     def found(node):
         if node.op_type not in _PROJECTION:
@@ -241,7 +241,7 @@ def _projection_input(model: Model, start: str) -> str | None:
 def _residual_stream(model: Model, query: str, key: str, value: str) -> str | None:
     """The hidden state that Q, K and V are projected from; in pre-norm blocks (the normalised
     tensor feeds only the projections) the stream before the LayerNormalization."""
-    sources = {_projection_input(model, t) for t in (query, key, value)}
+    sources = {projection_input(model, t) for t in (query, key, value)}
     if len(sources) != 1 or None in sources:
         return None
     hidden = sources.pop()

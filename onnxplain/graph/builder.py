@@ -9,8 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
-from .load import ai_onnx_opset
-from .shapes import FLOAT_TYPES, TensorInfo, constant_node_value
+from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
 from .weights import Weights, is_stub
 
 BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",

@@ -18,7 +18,7 @@ from .canonical import canonicalise, needs_canonicalising
 from .canonical.ms_common import runtime_ops_aside
 from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
-from .shapes import is_weight, without_weights
+from .shapes import ai_onnx_opset, is_weight, without_weights
 from .weights import payload_bytes  # noqa: F401 - re-exported
 
 OLDEST_OPSET = 9
@@ -133,13 +133,6 @@ def _check_weight_sizes(model: onnx.ModelProto) -> None:
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
-
-
-def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return entry.version
-    return None
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -9,8 +9,8 @@ from functools import cached_property
 import numpy as np
 import onnx
 
-from .load import ai_onnx_opset, normalize, read_model
-from .shapes import Dim, TensorInfo, infer_shapes, value_info_to_tensor_info
+from .load import normalize, read_model
+from .shapes import Dim, TensorInfo, ai_onnx_opset, infer_shapes, value_info_to_tensor_info
 from .weights import Weights, file_weights
 
 
@@ -76,10 +76,11 @@ class Model:
 
     def __init__(self, proto: onnx.ModelProto, path: str | None = None,
                  infos: dict[str, TensorInfo] | None = None,
-                 weights: Weights | None = None):
+                 weights: Weights | None = None, file_ir_version: int | None = None):
         """`infos` gives the shape facts when they are known already (a part of a model
         whose shapes were inferred): inference costs a third of a second on ResNet-18.
-        `weights`: those of the model `proto` is a light copy of (see graph.weights)."""
+        `weights`: those of the model `proto` is a light copy of (see graph.weights).
+        `file_ir_version`: the IR version of the file as given (default: proto's)."""
         self.proto = proto
         self.path = path
         self.weights = Weights(proto) if weights is None else weights
@@ -87,18 +88,17 @@ class Model:
             self.__dict__["infos"] = infos
         self.opset: int = ai_onnx_opset(proto) or 0
         # The IR version of the file as given (normalising may raise or lower it).
-        self.file_ir_version: int = proto.ir_version
+        self.file_ir_version: int = (proto.ir_version if file_ir_version is None
+                                     else file_ir_version)
         # Facts derived by passes (attention layers...), computed once per model.
         self.derived: dict[str, object] = {}
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
         proto, path = read_model(source)
-        ir_version = proto.ir_version
+        ir_version = proto.ir_version  # read first: normalize may change it in place
         normal = normalize(proto)
-        model = cls(normal, path, weights=file_weights(normal, path))
-        model.file_ir_version = ir_version
-        return model
+        return cls(normal, path, weights=file_weights(normal, path), file_ir_version=ir_version)
 
     @cached_property
     def infos(self) -> dict[str, TensorInfo]:
@@ -169,7 +169,8 @@ class Model:
         for node in graph.node:
             if node.op_type == "Constant" or (
                     node.input and all(not i or i in constant for i in node.input)
-                    and not node.op_type.startswith("Random")):
+                    and not node.op_type.startswith("Random")
+                    and not _has_subgraph(node)):  # If, Loop bodies read outer tensors
                 constant.update(o for o in node.output if o)
         return frozenset(constant)
 
@@ -193,3 +194,8 @@ class Model:
             if node.op_type == "DynamicQuantizeLinear":
                 return node.op_type
         return None
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute)

@@ -20,7 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .model import Model
-from .shapes import FLOAT_TYPES, TensorInfo, constant_node_value
+from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
+from .weights import copy_into, copy_without
 
 # Folded values are shape vectors and masks; anything larger is not a shape computation.
 MAX_FOLDED = 1 << 16
@@ -59,7 +60,7 @@ def fold_shape_computations(proto: onnx.ModelProto, infos: Mapping[str, TensorIn
     graph = proto.graph
     values = _constants(graph)
     outputs = {value.name for value in graph.output}
-    opset = next((e.version for e in proto.opset_import if e.domain in ("", "ai.onnx")), 0)
+    opset = ai_onnx_opset(proto) or 0
     folded: dict[str, np.ndarray] = {}
     kept: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -76,15 +77,14 @@ def fold_shape_computations(proto: onnx.ModelProto, infos: Mapping[str, TensorIn
     read = {name for node in kept for name in _reads(node)}
     read |= {value.name for value in graph.output}
     was_read = {name for node in graph.node for name in _reads(node)}
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
+    copy = copy_without(proto, "graph")
+    copy_into(graph, copy.graph, skip="initializer")
     del copy.graph.node[:]
     copy.graph.node.extend(kept)
     # Constants only the folded nodes read go with them.
-    unread = [init for init in copy.graph.initializer
-              if init.name in values and init.name in was_read and init.name not in read]
-    for init in unread:
-        copy.graph.initializer.remove(init)
+    copy.graph.initializer.extend(
+        init for init in graph.initializer
+        if not (init.name in values and init.name in was_read and init.name not in read))
     copy.graph.initializer.extend(numpy_helper.from_array(value, name)
                                   for name, value in folded.items() if name in read)
     return copy

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .weights import copy_into, copy_without
+
 Dim = int | str | None
 
 FLOAT_TYPES = frozenset({
@@ -110,6 +112,12 @@ def is_weight(init: onnx.TensorProto) -> bool:
     return init.data_type in FLOAT_TYPES and int(np.prod(init.dims)) > _WEIGHT_ELEMENTS
 
 
+def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
+    """The version of the standard domain ("" or "ai.onnx") the model imports, if any."""
+    return next((entry.version for entry in model.opset_import
+                 if entry.domain in ("", "ai.onnx")), None)
+
+
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its large float initializers declared as graph inputs of their type and
     shape instead: both inferences serialise the model, which with the weights is most of
@@ -126,16 +134,11 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             kept.append(init)
     if len(kept) == len(graph.initializer):
         return model
-    light = onnx.ModelProto(ir_version=model.ir_version, domain=model.domain)
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    light.graph.name = graph.name
-    light.graph.node.extend(graph.node)
+    light = copy_without(model, "graph")
+    copy_into(graph, light.graph, skip="initializer")
+    del light.graph.input[:]
     light.graph.input.extend(inputs)
-    light.graph.output.extend(graph.output)
     light.graph.initializer.extend(kept)
-    light.graph.value_info.extend(graph.value_info)
-    light.graph.sparse_initializer.extend(graph.sparse_initializer)
     return light
 
 

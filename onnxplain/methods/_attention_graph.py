@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from onnx import TensorProto
 
+from ..autodiff.ops.shape import iota
 from ..autodiff.program import Post
 from ..graph.builder import HALF_TYPES, GraphBuilder
 
@@ -52,11 +53,26 @@ def _first_row(b: GraphBuilder, matrix: str, query: int | None) -> str:
 
 
 def _unit_row(b: GraphBuilder, a: str, query: int) -> str:
-    """[1, 1, S]: e_q, sized from an attention map [N, H, S, S]."""
-    first = b.op("Gather", b.op("Gather", a, b.ints([0]), axis=0), b.ints([0]), axis=1)
-    eye = b.op("EyeLike", b.squeeze(first, [0, 1]), dtype=wide_type(b, a),
-               out_type=wide_type(b, a))
-    return b.unsqueeze(b.op("Gather", eye, b.ints([query]), axis=0), [0])
+    """[1, 1, K]: e_(P+q) over the K keys of a map [N, H, Tq, K], P = K - Tq the cached keys
+    before the queries' own (0 without a KV cache)."""
+    keys = b.dim(a, 3)
+    at = b.op("Add", b.op("Sub", keys, b.dim(a, 2)), b.ints([query]))
+    hot = b.op("Cast", b.op("Equal", iota(b, keys), at), to=wide_type(b, a))
+    return b.unsqueeze(hot, [0, 1])
+
+
+def _with_cached_rows(b: GraphBuilder, m: str, identity: bool) -> str:
+    """[N, K, K] from a layer's [N, Tq, K] matrix: P = K - Tq rows on top for the cached keys,
+    which are inputs of this step: rows that keep them as they are (zero rows, since the
+    steps add the identity; identity rows for the plain product)."""
+    past = b.op("Sub", b.dim(m, 2), b.dim(m, 1))
+    zero = b.ints([0])
+    square = b.pad(m, b.concat([zero, past, zero, zero, zero, zero], 0))
+    if not identity:
+        return square
+    cached = b.op("Cast", b.op("Less", iota(b, b.dim(m, 2)), past), to=b.dtype(m))
+    eye = b.op("EyeLike", b.squeeze(b.op("Gather", square, b.ints([0]), axis=0), [0]))
+    return b.op("Add", square, b.op("Mul", eye, b.unsqueeze(cached, [1])))
 
 
 def _query_rows(b: GraphBuilder, a: str, grads: Mapping[str, Mapping[str, str]],
@@ -102,13 +118,17 @@ FIRST_STEPS: dict[str, Callable[[GraphBuilder, str, str], str]] = {
 
 
 def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting, step: str,
-               query: int | None) -> Post:
+               query: int | None, cached: bool = False) -> Post:
     """Post computing row `query` of X_L ... X_start, X_l = STEPS[step] applied to
-    M_l = weighting(layer l): [N, S] scores under the label ROW."""
+    M_l = weighting(layer l): [N, S] scores under the label ROW. With `cached` keys
+    ([Tq, P + Tq] maps) every M_l gets rows for the P cached positions (_with_cached_rows)
+    and the scores are [N, P + Tq], the cached positions first."""
     def emit(b: GraphBuilder, grads: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-        matrices = [weighting(b, a, grads) for a in maps[start:-1]]
+        def square(m: str) -> str:
+            return _with_cached_rows(b, m, step == "product") if cached else m
+        matrices = [square(weighting(b, a, grads)) for a in maps[start:-1]]
         if query is None:
-            matrices.append(weighting(b, maps[-1], grads))
+            matrices.append(square(weighting(b, maps[-1], grads)))
             v = _first_row(b, matrices[-1], query)
         else:
             # The last layer's matrix is read at row q only: weigh just that row.
@@ -117,7 +137,7 @@ def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting,
         for m in reversed(matrices):
             v = STEPS[step](b, v, m)
         return {ROW: b.squeeze(v, [1])}
-    return Post((name, tuple(maps), start, step, query), emit)
+    return Post((name, tuple(maps), start, step, query, cached), emit)
 
 
 def attention_mean(b: GraphBuilder, a: str, grads) -> str:

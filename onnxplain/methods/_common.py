@@ -16,7 +16,10 @@ from ..objective import class_scores
 
 def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
     """The target as explicit classes, so that runs on perturbed or interpolated inputs all
-    explain the class of the clean input; also returns the clean forward outputs."""
+    explain the class of the clean input; also returns the clean forward outputs (run once:
+    an output seed resolved on them carries them)."""
+    if isinstance(target, OutputSeed) and target.clean is not None:
+        return target, target.clean
     outputs = engine.forward(feeds)
     return explicit_target(engine, outputs, target), outputs
 

@@ -3,22 +3,24 @@ perturbed copies of one row (the runtime repeats the other inputs, see runtime.p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
 from ..errors import InputError
 
 
-def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None) -> str:
-    """The input a perturbation method changes: `name`, else the first float input, else the
-    first integer input shaped [batch, tokens] (token ids)."""
+def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None,
+                    skip: Collection[str] = ()) -> str:
+    """The input a perturbation method changes: `name`, else the first float input not in
+    `skip` (a KV cache: _tokens.cached_inputs), else the first integer input shaped
+    [batch, tokens] (token ids)."""
     if name is not None:
         if name not in feeds:
             raise InputError(f"unknown input '{name}' (inputs: {', '.join(feeds)})")
         return name
     for key, value in feeds.items():
-        if value.dtype.kind == "f":
+        if value.dtype.kind == "f" and key not in skip:
             return key
     for key, value in feeds.items():
         if value.dtype.kind in "iu" and value.ndim == 2:

@@ -11,7 +11,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..graph.attention import AttentionLayer, patch_grid, require_attention
+from ..objective import last_positions, mask_inputs
 from ..viz.heatmap import image_layout
+from ._common import rows_text
 from ._layer import maps_per_image_input
 
 
@@ -59,19 +61,131 @@ def token_layout(feeds: Mapping[str, np.ndarray], sources, tokens: int, query) -
     return TokenLayout(tokens, row, prefix, grid, text)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The row of the maps a method reads and how their keys relate to their queries.
+
+    `query` indexes the queries (the new tokens when keys are cached), None for the mean of
+    all rows; `past` counts the cached keys before the queries' own ([Tq, past + Tq] maps):
+    they are inputs of this step, so each layer's map gets identity rows for them (it
+    becomes square), and their scores are reported as one block.
+    """
+
+    query: int | None
+    past: int = 0
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One forward run of the first row: each layer's map size, and for each query row of the
+    last layer its largest weight on a later token (0 in a causal model)."""
+
+    sizes: tuple[tuple[int, ...], ...]
+    spill: tuple[float, ...]
+
+    def causal(self, last: int) -> bool:
+        return len(self.spill) > last and max(self.spill[:last + 1]) <= 1e-6
+
+
 def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
-                  layers: Sequence[AttentionLayer], query) -> int | None:
-    """The query row before running (in-graph methods need it): as token_layout decides,
-    with the token count from the token ids or the maps' static shape (else the first)."""
+                  layers: Sequence[AttentionLayer], query, method: str) -> Rows:
+    """The rows read, decided before running (in-graph methods need them): as token_layout
+    decides, except "auto" on a causal model over token ids, whose row is the explained
+    position (the last non-padding one, objective.last_positions: the only row that sees the
+    whole prompt). Maps must be square, or [Tq, past + Tq] of a causal model (a KV cache):
+    others are refused naming the layers."""
     text = [feeds[s.input] for s in sources if s.per_token and feeds[s.input].ndim == 2]
-    tokens = text[0].shape[1] if text else None
-    if tokens is None:
-        info = engine.model.infos.get(layers[-1].probabilities)
-        last = info.shape[-1] if info is not None and info.shape else None
-        tokens = last if isinstance(last, int) else None
-    if tokens is None:
-        return 0 if is_auto_query(query) else query_index(query, None)
-    return token_layout(feeds, sources, tokens, query).query
+    wants_last = is_auto_query(query) and bool(text)
+    static = _static_tokens(engine.model, layers)
+    if static is not None and not wants_last:
+        return Rows(token_layout(feeds, sources, static, query).query)
+    probe = _probe(engine, feeds, layers)
+    queries, past = _queries_and_past(probe, layers, method)
+    if wants_last:
+        positions = last_positions(feeds, mask_inputs(engine.model), len(text[0]), queries)
+        if probe.causal(int(positions[0])):
+            return Rows(_same_position(positions), past)
+    if past and token_layout(feeds, sources, queries, query).query is None:
+        raise InputError(f"{method} with cached keys reads one query row: query='mean' would "
+                         "average rows that see different prefixes; name a query token")
+    return Rows(token_layout(feeds, sources, queries, query).query, past)
+
+
+def _static_tokens(model, layers: Sequence[AttentionLayer]) -> int | None:
+    """The token count when shape inference fixed every map to one square [S, S]."""
+    shapes = [model.infos[layer.probabilities].shape if layer.probabilities in model.infos
+              else None for layer in layers]
+    if all(s and len(s) == 4 and isinstance(s[2], int) and s[2] == s[3] == shapes[0][2]
+           for s in shapes):
+        return shapes[0][2]
+    return None
+
+
+def _probe(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]
+           ) -> _Probe:
+    """Run once per model and input shapes for each layer (kept with the model's derived
+    facts, so that every method and layer selection reuses it)."""
+    key = tuple((name, np.shape(value)[1:]) for name, value in sorted(feeds.items()))
+    known = engine.model.derived.setdefault("attention_probes", {}).setdefault(key, {})
+    names = probabilities(layers)
+    missing = [name for name in names if name not in known]
+    if missing:
+        row = {name: value[:1] for name, value in feeds.items()}
+        values = engine.forward(row, taps=missing)
+        for name in missing:
+            value = np.asarray(values[name], dtype=np.float64)
+            known[name] = (tuple(value.shape), _spill(value))
+    return _Probe(tuple(known[name][0] for name in names), known[names[-1]][1])
+
+
+def map_sizes(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]
+              ) -> list[tuple[int, ...]]:
+    """Each layer's map shape on the first row (one probe per model and input shapes)."""
+    return list(_probe(engine, feeds, layers).sizes)
+
+
+def _spill(maps: np.ndarray) -> tuple[float, ...]:
+    """For each query row i of [1, H, Tq, P + Tq] maps: the largest weight on keys after
+    P + i (later tokens)."""
+    if maps.ndim != 4 or maps.shape[3] < maps.shape[2]:
+        return ()
+    queries, past = maps.shape[2], maps.shape[3] - maps.shape[2]
+    later = np.triu(np.abs(maps[0, :, :, past:]), 1).max(axis=(0, 2))
+    return tuple(float(v) for v in later[:queries])
+
+
+def _queries_and_past(probe: _Probe, layers: Sequence[AttentionLayer], method: str
+                      ) -> tuple[int, int]:
+    """(queries, cached keys) shared by every layer; InputError naming the layers whose maps
+    are neither square nor a causal model's [Tq, past + Tq]."""
+    cached = probe.causal(len(probe.spill) - 1) if probe.spill else False
+    odd = [f"{layer.index} ('{layer.probabilities}', {size[2]} queries x {size[3]} keys)"
+           for layer, size in zip(layers, probe.sizes, strict=True)
+           if len(size) == 4 and size[2] != size[3] and not (cached and size[3] > size[2])]
+    if odd:
+        raise InputError(f"{method} reads self-attention maps (tokens x tokens of one "
+                         f"sequence, or a causal model's new tokens x cached + new keys), and "
+                         f"the maps of layers {', '.join(odd)} are not (keys pooled or from "
+                         "another sequence): name self-attention layers with attention=...")
+    if any(len(size) != 4 for size in probe.sizes):
+        bad = next(n for n, s in zip(probabilities(layers), probe.sizes, strict=True)
+                   if len(s) != 4)
+        raise InputError(f"attention tensor '{bad}' is not [batch, heads, queries, keys]")
+    if len({size[2:] for size in probe.sizes}) != 1:
+        raise InputError("the attention layers have different token counts; chained methods "
+                         "need one sequence (name the layers with attention=...)")
+    queries, keys = probe.sizes[0][2:]
+    return queries, keys - queries
+
+
+def _same_position(positions: np.ndarray) -> int:
+    if np.any(positions != positions[0]):
+        rows = rows_text(range(len(positions)))
+        raise InputError(f"the rows end at different positions ({rows}: "
+                         f"{', '.join(str(p) for p in positions[:8])}), and attention "
+                         "methods read one query row per run: pad on the left, or explain "
+                         "rows of the same length together")
+    return int(positions[0])
 
 
 def is_auto_query(query) -> bool:
@@ -132,21 +246,29 @@ def token_output(feeds: Mapping[str, np.ndarray], scores: np.ndarray, layout: To
     return at_inputs, tensors
 
 
-def layer_stack(values: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]
-                ) -> list[np.ndarray]:
+def layer_stack(values: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer],
+                past: int = 0) -> list[np.ndarray]:
     """The tapped or differentiated tensors of each layer, in float64, checked to be
-    [batch, heads, tokens, tokens]."""
+    [batch, heads, queries, past + queries]."""
     out = []
     for layer in layers:
         value = np.asarray(values[layer.probabilities], dtype=np.float64)
-        if value.ndim != 4 or value.shape[2] != value.shape[3]:
+        if value.ndim != 4 or value.shape[3] != value.shape[2] + past:
             raise InputError(f"attention tensor '{layer.probabilities}' has shape "
-                             f"{value.shape}; self-attention is [batch, heads, tokens, tokens]")
+                             f"{value.shape}; self-attention is [batch, heads, queries, "
+                             f"{past} cached + queries keys]")
         out.append(value)
-    if len({value.shape[2] for value in out}) != 1:
-        raise InputError("the attention layers have different token counts; rollout needs "
-                         "one sequence (name the layers with attention=...)")
     return out
+
+
+def split_cached(scores: np.ndarray, mask: np.ndarray, past: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """([N, P + T] scores, their padding mask) -> (scores, mask of the T new tokens, the
+    summed score of the P cached positions or None without a cache)."""
+    if not past:
+        return scores, mask, None
+    block = np.where(mask[:, :past], scores[:, :past], 0.0).sum(axis=1)
+    return scores[:, past:], mask[:, past:], block
 
 
 def layer_index(start_layer, count: int) -> int:
@@ -158,3 +280,49 @@ def layer_index(start_layer, count: int) -> int:
     if not -count <= start < count:
         raise InputError(f"start_layer {start} is out of range for {count} attention layers")
     return start % count
+
+
+def cached_inputs(model) -> tuple[str, ...]:
+    """Float graph inputs [batch, heads, past, head size] that a layer's keys or values are
+    computed from but not its queries: a KV cache (past_key_values), whatever its names."""
+    if "cached_inputs" not in model.derived:
+        model.derived["cached_inputs"] = _cached_inputs(model)
+    return model.derived["cached_inputs"]
+
+
+def _cached_inputs(model) -> tuple[str, ...]:
+    from ..errors import OnnxplainError
+    from ..graph.attention import find_attention
+
+    candidates = {spec.name for spec in model.inputs if spec.dims is not None
+                  and len(spec.dims) == 4 and spec.numpy_dtype.kind == "f"}
+    try:
+        layers = find_attention(model) if candidates else ()
+    except OnnxplainError:  # no attention layers to read the cache from
+        return ()
+    found: set[str] = set()
+    for layer in layers:
+        if not (layer.query and layer.key and layer.value):
+            continue
+        keys = _inputs_behind(model, [layer.key, layer.value], candidates, depth=12)
+        found |= keys - _inputs_behind(model, [layer.query], keys, depth=None)
+    return tuple(sorted(found))
+
+
+def _inputs_behind(model, starts: Sequence[str], inputs: set[str], depth: int | None
+                   ) -> set[str]:
+    """Which of `inputs` the values of tensors `starts` are computed from (`depth` producers
+    back; not through Shape or Size: a position computed from the cache's length reads no
+    cached value)."""
+    seen, frontier, step = set(starts), list(starts), 0
+    while frontier and (depth is None or step < depth):
+        following = []
+        for name in frontier:
+            node = model.node_by_output.get(name)
+            reads = node is not None and node.op_type not in ("Shape", "Size")
+            for tensor in node.input if reads else ():
+                if tensor and tensor not in seen:
+                    seen.add(tensor)
+                    following.append(tensor)
+        frontier, step = following, step + 1
+    return seen & inputs

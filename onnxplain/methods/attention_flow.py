@@ -14,6 +14,12 @@ positive part, every method returns one score per token, read from the class-tok
 - generic_attention (Chefer et al. 2021b): R = I, then R = R + E_h (G_l * A_l)+ R per layer.
 - attgrad (Barkan et al. 2021, Grad-SAM): the product of E_h (G_l * A_l), no clamping and
   no identity, in the same order as rollout.
+
+A causal model reads the row of the explained position (the last non-padding one). With a KV
+cache the maps are [Tq, P + Tq]: the P cached keys are inputs of this step, so each layer's
+matrix gets P rows that keep them as they are (identity rows once the residual is added) and
+becomes square; the scores of the P cached positions come back summed as one block
+(extras 'cached_block', 'cached_positions'), the map covers the Tq new tokens.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ import numpy as np
 from ..autodiff import POST_PREFIX
 from ..autodiff.program import Pass
 from ..engine import GradientRun
-from ..errors import InputError
-from ..objective import last_positions, mask_inputs
+from ..graph.attention_layouts import readable
 from ..rules.chefer import CHEFER
 from . import MethodOutput, MethodSpec, register
 from ._attention_graph import (
@@ -35,16 +40,18 @@ from ._attention_graph import (
     gradient_times_attention,
     gradient_times_relevance,
 )
-from ._common import clean_run, explicit_target, rows_text
+from ._common import clean_run, explicit_target
 from ._tokens import (
+    Rows,
     attention_layers,
-    is_auto_query,
     layer_index,
     layer_stack,
+    map_sizes,
     padding_mask,
     probabilities,
     read_row,
     resolve_query,
+    split_cached,
     token_layout,
     token_output,
 )
@@ -54,59 +61,34 @@ _POSITIVE_GXA = gradient_times_attention(positive=True)
 _SIGNED_GXA = gradient_times_attention(positive=False)
 
 
-def explained_query(engine, feeds, sources, layers, query):
-    """`query` as given, except "auto" on a causal model over token ids: the explained
-    position, the last non-padding one (objective.last_positions), whose row is the only
-    one that sees the whole prompt (the first token's row sees itself alone)."""
-    text = [feeds[s.input] for s in sources if s.per_token and feeds[s.input].ndim == 2]
-    if not is_auto_query(query) or not text:
-        return query
-    rows, length = text[0].shape
-    positions = last_positions(feeds, mask_inputs(engine.model), rows, length)
-    if not _causal(engine, feeds, layers[-1], positions[0]):
-        return query
-    if np.any(positions != positions[0]):
-        raise InputError(f"the rows end at different positions ({rows_text(range(rows))}: "
-                         f"{', '.join(str(p) for p in positions[:8])}), and attention "
-                         "methods read one query row per run: pad on the left, or explain "
-                         "rows of the same length together")
-    return int(positions[0])
-
-
-def _causal(engine, feeds, layer, last: int) -> bool:
-    """Whether the layer's first row attends to no later token (checked on one forward run
-    of that row, at the real query positions up to `last`)."""
-    # Causality is a property of the model: decided once, kept with its derived facts.
-    known = engine.model.derived.setdefault("causal_layers", {})
-    if layer.probabilities not in known:
-        row = {name: value[:1] for name, value in feeds.items()}
-        maps = engine.forward(row, taps=[layer.probabilities])[layer.probabilities]
-        if maps.ndim != 4 or maps.shape[2] != maps.shape[3] or maps.shape[2] <= last:
-            return False  # not decided on this input: check again next time
-        later = np.triu(np.abs(np.asarray(maps[0, :, :last + 1], dtype=np.float64)), 1)
-        known[layer.probabilities] = bool(np.all(later <= 1e-6))
-    return known[layer.probabilities]
-
-
-def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, query,
+def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, rows: Rows,
             upsample: str, tensors: dict | None = None, extras: dict | None = None,
             signed: bool = True) -> MethodOutput:
-    """Map [N, S] scores (or [N, S, S] token matrices, read at the query row) onto the
-    inputs; `signed` False for methods whose scores cannot be negative."""
+    """Map [N, P + S] scores (or [N, S, P + S] token matrices, read at the query row) onto
+    the inputs, the P cached positions as one block; `signed` False for methods whose scores
+    cannot be negative."""
     scores = np.asarray(scores, dtype=np.float64)
-    rows, tokens = scores.shape[0], scores.shape[-1]
-    layout = token_layout(feeds, sources, tokens, "mean" if query is None else query)
+    count, tokens = scores.shape[0], scores.shape[-1] - rows.past
+    layout = token_layout(feeds, sources, tokens, "mean" if rows.query is None else rows.query)
     if scores.ndim == 3:
         scores = read_row(scores, layout)
-    mask = padding_mask(feeds, layers, rows, tokens)
+    scores, mask, block = split_cached(scores, padding_mask(feeds, layers, count,
+                                                            tokens + rows.past), rows.past)
     at_inputs, out_tensors = token_output(feeds, scores, layout, mask, upsample)
     out_tensors.update(tensors or {})
     info = {"layers": [layer.as_dict() for layer in layers],
             "query": layout.query if layout.query is not None else "mean",
             "patch_grid": list(layout.grid) if layout.grid else None}
+    notes = []
+    if block is not None:
+        info.update(cached_positions=rows.past, cached_block=block.tolist())
+        if tokens == 1:
+            notes.append(f"one new token after {rows.past} cached positions: its own entry is "
+                         "0 as every query's is; what it reads from the cache is extras "
+                         "'cached_block'")
     info.update(extras or {})
     return MethodOutput(run, at_inputs=at_inputs, tensors=out_tensors, extras=info,
-                        signed=signed)
+                        signed=signed, notes=notes)
 
 
 def relevance_pass(layers, sources) -> Pass:
@@ -117,27 +99,20 @@ def relevance_pass(layers, sources) -> Pass:
                 tuple(s.tensor for s in sources))
 
 
-def require_square_maps(engine, feeds, layers, method: str) -> None:
-    """Chained methods multiply the layers' maps and add the identity (the residual): every
-    map must be [tokens, tokens] over one sequence. Raise InputError naming the layers whose
-    keys differ from their queries (a KV cache, pooled keys, cross-attention); shapes that
-    shape inference leaves open are read from a forward run of the first row."""
-    shapes = [engine.model.infos[layer.probabilities].shape
-              if layer.probabilities in engine.model.infos else None for layer in layers]
-    if all(s and len(s) == 4 and s[2] == s[3] == shapes[0][2] for s in shapes):
-        return
-    row = {name: value[:1] for name, value in feeds.items()}
-    values = engine.forward(row, taps=probabilities(layers))
-    sizes = [np.shape(values[layer.probabilities]) for layer in layers]
-    odd = [f"{layer.index} ('{layer.probabilities}', {size[2]} queries x {size[3]} keys)"
-           for layer, size in zip(layers, sizes, strict=True)
-           if len(size) == 4 and size[2] != size[3]]
-    if odd:
-        raise InputError(f"{method} reads square self-attention maps (tokens x tokens of one "
-                         f"sequence), and the maps of layers {', '.join(odd)} are not (keys "
-                         "cached, pooled or from another sequence): name square "
-                         "self-attention layers with attention=...")
-    layer_stack(values, layers)  # [batch, heads, tokens, tokens], one token count
+def readable_layers(engine, feeds, layers, method: str) -> list:
+    """The layers of the explained sequence (graph/attention_layouts): window attention,
+    pooled keys, cross-attention and decoders skipped with a warning naming them, refused
+    when none is left. Shapes of one row, from shape inference when it knows them all."""
+    def shapes():
+        batch = engine.model.inputs[0].dims[0] if engine.model.inputs[0].dims else None
+        static = [engine.model.infos[p].shape if p in engine.model.infos else None
+                  for p in probabilities(layers)]
+        if isinstance(batch, str) and all(
+                s and len(s) == 4 and s[0] == batch and all(isinstance(d, int) for d in s[1:])
+                for s in static):
+            return [(1, *s[1:]) for s in static]
+        return map_sizes(engine, feeds, layers)  # one probe, shared with resolve_query
+    return readable(engine.model, layers, shapes, method)
 
 
 def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
@@ -146,12 +121,11 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
     """A method chained over layers in the graph (see _attention_graph); `reads` is what the
     weighting needs besides the maps: "nothing" (one forward run), "gradients", or
     "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
-    layers = attention_layers(engine.model, attention)
+    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention), name)
     start = layer_index(start_layer, len(layers))
-    require_square_maps(engine, feeds, layers[start:], name)
-    query = explained_query(engine, feeds, sources, layers, query)
-    row = resolve_query(engine, feeds, sources, layers, query)
-    post = chain_post(name, probabilities(layers), start, weighting, step, row)
+    rows = resolve_query(engine, feeds, sources, layers[start:], query, name)
+    post = chain_post(name, probabilities(layers), start, weighting, step, rows.query,
+                      cached=rows.past > 0)
     if reads == "nothing":
         values = engine.forward(feeds, post=post)
         outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
@@ -161,21 +135,21 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
         passes = [relevance_pass(layers, sources)] if reads == "relevance" else []
         run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
         scores = run.post[ROW]
-    return _finish(feeds, sources, run, layers, scores, row, upsample, signed=signed)
+    return _finish(feeds, sources, run, layers, scores, rows, upsample, signed=signed)
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                   upsample: str = "bilinear"):
     """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
-    layers = attention_layers(engine.model, attention)
-    require_square_maps(engine, feeds, layers, "raw_attention")
-    query = explained_query(engine, feeds, sources, layers, query)
+    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention),
+                             "raw_attention")
+    rows = resolve_query(engine, feeds, sources, layers, query, "raw_attention")
     values = engine.forward(feeds, taps=probabilities(layers))
     outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
     run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
-    maps = layer_stack(values, layers)
+    maps = layer_stack(values, layers, rows.past)
     tensors = {f"attention/{i}": m.astype(np.float32) for i, m in enumerate(maps)}
-    return _finish(feeds, sources, run, layers, maps[-1].mean(axis=1), query, upsample,
+    return _finish(feeds, sources, run, layers, maps[-1].mean(axis=1), rows, upsample,
                    tensors, signed=False)
 
 
@@ -192,15 +166,15 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
                 upsample: str = "bilinear"):
     """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
     each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
-    layers = attention_layers(engine.model, attention)
-    require_square_maps(engine, feeds, layers[-1:], "partial_lrp")
-    query = explained_query(engine, feeds, sources, layers, query)
+    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention),
+                             "partial_lrp")
+    rows = resolve_query(engine, feeds, sources, layers[-1:], query, "partial_lrp")
     relevance = relevance_pass(layers[-1:], sources)
     run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
                            active_from=relevance.active_from)
-    last = np.asarray(run.grads[layers[-1].probabilities], dtype=np.float64)
+    last = layer_stack(run.grads, layers[-1:], rows.past)[0]
     heads = last.sum(axis=(2, 3))
-    return _finish(feeds, sources, run, layers, last.mean(axis=1), query, upsample,
+    return _finish(feeds, sources, run, layers, last.mean(axis=1), rows, upsample,
                    extras={"head_relevance": heads.tolist()})
 
 

@@ -18,6 +18,7 @@ from ..runtime.perturb import perturbed_scores
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
+from ._tokens import cached_inputs
 
 # Up to this many features every coalition is evaluated: 2^12 runs cost little.
 EXACT_MAX_FEATURES = 12
@@ -49,7 +50,7 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     """
     check_count("kernel_shap", "n_samples", n_samples)
     check_count("kernel_shap", "n_segments", n_segments)
-    name = perturbed_input(feeds, input)
+    name = perturbed_input(feeds, input, cached_inputs(engine.model))
     target, outputs = fixed_target(engine, feeds, target)
     x = feeds[name]
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)

@@ -14,6 +14,7 @@ from ..features import row_masks
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._perturb import perturbed_input
+from ._tokens import cached_inputs
 from .kernel_shap import (
     check_count,
     coalition_baseline,
@@ -48,7 +49,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
                          f"got {kernel_width!r}")
     if not isinstance(alpha, Real) or not alpha >= 0:
         raise InputError(f"option 'alpha' of method 'lime' must be >= 0, got {alpha!r}")
-    name = perturbed_input(feeds, input)
+    name = perturbed_input(feeds, input, cached_inputs(engine.model))
     target, outputs = fixed_target(engine, feeds, target)
     x = feeds[name]
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)

@@ -22,6 +22,7 @@ from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
+from ._tokens import cached_inputs
 
 
 def window_geometry(row_shape: tuple[int, ...], window, stride) -> tuple[tuple, tuple]:
@@ -68,7 +69,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     `window` and `stride` in pixels for images (one number for square, or "h,w"; default
     8 and 8), in elements for other inputs (default 1: one token or column at a time);
     `baseline` a number or an array like one row (token ids: the id put in)."""
-    name = perturbed_input(feeds, input)
+    name = perturbed_input(feeds, input, cached_inputs(engine.model))
     value = feeds[name]
     row_shape = value.shape[1:]
     image = image_layout(value.shape) is not None

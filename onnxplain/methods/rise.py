@@ -14,6 +14,7 @@ from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
+from ._tokens import cached_inputs
 
 # Masks per block when the saliency is summed: bounds the float64 scratch at 224x224 to ~25 MB.
 _SUM_BLOCK = 64
@@ -105,7 +106,7 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     explain every row; the saliency is unsigned, shaped [N, 1, H, W] / [N, H, W, 1] for
     images and like the input otherwise.
     """
-    name = perturbed_input(feeds, input)
+    name = perturbed_input(feeds, input, cached_inputs(engine.model))
     target, outputs = fixed_target(engine, feeds, target)
     value = feeds[name]
     layout = image_layout(value.shape) if value.dtype.kind == "f" else None

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._text import counted
 from ..attribution import Attribution
 from ..engine import OutputSeed
 from ..errors import InputError
 from ..viz.heatmap import image_layout
-from ..viz.report import counted
 
 
 def attributed_input(attribution: Attribution, feeds: Mapping[str, np.ndarray],
@@ -65,6 +65,8 @@ def explained_target(attribution: Attribution, rows: int, output_seed=None):
         return OutputSeed(np.asarray(output_seed))
     if attribution.objective == "sum":
         return None
+    if attribution.seed is not None:  # a dense objective: the same weights (objective)
+        return OutputSeed(attribution.seed)
     target = np.asarray(attribution.target, dtype=np.int64).reshape(-1)
     if target.shape[0] != rows:
         raise InputError(f"the attribution explains {counted(target.shape[0], 'row')}, the "

@@ -205,7 +205,8 @@ def function_proto(distance: str, opset: int) -> onnx.FunctionProto:
 
 def add_function(model: onnx.ModelProto, distance: str) -> None:
     """Make `model` able to call EpsilonSoftmax with this distance (idempotent)."""
-    from ..graph.load import ai_onnx_opset, set_runtime_ir_version
+    from ..graph.load import set_runtime_ir_version
+    from ..graph.shapes import ai_onnx_opset
 
     opset = ai_onnx_opset(model) or 0
     if not any(f.domain == DOMAIN and f.name == OP_TYPE and f.overload == distance

@@ -8,8 +8,9 @@ rule set applies op by op (what flows backward is relevance, seeded with the one
   beta = 0 and the bias left out of z, R_x = x+ (W+ s) + x- (W- s), s = R / (x+ W+ + x- W-).
 - Products of two activations (Q K^T, probabilities x V, and any other two-activation Mul):
   each operand gets half of its proportional share, R_a = a * VJP_a(R / z) / 2.
-- A gate, x * f(x) with f elementwise (GELU, SiLU as exporters decompose them): all the
-  relevance goes to x, as an activation passes it.
+- A gate, x * f(x) with f elementwise (GELU, SiLU as exporters decompose them, also as
+  (c x) * f(x), GPT-2's tanh GELU 0.5 x (1 + tanh(.. x + 0.044715 Pow(x, 3)))): all the
+  relevance goes to x, as an activation passes it, and f's branch (its Pow included) none.
 - Sums of two activations (residual connections): the proportional shares a * R / z and
   b * R / z, rescaled per row so that the two branches split sum(R) in the ratio of the
   absolute sums of their shares.
@@ -20,11 +21,16 @@ rule set applies op by op (what flows backward is relevance, seeded with the one
   normalised input and the mean and the denominator branch get none.
 - Quantize and dequantize ops (quantized models): relevance passes unchanged, the
   straight-through estimator's rule for relevance (autodiff/ops/quantize.py).
+- Resize (nearest, linear, cubic; up or down): linear in its input, so the z-rule through the
+  interpolation weights, R_x = x * M^T (R / M x), which conserves relevance since each
+  output's weights sum to 1.
 - Reshapes and selections (including taking the class token): their gradient rule.
 Every other op is refused, so no relevance is silently made up.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import onnx
@@ -47,11 +53,13 @@ _UNCHANGED = PASS_THROUGH | {"Erf", "Dropout", "Identity", "Neg", "GroupNormaliz
                              "InstanceNormalization"}
 _NORMALISATIONS = frozenset({"LayerNormalization", "RMSNormalization"})
 # Ops that, in a normalisation written out as primitive ops, compute only the statistics the
-# rule holds constant (the rest of the chain, ReduceMean and Add, have rules of their own).
+# rule holds constant (the rest of the chain, ReduceMean and Add, have rules of their own),
+# or, in a gate x * f(x), only f (GPT-2's Pow(x, 3)): accepted there alone, they get none.
 _STATISTICS = frozenset({"Pow", "Sqrt", "Reciprocal"})
 _SCALINGS = frozenset({"Mul", "Div"})
 _SUMS = frozenset({"Add", "Sub"})
-_PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool"})
+_PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool",
+                           "Resize", "Upsample"})
 # Elementwise ops a gate f(x) may be built from.
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Sqrt",
                           "Exp", "Neg", "Cast", "Identity", "HardSigmoid", "Softplus"})
@@ -99,7 +107,9 @@ def _divisor_constant(c: NodeContext) -> str | None:
 
 
 def _statistics_only(c: NodeContext) -> str | None:
-    return None if c.y() in norm_chains(c.b).held else _refused(c)
+    if c.y() in norm_chains(c.b).held or c.y() in gate_branches(c.b):
+        return None
+    return _refused(c)
 
 
 def _held(c: NodeContext, gy: list[Grad]) -> list[Grad]:
@@ -296,11 +306,55 @@ def _stabilizer(b: GraphBuilder, like: str) -> str:
 
 
 def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
-    """For Mul(x, f(x)) with f elementwise and built from x and constants: the index of x."""
+    """For Mul(x, f(x)) or Mul(c x, f(x)), with f elementwise and built from x and constants
+    and c a constant: the index of x (or c x)."""
     for i in (0, 1):
-        if _computed_from(b, node.input[1 - i], node.input[i], depth=10):
+        if _computed_from(b, node.input[1 - i], _unscaled(b, node.input[i]), depth=10):
             return i
     return None
+
+
+def _unscaled(b: GraphBuilder, name: str) -> str:
+    """x for c * x or x / c with c constant (GPT-2's 0.5 * x), else `name` itself."""
+    node = producer(b, name)
+    if node is None or node.op_type not in _SCALINGS or len(node.input) != 2:
+        return name
+    static = [_is_static(b, i) for i in node.input]
+    if static == [False, True] or (node.op_type == "Mul" and static == [True, False]):
+        return node.input[static.index(False)]
+    return name
+
+
+_GATES: weakref.WeakKeyDictionary[GraphBuilder, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def gate_branches(b: GraphBuilder) -> frozenset[str]:
+    """Outputs of the nodes computing the f(x) of every gate x * f(x) among the model's
+    nodes: the gate rule hands them no relevance, so their ops (Pow, Sqrt...) need none."""
+    if b not in _GATES:
+        emitted = b.prefix + "/"
+        found: set[str] = set()
+        for node in b.graph.node:
+            if node.op_type != "Mul" or node.name.startswith(emitted) or len(node.input) != 2:
+                continue
+            gated = _gated_input(b, node)
+            if gated is not None:
+                _branch(b, node.input[1 - gated], _unscaled(b, node.input[gated]), found)
+        _GATES[b] = frozenset(found)
+    return _GATES[b]
+
+
+def _branch(b: GraphBuilder, tensor: str, x: str, found: set[str]) -> None:
+    """Add the outputs of f's nodes, from `tensor` back to x (checked by _computed_from)."""
+    if tensor == x or tensor in found or _is_static(b, tensor):
+        return
+    node = producer(b, tensor)
+    if node is None:
+        return
+    found.add(tensor)
+    for name in node.input:
+        if name:
+            _branch(b, name, x, found)
 
 
 def _computed_from(b: GraphBuilder, tensor: str, x: str, depth: int) -> bool:

@@ -27,6 +27,8 @@ Rules, per op (Δ = first half - second half, duplicated over both halves; ε = 
   LogSoftmax, Gelu, Erf, Exp, Mul of two activations, LayerNormalization...): on such ops the
   result is gradient-like and summation-to-delta no longer holds exactly (the method reports
   the gap as its convergence delta and warns when it is large).
+- LSTM, GRU and RNN are refused, naming the node: their gates multiply activations inside
+  one node, and no rule here splits them.
 
 Where onnxplain deliberately differs from Captum 0.9:
 - Captum hooks only nn.Module activations of the supported types; functional calls
@@ -172,6 +174,16 @@ def _supports(c: NodeContext) -> str | None:
     return entry.supports(c) if entry is not None and entry.supports else None
 
 
+# Recurrent cells multiply gates by states inside the node: DeepLIFT's gating rule is not
+# implemented, and the plain gradient there would pass for DeepLIFT's multipliers.
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _recurrent_refused(c: NodeContext) -> str:
+    return (f"DeepLIFT has no rule for {c.node.op_type} node '{c.node.name}' (its gates "
+            "multiply activations); use integrated_gradients or saliency")
+
+
 @functools.cache
 def deeplift_rules(eps: float = DEFAULT_EPS) -> RuleSet:
     """The DeepLIFT (Rescale) rule set for a given ε; engines cache programs by its name."""
@@ -181,6 +193,8 @@ def deeplift_rules(eps: float = DEFAULT_EPS) -> RuleSet:
     for op_type, fn in table.items():
         rules.register(op_type, functools.partial(fn, eps=float(eps)),
                        supports=_supports)
+    for op_type in RECURRENT:
+        rules.register(op_type, _gradient, supports=_recurrent_refused)
     return rules
 
 

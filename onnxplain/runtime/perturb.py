@@ -46,7 +46,7 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
         engine.model, one_row, engine.memory_budget_mb, factor=1)
     total = rows * count
     scores = np.empty(total, dtype=np.float64)
-    runner = _Runner(engine, feeds, axes, make, count)
+    runner = _Runner(engine, feeds, axes, make, count, label)
     with progress_bar(getattr(engine, "progress", True), total, label) as bar:
         for start in range(0, total, max(1, chunk)):
             stop = min(start + chunk, total)
@@ -60,9 +60,9 @@ class _Runner:
     or one per copy once a multi-row run has failed."""
 
     def __init__(self, engine: Engine, feeds: Mapping[str, np.ndarray], axes: RowAxes,
-                 make: MakeFeeds, count: int):
-        self.engine, self.feeds, self.axes, self.make, self.count = (
-            engine, feeds, axes, make, count)
+                 make: MakeFeeds, count: int, label: str):
+        self.engine, self.feeds, self.axes, self.make, self.count, self.label = (
+            engine, feeds, axes, make, count, label)
         self.one_by_one = False
 
     def scores(self, start: int, stop: int, target) -> np.ndarray:
@@ -72,8 +72,10 @@ class _Runner:
         try:
             outputs = self.engine.forward(batch)
         except OnnxplainError as err:
-            if isinstance(err, InputError) or stop - start == 1:
+            if isinstance(err, InputError):
                 raise
+            if stop - start == 1:
+                raise self._refused(err) from err
             self._fall_back(stop - start, err)
             return self._singly(start, stop, target)
         return _scores(outputs[self.engine.output], target, owners)
@@ -84,7 +86,22 @@ class _Runner:
 
     def _one(self, index: int, target) -> np.ndarray:
         batch, owners = self._feeds(index, index + 1)
-        return _scores(self.engine.forward(batch)[self.engine.output], target, owners)
+        try:
+            outputs = self.engine.forward(batch)
+        except OnnxplainError as err:
+            if isinstance(err, InputError):
+                raise
+            raise self._refused(err) from err
+        return _scores(outputs[self.engine.output], target, owners)
+
+    def _refused(self, err: Exception) -> InputError:
+        # The clean input ran, so the perturbation removed something the model cannot run
+        # without (a token it looks up by position, a required marker): the method does
+        # not apply to this model, which is not an internal failure.
+        return InputError(f"{self.label}: the model fails on a perturbed copy of its input "
+                          f"although it runs on the input itself ({err}); perturbing this "
+                          "input removes something the model needs (such as a required "
+                          "token): use a gradient or attention method")
 
     def _fall_back(self, rows: int, err: Exception) -> None:
         # Warned once per call: later chunks go one copy per run without trying again.

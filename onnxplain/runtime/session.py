@@ -117,7 +117,8 @@ class Session:
         initializers that `model`'s stubs stand for (graph.load.light_copy)."""
         self.requested = list(providers)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # Fatal only: a failed run raises, and our one error line carries ORT's message.
+        options.log_severity_level = 4
         if optimization not in OPTIMIZATION:
             raise InputError(f"unknown graph optimization '{optimization}' "
                              f"(choose from {', '.join(OPTIMIZATION)})")

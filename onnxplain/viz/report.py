@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .._text import counted
 from ..attribution import Attribution
 from ..errors import InputError, OnnxplainError
 from ..inputs import prepare_inputs
 from ..methods import get_method
-from ..objective import class_scores
+from ..objective import check_output_seed, class_scores
 from ..vocab import Vocabulary, ids_as_tokens
 from .heatmap import image_layout
 
@@ -87,7 +88,7 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
         raise InputError(f"top-k must be at least 1, got {top_k}")
     out = explainer.forward(feeds)[explainer.output]
     _check_target(target, out)
-    objective = _objective(target, output_seed, out)
+    objective = _objective(explainer, target, output_seed, len(out))
     rows, kind = top_classes(out, top_k, labels)
     say = progress or (lambda message: None)
     results = [_run(explainer, feeds, name, objective, resolved[name], score, say)
@@ -261,23 +262,15 @@ def _check_target(target: Any, out: np.ndarray) -> None:
                          f"has {counted(out.shape[1], 'class', 'classes')}")
 
 
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """"1 row", "3 rows": a count with its noun in the right number."""
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
-
-
-def _objective(target: Any, output_seed: Any, out: np.ndarray) -> dict:
-    """explain()'s target or output_seed, the seed checked now: an error there would
-    otherwise become every method's note."""
+def _objective(explainer: Any, target: Any, output_seed: Any, rows: int) -> dict:
+    """explain()'s target or output_seed, the seed checked now (as explain() checks it): an
+    error there would otherwise become every method's note."""
     if output_seed is None:
         return {"target": target}
     if target is not None:
         raise InputError("give either a target or an output seed, not both")
-    seed = np.asarray(output_seed)
-    if seed.dtype.kind not in "fiu" or seed.shape != out.shape:
-        raise InputError(f"the output seed is {seed.dtype} of shape {seed.shape}; the output "
-                         f"is {out.shape}: give numbers shaped like it")
-    return {"output_seed": seed}
+    return {"output_seed": check_output_seed(explainer.model, explainer.output, output_seed,
+                                             rows)}
 
 
 def _line(err: BaseException) -> str:
@@ -285,4 +278,4 @@ def _line(err: BaseException) -> str:
 
 
 __all__ = ["FAILED", "NOT_APPLICABLE", "OK", "MethodResult", "Report",
-           "build_report", "counted", "default_methods", "load_labels", "top_classes"]
+           "build_report", "default_methods", "load_labels", "top_classes"]

@@ -10,8 +10,9 @@ from html import escape
 
 import numpy as np
 
+from .._text import counted
 from .heatmap import ColourRange, colorize, format_value
-from .report import FAILED, OK, MethodResult, Report, counted, input_kind
+from .report import FAILED, OK, MethodResult, Report, input_kind
 from .report_files import MAX_ROWS, Picture, PictureKey
 from .tokens import token_legend, token_spans
 

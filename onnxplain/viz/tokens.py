@@ -21,11 +21,15 @@ _STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; color: #111;
 .tokens { line-height: 2.2; font-size: 1.1em; }
 .tok { padding: 0.15em 0.1em; border-radius: 0.2em; white-space: pre; }
 .legend { margin-top: 1.5em; font-size: 0.9em; color: #444; }
-.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; }"""
+.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; }
+.next { font-weight: bold; border: 2px solid #111; border-radius: 0.2em; padding: 0 0.2em; }
+table.steps td { padding: 0.3em 0.6em; vertical-align: top; }
+.prompt { color: #555; }"""
 
 
 def token_html(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None = None,
-               title: str | None = None, signed: bool = True) -> str:
+               title: str | None = None, signed: bool = True,
+               next_token: str | None = None) -> str:
     """One row's tokens as coloured inline spans in a standalone UTF-8 HTML document.
 
     Background alpha = |score| / max |score| over the shown tokens (an all-zero row stays
@@ -33,16 +37,48 @@ def token_html(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None
     Each span carries the exact score in `title` (shown on hover) and `data-score`. Tokens
     where `mask` is 0 (padding) are left out; a WordPiece continuation ('##ing') is drawn
     joined to the token before it, without its '##', and keeps its own score.
+    `next_token` (a language model's explained prediction) is drawn boxed after the tokens.
     """
     spans, scale = token_spans(tokens, scores, mask=mask, signed=signed)
+    if next_token is not None:
+        spans += f" &rarr; {_next(next_token)}"
+    body = f"<div class=\"tokens\">{spans}</div>\n{token_legend(scale, signed)}"
+    return _page(title, body)
+
+
+def generation_html(prompt: list[str], steps: list[tuple[str, np.ndarray]], *,
+                    title: str | None = None, signed: bool = True) -> str:
+    """A generation as one page: the prompt and its continuation (generated tokens boxed),
+    then one line per generated token: its context (prompt + tokens generated before it)
+    coloured by that step's scores, each line on its own scale, and the token it predicted.
+    `steps`: (generated token, one score per context token) in order."""
+    generated = [token for token, _ in steps]
+    whole = " ".join([*(escape(t) for t in prompt), *(_next(t) for t in generated)])
+    rows = []
+    for index, (token, scores) in enumerate(steps):
+        context = [*prompt, *generated[:index]]
+        spans, scale = token_spans(context, scores, signed=signed)
+        rows.append(f"<tr><td>{index + 1}</td><td class=\"tokens\">{spans} &rarr; "
+                    f"{_next(token)}</td><td>{scale:.4g}</td></tr>")
+    table = ("<table class=\"steps\"><tr><th>step</th><th>context &rarr; generated token"
+             "</th><th>scale</th></tr>\n" + "\n".join(rows) + "\n</table>")
+    body = (f"<div class=\"tokens prompt\">{whole}</div>\n{table}\n"
+            f"{token_legend(1.0, signed, per_line=True)}")
+    return _page(title, body)
+
+
+def _page(title: str | None, body: str) -> str:
     heading = f"<h1>{escape(title)}</h1>\n" if title else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{escape(title or 'Token attributions')}</title>\n"
-        f"<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{heading}"
-        f"<div class=\"tokens\">{spans}</div>\n{token_legend(scale, signed)}\n"
+        f"<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{heading}{body}\n"
         "</body>\n</html>\n"
     )
+
+
+def _next(token: str) -> str:
+    return f'<span class="tok next">{escape(token)}</span>'
 
 
 def token_spans(tokens: list[str], scores: np.ndarray, *, mask: np.ndarray | None = None,
@@ -80,9 +116,14 @@ def token_scores_json(tokens: list[str], scores: np.ndarray, mask: np.ndarray | 
 
 def save_token_html(path: str | os.PathLike, tokens: list[str], scores: np.ndarray, *,
                     mask: np.ndarray | None = None, title: str | None = None,
-                    signed: bool = True) -> None:
+                    signed: bool = True, next_token: str | None = None) -> None:
     """Write token_html(...) to `path` atomically."""
-    page = token_html(tokens, scores, mask=mask, title=title, signed=signed)
+    save_html(path, token_html(tokens, scores, mask=mask, title=title, signed=signed,
+                               next_token=next_token))
+
+
+def save_html(path: str | os.PathLike, page: str) -> None:
+    """Write an HTML page (token_html, generation_html) to `path` atomically."""
     atomic_write(path, lambda stream: stream.write(page.encode("utf-8")))
 
 
@@ -125,8 +166,9 @@ def _span(text: str, value: np.floating, colour: tuple[int, int, int], alpha: fl
             f"{escape(text)}</span>")
 
 
-def token_legend(scale: float, signed: bool) -> str:
-    """The colour key of token_spans: what red and blue mean, and the scale."""
+def token_legend(scale: float, signed: bool, per_line: bool = False) -> str:
+    """The colour key of token_spans: what red and blue mean, and the scale (`per_line`:
+    every line has its own, shown beside it)."""
     def swatch(colour: tuple[int, int, int]) -> str:
         return f'<span class="swatch" style="background-color: rgb{colour}"></span>'
 
@@ -135,7 +177,10 @@ def token_legend(scale: float, signed: bool) -> str:
                    f"{swatch(NEGATIVE_RGB)} negative (lowers it)")
     else:
         colours = f"{swatch(POSITIVE_RGB)} attribution"
-    if scale > 0:
+    if per_line:
+        strength = ("colour strength = |score| / the largest |score| of its line (the scale "
+                    "column); hover a token for its exact score")
+    elif scale > 0:
         strength = (f"colour strength = |score| / {scale:.4g}, the largest |score| shown; "
                     "hover a token for its exact score")
     else:

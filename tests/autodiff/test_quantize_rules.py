@@ -70,23 +70,26 @@ def finite_differences(f, x: np.ndarray, seed: np.ndarray, eps: float = 1e-6) ->
     return grad
 
 
-def qdq_model(shape, s, z, qtype, opset, between=(), **attrs) -> onnx.ModelProto:
-    """x -> QuantizeLinear -> `between` (ops on the integers) -> DequantizeLinear -> y."""
+def qdq_model(shape, s, z, qtype, opset, between=(), domain="", **attrs) -> onnx.ModelProto:
+    """x -> QuantizeLinear -> `between` (ops on the integers) -> DequantizeLinear -> y, the
+    pair in `domain` (com.microsoft: ONNX Runtime's contrib ops)."""
     inits = [numpy_helper.from_array(np.asarray(s, np.float32), "s")]
     if z is not None:
         inits.append(helper.make_tensor("z", ONNX_TYPES[qtype], list(np.shape(z)),
                                         np.asarray(z).reshape(-1).tolist()))
     zp = ["z"] if z is not None else []
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", *zp], ["q0"], name="quantize",
-                              **attrs)]
+                              domain=domain, **attrs)]
     for i, (op, extra) in enumerate(between):
         nodes.append(helper.make_node(op, [f"q{i}"], [f"q{i + 1}"], name=op, **extra))
     nodes.append(helper.make_node("DequantizeLinear", [f"q{len(between)}", "s", *zp], ["y"],
-                                  name="dequantize", **attrs))
+                                  name="dequantize", domain=domain, **attrs))
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info(
         "x", TensorProto.FLOAT, list(shape))], [helper.make_tensor_value_info(
             "y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)] + (
+        [helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=imports)
 
 
 def onnxplain_gradient(model: onnx.ModelProto, x: np.ndarray, seed: np.ndarray
@@ -118,14 +121,34 @@ CASES = [  # id, shape, scale, zero point, type, opset, QuantizeLinear attribute
 ]
 
 
+# com.microsoft QuantizeLinear / DequantizeLinear per axis below opset 13, as ONNX Runtime's
+# quantizer writes them for old opsets (canonicalised into per-slice standard ops).
+MS_CASES = [
+    ("ms-per-axis-opset11", (2, 3, 2, 2), np.array([0.01, 0.05, 0.2]), np.array([0, 3, -9]),
+     "int8", 11, {"axis": 1}),
+    ("ms-per-axis-last-opset10", (2, 4), np.array([0.01, 0.05, 0.2, 0.1]),
+     np.array([10, 3, 200, 0]), "uint8", 10, {"axis": 1}),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_straight_through_matches_its_definition(case):
+    check_straight_through(case)
+
+
+@pytest.mark.parametrize("case", MS_CASES, ids=[c[0] for c in MS_CASES])
+def test_contrib_per_axis_before_opset_13_matches_its_definition(case):
+    check_straight_through(case, domain="com.microsoft")
+
+
+def check_straight_through(case, domain: str = "") -> None:
     _, shape, s, z, qtype, opset, attrs = case
     axis, block = attrs.get("axis", 1) % len(shape), attrs.get("block_size", 0)
     zero = 0 if z is None else z
     x = grid_input(shape, s, zero, qtype, axis, block)
     seed = RNG.standard_normal(shape).astype(np.float32)
-    y, grad = onnxplain_gradient(qdq_model(shape, s, z, qtype, opset, **attrs), x, seed)
+    model = qdq_model(shape, s, z, qtype, opset, domain=domain, **attrs)
+    y, grad = onnxplain_gradient(model, x, seed)
     surrogate = lambda v: fake(v, s, zero, qtype, axis, block)  # noqa: E731
     np.testing.assert_allclose(y, surrogate(x), rtol=1e-5, atol=1e-6)  # the grid is exact
     expected = finite_differences(surrogate, x, seed)

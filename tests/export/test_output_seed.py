@@ -82,8 +82,13 @@ def test_outputs_without_a_class_axis_export_with_a_seed(tmp_path):
     # By hand: d(sum(seed * x W reshaped)) / dx = W @ seed.ravel(), times x.
     weights = numpy_helper.to_array(model.graph.initializer[0])
     np.testing.assert_allclose(got, x * (weights @ seed.ravel()), rtol=1e-5, atol=1e-6)
-    with pytest.raises(InputError, match="not a \\[batch, classes\\] float output"):
-        export_explainer(str(tmp_path / "sequence.onnx"), "saliency")
+    # Without a seed, [batch, 2, 3] is a sequence: the predicted class at every position
+    # (objective), computed in the exported graph as in process.
+    plain = _run(export_explainer(str(tmp_path / "sequence.onnx"), "input_x_gradient"),
+                 {"x": x})["attribution/x"]
+    in_process = Explainer(str(tmp_path / "sequence.onnx"), "cpu").explain(
+        x, "input_x_gradient")
+    np.testing.assert_allclose(plain, in_process["x"], rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="one row of weights shaped \\[2, 3\\]"):
         export_explainer(str(tmp_path / "sequence.onnx"), "saliency",
                          output_seed=np.ones((4, 2, 3), np.float32))

@@ -78,3 +78,34 @@ def test_a_decomposition_that_never_ends_is_an_error(registered):
             canonical.canonicalise(_model("Forever"))
     finally:
         DECOMPOSITIONS.pop(("test.onnxplain", "Forever"))
+
+
+@pytest.fixture()
+def waiting():
+    """Waits: decomposes to Neg once its input's producer is a standard op, which Triple's
+    decomposition makes it in the next round (the case of an NHWC pool whose input rank
+    only inference on standard ops can tell)."""
+    @decomposes("test.onnxplain", "Waits")
+    def waits(rewrite: Rewrite):
+        producer = rewrite.index.producers.get(rewrite.node.input[0])
+        if producer is None or producer.domain == "test.onnxplain":
+            raise rewrite.later("its input comes from a test op")
+        rewrite.op("Neg", rewrite.node.input[0], out=rewrite.node.output[0])
+        return rewrite.nodes
+
+    yield
+    DECOMPOSITIONS.pop(("test.onnxplain", "Waits"))
+
+
+def test_a_waiting_decomposition_runs_in_a_later_round(registered, waiting):
+    model = _model("Triple")
+    model.graph.node[1].CopyFrom(helper.make_node("Waits", ["h"], ["y"], name="waits",
+                                                  domain="test.onnxplain"))
+    canonical.canonicalise(model)
+    assert [node.op_type for node in model.graph.node] == ["Mul", "Add", "Neg"]
+
+
+def test_a_decomposition_that_waits_for_nothing_is_refused(waiting):
+    with pytest.raises(ModelError, match=r"^cannot canonicalise test.onnxplain::Waits node "
+                                         r"'fused' \(no attributes\): its input comes from"):
+        canonical.canonicalise(_model("Waits"))

@@ -85,10 +85,57 @@ def test_probabilities_are_found_by_the_locator():
     assert layers[0].heads == N and layers[0].hidden == "x"
 
 
-def test_rotary_attention_is_refused():
-    model, _ = _attention(do_rotary=1, shapes={"y": ((B, S, D), np.float32)})
+def rotary_attention_reference(x, w, bias, heads, rotary, unidirectional):
+    """Attention with do_rotary in float64, written from ONNX Runtime's CUDA kernel (its CPU
+    kernel refuses do_rotary): Q and K heads rotated by halves, pair (x[i], x[i + d/2]) at
+    angle t / 10000^(2i / d) for the token at t = 0, 1, ...; then softmax(Q Kᵀ / √h) V."""
+    x, w, bias = (np.asarray(t, np.float64) for t in (x, w, bias))
+    b, s, width = x.shape
+    size = width // heads
+    q, k, v = (t.reshape(b, s, heads, size).transpose(0, 2, 1, 3)
+               for t in np.split(x @ w + bias, 3, axis=-1))
+    angles = np.arange(s)[:, None] * 10000.0 ** (-np.arange(0, rotary, 2) / rotary)
+    cos, sin = np.cos(angles), np.sin(angles)
+
+    def rotate(t):
+        half = rotary // 2
+        x1, x2 = t[..., :half], t[..., half:rotary]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, t[..., rotary:]], -1)
+
+    scores = rotate(q) @ rotate(k).transpose(0, 1, 3, 2) / np.sqrt(size)
+    if unidirectional:
+        scores += np.triu(np.full((s, s), -10000.0), 1)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(b, s, width)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"rotary_embedding_dim": 2, "unidirectional": 1}],
+                         ids=["whole_heads", "partial_unidirectional"])
+def test_rotary_attention_matches_the_reference(attrs):
+    model, feeds = _attention(do_rotary=1, shapes={"y": ((B, S, D), np.float32)}, **attrs)
+    canon = canonical(model)
+    (got,) = run(canon, feeds)
+    want = rotary_attention_reference(X, W, BIAS, N, attrs.get("rotary_embedding_dim", H),
+                                      attrs.get("unidirectional", 0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert [n.output[0] for n in canon.graph.node if n.op_type == "Softmax"] == [
+        "fused_Attention/softmax"]
+
+
+def test_rotary_reference_is_not_the_plain_kernel():
+    """The rotation changes the result (else the test above could not fail)."""
+    (plain,) = run(*_attention())
+    want = rotary_attention_reference(X, W, BIAS, N, H, 0)
+    assert np.abs(plain - want).max() > 1e-2
+
+
+def test_rotary_attention_with_past_is_refused():
+    model, _ = _attention(do_rotary=1, past=PAST, outputs=("y", "present"),
+                          shapes={"y": ((B, S, D), np.float32),
+                                  "present": ((2, B, N, P + S, H), np.float32)})
     with pytest.raises(ModelError, match=r"Attention node 'fused_Attention' \(.*do_rotary=1.*"
-                                         r"\): do_rotary=1"):
+                                         r"\): do_rotary=1 with past state"):
         canonical(model)
 
 
@@ -172,7 +219,9 @@ def test_cli_refuses_an_uncovered_case_in_one_line(tmp_path):
     from ..cli_helpers import digests
     from ..cli_helpers import run as run_cli
 
-    model, _ = _attention(do_rotary=1, shapes={"y": ((B, S, D), np.float32)})
+    model, _ = _attention(do_rotary=1, past=PAST, outputs=("y", "present"),
+                          shapes={"y": ((B, S, D), np.float32),
+                                  "present": ((2, B, N, P + S, H), np.float32)})
     path = tmp_path / "rotary.onnx"
     onnx.save(model, str(path))
     before = digests(tmp_path)

@@ -68,6 +68,16 @@ def _conv_case(id_: str, per_channel: bool, **attrs) -> Case:
                 attrs=dict(kernel_shape=[3, 3], **attrs))
 
 
+def _contrib(case: Case, channels_last: int) -> Case:
+    """The com.microsoft form of a QLinearConv case (ONNX Runtime's NHWC transformer writes
+    it), x [N, C, H, W] moved to [N, H, W, C] where channels_last=1."""
+    x = case.feeds["x"]
+    feeds = {"x": np.ascontiguousarray(x.transpose(0, 2, 3, 1))} if channels_last else \
+        case.feeds
+    return Case(case.id, case.op, feeds, case.consts, case.order, case.out, MS,
+                {**case.attrs, "channels_last": channels_last})
+
+
 CASES = [
     _conv_case("qlinearconv", False, pads=[1, 1, 1, 1]),
     _conv_case("qlinearconv_per_channel_strided_grouped", True, strides=[2, 2],
@@ -112,6 +122,21 @@ CASES = [
          ["x", "xs", "xz", "ys", "yz"], TensorProto.UINT8, MS,
          {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
           "count_include_pad": 0}),
+    Case("qlinearglobalaveragepool_nhwc", "QLinearGlobalAveragePool", {"x": q((2, 5, 6, 3))},
+         {"xs": scale(0.05), "xz": zp(128), "ys": scale(0.01), "yz": zp(120)},
+         ["x", "xs", "xz", "ys", "yz"], TensorProto.UINT8, MS, {"channels_last": 1}),
+    Case("qlinearaveragepool_nhwc_int8", "QLinearAveragePool", {"x": q((2, 7, 7, 3), I8)},
+         {"xs": scale(0.05), "xz": zp(3, I8), "ys": scale(0.02), "yz": zp(-4, I8)},
+         ["x", "xs", "xz", "ys", "yz"], TensorProto.INT8, MS,
+         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+          "count_include_pad": 1, "channels_last": 1}),
+    _contrib(_conv_case("ms_qlinearconv_nhwc", True, strides=[2, 2], pads=[0, 1, 1, 0],
+                        group=2), channels_last=1),
+    _contrib(_conv_case("ms_qlinearconv_nchw", False, pads=[1, 1, 1, 1]), channels_last=0),
+    Case("nhwc_maxpool", "NhwcMaxPool", {"x": q((2, 7, 7, 3))}, {}, ["x"], TensorProto.UINT8,
+         MS, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("nhwc_maxpool_int8_opset11", "NhwcMaxPool", {"x": q((2, 6, 6, 3), I8)}, {}, ["x"],
+         TensorProto.INT8, MS, {"kernel_shape": [2, 2]}, opset=11),
     Case("qlinearconcat", "QLinearConcat", {"a": q((2, 3, 4)), "b": q((2, 5, 4))},
          {"ys": scale(0.05), "yz": zp(128), "as": scale(0.03), "az": zp(100),
           "bs": scale(0.06), "bz": zp(140)},
@@ -140,6 +165,18 @@ CASES = [
          MS, {"axis": 1}),
     Case("ms_dequantizelinear", "DequantizeLinear", {"x": q((2, 3, 4))},
          {"s": scale(0.02), "z": zp(128)}, ["x", "s", "z"], TensorProto.FLOAT, MS),
+    # Per axis before opset 13 (ONNX Runtime's quantizer writes these for old opsets): split
+    # into per-slice standard ops.
+    Case("ms_quantizelinear_per_axis_opset11", "QuantizeLinear",
+         {"x": RNG.standard_normal((2, 3, 4)).astype(F32)},
+         {"s": scale(0.02, (4,)), "z": q((4,), I8)}, ["x", "s", "z"], TensorProto.INT8,
+         MS, {"axis": -1}, opset=11),
+    Case("ms_dequantizelinear_axis_one_scale_opset10", "DequantizeLinear", {"x": q((2, 3))},
+         {"s": scale(0.02), "z": zp(7)}, ["x", "s", "z"], TensorProto.FLOAT, MS, {"axis": 1},
+         opset=10),
+    Case("ms_dequantizelinear_per_axis_opset10", "DequantizeLinear", {"x": q((2, 3, 4))},
+         {"s": scale(0.02, (3,)), "z": q((3,))}, ["x", "s", "z"], TensorProto.FLOAT, MS,
+         {"axis": 1}, opset=10),
 ]
 
 
@@ -222,16 +259,27 @@ def test_integer_product_read_as_int32_stays_int32():
     assert [n.op_type for n in model.graph.node][-1] == "Cast"
 
 
-def test_channels_last_refused_naming_the_node():
-    case = next(c for c in CASES if c.id == "qlinearglobalaveragepool")
-    model = build(Case(**{**case.__dict__, "attrs": {"channels_last": 1}}))
+def test_channels_last_of_unknown_rank_refused_naming_the_node():
+    case = next(c for c in CASES if c.id == "qlinearglobalaveragepool_nhwc")
+    model = build(case)
+    model.graph.input[0].type.tensor_type.ClearField("shape")
     with pytest.raises(ModelError, match=r"QLinearGlobalAveragePool node 'quantized_op' "
-                                         r"\(channels_last=1\): channels_last=1"):
+                                         r"\(channels_last=1\): channels_last=1 on an input "
+                                         "of unknown rank"):
         decomposed(model)
 
 
-def test_per_axis_before_opset_13_refused():
+def test_per_axis_before_opset_13_matches_the_kernel():
+    """QLinearConv with per-channel weights at opset 12: the weights dequantized slice by
+    slice (DequantizeLinear has no axis before 13)."""
     case = next(c for c in CASES if c.id == "qlinearconv_per_channel_strided_grouped")
-    model = build(Case(**{**case.__dict__, "opset": 12}))
-    with pytest.raises(ModelError, match="per-axis scale 'ws' needs opset 13"):
+    test_decomposition_matches_onnxruntime_kernel(Case(**{**case.__dict__, "opset": 12}))
+
+
+def test_computed_per_axis_scale_before_opset_13_refused():
+    case = next(c for c in CASES if c.id == "ms_quantizelinear_per_axis_opset11")
+    feeds = {**case.feeds, "s": case.consts["s"]}
+    model = build(Case(**{**case.__dict__, "feeds": feeds,
+                          "consts": {"z": case.consts["z"]}}))
+    with pytest.raises(ModelError, match="per-axis scale 's' or its zero point is computed"):
         decomposed(model)

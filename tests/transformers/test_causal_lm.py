@@ -1,5 +1,5 @@
 """Causal language models ([batch, sequence, vocabulary] logits): every family explains the
-logit of the next token at the last non-padding position (objective.next_token), and the
+logit of the next token at the last non-padding position (objective.resolve_dense), and the
 attention methods read that position's row.
 
 Oracles: torch autograd (float64) of logits[row, last, token] on the original module; a
@@ -17,18 +17,15 @@ from cli.outputs import describe_result
 from onnxplain.errors import InputError
 
 from ..conftest import require
-from ..test_zoo_coverage import check_rollout, worst_row_error
+from ..test_zoo_coverage import check_rollout, explainer, worst_row_error
 
 GPT2 = ("gpt2_tiny", "gpt2_tiny_ort")
 # float64 torch against float32 ONNX Runtime: measured 2e-6 of each row's largest |gradient|.
 TOLERANCE = 1e-4
-_EXPLAINERS: dict = {}
 
 
 def _explainer(zoo, name: str) -> onnxplain.Explainer:
-    if name not in _EXPLAINERS:
-        _EXPLAINERS[name] = onnxplain.Explainer(zoo.model_path(name), "cpu")
-    return _EXPLAINERS[name]
+    return explainer(zoo.model_path(name))
 
 
 def _torch_gradient(zoo, feeds: dict, positions, tokens) -> np.ndarray:
@@ -137,14 +134,14 @@ def test_the_objective_is_stated(zoo):
     assert lines[2].startswith(f"row 1: token {int(result.target[1])} after position 4")
 
 
-def test_a_sequence_output_without_token_ids_still_needs_a_seed():
-    """[N, T, V] over float features (a CTC recogniser, a depth map) is no next-token
-    output: refused, not explained at some last position."""
+def test_a_sequence_output_without_token_ids_is_no_next_token_output():
+    """[N, T, V] over float features (a CTC recogniser) is no next-token output: the
+    predicted class at every position is explained, not some last position (objective)."""
     onnx = require("onnx")
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, 4])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Sigmoid", ["x"], ["y"])], "g",
                                    [x], [y])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    with pytest.raises(InputError, match="pass an output seed"):
-        onnxplain.Explainer(model, "cpu").explain(np.ones((2, 3, 4), np.float32))
+    result = onnxplain.Explainer(model, "cpu").explain(np.ones((2, 3, 4), np.float32))
+    assert result.objective == "sequence" and "explained_positions" not in result.extras

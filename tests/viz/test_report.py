@@ -234,8 +234,8 @@ BAD = {
     "out is a file": (["-o", "{w}/x.npy"], "exists and is not a folder"),
     "overwrite labels": (["-o", "{w}", "--labels", "{w}/report.json"], "refusing to overwrite"),
     "seed and target": (["--output-seed", "{w}/seed.npy", "-t", "1"], "not both"),
-    "seed shape": (["--output-seed", "{w}/short_seed.npy"], "the output seed is float32 of "
-                   "shape (3, 3); the output is (3, 4)"),
+    "seed shape": (["--output-seed", "{w}/short_seed.npy"], "output_seed has shape (3, 3); "
+                   "output"),
     "missing seed": (["--output-seed", "{w}/none.npy"], "input file not found"),
     "bad mean": (["--mean", "a,b"], "--mean 'a,b' is not a comma-separated list"),
 }

@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     activations,
     arithmetic,
+    control,
     conv,
     epsilon_softmax,
     indexing,
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
     normalization,
     pooling,
     quantize,
+    recurrent,
     reductions,
     resize,
     shape,

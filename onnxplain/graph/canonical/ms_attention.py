@@ -9,7 +9,9 @@ schemas and the CPU kernels (tests/graph/test_canonical_ms_attention.py checks e
 against them at 1e-5):
 - Attention(input, weights, bias, mask_index, past, attention_bias): Q, K, V = the
   slices (qkv_hidden_sizes, else three equal) of input·weights + bias. past [2, b, n, p, h]
-  goes before K and V on the sequence axis; present is the stacked result.
+  goes before K and V on the sequence axis; present is the stacked result. do_rotary
+  rotates Q and K as ONNX Runtime's CUDA kernel does (its CPU kernel has none; the test's
+  oracle is a numpy reference written from the CUDA kernel), without past state only.
 - MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias, past_key,
   past_value): 3-D query/key/value (+ the bias slices), key/value already in heads
   [b, n, L, h], or packed QKV [b, s, n, 3, h] / KV [b, L, n, 2, h]; past_key/value
@@ -39,7 +41,6 @@ from .ms_common import (
     rank_of,
     require_opset,
     scalar,
-    tensor_info,
 )
 
 _FILTER = -10000.0
@@ -163,10 +164,9 @@ def _attention(r: Rewrite):
                                                                 for i in range(7))
     if r.attr("past_present_share_buffer", 0) or past_length:
         raise r.refuse("past_present_share_buffer (a shared key/value buffer)")
-    if r.attr("do_rotary", 0):
-        raise r.refuse("do_rotary=1 (ONNX Runtime's CPU kernel has no rotary Attention to "
-                       "check a decomposition against)")
-    info = tensor_info(r, weights)
+    if r.attr("do_rotary", 0) and past:
+        raise r.refuse("do_rotary=1 with past state (the kernel rotates at its decode step)")
+    info = r.index.info(weights)
     width = info.shape[-1] if info is not None and info.shape else None
     attention(r, x, weights, bias, mask, past, attention_bias, elem_type(r, weights, x),
               width if isinstance(width, int) else None)
@@ -190,6 +190,8 @@ def attention(r: Rewrite, x: str, weights: str, bias: str, mask: str, past: str,
     q, k, v = (split_heads(r, r.op("Slice", qkv, ints(r, [bounds[i]], "start"),
                                    ints(r, [bounds[i + 1]], "end"), last,
                                    out=r.fresh("qkv"[i])), heads) for i in range(3))
+    if int(r.attr("do_rotary", 0)):
+        q, k = _attention_rotary(r, q, k, sizes[0] // heads, dtype)
     if past:
         index = {i: r.const(np.array(i, np.int64), "past_index") for i in (0, 1)}
         k, v = (r.op("Concat", r.op("Gather", past, index[i], axis=0), t, axis=2)
@@ -203,6 +205,29 @@ def attention(r: Rewrite, x: str, weights: str, bias: str, mask: str, past: str,
                         bool(r.attr("unidirectional", 0)))
     attend(r, q, k, v, biases, default_scale(r, q, sizes[0] // heads, dtype), dtype,
            r.node.output[0])
+
+
+def _attention_rotary(r: Rewrite, q: str, k: str, head_size: int, dtype: int
+                      ) -> tuple[str, str]:
+    """Attention's do_rotary, as ONNX Runtime's CUDA kernel computes it (its CPU kernel has
+    none): the first rotary_embedding_dim (default: all) features of each Q and K head
+    rotated by halves (x[i], x[i + d/2]) at angle t / 10000^(2i / d) for the token at
+    position t = 0, 1, ... (no past)."""
+    from .ms_rotary import rotate
+
+    rotary = int(r.attr("rotary_embedding_dim", 0) or 0) or head_size
+    if rotary % 2 or rotary > head_size:
+        raise r.refuse(f"rotary_embedding_dim {rotary} with heads of {head_size} (it must be "
+                       "even and at most the head size)")
+    # Angles in float32 as the kernel computes them (ONNX Runtime's Cos/Sin are float only).
+    inverse = np.power(10000.0, -np.arange(0, rotary, 2) / rotary).astype(np.float32)
+    steps = r.op("Cast", _arange(r, length(r, q, 2, "query_length")), to=TensorProto.FLOAT)
+    angles = r.op("Mul", r.op("Unsqueeze", steps, ints(r, [1], "axis1")),
+                  r.const(inverse, "inverse_frequency"))  # [s, d/2]
+    cos, sin = (r.op(op, angles) for op in ("Cos", "Sin"))
+    if dtype != TensorProto.FLOAT:
+        cos, sin = (r.op("Cast", t, to=dtype) for t in (cos, sin))
+    return rotate(r, q, cos, sin, False), rotate(r, k, cos, sin, False)
 
 
 @decomposes(MS, "MultiHeadAttention")
@@ -222,7 +247,7 @@ def _multi_head_attention(r: Rewrite):
     v = _with_past(r, past_value, v, r.output(2))
     biases = total_bias(r, q, k, dtype, mask, attention_bias,
                         bool(r.attr("unidirectional", 0)))
-    info = tensor_info(r, query)
+    info = r.index.info(query)
     width = info.shape[-1] if info is not None and info.shape else None
     head_size = width // heads if isinstance(width, int) and rank_of(r, query) == 3 else None
     attend(r, q, k, v, biases, default_scale(r, q, head_size, dtype), dtype, r.node.output[0])
@@ -300,7 +325,7 @@ def _group_query_attention(r: Rewrite):
     if r.input(10):
         bias = r.op("Add", bias, r.input(10), out=r.fresh("bias"))
     k, v = (_repeat_kv(r, t, heads // kv_heads) for t in (k, v))
-    info = tensor_info(r, query)
+    info = r.index.info(query)
     width = info.shape[-1] if info is not None and info.shape else None
     head_size = width // heads if isinstance(width, int) and key else None
     attend(r, q, k, v, bias, default_scale(r, q, head_size, dtype), dtype, r.node.output[0])
@@ -324,7 +349,7 @@ def _gqa_heads(r: Rewrite, query: str, key: str, value: str, heads: int, kv_head
     if key:
         return (split_heads(r, query, heads), split_heads(r, key, kv_heads),
                 split_heads(r, value, kv_heads))
-    info = tensor_info(r, query)
+    info = r.index.info(query)
     width = info.shape[-1] if info is not None and info.shape else None
     if not isinstance(width, int):
         raise r.refuse("packed QKV of unknown width")

@@ -8,13 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..shapes import (
-    FLOAT_TYPES,
-    TensorInfo,
-    infer_shapes,
-    value_info_to_tensor_info,
-)
-from . import Rewrite
+from ..shapes import FLOAT_TYPES
+from . import GraphIndex, Rewrite
 
 MS = "com.microsoft"
 # Emitted ops use opset-13 forms (Softmax over one axis, ReduceSum with an axes input, Slice
@@ -32,73 +27,45 @@ def elem_type(r: Rewrite, *names: str) -> int:
     """The float element type of the first of `names` whose type can be told: declared,
     an initializer, or found by walking back through producers (fused graphs carry no
     value_info); shape inference as a last resort."""
-    graph = r.model.graph
-    declared = {v.name: v.type.tensor_type.elem_type for v in
-                list(graph.input) + list(graph.output) + list(graph.value_info)}
-    declared |= {init.name: init.data_type for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
     for name in names:
-        found = _walk_type(name, declared, producers, depth=32)
+        found = _walk_type(r.index, name, depth=32)
         if found:
             return found
     for name in names:
-        info = tensor_info(r, name) if name else None
+        info = r.index.info(name) if name else None
         if info is not None and info.dtype in FLOAT_TYPES:
             return info.dtype
     raise r.refuse(f"cannot tell the element type of {', '.join(n for n in names if n)}")
 
 
-def _walk_type(name: str, declared: dict[str, int], producers: dict, depth: int) -> int | None:
+def _walk_type(index: GraphIndex, name: str, depth: int) -> int | None:
     """A float tensor has its producer's float type: the type a Cast names, the second
     input's for CastLike, else that of the producer's first input of known float type."""
     for _ in range(depth):
         if not name:
             return None
-        if declared.get(name) in FLOAT_TYPES:
-            return declared[name]
-        node = producers.get(name)
+        if index.elem_type(name) in FLOAT_TYPES:
+            return index.elem_type(name)
+        node = index.producers.get(name)
         if node is None:
             return None
         if node.op_type == "Cast":
             to = next(a.i for a in node.attribute if a.name == "to")
             return to if to in FLOAT_TYPES else None
-        if node.op_type == "Constant":
-            value = node.attribute[0].t
-            return value.data_type if value.data_type in FLOAT_TYPES else None
         inputs = [node.input[1]] if node.op_type == "CastLike" else [i for i in node.input if i]
-        direct = [declared[i] for i in inputs if declared.get(i) in FLOAT_TYPES]
+        direct = [index.elem_type(i) for i in inputs if index.elem_type(i) in FLOAT_TYPES]
         if direct:
             return direct[0]
         # Follow the first input that is not an integer tensor (indices, shapes, masks).
-        following = [i for i in inputs if declared.get(i) in (None, 0)]
+        following = [i for i in inputs if not index.elem_type(i)]
         if not following:
             return None
         name = following[0]
     return None
 
 
-_INFERRED: list = []  # [key, infos] of the last model inferred (a load canonicalises one)
-
-
-def tensor_info(r: Rewrite, name: str) -> TensorInfo | None:
-    """Type and shape of `name`: declared, an initializer, else by shape inference (ONNX
-    Runtime's symbolic inference knows the contrib ops), run once per model and round."""
-    graph = r.model.graph
-    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
-        if value.name == name and value.type.tensor_type.HasField("shape"):
-            return value_info_to_tensor_info(value)
-    for init in graph.initializer:
-        if init.name == name:
-            return TensorInfo(init.data_type, tuple(init.dims))
-    key = (id(r.model), len(graph.node), tuple(n.name for n in graph.node[:3]),
-           tuple(o.name for o in graph.output))
-    if not _INFERRED or _INFERRED[0] != key:
-        _INFERRED[:] = [key, infer_shapes(r.model)]
-    return _INFERRED[1].get(name)
-
-
 def rank_of(r: Rewrite, name: str) -> int | None:
-    info = tensor_info(r, name)
+    info = r.index.info(name)
     return None if info is None else info.rank
 
 

@@ -13,33 +13,28 @@ float MatMul/Conv they are exact while sums stay below 2^24; ONNX Runtime's dyna
 quantization only ever casts them to float, so when every reader is such a Cast the
 decomposition returns the float result directly (the Cast becomes the identity); otherwise it
 casts back to int32, which cuts the gradient path (reported, never a silent zero).
+
+Per-axis scales before opset 13 (where the standard Q/DQ ops take one scale; ONNX Runtime's
+quantizer then writes com.microsoft QuantizeLinear/DequantizeLinear with an axis) become one
+standard op per slice along the axis, concatenated: still Q/DQ, so still straight-through.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from . import Rewrite, decomposes
+from .ms_common import rank_of
 
 MS = "com.microsoft"
 PER_AXIS_OPSET = 13  # DequantizeLinear's axis attribute
 
 
 # ---- helpers -----------------------------------------------------------------------------
-def _elem_type(r: Rewrite, name: str) -> int | None:
-    """The element type of `name` where the model states it, else None."""
-    value = r.static(name)
-    if value is not None:
-        return helper.np_dtype_to_tensor_dtype(value.dtype)
-    graph = r.model.graph
-    for info in (*graph.input, *graph.value_info, *graph.output):
-        if info.name == name and info.type.tensor_type.elem_type:
-            return info.type.tensor_type.elem_type
-    return None
-
-
 def _per_axis(r: Rewrite, scale: str) -> bool:
     value = r.static(scale)
     return value is None or value.size > 1
@@ -52,9 +47,34 @@ def _dequantize(r: Rewrite, x: str, scale: str, zero_point: str, axis: int | Non
     if axis is None or not _per_axis(r, scale):
         return r.op("DequantizeLinear", *inputs)
     if r.opset < PER_AXIS_OPSET:
-        raise r.refuse(f"per-axis scale '{scale}' needs opset {PER_AXIS_OPSET} "
-                       f"(DequantizeLinear's axis); the model has opset {r.opset}")
+        return _split_per_axis(r, "DequantizeLinear", x, scale, zero_point, axis)
     return r.op("DequantizeLinear", *inputs, axis=axis)
+
+
+def _split_per_axis(r: Rewrite, op_type: str, x: str, scale: str, zero_point: str, axis: int,
+                    out: str | None = None) -> str:
+    """Per-axis QuantizeLinear / DequantizeLinear before opset 13 (where the standard ops
+    take one scale): x split into its slices along `axis`, each quantized or dequantized with
+    its own scalar scale and zero point, concatenated back. The pieces stay standard Q/DQ
+    ops, so the straight-through rule applies to each. Needs constant scales."""
+    scales = r.static(scale)
+    zeros = r.static(zero_point) if zero_point else None
+    if scales is None or (zero_point and zeros is None):
+        raise r.refuse(f"per-axis scale '{scale}' or its zero point is computed; before opset "
+                       f"{PER_AXIS_OPSET} only constant ones are covered (the model has opset "
+                       f"{r.opset})")
+    if axis < 0 and r.opset < 11:
+        raise r.refuse(f"negative axis {axis} before opset 11 (Split and Concat)")
+    count = scales.size
+    slices = [r.fresh("slice") for _ in range(count)]
+    r.multi("Split", [x], slices, axis=axis, split=[1] * count)
+    parts = []
+    for i, piece in enumerate(slices):
+        inputs = [piece, r.const(scales.reshape(-1)[i], "scale")]
+        if zeros is not None:
+            inputs.append(r.const(zeros.reshape(-1)[i], "zero_point"))
+        parts.append(r.op(op_type, *inputs))
+    return r.op("Concat", *parts, axis=axis, out=out)
 
 
 def _zero_point(r: Rewrite, zero_point: str, like: str) -> str:
@@ -62,7 +82,7 @@ def _zero_point(r: Rewrite, zero_point: str, like: str) -> str:
     write uint8 whatever the op's type)."""
     if zero_point:
         return zero_point
-    dtype = _elem_type(r, like)
+    dtype = r.index.elem_type(like)
     if dtype not in (TensorProto.UINT8, TensorProto.INT8):
         raise r.refuse(f"the output zero point is absent and the 8-bit type of '{like}' is "
                        "not stated in the model")
@@ -87,19 +107,48 @@ def _attrs(r: Rewrite, *skip: str) -> dict:
             if a.name not in skip}
 
 
-def _refuse_channels_last(r: Rewrite) -> None:
-    if int(r.attr("channels_last", 0) or 0):
-        raise r.refuse("channels_last=1 (NHWC) is not covered; the QOperator export of an "
-                       "NCHW model writes channels_last=0")
+def _pool(r: Rewrite, op_type: str, **attrs) -> list[onnx.NodeProto]:
+    """Q(pool(DQ(X))), channels-last where the node says so."""
+    x = _dequantize(r, r.input(0), r.input(1), r.input(2))
+    pooled = _in_layout(r, x, lambda t: r.op(op_type, t, **attrs), _channels_last(r))
+    _quantize(r, pooled, r.input(3), r.input(4), r.input(0))
+    return r.nodes
+
+
+def _channels_last(r: Rewrite) -> bool:
+    return bool(int(r.attr("channels_last", 0) or 0))
+
+
+def _in_layout(r: Rewrite, x: str, apply: Callable[[str], str], channels_last: bool,
+               out: str | None = None) -> str:
+    """apply(x) for a channels-first op; channels-last (NHWC, as ONNX Runtime's NHWC
+    transformer writes) x moves to channels-first and the result back."""
+    if not channels_last:
+        return apply(x) if out is None else r.op("Identity", apply(x), out=out)
+    rank = _spatial_rank(r)
+    first = r.op("Transpose", x, perm=[0, rank - 1, *range(1, rank - 1)])
+    return r.op("Transpose", apply(first), perm=[0, *range(2, rank), 1], out=out)
+
+
+def _spatial_rank(r: Rewrite) -> int:
+    """The rank of a conv or pool input: 2 + the kernel's, else as inferred. Shape inference
+    does not know the contrib ops that produce it in an NHWC graph: wait for the round in
+    which they are standard ops."""
+    kernel = r.attr("kernel_shape")
+    rank = len(kernel) + 2 if kernel else rank_of(r, r.input(0))
+    if rank is None:
+        raise r.later("channels_last=1 on an input of unknown rank")
+    if rank < 3:
+        raise r.refuse(f"channels_last=1 on an input of rank {rank}")
+    return rank
 
 
 def _integer_result(r: Rewrite, value: str) -> list[onnx.NodeProto]:
     """The float result of an integer product under the node's output name: as float when
     every reader casts it to float anyway, else cast back to int32."""
     out = r.node.output[0]
-    readers = [n for n in r.model.graph.node if out in n.input]
-    graph_outputs = {o.name for o in r.model.graph.output}
-    as_float = readers and out not in graph_outputs and all(
+    readers = r.index.readers.get(out, [])
+    as_float = readers and out not in r.index.outputs and all(
         n.op_type == "Cast" and n.domain in ("", "ai.onnx")
         and helper.get_attribute_value(n.attribute[0]) == TensorProto.FLOAT for n in readers)
     if as_float:
@@ -120,15 +169,19 @@ def _unit_scale(r: Rewrite, zero_point: str) -> str:
 
 # ---- standard ops --------------------------------------------------------------------------
 @decomposes("", "QLinearConv")
+@decomposes(MS, "QLinearConv")
 def qlinear_conv(r: Rewrite) -> list[onnx.NodeProto]:
-    """y = Q(Conv(DQ(x), DQ(w) per output channel, B * x_scale * w_scale))."""
+    """y = Q(Conv(DQ(x), DQ(w) per output channel, B * x_scale * w_scale)); the contrib op
+    may take x and y channels-last (the weights stay [M, C/group, kH, kW])."""
     x = _dequantize(r, r.input(0), r.input(1), r.input(2))
     w = _dequantize(r, r.input(3), r.input(4), r.input(5), axis=0)
-    inputs = [x, w]
+    inputs = [w]
     if r.input(8):
         bias_scale = r.op("Mul", r.input(1), r.input(4))
         inputs.append(r.op("Mul", r.op("Cast", r.input(8), to=TensorProto.FLOAT), bias_scale))
-    _quantize(r, r.op("Conv", *inputs, **_attrs(r)), r.input(6), r.input(7), r.input(0))
+    attrs = _attrs(r, "channels_last")
+    y = _in_layout(r, x, lambda t: r.op("Conv", t, *inputs, **attrs), _channels_last(r))
+    _quantize(r, y, r.input(6), r.input(7), r.input(0))
     return r.nodes
 
 
@@ -173,15 +226,17 @@ def ms_dequantize_linear(r: Rewrite) -> list[onnx.NodeProto]:
 def _standard_qdq(r: Rewrite, op_type: str) -> list[onnx.NodeProto]:
     """The contrib op is the standard one (8 bits; 16 and 4 bits need opset 21)."""
     zero_point = r.input(2)
-    dtype = _elem_type(r, zero_point if op_type == "QuantizeLinear" else r.input(0))
+    dtype = r.index.elem_type(zero_point if op_type == "QuantizeLinear" else r.input(0))
     if dtype not in (TensorProto.UINT8, TensorProto.INT8, None) and r.opset < 21:
         raise r.refuse(f"{TensorProto.DataType.Name(dtype)} needs the standard op at "
                        f"opset 21; the model has opset {r.opset}")
     axis = r.attr("axis")
     if axis is not None and _per_axis(r, r.input(1)) and r.opset < PER_AXIS_OPSET:
-        raise r.refuse(f"per-axis quantization needs opset {PER_AXIS_OPSET}; the model has "
-                       f"opset {r.opset}")
-    attrs = {} if axis is None else {"axis": axis}
+        _split_per_axis(r, op_type, r.input(0), r.input(1), zero_point, int(axis),
+                        out=r.node.output[0])
+        return r.nodes
+    # One scale: the axis means nothing, and the standard op has no axis before opset 13.
+    attrs = {} if axis is None or r.opset < PER_AXIS_OPSET else {"axis": axis}
     r.multi(op_type, [n for n in r.node.input], [r.node.output[0]], **attrs)
     return r.nodes
 
@@ -225,14 +280,31 @@ def qlinear_mul(r: Rewrite) -> list[onnx.NodeProto]:
 
 @decomposes(MS, "QLinearGlobalAveragePool")
 def qlinear_global_average_pool(r: Rewrite) -> list[onnx.NodeProto]:
-    _refuse_channels_last(r)
-    return _unary(r, "GlobalAveragePool")
+    return _pool(r, "GlobalAveragePool")
 
 
 @decomposes(MS, "QLinearAveragePool")
 def qlinear_average_pool(r: Rewrite) -> list[onnx.NodeProto]:
-    _refuse_channels_last(r)
-    return _unary(r, "AveragePool", **_attrs(r, "channels_last"))
+    return _pool(r, "AveragePool", **_attrs(r, "channels_last"))
+
+
+@decomposes(MS, "NhwcMaxPool")
+def nhwc_max_pool(r: Rewrite) -> list[onnx.NodeProto]:
+    """MaxPool of 8-bit values in NHWC (ONNX Runtime's NHWC transformer): the standard op on
+    the integers between transposes (exact; before opset 12, which has no 8-bit MaxPool, on
+    their float copies)."""
+    attrs = _attrs(r)
+    if r.opset >= 12:
+        _in_layout(r, r.input(0), lambda t: r.op("MaxPool", t, **attrs), True,
+                   out=r.node.output[0])
+        return r.nodes
+    dtype = r.index.elem_type(r.input(0))
+    if dtype not in (TensorProto.UINT8, TensorProto.INT8):
+        raise r.refuse(f"input '{r.input(0)}' of unstated 8-bit type before opset 12")
+    pooled = _in_layout(r, r.op("Cast", r.input(0), to=TensorProto.FLOAT),
+                        lambda t: r.op("MaxPool", t, **attrs), True)
+    r.op("Cast", pooled, to=dtype, out=r.node.output[0])
+    return r.nodes
 
 
 @decomposes(MS, "QLinearSigmoid")

@@ -26,7 +26,7 @@ from onnx import TensorProto
 
 from . import DECOMPOSITIONS, Rewrite, decomposes
 from .ms_attention import attention
-from .ms_common import MS, rank_of, require_opset, tensor_info
+from .ms_common import MS, rank_of, require_opset
 from .quantized import _dequantize
 
 _WEIGHT_AXIS = 1  # the weight is [input hidden, 3 * hidden]: per-column along axis 1
@@ -44,7 +44,7 @@ def qattention(r: Rewrite) -> list[onnx.NodeProto]:
     x = _dequantize(r, r.input(0), r.input(3), r.input(6))
     scale, zero_point = _per_column_pair(r, r.input(4), r.input(7))
     weights = _dequantize(r, r.input(1), scale, zero_point, axis=_WEIGHT_AXIS)
-    info = tensor_info(r, r.input(1))
+    info = r.index.info(r.input(1))
     width = info.shape[-1] if info is not None and info.shape else None
     attention(r, x, weights, r.input(2), r.input(5), r.input(8), "", TensorProto.FLOAT,
               width if isinstance(width, int) else None)
@@ -57,7 +57,7 @@ def _awaits_decomposition(r: Rewrite, mask: str) -> bool:
     mask_index, as quantize_dynamic writes it)."""
     if not mask or rank_of(r, mask) is not None:
         return False
-    producer = next((n for n in r.model.graph.node if mask in n.output), None)
+    producer = r.index.producers.get(mask)
     return producer is not None and (producer.domain, producer.op_type) in DECOMPOSITIONS
 
 

@@ -1,0 +1,534 @@
+"""LSTM, GRU and RNN: backpropagation through time as ONNX Scans, one or two per direction.
+
+The sequence length may be known only at run time, so nothing is unrolled. Per direction:
+1. one MatMul gives every step's input projection X W^T + biases;
+2. the state before each step is the node's own Y shifted by one step (h), and for LSTM a
+   Scan of one Mul and one Add per step recovers the cell state c; with peepholes (the gates
+   read c) or without a Y output, a Scan runs the cell again (one MatMul by R per step);
+3. the gate values and local derivatives of every step are then computed at once over
+   [T, N, ...] by the same cell functions;
+4. a backward Scan carries dh (and dc) from the last step to the first: one MatMul by R and
+   a few elementwise ops per step; the gradients of the projections leave it stacked, and one
+   MatMul by W gives dX.
+ONNX Runtime spends about 2.4 us per node and step inside a Scan on small tensors, so the
+step bodies keep only what cannot be computed for all steps at once.
+
+`sequence_lens` follows ONNX Runtime: steps at or after a row's length keep the state
+unchanged (so Y_h / Y_c are the last valid step's, and a reverse pass starts at the row's
+last valid step) and Y is 0 there (so its gradient is dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ...graph.builder import GraphBuilder
+from ...graph.shapes import TensorInfo
+from ..registry import NodeContext, rule
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                       "RNN": ["Tanh"]}
+# Inputs that are weights (W, R, B, and LSTM's peepholes P): not differentiated.
+WEIGHT_INPUTS = {"LSTM": (1, 2, 3, 7), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
+STATE_INPUTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+
+
+def _directions(c: NodeContext) -> int:
+    return 2 if c.str_attr("direction", "forward") == "bidirectional" else 1
+
+
+def _activations(c: NodeContext) -> list[str]:
+    given = c.attr("activations", None)
+    default = DEFAULT_ACTIVATIONS[c.node.op_type] * _directions(c)
+    return default if not given else [a.decode() if isinstance(a, bytes) else a for a in given]
+
+
+def _supports(c: NodeContext) -> str | None:
+    op, name = c.node.op_type, c.node.name or c.y(0) or c.y(1)
+    if _activations(c) != DEFAULT_ACTIVATIONS[op] * _directions(c):
+        return (f"{op} node '{name}' uses activations {_activations(c)}: only the defaults "
+                f"{DEFAULT_ACTIVATIONS[op]} have a backward rule")
+    if any(c.need(i) for i in WEIGHT_INPUTS[op]):
+        return f"{op} node '{name}': gradients with respect to its weights W, R, B, P"
+    if c.b.opset < 10:
+        return f"{op} node '{name}': the backward pass needs opset 10 (computed Slice)"
+    if c.x(4) and c.b.opset < 11:
+        return f"{op} node '{name}': sequence_lens needs opset 11 (Range) in the backward pass"
+    c.b.rank(c.x(0))  # a ModelError (rank unknown) becomes the reason
+    return None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One direction's parameters, as the gate functions read them."""
+
+    op: str
+    hidden: int
+    rt: str  # R^T, [H, G*H]
+    clip: float | None = None
+    input_forget: bool = False
+    linear_before_reset: bool = False
+    rb_h: str | None = None  # GRU with linear_before_reset: R's bias of the h gate
+    peepholes: tuple[str, str, str] | None = None  # LSTM: P_i, P_o, P_f
+
+
+def _part(b: GraphBuilder, x: str, k: int, hidden: int, count: int = 1) -> str:
+    """Gate slot(s) k .. k+count-1 of the last axis."""
+    return b.slice(x, [k * hidden], [(k + count) * hidden], [-1])
+
+
+def _clipped(b: GraphBuilder, cell: Cell, a: str) -> str:
+    if cell.clip is None:
+        return a
+    bound = b.scalar(cell.clip, a)
+    return b.op("Max", b.op("Min", a, bound), b.op("Neg", bound))
+
+
+def _gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[str, str]:
+    """The cell at one step ([N, ...]) or at all steps ([T, N, ...]): gate values, raw
+    pre-activations (for clip's derivative) and the new state under "h" (and "c")."""
+    if cell.op == "LSTM":
+        return _lstm_gates(b, cell, xw, h, c)
+    if cell.op == "GRU":
+        return _gru_gates(b, cell, xw, h)
+    a = b.op("Add", xw, b.op("MatMul", h, cell.rt))
+    return {"a": a, "h": b.op("Tanh", _clipped(b, cell, a))}
+
+
+def _lstm_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[str, str]:
+    assert c is not None
+    return _lstm_finish(b, cell, _lstm_inputs(b, cell, b.op("Add", xw, b.op("MatMul", h, cell.rt)),
+                                              c), c)
+
+
+def _lstm_inputs(b: GraphBuilder, cell: Cell, a: str, c: str | None) -> dict[str, str]:
+    """The gates that do not read the new cell state: i, f, g (c: the old one, for P)."""
+    ai, ao, af, ac = (_part(b, a, k, cell.hidden) for k in range(4))
+    if cell.peepholes is not None:
+        assert c is not None
+        ai = b.op("Add", ai, b.op("Mul", cell.peepholes[0], c))
+        af = b.op("Add", af, b.op("Mul", cell.peepholes[2], c))
+    i = b.op("Sigmoid", _clipped(b, cell, ai))
+    f = (b.op("Sub", b.scalar(1.0, i), i) if cell.input_forget
+         else b.op("Sigmoid", _clipped(b, cell, af)))
+    g = b.op("Tanh", _clipped(b, cell, ac))
+    return {"ai": ai, "ao": ao, "af": af, "ac": ac, "i": i, "f": f, "g": g,
+            "ig": b.op("Mul", i, g)}
+
+
+def _lstm_finish(b: GraphBuilder, cell: Cell, gates: dict[str, str], c: str) -> dict[str, str]:
+    c_new = b.op("Add", b.op("Mul", gates["f"], c), gates["ig"])
+    ao = gates["ao"]
+    if cell.peepholes is not None:
+        ao = b.op("Add", ao, b.op("Mul", cell.peepholes[1], c_new))
+    o = b.op("Sigmoid", _clipped(b, cell, ao))
+    tc = b.op("Tanh", c_new)
+    return {**gates, "ao": ao, "o": o, "tc": tc, "c": c_new, "h": b.op("Mul", o, tc)}
+
+
+def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
+    hidden = cell.hidden
+    rt_zr, rt_h = _part(b, cell.rt, 0, hidden, 2), _part(b, cell.rt, 2, hidden)
+    hr = b.op("MatMul", h, rt_zr)
+    az = b.op("Add", _part(b, xw, 0, hidden), _part(b, hr, 0, hidden))
+    ar = b.op("Add", _part(b, xw, 1, hidden), _part(b, hr, 1, hidden))
+    z = b.op("Sigmoid", _clipped(b, cell, az))
+    r = b.op("Sigmoid", _clipped(b, cell, ar))
+    out = {"az": az, "ar": ar, "z": z, "r": r}
+    if cell.linear_before_reset:
+        q = b.op("MatMul", h, rt_h)
+        if cell.rb_h is not None:
+            q = b.op("Add", q, cell.rb_h)
+        out["q"] = q
+        ah = b.op("Add", _part(b, xw, 2, hidden), b.op("Mul", r, q))
+    else:
+        ah = b.op("Add", _part(b, xw, 2, hidden), b.op("MatMul", b.op("Mul", r, h), rt_h))
+    hh = b.op("Tanh", _clipped(b, cell, ah))
+    out.update(ah=ah, hh=hh, h=b.op("Add", hh, b.op("Mul", z, b.op("Sub", h, hh))))
+    return out
+
+
+# ---- Scans --------------------------------------------------------------------------------
+
+Body = Callable[[GraphBuilder, list[str], list[str]], tuple[list[str], list[str]]]
+
+
+def _scan(b: GraphBuilder, initial: Sequence[str], xs: Sequence[str], reverse: bool,
+          n_scans: int, build: Body) -> list[str]:
+    """Scan over the first axis of `xs` (from the end when `reverse`) with carried `initial`;
+    build(bb, carried, slices) emits the body and returns (next carried, per-step outputs).
+    Returns the final carried values, then the per-step outputs stacked in time order.
+    (Scan slices its inputs itself: ONNX Runtime spends about 2.4 us per node and step, so
+    the bodies are kept to a few nodes.)"""
+    proto = onnx.ModelProto()
+    proto.ir_version = b.model.ir_version
+    proto.opset_import.extend(b.model.opset_import)
+    bb = GraphBuilder(proto, b.infos, prefix=b.fresh("recurrence"))
+    carried = [bb.fresh("carried") for _ in initial]
+    slices = [bb.fresh("step") for _ in xs]
+    for name, like in zip(carried, initial, strict=True):
+        bb.infos[name] = b.info(like)
+    for name, like in zip(slices, xs, strict=True):
+        rank = b.info(like).rank
+        bb.infos[name] = TensorInfo(b.dtype(like), None if rank is None else (None,) * (rank - 1))
+    updated, scans = build(bb, carried, slices)
+    assert len(scans) == n_scans
+    inputs = set(carried) | set(slices)
+    # A body output that is a body input goes through an Identity.
+    outputs = [bb.op("Identity", v) if v in inputs else v for v in updated + scans]
+
+    def typed(name: str) -> onnx.ValueInfoProto:
+        rank = bb.info(name).rank
+        return helper.make_tensor_value_info(name, bb.dtype(name),
+                                             None if rank is None else [None] * rank)
+
+    body = helper.make_graph(list(proto.graph.node), bb.prefix.replace("/", "_"),
+                             [typed(n) for n in carried + slices], [typed(n) for n in outputs],
+                             list(proto.graph.initializer))
+    results = b.node("Scan", [*initial, *xs], len(initial) + n_scans, body=body,
+                     num_scan_inputs=len(xs), scan_input_directions=[int(reverse)] * len(xs),
+                     scan_output_directions=[int(reverse)] * n_scans)
+    for k, (result, source) in enumerate(zip(results, outputs, strict=True)):
+        rank, stacked = bb.info(source).rank, int(k >= len(initial))
+        b.infos[result] = TensorInfo(bb.info(source).dtype,
+                                     None if rank is None else (None,) * (rank + stacked))
+    return results
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What both Scans of one direction read: the mask of valid steps ([T, N, 1] float, None
+    without sequence_lens) and the direction."""
+
+    mask: str | None
+    reverse: bool
+
+
+def _masked(bb: GraphBuilder, m: str | None, old: str, new: str) -> str:
+    return new if m is None else bb.op("Add", old, bb.op("Mul", m, bb.op("Sub", new, old)))
+
+
+def _states_before(b: GraphBuilder, cell: Cell, steps: Steps, xw: str, h0: str,
+                   c0: str | None) -> list[str]:
+    """The state before every step, [T, N, H] in time order (h, then c for LSTM), by running
+    the cell again (peepholes, or no Y output to read the states from)."""
+    initial = [h0] + ([c0] if c0 is not None else [])
+    xs = [xw] + ([steps.mask] if steps.mask is not None else [])
+
+    def body(bb: GraphBuilder, carried: list[str], slices: list[str]):
+        m = slices[1] if len(slices) > 1 else None
+        h, c = carried[0], carried[1] if len(carried) > 1 else None
+        gates = _gates(bb, cell, slices[0], h, c)
+        new = [_masked(bb, m, h, gates["h"])]
+        if c is not None:
+            new.append(_masked(bb, m, c, gates["c"]))
+        return new, list(carried)
+
+    return _scan(b, initial, xs, steps.reverse, len(initial), body)[len(initial):]
+
+
+def _shifted(b: GraphBuilder, y: str, fill: str, reverse: bool) -> str:
+    """y moved one step along the direction: the value before each step, `fill` ([1, ...])
+    before the first."""
+    if reverse:
+        return b.concat([b.slice(y, [1], [np.iinfo(np.int64).max], [0]), fill], 0)
+    return b.concat([fill, b.slice(y, [0], [-1], [0])], 0)
+
+
+def _hidden_before(b: GraphBuilder, steps: Steps, y: str, h0: str) -> str:
+    """h before every step from the node's own Y ([T, N, H] of this direction). Y is 0 at
+    padded steps, so in reverse a row starts from h0 where the next step is padded."""
+    if steps.mask is None or not steps.reverse:
+        return _shifted(b, y, b.unsqueeze(h0, [0]), steps.reverse)
+    zero = b.unsqueeze(b.op("Mul", h0, b.scalar(0.0, h0)), [0])
+    after = _shifted(b, steps.mask, b.slice(b.op("Mul", steps.mask, b.scalar(0.0, y)),
+                                            [0], [1], [0]), True)
+    fresh = b.op("Mul", b.op("Sub", b.scalar(1.0, after), after), h0)
+    return b.op("Add", _shifted(b, y, zero, True), fresh)
+
+
+def _cells_before(b: GraphBuilder, steps: Steps, f: str, ig: str, c0: str) -> str:
+    """LSTM's cell state before every step from f and i*g of all steps (no peepholes):
+    c' = f c + i g, one Mul and one Add per step."""
+    xs = [f, ig] + ([steps.mask] if steps.mask is not None else [])
+
+    def body(bb: GraphBuilder, carried: list[str], slices: list[str]):
+        c = carried[0]
+        new = bb.op("Add", bb.op("Mul", slices[0], c), slices[1])
+        m = slices[2] if len(slices) > 2 else None
+        return [_masked(bb, m, c, new)], [c]
+
+    return _scan(b, [c0], xs, steps.reverse, 1, body)[1]
+
+
+# ---- local derivatives, all steps at once ----------------------------------------------
+
+def _dsigmoid(b: GraphBuilder, s: str) -> str:
+    return b.op("Sub", s, b.op("Mul", s, s))
+
+
+def _dtanh(b: GraphBuilder, t: str) -> str:
+    return b.op("Sub", b.scalar(1.0, t), b.op("Mul", t, t))
+
+
+def _through_clip(b: GraphBuilder, cell: Cell, derivative: str, a: str) -> str:
+    """The derivative zeroed where clip cut the pre-activation `a`."""
+    if cell.clip is None:
+        return derivative
+    inside = b.op("Not", b.op("Greater", b.op("Abs", a), b.scalar(cell.clip, a)))
+    return b.keep(derivative, inside)
+
+
+def _lstm_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], cp: str
+                       ) -> dict[str, str]:
+    """dA = [dc', dh', dc', dc'] * k4 with dh' = dh_new and dc' = dc (masked) + dh' * kc;
+    dc_prev = dc' * kcc."""
+    d_o = _through_clip(b, cell, _dsigmoid(b, g["o"]), g["ao"])
+    ko = b.op("Mul", g["tc"], d_o)
+    kc = b.op("Mul", g["o"], _dtanh(b, g["tc"]))
+    d_i = _through_clip(b, cell, _dsigmoid(b, g["i"]), g["ai"])
+    if cell.input_forget:  # f = 1 - i
+        ki = b.op("Mul", b.op("Sub", g["g"], cp), d_i)
+        kf = b.op("Mul", ki, b.scalar(0.0, ki))
+    else:
+        ki = b.op("Mul", g["g"], d_i)
+        kf = b.op("Mul", cp, _through_clip(b, cell, _dsigmoid(b, g["f"]), g["af"]))
+    kg = b.op("Mul", g["i"], _through_clip(b, cell, _dtanh(b, g["g"]), g["ac"]))
+    kcc = g["f"]
+    if cell.peepholes is not None:
+        p_i, p_o, p_f = cell.peepholes
+        kc = b.op("Add", kc, b.op("Mul", ko, p_o))
+        kcc = b.add_all([kcc, b.op("Mul", ki, p_i), b.op("Mul", kf, p_f)])
+    return {"k4": b.concat([ki, ko, kf, kg], -1), "kc": kc, "kcc": kcc}
+
+
+def _gru_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], hp: str
+                      ) -> dict[str, str]:
+    kz = b.op("Mul", b.op("Sub", hp, g["hh"]),
+              _through_clip(b, cell, _dsigmoid(b, g["z"]), g["az"]))
+    kh = b.op("Mul", b.op("Sub", b.scalar(1.0, g["z"]), g["z"]),
+              _through_clip(b, cell, _dtanh(b, g["hh"]), g["ah"]))
+    d_r = _through_clip(b, cell, _dsigmoid(b, g["r"]), g["ar"])
+    if cell.linear_before_reset:  # a_h = x_h + r * q: dA_R = dh' * [kz, kr, kh r]
+        kr = b.op("Mul", b.op("Mul", kh, g["q"]), d_r)
+        return {"k3": b.concat([kz, kr, kh], -1),
+                "k3r": b.concat([kz, kr, b.op("Mul", kh, g["r"])], -1), "z": g["z"]}
+    # a_h = x_h + (r h) R_h^T: u = da_h R_h, da_r = u * h * r'
+    return {"kz": kz, "kh": kh, "kr": b.op("Mul", hp, d_r), "r": g["r"], "z": g["z"]}
+
+
+def _rnn_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str]) -> dict[str, str]:
+    return {"k": _through_clip(b, cell, _dtanh(b, g["h"]), g["a"])}
+
+
+# ---- backward step ---------------------------------------------------------------------
+
+def _backward_step(bb: GraphBuilder, cell: Cell, r: str, k: dict[str, str], dh: str,
+                   dc: str | None) -> tuple[str, str, str | None]:
+    """From the gradients reaching the new state (already masked), the gradient of the step's
+    input projection, and the parts of dh_prev, dc_prev that flow through the cell."""
+    if cell.op == "LSTM":
+        assert dc is not None
+        dc = bb.op("Add", dc, bb.op("Mul", dh, k["kc"]))
+        da = bb.op("Mul", bb.concat([dc, dh, dc, dc], -1), k["k4"])
+        return da, bb.op("MatMul", da, r), bb.op("Mul", dc, k["kcc"])
+    if cell.op == "RNN":
+        da = bb.op("Mul", dh, k["k"])
+        return da, bb.op("MatMul", da, r), None
+    hidden, through_z = cell.hidden, bb.op("Mul", dh, k["z"])
+    if cell.linear_before_reset:
+        spread = bb.concat([dh, dh, dh], -1)
+        da_r = bb.op("Mul", spread, k["k3r"])
+        return (bb.op("Mul", spread, k["k3"]),
+                bb.op("Add", bb.op("MatMul", da_r, r), through_z), None)
+    da_z, da_h = bb.op("Mul", dh, k["kz"]), bb.op("Mul", dh, k["kh"])
+    u = bb.op("MatMul", da_h, _part_rows(bb, r, 2, hidden))
+    da_zr = bb.concat([da_z, bb.op("Mul", u, k["kr"])], -1)
+    dh_prev = bb.add_all([bb.op("MatMul", da_zr, _part_rows(bb, r, 0, hidden, 2)),
+                          bb.op("Mul", u, k["r"]), through_z])
+    return bb.concat([da_zr, da_h], -1), dh_prev, None
+
+
+def _part_rows(b: GraphBuilder, r: str, k: int, hidden: int, count: int = 1) -> str:
+    return b.slice(r, [k * hidden], [(k + count) * hidden], [0])
+
+
+def _backward(b: GraphBuilder, cell: Cell, steps: Steps, r: str, k: dict[str, str],
+              dy: str | None, dh: str, dc: str | None) -> list[str]:
+    """The backward Scan: [dh before the first step, (dc), dA stacked in time order]."""
+    initial = [dh] + ([dc] if dc is not None else [])
+    names = list(k)
+    extra = [v for v in (dy, steps.mask) if v is not None]
+
+    def body(bb: GraphBuilder, carried: list[str], slices: list[str]):
+        at = dict(zip(names, slices, strict=False))
+        rest = slices[len(names):]
+        dy_t = rest.pop(0) if dy is not None else None
+        m = rest.pop(0) if steps.mask is not None else None
+        dh_total = bb.op("Add", carried[0], dy_t) if dy_t is not None else carried[0]
+        dh_new = dh_total if m is None else bb.op("Mul", m, dh_total)
+        dc_old = carried[1] if len(carried) > 1 else None
+        dc_new = dc_old if m is None or dc_old is None else bb.op("Mul", m, dc_old)
+        da, dh_prev, dc_prev = _backward_step(bb, cell, r, at, dh_new, dc_new)
+        if m is not None:  # padded steps pass the state (and its gradient) through
+            dh_prev = bb.op("Add", dh_prev, bb.op("Sub", dh_total, dh_new))
+            if dc_prev is not None:
+                dc_prev = bb.op("Add", dc_prev, bb.op("Sub", dc_old, dc_new))
+        return [dh_prev] + ([dc_prev] if dc_prev is not None else []), [da]
+
+    return _scan(b, initial, [k[n] for n in names] + extra, not steps.reverse, 1, body)
+
+
+# ---- the rule ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Seeds:
+    """The output gradients in time-major layout: dY [T, D, N, H], dY_h and dY_c [D, N, H];
+    and the node's own Y (time-major), when it has one."""
+
+    y: str | None
+    y_h: str | None
+    y_c: str | None
+    forward_y: str | None
+
+
+def _take(b: GraphBuilder, x: str, d: int, axis: int = 0) -> str:
+    return b.op("Gather", x, b.const(np.array(d, np.int64), "direction"), axis=axis)
+
+
+def _cell(c: NodeContext, d: int, hidden: int) -> tuple[Cell, str, str, str | None]:
+    """Direction d's cell, its W [G*H, I], R [G*H, H] and input bias (or None)."""
+    b, op = c.b, c.node.op_type
+    gates = GATES[op]
+    w, r = _take(b, c.x(1), d), _take(b, c.x(2), d)
+    lbr = op == "GRU" and bool(c.attr("linear_before_reset", 0))
+    bias, rb_h, peepholes = None, None, None
+    if c.x(3):
+        both = _take(b, c.x(3), d)
+        wb, rb = (b.slice(both, [k * gates * hidden], [(k + 1) * gates * hidden], [0])
+                  for k in range(2))
+        if lbr:  # R's h-gate bias sits inside r * (h R_h^T + Rb_h)
+            rb_h = _part(b, rb, 2, hidden)
+            rb = b.op("Mul", rb, b.const(np.repeat(np.array([1, 1, 0], b.np_dtype(rb)), hidden)))
+        bias = b.op("Add", wb, rb)
+    if op == "LSTM" and c.x(7):
+        p = _take(b, c.x(7), d)
+        peepholes = tuple(_part(b, p, k, hidden) for k in range(3))
+    clip = c.attr("clip", None)
+    cell = Cell(op, hidden, b.op("Transpose", r, perm=[1, 0]),
+                None if clip is None else float(clip), bool(c.attr("input_forget", 0)), lbr,
+                rb_h, peepholes)
+    return cell, w, r, bias
+
+
+def _zeros_state(b: GraphBuilder, xt: str, hidden: int) -> str:
+    zero = onnx.numpy_helper.from_array(np.zeros(1, b.np_dtype(xt)))
+    out = b.op("ConstantOfShape", b.concat([b.dim(xt, 1), b.ints([hidden])], 0), value=zero)
+    b.infos[out] = TensorInfo(b.dtype(xt), (None, hidden))
+    return out
+
+
+def _direction(c: NodeContext, d: int, xt: str, steps: Steps, seeds: Seeds,
+               states: tuple[str | None, str | None]) -> tuple[str, str, str | None]:
+    """dX, d initial_h and d initial_c of direction d."""
+    b, hidden = c.b, _hidden(c)
+    cell, w, r, bias = _cell(c, d, hidden)
+    xw = b.op("MatMul", xt, b.op("Transpose", w, perm=[1, 0]))
+    if bias is not None:
+        xw = b.op("Add", xw, bias)
+    lstm = cell.op == "LSTM"
+    h0 = _take(b, states[0], d) if states[0] else _zeros_state(b, xt, hidden)
+    c0 = (_take(b, states[1], d) if states[1] else _zeros_state(b, xt, hidden)) if lstm else None
+    gates, hp, cp = _forward_values(b, cell, steps, xw, seeds.forward_y, d, h0, c0)
+    if lstm:
+        assert cp is not None
+        k = _lstm_coefficients(b, cell, gates, cp)
+    elif cell.op == "GRU":
+        k = _gru_coefficients(b, cell, gates, hp)
+    else:
+        k = _rnn_coefficients(b, cell, gates)
+    dy = _take(b, seeds.y, d, axis=1) if seeds.y is not None else None
+    if dy is not None and steps.mask is not None:
+        dy = b.op("Mul", dy, steps.mask)  # Y is 0 at padded steps
+    dh = _take(b, seeds.y_h, d) if seeds.y_h is not None else _zeros_state(b, xt, hidden)
+    dc = None
+    if lstm:
+        dc = _take(b, seeds.y_c, d) if seeds.y_c is not None else _zeros_state(b, xt, hidden)
+    results = _backward(b, cell, steps, r, k, dy, dh, dc)
+    return b.op("MatMul", results[-1], w), results[0], results[1] if lstm else None
+
+
+def _forward_values(b: GraphBuilder, cell: Cell, steps: Steps, xw: str, y: str | None, d: int,
+                    h0: str, c0: str | None) -> tuple[dict[str, str], str, str | None]:
+    """Every step's gates and the states before it. With the node's Y, h needs no recurrence
+    (and LSTM's c one Mul and Add per step); with peepholes or without Y the cell runs again."""
+    if y is None or cell.peepholes is not None:
+        before = _states_before(b, cell, steps, xw, h0, c0)
+        hp, cp = before[0], before[1] if c0 is not None else None
+        return _gates(b, cell, xw, hp, cp), hp, cp
+    hp = _hidden_before(b, steps, _take(b, y, d, axis=1), h0)
+    if cell.op != "LSTM":
+        return _gates(b, cell, xw, hp, None), hp, None
+    assert c0 is not None
+    early = _lstm_inputs(b, cell, b.op("Add", xw, b.op("MatMul", hp, cell.rt)), None)
+    cp = _cells_before(b, steps, early["f"], early["ig"], c0)
+    return _lstm_finish(b, cell, early, cp), hp, cp
+
+
+def _hidden(c: NodeContext) -> int:
+    hidden = c.attr("hidden_size", None)
+    if hidden is None:
+        hidden = (c.b.info(c.x(2)).certain or (None,))[-1]
+    return int(hidden)
+
+
+def _valid_steps(b: GraphBuilder, lens: str, xt: str) -> str | None:
+    """[T, N, 1] float: 1 where step t < sequence_lens[n]."""
+    if not lens:
+        return None
+    t = b.range(b.const(np.array(0, np.int64)), b.reshape(b.dim(xt, 0), []),
+                b.const(np.array(1, np.int64)))
+    valid = b.op("Less", b.unsqueeze(t, [1]),
+                 b.unsqueeze(b.op("Cast", lens, to=TensorProto.INT64), [0]))
+    return b.unsqueeze(b.op("Cast", valid, to=b.dtype(xt)), [2])
+
+
+def _time_major(b: GraphBuilder, x: str | None, perm: list[int], layout: int) -> str | None:
+    return b.op("Transpose", x, perm=perm) if x and layout else (x or None)
+
+
+@rule("LSTM", "GRU", "RNN", supports=_supports)
+def recurrent(c: NodeContext, gy):
+    """Backpropagation through time (Werbos 1990) for the ONNX recurrent ops: dX and the
+    gradients of the initial states; see the module docstring for the formulation."""
+    b, op = c.b, c.node.op_type
+    layout = int(c.attr("layout", 0))
+    xt = _time_major(b, c.x(0), [1, 0, 2], layout)
+    assert xt is not None
+    seeds = Seeds(_time_major(b, gy[0], [1, 2, 0, 3], layout),
+                  _time_major(b, gy[1] if len(gy) > 1 else None, [1, 0, 2], layout),
+                  _time_major(b, gy[2] if len(gy) > 2 else None, [1, 0, 2], layout),
+                  _time_major(b, c.y(0), [1, 2, 0, 3], layout))
+    states = (_time_major(b, c.x(5), [1, 0, 2], layout),
+              _time_major(b, c.x(6), [1, 0, 2], layout) if op == "LSTM" else None)
+    mask = _valid_steps(b, c.x(4), xt)
+    direction = c.str_attr("direction", "forward")
+    parts = []
+    for d in range(_directions(c)):
+        reverse = direction == "reverse" or d == 1
+        parts.append(_direction(c, d, xt, Steps(mask, reverse), seeds, states))
+    grads: list[str | None] = [None] * len(c.node.input)
+    if c.need(0):
+        dx = b.add_all([p[0] for p in parts])
+        grads[0] = _time_major(b, dx, [1, 0, 2], layout)
+    for i, k in zip(STATE_INPUTS[op], (1, 2), strict=False):
+        if c.need(i):
+            stacked = b.concat([b.unsqueeze(p[k], [0]) for p in parts], 0)
+            grads[i] = _time_major(b, stacked, [1, 0, 2], layout)
+    return grads

@@ -1,0 +1,295 @@
+"""Outputs scored per position (objective): [batch, positions, classes] sequences that are no
+language model (a token tagger, a convolutional CTC recogniser) and [batch, classes, H, W]
+segmentation maps explain the summed score of the predicted class at every (non-padding)
+position or pixel, or at one position, one pixel or a box; a target names the class.
+
+Oracles: the explained score recomputed in numpy from the forward output (argmax and the
+attention mask read from the arrays, not from onnxplain); torch autograd (float64) of the
+same sum on the zoo modules; occlusion's drops recomputed from forward runs of the occluded
+inputs; exported explainers against the in-process methods; the clean forward run counted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxplain
+from onnxplain.errors import InputError
+from onnxplain.export import export_explainer
+
+from .cli_helpers import run
+from .conftest import require
+
+MODELS = ("token_tagger_tiny", "ctc_conv_tiny", "segment_fcn_tiny")
+# float32 ONNX Runtime against float64 torch, relative to each row's largest |gradient|:
+# measured below 1e-6 on these models.
+TOLERANCE = 1e-4
+_EXPLAINERS: dict = {}
+
+
+def _explainer(zoo, name: str) -> onnxplain.Explainer:
+    if name not in _EXPLAINERS:
+        _EXPLAINERS[name] = onnxplain.Explainer(zoo.model_path(name), "cpu", progress=False)
+    return _EXPLAINERS[name]
+
+
+def _weights(zoo, name: str, place: dict, target=None) -> np.ndarray:
+    """The objective's weights, from numpy alone: 1 at [row, place, class] where class is the
+    argmax of the forward output there (or `target`), padding (attention_mask 0) left out."""
+    sample = zoo.sample(name)
+    logits = _explainer(zoo, name).forward(sample)["logits"]
+    spatial = logits.ndim == 4
+    view = np.moveaxis(logits, 1, -1) if spatial else logits  # classes last
+    chosen = view.argmax(axis=-1) if target is None else np.full(view.shape[:-1], target)
+    where = np.ones(view.shape[:-1], dtype=bool)
+    if "attention_mask" in sample:
+        where &= sample["attention_mask"] != 0
+    if "position" in place:
+        where[:, np.arange(where.shape[1]) != place["position"]] = False
+    if "pixel" in place:
+        y, x = place["pixel"]
+        keep = np.zeros_like(where)
+        keep[:, y, x] = True
+        where &= keep
+    if "region" in place:
+        (y0, y1), (x0, x1) = place["region"]
+        keep = np.zeros_like(where)
+        keep[:, y0:y1, x0:x1] = True
+        where &= keep
+    hot = (chosen[..., None] == np.arange(view.shape[-1])) & where[..., None]
+    return (np.moveaxis(hot, -1, 1) if spatial else hot).astype(np.float64)
+
+
+PLACES = [("token_tagger_tiny", {}), ("token_tagger_tiny", {"position": 4}),
+          ("ctc_conv_tiny", {}), ("ctc_conv_tiny", {"position": 7}),
+          ("segment_fcn_tiny", {}), ("segment_fcn_tiny", {"pixel": (5, 17)}),
+          ("segment_fcn_tiny", {"region": ((2, 9), (10, 20))})]
+
+
+def test_output_forms(zoo):
+    from onnxplain.objective import output_form
+
+    forms = [output_form(_explainer(zoo, name).model, "logits") for name in MODELS]
+    assert forms == ["sequence", "sequence", "spatial"]
+
+
+@pytest.mark.parametrize("name, place", PLACES)
+def test_explained_score_is_the_numpy_sum(zoo, name, place):
+    explainer = _explainer(zoo, name)
+    logits = explainer.forward(zoo.sample(name))["logits"]
+    for target in (None, 2):
+        result = explainer.explain(zoo.sample(name), "saliency", target, abs=False, **place)
+        weights = _weights(zoo, name, place, target)
+        expected = (weights * logits).reshape(len(logits), -1).sum(axis=1)
+        np.testing.assert_allclose(result.target_score, expected, rtol=1e-6)
+        assert result.objective == ("spatial" if name.startswith("segment") else "sequence")
+        assert (result.extras.get("explained_place") is not None) == bool(place)
+
+
+def _torch_saliency(zoo, name: str, weights: np.ndarray) -> np.ndarray:
+    """d sum(weights * logits) / d(input) in float64 torch; token models: d / d(embedding)."""
+    torch = require("torch")
+    module = zoo.load_torch(name).double()
+    sample = {key: torch.from_numpy(value) for key, value in zoo.sample(name).items()}
+    if name != "token_tagger_tiny":
+        image = sample["image"].double().requires_grad_(True)
+        (module(image) * torch.from_numpy(weights)).sum().backward()
+        return image.grad.numpy()
+    captured = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["embedded"] = output
+
+    table = module.model.bert.embeddings.word_embeddings
+    handle = table.register_forward_hook(keep)
+    try:
+        (module(*sample.values()) * torch.from_numpy(weights)).sum().backward()
+    finally:
+        handle.remove()
+    return captured["embedded"].grad.numpy()
+
+
+@pytest.mark.parametrize("name, place", PLACES)
+def test_saliency_equals_torch_autograd_of_the_same_sum(zoo, name, place):
+    result = _explainer(zoo, name).explain(zoo.sample(name), "saliency", abs=False, **place)
+    ours = next(iter(result.tensors.values())) if name == "token_tagger_tiny" else result.first
+    expected = _torch_saliency(zoo, name, _weights(zoo, name, place))
+    scale = np.abs(expected).reshape(len(expected), -1).max(axis=1)
+    error = np.abs(ours - expected).reshape(len(expected), -1).max(axis=1) / scale
+    assert error.max() < TOLERANCE, error
+    assert np.all(scale > 0)
+
+
+def test_padding_positions_are_not_explained(zoo):
+    """Row 1 of the tagger's sample is padded after position 6: the padded positions add
+    nothing, so changing their ids changes no score (the mask hides them from attention)."""
+    explainer = _explainer(zoo, "token_tagger_tiny")
+    sample = zoo.sample("token_tagger_tiny")
+    assert sample["attention_mask"][1, 6:].sum() == 0
+    result = explainer.explain(sample, "saliency", abs=False)
+    logits = explainer.forward(sample)["logits"]
+    unmasked = logits[1, :6].max(axis=-1).sum()
+    assert result.target_score[1] == pytest.approx(unmasked, rel=1e-6)
+    assert logits[1, 6:].max(axis=-1).sum() != pytest.approx(0.0)  # the mask did matter
+
+
+def test_occlusion_drops_equal_numpy_recomputation(zoo):
+    """Perturbation methods score each occluded copy with the same objective: the classes
+    chosen on the clean input, summed over the region."""
+    name, place = "segment_fcn_tiny", {"region": ((2, 9), (10, 20))}
+    explainer, sample = _explainer(zoo, name), zoo.sample(name)
+    result = explainer.explain(sample, "occlusion", window=8, stride=8, **place)
+    weights = _weights(zoo, name, place)
+    image = sample["image"]
+
+    def score(x):
+        return (weights * explainer.forward({"image": x})["logits"]).reshape(len(x), -1).sum(1)
+
+    clean = score(image)
+    for y in range(0, 24, 8):
+        for x in range(0, 24, 8):
+            occluded = image.copy()
+            occluded[:, :, y:y + 8, x:x + 8] = 0
+            np.testing.assert_allclose(result.first[:, 0, y, x], clean - score(occluded),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_rise_explains_the_same_scalar(zoo):
+    """RISE's explained score per row is the objective's value on the clean input."""
+    name = "ctc_conv_tiny"
+    result = _explainer(zoo, name).explain(zoo.sample(name), "rise", n_masks=8, position=3)
+    logits = _explainer(zoo, name).forward(zoo.sample(name))["logits"]
+    np.testing.assert_allclose(result.target_score, logits[:, 3].max(axis=-1), rtol=1e-6)
+    assert result.target.tolist() == logits[:, 3].argmax(axis=-1).tolist()
+
+
+EXPORTED = [("ctc_conv_tiny", "saliency", {}), ("ctc_conv_tiny", "integrated_gradients",
+                                                 {"position": 7}),
+            ("segment_fcn_tiny", "saliency", {"region": ((2, 9), (10, 20))}),
+            ("segment_fcn_tiny", "deeplift", {"pixel": (5, 17)}),
+            ("token_tagger_tiny", "layer_integrated_gradients", {}),
+            ("gpt2_tiny", "layer_integrated_gradients", {})]
+
+
+@pytest.mark.parametrize("name, method, place", EXPORTED)
+@pytest.mark.filterwarnings("ignore::onnxplain.methods.integrated_gradients.ConvergenceWarning")
+def test_exported_explainer_equals_in_process(zoo, name, method, place):
+    options = {"n_steps": 8} if "integrated" in method else {}
+    explainer = onnxplain.Explainer(zoo.model_path(name), "cpu", progress=False)
+    sample = zoo.sample(name)
+    session = ort.InferenceSession(
+        export_explainer(zoo.model_path(name), method, **place, **options).SerializeToString(),
+        providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for target in (None, 1):
+        feeds = dict(sample) if target is None else {
+            **sample, "target": np.full(len(next(iter(sample.values()))), target, np.int64)}
+        got = dict(zip(names, session.run(None, feeds), strict=True))
+        want = explainer.explain(sample, method, target, **place, **options)
+        key = next(k for k in got if k.startswith("attribution/"))
+        expected = want[key.split("/", 1)[1]]
+        np.testing.assert_allclose(got[key], expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.filterwarnings("ignore::onnxplain.methods.integrated_gradients.ConvergenceWarning")
+def test_the_clean_forward_runs_once(zoo, monkeypatch):
+    """A dense objective is resolved on the clean forward run, which the method reuses."""
+    for name in ("ctc_conv_tiny", "gpt2_tiny"):
+        explainer = onnxplain.Explainer(zoo.model_path(name), "cpu", progress=False)
+        sample = zoo.sample(name)
+        clean_runs = []
+        forward = explainer.engine.forward
+
+        def counted(feeds, *args, _forward=forward, _sample=sample, _runs=clean_runs,
+                    **kwargs):
+            if not args and not kwargs and all(
+                    np.array_equal(feeds[k], v) for k, v in _sample.items()):
+                _runs.append(1)
+            return _forward(feeds, *args, **kwargs)
+
+        monkeypatch.setattr(explainer.engine, "forward", counted)
+        method = "integrated_gradients" if name == "ctc_conv_tiny" else "occlusion"
+        explainer.explain(sample, method, **({"n_steps": 4} if name == "ctc_conv_tiny" else {}))
+        assert len(clean_runs) == 1, name
+
+
+BAD = [("ctc_conv_tiny", ["--position", "12"], "position 12 is out of range"),
+       ("ctc_conv_tiny", ["--pixel", "1,2"], "pixel needs a [batch, classes, height, width]"),
+       ("segment_fcn_tiny", ["--position", "1"], "position needs a [batch, positions"),
+       ("segment_fcn_tiny", ["--pixel", "24,0"], "pixel (y=24, x=0) is outside the 24x24"),
+       ("segment_fcn_tiny", ["--pixel", "3"], "--pixel '3' is not Y,X"),
+       ("segment_fcn_tiny", ["--region", "4:2,0:3"], "region y 4:2, x 0:3 is empty"),
+       ("segment_fcn_tiny", ["--region", "1:3"], "--region '1:3' is not Y0:Y1,X0:X1"),
+       ("segment_fcn_tiny", ["--pixel", "1,1", "--region", "0:2,0:2"],
+        "one of position, pixel or region"),
+       ("token_tagger_tiny", ["--position", "7"], "position 7 is padding in row 1"),
+       ("token_tagger_tiny", ["--position", "2", "-m", "rollout"], "does not explain a score")]
+
+
+@pytest.mark.parametrize("name, options, fragment", BAD)
+def test_bad_places_are_one_line_exit_2(zoo, tmp_path, name, options, fragment):
+    np.savez(tmp_path / "x.npz", **zoo.sample(name))
+    result = run("explain", str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"), *options,
+                 "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+def test_export_checks_the_place_against_static_axes(zoo):
+    with pytest.raises(InputError, match="pixel \\(y=30, x=1\\) is outside the 24x24"):
+        export_explainer(zoo.model_path("segment_fcn_tiny"), "saliency", pixel=(30, 1))
+    with pytest.raises(InputError, match="position needs a \\[batch, positions"):
+        export_explainer(zoo.model_path("segment_fcn_tiny"), "saliency", position=1)
+
+
+def test_api_refuses_a_place_with_an_output_seed(zoo):
+    explainer = _explainer(zoo, "ctc_conv_tiny")
+    seed = np.ones((2, 12, 11), np.float32)
+    with pytest.raises(InputError, match="output seed or a position"):
+        explainer.explain(zoo.sample("ctc_conv_tiny"), output_seed=seed, position=1)
+    with pytest.raises(InputError, match="position is an int"):
+        explainer.explain(zoo.sample("ctc_conv_tiny"), position="3")
+
+
+def test_cli_states_the_objective(zoo, tmp_path):
+    name = "segment_fcn_tiny"
+    np.savez(tmp_path / "x.npz", **zoo.sample(name))
+    result = run("explain", str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"),
+                 "--region", "2:9,10:20", "-t", "3", "-o", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["objective"] == "spatial" and summary["target"] == [3, 3]
+    assert "summed over the region y 2:9, x 10:20 of output 'logits'" in summary["explained"]
+    assert summary["extras"]["explained_place"] == "summed over the region y 2:9, x 10:20"
+    text = run("explain", str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"),
+               "--pixel", "5,17", "-o", str(tmp_path / "out"))
+    assert "explained: the score of the target class (default: the predicted one) at pixel " \
+           "(y=5, x=17)" in text.stdout
+    assert "row 0: class" in text.stdout and "predicted class" in text.stdout
+
+
+def test_metrics_score_the_same_objective(zoo):
+    """A deletion curve starts at the explained score: perturbed inputs are scored with the
+    weights resolved on the clean run, not with a class index the output has no axis for."""
+    from onnxplain.metrics.curves import deletion_curve
+
+    name, place = "segment_fcn_tiny", {"region": ((2, 9), (10, 20))}
+    explainer, sample = _explainer(zoo, name), zoo.sample(name)
+    result = explainer.explain(sample, "saliency", **place)
+    curve = deletion_curve(explainer, sample, result, steps=2)
+    np.testing.assert_allclose(curve.scores[:, 0], result.target_score, rtol=1e-6)
+    black = (_weights(zoo, name, place) * explainer.forward(
+        {"image": np.zeros_like(sample["image"])})["logits"]).reshape(2, -1).sum(axis=1)
+    np.testing.assert_allclose(curve.scores[:, -1], black, rtol=1e-5)
+
+
+def test_attention_methods_state_that_they_read_no_score(zoo):
+    result = _explainer(zoo, "token_tagger_tiny").explain(zoo.sample("token_tagger_tiny"),
+                                                          "rollout")
+    assert result.objective == "none" and "no score of output 'logits'" in result.explained
