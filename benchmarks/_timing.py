@@ -9,9 +9,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 
-def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int,
+                      clock: Callable[[], float] = time.perf_counter
                       ) -> dict[str, list[float]]:
-    """Wall times of each callable, run in turn `repeats` times after one warm-up round.
+    """Wall times (or `clock`'s) of each callable, run in turn `repeats` times after one
+    warm-up round.
 
     ONNX Runtime's worker threads spin for a while after a run; a short sleep lets the
     previous session's go idle so they do not steal the next one's cores.
@@ -22,9 +24,9 @@ def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int
     for _ in range(repeats):
         for name, run in runs.items():
             time.sleep(0.05)
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 

@@ -1,9 +1,11 @@
-"""One-line errors and warnings on stderr; exit code 2 for every problem with the user's input."""
+"""One-line errors and warnings on stderr; exit code 2 for every problem with the user's input,
+70 (EX_SOFTWARE, sysexits.h) for a bug in onnxplain itself."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -13,6 +15,9 @@ import click
 from onnxplain.errors import OnnxplainError
 
 USAGE_ERROR = 2
+INTERNAL_ERROR = 70
+# The arguments of this invocation (set by main's group), for the reproduction hint.
+COMMAND_LINE: list[str] = []
 
 
 def one_line(text: str) -> str:
@@ -25,7 +30,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def friendly(command):
     """Turn onnxplain's errors into `error: ...` and exit 2; unexpected errors into one line
-    and exit 1 (ONNXPLAIN_DEBUG=1 shows the traceback)."""
+    and a reproduction hint, exit 70 (ONNXPLAIN_DEBUG=1 shows the traceback)."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         warnings.showwarning = show_warning
@@ -44,10 +49,20 @@ def friendly(command):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as err:  # noqa: BLE001 - a bug: one line unless debugging
-            if os.environ.get("ONNXPLAIN_DEBUG"):
-                traceback.print_exc()
-            click.echo(f"internal error: {type(err).__name__}: {one_line(err)} (a bug in "
-                       "onnxplain, not a problem with your input; ONNXPLAIN_DEBUG=1 shows the "
-                       "traceback to report)", err=True)
-            sys.exit(1)
+            report_internal_error(err)
+            sys.exit(INTERNAL_ERROR)
     return wrapper
+
+
+def report_internal_error(err: BaseException) -> None:
+    """`error: internal error ...` naming the version, then how to reproduce it; the
+    traceback only with ONNXPLAIN_DEBUG=1 (a MemoryError is a bug too: inputs are sized
+    before they are allocated)."""
+    from onnxplain._version import __version__
+
+    if os.environ.get("ONNXPLAIN_DEBUG"):
+        traceback.print_exc()
+    click.echo(f"error: internal error: {type(err).__name__}: {one_line(err)}; this is a bug "
+               f"in onnxplain {__version__}, not a problem with your input", err=True)
+    command = shlex.join(["onnxplain", *COMMAND_LINE])
+    click.echo(f"to report it, rerun as: ONNXPLAIN_DEBUG=1 {command}", err=True)

@@ -13,6 +13,7 @@ from .options import (
     method_options,
     output_seed_option,
     parse_targets,
+    place_options,
     provider_option,
     quiet_option,
     target_option,
@@ -29,6 +30,7 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
               help="attribution method (see `onnxplain methods`)")
 @target_option
 @output_seed_option(" (and scores it)")
+@place_options
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O n_steps=32 or -O baseline=@ref.npy (repeatable)")
 @click.option("--metrics", "metric_names", default=DEFAULT_METRICS, show_default=True,
@@ -60,7 +62,7 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
 @image_options
 @friendly
 def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | None,
-             output_seed: str | None, options: tuple[str, ...], metric_names: str,
+             output_seed: str | None, place: dict, options: tuple[str, ...], metric_names: str,
              steps: int, baseline_value: float, features: str, cell: int, probability: bool,
              layers: int | None, draws: int, seed: int, output_name: str | None,
              provider: str, batch_size: int | None, as_json: bool, quiet: bool,
@@ -83,7 +85,7 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
     weights = read_array(output_seed) if output_seed is not None else None
     attribution = explainer.explain(arrays, method=method, target=parse_targets(target),
                                     output_seed=weights, batch_size=batch_size,
-                                    **chosen_options)
+                                    **place, **chosen_options)
     scores = evaluate_scores(explainer, arrays, attribution, names, steps=steps,
                              baseline_value=baseline_value, features=mask, cell=cell,
                              probability=probability, random_draws=draws, seed=seed,
@@ -105,6 +107,7 @@ def describe(scores: dict, model: str) -> list[str]:
              f"{counted(settings['steps'], 'step')}, baseline {settings['baseline_value']:g}, "
              f"random baseline of {counted(settings['random_draws'], 'draw')} "
              f"(seed {settings['seed']})",
+             f"  explained: {scores['explained']}",
              f"  {'metric':44s} {'score':>11s} {'random':>11s}"]
     for name, entry in scores["metrics"].items():
         if name == "completeness" and not entry.get("available"):

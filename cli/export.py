@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -50,23 +51,29 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
     from onnxplain.graph.model import Model
 
     from .input_files import read_array
+    from .outputs import prepare_folder
 
     seed_file = [output_seed] if output_seed is not None else []
     refuse_inputs(out, [model, *_files(inputs), *seed_file])
+    prepare_folder(str(Path(out).absolute().parent), [])  # writable, before any work
     loaded = Model.load(model)
     chosen_options = method_options(options)
     seed = read_array(output_seed) if output_seed is not None else None
+    # Every argument is read before anything is written, and the model is written only once
+    # the check passed: a failed export leaves nothing behind.
+    arrays = None
+    if check:
+        arrays = read_inputs(loaded, inputs)[0] if inputs else sample_inputs(loaded)
     exported = export_explainer(loaded, method, output=output_name, target_input=target_input,
                                 output_seed=seed, **place, **chosen_options)
-    write_model(exported, out)
     summary = {"written": out, "method": method,
                "added": json.loads(next(p.value for p in exported.metadata_props
                                         if p.key == "onnxplain.added"))}
-    if check:
-        arrays = read_inputs(loaded, inputs)[0] if inputs else sample_inputs(loaded)
+    if arrays is not None:
         summary["check"] = check_export(loaded, exported, method, chosen_options, arrays,
                                         output_name, output_seed=seed,
                                         progress=not (quiet or as_json), place=place)
+    write_model(exported, out)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -42,7 +42,7 @@ def generate(model: str, prompt_file: str | None, text: str | None, vocab: str |
     from onnxplain.generate import generate as run_generation
     from onnxplain.vocab import load_vocabulary
 
-    from .outputs import prepare_folder
+    from .outputs import prepare_folder, writing_into
 
     vocabulary = None if vocab is None else load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, progress=False)
@@ -54,7 +54,8 @@ def generate(model: str, prompt_file: str | None, text: str | None, vocab: str |
     generation = run_generation(explainer, prompt, steps, method=method, **chosen)
     elapsed = time.perf_counter() - start
     record = generation.as_json(vocabulary)
-    _write(folder, files, record, generation, vocabulary)
+    with writing_into(folder):
+        _write(folder, files, record, generation, vocabulary)
     if as_json:
         click.echo(json.dumps(record, indent=2))
     elif not quiet:

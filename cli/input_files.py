@@ -4,11 +4,15 @@ preprocessed as the preset next to the model or the input's shape says (cli/pres
 
 from __future__ import annotations
 
+import math
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 import numpy as np
@@ -18,6 +22,10 @@ from onnxplain.graph.model import Model
 from onnxplain.images import is_image_file, load_images
 
 from .presets import ImageSettings, preprocessing_for
+
+# Elements one input array may declare (2**31: 8 GiB of float32), far above any real input
+# and far below what a lying header can ask for.
+MAX_ELEMENTS = 2**31
 
 
 @dataclass
@@ -156,12 +164,51 @@ def _load(path: str) -> np.ndarray | dict[str, np.ndarray]:
     if suffix not in (".npy", ".npz"):
         raise InputError(f"unsupported input file '{path}': use .npy or .npz arrays, or "
                          "image files (PNG, JPEG, ...)")
+    # Every read, .npz members included, stays inside this handler: a corrupt member is the
+    # user's file at fault, not a bug (zlib and zipfile raise their own types).
     try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if suffix == ".npz" or zipfile.is_zipfile(path):
+            return _read_npz(path)
+        with open(path, "rb") as stream:
+            return _read_npy(stream, file.stat().st_size, path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError, OverflowError, SyntaxError, tokenize.TokenError) as err:
         raise InputError(f"cannot read input file {path}: {' '.join(str(err).split())}"
                          ) from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            return {key: data[key] for key in data.files}
-    return data
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every member of an .npz, each checked like a .npy file (never unpickled)."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with archive.open(info) as stream:
+                arrays[key] = _read_npy(stream, info.file_size, f"{path} (member '{key}')")
+    return arrays
+
+
+def _read_npy(stream: BinaryIO, size: int, where: str) -> np.ndarray:
+    """The array in a .npy stream of `size` bytes, after checking what its header declares
+    against the bytes there are, so that a lying header cannot allocate terabytes."""
+    fmt = np.lib.format
+    version = fmt.read_magic(stream)
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    if version not in readers:
+        raise InputError(f"{where} is .npy format version {version[0]}.{version[1]}; "
+                         "save it with numpy's default format (1.0 or 2.0)")
+    shape, _, dtype = readers[version](stream)
+    if dtype.hasobject:
+        raise InputError(f"{where} holds Python objects (dtype {dtype}), which onnxplain "
+                         "never unpickles; save a numeric array")
+    elements = math.prod(shape)
+    needed = elements * dtype.itemsize
+    available = size - stream.tell()
+    if elements > MAX_ELEMENTS or needed > available:
+        raise InputError(f"{where} declares shape {tuple(shape)} of {dtype} ({needed:,} bytes)"
+                         f" but holds {max(available, 0):,} bytes of data: the file is "
+                         "truncated or its header is wrong")
+    stream.seek(0)  # read_array reads the header again
+    return fmt.read_array(stream, allow_pickle=False)

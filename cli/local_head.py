@@ -193,9 +193,13 @@ def refuse_inputs(out: str, protected: list[str]) -> None:
 
 
 def write_model(model, out: str) -> None:
-    """Write atomically (onnxplain.files), so a failure never leaves half a model behind."""
-    Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
-    save_bytes(out, model.SerializeToString())
+    """Write atomically (onnxplain.files), so a failure never leaves half a model behind
+    (nor a folder created for it)."""
+    from .outputs import writing_into
+
+    data = model.SerializeToString()
+    with writing_into(Path(out).absolute().parent):
+        save_bytes(out, data)
 
 
 def _percent(value) -> str:

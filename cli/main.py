@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .errors import friendly, one_line
+from .errors import COMMAND_LINE, friendly, one_line
 from .evaluate import evaluate
 from .export import export
 from .generate import generate
@@ -44,6 +44,8 @@ class OneLineErrors(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
+        given = kwargs.get("args", args[0] if args else None)
+        COMMAND_LINE[:] = sys.argv[1:] if given is None else list(given)
         try:
             return super().main(*args, **kwargs)
         except click.exceptions.Abort:
@@ -158,7 +160,13 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     from onnxplain import Explainer
 
     from .input_files import load_inputs, read_array, say_notes
-    from .outputs import HeatmapStyle, describe_result, prepare_folder, write_explanation
+    from .outputs import (
+        HeatmapStyle,
+        describe_result,
+        prepare_folder,
+        write_explanation,
+        writing_into,
+    )
 
     vocabulary = None
     if vocab is not None:
@@ -182,8 +190,9 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     result = explainer.explain(arrays, method=method, target=target_ids,
                                output_seed=seed, batch_size=batch_size, **place,
                                **chosen_options)
-    written = write_explanation(result, folder, [model, *files], result.signed, arrays,
-                                vocabulary, HeatmapStyle(colormap, clip_percentile), loaded)
+    with writing_into(folder):
+        written = write_explanation(result, folder, [model, *files], result.signed, arrays,
+                                    vocabulary, HeatmapStyle(colormap, clip_percentile), loaded)
     if as_json:
         summary = json.loads((folder / "summary.json").read_text())
         summary["files"] = written  # as paths here, names relative to the folder in the file

@@ -4,9 +4,12 @@ removes the ones it does not write again."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import numpy as np
 
 from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
-from onnxplain.files import save_json, save_npy, save_npz
+from onnxplain.files import safe_name, save_json, save_npy, save_npz
 from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.heatmap import (
     CLIP_PERCENTILE,
@@ -31,7 +34,7 @@ from onnxplain.viz.overlay import overlay
 from onnxplain.vocab import Vocabulary
 
 from .input_files import InputSet
-from .token_outputs import safe_name, write_token_views
+from .token_outputs import write_token_views
 
 MAX_HEATMAPS = 64
 SUMMARY = "summary.json"
@@ -47,11 +50,48 @@ class HeatmapStyle:
 
 
 def prepare_folder(out: str, protected: list[str]) -> Path:
+    """The --out folder, checked before any work starts but not created: `writing_into`
+    creates it when there is something to write, so that a failed run leaves nothing."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--out {out} cannot be created: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: cannot write in {existing} (permission denied)")
     return folder
+
+
+# Errors of the place written to, not of onnxplain: told as the user's problem (exit 2).
+WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                          errno.ENAMETOOLONG, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST})
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path) -> Iterator[Path]:
+    """Create `folder` (and its missing parents) for the block; when the block fails, remove
+    what was created, so a failed run leaves no empty or half-filled new folder. Failures to
+    write (read-only, full, names too long) become one-line InputErrors."""
+    absolute = folder.absolute()
+    created = [p for p in (absolute, *absolute.parents) if not p.exists()]
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create the folder {folder}: {err.strerror or err}"
+                             ) from None
+        try:
+            yield folder
+        except OSError as err:
+            if err.errno not in WRITE_ERRNOS:
+                raise
+            raise InputError(f"cannot write to {err.filename or folder}: "
+                             f"{err.strerror or err}") from None
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 def write_explanation(attribution: Attribution, folder: Path, protected: list[str],

@@ -15,6 +15,7 @@ from .options import (
     inputs_option,
     output_seed_option,
     parse_targets,
+    place_options,
     provider_option,
     quiet_option,
     target_option,
@@ -34,6 +35,7 @@ REPORT_METRICS = ("deletion", "insertion")
                    "saliency,integrated_gradients,grad_cam for a CNN)")
 @target_option
 @output_seed_option(" (scores too)")
+@place_options
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="classes listed per row")
 @click.option("--labels", default=None, metavar="FILE", help="class names, one per line")
@@ -51,7 +53,7 @@ REPORT_METRICS = ("deletion", "insertion")
 @image_options
 @friendly
 def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
-           output_seed: str | None, top_k: int, labels: str | None, vocab: str | None,
+           output_seed: str | None, place: dict, top_k: int, labels: str | None, vocab: str | None,
            out: str, options: tuple[str, ...], provider: str, no_scores: bool, as_json: bool,
            quiet: bool, image_settings) -> None:
     """Explain MODEL with several methods; write one self-contained index.html comparing
@@ -62,6 +64,7 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
     from onnxplain.viz.report_files import check_folder, write_report
 
     from .input_files import read_array, read_inputs, say_notes
+    from .outputs import prepare_folder, writing_into
 
     names = _method_list(methods)
     class_names = load_labels(labels) if labels is not None else None
@@ -82,11 +85,13 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
                 values[key] = read_array(value[1:])
                 files.append(value[1:])
     check_folder(out, [model, *files])
+    prepare_folder(out, [])  # writable, before the methods run
     built = build_report(explainer, arrays, names, target=parse_targets(target), top_k=top_k,
                          labels=class_names, vocabulary=vocabulary, options=per_method,
                          score=None if no_scores else metrics_scorer(seed), progress=say,
-                         output_seed=seed)
-    written = write_report(built, out, protected=[model, *files])
+                         output_seed=seed, place=place)
+    with writing_into(Path(out)):
+        written = write_report(built, out, protected=[model, *files])
     if as_json:  # the file just written, so stdout and report.json cannot differ
         click.echo(json.dumps(json.loads(Path(out, "report.json").read_text()), indent=2))
     elif not quiet:

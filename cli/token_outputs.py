@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxplain.attribution import Attribution
-from onnxplain.files import save_json
+from onnxplain.files import safe_name, save_json
 from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.tokens import save_token_html, token_scores_json
 from onnxplain.vocab import Vocabulary, ids_as_tokens
@@ -96,6 +96,3 @@ def _next_token(attribution: Attribution, row: int, vocabulary: Vocabulary | Non
 def _string(token: int, vocabulary: Vocabulary | None) -> str:
     return vocabulary.token(token) if vocabulary else ids_as_tokens(np.array([token]))[0]
 
-
-def safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -79,16 +79,23 @@ def bart_tiny_architecture():
     return _logits_wrapper(BartForSequenceClassification(config), ("input_ids",))
 
 
+# The tiny CLIP towers (decoders_legacy.py's two-tower model uses them too).
+CLIP_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+               "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def clip_text(layers: int, eos: int) -> dict:
+    return {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": layers, "num_attention_heads": 2,
+            "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": eos,
+            "pad_token_id": 1}
+
+
 def clip_vision_tiny_architecture():
     from transformers import CLIPConfig, CLIPForImageClassification
 
-    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 2}
-    text = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 16,
-            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16,
-                        num_labels=10, attn_implementation="eager")
+    config = CLIPConfig(text_config=clip_text(1, 2), vision_config=CLIP_VISION,
+                        projection_dim=16, num_labels=10, attn_implementation="eager")
     return _logits_wrapper(CLIPForImageClassification(config), ("pixel_values",))
 
 

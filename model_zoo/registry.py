@@ -193,6 +193,21 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "[batch, sequence, 5], final state -> 3 logits, random weights", "recurrent",
              "make_rnn_features", "export_sequence_model", "rnn_features_architecture",
              depends=("hf_models.py",)),
+    # -- normalisations written out as primitive ops by the legacy exporter (issue 17, item 6:
+    #    model_zoo/decoders_legacy.py)
+    ZooModel("llama_tiny_legacy", "2-layer Llama causal LM, 4 query heads over 2 key/value "
+             "heads, legacy exporter at opset 18, no cache: RMSNorm as Div(1, Sqrt(..))",
+             "decoders_legacy", "make_llama_tiny_legacy", "export_legacy18",
+             "llama_tiny_legacy_architecture",
+             depends=("decoders.py", "hf_models.py", "layouts.py", "optimized.py",
+                      "precision.py", "digits.py")),
+    ZooModel("clip_tiny", "CLIPModel (transformers) with both towers, 2 layers each, random "
+             "weights, 32x32 images, the logit of image i against text i [N] (legacy "
+             "exporter, opset 17: L2 normalisation as x / Pow(ReduceSum(x^2), 0.5))",
+             "decoders_legacy",
+             "make_clip_tiny", "export_clip", "clip_tiny_architecture",
+             depends=("decoders.py", "hf_models.py", "layouts.py", "optimized.py",
+                      "precision.py", "digits.py")),
 ]}
 
 

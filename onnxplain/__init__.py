@@ -3,6 +3,7 @@
     >>> import onnxplain
     >>> explainer = onnxplain.Explainer("model.onnx")
     >>> attribution = explainer.explain(x, method="saliency", target=3)
+    >>> generation = onnxplain.generate(onnxplain.Explainer("lm.onnx"), prompt_ids, steps=5)
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from .errors import (
     UnsupportedOpError,
 )
 from .explainer import Explainer
+
+# The function shadows its module's name as an attribute of the package (as in
+# `onnxplain.generate(...)`); `from onnxplain.generate import ...` still reads the module.
+from .generate import Generation, GenerationStep, generate
 from .methods import METHODS
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "Attribution",
     "BatchNotice",
     "Explainer",
+    "Generation",
+    "GenerationStep",
     "InputError",
     "InputWarning",
     "ModelError",
@@ -34,4 +41,5 @@ __all__ = [
     "RuntimeMissingError",
     "UnsupportedOpError",
     "__version__",
+    "generate",
 ]

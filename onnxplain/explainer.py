@@ -236,7 +236,7 @@ class Explainer:
         notes += self._straight_through_notes if method.needs_sources else []
         notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
-        doubts += _all_zero(per_input, self.model.batch.of_inputs)
+        doubts += _all_zero(per_input, self.model.batch.of_inputs, method.family == "attention")
         for doubt in doubts:
             warnings.warn(doubt, AttributionWarning, stacklevel=3)
         notes += doubts
@@ -272,20 +272,36 @@ def _ties(scores: np.ndarray) -> list[str]:
             "target to choose)"]
 
 
-def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes) -> list[str]:
-    """Rows whose every attribution is exactly 0: never to be shown as a result."""
+def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,
+              attention: bool = False) -> list[str]:
+    """Rows whose every attribution is exactly 0, or one same value (a constant map ranks no
+    feature above another): never to be shown as a result. `attention`: an attention
+    method, whose map of a query is 0 when its row is its own one-hot in every layer."""
     values = [np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
               for name, v in attributions.items()
               if (axis := rows_axis(axes, name, v)) is not None and v.size]
     if not values:
         return []
-    zero = np.logical_and.reduce([~np.any(v, axis=1) for v in values])
-    if not np.any(zero):
-        return []
-    return [f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: the explained "
-            "score does not change with the input where this method looks (a constant "
-            "output, a saturated activation, an input equal to the baseline, or an op "
-            "whose gradient is 0 almost everywhere on the path)"]
+    flat = np.concatenate(values, axis=1)
+    zero = ~np.any(flat, axis=1)
+    same = ~zero & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
+    found = []
+    if np.any(zero):
+        found.append(f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: " + (
+            "the maps read hold nothing beyond the explained query's own entry, which is "
+            "left out (the first token of a causal model attends only to itself; gradient-"
+            "weighted maps also when the gradient is 0), so the map holds no information: "
+            "explain a later query (-O query=N; by default the explained position)"
+            if attention else
+            "the explained score does not change with the input where this method looks (a "
+            "constant output, a saturated activation, an input equal to the baseline, or an "
+            "op whose gradient is 0 almost everywhere on the path)"))
+    if np.any(same):
+        first = int(np.flatnonzero(same)[0])
+        found.append(f"every attribution has the same value ({flat[first, 0]:.4g}) in "
+                     f"{rows_text(np.flatnonzero(same))}: a constant map ranks no feature "
+                     "above another and holds no information about what the score depends on")
+    return found
 
 
 def _per_token(value: np.ndarray, dims, source: Source, reduction: str) -> np.ndarray:

@@ -6,6 +6,7 @@ permissions: what the umask allows (0o666 & ~umask), as `open(path, "w")` would 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,6 +49,22 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 def save_json(path: str | os.PathLike, data: dict) -> None:
     text = json.dumps(data, indent=2, allow_nan=False, default=_plain)
     save_bytes(path, text.encode() + b"\n")
+
+
+# Bytes of a name part in a file name; file systems allow 255 bytes for the whole name.
+NAME_BYTES = 64
+
+
+def safe_name(name: str) -> str:
+    """`name` (an input's) as part of a file name: other characters than letters, digits and
+    -_. become _, and a long name is cut to its start plus a hash of the whole, so distinct
+    names stay distinct and every file name fits the system's limit."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    if len(safe.encode()) <= NAME_BYTES:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    start = safe.encode()[:NAME_BYTES - 13].decode(errors="ignore")  # whole characters only
+    return f"{start}-{digest}"
 
 
 def _umask() -> int:

@@ -5,6 +5,7 @@ Normalize)."""
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -98,7 +99,10 @@ def load_image(path: str | os.PathLike, prep: ImagePreprocessing) -> np.ndarray:
     try:
         with Image.open(path) as opened:
             image = opened.convert("L" if prep.channels == "L" else "RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    # PIL reports broken files with several types, and oversized ones (a header declaring
+    # 10^10 pixels) with DecompressionBombError: all are the file's fault.
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError,
+            SyntaxError, EOFError, struct.error) as err:
         raise InputError(f"cannot read image {path}: {' '.join(str(err).split())}") from None
     if prep.resize is not None:
         width, height = image.size

@@ -177,8 +177,9 @@ def mask_inputs(model: Model) -> tuple[str, ...]:
 def last_positions(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: int,
                    length: int) -> np.ndarray:
     """The last non-padding position of each row (padding: 0 in a [rows, length] mask
-    input), else length - 1."""
-    real = _real(feeds, masks, rows, length)
+    input, or in the last `length` columns of a [rows, past + length] one: a KV cache's
+    mask covers the cached positions first), else length - 1."""
+    real = _real(feeds, masks, rows, length, cached=True)
     empty = np.flatnonzero(~real.any(axis=1))
     if len(empty):
         raise InputError(f"row {int(empty[0])} is all padding: its attention mask has no "
@@ -361,11 +362,14 @@ def _spatial_mask(size: tuple[int, int], place: Place, rows: int) -> np.ndarray:
 
 
 def _real(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: int,
-          length: int) -> np.ndarray:
-    """[rows, length]: True where no [rows, length] mask input is 0."""
+          length: int, cached: bool = False) -> np.ndarray:
+    """[rows, length]: True where no [rows, length] mask input is 0; with `cached`, also
+    read the last `length` columns of longer [rows, past + length] masks."""
     real = np.ones((rows, length), dtype=bool)
     for name in masks:
         value = feeds.get(name)
-        if value is not None and value.shape == (rows, length):
-            real &= value != 0
+        if value is None or value.ndim != 2 or value.shape[0] != rows:
+            continue
+        if value.shape[1] == length or (cached and value.shape[1] > length):
+            real &= value[:, value.shape[1] - length:] != 0
     return real

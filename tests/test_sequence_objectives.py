@@ -12,6 +12,7 @@ inputs; exported explainers against the in-process methods; the clean forward ru
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -293,3 +294,198 @@ def test_attention_methods_state_that_they_read_no_score(zoo):
     result = _explainer(zoo, "token_tagger_tiny").explain(zoo.sample("token_tagger_tiny"),
                                                           "rollout")
     assert result.objective == "none" and "no score of output 'logits'" in result.explained
+
+
+def _deletion_and_insertion(explainer, sample, name: str, values: np.ndarray,
+                            weights: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion AUC per row recomputed in numpy from forward runs: the tokens of
+    input `name` ranked by attribution (stable), the first floor(k F / K + 1/2) of them set to
+    id 0 (deletion) or kept over a row of 0 ids (insertion), scored as sum(weights * logits)
+    with the weights of the clean run."""
+    ids = sample[name]
+    count = ids.shape[1]
+    done = np.floor(np.arange(steps + 1) * count / steps + 0.5).astype(int)
+    aucs = []
+    for insert in (False, True):
+        scores = np.zeros((len(ids), steps + 1))
+        for row in range(len(ids)):
+            order = np.argsort(-values[row].astype(np.float64), kind="stable")
+            for k, n in enumerate(done):
+                moved = np.zeros(count, dtype=bool)
+                moved[order[:n]] = True
+                kept = moved if insert else ~moved
+                copy = {key: value[row:row + 1].copy() for key, value in sample.items()}
+                copy[name][0] = np.where(kept, ids[row], 0)
+                logits = explainer.forward(copy)["logits"]
+                scores[row, k] = float((weights[row:row + 1] * logits).sum())
+        aucs.append(((scores[:, 1:] + scores[:, :-1]) / 2).sum(axis=1) / steps)
+    return aucs[0], aucs[1]
+
+
+def test_evaluate_scores_the_place_it_explains(zoo, tmp_path):
+    """`evaluate --position P`: the method explains position P (as `explain --position P`)
+    and every perturbed copy is scored at P with the classes chosen on the clean run."""
+    name, steps = "token_tagger_tiny", 8
+    explainer, sample = _explainer(zoo, name), zoo.sample(name)
+    np.savez(tmp_path / "x.npz", **sample)
+    result = run("evaluate", str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"),
+                 "--position", "4", "--metrics", "deletion,insertion,completeness",
+                 "--steps", str(steps), "--draws", "0", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    explained = explainer.explain(sample, "saliency", position=4)
+    values = explained.attributions[scores["input"]]
+    deletion, insertion = _deletion_and_insertion(
+        explainer, sample, scores["input"], values, _weights(zoo, name, {"position": 4}), steps)
+    assert scores["explained"] == explained.explained
+    assert "at position 4" in scores["explained"]
+    found = scores["metrics"]
+    np.testing.assert_allclose(found["deletion"]["per_row"], deletion, rtol=1e-5)
+    np.testing.assert_allclose(found["insertion"]["per_row"], insertion, rtol=1e-5)
+    assert found["deletion"]["curve"][0] == pytest.approx(explained.target_score.mean(),
+                                                          rel=1e-6)
+    everywhere = explainer.explain(sample, "saliency")
+    assert not np.allclose(everywhere.target_score, explained.target_score)  # place mattered
+
+
+def test_report_explains_and_scores_the_place(zoo, tmp_path):
+    """`report --pixel Y,X`: every method explains the pixel (the same score and sentence as
+    `explain --pixel`) and the report's deletion AUC is evaluate's at that pixel."""
+    name = "segment_fcn_tiny"
+    np.savez(tmp_path / "x.npz", **zoo.sample(name))
+    model, inputs = str(zoo.model_path(name)), str(tmp_path / "x.npz")
+    alone = run("explain", model, "-i", inputs, "--pixel", "5,17", "-o", str(tmp_path / "e"),
+                "--json")
+    assert alone.exit_code == 0, alone.output
+    expected = json.loads(alone.stdout)
+    built = run("report", model, "-i", inputs, "--pixel", "5,17", "-m",
+                "saliency,input_x_gradient", "-o", str(tmp_path / "r"), "--json")
+    assert built.exit_code == 0, built.output
+    methods = json.loads(built.stdout)["methods"]
+    for method in ("saliency", "input_x_gradient"):
+        summary = methods[method]["summary"]
+        np.testing.assert_allclose(summary["target_score"], expected["target_score"],
+                                   rtol=1e-6)
+        assert summary["explained"] == expected["explained"]
+        assert "at pixel (y=5, x=17)" in summary["explained"]
+    scored = run("evaluate", model, "-i", inputs, "--pixel", "5,17", "--metrics",
+                 "deletion,insertion", "--json")
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.stdout)["metrics"]
+    for label, metric in (("deletion AUC", "deletion"), ("insertion AUC", "insertion")):
+        np.testing.assert_allclose(methods["saliency"]["scores"][label]["per_row"],
+                                   metrics[metric]["per_row"], rtol=1e-6)
+
+
+def test_report_states_a_place_the_method_cannot_read(zoo, tmp_path):
+    name = "token_tagger_tiny"
+    np.savez(tmp_path / "x.npz", **zoo.sample(name))
+    built = run("report", str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"),
+                "--position", "2", "-m", "saliency,rollout", "--no-scores",
+                "-o", str(tmp_path / "r"), "--json")
+    assert built.exit_code == 0, built.output
+    methods = json.loads(built.stdout)["methods"]
+    assert methods["saliency"]["summary"]["extras"]["explained_place"] == "at position 2"
+    assert methods["rollout"]["status"] == "not_applicable"
+    assert "does not explain a score" in methods["rollout"]["note"]
+
+
+@pytest.mark.parametrize("command", ["report", "evaluate"])
+def test_report_and_evaluate_refuse_bad_places_in_one_line(zoo, tmp_path, command):
+    name = "segment_fcn_tiny"
+    np.savez(tmp_path / "x.npz", **zoo.sample(name))
+    extra = ["-o", str(tmp_path / "r")] if command == "report" else []
+    for options, fragment in ((["--pixel", "24,0"], "pixel (y=24, x=0) is outside"),
+                              (["--position", "1"], "position needs a [batch, positions")):
+        result = run(command, str(zoo.model_path(name)), "-i", str(tmp_path / "x.npz"),
+                     *options, *extra)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+def test_generate_is_part_of_the_package(zoo):
+    """onnxplain.generate is the greedy explaining decoder: each token is the argmax of the
+    model's last logits on the context before it (read from plain forward runs)."""
+    explainer = onnxplain.Explainer(zoo.model_path("causal_lm"), "cpu", progress=False)
+    sample = zoo.sample("causal_lm")
+    ids = next(v for k, v in sample.items() if "mask" not in k)[0]
+    mask = next((v for k, v in sample.items() if "mask" in k), np.ones((1, len(ids))))[0]
+    generation = onnxplain.generate(explainer, {k: v[:1] for k, v in sample.items()}, 2)
+    assert isinstance(generation, onnxplain.Generation)
+    assert "generate" in onnxplain.__all__
+    context = ids[mask != 0]
+    for step in generation.steps:
+        logits = explainer.forward({k: np.ones_like(context)[None] if "mask" in k
+                                    else context[None] for k in sample})["logits"]
+        assert step.token == int(logits[0, -1].argmax())
+        assert step.score == pytest.approx(float(logits[0, -1].max()), rel=1e-6)
+        context = np.append(context, step.token)
+
+
+def test_first_token_of_a_causal_model_is_warned_with_its_reason(zoo):
+    """Query 0 of a causal model attends only to itself (checked on the softmax maps the
+    model computes): its map is 0 once its own entry is left out, and the warning says so."""
+    from onnxplain.explainer import AttributionWarning
+
+    explainer = onnxplain.Explainer(zoo.model_path("causal_lm"), "cpu", progress=False)
+    sample = zoo.sample("causal_lm")
+    maps = [v for k, v in explainer.forward(sample, taps=["Softmax"]).items()
+            if k != "logits" and v.ndim == 4]
+    assert maps and all(np.array_equal(m[:, :, 0, :], np.broadcast_to(
+        np.arange(m.shape[-1]) == 0, m[:, :, 0, :].shape)) for m in maps)
+    with pytest.warns(AttributionWarning, match="nothing beyond the explained query's own"):
+        result = explainer.explain(sample, "rollout", query=0)
+    assert not np.any(result.first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttributionWarning)
+        assert np.any(explainer.explain(sample, "rollout").first)
+
+
+def _linear_sum(tmp_path, weights: list[float]) -> str:
+    """y = sum_i w_i x_i per row: its gradient is w in every row."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["wx"]),
+         helper.make_node("ReduceSum", ["wx", "axes"], ["y"], keepdims=0)], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(weights)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [len(weights)], weights),
+         helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    path = str(tmp_path / f"linear_{len(set(weights))}.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_constant_map_is_warned(tmp_path):
+    """Equal weights give every input the same gradient: a map that ranks nothing."""
+    from onnxplain.explainer import AttributionWarning
+
+    x = np.array([[1, 2, 3, 4], [4, 3, 2, 1]], np.float32)
+    flat = onnxplain.Explainer(_linear_sum(tmp_path, [2.0] * 4), "cpu", progress=False)
+    with pytest.warns(AttributionWarning, match=r"the same value \(2\) in rows 0, 1"):
+        result = flat.explain(x, "saliency", abs=False)
+    np.testing.assert_array_equal(result.first, np.full((2, 4), 2.0))
+    ranked = onnxplain.Explainer(_linear_sum(tmp_path, [1.0, 2.0, 3.0, 4.0]), "cpu",
+                                 progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttributionWarning)
+        ranked.explain(x, "saliency", abs=False)
+
+
+def test_randomisation_re_explains_the_same_place(zoo):
+    """Randomising no weight at all (an identity randomiser) must give back the attribution
+    itself: rank correlation 1 at the place, with the classes chosen on the clean run; an
+    explanation summed over every pixel instead would not correlate perfectly."""
+    from onnxplain.metrics.randomisation import parameter_randomisation
+
+    name = "segment_fcn_tiny"
+    explainer, sample = _explainer(zoo, name), zoo.sample(name)
+    result = explainer.explain(sample, "saliency", pixel=(5, 17))
+    found = parameter_randomisation(explainer, sample, result, layers=1,
+                                    randomise=lambda layer, weights, rng: dict(weights))
+    np.testing.assert_allclose(found.spearman, 1.0, rtol=1e-9)
+    everywhere = explainer.explain(sample, "saliency")
+    from onnxplain.metrics._common import spearman
+    assert np.all(spearman(result.first, everywhere.first) < 0.99)

@@ -1,20 +1,23 @@
 """Sessions over models with large weights: the weights go to ONNX Runtime as arrays or as
 external data read from the model's file, beside a weightless model (runtime.session), with
 the same results as the serialised model; programs share the model's weights instead of
-copying them (graph.weights)."""
+copying them, and a model loaded from a file holds none of the weights it holds unchanged
+(graph.weights)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.autodiff.program import build_gradient_program
+from onnxplain.errors import ModelError
 from onnxplain.graph import weights as weights_module
 from onnxplain.graph.builder import GraphBuilder
 from onnxplain.graph.model import Model
-from onnxplain.graph.weights import SHARED_BYTES, is_stub, shareable
+from onnxplain.graph.weights import SHARED_BYTES, file_span, is_stub, shareable, tensor_value
 from onnxplain.runtime import session as session_module
 from onnxplain.runtime.session import Session
 
@@ -110,14 +113,12 @@ def test_programs_hold_no_copy_of_large_weights(monkeypatch):
     np.testing.assert_array_equal(_saliency(_model(), x), expected)
 
 
-def test_weights_read_from_the_file_and_not_after_it_changed(tmp_path, monkeypatch):
-    """A model loaded from a file gives ONNX Runtime the offsets of its unchanged weights in
-    that file (no arrays); once the file is rewritten (same size, zero weights) the arrays
-    are used, so the explanation is still the loaded model's."""
+def test_weights_read_from_the_file_and_refused_after_it_changed(tmp_path, monkeypatch):
+    """A model loaded from a file gives ONNX Runtime the offsets of its weights in that file
+    (no arrays); once the file is rewritten (same size, zero weights) a new session or a
+    read of a weight is refused, naming the file, instead of explaining another model."""
     x = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
     expected = _saliency(_model(), x)
-    integrated = onnxplain.Explainer(_model(), providers="cpu", progress=False).explain(
-        x, method="integrated_gradients", target=5, n_steps=2).attributions["x"]
     _share_all(monkeypatch)
     arrays: list[str] = []
     make_array = session_module._array
@@ -135,7 +136,38 @@ def test_weights_read_from_the_file_and_not_after_it_changed(tmp_path, monkeypat
         if init.name == "w":
             init.raw_data = np.zeros((512, 512), np.float32).tobytes()
     onnx.save(changed, str(path))
-    assert not explainer.model.weights.readable()
-    again = explainer.explain(x, method="integrated_gradients", target=5, n_steps=2)
-    np.testing.assert_array_equal(again.attributions["x"], integrated)
-    assert set(arrays) == {"q", "w"}
+    stub = next(i for i in explainer.model.proto.graph.initializer if i.name == "w")
+    with pytest.raises(ModelError, match="changed after it was loaded") as raised:
+        tensor_value(stub)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(ModelError, match="changed after it was loaded"):
+        explainer.explain(x, method="integrated_gradients", target=5, n_steps=2)
+
+
+def test_a_model_loaded_from_a_file_holds_no_large_weight_bytes(tmp_path, monkeypatch):
+    """Its large initializers are file stubs (no raw_data): the values read back equal the
+    file's, bit for bit; the file is left as it was; models given as bytes or ModelProto
+    keep their bytes."""
+    _share_all(monkeypatch)
+    path = tmp_path / "model.onnx"
+    onnx.save(_model(), str(path))
+    before = path.read_bytes()
+    model = Model.load(str(path))
+    held = {init.name: len(init.raw_data) for init in model.proto.graph.initializer}
+    assert held["w"] == held["q"] == 0
+    assert sum(held.values()) < 4096 and model.proto.ByteSize() < 8192
+    stubs = {init.name for init in model.proto.graph.initializer if file_span(init)}
+    assert stubs == {"w", "q"}
+    from_file = {init.name: numpy_helper.to_array(init)
+                 for init in onnx.load(str(path)).graph.initializer}
+    for init in model.proto.graph.initializer:
+        read = tensor_value(init)
+        assert read.dtype == from_file[init.name].dtype
+        np.testing.assert_array_equal(read, from_file[init.name])
+    builder = GraphBuilder(model.proto, model.infos, weights=model.weights)
+    np.testing.assert_array_equal(builder.static_value("q"), from_file["q"])
+    assert path.read_bytes() == before
+    for source in (_model(), _model().SerializeToString()):
+        proto = Model.load(source).proto
+        assert not any(file_span(init) for init in proto.graph.initializer)
+        assert sum(len(init.raw_data) for init in proto.graph.initializer) > 2 * SHARED_BYTES

@@ -18,6 +18,7 @@ from ..engine import pick_output
 from ..errors import InputError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
+from ..graph.weights import standalone
 from ..inputs import check_rows_layout
 from ..methods import METHODS, coerce_option, did_you_mean
 from ..objective import make_place
@@ -68,7 +69,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed,
                         make_place(position, pixel, region))
     EXPORTS[method].build(eg, options)
-    proto = eg.proto
+    proto = standalone(eg.proto)  # the file stubs' weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})
     proto.producer_name = "onnxplain"

@@ -27,6 +27,7 @@ from ..objective import (
     CLASS,
     DENSE,
     EVERYWHERE,
+    VALUE,
     Place,
     check_place,
     check_place_fits,
@@ -52,6 +53,8 @@ class ExplainerGraph:
     def __init__(self, model: Model, output: str, target_input: str = "optional",
                  output_seed: np.ndarray | None = None, place: Place = EVERYWHERE):
         form = output_form(model, output) if output in {s.name for s in model.outputs} else ""
+        if output_seed is None and form == VALUE:
+            output_seed = np.ones(())  # one value per row explains itself (objective)
         if output_seed is None and form not in (CLASS, *DENSE):
             raise InputError(f"output '{output}' is not a [batch, classes] float output nor "
                              "scores per position; an exported explainer needs one, or an "

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
-from .weights import Weights, is_stub
+from .weights import Weights, is_stub, tensor_value
 
 BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
                       "Or", "Xor", "IsNaN", "IsInf"})
@@ -107,9 +107,9 @@ class GraphBuilder:
         init = self._initializers.get(name)
         if init is None:
             return None
-        value = numpy_helper.to_array(init)
-        self._static[name] = value
-        return value
+        found = tensor_value(init)  # a file stub's from the model's file
+        self._static[name] = found
+        return found
 
     def static_shape(self, name: str) -> tuple[int, ...] | None:
         """The shape of an initializer or Constant output, without reading its values."""

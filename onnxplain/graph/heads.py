@@ -8,6 +8,7 @@ from onnx import numpy_helper
 
 from ..errors import InputError
 from .model import Model
+from .weights import tensor_value
 
 _PASS = frozenset({"Flatten", "Reshape", "Squeeze", "Identity"})
 
@@ -62,7 +63,7 @@ def _single_consumer(model: Model, tensor: str) -> onnx.NodeProto | None:
 def _constant(model: Model, name: str) -> np.ndarray | None:
     for init in model.proto.graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return tensor_value(init)  # a file stub's read from the model's file
     producer = model.node_by_output.get(name)
     if producer is not None and producer.op_type == "Constant":
         return numpy_helper.to_array(producer.attribute[0].t)

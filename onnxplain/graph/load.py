@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
@@ -18,7 +17,8 @@ from .canonical import canonicalise, needs_canonicalising
 from .canonical.ms_common import runtime_ops_aside
 from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
-from .shapes import ai_onnx_opset, is_weight, without_weights
+from .shapes import ai_onnx_opset, without_weights
+from .validate import validate
 from .weights import payload_bytes  # noqa: F401 - re-exported
 
 OLDEST_OPSET = 9
@@ -99,35 +99,16 @@ def _check(model: onnx.ModelProto, path: str | None) -> None:
     if version > NEWEST_OPSET:
         raise ModelError(f"{where} uses opset {version}; onnxplain supports opsets "
                          f"{OLDEST_OPSET} to {NEWEST_OPSET}")
+    validate(model, where)  # what the rules rely on, named by node and attribute
     try:
         # The checker serialises what it checks: without the weights' bytes that takes
         # milliseconds, not a tenth of a second per 45 MB, and works past protobuf's 2 GB.
         # ONNX Runtime still rejects malformed weights when it loads them.
         onnx.checker.check_model(runtime_ops_aside(without_weights(model)))
-        _check_weight_sizes(model)
     except onnx.checker.ValidationError as err:
         raise ModelError(f"{where} is not a valid ONNX model: {_first_line(err)}") from None
     except ValueError as err:  # protobuf refuses to serialise models over 2 GB without a path
         raise ModelError(f"{where} cannot be checked: {_first_line(err)}") from None
-
-
-def _check_weight_sizes(model: onnx.ModelProto) -> None:
-    """What the checker would say of the weights without_weights kept from it: data shorter
-    or longer than their shape."""
-    for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL or not is_weight(init):
-            continue
-        count = int(np.prod(init.dims))
-        if init.raw_data:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
-            have, need, unit = len(init.raw_data), count * itemsize, "bytes"
-        else:
-            typed = getattr(init, helper.tensor_dtype_to_field(init.data_type))
-            have, need, unit = len(typed), count, "values"
-        if have != need:
-            raise onnx.checker.ValidationError(
-                f"initializer '{init.name}' holds {have} {unit} where its shape "
-                f"{list(init.dims)} needs {need}")
 
 
 def _first_line(err: BaseException) -> str:

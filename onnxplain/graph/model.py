@@ -97,8 +97,11 @@ class Model:
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
         proto, path = read_model(source)
         ir_version = proto.ir_version  # read first: normalize may change it in place
-        normal = normalize(proto)
-        return cls(normal, path, weights=file_weights(normal, path), file_ir_version=ir_version)
+        weights = file_weights(normalize(proto), path)
+        # Large weights the file holds unchanged are file stubs in weights.proto, read
+        # from the file where needed: the parse that held their bytes goes here.
+        del proto
+        return cls(weights.proto, path, weights=weights, file_ir_version=ir_version)
 
     @cached_property
     def infos(self) -> dict[str, TensorInfo]:

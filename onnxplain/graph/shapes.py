@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .weights import copy_into, copy_without
+from .weights import copy_into, copy_without, file_span
 
 Dim = int | str | None
 
@@ -126,7 +126,7 @@ def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {value.name for value in graph.input}
     kept, inputs = [], list(graph.input)
     for init in graph.initializer:
-        if is_weight(init):
+        if is_weight(init) or file_span(init) is not None:  # a file stub: no bytes here
             if init.name not in declared:
                 inputs.append(helper.make_tensor_value_info(init.name, init.data_type,
                                                             list(init.dims)))

@@ -2,8 +2,13 @@
 
 A light copy of a model holds stubs (type and dims) for its large initializers; the
 `Weights` of the model it came from give their values: to GraphBuilder.static_value, and to
-runtime.session, which hands them to ONNX Runtime as arrays, or, where a model file holds
-their bytes unchanged, as external data read from that file (no copy in this process).
+runtime.session, which hands them to ONNX Runtime as arrays.
+
+A model loaded from a file holds no bytes of the large initializers that file holds
+unchanged either: each is a file stub naming the file, the offset and length of its bytes
+and the file's inode, size and mtime when it was read (`tensor_value` reads it back,
+refusing once the file has changed; sessions have ONNX Runtime read it as external data
+of that file).
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import ModelError
 
 # Programs built over a model with this many weight bytes or more share its initializers of
 # SHARED_BYTES or more instead of copying them (see light_copy).
 SHARE_FROM = 16 << 20
 SHARED_BYTES = 1 << 20
 _SHARED = "onnxplain:shared"  # the location a shared initializer's stub names
+_FILE = "onnxplain:file"  # the location a file stub names (its file is in "basepath")
 SHARED_TYPES = frozenset(helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (
     "float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64"))
 _ITEM_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8,
@@ -32,17 +40,13 @@ _COMPARED = 16 << 20  # bytes of the file read at a time when checking its spans
 
 @dataclass(eq=False)
 class Weights:
-    """The initializers that light copies of `proto` stand for, and for some of them where
-    their bytes lie unchanged in the model's file: name -> (offset, length)."""
+    """The initializers that light copies of `proto` stand for, and for those that are file
+    stubs where their bytes lie in the model's file: name -> (offset, length)."""
 
     proto: onnx.ModelProto
     file: str | None = None
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     stamp: tuple[int, int, int] | None = None  # the file's inode, size and mtime when read
-
-    def readable(self) -> bool:
-        """Whether `spans` may be read: the file is unchanged since the model was read."""
-        return bool(self.spans) and self.file is not None and _stamp(self.file) == self.stamp
 
 
 def file_weights(model: onnx.ModelProto, path: str | None) -> Weights:
@@ -60,7 +64,75 @@ def file_weights(model: onnx.ModelProto, path: str | None) -> Weights:
                      and _same_bytes(file, found[init.name], init)}
     except (OSError, ValueError, IndexError):  # not a plain protobuf file: arrays then
         return weights
-    return Weights(model, os.path.abspath(path), spans, stamp)
+    where = os.path.abspath(path)
+    if stamp is None or not spans:
+        return weights
+    light = copy_without(model, "graph")
+    copy_into(model.graph, light.graph, skip="initializer")
+    light.graph.initializer.extend(
+        _file_stub(init, FileSpan(where, *spans[init.name], stamp)) if init.name in spans
+        else init for init in model.graph.initializer)
+    return Weights(light, where, spans, stamp)
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Where a file stub's bytes lie: `length` bytes at `offset` of the file at `path`, as
+    it was when its inode, size and mtime were `stamp`."""
+
+    path: str
+    offset: int
+    length: int
+    stamp: tuple[int, int, int]
+
+    def unchanged(self) -> bool:
+        return _stamp(self.path) == self.stamp
+
+
+def _file_stub(init: onnx.TensorProto, span: FileSpan) -> onnx.TensorProto:
+    stub = TensorProto(name=init.name, data_type=init.data_type, dims=init.dims,
+                       data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", _FILE), ("basepath", span.path),
+                       ("offset", str(span.offset)), ("length", str(span.length)),
+                       ("checksum", ":".join(map(str, span.stamp)))):
+        stub.external_data.add(key=key, value=value)
+    return stub
+
+
+def file_span(init: onnx.TensorProto) -> FileSpan | None:
+    """Where the bytes of file stub `init` lie; None for any other tensor."""
+    if init.data_location != TensorProto.EXTERNAL or not init.external_data or \
+            init.external_data[0].value != _FILE:
+        return None
+    entries = {entry.key: entry.value for entry in init.external_data}
+    ino, size, mtime = (int(part) for part in entries["checksum"].split(":"))
+    return FileSpan(entries["basepath"], int(entries["offset"]), int(entries["length"]),
+                    (ino, size, mtime))
+
+
+def tensor_value(init: onnx.TensorProto) -> np.ndarray:
+    """The value of initializer `init`; a file stub's is read from its file (one bounded
+    read), refused with ModelError once that file has changed."""
+    span = file_span(init)
+    if span is None:
+        return numpy_helper.to_array(init)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
+    data = None
+    if span.unchanged():
+        with open(span.path, "rb") as file:
+            file.seek(span.offset)
+            data = np.fromfile(file, dtype.newbyteorder("<"), span.length // dtype.itemsize)
+    if data is None or data.nbytes != span.length or not span.unchanged():
+        raise ModelError(f"the model file {span.path} changed after it was loaded (its "
+                         f"initializer '{init.name}' is read from there): load the model again")
+    return data.astype(dtype, copy=False).reshape(tuple(init.dims))
+
+
+def with_values(init: onnx.TensorProto) -> onnx.TensorProto:
+    """`init`, or for a file stub a tensor holding the bytes it stands for."""
+    if file_span(init) is None:
+        return init
+    return numpy_helper.from_array(tensor_value(init), init.name)
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -158,14 +230,33 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def standalone(model: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
-    """A copy of light copy `model` holding the bytes its stubs stand for (to check or save)."""
-    shared = {init.name: init for init in weights.proto.graph.initializer}
+def standalone(model: onnx.ModelProto, weights: Weights | None = None) -> onnx.ModelProto:
+    """A copy of light copy `model` holding the bytes its stubs and file stubs (in
+    subgraphs too: export's Loop bodies) stand for, to check or save; `model` itself where
+    it has neither."""
+    shared = {} if weights is None else {
+        init.name: init for init in weights.proto.graph.initializer}
+    if not any(is_stub(init) or file_span(init)
+               for graph in _graphs(model.graph) for init in graph.initializer):
+        return model
     full = copy_without(model, "graph")
     copy_into(model.graph, full.graph, skip="initializer")
     full.graph.initializer.extend(shared[init.name] if is_stub(init) else init
                                   for init in model.graph.initializer)
+    for graph in _graphs(full.graph):
+        for index, init in enumerate(graph.initializer):
+            if file_span(init) is not None:
+                graph.initializer[index].CopyFrom(with_values(init))
     return full
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every graph nested in its nodes' attributes."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for inner in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _graphs(inner)
 
 
 def is_stub(init: onnx.TensorProto) -> bool:
@@ -225,7 +316,7 @@ def payload_bytes(model: onnx.ModelProto) -> int:
                 for a in node.attribute if a.HasField("t")]
     total = 0
     for tensor in tensors:
-        if is_stub(tensor) or tensor.HasField("raw_data"):
+        if is_stub(tensor) or tensor.HasField("raw_data") or file_span(tensor):
             total += tensor_bytes(tensor)
         for name, size in _ITEM_BYTES.items():
             total += size * len(getattr(tensor, name))

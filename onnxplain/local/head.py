@@ -30,6 +30,7 @@ from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import resolve_taps
+from ..graph.weights import standalone
 from .init import calibrate_epsilon, classifier_from_data
 from .layers import LocalLayer, declare_output, emit_layer
 
@@ -104,7 +105,7 @@ def attach(model: Model, tensor: str, layer: LocalLayer, info: dict, top: int = 
            ) -> onnx.ModelProto:
     """A copy of `model` with the head reading `tensor`, outputs and metadata added."""
     proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto.CopyFrom(standalone(model.proto))  # a file's weights embedded (graph.weights)
     taken = {o.name for o in proto.graph.output}
     clash = [PREFIX + key for key in OUTPUTS if PREFIX + key in taken]
     if clash:

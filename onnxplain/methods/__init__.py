@@ -61,6 +61,20 @@ class MethodSpec:
 
 
 def coerce_option(method: str, key: str, value: object, default: object) -> object:
+    """`value` as the default's type (the CLI gives strings); numbers must be finite, since
+    NaN or Inf (`-O noise_level=nan`) would only make every attribution NaN."""
+    found = _coerced(method, key, value, default)
+    if isinstance(found, float | np.floating) and not np.isfinite(found):
+        raise InputError(f"option '{key}' of method '{method}' must be a finite number "
+                         f"(not NaN or infinite), got {value}")
+    # Every method's `seed` goes to numpy's generators, which take integers 0 .. 2**128-1.
+    if key == "seed" and isinstance(found, int | np.integer) and not 0 <= found < 2**128:
+        raise InputError(f"option 'seed' of method '{method}' must be an integer from 0 to "
+                         f"2**128 - 1, got {value}")
+    return found
+
+
+def _coerced(method: str, key: str, value: object, default: object) -> object:
     if not isinstance(value, str) or isinstance(default, str) or default is None:
         return value
     text = value.strip().lower()

@@ -40,9 +40,13 @@ def window_geometry(row_shape: tuple[int, ...], window, stride) -> tuple[tuple, 
 
 
 def _pair(value, what: str) -> tuple[int, int]:
-    if isinstance(value, str):
-        value = [int(part) for part in value.replace("x", ",").split(",") if part.strip()]
-    values = [int(v) for v in np.atleast_1d(value)]
+    try:
+        if isinstance(value, str):
+            value = [int(part) for part in value.replace("x", ",").split(",") if part.strip()]
+        values = [int(v) for v in np.atleast_1d(value)]
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"{what} must be one or two positive integers, got {value!r}"
+                         ) from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2 or min(values) < 1:
@@ -53,22 +57,48 @@ def _pair(value, what: str) -> tuple[int, int]:
 def window_starts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[tuple]:
     """Start corners of every window position, as Captum places them: steps of `stride`
     until the window reaches the end, the last one clipped at the border if it overhangs."""
-    ranges = []
+    counts = window_counts(row_shape, window, stride)
+    ranges = [[k * step for k in range(count)] for count, step in zip(counts, stride,
+                                                                         strict=True)]
+    return list(itertools.product(*ranges))
+
+
+def window_counts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[int]:
+    """Window positions along each axis of a row."""
+    counts = []
     for dim, size, step in zip(row_shape, window, stride, strict=True):
         if size > dim:
             raise InputError(f"the occlusion window {window} is larger than the input row "
                              f"{row_shape}")
-        count = math.ceil((dim - size) / step) + 1
-        ranges.append([k * step for k in range(count)])
-    return list(itertools.product(*ranges))
+        counts.append(math.ceil((dim - size) / step) + 1)
+    return counts
+
+
+# Occluded copies per input row run without asking: 10,000 is a 224x224 image at window 3
+# (5,625) or a 10,000-column table, minutes on a CPU for a mid-sized model; window 1 over a
+# 5-D volume (98,304 copies) is refused until the user raises `max_runs`.
+MAX_RUNS = 10_000
+
+
+def check_budget(count: int, max_runs, row_shape: tuple, window: tuple) -> None:
+    """Refuse more than `max_runs` occluded copies per row, saying what would raise it."""
+    limit = int(max_runs)
+    if limit < 1:
+        raise InputError(f"max_runs of occlusion must be a positive number of runs, got {limit}")
+    if count > limit:
+        raise InputError(f"occlusion with window {window} over an input row of shape "
+                         f"{tuple(row_shape)} takes {count:,} forward runs per row, over the "
+                         f"budget of max_runs={limit:,}: use a larger window (-O window=N) or "
+                         f"allow it with -O max_runs={count}")
 
 
 def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
-              input=None):
+              input=None, max_runs=MAX_RUNS):
     """Occlusion maps for one input (`input`, default the first float or token-id input):
     `window` and `stride` in pixels for images (one number for square, or "h,w"; default
     8 and 8), in elements for other inputs (default 1: one token or column at a time);
-    `baseline` a number or an array like one row (token ids: the id put in)."""
+    `baseline` a number or an array like one row (token ids: the id put in); more than
+    `max_runs` windows per row are refused (MAX_RUNS by default)."""
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
     value = feeds[name]
     row_shape = value.shape[1:]
@@ -76,6 +106,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     window = window if window is not None else (8 if image else 1)
     stride = stride if stride is not None else window
     size, step = window_geometry(row_shape, window, stride)
+    check_budget(math.prod(window_counts(row_shape, size, step)), max_runs, row_shape, size)
     starts = window_starts(row_shape, size, step)
     fill = _baseline(baseline, value)
     target, clean = fixed_target(engine, feeds, target)
@@ -124,6 +155,7 @@ register(MethodSpec(
     summary="score drop when a sliding window is replaced by a baseline (forward runs only)",
     reference="Zeiler, Fergus 2014, arXiv:1311.2901",
     family="perturbation",
-    defaults={"window": None, "stride": None, "baseline": 0.0, "input": None},
+    defaults={"window": None, "stride": None, "baseline": 0.0, "input": None,
+              "max_runs": MAX_RUNS},
     needs_sources=False,
 ))

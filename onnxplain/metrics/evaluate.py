@@ -39,7 +39,9 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
              ) -> dict:
     """Scores of `attribution` (explained by `explainer` on `inputs`) for `metrics`.
 
-    Returns {"method", "output", "rows", "input", "settings", "metrics": {name: entry}},
+    Returns {"method", "output", "explained" (the objective's sentence: every metric scores
+    the objective the attribution explains, at its place), "rows", "input", "settings",
+    "metrics": {name: entry}},
     each entry with "label", "better" ("lower"/"higher"), "mean", "random" (the same
     score for random attributions), "per_row" and "random_per_row"; curves add
     "fractions", "curve" and "random_curve" (means over rows), completeness adds
@@ -57,6 +59,7 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
     settings = CurveSettings(steps, baseline_value, features, cell, name, probability,
                              batch_size)
     result: dict = {"method": attribution.method, "output": attribution.output,
+                    "explained": attribution.explained,  # the objective every metric scores
                     "rows": int(feeds[name].shape[0]), "input": name,
                     "settings": {"steps": steps, "baseline_value": baseline_value,
                                  "features": kind if isinstance(kind, str) else "mask",

@@ -27,6 +27,7 @@ from onnx import numpy_helper
 from ..attribution import Attribution
 from ..errors import InputError
 from ..explainer import Explainer
+from ..graph.weights import tensor_value
 from ..inputs import Inputs, prepare_inputs
 from ..runtime.progress import progress_bar
 from ._common import check_output, row_values, spearman
@@ -103,7 +104,7 @@ def randomised_models(model: onnx.ModelProto, layers: Sequence[Layer], *, seed: 
     "independent" randomises one layer at a time. `model` is left as it is."""
     if order not in ("cascading", "independent"):
         raise InputError(f"order must be 'cascading' or 'independent', got {order!r}")
-    original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    original = {init.name: tensor_value(init) for init in model.graph.initializer}
     current: dict[str, np.ndarray] = {}
     for step, layer in enumerate(layers):
         if order == "independent":
@@ -141,6 +142,8 @@ def parameter_randomisation(explainer, inputs: Inputs, attribution: Attribution,
     feeds = prepare_inputs(explainer.model, inputs)
     original = row_values(attribution, feeds)
     target = None if attribution.objective != "class" else attribution.target
+    if attribution.seed is not None:  # a dense objective: the clean run's weights (and place)
+        output_seed = attribution.seed
     attribute_at = {s.input: s.tensor for s in explainer.sources if s.tensor != s.input}
     correlations, absolute = [], []
     with progress_bar(getattr(explainer.engine, "progress", True), len(chosen),

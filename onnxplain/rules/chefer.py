@@ -17,8 +17,12 @@ rule set applies op by op (what flows backward is relevance, seeded with the one
 - Adding, multiplying or dividing by a constant (biases, masks, the 1/sqrt(d) scale),
   Neg, Softmax and activations: relevance passes unchanged.
 - LayerNormalization and RMSNormalization, as ops or written out as primitive ops (found by
-  rules/lrp_norms.py): the statistics are held constant, so relevance passes unchanged to the
-  normalised input and the mean and the denominator branch get none.
+  rules/lrp_norms.py; RMSNorm's 1 / root also as Div(1, root) or Reciprocal): the statistics
+  are held constant, so relevance passes unchanged to the normalised input and the mean and
+  the denominator branch get none. The L2 normalisation x / ||x|| (CLIP's embeddings, ||x||
+  as Pow(ReduceSum(x^2), 0.5), Sqrt, or F.normalize's clamped ReduceL2) is treated as
+  LayerNorm's normalisation: the norm is a constant scale, so all relevance passes
+  proportionally through the division to x.
 - Quantize and dequantize ops (quantized models): relevance passes unchanged, the
   straight-through estimator's rule for relevance (autodiff/ops/quantize.py).
 - Resize (nearest, linear, cubic; up or down): linear in its input, so the z-rule through the
@@ -38,7 +42,7 @@ import onnx
 from ..autodiff import GRADIENT, NodeContext, RuleSet
 from ..autodiff.ops.quantize import STRAIGHT_THROUGH, relevance_straight_through
 from ..autodiff.registry import Grad, RuleEntry
-from ..graph.builder import GraphBuilder
+from ..graph.builder import HALF_TYPES, GraphBuilder
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
 from .lrp_layers import Layer, negative_part, positive_part, producer, static_value
 from .lrp_norms import norm_chains
@@ -55,7 +59,7 @@ _NORMALISATIONS = frozenset({"LayerNormalization", "RMSNormalization"})
 # Ops that, in a normalisation written out as primitive ops, compute only the statistics the
 # rule holds constant (the rest of the chain, ReduceMean and Add, have rules of their own),
 # or, in a gate x * f(x), only f (GPT-2's Pow(x, 3)): accepted there alone, they get none.
-_STATISTICS = frozenset({"Pow", "Sqrt", "Reciprocal"})
+_STATISTICS = frozenset({"Pow", "Sqrt", "Reciprocal", "ReduceL2"})
 _SCALINGS = frozenset({"Mul", "Div"})
 _SUMS = frozenset({"Add", "Sub"})
 _PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool",
@@ -101,7 +105,8 @@ def _refused(c: NodeContext) -> str | None:
 
 
 def _divisor_constant(c: NodeContext) -> str | None:
-    if not c.need(1) or c.y() in norm_chains(c.b).relevance_to:
+    chains = norm_chains(c.b)
+    if not c.need(1) or c.y() in chains.relevance_to or c.y() in chains.held:
         return None
     return "no relevance rule for a division by an activation"
 
@@ -194,11 +199,10 @@ def _alpha_one(layer: Layer, r: str) -> str:
 
 
 def _stacked_dense(layer: Layer, xp: str, xn: str, r: str) -> str | None:
-    """The same rule for x @ W with a constant 2-D W as two products instead of four:
-    [x+, x-] @ [W+; W-] gives z, and s @ [W+; W-]^T both vector-Jacobian products side by
-    side (one kernel each on small layers, where launches cost more than the arithmetic).
-    [W+; W-] and its transpose are computed in the graph from W (ONNX Runtime folds them when
-    the session starts), so an exported explainer stores W once."""
+    """The same rule for y = x @ W with a constant 2-D W in two products instead of four:
+    z from the forward's y (_alpha_one_z), and s @ [W+; W-]^T both vector-Jacobian products
+    side by side. |W| and [W+; W-] are computed in the graph from W (ONNX Runtime folds them
+    when the session starts), so an exported explainer stores W once."""
     b = layer.b
     weight = static_value(b, layer.w)
     rank = b.info(layer.x).rank
@@ -209,15 +213,32 @@ def _stacked_dense(layer: Layer, xp: str, xn: str, r: str) -> str | None:
                                                negative_part(b, w), axis=0))
     both_t = b.memo(("chefer_wt", w), lambda: b.op("Transpose", both, perm=[1, 0]))
     x2 = b.op("Concat", xp, xn, axis=-1)
-    s = _nonnegative_div(b, r, b.op("MatMul", x2, both))
+    s = _nonnegative_div(b, r, _alpha_one_z(layer, x2, both))
     shares = b.op("Mul", x2, b.op("MatMul", s, both_t))
     halves = b.op("Reshape", shares, b.ints([0] * (rank - 1) + [2, weight.shape[0]]))
     return b.reduce("ReduceSum", halves, [rank - 1], keepdims=False)
 
 
+def _alpha_one_z(layer: Layer, x2: str, both: str) -> str:
+    """z = x+ W+ + x- W- = (y + |x| |W|) / 2 (the cross terms x+ W- and x- W+ cancel): one
+    product the size of the forward's instead of [x+, x-] @ [W+; W-], twice its size. In half
+    precision the difference would lose z's small entries (rounding of |x| |W| is ~1e-3 of
+    it), so there z is the stacked product."""
+    b, w = layer.b, layer.w
+    if b.dtype(layer.x) in HALF_TYPES:
+        return b.op("MatMul", x2, both)
+    magnitude = b.memo(("chefer_abs_w", w), lambda: b.op("Abs", w))
+    total = b.op("Add", layer.c.y(), b.op("MatMul", b.op("Abs", layer.x), magnitude))
+    # z >= 0; rounding of the difference may leave a tiny negative where z is 0.
+    return b.op("Relu", b.op("Mul", total, b.scalar(0.5, total)))
+
+
 def _scaling(c: NodeContext, gy: list[Grad]) -> list[Grad]:
-    if c.y() in norm_chains(c.b).relevance_to:
+    chains = norm_chains(c.b)
+    if c.y() in chains.relevance_to:
         return _normalised(c, gy)
+    if c.y() in chains.held:  # a normalisation's 1 / root: a statistic
+        return _held(c, gy)
     active = _active(c)
     if len(active) == 1:
         return _unbroadcast_to(c, gy, active[0])

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..graph.model import Model
 from ..graph.shapes import constant_node_value
+from ..graph.weights import tensor_value
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +55,7 @@ class Constants:
     def value(self, name: str) -> np.ndarray | None:
         for _ in range(8):
             if name in self._initializers:
-                return numpy_helper.to_array(self._initializers[name])
+                return tensor_value(self._initializers[name])
             node = self.model.node_by_output.get(name)
             if node is None or node.domain not in ("", "ai.onnx"):
                 return None

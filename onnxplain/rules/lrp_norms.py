@@ -4,13 +4,20 @@ them the rule of the LayerNormalization / RMSNormalization ops.
 Exporters at older opsets (and many decoders at any opset) write the normalisations as
 
     LayerNorm:  c = x - ReduceMean(x);  y = c / Sqrt(ReduceMean(c^2) + eps)
-    RMSNorm:    y = x * Reciprocal(Sqrt(ReduceMean(x^2) + eps))   (or x / Sqrt(...))
+    RMSNorm:    y = x * Reciprocal(Sqrt(ReduceMean(x^2) + eps))   (or x / Sqrt(...), or
+                x * Div(1, Sqrt(...)) as the legacy torch exporter writes Llama's)
+    L2 norm:    y = x / Pow(ReduceSum(x^2), 0.5)   (CLIP's embeddings before their dot product;
+                Sqrt for the Pow, an eps Add allowed), or F.normalize's
+                y = x / Expand(Clip(ReduceL2(x), eps))
 
 (c^2 as Pow(c, 2) or Mul(c, c); the scale and shift follow as a constant Mul and Add, whose
 rules already pass relevance). Chefer et al. (CVPR 2021) hold the normalisation's statistics
 constant, so relevance passes the op unchanged to x; for a chain that means: the Div or Mul
 hands all its relevance to the numerator, the centring Sub all of it to x, and the mean and
-the denominator branch get none. `norm_chains` finds every such chain in a graph once.
+the denominator branch get none. The L2 normalisation x / ||x|| gets the same rule: its norm
+is held as a constant scale (as LayerNorm's standard deviation is), so relevance passes
+proportionally through the division to x. `norm_chains` finds every such chain in a graph
+once.
 """
 
 from __future__ import annotations
@@ -110,21 +117,52 @@ class _Matcher:
         return None if root is None else [node, *root]
 
     def _root(self, name: str, numerator: str) -> list[onnx.NodeProto] | None:
-        """[Sqrt, Add eps, ReduceMean, square] for Sqrt(ReduceMean(numerator^2) + eps)."""
-        sqrt = self._only(name, "Sqrt")
-        add = None if sqrt is None else self._only(sqrt.input[0], "Add")
-        if add is None:
+        """[root, (Add eps), mean or sum, square] for Sqrt(ReduceMean(numerator^2) + eps), the
+        root also as Pow(., 0.5), the reduction also a ReduceSum and eps optional (the L2
+        norm of x / ||x||)."""
+        clamped = self._clamped_l2(name, numerator)
+        if clamped is not None:
+            return clamped
+        root = self._only(name, "Sqrt") or self._only(name, "Pow")
+        if root is None or (root.op_type == "Pow" and not _is_constant(self.b, root.input[1],
+                                                                          0.5)):
             return None
-        constants = [_is_constant(self.b, i) for i in add.input]
-        if sorted(constants) != [False, True]:
-            return None
-        mean = self._only(add.input[constants.index(False)], "ReduceMean")
+        add = self._only(root.input[0], "Add")
+        chain = [root]
+        if add is not None:
+            constants = [_is_constant(self.b, i) for i in add.input]
+            if sorted(constants) != [False, True]:
+                return None
+            chain.append(add)
+        reduced = add.input[constants.index(False)] if add is not None else root.input[0]
+        mean = self._only(reduced, "ReduceMean") or self._only(reduced, "ReduceSum")
         square = None if mean is None else self.producers.get(mean.input[0])
         if square is None or self.uses.get(mean.input[0], 0) != 1:
             return None
         if not _squares(self.b, square, numerator):
             return None
-        return [sqrt, add, mean, square]
+        return [*chain, mean, square]
+
+    def _clamped_l2(self, name: str, numerator: str) -> list[onnx.NodeProto] | None:
+        """[Expand, Clip or Max, ReduceL2] (each optional but the ReduceL2) for
+        Expand(Clip(ReduceL2(numerator), eps)): torch's F.normalize as exported."""
+        chain = []
+        node = self.producers.get(name)
+        for op_type in ("Expand", "Clip", "Max"):
+            if node is not None and node.op_type == op_type and self._wraps(node):
+                chain.append(node)
+                node = self.producers.get(node.input[0])
+        if node is None or node.op_type != "ReduceL2" or node.input[0] != numerator:
+            return None
+        return [*chain, node] if self.uses.get(node.output[0], 0) == 1 else None
+
+    def _wraps(self, node: onnx.NodeProto) -> bool:
+        """Whether `node` is read once and its other inputs are constants (a shape for
+        Expand): it only clamps or broadcasts its first input."""
+        if self.uses.get(node.output[0], 0) != 1:
+            return False
+        return node.op_type == "Expand" or all(
+            _is_constant(self.b, i) for i in node.input[1:] if i)
 
     def _centring(self, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
         """(Sub, ReduceMean) when `name` is x - ReduceMean(x)."""

@@ -11,6 +11,7 @@ cache or a Reshape) runs one copy per run from then on, with a notice.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -45,6 +46,7 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
     chunk = batch_size or engine.requested_rows or rows_per_run(
         engine.model, one_row, engine.memory_budget_mb, factor=1)
     total = rows * count
+    announce(engine, label, rows, count)
     scores = np.empty(total, dtype=np.float64)
     runner = _Runner(engine, feeds, axes, make, count, label)
     with progress_bar(getattr(engine, "progress", True), total, label) as bar:
@@ -53,6 +55,17 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
             scores[start:stop] = runner.scores(start, stop, target)
             bar.update(stop - start)
     return scores.reshape(rows, count)
+
+
+# From this many forward runs on, say how many before starting (the bar shows only later).
+ANNOUNCE_RUNS = 2_000
+
+
+def announce(engine: Engine, label: str, rows: int, count: int) -> None:
+    """One line on stderr, like the progress bar, unless progress is off (-q, --json)."""
+    if rows * count >= ANNOUNCE_RUNS and getattr(engine, "progress", True):
+        print(f"{label}: {rows * count:,} forward runs ({rows} input rows x {count:,} "
+              "perturbed copies)", file=sys.stderr)
 
 
 class _Runner:

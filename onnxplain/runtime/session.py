@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .._ort import ort
 from ..autodiff.build import node_inputs
@@ -21,9 +21,12 @@ from ..graph.weights import (
     Weights,
     copy_into,
     copy_without,
+    file_span,
     is_stub,
     payload_bytes,
     shareable,
+    standalone,
+    tensor_value,
 )
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -134,6 +137,8 @@ class Session:
             with _handed_over(model, options, weights, size) as source:
                 self._session = ort.InferenceSession(source, options,
                                                      providers=self.requested, **extra)
+        except OnnxplainError:  # a weight that cannot be read (graph.weights.tensor_value)
+            raise
         except Exception as err:  # noqa: BLE001 - ORT raises several untyped errors
             raise OnnxplainError(f"ONNX Runtime could not load the model: {_short(err)}") from None
         finally:
@@ -166,47 +171,49 @@ class Session:
 def _handed_over(model: onnx.ModelProto, options, weights: Weights | None, size: int
                  ) -> Iterator[bytes | str]:
     """What to open a session on: the serialised model, or for models with large weights a
-    model that holds none of their bytes. Those its file holds unchanged (`weights`, for
-    `model` or the model its stubs stand for) it names as external data in that file, which
-    ONNX Runtime reads; the others name a placeholder, their arrays (views of protobuf's
-    bytes) added to `options`. ONNX Runtime copies both in before it optimises; the arrays
-    and the temporary file go once the session exists. `size`: the model's weight bytes."""
+    model that holds none of their bytes. File stubs (graph.weights) whose file is unchanged
+    it names as external data in that file, which ONNX Runtime reads; the other large
+    initializers name a placeholder, their arrays (views of protobuf's bytes, or read from
+    a changed file's stub: refused) added to `options`. ONNX Runtime copies both in before
+    it optimises; the arrays and the temporary file go once the session exists. `size`: the
+    model's weight bytes; `weights`: those `model`'s stubs stand for."""
     if size < HAND_OVER_FROM:
-        yield model.SerializeToString()
+        yield standalone(model, weights).SerializeToString()
         return
-    weights = weights or Weights(model)
-    shared = {} if weights.proto is model else {
+    shared = {} if weights is None or weights.proto is model else {
         init.name: init for init in weights.proto.graph.initializer}
-    in_file = weights.readable()
-    location = os.path.basename(weights.file) if in_file and weights.file else _PLACEHOLDER
     light = copy_without(model, "graph")
     copy_into(model.graph, light.graph, skip="initializer")
-    names, values = [], []
     # ONNX Runtime drops unread initializers before it takes the handed-over arrays, and
     # then refuses an array whose initializer is gone: unread ones are left out here.
     read = {name for node in model.graph.node for name in node_inputs(node)}
     read.update(output.name for output in model.graph.output)
+    in_file, handed = None, []  # the file ONNX Runtime reads external data from
     for given in model.graph.initializer:
         init = shared.get(given.name) if is_stub(given) else given
         if init is None:
             raise OnnxplainError(f"internal error: initializer '{given.name}' stands for a "
                                  "shared one that was not given")
-        if not shareable(init):
+        span = file_span(init)
+        if span is None and not shareable(init):
             light.graph.initializer.append(init)
+        elif init.name not in read:
             continue
-        if init.name not in read:
-            continue
-        ours = init is not given or weights.proto is model  # not a program's own tensor
-        span = weights.spans.get(init.name) if in_file and ours else None
-        if span is None:
-            values.append(ort.OrtValue.ortvalue_from_numpy(_array(init)))
-            names.append(init.name)
-            span = (0, 0)
-        light.graph.initializer.append(_external(init, location, *span))
-    options.add_external_initializers(names, values)
-    if in_file and weights.file:
+        elif span is not None and span.unchanged() and in_file in (None, span.path):
+            in_file = span.path
+            light.graph.initializer.append(
+                _external(init, os.path.basename(span.path), span.offset, span.length))
+        else:
+            handed.append(init)
+    # Handed-over arrays name any location: ONNX Runtime reads none for them.
+    location = _PLACEHOLDER if in_file is None else os.path.basename(in_file)
+    light.graph.initializer.extend(_external(init, location, 0, 0) for init in handed)
+    # The arrays must outlive the session's creation: ONNX Runtime copies them in then.
+    values = [ort.OrtValue.ortvalue_from_numpy(_array(init)) for init in handed]
+    options.add_external_initializers([init.name for init in handed], values)
+    if in_file is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         os.path.dirname(weights.file))
+                                         os.path.dirname(in_file))
         yield light.SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnxplain-") as folder:
@@ -219,9 +226,10 @@ def _handed_over(model: onnx.ModelProto, options, weights: Weights | None, size:
 
 def _array(init: onnx.TensorProto) -> np.ndarray:
     """The value of `init`: a view of its raw bytes where they are little-endian (the
-    bytes are protobuf's one copy of the field, not a second one by numpy)."""
-    if sys.byteorder != "little":
-        return numpy_helper.to_array(init)
+    bytes are protobuf's one copy of the field, not a second one by numpy); a file stub's
+    read from its file."""
+    if sys.byteorder != "little" or file_span(init) is not None:
+        return tensor_value(init)
     dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
     return np.frombuffer(init.raw_data, dtype=dtype).reshape(tuple(init.dims))
 

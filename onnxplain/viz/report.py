@@ -21,7 +21,16 @@ from ..attribution import Attribution
 from ..errors import InputError, OnnxplainError
 from ..inputs import prepare_inputs
 from ..methods import get_method
-from ..objective import check_output_seed, class_scores
+from ..objective import (
+    DENSE,
+    EVERYWHERE,
+    check_output_seed,
+    check_place,
+    class_scores,
+    make_place,
+    output_form,
+    resolve_dense,
+)
 from ..vocab import Vocabulary, ids_as_tokens
 from .heatmap import image_layout
 
@@ -70,7 +79,8 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
                  labels: Sequence[str] | None = None, vocabulary: Vocabulary | None = None,
                  options: Mapping[str, Mapping[str, object]] | None = None,
                  score: Scorer | None = None, progress: Progress | None = None,
-                 output_seed: np.ndarray | None = None) -> Report:
+                 output_seed: np.ndarray | None = None,
+                 place: Mapping[str, object] | None = None) -> Report:
     """Run each method on `inputs` with an onnxplain.Explainer and collect what a report shows.
 
     A method that cannot explain this model (no conv layer for grad_cam, no attention for
@@ -79,7 +89,10 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
     maps a method to its options; `score` (e.g. onnxplain.metrics' entry point) is called
     once per explained method and its numbers are reported as they come. `output_seed`
     (weights shaped like the output) replaces the class target, as in Explainer.explain;
-    a scorer of such attributions must be given the same seed.
+    a scorer of such attributions must be given the same seed. `place` ({"position": P},
+    {"pixel": (y, x)} or {"region": ((y0, y1), (x0, x1))}) is where a sequence or map output
+    is explained (objective.Place), the same in every method; scorers read the objective
+    from each attribution (metrics' explained_target), so they score that place too.
     """
     feeds = prepare_inputs(explainer.model, inputs)
     names = list(dict.fromkeys(methods or default_methods(explainer)))
@@ -89,6 +102,7 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
     out = explainer.forward(feeds)[explainer.output]
     _check_target(target, out)
     objective = _objective(explainer, target, output_seed, len(out))
+    objective.update(_place(explainer, feeds, out, objective, place or {}))
     rows, kind = top_classes(out, top_k, labels)
     say = progress or (lambda message: None)
     results = [_run(explainer, feeds, name, objective, resolved[name], score, say)
@@ -271,6 +285,23 @@ def _objective(explainer: Any, target: Any, output_seed: Any, rows: int) -> dict
         raise InputError("give either a target or an output seed, not both")
     return {"output_seed": check_output_seed(explainer.model, explainer.output, output_seed,
                                              rows)}
+
+
+def _place(explainer: Any, feeds: dict[str, np.ndarray], out: np.ndarray, objective: dict,
+           place: Mapping[str, object]) -> dict:
+    """explain()'s place keywords, checked now against the output and the clean run (as
+    explain() checks them): a bad place would otherwise become every method's note."""
+    chosen = make_place(**place)
+    if chosen == EVERYWHERE:
+        return {}
+    if "output_seed" in objective:
+        raise InputError("give either an output seed or a position, pixel or region, not both")
+    form = output_form(explainer.model, explainer.output)
+    check_place(form, chosen, explainer.model.output(explainer.output).describe())
+    if form in DENSE:
+        resolve_dense(explainer.model, form, explainer.output, feeds,
+                      {explainer.output: out}, objective["target"], chosen)
+    return dict(place)
 
 
 def _line(err: BaseException) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..files import atomic_write, save_json
+from ..files import atomic_write, safe_name, save_json
 from ..objective import class_scores
 from .heatmap import ColourRange, colour_range, enlarge, image_layout, spatial_map
 from .overlay import heatmap_parts, input_image
@@ -189,10 +189,6 @@ def jsonable(value: object) -> object:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return str(value)
-
-
-def safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def colour_ranges(pictures: Mapping[PictureKey, Picture], row: int, method: str

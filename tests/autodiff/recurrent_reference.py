@@ -19,41 +19,74 @@ def _clip(a: np.ndarray, clip: float | None) -> np.ndarray:
     return a if clip is None else np.clip(a, -clip, clip)
 
 
-def _lstm_step(x, h, c, w, r, b, p, attrs):
+# The spec's activation functions: (takes alpha, takes beta, default alpha, default beta, f).
+FUNCTIONS = {
+    "relu": (0, 0, 0, 0, lambda x, a, b: np.maximum(x, 0.0)),
+    "tanh": (0, 0, 0, 0, lambda x, a, b: np.tanh(x)),
+    "sigmoid": (0, 0, 0, 0, lambda x, a, b: _sigmoid(x)),
+    "affine": (1, 1, 0, 0, lambda x, a, b: a * x + b),
+    "leakyrelu": (1, 0, 0.01, 0, lambda x, a, b: np.where(x >= 0, x, a * x)),
+    "thresholdedrelu": (1, 0, 0, 0, lambda x, a, b: np.where(x > a, x, 0.0)),
+    "scaledtanh": (1, 1, 0, 0, lambda x, a, b: a * np.tanh(b * x)),
+    "hardsigmoid": (1, 1, 0.2, 0.5, lambda x, a, b: np.clip(a * x + b, 0.0, 1.0)),
+    "elu": (1, 0, 1.0, 0, lambda x, a, b: np.where(x >= 0, x, a * (np.exp(x) - 1.0))),
+    "softsign": (0, 0, 0, 0, lambda x, a, b: x / (1.0 + np.abs(x))),
+    "softplus": (0, 0, 0, 0, lambda x, a, b: np.log1p(np.exp(x))),
+}
+DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+
+def _functions(op: str, dirs: int, attrs: dict) -> list[list]:
+    """Each direction's functions, alpha/beta consumed in order by those that take them."""
+    names = attrs.get("activations") or DEFAULTS[op] * dirs
+    alphas, betas = list(attrs.get("activation_alpha") or []), list(
+        attrs.get("activation_beta") or [])
+    out = []
+    for name in names:
+        name = name.decode() if isinstance(name, bytes) else name
+        takes_a, takes_b, a, b, f = FUNCTIONS[name.lower()]
+        a = alphas.pop(0) if takes_a and alphas else a
+        b = betas.pop(0) if takes_b and betas else b
+        out.append(lambda x, f=f, a=a, b=b: f(x, a, b))
+    slots = len(DEFAULTS[op])
+    return [out[d * slots:(d + 1) * slots] for d in range(dirs)]
+
+
+def _lstm_step(x, h, c, w, r, b, p, attrs, fs):
     hidden = h.shape[-1]
     a = x @ w.T + h @ r.T + b[:4 * hidden] + b[4 * hidden:]
     ai, ao, af, ac = (a[:, k * hidden:(k + 1) * hidden] for k in range(4))
     clip = attrs.get("clip")
-    i = _sigmoid(_clip(ai + p[:hidden] * c, clip))
+    i = fs[0](_clip(ai + p[:hidden] * c, clip))
     if attrs.get("input_forget"):
         f = 1.0 - i
     else:
-        f = _sigmoid(_clip(af + p[2 * hidden:] * c, clip))
-    c_new = f * c + i * np.tanh(_clip(ac, clip))
-    o = _sigmoid(_clip(ao + p[hidden:2 * hidden] * c_new, clip))
-    return o * np.tanh(c_new), c_new
+        f = fs[0](_clip(af + p[2 * hidden:] * c, clip))
+    c_new = f * c + i * fs[1](_clip(ac, clip))
+    o = fs[0](_clip(ao + p[hidden:2 * hidden] * c_new, clip))
+    return o * fs[2](c_new), c_new
 
 
-def _gru_step(x, h, w, r, b, attrs):
+def _gru_step(x, h, w, r, b, attrs, fs):
     hidden = h.shape[-1]
     wb, rb = b[:3 * hidden], b[3 * hidden:]
     xw = x @ w.T + wb
     clip = attrs.get("clip")
-    z = _sigmoid(_clip(xw[:, :hidden] + h @ r[:hidden].T + rb[:hidden], clip))
-    rr = _sigmoid(_clip(xw[:, hidden:2 * hidden] + h @ r[hidden:2 * hidden].T
+    z = fs[0](_clip(xw[:, :hidden] + h @ r[:hidden].T + rb[:hidden], clip))
+    rr = fs[0](_clip(xw[:, hidden:2 * hidden] + h @ r[hidden:2 * hidden].T
                         + rb[hidden:2 * hidden], clip))
     r_h, rb_h = r[2 * hidden:], rb[2 * hidden:]
     if attrs.get("linear_before_reset"):
         ah = xw[:, 2 * hidden:] + rr * (h @ r_h.T + rb_h)
     else:
         ah = xw[:, 2 * hidden:] + (rr * h) @ r_h.T + rb_h
-    hh = np.tanh(_clip(ah, clip))
+    hh = fs[1](_clip(ah, clip))
     return (1 - z) * hh + z * h
 
 
-def _rnn_step(x, h, w, r, b, attrs):
+def _rnn_step(x, h, w, r, b, attrs, fs):
     hidden = h.shape[-1]
-    return np.tanh(_clip(x @ w.T + h @ r.T + b[:hidden] + b[hidden:], attrs.get("clip")))
+    return fs[0](_clip(x @ w.T + h @ r.T + b[:hidden] + b[hidden:], attrs.get("clip")))
 
 
 def recurrent(op: str, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, **attrs):
@@ -72,17 +105,19 @@ def recurrent(op: str, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, **a
     y = np.zeros((steps, dirs, batch, hidden))
     y_h, y_c = np.zeros((dirs, batch, hidden)), np.zeros((dirs, batch, hidden))
     reverse = attrs.get("direction") == "reverse"
+    functions = _functions(op, dirs, attrs)
     for d in range(dirs):
         h = np.zeros((batch, hidden)) if h0 is None else h0[d].copy()
         c = np.zeros((batch, hidden)) if c0 is None else c0[d].copy()
         order = range(steps - 1, -1, -1) if reverse or d == 1 else range(steps)
         for t in order:
             if op == "LSTM":
-                h_new, c_new = _lstm_step(x[t], h, c, w[d], r[d], b[d], p[d], attrs)
+                h_new, c_new = _lstm_step(x[t], h, c, w[d], r[d], b[d], p[d], attrs,
+                                          functions[d])
             elif op == "GRU":
-                h_new, c_new = _gru_step(x[t], h, w[d], r[d], b[d], attrs), c
+                h_new, c_new = _gru_step(x[t], h, w[d], r[d], b[d], attrs, functions[d]), c
             else:
-                h_new, c_new = _rnn_step(x[t], h, w[d], r[d], b[d], attrs), c
+                h_new, c_new = _rnn_step(x[t], h, w[d], r[d], b[d], attrs, functions[d]), c
             valid = (t < lens)[:, None]
             h, c = np.where(valid, h_new, h), np.where(valid, c_new, c)
             y[t, d] = np.where(valid, h, 0.0)
@@ -100,7 +135,8 @@ class _Recurrent(OpRun):
 
     def _run(self, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, **_):
         attrs = {name: getattr(self, name, None) for name in
-                 ("clip", "input_forget", "linear_before_reset", "layout")}
+                 ("clip", "input_forget", "linear_before_reset", "layout", "activations",
+                  "activation_alpha", "activation_beta")}
         attrs = {k: v for k, v in attrs.items() if v is not None}
         attrs["direction"] = getattr(self, "direction", None) or "forward"
         if isinstance(attrs["direction"], bytes):

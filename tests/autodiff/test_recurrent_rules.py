@@ -137,6 +137,7 @@ CASES = [
     RnnCase("lstm-padded-bidirectional", "LSTM", {"direction": "bidirectional"},
             lens=(5, 2, 3), states=True),
     RnnCase("lstm-peepholes-clip", "LSTM", {"clip": 0.8}, peepholes=True, states=True),
+    RnnCase("lstm-clip-padded", "LSTM", {"clip": 0.6}, lens=(5, 1, 3), states=True),
     RnnCase("lstm-input-forget", "LSTM", {"input_forget": 1}, peepholes=True),
     RnnCase("lstm-without-y-padded-reverse", "LSTM", {"direction": "reverse"}, lens=(4, 5, 1),
             states=True, y=False),
@@ -151,6 +152,31 @@ CASES = [
     RnnCase("rnn-padded-reverse-without-y", "RNN", {"direction": "reverse"}, lens=(2, 5, 4),
             y=False),
 ]
+# Every activation function the spec allows, some differing between directions, alpha and
+# beta consumed in order by the functions that take them.
+ACTIVATION_CASES = [
+    RnnCase("lstm-activations-bidirectional", "LSTM", {
+        "direction": "bidirectional", "activation_alpha": [0.3, 0.8, 0.6, 0.1, 0.4],
+        "activation_beta": [0.4, 1.2, 0.1],
+        "activations": ["HardSigmoid", "ScaledTanh", "Affine", "Sigmoid", "LeakyRelu",
+                        "ThresholdedRelu"]}, states=True),
+    RnnCase("lstm-activations-padded-peepholes", "LSTM", {
+        "direction": "reverse", "activations": ["Sigmoid", "Softsign", "Elu"]},
+        lens=(4, 5, 2), peepholes=True, states=True),
+    RnnCase("gru-activations-bidirectional", "GRU", {
+        "direction": "bidirectional", "activation_alpha": [0.25, 0.7],
+        "activation_beta": [0.45],
+        "activations": ["HardSigmoid", "Elu", "Sigmoid", "Softplus"]}, states=True),
+    RnnCase("gru-activations-linear-before-reset", "GRU", {
+        "linear_before_reset": 1, "activations": ["Softsign", "Relu"]}, states=True),
+    RnnCase("rnn-activations-bidirectional-padded", "RNN", {
+        "direction": "bidirectional", "activation_alpha": [0.2],
+        "activations": ["Relu", "LeakyRelu"]}, lens=(5, 3, 4), states=True),
+    RnnCase("rnn-activations-clip", "RNN", {
+        "clip": 0.9, "activation_alpha": [-0.2], "activations": ["ThresholdedRelu"]},
+        states=True, y=False),
+]
+CASES += ACTIVATION_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
@@ -209,10 +235,23 @@ def _check_onnxruntime(case, values, wrt, seeds, grads) -> None:
                                    err_msg=f"{case.id}: ONNX Runtime float32 d/d{name}")
 
 
-def test_other_activations_are_refused_by_node():
-    case = RnnCase("rnn-relu", "RNN", {"activations": ["Relu"]})
+def test_one_set_of_activations_for_two_directions_is_refused():
+    """ONNX Runtime refuses such a node too: the spec wants every direction's functions."""
+    case = RnnCase("gru-one-set", "GRU", {"direction": "bidirectional",
+                                          "activations": ["Sigmoid", "Relu"]})
     model = _model(case, _values(case), np.float32)
-    with pytest.raises(UnsupportedOpError, match=r"RNN node 'cell' uses activations \['Relu'\]"):
+    with pytest.raises(UnsupportedOpError, match=r"GRU node 'cell': activations \['Sigmoid', "
+                       r"'Relu'\] do not give every direction's functions"):
+        differentiate(model, ["X"], outputs=["Y"])
+
+
+@pytest.mark.parametrize("activations", [["Affine"], ["ScaledTanh"], ["ThresholdedRelu"]])
+def test_activations_without_their_arguments_are_refused_by_node(activations):
+    """The spec defaults them to their operators' values, ONNX Runtime to 0."""
+    case = RnnCase("rnn-defaults", "RNN", {"activations": activations})
+    model = _model(case, _values(case), np.float32)
+    with pytest.raises(UnsupportedOpError, match=rf"RNN node 'cell': activation "
+                       rf"{activations[0]} without activation_alpha/activation_beta values"):
         differentiate(model, ["X"], outputs=["Y"])
 
 

@@ -20,6 +20,11 @@ CASES = [
     OpCase("reshape-runtime-shape", "Reshape", [r(2, 3, 4), i64(3, 8)], opset=19),
     OpCase("flatten", "Flatten", [r(2, 3, 4)], {"axis": 2}),
     OpCase("flatten-axis0-opset9", "Flatten", [r(2, 3, 4)], {"axis": 0}, opset=9),
+    # Axis 0 and negative axes (the issue 18 fuzzer's onnx backend seeds).
+    OpCase("flatten-axis0", "Flatten", [r(2, 3, 4, 5)], {"axis": 0}, opset=13),
+    OpCase("flatten-axis3", "Flatten", [r(2, 3, 4, 5)], {"axis": 3}, opset=13),
+    OpCase("flatten-negative-axis", "Flatten", [r(2, 3, 4, 5)], {"axis": -2}, opset=13),
+    OpCase("flatten-negative-axis4", "Flatten", [r(2, 3, 4, 5)], {"axis": -4}, opset=13),
     OpCase("squeeze-opset9", "Squeeze", [r(2, 1, 3, 1)], {"axes": [1, 3]}, opset=9),
     OpCase("squeeze-input", "Squeeze", [r(2, 1, 3, 1), ints(-3)], opset=13),
     OpCase("unsqueeze-opset9", "Unsqueeze", [r(2, 3)], {"axes": [0, 3]}, opset=9),
@@ -48,6 +53,7 @@ CASES = [
     OpCase("tile", "Tile", [r(2, 3), ints(2, 3)]),
     OpCase("tile-opset9", "Tile", [r(2, 1, 3), ints(1, 3, 2)], opset=9),
     OpCase("tile-runtime-repeats", "Tile", [r(2, 3), i64(3, 1)]),
+    OpCase("tile-precomputed", "Tile", [r(2, 3, 4, 5), ints(1, 2, 1, 3)], opset=13),
     # Slice.
     OpCase("slice-opset9", "Slice", [r(4, 5, 6)],
            {"starts": [1, -4], "ends": [3, 1000], "axes": [0, 2]}, opset=9),

@@ -68,3 +68,27 @@ def test_in_graph_flips_equal_the_stored_ones(zoo):
     finally:
         conv._flipped_weights = original
     np.testing.assert_allclose(in_graph, stored, rtol=1e-5, atol=1e-6 * np.abs(stored).max())
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_exports_of_a_file_embed_its_weights(zoo, method):
+    """A model loaded from a file holds its large weights as file stubs (graph.weights); its
+    exported explainer holds their bytes, equal to the file's (Loop bodies' copies too)."""
+    from onnxplain.graph.model import Model
+    from onnxplain.graph.weights import _graphs, file_span
+
+    original = str(zoo.model_path("resnet18_64"))
+    model = Model.load(original)
+    assert sum(file_span(init) is not None for init in model.proto.graph.initializer) > 5
+    assert model.proto.ByteSize() < 0.2 * os.path.getsize(original)  # the rest: < 1 MB each
+    exported = export_explainer(model, method)
+    values = {init.name: init.raw_data for init in onnx.load(original).graph.initializer}
+    embedded = 0
+    for graph in _graphs(exported.graph):
+        for init in graph.initializer:
+            assert init.data_location != onnx.TensorProto.EXTERNAL, init.name
+            name = init.name.removeprefix("onnxplain/loop/")
+            if name in values and len(values[name]) >= 1 << 20:
+                assert init.raw_data == values[name], init.name
+                embedded += 1
+    assert embedded > 5

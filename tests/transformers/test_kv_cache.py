@@ -273,3 +273,78 @@ def test_exports_refuse_a_kv_cache_in_one_line(zoo, method, match):
 
     with pytest.raises(onnxplain.errors.InputError, match=match):
         export_explainer(_explainer(zoo, "gpt2_tiny_kv").model, method)
+
+
+def _right_padded(feeds: dict, keep: list[int]) -> tuple[dict, list[dict]]:
+    """Row i keeps its first keep[i] new tokens, the rest right padding (mask 0 in the last
+    columns of the [N, P + T] mask); the singles are the rows cut to their real tokens."""
+    padded = {k: v.copy() for k, v in feeds.items()}
+    tokens = feeds["input_ids"].shape[1]
+    singles = []
+    for row, count in enumerate(keep):
+        padded["input_ids"][row, count:] = 0
+        padded["attention_mask"][row, padded["attention_mask"].shape[1] - tokens + count:] = 0
+        cut = tokens - count
+        singles.append({k: v[row:row + 1, :v.shape[1] - cut] if k in ("input_ids",
+                                                                       "attention_mask")
+                        else v[row:row + 1] for k, v in feeds.items()})
+    return padded, singles
+
+
+def test_a_right_padded_batch_with_a_cache_equals_singles(zoo):
+    """With a cache, each row's explained position is its last real new token, read from the
+    mask's last T columns: the next token, the token map and the cached block equal those of
+    the row alone; attention methods, which read one row per run, refuse rows ending apart."""
+    feeds = zoo.sample("gpt2_tiny_kv")
+    tokens = feeds["input_ids"].shape[1]
+    padded, singles = _right_padded(feeds, [tokens, tokens - 1])
+    ex = _explainer(zoo, "gpt2_tiny_kv")
+    batch = ex.explain(padded, "input_x_gradient")
+    for row, single in enumerate(singles):
+        alone = ex.explain(single, "input_x_gradient")
+        count = single["input_ids"].shape[1]
+        assert batch.target[row] == alone.target[0]
+        np.testing.assert_allclose(batch.attributions["input_ids"][row, :count],
+                                   alone.attributions["input_ids"][0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batch.extras["cached_block"][row],
+                                   alone.extras["cached_block"][0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(onnxplain.errors.InputError, match="rows end at different positions"):
+        ex.explain(padded, "rollout")
+
+
+def test_right_padding_that_ends_rows_together_reads_that_row(zoo):
+    feeds = zoo.sample("gpt2_tiny_kv")
+    tokens = feeds["input_ids"].shape[1]
+    padded, singles = _right_padded(feeds, [tokens - 1, tokens - 1])
+    ex = _explainer(zoo, "gpt2_tiny_kv")
+    batch = ex.explain(padded, "rollout")
+    for row, single in enumerate(singles):
+        alone = ex.explain(single, "rollout")
+        np.testing.assert_allclose(batch.tensors["tokens"][row, :tokens - 1],
+                                   alone.tensors["tokens"][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(batch.extras["cached_block"][row],
+                                   alone.extras["cached_block"][0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["transformer_attribution", "partial_lrp"])
+def test_chefer_methods_with_a_cache_match_a_float64_reference(zoo, method):
+    """Against test_lrp_resize_gelu's float64 reimplementation of GPT-2 and Chefer et al.'s
+    rules, run with the cache: cached keys and values are fixed inputs (their relevance
+    stops there; each map gets identity rows for them), the explained row is the last new
+    position; the token scores and the cached block agree."""
+    from .test_lrp_resize_gelu import gpt2_scores
+
+    feeds = zoo.sample("gpt2_tiny_kv")
+    assert np.all(feeds["attention_mask"] == 1)
+    result = _explainer(zoo, "gpt2_tiny_kv").explain(feeds, method)
+    past = [(feeds[f"past_key_{layer}"].astype(np.float64),
+             feeds[f"past_value_{layer}"].astype(np.float64)) for layer in range(2)]
+    want = gpt2_scores(zoo.load_torch("gpt2_tiny_kv"), feeds["input_ids"],
+                       np.asarray(result.target), heads=2, past=past)[method]
+    cached = result.extras["cached_positions"]
+    scores, block = want[:, cached:], want[:, :cached].sum(axis=1)
+    assert np.abs(scores).max() > 0 and np.abs(block).max() > 0
+    # float32 ONNX Runtime against float64 torch.
+    assert worst_row_error(result.tensors["tokens"], scores) < TOLERANCE
+    np.testing.assert_allclose(result.extras["cached_block"], block, rtol=1e-4,
+                               atol=1e-6 * np.abs(block).max())

@@ -93,22 +93,27 @@ def _conv1d(layer, x):
     return x @ layer.weight + layer.bias
 
 
-def _gpt2_forward(gpt2, ids, heads: int):
+def _gpt2_forward(gpt2, ids, heads: int, past=None):
     """Logits [N, S, V] of GPT2LMHeadModel in float64, with what the LRP rules read per
     block: (h, ln_1 out, q, k, v, A, merged context, attention out, a, ln_2 out, fc out,
-    gelu out, mlp out)."""
+    gelu out, mlp out). `past`: per block the cached (keys, values) [N, heads, P, d], put
+    before the new tokens' (k, v and A then cover P + S keys)."""
     torch = require("torch")
     t = gpt2.transformer
     n, s = ids.shape
-    h = t.wte(ids) + t.wpe(torch.arange(s))
-    causal = torch.ones(s, s, dtype=torch.bool).tril()
-    blocked = torch.zeros(s, s, dtype=torch.float64).masked_fill(
+    cached = 0 if past is None else past[0][0].shape[2]
+    h = t.wte(ids) + t.wpe(torch.arange(cached, cached + s))
+    causal = torch.ones(s, cached + s, dtype=torch.bool).tril(cached)
+    blocked = torch.zeros(s, cached + s, dtype=torch.float64).masked_fill(
         ~causal, torch.finfo(torch.float64).min)
     blocks = []
-    for block in t.h:
+    for index, block in enumerate(t.h):
         x1 = block.ln_1(h)
         q, k, v = (p.view(n, s, heads, -1).transpose(1, 2)
                    for p in _conv1d(block.attn.c_attn, x1).split(x1.shape[-1], dim=-1))
+        if past is not None:
+            k, v = (torch.cat([old, new], dim=2) for old, new in zip(past[index], (k, v),
+                                                                     strict=True))
         a_map = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + blocked, dim=-1)
         merged = (a_map @ v).transpose(1, 2).reshape(n, s, -1)
         o = _conv1d(block.attn.c_proj, merged)
@@ -126,10 +131,11 @@ def _gpt2_forward(gpt2, ids, heads: int):
 
 def _gpt2_relevances(gpt2, top, blocks, seed):
     """R_l of every block's attention map: Chefer et al.'s rules (torch_reference.py) from the
-    relevance `seed` [N, S, V] at the logits down; LayerNorm and GELU pass relevance."""
+    relevance `seed` [N, S, V] at the logits down; LayerNorm and GELU pass relevance. Cached
+    keys and values are inputs: the relevance they get stops there."""
     from .torch_reference import lrp_add, lrp_linear, lrp_matmul
 
-    n, heads, s, _ = blocks[0]["A"].shape
+    n, heads, s, keys = blocks[0]["A"].shape
     relevance = lrp_linear(top, gpt2.lm_head.weight, seed)
     maps = []
     for block, p in zip(reversed(gpt2.transformer.h), reversed(blocks), strict=True):
@@ -140,7 +146,7 @@ def _gpt2_relevances(gpt2, top, blocks, seed):
         r_ctx = lrp_linear(p["merged"], block.attn.c_proj.weight.T, r_o)
         r_map, r_v = lrp_matmul(p["A"], p["v"], r_ctx.view(n, s, heads, -1).transpose(1, 2))
         r_q, r_kt = lrp_matmul(p["q"], p["k"].transpose(-1, -2), r_map)
-        r_qkv = torch_cat([r.transpose(1, 2).reshape(n, s, -1)
+        r_qkv = torch_cat([r[:, :, r.shape[2] - s:].transpose(1, 2).reshape(n, s, -1)
                            for r in (r_q, r_kt.transpose(-1, -2), r_v)])
         relevance = r_h + lrp_linear(p["x1"], block.attn.c_attn.weight.T, r_qkv)
         maps.insert(0, r_map)
@@ -152,18 +158,23 @@ def torch_cat(parts):
     return torch.cat(parts, dim=-1)
 
 
-def gpt2_scores(module, ids: np.ndarray, target: np.ndarray, heads: int) -> dict:
+def gpt2_scores(module, ids: np.ndarray, target: np.ndarray, heads: int,
+                past: list | None = None) -> dict:
     """Chefer et al.'s Transformer Attribution (rollout of normalise(I + mean_h clamp(G_l *
     R_l, 0))) and partial LRP (mean_h R_L) of logits[row, last, target[row]] over the
-    prompt, read at the last row (the explained position), its own entry 0."""
+    prompt, read at the last row (the explained position), its own entry 0. With `past`
+    (per block the cached keys and values, arrays) the scores cover the P cached positions
+    first: each map gets P rows for them, identity rows once I is added and rows
+    renormalised (inputs of this step), and the row read is P + last."""
     torch = require("torch")
     from .torch_reference import augment, rollout_product
 
     gpt2 = module.model.double().eval()
     ids_t = torch.from_numpy(ids)
-    logits, top, blocks = _gpt2_forward(gpt2, ids_t, heads)
+    cache = None if past is None else [tuple(torch.from_numpy(x) for x in kv) for kv in past]
+    logits, top, blocks = _gpt2_forward(gpt2, ids_t, heads, cache)
     with torch.no_grad():
-        want = gpt2(input_ids=ids_t, use_cache=False).logits
+        want = gpt2(input_ids=ids_t, **_cache_kwargs(cache)).logits
     assert torch.allclose(logits, want, atol=1e-10)  # the reimplementation is GPT-2
     rows, last = torch.arange(len(ids)), ids.shape[1] - 1
     seed = torch.zeros_like(logits)
@@ -172,12 +183,33 @@ def gpt2_scores(module, ids: np.ndarray, target: np.ndarray, heads: int) -> dict
     with torch.no_grad():
         relevances = _gpt2_relevances(gpt2, top.detach(), [
             {k: v.detach() for k, v in p.items()} for p in blocks], seed)
-        maps = [(g * r).clamp(min=0).mean(1) for g, r in zip(grads, relevances, strict=True)]
-        scores = {"transformer_attribution": rollout_product(augment(maps))[:, last],
+        maps = [_cached_rows((g * r).clamp(min=0).mean(1))
+                for g, r in zip(grads, relevances, strict=True)]
+        cached = maps[0].shape[-1] - ids.shape[1]
+        scores = {"transformer_attribution": rollout_product(augment(maps))[:, cached + last],
                   "partial_lrp": relevances[-1].mean(1)[:, last]}
     for value in scores.values():
-        value[:, last] = 0
+        value[:, cached + last] = 0
     return {name: value.numpy() for name, value in scores.items()}
+
+
+def _cache_kwargs(cache: list | None) -> dict:
+    """GPT-2's own arguments for the same cache (copies: the model appends to it)."""
+    if cache is None:
+        return {"use_cache": False}
+    from transformers import DynamicCache
+
+    own = DynamicCache()
+    for layer, (keys, values) in enumerate(cache):
+        own.update(keys.clone(), values.clone(), layer)
+    return {"past_key_values": own, "use_cache": True}
+
+
+def _cached_rows(m):
+    """[N, P + S, P + S] from a map [N, S, P + S]: P zero rows on top for the cached keys."""
+    torch = require("torch")
+    n, s, keys = m.shape
+    return torch.cat([m.new_zeros(n, keys - s, keys), m], dim=1)
 
 
 @pytest.mark.parametrize("method", ["transformer_attribution", "partial_lrp"])

@@ -524,3 +524,28 @@ def transformer_attribution(model: nn.Module, inputs: Mapping[str, Any], target:
                             start_layer: int = 0) -> Tensor:
     """See :func:`transformer_attribution_scores`."""
     return transformer_attribution_scores(reference_pieces(model, inputs, target), start_layer)
+
+
+# --------------------------------------------------------------------------- decoders
+# Pieces shared by the causal-LM references (explaining the next token at one position).
+
+
+def lrp_product(a: Tensor, b: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
+    """Chefer et al.'s rule of an elementwise product of two activations z = a * b (a SwiGLU
+    gate times the up projection): each operand gets half of its proportional share,
+    a * b * (R / z) / 2, which is R / 2 wherever z != 0."""
+    half = a * b * safe_divide(relevance, a * b) / 2
+    return half, half.clone()
+
+
+def query_scores(attention_grads: list[Tensor], relevances: list[Tensor],
+                 query: int) -> dict[str, Tensor]:
+    """Transformer Attribution (rollout of normalise(I + mean_h clamp(G_l * R_l, 0))) and
+    partial LRP (mean_h R_L), both read at row `query` of the maps [N, S], its own entry 0."""
+    maps = [(g * r).clamp(min=0).mean(1) for g, r in zip(attention_grads, relevances,
+                                                          strict=True)]
+    scores = {"transformer_attribution": rollout_product(augment(maps))[:, query],
+              "partial_lrp": relevances[-1].mean(1)[:, query]}
+    for value in scores.values():
+        value[:, query] = 0
+    return scores

@@ -6,12 +6,16 @@ The sequence length may be known only at run time, so nothing is unrolled. Per d
    Scan of one Mul and one Add per step recovers the cell state c; with peepholes (the gates
    read c) or without a Y output, a Scan runs the cell again (one MatMul by R per step);
 3. the gate values and local derivatives of every step are then computed at once over
-   [T, N, ...] by the same cell functions;
-4. a backward Scan carries dh (and dc) from the last step to the first: one MatMul by R and
-   a few elementwise ops per step; the gradients of the projections leave it stacked, and one
-   MatMul by W gives dX.
-ONNX Runtime spends about 2.4 us per node and step inside a Scan on small tensors, so the
-step bodies keep only what cannot be computed for all steps at once.
+   [T, N, ...] by the same cell functions (any activation the spec allows:
+   recurrent_activations.py);
+4. a backward Scan carries dh (and dc) from the last step to the first: one Gemm by R (which
+   also adds the next step's dY) and a few elementwise ops per step; the gradients of the
+   projections leave it stacked, and one MatMul by W gives dX.
+The step bodies keep only what cannot be computed for all steps at once, though ONNX Runtime
+1.31 spends only about 0.5 us per Scan step and 0.3 us per node on [8, 128] tensors: at
+hidden 128 the products dominate (recomputing the gates costs about the forward's own
+multiply-adds), and running both directions in one Scan ([T, D, N, ...]) measured 2 ms
+slower (the stacking copies outweigh the halved step count).
 
 `sequence_lens` follows ONNX Runtime: steps at or after a row's length keep the state
 unchanged (so Y_h / Y_c are the last valid step's, and a reverse pass starts at the row's
@@ -30,6 +34,7 @@ from onnx import TensorProto, helper
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
 from ..registry import NodeContext, rule
+from .recurrent_activations import Activation, apply, derivative, parse
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
@@ -43,17 +48,22 @@ def _directions(c: NodeContext) -> int:
     return 2 if c.str_attr("direction", "forward") == "bidirectional" else 1
 
 
-def _activations(c: NodeContext) -> list[str]:
+def _activations(c: NodeContext) -> list[Activation] | str:
+    """Every direction's functions in order (f, g, h for LSTM), or why not."""
     given = c.attr("activations", None)
-    default = DEFAULT_ACTIVATIONS[c.node.op_type] * _directions(c)
-    return default if not given else [a.decode() if isinstance(a, bytes) else a for a in given]
+    names = (DEFAULT_ACTIVATIONS[c.node.op_type] * _directions(c) if not given
+             else [a.decode() if isinstance(a, bytes) else a for a in given])
+    if len(names) != len(DEFAULT_ACTIVATIONS[c.node.op_type]) * _directions(c):
+        return f"activations {names} do not give every direction's functions"
+    return parse(names, c.attr("activation_alpha", None) or [],
+                 c.attr("activation_beta", None) or [])
 
 
 def _supports(c: NodeContext) -> str | None:
     op, name = c.node.op_type, c.node.name or c.y(0) or c.y(1)
-    if _activations(c) != DEFAULT_ACTIVATIONS[op] * _directions(c):
-        return (f"{op} node '{name}' uses activations {_activations(c)}: only the defaults "
-                f"{DEFAULT_ACTIVATIONS[op]} have a backward rule")
+    activations = _activations(c)
+    if isinstance(activations, str):
+        return f"{op} node '{name}': {activations}"
     if any(c.need(i) for i in WEIGHT_INPUTS[op]):
         return f"{op} node '{name}': gradients with respect to its weights W, R, B, P"
     if c.b.opset < 10:
@@ -76,11 +86,21 @@ class Cell:
     linear_before_reset: bool = False
     rb_h: str | None = None  # GRU with linear_before_reset: R's bias of the h gate
     peepholes: tuple[str, str, str] | None = None  # LSTM: P_i, P_o, P_f
+    acts: tuple[Activation, ...] = ()  # the activation functions (f, g, h for LSTM)
 
 
 def _part(b: GraphBuilder, x: str, k: int, hidden: int, count: int = 1) -> str:
     """Gate slot(s) k .. k+count-1 of the last axis."""
     return b.slice(x, [k * hidden], [(k + count) * hidden], [-1])
+
+
+def _act(b: GraphBuilder, cell: Cell, slot: int, x: str) -> str:
+    return apply(b, cell.acts[slot], x)
+
+
+def _dact(b: GraphBuilder, cell: Cell, slot: int, y: str, a: str, clip: bool = True) -> str:
+    """The derivative of slot's function at the (clipped) pre-activation a, y its value."""
+    return derivative(b, cell.acts[slot], y, lambda: _clipped(b, cell, a) if clip else a)
 
 
 def _clipped(b: GraphBuilder, cell: Cell, a: str) -> str:
@@ -98,38 +118,51 @@ def _gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[
     if cell.op == "GRU":
         return _gru_gates(b, cell, xw, h)
     a = b.op("Add", xw, b.op("MatMul", h, cell.rt))
-    return {"a": a, "h": b.op("Tanh", _clipped(b, cell, a))}
+    return {"a": a, "h": _act(b, cell, 0, _clipped(b, cell, a))}
 
 
 def _lstm_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[str, str]:
     assert c is not None
-    return _lstm_finish(b, cell, _lstm_inputs(b, cell, b.op("Add", xw, b.op("MatMul", h, cell.rt)),
-                                              c), c)
+    a = b.op("Add", xw, b.op("MatMul", h, cell.rt))
+    gates = _lstm_finish(b, cell, _lstm_inputs(b, cell, a, c), c)
+    return {**gates, "h": b.op("Mul", gates["o"], gates["tc"])}
 
 
 def _lstm_inputs(b: GraphBuilder, cell: Cell, a: str, c: str | None) -> dict[str, str]:
-    """The gates that do not read the new cell state: i, f, g (c: the old one, for P)."""
+    """The gates that do not read the new cell state: i, f, g (c: the old one, for P), and
+    without peepholes o too, i o f then from one activation over their 3 slots ("s")."""
+    if cell.peepholes is None and not cell.input_forget:
+        a_iof, ac = _part(b, a, 0, cell.hidden, 3), _part(b, a, 3, cell.hidden)
+        gates = _act(b, cell, 0, _clipped(b, cell, a_iof))
+        i, o, f = (_part(b, gates, k, cell.hidden) for k in range(3))
+        g = _act(b, cell, 1, _clipped(b, cell, ac))
+        return {"a_iof": a_iof, "ac": ac, "s": gates, "i": i, "o": o, "f": f, "g": g,
+                "ig": b.op("Mul", i, g)}
     ai, ao, af, ac = (_part(b, a, k, cell.hidden) for k in range(4))
     if cell.peepholes is not None:
         assert c is not None
         ai = b.op("Add", ai, b.op("Mul", cell.peepholes[0], c))
         af = b.op("Add", af, b.op("Mul", cell.peepholes[2], c))
-    i = b.op("Sigmoid", _clipped(b, cell, ai))
+    i = _act(b, cell, 0, _clipped(b, cell, ai))
     f = (b.op("Sub", b.scalar(1.0, i), i) if cell.input_forget
-         else b.op("Sigmoid", _clipped(b, cell, af)))
-    g = b.op("Tanh", _clipped(b, cell, ac))
+         else _act(b, cell, 0, _clipped(b, cell, af)))
+    g = _act(b, cell, 1, _clipped(b, cell, ac))
     return {"ai": ai, "ao": ao, "af": af, "ac": ac, "i": i, "f": f, "g": g,
             "ig": b.op("Mul", i, g)}
 
 
-def _lstm_finish(b: GraphBuilder, cell: Cell, gates: dict[str, str], c: str) -> dict[str, str]:
-    c_new = b.op("Add", b.op("Mul", gates["f"], c), gates["ig"])
+def _lstm_finish(b: GraphBuilder, cell: Cell, gates: dict[str, str], c: str,
+                 c_new: str | None = None) -> dict[str, str]:
+    """The new cell state (unless given), o and h's activation of c_new ("tc")."""
+    if c_new is None:
+        c_new = b.op("Add", b.op("Mul", gates["f"], c), gates["ig"])
+    gates = {**gates, "c": c_new, "tc": _act(b, cell, 2, c_new)}
+    if "o" in gates:
+        return gates
     ao = gates["ao"]
     if cell.peepholes is not None:
         ao = b.op("Add", ao, b.op("Mul", cell.peepholes[1], c_new))
-    o = b.op("Sigmoid", _clipped(b, cell, ao))
-    tc = b.op("Tanh", c_new)
-    return {**gates, "ao": ao, "o": o, "tc": tc, "c": c_new, "h": b.op("Mul", o, tc)}
+    return {**gates, "ao": ao, "o": _act(b, cell, 0, _clipped(b, cell, ao))}
 
 
 def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
@@ -138,8 +171,8 @@ def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
     hr = b.op("MatMul", h, rt_zr)
     az = b.op("Add", _part(b, xw, 0, hidden), _part(b, hr, 0, hidden))
     ar = b.op("Add", _part(b, xw, 1, hidden), _part(b, hr, 1, hidden))
-    z = b.op("Sigmoid", _clipped(b, cell, az))
-    r = b.op("Sigmoid", _clipped(b, cell, ar))
+    z = _act(b, cell, 0, _clipped(b, cell, az))
+    r = _act(b, cell, 0, _clipped(b, cell, ar))
     out = {"az": az, "ar": ar, "z": z, "r": r}
     if cell.linear_before_reset:
         q = b.op("MatMul", h, rt_h)
@@ -149,7 +182,7 @@ def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
         ah = b.op("Add", _part(b, xw, 2, hidden), b.op("Mul", r, q))
     else:
         ah = b.op("Add", _part(b, xw, 2, hidden), b.op("MatMul", b.op("Mul", r, h), rt_h))
-    hh = b.op("Tanh", _clipped(b, cell, ah))
+    hh = _act(b, cell, 1, _clipped(b, cell, ah))
     out.update(ah=ah, hh=hh, h=b.op("Add", hh, b.op("Mul", z, b.op("Sub", h, hh))))
     return out
 
@@ -164,8 +197,7 @@ def _scan(b: GraphBuilder, initial: Sequence[str], xs: Sequence[str], reverse: b
     """Scan over the first axis of `xs` (from the end when `reverse`) with carried `initial`;
     build(bb, carried, slices) emits the body and returns (next carried, per-step outputs).
     Returns the final carried values, then the per-step outputs stacked in time order.
-    (Scan slices its inputs itself: ONNX Runtime spends about 2.4 us per node and step, so
-    the bodies are kept to a few nodes.)"""
+    (Scan slices its inputs itself.)"""
     proto = onnx.ModelProto()
     proto.ir_version = b.model.ir_version
     proto.opset_import.extend(b.model.opset_import)
@@ -253,29 +285,30 @@ def _hidden_before(b: GraphBuilder, steps: Steps, y: str, h0: str) -> str:
     return b.op("Add", _shifted(b, y, zero, True), fresh)
 
 
-def _cells_before(b: GraphBuilder, steps: Steps, f: str, ig: str, c0: str) -> str:
-    """LSTM's cell state before every step from f and i*g of all steps (no peepholes):
-    c' = f c + i g, one Mul and one Add per step."""
+def _cells_before(b: GraphBuilder, steps: Steps, f: str, ig: str, c0: str) -> tuple[str, str]:
+    """LSTM's cell state before and after every step from f and i*g of all steps (no
+    peepholes): c' = f c + i g, one Mul and one Add per step. (After: c' at valid steps.)"""
     xs = [f, ig] + ([steps.mask] if steps.mask is not None else [])
 
     def body(bb: GraphBuilder, carried: list[str], slices: list[str]):
         c = carried[0]
-        new = bb.op("Add", bb.op("Mul", slices[0], c), slices[1])
-        m = slices[2] if len(slices) > 2 else None
-        return [_masked(bb, m, c, new)], [c]
+        kept = bb.op("Mul", slices[0], c)
+        new = bb.op("Add", kept, slices[1])
+        if len(slices) == 2:
+            return [new], [kept]
+        return [_masked(bb, slices[2], c, new)], [new]
 
-    return _scan(b, [c0], xs, steps.reverse, 1, body)[1]
+    # Each step emits a value other than its carried state (which would cost an Identity per
+    # step): f c (then c after = f c + i g), or with a mask the unmasked new state (then the
+    # state after is read like h from Y, 0 at padded steps).
+    emitted = _scan(b, [c0], xs, steps.reverse, 1, body)[1]
+    if steps.mask is None:
+        after = b.op("Add", emitted, ig)
+        return _shifted(b, after, b.unsqueeze(c0, [0]), steps.reverse), after
+    return _hidden_before(b, steps, b.op("Mul", emitted, steps.mask), c0), emitted
 
 
 # ---- local derivatives, all steps at once ----------------------------------------------
-
-def _dsigmoid(b: GraphBuilder, s: str) -> str:
-    return b.op("Sub", s, b.op("Mul", s, s))
-
-
-def _dtanh(b: GraphBuilder, t: str) -> str:
-    return b.op("Sub", b.scalar(1.0, t), b.op("Mul", t, t))
-
 
 def _through_clip(b: GraphBuilder, cell: Cell, derivative: str, a: str) -> str:
     """The derivative zeroed where clip cut the pre-activation `a`."""
@@ -289,17 +322,21 @@ def _lstm_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], cp: str
                        ) -> dict[str, str]:
     """dA = [dc', dh', dc', dc'] * k4 with dh' = dh_new and dc' = dc (masked) + dh' * kc;
     dc_prev = dc' * kcc."""
-    d_o = _through_clip(b, cell, _dsigmoid(b, g["o"]), g["ao"])
+    kc = b.op("Mul", g["o"], _dact(b, cell, 2, g["tc"], g["c"], clip=False))
+    kg = b.op("Mul", g["i"], _through_clip(b, cell, _dact(b, cell, 1, g["g"], g["ac"]), g["ac"]))
+    if "s" in g:  # i, o, f as one [.., 3H] activation: ki, ko, kf = [g, tanh c', c] * s'
+        d_s = _through_clip(b, cell, _dact(b, cell, 0, g["s"], g["a_iof"]), g["a_iof"])
+        k_iof = b.op("Mul", b.concat([g["g"], g["tc"], cp], -1), d_s)
+        return {"k4": b.concat([k_iof, kg], -1), "kc": kc, "kcc": g["f"]}
+    d_o = _through_clip(b, cell, _dact(b, cell, 0, g["o"], g["ao"]), g["ao"])
     ko = b.op("Mul", g["tc"], d_o)
-    kc = b.op("Mul", g["o"], _dtanh(b, g["tc"]))
-    d_i = _through_clip(b, cell, _dsigmoid(b, g["i"]), g["ai"])
+    d_i = _through_clip(b, cell, _dact(b, cell, 0, g["i"], g["ai"]), g["ai"])
     if cell.input_forget:  # f = 1 - i
         ki = b.op("Mul", b.op("Sub", g["g"], cp), d_i)
         kf = b.op("Mul", ki, b.scalar(0.0, ki))
     else:
         ki = b.op("Mul", g["g"], d_i)
-        kf = b.op("Mul", cp, _through_clip(b, cell, _dsigmoid(b, g["f"]), g["af"]))
-    kg = b.op("Mul", g["i"], _through_clip(b, cell, _dtanh(b, g["g"]), g["ac"]))
+        kf = b.op("Mul", cp, _through_clip(b, cell, _dact(b, cell, 0, g["f"], g["af"]), g["af"]))
     kcc = g["f"]
     if cell.peepholes is not None:
         p_i, p_o, p_f = cell.peepholes
@@ -311,10 +348,10 @@ def _lstm_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], cp: str
 def _gru_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], hp: str
                       ) -> dict[str, str]:
     kz = b.op("Mul", b.op("Sub", hp, g["hh"]),
-              _through_clip(b, cell, _dsigmoid(b, g["z"]), g["az"]))
+              _through_clip(b, cell, _dact(b, cell, 0, g["z"], g["az"]), g["az"]))
     kh = b.op("Mul", b.op("Sub", b.scalar(1.0, g["z"]), g["z"]),
-              _through_clip(b, cell, _dtanh(b, g["hh"]), g["ah"]))
-    d_r = _through_clip(b, cell, _dsigmoid(b, g["r"]), g["ar"])
+              _through_clip(b, cell, _dact(b, cell, 1, g["hh"], g["ah"]), g["ah"]))
+    d_r = _through_clip(b, cell, _dact(b, cell, 0, g["r"], g["ar"]), g["ar"])
     if cell.linear_before_reset:  # a_h = x_h + r * q: dA_R = dh' * [kz, kr, kh r]
         kr = b.op("Mul", b.op("Mul", kh, g["q"]), d_r)
         return {"k3": b.concat([kz, kr, kh], -1),
@@ -324,35 +361,41 @@ def _gru_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str], hp: str
 
 
 def _rnn_coefficients(b: GraphBuilder, cell: Cell, g: dict[str, str]) -> dict[str, str]:
-    return {"k": _through_clip(b, cell, _dtanh(b, g["h"]), g["a"])}
+    return {"k": _through_clip(b, cell, _dact(b, cell, 0, g["h"], g["a"]), g["a"])}
 
 
 # ---- backward step ---------------------------------------------------------------------
 
-def _backward_step(bb: GraphBuilder, cell: Cell, r: str, k: dict[str, str], dh: str,
-                   dc: str | None) -> tuple[str, str, str | None]:
+def _backward_step(bb: GraphBuilder, cell: Cell, r: dict[str, str], k: dict[str, str],
+                   dh: str, dc: str | None, dy_next: str | None) -> tuple[str, str, str | None]:
     """From the gradients reaching the new state (already masked), the gradient of the step's
-    input projection, and the parts of dh_prev, dc_prev that flow through the cell."""
+    input projection, and the parts of dh_prev (plus the next step's dY), dc_prev that flow
+    through the cell."""
     if cell.op == "LSTM":
         assert dc is not None
         dc = bb.op("Add", dc, bb.op("Mul", dh, k["kc"]))
         da = bb.op("Mul", bb.concat([dc, dh, dc, dc], -1), k["k4"])
-        return da, bb.op("MatMul", da, r), bb.op("Mul", dc, k["kcc"])
+        return da, _times_r(bb, da, r["all"], dy_next), bb.op("Mul", dc, k["kcc"])
     if cell.op == "RNN":
         da = bb.op("Mul", dh, k["k"])
-        return da, bb.op("MatMul", da, r), None
-    hidden, through_z = cell.hidden, bb.op("Mul", dh, k["z"])
+        return da, _times_r(bb, da, r["all"], dy_next), None
+    through_z, rest = bb.op("Mul", dh, k["z"]), [dy_next] if dy_next else []
     if cell.linear_before_reset:
         spread = bb.concat([dh, dh, dh], -1)
         da_r = bb.op("Mul", spread, k["k3r"])
         return (bb.op("Mul", spread, k["k3"]),
-                bb.op("Add", bb.op("MatMul", da_r, r), through_z), None)
+                bb.add_all([bb.op("MatMul", da_r, r["all"]), through_z, *rest]), None)
     da_z, da_h = bb.op("Mul", dh, k["kz"]), bb.op("Mul", dh, k["kh"])
-    u = bb.op("MatMul", da_h, _part_rows(bb, r, 2, hidden))
+    u = bb.op("MatMul", da_h, r["h"])
     da_zr = bb.concat([da_z, bb.op("Mul", u, k["kr"])], -1)
-    dh_prev = bb.add_all([bb.op("MatMul", da_zr, _part_rows(bb, r, 0, hidden, 2)),
-                          bb.op("Mul", u, k["r"]), through_z])
+    dh_prev = bb.add_all([bb.op("MatMul", da_zr, r["zr"]), bb.op("Mul", u, k["r"]), through_z,
+                          *rest])
     return bb.concat([da_zr, da_h], -1), dh_prev, None
+
+
+def _times_r(bb: GraphBuilder, da: str, r: str, dy_next: str | None) -> str:
+    """da R (+ dy_next): one Gemm, a node fewer per step than MatMul and Add."""
+    return bb.op("Gemm", da, r, dy_next) if dy_next else bb.op("MatMul", da, r)
 
 
 def _part_rows(b: GraphBuilder, r: str, k: int, hidden: int, count: int = 1) -> str:
@@ -361,21 +404,31 @@ def _part_rows(b: GraphBuilder, r: str, k: int, hidden: int, count: int = 1) -> 
 
 def _backward(b: GraphBuilder, cell: Cell, steps: Steps, r: str, k: dict[str, str],
               dy: str | None, dh: str, dc: str | None) -> list[str]:
-    """The backward Scan: [dh before the first step, (dc), dA stacked in time order]."""
+    """The backward Scan: [dh before the first step, (dc), dA stacked in time order]. The
+    carried dh includes the step's own dY: each step adds the next one's (dy_next)."""
+    dy_next = None
+    if dy is not None:
+        first = [-1, np.iinfo(np.int64).max] if not steps.reverse else [0, 1]
+        dh = b.op("Add", dh, b.squeeze(b.slice(dy, [first[0]], [first[1]], [0]), [0]))
+        dy_next = _shifted(b, dy, b.slice(b.op("Mul", dy, b.scalar(0.0, dy)), [0], [1], [0]),
+                           steps.reverse)
     initial = [dh] + ([dc] if dc is not None else [])
     names = list(k)
-    extra = [v for v in (dy, steps.mask) if v is not None]
+    extra = [v for v in (dy_next, steps.mask) if v is not None]
+    rows = {"all": r}
+    if cell.op == "GRU" and not cell.linear_before_reset:  # R's row blocks, sliced once
+        rows.update(h=_part_rows(b, r, 2, cell.hidden), zr=_part_rows(b, r, 0, cell.hidden, 2))
 
     def body(bb: GraphBuilder, carried: list[str], slices: list[str]):
         at = dict(zip(names, slices, strict=False))
         rest = slices[len(names):]
-        dy_t = rest.pop(0) if dy is not None else None
+        dy_t = rest.pop(0) if dy_next is not None else None
         m = rest.pop(0) if steps.mask is not None else None
-        dh_total = bb.op("Add", carried[0], dy_t) if dy_t is not None else carried[0]
+        dh_total = carried[0]
         dh_new = dh_total if m is None else bb.op("Mul", m, dh_total)
         dc_old = carried[1] if len(carried) > 1 else None
         dc_new = dc_old if m is None or dc_old is None else bb.op("Mul", m, dc_old)
-        da, dh_prev, dc_prev = _backward_step(bb, cell, r, at, dh_new, dc_new)
+        da, dh_prev, dc_prev = _backward_step(bb, cell, rows, at, dh_new, dc_new, dy_t)
         if m is not None:  # padded steps pass the state (and its gradient) through
             dh_prev = bb.op("Add", dh_prev, bb.op("Sub", dh_total, dh_new))
             if dc_prev is not None:
@@ -420,10 +473,12 @@ def _cell(c: NodeContext, d: int, hidden: int) -> tuple[Cell, str, str, str | No
     if op == "LSTM" and c.x(7):
         p = _take(b, c.x(7), d)
         peepholes = tuple(_part(b, p, k, hidden) for k in range(3))
-    clip = c.attr("clip", None)
+    clip, activations = c.attr("clip", None), _activations(c)
+    assert not isinstance(activations, str)  # _supports refused otherwise
+    slots = len(DEFAULT_ACTIVATIONS[op])
     cell = Cell(op, hidden, b.op("Transpose", r, perm=[1, 0]),
                 None if clip is None else float(clip), bool(c.attr("input_forget", 0)), lbr,
-                rb_h, peepholes)
+                rb_h, peepholes, tuple(activations[d * slots:(d + 1) * slots]))
     return cell, w, r, bias
 
 
@@ -439,9 +494,7 @@ def _direction(c: NodeContext, d: int, xt: str, steps: Steps, seeds: Seeds,
     """dX, d initial_h and d initial_c of direction d."""
     b, hidden = c.b, _hidden(c)
     cell, w, r, bias = _cell(c, d, hidden)
-    xw = b.op("MatMul", xt, b.op("Transpose", w, perm=[1, 0]))
-    if bias is not None:
-        xw = b.op("Add", xw, bias)
+    xw = _projection(b, xt, b.op("Transpose", w, perm=[1, 0]), bias)
     lstm = cell.op == "LSTM"
     h0 = _take(b, states[0], d) if states[0] else _zeros_state(b, xt, hidden)
     c0 = (_take(b, states[1], d) if states[1] else _zeros_state(b, xt, hidden)) if lstm else None
@@ -476,9 +529,22 @@ def _forward_values(b: GraphBuilder, cell: Cell, steps: Steps, xw: str, y: str |
     if cell.op != "LSTM":
         return _gates(b, cell, xw, hp, None), hp, None
     assert c0 is not None
-    early = _lstm_inputs(b, cell, b.op("Add", xw, b.op("MatMul", hp, cell.rt)), None)
-    cp = _cells_before(b, steps, early["f"], early["ig"], c0)
-    return _lstm_finish(b, cell, early, cp), hp, cp
+    early = _lstm_inputs(b, cell, _projection(b, hp, cell.rt, plus=xw), None)
+    cp, c_new = _cells_before(b, steps, early["f"], early["ig"], c0)
+    return _lstm_finish(b, cell, early, cp, c_new), hp, cp
+
+
+def _projection(b: GraphBuilder, x: str, w: str, bias: str | None = None,
+                plus: str | None = None) -> str:
+    """x [T, N, K] @ w + bias ([M]) or + plus ([T, N, M]) as one Gemm over T*N rows: the
+    addition rides on the product instead of a pass of its own over [T, N, M]."""
+    rows = b.op("Flatten", x, axis=2)
+    c = bias if plus is None else b.op("Flatten", plus, axis=2)
+    if c is None:
+        product = b.op("MatMul", rows, w)
+    else:
+        product = b.op("Gemm", rows, w, c)
+    return b.reshape(product, b.concat([b.dims(x, 0, 2), b.ints([-1])], 0))
 
 
 def _hidden(c: NodeContext) -> int:

@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from ...errors import ModelError
 from ..shapes import TensorInfo, constant_node_value, infer_shapes, tensor_infos
+from ..weights import tensor_value
 
 Decomposition = Callable[["Rewrite"], list[onnx.NodeProto]]
 DECOMPOSITIONS: dict[tuple[str, str], Decomposition] = {}
@@ -80,7 +81,7 @@ class GraphIndex:
         if name not in self._values:
             init, node = self.initializers.get(name), self.producers.get(name)
             self._values[name] = (
-                numpy_helper.to_array(init) if init is not None
+                tensor_value(init) if init is not None
                 else constant_node_value(node) if node is not None and node.op_type == "Constant"
                 else None)
         return self._values[name]

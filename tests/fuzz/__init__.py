@@ -1,0 +1,1 @@
+"""A seeded, deterministic fuzzer: mutated models run through the API and the CLI (issue 18)."""
