@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shlex
@@ -16,6 +17,10 @@ from onnxplain.errors import OnnxplainError
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 70
+# Errors of a path the user gave (read-only, immutable, too long, a file for a folder, full).
+LOCATION_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS,
+                             errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT,
+                             errno.EEXIST})
 # The arguments of this invocation (set by main's group), for the reproduction hint.
 COMMAND_LINE: list[str] = []
 
@@ -48,6 +53,14 @@ def friendly(command):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as err:
+            if err.errno not in LOCATION_ERRNOS or err.filename is None:
+                report_internal_error(err)
+                sys.exit(INTERNAL_ERROR)
+            # A place the user named that cannot be written: their input, not a bug.
+            click.echo(f"error: cannot use {one_line(err.filename)[:200]}: {err.strerror}",
+                       err=True)
+            sys.exit(USAGE_ERROR)
         except Exception as err:  # noqa: BLE001 - a bug: one line unless debugging
             report_internal_error(err)
             sys.exit(INTERNAL_ERROR)

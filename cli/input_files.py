@@ -20,6 +20,7 @@ import numpy as np
 from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
 from onnxplain.images import is_image_file, load_images
+from onnxplain.runtime.batching import DEFAULT_BUDGET_MB
 
 from .presets import ImageSettings, preprocessing_for
 
@@ -181,6 +182,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     """Every member of an .npz, each checked like a .npy file (never unpickled)."""
     arrays = {}
     with zipfile.ZipFile(path) as archive:
+        _check_expansion(archive, path)
         for info in archive.infolist():
             if info.is_dir():
                 continue
@@ -188,6 +190,17 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             with archive.open(info) as stream:
                 arrays[key] = _read_npy(stream, info.file_size, f"{path} (member '{key}')")
     return arrays
+
+
+def _check_expansion(archive: zipfile.ZipFile, path: str) -> None:
+    """Compressed members may declare honestly what the disk does not hold (a zip bomb: 8 GiB
+    of zeros in 8 MB): what they expand to is capped by the memory budget."""
+    expands = sum(info.file_size for info in archive.infolist()
+                  if info.compress_type != zipfile.ZIP_STORED)
+    if expands > DEFAULT_BUDGET_MB << 20:
+        raise InputError(f"{path} expands to {expands:,} bytes of compressed arrays, over the "
+                         f"memory budget of {DEFAULT_BUDGET_MB} MB: save it with np.savez "
+                         "(uncompressed) or split it")
 
 
 def _read_npy(stream: BinaryIO, size: int, where: str) -> np.ndarray:

@@ -27,7 +27,15 @@ from .graph.taps import append_outputs
 from .graph.weights import Weights, light_copy, payload_bytes
 from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, join_rows, pad_rows, prepare_target, rows_axis, take_rows
-from .objective import class_count, class_scores
+from .objective import (
+    SPATIAL,
+    Place,
+    check_rows,
+    class_count,
+    class_scores,
+    declared_rows,
+    output_form,
+)
 from .runtime.batching import rows_per_run
 from .runtime.progress import progress_bar
 from .runtime.session import Session
@@ -62,6 +70,18 @@ class OutputSeed:
 
     values: np.ndarray
     clean: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DenseObjective:
+    """A dense objective (objective.DENSE) the gradient program computes from its own
+    outputs (export.seed.dense_weights) rather than from a separate clean forward run:
+    `form` and `place` as objective.resolve_dense takes them, `target` the class (or None:
+    the predicted one). The explainer resolves the reported pieces from the run's outputs."""
+
+    form: str
+    place: Place
+    target: object = None
 
 
 @dataclass
@@ -141,16 +161,20 @@ class Engine:
                              "--output, or use a perturbation method")
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
         seed = target.values if isinstance(target, OutputSeed) else None
+        dense = (target.form, target.place) if isinstance(target, DenseObjective) else None
         if seed is not None:
             target = None
+        classes = self.static_classes()
+        if dense is not None:
+            target, classes = target.target, self._dense_classes()
         spec = (wrt, rules, seed is not None, tuple(taps), tuple(passes), post,
-                tuple(active_from))
+                tuple(active_from), dense)
         rows = batch_size_of(feeds, self.model.batch.of_inputs)
         first = next(self._chunks(dict(feeds), {}, rows))[0]
         program, _ = self.program(*spec, shapes=self._shape_key(first))
         extra: dict[str, np.ndarray] = {}
         if program.target_input:
-            extra[program.target_input] = prepare_target(target, rows, self.static_classes())
+            extra[program.target_input] = prepare_target(target, rows, classes)
         elif target is not None:
             raise InputError(f"output '{self.output}' has no class axis; leave target unset")
         if program.seed_input:
@@ -168,7 +192,7 @@ class Engine:
 
         axes = {out: self.model.batch.of_inputs.get(name, 0)
                 for name, out in program.grads.items()}
-        results = self._run_rows(session_for, names, dict(feeds), extra, rows, axes)
+        results = self._rowwise_run(session_for, names, dict(feeds), extra, rows, axes, first)
         used = results.get(program.target_output) if program.target_output else None
         if used is not None and target is not None:
             check_target_range(used, results[self.output].shape[1])
@@ -182,7 +206,7 @@ class Engine:
             grads={name: results[out] for name, out in program.grads.items()},
             target=used,
             taps={t: results[t] for t in program.taps},
-            objective=("output_seed" if program.seed_input else
+            objective=(dense[0] if dense else "output_seed" if program.seed_input else
                        "class" if program.target_input else "sum"),
             passes={label: {name: results[out] for name, out in grads.items()}
                     for label, grads in program.passes.items()},
@@ -225,23 +249,38 @@ class Engine:
         session = self._forward[key]
         # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only.
         names = [n for n in session.output_names if n not in self._non_tensor_outputs]
-        return self._run_rows(lambda _: session, names, dict(feeds), {},
-                              batch_size_of(feeds, self.model.batch.of_inputs))
+        rows = batch_size_of(feeds, self.model.batch.of_inputs)
+        outputs = [n for n in names if n in self._output_axes]
+        # Outputs not declared per row may not be (a Flatten over the batch, a scalar):
+        # chunks of one row would look per row and be joined wrongly: all rows run at once.
+        whole = self.model.batch.symbolic and not self.model.rows_coupled and any(
+            declared_rows(self.model, n) is not True for n in outputs)
+        # Where rows must run in chunks, a declared scalar stays the first run's value.
+        rowwise = [n for n in outputs if self._output_axes[n] is not None]
+        try:
+            with self.chunking(max(rows, 1)) if whole else contextlib.nullcontext():
+                return self._run_rows(lambda _: session, names, dict(feeds), {}, rows,
+                                      rowwise=rowwise)
+        except _Unjoinable as err:
+            raise InputError(f"output '{err.name}' has shape {list(err.shape)} for {err.rows} "
+                             f"input rows, so runs of fewer rows cannot be joined: give "
+                             f"{err.rows} rows at a time") from None
 
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
                 taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),
                 post: Post | None = None, active_from: tuple[str, ...] = (),
+                dense: tuple[str, Place] | None = None,
                 shapes: ShapeKey | None = None) -> Built:
         """The rewritten model for these gradients and its cached session (built once), or
         one specialised to the input `shapes` where that is allowed."""
         key = (self.output, wrt, rules.name, seeded, taps,
                tuple((p.label, p.rules.name, p.wrt, p.active_from) for p in passes),
-               post.key if post is not None else None, active_from)
+               post.key if post is not None else None, active_from, dense)
 
         def build(model: Model, disabled: tuple[str, ...] = ()) -> Built:
             program = build_gradient_program(model, self.output, wrt, rules=rules,
                                              seeded=seeded, taps=taps, passes=passes,
-                                             post=post, active_from=active_from)
+                                             post=post, active_from=active_from, dense=dense)
             session = Session(program.model, self.providers, self.optimization, disabled,
                               weights=program.weights)
             program.model = None  # the session has the weights: do not hold a second copy
@@ -312,6 +351,14 @@ class Engine:
     def static_classes(self) -> int | None:
         return class_count(self.model, self.output)
 
+    def _dense_classes(self) -> int | None:
+        """The static class count of a dense output (axis 1 of a map, else the last)."""
+        dims = self.model.output(self.output).dims
+        if not dims:
+            return None
+        count = dims[1] if output_form(self.model, self.output) == SPATIAL else dims[-1]
+        return count if isinstance(count, int) else None
+
     @contextlib.contextmanager
     def chunking(self, size: int | None) -> Iterator[None]:
         """Rows per run for the duration of one explain call (None: by the memory budget)."""
@@ -327,6 +374,9 @@ class Engine:
                     ) -> Iterator[tuple[slice, int]]:
         """Row slices to run, and the batch size each must be padded to (0: no padding)."""
         fixed = None if self.model.batch.symbolic else self.model.batch.size
+        if fixed is not None and rows == 0:  # no row to pad the fixed batch with
+            raise InputError(f"the inputs have no rows, and the model's batch axis is fixed "
+                             f"to {fixed}: give at least one row")
         if fixed is not None and rows != fixed and not self._noticed:
             self._noticed = True
             warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
@@ -359,11 +409,16 @@ class Engine:
     def _run_rows(self, session_for: Callable[[Mapping[str, np.ndarray]], Session],
                   names: list[str], feeds: dict[str, np.ndarray],
                   extra: dict[str, np.ndarray], rows: int,
-                  axes: Mapping[str, int | None] | None = None) -> dict[str, np.ndarray]:
+                  axes: Mapping[str, int | None] | None = None, rowwise: Sequence[str] = ()
+                  ) -> dict[str, np.ndarray]:
         """Results of `names` over all rows; `axes`: where rows lie in results that are not
-        model outputs (default axis 0)."""
+        model outputs (default axis 0). A model output without one row per input row (a
+        Flatten or Tile over the batch) is returned as it is from a single unpadded run;
+        split into chunks or padded it cannot be joined: _Unjoinable for those in
+        `rowwise`, else the first chunk's value (as for scalars)."""
         axes = {**self._output_axes, **(axes or {})}
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        whole: set[str] = set()  # model outputs whose rows are not the chunk's rows
         with progress_bar(self.progress, rows, "rows", "row") as bar:
             for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
                 session = session_for(chunk)
@@ -372,19 +427,60 @@ class Engine:
                 for name in names:
                     value = out[name]
                     axis = rows_axis(axes, name, value)
-                    if pad_to and axis is not None:
+                    if name in self._output_axes and (
+                            axis is None or value.shape[axis] != (pad_to or taken)):
+                        whole.add(name)
+                        if name in rowwise and (parts[name] or taken < pad_to):
+                            raise _Unjoinable(name, value.shape, pad_to or taken)
+                    elif pad_to and axis is not None and taken < pad_to:
                         value = take_rows({name: value}, axes, slice(0, taken))[name]
                     parts[name].append(value)
                 bar.update(taken)
-        return {name: join_rows(values, rows_axis(axes, name, values[0]))
+        return {name: values[0] if name in whole else
+                join_rows(values, rows_axis(axes, name, values[0]))
                 for name, values in parts.items()}
 
     @functools.cached_property
     def _output_axes(self) -> dict[str, int | None]:
         """Model output -> the axis its rows lie on, from the batch symbol in its dims."""
         batch = self.model.batch
-        return {spec.name: batch.axis_in(spec.dims) for spec in self.model.outputs
-                if spec.dims}
+        return {spec.name: batch.axis_in(spec.dims) for spec in self.model.outputs}
+
+    def _rowwise_run(self, session_for: Callable[[Mapping[str, np.ndarray]], Session],
+                     names: list[str], feeds: dict[str, np.ndarray],
+                     extra: dict[str, np.ndarray], rows: int, axes: Mapping[str, int | None],
+                     first: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """_run_rows of a gradient program, whose seed and target are per row: an output
+        without one row per input row is an InputError saying so (objective.check_rows),
+        never an ONNX Runtime failure on the seed's shape or a misread score."""
+        check_rows(self.model, self.output)
+        try:
+            results = self._run_rows(session_for, names, feeds, extra, rows, axes,
+                                     rowwise=[self.output])
+        except _Unjoinable as err:
+            check_rows(self.model, self.output, err.shape, err.rows)
+            raise
+        except OnnxplainError as err:
+            if isinstance(err, InputError):
+                raise
+            try:  # the generated seed failed: a forward run of the first rows tells why
+                clean = self.forward(first)[self.output]
+            except OnnxplainError:
+                raise err from None
+            check_rows(self.model, self.output, clean.shape,
+                       batch_size_of(first, self.model.batch.of_inputs))
+            raise
+        check_rows(self.model, self.output, results[self.output].shape, rows)
+        return results
+
+
+class _Unjoinable(Exception):
+    """A model output whose rows are not the input's (Model.batch) from a run of part of
+    the rows or a padded run: it cannot be joined into the output for all rows."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], rows: int):
+        super().__init__(name)
+        self.name, self.shape, self.rows = name, tuple(shape), rows
 
 
 def is_labels(output: np.ndarray) -> bool:

@@ -15,6 +15,7 @@ from .attribution import Attribution
 from .autodiff.build import partial_cut_notes
 from .autodiff.ops.quantize import straight_through_notes
 from .engine import (
+    DenseObjective,
     Engine,
     GradientRun,
     OutputSeed,
@@ -49,6 +50,12 @@ from .objective import (
 )
 from .runtime.batching import DEFAULT_BUDGET_MB
 from .runtime.session import fallback_note, resolve_providers
+
+# Methods that hand the objective to one gradient program and read nothing else of it: their
+# next-token objective is computed in that program (engine.DenseObjective), which saves the
+# clean forward run that would resolve it first (a causal LM's whole forward).
+SEEDED_IN_GRAPH = frozenset({"saliency", "input_x_gradient", "transformer_attribution",
+                             "generic_attention", "attgrad", "partial_lrp"})
 
 
 class Explainer:
@@ -117,6 +124,9 @@ class Explainer:
         with self.engine.chunking(batch_size):
             output = spec.run(self.engine, feeds, target, self.sources, **resolved)
         elapsed = time.perf_counter() - start
+        if isinstance(objective, DenseObjective):  # seeded in the graph: report it now
+            objective = resolve_dense(self.model, objective.form, self.output, feeds,
+                                      output.run.outputs, objective.target, objective.place)
         if objective is None and output_seed is None and self._form == NEXT_TOKEN:
             # Attention methods read the explained position's row (query): report it.
             objective = resolve_dense(self.model, NEXT_TOKEN, self.output, feeds,
@@ -124,7 +134,8 @@ class Explainer:
         return self._attribution(spec, resolved, output, elapsed, objective)
 
     def _objective(self, spec: MethodSpec, feeds: dict[str, np.ndarray], target,
-                   output_seed, place: Place) -> tuple[Dense | OutputSeed | None, object]:
+                   output_seed, place: Place
+                   ) -> tuple[Dense | DenseObjective | OutputSeed | None, object]:
         """What `spec` explains, resolved once (objective): (the objective to report, the
         target to run the method with)."""
         if output_seed is not None:
@@ -147,6 +158,9 @@ class Explainer:
         require_objective(self.model, self.output, seeded=False, targeted=target is not None)
         if self._form not in DENSE:
             return target, target
+        if self._form == NEXT_TOKEN and spec.name in SEEDED_IN_GRAPH:
+            lazy = DenseObjective(self._form, place, target)
+            return lazy, lazy
         dense = self._dense(feeds, target, place)
         return dense, OutputSeed(dense.seed, dense.outputs)
 

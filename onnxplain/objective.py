@@ -12,7 +12,8 @@ one rule for every method family.
   next token at the last non-padding position of each row is explained (the predicted
   token unless a target names one); padding is read from the attention-mask inputs. It is
   resolved once on the clean forward run into an output seed (a one-hot at [row, position,
-  token]) that every family already applies.
+  token]) that every family already applies; methods that run one gradient program compute
+  the same seed inside it (export.seed.dense_weights), with no clean forward before it.
 - Scores per position: a float [N, T, C] output that is not over the vocabulary (a CTC
   recogniser, a token classifier). The summed score of the predicted class at every
   position is explained; positions where an attention-mask input is 0 are left out.
@@ -40,7 +41,7 @@ from .errors import InputError, OnnxplainError
 from .graph.attention import find_attention
 from .graph.model import Model
 from .graph.sources import embedding_rows
-from .inputs import prepare_target
+from .inputs import batch_size, prepare_target
 
 CLASS, VALUE, LABELS, OTHER = "class", "value", "labels", "other"
 NEXT_TOKEN = "next_token"  # [N, T, V] logits: the next token at the last real position
@@ -96,13 +97,60 @@ def class_count(model: Model, output: str) -> int | None:
     return count if isinstance(count, int) else None
 
 
+ROWS_ADVICE = ("its rows are not the input's rows (a Flatten, Tile, Concat or reduction over the "
+               "batch axis?): explain an output with one row per input row (--output)")
+
+
+def declared_rows(model: Model, output: str) -> bool | None:
+    """Whether `output` has one row per input row by its declared dims: True where the
+    inputs' batch symbol is in them (or axis 0 is the fixed batch size), False for a scalar
+    or another fixed size, None where only a run can tell."""
+    dims = model.output(output).dims
+    batch = model.batch
+    if dims is None:
+        return None
+    if not dims:
+        return False
+    if batch.symbol is not None and batch.symbol in dims:
+        return True
+    if not batch.symbolic and isinstance(dims[0], int):
+        return dims[0] == batch.size
+    return None
+
+
+def check_rows(model: Model, output: str, shape: Sequence[int] | None = None,
+               rows: int | None = None) -> None:
+    """An InputError unless `output` has one row per input row: on its declared dims where
+    they tell (a scalar; a size other than the fixed batch), else on the `shape` a run gave
+    for `rows` input rows. Scores are read row by row: any other output would be indexed as
+    if it were, or fail inside ONNX Runtime."""
+    dims = model.output(output).dims
+    batch = model.batch
+    if declared_rows(model, output) is False:
+        declared = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+        fixed = "" if batch.symbolic else f" for inputs whose batch is fixed to {batch.size}"
+        raise InputError(f"output '{output}' is declared {declared}{fixed}: {ROWS_ADVICE}")
+    if shape is None or rows is None:
+        return
+    axis = batch.axis_in(dims)
+    if axis is None or len(shape) <= axis or shape[axis] != rows:
+        raise InputError(f"output '{output}' has shape {list(shape)} for {rows} input "
+                         f"row{'s' * (rows != 1)}: {ROWS_ADVICE}")
+
+
 def require_objective(model: Model, output: str, *, seeded: bool, targeted: bool) -> str:
     """The output's form, or an InputError saying what to do when it has no score per row
     (`seeded`: an output seed is given; `targeted`: explicit classes are)."""
+    check_rows(model, output)
     form = output_form(model, output)
+    spec = model.output(output)
+    if spec.info.dtype is not None and not spec.is_float and (
+            seeded or form not in (LABELS, UNKNOWN)):
+        raise InputError(f"output {spec.describe()} holds integers, not scores, so no score "
+                         "per row can be read from it (only [batch] or [batch, k] class "
+                         "labels are explained as such): choose a float output with --output")
     if seeded:
         return form
-    spec = model.output(output)
     if form == OTHER:
         raise InputError(f"output {spec.describe()} is neither class scores [batch, classes], "
                          "scores per position ([batch, positions, classes] or [batch, classes, "
@@ -285,6 +333,7 @@ def resolve_dense(model: Model, form: str, output: str, feeds: Mapping[str, np.n
                   ) -> Dense:
     """The dense objective of `output` (objective): its seed on the clean `outputs`."""
     scores = outputs[output]
+    check_rows(model, output, scores.shape, batch_size(feeds, model.batch.of_inputs))
     spatial = form == SPATIAL
     view = np.moveaxis(scores, 1, -1) if spatial else scores  # classes last
     rows, classes = view.shape[0], view.shape[-1]

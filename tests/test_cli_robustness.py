@@ -20,6 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxplain.errors import InputError
 from tests.cli_helpers import digests, run
 
 
@@ -397,3 +398,87 @@ def test_pickle_module_is_never_asked_to_load(workdir, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     one_error(explain(workdir, "conv.onnx", "-i", str(workdir / "evil.npz")), "never unpickles")
+
+
+# ---- found by the fuzzer's input, output and export families (tests/fuzz/surface.py) ----
+
+def test_zip_bomb_npz_is_refused_before_reading(workdir):
+    """An honest header over 2**30 float32 (4 GiB) deflated to 4 MB: capped by the memory
+    budget from the archive's directory, before one byte is inflated."""
+    from tests.fuzz.surface import _zip_bomb
+
+    (workdir / "bomb.npz").write_bytes(_zip_bomb())
+    result = explain(workdir, "conv.onnx", "-i", str(workdir / "bomb.npz"), "-o",
+                     str(workdir / "out"))
+    one_error(result, "bomb.npz expands to 4,294,967,424 bytes", "memory budget of 512 MB")
+    assert not (workdir / "out").exists()
+
+
+def test_small_compressed_npz_still_loads(workdir):
+    np.savez_compressed(workdir / "small.npz", x=np.ones((1, 3, 8, 8), np.float32))
+    result = explain(workdir, "conv.onnx", "-i", str(workdir / "small.npz"), "-o",
+                     str(workdir / "out"))
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "export"])
+def test_overlong_out_name_is_one_line(workdir, command):
+    """A 300-byte file name (the limit is 255): the user's argument, exit 2, not a bug."""
+    out = workdir / ("o" * 300 + (".onnx" if command == "export" else ""))
+    args = ("-i", str(workdir / "image.npy")) if command == "explain" else ()
+    result = run(command, str(workdir / "conv.onnx"), *args, "-o", str(out), "-q")
+    one_error(result, "File name too long")
+
+
+def conv_group_model() -> onnx.ModelProto:
+    """The issue's case: a Conv whose group (2) does not divide its 3 input channels."""
+    model = conv_model()
+    model.graph.node[0].attribute.append(helper.make_attribute("group", 2))
+    return model
+
+
+def test_export_shape_inference_failure_is_one_line_naming_the_node(workdir):
+    onnx.save(conv_group_model(), workdir / "group.onnx")
+    before = digests(workdir, recursive=True)
+    result = run("export", str(workdir / "group.onnx"), "-o", str(workdir / "e.onnx"), "-q")
+    one_error(result, "cannot be exported: ONNX shape inference fails at", "node '")
+    assert digests(workdir, recursive=True) == before
+    checked = run("export", str(workdir / "group.onnx"), "-o", str(workdir / "e.onnx"),
+                  "--check", "-i", str(workdir / "image.npy"), "-q")
+    assert checked.exit_code == 2 and "Traceback" not in checked.stderr, checked.stderr
+    assert digests(workdir, recursive=True) == before
+
+
+@pytest.mark.parametrize("shape, tokens", [((1, 3, -8, 8), 4), ((1, 3, 8, -8), 4),
+                                           ((1, 3, 0, 8), 4), ((1, 3, 8, 8), -4)])
+def test_patch_grid_over_a_size_no_image_has_is_none(shape, tokens):
+    """inspect reads the grid off declared sizes: a negative one has no grid (isqrt raised)."""
+    from onnxplain.graph.attention import patch_grid
+
+    assert patch_grid(shape, "NCHW", tokens) == (0, None)
+    assert patch_grid((1, 8, 8, 3), "NHWC", 5) == (1, (2, 2))  # the search itself still works
+
+
+@pytest.mark.parametrize(("value", "default", "message"), [
+    ((), 1e-6, "expects a float, got a value of type tuple"),
+    (np.zeros(10**6), 50, "expects an int, got a value of type ndarray"),
+    (3.5, 50, "expects an int, got 3.5"),
+    (True, 50, "expects an int, got True"),
+    (2, True, "expects a bool, got 2"),
+])
+def test_api_option_of_the_wrong_kind_is_one_line(value, default, message):
+    from onnxplain.methods import coerce_option
+
+    with pytest.raises(InputError, match=message) as error:
+        coerce_option("m", "k", value, default)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200
+
+
+@pytest.mark.parametrize(("value", "default", "want"), [
+    (32.0, 50, 32), (np.int64(5), 50, 5), (1, 1.0, 1.0), (np.float32(0.5), 0.1, 0.5),
+    (1, True, True), ("7", 50, 7)])
+def test_api_option_numbers_keep_working(value, default, want):
+    from onnxplain.methods import coerce_option
+
+    got = coerce_option("m", "k", value, default)
+    assert got == want and type(got) is type(want)

@@ -220,6 +220,42 @@ def test_the_clean_forward_runs_once(zoo, monkeypatch):
         assert len(clean_runs) == 1, name
 
 
+def _next_token_logits(zoo, name: str, sample: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the last real position per row, the logits there), in numpy on a plain ONNX Runtime
+    forward: padding is 0 in the attention mask, whose last columns are the new tokens."""
+    session = ort.InferenceSession(str(zoo.model_path(name)), providers=["CPUExecutionProvider"])
+    logits = session.run(None, sample)[0]
+    length = sample["input_ids"].shape[1]
+    real = sample["attention_mask"][:, -length:] != 0
+    last = length - 1 - np.argmax(real[:, ::-1], axis=1)
+    return last, logits[np.arange(len(last)), last]
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "llama_tiny_kv"])
+def test_gradient_methods_on_a_causal_lm_run_no_clean_forward(zoo, name, monkeypatch):
+    """The next-token objective is computed inside the gradient program: no forward run
+    resolves it first, and what is reported (explained position, predicted token, its
+    logit) is read from that run's outputs. Oracle: numpy on a plain forward; saliency gets
+    row 1 right-padded (attention methods need rows that end together)."""
+    padded = {k: v.copy() for k, v in zoo.sample(name).items()}
+    padded["attention_mask"][1, -1] = 0
+    explainer = onnxplain.Explainer(zoo.model_path(name), "cpu", progress=False)
+    forward, clean = explainer.engine.forward, []
+
+    def counted(feeds, *args, **kwargs):
+        clean.extend([1] if not args and not kwargs else [])
+        return forward(feeds, *args, **kwargs)
+
+    monkeypatch.setattr(explainer.engine, "forward", counted)
+    for method, sample in (("saliency", padded), ("transformer_attribution", zoo.sample(name))):
+        last, at = _next_token_logits(zoo, name, sample)
+        result = explainer.explain(sample, method)
+        assert result.extras["explained_positions"] == last.tolist(), method
+        np.testing.assert_array_equal(result.predicted, at.argmax(axis=1))
+        np.testing.assert_allclose(result.target_score, at.max(axis=1), rtol=1e-5)
+    assert clean == [], f"{len(clean)} clean forward runs"
+
+
 BAD = [("ctc_conv_tiny", ["--position", "12"], "position 12 is out of range"),
        ("ctc_conv_tiny", ["--pixel", "1,2"], "pixel needs a [batch, classes, height, width]"),
        ("segment_fcn_tiny", ["--position", "1"], "position needs a [batch, positions"),

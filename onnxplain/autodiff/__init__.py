@@ -15,6 +15,7 @@ from ..graph.builder import GraphBuilder
 from ..graph.shapes import TensorInfo, infer_shapes
 from . import ops  # noqa: F401 - registers the rules
 from .build import add_gradients, differentiated_region, missing_rules
+from .ops.recurrent import finish_gate_forwards
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient, rule
 
 SEED_PREFIX = "onnxplain/seed/"
@@ -47,6 +48,7 @@ def differentiate(model: onnx.ModelProto, wrt: Sequence[str],
     outputs = list(outputs) if outputs is not None else [o.name for o in copy.graph.output]
     seeds = {out: add_input_like(b, SEED_PREFIX + out, out) for out in outputs}
     grads = add_gradients(b, seeds, list(wrt), rules)
+    finish_gate_forwards(b)
     named = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)
              for name, grad in grads.items()}
     return Differentiated(copy, {out: seeds[out] for out in outputs}, named)

@@ -20,10 +20,11 @@ from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
 from ..graph.weights import Weights, light_copy
-from ..objective import CLASS, DENSE, VALUE, require_objective
+from ..objective import CLASS, DENSE, VALUE, Place, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
 from .commute import pool_after_relu
+from .ops.recurrent import finish_gate_forwards
 from .registry import GRADIENT, RuleSet
 
 TARGET_INPUT = "onnxplain/target"
@@ -84,11 +85,12 @@ def objective_kind(model: Model, output: str) -> str:
 def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
                            rules: RuleSet = GRADIENT, seeded: bool = False,
                            taps: Sequence[str] = (), passes: Sequence[Pass] = (),
-                           post: Post | None = None, active_from: Sequence[str] = ()
-                           ) -> GradientProgram:
+                           post: Post | None = None, active_from: Sequence[str] = (),
+                           dense: tuple[str, Place] | None = None) -> GradientProgram:
     """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`,
     and the gradients of further `passes`; with a `post`, its outputs instead of the
-    gradients."""
+    gradients. `dense` (form, place): the dense objective is computed in the graph from
+    the output it explains, its class read from the target input (-1: predicted)."""
     proto = light_copy(model.proto)
     infos = dict(model.infos)
     if post is None and all(p.rules is GRADIENT for p in passes) and rules is GRADIENT:
@@ -100,6 +102,8 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     if seeded:
         program.seed_input = add_input_like(b, SEED_PREFIX + output, output)
         seed = program.seed_input
+    elif dense is not None:
+        seed = _dense_seed(b, model, output, dense, program)
     elif objective_kind(model, output) == "class":
         seed = _class_seed(b, output, program)
     else:
@@ -118,6 +122,7 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     else:
         program.post = {label: add_output(b, POST_PREFIX + label, tensor)
                         for label, tensor in post.emit(b, computed).items()}
+    finish_gate_forwards(b)  # LSTM kernels give way to the Scans that keep gates
     append_outputs(proto.graph, b.infos, list(taps))
     program.taps = list(taps)
     _drop_unread(proto.graph, len(model.proto.graph.node))
@@ -140,16 +145,32 @@ def _drop_unread(graph: onnx.GraphProto, start: int) -> None:
         graph.node.extend(kept)
 
 
-def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:
+def _target_input(b: GraphBuilder, program: GradientProgram) -> str:
     target = TARGET_INPUT
     b.graph.input.append(helper.make_tensor_value_info(target, TensorProto.INT64, [None]))
     b.infos[target] = TensorInfo(TensorProto.INT64, (None,))
+    program.target_input = target
+    return target
+
+
+def _dense_seed(b: GraphBuilder, model: Model, output: str, dense: tuple[str, Place],
+                program: GradientProgram) -> str:
+    """The dense objective's weights on `output`, computed in the graph (one definition,
+    shared with exported explainers), so no separate clean forward resolves them."""
+    from ..export.seed import dense_weights  # export imports the engine, which imports us
+
+    form, place = dense
+    return dense_weights(b, model, output, _target_input(b, program), form, place, {})
+
+
+def _class_seed(b: GraphBuilder, output: str, program: GradientProgram) -> str:
+    target = _target_input(b, program)
     chosen = chosen_class(b, output, target)
     b.graph.node.append(helper.make_node("Identity", [chosen], [TARGET_OUTPUT],
                                          name=b.fresh("target_output")))
     b.graph.output.append(helper.make_tensor_value_info(TARGET_OUTPUT, TensorProto.INT64,
                                                         [None]))
-    program.target_input, program.target_output = target, TARGET_OUTPUT
+    program.target_output = TARGET_OUTPUT
     return one_hot(b, chosen, output)
 
 

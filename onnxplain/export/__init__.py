@@ -10,12 +10,14 @@ options, the onnxplain version and the meaning of every added input and output.
 
 from __future__ import annotations
 
+import re
+
 import onnx
 from onnx import helper
 
 from ..autodiff.build import used_initializers
 from ..engine import pick_output
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..graph.weights import standalone
@@ -75,8 +77,26 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     proto.producer_name = "onnxplain"
     _drop_unread_initializers(proto.graph)
     set_runtime_ir_version(proto)
-    onnx.checker.check_model(proto, full_check=True)
+    _check_exported(proto)
     return proto
+
+
+def _check_exported(proto: onnx.ModelProto) -> None:
+    """The checker re-runs shape inference, stricter than the loader's: a model attribute it
+    rejects (a Conv group that does not divide the channels) is the model's fault, one line."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        text = " ".join(str(err).split())
+        node = re.search(r"\(op_type:(\w+), node name: ([^)]*)\)", text)
+        where = f" at {node[1]} node '{node[2]}'" if node else ""
+        if node and node[2].startswith("onnxplain/"):
+            # A node of the explainer: shapes derived from the model's weights and attributes
+            # disagree (a Conv group that does not divide its input's channels).
+            where += " of the explainer built from the model's weights and attributes"
+        reason = re.sub(r"\(op_type:[^)]*\):?\s*", "", text.rsplit("] ", 1)[-1])
+        raise ModelError(f"the model cannot be exported: ONNX shape inference fails{where}: "
+                         f"{reason[:300]}") from None
 
 
 def _drop_unread_initializers(graph: onnx.GraphProto) -> None:

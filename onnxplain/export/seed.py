@@ -106,7 +106,8 @@ def _positions(b: GraphBuilder, model: Model, scores: str, form: str, place: Pla
     if place.position is not None:
         at = b.op("Equal", steps, b.const(np.array(place.position, np.int64)))
         return b.reshape(at, [1, -1, 1])
-    real = _real(b, model, inputs, b.dim(scores, 0))
+    real = _real(b, model, inputs, b.dim(scores, 0),
+                 b.dim(scores, 1) if form == NEXT_TOKEN else None)
     if form != NEXT_TOKEN:
         return None if real is None else b.unsqueeze(real, [2])
     # The last real position: the largest (index + 1) over the real positions, minus 1.
@@ -118,9 +119,12 @@ def _positions(b: GraphBuilder, model: Model, scores: str, form: str, place: Pla
     return b.unsqueeze(b.op("Equal", b.unsqueeze(steps, [0]), last), [2])
 
 
-def _real(b: GraphBuilder, model: Model, inputs: Mapping[str, str], rows: str) -> str | None:
+def _real(b: GraphBuilder, model: Model, inputs: Mapping[str, str], rows: str,
+          cached: str | None = None) -> str | None:
     """bool [N, T]: no [N, T] mask input is 0 there (objective.mask_inputs), else None. A
-    mapped input may hold more blocks of rows (a path's x and x'): its first N are read."""
+    mapped input may hold more blocks of rows (a path's x and x'): its first N are read.
+    `cached` (T, [1]): read the last T columns, as a KV cache's [N, P + T] mask covers the
+    cached positions first (objective.last_positions)."""
     real = None
     specs = {spec.name: spec for spec in model.inputs}
     for name in mask_inputs(model):
@@ -129,6 +133,8 @@ def _real(b: GraphBuilder, model: Model, inputs: Mapping[str, str], rows: str) -
             continue
         zero = b.const(np.zeros((), spec.numpy_dtype))
         value = b.slice(inputs[name], [0], rows, [0]) if name in inputs else name
+        if cached is not None:
+            value = b.slice(value, b.op("Neg", cached), [np.iinfo(np.int64).max], [1])
         here = b.op("Not", b.equal(value, zero))
         real = here if real is None else b.op("And", real, here)
     return real

@@ -68,6 +68,8 @@ def patch_grid(shape: tuple[int, ...], layout: str, tokens: int
                 ) -> tuple[int, tuple[int, int] | None]:
     """(leading non-patch tokens, patch grid) whose aspect ratio matches the image."""
     height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if height <= 0 or width <= 0 or tokens <= 0:
+        return 0, None  # a declared size no image has: no grid (isqrt of a negative raises)
     for prefix in range(0, min(tokens, 5)):
         patches = tokens - prefix
         rows = math.isqrt(patches * height // width) if width else 0

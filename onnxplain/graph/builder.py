@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -222,6 +223,16 @@ class GraphBuilder:
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
+
+    @contextmanager
+    def own_memo(self) -> Iterator[None]:
+        """Emit nodes that will be moved earlier in the graph: inside, memo() reuses nothing
+        emitted before (it may be defined after their new place), and keeps nothing after."""
+        saved, self._memo = self._memo, {}
+        try:
+            yield
+        finally:
+            self._memo = saved
 
     # ---- shapes ----------------------------------------------------------------------
     def shape(self, x: str) -> str:

@@ -75,6 +75,12 @@ def coerce_option(method: str, key: str, value: object, default: object) -> obje
 
 
 def _coerced(method: str, key: str, value: object, default: object) -> object:
+    # Float options may also take arrays (baselines), which their methods check, and None
+    # is checked by the methods with their own reason; counts and flags are numbers only.
+    array_or_none = value is None or isinstance(value, np.ndarray | list)
+    if isinstance(default, bool | int | float) and not isinstance(value, str) and not (
+            isinstance(default, float) and array_or_none):
+        return _number(method, key, value, default)
     if not isinstance(value, str) or isinstance(default, str) or default is None:
         return value
     text = value.strip().lower()
@@ -90,9 +96,30 @@ def _coerced(method: str, key: str, value: object, default: object) -> object:
         if isinstance(default, float):
             return float(text)
     except ValueError:
-        raise InputError(f"option '{key}' of method '{method}' expects a "
-                         f"{type(default).__name__}, got '{value}'") from None
+        raise InputError(f"option '{key}' of method '{method}' expects "
+                         f"{_a(type(default))}, got '{value}'") from None
     return value
+
+
+def _number(method: str, key: str, value: object, default: bool | int | float) -> object:
+    """An API value for a number option: a number of the default's kind (an integral float
+    for an integer), else one line naming its type (never the value itself: it may be a
+    large array)."""
+    kind = type(default)
+    number = isinstance(value, int | float | np.integer | np.floating) and not (
+        kind is not bool and isinstance(value, bool | np.bool_))
+    if kind is bool:
+        number = isinstance(value, bool | np.bool_) or (number and value in (0, 1))
+    if number and kind is int and not isinstance(value, int | np.integer):
+        number = np.isfinite(value) and float(value).is_integer()
+    if not number:
+        got = repr(value) if np.isscalar(value) else f"a value of type {type(value).__name__}"
+        raise InputError(f"option '{key}' of method '{method}' expects {_a(kind)}, got {got}")
+    return kind(value)
+
+
+def _a(kind: type) -> str:
+    return f"{'an' if kind is int else 'a'} {kind.__name__}"
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -10,8 +10,8 @@ import numpy as np
 from ..engine import Engine, GradientRun, OutputSeed, decisions, is_labels
 from ..errors import InputError
 from ..graph.sources import Source
-from ..inputs import prepare_target
-from ..objective import class_scores
+from ..inputs import batch_size, prepare_target
+from ..objective import check_rows, class_scores
 
 
 def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
@@ -21,6 +21,8 @@ def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
     if isinstance(target, OutputSeed) and target.clean is not None:
         return target, target.clean
     outputs = engine.forward(feeds)
+    check_rows(engine.model, engine.output, outputs[engine.output].shape,
+               batch_size(feeds, engine.model.batch.of_inputs))
     return explicit_target(engine, outputs, target), outputs
 
 

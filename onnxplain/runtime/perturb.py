@@ -21,6 +21,7 @@ from ..engine import BatchNotice, Engine, OutputSeed, target_scores
 from ..errors import InputError, OnnxplainError
 from ..inputs import RowAxes, join_rows, repeat_row, rows_axis, take_rows
 from ..inputs import batch_size as batch_size_of
+from ..objective import check_rows
 from .batching import rows_per_run
 from .progress import progress_bar
 
@@ -91,7 +92,7 @@ class _Runner:
                 raise self._refused(err) from err
             self._fall_back(stop - start, err)
             return self._singly(start, stop, target)
-        return _scores(outputs[self.engine.output], target, owners)
+        return self._scores(outputs, target, owners)
 
     def _singly(self, start: int, stop: int, target) -> np.ndarray:
         found = [self._one(index, target) for index in range(start, stop)]
@@ -105,7 +106,13 @@ class _Runner:
             if isinstance(err, InputError):
                 raise
             raise self._refused(err) from err
-        return _scores(outputs[self.engine.output], target, owners)
+        return self._scores(outputs, target, owners)
+
+    def _scores(self, outputs: Mapping[str, np.ndarray], target, owners: np.ndarray
+                ) -> np.ndarray:
+        output = outputs[self.engine.output]
+        check_rows(self.engine.model, self.engine.output, output.shape, len(owners))
+        return _scores(output, target, owners)
 
     def _refused(self, err: Exception) -> InputError:
         # The clean input ran, so the perturbation removed something the model cannot run

@@ -16,9 +16,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxplain.autodiff import differentiate
+from onnxplain.autodiff import add_input_like, add_output, differentiate
+from onnxplain.autodiff.build import add_gradients
+from onnxplain.autodiff.ops.recurrent import finish_gate_forwards
 from onnxplain.errors import UnsupportedOpError
+from onnxplain.graph.builder import GraphBuilder
 from onnxplain.graph.load import set_runtime_ir_version
+from onnxplain.graph.shapes import infer_shapes
 
 from .recurrent_reference import SPEC_OPS, recurrent
 from .reference_fixes import CORRECTED_OPS
@@ -132,6 +136,8 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 CASES = [
     RnnCase("lstm", "LSTM"),
     RnnCase("lstm-reverse-states", "LSTM", {"direction": "reverse"}, states=True),
+    RnnCase("lstm-bidirectional-states", "LSTM", {"direction": "bidirectional"}, states=True),
+    RnnCase("lstm-reverse-without-y", "LSTM", {"direction": "reverse"}, y=False),
     RnnCase("lstm-bidirectional-layout1", "LSTM", {"direction": "bidirectional", "layout": 1},
             states=True),
     RnnCase("lstm-padded-bidirectional", "LSTM", {"direction": "bidirectional"},
@@ -222,6 +228,79 @@ def test_gradient_matches_finite_differences(case: RnnCase):
                 f"{case.id} d/d{name}: finite differences {numeric!r}, rule {analytic!r}")
     if not case.attrs.get("layout"):
         _check_onnxruntime(case, values, wrt, seeds, grads)
+
+
+# The LSTMs whose gradient programs run them as Scans that keep the gates.
+GATE_SCANS = [c for c in CASES if c.id in ("lstm", "lstm-reverse-states",
+                                          "lstm-bidirectional-states", "lstm-reverse-without-y")]
+
+
+@pytest.mark.parametrize("case", GATE_SCANS, ids=repr)
+def test_gradient_program_runs_lstm_as_scans_keeping_its_outputs(case: RnnCase):
+    """The gradient program replaces the kernel by Scans (the gates are read, not recomputed);
+    its Y, Y_h, Y_c stay ONNX Runtime's kernel's within float32 rounding."""
+    values = _values(case)
+    model = _model(case, values, np.float32)
+    wrt = [k for k in ("X", "initial_h", "initial_c") if k in values]
+    outs = _outputs(case)
+    diff = differentiate(model, wrt, outputs=outs)
+    ops = [node.op_type for node in diff.model.graph.node]
+    assert "LSTM" not in ops and "Scan" in ops
+    assert "LSTM" in [node.op_type for node in model.graph.node]  # the forward keeps it
+    feeds = _feeds(case, values, np.float32)
+    expected = _session(model).run(outs, feeds)
+    feeds.update({diff.seeds[o]: np.ones_like(v) for o, v in zip(outs, expected, strict=True)})
+    got = _session(diff.model).run(outs, feeds)
+    for name, value, kernel in zip(outs, got, expected, strict=True):
+        np.testing.assert_allclose(value, kernel, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_two_passes_share_one_gate_forward():
+    """A second backward pass (other rule sets' programs) still finds the LSTM node and
+    reads the same Scans' gates; the kernel is gone once both are emitted."""
+    case = next(c for c in GATE_SCANS if c.id == "lstm-bidirectional-states")
+    values = _values(case)
+    model = _model(case, values, np.float32)
+    b = GraphBuilder(model, infer_shapes(model))
+    seeds = {"Y": add_input_like(b, "seed_Y", "Y")}
+    passes = [add_gradients(b, seeds, ["X"])["X"] for _ in range(2)]
+    finish_gate_forwards(b)
+    names = [add_output(b, f"dX{k}", grad, like="X") for k, grad in enumerate(passes)]
+    ops = [node.op_type for node in model.graph.node]
+    assert "LSTM" not in ops and ops.count("Scan") == 3 * case.dirs  # forward, 2 backward
+    feeds = _feeds(case, values, np.float32)
+    feeds["seed_Y"] = np.random.default_rng(5).standard_normal(
+        _reference(case, values)[0].shape).astype(np.float32)
+    first, second = _session(model).run(names, feeds)
+    reference = differentiate(_model(case, values, np.float32), ["X"], outputs=["Y"])
+    expected = _session(reference.model).run([reference.grads["X"]],
+                                             {**_feeds(case, values, np.float32),
+                                              reference.seeds["Y"]: feeds["seed_Y"]})[0]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gate_forward_reads_nothing_emitted_after_the_kernel():
+    """A rule that ran before the LSTM's (a ReduceSum of X after the node) memoises X's shape
+    at the end of the graph; the Scans that move to the kernel's place must not read it."""
+    case = next(c for c in GATE_SCANS if c.id == "lstm")
+    values = _values(case)
+    model = _model(case, values, np.float32)
+    model.graph.node.extend([
+        helper.make_node("ReduceSum", ["X"], ["X_sum"], keepdims=1),
+        helper.make_node("Add", ["Y", "X_sum"], ["Z"])])
+    model.graph.output.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT,
+                                                            ["t", 1, "n", H]))
+    diff = differentiate(model, ["X"], outputs=["Z"])
+    onnx.checker.check_model(diff.model, full_check=True)
+    feeds = _feeds(case, values, np.float32)
+    y = _session(model).run(["Z"], feeds)[0]
+    feeds[diff.seeds["Z"]] = np.ones_like(y)
+    got = _session(diff.model).run([diff.grads["X"]], feeds)[0]
+    plain = differentiate(_model(case, values, np.float32), ["X"], outputs=["Y"])
+    expected = _session(plain.model).run([plain.grads["X"]], {
+        **_feeds(case, values, np.float32), plain.seeds["Y"]: np.ones_like(y)})[0]
+    np.testing.assert_allclose(got, expected + y.size, rtol=1e-5)  # X_sum reaches every Z
 
 
 def _check_onnxruntime(case, values, wrt, seeds, grads) -> None:

@@ -219,7 +219,7 @@ def test_cli_export_checks_text_integrated_gradients(token, tmp_path, zoo, text_
     ("lime", {}, "method 'lime' cannot be exported"),
     ("saliency", {"foo": 1}, "has no export option 'foo'"),
     ("integrated_gradients", {"baseline": "blur"}, "baseline 'blur' cannot be exported"),
-    ("integrated_gradients", {"n_steps": "many"}, "expects a int"),
+    ("integrated_gradients", {"n_steps": "many"}, "expects an int"),
     ("grad_cam", {"layer": "logits"}, "is not a \\[batch, channels, height, width\\]"),
     ("grad_cam", {"upsample": "cubic"}, "unknown upsample mode"),
 ])

@@ -1,10 +1,15 @@
 """Run fuzz cases in forked children with a timeout, and classify what each run did.
 
+Cases are model mutations (mutate.MUTATIONS, through every run kind) or mutations of what
+surrounds an unchanged seed model (surface.SURFACES: input files, method options, output
+locations; through the run kinds that read them).
+
 Outcomes: ok (the run finished); clean (a typed OnnxplainError, or CLI exit 2, with a one-line
 message); ort (such an error that only relays ONNX Runtime's failure); internal (an
 OnnxplainError marked internal, a multi-line one, or a CLI internal error); traceback (any other
-exception reaching the caller); hang (past the timeout); crash (the child died); modified (the
-user's folder changed); partial (a failed CLI run left its output folder).
+exception reaching the caller); hang (past the timeout); crash (the child died, a loaded
+pickle included); modified (a file there before the run changed, or the run wrote into the
+user's folder); partial (a failed CLI run left anything behind).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +37,21 @@ from onnxplain.graph.inspect import describe_model
 from onnxplain.graph.model import Model
 
 from .mutate import MUTATIONS, mutate
-from .seeds import Seed
+from .seeds import CODE_SEEDS, Seed
+from .surface import SURFACES, surface
 
 OUTCOMES = ("ok", "clean", "ort", "internal", "traceback", "hang", "crash", "modified",
             "partial")
 # A typed error that only passes on ONNX Runtime's failure: clean in form, but on a model the
 # checker and the loader accepted it is most often onnxplain's own graph that failed.
 ORT_FAILED = "ONNX Runtime failed"
-RUNS = ("api-explain", "api-inspect", "cli-inspect", "cli-explain")
+RUNS = ("api-explain", "api-inspect", "cli-inspect", "cli-explain", "cli-export",
+        "cli-export-check")
+# The run kinds that read what each family mutates (model mutations: every kind).
+FAMILY_RUNS = {"model": RUNS, "in": ("cli-explain", "api-explain"),
+               "opt": ("cli-explain", "api-explain", "cli-export"),
+               "out": ("cli-explain", "cli-export")}
+NOBODY = 65534  # the user a read-only folder is read-only to (root writes anywhere)
 MEMORY_LIMIT = 3 << 30  # a giant declared dim must fail, not take the machine's memory
 
 
@@ -53,6 +65,23 @@ class Case:
     def name(self) -> str:
         return f"{self.seed.name}/{self.mutation}/{self.number}"
 
+    @property
+    def family(self) -> str:
+        return self.mutation.split(":")[0] if ":" in self.mutation else "model"
+
+
+@dataclass
+class Setup:
+    """A case written out: the user's folder, the -i argument, the API's arrays, extra CLI
+    arguments, the API's keyword arguments and the output location's kind."""
+
+    user: Path
+    spec: Path
+    arrays: dict
+    cli: list[str] = field(default_factory=list)
+    api: dict = field(default_factory=dict)
+    out: str = ""
+
 
 @dataclass
 class Result:
@@ -62,50 +91,98 @@ class Result:
     detail: str = ""
 
 
-def draw_cases(seeds: list[Seed], count: int, seed: int = 0) -> list[Case]:
-    """`count` cases, mutations in turn, seed models and mutation seeds drawn from `seed`."""
+ALL_MUTATIONS = (*MUTATIONS, *SURFACES)
+
+
+def draw_cases(seeds: list[Seed], count: int, seed: int = 0,
+               names: tuple[str, ...] = ALL_MUTATIONS) -> list[Case]:
+    """`count` cases, mutations in turn, seed models and mutation seeds drawn from `seed`.
+    Surface mutations mostly get a model built in code (one every method can run on)."""
     rng = np.random.default_rng(seed)
-    names = list(MUTATIONS)
-    return [Case(seeds[int(rng.integers(len(seeds)))], names[i % len(names)],
-                 int(rng.integers(2**31))) for i in range(count)]
+    cases = []
+    for i in range(count):
+        name = names[i % len(names)]
+        pool = seeds[:CODE_SEEDS] if ":" in name and rng.random() < 0.7 else seeds
+        cases.append(Case(pool[int(rng.integers(len(pool)))], name, int(rng.integers(2**31))))
+    return cases
 
 
-def _digest(folder: Path) -> str:
-    sha = hashlib.sha256()
+def runs_for(case: Case, runs: tuple[str, ...]) -> tuple[str, ...]:
+    """The asked-for runs that read what `case` mutates, else one that does."""
+    allowed = FAMILY_RUNS[case.family]
+    return tuple(r for r in runs if r in allowed) or (allowed[case.number % len(allowed)],)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder` with a digest of its bytes ("dir" for folders)."""
+    found = {}
     for path in sorted(folder.rglob("*")):
-        if path.relative_to(folder).parts[0].startswith("out-"):
-            continue  # the runs' own output locations
-        sha.update(str(path.relative_to(folder)).encode())
-        if path.is_file():
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
+        rel = str(path.relative_to(folder))
+        found[rel] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+                      else "dir")
+    return found
 
 
-def _write_case(case: Case, root: Path) -> Path:
-    """root/user/{model.onnx, side files, inputs.npz}; root/outside.bin beside the folder."""
+def _write_case(case: Case, root: Path) -> Setup:
+    """root/user/{model.onnx, side files, inputs}; root/outside.bin beside the folder."""
     user = root / "user"
     user.mkdir()
-    mutant = mutate(case.seed.model, case.mutation, case.number)
-    (user / "model.onnx").write_bytes(mutant.data)
-    for rel, data in mutant.files.items():
+    if case.family == "model":
+        mutant = mutate(case.seed.model, case.mutation, case.number)
+        model, files, changed = mutant.data, mutant.files, Setup(user, user / "inputs.npz",
+                                                                 case.seed.inputs)
+    else:
+        surf = surface(case.seed.model, case.seed.inputs, case.mutation, case.number)
+        model = (surf.model or case.seed.model).SerializeToString()
+        files = surf.files
+        arrays = case.seed.inputs if surf.arrays is None else surf.arrays
+        changed = Setup(user, user / surf.spec, arrays, surf.cli, surf.api, surf.out)
+    (user / "model.onnx").write_bytes(model)
+    np.savez(user / "inputs.npz", **case.seed.inputs)
+    for rel, data in files.items():
         (user / rel).parent.mkdir(parents=True, exist_ok=True)
         (user / rel).write_bytes(data)
-    np.savez(user / "inputs.npz", **case.seed.inputs)
     (root / "outside.bin").write_bytes(b"\x00" * 64)  # what an escaping location would read
-    return user
+    return changed
+
+
+def _prepare_out(kind: str, root: Path, run: str) -> Path:
+    """The -o argument of `run` for an output location of `kind`, its surroundings made."""
+    export = run.startswith("cli-export")
+    name = "e.onnx" if export else "result"
+    if kind == "readonly":
+        folder = root / "out-ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / name
+    if kind == "unwritable":
+        return Path("/proc/self/onnxplain-fuzz") / name
+    if kind in ("file", "under_file"):
+        taken = root / "out-file"
+        taken.write_bytes(b"the user's file")
+        return taken / name if export or kind == "under_file" else taken
+    if kind == "long_out":
+        return root / ("out-" + "a" * 300 + (".onnx" if export else ""))
+    if kind == "existing_dir":
+        folder = root / "out-dir"
+        folder.mkdir()
+        (folder / "keep.txt").write_bytes(b"the user's notes")
+        return folder
+    return root / f"out-{run}{'.onnx' if export else ''}"
 
 
 def _one_line(text: str) -> bool:
     return len(str(text).strip().splitlines()) == 1
 
 
-def _api(run: str, user: Path, inputs: dict) -> tuple[str, str]:
+def _api(run: str, setup: Setup) -> tuple[str, str]:
+    model = str(setup.user / "model.onnx")
     try:
         if run == "api-inspect":
-            describe_model(Model.load(str(user / "model.onnx")))
+            describe_model(Model.load(model))
         else:
-            explainer = onnxplain.Explainer(str(user / "model.onnx"), progress=False)
-            explainer.explain(inputs, method="saliency")
+            explainer = onnxplain.Explainer(model, progress=False)
+            explainer.explain(setup.arrays, **{"method": "saliency", **setup.api})
     except onnxplain.OnnxplainError as err:
         if getattr(err, "internal", False) or not _one_line(err):
             return "internal", f"{type(err).__name__}: {err}"
@@ -115,11 +192,18 @@ def _api(run: str, user: Path, inputs: dict) -> tuple[str, str]:
     return "ok", ""
 
 
-def _cli(run: str, user: Path, out: Path) -> tuple[str, str]:
-    model = str(user / "model.onnx")
-    args = (["inspect", model] if run == "cli-inspect" else
-            ["explain", model, "-i", str(user / "inputs.npz"), "-o", str(out), "-q"])
-    result = CliRunner().invoke(cli_main, args)
+def _cli_args(run: str, setup: Setup, out: Path) -> list[str]:
+    model = str(setup.user / "model.onnx")
+    if run == "cli-inspect":
+        return ["inspect", model]
+    if run == "cli-explain":
+        return ["explain", model, "-i", str(setup.spec), "-o", str(out), "-q", *setup.cli]
+    check = ["--check", "-i", str(setup.spec)] if run == "cli-export-check" else []
+    return ["export", model, "-o", str(out), "-q", *check, *setup.cli]
+
+
+def _cli(run: str, setup: Setup, out: Path) -> tuple[str, str]:
+    result = CliRunner().invoke(cli_main, _cli_args(run, setup, out))
     stderr = result.stderr.strip()
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         return "traceback", f"{type(result.exception).__name__}: {result.exception}"
@@ -132,30 +216,34 @@ def _cli(run: str, user: Path, out: Path) -> tuple[str, str]:
         return "clean", last
     if result.exit_code == 2 and last.startswith("error:"):
         return "clean", f"(noisy stderr) {last}"
-    return "internal", f"exit {result.exit_code}: {last[:300]}"
+    said = [line for line in stderr.splitlines() if line.startswith("error:")] or [last]
+    return "internal", f"exit {result.exit_code}: {said[0][:300]}"
 
 
-def _child(run: str, user: Path, out: Path, inputs: dict, write_fd: int) -> None:
+def _child(run: str, setup: Setup, out: Path, write_fd: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    if setup.out == "readonly" and os.geteuid() == 0:
+        import encodings.cp437  # noqa: F401 - zipfile's, imported late; nobody cannot read it
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.environ["ONNXPLAIN_NO_PROGRESS"] = "1"
     try:
-        outcome = _api(run, user, inputs) if run.startswith("api") else _cli(run, user, out)
+        outcome = _api(run, setup) if run.startswith("api") else _cli(run, setup, out)
     except BaseException as err:  # noqa: BLE001 - even a MemoryError in the harness is a result
         outcome = ("traceback", f"{type(err).__name__}: {str(err)[:300]}")
     os.write(write_fd, json.dumps(outcome).encode())
     os._exit(0)
 
 
-def _fork_run(run: str, user: Path, out: Path, inputs: dict, timeout: float
-              ) -> tuple[str, str]:
+def _fork_run(run: str, setup: Setup, out: Path, timeout: float) -> tuple[str, str]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _child(run, user, out, inputs, write_fd)
+        _child(run, setup, out, write_fd)
     os.close(write_fd)
     chunks, deadline = [], time.monotonic() + timeout
     while True:
@@ -177,21 +265,49 @@ def _fork_run(run: str, user: Path, out: Path, inputs: dict, timeout: float
     return outcome, detail
 
 
+def _judge(outcome: str, detail: str, before: dict, after: dict) -> tuple[str, str]:
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    new = [p for p in after if p not in before]
+    if changed or any(p.startswith("user") for p in new):
+        where = (changed or [p for p in new if p.startswith("user")])[0]
+        return "modified", f"{detail} ({where[:80]} changed)"
+    if outcome != "ok" and new:
+        return "partial", f"{detail} (left {new[0][:80]} behind)"
+    return outcome, detail
+
+
+def _clean(root: Path, before: dict) -> None:
+    """Undo a run: its new paths go, read-only folders are writable again."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_dir():
+            path.chmod(0o755)
+    for rel in sorted(set(_snapshot(root)) - set(before), reverse=True):
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 def run_case(case: Case, runs: tuple[str, ...] = RUNS, timeout: float = 30.0) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory(prefix="onnxplain-fuzz-") as tmp:
         root = Path(tmp)
-        user = _write_case(case, root)
-        before = _digest(root)
-        for run in runs:
-            out = root / f"out-{run}"
-            outcome, detail = _fork_run(run, user, out, case.seed.inputs, timeout)
-            if _digest(root) != before:
-                outcome, detail = "modified", f"{detail} (the user's folder changed)"
-            elif outcome not in ("ok",) and out.exists():
-                outcome, detail = "partial", f"{detail} (left {out.name} behind)"
-            if out.exists():
-                shutil.rmtree(out)  # a successful run's output: not the user's files
+        setup = _write_case(case, root)
+        if setup.out == "readonly":
+            for path in [root, *root.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)  # readable by nobody
+        for run in runs_for(case, runs):
+            out = _prepare_out(setup.out, root, run)
+            before = _snapshot(root)
+            outcome, detail = _fork_run(run, setup, out, timeout)
+            outcome, detail = _judge(outcome, detail, before, _snapshot(root))
+            _clean(root, before)
+            for made in ("out-ro", "out-file", "out-dir"):  # the next run prepares its own
+                if (root / made).is_dir():
+                    shutil.rmtree(root / made)
+                elif (root / made).exists():
+                    (root / made).unlink()
             results.append(Result(case.name, run, outcome, detail))
     return results
 
@@ -206,14 +322,14 @@ def table(results: list[Result]) -> str:
     rows = {run: Counter() for run in dict.fromkeys(r.run for r in results)}
     for result in results:
         rows[result.run][result.outcome] += 1
-    header = f"{'run':<14}{'runs':>7}" + "".join(f"{name:>11}" for name in OUTCOMES)
+    header = f"{'run':<18}{'runs':>7}" + "".join(f"{name:>11}" for name in OUTCOMES)
     lines = [header]
     total = Counter()
     for run, counts in rows.items():
         total.update(counts)
-        lines.append(f"{run:<14}{sum(counts.values()):>7}"
+        lines.append(f"{run:<18}{sum(counts.values()):>7}"
                      + "".join(f"{counts[name]:>11}" for name in OUTCOMES))
-    lines.append(f"{'all':<14}{sum(total.values()):>7}"
+    lines.append(f"{'all':<18}{sum(total.values()):>7}"
                  + "".join(f"{total[name]:>11}" for name in OUTCOMES))
     return "\n".join(lines)
 

@@ -96,5 +96,34 @@ def tiny_mlp() -> Seed:
     return Seed("tiny_mlp", model, {"x": rng.normal(size=(3, 6)).astype(np.float32)})
 
 
+def tiny_attention() -> Seed:
+    """x [N, 3, 8, 8] -> 4x4 patches (Conv) -> 4 tokens -> one self-attention head -> Gemm:
+    an image model with a patch grid (inspect reads it off the input's declared size)."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "wp"], ["c"], name="patchify", kernel_shape=[4, 4],
+                         strides=[4, 4]),
+        helper.make_node("Reshape", ["c", "heads"], ["r"], name="to_heads"),
+        helper.make_node("Transpose", ["r"], ["t"], name="tokens", perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["t"], ["tk"], name="keys", perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["t", "tk"], ["scores"], name="qk"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="attn_softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "t"], ["ctx"], name="pv"),
+        helper.make_node("Flatten", ["ctx"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "wo"], ["logits"], name="head", transB=1),
+    ]
+    weights = [_weight("wp", (4, 3, 4, 4), rng), _weight("wo", (3, 16), rng),
+               numpy_helper.from_array(np.array([0, 1, 4, 4], np.int64), "heads")]
+    graph = helper.make_graph(nodes, "tiny_attention", [_value("x", ["N", 3, 8, 8])],
+                              [_value("logits", ["N", 3])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    return Seed("tiny_attention", model, {"x": x})
+
+
+CODE_SEEDS = 3  # all_seeds() starts with the models built here
+
+
 def all_seeds(per_op: int | None = None, ops: tuple[str, ...] = NODE_OPS) -> list[Seed]:
-    return [tiny_cnn(), tiny_mlp(), *node_seeds(ops, per_op)]
+    return [tiny_cnn(), tiny_mlp(), tiny_attention(), *node_seeds(ops, per_op)]

@@ -287,7 +287,7 @@ def test_nan_scores_warn_about_additivity():
     ({"features": "bogus"}, "unknown features 'bogus'"),
     ({"features": "grid"}, "needs an image row"),
     ({"n_samples": 0}, "'n_samples' of method 'kernel_shap' must be an integer >= 1"),
-    ({"n_samples": "many"}, "expects a int"),
+    ({"n_samples": "many"}, "expects an int"),
     ({"baseline": np.zeros(4)}, "does not fit an input row"),
     ({"baseline": np.zeros((2, 4))}, "background rows must be"),
     ({"features": np.array([0.5, 1, 2, 3, 4])}, "integer ids"),
