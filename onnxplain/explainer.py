@@ -33,7 +33,7 @@ from .inputs import Inputs, RowAxes, check_rows_layout, prepare_inputs, rows_axi
 from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
 from .methods._common import rows_text
-from .methods._tokens import cached_inputs
+from .methods._tokens import cached_inputs, is_auto_query, query_index
 from .objective import (
     DENSE,
     EVERYWHERE,
@@ -47,6 +47,7 @@ from .objective import (
     output_form,
     require_objective,
     resolve_dense,
+    token_inputs,
 )
 from .runtime.batching import DEFAULT_BUDGET_MB
 from .runtime.session import fallback_note, resolve_providers
@@ -115,6 +116,8 @@ class Explainer:
         resolved = spec.resolve_options(options)
         feeds = prepare_inputs(self.model, inputs)
         place = make_place(position, pixel, region)
+        if output_seed is None and self._reads_position(spec):
+            resolved, place = _query_is_position(resolved, place, feeds, self.model)
         objective, target = self._objective(spec, feeds, target, output_seed, place)
         if not self.sources and spec.needs_sources:
             check_not_fused(self.model)  # the real cause when ORT fused the embeddings away
@@ -130,7 +133,7 @@ class Explainer:
         if objective is None and output_seed is None and self._form == NEXT_TOKEN:
             # Attention methods read the explained position's row (query): report it.
             objective = resolve_dense(self.model, NEXT_TOKEN, self.output, feeds,
-                                      output.run.outputs, target)
+                                      output.run.outputs, target, place)
         return self._attribution(spec, resolved, output, elapsed, objective)
 
     def _objective(self, spec: MethodSpec, feeds: dict[str, np.ndarray], target,
@@ -151,7 +154,7 @@ class Explainer:
             return seed, seed
         check_place(self._form, place, self.model.output(self.output).describe())
         if not spec.uses_objective:
-            if place != EVERYWHERE:
+            if place != EVERYWHERE and not self._reads_position(spec):
                 raise InputError(f"method '{spec.name}' does not explain a score of the "
                                  "output, so a position, pixel or region does not apply")
             return None, target
@@ -179,6 +182,10 @@ class Explainer:
             target = OutputSeed(self._dense(feeds, target).seed)
         return self.engine.gradients(feeds, target, wrt,
                                      taps=resolve_taps(self.model.proto, taps))
+
+    def _reads_position(self, spec: MethodSpec) -> bool:
+        """An attention method on a causal LM reads one query row: the explained position."""
+        return "query" in spec.defaults and self._form == NEXT_TOKEN
 
     @cached_property
     def _form(self) -> str:
@@ -284,6 +291,30 @@ def _ties(scores: np.ndarray) -> list[str]:
     return [f"{rows_text(rows)}: classes {', '.join(str(c) for c in tied[:4])} tie for the "
             f"highest score in row {first}; the first, {tied[0]}, was explained (pass a "
             "target to choose)"]
+
+
+def _query_is_position(options: dict, place: Place, feeds: Mapping[str, np.ndarray],
+                       model: Model) -> tuple[dict, Place]:
+    """An attention method on a causal LM reads the row of the explained position: `-O
+    query=P` and `--position P` name the same place (the next token after position P)."""
+    query = options["query"]
+    if is_auto_query(query):
+        if place.position is None:
+            return options, place
+        return {**options, "query": place.position}, place
+    lengths = [feeds[name].shape[1] for name in token_inputs(model) if feeds[name].ndim == 2]
+    # The shortest: with a KV cache the mask also covers the cached positions.
+    row = query_index(query, min(lengths) if lengths else None)
+    if row is None and place.position is not None:
+        raise InputError(f"query 'mean' averages every row, and position {place.position} "
+                         "names one: give one of them")
+    if row is None:  # 'mean': no one row, no one place
+        return options, place
+    if place.position is not None and place.position != row:
+        raise InputError(f"query {query} and position {place.position} name different rows; "
+                         "on a causal language model an attention method reads the row of "
+                         "the explained position: give one of them")
+    return {**options, "query": row}, make_place(row, place.pixel, place.region)
 
 
 def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,

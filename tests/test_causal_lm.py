@@ -282,3 +282,48 @@ def test_cli_generate_refuses_a_classifier(zoo, tmp_path):
     result = run("generate", str(bert / "model.onnx"), "--text", "good", "--vocab",
                  str(bert / "vocab.txt"), "-o", str(tmp_path / "gen"))
     assert result.exit_code == 2 and "not next-token logits" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["rollout", "transformer_attribution"])
+def test_attention_methods_state_the_query_row_they_read(explainer, method):
+    # -O query=P and --position P name one place: the row read is the explained position,
+    # and a causal map read at row P holds nothing after P.
+    ids = ids_of("a cat sat by eve in the red park and it said".split())[None]
+    prompt = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    by_query = explainer.explain(prompt, method=method, query=4)
+    by_position = explainer.explain(prompt, method=method, position=4)
+    for result in (by_query, by_position):
+        assert result.extras["query"] == 4
+        assert result.extras["explained_positions"] == [4]
+        assert "at position 4" in result.explained
+        assert not np.any(result.attributions["input_ids"][0, 5:])
+    np.testing.assert_array_equal(by_query.attributions["input_ids"],
+                                  by_position.attributions["input_ids"])
+    last = explainer.explain(prompt, method=method)
+    assert last.extras["query"] == last.extras["explained_positions"][0] == ids.shape[1] - 1
+    assert "last non-padding position" in last.explained
+    with pytest.raises(InputError, match="name different rows"):
+        explainer.explain(prompt, method=method, query=3, position=4)
+
+
+def test_transformer_attribution_at_a_position_explains_its_logit(explainer):
+    # The gradient-weighted maps are seeded at the row they read: the explained score is
+    # the logit at position 4 (the same as saliency's at --position 4).
+    ids = ids_of("a cat sat by eve in the red park and it said".split())[None]
+    prompt = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    result = explainer.explain(prompt, method="transformer_attribution", query=4)
+    saliency = explainer.explain(prompt, method="saliency", position=4)
+    np.testing.assert_array_equal(result.target, saliency.target)
+    np.testing.assert_allclose(result.target_score, saliency.target_score, rtol=1e-6)
+
+
+def test_cli_attention_query_is_the_stated_position(folder, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", str(folder / "model.onnx"), "-i", str(folder / "sample.npz"),
+                 "-m", "rollout", "-O", "query=4", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "next token at position 4" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert "at position 4" in summary["explained"]
+    assert summary["extras"]["explained_positions"] == [4, 4, 4]
+    assert summary["extras"]["query"] == 4

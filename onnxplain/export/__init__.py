@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from ..autodiff.build import used_initializers
+from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..engine import pick_output
 from ..errors import InputError, ModelError
 from ..graph.load import set_runtime_ir_version
@@ -71,6 +72,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed,
                         make_place(position, pixel, region))
     EXPORTS[method].build(eg, options)
+    finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
     proto = standalone(eg.proto)  # the file stubs' weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})

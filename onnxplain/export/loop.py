@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..autodiff.build import add_gradients, ancestors, rename_reads, used_initializers
+from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
@@ -180,6 +181,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
     for name, like in zip(updated, walk.sums_like, strict=True):
         bb.infos[name] = outer.info(like)
     done = bb.op("Identity", cond)
+    finish_gate_forwards(bb)  # the body's own gradient pass: its LSTMs too
 
     nodes = ancestors(graph.node, [done, *updated, *clean_outputs])
     likes = [*walk.sums_like, *outputs]

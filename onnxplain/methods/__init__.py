@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..engine import GradientRun
 from ..errors import InputError
+from ._budget import MAX_RUNS, Work, check_work
 
 
 @dataclass
@@ -46,6 +48,9 @@ class MethodSpec:
     # Whether the method explains a score per row (see objective); forward-only attention
     # and activation methods read the model without one.
     uses_objective: bool = True
+    # What a method's count options ask for (work(options, feeds) -> Work), checked against
+    # the `max_runs` option (added with MAX_RUNS) and the memory budget before it runs.
+    work: Callable[[Mapping[str, object], Mapping[str, np.ndarray]], Work] | None = None
 
     def resolve_options(self, options: Mapping[str, object]) -> dict:
         """Defaults overridden by `options`; strings (from the CLI) take the default's type."""
@@ -126,8 +131,23 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    if spec.work is not None:
+        spec = replace(spec, run=_budgeted(spec), defaults={**spec.defaults,
+                                                            "max_runs": MAX_RUNS})
     METHODS[spec.name] = spec
     return spec
+
+
+def _budgeted(spec: MethodSpec) -> Callable:
+    """spec.run behind the work budget: nothing is allocated or run past it."""
+    inner, work = spec.run, spec.work
+
+    @functools.wraps(inner)
+    def run(engine, feeds, target, sources, *, max_runs=MAX_RUNS, **options):
+        check_work(spec.name, work(options, feeds), max_runs, engine.memory_budget_mb)
+        return inner(engine, feeds, target, sources, **options)
+
+    return run
 
 
 def get_method(name: str) -> MethodSpec:

@@ -16,6 +16,9 @@ def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None,
     `skip` (a KV cache: _tokens.cached_inputs), else the first integer input shaped
     [batch, tokens] (token ids)."""
     if name is not None:
+        if not isinstance(name, str):
+            raise InputError(f"option 'input' names an input ({', '.join(feeds)}), got a "
+                             f"value of type {type(name).__name__}")
         if name not in feeds:
             raise InputError(f"unknown input '{name}' (inputs: {', '.join(feeds)})")
         return name

@@ -10,6 +10,7 @@ from ..engine import OutputSeed, target_scores
 from ..errors import InputError
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
+from ._budget import Work, count_of, rows_and_bytes
 from ._common import (
     clean_run,
     completeness_delta,
@@ -162,6 +163,15 @@ def _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
                               "the attributions miss the output difference", advice)
 
 
+def path_work(options, feeds) -> Work:
+    """n_steps gradient runs per row; Gauss-Legendre's nodes come from an n_steps x n_steps
+    eigenproblem (numpy's leggauss), held at once."""
+    steps = count_of(options, "n_steps")
+    rows, _ = rows_and_bytes(feeds)
+    held = 8 * steps * (steps if options.get("rule") == "gausslegendre" else 2) + 8 * rows * steps
+    return Work("n_steps", steps, steps, held, "gradient runs")
+
+
 register(MethodSpec(
     name="integrated_gradients",
     run=integrated_gradients,
@@ -172,4 +182,5 @@ register(MethodSpec(
     defaults={"n_steps": 50, "rule": "gausslegendre", "baseline": "zeros",
               "baseline_value": 0.0, "blur_sigma": 5.0, "seed": 0, "internal_batch_size": 0,
               "delta_tolerance": 0.05},
+    work=path_work,
 ))

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..features import apply_features, baseline_values, row_masks
 from ..runtime.perturb import perturbed_scores
 from . import MethodOutput, MethodSpec, register
+from ._budget import counted
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
@@ -281,4 +282,5 @@ register(MethodSpec(
     defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 2048, "seed": 0,
               "baseline": 0.0, "input": None},
     needs_sources=False,
+    work=counted("n_samples"),
 ))

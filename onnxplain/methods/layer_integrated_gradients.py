@@ -22,7 +22,7 @@ from ..graph.model import Model
 from ..graph.sources import Source
 from . import MethodOutput, MethodSpec, register
 from ._tokens import padding_mask
-from .integrated_gradients import integrated_gradients
+from .integrated_gradients import integrated_gradients, path_work
 
 _CUT_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -111,4 +111,5 @@ register(MethodSpec(
     family="gradient",
     defaults={"n_steps": 50, "rule": "gausslegendre", "baseline_token": None,
               "internal_batch_size": 0, "delta_tolerance": 0.05},
+    work=path_work,
 ))

@@ -12,6 +12,7 @@ from ..engine import Engine
 from ..errors import InputError
 from ..features import row_masks
 from . import MethodOutput, MethodSpec, register
+from ._budget import counted
 from ._common import clean_run, fixed_target
 from ._perturb import perturbed_input
 from ._tokens import cached_inputs
@@ -126,4 +127,5 @@ register(MethodSpec(
     defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 1000,
               "kernel_width": 0.25, "alpha": 1.0, "seed": 0, "baseline": 0.0, "input": None},
     needs_sources=False,
+    work=counted("n_samples"),
 ))

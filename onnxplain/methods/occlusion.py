@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
+from ._budget import MAX_RUNS, Work, check_work
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
@@ -74,22 +75,13 @@ def window_counts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> l
     return counts
 
 
-# Occluded copies per input row run without asking: 10,000 is a 224x224 image at window 3
-# (5,625) or a 10,000-column table, minutes on a CPU for a mid-sized model; window 1 over a
-# 5-D volume (98,304 copies) is refused until the user raises `max_runs`.
-MAX_RUNS = 10_000
-
-
-def check_budget(count: int, max_runs, row_shape: tuple, window: tuple) -> None:
-    """Refuse more than `max_runs` occluded copies per row, saying what would raise it."""
-    limit = int(max_runs)
-    if limit < 1:
-        raise InputError(f"max_runs of occlusion must be a positive number of runs, got {limit}")
-    if count > limit:
-        raise InputError(f"occlusion with window {window} over an input row of shape "
-                         f"{tuple(row_shape)} takes {count:,} forward runs per row, over the "
-                         f"budget of max_runs={limit:,}: use a larger window (-O window=N) or "
-                         f"allow it with -O max_runs={count}")
+def check_budget(engine, count: int, max_runs, row_shape: tuple, window: tuple) -> None:
+    """Refuse more than `max_runs` occluded copies per row (the shared work budget), saying
+    what would raise it; the count comes from the window geometry, so it is checked here."""
+    about = f"with window {window} over an input row of shape {tuple(row_shape)}"
+    work = Work("window", count, count, 0, advice="use a larger window (-O window=N)",
+                about=about)
+    check_work("occlusion", work, max_runs, engine.memory_budget_mb)
 
 
 def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
@@ -106,7 +98,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     window = window if window is not None else (8 if image else 1)
     stride = stride if stride is not None else window
     size, step = window_geometry(row_shape, window, stride)
-    check_budget(math.prod(window_counts(row_shape, size, step)), max_runs, row_shape, size)
+    check_budget(engine, math.prod(window_counts(row_shape, size, step)), max_runs, row_shape, size)
     starts = window_starts(row_shape, size, step)
     fill = _baseline(baseline, value)
     target, clean = fixed_target(engine, feeds, target)

@@ -12,6 +12,7 @@ from ..errors import InputError
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
+from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
@@ -166,6 +167,22 @@ def _weighted_sum(plan: RisePlan, scores: np.ndarray) -> np.ndarray:
     return total.reshape(scores.shape[0], *plan.shape)
 
 
+def rise_work(options, feeds) -> Work:
+    """n_masks forward runs per row; the draws of every mask are held at once (rise_plan):
+    grid x grid float64 cells for images, one bool per element otherwise."""
+    masks, grid = count_of(options, "n_masks"), count_of(options, "grid")
+    # A bad `input` is the method's own one-line refusal; here it only sizes the masks.
+    name = options.get("input") if isinstance(options.get("input"), str) else None
+    name = name if name in feeds else next(iter(feeds), None)
+    value = np.asarray(feeds[name]) if name is not None else np.zeros((1, 1))
+    rows, _ = rows_and_bytes(feeds)
+    image = value.dtype.kind == "f" and image_layout(value.shape) is not None
+    per_mask = 8 * grid * grid if image else math.prod(value.shape[1:])
+    option = "grid" if image and grid * grid > masks else "n_masks"
+    return Work(option, grid if option == "grid" else masks, masks,
+                masks * per_mask + 8 * rows * masks)
+
+
 register(MethodSpec(
     name="rise",
     run=rise,
@@ -175,4 +192,5 @@ register(MethodSpec(
     defaults={"n_masks": 2000, "grid": 7, "keep": 0.5, "seed": 0, "baseline": 0.0,
               "input": None},
     needs_sources=False,
+    work=rise_work,
 ))

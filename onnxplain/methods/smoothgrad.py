@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..runtime.progress import progress_bar
 from . import METHODS, MethodOutput, MethodSpec, register
+from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, equal_runs, fixed_target, input_sources, repeat_target
 
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -119,16 +120,24 @@ def vargrad(engine, feeds, target, sources, *, base: str = "saliency",
                          noise_level=noise_level, n_samples=n_samples, seed=seed)
 
 
+def noise_work(options, feeds) -> Work:
+    """n_samples runs of the base method per row; the noise of every sample of every row is
+    drawn at once (smoothgrad_noise)."""
+    samples = count_of(options, "n_samples")
+    rows, row_bytes = rows_and_bytes(feeds)
+    return Work("n_samples", samples, samples, rows * samples * row_bytes, "noisy copies")
+
+
 _DEFAULTS = {"base": "saliency", "noise_level": 0.15, "n_samples": 25, "seed": 0}
 register(MethodSpec("smoothgrad", smoothgrad,
                     "mean of a gradient method over noisy copies of the input",
                     "Smilkov, Thorat, Kim, Viegas, Wattenberg 2017, arXiv:1706.03825",
-                    "noise", dict(_DEFAULTS)))
+                    "noise", dict(_DEFAULTS), work=noise_work))
 register(MethodSpec("smoothgrad_sq", smoothgrad_sq,
                     "mean of the squared attributions over noisy copies",
                     "Hooker, Erhan, Kindermans, Kim 2019, arXiv:1806.10758", "noise",
-                    dict(_DEFAULTS)))
+                    dict(_DEFAULTS), work=noise_work))
 register(MethodSpec("vargrad", vargrad,
                     "variance of the attributions over noisy copies",
                     "Adebayo, Gilmer, Goodfellow, Kim 2018, arXiv:1810.03307", "noise",
-                    dict(_DEFAULTS)))
+                    dict(_DEFAULTS), work=noise_work))

@@ -194,7 +194,7 @@ def test_sampled_values_converge_to_the_exact_ones(sixteen):
 
     # Error ~ 1/sqrt(n): 16 times the samples should cut it by about 4; ask for 2.
     assert error(8192) < error(512) / 2
-    exact = explainer.explain(x, "kernel_shap", 1, n_samples=2 ** 16 - 2)
+    exact = explainer.explain(x, "kernel_shap", 1, n_samples=2 ** 16 - 2, max_runs=2 ** 16)
     assert exact.extras["exact"] and exact.extras["coalitions"] == 2 ** 16 - 1
     assert np.abs(exact.extras["values"][0] - truth).max() < 1e-9
 
