@@ -53,8 +53,8 @@ from .runtime.batching import DEFAULT_BUDGET_MB
 from .runtime.session import fallback_note, resolve_providers
 
 # Methods that hand the objective to one gradient program and read nothing else of it: their
-# next-token objective is computed in that program (engine.DenseObjective), which saves the
-# clean forward run that would resolve it first (a causal LM's whole forward).
+# dense objective (next token, sequence, map) is computed in that program
+# (engine.DenseObjective), which saves the clean forward run that would resolve it first.
 SEEDED_IN_GRAPH = frozenset({"saliency", "input_x_gradient", "transformer_attribution",
                              "generic_attention", "attgrad", "partial_lrp"})
 
@@ -161,7 +161,7 @@ class Explainer:
         require_objective(self.model, self.output, seeded=False, targeted=target is not None)
         if self._form not in DENSE:
             return target, target
-        if self._form == NEXT_TOKEN and spec.name in SEEDED_IN_GRAPH:
+        if spec.name in SEEDED_IN_GRAPH:
             lazy = DenseObjective(self._form, place, target)
             return lazy, lazy
         dense = self._dense(feeds, target, place)
@@ -178,8 +178,8 @@ class Explainer:
         """Outputs, the gradient of the target score w.r.t. `wrt` tensors (default: the
         attribution sources) and taps, from one run per chunk of rows."""
         feeds = prepare_inputs(self.model, inputs)
-        if self._form in DENSE:
-            target = OutputSeed(self._dense(feeds, target).seed)
+        if self._form in DENSE:  # computed in the gradient program
+            target = DenseObjective(self._form, EVERYWHERE, target)
         return self.engine.gradients(feeds, target, wrt,
                                      taps=resolve_taps(self.model.proto, taps))
 

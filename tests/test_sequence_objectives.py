@@ -256,6 +256,23 @@ def test_gradient_methods_on_a_causal_lm_run_no_clean_forward(zoo, name, monkeyp
     assert clean == [], f"{len(clean)} clean forward runs"
 
 
+@pytest.mark.parametrize("name", ["ctc_conv_tiny", "segment_fcn_tiny"])
+def test_saliency_on_sequences_and_maps_runs_no_clean_forward(zoo, name, monkeypatch):
+    """The summed predicted-class objective of sequences and maps is computed inside the
+    gradient program too. Oracle: the score summed in numpy from a plain forward."""
+    explainer = onnxplain.Explainer(zoo.model_path(name), "cpu", progress=False)
+    sample = zoo.sample(name)
+    out = explainer.forward(sample)[explainer.output].astype(np.float64)
+    axis = 1 if out.ndim == 4 else -1  # maps: classes on axis 1; sequences: the last
+    want = out.max(axis=axis).reshape(len(out), -1).sum(axis=1)
+    forward, clean = explainer.engine.forward, []
+    monkeypatch.setattr(explainer.engine, "forward",
+                        lambda feeds, *a, **k: clean.append(1) or forward(feeds, *a, **k))
+    result = explainer.explain(sample, "saliency")
+    assert clean == [], f"{len(clean)} clean forward runs"
+    np.testing.assert_allclose(result.target_score, want, rtol=1e-5)
+
+
 BAD = [("ctc_conv_tiny", ["--position", "12"], "position 12 is out of range"),
        ("ctc_conv_tiny", ["--pixel", "1,2"], "pixel needs a [batch, classes, height, width]"),
        ("segment_fcn_tiny", ["--position", "1"], "position needs a [batch, positions"),

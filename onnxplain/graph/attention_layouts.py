@@ -56,14 +56,25 @@ class Layout:
 def classify(model: Model, layers: Sequence[AttentionLayer],
              shapes: Sequence[tuple[int, ...]]) -> list[Layout]:
     """The layout of each layer from its map's shape on one row and where its keys come
-    from (see the module docstring)."""
+    from (see the module docstring); computed once per model, layers and shapes (the walks
+    back through the graph are not repeated on every call)."""
+    shapes = [tuple(shape) for shape in shapes]
+    key = (tuple(layer.probabilities for layer in layers), tuple(shapes))
+    known = model.derived.setdefault("attention_layouts", {})
+    if key not in known:
+        known[key] = _classified(model, layers, shapes)
+    return known[key]
+
+
+def _classified(model: Model, layers: Sequence[AttentionLayer],
+                shapes: Sequence[tuple[int, ...]]) -> list[Layout]:
     kinds = [_kind(model, layer, shape) for layer, shape in zip(layers, shapes, strict=True)]
     memory = _memory(model, [layer for layer, kind in zip(layers, kinds, strict=True)
                              if kind == "cross"])
     if memory is not None:
         kinds = [("decoder" if kind in READ and layer.probabilities not in memory else kind)
                  for layer, kind in zip(layers, kinds, strict=True)]
-    return [Layout(layer, kind, tuple(shape))
+    return [Layout(layer, kind, shape)
             for layer, kind, shape in zip(layers, kinds, shapes, strict=True)]
 
 
