@@ -64,14 +64,25 @@ def peak_rss() -> int:
     VmHWM belongs to the process's own address space."""
     import resource
 
+    return _status_bytes("VmHWM:") or resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def rss() -> int:
+    """This process's resident set now, after a collection (what a loaded model keeps)."""
+    gc.collect()
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int:
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return 0
 
 
 def methods_against_forward(path, feeds: dict, forward: Callable[[], object],

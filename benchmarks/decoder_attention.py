@@ -10,7 +10,9 @@ folder; every row has `past` cached positions and `new` new tokens (at hidden 25
 cached tokens the forward takes 3 to 4 ms and Python's fixed cost per call dominates).
 Prints, per method, the median of per-repeat ratios of Explainer.explain time to one ONNX
 Runtime forward of the plain model on the same inputs. Targets: rollout <= 1.3,
-transformer_attribution <= 4.0.
+transformer_attribution <= 4.0. `--whole-tail` also times Transformer Attribution with its
+backward passes over every position after the last attention layer (no explained-row copy,
+methods/_explained_row.py), alternately with the default in the same process.
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import onnxruntime as ort  # noqa: E402
-from _timing import machine, methods_against_forward, print_ratios  # noqa: E402
+from _timing import (  # noqa: E402
+    interleaved_times,
+    machine,
+    median_ratio,
+    methods_against_forward,
+    print_ratios,
+)
 
+import onnxplain  # noqa: E402
+import onnxplain.methods.attention_flow as flow  # noqa: E402
 from model_zoo.decoders import export_dynamo_with_past18, make_llama_tiny_kv  # noqa: E402
 
 METHODS = {"rollout": 1.3, "transformer_attribution": 4.0, "raw_attention": None,
@@ -42,6 +52,25 @@ def export(folder: Path, args) -> tuple[Path, dict]:
     return path, {name: value.numpy() for name, value in example.items()}
 
 
+def whole_tail(path: Path, feeds: dict, forward, repeats: int) -> dict[str, float]:
+    """Transformer Attribution's ratios to the forward with and without the explained-row
+    copy, timed alternately."""
+    copied, whole = (onnxplain.Explainer(path, providers="cpu", progress=False)
+                     for _ in range(2))
+    pre = flow.explained_row
+
+    def run(explainer, make) -> None:
+        flow.explained_row = make
+        try:
+            explainer.explain(feeds, "transformer_attribution")
+        finally:
+            flow.explained_row = pre
+
+    times = interleaved_times({"forward": forward, "copy": partial(run, copied, pre),
+                               "whole": partial(run, whole, lambda *args: None)}, repeats)
+    return {name: median_ratio(times[name], times["forward"]) for name in ("copy", "whole")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=512)
@@ -51,6 +80,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--whole-tail", action="store_true")
     args = parser.parse_args()
     methods = {name: METHODS[name] for name in args.methods.split(",") if name}
     with tempfile.TemporaryDirectory() as folder:
@@ -59,11 +89,15 @@ def main() -> None:
         times, base = methods_against_forward(path, feeds,
                                               partial(forward.run, None, feeds),
                                               list(methods), args.repeats)
+        tails = (whole_tail(path, feeds, partial(forward.run, None, feeds), args.repeats)
+                 if args.whole_tail else {})
     print(machine())
     print(f"llama KV decoder (hidden {args.hidden}, {args.layers} layers, 4 heads over 2 "
           f"key/value heads), batch {args.rows}, {args.past} cached + {args.new} new "
           f"tokens, CPU: forward {base * 1e3:.1f} ms (median of {args.repeats} per method)")
     print_ratios(times, methods)
+    for name, ratio in tails.items():  # alternately in one process
+        print(f"  transformer_attribution, {name + ' tail':10s}  {ratio:5.2f} x forward")
 
 
 if __name__ == "__main__":

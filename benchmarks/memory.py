@@ -11,13 +11,17 @@ batch, each measured in a fresh process (peak resident set size: VmHWM, else `ge
   untied output head; 134.6M parameters, 538 MB) with random weights, 32 tokens, returning
   the last position's logits [N, V]; saliency explains class 3 at the token embeddings.
 - resnet18: the model zoo's ResNet-18 configuration (45 MB), a quick check.
+- vgg19_external, decoder_external: the same models saved with external data (the weights
+  in model.onnx.data beside model.onnx, as large exports are), written once next to them.
 
 Per batch size it prints the peak RSS of
   forward    a process that opens an ONNX Runtime session on the file and runs one forward
   saliency   a process that runs onnxplain.Explainer(file).explain(x, method="saliency")
 and `kept`, an upper bound on the activations a backward must keep: every float tensor the
 forward computes, for the batch. Goal: saliency <= 1.5 x forward + kept. The weights' size and
-the interpreter's baseline (python, numpy, onnxruntime imported; no model) are printed too.
+the interpreter's baseline (python, numpy, onnxruntime imported; no model) are printed too,
+and `held`: the resident memory a process holds after Model.load, above what it held before
+(onnxplain imported), after a collection.
 With --exports, the size of each exported explainer file against the model's.
 """
 
@@ -38,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _timing import machine, peak_rss  # noqa: E402
+from _timing import machine, peak_rss, rss  # noqa: E402
 
 MB = 1 << 20
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -141,7 +145,24 @@ def _exported(name: str, architecture, shape: tuple[int, ...], dtype: str,
     return path
 
 
+def external_copy(path: Path) -> Path:
+    """The model at `path` saved with its weights as external data (model.onnx.data beside
+    model.onnx, in a folder of its own), written on the first call."""
+    target = path.parent / f"{path.stem}-external-data" / "model.onnx"
+    if not target.exists():
+        import onnx
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name("partial.onnx")
+        onnx.save(onnx.load(str(path)), str(partial), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="model.onnx.data")
+        partial.rename(target)  # the data file's name is the one recorded: kept
+    return target
+
+
 def model_path(name: str) -> Path:
+    if name.endswith("_external"):
+        return external_copy(model_path(name.removesuffix("_external")))
     if name == "vgg19":
         return vgg19_path()
     if name == "decoder":
@@ -158,6 +179,15 @@ def child(mode: str, path: str, batch: int) -> None:
     import onnxruntime as ort
 
     start = time.perf_counter()
+    if mode == "load":
+        from onnxplain.graph.model import Model
+
+        before = rss()
+        model = Model.load(path)
+        held = rss() - before
+        print(json.dumps({"peak": peak_rss(), "seconds": time.perf_counter() - start,
+                          "held": held, "weights": weight_bytes(model)}))
+        return
     if mode == "forward":
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         value = session.get_inputs()[0]
@@ -235,9 +265,14 @@ def main() -> None:
     model = Model.load(path)  # once, for the activation sizes and the exports
     print(machine())
     base = measure("baseline", path, 1)["peak"]
-    print(f"{args.model}: weights {weight_bytes(model) / MB:.0f} MB, file "
-          f"{path.stat().st_size / MB:.0f} MB; interpreter baseline {base / MB:.0f} MB (peak "
-          "RSS of whole processes, MB)")
+    loads = [measure("load", path, 1) for _ in range(args.repeats)]
+    stored = sum(file.stat().st_size for file in (path, path.with_name(path.name + ".data"))
+                 if file.exists())
+    print(f"{args.model}: weights {weight_bytes(model) / MB:.0f} MB, files "
+          f"{stored / MB:.0f} MB; interpreter baseline {base / MB:.0f} MB (peak "
+          "RSS of whole processes, MB); held after Model.load "
+          f"{min(r['held'] for r in loads) / MB:.0f} MB "
+          f"({min(r['seconds'] for r in loads):.2f} s)")
     print(f"{'batch':>5} {'forward':>9} {'saliency':>9} {'kept':>9} {'ratio':>7} "
           f"{'goal':>9} {'fwd s':>7} {'sal s':>7}", flush=True)
     for batch in args.batches:

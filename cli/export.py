@@ -18,7 +18,8 @@ from .options import method_options, output_seed_option, place_options, quiet_op
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="method to bake in (see the README's export table)")
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="method option, e.g. -O n_steps=32; -O baseline=@ref.npy passes an array")
+              help="method option, e.g. -O n_steps=32; -O baseline=@ref.npy passes an array "
+                   "(those an exported method reads: `onnxplain methods`)")
 @click.option("--output", "output_name", default=None, help="model output to explain")
 @place_options
 @output_seed_option(

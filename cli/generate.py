@@ -54,8 +54,8 @@ def generate(model: str, prompt_file: str | None, text: str | None, vocab: str |
     generation = run_generation(explainer, prompt, steps, method=method, **chosen)
     elapsed = time.perf_counter() - start
     record = generation.as_json(vocabulary)
-    with writing_into(folder):
-        _write(folder, files, record, generation, vocabulary)
+    with writing_into(folder) as stage:
+        _write(stage, files, record, generation, vocabulary)
     if as_json:
         click.echo(json.dumps(record, indent=2))
     elif not quiet:
@@ -79,16 +79,17 @@ def _prompt(explainer, prompt_file: str | None, text: str | None, vocabulary):
     return load_inputs(explainer.model, (prompt_file,)).arrays
 
 
-def _write(folder, files: list[str], record: dict, generation, vocabulary) -> None:
+def _write(stage, files: list[str], record: dict, generation, vocabulary) -> None:
     from onnxplain.errors import InputError
     from onnxplain.files import save_json
     from onnxplain.viz.tokens import generation_html, save_html
 
     guard = {os.path.realpath(f) for f in files}
-    targets = {name: folder / name for name in ("generation.json", "generation.html")}
-    for path in targets.values():
-        if os.path.realpath(path) in guard:
-            raise InputError(f"refusing to overwrite {path}: it is one of your input files")
+    targets = {name: stage.path / name for name in ("generation.json", "generation.html")}
+    for name in targets:
+        if os.path.realpath(stage.folder / name) in guard:
+            raise InputError(f"refusing to overwrite {stage.folder / name}: it is one of your "
+                             "input files")
     save_json(targets["generation.json"], record)
     steps = [(step["token"], generation.steps[i].scores)
              for i, step in enumerate(record["steps"])]

@@ -198,8 +198,8 @@ def write_model(model, out: str) -> None:
     from .outputs import writing_into
 
     data = model.SerializeToString()
-    with writing_into(Path(out).absolute().parent):
-        save_bytes(out, data)
+    with writing_into(Path(out).absolute().parent) as stage:
+        save_bytes(stage.path / Path(out).name, data)
 
 
 def _percent(value) -> str:

@@ -12,6 +12,7 @@ from .evaluate import evaluate
 from .export import export
 from .generate import generate
 from .local_head import local_head
+from .method_table import FAMILIES, method_rows
 from .options import (
     clip_percentile_option,
     colormap_option,
@@ -28,15 +29,6 @@ from .options import (
 )
 from .presets import image_options
 from .report_command import report
-
-# Method families in the order `onnxplain methods` lists them, with their headings.
-FAMILIES = {
-    "gradient": "Gradient methods (one backward pass per run)",
-    "noise": "Noise tunnels (gradients averaged over noisy copies)",
-    "layer": "Layer methods (maps at a convolution layer, upsampled)",
-    "attention": "Transformer methods (attention maps and their relevance)",
-    "perturbation": "Perturbation methods (forward runs only: any model)",
-}
 
 
 class OneLineErrors(click.Group):
@@ -76,16 +68,9 @@ def main() -> None:
 @quiet_option
 @friendly
 def methods(as_json: bool, quiet: bool) -> None:
-    """List the attribution methods by family, with their defaults and whether they export."""
-    from onnxplain.export import EXPORTS
-    from onnxplain.methods import METHODS
-
-    order = list(FAMILIES)
-    ordered = sorted(METHODS.values(), key=lambda m: (
-        order.index(m.family) if m.family in order else len(order), m.name))
-    rows = [{"name": m.name, "family": m.family, "summary": m.summary,
-             "defaults": m.defaults, "reference": m.reference,
-             "exportable": m.name in EXPORTS} for m in ordered]
+    """List the attribution methods by family, with their options (default, accepted values,
+    meaning), paper and whether they export."""
+    rows = method_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -97,11 +82,15 @@ def methods(as_json: bool, quiet: bool) -> None:
         if row["family"] != family:
             family = row["family"]
             click.echo(("" if row is rows[0] else "\n") + FAMILIES.get(family, family))
-        defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "none"
         mark = " [export]" if row["exportable"] else ""
         click.echo(f"  {row['name']:{width}s} {row['summary']}{mark}")
-        click.echo(f"  {'':{width}s} defaults: {defaults}; paper: {row['reference']}")
-    click.echo("\n[export]: `onnxplain export` bakes the method into a standalone ONNX file")
+        click.echo(f"  {'':{width}s} paper: {row['reference']}")
+        for option in row["options"]:
+            local = "; in-process only" if row["exportable"] and not option["exported"] else ""
+            click.echo(f"  {'':{width}s} -O {option['name']}={option['default']}: "
+                       f"{option['help']} ({option['expects']}{local})")
+    click.echo("\n[export]: `onnxplain export` bakes the method into a standalone ONNX file; "
+               "-O KEY=VALUE sets an option (API: keyword arguments)")
 
 
 @main.command()
@@ -141,7 +130,7 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
 @clip_percentile_option
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, e.g. -O abs=false or -O baseline=@ref.npy for an array "
-                   "(repeatable)")
+                   "(repeatable; each method's options: `onnxplain methods`)")
 @provider_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="rows per run (default: the whole batch)")
@@ -190,8 +179,8 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
     result = explainer.explain(arrays, method=method, target=target_ids,
                                output_seed=seed, batch_size=batch_size, **place,
                                **chosen_options)
-    with writing_into(folder):
-        written = write_explanation(result, folder, [model, *files], result.signed, arrays,
+    with writing_into(folder) as stage:
+        written = write_explanation(result, stage, [model, *files], result.signed, arrays,
                                     vocabulary, HeatmapStyle(colormap, clip_percentile), loaded)
     if as_json:
         summary = json.loads((folder / "summary.json").read_text())

@@ -6,6 +6,7 @@ import functools
 
 import click
 
+from onnxplain._text import is_integer_text
 from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
 from onnxplain.objective import NEXT_TOKEN, output_form
@@ -74,8 +75,8 @@ def parse_targets(text: str | None, vocabulary: Vocabulary | None = None
     if not parts:
         raise InputError("--target is empty")
     try:
-        values = [int(part) if _is_int(part) or vocabulary is None else vocabulary.id_of(part)
-                  for part in parts]
+        values = [int(part) if is_integer_text(part) or vocabulary is None
+                  else vocabulary.id_of(part) for part in parts]
     except ValueError:
         raise InputError(f"--target '{text}' is not a class index or a comma-separated list "
                          "of them (a token string needs --vocab)") from None
@@ -88,21 +89,13 @@ def token_target(text: str | None, vocabulary: Vocabulary | None, model: Model, 
     where the explained output is next-token logits (elsewhere an id would pass for a
     class index)."""
     values = parse_targets(text, vocabulary)
-    named = text is not None and any(not _is_int(p.strip()) for p in text.split(",")
+    named = text is not None and any(not is_integer_text(p.strip()) for p in text.split(",")
                                      if p.strip())
     if named and output_form(model, output) != NEXT_TOKEN:
         raise InputError(f"--target '{text}' names tokens, but output "
                          f"{model.output(output).describe()} is not next-token logits "
                          "[batch, sequence, vocabulary]: give class indices")
     return values
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:

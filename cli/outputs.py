@@ -9,15 +9,16 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
-from onnxplain.files import safe_name, save_json, save_npy, save_npz
+from onnxplain.files import safe_name, save_json, save_npy, save_npz, umask
 from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.heatmap import (
     CLIP_PERCENTILE,
@@ -65,43 +66,82 @@ def prepare_folder(out: str, protected: list[str]) -> Path:
 
 # Errors of the place written to, not of onnxplain: told as the user's problem (exit 2).
 WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
-                          errno.ENAMETOOLONG, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST})
+                          errno.ENAMETOOLONG, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+                          errno.EISDIR, errno.ENOTEMPTY})
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where a run writes its files (`path`, a new hidden folder) and the folder they go into
+    when the run succeeds (`folder`); names in `drop` are removed from `folder` after that."""
+
+    folder: Path
+    path: Path
+    drop: set[str] = field(default_factory=set)
 
 
 @contextlib.contextmanager
-def writing_into(folder: Path) -> Iterator[Path]:
-    """Create `folder` (and its missing parents) for the block; when the block fails, remove
-    what was created, so a failed run leaves no empty or half-filled new folder. Failures to
-    write (read-only, full, names too long) become one-line InputErrors."""
+def writing_into(folder: Path) -> Iterator[Staging]:
+    """A Staging for the block: files are written into a new hidden folder (inside `folder`
+    when it exists, so that moving them is a rename on the same file system; else beside it)
+    and moved into `folder` only when the block succeeds. A failed run leaves `folder` exactly
+    as it was, and no folder it created. Failures to write (read-only, full, names too long)
+    become one-line InputErrors."""
     absolute = folder.absolute()
     created = [p for p in (absolute, *absolute.parents) if not p.exists()]
+    staging = None
     try:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            home = absolute if not created else absolute.parent
+            home.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".onnxplain-", dir=home))
+            os.chmod(staging, 0o777 & ~umask())  # a created folder gets the usual mode
         except OSError as err:
-            raise InputError(f"cannot create the folder {folder}: {err.strerror or err}"
-                             ) from None
+            doing = "create the folder" if created else "write to"
+            raise InputError(f"cannot {doing} {folder}: {err.strerror or err}") from None
         try:
-            yield folder
+            stage = Staging(folder, staging)
+            yield stage
+            _commit(stage, created)
         except OSError as err:
             if err.errno not in WRITE_ERRNOS:
                 raise
-            raise InputError(f"cannot write to {err.filename or folder}: "
-                             f"{err.strerror or err}") from None
+            # The name the user would see: the file's place in `folder`, not in the staging.
+            shown = str(err.filename or folder).replace(str(staging), str(folder))
+            raise InputError(f"cannot write to {shown}: {err.strerror or err}") from None
     except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(created[-1], ignore_errors=True)
         raise
 
 
-def write_explanation(attribution: Attribution, folder: Path, protected: list[str],
+def _commit(stage: Staging, created: list[Path]) -> None:
+    """Move the staged files into place (the whole folder at once when it is new), then drop
+    the names the run said are stale."""
+    if created:
+        os.rename(stage.path, stage.folder)
+        return
+    for entry in sorted(os.listdir(stage.path)):
+        os.replace(stage.path / entry, stage.folder / entry)
+    os.rmdir(stage.path)
+    for name in sorted(stage.drop):
+        path = stage.folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
+def write_explanation(attribution: Attribution, stage: Staging, protected: list[str],
                       signed: bool, feeds: dict[str, np.ndarray] | None = None,
                       vocabulary: Vocabulary | None = None, style: HeatmapStyle | None = None,
                       inputs: InputSet | None = None) -> list[str]:
     """Write every output file atomically; refuse to overwrite a protected (input) file.
     Image inputs get a heatmap and an overlay per row, token-id inputs HTML pages and JSON of
-    their token scores (strings from `vocabulary`, else the ids). Files an earlier run listed
-    in summary.json and this one does not write are removed. Returns the paths written."""
+    their token scores (strings from `vocabulary`, else the ids). Files are written into
+    `stage` (writing_into); those an earlier run listed in summary.json and this one does not
+    write are removed once the new ones are in place. Returns the paths written."""
+    folder = stage.folder
     guard = {os.path.realpath(p) for p in protected}
     previous = previous_files(folder)
     written: list[str] = []
@@ -111,7 +151,7 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
         if os.path.realpath(path) in guard:
             raise InputError(f"refusing to overwrite {path}: it is one of your input files")
         written.append(str(path))
-        return path
+        return stage.path / name
 
     if attribution.attributions:
         save_npy(target("attribution.npy"), attribution.first)
@@ -129,7 +169,7 @@ def write_explanation(attribution: Attribution, folder: Path, protected: list[st
     summary["rows"] = row_records(summary, _row_count(attribution, feeds), inputs, pictures)
     summary["files"] = [os.path.basename(p) for p in written] + [SUMMARY]
     save_json(target(SUMMARY), summary)
-    remove_stale(folder, previous, summary["files"], guard)
+    stage.drop.update(stale_files(folder, previous, summary["files"], guard))
     return written
 
 
@@ -200,13 +240,11 @@ def previous_files(folder: Path) -> list[str]:
             and name not in ("", ".", "..") and os.path.basename(name) == name]
 
 
-def remove_stale(folder: Path, previous: list[str], current: list[str], guard: set[str]
-                 ) -> None:
-    """Remove what the previous run wrote and this one did not (never an input file)."""
-    for name in sorted(set(previous) - set(current)):
-        path = folder / name
-        if os.path.realpath(path) not in guard and (path.is_file() or path.is_symlink()):
-            path.unlink()
+def stale_files(folder: Path, previous: list[str], current: list[str], guard: set[str]
+                ) -> set[str]:
+    """What the previous run wrote and this one does not (never an input file)."""
+    return {name for name in set(previous) - set(current)
+            if os.path.realpath(folder / name) not in guard}
 
 
 def _row_count(attribution: Attribution, feeds: Mapping[str, np.ndarray] | None) -> int:

@@ -35,7 +35,9 @@ def print_description(d: dict) -> None:
     if missing:
         echo(f"ops without a backward rule ({len(missing)} nodes):")
         for item in missing:
-            where = "on the explained path" if item["on_default_path"] else "elsewhere"
+            # on_default_path: the rule fails for the explained inputs' own gradients
+            where = ("on the explained path" if item["on_default_path"]
+                     else "not blocking the explained path")
             reason = f" - {item['reason']}" if item["reason"] else ""
             echo(f"  {item['domain']}::{item['op_type']} (opset {item['opset']}) "
                  f"'{item['node']}' [{where}]{reason}")

@@ -7,9 +7,9 @@
 - rnn_features_tiny: float features [batch, sequence, 5] -> a 2-layer tanh RNN (hidden 6,
   time-major input [sequence, batch, 5]) -> the final hidden state -> 3 logits.
 
-No padded-batch variant: torch 2.13's exporters fail on pack_padded_sequence (the legacy one
-inside its peephole pass, with sorted or unsorted lengths), so no torch export carries
-`sequence_lens`; tests/test_recurrent_models.py checks padded batches on a hand-built model.
+Padded batches: torch 2.13's exporters fail on pack_padded_sequence (the legacy one inside
+its peephole pass, with sorted or unsorted lengths), so no torch export carries
+`sequence_lens`; model_zoo/recurrent_padded.py wires a `lengths` input into the exported graph.
 """
 
 from __future__ import annotations

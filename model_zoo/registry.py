@@ -208,6 +208,18 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "make_clip_tiny", "export_clip", "clip_tiny_architecture",
              depends=("decoders.py", "hf_models.py", "layouts.py", "optimized.py",
                       "precision.py", "digits.py")),
+    # -- issue 17: padded recurrent classifiers, `lengths` wired into the recurrent nodes'
+    #    sequence_lens (model_zoo/recurrent_padded.py)
+    ZooModel("lstm_tokens_padded_tiny", "embedding + 2-layer bidirectional LSTM (hidden 6) over "
+             "token ids with lengths [batch] as sequence_lens, both directions' final states -> "
+             "3 logits, random weights", "recurrent_padded", "make_lstm_tokens_padded",
+             "export_padded_sequence_model", "lstm_tokens_padded_architecture",
+             depends=("hf_models.py", "recurrent.py")),
+    ZooModel("gru_features_padded_tiny", "bidirectional GRU (hidden 6) over float features "
+             "[batch, sequence, 5] with lengths [batch] as sequence_lens, both final states -> "
+             "4 logits, random weights", "recurrent_padded", "make_gru_features_padded",
+             "export_padded_sequence_model", "gru_features_padded_architecture",
+             depends=("hf_models.py", "recurrent.py")),
 ]}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .autodiff import GRADIENT, POST_PREFIX, RuleSet, add_output
-from .autodiff.program import GradientProgram, Pass, Post, build_gradient_program
+from .autodiff.program import GradientProgram, Pass, Post, Pre, build_gradient_program
 from .errors import InputError, ModelError, OnnxplainError
 from .graph.builder import GraphBuilder
 from .graph.model import Model
@@ -53,6 +53,9 @@ SPECIALISE_MAX_BYTES = 1 << 27
 # the residual sum and normalisation differently from the model's own forward, and LRP
 # amplifies that on sums that nearly cancel: keep the generic program's numbers.
 STATIC_ONLY_FUSIONS = ("SkipLayerNormFusion",)
+# ONNX Runtime 1.31's FastGeluFusion drops the tanh-GELU's inner products even when a
+# backward rule reads them (partial LRP on GPT-2: "Node input ... is not a graph input").
+PROGRAM_FUSIONS_OFF = ("FastGeluFusion",)
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 Built = tuple[GradientProgram, Session]
@@ -148,12 +151,14 @@ class Engine:
     def gradients(self, feeds: Mapping[str, np.ndarray], target=None,
                   wrt: Sequence[str] | None = None, *, rules: RuleSet = GRADIENT,
                   taps: Sequence[str] = (), passes: Sequence[Pass] = (),
-                  post: Post | None = None, active_from: Sequence[str] = ()) -> GradientRun:
+                  post: Post | None = None, active_from: Sequence[str] = (),
+                  pre: Pre | None = None) -> GradientRun:
         """Run the gradient program for `wrt` tensors over all rows of `feeds`.
 
         `target` is a class index per row (None: predicted) or an OutputSeed. `passes` add
         backward passes under other rule sets to the same run, `post` reduces tensors in
-        the graph, `active_from` see autodiff.build.differentiated_region.
+        the graph, `active_from` see autodiff.build.differentiated_region, `pre` see
+        autodiff.program.Pre.
         """
         if not self.model.output(self.output).is_float:
             raise InputError(f"output '{self.output}' is not a float tensor (class labels?); "
@@ -168,7 +173,7 @@ class Engine:
         if dense is not None:
             target, classes = target.target, self._dense_classes()
         spec = (wrt, rules, seed is not None, tuple(taps), tuple(passes), post,
-                tuple(active_from), dense)
+                tuple(active_from), dense, pre)
         rows = batch_size_of(feeds, self.model.batch.of_inputs)
         first = next(self._chunks(dict(feeds), {}, rows))[0]
         program, _ = self.program(*spec, shapes=self._shape_key(first))
@@ -269,18 +274,20 @@ class Engine:
     def program(self, wrt: tuple[str, ...], rules: RuleSet = GRADIENT, seeded: bool = False,
                 taps: tuple[str, ...] = (), passes: tuple[Pass, ...] = (),
                 post: Post | None = None, active_from: tuple[str, ...] = (),
-                dense: tuple[str, Place] | None = None,
+                dense: tuple[str, Place] | None = None, pre: Pre | None = None,
                 shapes: ShapeKey | None = None) -> Built:
         """The rewritten model for these gradients and its cached session (built once), or
         one specialised to the input `shapes` where that is allowed."""
         key = (self.output, wrt, rules.name, seeded, taps,
                tuple((p.label, p.rules.name, p.wrt, p.active_from) for p in passes),
-               post.key if post is not None else None, active_from, dense)
+               post.key if post is not None else None, active_from, dense,
+               pre.key if pre is not None else None)
 
-        def build(model: Model, disabled: tuple[str, ...] = ()) -> Built:
+        def build(model: Model, disabled: tuple[str, ...] = PROGRAM_FUSIONS_OFF) -> Built:
             program = build_gradient_program(model, self.output, wrt, rules=rules,
                                              seeded=seeded, taps=taps, passes=passes,
-                                             post=post, active_from=active_from, dense=dense)
+                                             post=post, active_from=active_from, dense=dense,
+                                             pre=pre)
             session = Session(program.model, self.providers, self.optimization, disabled,
                               weights=program.weights)
             program.model = None  # the session has the weights: do not hold a second copy
@@ -309,7 +316,7 @@ class Engine:
             if model is not None:
                 # A build that fails here leaves the generic program, which reports real errors.
                 with contextlib.suppress(Exception):
-                    variants[shapes] = build(model, STATIC_ONLY_FUSIONS)
+                    variants[shapes] = build(model, PROGRAM_FUSIONS_OFF + STATIC_ONLY_FUSIONS)
         return variants[shapes]
 
     def _small_enough(self) -> bool:

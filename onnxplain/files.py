@@ -24,7 +24,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     handle, temporary = tempfile.mkstemp(prefix=".onnxplain-", suffix=suffix, dir=folder)
     try:
         # mkstemp makes the file 0600 whatever the umask; give it the usual mode instead.
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~umask())
         with os.fdopen(handle, "wb") as stream:
             write(stream)
         os.replace(temporary, path)
@@ -67,7 +67,8 @@ def safe_name(name: str) -> str:
     return f"{start}-{digest}"
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (what new files' and folders' modes leave out)."""
     # The only portable way to read the umask is to set it and put it back.
     current = os.umask(0o022)
     os.umask(current)

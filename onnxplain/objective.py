@@ -101,6 +101,43 @@ ROWS_ADVICE = ("its rows are not the input's rows (a Flatten, Tile, Concat or re
                "batch axis?): explain an output with one row per input row (--output)")
 
 
+# Ops that pass class labels on unchanged in value (input 0 holds them), and the outputs of
+# standard ops that are class labels.
+_LABEL_CARRIERS = frozenset({"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze",
+                             "Flatten", "Slice", "Transpose", "Expand", "Gather",
+                             "GatherElements", "Tile"})
+_LABEL_MAKERS = {"ArgMax": 0, "ArgMin": 0, "TopK": 1}
+
+
+def label_source(model: Model, output: str) -> bool | None:
+    """Whether the integer tensor `output` holds class labels by the graph that makes it: True
+    when an ArgMax/ArgMin or TopK's indices make it (through casts and reshapes), False when a
+    standard op makes it from anything else (a BitCast, arithmetic, an input as it is), None
+    where the graph cannot tell (an op outside the standard domain, control flow)."""
+    made = model.node_by_output
+    name, seen = output, set()
+    while name in made and name not in seen:
+        seen.add(name)
+        node = made[name]
+        if node.domain not in ("", "ai.onnx") or node.op_type in ("If", "Loop", "Scan"):
+            return None
+        if _LABEL_MAKERS.get(node.op_type) == list(node.output).index(name):
+            return True
+        if node.op_type not in _LABEL_CARRIERS or not node.input:
+            return False
+        name = node.input[0]
+    return False
+
+
+def check_labels(model: Model, output: str) -> None:
+    """An InputError unless the integer `output` read as class labels is made as labels are:
+    any other integer tensor (a BitCast of floats, a count) would be read as class indices."""
+    if label_source(model, output) is False:
+        raise InputError(f"output {model.output(output).describe()} holds integers that no "
+                         "ArgMax or TopK makes, so they are neither class labels nor scores: "
+                         "choose a float output with --output")
+
+
 def declared_rows(model: Model, output: str) -> bool | None:
     """Whether `output` has one row per input row by its declared dims: True where the
     inputs' batch symbol is in them (or axis 0 is the fixed batch size), False for a scalar
@@ -149,6 +186,8 @@ def require_objective(model: Model, output: str, *, seeded: bool, targeted: bool
         raise InputError(f"output {spec.describe()} holds integers, not scores, so no score "
                          "per row can be read from it (only [batch] or [batch, k] class "
                          "labels are explained as such): choose a float output with --output")
+    if spec.info.dtype is not None and not spec.is_float:
+        check_labels(model, output)  # read as class labels below
     if seeded:
         return form
     if form == OTHER:

@@ -217,3 +217,44 @@ def test_no_rows_for_a_fixed_batch_is_refused():
         refused(lambda m=method: explainer(model).explain(np.zeros((0, 3, 4), np.float32),
                                                           method=m),
                 "the inputs have no rows", names_output=False)
+
+
+# [batch, k] integers no ArgMax or TopK made: read as class labels they would be nonsense (a
+# BitCast's 1065353216 for 1.0 taken as a class index).
+NOT_LABELS = {
+    "bitcast_rows": lambda: single_op("BitCast", dims=("N", 3), opset=26, to=TensorProto.INT32),
+    "cast_rows": lambda: single_op("Cast", dims=("N", 3), to=TensorProto.INT64),
+    "cast_per_row": lambda: single_op("Cast", dims=("N",), to=TensorProto.INT32),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", sorted(NOT_LABELS))
+def test_integers_no_argmax_made_are_not_read_as_labels(case, method):
+    model = NOT_LABELS[case]()
+    x = data(2, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]])
+    refused(lambda: explainer(model).explain(x, method=method),
+            "holds integers that no ArgMax or TopK makes")
+
+
+def test_labels_through_a_cast_and_reshape_are_labels():
+    """ArgMax -> Cast(int32) -> Unsqueeze is still a label head: occlusion explains it exactly
+    as it explains the bare ArgMax (the same decisions, so the same drops)."""
+    def head(extra: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("ArgMax", ["x"], ["a" if extra else "y"], axis=1, keepdims=0)]
+        if extra:
+            nodes += [helper.make_node("Cast", ["a"], ["c"], to=TensorProto.INT32),
+                      helper.make_node("Unsqueeze", ["c", "one"], ["y"])]
+        graph = helper.make_graph(
+            nodes, "labels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32 if extra else TensorProto.INT64,
+                                           ["N", 1] if extra else ["N"])], [ints("one", [1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        model.ir_version = 10
+        return model
+
+    x = data(3, 5)
+    bare = explainer(head(False)).explain(x, method="occlusion")
+    wrapped = explainer(head(True)).explain(x, method="occlusion")
+    np.testing.assert_array_equal(wrapped.target, x.argmax(axis=1))
+    np.testing.assert_array_equal(wrapped.first, bare.first)

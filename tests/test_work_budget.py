@@ -125,13 +125,14 @@ def test_memory_alone_is_refused_even_when_runs_are_allowed():
 
 
 def test_max_runs_must_be_positive():
-    with pytest.raises(InputError, match="max_runs of lime must be a positive number"):
+    with pytest.raises(InputError, match="'max_runs' of method 'lime' must be an integer >= 1"):
         Explainer(TABLE, progress=False).explain(_inputs(TABLE), "lime", max_runs=0)
 
 
 @pytest.mark.parametrize("method", ["rise", "occlusion", "lime", "kernel_shap"])
 def test_an_input_option_that_is_not_a_name_is_one_line(method):
     """The perturbed input's name from the API may be any value (the fuzzer passes arrays)."""
-    with pytest.raises(InputError, match="^option 'input' names an input .* type ndarray$"):
+    with pytest.raises(InputError, match="^option 'input' of method .* expects an input "
+                       "name or None, got a value of type ndarray shaped"):
         Explainer(IMAGE, progress=False).explain(_inputs(IMAGE), method,
                                                  input=np.zeros((2, 2)))

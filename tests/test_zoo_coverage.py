@@ -92,9 +92,9 @@ EXPECTED: dict[str, dict] = {
     **{name: TEXT for name in ("gpt2_tiny", "gpt2_tiny_ort", "causal_lm", "gpt2_tiny_kv",
                                "llama_tiny_kv", "qwen2_tiny_opset18", "qwen2_tiny_opset23")},
     # Recurrent and control-flow models.
-    "lstm_tokens_tiny": {**CNN, **TEXT},
-    **{name: {**CNN, "grad_cam": NO_CONV} for name in ("gru_features_tiny",
-                                                       "rnn_features_tiny")},
+    **{name: {**CNN, **TEXT} for name in ("lstm_tokens_tiny", "lstm_tokens_padded_tiny")},
+    **{name: {**CNN, "grad_cam": NO_CONV} for name in ("gru_features_tiny", "rnn_features_tiny",
+                                                       "gru_features_padded_tiny")},
     "cond_cnn": CNN,
     # Sequence and map outputs: the predicted class summed over positions or pixels.
     "token_tagger_tiny": TEXT,

@@ -67,6 +67,17 @@ class Post:
     emit: Callable[[GraphBuilder, Mapping[str, Mapping[str, str]]], dict[str, str]]
 
 
+@dataclass(frozen=True)
+class Pre:
+    """Ops inserted between the forward and the backward passes: `emit` gets the builder,
+    the explained output and its seed, and returns the tensor the passes start from and its
+    seed (methods/_explained_row: a copy of the model's tail at the seeded position alone);
+    `key` names what it emits."""
+
+    key: tuple
+    emit: Callable[[GraphBuilder, str, str], tuple[str, str]]
+
+
 def objective_kind(model: Model, output: str) -> str:
     """'class' for class scores ([N, C], also [N, C, 1, 1]), 'sum' for [N] outputs; others
     need an explicit seed (see objective)."""
@@ -86,14 +97,17 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
                            rules: RuleSet = GRADIENT, seeded: bool = False,
                            taps: Sequence[str] = (), passes: Sequence[Pass] = (),
                            post: Post | None = None, active_from: Sequence[str] = (),
-                           dense: tuple[str, Place] | None = None) -> GradientProgram:
+                           dense: tuple[str, Place] | None = None,
+                           pre: Pre | None = None) -> GradientProgram:
     """Rewrite `model` to also return d(objective)/d(t) for every t in `wrt`, plus `taps`,
     and the gradients of further `passes`; with a `post`, its outputs instead of the
     gradients. `dense` (form, place): the dense objective is computed in the graph from
-    the output it explains, its class read from the target input (-1: predicted)."""
+    the output it explains, its class read from the target input (-1: predicted). `pre`
+    may replace the output and seed the backward passes start from."""
     proto = light_copy(model.proto)
     infos = dict(model.infos)
-    if post is None and all(p.rules is GRADIENT for p in passes) and rules is GRADIENT:
+    if post is None and pre is None and all(p.rules is GRADIENT for p in passes) \
+            and rules is GRADIENT:
         named = {output, *wrt, *taps, *active_from}
         named.update(name for p in passes for name in (*p.wrt, *p.active_from))
         pool_after_relu(proto.graph, infos, named)
@@ -109,9 +123,10 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     else:
         one = numpy_helper.from_array(np.ones(1, dtype=b.np_dtype(output)))
         seed = b.op("ConstantOfShape", b.shape(output), value=one)
-    computed = {"": add_gradients(b, {output: seed}, list(wrt), rules, active_from)}
+    start, seed = (output, seed) if pre is None else pre.emit(b, output, seed)
+    computed = {"": add_gradients(b, {start: seed}, list(wrt), rules, active_from)}
     for extra in passes:
-        computed[extra.label] = add_gradients(b, {output: seed}, list(extra.wrt), extra.rules,
+        computed[extra.label] = add_gradients(b, {start: seed}, list(extra.wrt), extra.rules,
                                               extra.active_from)
     if post is None:  # with a post, only what it computes comes back
         program.grads = {name: add_output(b, GRAD_PREFIX + name, grad, like=name)

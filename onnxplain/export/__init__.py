@@ -23,30 +23,63 @@ from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..graph.weights import standalone
 from ..inputs import check_rows_layout
-from ..methods import METHODS, coerce_option, did_you_mean
+from ..methods import METHODS, Option, did_you_mean
+from ..methods._budget import MAX_RUNS_OPTION, check_work
 from ..objective import make_place
+from ..runtime.batching import DEFAULT_BUDGET_MB
 from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
 
 __all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "export_explainer",
-           "exported_options"]
+           "export_options", "exported_options"]
+
+
+# Rows per Loop iteration when internal_batch_size is 0 ("as the memory budget allows"
+# in-process: an exported model cannot know the budget of where it runs).
+LOOP_ROWS = 16
 
 
 def exported_options(method: str, options: dict) -> dict:
-    """The method's export options with defaults filled in; unknown ones are an InputError."""
-    spec = EXPORTS.get(method)
-    if spec is None:
+    """The options the exported graph reads, checked by the method's own declarations
+    (methods.options.Option) with defaults filled in, and the work they ask for checked
+    against the same budget as in-process (max_runs, the memory the builder holds)."""
+    export = EXPORTS.get(method)
+    if export is None:
         hint = did_you_mean(method, EXPORTS) if method not in METHODS else ""
         raise InputError(f"method '{method}' cannot be exported{hint} (exportable methods: "
                          f"{', '.join(sorted(EXPORTS))})")
-    unknown = sorted(set(options) - set(spec.defaults))
-    if unknown:
-        known = ", ".join(spec.defaults) or "none"
-        raise InputError(f"method '{method}' has no export option '{unknown[0]}' (its "
-                         f"options: {known})")
-    return {**spec.defaults, **{key: coerce_option(method, key, value, spec.defaults[key])
-                                for key, value in options.items()}}
+    spec = METHODS.get(method)
+    declared = export_options(method)
+    for key in options:
+        if key not in declared:
+            _refuse_option(method, str(key), spec, declared)
+    resolved = {name: option.default for name, option in declared.items()}
+    resolved.update({key: declared[key].check(method, value) for key, value in options.items()})
+    if resolved.get("internal_batch_size") == 0:
+        resolved["internal_batch_size"] = LOOP_ROWS
+    if spec is not None and spec.work is not None:
+        check_work(method, spec.work(resolved, {}), resolved.pop("max_runs"), DEFAULT_BUDGET_MB)
+    return resolved
+
+
+def export_options(method: str) -> dict[str, Option]:
+    """{name: declaration} of the options an exported `method` reads (max_runs too where
+    its work is counted); empty for a method that does not export."""
+    spec, export = METHODS.get(method), EXPORTS.get(method)
+    if spec is None or export is None:
+        return {}
+    return {option.name: option for option in spec.options if export.reads is None
+            or option.name in export.reads or option is MAX_RUNS_OPTION}
+
+
+def _refuse_option(method: str, key: str, spec, declared: dict) -> None:
+    known = ", ".join(declared) or "none"
+    if spec is not None and key in spec.defaults:
+        raise InputError(f"option '{key}' of method '{method}' applies in-process only; an "
+                         f"exported {method} reads: {known}")
+    raise InputError(f"method '{method}' has no export option '{key}'"
+                     f"{did_you_mean(key, declared)} (its export options: {known})")
 
 
 def export_explainer(model, method: str = "saliency", *, output: str | None = None,

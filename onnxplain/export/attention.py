@@ -30,8 +30,6 @@ from ..methods.attention_flow import relevance_pass
 from .graph import ExplainerGraph
 from .methods import ATTRIBUTION, register_export, resize_like_torch
 
-_COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
-
 
 def _layout(eg: ExplainerGraph, layers, query) -> dict:
     """Where the scores go: token-id inputs, or the patch grid of an image input (static
@@ -109,7 +107,7 @@ def _chain(eg, options, weighting, step: str, reads: str, start: int = 0) -> Non
     _finish(eg, scores, layers, layout, options["upsample"])
 
 
-@register_export("raw_attention", dict(_COMMON))
+@register_export("raw_attention")
 def raw_attention(eg, options):
     """E_h A_L of the last layer, at the query row."""
     layers = attention_layers(eg.model, options["attention"])
@@ -122,22 +120,22 @@ def raw_attention(eg, options):
     _finish(eg, row, layers, layout, options["upsample"])
 
 
-@register_export("rollout", {**_COMMON, "start_layer": 0})
+@register_export("rollout")
 def rollout(eg, options):
     _chain(eg, options, attention_mean, "rollout", "nothing", options["start_layer"])
 
 
-@register_export("generic_attention", dict(_COMMON))
+@register_export("generic_attention")
 def generic_attention(eg, options):
     _chain(eg, options, gradient_times_attention(positive=True), "accumulate", "gradients")
 
 
-@register_export("attgrad", dict(_COMMON))
+@register_export("attgrad")
 def attgrad(eg, options):
     _chain(eg, options, gradient_times_attention(positive=False), "product", "gradients")
 
 
-@register_export("transformer_attribution", {**_COMMON, "start_layer": 0})
+@register_export("transformer_attribution")
 def transformer_attribution(eg, options):
     _chain(eg, options, gradient_times_relevance, "rollout", "relevance",
            options["start_layer"])

@@ -5,7 +5,7 @@ attribution with no onnxplain and no Python."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto
@@ -20,7 +20,7 @@ from ..graph.stem import affine_stem
 from ..maps import MODES as UPSAMPLE_MODES
 from ..methods._tokens import cached_inputs
 from ..methods.integrated_gradients import path_points
-from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
+from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import LrpParams, lrp_rules
 from .graph import ExplainerGraph
@@ -32,17 +32,21 @@ Build = Callable[[ExplainerGraph, dict], None]
 
 @dataclass(frozen=True)
 class ExportSpec:
+    """A method's graph builder. Its options are the method's own declarations
+    (methods.MethodSpec.options); `reads` names those the graph reads (None: all of them),
+    so a default, a range or a help line is written once."""
+
     name: str
     build: Build
-    defaults: dict = field(default_factory=dict)
+    reads: tuple[str, ...] | None = None
 
 
 EXPORTS: dict[str, ExportSpec] = {}
 
 
-def register_export(name: str, defaults: dict | None = None):
+def register_export(name: str, reads: tuple[str, ...] | None = None):
     def register(build: Build) -> Build:
-        EXPORTS[name] = ExportSpec(name, build, defaults or {})
+        EXPORTS[name] = ExportSpec(name, build, reads)
         return build
     return register
 
@@ -53,7 +57,7 @@ def declare_per_input(eg: ExplainerGraph, values: dict[str, str], meaning: str) 
                    eg.b.info(name))
 
 
-@register_export("saliency", {"abs": True})
+@register_export("saliency")
 def saliency(eg, options):
     inputs = float_inputs(eg)
     grads = eg.gradients([eg.feeds[name] for name in inputs])
@@ -87,9 +91,8 @@ register_export("deconvnet")(_modified_gradient(
     DECONVNET, "deconvnet signal (ReLUs pass positive signals)"))
 
 
-@register_export("integrated_gradients", {"n_steps": 50, "rule": "gausslegendre",
-                                    "baseline": "zeros", "baseline_value": 0.0,
-                                    "internal_batch_size": 16})
+@register_export("integrated_gradients", ("n_steps", "rule", "baseline", "baseline_value",
+                                         "internal_batch_size"))
 def integrated_gradients(eg, options):
     """IG_i = (x_i - x'_i) sum_s w_s d S_c(x' + a_s (x - x')) / d x_i.
 
@@ -195,7 +198,7 @@ def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> No
                TensorInfo(b.dtype(change), ("N",)))
 
 
-@register_export("deeplift", {"baseline": "zeros", "baseline_value": 0.0, "eps": DEFAULT_EPS})
+@register_export("deeplift", ("baseline", "baseline_value", "eps"))
 def deeplift(eg, options):
     """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
     [x; x'] and the rules read the reference half (onnxplain.rules.deeplift)."""
@@ -215,9 +218,8 @@ def deeplift(eg, options):
     declare_delta(eg, values, target_change(eg, 0, 1))
 
 
-@register_export("lrp", {"composite": "epsilon-plus", "epsilon": 1e-6, "gamma": 0.25,
-                         "alpha": 2.0, "beta": 1.0, "stabilizer": 1e-6,
-                         "merge_batch_norm": True})
+@register_export("lrp", ("composite", "epsilon", "gamma", "alpha", "beta", "stabilizer",
+                        "merge_batch_norm"))
 def lrp(eg, options):
     """Relevance of each input value under the `composite`'s rules, from R = y_c."""
     inputs = float_inputs(eg)
@@ -242,11 +244,13 @@ def _baseline(b, name: str, options: dict) -> str:
             raise InputError(f"an exported baseline must be shaped like one row of "
                              f"'{name}' (got {baseline.shape})")
         return b.op("Expand", b.const(array, "baseline"), b.shape(name))
-    if baseline in ("zeros", "constant"):
-        value = 0.0 if baseline == "zeros" else float(options["baseline_value"])
+    if isinstance(baseline, float) or baseline in ("zeros", "constant"):
+        value = (baseline if isinstance(baseline, float) else
+                 0.0 if baseline == "zeros" else float(options["baseline_value"]))
         return b.op("Expand", b.scalar(value, name), b.shape(name))
-    raise InputError(f"baseline '{baseline}' cannot be exported; use zeros, constant (with "
-                     "baseline_value) or an array shaped like one row")
+    what = f"baseline '{baseline}'" if isinstance(baseline, str) else "a baseline dict"
+    raise InputError(f"{what} cannot be exported; use zeros, constant (with baseline_value), "
+                     "a number or an array shaped like one row")
 
 
 def _layer(eg: ExplainerGraph, layer) -> str:
@@ -286,7 +290,7 @@ def _declare_maps(eg: ExplainerGraph, maps: dict[str, str], mode: str, layer: st
                    TensorInfo(eg.b.dtype(layer), ("N", 1, None, None)))
 
 
-@register_export("grad_cam", {"layer": None, "relu": True, "upsample": "bilinear"})
+@register_export("grad_cam")
 def grad_cam(eg, options):
     """L_c = ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of d S_c / d A_k, resized to
     every image input."""
@@ -297,7 +301,7 @@ def grad_cam(eg, options):
     _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
 
 
-@register_export("grad_cam_plus_plus", {"layer": None, "upsample": "bilinear"})
+@register_export("grad_cam_plus_plus")
 def grad_cam_plus_plus(eg, options):
     """w_k = sum_ij a_kij relu(g_kij), a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3) (0 where the
     denominator is 0), L_c = ReLU(sum_k w_k A_k)."""
@@ -317,7 +321,7 @@ def grad_cam_plus_plus(eg, options):
     _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
 
 
-@register_export("guided_grad_cam", {"layer": None, "upsample": "nearest"})
+@register_export("guided_grad_cam")
 def guided_grad_cam(eg, options):
     """Guided Backprop of each image input times the Grad-CAM map resized to it."""
     b = eg.b
@@ -376,7 +380,7 @@ def metadata(method: str, options: dict, eg: ExplainerGraph) -> dict[str, str]:
 
 
 
-@register_export("prototypes")
+@register_export("prototypes", ())
 def prototypes(eg, options):
     """For a model with a local head (onnxplain local-head fit): the training row and label
     behind each reported prototype, and whether the epsilon neuron rejects the row."""

@@ -17,8 +17,6 @@ from .methods import declare_per_input, float_inputs, register_export
 
 BASES = {"saliency": GRADIENT, "input_x_gradient": GRADIENT,
          "guided_backprop": GUIDED_BACKPROP, "deconvnet": DECONVNET}
-_DEFAULTS = {"base": "saliency", "noise_level": 0.15, "n_samples": 25, "seed": 0,
-             "internal_batch_size": 16}
 
 
 def _noise_tunnel(kind: str):
@@ -93,4 +91,4 @@ def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], s
 
 
 for _kind in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-    register_export(_kind, dict(_DEFAULTS))(_noise_tunnel(_kind))
+    register_export(_kind)(_noise_tunnel(_kind))

@@ -19,9 +19,8 @@ from .loop import gradient_loop
 from .methods import ATTRIBUTION, declare_delta, path_walk, register_export, target_change
 
 
-@register_export("layer_integrated_gradients", {"n_steps": 50, "rule": "gausslegendre",
-                                                "baseline_token": -1,
-                                                "internal_batch_size": 16})
+@register_export("layer_integrated_gradients", ("n_steps", "rule", "baseline_token",
+                                               "internal_batch_size"))
 def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     """IG from the embedding of `baseline_token` put in place of every token (-1: a zero
     embedding) to the input's embedding, summed over the embedding features per token, zero
@@ -33,7 +32,8 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
                          "embedding, and this model has none (use integrated_gradients)")
     ids, tensor = tokens[0].input, tokens[0].tensor
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
-    per_run, token = int(options["internal_batch_size"]), int(options["baseline_token"])
+    per_run, token = int(options["internal_batch_size"]), options["baseline_token"]
+    token = -1 if token is None else int(token)  # None, as in-process: a zero embedding
     if per_run < 1:
         raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
     nodes = eg.take_model_nodes()

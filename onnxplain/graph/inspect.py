@@ -121,8 +121,9 @@ def _missing(model: Model, rules: RuleSet, sources) -> list[dict]:
     # Whole graph: every node reading a float tensor that depends on any input.
     floats = [name for name, info in model.infos.items() if info.is_float]
     everywhere, active = differentiated_region(b, wrt + floats, outputs)
-    on_path, _ = differentiated_region(b, wrt, outputs[:1])
-    on_path_names = {node.name for node in on_path}
+    # A node on the path blocks it only if its rule fails for the path's own gradients (an
+    # LSTM's rule refuses weight gradients, which the whole-graph pass asks for).
+    on_path, path_active = differentiated_region(b, wrt, outputs[:1])
+    blocking = {item.node for item in missing_rules(b, on_path, rules, path_active)}
     found = missing_rules(b, everywhere, rules, active)
-    return [dict(item.as_dict(), on_default_path=item.node in on_path_names)
-            for item in found]
+    return [dict(item.as_dict(), on_default_path=item.node in blocking) for item in found]

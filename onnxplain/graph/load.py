@@ -19,7 +19,11 @@ from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
 from .shapes import ai_onnx_opset, without_weights
 from .validate import validate
-from .weights import payload_bytes  # noqa: F401 - re-exported
+from .weights import (
+    external_weights,
+    payload_bytes,  # noqa: F401 - re-exported
+    standalone,
+)
 
 OLDEST_OPSET = 9
 NEWEST_OPSET = 28  # onnx 1.23's; models past ONNX Runtime's newest are restamped on load
@@ -31,15 +35,17 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto
                ) -> tuple[onnx.ModelProto, str | None]:
     """Return a normalised copy of the model and the path it came from (None for in-memory models).
 
-    The user's file and ModelProto are never modified.
+    The user's file and ModelProto are never modified. The copy holds every weight's bytes
+    (Model.load keeps large ones in the user's files instead).
     """
     model, path = read_model(source)
-    return normalize(model), path
+    return standalone(normalize(model)), path
 
 
 def read_model(source: str | os.PathLike | bytes | onnx.ModelProto
                ) -> tuple[onnx.ModelProto, str | None]:
-    """The model as given (a copy), checked, and the path it came from."""
+    """The model as given (a copy), checked, and the path it came from; large initializers
+    a file keeps as external data are file stubs of their data file (graph.weights)."""
     if isinstance(source, onnx.ModelProto):
         model, path = _copy(source), None
     elif isinstance(source, (bytes, bytearray)):
@@ -66,12 +72,16 @@ def _read(path: str) -> onnx.ModelProto:
     if file.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {path}")
     try:
-        return onnx.load(path, load_external_data=True)
+        model = onnx.load(path, load_external_data=False)
+        # Large external weights stay in their data file, as file stubs (graph.weights).
+        external_weights(model, os.path.dirname(os.path.abspath(path)))
+        return model
     except DecodeError as err:
         raise ModelError(f"{path} is not an ONNX model (truncated or not a protobuf: {err})"
                          ) from None
     except (OSError, ValueError, onnx.checker.ValidationError) as err:
-        if isinstance(err, FileNotFoundError) or "should be stored in" in str(err):
+        if isinstance(err, FileNotFoundError) or any(
+                text in str(err) for text in ("should be stored in", "points outside")):
             raise ModelError(f"external data of {path} is missing or unreadable: "
                              f"{_first_line(err)}") from None
         raise ModelError(f"cannot read {path}: {_first_line(err)}") from None

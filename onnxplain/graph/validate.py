@@ -23,12 +23,13 @@ _PACKED.update({getattr(TensorProto, name): 4 for name in ("INT2", "UINT2")
 # under auto_pad SAME): refused even where the input's size is unknown.
 MAX_KERNEL = 2**16
 # Attributes the rules do arithmetic with, and the smallest value each may take.
-_POSITIVE = ("strides", "dilations", "kernel_shape", "group")
+_POSITIVE = ("strides", "dilations", "kernel_shape", "group", "size")  # size: LRN's window
 _NON_NEGATIVE = ("pads",)
 
 
 def validate(model: onnx.ModelProto, where: str) -> None:
     """Raise ModelError for the first thing the rules could not work with."""
+    _check_text(model, where, "model")
     _check_functions(model, where)
     graph = model.graph
     for value in [*graph.input, *graph.output]:
@@ -47,8 +48,33 @@ def validate(model: onnx.ModelProto, where: str) -> None:
     _check_declared_ranks(model, shapes, where)
     for value in graph.output:
         _check_declared_output(value, shapes, where)
+    # Inference gives up on the contradictions checked here: the declarations decide then.
+    known = {**{init.name: list(init.dims) for init in graph.initializer},
+             **_shapes_of(graph.input), **shapes}
     for node in graph.node:
         _check_window(node, shapes, where)
+        if node.domain in ("", "ai.onnx") and node.op_type in _WINDOWED:
+            _check_windowed(node, known, where)
+
+
+def _check_text(message, where: str, path: str) -> None:
+    """Protobuf hands back a text field that is not UTF-8 as bytes (a flipped bit in a name):
+    every name, string attribute and metadata entry is read as text further on."""
+    if isinstance(message, TensorProto):  # its data is not text: only the names are read
+        fields = [(TensorProto.DESCRIPTOR.fields_by_name["name"], message.name),
+                  (TensorProto.DESCRIPTOR.fields_by_name["external_data"],
+                   message.external_data)]
+    else:
+        fields = message.ListFields()
+    for field, value in fields:
+        single = isinstance(value, str | bytes) or hasattr(value, "ListFields")
+        values = [value] if single else value
+        if field.type == field.TYPE_STRING and any(isinstance(v, bytes) for v in values):
+            raise ModelError(f"{where}: {path}.{field.name} is not UTF-8 text (a corrupt or "
+                             "truncated file?)")
+        if field.type == field.TYPE_MESSAGE:
+            for item in values:
+                _check_text(item, where, f"{path}.{field.name}")
 
 
 def _known_type(dtype: int) -> bool:
@@ -108,8 +134,8 @@ def _check_attributes(node: onnx.NodeProto, opset: int, where: str) -> None:
             continue  # an attribute the op does not have is ignored by everything
         bad = None
         if attr.name in _POSITIVE:
-            top = MAX_KERNEL if attr.name in ("kernel_shape", "strides", "dilations") else \
-                MAX_DIM
+            top = MAX_KERNEL if attr.name in ("kernel_shape", "strides", "dilations", "size") \
+                else MAX_DIM
             bad = next((v for v in values if not (math.isfinite(v) and 0 < v <= top)), None)
         elif attr.name in _NON_NEGATIVE and node.op_type != "Pad":  # Pad-2 crops with them
             bad = next((v for v in values if not (math.isfinite(v) and 0 <= v <= MAX_DIM)),
@@ -251,3 +277,89 @@ def _check_window(node: onnx.NodeProto, shapes: dict, where: str) -> None:
             raise ModelError(f"{where}: {name} has kernel_shape={kernel}, wider than its "
                              f"input '{node.input[0]}' (size {n} on spatial axis {axis}, padded)")
 
+
+# Ops with a window over the spatial axes of input 0, and the input that holds the weight
+# (None: no weight). Their attributes and the weight's shape must agree with each other and
+# with the input's channels: the rules' index arithmetic and ONNX Runtime rely on it.
+_WINDOWED = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1,
+             "DeformConv": 1, "MaxPool": None, "AveragePool": None, "LpPool": None,
+             "MaxUnpool": None}
+# Attributes with one value per spatial axis, and their multiple of it.
+_PER_AXIS = {"kernel_shape": 1, "strides": 1, "dilations": 1, "pads": 2, "output_padding": 1}
+
+
+def _check_windowed(node: onnx.NodeProto, known: dict, where: str) -> None:
+    """Per-axis attribute lengths against the spatial rank, kernel_shape against the weight,
+    and group against the input's channels and the weight's, for Conv-like and pooling ops."""
+    attrs = {a.name: a for a in node.attribute}
+    ints = {name: list(a.ints) for name, a in attrs.items() if a.type == AttributeProto.INTS}
+    index = _WINDOWED[node.op_type]
+    weight = known.get(node.input[index]) if index is not None and len(node.input) > index \
+        else None
+    data = known.get(node.input[0]) if node.input else None
+    name = f"node '{node.name or node.op_type}' ({node.op_type})"
+
+    def refuse(attr: str, why: str) -> None:
+        shown = _shown(attrs[attr]) if attr in attrs else "1"
+        raise ModelError(f"{where}: {name} has {attr}={shown}, {why}")
+
+    spatial = next((len(s) - 2 for s in (weight, data) if s is not None and len(s) >= 2),
+                   len(ints["kernel_shape"]) if "kernel_shape" in ints else None)
+    if data is not None and weight is not None and len(data) != len(weight):
+        raise ModelError(f"{where}: {name} has input '{node.input[0]}' of rank {len(data)} "
+                         f"but weight '{node.input[index]}' of rank {len(weight)}")
+    for attr, times in _PER_AXIS.items():
+        if attr in ints and spatial is not None and len(ints[attr]) != times * spatial:
+            refuse(attr, f"but the node has {spatial} spatial axes")
+    if weight is not None and "kernel_shape" in ints and \
+            any(w is not None and w != k for w, k in zip(weight[2:], ints["kernel_shape"],
+                                                         strict=False)):
+        refuse("kernel_shape", f"but its weight '{node.input[index]}' has shape "
+                               f"{_dims(weight)}")
+    given = attrs.get("group")
+    # A group of another type is the checker's to refuse: 0 here skips the group checks.
+    group = 1 if given is None else given.i if given.type == AttributeProto.INT else 0
+    if index is not None and weight is not None and len(weight) >= 2 and group > 0:
+        _check_group(node, data, weight, group, refuse)
+        _check_bias(node, weight, group, known, name, where)
+
+
+# The input that holds the bias (one value per output channel).
+_BIAS = {"Conv": 2, "ConvTranspose": 2, "QLinearConv": 8, "DeformConv": 3}
+
+
+def _check_bias(node: onnx.NodeProto, weight, group: int, known: dict, name: str,
+                where: str) -> None:
+    index = _BIAS.get(node.op_type)
+    bias = known.get(node.input[index]) if index is not None and len(node.input) > index \
+        and node.input[index] else None
+    if bias is None:
+        return
+    # Conv: weight [M, C/group, k...]; ConvTranspose: weight [C, M/group, k...].
+    channels = weight[0] if node.op_type != "ConvTranspose" else \
+        None if weight[1] is None else weight[1] * group
+    if channels is not None and (len(bias) != 1 or bias[0] not in (None, channels)):
+        raise ModelError(f"{where}: {name} has bias '{node.input[index]}' of shape "
+                         f"{_dims(bias)}, but it makes {channels} output channels")
+
+
+def _check_group(node: onnx.NodeProto, data, weight, group: int, refuse) -> None:
+    """Conv: weight [M, C/group, k...] with M divisible by group; ConvTranspose: weight
+    [C, M/group, k...] with C divisible by group (C: the input's channels)."""
+    channels = data[1] if data is not None and len(data) >= 2 else None
+    # The input channels the weight takes.
+    takes = weight[0] if node.op_type == "ConvTranspose" else \
+        None if weight[1] is None else weight[1] * group
+    if weight[0] is not None and weight[0] % group:
+        refuse("group", f"which does not divide dim 0 ({weight[0]}) of its weight "
+                        f"'{node.input[_WINDOWED[node.op_type]]}' {_dims(weight)}")
+    if channels is not None and channels % group:
+        refuse("group", f"which does not divide the {channels} channels of its input "
+                        f"'{node.input[0]}'")
+    if channels is not None and takes is not None and takes != channels:
+        refuse("group", f"so its weight {_dims(weight)} takes {takes} input channels, but "
+                        f"input '{node.input[0]}' has {channels}")
+
+
+def _dims(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"

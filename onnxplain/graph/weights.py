@@ -8,7 +8,8 @@ A model loaded from a file holds no bytes of the large initializers that file ho
 unchanged either: each is a file stub naming the file, the offset and length of its bytes
 and the file's inode, size and mtime when it was read (`tensor_value` reads it back,
 refusing once the file has changed; sessions have ONNX Runtime read it as external data
-of that file).
+of that file). Large initializers a model file keeps as external data (in a data file beside
+it) are file stubs of that data file likewise (`external_weights`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from ..errors import ModelError
 
@@ -75,6 +76,51 @@ def file_weights(model: onnx.ModelProto, path: str | None) -> Weights:
     return Weights(light, where, spans, stamp)
 
 
+def external_weights(model: onnx.ModelProto, folder: str) -> None:
+    """Bring in the external data of `model`, read from a file in `folder` without it: the
+    large initializers of its main graph whose data file holds them whole become file stubs
+    of that file (their bytes stay there), every other tensor's bytes are read in. Data
+    outside `folder` or missing is refused by onnx, as onnx.load refuses it."""
+    graph = model.graph
+    external = [init for init in graph.initializer
+                if external_data_helper.uses_external_data(init)]
+    spans: dict[int, FileSpan] = {}
+    if external and payload_bytes(model) + sum(map(tensor_bytes, external)) >= SHARE_FROM:
+        spans = {index: span for index, init in enumerate(graph.initializer)
+                 if external_data_helper.uses_external_data(init)
+                 and (span := _data_span(init, folder)) is not None}
+    for index, span in spans.items():
+        # Marked as held until the rest is read in: onnx would read a stub's bytes too.
+        graph.initializer[index].CopyFrom(_file_stub(graph.initializer[index], span))
+        graph.initializer[index].data_location = TensorProto.DEFAULT
+    external_data_helper.load_external_data_for_model(model, folder)
+    for index in spans:
+        graph.initializer[index].data_location = TensorProto.EXTERNAL
+
+
+def _data_span(init: onnx.TensorProto, folder: str) -> FileSpan | None:
+    """Where external initializer `init`'s bytes lie, for a large one of a shared type held
+    whole (a shorter span is read in, and refused by validation as any short tensor)."""
+    if init.data_type not in SHARED_TYPES or tensor_bytes(init) < SHARED_BYTES:
+        return None
+    # onnx's own check, as onnx.load makes it (an onnx without it: the bytes are read in):
+    # a location outside `folder`, a link or a missing file is refused.
+    opener = getattr(external_data_helper, "_open_external_data_fd", None)
+    if opener is None:
+        return None
+    info = external_data_helper.ExternalDataInfo(init)
+    descriptor = opener(folder, info.location, init.name, True)
+    with os.fdopen(descriptor, "rb") as file:
+        opened = os.fstat(file.fileno())
+    stamp = opened.st_ino, opened.st_size, opened.st_mtime_ns
+    offset = info.offset or 0
+    length = info.length if info.length is not None else stamp[1] - offset
+    path = os.path.realpath(os.path.join(folder, info.location))
+    if length != tensor_bytes(init) or offset + length > stamp[1] or _stamp(path) != stamp:
+        return None
+    return FileSpan(path, offset, length, stamp)
+
+
 @dataclass(frozen=True)
 class FileSpan:
     """Where a file stub's bytes lie: `length` bytes at `offset` of the file at `path`, as
@@ -123,7 +169,7 @@ def tensor_value(init: onnx.TensorProto) -> np.ndarray:
             file.seek(span.offset)
             data = np.fromfile(file, dtype.newbyteorder("<"), span.length // dtype.itemsize)
     if data is None or data.nbytes != span.length or not span.unchanged():
-        raise ModelError(f"the model file {span.path} changed after it was loaded (its "
+        raise ModelError(f"the model's file {span.path} changed after it was loaded (its "
                          f"initializer '{init.name}' is read from there): load the model again")
     return data.astype(dtype, copy=False).reshape(tuple(init.dims))
 

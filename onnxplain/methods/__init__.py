@@ -10,7 +10,8 @@ import numpy as np
 
 from ..engine import GradientRun
 from ..errors import InputError
-from ._budget import MAX_RUNS, Work, check_work
+from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
+from .options import Option
 
 
 @dataclass
@@ -31,14 +32,15 @@ class MethodOutput:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method as the API and CLI show it: its verb, one-line summary, defaults and paper."""
+    """A method as the API and CLI show it: its verb, one-line summary, options (declared
+    once, see options.Option) and paper."""
 
     name: str
     run: Callable
     summary: str
     reference: str
     family: str
-    defaults: dict = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
     # How an attribution at a token embedding becomes one value per token: "sum" over the
     # embedding axis (for products like input x gradient), or the vector "norm" for raw
     # gradients, whose sum is ~0 whenever a LayerNorm follows the embedding.
@@ -52,79 +54,32 @@ class MethodSpec:
     # the `max_runs` option (added with MAX_RUNS) and the memory budget before it runs.
     work: Callable[[Mapping[str, object], Mapping[str, np.ndarray]], Work] | None = None
 
+    @property
+    def defaults(self) -> dict:
+        """{option: default}, derived from the declarations."""
+        return {option.name: option.default for option in self.options}
+
+    def option(self, key: str) -> Option:
+        """The declaration of option `key`; an unknown one is a one-line InputError."""
+        for option in self.options:
+            if option.name == key:
+                return option
+        known = ", ".join(sorted(self.defaults)) or "none"
+        raise InputError(f"method '{self.name}' has no option '{key}'"
+                         f"{did_you_mean(key, self.defaults)} (its options: {known})")
+
     def resolve_options(self, options: Mapping[str, object]) -> dict:
-        """Defaults overridden by `options`; strings (from the CLI) take the default's type."""
-        unknown = [key for key in options if key not in self.defaults]
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise InputError(f"method '{self.name}' has no option '{unknown[0]}' "
-                             f"(its options: {known})")
-        resolved = dict(self.defaults)
-        for key, value in options.items():
-            resolved[key] = coerce_option(self.name, key, value, self.defaults[key])
-        return resolved
+        """Defaults overridden by `options`, each checked by its declaration (strings, as
+        the CLI gives them, are parsed)."""
+        checked = {key: self.option(str(key)).check(self.name, value)
+                   for key, value in options.items()}
+        return {**self.defaults, **checked}
 
 
 def coerce_option(method: str, key: str, value: object, default: object) -> object:
-    """`value` as the default's type (the CLI gives strings); numbers must be finite, since
-    NaN or Inf (`-O noise_level=nan`) would only make every attribution NaN."""
-    found = _coerced(method, key, value, default)
-    if isinstance(found, float | np.floating) and not np.isfinite(found):
-        raise InputError(f"option '{key}' of method '{method}' must be a finite number "
-                         f"(not NaN or infinite), got {value}")
-    # Every method's `seed` goes to numpy's generators, which take integers 0 .. 2**128-1.
-    if key == "seed" and isinstance(found, int | np.integer) and not 0 <= found < 2**128:
-        raise InputError(f"option 'seed' of method '{method}' must be an integer from 0 to "
-                         f"2**128 - 1, got {value}")
-    return found
-
-
-def _coerced(method: str, key: str, value: object, default: object) -> object:
-    # Float options may also take arrays (baselines), which their methods check, and None
-    # is checked by the methods with their own reason; counts and flags are numbers only.
-    array_or_none = value is None or isinstance(value, np.ndarray | list)
-    if isinstance(default, bool | int | float) and not isinstance(value, str) and not (
-            isinstance(default, float) and array_or_none):
-        return _number(method, key, value, default)
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    text = value.strip().lower()
-    try:
-        if isinstance(default, bool):
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise InputError(f"option '{key}' of method '{method}' expects "
-                         f"{_a(type(default))}, got '{value}'") from None
-    return value
-
-
-def _number(method: str, key: str, value: object, default: bool | int | float) -> object:
-    """An API value for a number option: a number of the default's kind (an integral float
-    for an integer), else one line naming its type (never the value itself: it may be a
-    large array)."""
-    kind = type(default)
-    number = isinstance(value, int | float | np.integer | np.floating) and not (
-        kind is not bool and isinstance(value, bool | np.bool_))
-    if kind is bool:
-        number = isinstance(value, bool | np.bool_) or (number and value in (0, 1))
-    if number and kind is int and not isinstance(value, int | np.integer):
-        number = np.isfinite(value) and float(value).is_integer()
-    if not number:
-        got = repr(value) if np.isscalar(value) else f"a value of type {type(value).__name__}"
-        raise InputError(f"option '{key}' of method '{method}' expects {_a(kind)}, got {got}")
-    return kind(value)
-
-
-def _a(kind: type) -> str:
-    return f"{'an' if kind is int else 'a'} {kind.__name__}"
+    """`value` for an option declared only by its default (the default's type, finite):
+    for callers without a declaration; methods declare theirs (options.Option)."""
+    return Option.like(key, default).check(method, value)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -132,8 +87,7 @@ METHODS: dict[str, MethodSpec] = {}
 
 def register(spec: MethodSpec) -> MethodSpec:
     if spec.work is not None:
-        spec = replace(spec, run=_budgeted(spec), defaults={**spec.defaults,
-                                                            "max_runs": MAX_RUNS})
+        spec = replace(spec, run=_budgeted(spec), options=(*spec.options, MAX_RUNS_OPTION))
     METHODS[spec.name] = spec
     return spec
 
@@ -191,4 +145,5 @@ from . import (  # noqa: E402,F401
     smoothgrad,
 )
 
-__all__ = ["METHODS", "MethodOutput", "MethodSpec", "did_you_mean", "get_method", "register"]
+__all__ = ["METHODS", "MethodOutput", "MethodSpec", "Option", "did_you_mean", "get_method",
+           "register"]

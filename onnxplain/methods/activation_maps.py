@@ -14,6 +14,7 @@ from ..graph.layers import resolve_layer
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._layer import maps_per_image_input
+from .options import layer_option, upsample_option
 
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu",
                          "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid", "HardSwish",
@@ -65,6 +66,6 @@ register(MethodSpec(
     reference="Bau, Zhou, Khosla, Oliva, Torralba 2017 (network dissection), "
               "arXiv:1704.05796",
     family="layer",
-    defaults={"layer": None, "upsample": "bilinear"},
+    options=(layer_option(), upsample_option()),
     uses_objective=False,
 ))

@@ -19,7 +19,9 @@ A causal model reads the row of the explained position (the last non-padding one
 cache the maps are [Tq, P + Tq]: the P cached keys are inputs of this step, so each layer's
 matrix gets P rows that keep them as they are (identity rows once the residual is added) and
 becomes square; the scores of the P cached positions come back summed as one block
-(extras 'cached_block', 'cached_positions'), the map covers the Tq new tokens.
+(extras 'cached_block', 'cached_positions'), the map covers the Tq new tokens. Under a
+next-token objective the gradient and relevance passes start from a copy of the model's tail
+after the last attention layer that holds the explained position alone (_explained_row).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ._attention_graph import (
     gradient_times_relevance,
 )
 from ._common import clean_run, explicit_target
+from ._explained_row import explained_row
 from ._tokens import (
     Rows,
     attention_layers,
@@ -55,8 +58,8 @@ from ._tokens import (
     token_layout,
     token_output,
 )
+from .options import Option, attention_options, start_layer_option
 
-_COMMON = {"attention": None, "query": "auto", "upsample": "bilinear"}
 _POSITIVE_GXA = gradient_times_attention(positive=True)
 _SIGNED_GXA = gradient_times_attention(positive=False)
 
@@ -133,7 +136,9 @@ def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
         scores = values[POST_PREFIX + ROW]
     else:
         passes = [relevance_pass(layers, sources)] if reads == "relevance" else []
-        run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post)
+        # The objective reads one position: the backward passes start from it alone.
+        run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post,
+                               pre=explained_row(target, probabilities(layers)[-1]))
         scores = run.post[ROW]
     return _finish(feeds, sources, run, layers, scores, rows, upsample, signed=signed)
 
@@ -171,7 +176,8 @@ def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
     rows = resolve_query(engine, feeds, sources, layers[-1:], query, "partial_lrp")
     relevance = relevance_pass(layers[-1:], sources)
     run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
-                           active_from=relevance.active_from)
+                           active_from=relevance.active_from,
+                           pre=explained_row(target, relevance.wrt[-1]))
     last = layer_stack(run.grads, layers[-1:], rows.past)[0]
     heads = last.sum(axis=(2, 3))
     return _finish(feeds, sources, run, layers, last.mean(axis=1), rows, upsample,
@@ -206,9 +212,9 @@ def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
 
 
 def _spec(name, run, summary, reference, family="attention", uses_objective=True,
-          **defaults) -> MethodSpec:
+          extra: tuple[Option, ...] = ()) -> MethodSpec:
     return register(MethodSpec(name=name, run=run, summary=summary, reference=reference,
-                               family=family, defaults={**_COMMON, **defaults},
+                               family=family, options=(*attention_options(), *extra),
                                uses_objective=uses_objective))
 
 
@@ -216,12 +222,13 @@ _spec("raw_attention", raw_attention, "last layer's attention of the class token
       "heads", "Bahdanau, Cho, Bengio 2015 (attention weights as explanation), "
       "arXiv:1409.0473", uses_objective=False)
 _spec("rollout", rollout, "attention rolled out over layers with the residual identity",
-      "Abnar, Zuidema 2020, arXiv:2005.00928", uses_objective=False, start_layer=0)
+      "Abnar, Zuidema 2020, arXiv:2005.00928", uses_objective=False,
+      extra=(start_layer_option(),))
 _spec("partial_lrp", partial_lrp, "LRP relevance of the last layer's attention heads",
       "Voita, Talbot, Moiseev, Sennrich, Titov 2019, arXiv:1905.09418")
 _spec("transformer_attribution", transformer_attribution,
       "rollout of gradient x LRP relevance of each attention map, positive part",
-      "Chefer, Gur, Wolf 2021, arXiv:2012.09838", start_layer=0)
+      "Chefer, Gur, Wolf 2021, arXiv:2012.09838", extra=(start_layer_option(),))
 _spec("generic_attention", generic_attention,
       "gradient x attention, positive part, accumulated R = R + A R over layers",
       "Chefer, Gur, Wolf 2021, arXiv:2103.15679")

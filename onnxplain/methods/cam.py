@@ -9,6 +9,7 @@ from ..graph.heads import dense_head
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._layer import maps_per_image_input, spatial_layer
+from .options import layer_option, upsample_option
 
 
 def cam(engine, feeds, target, sources, *, layer: str | None = None,
@@ -37,5 +38,5 @@ register(MethodSpec(
     summary="class activation map: dense-layer weights times the last conv activations",
     reference="Zhou, Khosla, Lapedriza, Oliva, Torralba 2016, arXiv:1512.04150",
     family="layer",
-    defaults={"layer": None, "upsample": "bilinear"},
+    options=(layer_option(), upsample_option()),
 ))

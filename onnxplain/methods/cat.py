@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InputError
 from . import MethodOutput, MethodSpec, register
 from ._tokens import attention_layers, padding_mask, token_layout, token_output
+from .options import attention_options
 
 
 def _hidden_states(layers) -> list[str]:
@@ -87,9 +88,8 @@ def attncat(engine, feeds, target, sources, *, attention=None, query="auto",
     return _run(engine, feeds, target, sources, attention, query, upsample, weighted=True)
 
 
-_DEFAULTS = {"attention": None, "query": "auto", "upsample": "bilinear"}
 _REFERENCE = "Qiang, Pan, Li, Zhu 2022 (AttCAT), arXiv:2209.14212"
 register(MethodSpec("cat", cat, "gradient x hidden state per token, summed over layers",
-                    _REFERENCE, "attention", dict(_DEFAULTS)))
+                    _REFERENCE, "attention", attention_options()))
 register(MethodSpec("attncat", attncat, "CAT weighted by the class token's attention per "
-                    "head", _REFERENCE, "attention", dict(_DEFAULTS)))
+                    "head", _REFERENCE, "attention", attention_options()))

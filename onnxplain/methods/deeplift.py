@@ -20,6 +20,7 @@ from ._common import (
     tile_target,
 )
 from .baselines import make_baselines
+from .options import BASELINE_VALUE, BLUR_SIGMA, delta_tolerance, number, path_baseline, seed_option
 
 
 class SummationWarning(UserWarning):
@@ -140,6 +141,9 @@ register(MethodSpec(
             "in extras)",
     reference="Shrikumar, Greenside, Kundaje 2017, arXiv:1704.02685",
     family="gradient",
-    defaults={"baseline": "zeros", "baseline_value": 0.0, "blur_sigma": 5.0, "seed": 0,
-              "eps": DEFAULT_EPS, "delta_tolerance": 1e-3},
+    options=(path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
+             seed_option("seed of the uniform baseline"),
+             number("eps", DEFAULT_EPS, "below this |input difference| a nonlinearity takes "
+                    "its derivative instead of the difference quotient", low=0),
+             delta_tolerance(1e-3)),
 ))

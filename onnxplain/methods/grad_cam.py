@@ -6,6 +6,7 @@ import numpy as np
 
 from . import MethodOutput, MethodSpec, register
 from ._layer import maps_per_image_input, spatial_layer
+from .options import flag, layer_option, upsample_option
 
 
 def grad_cam_maps(engine, feeds, target, layer: str | None, relu: bool):
@@ -39,5 +40,7 @@ register(MethodSpec(
     summary="layer activations weighted by their spatially averaged gradients, ReLU",
     reference="Selvaraju, Cogswell, Das, Vedantam, Parikh, Batra 2017, arXiv:1610.02391",
     family="layer",
-    defaults={"layer": None, "relu": True, "upsample": "bilinear"},
+    options=(layer_option(), flag("relu", True, "ReLU of the weighted sum (False keeps "
+                                                "negative evidence)"),
+             upsample_option()),
 ))

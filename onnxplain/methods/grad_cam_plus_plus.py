@@ -6,6 +6,7 @@ import numpy as np
 
 from . import MethodOutput, MethodSpec, register
 from ._layer import maps_per_image_input, spatial_layer
+from .options import layer_option, upsample_option
 
 
 def grad_cam_plus_plus(engine, feeds, target, sources, *, layer: str | None = None,
@@ -35,5 +36,5 @@ register(MethodSpec(
     summary="Grad-CAM with pixel-wise gradient weights (better for several instances)",
     reference="Chattopadhay, Sarkar, Howlader, Balasubramanian 2018, arXiv:1710.11063",
     family="layer",
-    defaults={"layer": None, "upsample": "bilinear"},
+    options=(layer_option(), upsample_option()),
 ))

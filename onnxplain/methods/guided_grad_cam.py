@@ -8,6 +8,7 @@ from . import MethodOutput, MethodSpec, register
 from ._common import input_sources
 from ._layer import maps_per_image_input
 from .grad_cam import grad_cam_maps
+from .options import layer_option, upsample_option
 
 
 def guided_grad_cam(engine, feeds, target, sources, *, layer: str | None = None,
@@ -30,5 +31,5 @@ register(MethodSpec(
     summary="Guided Backprop times the Grad-CAM map resized to the input",
     reference="Selvaraju, Cogswell, Das, Vedantam, Parikh, Batra 2017, arXiv:1610.02391",
     family="layer",
-    defaults={"layer": None, "upsample": "nearest"},
+    options=(layer_option(), upsample_option("nearest")),
 ))

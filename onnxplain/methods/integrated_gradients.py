@@ -20,6 +20,15 @@ from ._common import (
     tile_target,
 )
 from .baselines import make_baselines
+from .options import (
+    BASELINE_VALUE,
+    BLUR_SIGMA,
+    choice,
+    delta_tolerance,
+    integer,
+    path_baseline,
+    seed_option,
+)
 
 PATH_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
               "gausslegendre")
@@ -172,6 +181,12 @@ def path_work(options, feeds) -> Work:
     return Work("n_steps", steps, steps, held, "gradient runs")
 
 
+N_STEPS = integer("n_steps", 50, "points on the path from the baseline to the input", low=1)
+RULE = choice("rule", "gausslegendre", PATH_RULES, "quadrature rule of the path integral")
+INTERNAL_BATCH_SIZE = integer("internal_batch_size", 0, "rows per run (0: as the memory "
+                              "budget allows; exported: 16 per loop iteration)", low=0)
+
+
 register(MethodSpec(
     name="integrated_gradients",
     run=integrated_gradients,
@@ -179,8 +194,8 @@ register(MethodSpec(
             "extras)",
     reference="Sundararajan, Taly, Yan 2017, arXiv:1703.01365",
     family="gradient",
-    defaults={"n_steps": 50, "rule": "gausslegendre", "baseline": "zeros",
-              "baseline_value": 0.0, "blur_sigma": 5.0, "seed": 0, "internal_batch_size": 0,
-              "delta_tolerance": 0.05},
+    options=(N_STEPS, RULE, path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
+             seed_option("seed of the uniform baseline"), INTERNAL_BATCH_SIZE,
+             delta_tolerance(0.05)),
     work=path_work,
 ))

@@ -20,6 +20,7 @@ from ._budget import counted
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
+from .options import COALITION_BASELINE, feature_options, input_option, integer, seed_option
 
 # Up to this many features every coalition is evaluated: 2^12 runs cost little.
 EXACT_MAX_FEATURES = 12
@@ -279,8 +280,10 @@ register(MethodSpec(
     summary="Shapley values of features from a kernel-weighted regression over coalitions",
     reference="Lundberg and Lee 2017, arXiv:1705.07874",
     family="perturbation",
-    defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 2048, "seed": 0,
-              "baseline": 0.0, "input": None},
+    options=(*feature_options(),
+             integer("n_samples", 2048, "coalitions sampled when there are more than 12 "
+                     "features", low=1),
+             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option()),
     needs_sources=False,
     work=counted("n_samples"),
 ))

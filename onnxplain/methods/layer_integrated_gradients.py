@@ -22,7 +22,14 @@ from ..graph.model import Model
 from ..graph.sources import Source
 from . import MethodOutput, MethodSpec, register
 from ._tokens import padding_mask
-from .integrated_gradients import integrated_gradients, path_work
+from .integrated_gradients import (
+    INTERNAL_BATCH_SIZE,
+    N_STEPS,
+    RULE,
+    integrated_gradients,
+    path_work,
+)
+from .options import delta_tolerance, integer
 
 _CUT_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -109,7 +116,9 @@ register(MethodSpec(
     summary="integrated gradients over token embeddings, summed per token (text models)",
     reference="Sundararajan, Taly, Yan 2017, arXiv:1703.01365 (layer form as in Captum)",
     family="gradient",
-    defaults={"n_steps": 50, "rule": "gausslegendre", "baseline_token": None,
-              "internal_batch_size": 0, "delta_tolerance": 0.05},
+    options=(N_STEPS, RULE,
+             integer("baseline_token", -1, "token id put in place of every token for the "
+                     "baseline (negative or None: a zero embedding)", none=True),
+             INTERNAL_BATCH_SIZE, delta_tolerance(0.05)),
     work=path_work,
 ))

@@ -24,6 +24,14 @@ from .kernel_shap import (
     select_rows,
     select_target,
 )
+from .options import (
+    COALITION_BASELINE,
+    feature_options,
+    input_option,
+    integer,
+    number,
+    seed_option,
+)
 
 
 def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
@@ -88,7 +96,8 @@ def lime_kernel(present: np.ndarray, kernel_width: float) -> np.ndarray:
     """sqrt(exp(-d^2 / width^2)), d the cosine distance of each coalition to all ones."""
     size = present.sum(axis=1)
     distance = 1.0 - np.sqrt(size / present.shape[1])  # 1 for the empty coalition
-    return np.sqrt(np.exp(-distance ** 2 / kernel_width ** 2))
+    # d / width first: width ** 2 over- or underflows for widths like 1e308 or 1e-320.
+    return np.sqrt(np.exp(-np.square(distance / np.float64(kernel_width))))
 
 
 def weighted_ridge(present: np.ndarray, scores: np.ndarray, weights: np.ndarray,
@@ -124,8 +133,11 @@ register(MethodSpec(
     summary="weights of a kernel-weighted ridge regression on random coalitions of features",
     reference="Ribeiro, Singh and Guestrin 2016, arXiv:1602.04938",
     family="perturbation",
-    defaults={"features": "auto", "cell": 0, "n_segments": 50, "n_samples": 1000,
-              "kernel_width": 0.25, "alpha": 1.0, "seed": 0, "baseline": 0.0, "input": None},
+    options=(*feature_options(), integer("n_samples", 1000, "random coalitions", low=1),
+             number("kernel_width", 0.25, "width of lime's kernel on the cosine distance",
+                    low=0, open_low=True),
+             number("alpha", 1.0, "ridge penalty of the regression", low=0),
+             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option()),
     needs_sources=False,
     work=counted("n_samples"),
 ))

@@ -7,9 +7,10 @@ import numpy as np
 from ..engine import OutputSeed
 from ..errors import InputError
 from ..objective import class_scores
-from ..rules.lrp import LrpParams, lrp_rules
+from ..rules.lrp import COMPOSITES, LrpParams, lrp_rules
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
+from .options import Option, choice, flag, number
 
 
 def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
@@ -109,7 +110,21 @@ register(MethodSpec(
     reference="Bach et al. 2015, PLOS ONE 10(7):e0130140; Montavon et al. 2019, "
               "doi:10.1007/978-3-030-28954-6_10",
     family="gradient",
-    defaults={"composite": "epsilon-plus", "epsilon": 1e-6, "gamma": 0.25, "alpha": 2.0,
-              "beta": 1.0, "low": None, "high": None, "stabilizer": 1e-6,
-              "merge_batch_norm": True},
+    options=(
+        choice("composite", "epsilon-plus", COMPOSITES, "named composite: which rule goes on "
+               "which layers"),
+        number("epsilon", 1e-6, "epsilon rule's stabiliser (dense layers)", low=0,
+               open_low=True),
+        number("gamma", 0.25, "gamma rule's extra weight on positive contributions", low=0),
+        number("alpha", 2.0, "alpha-beta rule's weight of positive contributions (alpha - "
+               "beta = 1)"),
+        number("beta", 1.0, "alpha-beta rule's weight of negative contributions", low=0),
+        Option("low", None, "box rule's lowest input value (epsilon-gamma-box): a number or "
+               "an array", ("float", "array"), none=True),
+        Option("high", None, "box rule's highest input value (epsilon-gamma-box)",
+               ("float", "array"), none=True),
+        number("stabilizer", 1e-6, "keeps the other rules' divisions by ~0 finite", low=0,
+               open_low=True),
+        flag("merge_batch_norm", True, "fold batch norms into the layers before them"),
+    ),
 ))

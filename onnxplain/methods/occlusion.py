@@ -20,10 +20,11 @@ from ..errors import InputError
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
-from ._budget import MAX_RUNS, Work, check_work
+from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
+from .options import Option, input_option, perturbation_baseline
 
 
 def window_geometry(row_shape: tuple[int, ...], window, stride) -> tuple[tuple, tuple]:
@@ -147,7 +148,11 @@ register(MethodSpec(
     summary="score drop when a sliding window is replaced by a baseline (forward runs only)",
     reference="Zeiler, Fergus 2014, arXiv:1311.2901",
     family="perturbation",
-    defaults={"window": None, "stride": None, "baseline": 0.0, "input": None,
-              "max_runs": MAX_RUNS},
+    options=(Option("window", None, "window size in pixels for images, elements otherwise: one "
+                    "number (square) or 'h,w' (default: 8 for images, else 1)", ("pair",),
+                    none=True),
+             Option("stride", None, "step between windows, as window (default: the window)",
+                    ("pair",), none=True),
+             perturbation_baseline(), input_option(), MAX_RUNS_OPTION),
     needs_sources=False,
 ))

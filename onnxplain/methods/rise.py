@@ -16,6 +16,14 @@ from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, fixed_target
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
+from .options import (
+    brief,
+    input_option,
+    integer,
+    number,
+    perturbation_baseline,
+    seed_option,
+)
 
 # Masks per block when the saliency is summed: bounds the float64 scratch at 224x224 to ~25 MB.
 _SUM_BLOCK = 64
@@ -148,7 +156,7 @@ def _baseline(value: np.ndarray, baseline) -> np.ndarray:
     fill = np.asarray(baseline)
     if value.dtype.kind in "iu" and np.any(fill != np.round(fill)):
         raise InputError(f"rise: the baseline of an integer input must be an integer id, "
-                         f"got {baseline}")
+                         f"got {brief(baseline)}")
     try:
         return np.broadcast_to(fill.astype(value.dtype), value.shape)
     except ValueError:
@@ -189,8 +197,11 @@ register(MethodSpec(
     summary="average of random smooth input masks weighted by the model's score on each",
     reference="Petsiuk, Das, Saenko 2018, arXiv:1806.07421",
     family="perturbation",
-    defaults={"n_masks": 2000, "grid": 7, "keep": 0.5, "seed": 0, "baseline": 0.0,
-              "input": None},
+    options=(integer("n_masks", 2000, "random masks", low=1),
+             integer("grid", 7, "mask cells per side before upsampling", low=1),
+             number("keep", 0.5, "probability that a cell is kept", low=0, high=1,
+                    open_low=True),
+             seed_option("seed of the masks"), perturbation_baseline(), input_option()),
     needs_sources=False,
     work=rise_work,
 ))

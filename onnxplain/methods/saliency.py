@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import MethodOutput, MethodSpec, register
+from .options import flag
 
 
 def saliency(engine, feeds, target, sources, *, abs: bool = True):  # noqa: A002 - Captum's name
@@ -28,6 +29,6 @@ register(MethodSpec(
     summary="gradient of the target score w.r.t. the input (absolute value by default)",
     reference="Simonyan, Vedaldi, Zisserman 2014, arXiv:1312.6034",
     family="gradient",
-    defaults={"abs": True},
+    options=(flag("abs", True, "absolute value of the gradient (False keeps the sign)"),),
     token_reduction="norm",
 ))

@@ -15,6 +15,8 @@ from ..runtime.progress import progress_bar
 from . import METHODS, MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, equal_runs, fixed_target, input_sources, repeat_target
+from .integrated_gradients import INTERNAL_BATCH_SIZE
+from .options import choice, integer, number, seed_option
 
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -50,7 +52,7 @@ def _row_rng(seed: int, input_index: int, row: np.ndarray) -> np.random.Generato
 
 
 def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
-                  noise_level: float, n_samples: int, seed: int):
+                  noise_level: float, n_samples: int, seed: int, internal_batch_size: int = 0):
     spec = METHODS.get(base)
     if spec is None or spec.family != "gradient" or base in NOISE_METHODS:
         gradient_methods = sorted(m.name for m in METHODS.values()
@@ -65,7 +67,8 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     rows = next(iter(feeds.values())).shape[0]
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
-    per_run = equal_runs(n_samples, max(1, engine.rows_per_run(feeds) // max(rows, 1)))
+    rows_per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
+    per_run = equal_runs(n_samples, max(1, rows_per_run // max(rows, 1)))
     with progress_bar(engine.progress, n_samples, kind, "sample") as bar:
         for first in range(0, n_samples, per_run):
             count = min(per_run, n_samples - first)
@@ -99,25 +102,31 @@ def _sample_rows(rows: int, n_samples: int, first: int, count: int) -> np.ndarra
 
 
 def smoothgrad(engine, feeds, target, sources, *, base: str = "saliency",
-               noise_level: float = 0.15, n_samples: int = 25, seed: int = 0):
+               noise_level: float = 0.15, n_samples: int = 25, seed: int = 0,
+               internal_batch_size: int = 0):
     """Mean of `base` attributions over n_samples copies of x + N(0, sigma^2), sigma =
     noise_level * (max(x) - min(x)) per row."""
     return _noise_tunnel("smoothgrad", engine, feeds, target, sources, base=base,
-                         noise_level=noise_level, n_samples=n_samples, seed=seed)
+                         noise_level=noise_level, n_samples=n_samples, seed=seed,
+                         internal_batch_size=internal_batch_size)
 
 
 def smoothgrad_sq(engine, feeds, target, sources, *, base: str = "saliency",
-                  noise_level: float = 0.15, n_samples: int = 25, seed: int = 0):
+                  noise_level: float = 0.15, n_samples: int = 25, seed: int = 0,
+                  internal_batch_size: int = 0):
     """Mean of the squared `base` attributions over noisy copies (SmoothGrad-squared)."""
     return _noise_tunnel("smoothgrad_sq", engine, feeds, target, sources, base=base,
-                         noise_level=noise_level, n_samples=n_samples, seed=seed)
+                         noise_level=noise_level, n_samples=n_samples, seed=seed,
+                         internal_batch_size=internal_batch_size)
 
 
 def vargrad(engine, feeds, target, sources, *, base: str = "saliency",
-            noise_level: float = 0.15, n_samples: int = 25, seed: int = 0):
+            noise_level: float = 0.15, n_samples: int = 25, seed: int = 0,
+            internal_batch_size: int = 0):
     """Variance of the `base` attributions over noisy copies (VarGrad)."""
     return _noise_tunnel("vargrad", engine, feeds, target, sources, base=base,
-                         noise_level=noise_level, n_samples=n_samples, seed=seed)
+                         noise_level=noise_level, n_samples=n_samples, seed=seed,
+                         internal_batch_size=internal_batch_size)
 
 
 def noise_work(options, feeds) -> Work:
@@ -128,16 +137,26 @@ def noise_work(options, feeds) -> Work:
     return Work("n_samples", samples, samples, rows * samples * row_bytes, "noisy copies")
 
 
-_DEFAULTS = {"base": "saliency", "noise_level": 0.15, "n_samples": 25, "seed": 0}
+# Every gradient method registered before this module (the noise family is apart).
+_OPTIONS = (
+    choice("base", "saliency", sorted(m.name for m in METHODS.values() if m.family == "gradient"),
+           "gradient method averaged over the noisy copies"),
+    number("noise_level", 0.15, "noise standard deviation as a share of each row's value range",
+           low=0),
+    integer("n_samples", 25, "noisy copies per row", low=1),
+    seed_option("seed of the noise (with each row's bytes: a row gets the same noise in any "
+                "batch)"),
+    INTERNAL_BATCH_SIZE,
+)
 register(MethodSpec("smoothgrad", smoothgrad,
                     "mean of a gradient method over noisy copies of the input",
                     "Smilkov, Thorat, Kim, Viegas, Wattenberg 2017, arXiv:1706.03825",
-                    "noise", dict(_DEFAULTS), work=noise_work))
+                    "noise", _OPTIONS, work=noise_work))
 register(MethodSpec("smoothgrad_sq", smoothgrad_sq,
                     "mean of the squared attributions over noisy copies",
                     "Hooker, Erhan, Kindermans, Kim 2019, arXiv:1806.10758", "noise",
-                    dict(_DEFAULTS), work=noise_work))
+                    _OPTIONS, work=noise_work))
 register(MethodSpec("vargrad", vargrad,
                     "variance of the attributions over noisy copies",
                     "Adebayo, Gilmer, Goodfellow, Kim 2018, arXiv:1810.03307", "noise",
-                    dict(_DEFAULTS), work=noise_work))
+                    _OPTIONS, work=noise_work))

@@ -221,7 +221,7 @@ def test_cli_export_checks_text_integrated_gradients(token, tmp_path, zoo, text_
     ("integrated_gradients", {"baseline": "blur"}, "baseline 'blur' cannot be exported"),
     ("integrated_gradients", {"n_steps": "many"}, "expects an int"),
     ("grad_cam", {"layer": "logits"}, "is not a \\[batch, channels, height, width\\]"),
-    ("grad_cam", {"upsample": "cubic"}, "unknown upsample mode"),
+    ("grad_cam", {"upsample": "cubic"}, "'upsample' of method 'grad_cam' expects one of"),
 ])
 def test_what_cannot_be_exported_is_an_input_error(method, options, message, digits_path):
     with pytest.raises(InputError, match=message):

@@ -126,9 +126,9 @@ def test_an_integer_input_is_repeated_at_every_point(rows):
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
-def test_rows_per_iteration_must_be_positive(method, digits_path):
+def test_rows_per_iteration_must_not_be_negative(method, digits_path):
     with pytest.raises(InputError, match="internal_batch_size"):
-        export_explainer(str(digits_path), method, internal_batch_size=0)
+        export_explainer(str(digits_path), method, internal_batch_size=-1)
 
 
 _PEAK = textwrap.dedent("""

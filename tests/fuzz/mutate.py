@@ -222,6 +222,74 @@ def recursive_function(model, rng):
     return model
 
 
+WINDOWED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "ConvInteger")
+
+
+def window_contradiction(model, rng):
+    """A windowed node whose attributes disagree with its weight or input: a group that does
+    not divide the channels, a per-axis attribute one value short or long, a weight reshaped
+    for another group count or kernel."""
+    node = _pick(rng, [n for n in model.graph.node if n.op_type in WINDOWED])
+    if node is None:
+        return change_attribute(model, rng)
+    choice = int(rng.integers(3))
+    weights = {init.name: init for init in model.graph.initializer}
+    weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+    if choice == 0:
+        _set_attribute(node, "group", int(_pick(rng, (2, 3, 5, 7))))
+    elif choice == 1 or weight is None or len(weight.dims) < 3:
+        attrs = {a.name: a for a in node.attribute if a.type == AttributeProto.INTS}
+        name = _pick(rng, sorted(attrs) or ["pads", "strides", "dilations", "kernel_shape"])
+        values = list(attrs[name].ints) if name in attrs else [1, 1]
+        values = values[:-1] if values and rng.random() < 0.5 else [*values, 1]
+        _set_attribute(node, name, values)
+    else:
+        # Same values, another shape: channels moved to the kernel, or the kernel grown.
+        array = onnx.numpy_helper.to_array(weight)
+        dims = list(array.shape)
+        if rng.random() < 0.5 and dims[1] % 2 == 0:
+            dims[1] //= 2
+            dims[2] *= 2
+        else:
+            dims[-1] += 1
+            array = np.concatenate([array, array[..., :1]], axis=-1)
+        weight.CopyFrom(onnx.numpy_helper.from_array(array.reshape(dims), weight.name))
+    return model
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, helper.make_attribute(name, value)])
+
+
+def integer_output(model, rng):
+    """The graph's outputs as integers no ArgMax made: a cast, or the floats' bits (BitCast,
+    values like 1065353216), which must not be read as class labels."""
+    graph = model.graph
+    version = max((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")),
+                  default=0)
+    bitcast = version >= 26 or rng.random() < 0.5  # else the opset is raised to BitCast's
+    for value in graph.output:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            continue
+        inner = value.name + "_float"
+        for node in graph.node:
+            node.output[:] = [inner if out == value.name else out for out in node.output]
+        to = {TensorProto.FLOAT: TensorProto.INT32, TensorProto.DOUBLE: TensorProto.INT64,
+              TensorProto.FLOAT16: TensorProto.INT16}[tensor.elem_type] if bitcast else \
+            TensorProto.INT64
+        graph.node.append(helper.make_node("BitCast" if bitcast else "Cast", [inner],
+                                           [value.name], to=to))
+        tensor.elem_type = to
+    if bitcast:
+        for entry in model.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = max(entry.version, 26)
+    return model
+
+
 MUTATIONS: dict[str, Mutation] = {
     "unchanged": unchanged, "truncate": truncate, "byte_flip": byte_flip,
     "delete_node": delete_node,
@@ -230,7 +298,8 @@ MUTATIONS: dict[str, Mutation] = {
     "cycle": cycle, "empty_graph": empty_graph, "external_missing": external_missing,
     "external_outside": external_outside, "external_short": external_short,
     "giant_dim": giant_dim, "rank0_value_info": rank0_value_info,
-    "recursive_function": recursive_function,
+    "recursive_function": recursive_function, "window_contradiction": window_contradiction,
+    "integer_output": integer_output,
 }
 
 

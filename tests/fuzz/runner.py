@@ -9,7 +9,8 @@ message); ort (such an error that only relays ONNX Runtime's failure); internal 
 OnnxplainError marked internal, a multi-line one, or a CLI internal error); traceback (any other
 exception reaching the caller); hang (past the timeout); crash (the child died, a loaded
 pickle included); modified (a file there before the run changed, or the run wrote into the
-user's folder); partial (a failed CLI run left anything behind).
+user's folder; a run that succeeds may replace an earlier run's files at its -o location);
+partial (a failed CLI run left anything behind).
 """
 
 from __future__ import annotations
@@ -163,12 +164,38 @@ def _prepare_out(kind: str, root: Path, run: str) -> Path:
         return taken / name if export or kind == "under_file" else taken
     if kind == "long_out":
         return root / ("out-" + "a" * 300 + (".onnx" if export else ""))
-    if kind == "existing_dir":
+    if kind in ("existing_dir", "earlier_run", "disk_full"):
         folder = root / "out-dir"
         folder.mkdir()
         (folder / "keep.txt").write_bytes(b"the user's notes")
-        return folder
+        if kind != "existing_dir":  # what an earlier run left: a run must keep or replace it
+            _earlier_run(folder)
+        return folder / name if export and kind != "existing_dir" else folder
     return root / f"out-{run}{'.onnx' if export else ''}"
+
+
+def _earlier_run(folder: Path) -> None:
+    np.save(folder / "attribution.npy", np.arange(6, dtype=np.float32))
+    (folder / "heatmap_x_0.png").write_bytes(b"an earlier heatmap")
+    (folder / "e.onnx").write_bytes(b"an earlier export")
+    summary = {"method": "saliency", "files": ["attribution.npy", "heatmap_x_0.png",
+                                               "summary.json"]}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def _disk_full() -> None:
+    """In the child: the disk fills up while the run writes its last files (summary.json,
+    the exported model), after the ones before them were written."""
+    import errno
+
+    from cli import local_head, outputs
+
+    def full(path, *args) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    outputs.save_json = full
+    local_head.save_bytes = full
 
 
 def _one_line(text: str) -> bool:
@@ -230,6 +257,8 @@ def _child(run: str, setup: Setup, out: Path, write_fd: int) -> None:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.environ["ONNXPLAIN_NO_PROGRESS"] = "1"
+    if setup.out == "disk_full":
+        _disk_full()
     try:
         outcome = _api(run, setup) if run.startswith("api") else _cli(run, setup, out)
     except BaseException as err:  # noqa: BLE001 - even a MemoryError in the harness is a result
@@ -265,8 +294,13 @@ def _fork_run(run: str, setup: Setup, out: Path, timeout: float) -> tuple[str, s
     return outcome, detail
 
 
-def _judge(outcome: str, detail: str, before: dict, after: dict) -> tuple[str, str]:
-    changed = [p for p, digest in before.items() if after.get(p) != digest]
+def _judge(outcome: str, detail: str, before: dict, after: dict, out: str = ""
+           ) -> tuple[str, str]:
+    """`out`: the -o location (relative to the case's root), which a run that succeeds may
+    write over (an earlier run's files), the user's own file in it aside."""
+    changed = [p for p, digest in before.items() if after.get(p) != digest and not (
+        outcome == "ok" and out and (p == out or p.startswith(out + "/"))
+        and not p.endswith("keep.txt"))]
     new = [p for p in after if p not in before]
     if changed or any(p.startswith("user") for p in new):
         where = (changed or [p for p in new if p.startswith("user")])[0]
@@ -301,7 +335,8 @@ def run_case(case: Case, runs: tuple[str, ...] = RUNS, timeout: float = 30.0) ->
             out = _prepare_out(setup.out, root, run)
             before = _snapshot(root)
             outcome, detail = _fork_run(run, setup, out, timeout)
-            outcome, detail = _judge(outcome, detail, before, _snapshot(root))
+            where = str(out.relative_to(root)) if out.is_relative_to(root) else ""
+            outcome, detail = _judge(outcome, detail, before, _snapshot(root), where)
             _clean(root, before)
             for made in ("out-ro", "out-file", "out-dir"):  # the next run prepares its own
                 if (root / made).is_dir():

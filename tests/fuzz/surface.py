@@ -256,19 +256,32 @@ API_VALUES = (math.nan, math.inf, -math.inf, -1, 0, 1e308, 10**12, "abc", True, 
 
 
 def option(model, inputs, rng):
-    """One option of one method (or an unknown name) set to a hostile value."""
+    """One option of one method (or an unknown name) set to a hostile value: a generic one,
+    or one at the edges of what its declaration accepts (onnxplain.methods.options)."""
     method = _pick(rng, sorted(METHODS))
-    names = [*METHODS[method].defaults, "no_such_option"]
-    name = _pick(rng, names)
-    text = _pick(rng, CLI_VALUES)
-    value = API_VALUES[int(rng.integers(len(API_VALUES)))]
+    declared = {o.name: o for o in METHODS[method].options}
+    name = _pick(rng, [*declared, "no_such_option"])
+    edges = _edges(declared[name]) if name in declared else ()
+    text = _pick(rng, (*CLI_VALUES, *map(str, edges)))
+    value = _pick(rng, (*API_VALUES, *edges))
     return Surface(cli=["-m", method, "-O", f"{name}={text}"],
                    api={"method": method, name: value})
 
 
+def _edges(option) -> tuple:
+    """The declared bounds and just past them, and a choice misspelt."""
+    found: list = [f"{choice}x" for choice in option.choices[:1]]
+    for bound, step in ((option.low, -1), (option.high, 1)):
+        if bound is not None:
+            past = bound + step if "int" in option.kinds else bound + step * 1e-9
+            found += [bound, past]
+    return tuple(found)
+
+
 # Output locations --------------------------------------------------------------------------
 
-OUT_KINDS = ("readonly", "unwritable", "file", "under_file", "long_out", "existing_dir")
+OUT_KINDS = ("readonly", "unwritable", "file", "under_file", "long_out", "existing_dir",
+             "earlier_run", "disk_full")
 
 
 def out_location(model, inputs, rng):

@@ -418,11 +418,11 @@ def test_opset_9_names_the_nodes_and_why():
 
 def test_bad_inputs_are_input_errors(zoo):
     case = Case(zoo, "digits_mlp")
-    with pytest.raises(InputError, match="unknown baseline 'moon'"):
+    with pytest.raises(InputError, match="'baseline' of method 'deeplift' expects .*got 'moon'"):
         case.explain("deeplift", baseline="moon")
     with pytest.raises(InputError, match="does not broadcast"):
         case.explain("deeplift", baseline=np.zeros(3, np.float32))
-    with pytest.raises(InputError, match="eps must be a finite number >= 0"):
+    with pytest.raises(InputError, match="'eps' of method 'deeplift' must be a finite number >= 0"):
         case.explain("deeplift", eps=-1.0)
     with pytest.raises(InputError, match="target has 2 entries for 16 input rows"):
         case.explainer.explain(case.x, method="deeplift", target=[1, 2])

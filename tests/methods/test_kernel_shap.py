@@ -284,7 +284,7 @@ def test_nan_scores_warn_about_additivity():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"features": "bogus"}, "unknown features 'bogus'"),
+    ({"features": "bogus"}, "'features' of method 'kernel_shap' expects one of .*'bogus'"),
     ({"features": "grid"}, "needs an image row"),
     ({"n_samples": 0}, "'n_samples' of method 'kernel_shap' must be an integer >= 1"),
     ({"n_samples": "many"}, "expects an int"),

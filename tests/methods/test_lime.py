@@ -128,11 +128,11 @@ def test_image_cells_share_their_weight():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"features": "bogus"}, "unknown features 'bogus'"),
+    ({"features": "bogus"}, "'features' of method 'lime' expects one of auto, .*got 'bogus'"),
     ({"n_samples": 0}, "'n_samples' of method 'lime' must be an integer >= 1"),
-    ({"kernel_width": 0.0}, "'kernel_width' of method 'lime' must be > 0"),
-    ({"kernel_width": -1.0}, "'kernel_width' of method 'lime' must be > 0"),
-    ({"alpha": -0.5}, "'alpha' of method 'lime' must be >= 0"),
+    ({"kernel_width": 0.0}, "'kernel_width' of method 'lime' must be a finite number > 0"),
+    ({"kernel_width": -1.0}, "'kernel_width' of method 'lime' must be a finite number > 0"),
+    ({"alpha": -0.5}, "'alpha' of method 'lime' must be a finite number >= 0"),
     ({"kernel_width": "wide"}, "expects a float"),
     ({"baseline": np.zeros(5)}, "does not fit an input row"),
 ])

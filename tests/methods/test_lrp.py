@@ -230,18 +230,18 @@ def test_options_from_the_command_line_are_parsed(net):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"composite": "plus"}, "unknown LRP composite 'plus'"),
-    ({"epsilon": 0.0}, "epsilon must be a finite number > 0"),
-    ({"stabilizer": -1.0}, "stabilizer must be a finite number > 0"),
-    ({"gamma": -0.1}, "gamma must be a finite number >= 0"),
+    ({"composite": "plus"}, "'composite' of method 'lrp' expects one of epsilon-plus, .*'plus'"),
+    ({"epsilon": 0.0}, "'epsilon' of method 'lrp' must be a finite number > 0"),
+    ({"stabilizer": -1.0}, "'stabilizer' of method 'lrp' must be a finite number > 0"),
+    ({"gamma": -0.1}, "'gamma' of method 'lrp' must be a finite number >= 0"),
     ({"alpha": 2.0, "beta": 2.0}, "alpha - beta = 1"),
     ({"composite": "epsilon-gamma-box"}, "give low and high"),
     ({"composite": "epsilon-gamma-box", "low": 1.0, "high": -1.0}, "low <= high"),
-    ({"composite": "epsilon-gamma-box", "low": "zero", "high": 1.0}, "must be numbers"),
+    ({"composite": "epsilon-gamma-box", "low": "zero", "high": 1.0}, "expects a float, an array"),
     ({"composite": "epsilon-gamma-box", "low": np.zeros(3), "high": np.ones(2)},
      "do not broadcast"),
     ({"gamm": 0.1}, "has no option 'gamm'"),
-    ({"epsilon": None}, "expects a number, got None"),
+    ({"epsilon": None}, "expects a float > 0, got None"),
 ])
 def test_bad_options_are_input_errors(net, options, message):
     explainer, x = net

@@ -84,7 +84,7 @@ def test_batch_size_and_fixed_batch_give_the_same_maps(zoo, tmp_path):
 
 
 @pytest.mark.parametrize("options, fragment", [
-    ({"window": 0}, "window must be one or two positive integers"),
+    ({"window": 0}, "'window' of method 'occlusion' expects one or two positive integers"),
     ({"window": 20}, "larger than the input row"),
     ({"baseline": "dark"}, "expects a float"),
     ({"baseline": np.zeros((2, 2))}, "does not broadcast to an input row"),

@@ -106,7 +106,7 @@ def test_bad_options_name_the_problem(bert):
     explainer, sample = bert
     with pytest.raises(InputError, match="start_layer 5 is out of range for 2"):
         explainer.explain(sample, "rollout", start_layer=5)
-    with pytest.raises(InputError, match="query must be a token index"):
+    with pytest.raises(InputError, match="'query' of method 'rollout' expects one of auto"):
         explainer.explain(sample, "rollout", query="first")
     with pytest.raises(InputError, match="query token 40 is out of range"):
         explainer.explain(sample, "rollout", query=40)

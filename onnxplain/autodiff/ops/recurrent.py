@@ -16,7 +16,8 @@ The step bodies keep only what cannot be computed for all steps at once, though 
 1.31 spends only about 0.5 us per Scan step and 0.3 us per node on [8, 128] tensors: at
 hidden 128 the products dominate (recomputing the gates costs about the forward's own
 multiply-adds), and running both directions in one Scan ([T, D, N, ...]) measured 2 ms
-slower (the stacking copies outweigh the halved step count).
+slower (the stacking copies outweigh the halved step count; a batched [D, N, .] product per
+step takes ONNX Runtime three times a pre-packed 2-D Gemm's time, on one thread or two).
 
 `sequence_lens` follows ONNX Runtime: steps at or after a row's length keep the state
 unchanged (so Y_h / Y_c are the last valid step's, and a reverse pass starts at the row's
