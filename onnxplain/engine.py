@@ -27,13 +27,17 @@ from .graph.taps import append_outputs
 from .graph.weights import Weights, light_copy, payload_bytes
 from .inputs import batch_size as batch_size_of
 from .inputs import check_target_range, join_rows, pad_rows, prepare_target, rows_axis, take_rows
-from .objective import (
+from .objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re-exported
     SPATIAL,
+    DenseObjective,
+    Objective,
+    OutputSeed,
     Place,
     check_rows,
     class_count,
-    class_scores,
+    decisions,  # noqa: F401
     declared_rows,
+    is_labels,  # noqa: F401
     output_form,
 )
 from .runtime.batching import rows_per_run
@@ -63,28 +67,6 @@ Built = tuple[GradientProgram, Session]
 
 class BatchNotice(UserWarning):
     """The model's batch axis is fixed, so rows run in chunks of that size (slower)."""
-
-
-@dataclass(frozen=True)
-class OutputSeed:
-    """An objective given as weights on the explained output: sum(values * output) per row.
-    `clean`: the outputs of the clean forward run the weights were resolved on (a dense
-    objective), so that methods do not run it again."""
-
-    values: np.ndarray
-    clean: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class DenseObjective:
-    """A dense objective (objective.DENSE) the gradient program computes from its own
-    outputs (export.seed.dense_weights) rather than from a separate clean forward run:
-    `form` and `place` as objective.resolve_dense takes them, `target` the class (or None:
-    the predicted one). The explainer resolves the reported pieces from the run's outputs."""
-
-    form: str
-    place: Place
-    target: object = None
 
 
 @dataclass
@@ -160,10 +142,7 @@ class Engine:
         the graph, `active_from` see autodiff.build.differentiated_region, `pre` see
         autodiff.program.Pre.
         """
-        if not self.model.output(self.output).is_float:
-            raise InputError(f"output '{self.output}' is not a float tensor (class labels?); "
-                             "gradient methods need scores: name a float output with "
-                             "--output, or use a perturbation method")
+        self.check_scores()
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
         seed = target.values if isinstance(target, OutputSeed) else None
         dense = (target.form, target.place) if isinstance(target, DenseObjective) else None
@@ -216,6 +195,13 @@ class Engine:
             passes={label: {name: results[out] for name, out in grads.items()}
                     for label, grads in program.passes.items()},
             post={label: results[out] for label, out in program.post.items()})
+
+    def check_scores(self) -> None:
+        """Gradient methods need a float output to differentiate."""
+        if not self.model.output(self.output).is_float:
+            raise InputError(f"output '{self.output}' is not a float tensor (class labels?); "
+                             "gradient methods need scores: name a float output with "
+                             "--output, or use a perturbation method")
 
     def stem(self, name: str) -> StemEngines | None:
         """Engines over the affine stem of input `name` and over the rest of the model, built
@@ -293,6 +279,11 @@ class Engine:
             program.model = None  # the session has the weights: do not hold a second copy
             return program, session
 
+        return self._built(key, shapes, build)
+
+    def _built(self, key: tuple, shapes: ShapeKey | None, build: Callable) -> Built:
+        """What `build` made of the model for `key`, built once, or of a copy specialised to
+        the input `shapes` where that is allowed."""
         if shapes is not None:
             specialised = self._specialised_program(key, shapes, build)
             if specialised is not None:
@@ -300,6 +291,30 @@ class Engine:
         if key not in self._programs:
             self._programs[key] = build(self.model)
         return self._programs[key]
+
+    def run_program(self, key: tuple, emit: Callable[[Model], onnx.ModelProto],
+                    feeds: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray],
+                    names: Callable[[Session], list[str]], axes: Mapping[str, int | None]
+                    ) -> dict[str, np.ndarray]:
+        """Run the program `emit` makes of the model (built and cached as gradient programs
+        are: once per `key`, specialised to the first input shapes) over all rows of
+        `feeds` in chunks; `extra` (one row per row) goes where the program reads it, and
+        `names(session)` picks what comes back, its rows on `axes` (default 0)."""
+        def build(model: Model, disabled: tuple[str, ...] = PROGRAM_FUSIONS_OFF
+                  ) -> tuple[frozenset[str], Session]:
+            proto = emit(model)  # its inputs, those with defaults too (ORT lists only others)
+            return frozenset(i.name for i in proto.graph.input), Session(
+                proto, self.providers, self.optimization, disabled, weights=model.weights)
+
+        def session_for(chunk: Mapping[str, np.ndarray]) -> Session:
+            return self._built(key, self._shape_key(chunk), build)[1]
+
+        rows = batch_size_of(feeds, self.model.batch.of_inputs)
+        first = next(self._chunks(dict(feeds), {}, rows))[0]
+        read, session = self._built(key, self._shape_key(first), build)
+        extra = {k: v for k, v in extra.items() if k in read}
+        return self._rowwise_run(session_for, names(session), dict(feeds), extra, rows, axes,
+                                 first)
 
     def _specialised_program(self, key: tuple, shapes: ShapeKey,
                              build: Callable[[Model, tuple[str, ...]], Built]
@@ -490,32 +505,10 @@ class _Unjoinable(Exception):
         self.name, self.shape, self.rows = name, tuple(shape), rows
 
 
-def is_labels(output: np.ndarray) -> bool:
-    """Class labels per row rather than scores: an ArgMax head [N], or a TopK head's
-    indices [N, k] (best first)."""
-    return output.ndim in (1, 2) and output.dtype.kind in "iub"
-
-
-def decisions(output: np.ndarray) -> np.ndarray:
-    """The class each row was given by a label output: the label, or the first of k."""
-    return output if output.ndim == 1 else output[:, 0]
-
-
 def target_scores(logits: np.ndarray, target) -> np.ndarray:
-    """The explained score of each row (see objective): the target class's score, the
-    seed-weighted sum, whether the target class was chosen (label outputs), or the value."""
-    if is_labels(logits) and not isinstance(target, OutputSeed):
-        return (decisions(logits) == np.asarray(target)).astype(np.float64)
-    if isinstance(target, OutputSeed):
-        weights = target.values.reshape(target.values.shape[0], -1)
-        return (weights * logits.reshape(logits.shape[0], -1)).sum(axis=1, dtype=np.float64)
-    scores = class_scores(logits)
-    if scores is not None:
-        return scores[np.arange(scores.shape[0]), target].astype(np.float64)
-    if logits.ndim == 1:
-        return logits.astype(np.float64)
-    raise InputError(f"the explained output has shape {tuple(logits.shape)}: neither class "
-                     "scores [batch, classes] nor one value per row; pass an output seed")
+    """The explained score of each row for a target already explicit per row (see
+    objective.Objective.score)."""
+    return Objective.given(target, logits).score(logits)
 
 
 def _with_post(model: onnx.ModelProto, infos, post: Post, weights: Weights):

@@ -55,7 +55,8 @@ from .runtime.session import fallback_note, resolve_providers
 # Methods that hand the objective to one gradient program and read nothing else of it: their
 # dense objective (next token, sequence, map) is computed in that program
 # (engine.DenseObjective), which saves the clean forward run that would resolve it first.
-SEEDED_IN_GRAPH = frozenset({"saliency", "input_x_gradient", "transformer_attribution",
+SEEDED_IN_GRAPH = frozenset({"saliency", "input_x_gradient", "guided_backprop", "deconvnet",
+                             "transformer_attribution",
                              "generic_attention", "attgrad", "partial_lrp"})
 
 

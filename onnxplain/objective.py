@@ -28,18 +28,24 @@ one rule for every method family.
   seed the backward pass with it, perturbation methods score sum(seed * output) per row.
 - Anything else (rank 5 and more) has no single score per row: every family refuses it
   unless the user weights the output with an output seed.
+
+The result is one typed value, Objective (a class per row, labels, one value per row, or
+output-seed weights, dense objectives included), resolved once on the clean run: methods
+select its rows for their copies (take, repeat, tile), score output batches with it and
+feed it to the gradient program, instead of each writing that selection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .errors import InputError, OnnxplainError
 from .graph.attention import find_attention
 from .graph.model import Model
+from .graph.op_kinds import CASTS, CONCATS, CONTROL_FLOW, VALUE_MOVERS
 from .graph.sources import embedding_rows
 from .inputs import batch_size, prepare_target
 
@@ -101,11 +107,9 @@ ROWS_ADVICE = ("its rows are not the input's rows (a Flatten, Tile, Concat or re
                "batch axis?): explain an output with one row per input row (--output)")
 
 
-# Ops that pass class labels on unchanged in value (input 0 holds them), and the outputs of
-# standard ops that are class labels.
-_LABEL_CARRIERS = frozenset({"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze",
-                             "Flatten", "Slice", "Transpose", "Expand", "Gather",
-                             "GatherElements", "Tile"})
+# Ops that pass class labels on unchanged in value (input 0 holds them: a Concat's other
+# inputs may not), and the outputs of standard ops that are class labels.
+_LABEL_CARRIERS = (VALUE_MOVERS - CONCATS) | CASTS
 _LABEL_MAKERS = {"ArgMax": 0, "ArgMin": 0, "TopK": 1}
 
 
@@ -119,7 +123,7 @@ def label_source(model: Model, output: str) -> bool | None:
     while name in made and name not in seen:
         seen.add(name)
         node = made[name]
-        if node.domain not in ("", "ai.onnx") or node.op_type in ("If", "Loop", "Scan"):
+        if node.domain not in ("", "ai.onnx") or node.op_type in CONTROL_FLOW:
             return None
         if _LABEL_MAKERS.get(node.op_type) == list(node.output).index(name):
             return True
@@ -461,3 +465,136 @@ def _real(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: int,
         if value.shape[1] == length or (cached and value.shape[1] > length):
             real &= value[:, value.shape[1] - length:] != 0
     return real
+
+
+def is_labels(output: np.ndarray) -> bool:
+    """Class labels per row rather than scores: an ArgMax head [N], or a TopK head's
+    indices [N, k] (best first)."""
+    return output.ndim in (1, 2) and output.dtype.kind in "iub"
+
+
+def decisions(output: np.ndarray) -> np.ndarray:
+    """The class each row was given by a label output: the label, or the first of k."""
+    return output if output.ndim == 1 else output[:, 0]
+
+
+@dataclass(frozen=True)
+class OutputSeed:
+    """An objective given as weights on the explained output: sum(values * output) per row.
+    `clean`: the outputs of the clean forward run the weights were resolved on (a dense
+    objective), so that methods do not run it again."""
+
+    values: np.ndarray
+    clean: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DenseObjective:
+    """A dense objective (DENSE) the gradient program computes from its own outputs
+    (export.seed.dense_weights) rather than from a separate clean forward run: `form` and
+    `place` as resolve_dense takes them, `target` the class (or None: the predicted one).
+    The explainer resolves the reported pieces from the run's outputs."""
+
+    form: str
+    place: Place
+    target: object = None
+
+
+SEEDED = "output_seed"  # Objective.kind: weights on the output (an output seed, a dense one)
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """The explained score of each row, resolved once from the target and the clean outputs;
+    every method selects, repeats and scores it through here rather than by hand.
+
+    `kind` CLASS: `values` holds the class per row ([N] int64), the score is that class's;
+    LABELS: the class per row, the score whether the label output chose it (0 or 1);
+    SEEDED: `values` holds weights on the output per row, the score is sum(values * output);
+    VALUE: one value per row is the score (`values`: the target as given, which the engine
+    refuses for want of a class axis; an output of other shapes is refused when scored)."""
+
+    kind: str
+    values: np.ndarray | None = None
+
+    @classmethod
+    def resolve(cls, target, output: np.ndarray) -> Objective:
+        """From the user's target (None: the predicted class, a class or one per row, an
+        OutputSeed) and the explained output of the clean run."""
+        if isinstance(target, OutputSeed):
+            return cls(SEEDED, target.values)
+        if is_labels(output):
+            return cls(LABELS, decisions(output).astype(np.int64) if target is None
+                       else prepare_target(target, output.shape[0], None))
+        scores = class_scores(output)
+        if scores is None:
+            return cls(VALUE, target)
+        if target is None:
+            return cls(CLASS, scores.argmax(axis=1).astype(np.int64))
+        return cls(CLASS, prepare_target(target, scores.shape[0], scores.shape[1]))
+
+    @classmethod
+    def given(cls, target, output: np.ndarray) -> Objective:
+        """From a target already explicit per row (resolve's `feed()`), for `output`'s form;
+        an Objective is returned as it is."""
+        if isinstance(target, Objective):
+            return target
+        if isinstance(target, OutputSeed):
+            return cls(SEEDED, target.values)
+        if is_labels(output):
+            return cls(LABELS, np.asarray(target))
+        return cls(CLASS if class_scores(output) is not None else VALUE, target)
+
+    def take(self, rows) -> Objective:
+        """The objective of rows `rows` (indices or a mask), e.g. the row each copy came from."""
+        if self.values is None or np.ndim(self.values) == 0:  # no per-row values to select
+            return self
+        return replace(self, values=np.asarray(self.values)[rows])
+
+    def repeat(self, times: int) -> Objective:
+        """For inputs whose rows were repeated `times` times each, interleaved (copies of a row
+        next to each other: SmoothGrad's samples, perturbed copies)."""
+        return self.take(np.repeat(np.arange(self._rows()), times))
+
+    def tile(self, times: int) -> Objective:
+        """For inputs stacked `times` times, block after block (IG's path points, DeepLIFT's
+        input and reference halves)."""
+        return self.take(np.tile(np.arange(self._rows()), times))
+
+    def _rows(self) -> int:
+        return 0 if self.values is None or np.ndim(self.values) == 0 else len(self.values)
+
+    def score(self, output: np.ndarray) -> np.ndarray:
+        """[rows] float64: the explained score of each row of an output batch."""
+        if self.kind == SEEDED:
+            weights = self.values.reshape(self.values.shape[0], -1)
+            return (weights * output.reshape(output.shape[0], -1)).sum(axis=1, dtype=np.float64)
+        if self.kind == LABELS:
+            return (decisions(output) == np.asarray(self.values)).astype(np.float64)
+        scores = class_scores(output) if self.kind == CLASS else None
+        if scores is not None:
+            return scores[np.arange(scores.shape[0]), self.values].astype(np.float64)
+        if output.ndim == 1:
+            return output.astype(np.float64)
+        raise InputError(f"the explained output has shape {tuple(output.shape)}: neither "
+                         "class scores [batch, classes] nor one value per row; pass an "
+                         "output seed")
+
+    def feed(self):
+        """What Engine.gradients takes: the class per row, an OutputSeed, or the target as
+        given (None for one value per row)."""
+        return OutputSeed(self.values) if self.kind == SEEDED else self.values
+
+    @property
+    def name(self) -> str:
+        """The run's objective: "class", "output_seed" or "sum" (describe_objective's keys)."""
+        return {CLASS: "class", LABELS: "class", SEEDED: "output_seed"}.get(self.kind, "sum")
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        """The explained class per row, where a class is explained."""
+        return np.asarray(self.values, dtype=np.int64) if self.name == "class" else None
+
+    def describe(self, output: str) -> str:
+        """The `explained: ...` sentence."""
+        return describe_objective(self.name, output)

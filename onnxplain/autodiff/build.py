@@ -8,8 +8,21 @@ import onnx
 
 from ..errors import MissingRule, ModelError, UnsupportedOpError
 from ..graph.builder import GraphBuilder
+from ..graph.op_kinds import (
+    ARITHMETIC,
+    CASTS,
+    CONCATS,
+    EXTREMA,
+    LOGICAL,
+    MODULO,
+    NARY_SUMS,
+    PARAMETERISED_ACTIVATIONS,
+    QUANTIZERS,
+    SHAPE_READERS,
+    UNARY_MATH,
+)
 from ..graph.shapes import TensorInfo, ai_onnx_opset
-from .ops.quantize import INTEGER_PASSTHROUGH, QUANTIZERS, carried_by, carried_outputs, float_view
+from .ops.quantize import INTEGER_PASSTHROUGH, carried_by, carried_outputs, float_view
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
 
 
@@ -134,7 +147,7 @@ def path_cuts(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str], activ
     needed |= outputs
     depends, cuts = set(wrt), []
     for node in b.graph.node:
-        if node.op_type in VALUE_FREE or not any(n in depends for n in node_inputs(node)):
+        if node.op_type in SHAPE_READERS or not any(n in depends for n in node_inputs(node)):
             continue
         depends.update(out for out in node.output if out)
         constant = [out for out in node.output if out in needed and out not in active]
@@ -163,7 +176,7 @@ def partial_cuts(nodes: Sequence[onnx.NodeProto], wrt: Iterable[str], outputs: I
     if not outputs & active:
         return []
     return [node for node in reads
-            if node.op_type not in VALUE_FREE | QUANTIZERS  # quantizers: the STE's constants
+            if node.op_type not in SHAPE_READERS | QUANTIZERS  # quantizers: the STE's constants
             and _reaches_as_value(nodes, node, outputs, active, is_float)]
 
 
@@ -184,16 +197,15 @@ def _as_value(node: onnx.NodeProto, index: int, name: str,
     """Whether input `index` of `node` enters its result as a value (not as an index, a
     condition or a shape): float inputs, and integer or boolean ones of arithmetic, logic,
     casts and data movement."""
-    if node.op_type in VALUE_FREE:
+    if node.op_type in SHAPE_READERS:
         return False
     if is_float(name) or node.op_type in _INTEGER_VALUE_OPS:
         return True
     return index == 0 and node.op_type in INTEGER_PASSTHROUGH
 
 
-_INTEGER_VALUE_OPS = frozenset({"Cast", "CastLike", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
-                                "Mod", "Min", "Max", "Sum", "Clip", "Concat", "Not", "And", "Or",
-                                "Xor"})
+_INTEGER_VALUE_OPS = (CASTS | ARITHMETIC | UNARY_MATH | MODULO | EXTREMA | NARY_SUMS
+                      | PARAMETERISED_ACTIVATIONS | CONCATS | LOGICAL)
 
 
 def partial_cut_notes(nodes: Sequence[onnx.NodeProto], wrt: Iterable[str], output: str,
@@ -210,8 +222,6 @@ def partial_cut_notes(nodes: Sequence[onnx.NodeProto], wrt: Iterable[str], outpu
             "and the attribution leaves that dependence out"]
 
 
-# Results that depend on a tensor's shape only, never on its values.
-VALUE_FREE = frozenset({"Shape", "Size"})
 CUT_REASON = ("the explained output depends on the attributed input only through this "
               "node, whose result the gradient treats as constant (integer, boolean or "
               "piecewise constant): the gradient would be 0 everywhere")

@@ -43,6 +43,7 @@ def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
         pool.input[0] = node.input[0]
         pool.output[0] = between  # now the pool of the Relu's input
         infos[between] = infos.get(pooled, TensorInfo(None, None))
+        _declare_as(graph, between, pooled)
         node.input[0] = between
         node.output[0] = pooled
         # The pool takes the Relu's place in the order and the Relu the pool's: the pool's
@@ -51,3 +52,15 @@ def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
         relu.CopyFrom(node)
         node.CopyFrom(pool)
         pool.CopyFrom(relu)
+
+
+def _declare_as(graph: onnx.GraphProto, name: str, like: str) -> None:
+    """`name` now holds values shaped like `like`: its declared type (shape inference checks
+    declarations, and float16 converters declare every tensor) becomes `like`'s, or none."""
+    declared = {info.name: info for info in graph.value_info}
+    if name not in declared:
+        return
+    if like in declared:
+        declared[name].type.CopyFrom(declared[like].type)
+    else:
+        graph.value_info.remove(declared[name])

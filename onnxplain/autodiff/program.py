@@ -140,11 +140,11 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     finish_gate_forwards(b)  # LSTM kernels give way to the Scans that keep gates
     append_outputs(proto.graph, b.infos, list(taps))
     program.taps = list(taps)
-    _drop_unread(proto.graph, len(model.proto.graph.node))
+    drop_unread(proto.graph, len(model.proto.graph.node))
     return program
 
 
-def _drop_unread(graph: onnx.GraphProto, start: int) -> None:
+def drop_unread(graph: onnx.GraphProto, start: int) -> None:
     """Remove the nodes from index `start` on whose outputs nothing reads: rules emit every
     active input's share, also where no later node asks for it (ONNX Runtime runs them)."""
     read = {output.name for output in graph.output}

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from ..graph.builder import GraphBuilder
+from ..graph.op_kinds import NO_GRADIENT
 
 Grad = str | None
 Rule = Callable[["NodeContext", list[Grad]], Sequence[Grad]]
@@ -113,16 +114,8 @@ def _domain(domain: str) -> str:
 GRADIENT = RuleSet("gradient")
 rule = GRADIENT.rule
 
-# Ops whose outputs carry no gradient at all (integer, boolean or shape results, or piecewise
-# constant values). Float tensors flowing out of them get zero gradient.
-NO_GRADIENT = frozenset({
-    "Shape", "Size", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
-    "Or", "Xor", "Range", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero", "IsNaN", "IsInf",
-    "Constant", "Floor", "Ceil", "Round", "Sign", "RandomNormal", "RandomUniform",
-    "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial", "EyeLike", "Hardmax",
-    "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
-})
-
 
 def has_no_gradient(domain: str, op_type: str) -> bool:
+    """Whether the op's outputs carry no gradient (op_kinds.NO_GRADIENT): float tensors
+    flowing out of it get zero gradient."""
     return _domain(domain) == "" and op_type in NO_GRADIENT

@@ -17,6 +17,7 @@ from onnx import helper
 
 from ..autodiff.build import used_initializers
 from ..autodiff.ops.recurrent import finish_gate_forwards
+from ..autodiff.program import drop_unread
 from ..engine import pick_output
 from ..errors import InputError, ModelError
 from ..graph.load import set_runtime_ir_version
@@ -25,14 +26,14 @@ from ..graph.weights import standalone
 from ..inputs import check_rows_layout
 from ..methods import METHODS, Option, did_you_mean
 from ..methods._budget import MAX_RUNS_OPTION, check_work
-from ..objective import make_place
+from ..objective import EVERYWHERE, Place, make_place
 from ..runtime.batching import DEFAULT_BUDGET_MB
 from . import attention, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
 
-__all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "export_explainer",
-           "export_options", "exported_options"]
+__all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "emit_explainer",
+           "export_explainer", "export_options", "exported_options"]
 
 
 # Rows per Loop iteration when internal_batch_size is 0 ("as the memory budget allows"
@@ -102,11 +103,9 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
         raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
     check_rows_layout(loaded, "an exported explainer", frozenset())
-    eg = ExplainerGraph(loaded, pick_output(loaded, output), target_input, output_seed,
-                        make_place(position, pixel, region))
-    EXPORTS[method].build(eg, options)
-    finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
-    proto = standalone(eg.proto)  # the file stubs' weights embedded (graph.weights)
+    eg = emit_explainer(loaded, method, options, pick_output(loaded, output), target_input,
+                        output_seed, make_place(position, pixel, region))
+    proto = standalone(eg.proto, loaded.weights)  # weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})
     proto.producer_name = "onnxplain"
@@ -114,6 +113,20 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     set_runtime_ir_version(proto)
     _check_exported(proto)
     return proto
+
+
+def emit_explainer(model: Model, method: str, options: dict, output: str,
+                   target_input: str = "optional", output_seed=None, place: Place = EVERYWHERE,
+                   sources: dict[str, str] | None = None) -> ExplainerGraph:
+    """The program of `method` (resolved `options`) explaining `output`: the one graph that
+    `export` saves and the in-process method runs (methods._graph), so both compute the same
+    numbers. `sources`: see ExplainerGraph."""
+    eg = ExplainerGraph(model, output, target_input, output_seed, place, sources)
+    start = len(eg.proto.graph.node)
+    EXPORTS[method].build(eg, options)
+    finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
+    drop_unread(eg.proto.graph, start)
+    return eg
 
 
 def _check_exported(proto: onnx.ModelProto) -> None:

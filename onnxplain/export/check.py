@@ -1,4 +1,7 @@
-"""Checking an exported explainer against the in-process method on the same inputs."""
+"""Checking an exported explainer against the in-process method on the same inputs. Methods
+whose in-process run is the exported program itself (methods._graph: saliency,
+input_x_gradient, guided_backprop, deconvnet) differ by 0: for them the check tests the
+serialisation (weights embedded, metadata, inputs with defaults)."""
 
 from __future__ import annotations
 

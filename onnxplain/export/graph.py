@@ -16,13 +16,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff.build import add_gradients, rename_reads
+from ..autodiff.commute import pool_after_relu
 from ..autodiff.program import Pass, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
+from ..graph.weights import light_copy
 from ..objective import (
     CLASS,
     DENSE,
@@ -34,7 +36,7 @@ from ..objective import (
     describe_objective,
     output_form,
 )
-from .seed import OUTPUT_SEED, declare_seed_input, dense_weights, seed_row
+from .seed import FED_SEED, OUTPUT_SEED, declare_seed_input, dense_weights, seed_row
 
 TARGET = "target"
 TARGET_USED = "target_used"
@@ -51,7 +53,12 @@ class ExplainerGraph:
     """A copy of `model` being turned into an explainer; emit with `b`, then `finish()`."""
 
     def __init__(self, model: Model, output: str, target_input: str = "optional",
-                 output_seed: np.ndarray | None = None, place: Place = EVERYWHERE):
+                 output_seed: np.ndarray | str | None = None, place: Place = EVERYWHERE,
+                 sources: Mapping[str, str] | None = None):
+        """`output_seed`: one row of weights baked in as the default (export.seed), or
+        FED_SEED for an `output_seed` input without a default (in-process runs feed one row
+        per row). `sources`: input -> the tensor its attribution is taken at (in-process:
+        token ids at their embedding); None: the float inputs (export.methods.attributed)."""
         form = output_form(model, output) if output in {s.name for s in model.outputs} else ""
         if output_seed is None and form == VALUE:
             output_seed = np.ones(())  # one value per row explains itself (objective)
@@ -65,14 +72,19 @@ class ExplainerGraph:
         self.dense = form if output_seed is None and form in DENSE else ""
         self.place = place
         # One row of weights on the output, replacing the class target (export.seed).
-        self.seed = None if output_seed is None else seed_row(model, output, output_seed)
+        self.seed = output_seed if output_seed is None or output_seed is FED_SEED else \
+            seed_row(model, output, output_seed)
+        self.sources = None if sources is None else dict(sources)
         if target_input not in TARGET_INPUTS:
             raise InputError(f"target_input must be one of {', '.join(TARGET_INPUTS)}, got "
                              f"'{target_input}'")
         self.model, self.output, self.target_input = model, output, target_input
-        self.proto = onnx.ModelProto()
-        self.proto.CopyFrom(model.proto)
-        self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export")
+        # Large weights stay the model's (stubs): in-process sessions read them from there,
+        # export embeds them (graph.weights.standalone).
+        self.proto = light_copy(model.proto)
+        self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export",
+                              weights=model.weights)
+        _free_names(self.proto.graph, self.b, (TARGET, TARGET_USED, OUTPUT_SEED))
         self.copies = 1
         self.feeds = {spec.name: spec.name for spec in model.inputs}  # input -> what nodes see
         self.outputs = [o.name for o in self.proto.graph.output]
@@ -211,6 +223,11 @@ class ExplainerGraph:
                         ) -> dict[str, dict[str, str]]:
         """The gradients, and those of further `passes` (other rule sets, the same seed), by
         pass label ('' for the main one)."""
+        if rules is GRADIENT and all(p.rules is GRADIENT for p in passes):
+            # As in-process programs always did: Relu after MaxPool, same outputs, less work.
+            named = {self.batched(self.output), *wrt}
+            named.update(name for p in passes for name in (*p.wrt, *p.active_from))
+            pool_after_relu(self.proto.graph, self.b.infos, named)
         seed = self._seed()
         if times_output:
             seed = self.b.op("Mul", seed, self._batched[self.output])
@@ -269,6 +286,27 @@ class ExplainerGraph:
     def batched(self, name: str) -> str:
         """What an original tensor is called inside the copies (the outputs were renamed)."""
         return self._batched.get(name, name)
+
+
+def _free_names(graph: onnx.GraphProto, b: GraphBuilder, names: Sequence[str]) -> None:
+    """The explainer's own inputs and outputs (`names`) are free: a tensor of the model's
+    of that name is renamed inside (a Reshape target called 'target'); a model input or
+    output of that name cannot be, one line."""
+    ends = {v.name for v in (*graph.input, *graph.output)}
+    taken = {o for node in graph.node for o in node.output} | \
+        {init.name for init in graph.initializer}
+    for name in names:
+        if name in ends:
+            raise ModelError(f"the model has an input or output named '{name}', which the "
+                             "explainer adds: rename it in the model")
+        if name in taken:
+            fresh = b.fresh(name)
+            _rename_everywhere(graph, name, fresh)
+            for init in graph.initializer:
+                if init.name == name:
+                    init.name = fresh
+            if name in b.infos:
+                b.infos[fresh] = b.infos[name]
 
 
 def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:

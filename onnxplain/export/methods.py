@@ -51,36 +51,52 @@ def register_export(name: str, reads: tuple[str, ...] | None = None):
     return register
 
 
-def declare_per_input(eg: ExplainerGraph, values: dict[str, str], meaning: str) -> None:
+def declare_per_input(eg: ExplainerGraph, values: dict[str, str], meaning: str,
+                      at: dict[str, str] | None = None) -> None:
+    """`values` by input as outputs ATTRIBUTION + input, shaped like the input or like the
+    tensor `at` maps it to (where its attribution was taken)."""
     for name, tensor in values.items():
-        eg.declare(tensor, ATTRIBUTION + name, f"{meaning}, shaped like input '{name}'",
-                   eg.b.info(name))
+        like = (at or {}).get(name, name)
+        where = f"input '{name}'" if like == name else f"'{like}' (input '{name}')"
+        eg.declare(tensor, ATTRIBUTION + name, f"{meaning}, shaped like {where}",
+                   eg.b.info(like))
+
+
+def attributed(eg: ExplainerGraph) -> dict[str, str]:
+    """Input -> the tensor the gradient methods attribute: the graph's sources where given
+    (in-process: token ids at their embedding), else each float input as the nodes see it."""
+    if eg.sources is not None:
+        return dict(eg.sources)
+    return {name: eg.feeds[name] for name in float_inputs(eg)}
 
 
 @register_export("saliency")
 def saliency(eg, options):
-    inputs = float_inputs(eg)
-    grads = eg.gradients([eg.feeds[name] for name in inputs])
-    values = {name: grads[eg.feeds[name]] for name in inputs}
+    """|d S / d x| (or signed): methods.saliency's graph, in-process and exported."""
+    at = attributed(eg)
+    grads = eg.gradients(list(at.values()))
+    values = {name: grads[tensor] for name, tensor in at.items()}
     if options["abs"]:
         values = {name: eg.b.op("Abs", g) for name, g in values.items()}
     declare_per_input(eg, values, "|d score / d input|" if options["abs"] else
-                       "d score / d input")
+                      "d score / d input", at)
 
 
 @register_export("input_x_gradient")
 def input_x_gradient(eg, options):
-    inputs = float_inputs(eg)
-    grads = eg.gradients(inputs)
-    declare_per_input(eg, {name: eg.b.op("Mul", name, grads[name]) for name in inputs},
-                       "input * d score / d input")
+    """x * d S / d x: methods.input_x_gradient's graph, in-process and exported."""
+    at = attributed(eg)
+    grads = eg.gradients(list(at.values()))
+    declare_per_input(eg, {name: eg.b.op("Mul", tensor, grads[tensor])
+                           for name, tensor in at.items()}, "input * d score / d input", at)
 
 
 def _modified_gradient(rules, meaning: str):
     def build(eg, options):
-        inputs = float_inputs(eg)
-        grads = eg.gradients(inputs, rules)
-        declare_per_input(eg, {name: grads[name] for name in inputs}, meaning)
+        at = attributed(eg)
+        grads = eg.gradients(list(at.values()), rules)
+        declare_per_input(eg, {name: grads[tensor] for name, tensor in at.items()}, meaning,
+                          at)
     return build
 
 

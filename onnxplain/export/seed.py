@@ -24,6 +24,9 @@ from ..graph.shapes import TensorInfo
 from ..objective import NEXT_TOKEN, SPATIAL, Place, mask_inputs
 
 OUTPUT_SEED = "output_seed"
+# An `output_seed` input with no baked default: in-process runs feed one row of weights per
+# row (Explainer.explain(..., output_seed=...)), on outputs of any shape.
+FED_SEED = "fed"
 
 
 def seed_row(model: Model, output: str, seed) -> np.ndarray:
@@ -50,18 +53,21 @@ def seed_row(model: Model, output: str, seed) -> np.ndarray:
 
 def declare_seed_input(eg) -> None:
     """The `output_seed` input of an ExplainerGraph with a seed, once: optional with the
-    baked weights as default, or plain with target_input "required"."""
+    baked weights as default, or plain with target_input "required" or a FED_SEED."""
     if OUTPUT_SEED in eg.added:
         return
     graph, b = eg.proto.graph, eg.b
-    optional = eg.target_input == "optional"
+    baked = eg.seed is not FED_SEED
+    optional = baked and eg.target_input == "optional"
     dtype = b.dtype(eg.output)
-    shape = ["seed_rows", *eg.seed.shape[1:]]
+    dims = (None, *eg.seed.shape[1:]) if baked else eg.model.output(eg.output).dims
+    row = None if dims is None else list(dims[1:])
+    shape = None if row is None else ["seed_rows", *row]
     graph.input.append(helper.make_tensor_value_info(OUTPUT_SEED, dtype, shape))
     if optional:  # an initializer of the same name is the input's default
         graph.initializer.append(numpy_helper.from_array(eg.seed, OUTPUT_SEED))
-    b.infos[OUTPUT_SEED] = TensorInfo(dtype, tuple(shape))
-    eg.added[OUTPUT_SEED] = (f"float [1 or N, {', '.join(map(str, eg.seed.shape[1:]))}]"
+    b.infos[OUTPUT_SEED] = TensorInfo(dtype, None if shape is None else tuple(shape))
+    eg.added[OUTPUT_SEED] = (f"float [1 or N, {', '.join(map(str, row or ['...']))}]"
                              + (", optional" if optional else "")
                              + f": weights on output '{eg.output}' (one row for all rows, or "
                              "one per row); explained per row: sum(weights * output)"

@@ -21,25 +21,28 @@ import onnx
 from ..errors import InputError, ModelError
 from .layers import tensor_of
 from .model import Model
+from .op_kinds import (
+    ARITHMETIC,
+    CASTS,
+    DENSE,
+    EXTREMA,
+    FUSED_ATTENTION,
+    IDENTITY,
+    INFERENCE_IDENTITIES,
+    LOGIT_CAPS,
+    SHAPE_READERS,
+    VALUE_MOVERS,
+    WHERE,
+)
 
-# ONNX Runtime's fused attention ops that no canonicalisation decomposes (graph/canonical/
-# ms_attention.py turns Attention, MultiHeadAttention and GroupQueryAttention into standard
-# ops on load): opaque, with no probability tensor and no gradient.
-FUSED_ATTENTION = frozenset({
-    "PackedAttention", "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention",
-    "DecoderMaskedSelfAttention", "SparseAttention", "PagedAttention"})
 # Ops between the Q K^T product and the Softmax (scale, mask, softcap, dtype casts).
-_TO_SCORES = frozenset({"Add", "Sub", "Where", "Mul", "Div", "Cast", "Tanh", "Identity",
-                        "Clip", "Max", "Min"})
+_TO_SCORES = ARITHMETIC | WHERE | CASTS | IDENTITY | LOGIT_CAPS | EXTREMA
 # Ops between the Softmax and the product with V (sdpa zeroes NaN rows of fully masked
-# queries with a Where).
-_TO_CONTEXT = frozenset({"Cast", "Dropout", "Identity", "Where"})  # sdpa: Where(IsNaN)
+# queries with a Where(IsNaN)).
+_TO_CONTEXT = CASTS | INFERENCE_IDENTITIES | WHERE
 # Ops that move a projection's output into heads, or scale it.
-_TO_PROJECTION = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
-                            "Gather", "Mul", "Div", "Add", "Cast", "Identity", "Expand",
-                            "Concat"})
-_PROJECTION = frozenset({"MatMul", "Gemm"})
-_SHAPE_READERS = frozenset({"Shape", "Size"})
+_TO_PROJECTION = VALUE_MOVERS | ARITHMETIC | CASTS
+_PROJECTION = DENSE
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def _residual_stream(model: Model, query: str, key: str, value: str) -> str | No
         return None
     hidden = sources.pop()
     producer = model.node_by_output.get(hidden)
-    readers = [n for n in model.consumers.get(hidden, []) if n.op_type not in _SHAPE_READERS]
+    readers = [n for n in model.consumers.get(hidden, []) if n.op_type not in SHAPE_READERS]
     if (producer is not None and producer.op_type == "LayerNormalization"
             and all(n.op_type in _PROJECTION for n in readers)):
         return producer.input[0]
@@ -269,7 +272,7 @@ def _mask_inputs(model: Model, logits: str, scores: onnx.NodeProto | None) -> tu
             found.append(name)
             continue
         node = model.node_by_output.get(name)
-        if node is not None and node.op_type not in _SHAPE_READERS:  # shapes carry no mask
+        if node is not None and node.op_type not in SHAPE_READERS:  # shapes carry no mask
             frontier.extend(i for i in node.input if i)
     return tuple(sorted(found))
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from ..errors import InputError
 from .attention import AttentionLayer, projection_input
 from .model import Model
+from .op_kinds import CASTS, DEQUANTIZERS, IDENTITY, QUANTIZERS
 
 READ = frozenset({"self", "cache"})
 _WHY = {"windowed": "window attention", "pooled": "keys pooled from the tokens",
@@ -133,8 +134,7 @@ def _key_source(model: Model, layer: AttentionLayer) -> str:
 
 # Ops that carry one stream's values under another encoding: a quantized model dequantizes
 # the same quantized hidden state separately for each projection.
-_SAME_VALUES = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                          "Cast", "Identity"})
+_SAME_VALUES = QUANTIZERS | DEQUANTIZERS | CASTS | IDENTITY
 
 
 def _unquantized(model: Model, name: str | None) -> str | None:

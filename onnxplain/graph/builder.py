@@ -10,17 +10,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from .op_kinds import BOOLEAN_RESULTS, INT64_RESULTS, SCATTERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
 from .weights import Weights, is_stub, tensor_value
 
-BOOL_OPS = frozenset({"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And",
-                      "Or", "Xor", "IsNaN", "IsInf"})
-INT64_OPS = frozenset({"Shape", "Size", "NonZero", "ArgMax", "ArgMin"})
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 # Ops ONNX Runtime's CPU provider has a half-precision kernel for that fails at run time
 # ("MLFloat16 data type is not supported with ScatterElements opset 16 when reduction is
 # 'add'"), instead of being run in float32 as it does for ops with no half kernel at all.
-NO_HALF_REDUCTION = frozenset({"ScatterElements", "ScatterND"})
+NO_HALF_REDUCTION = SCATTERS
 
 Ints = Sequence[int]
 
@@ -166,9 +164,9 @@ class GraphBuilder:
                 and self.info(inputs[0]).dtype in HALF_TYPES)
 
     def _default_dtype(self, op_type: str, inputs: Sequence[str], attrs: dict) -> int | None:
-        if op_type in BOOL_OPS:
+        if op_type in BOOLEAN_RESULTS:
             return TensorProto.BOOL
-        if op_type in INT64_OPS:
+        if op_type in INT64_RESULTS:
             return TensorProto.INT64
         if op_type == "Cast":
             return attrs["to"]

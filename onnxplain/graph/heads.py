@@ -8,9 +8,10 @@ from onnx import numpy_helper
 
 from ..errors import InputError
 from .model import Model
+from .op_kinds import IDENTITY, RESHAPES
 from .weights import tensor_value
 
-_PASS = frozenset({"Flatten", "Reshape", "Squeeze", "Identity"})
+_PASS = RESHAPES | IDENTITY
 
 
 def dense_head(model: Model, layer: str, output: str) -> tuple[np.ndarray, np.ndarray | None]:

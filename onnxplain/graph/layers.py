@@ -6,10 +6,11 @@ import onnx
 
 from ..errors import InputError
 from .model import Model
+from .op_kinds import ACTIVATIONS, ARITHMETIC, BATCH_NORMS, CONV
 
-# Ops after which a tensor still belongs to the conv block that produced it.
-_CONV_BLOCK = frozenset({"Conv", "Relu", "BatchNormalization", "Add", "Clip", "LeakyRelu",
-                         "Sigmoid", "Mul", "HardSwish", "Elu", "PRelu", "Gelu", "Silu"})
+# Ops after which a tensor still belongs to the conv block that produced it: arithmetic for a
+# residual Add and a gate's Mul (SiLU is x * sigmoid(x)).
+_CONV_BLOCK = CONV | BATCH_NORMS | ACTIVATIONS | ARITHMETIC
 
 
 def resolve_layer(model: Model, layer: str | None) -> str:

@@ -20,14 +20,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .model import Model
+from .op_kinds import RANDOM, SHAPE_READERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
 from .weights import copy_into, copy_without
 
 # Folded values are shape vectors and masks; anything larger is not a shape computation.
 MAX_FOLDED = 1 << 16
-# Ops whose result is not a function of their inputs.
-_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
-                               "RandomUniformLike", "Bernoulli", "Multinomial"})
 
 
 def fold_static_shapes(model: Model, rounds: int = 4) -> Model:
@@ -111,12 +109,12 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _evaluate(node: onnx.NodeProto, values: Mapping[str, np.ndarray],
               infos: Mapping[str, TensorInfo], opset: int) -> list[np.ndarray] | None:
-    if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC \
+    if node.domain not in ("", "ai.onnx") or node.op_type in RANDOM \
             or node.op_type == "Constant" or any(a.type in (onnx.AttributeProto.GRAPH,
                                                             onnx.AttributeProto.GRAPHS)
                                                  for a in node.attribute):
         return None
-    if node.op_type in ("Shape", "Size"):
+    if node.op_type in SHAPE_READERS:
         return _shape_of(node, infos.get(node.input[0]))
     names = [name for name in node.input if name]
     if not names or any(name not in values for name in names):

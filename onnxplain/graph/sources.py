@@ -9,9 +9,10 @@ import onnx
 
 from ..errors import InputError
 from .model import Model
+from .op_kinds import CASTS, IDENTITY, RESHAPES
 
 # Ops that carry token ids unchanged (up to shape) from the graph input to the embedding lookup.
-_ID_PASSTHROUGH = frozenset({"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"})
+_ID_PASSTHROUGH = CASTS | IDENTITY | RESHAPES
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from onnx import helper
 
 from ..autodiff.build import ancestors, node_inputs, used_initializers
 from .model import Model
+from .op_kinds import ARITHMETIC, BATCH_NORMS, IDENTITY, NEGATION, WEIGHTED
 
-_WEIGHTED = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "MatMul", "Gemm"})
-_PASS_THROUGH = frozenset({"Identity", "Neg"})
+# Affine in the input with constant weights (a batch norm at inference is too).
+_WEIGHTED = WEIGHTED | BATCH_NORMS
+_PASS_THROUGH = IDENTITY | NEGATION
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def _affine(node: onnx.NodeProto, region: set[str], constants: frozenset[str],
         return op != "Gemm" or _no_batch_broadcast(model, others[1:], 2)
     if op in _PASS_THROUGH:
         return True
-    if op in ("Add", "Sub", "Mul", "Div"):
+    if op in ARITHMETIC:
         if (op == "Mul" and len(live) != 1) or (op == "Div" and live != [0]):
             return False
         return _no_batch_broadcast(model, others, _rank(model, inputs[live[0]]))

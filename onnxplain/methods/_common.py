@@ -1,4 +1,5 @@
-"""Helpers the methods share: targets fixed from a clean forward run, row repetition."""
+"""Helpers the methods share: the objective fixed on a clean forward run, input sources,
+completeness checks."""
 
 from __future__ import annotations
 
@@ -7,55 +8,36 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, GradientRun, OutputSeed, decisions, is_labels
+from ..engine import Engine, GradientRun
 from ..errors import InputError
 from ..graph.sources import Source
-from ..inputs import batch_size, prepare_target
-from ..objective import check_rows, class_scores
+from ..inputs import batch_size
+from ..objective import Objective, OutputSeed, check_rows
 
 
-def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
-    """The target as explicit classes, so that runs on perturbed or interpolated inputs all
-    explain the class of the clean input; also returns the clean forward outputs (run once:
-    an output seed resolved on them carries them)."""
+def fixed_objective(engine: Engine, feeds: Mapping[str, np.ndarray], target
+                    ) -> tuple[Objective, dict[str, np.ndarray]]:
+    """The objective resolved on the clean forward run, so that runs on perturbed or
+    interpolated inputs all explain the score of the clean input (the predicted class fixed);
+    also returns the clean forward outputs (run once: an output seed resolved on them carries
+    them)."""
     if isinstance(target, OutputSeed) and target.clean is not None:
-        return target, target.clean
+        return Objective.resolve(target, target.clean[engine.output]), target.clean
     outputs = engine.forward(feeds)
     check_rows(engine.model, engine.output, outputs[engine.output].shape,
                batch_size(feeds, engine.model.batch.of_inputs))
-    return explicit_target(engine, outputs, target), outputs
+    return Objective.resolve(target, outputs[engine.output]), outputs
+
+
+def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
+    """fixed_objective's objective as Engine.gradients takes it, and the clean outputs."""
+    objective, outputs = fixed_objective(engine, feeds, target)
+    return objective.feed(), outputs
 
 
 def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     """The target as class indices (None: the predicted class) given the forward outputs."""
-    logits = outputs[engine.output]
-    if is_labels(logits) and not isinstance(target, OutputSeed):
-        return decisions(logits).astype(np.int64) if target is None else prepare_target(
-            target, logits.shape[0], None)
-    scores = class_scores(logits)
-    if isinstance(target, OutputSeed) or scores is None:
-        return target
-    if target is None:
-        return scores.argmax(axis=1).astype(np.int64)
-    return prepare_target(target, scores.shape[0], scores.shape[1])
-
-
-def repeat_target(target, times: int):
-    """A per-row target for inputs whose rows were repeated `times` times each (interleaved)."""
-    if target is None:
-        return None
-    if isinstance(target, OutputSeed):
-        return OutputSeed(np.repeat(target.values, times, axis=0))
-    return np.repeat(np.asarray(target), times, axis=0)
-
-
-def tile_target(target, times: int):
-    """A per-row target for inputs stacked `times` times (block after block)."""
-    if target is None:
-        return None
-    if isinstance(target, OutputSeed):
-        return OutputSeed(np.concatenate([target.values] * times, axis=0))
-    return np.concatenate([np.asarray(target)] * times, axis=0)
+    return Objective.resolve(target, outputs[engine.output]).feed()
 
 
 def input_sources(sources: Sequence[Source], feeds: Mapping[str, np.ndarray], method: str
@@ -72,12 +54,11 @@ def input_sources(sources: Sequence[Source], feeds: Mapping[str, np.ndarray], me
 
 
 def clean_run(outputs: dict[str, np.ndarray], target, engine: Engine) -> GradientRun:
-    """A GradientRun describing the clean input: its outputs and the explained classes."""
-    output = outputs[engine.output]
-    objective = "output_seed" if isinstance(target, OutputSeed) else (
-        "class" if class_scores(output) is not None or is_labels(output) else "sum")
-    used = None if objective != "class" else np.asarray(target, dtype=np.int64)
-    return GradientRun(outputs=outputs, grads={}, target=used, objective=objective)
+    """A GradientRun describing the clean input: its outputs and the explained classes
+    (`target`: an Objective, or a target explicit per row)."""
+    objective = Objective.given(target, outputs[engine.output])
+    return GradientRun(outputs=outputs, grads={}, target=objective.classes,
+                       objective=objective.name)
 
 
 def completeness_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base: np.ndarray,

@@ -21,18 +21,27 @@ from ..autodiff.program import Pre
 from ..engine import DenseObjective
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
+from ..graph.op_kinds import (
+    ARITHMETIC,
+    CASTS,
+    CONTRIB_FEATURE_NORMS,
+    FEATURE_NORMS,
+    IDENTITY,
+    LINEAR_REDUCTIONS,
+    POWERS,
+    SOFTMAXES,
+    UNARY_ACTIVATIONS,
+    UNARY_MATH,
+)
 from ..graph.shapes import TensorInfo
 from ..objective import NEXT_TOKEN
 from ._attention_graph import wide
 
 # Not under the builder's "onnxplain/" prefix: rules read nodes named so as their own.
 _PREFIX = "explained_row/"
-_UNARY = frozenset({"Sigmoid", "Tanh", "Erf", "Sqrt", "Reciprocal", "Neg", "Relu", "Cast",
-                    "Identity", "Exp", "Softplus", "Abs"})
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow"})
-_LAST_AXIS = frozenset({"ReduceMean", "ReduceSum", "Softmax", "LogSoftmax",
-                        "LayerNormalization", "SimplifiedLayerNormalization",
-                        "RMSNormalization"})
+_UNARY = UNARY_MATH | UNARY_ACTIVATIONS | CASTS | IDENTITY
+_BINARY = ARITHMETIC | POWERS
+_LAST_AXIS = LINEAR_REDUCTIONS | SOFTMAXES | FEATURE_NORMS | CONTRIB_FEATURE_NORMS
 
 
 def explained_row(target, probabilities: str) -> Pre | None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..graph.attention import AttentionLayer, patch_grid, require_attention
+from ..graph.op_kinds import SHAPE_READERS
 from ..objective import last_positions, mask_inputs
 from ..viz.heatmap import image_layout
 from ._common import rows_text
@@ -319,7 +320,7 @@ def _inputs_behind(model, starts: Sequence[str], inputs: set[str], depth: int | 
         following = []
         for name in frontier:
             node = model.node_by_output.get(name)
-            reads = node is not None and node.op_type not in ("Shape", "Size")
+            reads = node is not None and node.op_type not in SHAPE_READERS
             for tensor in node.input if reads else ():
                 if tensor and tensor not in seen:
                     seen.add(tensor)

@@ -11,14 +11,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..graph.layers import resolve_layer
+from ..graph.op_kinds import ACTIVATIONS
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run, fixed_target
 from ._layer import maps_per_image_input
 from .options import layer_option, upsample_option
-
-ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu",
-                         "Sigmoid", "Tanh", "Softplus", "Softsign", "HardSigmoid", "HardSwish",
-                         "Mish", "ThresholdedRelu", "Clip"})
 
 
 def pre_and_post(model, tensor: str) -> tuple[str, str | None]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..rules import DECONVNET
 from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
 
 
 def deconvnet(engine, feeds, target, sources):
     """The backward signal through every ReLU is relu(g), whatever the forward input was."""
-    run = engine.gradients(feeds, target, [s.tensor for s in sources], rules=DECONVNET)
+    run = graph_run(engine, "deconvnet", feeds, target, sources, {})
     return MethodOutput(run, dict(run.grads))
 
 

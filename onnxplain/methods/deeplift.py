@@ -7,17 +7,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed, target_scores
+from ..engine import Engine
 from ..errors import InputError
+from ..objective import Objective
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._common import (
     clean_run,
     completeness_delta,
-    fixed_target,
+    fixed_objective,
     input_sources,
-    tile_target,
 )
 from .baselines import make_baselines
 from .options import BASELINE_VALUE, BLUR_SIGMA, delta_tolerance, number, path_baseline, seed_option
@@ -48,12 +48,13 @@ def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value
     names = [source.tensor for source in input_sources(sources, feeds, "deeplift")]
     eps = _check_eps(eps)
     references = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
-    target, clean_outputs = fixed_target(engine, feeds, target)
-    multipliers, (clean, base) = _paired_runs(engine, feeds, references, target, names, eps)
+    objective, clean_outputs = fixed_objective(engine, feeds, target)
+    multipliers, (clean, base) = _paired_runs(engine, feeds, references, objective, names,
+                                              eps)
     values = {name: ((feeds[name] - references[name]) * multipliers[name]).astype(
         feeds[name].dtype) for name in names}
     delta = _summation_delta(values, clean, base, delta_tolerance)
-    return MethodOutput(clean_run(clean_outputs, target, engine), values,
+    return MethodOutput(clean_run(clean_outputs, objective, engine), values,
                         extras={"convergence_delta": delta})
 
 
@@ -79,7 +80,8 @@ def _pairs_per_run(engine: Engine, feeds: Mapping[str, np.ndarray]) -> tuple[int
 
 
 def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
-                 references: Mapping[str, np.ndarray], target, names: Sequence[str],
+                 references: Mapping[str, np.ndarray], objective: Objective,
+                 names: Sequence[str],
                  eps: float
                  ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Multipliers at the inputs and (S(x), S(x')) per row, from runs on [x; x'] batches.
@@ -102,26 +104,17 @@ def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
             taken = part if not padded else np.pad(part, (0, pairs - len(part)), mode="edge")
             batch = {k: np.concatenate([v[taken], (references[k] if k in references
                                                    else v)[taken]]) for k, v in feeds.items()}
-            part_target = _take(target, taken)
-            run = engine.gradients(batch, tile_target(part_target, 2), names, rules=rules)
+            paired = objective.take(taken).tile(2)
+            run = engine.gradients(batch, paired.feed(), names, rules=rules)
             count, half = len(part), len(taken)
             for name in names:
                 grads[name].append(run.grads[name][:count])
-            scores = target_scores(run.outputs[engine.output], tile_target(part_target, 2))
+            scores = paired.score(run.outputs[engine.output])
             cleans.append(scores[:half][:count])
             bases.append(scores[half:][:count])
             bar.update(count)
     return ({name: np.concatenate(parts) for name, parts in grads.items()},
             (np.concatenate(cleans), np.concatenate(bases)))
-
-
-def _take(target, rows: np.ndarray):
-    """The target of the selected rows (a class per row, an output seed, or None)."""
-    if target is None:
-        return None
-    if isinstance(target, OutputSeed):
-        return OutputSeed(target.values[rows])
-    return np.asarray(target)[rows]
 
 
 def _summation_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base: np.ndarray,

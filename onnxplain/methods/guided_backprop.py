@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..rules import GUIDED_BACKPROP
 from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
 
 
 def guided_backprop(engine, feeds, target, sources):
     """The gradient of the target score where every ReLU passes only positive signals at
     positive inputs: dx = relu(g) * [x > 0] (other ops keep their usual backward)."""
-    run = engine.gradients(feeds, target, [s.tensor for s in sources], rules=GUIDED_BACKPROP)
+    run = graph_run(engine, "guided_backprop", feeds, target, sources, {})
     return MethodOutput(run, dict(run.grads))
 
 

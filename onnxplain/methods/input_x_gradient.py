@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
 
 
 def input_x_gradient(engine, feeds, target, sources):
     """Attribution_i = x_i * d S_c / d x_i.
 
     For token ids, x is the embedding vector and each token gets the sum over the embedding
-    axis (the dot product of embedding and gradient).
+    axis (the dot product of embedding and gradient). The graph is
+    export.methods.input_x_gradient's.
     """
-    wrt = [source.tensor for source in sources]
-    inner = [tensor for tensor in wrt if tensor not in feeds]
-    run = engine.gradients(feeds, target, wrt, taps=inner)
-    values = {tensor: run.grads[tensor] * (feeds[tensor] if tensor in feeds else
-                                           run.taps[tensor]) for tensor in wrt}
-    return MethodOutput(run, values)
+    run = graph_run(engine, "input_x_gradient", feeds, target, sources, {})
+    return MethodOutput(run, dict(run.grads))
 
 
 register(MethodSpec(

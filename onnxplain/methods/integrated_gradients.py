@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import OutputSeed, target_scores
 from ..errors import InputError
+from ..objective import Objective, OutputSeed
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
@@ -15,9 +15,8 @@ from ._common import (
     clean_run,
     completeness_delta,
     equal_runs,
-    fixed_target,
+    fixed_objective,
     input_sources,
-    tile_target,
 )
 from .baselines import make_baselines
 from .options import (
@@ -80,20 +79,20 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     names = [source.tensor for source in moved]
     alphas, weights = path_points(int(n_steps), rule)
     baselines = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
-    target, clean_outputs = fixed_target(engine, feeds, target)
+    objective, clean_outputs = fixed_objective(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
     per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
     path = Quadrature(alphas, weights, equal_runs(len(alphas), max(1, per_run // max(rows, 1))))
     stem = engine.stem(names[0]) if len(names) == 1 else None
     if stem is None:
-        totals = _path_sums(engine, feeds, baselines, target, path)
+        totals = _path_sums(engine, feeds, baselines, objective, path)
     else:
-        totals = _path_sums_at_stem(stem, names[0], feeds, baselines, target, path)
+        totals = _path_sums_at_stem(stem, names[0], feeds, baselines, objective, path)
     values = {name: ((feeds[name] - baselines[name]) * totals[name]).astype(feeds[name].dtype)
               for name in names}
-    delta = _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
+    delta = _convergence_delta(engine, values, baselines, feeds, clean_outputs, objective,
                                delta_tolerance, rule)
-    return MethodOutput(clean_run(clean_outputs, target, engine), values,
+    return MethodOutput(clean_run(clean_outputs, objective, engine), values,
                         extras={"convergence_delta": delta})
 
 
@@ -106,7 +105,8 @@ class Quadrature:
     steps_per_run: int
 
 
-def _path_sums(engine, feeds, starts, target, path: Quadrature) -> dict[str, np.ndarray]:
+def _path_sums(engine, feeds, starts, objective: Objective, path: Quadrature
+               ) -> dict[str, np.ndarray]:
     """sum_k w_k dS/dt(start + a_k (end - start)) for each tensor t of `starts`, whose end
     point is feeds[t]; the points are folded into the batch axis, a chunk per run."""
     totals = {name: np.zeros(feeds[name].shape, np.float64) for name in starts}
@@ -116,13 +116,14 @@ def _path_sums(engine, feeds, starts, target, path: Quadrature) -> dict[str, np.
     with progress_bar(engine.progress, len(path.alphas), "integrated gradients",
                       "step") as bar:
         for first in range(0, len(path.alphas), path.steps_per_run):
-            count = _path_chunk(engine, feeds, starts, target, path, first, points, totals)
+            count = _path_chunk(engine, feeds, starts, objective, path, first, points,
+                                totals)
             bar.update(count)
     return totals
 
 
-def _path_chunk(engine, feeds, starts, target, path: Quadrature, first: int, points,
-                totals) -> int:
+def _path_chunk(engine, feeds, starts, objective: Objective, path: Quadrature, first: int,
+                points, totals) -> int:
     """Adds the weighted gradients of the points from `first` on (one run) to `totals`."""
     chunk = slice(first, first + path.steps_per_run)
     count = len(path.alphas[chunk])
@@ -134,7 +135,7 @@ def _path_chunk(engine, feeds, starts, target, path: Quadrature, first: int, poi
         np.multiply.outer(path.alphas[chunk].astype(end.dtype), end - start, out=out)
         out += start
         batch[name] = out.reshape(-1, *end.shape[1:])
-    run = engine.gradients(batch, tile_target(target, count), list(starts))
+    run = engine.gradients(batch, objective.tile(count).feed(), list(starts))
     for name in starts:
         grads = run.grads[name].reshape(count, -1)
         # In the gradients' precision: a BLAS matrix-vector product, where float64
@@ -144,7 +145,7 @@ def _path_chunk(engine, feeds, starts, target, path: Quadrature, first: int, poi
     return count
 
 
-def _path_sums_at_stem(stem, name, feeds, baselines, target, path: Quadrature
+def _path_sums_at_stem(stem, name, feeds, baselines, objective: Objective, path: Quadrature
                        ) -> dict[str, np.ndarray]:
     """_path_sums for input `name` through its affine stem L (graph.stem): the straight
     path runs between L(x') and L(x), and L's adjoint maps the summed gradient back once.
@@ -155,19 +156,19 @@ def _path_sums_at_stem(stem, name, feeds, baselines, target, path: Quadrature
     ends, starts = both[stem.frontier][:rows], both[stem.frontier][rows:]
     inner = {k: v for k, v in feeds.items() if k != name}
     inner[stem.frontier] = ends
-    summed = _path_sums(stem.suffix, inner, {stem.frontier: starts}, target, path)
+    summed = _path_sums(stem.suffix, inner, {stem.frontier: starts}, objective, path)
     seed = OutputSeed(summed[stem.frontier].astype(ends.dtype))
     return {name: stem.prefix.gradients({name: feeds[name]}, seed, [name]).grads[name]}
 
 
-def _convergence_delta(engine, values, baselines, feeds, clean_outputs, target,
+def _convergence_delta(engine, values, baselines, feeds, clean_outputs, objective: Objective,
                        tolerance: float, rule: str) -> np.ndarray:
     """sum(IG) - (S(x) - S(x')) per row: 0 for an exact integral (completeness)."""
     base_outputs = engine.forward({**feeds, **baselines})
     advice = "use more n_steps" + ("" if rule == "gausslegendre" else
                                    " (or rule=gausslegendre)")
-    return completeness_delta(values, target_scores(clean_outputs[engine.output], target),
-                              target_scores(base_outputs[engine.output], target), tolerance,
+    return completeness_delta(values, objective.score(clean_outputs[engine.output]),
+                              objective.score(base_outputs[engine.output]), tolerance,
                               ConvergenceWarning, "integrated gradients",
                               "the attributions miss the output difference", advice)
 

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..engine import Engine, OutputSeed, target_scores
+from ..engine import Engine
 from ..errors import InputError
 from ..features import apply_features, baseline_values, row_masks
+from ..objective import Objective
 from ..runtime.perturb import perturbed_scores
 from . import MethodOutput, MethodSpec, register
 from ._budget import counted
-from ._common import clean_run, fixed_target
+from ._common import clean_run, fixed_objective
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
 from .options import COALITION_BASELINE, feature_options, input_option, integer, seed_option
@@ -53,11 +54,11 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     check_count("kernel_shap", "n_samples", n_samples)
     check_count("kernel_shap", "n_segments", n_segments)
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    target, outputs = fixed_target(engine, feeds, target)
+    objective, outputs = fixed_objective(engine, feeds, target)
     x = feeds[name]
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     base = coalition_baseline(baseline, x)
-    fx = target_scores(outputs[engine.output], target)
+    fx = objective.score(outputs[engine.output])
     rows = x.shape[0]
     widest = max(int(mask.max()) + 1 for mask in masks)
     values = np.full((rows, widest), np.nan)
@@ -69,7 +70,7 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
         # The empty coalition first: its score is E[f], the other end of the constraint.
         evaluated = np.vstack([np.zeros((1, width), dtype=bool), present])
         scores = coalition_values(engine, select_rows(feeds, group),
-                                  select_target(target, group), name,
+                                  objective.take(group), name,
                                   [masks[i] for i in group], evaluated, base, "kernel_shap")
         expected[group] = scores[:, 0]
         found = shapley_regression(present, weights, scores[:, 1:], scores[:, 0], fx[group])
@@ -82,7 +83,7 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     mapped = np.stack([values[i][masks[i]] for i in range(rows)]).astype(dtype)
     extras = {"values": values, "expected_value": expected, "additivity_error": error,
               "feature_mask": np.stack(masks), "exact": exact, "coalitions": max(counts)}
-    return MethodOutput(clean_run(outputs, target, engine), at_inputs={name: mapped},
+    return MethodOutput(clean_run(outputs, objective, engine), at_inputs={name: mapped},
                         extras=extras)
 
 
@@ -144,9 +145,9 @@ def shapley_regression(present: np.ndarray, weights: np.ndarray, scores: np.ndar
         return np.concatenate([head, (delta - head.sum(axis=1))[:, None]], axis=1)
 
 
-def coalition_values(engine: Engine, feeds: Mapping[str, np.ndarray], target, name: str,
-                     masks: list[np.ndarray], present: np.ndarray, baseline: np.ndarray,
-                     label: str) -> np.ndarray:
+def coalition_values(engine: Engine, feeds: Mapping[str, np.ndarray], objective: Objective,
+                     name: str, masks: list[np.ndarray], present: np.ndarray,
+                     baseline: np.ndarray, label: str) -> np.ndarray:
     """[rows, K] float64: the explained score of each row with only the features of each
     coalition present[k] kept, the rest from `baseline` (see coalition_baseline; background
     rows [B, *row] are averaged over, one model run per coalition and background row)."""
@@ -160,7 +161,8 @@ def coalition_values(engine: Engine, feeds: Mapping[str, np.ndarray], target, na
         values = apply_features(x[row], masks[row], present[coalition], base)
         return copies(feeds, name, values)
 
-    scores = perturbed_scores(engine, feeds, target, make, len(present) * repeats, label=label)
+    scores = perturbed_scores(engine, feeds, objective, make, len(present) * repeats,
+                              label=label)
     return scores.reshape(x.shape[0], len(present), repeats).mean(axis=2)
 
 
@@ -190,15 +192,6 @@ def feature_groups(masks: list[np.ndarray]) -> list[np.ndarray]:
 
 def select_rows(feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {key: value[rows] for key, value in feeds.items()}
-
-
-def select_target(target, rows: np.ndarray):
-    """The target of some rows: explicit classes, output seeds, or None."""
-    if isinstance(target, OutputSeed):
-        return OutputSeed(target.values[rows])
-    if target is None or np.ndim(target) == 0:
-        return target
-    return np.asarray(target)[rows]
 
 
 def check_count(method: str, key: str, value) -> None:

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..features import row_masks
 from . import MethodOutput, MethodSpec, register
 from ._budget import counted
-from ._common import clean_run, fixed_target
+from ._common import clean_run, fixed_objective
 from ._perturb import perturbed_input
 from ._tokens import cached_inputs
 from .kernel_shap import (
@@ -22,7 +22,6 @@ from .kernel_shap import (
     coalition_values,
     feature_groups,
     select_rows,
-    select_target,
 )
 from .options import (
     COALITION_BASELINE,
@@ -59,7 +58,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     if not isinstance(alpha, Real) or not alpha >= 0:
         raise InputError(f"option 'alpha' of method 'lime' must be >= 0, got {alpha!r}")
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    target, outputs = fixed_target(engine, feeds, target)
+    objective, outputs = fixed_objective(engine, feeds, target)
     x = feeds[name]
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     base = coalition_baseline(baseline, x)
@@ -71,7 +70,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
         width = int(masks[group[0]].max()) + 1
         present = lime_samples(width, n_samples, seed)
         scores = coalition_values(engine, select_rows(feeds, group),
-                                  select_target(target, group), name,
+                                  objective.take(group), name,
                                   [masks[i] for i in group], present, base, "lime")
         fitted = weighted_ridge(present, scores, lime_kernel(present, kernel_width), alpha)
         weights[group, :width], intercept[group], score[group] = fitted
@@ -79,7 +78,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     mapped = np.stack([weights[i][masks[i]] for i in range(rows)]).astype(dtype)
     extras = {"weights": weights, "intercept": intercept, "score": score,
               "feature_mask": np.stack(masks)}
-    return MethodOutput(clean_run(outputs, target, engine), at_inputs={name: mapped},
+    return MethodOutput(clean_run(outputs, objective, engine), at_inputs={name: mapped},
                         extras=extras)
 
 

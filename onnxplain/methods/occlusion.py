@@ -15,13 +15,12 @@ import math
 
 import numpy as np
 
-from ..engine import target_scores
 from ..errors import InputError
 from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
 from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
-from ._common import clean_run, fixed_target
+from ._common import clean_run, fixed_objective
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
 from .options import Option, input_option, perturbation_baseline
@@ -102,8 +101,8 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     check_budget(engine, math.prod(window_counts(row_shape, size, step)), max_runs, row_shape, size)
     starts = window_starts(row_shape, size, step)
     fill = _baseline(baseline, value)
-    target, clean = fixed_target(engine, feeds, target)
-    clean_scores = target_scores(clean[engine.output], target)
+    objective, clean = fixed_objective(engine, feeds, target)
+    clean_scores = objective.score(clean[engine.output])
 
     def make(row: int, first: int, last: int) -> dict[str, np.ndarray]:
         batch = np.repeat(value[row:row + 1], last - first, axis=0)
@@ -112,7 +111,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
             batch[region] = fill[region[1:]]
         return copies(feeds, name, batch)
 
-    scores = perturbed_scores(engine, feeds, target, make, len(starts), label="occlusion")
+    scores = perturbed_scores(engine, feeds, objective, make, len(starts), label="occlusion")
     total = np.zeros(value.shape, dtype=np.float64)
     covered = np.zeros(row_shape, dtype=np.float64)
     drops = clean_scores[:, None] - scores
@@ -122,7 +121,7 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
         covered[region] += 1
     maps = np.where(covered > 0, total / np.maximum(covered, 1), 0.0).astype(np.float32)
     extras = {"window": list(size), "stride": list(step), "windows": len(starts)}
-    return MethodOutput(clean_run(clean, target, engine), at_inputs={name: maps},
+    return MethodOutput(clean_run(clean, objective, engine), at_inputs={name: maps},
                         extras=extras)
 
 

@@ -13,7 +13,7 @@ from ..runtime.perturb import perturbed_scores
 from ..viz.heatmap import image_layout
 from . import MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
-from ._common import clean_run, fixed_target
+from ._common import clean_run, fixed_objective
 from ._perturb import copies, perturbed_input
 from ._tokens import cached_inputs
 from .options import (
@@ -116,7 +116,7 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     images and like the input otherwise.
     """
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    target, outputs = fixed_target(engine, feeds, target)
+    objective, outputs = fixed_objective(engine, feeds, target)
     value = feeds[name]
     layout = image_layout(value.shape) if value.dtype.kind == "f" else None
     if layout is None:
@@ -136,7 +136,7 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
             perturbed = m * x + (1 - m) * b
         return copies(feeds, name, perturbed)
 
-    scores = perturbed_scores(engine, feeds, target, make, n_masks, label="rise")
+    scores = perturbed_scores(engine, feeds, objective, make, n_masks, label="rise")
     saliency = _weighted_sum(plan, scores) / (n_masks * keep)
     dtype = value.dtype if value.dtype.kind == "f" else np.float32
     if layout == "NCHW":
@@ -146,7 +146,7 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     extras = {"n_masks": n_masks, "grid": grid if layout else None, "keep": keep}
     notes = [] if value.dtype.kind == "f" else [
         f"rise: masked tokens of '{name}' were set to id {int(fill.flat[0])}"]
-    return MethodOutput(clean_run(outputs, target, engine),
+    return MethodOutput(clean_run(outputs, objective, engine),
                         at_inputs={name: saliency.astype(dtype)}, extras=extras, notes=notes,
                         signed=False)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
 from .options import flag
 
 
@@ -12,15 +11,15 @@ def saliency(engine, feeds, target, sources, *, abs: bool = True):  # noqa: A002
     """Attribution_i = |d S_c / d x_i| (or the signed gradient with abs=False).
 
     S_c is the target class score, by default the predicted class. One forward and one
-    backward run for the whole batch. For token ids the gradient is taken at the embedding
-    output and each token gets the L2 norm of its gradient vector.
+    backward run for the whole batch, in the graph export.methods.saliency emits (the same
+    program `export` saves). For token ids the gradient is taken at the embedding output
+    and each token gets the L2 norm of its gradient vector.
 
     Reference: K. Simonyan, A. Vedaldi, A. Zisserman, "Deep Inside Convolutional Networks:
     Visualising Image Classification Models and Saliency Maps", ICLR workshop 2014.
     """
-    run = engine.gradients(feeds, target, [source.tensor for source in sources])
-    return MethodOutput(run, {name: np.abs(grad) if abs else grad
-                              for name, grad in run.grads.items()}, signed=not abs)
+    run = graph_run(engine, "saliency", feeds, target, sources, {"abs": abs})
+    return MethodOutput(run, dict(run.grads), signed=not abs)
 
 
 register(MethodSpec(

@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..runtime.progress import progress_bar
 from . import METHODS, MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
-from ._common import clean_run, equal_runs, fixed_target, input_sources, repeat_target
+from ._common import clean_run, equal_runs, fixed_objective, input_sources
 from .integrated_gradients import INTERNAL_BATCH_SIZE
 from .options import choice, integer, number, seed_option
 
@@ -62,7 +62,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     if n_samples < 1 or noise_level < 0:
         raise InputError(f"{kind} needs n_samples >= 1 and noise_level >= 0")
     names = [source.tensor for source in input_sources(sources, feeds, kind)]
-    target, clean_outputs = fixed_target(engine, feeds, target)
+    objective, clean_outputs = fixed_objective(engine, feeds, target)
     noise = smoothgrad_noise(feeds, names, noise_level, n_samples, seed)
     rows = next(iter(feeds.values())).shape[0]
     sums: dict[str, np.ndarray] = {}
@@ -76,7 +76,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
             noisy = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
             for name in names:
                 noisy[name] = noisy[name] + noise[name][picked]
-            output = spec.run(engine, noisy, repeat_target(target, count), sources,
+            output = spec.run(engine, noisy, objective.repeat(count).feed(), sources,
                               **spec.defaults)
             for tensor, value in output.at_sources.items():
                 value = value.reshape((rows, count) + value.shape[1:]).astype(np.float64)
@@ -91,7 +91,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
                   # Rounding can leave E[g^2] - E[g]^2 just below 0; a variance is not.
                   "vargrad": np.maximum(mean_square - np.square(mean), 0)}[kind]
         values[tensor] = result.astype(feeds[tensor].dtype if tensor in feeds else np.float32)
-    return MethodOutput(clean_run(clean_outputs, target, engine), values, signed=signed,
+    return MethodOutput(clean_run(clean_outputs, objective, engine), values, signed=signed,
                         notes=[f"{kind} over {base}: {n_samples} samples, noise "
                                f"{noise_level} x input range, seed {seed}"])
 

@@ -27,12 +27,11 @@ from onnx import numpy_helper
 from ..attribution import Attribution
 from ..errors import InputError
 from ..explainer import Explainer
+from ..graph.op_kinds import CONVOLUTIONS, WEIGHTED
 from ..graph.weights import tensor_value
 from ..inputs import Inputs, prepare_inputs
 from ..runtime.progress import progress_bar
 from ._common import check_output, row_values, spearman
-
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def weighted_layers(model: onnx.ModelProto) -> list[Layer]:
             users.setdefault(name, []).append(node)
     layers = []
     for index, node in enumerate(graph.node):
-        if node.op_type not in WEIGHTED_OPS:
+        if node.op_type not in WEIGHTED:
             continue
         weights = _owned(node, floats, users)
         if not weights:
@@ -210,7 +209,7 @@ def _fan_in(node: onnx.NodeProto, weight: str, inits: dict) -> int:
     shape = list(inits[weight].dims)
     if not shape:
         return 1
-    if node.op_type in ("Conv", "ConvTranspose"):
+    if node.op_type in CONVOLUTIONS:
         return int(np.prod(shape[1:]))
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)

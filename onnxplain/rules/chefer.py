@@ -43,6 +43,25 @@ from ..autodiff import GRADIENT, NodeContext, RuleSet
 from ..autodiff.ops.quantize import STRAIGHT_THROUGH, relevance_straight_through
 from ..autodiff.registry import Grad, RuleEntry
 from ..graph.builder import HALF_TYPES, GraphBuilder
+from ..graph.op_kinds import (
+    ARITHMETIC,
+    CASTS,
+    CONV,
+    DENSE,
+    ERF,
+    FEATURE_NORMS,
+    GATE_FUNCTIONS,
+    GROUP_NORMS,
+    IDENTITY,
+    INFERENCE_IDENTITIES,
+    NEGATION,
+    NORM_STATISTICS,
+    POOLED_SUMS,
+    POWERS,
+    SCALINGS,
+    SUMS,
+    UNARY_MATH,
+)
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
 from .lrp_layers import Layer, negative_part, positive_part, producer, static_value
 from .lrp_norms import norm_chains
@@ -50,23 +69,18 @@ from .lrp_norms import norm_chains
 # Chefer et al.'s safe_divide: a / (b + 1e-9), 0 where b == 0. Unlike z + eps sign(z), the
 # shift is always positive; near-zero negative denominators make the two differ visibly.
 STABILIZER = 1e-9
-_WEIGHTED = frozenset({"MatMul", "Gemm", "Conv"})
+# ConvTranspose is left out: _product holds only a Conv's weights constant by op type.
+_WEIGHTED = DENSE | CONV
 # Cast is left to its gradient rule, which casts the relevance to the input's type (float16
 # layers under float32 logits, as keep_io_types writes them).
-_UNCHANGED = PASS_THROUGH | {"Erf", "Dropout", "Identity", "Neg", "GroupNormalization",
-                             "InstanceNormalization"}
-_NORMALISATIONS = frozenset({"LayerNormalization", "RMSNormalization"})
+_UNCHANGED = PASS_THROUGH | ERF | INFERENCE_IDENTITIES | NEGATION | GROUP_NORMS
+_NORMALISATIONS = FEATURE_NORMS
 # Ops that, in a normalisation written out as primitive ops, compute only the statistics the
 # rule holds constant (the rest of the chain, ReduceMean and Add, have rules of their own),
 # or, in a gate x * f(x), only f (GPT-2's Pow(x, 3)): accepted there alone, they get none.
-_STATISTICS = frozenset({"Pow", "Sqrt", "Reciprocal", "ReduceL2"})
-_SCALINGS = frozenset({"Mul", "Div"})
-_SUMS = frozenset({"Add", "Sub"})
-_PROPORTIONAL = frozenset({"ReduceMean", "ReduceSum", "AveragePool", "GlobalAveragePool",
-                           "Resize", "Upsample"})
+_STATISTICS = NORM_STATISTICS
 # Elementwise ops a gate f(x) may be built from.
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Pow", "Sqrt",
-                          "Exp", "Neg", "Cast", "Identity", "HardSigmoid", "Softplus"})
+_ELEMENTWISE = ARITHMETIC | POWERS | UNARY_MATH | GATE_FUNCTIONS | CASTS | IDENTITY
 
 
 class CheferRuleSet(RuleSet):
@@ -79,9 +93,9 @@ class CheferRuleSet(RuleSet):
         entry = super().lookup(domain, op_type, opset)
         if entry is None or domain not in ("", "ai.onnx"):
             return None if entry is None else RuleEntry(entry.since, entry.rule, _refused)
-        rule = {**dict.fromkeys(_WEIGHTED, _product), **dict.fromkeys(_SUMS, _sum),
-                **dict.fromkeys(_SCALINGS, _scaling),
-                **dict.fromkeys(_PROPORTIONAL, _proportional)}.get(op_type)
+        rule = {**dict.fromkeys(_WEIGHTED, _product), **dict.fromkeys(SUMS, _sum),
+                **dict.fromkeys(SCALINGS, _scaling),
+                **dict.fromkeys(POOLED_SUMS, _proportional)}.get(op_type)
         if op_type == "Div":
             return RuleEntry(entry.since, rule, both_supports(entry.supports, _divisor_constant))
         if rule is not None:
@@ -338,7 +352,7 @@ def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
 def _unscaled(b: GraphBuilder, name: str) -> str:
     """x for c * x or x / c with c constant (GPT-2's 0.5 * x), else `name` itself."""
     node = producer(b, name)
-    if node is None or node.op_type not in _SCALINGS or len(node.input) != 2:
+    if node is None or node.op_type not in SCALINGS or len(node.input) != 2:
         return name
     static = [_is_static(b, i) for i in node.input]
     if static == [False, True] or (node.op_type == "Mul" and static == [True, False]):

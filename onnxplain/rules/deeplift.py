@@ -67,13 +67,15 @@ from ..autodiff import GRADIENT, NodeContext, RuleSet
 from ..autodiff.ops.normalization import softmax_axes
 from ..autodiff.registry import Grad, Rule
 from ..graph.builder import GraphBuilder
+from ..graph.op_kinds import MONOTONE_ACTIVATIONS, RECURRENT
 
 INT64_MAX = np.iinfo(np.int64).max
 DEFAULT_EPS = 1e-10  # Captum's DeepLift default
 
-# Elementwise nonlinearities y = f(x) that get the Rescale rule on their first input.
-RESCALED = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus",
-            "Softsign")
+# Elementwise nonlinearities y = f(x) that get the Rescale rule on their first input: the
+# monotone ones, as Captum's DeepLift rescales; the others (Gelu, Clip, ...) keep the gradient
+# there too, so that results match Captum's.
+RESCALED = MONOTONE_ACTIVATIONS
 
 
 # ---- halves of the paired batch ----------------------------------------------------------
@@ -174,9 +176,8 @@ def _supports(c: NodeContext) -> str | None:
     return entry.supports(c) if entry is not None and entry.supports else None
 
 
-# Recurrent cells multiply gates by states inside the node: DeepLIFT's gating rule is not
+# RECURRENT cells multiply gates by states inside the node: DeepLIFT's gating rule is not
 # implemented, and the plain gradient there would pass for DeepLIFT's multipliers.
-RECURRENT = ("LSTM", "GRU", "RNN")
 
 
 def _recurrent_refused(c: NodeContext) -> str:

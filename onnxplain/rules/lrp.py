@@ -54,22 +54,32 @@ from ..autodiff.ops.quantize import STRAIGHT_THROUGH, carried_by, relevance_stra
 from ..autodiff.registry import Grad, RuleEntry, Supports
 from ..errors import InputError
 from ..graph.model import Model
-from .lrp_layers import CONVOLUTIONS, DENSE, WEIGHTED, Layer, LayerRule, ratio
+from ..graph.op_kinds import (
+    ACTIVATIONS,
+    ARITHMETIC,
+    BATCH_NORMS,
+    CASTS,
+    CONVOLUTIONS,
+    DENSE,
+    EINSUM,
+    INFERENCE_IDENTITIES,
+    NARY_SUMS,
+    NEGATION,
+    ORDER_SELECTIONS,
+    PADS,
+    POOLED_SUMS,
+    SOFTMAXES,
+    VALUE_MOVERS,
+    WEIGHTED,
+    WHERE,
+)
+from .lrp_layers import Layer, LayerRule, ratio
 from .lrp_merge import Constants, Merged
 from .lrp_merge import merge_batch_norm as merge_batch_norm_of
 
-PASS_THROUGH = frozenset({
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "Tanh",
-    "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Gelu", "Mish", "Clip", "Softmax",
-    "LogSoftmax"})
-PROPORTIONAL = frozenset({
-    "Add", "Sub", "Sum", "Mean", "Neg", "Mul", "Div", "BatchNormalization", "AveragePool",
-    "GlobalAveragePool", "ReduceMean", "ReduceSum", "CumSum", "Einsum", "Resize", "Upsample"})
-GRADIENT_KEPT = frozenset({
-    "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Min", "Max", "Reshape", "Flatten",
-    "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "GatherElements",
-    "GatherND", "Expand", "Tile", "Pad", "Identity", "Dropout", "Cast", "CastLike", "Where",
-    "TopK"})
+PASS_THROUGH = ACTIVATIONS | SOFTMAXES
+PROPORTIONAL = ARITHMETIC | NARY_SUMS | NEGATION | BATCH_NORMS | POOLED_SUMS | EINSUM
+GRADIENT_KEPT = ORDER_SELECTIONS | VALUE_MOVERS | PADS | INFERENCE_IDENTITIES | CASTS | WHERE
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,18 +32,20 @@ from onnx import helper, numpy_helper
 
 from ..autodiff import GRADIENT, NodeContext
 from ..graph.builder import GraphBuilder
+from ..graph.op_kinds import (
+    AVERAGE_POOLS,
+    CONCATS,
+    CONVOLUTIONS,
+    DROPOUT,
+    MAX_POOLS,
+    NON_NEGATIVE_RESULTS,
+    VALUE_MOVERS,
+)
 from .lrp_merge import Merged
 
-CONVOLUTIONS = frozenset({"Conv", "ConvTranspose"})
-DENSE = frozenset({"Gemm", "MatMul"})
-WEIGHTED = CONVOLUTIONS | DENSE
-
-# Ops that keep a tensor non-negative when their input is: a layer reading such a tensor
-# needs no x- terms in the rules that split inputs by sign.
-_SIGN_KEEPING = frozenset({"MaxPool", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze",
-                           "Transpose", "Dropout", "AveragePool", "GlobalAveragePool",
-                           "GlobalMaxPool"})
-_NON_NEGATIVE = frozenset({"Relu", "Sigmoid", "Softmax", "Softplus", "Abs"})
+# Ops that keep a tensor non-negative when their input 0 is: a layer reading such a tensor
+# needs no x- terms in the rules that split inputs by sign (Concat reads other inputs too).
+_SIGN_KEEPING = (VALUE_MOVERS - CONCATS) | DROPOUT | MAX_POOLS | AVERAGE_POOLS
 
 
 @dataclass(frozen=True, eq=False)
@@ -245,7 +247,7 @@ def non_negative(b: GraphBuilder, name: str) -> bool:
         if node is None:
             value = static_value(b, name)
             return value is not None and bool(np.all(value >= 0))
-        if node.op_type in _NON_NEGATIVE:
+        if node.op_type in NON_NEGATIVE_RESULTS:
             return True
         if node.op_type not in _SIGN_KEEPING:
             return False

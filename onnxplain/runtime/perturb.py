@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..engine import BatchNotice, Engine, OutputSeed, target_scores
+from ..engine import BatchNotice, Engine
 from ..errors import InputError, OnnxplainError
 from ..inputs import RowAxes, join_rows, repeat_row, rows_axis, take_rows
 from ..inputs import batch_size as batch_size_of
-from ..objective import check_rows
+from ..objective import Objective, check_rows
 from .batching import rows_per_run
 from .progress import progress_bar
 
@@ -35,9 +35,8 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
                      ) -> np.ndarray:
     """[rows, count] float64: the explained score of every perturbed copy of every row.
 
-    The score is the target class's output (`target`: explicit classes per row, see
-    methods._common.fixed_target), the output_seed-weighted sum, or the output value for
-    one-value outputs.
+    The score is `target`'s (an Objective, see methods._common.fixed_objective, or a target
+    explicit per row, see Objective.given), each copy scored with the objective of its row.
     """
     if count < 1:
         raise InputError(f"{label}: the number of perturbations must be at least 1")
@@ -112,7 +111,7 @@ class _Runner:
                 ) -> np.ndarray:
         output = outputs[self.engine.output]
         check_rows(self.engine.model, self.engine.output, output.shape, len(owners))
-        return _scores(output, target, owners)
+        return Objective.given(target, output).take(owners).score(output)
 
     def _refused(self, err: Exception) -> InputError:
         # The clean input ran, so the perturbation removed something the model cannot run
@@ -162,10 +161,3 @@ class _Runner:
                 made[name] = repeat_row(value, rows_axis(self.axes, name, value), row,
                                         last - first)
         return made
-
-
-def _scores(output: np.ndarray, target, owners: np.ndarray) -> np.ndarray:
-    """The explained score of each perturbed copy, with the target of the row it came from."""
-    if isinstance(target, OutputSeed):
-        return target_scores(output, OutputSeed(target.values[owners]))
-    return target_scores(output, None if target is None else np.asarray(target)[owners])

@@ -83,3 +83,16 @@ def test_no_swap_when_the_relu_or_indices_are_read(case):
     proto = conv_relu_pool(**{case: True})
     program = build_gradient_program(Model(proto), "logits", ["x"])
     assert _ops(program.model)[:3] == ["Conv", "Relu", "MaxPool"]
+
+
+def test_swap_moves_the_declared_shapes_with_the_tensors():
+    """Float16 converters declare every tensor; the Relu's old output now holds the pooled
+    values, so its declaration must say so, or shape inference (export's checker) refuses."""
+    proto = onnx.shape_inference.infer_shapes(conv_relu_pool())
+    declared = {info.name for info in proto.graph.value_info}
+    assert {"r", "pooled"} <= declared
+    pool_after_relu(proto.graph, dict(Model(proto).infos), keep=())
+    onnx.checker.check_model(proto, full_check=True)
+    shapes = {info.name: [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim]
+              for info in proto.graph.value_info}
+    assert shapes["r"] == shapes["pooled"] == ["batch", 4, 5, 5]

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...graph.builder import GraphBuilder
+from ...graph.op_kinds import CASTS, DEQUANTIZERS, MAX_POOLS, QUANTIZERS, VALUE_MOVERS
 from ..registry import NodeContext, rule
 from .shape import int_scalar, iota
 
@@ -38,15 +39,9 @@ STE_NOTE = ("gradients pass QuantizeLinear/DequantizeLinear by the straight-thro
             "estimator: 1 inside the representable range [scale*(qmin - zero_point), "
             "scale*(qmax - zero_point)], 0 outside; scales and zero points held constant")
 
-QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
-
 # Ops whose result on quantized values is the same op on their real values (exact data
 # movement or selection), so an integer result of them still carries the gradient.
-INTEGER_PASSTHROUGH = frozenset({
-    "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice",
-    "Split", "Gather", "Expand", "Tile", "MaxPool", "GlobalMaxPool", "DepthToSpace",
-    "SpaceToDepth", "ReduceMax", "ReduceMin", "Cast",
-})
+INTEGER_PASSTHROUGH = VALUE_MOVERS | MAX_POOLS | CASTS
 
 # Integer ranges of the quantized types (float8 types have no integer range: no rule).
 RANGES = {
@@ -189,7 +184,7 @@ def dynamic_quantize_linear(c, gy):
 
 # ---- relevance ----------------------------------------------------------------------------
 # The quantize ops, whose gradient is the estimator above.
-STRAIGHT_THROUGH = QUANTIZERS | {"DequantizeLinear"}
+STRAIGHT_THROUGH = QUANTIZERS | DEQUANTIZERS
 
 
 def relevance_straight_through(c: NodeContext, gy: list[str | None]) -> list[str | None]:

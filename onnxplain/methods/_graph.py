@@ -1,0 +1,60 @@
+"""In-process runs of a method's one graph: the program `export` saves (export.emit_explainer),
+run by the engine over the rows in chunks and read back as a GradientRun, so an exported
+explainer and Explainer.explain compute the same numbers from the same ONNX program."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..engine import DenseObjective, Engine, GradientRun, OutputSeed
+from ..graph.sources import Source
+from ..inputs import batch_size, check_target_range, prepare_target
+from ..objective import EVERYWHERE
+
+
+def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], target,
+              sources: Sequence[Source], options: Mapping) -> GradientRun:
+    """Run `method`'s explainer graph (resolved `options`) on `feeds` for `target` (a class
+    per row or None, an OutputSeed, or a DenseObjective), attributing at `sources`."""
+    from ..export import ATTRIBUTION, TARGET, TARGET_USED, emit_explainer  # export imports us
+    from ..export.seed import FED_SEED, OUTPUT_SEED
+
+    engine.check_scores()
+    seed = target.values if isinstance(target, OutputSeed) else None
+    dense = target if isinstance(target, DenseObjective) else None
+    place = EVERYWHERE if dense is None else dense.place
+    at = {source.input: source.tensor for source in sources}
+    key = ("graph", method, engine.output, tuple(sorted(options.items())), seed is not None,
+           place, tuple(at.items()))
+
+    def emit(model):
+        return emit_explainer(model, method, dict(options), engine.output,
+                              output_seed=None if seed is None else FED_SEED, place=place,
+                              sources=at).proto
+
+    classes = engine.static_classes() if dense is None else engine._dense_classes()  # noqa: SLF001
+    chosen = dense.target if dense is not None else None if seed is not None else target
+    rows = batch_size(feeds, engine.model.batch.of_inputs)
+    extra = {TARGET: prepare_target(chosen, rows, classes)}
+    if seed is not None:
+        extra[OUTPUT_SEED] = seed
+    model_outputs = [spec.name for spec in engine.model.outputs]
+    wanted = [*model_outputs, *(ATTRIBUTION + name for name in at), TARGET_USED]
+
+    def names(session) -> list[str]:
+        return [name for name in wanted if name in session.output_names]
+
+    axes = {ATTRIBUTION + name: engine.model.batch.of_inputs.get(tensor, 0)
+            for name, tensor in at.items()}
+    results = engine.run_program(key, emit, feeds, extra, names, axes)
+    used = results.get(TARGET_USED)
+    if used is not None and chosen is not None:
+        check_target_range(used, results[engine.output].shape[1])
+    return GradientRun(
+        outputs={name: results[name] for name in model_outputs},
+        grads={tensor: results[ATTRIBUTION + name] for name, tensor in at.items()},
+        target=used,
+        objective=(dense.form if dense is not None else "output_seed" if seed is not None
+                   else "class" if used is not None else "sum"))
