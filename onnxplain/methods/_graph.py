@@ -4,6 +4,7 @@ explainer and Explainer.explain compute the same numbers from the same ONNX prog
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,6 +13,22 @@ from ..engine import DenseObjective, Engine, GradientRun, OutputSeed
 from ..graph.sources import Source
 from ..inputs import batch_size, check_target_range, prepare_target
 from ..objective import EVERYWHERE
+
+
+def options_key(options: Mapping) -> tuple:
+    """Resolved options as a cache key: arrays (baselines) by dtype, shape and a digest of
+    their bytes, dicts of them by name, so equal options find the program already built."""
+    return tuple((name, _hashable(value)) for name, value in sorted(options.items()))
+
+
+def _hashable(value):
+    if isinstance(value, np.ndarray | list):
+        array = np.ascontiguousarray(value)
+        return ("array", array.dtype.str, array.shape,
+                hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest())
+    if isinstance(value, Mapping):
+        return ("dict", options_key(value))
+    return value
 
 
 def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], target,
@@ -26,7 +43,7 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     dense = target if isinstance(target, DenseObjective) else None
     place = EVERYWHERE if dense is None else dense.place
     at = {source.input: source.tensor for source in sources}
-    key = ("graph", method, engine.output, tuple(sorted(options.items())), seed is not None,
+    key = ("graph", method, engine.output, options_key(options), seed is not None,
            place, tuple(at.items()))
 
     def emit(model):
