@@ -59,7 +59,9 @@ SPECIALISE_MAX_BYTES = 1 << 27
 STATIC_ONLY_FUSIONS = ("SkipLayerNormFusion",)
 # ONNX Runtime 1.31's FastGeluFusion drops the tanh-GELU's inner products even when a
 # backward rule reads them (partial LRP on GPT-2: "Node input ... is not a graph input").
-PROGRAM_FUSIONS_OFF = ("FastGeluFusion",)
+# QDQPropagationTransformer: ONNX Runtime 1.31 aborts the process on a Loop body holding a
+# quantized model's Q/DQ pairs (Integrated Gradients' path Loop).
+PROGRAM_FUSIONS_OFF = ("FastGeluFusion", "QDQPropagationTransformer")
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 Built = tuple[GradientProgram, Session]
@@ -294,10 +296,11 @@ class Engine:
 
     def run_program(self, key: tuple, emit: Callable[[Model], onnx.ModelProto],
                     feeds: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray],
-                    names: Callable[[Session], list[str]], axes: Mapping[str, int | None]
-                    ) -> dict[str, np.ndarray]:
+                    names: Callable[[Session], list[str]], axes: Mapping[str, int | None],
+                    specialise: bool = True) -> dict[str, np.ndarray]:
         """Run the program `emit` makes of the model (built and cached as gradient programs
-        are: once per `key`, specialised to the first input shapes) over all rows of
+        are: once per `key`, specialised to the first input shapes unless `specialise` is
+        False: a Loop body runs the model on other row counts) over all rows of
         `feeds` in chunks; `extra` (one row per row) goes where the program reads it, and
         `names(session)` picks what comes back, its rows on `axes` (default 0)."""
         def build(model: Model, disabled: tuple[str, ...] = PROGRAM_FUSIONS_OFF
@@ -307,11 +310,12 @@ class Engine:
                 proto, self.providers, self.optimization, disabled, weights=model.weights)
 
         def session_for(chunk: Mapping[str, np.ndarray]) -> Session:
-            return self._built(key, self._shape_key(chunk), build)[1]
+            return self._built(key, self._shape_key(chunk) if specialise else None, build)[1]
 
         rows = batch_size_of(feeds, self.model.batch.of_inputs)
         first = next(self._chunks(dict(feeds), {}, rows))[0]
-        read, session = self._built(key, self._shape_key(first), build)
+        read, session = self._built(key, self._shape_key(first) if specialise else None,
+                                    build)
         extra = {k: v for k, v in extra.items() if k in read}
         return self._rowwise_run(session_for, names(session), dict(feeds), extra, rows, axes,
                                  first)

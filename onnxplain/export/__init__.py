@@ -4,8 +4,9 @@ in any language, without onnxplain.
 The exported model's inputs are the original ones plus `target` (int64 [N], optional:
 -1 or absent explains the predicted class); its outputs are the original ones plus
 `target_used` and the method's results (`attribution/<input>`, and per method
-`convergence_delta` or `layer_map`). Its metadata (`metadata_props`) records the method, its
-options, the onnxplain version and the meaning of every added input and output.
+`convergence_delta`, `layer_map`, or a layer's `pre_activation` and `post_activation`). Its
+metadata (`metadata_props`) records the method, its options, the onnxplain version and the
+meaning of every added input and output.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..methods import METHODS, Option, did_you_mean
 from ..methods._budget import MAX_RUNS_OPTION, check_work
 from ..objective import EVERYWHERE, Place, make_place
 from ..runtime.batching import DEFAULT_BUDGET_MB
-from . import attention, noise, tokens  # noqa: F401 - register their exports
+from . import attention, layer_maps, noise, tokens  # noqa: F401 - register their exports
 from .graph import TARGET, TARGET_USED, ExplainerGraph
 from .methods import ATTRIBUTION, EXPORTS, metadata
 
@@ -121,7 +122,8 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     """The program of `method` (resolved `options`) explaining `output`: the one graph that
     `export` saves and the in-process method runs (methods._graph), so both compute the same
     numbers. `sources`: see ExplainerGraph."""
-    eg = ExplainerGraph(model, output, target_input, output_seed, place, sources)
+    eg = ExplainerGraph(model, output, target_input, output_seed, place, sources,
+                        EXPORTS[method].any_output)
     start = len(eg.proto.graph.node)
     EXPORTS[method].build(eg, options)
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates

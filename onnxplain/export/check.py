@@ -5,6 +5,7 @@ serialisation (weights embedded, metadata, inputs with defaults)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -48,6 +49,11 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
     so its ETA is a fair one)."""
     explainer = Explainer(model, providers, output=output, progress=False)
     rows = len(next(iter(inputs.values())))
+    # The rows per Loop iteration the export baked (not the budget's): the same program.
+    baked = json.loads(next((p.value for p in exported.metadata_props
+                             if p.key == "onnxplain.options"), "{}"))
+    if "internal_batch_size" in baked:
+        options = {**options, "internal_batch_size": baked["internal_batch_size"]}
     seeds = None
     if output_seed is not None:
         row = seed_row(explainer.model, explainer.output, output_seed)

@@ -54,15 +54,18 @@ class ExplainerGraph:
 
     def __init__(self, model: Model, output: str, target_input: str = "optional",
                  output_seed: np.ndarray | str | None = None, place: Place = EVERYWHERE,
-                 sources: Mapping[str, str] | None = None):
+                 sources: Mapping[str, str] | None = None, any_output: bool = False):
         """`output_seed`: one row of weights baked in as the default (export.seed), or
         FED_SEED for an `output_seed` input without a default (in-process runs feed one row
         per row). `sources`: input -> the tensor its attribution is taken at (in-process:
-        token ids at their embedding); None: the float inputs (export.methods.attributed)."""
+        token ids at their embedding); None: the float inputs (export.methods.attributed).
+        `any_output`: the method explains no score (export.methods.ExportSpec)."""
         form = output_form(model, output) if output in {s.name for s in model.outputs} else ""
         if output_seed is None and form == VALUE:
             output_seed = np.ones(())  # one value per row explains itself (objective)
-        if output_seed is None and form not in (CLASS, *DENSE):
+        # Scores to explain; a method that explains none (any_output) takes labels too.
+        self.scores = output_seed is not None or form in (CLASS, *DENSE)
+        if not (self.scores or any_output):
             raise InputError(f"output '{output}' is not a [batch, classes] float output nor "
                              "scores per position; an exported explainer needs one, or an "
                              "output seed")

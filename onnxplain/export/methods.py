@@ -5,24 +5,21 @@ attribution with no onnxplain and no Python."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
-from ..autodiff.build import add_gradients
-from ..autodiff.program import Pass
+from ..autodiff.build import add_gradients, differentiated_region, missing_rules
 from ..autodiff.registry import GRADIENT
-from ..errors import InputError
-from ..graph.layers import resolve_layer
+from ..errors import InputError, UnsupportedOpError
 from ..graph.shapes import TensorInfo
 from ..graph.stem import affine_stem
-from ..maps import MODES as UPSAMPLE_MODES
 from ..methods._tokens import cached_inputs
 from ..methods.integrated_gradients import path_points
 from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
-from ..rules.lrp import LrpParams, lrp_rules
+from ..rules.lrp import NEEDS_BOUNDS, LrpParams, lrp_rules
 from .graph import ExplainerGraph
 from .loop import Walk, aliases, gradient_loop, per_block, repeated, weighted_blocks
 
@@ -34,19 +31,21 @@ Build = Callable[[ExplainerGraph, dict], None]
 class ExportSpec:
     """A method's graph builder. Its options are the method's own declarations
     (methods.MethodSpec.options); `reads` names those the graph reads (None: all of them),
-    so a default, a range or a help line is written once."""
+    so a default, a range or a help line is written once. `any_output`: the graph explains
+    no score (activation maps), so the model's output may be of any kind (labels too)."""
 
     name: str
     build: Build
     reads: tuple[str, ...] | None = None
+    any_output: bool = False
 
 
 EXPORTS: dict[str, ExportSpec] = {}
 
 
-def register_export(name: str, reads: tuple[str, ...] | None = None):
+def register_export(name: str, reads: tuple[str, ...] | None = None, any_output: bool = False):
     def register(build: Build) -> Build:
-        EXPORTS[name] = ExportSpec(name, build, reads)
+        EXPORTS[name] = ExportSpec(name, build, reads, any_output)
         return build
     return register
 
@@ -116,18 +115,22 @@ def integrated_gradients(eg, options):
     (export.loop), so memory does not grow with n_steps; its first iteration also runs
     [x; x'] (the original outputs and the convergence delta). As in-process, a one-input
     model walks the path at the output of its input's affine stem L and maps the summed
-    gradient back through L's adjoint once."""
-    b, inputs = eg.b, float_inputs(eg)
+    gradient back through L's adjoint once. The baselines are inputs (baseline_input), the
+    explained scores at x and x' outputs (declare_scores: the convergence warning)."""
+    b = eg.b
+    inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
     per_run = int(options["internal_batch_size"])
     if per_run < 1:
         raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
     nodes = eg.take_model_nodes()
-    baselines = {name: _baseline(b, name, options) for name in inputs}
+    baselines = {name: baseline_input(eg, name, options) for name in inputs}
     for name, baseline in baselines.items():
         b.infos[baseline] = b.info(name)
     single = len(eg.model.inputs) == 1 and not eg.model.rows_coupled
     stem = affine_stem(eg.model, inputs[0]) if single else None
+    if stem is not None and stem.frontier in {spec.name for spec in eg.model.outputs}:
+        stem = None  # an affine model: nothing of it left for the Loop to run
     if stem is None:
         body = eg.model
         clean = {spec.name: b.concat([spec.name, baselines.get(spec.name, spec.name)], 0)
@@ -135,7 +138,10 @@ def integrated_gradients(eg, options):
         starts, ends = baselines, {name: name for name in inputs}
     else:
         body, x = stem.suffix, stem.input
-        eg.put_back_stem(stem, nodes, b.concat([x, baselines[x]], 0))
+        both = b.concat([x, baselines[x]], 0)
+        shape = b.info(x).shape
+        b.infos[both] = TensorInfo(b.dtype(x), None if shape is None else (None, *shape[1:]))
+        eg.put_back_stem(stem, nodes, both)
         clean = {stem.frontier: stem.frontier}
         ends, starts = ({stem.frontier: eg.block(stem.frontier, i)} for i in (0, 1))
         for block in (ends, starts):
@@ -148,6 +154,7 @@ def integrated_gradients(eg, options):
     else:
         values = {x: _through_stem(eg, stem, sums[stem.frontier], baselines[x])}
     declare_per_input(eg, values, "integrated gradients")
+    declare_scores(eg)
     declare_delta(eg, values, target_change(eg, 0, 1))
 
 
@@ -214,146 +221,164 @@ def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> No
                TensorInfo(b.dtype(change), ("N",)))
 
 
-@register_export("deeplift", ("baseline", "baseline_value", "eps"))
-def deeplift(eg, options):
-    """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
-    [x; x'] and the rules read the reference half (onnxplain.rules.deeplift)."""
-    b, inputs = eg.b, float_inputs(eg)
-    starts = {}
-
-    def reference(b, name: str) -> str:
-        starts[name] = _baseline(b, name, options)
-        return starts[name]
-
-    eg.run_on_copies(1, {name: reference for name in inputs}, clean_first=True)
-    grads = eg.gradients([eg.feeds[name] for name in inputs],
-                         deeplift_rules(float(options["eps"])))
-    values = {name: b.op("Mul", b.op("Sub", name, starts[name]),
-                         eg.block(grads[eg.feeds[name]], 0)) for name in inputs}
-    declare_per_input(eg, values, "DeepLIFT contributions (Rescale rule)")
-    declare_delta(eg, values, target_change(eg, 0, 1))
+BASELINE = "baseline/"
+SCORE, BASELINE_SCORE = "score", "baseline_score"
+# A baseline input with no baked default: in-process runs feed one baseline row per row
+# (any baseline, blur and uniform too, computed in numpy: input preparation).
+FED_BASELINE = "fed"
 
 
-@register_export("lrp", ("composite", "epsilon", "gamma", "alpha", "beta", "stabilizer",
-                        "merge_batch_norm"))
-def lrp(eg, options):
-    """Relevance of each input value under the `composite`'s rules, from R = y_c."""
-    inputs = float_inputs(eg)
-    params = LrpParams(float(options["epsilon"]), float(options["gamma"]),
-                       float(options["alpha"]), float(options["beta"]), None, None,
-                       float(options["stabilizer"]))
-    rules = lrp_rules(eg.model, inputs, str(options["composite"]), params,
-                      bool(options["merge_batch_norm"]))
-    grads = eg.gradients(inputs, rules, times_output=True)
-    declare_per_input(eg, {name: grads[name] for name in inputs},
-                      f"LRP relevance ({options['composite']})")
+def declare_scores(eg: ExplainerGraph) -> None:
+    """The explained score per row at the input (block 0) and at the baseline (block 1)."""
+    b, scores = eg.b, eg.batched(eg.output)
+    for name, index, where in ((SCORE, 0, "input"), (BASELINE_SCORE, 1, "baseline")):
+        score = explained_score(eg, eg.block(scores, index))
+        eg.declare(score, name, f"float [N]: the explained score at the {where}",
+                   TensorInfo(b.dtype(eg.output), ("N",)))
 
 
-def _baseline(b, name: str, options: dict) -> str:
-    baseline = options["baseline"]
-    dtype = b.np_dtype(name)
+def baseline_input(eg: ExplainerGraph, name: str, options: dict) -> str:
+    """Input `name`'s baseline, read from the explainer input BASELINE + name ([1 or N, ...],
+    expanded to the input's shape): a new baseline is a new feed, not a new program. Its
+    default is the exported baseline (one row, or [1, ..., 1] for a constant); with
+    options["baseline"] FED_BASELINE it has none (in-process runs feed every row's)."""
+    b, graph = eg.b, eg.proto.graph
+    key, rank, dtype = BASELINE + name, b.rank(name), b.dtype(name)
+    fed = isinstance(options["baseline"], str) and options["baseline"] == FED_BASELINE
+    graph.input.append(helper.make_tensor_value_info(key, dtype, ["baseline_rows",
+                                                                  *[None] * (rank - 1)]))
+    if not fed:
+        graph.initializer.append(numpy_helper.from_array(_baseline_row(b, name, options), key))
+    b.infos[key] = TensorInfo(dtype, ("baseline_rows", *[None] * (rank - 1)))
+    eg.added[key] = (f"float [1 or N, ...]{'' if fed else ', optional'}: the baseline of input "
+                     f"'{name}' (one row for all rows, or one per row)"
+                     + ("" if fed else "; default: the baseline given at export"))
+    return b.op("Expand", key, b.shape(name))
+
+
+def _baseline_row(b, name: str, options: dict) -> np.ndarray:
+    """The exported baseline as one row [1, ...] (a constant as [1, ..., 1])."""
+    baseline, dtype, rank = options["baseline"], b.np_dtype(name), b.rank(name)
     if isinstance(baseline, np.ndarray):
         array = baseline.astype(dtype)
-        if array.ndim == b.rank(name) - 1:
+        if array.ndim == rank - 1:
             array = array[None]
-        if array.ndim != b.rank(name) or array.shape[0] != 1:
+        if array.ndim != rank or array.shape[0] != 1:
             raise InputError(f"an exported baseline must be shaped like one row of "
                              f"'{name}' (got {baseline.shape})")
-        return b.op("Expand", b.const(array, "baseline"), b.shape(name))
+        return np.ascontiguousarray(array)
     if isinstance(baseline, float) or baseline in ("zeros", "constant"):
         value = (baseline if isinstance(baseline, float) else
                  0.0 if baseline == "zeros" else float(options["baseline_value"]))
-        return b.op("Expand", b.scalar(value, name), b.shape(name))
+        return np.full((1,) * rank, value, dtype)
     what = f"baseline '{baseline}'" if isinstance(baseline, str) else "a baseline dict"
     raise InputError(f"{what} cannot be exported; use zeros, constant (with baseline_value), "
                      "a number or an array shaped like one row")
 
 
-def _layer(eg: ExplainerGraph, layer) -> str:
-    tensor = resolve_layer(eg.model, layer)
-    if eg.b.info(tensor).rank != 4:
-        raise InputError(f"layer '{tensor}' is not a [batch, channels, height, width] tensor")
-    return tensor
+@register_export("deeplift", ("baseline", "baseline_value", "eps"))
+def deeplift(eg, options):
+    """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
+    [x; x'] and the rules read the reference half (onnxplain.rules.deeplift). x' is the
+    input `baseline/<input>` (baseline_input), so in-process runs feed any reference to the
+    same program; extra outputs: the gap and the scores at x and x' (declare_scores)."""
+    b, inputs = eg.b, float_inputs(eg)
+    rules, starts = deeplift_rules(float(options["eps"])), {}
+    # Ops without a rule are named before the copies' computed Slices (opset 10) are emitted.
+    region, active = differentiated_region(b, inputs, [eg.output])
+    missing = missing_rules(b, region, rules, active)
+    if missing:
+        raise UnsupportedOpError(missing)
+
+    def reference(b, name: str) -> str:
+        starts[name] = baseline_input(eg, name, options)
+        return starts[name]
+
+    eg.run_on_copies(1, {name: reference for name in inputs}, clean_first=True)
+    grads = eg.gradients([eg.feeds[name] for name in inputs], rules)
+    values = {name: b.op("Mul", b.op("Sub", name, starts[name]),
+                         eg.block(grads[eg.feeds[name]], 0)) for name in inputs}
+    declare_per_input(eg, values, "DeepLIFT contributions (Rescale rule)")
+    declare_delta(eg, values, target_change(eg, 0, 1))
+    declare_scores(eg)
 
 
-def _cam(eg: ExplainerGraph, layer: str, weights: str, relu: bool) -> str:
-    """sum_k w_k A_k over channels, optionally ReLU'd, declared as `layer_map`."""
+def explained_score(eg: ExplainerGraph, scores: str) -> str:
+    """S_c per row [N] of N rows of the explained output: their dot product with the row
+    weights (the one-hot of the class, the output seed or the dense objective)."""
     b = eg.b
-    cam = b.reduce("ReduceSum", b.op("Mul", weights, layer), [1], True)
-    if relu:
-        cam = b.op("Relu", cam)
-    eg.declare(cam, "layer_map", f"float [N, 1, h, w]: the map at layer '{layer}'",
-               TensorInfo(b.dtype(layer), ("N", 1, None, None)))
-    return cam
+    product = b.op("Mul", scores, eg.row_weights(b, eg.output))
+    rank = b.info(eg.output).rank or 2
+    return product if rank == 1 else b.reduce("ReduceSum", product, list(range(1, rank)),
+                                              False)
 
 
-def _resized(eg: ExplainerGraph, cam: str, mode: str) -> dict[str, str]:
-    """The map resized to every image input (none when mode is 'none')."""
-    if mode not in UPSAMPLE_MODES:
-        raise InputError(f"unknown upsample mode '{mode}' (choose from "
-                         f"{', '.join(UPSAMPLE_MODES)})")
-    b = eg.b
-    if mode == "none":
-        return {}
-    images = [name for name in float_inputs(eg) if b.rank(name) == 4]
-    return {name: resize_like_torch(b, cam, b.concat([b.dims(cam, 0, 2), b.dims(name, 2, 4)],
-                                                     axis=0), mode) for name in images}
+@register_export("lrp", ("composite", "epsilon", "gamma", "alpha", "beta", "low", "high",
+                        "stabilizer", "merge_batch_norm"))
+def lrp(eg, options):
+    """Relevance of each input value under the `composite`'s rules, from R = y_c; extra
+    output `output_relevance`, the relevance given (y_c per row: conservation's base)."""
+    at, composite = attributed(eg), str(options["composite"])
+    params = LrpParams(float(options["epsilon"]), float(options["gamma"]),
+                       float(options["alpha"]), float(options["beta"]), None, None,
+                       float(options["stabilizer"]))
+    if composite in NEEDS_BOUNDS:  # the box rule reads its bounds from program inputs
+        bounds = {name: options[name] for name in ("low", "high")}
+        rank = options.get("bound_rank")  # in-process: the rank of the fed bounds
+        if not any(isinstance(v, str) and v == FED_BASELINE for v in bounds.values()):
+            replace(params, **{k: box_bound(v) for k, v in bounds.items()}).check(composite)
+            bounds = dict(zip(bounds, np.broadcast_arrays(*map(box_bound, bounds.values())),
+                              strict=True))  # one rank, as fed in-process
+            rank = bounds["low"].ndim
+        params = replace(params, **{name: bound_input(eg, name, value, int(rank))
+                                    for name, value in bounds.items()})
+    rules = lrp_rules(eg.model, list(at.values()), composite, params,
+                      bool(options["merge_batch_norm"]))
+    grads = eg.gradients(list(at.values()), rules, times_output=True)
+    declare_per_input(eg, {name: grads[tensor] for name, tensor in at.items()},
+                      f"LRP relevance ({options['composite']})", at)
+    given = explained_score(eg, eg.output)
+    eg.declare(given, "output_relevance", "float [N]: the relevance given at the output "
+               "(the explained score); conservation is the attributions' sum over it",
+               TensorInfo(eg.b.dtype(given), ("N",)))
 
 
-def _declare_maps(eg: ExplainerGraph, maps: dict[str, str], mode: str, layer: str) -> None:
-    for name, resized in maps.items():
-        eg.declare(resized, ATTRIBUTION + name, f"the map resized to input '{name}' ({mode})",
-                   TensorInfo(eg.b.dtype(layer), ("N", 1, None, None)))
+BOUND = "lrp/"
 
 
-@register_export("grad_cam")
-def grad_cam(eg, options):
-    """L_c = ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of d S_c / d A_k, resized to
-    every image input."""
-    layer = _layer(eg, options["layer"])
-    grads = eg.gradients([layer])
-    weights = eg.b.reduce("ReduceMean", grads[layer], [2, 3], True)
-    cam = _cam(eg, layer, weights, options["relu"])
-    _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
+def bound_input(eg: ExplainerGraph, name: str, value, rank: int) -> str:
+    """Input BOUND + name (`low` or `high`), double [rows, *bound]: row 0 is the bound
+    (rules.lrp_layers.box_rule), so a new bound is a new feed, not a new program. Its
+    default is the exported bound; with FED_BASELINE it has none (in-process runs feed it
+    one row per row)."""
+    b, graph, key = eg.b, eg.proto.graph, BOUND + name
+    fed = isinstance(value, str) and value == FED_BASELINE
+    default = None if fed else np.array(value)[None]  # LrpParams.check'ed
+    # The same declared shape in-process and exported (ONNX Runtime's kernels follow it).
+    shape = ("bound_rows", *[None] * rank)
+    graph.input.append(helper.make_tensor_value_info(key, TensorProto.DOUBLE, shape))
+    if default is not None:
+        graph.initializer.append(numpy_helper.from_array(default, key))
+    b.infos[key] = TensorInfo(TensorProto.DOUBLE, shape)
+    eg.added[key] = (f"double [1 or N, *bound]{'' if fed else ', optional'}: the box rule's "
+                     f"{name} bound (row 0 is read), broadcasting against the first layer's "
+                     "input" + ("" if fed else "; default: the bound given at export"))
+    return key
 
 
-@register_export("grad_cam_plus_plus")
-def grad_cam_plus_plus(eg, options):
-    """w_k = sum_ij a_kij relu(g_kij), a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3) (0 where the
-    denominator is 0), L_c = ReLU(sum_k w_k A_k)."""
-    b = eg.b
-    layer = _layer(eg, options["layer"])
-    g = eg.gradients([layer])[layer]
-    square = b.op("Mul", g, g)
-    mass = b.reduce("ReduceSum", layer, [2, 3], True)
-    denominator = b.op("Add", b.op("Add", square, square),
-                       b.op("Mul", mass, b.op("Mul", square, g)))
-    zero = b.equal(denominator, b.scalar(0.0, g))
-    safe = b.where(zero, b.op("Add", denominator, b.scalar(1.0, g)), denominator)
-    alpha = b.op("Mul", b.op("Div", square, safe), b.op("Cast", b.op("Not", zero),
-                                                          to=b.dtype(g)))
-    weights = b.reduce("ReduceSum", b.op("Mul", alpha, b.op("Relu", g)), [2, 3], True)
-    cam = _cam(eg, layer, weights, True)
-    _declare_maps(eg, _resized(eg, cam, options["upsample"]), options["upsample"], layer)
-
-
-@register_export("guided_grad_cam")
-def guided_grad_cam(eg, options):
-    """Guided Backprop of each image input times the Grad-CAM map resized to it."""
-    b = eg.b
-    layer = _layer(eg, options["layer"])
-    images = [name for name in float_inputs(eg) if b.rank(name) == 4]
-    passes = eg.gradient_passes([layer], passes=[Pass("guided", GUIDED_BACKPROP,
-                                                      tuple(images))])
-    weights = b.reduce("ReduceMean", passes[""][layer], [2, 3], True)
-    cam = _cam(eg, layer, weights, True)
-    maps = _resized(eg, cam, options["upsample"])
-    if not maps:
-        raise InputError("guided_grad_cam multiplies by the map resized to the image: "
-                         "upsample cannot be 'none'")
-    declare_per_input(eg, {name: b.op("Mul", passes["guided"][name], maps[name])
-                            for name in maps}, "guided backpropagation times the resized "
-                       "Grad-CAM map")
+def box_bound(value) -> np.ndarray | None:
+    """A box bound (lrp's low or high) from the API (number or array) or the CLI (text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return np.asarray(float(value))
+        except ValueError:
+            raise InputError(f"low and high must be numbers, got '{value}'") from None
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"low and high must be numbers or numeric arrays, got {array.dtype}")
+    return array.astype(np.float64)
 
 
 def resize_like_torch(b, x: str, sizes: str, mode: str) -> str:

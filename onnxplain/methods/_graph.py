@@ -32,13 +32,21 @@ def _hashable(value):
 
 
 def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], target,
-              sources: Sequence[Source], options: Mapping) -> GradientRun:
+              sources: Sequence[Source], options: Mapping,
+              fed: Mapping[str, np.ndarray] | None = None, read: Sequence[str] = (),
+              specialise: bool = True) -> GradientRun:
     """Run `method`'s explainer graph (resolved `options`) on `feeds` for `target` (a class
-    per row or None, an OutputSeed, or a DenseObjective), attributing at `sources`."""
-    from ..export import ATTRIBUTION, TARGET, TARGET_USED, emit_explainer  # export imports us
+    per row or None, an OutputSeed, or a DenseObjective), attributing at `sources`. `fed`:
+    the method's own program inputs (one row per row: a baseline), so an array option is
+    no part of the program's key; `read`: the method's outputs (one row per row: a
+    convergence delta) returned in GradientRun.post; `specialise` False: the generic
+    program only (a Loop body runs the model on other row counts than the input shapes')."""
+    # export imports us
+    from ..export import ATTRIBUTION, EXPORTS, TARGET, TARGET_USED, emit_explainer
     from ..export.seed import FED_SEED, OUTPUT_SEED
 
-    engine.check_scores()
+    if not EXPORTS[method].any_output:  # activation maps explain no score: labels will do
+        engine.check_scores()
     seed = target.values if isinstance(target, OutputSeed) else None
     dense = target if isinstance(target, DenseObjective) else None
     place = EVERYWHERE if dense is None else dense.place
@@ -47,9 +55,10 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
            place, tuple(at.items()))
 
     def emit(model):
-        return emit_explainer(model, method, dict(options), engine.output,
-                              output_seed=None if seed is None else FED_SEED, place=place,
-                              sources=at).proto
+        return _weights_in_bodies(emit_explainer(
+            model, method, dict(options), engine.output,
+            output_seed=None if seed is None else FED_SEED, place=place, sources=at).proto,
+            model)
 
     classes = engine.static_classes() if dense is None else engine._dense_classes()  # noqa: SLF001
     chosen = dense.target if dense is not None else None if seed is not None else target
@@ -57,15 +66,16 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     extra = {TARGET: prepare_target(chosen, rows, classes)}
     if seed is not None:
         extra[OUTPUT_SEED] = seed
+    extra.update(fed or {})
     model_outputs = [spec.name for spec in engine.model.outputs]
-    wanted = [*model_outputs, *(ATTRIBUTION + name for name in at), TARGET_USED]
+    wanted = [*model_outputs, *(ATTRIBUTION + name for name in at), TARGET_USED, *read]
 
     def names(session) -> list[str]:
         return [name for name in wanted if name in session.output_names]
 
     axes = {ATTRIBUTION + name: engine.model.batch.of_inputs.get(tensor, 0)
             for name, tensor in at.items()}
-    results = engine.run_program(key, emit, feeds, extra, names, axes)
+    results = engine.run_program(key, emit, feeds, extra, names, axes, specialise)
     used = results.get(TARGET_USED)
     if used is not None and chosen is not None:
         check_target_range(used, results[engine.output].shape[1])
@@ -74,4 +84,25 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
         grads={tensor: results[ATTRIBUTION + name] for name, tensor in at.items()},
         target=used,
         objective=(dense.form if dense is not None else "output_seed" if seed is not None
-                   else "class" if used is not None else "sum"))
+                   else "class" if used is not None else "sum"),
+        post={name: results[name] for name in read if name in results})
+
+
+def _weights_in_bodies(proto, model):
+    """The program with the weights its Loop bodies hold (export.loop: ONNX Runtime lays
+    out convolutions for speed only in the graph that owns them) as values: a session hands
+    over only the main graph's stubs (runtime.session)."""
+    from ..graph.weights import _graphs, file_span, is_stub, standalone
+
+    nested = [graph for graph in _graphs(proto.graph) if graph is not proto.graph]
+    if not any(is_stub(init) or file_span(init) for graph in nested
+               for init in graph.initializer):
+        return proto
+    full = standalone(proto, model.weights)  # file stubs, nested ones too
+    shared = {} if model.weights is None else {
+        init.name: init for init in model.weights.proto.graph.initializer}
+    for graph in _graphs(full.graph):
+        for index, init in enumerate(graph.initializer):
+            if is_stub(init) and init.name in shared:
+                graph.initializer[index].CopyFrom(shared[init.name])
+    return full

@@ -7,25 +7,13 @@ sentence) can decide a prediction as much as one that fires.
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..errors import InputError
 from ..graph.layers import resolve_layer
-from ..graph.op_kinds import ACTIVATIONS
+from ..objective import Objective
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target
-from ._layer import maps_per_image_input
+from ._common import clean_run
+from ._graph import graph_run
+from ._layer import PARTS, POST, PRE, image_sources, pre_and_post
 from .options import layer_option, upsample_option
-
-
-def pre_and_post(model, tensor: str) -> tuple[str, str | None]:
-    """(pre-activation, post-activation) around `tensor`: it is either the output of an
-    activation (then its input is the pre-activation) or the input of one."""
-    producer = model.node_by_output.get(tensor)
-    if producer is not None and producer.op_type in ACTIVATIONS:
-        return producer.input[0], tensor
-    users = [n for n in model.consumers.get(tensor, []) if n.op_type in ACTIVATIONS]
-    return tensor, (users[0].output[0] if len(users) == 1 else None)
 
 
 def activation_maps(engine, feeds, target, sources, *, layer: str | None = None,
@@ -33,26 +21,18 @@ def activation_maps(engine, feeds, target, sources, *, layer: str | None = None,
     """Pre- and post-activation values at `layer` (default: the last spatial conv block),
     each also split into its positive part and its negative part (tensors named
     'TENSOR:positive' and 'TENSOR:negative'). For image models the channel sum of the
-    pre-activation, positive and negative regions alike, is resized to the input."""
-    tensor = resolve_layer(engine.model, layer)
-    pre, post = pre_and_post(engine.model, tensor)
-    names = [pre] + ([post] if post else [])
-    target, outputs = fixed_target(engine, feeds, target)
-    values = engine.forward(feeds, taps=names)
-    tensors: dict[str, np.ndarray] = {}
-    for name in names:
-        value = values[name]
-        if value.dtype.kind != "f":
-            raise InputError(f"layer '{name}' is not a float tensor")
-        tensors[name] = value
-        tensors[f"{name}:positive"] = np.maximum(value, 0)
-        tensors[f"{name}:negative"] = np.minimum(value, 0)
-    at_inputs = {}
-    if values[pre].ndim == 4:
-        maps = values[pre].sum(axis=1, keepdims=True)
-        at_inputs = maps_per_image_input(feeds, maps, upsample)
-    extras = {"layer": tensor, "pre_activation": pre, "post_activation": post}
-    return MethodOutput(clean_run(outputs, target, engine), at_inputs=at_inputs,
+    pre-activation, positive and negative regions alike, is resized to the input. One
+    forward program, export.layer_maps.activation_maps's (the one `export` saves)."""
+    pre, post = pre_and_post(engine.model, resolve_layer(engine.model, layer))
+    roles = {PRE: pre, **({POST: post} if post else {})}
+    read = [role + part for role in roles for part in PARTS]
+    run = graph_run(engine, "activation_maps", feeds, None, image_sources(engine.model),
+                    {"layer": layer, "upsample": upsample}, read=read)
+    tensors = {roles[role] + part: run.post[role + part] for role in roles for part in PARTS}
+    extras = {"layer": resolve_layer(engine.model, layer), "pre_activation": pre,
+              "post_activation": post}
+    objective = Objective.resolve(target, run.outputs[engine.output])
+    return MethodOutput(clean_run(run.outputs, objective, engine), at_inputs=dict(run.grads),
                         tensors=tensors, extras=extras)
 
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..engine import OutputSeed
-from ..graph.heads import dense_head
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target
-from ._layer import maps_per_image_input, spatial_layer
+from ._layer import layer_graph_run
 from .options import layer_option, upsample_option
 
 
@@ -17,19 +12,13 @@ def cam(engine, feeds, target, sources, *, layer: str | None = None,
     """M_c(i, j) = sum_k w_ck A_k(i, j), with w the dense layer's weights for class c.
 
     Needs the layer to feed a global average pool and one dense layer that produces the
-    explained output (the head is checked). No gradient is run.
+    explained output (the head is checked). No gradient is run: one forward program,
+    export.layer_maps.cam's (the one `export` saves).
     """
-    tensor = spatial_layer(engine, layer)
-    weights, _ = dense_head(engine.model, tensor, engine.output)
-    target, outputs = fixed_target(engine, feeds, target)
-    activations = engine.forward(feeds, taps=[tensor])[tensor]
-    per_row = (target.values @ weights if isinstance(target, OutputSeed)
-               else weights[np.asarray(target)])
-    maps = np.einsum("nk,nkhw->nhw", per_row, activations)[:, None]
-    maps = maps.astype(activations.dtype)
-    return MethodOutput(clean_run(outputs, target, engine),
-                        at_inputs=maps_per_image_input(feeds, maps, upsample),
-                        tensors={tensor: maps}, extras={"layer": tensor})
+    options = {"layer": layer, "upsample": upsample}
+    run, tensor, maps = layer_graph_run(engine, "cam", feeds, target, options)
+    return MethodOutput(run, at_inputs=dict(run.grads), tensors={tensor: maps},
+                        extras={"layer": tensor})
 
 
 register(MethodSpec(

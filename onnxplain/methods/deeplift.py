@@ -19,6 +19,7 @@ from ._common import (
     fixed_objective,
     input_sources,
 )
+from ._graph import graph_run
 from .baselines import make_baselines
 from .options import BASELINE_VALUE, BLUR_SIGMA, delta_tolerance, number, path_baseline, seed_option
 
@@ -41,19 +42,43 @@ def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value
     and no Softmax centres the multipliers. The reference x' is "zeros", "constant"
     (`baseline_value`), "blur" (`blur_sigma` pixels), "uniform" (seeded) or an array (or
     dict of arrays), as for Integrated Gradients. Each input row runs in one batch with its
-    reference row (a batch size counts both). extras["convergence_delta"] holds
+    reference row (a batch size counts both), in the program export.methods.deeplift emits
+    (the one `export` saves; the references are its inputs). extras["convergence_delta"] holds
     sum(C) - (S_c(x) - S_c(x')) per row; a SummationWarning is issued where it exceeds
     `delta_tolerance` times |S_c(x) - S_c(x')|.
     """
-    names = [source.tensor for source in input_sources(sources, feeds, "deeplift")]
+    from ..export.methods import BASELINE, BASELINE_SCORE, FED_BASELINE, SCORE  # imports us
+
+    moved = input_sources(sources, feeds, "deeplift")
+    names = [source.tensor for source in moved]
     eps = _check_eps(eps)
     references = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
+    if not engine.model.batch.symbolic and engine.model.batch.size:
+        return _fixed_batch(engine, feeds, target, names, references, eps, delta_tolerance)
+    # The program export.methods.deeplift emits (export saves it too): the references are
+    # its inputs, so a new baseline is a new feed, not a new program.
+    options = {"baseline": FED_BASELINE, "baseline_value": 0.0, "eps": eps}
+    rows = next(iter(feeds.values())).shape[0]
+    with progress_bar(engine.progress, rows, "deeplift", "row") as bar:  # the engine's: none
+        run = graph_run(engine, "deeplift", feeds, target, moved, options,
+                        fed={BASELINE + name: value for name, value in references.items()},
+                        read=(SCORE, BASELINE_SCORE))
+        bar.update(rows)
+    values = dict(run.grads)
+    delta = _summation_delta(values, run.post[SCORE], run.post[BASELINE_SCORE],
+                             delta_tolerance)
+    return MethodOutput(run, values, extras={"convergence_delta": delta})
+
+
+def _fixed_batch(engine, feeds, target, names, references, eps: float, tolerance: float
+                 ) -> MethodOutput:
+    """A fixed batch axis cannot hold [x; x'] of the program's rows: runs of padded pairs."""
     objective, clean_outputs = fixed_objective(engine, feeds, target)
     multipliers, (clean, base) = _paired_runs(engine, feeds, references, objective, names,
                                               eps)
     values = {name: ((feeds[name] - references[name]) * multipliers[name]).astype(
         feeds[name].dtype) for name in names}
-    delta = _summation_delta(values, clean, base, delta_tolerance)
+    delta = _summation_delta(values, clean, base, tolerance)
     return MethodOutput(clean_run(clean_outputs, objective, engine), values,
                         extras={"convergence_delta": delta})
 
@@ -65,53 +90,41 @@ def _check_eps(eps: float) -> float:
     return value
 
 
-# ---- input and reference rows in one run -------------------------------------------------
-def _pairs_per_run(engine: Engine, feeds: Mapping[str, np.ndarray]) -> tuple[int, bool]:
-    """How many (input, reference) pairs one run takes, and whether runs must be padded to
-    exactly that many (a fixed batch axis)."""
-    batch = engine.model.batch
-    if not batch.symbolic and batch.size:
-        if batch.size % 2:
-            raise InputError("deeplift runs each input row with its reference row in one "
-                             f"batch, but the model's batch axis is fixed to {batch.size}; "
-                             "export it with a symbolic (or even) batch size")
-        return batch.size // 2, True
-    return max(1, engine.rows_per_run(feeds) // 2), False
-
-
+# ---- fixed batch axes: input and reference rows in one padded run -----------------------
 def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
                  references: Mapping[str, np.ndarray], objective: Objective,
-                 names: Sequence[str],
-                 eps: float
+                 names: Sequence[str], eps: float
                  ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Multipliers at the inputs and (S(x), S(x')) per row, from runs on [x; x'] batches.
+    """Multipliers at the inputs and (S(x), S(x')) per row, from runs on [x; x'] batches
+    that fill the model's fixed batch axis exactly.
 
     The rules find the reference of row i at row N + i of the run they are in, so a run
-    must hold whole halves: the rows go in chunks of `pairs`, each run as [chunk; its
-    references], and the engine is told to run exactly that many rows at once."""
-    rows = next(iter(feeds.values())).shape[0]
-    pairs, padded = _pairs_per_run(engine, feeds)
-    rules = deeplift_rules(eps)
+    must hold whole halves: the rows go in chunks of half the batch size, each run as
+    [chunk; its references], the last row repeated to fill both halves."""
+    rows, size = next(iter(feeds.values())).shape[0], engine.model.batch.size
+    if size % 2:
+        raise InputError("deeplift runs each input row with its reference row in one "
+                         f"batch, but the model's batch axis is fixed to {size}; "
+                         "export it with a symbolic (or even) batch size")
+    pairs, rules = size // 2, deeplift_rules(eps)
     grads: dict[str, list[np.ndarray]] = {name: [] for name in names}
     cleans, bases = [], []
-    # Exactly 2 * pairs rows per run, whatever the budget or the caller's batch size say.
     # Chunking resets the engine's chunk size on exit: no engine call follows this block.
-    with engine.chunking(2 * pairs), progress_bar(engine.progress, rows, "deeplift",
-                                                   "row") as bar:
+    with engine.chunking(size), progress_bar(engine.progress, rows, "deeplift",
+                                              "row") as bar:
         for start in range(0, rows, pairs):
             part = np.arange(start, min(start + pairs, rows))
-            # A fixed batch axis: repeat the last row so both halves fill it exactly.
-            taken = part if not padded else np.pad(part, (0, pairs - len(part)), mode="edge")
+            taken = np.pad(part, (0, pairs - len(part)), mode="edge")
             batch = {k: np.concatenate([v[taken], (references[k] if k in references
                                                    else v)[taken]]) for k, v in feeds.items()}
             paired = objective.take(taken).tile(2)
             run = engine.gradients(batch, paired.feed(), names, rules=rules)
-            count, half = len(part), len(taken)
+            count = len(part)
             for name in names:
                 grads[name].append(run.grads[name][:count])
             scores = paired.score(run.outputs[engine.output])
-            cleans.append(scores[:half][:count])
-            bases.append(scores[half:][:count])
+            cleans.append(scores[:pairs][:count])
+            bases.append(scores[pairs:][:count])
             bar.update(count)
     return ({name: np.concatenate(parts) for name, parts in grads.items()},
             (np.concatenate(cleans), np.concatenate(bases)))

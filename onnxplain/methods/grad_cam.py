@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import MethodOutput, MethodSpec, register
-from ._layer import maps_per_image_input, spatial_layer
+from ._layer import layer_graph_run
 from .options import flag, layer_option, upsample_option
-
-
-def grad_cam_maps(engine, feeds, target, layer: str | None, relu: bool):
-    """(layer tensor, [N, 1, h, w] maps, the run): sum_k alpha_k A_k with alpha_k the spatial
-    mean of d S_c / d A_k, then ReLU."""
-    tensor = spatial_layer(engine, layer)
-    run = engine.gradients(feeds, target, [tensor], taps=[tensor])
-    activations, grads = run.taps[tensor], run.grads[tensor]
-    weights = grads.mean(axis=(2, 3), keepdims=True, dtype=np.float64)
-    maps = (weights * activations).sum(axis=1, keepdims=True)
-    if relu:
-        maps = np.maximum(maps, 0)
-    return tensor, maps.astype(activations.dtype), run
 
 
 def grad_cam(engine, feeds, target, sources, *, layer: str | None = None, relu: bool = True,
@@ -28,10 +13,12 @@ def grad_cam(engine, feeds, target, sources, *, layer: str | None = None, relu: 
 
     The layer defaults to the last spatial conv block (`onnxplain inspect` lists the
     candidates); the map is resized to each image input ("bilinear", "nearest" or "none").
+    One program, export.layer_maps.grad_cam's (the one `export` saves).
     """
-    tensor, maps, run = grad_cam_maps(engine, feeds, target, layer, relu)
-    return MethodOutput(run, at_inputs=maps_per_image_input(feeds, maps, upsample),
-                        tensors={tensor: maps}, extras={"layer": tensor}, signed=not relu)
+    options = {"layer": layer, "relu": relu, "upsample": upsample}
+    run, tensor, maps = layer_graph_run(engine, "grad_cam", feeds, target, options)
+    return MethodOutput(run, at_inputs=dict(run.grads), tensors={tensor: maps},
+                        extras={"layer": tensor}, signed=not relu)
 
 
 register(MethodSpec(

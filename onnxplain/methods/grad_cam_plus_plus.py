@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import MethodOutput, MethodSpec, register
-from ._layer import maps_per_image_input, spatial_layer
+from ._layer import layer_graph_run
 from .options import layer_option, upsample_option
 
 
@@ -13,21 +11,12 @@ def grad_cam_plus_plus(engine, feeds, target, sources, *, layer: str | None = No
                        upsample: str = "bilinear"):
     """L_c = ReLU(sum_k w_k A_k) with w_k = sum_ij a_kij relu(g_kij) and
     a_kij = g^2 / (2 g^2 + sum_ab A_kab g^3): the paper's closed form for an exponential of
-    the score, written with first-order gradients g = d S_c / d A (as its reference code)."""
-    tensor = spatial_layer(engine, layer)
-    run = engine.gradients(feeds, target, [tensor], taps=[tensor])
-    activations = run.taps[tensor].astype(np.float64)
-    grads = run.grads[tensor].astype(np.float64)
-    square, cube = grads ** 2, grads ** 3
-    mass = activations.sum(axis=(2, 3), keepdims=True)
-    denominator = 2 * square + mass * cube
-    alpha = np.divide(square, denominator, out=np.zeros_like(square),
-                      where=denominator != 0)
-    weights = (alpha * np.maximum(grads, 0)).sum(axis=(2, 3), keepdims=True)
-    maps = np.maximum((weights * activations).sum(axis=1, keepdims=True), 0)
-    maps = maps.astype(run.taps[tensor].dtype)
-    return MethodOutput(run, at_inputs=maps_per_image_input(feeds, maps, upsample),
-                        tensors={tensor: maps}, extras={"layer": tensor}, signed=False)
+    the score, written with first-order gradients g = d S_c / d A (as its reference code).
+    One program, export.layer_maps.grad_cam_plus_plus's (the one `export` saves)."""
+    options = {"layer": layer, "upsample": upsample}
+    run, tensor, maps = layer_graph_run(engine, "grad_cam_plus_plus", feeds, target, options)
+    return MethodOutput(run, at_inputs=dict(run.grads), tensors={tensor: maps},
+                        extras={"layer": tensor}, signed=False)
 
 
 register(MethodSpec(

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from ..engine import OutputSeed
-from ..rules import GUIDED_BACKPROP
 from . import MethodOutput, MethodSpec, register
 from ._common import input_sources
-from ._layer import maps_per_image_input
-from .grad_cam import grad_cam_maps
+from ._layer import layer_graph_run
 from .options import layer_option, upsample_option
 
 
 def guided_grad_cam(engine, feeds, target, sources, *, layer: str | None = None,
                     upsample: str = "nearest"):
     """Guided Backprop attributions of each image input times the Grad-CAM map resized to
-    it (nearest neighbour by default, as Captum's GuidedGradCam does)."""
-    names = [s.tensor for s in input_sources(sources, feeds, "guided_grad_cam")]
-    tensor, maps, run = grad_cam_maps(engine, feeds, target, layer, relu=True)
-    same = target if isinstance(target, OutputSeed) else run.target
-    guided = engine.gradients(feeds, same, names, rules=GUIDED_BACKPROP)
-    resized = maps_per_image_input(feeds, maps, upsample)
-    values = {name: guided.grads[name] * resized[name] for name in names if name in resized}
-    return MethodOutput(run, at_inputs=values, tensors={tensor: maps},
+    it (nearest neighbour by default, as Captum's GuidedGradCam does). One program,
+    export.layer_maps.guided_grad_cam's (the one `export` saves)."""
+    input_sources(sources, feeds, "guided_grad_cam")
+    options = {"layer": layer, "upsample": upsample}
+    run, tensor, maps = layer_graph_run(engine, "guided_grad_cam", feeds, target, options)
+    return MethodOutput(run, at_inputs=dict(run.grads), tensors={tensor: maps},
                         extras={"layer": tensor})
 
 

@@ -18,6 +18,7 @@ from ._common import (
     fixed_objective,
     input_sources,
 )
+from ._graph import graph_run
 from .baselines import make_baselines
 from .options import (
     BASELINE_VALUE,
@@ -65,24 +66,52 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
                          internal_batch_size: int = 0, delta_tolerance: float = 0.05):
     """IG_i = (x_i - x'_i) * integral over a in [0, 1] of d S_c(x' + a (x - x')) / d x_i.
 
-    The integral uses the quadrature `rule` (PATH_RULES) with `n_steps` points, folded into
-    the batch axis and run in chunks (`internal_batch_size` rows, or as the memory budget
-    allows), so memory does not grow with n_steps. The baseline x' is "zeros", "constant"
-    (`baseline_value`), "blur" (Gaussian blur of image inputs, `blur_sigma` pixels),
-    "uniform" (noise within each row's range, seeded) or an array (or dict of arrays).
+    The integral uses the quadrature `rule` (PATH_RULES) with `n_steps` points, run in the
+    ONNX Loop that `export` saves (export.methods.integrated_gradients: the same program),
+    about `internal_batch_size` rows per iteration (0: as the memory budget allows), so
+    memory does not grow with n_steps; baselines are its inputs, computed here (input
+    preparation). The baseline x' is "zeros", "constant" (`baseline_value`), "blur"
+    (Gaussian blur of image inputs, `blur_sigma` pixels), "uniform" (noise within each
+    row's range, seeded) or an array (or dict of arrays).
     extras["convergence_delta"] holds, per row, sum(IG) - (S_c(x) - S_c(x')); a
     ConvergenceWarning is issued when it exceeds `delta_tolerance` times |S_c(x) - S_c(x')|.
     Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
     path is walked at their output and the gradients go back through them once.
     """
+    from ..export.methods import BASELINE, BASELINE_SCORE, FED_BASELINE, SCORE  # imports us
+
     moved = input_sources(sources, feeds, "integrated_gradients")
     names = [source.tensor for source in moved]
     alphas, weights = path_points(int(n_steps), rule)
     baselines = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
+    per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
+    # A fixed batch axis cannot hold a Loop's points; below opset 12 (no int64 Min/Max) it
+    # would run one point per iteration.
+    if not engine.model.batch.symbolic or engine.model.opset < 12:
+        return _folded(engine, feeds, target, names, baselines,
+                       Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule)
+    options = {"n_steps": int(n_steps), "rule": rule, "baseline": FED_BASELINE,
+               "baseline_value": 0.0, "internal_batch_size": per_run}
+    # The Loop runs every step in one call: the bar moves when the rows are done.
+    with progress_bar(engine.progress, len(alphas), "integrated gradients", "step") as bar:
+        run = graph_run(engine, "integrated_gradients", feeds, target, moved, options,
+                        fed={BASELINE + name: value for name, value in baselines.items()},
+                        read=(SCORE, BASELINE_SCORE), specialise=False)
+        bar.update(len(alphas))
+    values = dict(run.grads)
+    delta = _warned_delta(values, run.post[SCORE], run.post[BASELINE_SCORE], delta_tolerance,
+                          rule)
+    return MethodOutput(run, values, extras={"convergence_delta": delta})
+
+
+def _folded(engine, feeds, target, names, baselines, path: Quadrature, per_run: int,
+            tolerance: float, rule: str) -> MethodOutput:
+    """The path's points folded into the batch axis, a chunk per run: fixed-batch models
+    (a Loop's blocks of points cannot pass their batch axis) and opsets below 12."""
     objective, clean_outputs = fixed_objective(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
-    per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
-    path = Quadrature(alphas, weights, equal_runs(len(alphas), max(1, per_run // max(rows, 1))))
+    path = Quadrature(path.alphas, path.weights,
+                      equal_runs(len(path.alphas), max(1, per_run // max(rows, 1))))
     stem = engine.stem(names[0]) if len(names) == 1 else None
     if stem is None:
         totals = _path_sums(engine, feeds, baselines, objective, path)
@@ -90,8 +119,9 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
         totals = _path_sums_at_stem(stem, names[0], feeds, baselines, objective, path)
     values = {name: ((feeds[name] - baselines[name]) * totals[name]).astype(feeds[name].dtype)
               for name in names}
-    delta = _convergence_delta(engine, values, baselines, feeds, clean_outputs, objective,
-                               delta_tolerance, rule)
+    base_outputs = engine.forward({**feeds, **baselines})
+    delta = _warned_delta(values, objective.score(clean_outputs[engine.output]),
+                          objective.score(base_outputs[engine.output]), tolerance, rule)
     return MethodOutput(clean_run(clean_outputs, objective, engine), values,
                         extras={"convergence_delta": delta})
 
@@ -161,16 +191,14 @@ def _path_sums_at_stem(stem, name, feeds, baselines, objective: Objective, path:
     return {name: stem.prefix.gradients({name: feeds[name]}, seed, [name]).grads[name]}
 
 
-def _convergence_delta(engine, values, baselines, feeds, clean_outputs, objective: Objective,
-                       tolerance: float, rule: str) -> np.ndarray:
+def _warned_delta(values, clean: np.ndarray, base: np.ndarray, tolerance: float, rule: str
+                  ) -> np.ndarray:
     """sum(IG) - (S(x) - S(x')) per row: 0 for an exact integral (completeness)."""
-    base_outputs = engine.forward({**feeds, **baselines})
     advice = "use more n_steps" + ("" if rule == "gausslegendre" else
                                    " (or rule=gausslegendre)")
-    return completeness_delta(values, objective.score(clean_outputs[engine.output]),
-                              objective.score(base_outputs[engine.output]), tolerance,
-                              ConvergenceWarning, "integrated gradients",
-                              "the attributions miss the output difference", advice)
+    return completeness_delta(values, clean, base, tolerance, ConvergenceWarning,
+                              "integrated gradients", "the attributions miss the output "
+                              "difference", advice)
 
 
 def path_work(options, feeds) -> Work:

@@ -6,10 +6,11 @@ import numpy as np
 
 from ..engine import OutputSeed
 from ..errors import InputError
+from ..inputs import batch_size
 from ..objective import class_scores
-from ..rules.lrp import COMPOSITES, LrpParams, lrp_rules
+from ..rules.lrp import COMPOSITES, NEEDS_BOUNDS, LrpParams, lrp_rules
 from . import MethodOutput, MethodSpec, register
-from ._common import clean_run, fixed_target
+from ._graph import graph_run
 from .options import Option, choice, flag, number
 
 
@@ -45,23 +46,38 @@ def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
     relevance is conserved; biases, epsilon and rules like alpha-beta without negative
     contributions make it drift.
     """
+    from ..export.methods import BOUND, FED_BASELINE, box_bound  # export imports us
+
     params = LrpParams(_number("epsilon", epsilon), _number("gamma", gamma),
-                       _number("alpha", alpha), _number("beta", beta), _bound(low), _bound(high),
-                       _number("stabilizer", stabilizer))
+                       _number("alpha", alpha), _number("beta", beta), box_bound(low),
+                       box_bound(high), _number("stabilizer", stabilizer))
     names = [source.tensor for source in sources]
     rules = lrp_rules(engine.model, names, str(composite), params, bool(merge_batch_norm))
-    target, outputs = fixed_target(engine, feeds, target)
-    seed = initial_relevance(outputs[engine.output], target)
-    run = engine.gradients(feeds, OutputSeed(seed), names, rules=rules)
+    # The program export.methods.lrp emits (the one `export` saves); box bounds are its
+    # inputs, fed one row per row, so a new bound is a new feed, not a new program.
+    boxed = str(composite) in NEEDS_BOUNDS
+    rows = batch_size(feeds, engine.model.batch.of_inputs)
+    bounds = np.broadcast_arrays(params.low, params.high) if boxed else []  # one rank
+    fed = {BOUND + name: np.repeat(bound[None], rows, axis=0)
+           for name, bound in zip(("low", "high"), bounds, strict=True)} if boxed else {}
+    options = {"composite": str(composite), "epsilon": params.epsilon, "gamma": params.gamma,
+               "alpha": params.alpha, "beta": params.beta,
+               "low": FED_BASELINE if boxed else None, "high": FED_BASELINE if boxed else None,
+               "stabilizer": params.stabilizer, "merge_batch_norm": bool(merge_batch_norm),
+               "bound_rank": bounds[0].ndim if boxed else None}
+    run = graph_run(engine, "lrp", feeds, target, sources, options, fed=fed,
+                    read=("output_relevance",))
     values = dict(run.grads)
-    rows = seed.shape[0]
-    given = seed.reshape(rows, -1).sum(axis=1, dtype=np.float64)
+    # Conservation from the outputs, in float64: the attributions' sum over the relevance
+    # given (the explained score the graph read).
+    given = run.post["output_relevance"].astype(np.float64)
+    rows = given.shape[0]
     found = sum(v.reshape(rows, -1).sum(axis=1, dtype=np.float64) for v in values.values())
     with np.errstate(divide="ignore", invalid="ignore"):
         conservation = np.asarray(found) / given
     extras = {"composite": composite, "rules": rules.labels, "output_relevance": given,
               "input_relevance": np.asarray(found), "conservation": conservation}
-    return MethodOutput(clean_run(outputs, target, engine), values, extras=extras)
+    return MethodOutput(run, values, extras=extras)
 
 
 def initial_relevance(output: np.ndarray, target) -> np.ndarray:
@@ -85,21 +101,6 @@ def _number(name: str, value) -> float:
     except (TypeError, ValueError):
         raise InputError(f"option '{name}' of method 'lrp' expects a number, got {value!r}"
                          ) from None
-
-
-def _bound(value) -> np.ndarray | None:
-    """A box bound from the API (number or array) or the CLI (text)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            return np.asarray(float(value))
-        except ValueError:
-            raise InputError(f"low and high must be numbers, got '{value}'") from None
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        raise InputError(f"low and high must be numbers or numeric arrays, got {array.dtype}")
-    return array.astype(np.float64)
 
 
 register(MethodSpec(

@@ -90,8 +90,9 @@ class LrpParams:
     gamma: float = 0.25
     alpha: float = 2.0
     beta: float = 1.0
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
+    # Arrays, or the names of program inputs [rows, *bound] holding them (export.methods.lrp)
+    low: np.ndarray | str | None = None
+    high: np.ndarray | str | None = None
     stabilizer: float = 1e-6
 
     def check(self, composite: str) -> LrpParams:
@@ -118,6 +119,8 @@ class LrpParams:
             raise InputError(f"composite '{composite}' puts the box rule on the first layer: "
                              "give low and high, the bounds of the input values (e.g. 0 and 1 "
                              "for raw pixels, or the normalised bounds)")
+        if isinstance(self.low, str) or isinstance(self.high, str):
+            return  # program inputs: their values were checked where they are fed
         low, high = np.asarray(self.low, np.float64), np.asarray(self.high, np.float64)
         try:
             np.broadcast_shapes(low.shape, high.shape)
@@ -139,8 +142,12 @@ class LrpParams:
         if kind == "alpha-beta":
             return LayerRule("alpha-beta", alpha=self.alpha, beta=self.beta)
         if kind == "box":
-            return LayerRule("box", low=np.asarray(self.low), high=np.asarray(self.high))
+            return LayerRule("box", low=_bound(self.low), high=_bound(self.high))
         return LayerRule(kind)
+
+
+def _bound(value: np.ndarray | str | None) -> np.ndarray | str:
+    return value if isinstance(value, str) else np.asarray(value)
 
 
 # ---- composites: which rule goes on which weighted layer ---------------------------------

@@ -61,8 +61,8 @@ class LayerRule:
     gamma: float = 0.0
     alpha: float = 1.0
     beta: float = 0.0
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
+    low: np.ndarray | str | None = None  # or a program input [rows, *bound] (box_rule)
+    high: np.ndarray | str | None = None
 
     @property
     def label(self) -> str:
@@ -88,7 +88,9 @@ class LayerRule:
         return _RULES[self.kind](layer, r, self, stabilizer)
 
 
-def _describe(bound: np.ndarray | None) -> str:
+def _describe(bound: np.ndarray | str | None) -> str:
+    if isinstance(bound, str):
+        return f"input '{bound}'"
     value = np.asarray(bound)
     return f"{float(value.reshape(-1)[0]):g}" if value.size == 1 else f"array{list(value.shape)}"
 
@@ -357,6 +359,15 @@ def _constant_input_rule(layer: Layer, r: str, w: str, stabilizer: float) -> str
     return layer.vjp(w, ratio(b, r, z, stabilizer))
 
 
+def _bound(b, value: np.ndarray | str, x: str) -> str:
+    """A box bound in x's type: a constant, or row 0 of a program input [rows, *bound] (fed
+    one row per row in-process, so a new bound is a new feed, not a new program)."""
+    if not isinstance(value, str):
+        return b.const(np.asarray(value, dtype=b.np_dtype(x)), "lrp_bound")
+    row = b.op("Gather", value, b.const(np.asarray(0, np.int64), "row"), axis=0)
+    return b.op("Cast", row, to=b.dtype(x))
+
+
 def box_rule(layer: Layer, r: str, rule: LayerRule, stabilizer: float) -> str:
     """z^B (Montavon et al. 2017, Deep Taylor decomposition) for inputs bounded by l <= x <= h:
 
@@ -367,8 +378,7 @@ def box_rule(layer: Layer, r: str, rule: LayerRule, stabilizer: float) -> str:
     cancels catastrophically in float32 wherever z_k is small against |l w+| + |h w-|."""
     b, x = layer.b, layer.x
     assert rule.low is not None and rule.high is not None
-    above, below = (b.op("Sub", x, b.const(np.asarray(v, dtype=b.np_dtype(x)), "lrp_bound"))
-                    for v in (rule.low, rule.high))
+    above, below = (b.op("Sub", x, _bound(b, v, x)) for v in (rule.low, rule.high))
     b.infos[above] = b.infos[below] = b.info(x)
     wp, wn = layer.weight("plus"), layer.weight("minus")
     z = b.op("Add", layer.forward(above, wp, None), layer.forward(below, wn, None))

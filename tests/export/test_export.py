@@ -21,7 +21,8 @@ CASES = [("saliency", {}), ("saliency", {"abs": False}), ("input_x_gradient", {}
          ("integrated_gradients", {"n_steps": 12, "rule": "riemann_trapezoid"}),
          ("integrated_gradients", {"n_steps": 8, "baseline": "constant", "baseline_value": 0.5}),
          ("grad_cam", {}), ("grad_cam", {"upsample": "nearest", "relu": False}),
-         ("grad_cam_plus_plus", {}), ("guided_grad_cam", {}),
+         ("grad_cam_plus_plus", {}), ("guided_grad_cam", {}), ("cam", {}),
+         ("activation_maps", {}),
          ("deeplift", {}), ("deeplift", {"baseline": "constant", "baseline_value": 0.3}),
          ("lrp", {}), ("lrp", {"composite": "epsilon-alpha2-beta1"})]
 ATTENTION = ["raw_attention", "rollout", "generic_attention", "attgrad",
@@ -85,8 +86,9 @@ def test_metadata_describes_the_method_and_the_added_tensors(digits_path):
     assert json.loads(props["onnxplain.options"])["n_steps"] == 7
     assert props["onnxplain.explained_output"] == "logits"
     added = json.loads(props["onnxplain.added"])
-    assert set(added) == {"target", "target_used", "attribution/image", "convergence_delta"}
-    assert [i.name for i in exported.graph.input] == ["image", "target"]
+    assert set(added) == {"target", "target_used", "attribution/image", "convergence_delta",
+                          "baseline/image", "score", "baseline_score"}
+    assert [i.name for i in exported.graph.input] == ["image", "baseline/image", "target"]
 
 
 def test_every_exportable_method_is_covered_here():

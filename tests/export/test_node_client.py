@@ -251,3 +251,16 @@ def test_node_client_runs_layer_integrated_gradients(node, zoo, tmp_path):
     error = relative_error(from_node[ATTRIBUTION + "input_ids"],
                            reference.attributions["input_ids"])
     assert error < RTOL, f"layer integrated gradients: relative error {error:.3g}"
+
+
+def test_node_client_runs_cam(node, digits, tmp_path):
+    """CAM, exportable since it is one graph: the map and the layer map from onnxruntime-node
+    are Python's, and the in-process method's."""
+    model_file = export_to(tmp_path, digits["path"], "cam", {})
+    from_node = run_node(node, model_file, digits["feeds"], tmp_path, "cam")
+    assert {"attribution/image", "layer_map"} <= set(from_node)
+    assert_same_run(from_node, run_python(model_file, digits["feeds"]))
+    assert_matches_method(from_node, digits, "cam", {}, None, exact=False)
+    reference = digits["explainer"].explain(digits["feeds"], method="cam")
+    error = relative_error(from_node["layer_map"], reference.tensors[reference.extras["layer"]])
+    assert error < RTOL, f"cam layer_map: relative error {error:.3g}"

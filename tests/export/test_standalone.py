@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-5
 # What this test exports: method -> export options (the in-process method takes the same).
 METHODS = {"saliency": {}, "integrated_gradients": {"n_steps": 16}, "grad_cam": {}}
-EXTRA = {"integrated_gradients": "convergence_delta", "grad_cam": "layer_map"}
+EXTRA = {"integrated_gradients": {"score", "baseline_score", "convergence_delta"},
+         "grad_cam": {"layer_map"}}
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 # Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, no script or working
@@ -163,7 +164,7 @@ def assert_matches_method(outputs: dict, case: dict, method: str, options: dict,
 
 def expected_outputs(case: dict, method: str) -> set[str]:
     return ({*case["original"], TARGET_USED, "attribution/image"}
-            | ({EXTRA[method]} if method in EXTRA else set()))
+            | EXTRA.get(method, set()))
 
 
 # ---- the test ---------------------------------------------------------------------------------
