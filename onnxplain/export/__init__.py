@@ -23,7 +23,7 @@ from ..engine import pick_output
 from ..errors import InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
-from ..graph.weights import standalone
+from ..graph.weights import payload_bytes, standalone
 from ..inputs import check_rows_layout
 from ..methods import METHODS, Option, did_you_mean
 from ..methods._budget import MAX_RUNS_OPTION, check_work
@@ -106,6 +106,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     check_rows_layout(loaded, "an exported explainer", frozenset())
     eg = emit_explainer(loaded, method, options, pick_output(loaded, output), target_input,
                         output_seed, make_place(position, pixel, region))
+    _check_size(eg.proto)
     proto = standalone(eg.proto, loaded.weights)  # weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})
@@ -129,6 +130,19 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
     drop_unread(eg.proto.graph, start)
     return eg
+
+
+# One protobuf message holds at most 2 GiB; the explainer embeds the model's weights.
+PROTOBUF_LIMIT = (1 << 31) - 1
+
+
+def _check_size(proto: onnx.ModelProto) -> None:
+    """An explainer past protobuf's limit cannot be one file: say so, not fail in onnx."""
+    size = payload_bytes(proto)  # file stubs count
+    if size >= PROTOBUF_LIMIT:
+        raise ModelError(f"the exported explainer would hold {size / 2**30:.1f} GiB of "
+                         "weights, over ONNX's 2 GiB limit for one file; exporting with "
+                         "external data is not supported yet")
 
 
 def _check_exported(proto: onnx.ModelProto) -> None:

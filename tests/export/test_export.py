@@ -303,3 +303,16 @@ def test_exported_integrated_gradients_without_a_stem():
     expected = Explainer(model, "cpu").explain(x, method="integrated_gradients", n_steps=16,
                                                 delta_tolerance=1e9)
     _close(got["attribution/x"], expected.attributions["x"])
+
+
+def test_an_explainer_past_protobufs_limit_is_one_line(tmp_path, digits_path, monkeypatch):
+    """A model whose weights would take the explainer past protobuf's 2 GiB is refused
+    before anything is embedded (the limit lowered to the digits CNN's size here)."""
+    import onnxplain.export as export
+
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", 1000)
+    out = tmp_path / "explainer.onnx"
+    result = CliRunner().invoke(main, ["export", str(digits_path), "-m", "saliency",
+                                       "-o", str(out)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "over ONNX's 2 GiB limit" in result.stderr and not out.exists()
