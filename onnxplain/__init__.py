@@ -13,6 +13,7 @@ from ._version import __version__
 from .attribution import Attribution
 from .engine import BatchNotice
 from .errors import (
+    ExportWarning,
     InputError,
     InputWarning,
     ModelError,
@@ -35,6 +36,7 @@ __all__ = [
     "Generation",
     "GenerationStep",
     "InputError",
+    "ExportWarning",
     "InputWarning",
     "ModelError",
     "OnnxplainError",

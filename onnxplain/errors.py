@@ -43,6 +43,10 @@ class InputWarning(UserWarning):
     """Inputs that can be explained but probably should not be (NaN, Inf)."""
 
 
+class ExportWarning(UserWarning):
+    """An exported explainer that some runtimes need told how to load."""
+
+
 class AttributionWarning(UserWarning):
     """A result not to be read as it stands: every attribution of a row is 0, or the
     predicted class of a row is tied with another."""

@@ -12,6 +12,7 @@ meaning of every added input and output.
 from __future__ import annotations
 
 import re
+import warnings
 
 import onnx
 from onnx import helper
@@ -20,9 +21,10 @@ from ..autodiff.build import used_initializers
 from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.program import drop_unread
 from ..engine import pick_output
-from ..errors import InputError, ModelError
+from ..errors import ExportWarning, InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
+from ..graph.op_kinds import QUANTIZERS
 from ..graph.weights import payload_bytes, standalone
 from ..inputs import check_rows_layout
 from ..methods import METHODS, Option, did_you_mean
@@ -111,6 +113,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg)})
     proto.producer_name = "onnxplain"
+    _warn_quantized_loop(proto)
     _drop_unread_initializers(proto.graph)
     set_runtime_ir_version(proto)
     _check_exported(proto)
@@ -132,6 +135,7 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     return eg
 
 
+QDQ_PROPAGATION = "QDQPropagationTransformer"
 # One protobuf message holds at most 2 GiB; the explainer embeds the model's weights.
 PROTOBUF_LIMIT = (1 << 31) - 1
 
@@ -143,6 +147,22 @@ def _check_size(proto: onnx.ModelProto) -> None:
         raise ModelError(f"the exported explainer would hold {size / 2**30:.1f} GiB of "
                          "weights, over ONNX's 2 GiB limit for one file; exporting with "
                          "external data is not supported yet")
+
+
+def _warn_quantized_loop(proto: onnx.ModelProto) -> None:
+    """ONNX Runtime 1.31 aborts the whole process while it optimises a Loop body holding
+    Q/DQ pairs (an assertion in QDQPropagationTransformer): the metadata names the
+    optimiser to disable, and the user hears it now rather than from a crash."""
+    bodies = [a.g for node in proto.graph.node if node.op_type == "Loop"
+              for a in node.attribute if a.HasField("g")]
+    if any(n.op_type in QUANTIZERS for body in bodies for n in body.node):
+        helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                       "onnxplain.disable_optimizers": QDQ_PROPAGATION})
+        warnings.warn(f"ONNX Runtime 1.31 aborts when it optimises this explainer's Loop of "
+                      f"quantized ops: load it with the optimizer '{QDQ_PROPAGATION}' "
+                      f"disabled (Python: InferenceSession(..., disabled_optimizers="
+                      f"['{QDQ_PROPAGATION}'])) or with graph optimizations off",
+                      ExportWarning, stacklevel=3)
 
 
 def _check_exported(proto: onnx.ModelProto) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from ..engine import PROGRAM_FUSIONS_OFF
 from ..errors import InputError
 from ..explainer import Explainer
 from ..graph.model import Model
@@ -69,7 +70,7 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
 
 def _run_exported(exported: onnx.ModelProto, providers, inputs: Mapping[str, np.ndarray],
                   rows: int, seeds: np.ndarray | None) -> dict[str, np.ndarray]:
-    session = Session(exported, providers)
+    session = Session(exported, providers, disabled=PROGRAM_FUSIONS_OFF)
     feeds = dict(inputs)
     required = ({i.name for i in exported.graph.input}
                 - {init.name for init in exported.graph.initializer})
