@@ -221,8 +221,9 @@ class Explainer:
             value = output.at_sources[source.tensor]
             tensors[source.tensor] = value
             sources[source.input] = source.tensor
-            per_input[source.input] = _per_token(value, self.model.input(source.input).dims,
-                                                 source, method.token_reduction)
+            if source.input not in per_input:  # a method's own per-token sums stand
+                per_input[source.input] = _per_token(
+                    value, self.model.input(source.input).dims, source, method.token_reduction)
         extras = _cached_block(per_input, cached_inputs(self.model) if method.needs_sources
                                else (), dict(output.extras))
         run = output.run

@@ -7,16 +7,28 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from ..autodiff.build import ancestors, node_inputs, rename_reads
+from ..autodiff.build import ancestors, rename_reads
 from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
 from ..methods.integrated_gradients import path_points
-from ..methods.layer_integrated_gradients import cut_at
+from ..methods.layer_integrated_gradients import (
+    EMBEDDING,
+    baseline_token_id,
+    cut_at,
+    lookup_inputs,
+)
 from .graph import ExplainerGraph
 from .loop import gradient_loop
-from .methods import ATTRIBUTION, declare_delta, path_walk, register_export, target_change
+from .methods import (
+    ATTRIBUTION,
+    declare_delta,
+    declare_scores,
+    path_walk,
+    register_export,
+    target_change,
+)
 
 
 @register_export("layer_integrated_gradients", ("n_steps", "rule", "baseline_token",
@@ -24,16 +36,19 @@ from .methods import ATTRIBUTION, declare_delta, path_walk, register_export, tar
 def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     """IG from the embedding of `baseline_token` put in place of every token (-1: a zero
     embedding) to the input's embedding, summed over the embedding features per token, zero
-    on padding (the inputs the attention masks are computed from)."""
+    on padding (the inputs the attention masks are computed from). The in-process method
+    runs this program (methods.layer_integrated_gradients), reading the per-feature values
+    (EMBEDDING), the convergence delta (before padding is zeroed) and the scores."""
     b = eg.b
     tokens = [source for source in find_sources(eg.model)[0] if source.per_token]
     if not tokens:
         raise InputError("layer_integrated_gradients attributes token-id inputs at their "
                          "embedding, and this model has none (use integrated_gradients)")
     ids, tensor = tokens[0].input, tokens[0].tensor
+    tensor = (eg.sources or {}).get(ids, tensor)  # in-process: the explainer's (attribute_at)
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
-    per_run, token = int(options["internal_batch_size"]), options["baseline_token"]
-    token = -1 if token is None else int(token)  # None, as in-process: a zero embedding
+    per_run = int(options["internal_batch_size"])
+    token = baseline_token_id(options["baseline_token"])
     if per_run < 1:
         raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
     nodes = eg.take_model_nodes()
@@ -50,11 +65,15 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     walk = path_walk(eg, body, alphas, weights, clean, {tensor: start}, {tensor: difference})
     (summed,) = gradient_loop(eg, walk, per_run)
     per_feature = b.op("Mul", difference, summed)
-    scores = b.reduce("ReduceSum", per_feature, list(range(b.rank(ids), b.rank(tensor))), False)
-    declare_delta(eg, {ids: scores}, target_change(eg, 0, 1))
+    features = list(range(b.rank(ids), b.rank(tensor)))
+    declare_delta(eg, {tensor: per_feature}, target_change(eg, 0, 1))
+    declare_scores(eg)
     mask = _padding(eg, ids, tensor)
     if mask is not None:
-        scores = b.op("Mul", scores, mask)
+        per_feature = b.op("Mul", per_feature, b.unsqueeze(mask, features))
+    eg.declare(per_feature, EMBEDDING, f"float [N, S, ...]: layer integrated gradients at "
+               f"the embedding '{tensor}' per feature (0 on padding)", b.info(tensor))
+    scores = b.reduce("ReduceSum", per_feature, features, False)
     eg.declare(scores, ATTRIBUTION + ids, f"layer integrated gradients at the embedding "
                f"'{tensor}', summed per token of input '{ids}' (0 on padding)",
                TensorInfo(b.dtype(tensor), b.info(ids).shape))
@@ -65,11 +84,12 @@ def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) 
     again for a zero baseline): `tensor` then holds both embeddings, 2N rows."""
     b = eg.b
     lookup = ancestors(nodes, [tensor])
-    inputs = {spec.name for spec in eg.model.inputs}
-    read = {name for node in lookup for name in node_inputs(node)} & inputs
+    read = lookup_inputs(nodes, tensor, [spec.name for spec in eg.model.inputs])
     if read != {ids}:
-        raise InputError(f"the embedding '{tensor}' of '{ids}' is computed from other inputs "
-                         f"too ({', '.join(sorted(read - {ids}))}); it cannot be exported")
+        raise InputError(f"layer integrated gradients needs the embedding of '{ids}' "
+                         f"alone, and '{tensor}' is computed from other inputs too "
+                         f"({', '.join(sorted(read - {ids}))}): name the lookup's output "
+                         "with attribute_at")
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(b.dtype(ids)))
     baseline = ids if token < 0 else b.op("Expand", b.const(np.array(token, dtype)),
                                           b.shape(ids))
@@ -80,8 +100,9 @@ def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) 
 
 
 def _padding(eg: ExplainerGraph, ids: str, like: str) -> str | None:
-    """1 for real tokens [N, S] in `like`'s type: from the inputs shaped like the ids that
-    attention masks are computed from."""
+    """1 for real tokens [N, S] in `like`'s type: from the inputs of the ids' rank that
+    attention masks are computed from, their last S columns (a KV cache's mask covers the
+    cached tokens first), as in-process (methods._tokens.padding_mask)."""
     b = eg.b
     names = {name for layer in find_attention(eg.model) for name in layer.mask_inputs}
     rank = b.rank(ids)
@@ -89,7 +110,9 @@ def _padding(eg: ExplainerGraph, ids: str, like: str) -> str | None:
     for name in sorted(names):
         if name not in {spec.name for spec in eg.model.inputs} or b.info(name).rank != rank:
             continue
+        last = b.slice(name, b.op("Neg", b.dim(ids, rank - 1)),
+                       [np.iinfo(np.int64).max], [rank - 1])
         zero = b.const(np.zeros((), b.np_dtype(name)))
-        real = b.op("Cast", b.op("Not", b.equal(name, zero)), to=b.dtype(like))
+        real = b.op("Cast", b.op("Not", b.equal(last, zero)), to=b.dtype(like))
         mask = real if mask is None else b.op("Mul", mask, real)
     return mask

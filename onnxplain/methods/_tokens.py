@@ -213,13 +213,15 @@ def query_index(query, tokens: int | None) -> int | None:
 def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer], rows: int,
                  tokens: int) -> np.ndarray:
     """[N, S], 1 for real tokens: from the inputs the attention masks are computed from, when
-    one of them is shaped [batch, tokens]."""
+    one of them is shaped [batch, at least tokens]: its last S columns (a KV cache's mask
+    covers the cached tokens, then these), as export.tokens reads them."""
     mask = np.ones((rows, tokens), dtype=bool)
     names = {name for layer in layers for name in layer.mask_inputs}
     for name in sorted(names):
         value = feeds.get(name)
-        if value is not None and value.shape == (rows, tokens):
-            mask &= value != 0
+        if value is not None and value.ndim == 2 and value.shape[0] == rows \
+                and value.shape[1] >= tokens:
+            mask &= value[:, value.shape[1] - tokens:] != 0
     return mask
 
 

@@ -4,7 +4,9 @@ Token ids cannot be interpolated, so the path integral runs over the tensor they
 into (the embedding lookup's output, or the tensor named with attribute_at): the model is cut
 there, that tensor becomes an input of the cut model, and Integrated Gradients runs on it
 (Sundararajan et al. 2017; Captum's LayerIntegratedGradients on the embedding layer). Scores
-per token are the sums over the embedding features.
+per token are the sums over the embedding features. It runs the program `export` saves
+(export.tokens: the same numbers); models with a fixed batch axis or below opset 12 (no
+Loop of path points) run Integrated Gradients on the cut model.
 """
 
 from __future__ import annotations
@@ -15,23 +17,29 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..autodiff.build import ancestors, node_inputs
 from ..engine import Engine
 from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.model import Model
 from ..graph.sources import Source
+from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
 from ._tokens import padding_mask
 from .integrated_gradients import (
     INTERNAL_BATCH_SIZE,
     N_STEPS,
     RULE,
+    _warned_delta,
     integrated_gradients,
     path_work,
 )
 from .options import delta_tolerance, integer
 
 _CUT_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The program's output of the attributions per embedding feature (export.tokens).
+EMBEDDING = "embedding_attribution"
 
 
 def cut_at(model: Model, tensor: str) -> Model:
@@ -72,6 +80,51 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
                          "embedding, and this model has none (use integrated_gradients)")
     # The first token-id input is integrated; others (token types) stay as they are.
     tokens = tokens[:1]
+    if engine.model.batch.symbolic and engine.model.opset >= 12 and \
+            lookup_inputs(engine.model.proto.graph.node, tokens[0].tensor,
+                          [spec.name for spec in engine.model.inputs]) == {tokens[0].input}:
+        return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
+                         internal_batch_size, delta_tolerance)
+    return _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
+                         internal_batch_size, delta_tolerance)
+
+
+def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
+    """The model inputs `tensor` is computed from. The program recomputes an embedding of
+    the token ids alone for the baseline token; one read from other inputs too (an
+    attribute_at past the sum with position or type embeddings) integrates the cut model."""
+    lookup = ancestors(nodes, [tensor])
+    return {name for node in lookup for name in node_inputs(node)} & set(inputs)
+
+
+def _in_graph(engine, feeds, target, source: Source, n_steps, rule, baseline_token,
+              internal_batch_size, tolerance) -> MethodOutput:
+    """The exported program (export.tokens) run in-process: per-token scores as it sums
+    them, the per-feature values at the embedding, and its convergence delta, warned here."""
+    from ..export.methods import BASELINE_SCORE, SCORE  # imports us
+
+    options = {"n_steps": int(n_steps), "rule": rule,
+               "baseline_token": baseline_token_id(baseline_token),
+               "internal_batch_size": int(internal_batch_size) or engine.rows_per_run(feeds)}
+    # The Loop runs every step in one call: the bar moves when the rows are done.
+    with progress_bar(engine.progress, int(n_steps), "integrated gradients", "step") as bar:
+        run = graph_run(engine, "layer_integrated_gradients", feeds, target, [source],
+                        options, read=(EMBEDDING, "convergence_delta", SCORE, BASELINE_SCORE),
+                        specialise=False)
+        bar.update(int(n_steps))
+    clean, base = (run.post[name].astype(np.float64) for name in (SCORE, BASELINE_SCORE))
+    # The program's delta counts padding too (before it is zeroed): its sum is the one checked.
+    total = run.post["convergence_delta"].astype(np.float64) + clean - base
+    delta = _warned_delta({source.tensor: total[:, None]}, clean, base, tolerance, rule)
+    return MethodOutput(run, {source.tensor: run.post[EMBEDDING]},
+                        at_inputs={source.input: run.grads[source.tensor]},
+                        extras={"convergence_delta": delta})
+
+
+def _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
+                  internal_batch_size, tolerance) -> MethodOutput:
+    """Integrated Gradients on the model cut at the embedding, the points folded into the
+    batch axis (integrated_gradients' fixed-batch path)."""
     name = tokens[0].tensor
     embedded = engine.forward(feeds, taps=[name])
     baselines = _baselines(engine, feeds, tokens, embedded, baseline_token)
@@ -80,7 +133,7 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
     result = integrated_gradients(cut, cut_feeds, target, cut.sources, n_steps=n_steps,
                                   rule=rule, baseline=baselines, baseline_value=0.0,
                                   internal_batch_size=internal_batch_size,
-                                  delta_tolerance=delta_tolerance)
+                                  delta_tolerance=tolerance)
     layers = find_attention(engine.model)
     for source in tokens:
         value = result.at_sources[source.tensor]
@@ -92,17 +145,22 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
                         notes=result.notes)
 
 
-def _baselines(engine, feeds, tokens, embedded, baseline_token) -> dict[str, np.ndarray]:
-    zeros = {s.tensor: np.zeros_like(embedded[s.tensor]) for s in tokens}
+def baseline_token_id(baseline_token) -> int:
+    """The baseline token id, -1 for a zero embedding (None, "zeros", a negative id)."""
     if baseline_token is None or (isinstance(baseline_token, str)
                                   and baseline_token.strip().lower() in ("", "none", "zeros")):
-        return zeros
+        return -1
     try:
         token = int(baseline_token)
     except (TypeError, ValueError):
         raise InputError(f"baseline_token must be a token id, got '{baseline_token}'") from None
+    return max(token, -1)
+
+
+def _baselines(engine, feeds, tokens, embedded, baseline_token) -> dict[str, np.ndarray]:
+    token = baseline_token_id(baseline_token)
     if token < 0:  # as the exported method's -1
-        return zeros
+        return {s.tensor: np.zeros_like(embedded[s.tensor]) for s in tokens}
     replaced = dict(feeds)
     for source in tokens:
         replaced[source.input] = np.full_like(feeds[source.input], token)

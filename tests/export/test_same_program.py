@@ -416,3 +416,52 @@ def test_large_models_leave_their_weights_outside_the_loop(zoo, monkeypatch):
     np.testing.assert_allclose(outside[key], inside[key], rtol=1e-4,
                                atol=1e-6 * np.abs(inside[key]).max())
     np.testing.assert_array_equal(_run(exported, feeds)["attribution/" + key], outside[key])
+
+
+LAYER_IG_MODELS = ["bert_small", "sentiment_bert", "lstm_tokens_tiny"]
+
+
+@pytest.mark.parametrize("name", LAYER_IG_MODELS)
+def test_layer_integrated_gradients_is_the_exported_program(zoo, name):
+    """Layer IG over the token embeddings (from zeros and from a baseline token) is the
+    program export.tokens emits: per-token scores, classes and the convergence delta equal
+    bit for bit, the per-feature values sum to the scores, padding scores 0, and a batch
+    explains as its rows one by one."""
+    explainer = Explainer(str(zoo.model_path(name)), "cpu", progress=False)
+    feeds = _rows(zoo, name)
+    (ids,) = [s.input for s in explainer.sources if s.per_token][:1]
+    for token in (-1, 3):
+        options = {**IG, "baseline_token": token}
+        got = _run(export_explainer(explainer.model, "layer_integrated_gradients", **options),
+                   feeds)
+        expected = explainer.explain(feeds, method="layer_integrated_gradients",
+                                     delta_tolerance=1e9, **options)
+        np.testing.assert_array_equal(got["attribution/" + ids], expected[ids])
+        np.testing.assert_array_equal(got["target_used"], expected.target)
+        np.testing.assert_array_equal(got["convergence_delta"].astype(np.float64),
+                                      expected.extras["convergence_delta"])
+        features = expected.tensors[expected.sources[ids]]
+        np.testing.assert_allclose(features.reshape(*features.shape[:2], -1).sum(axis=2),
+                                   expected[ids], rtol=1e-5,
+                                   atol=1e-6 * float(np.abs(expected[ids]).max()))
+        if "attention_mask" in feeds:
+            assert not expected[ids][feeds["attention_mask"] == 0].any()
+    for row in range(len(expected.target)):
+        single = explainer.explain({k: v[row:row + 1] for k, v in feeds.items()},
+                                   method="layer_integrated_gradients", delta_tolerance=1e9,
+                                   target=int(expected.target[row]), **options)
+        np.testing.assert_allclose(single[ids][0], expected[ids][row], rtol=1e-5,
+                                   atol=1e-6 * float(np.abs(expected[ids]).max()))
+
+
+def test_layer_ig_past_the_embedding_sum_integrates_the_cut_model(zoo):
+    """An attribute_at tensor computed from more than the ids (BERT's embeddings after the
+    token-type sum and LayerNorm) cannot be recomputed for the baseline token inside the
+    program: in process the cut model is integrated, as before the program existed."""
+    path = str(zoo.model_path("bert_small"))
+    at = {"input_ids": "/model/bert/embeddings/LayerNorm/LayerNormalization_output_0"}
+    explainer = Explainer(path, "cpu", progress=False, attribute_at=at)
+    feeds = _rows(zoo, "bert_small", 2)
+    with pytest.warns(Warning):  # this cut misses most of the score change (noted)
+        result = explainer.explain(feeds, method="layer_integrated_gradients", n_steps=16)
+    assert np.abs(result["input_ids"]).max() > 0
