@@ -52,7 +52,9 @@ def square_model() -> onnx.ModelProto:
                   {"w": np.array([[1, 0]] * 4, np.float32)})
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
+# Every method that runs the program `export` saves (methods._graph) included.
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift", "saliency",
+                                    "input_x_gradient", "guided_backprop", "deconvnet", "lrp"])
 def test_output_independent_of_the_input(method):
     explainer = onnxplain.Explainer(constant_model(), "cpu")
     caught = _caught(lambda: explainer.explain(X, method, target=1))
@@ -114,3 +116,35 @@ def test_tied_classes_are_named():
     assert texts[0] in result.summary()["notes"]
     quiet = _caught(lambda: explainer.explain(X, "saliency", target=1))
     assert not _texts(quiet, AttributionWarning)
+
+
+def constant_conv_model() -> onnx.ModelProto:
+    """Conv -> Relu -> global pool -> 0 * W + b: activations move, the output does not."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "w", "b"], ["y"])],
+        "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "k"),
+         numpy_helper.from_array(np.zeros((3, 2), np.float32), "w"),
+         numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "grad_cam_plus_plus", "guided_grad_cam", "cam"])
+def test_layer_maps_of_an_output_independent_of_the_input(method):
+    """The layer-map programs (export.layer_maps) give 0 everywhere: warned, never NaN."""
+    explainer = onnxplain.Explainer(constant_conv_model(), "cpu")
+    x = np.random.default_rng(4).uniform(0.2, 1.0, (3, 1, 6, 6)).astype(np.float32)
+    result = None
+
+    def run():
+        nonlocal result
+        result = explainer.explain(x, method, target=1)
+    zero = _texts(_caught(run), AttributionWarning)
+    assert not np.any(result["x"]) and np.all(np.isfinite(result["x"]))
+    assert len(zero) == 1 and zero[0].startswith("every attribution is 0 in rows 0, 1, 2")
