@@ -43,9 +43,9 @@ def method_rows() -> list[dict]:
     return rows
 
 
-def readme_table(rows: list[dict] | None = None) -> str:
+def readme_table() -> str:
     """The README's method table (markdown, between the BEGIN and END markers)."""
-    rows = method_rows() if rows is None else rows
+    rows = method_rows()
     lines = [BEGIN, "", "| method | family | what it computes | options: default, accepted "
              "values, meaning |", "|---|---|---|---|"]
     for row in rows:

@@ -91,7 +91,7 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
                          score=None if no_scores else metrics_scorer(seed), progress=say,
                          output_seed=seed, place=place)
     with writing_into(Path(out)) as stage:  # checked against the inputs by check_folder
-        written = write_report(built, stage.path, protected=[model, *files])
+        written = write_report(built, stage.path)
     if as_json:  # the file just written, so stdout and report.json cannot differ
         click.echo(json.dumps(json.loads(Path(out, "report.json").read_text()), indent=2))
     elif not quiet:

@@ -61,7 +61,8 @@ STATIC_ONLY_FUSIONS = ("SkipLayerNormFusion",)
 # backward rule reads them (partial LRP on GPT-2: "Node input ... is not a graph input").
 # QDQPropagationTransformer: ONNX Runtime 1.31 aborts the process on a Loop body holding a
 # quantized model's Q/DQ pairs (Integrated Gradients' path Loop).
-PROGRAM_FUSIONS_OFF = ("FastGeluFusion", "QDQPropagationTransformer")
+QDQ_PROPAGATION = "QDQPropagationTransformer"
+PROGRAM_FUSIONS_OFF = ("FastGeluFusion", QDQ_PROPAGATION)
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
 Built = tuple[GradientProgram, Session]

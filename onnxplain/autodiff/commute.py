@@ -11,12 +11,23 @@ for plain gradients only.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 import onnx
 
 from ..graph.shapes import TensorInfo
 from .build import node_inputs
+from .registry import GRADIENT, RuleSet
+
+
+def pool_after_relu_for(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
+                        keep: set[str], rules: RuleSet, passes: Sequence) -> None:
+    """pool_after_relu when the main pass and every further pass (autodiff.program.Pass)
+    are plain gradients, keeping also what the passes read."""
+    if rules is not GRADIENT or any(p.rules is not GRADIENT for p in passes):
+        return
+    keep = keep | {name for p in passes for name in (*p.wrt, *p.active_from)}
+    pool_after_relu(graph, infos, keep)
 
 
 def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
@@ -28,6 +39,7 @@ def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
         for name in node_inputs(node):
             readers.setdefault(name, []).append(index)
     outputs = {o.name for o in graph.output}
+    declared = {info.name: info for info in graph.value_info}
     for node in graph.node:
         if node.op_type != "Relu" or node.domain not in ("", "ai.onnx"):
             continue
@@ -43,7 +55,7 @@ def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
         pool.input[0] = node.input[0]
         pool.output[0] = between  # now the pool of the Relu's input
         infos[between] = infos.get(pooled, TensorInfo(None, None))
-        _declare_as(graph, between, pooled)
+        _declare_as(graph, declared, between, pooled)
         node.input[0] = between
         node.output[0] = pooled
         # The pool takes the Relu's place in the order and the Relu the pool's: the pool's
@@ -54,13 +66,13 @@ def pool_after_relu(graph: onnx.GraphProto, infos: dict[str, TensorInfo],
         pool.CopyFrom(relu)
 
 
-def _declare_as(graph: onnx.GraphProto, name: str, like: str) -> None:
+def _declare_as(graph: onnx.GraphProto, declared: dict[str, onnx.ValueInfoProto], name: str,
+                like: str) -> None:
     """`name` now holds values shaped like `like`: its declared type (shape inference checks
     declarations, and float16 converters declare every tensor) becomes `like`'s, or none."""
-    declared = {info.name: info for info in graph.value_info}
     if name not in declared:
         return
     if like in declared:
         declared[name].type.CopyFrom(declared[like].type)
     else:
-        graph.value_info.remove(declared[name])
+        graph.value_info.remove(declared.pop(name))

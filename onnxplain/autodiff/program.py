@@ -23,7 +23,7 @@ from ..graph.weights import Weights, light_copy
 from ..objective import CLASS, DENSE, VALUE, Place, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
 from .build import add_gradients, node_inputs
-from .commute import pool_after_relu
+from .commute import pool_after_relu_for
 from .ops.recurrent import finish_gate_forwards
 from .registry import GRADIENT, RuleSet
 
@@ -106,11 +106,9 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     may replace the output and seed the backward passes start from."""
     proto = light_copy(model.proto)
     infos = dict(model.infos)
-    if post is None and pre is None and all(p.rules is GRADIENT for p in passes) \
-            and rules is GRADIENT:
-        named = {output, *wrt, *taps, *active_from}
-        named.update(name for p in passes for name in (*p.wrt, *p.active_from))
-        pool_after_relu(proto.graph, infos, named)
+    if post is None and pre is None:
+        pool_after_relu_for(proto.graph, infos, {output, *wrt, *taps, *active_from}, rules,
+                            passes)
     b = GraphBuilder(proto, infos, weights=model.weights)
     program = GradientProgram(proto, output, {}, weights=model.weights)
     if seeded:

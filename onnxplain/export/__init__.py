@@ -20,7 +20,7 @@ from onnx import helper
 from ..autodiff.build import used_initializers
 from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.program import drop_unread
-from ..engine import pick_output
+from ..engine import QDQ_PROPAGATION, pick_output
 from ..errors import ExportWarning, InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
@@ -135,7 +135,6 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     return eg
 
 
-QDQ_PROPAGATION = "QDQPropagationTransformer"
 # One protobuf message holds at most 2 GiB; the explainer embeds the model's weights.
 PROTOBUF_LIMIT = (1 << 31) - 1
 

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff.build import add_gradients, rename_reads
-from ..autodiff.commute import pool_after_relu
+from ..autodiff.commute import pool_after_relu_for
 from ..autodiff.program import Pass, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
@@ -226,11 +226,9 @@ class ExplainerGraph:
                         ) -> dict[str, dict[str, str]]:
         """The gradients, and those of further `passes` (other rule sets, the same seed), by
         pass label ('' for the main one)."""
-        if rules is GRADIENT and all(p.rules is GRADIENT for p in passes):
-            # As in-process programs always did: Relu after MaxPool, same outputs, less work.
-            named = {self.batched(self.output), *wrt}
-            named.update(name for p in passes for name in (*p.wrt, *p.active_from))
-            pool_after_relu(self.proto.graph, self.b.infos, named)
+        # As gradient programs do: Relu after MaxPool, same outputs, less work.
+        pool_after_relu_for(self.proto.graph, self.b.infos, {self.batched(self.output), *wrt},
+                            rules, passes)
         seed = self._seed()
         if times_output:
             seed = self.b.op("Mul", seed, self._batched[self.output])

@@ -116,13 +116,11 @@ def integrated_gradients(eg, options):
     [x; x'] (the original outputs and the convergence delta). As in-process, a one-input
     model walks the path at the output of its input's affine stem L and maps the summed
     gradient back through L's adjoint once. The baselines are inputs (baseline_input), the
-    explained scores at x and x' outputs (declare_scores: the convergence warning)."""
+    explained scores at x and x' outputs (declare_completeness: the convergence warning)."""
     b = eg.b
     inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
     per_run = int(options["internal_batch_size"])
-    if per_run < 1:
-        raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
     nodes = eg.take_model_nodes()
     baselines = {name: baseline_input(eg, name, options) for name in inputs}
     for name, baseline in baselines.items():
@@ -154,8 +152,7 @@ def integrated_gradients(eg, options):
     else:
         values = {x: _through_stem(eg, stem, sums[stem.frontier], baselines[x])}
     declare_per_input(eg, values, "integrated gradients")
-    declare_scores(eg)
-    declare_delta(eg, values, target_change(eg, 0, 1))
+    declare_completeness(eg, values)
 
 
 def path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
@@ -200,16 +197,6 @@ def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
     return b.op("Mul", b.op("Sub", stem.input, baseline), eg.block(adjoint, 0))
 
 
-def target_change(eg: ExplainerGraph, clean: int, other: int) -> str:
-    """S_c(block clean) - S_c(block other) per row [N], each score read as a dot product with
-    the one-hot of c (GatherElements needs opset 11), or with the output seed."""
-    b, scores = eg.b, eg.batched(eg.output)
-    hot = eg.row_weights(b, eg.output)
-    change = b.op("Sub", eg.block(scores, clean), eg.block(scores, other))
-    return b.reduce("ReduceSum", b.op("Mul", change, hot),
-                    list(range(1, b.info(eg.output).rank or 2)), False)
-
-
 def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> None:
     """sum of the attributions - change of the score, per row: completeness's gap."""
     b = eg.b
@@ -228,13 +215,16 @@ SCORE, BASELINE_SCORE = "score", "baseline_score"
 FED_BASELINE = "fed"
 
 
-def declare_scores(eg: ExplainerGraph) -> None:
-    """The explained score per row at the input (block 0) and at the baseline (block 1)."""
+def declare_completeness(eg: ExplainerGraph, values: dict[str, str]) -> None:
+    """The explained score per row at the input (block 0) and at the baseline (block 1),
+    and completeness's gap between the attributions' sum and their difference."""
     b, scores = eg.b, eg.batched(eg.output)
+    ends = []
     for name, index, where in ((SCORE, 0, "input"), (BASELINE_SCORE, 1, "baseline")):
-        score = explained_score(eg, eg.block(scores, index))
-        eg.declare(score, name, f"float [N]: the explained score at the {where}",
+        ends.append(explained_score(eg, eg.block(scores, index)))
+        eg.declare(ends[-1], name, f"float [N]: the explained score at the {where}",
                    TensorInfo(b.dtype(eg.output), ("N",)))
+    declare_delta(eg, values, b.op("Sub", *ends))
 
 
 def baseline_input(eg: ExplainerGraph, name: str, options: dict) -> str:
@@ -281,7 +271,7 @@ def deeplift(eg, options):
     """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
     [x; x'] and the rules read the reference half (onnxplain.rules.deeplift). x' is the
     input `baseline/<input>` (baseline_input), so in-process runs feed any reference to the
-    same program; extra outputs: the gap and the scores at x and x' (declare_scores)."""
+    same program; extra outputs: the gap and the scores at x and x' (declare_completeness)."""
     b, inputs = eg.b, float_inputs(eg)
     rules, starts = deeplift_rules(float(options["eps"])), {}
     # Ops without a rule are named before the copies' computed Slices (opset 10) are emitted.
@@ -299,8 +289,7 @@ def deeplift(eg, options):
     values = {name: b.op("Mul", b.op("Sub", name, starts[name]),
                          eg.block(grads[eg.feeds[name]], 0)) for name in inputs}
     declare_per_input(eg, values, "DeepLIFT contributions (Rescale rule)")
-    declare_delta(eg, values, target_change(eg, 0, 1))
-    declare_scores(eg)
+    declare_completeness(eg, values)
 
 
 def explained_score(eg: ExplainerGraph, scores: str) -> str:

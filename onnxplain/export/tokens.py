@@ -23,11 +23,9 @@ from .graph import ExplainerGraph
 from .loop import gradient_loop
 from .methods import (
     ATTRIBUTION,
-    declare_delta,
-    declare_scores,
+    declare_completeness,
     path_walk,
     register_export,
-    target_change,
 )
 
 
@@ -49,8 +47,6 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
     per_run = int(options["internal_batch_size"])
     token = baseline_token_id(options["baseline_token"])
-    if per_run < 1:
-        raise InputError(f"internal_batch_size must be at least 1, got {per_run}")
     nodes = eg.take_model_nodes()
     _look_up_both(eg, nodes, ids, tensor, token)
     end = eg.block(tensor, 0)
@@ -66,8 +62,7 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     (summed,) = gradient_loop(eg, walk, per_run)
     per_feature = b.op("Mul", difference, summed)
     features = list(range(b.rank(ids), b.rank(tensor)))
-    declare_delta(eg, {tensor: per_feature}, target_change(eg, 0, 1))
-    declare_scores(eg)
+    declare_completeness(eg, {tensor: per_feature})
     mask = _padding(eg, ids, tensor)
     if mask is not None:
         per_feature = b.op("Mul", per_feature, b.unsqueeze(mask, features))

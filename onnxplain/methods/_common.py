@@ -29,12 +29,6 @@ def fixed_objective(engine: Engine, feeds: Mapping[str, np.ndarray], target
     return Objective.resolve(target, outputs[engine.output]), outputs
 
 
-def fixed_target(engine: Engine, feeds: Mapping[str, np.ndarray], target):
-    """fixed_objective's objective as Engine.gradients takes it, and the clean outputs."""
-    objective, outputs = fixed_objective(engine, feeds, target)
-    return objective.feed(), outputs
-
-
 def explicit_target(engine: Engine, outputs: Mapping[str, np.ndarray], target):
     """The target as class indices (None: the predicted class) given the forward outputs."""
     return Objective.resolve(target, outputs[engine.output]).feed()

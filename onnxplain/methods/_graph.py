@@ -15,6 +15,16 @@ from ..inputs import batch_size, check_target_range, prepare_target
 from ..objective import EVERYWHERE
 
 
+def loop_rows(engine: Engine, feeds: Mapping[str, np.ndarray], internal_batch_size: int) -> int:
+    """Rows per iteration of a method's Loop: the caller's, else what the memory budget
+    allows rounded down to a power of two. The value is baked into the program, so inputs of
+    other sizes (sequence lengths) mostly find the program already built instead of one more
+    program and session each."""
+    if int(internal_batch_size):
+        return int(internal_batch_size)
+    return 1 << (max(1, engine.rows_per_run(feeds)).bit_length() - 1)
+
+
 def options_key(options: Mapping) -> tuple:
     """Resolved options as a cache key: arrays (baselines) by dtype, shape and a digest of
     their bytes, dicts of them by name, so equal options find the program already built."""

@@ -23,13 +23,14 @@ def activation_maps(engine, feeds, target, sources, *, layer: str | None = None,
     'TENSOR:positive' and 'TENSOR:negative'). For image models the channel sum of the
     pre-activation, positive and negative regions alike, is resized to the input. One
     forward program, export.layer_maps.activation_maps's (the one `export` saves)."""
-    pre, post = pre_and_post(engine.model, resolve_layer(engine.model, layer))
+    resolved = resolve_layer(engine.model, layer)
+    pre, post = pre_and_post(engine.model, resolved)
     roles = {PRE: pre, **({POST: post} if post else {})}
     read = [role + part for role in roles for part in PARTS]
     run = graph_run(engine, "activation_maps", feeds, None, image_sources(engine.model),
                     {"layer": layer, "upsample": upsample}, read=read)
     tensors = {roles[role] + part: run.post[role + part] for role in roles for part in PARTS}
-    extras = {"layer": resolve_layer(engine.model, layer), "pre_activation": pre,
+    extras = {"layer": resolved, "pre_activation": pre,
               "post_activation": post}
     objective = Objective.resolve(target, run.outputs[engine.output])
     return MethodOutput(clean_run(run.outputs, objective, engine), at_inputs=dict(run.grads),

@@ -18,7 +18,7 @@ from ._common import (
     fixed_objective,
     input_sources,
 )
-from ._graph import graph_run
+from ._graph import graph_run, loop_rows
 from .baselines import make_baselines
 from .options import (
     BASELINE_VALUE,
@@ -84,7 +84,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     names = [source.tensor for source in moved]
     alphas, weights = path_points(int(n_steps), rule)
     baselines = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
-    per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
+    per_run = loop_rows(engine, feeds, internal_batch_size)
     # A fixed batch axis cannot hold a Loop's points; below opset 12 (no int64 Min/Max) it
     # would run one point per iteration.
     if not engine.model.batch.symbolic or engine.model.opset < 12:

@@ -25,7 +25,7 @@ from ..graph.model import Model
 from ..graph.sources import Source
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
-from ._graph import graph_run
+from ._graph import graph_run, loop_rows
 from ._tokens import padding_mask
 from .integrated_gradients import (
     INTERNAL_BATCH_SIZE,
@@ -81,12 +81,20 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
     # The first token-id input is integrated; others (token types) stay as they are.
     tokens = tokens[:1]
     if engine.model.batch.symbolic and engine.model.opset >= 12 and \
-            lookup_inputs(engine.model.proto.graph.node, tokens[0].tensor,
-                          [spec.name for spec in engine.model.inputs]) == {tokens[0].input}:
+            _reads_ids_alone(engine.model, tokens[0]):
         return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
                          internal_batch_size, delta_tolerance)
     return _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
                          internal_batch_size, delta_tolerance)
+
+
+def _reads_ids_alone(model: Model, source: Source) -> bool:
+    """Whether `source`'s embedding is computed from its ids alone (walked once per model)."""
+    key = f"embedding reads its ids alone: {source.tensor}"
+    if key not in model.derived:
+        model.derived[key] = lookup_inputs(model.proto.graph.node, source.tensor,
+                                           [spec.name for spec in model.inputs]) == {source.input}
+    return model.derived[key]
 
 
 def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
@@ -105,7 +113,7 @@ def _in_graph(engine, feeds, target, source: Source, n_steps, rule, baseline_tok
 
     options = {"n_steps": int(n_steps), "rule": rule,
                "baseline_token": baseline_token_id(baseline_token),
-               "internal_batch_size": int(internal_batch_size) or engine.rows_per_run(feeds)}
+               "internal_batch_size": loop_rows(engine, feeds, internal_batch_size)}
     # The Loop runs every step in one call: the bar moves when the rows are done.
     with progress_bar(engine.progress, int(n_steps), "integrated gradients", "step") as bar:
         run = graph_run(engine, "layer_integrated_gradients", feeds, target, [source],

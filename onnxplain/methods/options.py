@@ -311,11 +311,6 @@ def perturbation_baseline(help: str = "value perturbed elements take: a number o
     return Option("baseline", 0.0, help, ("float", "array"))
 
 
-def options_table(options: Sequence[Option]) -> dict[str, object]:
-    """{name: default}: what MethodSpec.defaults and the metadata show."""
-    return {option.name: option.default for option in options}
-
-
 def path_baseline(help: str = "the reference input (constant: baseline_value; an array "
                               "broadcasts to the input)") -> Option:
     from .baselines import NAMED
