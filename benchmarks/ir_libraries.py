@@ -86,7 +86,7 @@ def onnx_run(source: str, target: str, tap: str | None, external: bool,
     """Plain protobuf with onnxplain's walkers (the `onnx` and `onnxplain` rows)."""
     import onnx
 
-    from onnxplain.autodiff.build import ancestors, rename_reads, used_initializers
+    from onnxplain.graph.walk import ancestors, rename_reads, used_initializers
 
     start = time.perf_counter()
     weights = None
@@ -492,7 +492,7 @@ def _roundtrip(library: str, source: str, target: str, prune: bool) -> None:
             graph.cleanup()
         onnx.save(gs.export_onnx(graph), target)
     else:
-        from onnxplain.autodiff.build import ancestors, used_initializers
+        from onnxplain.graph.walk import ancestors, used_initializers
 
         proto = onnx.load(source)
         if prune:

@@ -9,7 +9,9 @@ import click
 
 from .errors import friendly
 from .options import (
+    batch_size_option,
     inputs_option,
+    memory_budget_option,
     method_options,
     output_seed_option,
     parse_targets,
@@ -55,8 +57,8 @@ DEFAULT_METRICS = "deletion,insertion,morf,lerf,completeness,randomization"
               help="seed of the random attributions and the randomised weights")
 @click.option("--output", "output_name", default=None, help="model output to explain")
 @provider_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="rows per run (default: by the memory budget)")
+@batch_size_option
+@memory_budget_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable scores on stdout")
 @quiet_option
 @image_options
@@ -65,8 +67,8 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
              output_seed: str | None, place: dict, options: tuple[str, ...], metric_names: str,
              steps: int, baseline_value: float, features: str, cell: int, probability: bool,
              layers: int | None, draws: int, seed: int, output_name: str | None,
-             provider: str, batch_size: int | None, as_json: bool, quiet: bool,
-             image_settings) -> None:
+             provider: str, batch_size: int | None, memory_budget_mb: float, as_json: bool,
+             quiet: bool, image_settings) -> None:
     """Score MODEL's explanation of the inputs: deletion and insertion AUC, MoRF and LeRF
     AOPC, completeness error, parameter-randomisation correlation."""
     from onnxplain import Explainer
@@ -77,7 +79,7 @@ def evaluate(model: str, inputs: tuple[str, ...], method: str, target: str | Non
 
     names = resolve_metrics([part for part in metric_names.split(",") if part.strip()])
     explainer = Explainer(model, providers=provider, output=output_name,
-                          progress=not (quiet or as_json))
+                          memory_budget_mb=memory_budget_mb, progress=not (quiet or as_json))
     say = say_notes(quiet or as_json)
     arrays, _ = read_inputs(explainer.model, inputs, image_settings, say)
     chosen_options = method_options(options)

@@ -14,9 +14,11 @@ from .generate import generate
 from .local_head import local_head
 from .method_table import FAMILIES, method_rows
 from .options import (
+    batch_size_option,
     clip_percentile_option,
     colormap_option,
     inputs_option,
+    memory_budget_option,
     method_options,
     output_seed_option,
     parse_pairs,
@@ -100,7 +102,7 @@ def methods(as_json: bool, quiet: bool) -> None:
 @friendly
 def inspect(model: str, as_json: bool, quiet: bool) -> None:
     """Inputs, outputs, opsets, ops, gaps in backward rules and candidate layers of MODEL."""
-    from onnxplain.graph.inspect import describe_model
+    from onnxplain.describe import describe_model
     from onnxplain.graph.model import Model
 
     from .report import print_description
@@ -132,8 +134,8 @@ def inspect(model: str, as_json: bool, quiet: bool) -> None:
               help="method option, e.g. -O abs=false or -O baseline=@ref.npy for an array "
                    "(repeatable; each method's options: `onnxplain methods`)")
 @provider_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="rows per run (default: the whole batch)")
+@batch_size_option
+@memory_budget_option
 @vocab_option
 @click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
 @quiet_option
@@ -143,8 +145,8 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
             place: dict, output_name: str | None, output_seed: str | None,
             attribute_at: tuple[str, ...], out: str, colormap: str | None,
             clip_percentile: float, options: tuple[str, ...], provider: str,
-            batch_size: int | None, vocab: str | None, as_json: bool, quiet: bool,
-            image_settings) -> None:
+            batch_size: int | None, memory_budget_mb: float, vocab: str | None,
+            as_json: bool, quiet: bool, image_settings) -> None:
     """Explain MODEL on the given inputs; write attributions, heatmaps and a summary."""
     from onnxplain import Explainer
 
@@ -164,7 +166,7 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
         vocabulary = load_vocabulary(vocab)
     explainer = Explainer(model, providers=provider, output=output_name,
                           attribute_at=parse_pairs(attribute_at, "--attribute-at"),
-                          progress=not (quiet or as_json))
+                          memory_budget_mb=memory_budget_mb, progress=not (quiet or as_json))
     loaded = load_inputs(explainer.model, inputs, image_settings, say_notes(quiet or as_json))
     arrays, files = loaded.arrays, list(loaded.files)
     if vocab is not None:

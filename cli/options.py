@@ -10,6 +10,7 @@ from onnxplain._text import is_integer_text
 from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
 from onnxplain.objective import NEXT_TOKEN, output_form
+from onnxplain.runtime.batching import DEFAULT_BUDGET_MB
 from onnxplain.viz.heatmap import CLIP_PERCENTILE, COLORMAPS
 from onnxplain.vocab import Vocabulary
 
@@ -17,6 +18,14 @@ target_option = click.option(
     "-t", "--target", default=None,
     help="class index, or one per row separated by commas (default: predicted); for a "
          "language model with --vocab, a token string such as moo")
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None,
+    help="rows per run (default: as the memory budget allows)")
+memory_budget_option = click.option(
+    "--memory-budget-mb", "memory_budget_mb", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BUDGET_MB, show_default=True,
+    help="memory a run may take, in MB: it sizes the rows per run (unless --batch-size) "
+         "and per Loop iteration (unless -O internal_batch_size=N)")
 provider_option = click.option(
     "--provider", default="auto", show_default=True,
     help="execution provider: auto (CUDA if it works, else CPU), cpu or cuda")

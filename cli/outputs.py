@@ -19,6 +19,7 @@ import numpy as np
 from onnxplain.attribution import Attribution
 from onnxplain.errors import InputError
 from onnxplain.files import safe_name, save_json, save_npy, save_npz, umask
+from onnxplain.images import image_layout
 from onnxplain.objective import NEXT_TOKEN
 from onnxplain.viz.heatmap import (
     CLIP_PERCENTILE,
@@ -26,7 +27,6 @@ from onnxplain.viz.heatmap import (
     colour_range,
     default_colormap,
     heatmap_image,
-    image_layout,
     save_png,
     spatial_map,
     with_colour_bar,

@@ -7,6 +7,7 @@ set, with taps) and for forward runs; they never touch graph internals.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,6 @@ from .inputs import check_target_range, join_rows, pad_rows, prepare_target, row
 from .objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re-exported
     SPATIAL,
     DenseObjective,
-    Objective,
     OutputSeed,
     Place,
     check_rows,
@@ -40,7 +40,7 @@ from .objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re
     is_labels,  # noqa: F401
     output_form,
 )
-from .runtime.batching import rows_per_run
+from .runtime.batching import RunPolicy
 from .runtime.progress import progress_bar
 from .runtime.session import Session
 
@@ -86,6 +86,26 @@ class GradientRun:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A method's target split the one way the programs read it: `classes` (a class per row
+    or None: predicted), `seed` (an OutputSeed's values) or `dense` (a DenseObjective), and
+    `count`, the static class count the classes are checked against."""
+
+    classes: object
+    seed: np.ndarray | None
+    dense: DenseObjective | None
+    count: int | None
+
+
+@dataclass
+class _Shared:
+    """What an engine and its views (Engine.with_policy) share besides the caches."""
+
+    noticed: bool = False  # a fixed batch axis or coupled rows were reported
+    providers: list[str] | None = None  # of the most recent session
+
+
+@dataclass(frozen=True)
 class StemEngines:
     """Engines over the affine stem of an input (its output is `frontier`) and over the rest
     of the model, which reads `frontier` in place of the input (see graph.stem)."""
@@ -96,18 +116,21 @@ class StemEngines:
 
 
 class Engine:
-    """Runs a model's rewritten programs on ONNX Runtime, rows in chunks."""
+    """Runs a model's rewritten programs on ONNX Runtime, rows in chunks of `policy`'s size.
+
+    The policy is fixed for an engine: `with_policy` gives a view with another one (an
+    explain call's batch_size) that shares the programs and sessions, so no call changes
+    what another sees."""
 
     def __init__(self, model: Model, providers: Sequence[str], output: str,
-                 sources: Sequence[Source], optimization: str, memory_budget_mb: float):
-        if memory_budget_mb <= 0:
-            raise InputError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+                 sources: Sequence[Source], optimization: str, policy: RunPolicy):
+        self.policy = policy
+        self._base: Engine | None = None  # set on views (with_policy); no cycle to itself
         self.model = model
         self.providers = list(providers)
         self.output = output
         self.sources = list(sources)
         self.optimization = optimization
-        self.memory_budget_mb = memory_budget_mb
         self._programs: dict[tuple, Built] = {}
         self._specialised: dict[tuple, dict[ShapeKey, Built | None]] = {}
         # One static copy (and its shape inference) per input shape, shared by the programs.
@@ -116,22 +139,33 @@ class Engine:
         self._small: bool | None = None
         self._forward: dict[tuple, Session] = {}
         self._stems: dict[str, StemEngines | None] = {}
-        self._noticed = False
-        self._chunk: int | None = None
+        self._shared = _Shared()
         self._non_tensor_outputs = {o.name for o in model.proto.graph.output
                                     if not o.type.HasField("tensor_type")}
         self.progress = True  # progress bars on runs longer than a second
-        self._last_providers: list[str] | None = None
+
+    def with_policy(self, policy: RunPolicy) -> Engine:
+        """This engine under `policy`: itself if the policy is its own, else a view sharing
+        its programs, sessions and caches (nothing of this engine changes)."""
+        if policy == self.policy:
+            return self
+        view = copy.copy(self)
+        view.policy, view._base = policy, self.base
+        return view
 
     @property
-    def requested_rows(self) -> int | None:
-        """Rows per run the caller set for this explain call (batch_size), if any."""
-        return self._chunk
+    def base(self) -> Engine:
+        """The engine this is a view of (itself if none): caches key on it."""
+        return self._base or self
+
+    @property
+    def memory_budget_mb(self) -> float:
+        return self.policy.memory_budget_mb
 
     @property
     def session_providers(self) -> list[str]:
         """Providers of the most recent session (what really ran), else the requested ones."""
-        return list(self._last_providers or self.providers)
+        return list(self._shared.providers or self.providers)
 
     def gradients(self, feeds: Mapping[str, np.ndarray], target=None,
                   wrt: Sequence[str] | None = None, *, rules: RuleSet = GRADIENT,
@@ -147,13 +181,9 @@ class Engine:
         """
         self.check_scores()
         wrt = tuple(wrt) if wrt is not None else tuple(s.tensor for s in self.sources)
-        seed = target.values if isinstance(target, OutputSeed) else None
-        dense = (target.form, target.place) if isinstance(target, DenseObjective) else None
-        if seed is not None:
-            target = None
-        classes = self.static_classes()
-        if dense is not None:
-            target, classes = target.target, self._dense_classes()
+        split = self.split_target(target)
+        seed, target = split.seed, split.classes
+        dense = None if split.dense is None else (split.dense.form, split.dense.place)
         spec = (wrt, rules, seed is not None, tuple(taps), tuple(passes), post,
                 tuple(active_from), dense, pre)
         rows = batch_size_of(feeds, self.model.batch.of_inputs)
@@ -161,7 +191,7 @@ class Engine:
         program, _ = self.program(*spec, shapes=self._shape_key(first))
         extra: dict[str, np.ndarray] = {}
         if program.target_input:
-            extra[program.target_input] = prepare_target(target, rows, classes)
+            extra[program.target_input] = prepare_target(target, rows, split.count)
         elif target is not None:
             raise InputError(f"output '{self.output}' has no class axis; leave target unset")
         if program.seed_input:
@@ -215,15 +245,19 @@ class Engine:
                 stem.frontier, self._part(stem.prefix, stem.frontier, name),
                 self._part(stem.suffix, self.output, stem.frontier))
         found = self._stems[name]
-        if found is not None:  # this explain call's settings hold for the parts too
-            for part in (found.prefix, found.suffix):
-                part.progress, part._chunk = self.progress, self._chunk
-        return found
+        if found is None:
+            return None
+        # This engine's policy and progress bars hold for the parts too.
+        prefix, suffix = (part.with_policy(self.policy) for part in (found.prefix,
+                                                                      found.suffix))
+        for part in (prefix, suffix):
+            part.progress = self.progress
+        return StemEngines(found.frontier, prefix, suffix)
 
     def _part(self, model: Model, output: str, source: str) -> Engine:
         part = Engine(model, self.providers, output, [Source(source, source)],
-                      self.optimization, self.memory_budget_mb)
-        part._noticed = True  # a fixed batch axis is this engine's to report, once
+                      self.optimization, self.policy)
+        part._shared.noticed = True  # a fixed batch axis is this engine's to report, once
         return part
 
     def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = (),
@@ -251,10 +285,10 @@ class Engine:
             declared_rows(self.model, n) is not True for n in outputs)
         # Where rows must run in chunks, a declared scalar stays the first run's value.
         rowwise = [n for n in outputs if self._output_axes[n] is not None]
+        engine = self.with_policy(self.policy.derive(batch_size=max(rows, 1))) if whole else self
         try:
-            with self.chunking(max(rows, 1)) if whole else contextlib.nullcontext():
-                return self._run_rows(lambda _: session, names, dict(feeds), {}, rows,
-                                      rowwise=rowwise)
+            return engine._run_rows(lambda _: session, names, dict(feeds), {}, rows,
+                                    rowwise=rowwise)
         except _Unjoinable as err:
             raise InputError(f"output '{err.name}' has shape {list(err.shape)} for {err.rows} "
                              f"input rows, so runs of fewer rows cannot be joined: give "
@@ -370,13 +404,20 @@ class Engine:
                             for name, value in chunk.items() if name in self._input_names))
 
     def rows_per_run(self, feeds: Mapping[str, np.ndarray]) -> int:
-        """Rows one gradient run may take: the user's batch size, else the memory budget's."""
-        if self._chunk:
-            return self._chunk
-        return rows_per_run(self.model, feeds, self.memory_budget_mb)
+        """Rows one gradient run may take under the policy (RunPolicy.rows_per_run)."""
+        return self.policy.rows_per_run(self.model, feeds)
 
     def static_classes(self) -> int | None:
         return class_count(self.model, self.output)
+
+    def split_target(self, target) -> Target:
+        """`target` (a class per row or None, an OutputSeed, or a DenseObjective) as the
+        programs read it, with the class count it is checked against."""
+        if isinstance(target, OutputSeed):
+            return Target(None, target.values, None, self.static_classes())
+        if isinstance(target, DenseObjective):
+            return Target(target.target, None, target, self._dense_classes())
+        return Target(target, None, None, self.static_classes())
 
     def _dense_classes(self) -> int | None:
         """The static class count of a dense output (axis 1 of a map, else the last)."""
@@ -386,17 +427,6 @@ class Engine:
         count = dims[1] if output_form(self.model, self.output) == SPATIAL else dims[-1]
         return count if isinstance(count, int) else None
 
-    @contextlib.contextmanager
-    def chunking(self, size: int | None) -> Iterator[None]:
-        """Rows per run for the duration of one explain call (None: by the memory budget)."""
-        if size is not None and size < 1:
-            raise InputError(f"batch_size must be at least 1, got {size}")
-        previous, self._chunk = self._chunk, size
-        try:
-            yield
-        finally:
-            self._chunk = previous
-
     def _row_chunks(self, rows: int, feeds: Mapping[str, np.ndarray]
                     ) -> Iterator[tuple[slice, int]]:
         """Row slices to run, and the batch size each must be padded to (0: no padding)."""
@@ -404,15 +434,15 @@ class Engine:
         if fixed is not None and rows == 0:  # no row to pad the fixed batch with
             raise InputError(f"the inputs have no rows, and the model's batch axis is fixed "
                              f"to {fixed}: give at least one row")
-        if fixed is not None and rows != fixed and not self._noticed:
-            self._noticed = True
+        if fixed is not None and rows != fixed and not self._shared.noticed:
+            self._shared.noticed = True
             warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
                           f"in chunks of {fixed}", BatchNotice, stacklevel=5)
         step = fixed or min(rows, self.rows_per_run(feeds)) or 1
         coupled = self.model.rows_coupled
         if coupled and rows > 1:
-            if not self._noticed:
-                self._noticed = True
+            if not self._shared.noticed:
+                self._shared.noticed = True
                 warnings.warn(f"{coupled} computes over the whole batch, so rows run one at a "
                               "time (each as if explained alone)", BatchNotice, stacklevel=5)
             step = 1
@@ -450,7 +480,7 @@ class Engine:
             for chunk, taken, pad_to in self._chunks(feeds, extra, rows):
                 session = session_for(chunk)
                 out = session.run(names, chunk)
-                self._last_providers = session.providers
+                self._shared.providers = session.providers
                 for name in names:
                     value = out[name]
                     axis = rows_axis(axes, name, value)
@@ -508,12 +538,6 @@ class _Unjoinable(Exception):
     def __init__(self, name: str, shape: tuple[int, ...], rows: int):
         super().__init__(name)
         self.name, self.shape, self.rows = name, tuple(shape), rows
-
-
-def target_scores(logits: np.ndarray, target) -> np.ndarray:
-    """The explained score of each row for a target already explicit per row (see
-    objective.Objective.score)."""
-    return Objective.given(target, logits).score(logits)
 
 
 def _with_post(model: onnx.ModelProto, infos, post: Post, weights: Weights):

@@ -22,7 +22,6 @@ from .engine import (
     decisions,
     is_labels,
     pick_output,
-    target_scores,
 )
 from .errors import AttributionWarning, InputError
 from .graph.attention import check_not_fused
@@ -39,6 +38,7 @@ from .objective import (
     EVERYWHERE,
     NEXT_TOKEN,
     Dense,
+    Objective,
     Place,
     check_output_seed,
     check_place,
@@ -49,7 +49,7 @@ from .objective import (
     resolve_dense,
     token_inputs,
 )
-from .runtime.batching import DEFAULT_BUDGET_MB
+from .runtime.batching import DEFAULT_BUDGET_MB, RunPolicy
 from .runtime.session import fallback_note, resolve_providers
 
 # Methods that hand the objective to one gradient program and read nothing else of it: their
@@ -71,7 +71,9 @@ class Explainer:
     "none"); below "extended" no fusion can change the last bits of the outputs when tensors
     are tapped, at some cost in speed. Large batches run in chunks whose gradient programs
     fit `memory_budget_mb` (estimated from the activations); `batch_size` in explain()
-    overrides it. `progress=False` silences the progress bars of long perturbation runs.
+    overrides it for that call, and a method's `internal_batch_size` sets the rows of one
+    iteration of its Loop (both held in one RunPolicy, `policy`). `progress=False` silences
+    the progress bars of long perturbation runs.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Model,
@@ -82,7 +84,7 @@ class Explainer:
         self.output = pick_output(self.model, output)
         self.sources, self.unattributed = find_sources(self.model, attribute_at)
         self.engine = Engine(self.model, resolve_providers(providers), self.output,
-                             self.sources, optimization, memory_budget_mb)
+                             self.sources, optimization, RunPolicy(memory_budget_mb))
         self.engine.progress = progress
         self.provider_note = fallback_note(providers)
 
@@ -91,8 +93,13 @@ class Explainer:
         return self.engine.providers
 
     @property
+    def policy(self) -> RunPolicy:
+        """Rows per run and per Loop iteration when a call sets none (RunPolicy)."""
+        return self.engine.policy
+
+    @property
     def memory_budget_mb(self) -> float:
-        return self.engine.memory_budget_mb
+        return self.policy.memory_budget_mb
 
     def explain(self, inputs: Inputs, method: str = "saliency", target=None, *,
                 output_seed: np.ndarray | None = None, batch_size: int | None = None,
@@ -110,9 +117,11 @@ class Explainer:
 
         `output_seed` replaces the class target by any weighting of the output: an array
         shaped like the output, the objective being sum(output_seed * output) per row.
-        Method options (see `onnxplain.METHODS`) are keyword arguments.
+        Method options (see `onnxplain.METHODS`) are keyword arguments. `batch_size`: rows
+        per run for this call (default: as the memory budget allows).
         """
         spec = get_method(method)
+        engine = self.engine.with_policy(self.policy.derive(batch_size=batch_size))
         check_rows_layout(self.model, spec.name)
         resolved = spec.resolve_options(options)
         feeds = prepare_inputs(self.model, inputs)
@@ -125,8 +134,7 @@ class Explainer:
             raise InputError("no input of this model can be attributed: "
                              + "; ".join(f"{k}: {v}" for k, v in self.unattributed.items()))
         start = time.perf_counter()
-        with self.engine.chunking(batch_size):
-            output = spec.run(self.engine, feeds, target, self.sources, **resolved)
+        output = spec.run(engine, feeds, target, self.sources, **resolved)
         elapsed = time.perf_counter() - start
         if isinstance(objective, DenseObjective):  # seeded in the graph: report it now
             objective = resolve_dense(self.model, objective.form, self.output, feeds,
@@ -237,12 +245,12 @@ class Explainer:
             target_score = scores[np.arange(len(target)), target] if target.size else None
         elif is_labels(logits):
             predicted = decisions(logits)
-            target_score = target_scores(logits, target) if target.size else None
+            target_score = Objective.given(target, logits).score(logits) if target.size else None
         elif logits.ndim == 1:
             target_score = logits
         explained = run.objective
         if isinstance(objective, OutputSeed):
-            target_score = target_scores(logits, objective)
+            target_score = Objective.given(objective, logits).score(logits)
         if objective is None and not method.uses_objective and self._form in DENSE:
             explained = "none"  # e.g. rollout of a token tagger: no score is read
         if isinstance(objective, Dense):
@@ -273,7 +281,7 @@ class Explainer:
 def _dense_scores(objective: Dense, logits: np.ndarray) -> tuple:
     """(target, predicted, predicted score, explained score) per row of a dense objective;
     the prediction only where one place is explained."""
-    explained = target_scores(logits, OutputSeed(objective.seed))
+    explained = Objective.given(OutputSeed(objective.seed), logits).score(logits)
     target = np.zeros(0, np.int64) if objective.classes is None else objective.classes
     if objective.at is None:
         return target, None, None, explained

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .viz.heatmap import image_layout
+from .images import image_layout
 
 KINDS = ("auto", "grid", "superpixels", "tokens", "columns", "mask")
 

@@ -78,6 +78,17 @@ class ImagePreprocessing:
         return cls(**known)
 
 
+def image_layout(shape: tuple[int, ...]) -> str | None:
+    """'NCHW' or 'NHWC' when a tensor shape looks like a batch of images, else None."""
+    if len(shape) != 4:
+        return None
+    if shape[1] in (1, 3, 4) and shape[2] > 1 and shape[3] > 1:
+        return "NCHW"
+    if shape[3] in (1, 3, 4) and shape[1] > 1 and shape[2] > 1:
+        return "NHWC"
+    return None
+
+
 def default_preprocessing(spec: TensorSpec) -> ImagePreprocessing:
     """What the input's declared shape says: the layout (where the 1 or 3 channels are),
     grey or RGB, and a resize and centre crop to a static height and width."""

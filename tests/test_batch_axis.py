@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import Explainer, InputError
 from onnxplain.graph.model import Model
+from onnxplain.runtime.batching import RunPolicy
 
 SEQ, HIDDEN = 6, 8
 
@@ -94,8 +95,8 @@ def test_batch_symbol_places_rows_per_input(case):
 
 def test_forward_joins_outputs_on_their_batch_axis(case):
     model, explainer, feeds = case
-    with explainer.engine.chunking(2):  # 3 rows in two runs: rows are split and joined
-        out = explainer.forward(feeds)
+    # 3 rows in two runs: rows are split and joined
+    out = explainer.engine.with_policy(RunPolicy(batch_size=2)).forward(feeds)
     want = reference(model, *(feeds[k].astype(np.float64) for k in ("x", "state")), 16000)
     np.testing.assert_allclose(out["prob"][:, 0], want, rtol=1e-5)
     assert out["stateN"].shape == (2, 3, HIDDEN)

@@ -459,26 +459,33 @@ def test_patch_grid_over_a_size_no_image_has_is_none(shape, tokens):
     assert patch_grid((1, 8, 8, 3), "NHWC", 5) == (1, (2, 2))  # the search itself still works
 
 
-@pytest.mark.parametrize(("value", "default", "message"), [
-    ((), 1e-6, "expects a float, got a value of type tuple"),
-    (np.zeros(10**6), 50, "expects an int, got a value of type ndarray"),
-    (3.5, 50, "expects an int, got 3.5"),
-    (True, 50, "expects an int, got True"),
-    (2, True, "expects a bool, got 2"),
-])
-def test_api_option_of_the_wrong_kind_is_one_line(value, default, message):
-    from onnxplain.methods import coerce_option
+# Real declarations: a float > 0, an int >= 1 and a bool.
+EPSILON, N_STEPS, ABS = ("lrp", "epsilon"), ("integrated_gradients", "n_steps"), ("saliency", "abs")
 
+
+def _check(declared: tuple[str, str], value):
+    from onnxplain.methods import get_method
+
+    method, key = declared
+    return get_method(method).option(key).check(method, value)
+
+
+@pytest.mark.parametrize(("value", "declared", "message"), [
+    ((), EPSILON, "expects a float > 0, got a value of type tuple"),
+    (np.zeros(10**6), N_STEPS, "expects an int >= 1, got a value of type ndarray"),
+    (3.5, N_STEPS, "expects an int >= 1, got 3.5"),
+    (True, N_STEPS, "expects an int >= 1, got True"),
+    (2, ABS, "expects a bool, got 2"),
+])
+def test_api_option_of_the_wrong_kind_is_one_line(value, declared, message):
     with pytest.raises(InputError, match=message) as error:
-        coerce_option("m", "k", value, default)
+        _check(declared, value)
     assert "\n" not in str(error.value) and len(str(error.value)) < 200
 
 
-@pytest.mark.parametrize(("value", "default", "want"), [
-    (32.0, 50, 32), (np.int64(5), 50, 5), (1, 1.0, 1.0), (np.float32(0.5), 0.1, 0.5),
-    (1, True, True), ("7", 50, 7)])
-def test_api_option_numbers_keep_working(value, default, want):
-    from onnxplain.methods import coerce_option
-
-    got = coerce_option("m", "k", value, default)
+@pytest.mark.parametrize(("value", "declared", "want"), [
+    (32.0, N_STEPS, 32), (np.int64(5), N_STEPS, 5), (1, EPSILON, 1.0),
+    (np.float32(0.5), EPSILON, 0.5), (1, ABS, True), ("7", N_STEPS, 7)])
+def test_api_option_numbers_keep_working(value, declared, want):
+    got = _check(declared, value)
     assert got == want and type(got) is type(want)

@@ -162,3 +162,21 @@ def test_data_outside_the_folder_or_missing_is_refused(location, digits, tmp_pat
     with pytest.raises(ModelError, match="external") as raised:
         Model.load(str(path))
     assert "\n" not in str(raised.value)
+
+
+def test_the_data_file_is_opened_once_for_all_its_stubs(digits, tmp_path, small_stubs,
+                                                         monkeypatch):
+    """Three stubs in one data file: onnx's checked open runs once for them, not per stub."""
+    from onnx import external_data_helper
+
+    path, _ = _external_copy(digits[0], tmp_path)
+    opener, opened = external_data_helper._open_external_data_fd, []  # noqa: SLF001
+
+    def counting(folder, location, tensor, read_only):
+        opened.append(tensor)
+        return opener(folder, location, tensor, read_only)
+
+    monkeypatch.setattr(external_data_helper, "_open_external_data_fd", counting)
+    model = Model.load(str(path))
+    assert {init.name for init in model.proto.graph.initializer if file_span(init)} == STUBS
+    assert len([name for name in opened if name in STUBS]) == 1, opened

@@ -17,6 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.errors import InputError, OnnxplainError, UnsupportedOpError
+from onnxplain.inputs import prepare_inputs
+from onnxplain.runtime.batching import RunPolicy
 from tests.cli_helpers import run
 
 ROWS = "its rows are not the input's rows"
@@ -128,8 +130,8 @@ def test_forward_returns_the_models_output_in_one_run(case):
     chunks of an output whose rows are not the input's would be wrong."""
     build, inputs, expected = NOT_PER_ROW[case]
     engine = explainer(build())
-    with engine.engine.chunking(1):
-        found = engine.forward(inputs)["y"]
+    feeds = prepare_inputs(engine.model, inputs)
+    found = engine.engine.with_policy(RunPolicy(batch_size=1)).forward(feeds)["y"]
     want = expected(inputs)
     assert found.shape == np.shape(want)
     np.testing.assert_allclose(found, want, rtol=1e-6)

@@ -19,9 +19,9 @@ import onnxruntime as ort
 import pytest
 
 import onnxplain
+from onnxplain.describe import describe_model
 from onnxplain.errors import AttributionWarning
 from onnxplain.export import export_explainer
-from onnxplain.graph.inspect import describe_model
 from onnxplain.graph.model import Model
 from onnxplain.methods.integrated_gradients import path_points
 

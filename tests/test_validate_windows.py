@@ -137,3 +137,37 @@ def test_text_that_is_not_utf8_is_refused_at_load(field):
     broken = model.SerializeToString().replace(marker.encode(), b"\xff\xfeQQ")
     with pytest.raises(ModelError, match="is not UTF-8 text"):
         Model.load(broken)
+
+
+def _fused_conv(kernel: int, x_size: int = 5) -> bytes:
+    """ONNX Runtime's FusedConv (a Conv and its activation) over x [N, 1, x_size, x_size]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, x_size, x_size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "h", "w"])
+    weight = numpy_helper.from_array(np.ones((2, 1, kernel, kernel), np.float32), "W")
+    node = helper.make_node("FusedConv", ["x", "W"], ["y"], name="n", domain="com.microsoft",
+                            kernel_shape=[kernel, kernel], activation="Relu")
+    model = helper.make_model(helper.make_graph([node], "fused", [x], [y], [weight]),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("data", [_fused_conv(7), windowed("MaxPool", ("N", 3, 5, 5),
+                                                           kernel_shape=[7, 7])],
+                         ids=["fused_conv", "maxpool"])
+def test_a_window_wider_than_its_input_is_refused_at_load(data):
+    """One check for every windowed op, ONNX Runtime's FusedConv included; the runtime
+    fails on these too (the oracle)."""
+    import onnxruntime as ort
+
+    with pytest.raises(ModelError, match="'n' .*has kernel_shape=\\[7, 7\\], wider than its "
+                                         "input 'x'"):
+        Model.load(data)
+    with pytest.raises(Exception):  # noqa: B017,PT011 - any failure of the runtime
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session.run(None, {"x": np.ones((1, *_dims(data)[1:]), np.float32)})
+
+
+def test_a_fused_conv_that_fits_loads():
+    Model.load(_fused_conv(3))

@@ -22,58 +22,9 @@ from ..graph.op_kinds import (
     UNARY_MATH,
 )
 from ..graph.shapes import TensorInfo, ai_onnx_opset
+from ..graph.walk import ancestors, captures, node_inputs
 from .ops.quantize import INTEGER_PASSTHROUGH, carried_by, carried_outputs, float_view
 from .registry import GRADIENT, NodeContext, RuleSet, has_no_gradient
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Explicit inputs plus outer-scope names read inside subgraphs (If, Loop, Scan bodies)."""
-    names = [name for name in node.input if name]
-    for attribute in node.attribute:
-        graphs = list(attribute.graphs)
-        if attribute.HasField("g"):
-            graphs.append(attribute.g)
-        for graph in graphs:
-            inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-            inner |= {init.name for init in graph.initializer}
-            for sub in graph.node:
-                names.extend(name for name in node_inputs(sub) if name not in inner)
-    return names
-
-
-def captures(node: onnx.NodeProto) -> list[str]:
-    """The outer-scope names read inside the subgraphs of `node`, each once. A rule returns
-    their gradients after the explicit inputs' (at index len(node.input) + k)."""
-    return list(dict.fromkeys(node_inputs(node)[len([n for n in node.input if n]):]))
-
-
-def ancestors(nodes: Sequence[onnx.NodeProto], ends: Iterable[str],
-              stop: Iterable[str] = ()) -> list[onnx.NodeProto]:
-    """The nodes (of `nodes`, in their order) that `ends` are computed from, back to `stop`."""
-    wanted, stop, kept = set(ends), set(stop), []
-    for node in reversed(nodes):
-        if any(out in wanted and out not in stop for out in node.output):
-            kept.append(node)
-            wanted.update(node_inputs(node))
-    return kept[::-1]
-
-
-def used_initializers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]
-                      ) -> list[onnx.TensorProto]:
-    """The initializers of `graph` that `nodes` read (inside their subgraphs too)."""
-    used = {name for node in nodes for name in node_inputs(node)}
-    return [init for init in graph.initializer if init.name in used]
-
-
-def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> None:
-    """Rename what `nodes` read, in their subgraphs too, except where a subgraph defines the
-    name itself."""
-    for node in nodes:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-        for attribute in node.attribute:
-            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-                rename_reads(graph.node, {k: v for k, v in renamed.items() if k not in inner})
 
 
 def differentiated_region(b: GraphBuilder, wrt: Iterable[str], outputs: Iterable[str],

@@ -16,7 +16,7 @@ from collections.abc import Container, Sequence
 import onnx
 
 from ..graph.shapes import TensorInfo
-from .build import node_inputs
+from ..graph.walk import node_inputs
 from .registry import GRADIENT, RuleSet
 
 

@@ -19,10 +19,11 @@ from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.taps import append_outputs
+from ..graph.walk import node_inputs
 from ..graph.weights import Weights, light_copy
 from ..objective import CLASS, DENSE, VALUE, Place, require_objective
 from . import GRAD_PREFIX, POST_PREFIX, SEED_PREFIX, add_input_like, add_output
-from .build import add_gradients, node_inputs
+from .build import add_gradients
 from .commute import pool_after_relu_for
 from .ops.recurrent import finish_gate_forwards
 from .registry import GRADIENT, RuleSet

@@ -15,9 +15,8 @@ import re
 import warnings
 
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ..autodiff.build import used_initializers
 from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.program import drop_unread
 from ..engine import QDQ_PROPAGATION, pick_output
@@ -25,14 +24,25 @@ from ..errors import ExportWarning, InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
 from ..graph.op_kinds import QUANTIZERS
+from ..graph.walk import used_initializers
 from ..graph.weights import payload_bytes, standalone
 from ..inputs import check_rows_layout
 from ..methods import METHODS, Option, did_you_mean
 from ..methods._budget import MAX_RUNS_OPTION, check_work
 from ..objective import EVERYWHERE, Place, make_place
 from ..runtime.batching import DEFAULT_BUDGET_MB
-from . import attention, layer_maps, noise, tokens  # noqa: F401 - register their exports
+from . import (  # noqa: F401 - register their exports
+    attention,
+    cat,
+    coalitions,
+    layer_maps,
+    noise,
+    occlusion,
+    rise,
+    tokens,
+)
 from .graph import TARGET, TARGET_USED, ExplainerGraph
+from .loop import ROWS_PER_ITERATION
 from .methods import ATTRIBUTION, EXPORTS, metadata
 
 __all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "emit_explainer",
@@ -111,7 +121,7 @@ def export_explainer(model, method: str = "saliency", *, output: str | None = No
     _check_size(eg.proto)
     proto = standalone(eg.proto, loaded.weights)  # weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                   **metadata(method, options, eg)})
+                                   **metadata(method, options, eg), **_loop_rows(proto)})
     proto.producer_name = "onnxplain"
     _warn_quantized_loop(proto)
     _drop_unread_initializers(proto.graph)
@@ -133,6 +143,15 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
     drop_unread(eg.proto.graph, start)
     return eg
+
+
+def _loop_rows(proto: onnx.ModelProto) -> dict[str, str]:
+    """The default rows per Loop iteration (export.loop), where the explainer has a Loop."""
+    defaults = {init.name: init for init in proto.graph.initializer}
+    if ROWS_PER_ITERATION not in defaults:
+        return {}
+    value = int(numpy_helper.to_array(defaults[ROWS_PER_ITERATION]))
+    return {"onnxplain." + ROWS_PER_ITERATION: str(value)}
 
 
 # One protobuf message holds at most 2 GiB; the explainer embeds the model's weights.

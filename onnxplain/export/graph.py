@@ -15,16 +15,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..autodiff.build import add_gradients, rename_reads
+from ..autodiff.build import add_gradients
 from ..autodiff.commute import pool_after_relu_for
-from ..autodiff.program import Pass, chosen_class, one_hot
+from ..autodiff.program import Pass, Pre, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
-from ..graph.weights import light_copy
+from ..graph.walk import rename_reads
+from ..graph.weights import is_stub, light_copy
 from ..objective import (
     CLASS,
     DENSE,
@@ -36,13 +37,17 @@ from ..objective import (
     describe_objective,
     output_form,
 )
-from .seed import FED_SEED, OUTPUT_SEED, declare_seed_input, dense_weights, seed_row
+from .seed import OUTPUT_SEED, dense_weights, seed_row
 
 TARGET = "target"
 TARGET_USED = "target_used"
 ALL_ROWS = "/all_rows"
 NO_TARGET = -1
 TARGET_INPUTS = ("optional", "required")
+# An explainer input (an output seed, a baseline, a box bound) with no baked default: the
+# in-process runs feed one row per row (methods._graph's `fed`), so the program is the same
+# whatever the values.
+FED = "fed"
 
 # Makes the copies of one input: (builder, input tensor) -> the copies stacked block after
 # block, [count * N, ...]. Inputs without a maker are repeated.
@@ -56,8 +61,8 @@ class ExplainerGraph:
                  output_seed: np.ndarray | str | None = None, place: Place = EVERYWHERE,
                  sources: Mapping[str, str] | None = None, any_output: bool = False):
         """`output_seed`: one row of weights baked in as the default (export.seed), or
-        FED_SEED for an `output_seed` input without a default (in-process runs feed one row
-        per row). `sources`: input -> the tensor its attribution is taken at (in-process:
+        FED for an `output_seed` input without a default (in-process runs feed one row per
+        row). `sources`: input -> the tensor its attribution is taken at (in-process:
         token ids at their embedding); None: the float inputs (export.methods.attributed).
         `any_output`: the method explains no score (export.methods.ExportSpec)."""
         form = output_form(model, output) if output in {s.name for s in model.outputs} else ""
@@ -75,7 +80,7 @@ class ExplainerGraph:
         self.dense = form if output_seed is None and form in DENSE else ""
         self.place = place
         # One row of weights on the output, replacing the class target (export.seed).
-        self.seed = output_seed if output_seed is None or output_seed is FED_SEED else \
+        self.seed = output_seed if output_seed is None or is_fed(output_seed) else \
             seed_row(model, output, output_seed)
         self.sources = None if sources is None else dict(sources)
         if target_input not in TARGET_INPUTS:
@@ -85,9 +90,9 @@ class ExplainerGraph:
         # Large weights stay the model's (stubs): in-process sessions read them from there,
         # export embeds them (graph.weights.standalone).
         self.proto = light_copy(model.proto)
-        self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export",
+        infos = _free_names(self.proto.graph, model, (TARGET, TARGET_USED, OUTPUT_SEED))
+        self.b = GraphBuilder(self.proto, infos, prefix="onnxplain/export",
                               weights=model.weights)
-        _free_names(self.proto.graph, self.b, (TARGET, TARGET_USED, OUTPUT_SEED))
         self.copies = 1
         self.feeds = {spec.name: spec.name for spec in model.inputs}  # input -> what nodes see
         self.outputs = [o.name for o in self.proto.graph.output]
@@ -180,7 +185,7 @@ class ExplainerGraph:
         predicted class (ArgMax of the clean output). Exposed as output `target_used`.
         With an output seed there is no class: the seed input is declared, "" returned."""
         if self.seed is not None:
-            declare_seed_input(self)
+            self._declare_seed()
             return ""
         if self.dense:
             self._declare_target()
@@ -195,25 +200,45 @@ class ExplainerGraph:
         return chosen
 
     def _declare_target(self) -> None:
-        """The `target` input, once: int64 [N], optional (default -1) or required."""
-        if TARGET in self.added:
-            return
-        b, graph = self.b, self.proto.graph
+        """The `target` input: int64 [N], optional (default -1) or required. Runtimes that
+        cannot feed inputs with a default (onnxruntime-node) need "required"."""
         optional = self.target_input == "optional"
-        rows = "target_rows" if optional else self.model.inputs[0].dims[0]
-        graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [rows]))
-        if optional:
-            # An initializer of the same name makes the input optional: [-1] = predicted
-            # class. Runtimes that cannot feed such inputs (onnxruntime-node) need "required".
-            graph.initializer.append(numpy_helper.from_array(np.array([NO_TARGET], np.int64),
-                                                             TARGET))
-        b.infos[TARGET] = TensorInfo(TensorProto.INT64, (rows,))
         where = (f" ({describe_objective(self.dense, self.output, self.place.text())})"
                  if self.dense else "")
-        self.added[TARGET] = ("int64 [N]" + (", optional" if optional else "") +
-                              ": class to explain per row; -1" + (" or absent" if optional
-                                                                   else "") +
-                              ": the predicted class" + where)
+        self.add_input(TARGET, TensorProto.INT64,
+                       ["target_rows" if optional else self.model.inputs[0].dims[0]],
+                       np.array([NO_TARGET], np.int64) if optional else None,
+                       "class to explain per row; -1: the predicted class" + where)
+
+    def _declare_seed(self) -> None:
+        """The `output_seed` input (export.seed): optional with the baked weights as
+        default, or required with target_input "required" or a FED seed."""
+        baked = not is_fed(self.seed)
+        dims = (None, *self.seed.shape[1:]) if baked else self.model.output(self.output).dims
+        self.add_input(OUTPUT_SEED, self.b.dtype(self.output),
+                       None if dims is None else ["seed_rows", *dims[1:]],
+                       self.seed if baked and self.target_input == "optional" else None,
+                       f"weights on output '{self.output}' (one row for all rows, or one per "
+                       "row); explained per row: sum(weights * output)")
+
+    def add_input(self, name: str, dtype: int, shape: Sequence[str | int | None] | None,
+                  default: np.ndarray | None, meaning: str) -> str:
+        """Explainer input `name` (once; a later call returns it as it is): required where
+        `default` is None (in-process runs feed it), else optional, an initializer of the
+        same name being its default. A first axis named '<...>_rows' takes one row for all
+        rows or one per row. Its description in `added` reads
+        '<type> [<axes>][, optional]: <meaning>[; absent: <default>]'."""
+        if name in self.added:
+            return name
+        self.proto.graph.input.append(helper.make_tensor_value_info(
+            name, dtype, None if shape is None else list(shape)))
+        if default is not None:
+            self.proto.graph.initializer.append(numpy_helper.from_array(default, name))
+        self.b.infos[name] = TensorInfo(dtype, None if shape is None else tuple(shape))
+        optional = "" if default is None else ", optional"
+        absent = "" if default is None else f"; absent: {_describe_default(default)}"
+        self.added[name] = f"{_type_word(dtype)} {_axes_words(shape)}{optional}: {meaning}{absent}"
+        return name
 
     def gradients(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
                   times_output: bool = False) -> dict[str, str]:
@@ -222,22 +247,25 @@ class ExplainerGraph:
         return self.gradient_passes(wrt, rules, times_output=times_output)[""]
 
     def gradient_passes(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
-                        passes: Sequence[Pass] = (), times_output: bool = False
+                        passes: Sequence[Pass] = (), times_output: bool = False,
+                        active_from: Sequence[str] = (), pre: Pre | None = None
                         ) -> dict[str, dict[str, str]]:
         """The gradients, and those of further `passes` (other rule sets, the same seed), by
-        pass label ('' for the main one)."""
+        pass label ('' for the main one); `active_from` as add_gradients takes it, `pre` as
+        gradient programs take it (the passes start from what it returns)."""
         # As gradient programs do: Relu after MaxPool, same outputs, less work.
         pool_after_relu_for(self.proto.graph, self.b.infos, {self.batched(self.output), *wrt},
                             rules, passes)
         seed = self._seed()
         if times_output:
             seed = self.b.op("Mul", seed, self._batched[self.output])
-        computed = {"": add_gradients(self.b, {self._batched[self.output]: seed}, list(wrt),
-                                      rules)}
+        start = self._batched[self.output]
+        if pre is not None:
+            start, seed = pre.emit(self.b, start, seed)
+        computed = {"": add_gradients(self.b, {start: seed}, list(wrt), rules, active_from)}
         for extra in passes:
-            computed[extra.label] = add_gradients(self.b, {self._batched[self.output]: seed},
-                                                  list(extra.wrt), extra.rules,
-                                                  extra.active_from)
+            computed[extra.label] = add_gradients(self.b, {start: seed}, list(extra.wrt),
+                                                  extra.rules, extra.active_from)
         return computed
 
     def row_weights(self, b: GraphBuilder, scores: str,
@@ -248,7 +276,7 @@ class ExplainerGraph:
         `inputs`: where the N clean rows of each input are (in a Loop body that redefines
         the input names), for the padding masks of a dense objective."""
         if self.seed is not None:
-            declare_seed_input(self)
+            self._declare_seed()
             weights = b.op("Expand", OUTPUT_SEED, b.shape(scores))
         elif self.dense:
             self._declare_target()
@@ -289,25 +317,66 @@ class ExplainerGraph:
         return self._batched.get(name, name)
 
 
-def _free_names(graph: onnx.GraphProto, b: GraphBuilder, names: Sequence[str]) -> None:
+def is_fed(value: object) -> bool:
+    """`value` is FED: an input the in-process runs feed, with no default."""
+    return isinstance(value, str) and value == FED
+
+
+def _type_word(dtype: int) -> str:
+    return helper.tensor_dtype_to_string(dtype).removeprefix("TensorProto.").lower()
+
+
+def _axes_words(shape: Sequence[str | int | None] | None) -> str:
+    """'[1 or N, 10]' for ['seed_rows', 10]; unknown trailing axes as '...'."""
+    if shape is None:
+        return "[1 or N, ...]"
+    if not shape:
+        return "scalar"
+    words = ["1 or N" if isinstance(d, str) and d.endswith("_rows") else
+             "N" if i == 0 and not isinstance(d, int) else str(d) if d is not None else "..."
+             for i, d in enumerate(shape)]
+    while len(words) > 1 and words[-2:] == ["...", "..."]:
+        words.pop()
+    return f"[{', '.join(words)}]"
+
+
+def _describe_default(default: np.ndarray) -> str:
+    """A default of one value by its value, else as given at export."""
+    return f"{default.item():g}" if default.size == 1 else "the values given at export"
+
+
+def _free_names(graph: onnx.GraphProto, model: Model, names: Sequence[str]
+                ) -> Mapping[str, TensorInfo]:
     """The explainer's own inputs and outputs (`names`) are free: a tensor of the model's
-    of that name is renamed inside (a Reshape target called 'target'); a model input or
-    output of that name cannot be, one line."""
+    of that name is renamed inside (a Reshape target called 'target'), before a GraphBuilder
+    reads the graph's initializers by name; a model input or output of that name cannot be,
+    one line. A shared stub (graph.weights) stands for the model's initializer of its name:
+    renamed, it holds that initializer's bytes (a file stub names their place itself).
+    Returns the model's infos under the new names."""
     ends = {v.name for v in (*graph.input, *graph.output)}
-    taken = {o for node in graph.node for o in node.output} | \
+    made = {o for node in graph.node for o in node.output} | \
         {init.name for init in graph.initializer}
+    infos = model.infos
     for name in names:
         if name in ends:
             raise ModelError(f"the model has an input or output named '{name}', which the "
                              "explainer adds: rename it in the model")
-        if name in taken:
-            fresh = b.fresh(name)
-            _rename_everywhere(graph, name, fresh)
-            for init in graph.initializer:
-                if init.name == name:
-                    init.name = fresh
-            if name in b.infos:
-                b.infos[fresh] = b.infos[name]
+        if name not in made:
+            continue
+        fresh = f"onnxplain/export/model_{name}"
+        while fresh in made or fresh in ends or any(fresh in n.input for n in graph.node):
+            fresh += "_"
+        _rename_everywhere(graph, name, fresh)
+        for init in graph.initializer:
+            if init.name == name:
+                if is_stub(init):  # rare (a weight called 'target'): one tensor copied
+                    init.CopyFrom(next(i for i in model.weights.proto.graph.initializer
+                                       if i.name == name))
+                init.name = fresh
+        if name in infos:
+            infos = dict(infos)  # the model's own stay as they are
+            infos[fresh] = infos.pop(name)
+    return infos
 
 
 def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:

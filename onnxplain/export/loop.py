@@ -1,7 +1,7 @@
 """Methods that evaluate the model at many points per row (Integrated Gradients' path,
 SmoothGrad's noisy copies) run those points in an ONNX Loop, a few per iteration, so an
-explainer needs the memory of one gradient run over about `rows_per_run` rows however many
-points there are.
+explainer needs the memory of one gradient run over about `rows_per_iteration` rows however
+many points there are.
 
 The Loop's body is a model (the original one, or the part after its input's affine stem)
 with onnxplain's gradient pass, and it holds that model's weights: ONNX Runtime lays out
@@ -10,8 +10,10 @@ OUTER_WEIGHTS_FROM bytes or more leave them in the outer graph, which the body r
 process the session then reads them from the user's file (file stubs of the main graph)
 instead of getting a copy (VGG-19, IG at 8 steps: peak 2.9 GB and 8.5 s with the copy). Iteration i
 evaluates points i*k .. i*k+k-1, each over all N rows (block after block, as ExplainerGraph
-lays out copies), with k decided at run time: at most max(1, rows_per_run // N), spread
-evenly over the iterations that needs (the last one takes what is left).
+lays out copies), with k decided at run time: at most max(1, rows_per_iteration // N), spread
+evenly over the iterations that needs (the last one takes what is left). rows_per_iteration
+is an input of the explainer (ROWS_PER_ITERATION, its default given at export), so in-process
+runs feed the memory budget's value and a new value is a new feed, not a new program.
 Iteration 0 also runs the clean rows (x, and x' for a path), whose outputs leave the Loop
 as the explainer's original outputs, so the model's nodes appear once.
 """
@@ -25,17 +27,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..autodiff.build import add_gradients, ancestors, rename_reads, used_initializers
+from ..autodiff.build import add_gradients
 from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
+from ..graph.walk import ancestors, rename_reads, used_initializers
 from ..graph.weights import payload_bytes
 from .graph import ExplainerGraph
 
 BODY_PREFIX = "onnxplain/loop"
+ROWS_PER_ITERATION = "rows_per_iteration"
 
 # Models this large keep their weights in the Loop's outer graph (see the module docstring).
 OUTER_WEIGHTS_FROM = 1 << 27
@@ -74,11 +78,12 @@ class Walk:
     sums_like: Sequence[str]  # outer tensors shaped like the sums
 
 
-def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
+def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
                   rules: RuleSet = GRADIENT) -> list[str]:
     """Run the walk with gradients seeded by the one-hot of eg's target at every point, and
     return the sums of its contributions. The model's outputs on the clean rows become the
-    explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph."""
+    explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph.
+    `rows_per_iteration` is the default of the input of that name (rows_per_iteration)."""
     b = eg.b
     if b.opset < 10:
         raise InputError(f"exported methods that run the model at many points per row "
@@ -86,7 +91,8 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
                          f"(computed Slice); the model has opset {b.opset}")
     points = b.ints([walk.points])
     if b.opset >= 12:  # int64 Min and Max
-        most = b.op("Max", b.ints([1]), b.op("Div", b.ints([rows_per_run]), eg.rows))
+        most = b.op("Max", b.ints([1]), b.op("Div", rows_per_iteration_input(
+            eg, rows_per_iteration), eg.rows))
         trips = _ceil_div(b, points, b.op("Min", most, points))
         k = _ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
     else:
@@ -113,6 +119,17 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_run: int,
     eg.outputs_from(dict(zip(outputs, on_clean, strict=True)))
     eg.target()  # the same choice as the body's, from the same outputs
     return sums
+
+
+def rows_per_iteration_input(eg: ExplainerGraph, default: int) -> str:
+    """The explainer input ROWS_PER_ITERATION (int64 scalar, default `default`): the rows one
+    iteration of a Loop over points runs, points times N (at least one point)."""
+    if int(default) < 1:
+        raise InputError(f"rows per Loop iteration must be at least 1, got {default}")
+    return eg.add_input(ROWS_PER_ITERATION, TensorProto.INT64, [],
+                        np.array(int(default), np.int64),
+                        "rows one Loop iteration runs (its points times the input rows, at "
+                        "least one point): lower it to use less memory")
 
 
 def _ceil_div(b: GraphBuilder, a: str, d: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from ..autodiff.build import add_gradients, differentiated_region, missing_rules
 from ..autodiff.registry import GRADIENT
@@ -20,7 +20,7 @@ from ..methods.integrated_gradients import path_points
 from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import NEEDS_BOUNDS, LrpParams, lrp_rules
-from .graph import ExplainerGraph
+from .graph import ExplainerGraph, is_fed
 from .loop import Walk, aliases, gradient_loop, per_block, repeated, weighted_blocks
 
 ATTRIBUTION = "attribution/"
@@ -210,9 +210,6 @@ def declare_delta(eg: ExplainerGraph, values: dict[str, str], change: str) -> No
 
 BASELINE = "baseline/"
 SCORE, BASELINE_SCORE = "score", "baseline_score"
-# A baseline input with no baked default: in-process runs feed one baseline row per row
-# (any baseline, blur and uniform too, computed in numpy: input preparation).
-FED_BASELINE = "fed"
 
 
 def declare_completeness(eg: ExplainerGraph, values: dict[str, str]) -> None:
@@ -231,18 +228,12 @@ def baseline_input(eg: ExplainerGraph, name: str, options: dict) -> str:
     """Input `name`'s baseline, read from the explainer input BASELINE + name ([1 or N, ...],
     expanded to the input's shape): a new baseline is a new feed, not a new program. Its
     default is the exported baseline (one row, or [1, ..., 1] for a constant); with
-    options["baseline"] FED_BASELINE it has none (in-process runs feed every row's)."""
-    b, graph = eg.b, eg.proto.graph
-    key, rank, dtype = BASELINE + name, b.rank(name), b.dtype(name)
-    fed = isinstance(options["baseline"], str) and options["baseline"] == FED_BASELINE
-    graph.input.append(helper.make_tensor_value_info(key, dtype, ["baseline_rows",
-                                                                  *[None] * (rank - 1)]))
-    if not fed:
-        graph.initializer.append(numpy_helper.from_array(_baseline_row(b, name, options), key))
-    b.infos[key] = TensorInfo(dtype, ("baseline_rows", *[None] * (rank - 1)))
-    eg.added[key] = (f"float [1 or N, ...]{'' if fed else ', optional'}: the baseline of input "
-                     f"'{name}' (one row for all rows, or one per row)"
-                     + ("" if fed else "; default: the baseline given at export"))
+    options["baseline"] FED it has none (in-process runs feed every row's)."""
+    b = eg.b
+    default = None if is_fed(options["baseline"]) else _baseline_row(b, name, options)
+    key = eg.add_input(BASELINE + name, b.dtype(name),
+                       ["baseline_rows", *[None] * (b.rank(name) - 1)], default,
+                       f"the baseline of input '{name}' (one row for all rows, or one per row)")
     return b.op("Expand", key, b.shape(name))
 
 
@@ -314,7 +305,7 @@ def lrp(eg, options):
     if composite in NEEDS_BOUNDS:  # the box rule reads its bounds from program inputs
         bounds = {name: options[name] for name in ("low", "high")}
         rank = options.get("bound_rank")  # in-process: the rank of the fed bounds
-        if not any(isinstance(v, str) and v == FED_BASELINE for v in bounds.values()):
+        if not any(is_fed(v) for v in bounds.values()):
             replace(params, **{k: box_bound(v) for k, v in bounds.items()}).check(composite)
             bounds = dict(zip(bounds, np.broadcast_arrays(*map(box_bound, bounds.values())),
                               strict=True))  # one rank, as fed in-process
@@ -338,21 +329,13 @@ BOUND = "lrp/"
 def bound_input(eg: ExplainerGraph, name: str, value, rank: int) -> str:
     """Input BOUND + name (`low` or `high`), double [rows, *bound]: row 0 is the bound
     (rules.lrp_layers.box_rule), so a new bound is a new feed, not a new program. Its
-    default is the exported bound; with FED_BASELINE it has none (in-process runs feed it
-    one row per row)."""
-    b, graph, key = eg.b, eg.proto.graph, BOUND + name
-    fed = isinstance(value, str) and value == FED_BASELINE
-    default = None if fed else np.array(value)[None]  # LrpParams.check'ed
-    # The same declared shape in-process and exported (ONNX Runtime's kernels follow it).
-    shape = ("bound_rows", *[None] * rank)
-    graph.input.append(helper.make_tensor_value_info(key, TensorProto.DOUBLE, shape))
-    if default is not None:
-        graph.initializer.append(numpy_helper.from_array(default, key))
-    b.infos[key] = TensorInfo(TensorProto.DOUBLE, shape)
-    eg.added[key] = (f"double [1 or N, *bound]{'' if fed else ', optional'}: the box rule's "
-                     f"{name} bound (row 0 is read), broadcasting against the first layer's "
-                     "input" + ("" if fed else "; default: the bound given at export"))
-    return key
+    default is the exported bound (LrpParams.check'ed); FED: none (in-process runs feed it
+    one row per row). The same declared shape in-process and exported (ONNX Runtime's
+    kernels follow it)."""
+    return eg.add_input(BOUND + name, TensorProto.DOUBLE, ("bound_rows", *[None] * rank),
+                        None if is_fed(value) else np.array(value)[None],
+                        f"the box rule's {name} bound (row 0 is read), broadcasting against "
+                        "the first layer's input")
 
 
 def box_bound(value) -> np.ndarray | None:

@@ -1,22 +1,35 @@
-"""SmoothGrad, SmoothGrad-squared and VarGrad baked into the graph: the noisy copies are drawn
-by a RandomNormalLike node with a `seed` attribute and run in a Loop, about
-`internal_batch_size` rows per iteration (export.loop), so memory does not grow with
-n_samples.
+"""SmoothGrad, SmoothGrad-squared and VarGrad as one graph: methods.smoothgrad runs it in
+process and `export` saves it. The noisy copies run in a Loop, about `internal_batch_size`
+rows per iteration (export.loop), so memory does not grow with n_samples.
 
-ONNX Runtime seeds that generator when the session is created and each draw continues its
-sequence, so the first run of a fresh session is reproducible and later runs are new samples."""
+The noise comes from export.random's counter-based generator, keyed by the seed input
+SEED, the sample index and the element index within the row: copy s of model input i's row
+is x + sigma * normal(seed, i * STREAM + s, elements), the same numbers in every run and
+every runtime.
+The row's index is no part of the key, so a row draws the same noise alone or anywhere in
+a batch (a batch equals its rows one by one); rows explained with one seed share the unit
+draws (each scaled by its own range), and a seed per row (SEED takes [N]) gives them
+different ones."""
 
 from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
 
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
-from .graph import ExplainerGraph
+from .graph import ExplainerGraph, is_fed
 from .loop import Walk, aliases, gradient_loop, repeated, weighted_blocks
 from .methods import declare_per_input, float_inputs, register_export
+from .random import normal, seed_key
 
 BASES = {"saliency": GRADIENT, "input_x_gradient": GRADIENT,
          "guided_backprop": GUIDED_BACKPROP, "deconvnet": DECONVNET}
+# The seed of the noise: int64 [1 or N] (one seed for all rows, or one per row).
+SEED = "noise/seed"
+# Model input i draws samples i * STREAM + s: inputs of one shape get different noise.
+STREAM = 1 << 24
 
 
 def _noise_tunnel(kind: str):
@@ -28,10 +41,11 @@ def _noise_tunnel(kind: str):
         if samples < 1 or level < 0 or per_run < 1:
             raise InputError(f"{kind} needs n_samples >= 1, noise_level >= 0 and "
                              "internal_batch_size >= 1")
-        b, inputs = eg.b, float_inputs(eg)
+        b = eg.b
+        inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
         eg.take_model_nodes()
         sigmas = {name: _sigma(b, name, level) for name in inputs}
-        walk = _noisy_walk(eg, inputs, sigmas, samples, base, float(options["seed"]))
+        walk = _noisy_walk(eg, inputs, sigmas, samples, base, _seed_input(eg, options["seed"]))
         sums = dict(zip([(name, power) for name in inputs for power in (1, 2)],
                         gradient_loop(eg, walk, per_run, BASES[base]), strict=True))
         values = {}
@@ -46,6 +60,21 @@ def _noise_tunnel(kind: str):
     return build
 
 
+def _row_size(b, name: str) -> str:
+    """Elements per row of `name`, int64 [1]."""
+    return b.reduce("ReduceProd", b.concat([b.ints([1]), b.dims(name, 1)], 0), [0], True)
+
+
+def _noisy_copies(bb, chunk, x: str, sigma: str, seed: str, size: str, stream: int) -> str:
+    """x + sigma * z for the chunk's samples: k blocks of the N rows, z [k, S, *row] from
+    the generator (S seeds: 1 or N) broadcast over the rows."""
+    samples = bb.op("Add", chunk.index, bb.ints([stream * STREAM]))
+    draws = normal(bb, seed, samples, size, bb.dtype(x))
+    draws = bb.reshape(draws, bb.concat([bb.ints([-1]), bb.shape(seed), bb.dims(x, 1)], 0))
+    copies = bb.op("Add", bb.unsqueeze(x, [0]), bb.op("Mul", draws, bb.unsqueeze(sigma, [0])))
+    return bb.reshape(copies, bb.concat([bb.ints([-1]), bb.dims(x, 1)], 0))
+
+
 def _sigma(b, name: str, level: float) -> str:
     """level * (max - min) of each row, 1 * level for a constant row."""
     axes = list(range(1, b.rank(name)))
@@ -58,20 +87,41 @@ def _sigma(b, name: str, level: float) -> str:
     return sigma
 
 
+def _seed_input(eg: ExplainerGraph, seed) -> str:
+    """SEED, defaulting to the exported seed (export.random.seed_key of the option); with
+    FED it has no default (in-process runs feed it, one per row)."""
+    default = None if is_fed(seed) else np.array([seed_key(int(seed))], np.int64)
+    seeds = eg.add_input(SEED, TensorProto.INT64, ["seed_rows"], default,
+                         "the seed of the noise (one for all rows, or one per row; rows with "
+                         "the same seed get the same unit draws, scaled to their range)")
+    return _one_if_equal(eg.b, seeds)
+
+
+def _one_if_equal(b, seeds: str) -> str:
+    """The first seed alone where all are equal (in-process feeds one per row): the rows
+    then share one set of draws, computed once instead of N times."""
+    same = b.op("Equal", b.reduce("ReduceMin", seeds, [0], True),
+                b.reduce("ReduceMax", seeds, [0], True))
+    count = b.where(same, b.ints([1]), b.shape(seeds))
+    return b.slice(seeds, [0], count, [0])
+
+
 def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], samples: int,
-                base: str, seed: float) -> Walk:
+                base: str, seed: str) -> Walk:
     """The model at `samples` noisy copies of every row; per input, the sums of the base
     method's gradient and of its square."""
     model = eg.model
     rows = aliases(eg, [spec.name for spec in model.inputs])
+    sizes = {name: _row_size(eg.b, name) for name in inputs}
+    order = [spec.name for spec in model.inputs]
     noisy: dict[str, str] = {}
 
     def feeds(bb, chunk) -> dict[str, str]:
-        made = {name: repeated(bb, chunk, alias) for name, alias in rows.items()}
+        made = {name: repeated(bb, chunk, alias) for name, alias in rows.items()
+                if name not in inputs}
         for name in inputs:
-            draws = bb.op("RandomNormalLike", made[name], dtype=bb.dtype(rows[name]), seed=seed)
-            scale = repeated(bb, chunk, sigmas[name])
-            made[name] = noisy[name] = bb.op("Add", made[name], bb.op("Mul", draws, scale))
+            made[name] = noisy[name] = _noisy_copies(bb, chunk, rows[name], sigmas[name],
+                                                      seed, sizes[name], order.index(name))
         return made
 
     def contributions(bb, chunk, grads) -> list[str]:

@@ -15,18 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from ..errors import InputError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
-from ..graph.shapes import TensorInfo
 from ..objective import NEXT_TOKEN, SPATIAL, Place, mask_inputs
 
+# The input (ExplainerGraph._declare_seed); without a baked default (export.graph.FED),
+# in-process runs feed one row of weights per row, on outputs of any shape.
 OUTPUT_SEED = "output_seed"
-# An `output_seed` input with no baked default: in-process runs feed one row of weights per
-# row (Explainer.explain(..., output_seed=...)), on outputs of any shape.
-FED_SEED = "fed"
 
 
 def seed_row(model: Model, output: str, seed) -> np.ndarray:
@@ -49,29 +47,6 @@ def seed_row(model: Model, output: str, seed) -> np.ndarray:
                          f"(or [1, {', '.join(map(str, row))}]), applied to every row; got "
                          f"shape {list(values.shape)}")
     return np.ascontiguousarray(values, dtype=spec.numpy_dtype)
-
-
-def declare_seed_input(eg) -> None:
-    """The `output_seed` input of an ExplainerGraph with a seed, once: optional with the
-    baked weights as default, or plain with target_input "required" or a FED_SEED."""
-    if OUTPUT_SEED in eg.added:
-        return
-    graph, b = eg.proto.graph, eg.b
-    baked = eg.seed is not FED_SEED
-    optional = baked and eg.target_input == "optional"
-    dtype = b.dtype(eg.output)
-    dims = (None, *eg.seed.shape[1:]) if baked else eg.model.output(eg.output).dims
-    row = None if dims is None else list(dims[1:])
-    shape = None if row is None else ["seed_rows", *row]
-    graph.input.append(helper.make_tensor_value_info(OUTPUT_SEED, dtype, shape))
-    if optional:  # an initializer of the same name is the input's default
-        graph.initializer.append(numpy_helper.from_array(eg.seed, OUTPUT_SEED))
-    b.infos[OUTPUT_SEED] = TensorInfo(dtype, None if shape is None else tuple(shape))
-    eg.added[OUTPUT_SEED] = (f"float [1 or N, {', '.join(map(str, row or ['...']))}]"
-                             + (", optional" if optional else "")
-                             + f": weights on output '{eg.output}' (one row for all rows, or "
-                             "one per row); explained per row: sum(weights * output)"
-                             + (" (default: the seed given at export)" if optional else ""))
 
 
 def dense_weights(b: GraphBuilder, model: Model, scores: str, target: str, form: str,

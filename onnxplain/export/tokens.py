@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from ..autodiff.build import ancestors, rename_reads
 from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
+from ..graph.walk import ancestors, rename_reads
 from ..methods.integrated_gradients import path_points
 from ..methods.layer_integrated_gradients import (
     EMBEDDING,

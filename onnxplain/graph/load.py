@@ -11,12 +11,12 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from ..errors import ModelError
-from ..ops import epsilon_softmax
 from .attention_op import decompose_attention_ops, has_attention_ops
 from .canonical import canonicalise, needs_canonicalising
 from .canonical.ms_common import runtime_ops_aside
 from .canonical.newer_ops import lower_to_runtime_opset
 from .dims import name_unknown_dims
+from .op_kinds import ONNXPLAIN_DOMAIN
 from .shapes import ai_onnx_opset, without_weights
 from .validate import validate
 from .weights import (
@@ -154,7 +154,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _has_rule(function: onnx.FunctionProto) -> bool:
-    return function.domain == epsilon_softmax.DOMAIN and function.name == epsilon_softmax.OP_TYPE
+    return function.domain == ONNXPLAIN_DOMAIN
 
 
 def _expose_zipmap_inputs(graph: onnx.GraphProto) -> None:

@@ -126,3 +126,8 @@ FUSED_ATTENTION = frozenset({
     "DecoderMaskedSelfAttention", "SparseAttention", "PagedAttention"})
 # Every contrib op type named in a group above (none is in onnx.defs).
 CONTRIB_OPS = FUSED_ATTENTION | CONTRIB_FEATURE_NORMS
+
+# ---- onnxplain's own operators (ops/) -----------------------------------------------------------
+# Model-local functions (EpsilonSoftmax) with backward rules of their own: loading keeps them
+# whole instead of inlining their bodies.
+ONNXPLAIN_DOMAIN = "onnxplain"

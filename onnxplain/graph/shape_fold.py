@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .model import Model
 from .op_kinds import RANDOM, SHAPE_READERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
+from .walk import node_inputs
 from .weights import copy_into, copy_without
 
 # Folded values are shape vectors and masks; anything larger is not a shape computation.
@@ -72,9 +73,9 @@ def fold_shape_computations(proto: onnx.ModelProto, infos: Mapping[str, TensorIn
     fresh = {name for name in folded if not infos.get(name) or _unknown(infos[name])}
     if not fresh:  # only values inference knew already: nothing gained
         return None
-    read = {name for node in kept for name in _reads(node)}
+    read = {name for node in kept for name in node_inputs(node)}
     read |= {value.name for value in graph.output}
-    was_read = {name for node in graph.node for name in _reads(node)}
+    was_read = {name for node in graph.node for name in node_inputs(node)}
     copy = copy_without(proto, "graph")
     copy_into(graph, copy.graph, skip="initializer")
     del copy.graph.node[:]
@@ -158,9 +159,3 @@ def _small(value: np.ndarray) -> bool:
 def _foldable_type(data_type: int) -> bool:
     return data_type in (TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL,
                          TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16)
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    from ..autodiff.build import node_inputs  # graph/ is imported by autodiff/
-
-    return node_inputs(node)

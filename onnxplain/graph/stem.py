@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from ..autodiff.build import ancestors, node_inputs, used_initializers
 from .model import Model
 from .op_kinds import ARITHMETIC, BATCH_NORMS, IDENTITY, NEGATION, WEIGHTED
+from .walk import ancestors, node_inputs, used_initializers
 
 # Affine in the input with constant weights (a batch norm at inference is too).
 _WEIGHTED = WEIGHTED | BATCH_NORMS

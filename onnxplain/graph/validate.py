@@ -52,8 +52,7 @@ def validate(model: onnx.ModelProto, where: str) -> None:
     known = {**{init.name: list(init.dims) for init in graph.initializer},
              **_shapes_of(graph.input), **shapes}
     for node in graph.node:
-        _check_window(node, shapes, where)
-        if node.domain in ("", "ai.onnx") and node.op_type in _WINDOWED:
+        if _window_key(node) in _WINDOWED:
             _check_windowed(node, known, where)
 
 
@@ -257,43 +256,28 @@ def _check_declared_output(value: onnx.ValueInfoProto, shapes: dict, where: str)
                          f"{shown}")
 
 
-def _check_window(node: onnx.NodeProto, shapes: dict, where: str) -> None:
-    """A (dilated) kernel wider than its padded input, where the input's size is known."""
-    attrs = {a.name: list(a.ints) for a in node.attribute if a.type == AttributeProto.INTS}
-    kernel = attrs.get("kernel_shape")
-    dims = shapes.get(node.input[0]) if node.input else None
-    same = any(a.name == "auto_pad" and a.s.startswith(b"SAME") for a in node.attribute)
-    if not kernel or not dims or same or node.op_type == "ConvTranspose" or \
-            len(dims) != len(kernel) + 2:
-        return  # SAME pads whatever the kernel needs
-    dilations = attrs.get("dilations") or [1] * len(kernel)
-    pads = attrs.get("pads") or [0] * 2 * len(kernel)
-    name = f"node '{node.name or node.op_type}' ({node.op_type})"
-    for axis, (k, d, n) in enumerate(zip(kernel, dilations, dims[2:], strict=False)):
-        if n is None or len(pads) != 2 * len(kernel):
-            continue
-        padded = n + pads[axis] + pads[axis + len(kernel)]
-        if (k - 1) * d + 1 > padded:
-            raise ModelError(f"{where}: {name} has kernel_shape={kernel}, wider than its "
-                             f"input '{node.input[0]}' (size {n} on spatial axis {axis}, padded)")
-
-
-# Ops with a window over the spatial axes of input 0, and the input that holds the weight
-# (None: no weight). Their attributes and the weight's shape must agree with each other and
-# with the input's channels: the rules' index arithmetic and ONNX Runtime rely on it.
-_WINDOWED = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1,
-             "DeformConv": 1, "MaxPool": None, "AveragePool": None, "LpPool": None,
-             "MaxUnpool": None}
+# Ops with a window over the spatial axes of input 0 (NCHW...), by (domain, op), and the
+# input that holds the weight (None: no weight). Their attributes and the weight's shape must
+# agree with each other and with the input's channels and size: the rules' index arithmetic
+# and ONNX Runtime rely on it. ONNX Runtime's FusedConv is a Conv (graph.canonical.ms_fused).
+_WINDOWED = {**{("", op): 1 for op in ("Conv", "ConvInteger", "ConvTranspose", "DeformConv")},
+             ("", "QLinearConv"): 3, ("com.microsoft", "FusedConv"): 1,
+             **{("", op): None for op in ("MaxPool", "AveragePool", "LpPool", "MaxUnpool")}}
 # Attributes with one value per spatial axis, and their multiple of it.
 _PER_AXIS = {"kernel_shape": 1, "strides": 1, "dilations": 1, "pads": 2, "output_padding": 1}
 
 
+def _window_key(node: onnx.NodeProto) -> tuple[str, str]:
+    return ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
+
+
 def _check_windowed(node: onnx.NodeProto, known: dict, where: str) -> None:
-    """Per-axis attribute lengths against the spatial rank, kernel_shape against the weight,
-    and group against the input's channels and the weight's, for Conv-like and pooling ops."""
+    """Per-axis attribute lengths against the spatial rank, kernel_shape against the weight
+    and the padded input, and group against the input's channels and the weight's, for
+    Conv-like and pooling ops."""
     attrs = {a.name: a for a in node.attribute}
     ints = {name: list(a.ints) for name, a in attrs.items() if a.type == AttributeProto.INTS}
-    index = _WINDOWED[node.op_type]
+    index = _WINDOWED[_window_key(node)]
     weight = known.get(node.input[index]) if index is not None and len(node.input) > index \
         else None
     data = known.get(node.input[0]) if node.input else None
@@ -311,6 +295,7 @@ def _check_windowed(node: onnx.NodeProto, known: dict, where: str) -> None:
     for attr, times in _PER_AXIS.items():
         if attr in ints and spatial is not None and len(ints[attr]) != times * spatial:
             refuse(attr, f"but the node has {spatial} spatial axes")
+    _check_width(node, ints, data, refuse)
     if weight is not None and "kernel_shape" in ints and \
             any(w is not None and w != k for w, k in zip(weight[2:], ints["kernel_shape"],
                                                          strict=False)):
@@ -324,8 +309,24 @@ def _check_windowed(node: onnx.NodeProto, known: dict, where: str) -> None:
         _check_bias(node, weight, group, known, name, where)
 
 
+def _check_width(node: onnx.NodeProto, ints: dict, data, refuse) -> None:
+    """A (dilated) kernel wider than its padded input, where the input's size is known
+    (auto_pad SAME pads whatever the kernel needs; ConvTranspose widens its input)."""
+    kernel = ints.get("kernel_shape")
+    same = any(a.name == "auto_pad" and a.s.startswith(b"SAME") for a in node.attribute)
+    if not kernel or not data or same or node.op_type == "ConvTranspose" or \
+            len(data) != len(kernel) + 2:
+        return
+    dilations = ints.get("dilations") or [1] * len(kernel)
+    pads = ints.get("pads") or [0] * 2 * len(kernel)
+    for axis, (k, d, n) in enumerate(zip(kernel, dilations, data[2:], strict=False)):
+        if n is not None and (k - 1) * d + 1 > n + pads[axis] + pads[axis + len(kernel)]:
+            refuse("kernel_shape", f"wider than its input '{node.input[0]}' (size {n} on "
+                                   f"spatial axis {axis}, padded)")
+
+
 # The input that holds the bias (one value per output channel).
-_BIAS = {"Conv": 2, "ConvTranspose": 2, "QLinearConv": 8, "DeformConv": 3}
+_BIAS = {"Conv": 2, "FusedConv": 2, "ConvTranspose": 2, "QLinearConv": 8, "DeformConv": 3}
 
 
 def _check_bias(node: onnx.NodeProto, weight, group: int, known: dict, name: str,
@@ -352,7 +353,7 @@ def _check_group(node: onnx.NodeProto, data, weight, group: int, refuse) -> None
         None if weight[1] is None else weight[1] * group
     if weight[0] is not None and weight[0] % group:
         refuse("group", f"which does not divide dim 0 ({weight[0]}) of its weight "
-                        f"'{node.input[_WINDOWED[node.op_type]]}' {_dims(weight)}")
+                        f"'{node.input[_WINDOWED[_window_key(node)]]}' {_dims(weight)}")
     if channels is not None and channels % group:
         refuse("group", f"which does not divide the {channels} channels of its input "
                         f"'{node.input[0]}'")

@@ -86,9 +86,10 @@ def external_weights(model: onnx.ModelProto, folder: str) -> None:
                 if external_data_helper.uses_external_data(init)]
     spans: dict[int, FileSpan] = {}
     if external and payload_bytes(model) + sum(map(tensor_bytes, external)) >= SHARE_FROM:
+        files: dict[str, DataFile | None] = {}  # location -> its file, opened once
         spans = {index: span for index, init in enumerate(graph.initializer)
                  if external_data_helper.uses_external_data(init)
-                 and (span := _data_span(init, folder)) is not None}
+                 and (span := _data_span(init, folder, files)) is not None}
     for index, span in spans.items():
         # Marked as held until the rest is read in: onnx would read a stub's bytes too.
         graph.initializer[index].CopyFrom(_file_stub(graph.initializer[index], span))
@@ -98,27 +99,44 @@ def external_weights(model: onnx.ModelProto, folder: str) -> None:
         graph.initializer[index].data_location = TensorProto.EXTERNAL
 
 
-def _data_span(init: onnx.TensorProto, folder: str) -> FileSpan | None:
+def _data_span(init: onnx.TensorProto, folder: str, files: dict[str, DataFile | None]
+               ) -> FileSpan | None:
     """Where external initializer `init`'s bytes lie, for a large one of a shared type held
-    whole (a shorter span is read in, and refused by validation as any short tensor)."""
+    whole (a shorter span is read in, and refused by validation as any short tensor).
+    `files`: the data files opened so far, by location."""
     if init.data_type not in SHARED_TYPES or tensor_bytes(init) < SHARED_BYTES:
         return None
-    # onnx's own check, as onnx.load makes it (an onnx without it: the bytes are read in):
-    # a location outside `folder`, a link or a missing file is refused.
+    info = external_data_helper.ExternalDataInfo(init)
+    if info.location not in files:
+        files[info.location] = _data_file(folder, info.location, init.name)
+    found = files[info.location]
+    if found is None:
+        return None
+    path, stamp = found
+    offset = info.offset or 0
+    length = info.length if info.length is not None else stamp[1] - offset
+    if length != tensor_bytes(init) or offset + length > stamp[1]:
+        return None
+    return FileSpan(path, offset, length, stamp)
+
+
+# A data file as opened: its real path and its inode, size and mtime then.
+DataFile = tuple[str, tuple[int, int, int]]
+
+
+def _data_file(folder: str, location: str, tensor: str) -> DataFile | None:
+    """The data file at `location`, opened with onnx's own check as onnx.load makes it: a
+    location outside `folder`, a link or a missing file is refused (naming `tensor`, the
+    first that reads it). None where onnx lacks the check or the file moved meanwhile: the
+    bytes are read in."""
     opener = getattr(external_data_helper, "_open_external_data_fd", None)
     if opener is None:
         return None
-    info = external_data_helper.ExternalDataInfo(init)
-    descriptor = opener(folder, info.location, init.name, True)
-    with os.fdopen(descriptor, "rb") as file:
+    with os.fdopen(opener(folder, location, tensor, True), "rb") as file:
         opened = os.fstat(file.fileno())
     stamp = opened.st_ino, opened.st_size, opened.st_mtime_ns
-    offset = info.offset or 0
-    length = info.length if info.length is not None else stamp[1] - offset
-    path = os.path.realpath(os.path.join(folder, info.location))
-    if length != tensor_bytes(init) or offset + length > stamp[1] or _stamp(path) != stamp:
-        return None
-    return FileSpan(path, offset, length, stamp)
+    path = os.path.realpath(os.path.join(folder, location))
+    return (path, stamp) if _stamp(path) == stamp else None
 
 
 @dataclass(frozen=True)

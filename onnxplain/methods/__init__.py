@@ -76,12 +76,6 @@ class MethodSpec:
         return {**self.defaults, **checked}
 
 
-def coerce_option(method: str, key: str, value: object, default: object) -> object:
-    """`value` for an option declared only by its default (the default's type, finite):
-    for callers without a declaration; methods declare theirs (options.Option)."""
-    return Option.like(key, default).check(method, value)
-
-
 METHODS: dict[str, MethodSpec] = {}
 
 

@@ -52,13 +52,16 @@ def _first_row(b: GraphBuilder, matrix: str, query: int | None) -> str:
     return b.unsqueeze(row, [0])
 
 
-def _unit_row(b: GraphBuilder, a: str, query: int) -> str:
-    """[1, 1, K]: e_(P+q) over the K keys of a map [N, H, Tq, K], P = K - Tq the cached keys
-    before the queries' own (0 without a KV cache)."""
+def _unit_row(b: GraphBuilder, a: str, query: int | str) -> str:
+    """[1 or N, 1, K]: e_(P+q) over the K keys of a map [N, H, Tq, K], P = K - Tq the cached
+    keys before the queries' own (0 without a KV cache); `query` an index, or the name of an
+    int64 [N] tensor of one index per row."""
     keys = b.dim(a, 3)
-    at = b.op("Add", b.op("Sub", keys, b.dim(a, 2)), b.ints([query]))
-    hot = b.op("Cast", b.op("Equal", iota(b, keys), at), to=wide_type(b, a))
-    return b.unsqueeze(hot, [0, 1])
+    at = b.op("Add", b.op("Sub", keys, b.dim(a, 2)),
+              b.ints([query]) if isinstance(query, int) else b.unsqueeze(query, [1]))
+    hot = b.op("Cast", b.op("Equal", b.unsqueeze(iota(b, keys), [0]), at),
+               to=wide_type(b, a))
+    return b.unsqueeze(hot, [1])
 
 
 def _with_cached_rows(b: GraphBuilder, m: str, identity: bool) -> str:
@@ -76,11 +79,15 @@ def _with_cached_rows(b: GraphBuilder, m: str, identity: bool) -> str:
 
 
 def _query_rows(b: GraphBuilder, a: str, grads: Mapping[str, Mapping[str, str]],
-                query: int) -> tuple[str, dict[str, dict[str, str]]]:
+                query: int | str) -> tuple[str, dict[str, dict[str, str]]]:
     """Row `query` of a map ([N, H, 1, S]) and the same rows of its gradients, keyed as a
-    weighting looks them up."""
+    weighting looks them up (`query` as _unit_row takes it)."""
     def row(x: str) -> str:
-        return b.op("Gather", x, b.ints([query]), axis=2)
+        if isinstance(query, int):
+            return b.op("Gather", x, b.ints([query]), axis=2)
+        sizes = b.concat([b.dims(x, 0, 2), b.ints([1]), b.dim(x, 3)], 0)
+        at = b.op("Expand", b.reshape(query, [-1, 1, 1, 1]), sizes)
+        return b.op("GatherElements", x, at, axis=2)
     sliced = row(a)
     return sliced, {label: {sliced: row(found[a])} if a in found else {}
                     for label, found in grads.items()}
@@ -118,8 +125,9 @@ FIRST_STEPS: dict[str, Callable[[GraphBuilder, str, str], str]] = {
 
 
 def chain_post(name: str, maps: Sequence[str], start: int, weighting: Weighting, step: str,
-               query: int | None, cached: bool = False) -> Post:
-    """Post computing row `query` of X_L ... X_start, X_l = STEPS[step] applied to
+               query: int | str | None, cached: bool = False) -> Post:
+    """Post computing row `query` (an index, an int64 [N] tensor of one per row, or None: the
+    mean of all rows) of X_L ... X_start, X_l = STEPS[step] applied to
     M_l = weighting(layer l): [N, S] scores under the label ROW. With `cached` keys
     ([Tq, P + Tq] maps) every M_l gets rows for the P cached positions (_with_cached_rows)
     and the scores are [N, P + Tq], the cached positions first."""

@@ -9,20 +9,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import DenseObjective, Engine, GradientRun, OutputSeed
+from ..engine import Engine, GradientRun
 from ..graph.sources import Source
 from ..inputs import batch_size, check_target_range, prepare_target
 from ..objective import EVERYWHERE
 
 
 def loop_rows(engine: Engine, feeds: Mapping[str, np.ndarray], internal_batch_size: int) -> int:
-    """Rows per iteration of a method's Loop: the caller's, else what the memory budget
-    allows rounded down to a power of two. The value is baked into the program, so inputs of
-    other sizes (sequence lengths) mostly find the program already built instead of one more
-    program and session each."""
-    if int(internal_batch_size):
-        return int(internal_batch_size)
-    return 1 << (max(1, engine.rows_per_run(feeds)).bit_length() - 1)
+    """Rows per iteration of a method's Loop: `internal_batch_size` (0: the engine's policy,
+    RunPolicy.loop_rows)."""
+    return engine.policy.derive(rows_per_iteration=int(internal_batch_size)).loop_rows(
+        engine.model, feeds)
 
 
 def options_key(options: Mapping) -> tuple:
@@ -50,15 +47,25 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     the method's own program inputs (one row per row: a baseline), so an array option is
     no part of the program's key; `read`: the method's outputs (one row per row: a
     convergence delta) returned in GradientRun.post; `specialise` False: the generic
-    program only (a Loop body runs the model on other row counts than the input shapes')."""
+    program only (a Loop body runs the model on other row counts than the input shapes').
+    A method whose options hold `internal_batch_size` runs a Loop over points: its rows per
+    iteration are fed (export.loop.ROWS_PER_ITERATION, loop_rows), so the program is the
+    same for every value."""
     # export imports us
-    from ..export import ATTRIBUTION, EXPORTS, TARGET, TARGET_USED, emit_explainer
-    from ..export.seed import FED_SEED, OUTPUT_SEED
+    from ..export import ATTRIBUTION, EXPORTS, LOOP_ROWS, TARGET, TARGET_USED, emit_explainer
+    from ..export.graph import FED
+    from ..export.loop import ROWS_PER_ITERATION
+    from ..export.seed import OUTPUT_SEED
 
     if not EXPORTS[method].any_output:  # activation maps explain no score: labels will do
         engine.check_scores()
-    seed = target.values if isinstance(target, OutputSeed) else None
-    dense = target if isinstance(target, DenseObjective) else None
+    fed = dict(fed or {})
+    if "internal_batch_size" in options:
+        fed[ROWS_PER_ITERATION] = np.array(
+            loop_rows(engine, feeds, options["internal_batch_size"]), np.int64)
+        options = {**options, "internal_batch_size": LOOP_ROWS}  # the default, never read
+    split = engine.split_target(target)
+    seed, dense = split.seed, split.dense
     place = EVERYWHERE if dense is None else dense.place
     at = {source.input: source.tensor for source in sources}
     key = ("graph", method, engine.output, options_key(options), seed is not None,
@@ -67,17 +74,19 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     def emit(model):
         return _weights_in_bodies(emit_explainer(
             model, method, dict(options), engine.output,
-            output_seed=None if seed is None else FED_SEED, place=place, sources=at).proto,
+            output_seed=None if seed is None else FED, place=place, sources=at).proto,
             model)
 
-    classes = engine.static_classes() if dense is None else engine._dense_classes()  # noqa: SLF001
-    chosen = dense.target if dense is not None else None if seed is not None else target
+    chosen = split.classes
     rows = batch_size(feeds, engine.model.batch.of_inputs)
-    extra = {TARGET: prepare_target(chosen, rows, classes)}
+    extra = {TARGET: prepare_target(chosen, rows, split.count)}
     if seed is not None:
         extra[OUTPUT_SEED] = seed
-    extra.update(fed or {})
-    model_outputs = [spec.name for spec in engine.model.outputs]
+    extra.update(fed)
+    # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only,
+    # as Engine.forward returns them.
+    model_outputs = [value.name for value in engine.model.proto.graph.output
+                     if value.type.HasField("tensor_type")]
     wanted = [*model_outputs, *(ATTRIBUTION + name for name in at), TARGET_USED, *read]
 
     def names(session) -> list[str]:

@@ -11,8 +11,8 @@ from ..errors import InputError
 from ..graph.layers import resolve_layer
 from ..graph.op_kinds import ACTIVATIONS
 from ..graph.sources import Source
+from ..images import image_layout
 from ..maps import resize_maps
-from ..viz.heatmap import image_layout
 from ._graph import graph_run
 
 LAYER_MAP = "layer_map"  # the program's output: the map at the layer's resolution

@@ -1,6 +1,6 @@
 """What the attention methods share: the attention layers of the model, which token row they
-read, padding, and how one score per token becomes an attribution of each input (token ids
-keep one score per token; images get the patch grid resized over the image)."""
+read, padding, and where the scores go (token ids keep one score per token; images get the
+patch grid resized over them, in the graph: export.attention), resolved from the inputs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import numpy as np
 from ..errors import InputError
 from ..graph.attention import AttentionLayer, patch_grid, require_attention
 from ..graph.op_kinds import SHAPE_READERS
+from ..images import image_layout
 from ..objective import last_positions, mask_inputs
-from ..viz.heatmap import image_layout
 from ._common import rows_text
-from ._layer import maps_per_image_input
 
 
 def attention_layers(model, attention) -> list[AttentionLayer]:
@@ -74,6 +73,29 @@ class Rows:
 
     query: int | None
     past: int = 0
+    tokens: int | None = None  # the queries (new tokens) per map
+    last: bool = False  # `query` is the explained position: each row's last real token
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What an attention method's graph (export.attention) reads and where its scores go,
+    resolved before building: in process from the inputs, by export from static shapes.
+
+    `query`: the row read (None: the mean of all rows; LAST_REAL: each row's last real
+    token, read from the padding mask in the graph); `prefix` tokens before the `grid` of
+    patches of an image; `text`: token-id inputs that take one score per token; `cached`:
+    the maps are [Tq, P + Tq] (a KV cache), squared in the graph.
+    """
+
+    query: int | str | None
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+    text: tuple[str, ...] = ()
+    cached: bool = False
+
+
+LAST_REAL = "last_real"
 
 
 @dataclass(frozen=True)
@@ -99,17 +121,17 @@ def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
     wants_last = is_auto_query(query) and bool(text)
     static = _static_tokens(engine.model, layers)
     if static is not None and not wants_last:
-        return Rows(token_layout(feeds, sources, static, query).query)
+        return Rows(token_layout(feeds, sources, static, query).query, 0, static)
     probe = _probe(engine, feeds, layers)
     queries, past = _queries_and_past(probe, layers, method)
     if wants_last:
         positions = last_positions(feeds, mask_inputs(engine.model), len(text[0]), queries)
         if probe.causal(int(positions[0])):
-            return Rows(_same_position(positions), past)
+            return Rows(_same_position(positions), past, queries, last=True)
     if past and token_layout(feeds, sources, queries, query).query is None:
         raise InputError(f"{method} with cached keys reads one query row: query='mean' would "
                          "average rows that see different prefixes; name a query token")
-    return Rows(token_layout(feeds, sources, queries, query).query, past)
+    return Rows(token_layout(feeds, sources, queries, query).query, past, queries)
 
 
 def _static_tokens(model, layers: Sequence[AttentionLayer]) -> int | None:
@@ -223,55 +245,6 @@ def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLaye
                 and value.shape[1] >= tokens:
             mask &= value[:, value.shape[1] - tokens:] != 0
     return mask
-
-
-def read_row(matrices: np.ndarray, layout: TokenLayout) -> np.ndarray:
-    """[N, S, S] -> [N, S]: the query row, or the mean of all rows."""
-    if layout.query is None:
-        return matrices.mean(axis=1)
-    return matrices[:, layout.query, :]
-
-
-def token_output(feeds: Mapping[str, np.ndarray], scores: np.ndarray, layout: TokenLayout,
-                 mask: np.ndarray, upsample: str) -> tuple[dict, dict]:
-    """(attributions per input, tensors): scores with padding and the query token's own
-    entry zeroed; for images the patches as a grid, resized to each image input."""
-    scores = np.where(mask, scores, 0.0)
-    if layout.query is not None:
-        scores[:, layout.query] = 0.0
-    scores = scores.astype(np.float32)
-    tensors = {"tokens": scores}
-    at_inputs = {name: scores for name in layout.text_inputs}
-    if layout.grid is not None:
-        patches = scores[:, layout.prefix:].reshape(scores.shape[0], 1, *layout.grid)
-        tensors["patches"] = patches
-        at_inputs.update(maps_per_image_input(feeds, patches, upsample))
-    return at_inputs, tensors
-
-
-def layer_stack(values: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer],
-                past: int = 0) -> list[np.ndarray]:
-    """The tapped or differentiated tensors of each layer, in float64, checked to be
-    [batch, heads, queries, past + queries]."""
-    out = []
-    for layer in layers:
-        value = np.asarray(values[layer.probabilities], dtype=np.float64)
-        if value.ndim != 4 or value.shape[3] != value.shape[2] + past:
-            raise InputError(f"attention tensor '{layer.probabilities}' has shape "
-                             f"{value.shape}; self-attention is [batch, heads, queries, "
-                             f"{past} cached + queries keys]")
-        out.append(value)
-    return out
-
-
-def split_cached(scores: np.ndarray, mask: np.ndarray, past: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """([N, P + T] scores, their padding mask) -> (scores, mask of the T new tokens, the
-    summed score of the P cached positions or None without a cache)."""
-    if not past:
-        return scores, mask, None
-    block = np.where(mask[:, :past], scores[:, :past], 0.0).sum(axis=1)
-    return scores[:, past:], mask[:, past:], block
 
 
 def layer_index(start_layer, count: int) -> int:

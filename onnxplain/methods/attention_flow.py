@@ -22,84 +22,44 @@ becomes square; the scores of the P cached positions come back summed as one blo
 (extras 'cached_block', 'cached_positions'), the map covers the Tq new tokens. Under a
 next-token objective the gradient and relevance passes start from a copy of the model's tail
 after the last attention layer that holds the explained position alone (_explained_row).
+
+Each method is one graph (export.attention), the program `export` saves: here the layers,
+the query row and the token layout are resolved from the inputs (with their warnings and
+checks), the program runs through methods._graph, and its outputs are wrapped.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
-from ..autodiff import POST_PREFIX
 from ..autodiff.program import Pass
-from ..engine import GradientRun
 from ..graph.attention_layouts import readable
 from ..rules.chefer import CHEFER
 from . import MethodOutput, MethodSpec, register
-from ._attention_graph import (
-    RELEVANCE,
-    ROW,
-    attention_mean,
-    chain_post,
-    gradient_times_attention,
-    gradient_times_relevance,
-)
-from ._common import clean_run, explicit_target
+from ._attention_graph import RELEVANCE
 from ._explained_row import explained_row
+from ._graph import graph_run
+from ._layer import image_inputs
 from ._tokens import (
-    Rows,
+    LAST_REAL,
+    Reading,
     attention_layers,
     layer_index,
-    layer_stack,
     map_sizes,
-    padding_mask,
     probabilities,
-    read_row,
     resolve_query,
-    split_cached,
     token_layout,
-    token_output,
 )
 from .options import Option, attention_options, start_layer_option
 
-_POSITIVE_GXA = gradient_times_attention(positive=True)
-_SIGNED_GXA = gradient_times_attention(positive=False)
+FORWARD_ONLY = ("raw_attention", "rollout")
 
 
-def _finish(feeds, sources, run: GradientRun, layers, scores: np.ndarray, rows: Rows,
-            upsample: str, tensors: dict | None = None, extras: dict | None = None,
-            signed: bool = True) -> MethodOutput:
-    """Map [N, P + S] scores (or [N, S, P + S] token matrices, read at the query row) onto
-    the inputs, the P cached positions as one block; `signed` False for methods whose scores
-    cannot be negative."""
-    scores = np.asarray(scores, dtype=np.float64)
-    count, tokens = scores.shape[0], scores.shape[-1] - rows.past
-    layout = token_layout(feeds, sources, tokens, "mean" if rows.query is None else rows.query)
-    if scores.ndim == 3:
-        scores = read_row(scores, layout)
-    scores, mask, block = split_cached(scores, padding_mask(feeds, layers, count,
-                                                            tokens + rows.past), rows.past)
-    at_inputs, out_tensors = token_output(feeds, scores, layout, mask, upsample)
-    out_tensors.update(tensors or {})
-    info = {"layers": [layer.as_dict() for layer in layers],
-            "query": layout.query if layout.query is not None else "mean",
-            "patch_grid": list(layout.grid) if layout.grid else None}
-    notes = []
-    if block is not None:
-        info.update(cached_positions=rows.past, cached_block=block.tolist())
-        if tokens == 1:
-            notes.append(f"one new token after {rows.past} cached positions: its own entry is "
-                         "0 as every query's is; what it reads from the cache is extras "
-                         "'cached_block'")
-    info.update(extras or {})
-    return MethodOutput(run, at_inputs=at_inputs, tensors=out_tensors, extras=info,
-                        signed=signed, notes=notes)
-
-
-def relevance_pass(layers, sources) -> Pass:
-    """R_l for every layer under Chefer et al.'s LRP. Activations are what depends on the
-    sources (not only on the maps), so that a residual sum splits relevance between both
-    its branches in the first layer too."""
-    return Pass(RELEVANCE, CHEFER, tuple(probabilities(layers)),
-                tuple(s.tensor for s in sources))
+def relevance_pass(maps, active) -> Pass:
+    """R_l for every map under Chefer et al.'s LRP. Activations are what depends on the
+    source tensors `active` (not only on the maps), so that a residual sum splits relevance
+    between both its branches in the first layer too."""
+    return Pass(RELEVANCE, CHEFER, tuple(maps), tuple(active))
 
 
 def readable_layers(engine, feeds, layers, method: str) -> list:
@@ -118,97 +78,109 @@ def readable_layers(engine, feeds, layers, method: str) -> list:
     return readable(engine.model, layers, shapes, method)
 
 
-def _chain(engine, feeds, target, sources, *, attention, query, upsample: str,
-           start_layer: int, name: str, weighting, step: str, reads: str,
-           signed: bool) -> MethodOutput:
-    """A method chained over layers in the graph (see _attention_graph); `reads` is what the
-    weighting needs besides the maps: "nothing" (one forward run), "gradients", or
-    "relevance" (the gradients and Chefer et al.'s LRP, as a second pass of the same run)."""
-    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention), name)
+def _explain(engine, feeds, target, sources, method: str, *, attention, query,
+             upsample: str, start_layer: int = 0, last_only: bool = False,
+             signed: bool = True) -> MethodOutput:
+    """Run `method`'s one graph (export.attention) with what it reads resolved from the
+    inputs here: the readable layers, the query row (`last_only`: resolved on the last
+    layer alone), the token layout; wrap its outputs."""
+    from ..export.attention import (
+        ACTIVE,
+        ATTENTION_OUTPUTS,
+        CACHED_BLOCK,
+        HEAD_RELEVANCE,
+        LAYER_MAP,
+        PATCHES,
+        READING,
+        ROW_COPY,
+        TOKENS,
+    )
+    from ..export.methods import ATTRIBUTION
+
+    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention), method)
     start = layer_index(start_layer, len(layers))
-    rows = resolve_query(engine, feeds, sources, layers[start:], query, name)
-    post = chain_post(name, probabilities(layers), start, weighting, step, rows.query,
-                      cached=rows.past > 0)
-    if reads == "nothing":
-        values = engine.forward(feeds, post=post)
-        outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
-        run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
-        scores = values[POST_PREFIX + ROW]
-    else:
-        passes = [relevance_pass(layers, sources)] if reads == "relevance" else []
-        # The objective reads one position: the backward passes start from it alone.
-        run = engine.gradients(feeds, target, probabilities(layers), passes=passes, post=post,
-                               pre=explained_row(target, probabilities(layers)[-1]))
-        scores = run.post[ROW]
-    return _finish(feeds, sources, run, layers, scores, rows, upsample, signed=signed)
+    rows = resolve_query(engine, feeds, sources, layers[-1:] if last_only else layers[start:],
+                         query, method)
+    layout = token_layout(feeds, sources, rows.tokens, "mean" if rows.query is None
+                          else rows.query)
+    # A causal model's explained position, the same in every row (checked): each row's last
+    # real token, read in the graph as export reads it.
+    reading = Reading(LAST_REAL if rows.last else layout.query, layout.prefix, layout.grid,
+                      layout.text_inputs, rows.past > 0)
+    options = {"attention": tuple(probabilities(layers)), "upsample": upsample,
+               "start_layer": start, READING: reading,
+               ACTIVE: tuple(s.tensor for s in sources),
+               ROW_COPY: explained_row(target, layers[-1].probabilities) is not None}
+    names = [*ATTENTION_OUTPUTS, *(f"{LAYER_MAP}{i}" for i in range(len(layers))),
+             *(ATTRIBUTION + name for name in (*layout.text_inputs, *image_inputs(engine.model)))]
+    # Forward-only methods run the generic program, as the model's own forward runs: ONNX
+    # Runtime lays out a quantized model's ops differently for static shapes (maps off 1e-4).
+    run = graph_run(engine, method, feeds, target, (), options, read=names,
+                    specialise=method not in FORWARD_ONLY)
+    found = run.post
+    at_inputs = {name[len(ATTRIBUTION):]: value for name, value in found.items()
+                 if name.startswith(ATTRIBUTION)}
+    tensors = {name: value for name, value in found.items()
+               if name in (TOKENS, PATCHES) or name.startswith(LAYER_MAP)}
+    info = {"layers": [layer.as_dict() for layer in layers],
+            "query": layout.query if layout.query is not None else "mean",
+            "patch_grid": list(layout.grid) if layout.grid else None}
+    notes = []
+    if CACHED_BLOCK in found:
+        info.update(cached_positions=rows.past, cached_block=found[CACHED_BLOCK].tolist())
+        if rows.tokens == 1:
+            notes.append(f"one new token after {rows.past} cached positions: its own entry is "
+                         "0 as every query's is; what it reads from the cache is extras "
+                         "'cached_block'")
+    if HEAD_RELEVANCE in found:
+        info["head_relevance"] = found[HEAD_RELEVANCE].tolist()
+    return MethodOutput(replace(run, post={}), at_inputs=at_inputs, tensors=tensors,
+                        extras=info, signed=signed, notes=notes)
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                   upsample: str = "bilinear"):
     """E_h A_L[query, :] of the last layer; every layer's maps as tensors 'attention/L'."""
-    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention),
-                             "raw_attention")
-    rows = resolve_query(engine, feeds, sources, layers, query, "raw_attention")
-    values = engine.forward(feeds, taps=probabilities(layers))
-    outputs = {spec.name: values[spec.name] for spec in engine.model.outputs}
-    run = clean_run(outputs, explicit_target(engine, outputs, target), engine)
-    maps = layer_stack(values, layers, rows.past)
-    tensors = {f"attention/{i}": m.astype(np.float32) for i, m in enumerate(maps)}
-    return _finish(feeds, sources, run, layers, maps[-1].mean(axis=1), rows, upsample,
-                   tensors, signed=False)
+    return _explain(engine, feeds, target, sources, "raw_attention", attention=attention,
+                    query=query, upsample=upsample, signed=False)
 
 
 def rollout(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear", start_layer: int = 0):
     """Attention rollout: prod_l normalise(I + E_h A_l), read at the query row."""
-    return _chain(engine, feeds, target, sources, attention=attention, query=query,
-                  upsample=upsample, start_layer=start_layer, name="rollout",
-                  weighting=attention_mean, step="rollout", reads="nothing",
-                  signed=False)
+    return _explain(engine, feeds, target, sources, "rollout", attention=attention,
+                    query=query, upsample=upsample, start_layer=start_layer, signed=False)
 
 
 def partial_lrp(engine, feeds, target, sources, *, attention=None, query="auto",
                 upsample: str = "bilinear"):
     """E_h R_L[query, :]: the LRP relevance of the last layer's attention map. extras hold
     each head's total relevance ('head_relevance', [N, heads]), Voita et al.'s head ranking."""
-    layers = readable_layers(engine, feeds, attention_layers(engine.model, attention),
-                             "partial_lrp")
-    rows = resolve_query(engine, feeds, sources, layers[-1:], query, "partial_lrp")
-    relevance = relevance_pass(layers[-1:], sources)
-    run = engine.gradients(feeds, target, relevance.wrt, rules=CHEFER,
-                           active_from=relevance.active_from,
-                           pre=explained_row(target, relevance.wrt[-1]))
-    last = layer_stack(run.grads, layers[-1:], rows.past)[0]
-    heads = last.sum(axis=(2, 3))
-    return _finish(feeds, sources, run, layers, last.mean(axis=1), rows, upsample,
-                   extras={"head_relevance": heads.tolist()})
+    return _explain(engine, feeds, target, sources, "partial_lrp", attention=attention,
+                    query=query, upsample=upsample, last_only=True)
 
 
 def transformer_attribution(engine, feeds, target, sources, *, attention=None, query="auto",
                             upsample: str = "bilinear", start_layer: int = 0):
     """Rollout of I + E_h (G_l * R_l)+ (Chefer, Gur, Wolf 2021a)."""
-    return _chain(engine, feeds, target, sources, attention=attention, query=query,
-                  upsample=upsample, start_layer=start_layer, name="transformer_attribution",
-                  weighting=gradient_times_relevance, step="rollout",
-                  reads="relevance", signed=False)
+    return _explain(engine, feeds, target, sources, "transformer_attribution",
+                    attention=attention, query=query, upsample=upsample,
+                    start_layer=start_layer, signed=False)
 
 
 def generic_attention(engine, feeds, target, sources, *, attention=None, query="auto",
                       upsample: str = "bilinear"):
     """R = I; R <- R + E_h (G_l * A_l)+ R for each layer (Chefer, Gur, Wolf 2021b)."""
-    return _chain(engine, feeds, target, sources, attention=attention, query=query,
-                  upsample=upsample, start_layer=0, name="generic_attention",
-                  weighting=_POSITIVE_GXA, step="accumulate",
-                  reads="gradients", signed=False)
+    return _explain(engine, feeds, target, sources, "generic_attention", attention=attention,
+                    query=query, upsample=upsample, signed=False)
 
 
 def attgrad(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear"):
     """prod_l E_h (G_l * A_l), later layers on the left, without clamping (Grad-SAM's
     gradient-weighted attention, multiplied across layers)."""
-    return _chain(engine, feeds, target, sources, attention=attention, query=query,
-                  upsample=upsample, start_layer=0, name="attgrad", weighting=_SIGNED_GXA,
-                  step="product", reads="gradients", signed=True)
+    return _explain(engine, feeds, target, sources, "attgrad", attention=attention,
+                    query=query, upsample=upsample)
 
 
 def _spec(name, run, summary, reference, family="attention", uses_objective=True,

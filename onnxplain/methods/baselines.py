@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..viz.heatmap import image_layout
+from ..images import image_layout
 
 NAMED = ("zeros", "constant", "blur", "uniform")
 

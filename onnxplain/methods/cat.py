@@ -10,19 +10,26 @@ score w.r.t. h_l, H heads and the features of h_l split into H head slices:
 
 so AttnCAT weighs each head's share of token i's gradient x activation by how much the query
 (class) token attends to i in that head. Scores are signed.
+
+One program each, export.cat's (the one `export` saves), run here by methods._graph.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import InputError
+from ..graph.attention import token_layout_of
 from . import MethodOutput, MethodSpec, register
-from ._tokens import attention_layers, padding_mask, token_layout, token_output
+from ._graph import graph_run
+from ._layer import image_sources
+from ._tokens import attention_layers, is_auto_query, query_index
+from .attention_flow import readable_layers
 from .options import attention_options
 
+TOKENS, PATCHES = "tokens", "patches"  # the programs' outputs besides the attributions
+LAYER = "layer/"  # and each layer's share of the scores, "layer/<index>"
 
-def _hidden_states(layers) -> list[str]:
+
+def hidden_states(layers) -> list[str]:
     missing = [layer.index for layer in layers if layer.hidden is None]
     if missing:
         raise InputError(f"the hidden state read by attention layer(s) {missing} was not "
@@ -30,62 +37,72 @@ def _hidden_states(layers) -> list[str]:
     return [layer.hidden for layer in layers]
 
 
-def _head_shares(g: np.ndarray, h: np.ndarray, heads: int, name: str) -> np.ndarray:
-    """[N, S, D] gradient and activation -> [N, S, heads]: g * h summed per head slice."""
-    if h.ndim != 3 or h.shape[-1] % heads:
-        raise InputError(f"hidden state '{name}' has shape {h.shape}; CAT needs [batch, "
-                         f"tokens, features] with features divisible by {heads} heads")
-    product = np.asarray(g, dtype=np.float64) * np.asarray(h, dtype=np.float64)
-    return product.reshape(*product.shape[:2], heads, -1).sum(axis=-1)
+def static_tokens(model, layers) -> int | None:
+    layout = token_layout_of(model, layers)
+    return None if layout is None else layout["tokens"]
 
 
-def _run(engine, feeds, target, sources, attention, query, upsample: str, weighted: bool
-         ) -> MethodOutput:
-    layers = attention_layers(engine.model, attention)
-    hidden = _hidden_states(layers)
-    taps = list(dict.fromkeys(hidden + ([lay.probabilities for lay in layers]
-                                         if weighted else [])))
-    run = engine.gradients(feeds, target, list(dict.fromkeys(hidden)), taps=taps)
-    first = run.taps[hidden[0]]
-    if first.ndim != 3:
-        raise InputError(f"hidden state '{hidden[0]}' has shape {first.shape}; CAT needs "
-                         "[batch, tokens, features]")
-    rows, tokens = first.shape[:2]
-    layout = token_layout(feeds, sources, tokens, query)
-    total = np.zeros((rows, tokens))
-    per_layer = {}
-    for layer, name in zip(layers, hidden, strict=True):
-        probs = run.taps.get(layer.probabilities)
-        heads = layer.heads or (probs.shape[1] if probs is not None else None)
-        if heads is None:
-            raise InputError(f"the head count of attention layer {layer.index} is unknown")
-        shares = _head_shares(run.grads[name], run.taps[name], heads, name)
-        if weighted:
-            attended = np.asarray(probs, dtype=np.float64)
-            row = (attended.mean(axis=2) if layout.query is None
-                   else attended[:, :, layout.query, :])
-            shares = shares * row.transpose(0, 2, 1)
-        score = shares.mean(axis=-1)
-        per_layer[f"layer/{layer.index}"] = score.astype(np.float32)
-        total += score
-    mask = padding_mask(feeds, layers, rows, tokens)
-    at_inputs, tensors = token_output(feeds, total, layout, mask, upsample)
-    tensors.update(per_layer)
+def static_grid(model, layers) -> tuple[int, tuple[int, int]] | None:
+    """(class tokens in front, patch grid) of an image model with static shapes."""
+    layout = token_layout_of(model, layers)
+    if not layout or not layout.get("patch_grid"):
+        return None
+    return layout.get("class_tokens", 0), tuple(layout["patch_grid"])
+
+
+def query_row(query, class_token: bool, tokens: int | None) -> int | None:
+    """The query row read: 'auto' is the class token (0) where there is one, else the mean
+    of all rows (None); a negative index counts from the end, in the graph where the token
+    count is not static."""
+    if is_auto_query(query):
+        return 0 if class_token else None
+    if tokens is None and _negative(query):
+        return int(query)
+    return query_index(query, tokens)
+
+
+def _negative(query) -> bool:
+    try:
+        return int(query) < 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _run(method: str, engine, feeds, target, sources, options: dict) -> MethodOutput:
+    found = attention_layers(engine.model, options["attention"])
+    layers = readable_layers(engine, feeds, found, method)  # window attention etc. skipped
+    if len(layers) < len(found):  # the program reads these, numbered from 0
+        options = {**options, "attention": [layer.probabilities for layer in layers]}
+        layers = attention_layers(engine.model, options["attention"])
+    hidden_states(layers)  # refused before anything is built
+    text = [s for s in sources if s.per_token and feeds[s.input].ndim == 2]
+    grid = None if text else static_grid(engine.model, layers)
+    tokens = feeds[text[0].input].shape[1] if text else static_tokens(engine.model, layers)
+    query = query_row(options["query"], bool(text) or bool(grid and grid[0]), tokens)
+    at = text or (image_sources(engine.model) if grid else [])
+    read = (TOKENS, PATCHES, *(f"{LAYER}{layer.index}" for layer in layers))
+    run = graph_run(engine, method, feeds, target, at, options, read=read)
+    tensors = dict(run.post)
+    if query is not None and query < 0:
+        query += tensors[TOKENS].shape[1]
     extras = {"layers": [layer.as_dict() for layer in layers],
-              "query": layout.query if layout.query is not None else "mean"}
-    return MethodOutput(run, at_inputs=at_inputs, tensors=tensors, extras=extras)
+              "query": query if query is not None else "mean"}
+    return MethodOutput(run, at_inputs={s.input: run.grads[s.tensor] for s in at},
+                        tensors=tensors, extras=extras)
 
 
 def cat(engine, feeds, target, sources, *, attention=None, query="auto",
         upsample: str = "bilinear"):
     """Class activation tokens: sum over layers of the per-token gradient x hidden state."""
-    return _run(engine, feeds, target, sources, attention, query, upsample, weighted=False)
+    return _run("cat", engine, feeds, target, sources,
+                {"attention": attention, "query": query, "upsample": upsample})
 
 
 def attncat(engine, feeds, target, sources, *, attention=None, query="auto",
             upsample: str = "bilinear"):
     """CAT with each head's share weighted by the query token's attention to the token."""
-    return _run(engine, feeds, target, sources, attention, query, upsample, weighted=True)
+    return _run("attncat", engine, feeds, target, sources,
+                {"attention": attention, "query": query, "upsample": upsample})
 
 
 _REFERENCE = "Qiang, Pan, Li, Zhu 2022 (AttCAT), arXiv:2209.14212"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -47,17 +46,17 @@ def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value
     sum(C) - (S_c(x) - S_c(x')) per row; a SummationWarning is issued where it exceeds
     `delta_tolerance` times |S_c(x) - S_c(x')|.
     """
-    from ..export.methods import BASELINE, BASELINE_SCORE, FED_BASELINE, SCORE  # imports us
+    from ..export.graph import FED  # export imports us
+    from ..export.methods import BASELINE, BASELINE_SCORE, SCORE
 
     moved = input_sources(sources, feeds, "deeplift")
     names = [source.tensor for source in moved]
-    eps = _check_eps(eps)
     references = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
     if not engine.model.batch.symbolic and engine.model.batch.size:
         return _fixed_batch(engine, feeds, target, names, references, eps, delta_tolerance)
     # The program export.methods.deeplift emits (export saves it too): the references are
     # its inputs, so a new baseline is a new feed, not a new program.
-    options = {"baseline": FED_BASELINE, "baseline_value": 0.0, "eps": eps}
+    options = {"baseline": FED, "baseline_value": 0.0, "eps": eps}
     rows = next(iter(feeds.values())).shape[0]
     with progress_bar(engine.progress, rows, "deeplift", "row") as bar:  # the engine's: none
         run = graph_run(engine, "deeplift", feeds, target, moved, options,
@@ -83,13 +82,6 @@ def _fixed_batch(engine, feeds, target, names, references, eps: float, tolerance
                         extras={"convergence_delta": delta})
 
 
-def _check_eps(eps: float) -> float:
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"eps must be a finite number >= 0, got {eps}")
-    return value
-
-
 # ---- fixed batch axes: input and reference rows in one padded run -----------------------
 def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
                  references: Mapping[str, np.ndarray], objective: Objective,
@@ -109,9 +101,8 @@ def _paired_runs(engine: Engine, feeds: Mapping[str, np.ndarray],
     pairs, rules = size // 2, deeplift_rules(eps)
     grads: dict[str, list[np.ndarray]] = {name: [] for name in names}
     cleans, bases = [], []
-    # Chunking resets the engine's chunk size on exit: no engine call follows this block.
-    with engine.chunking(size), progress_bar(engine.progress, rows, "deeplift",
-                                              "row") as bar:
+    engine = engine.with_policy(engine.policy.derive(batch_size=size))
+    with progress_bar(engine.progress, rows, "deeplift", "row") as bar:
         for start in range(0, rows, pairs):
             part = np.arange(start, min(start + pairs, rows))
             taken = np.pad(part, (0, pairs - len(part)), mode="edge")

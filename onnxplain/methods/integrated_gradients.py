@@ -78,7 +78,8 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
     path is walked at their output and the gradients go back through them once.
     """
-    from ..export.methods import BASELINE, BASELINE_SCORE, FED_BASELINE, SCORE  # imports us
+    from ..export.graph import FED  # export imports us
+    from ..export.methods import BASELINE, BASELINE_SCORE, SCORE
 
     moved = input_sources(sources, feeds, "integrated_gradients")
     names = [source.tensor for source in moved]
@@ -90,7 +91,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     if not engine.model.batch.symbolic or engine.model.opset < 12:
         return _folded(engine, feeds, target, names, baselines,
                        Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule)
-    options = {"n_steps": int(n_steps), "rule": rule, "baseline": FED_BASELINE,
+    options = {"n_steps": int(n_steps), "rule": rule, "baseline": FED,
                "baseline_value": 0.0, "internal_batch_size": per_run}
     # The Loop runs every step in one call: the bar moves when the rows are done.
     with progress_bar(engine.progress, len(alphas), "integrated gradients", "step") as bar:

@@ -1,25 +1,26 @@
 """Kernel SHAP (Lundberg and Lee 2017): Shapley values of input features as the solution of a
-weighted linear regression over coalitions of features, every coalition scored through the
-batched perturbation executor (runtime.perturb)."""
+weighted linear regression over coalitions of features. The coalitions are fixed by the
+seed, so the regression is a constant matrix (shapley_map); the program export.coalitions
+emits scores them in a Loop and applies it, in process and exported alike. Here: the
+coalitions, the matrices, and the input preparation (feature masks, background rows)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine
+from ..engine import Engine, GradientRun
 from ..errors import InputError
-from ..features import apply_features, baseline_values, row_masks
-from ..objective import Objective
-from ..runtime.perturb import perturbed_scores
+from ..features import baseline_values, row_masks
+from ..objective import OutputSeed
 from . import MethodOutput, MethodSpec, register
-from ._budget import counted
-from ._common import clean_run, fixed_objective
-from ._perturb import copies, perturbed_input
+from ._budget import MAX_RUNS, Work, check_work, counted
+from ._perturb import perturbation_run, perturbed_input
 from ._tokens import cached_inputs
 from .options import COALITION_BASELINE, feature_options, input_option, integer, seed_option
 
@@ -48,43 +49,123 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     KernelExplainer does, and E[f] is the mean score of the background. Features: see
     onnxplain.features.feature_mask (or pass an integer mask); image grid cells are `cell`
     pixels, 0 for an 8x8 grid over the image; superpixels (SLIC) aim at `n_segments`
-    segments. Every row uses the same
-    coalitions (seeded by `seed`), so a batch gives what its rows give one by one.
+    segments. Every row uses the same coalitions (seeded by `seed`), so a batch gives what
+    its rows give one by one. The coalitions fix the regression, so phi is a constant
+    matrix (shapley_map) times the scores: the program export.coalitions emits, which
+    `export` saves, scores the coalitions in a Loop and applies it with one MatMul.
     """
+    from ..export.coalitions import ADDITIVITY, EXPECTED, SCORE, VALUES  # imports us
+    from ..export.methods import ATTRIBUTION
+
     check_count("kernel_shap", "n_samples", n_samples)
-    check_count("kernel_shap", "n_segments", n_segments)
+    run, name, masks = coalition_run(
+        engine, "kernel_shap", feeds, target, features=features, cell=cell,
+        n_segments=n_segments, baseline=baseline, input=input,
+        options={"n_samples": n_samples, "seed": seed},
+        read=(VALUES, EXPECTED, ADDITIVITY, SCORE))
+    post = run.post
+    _warn_additivity(post[ADDITIVITY], post[SCORE], post[EXPECTED])
+    widths = sorted({int(mask.max()) + 1 for mask in masks})
+    found = [coalitions(width, n_samples, seed) for width in widths]
+    extras = {"values": post[VALUES], "expected_value": post[EXPECTED],
+              "additivity_error": post[ADDITIVITY], "feature_mask": np.stack(masks),
+              "exact": all(exact for _, _, exact in found),
+              "coalitions": max(len(present) for present, _, _ in found) + 1}
+    return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
+
+
+def coalition_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], target, *,
+                  features, cell: int, n_segments: int, baseline, input: str | None,
+                  options: Mapping, read: Sequence[str]
+                  ) -> tuple[GradientRun, str, list[np.ndarray]]:
+    """Kernel SHAP's or LIME's program (export.coalitions) run on the rows: (the run, its
+    attribution and `read` outputs in post, in row order; the perturbed
+    input; each row's feature mask). The masks and the background rows are the program's
+    inputs, computed here (input preparation); rows whose masks have different feature
+    counts (superpixels) run one program per count, their extras padded with NaN."""
+    from ..export.coalitions import MASK  # imports us
+    from ..export.graph import FED
+    from ..export.methods import ATTRIBUTION
+
+    check_count(method, "n_segments", n_segments)
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    objective, outputs = fixed_objective(engine, feeds, target)
     x = feeds[name]
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)
-    base = coalition_baseline(baseline, x)
-    fx = objective.score(outputs[engine.output])
-    rows = x.shape[0]
-    widest = max(int(mask.max()) + 1 for mask in masks)
-    values = np.full((rows, widest), np.nan)
-    expected, error = np.empty(rows), np.empty(rows)
-    counts, exact = [], True
-    for group in feature_groups(masks):
+    # Background rows are few and shared by all rows: baked in (the program's key holds
+    # their digest), where a fed input would be split into chunks of rows.
+    background = background_rows(coalition_baseline(baseline, x), x)
+    runs, groups = [], feature_groups(masks)
+    for group in groups:
         width = int(masks[group[0]].max()) + 1
-        present, weights, enumerated = shapley_coalitions(width, n_samples, seed)
-        # The empty coalition first: its score is E[f], the other end of the constraint.
-        evaluated = np.vstack([np.zeros((1, width), dtype=bool), present])
-        scores = coalition_values(engine, select_rows(feeds, group),
-                                  objective.take(group), name,
-                                  [masks[i] for i in group], evaluated, base, "kernel_shap")
-        expected[group] = scores[:, 0]
-        found = shapley_regression(present, weights, scores[:, 1:], scores[:, 0], fx[group])
-        values[group, :width] = found
-        error[group] = np.abs(found.sum(axis=1) + scores[:, 0] - fx[group])
-        counts.append(len(evaluated))
-        exact &= enumerated
-    _warn_additivity(error, fx, expected)
-    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
-    mapped = np.stack([values[i][masks[i]] for i in range(rows)]).astype(dtype)
-    extras = {"values": values, "expected_value": expected, "additivity_error": error,
-              "feature_mask": np.stack(masks), "exact": exact, "coalitions": max(counts)}
-    return MethodOutput(clean_run(outputs, objective, engine), at_inputs={name: mapped},
-                        extras=extras)
+        chosen = {**options, "features": FED, "n_features": width, "baseline": background,
+                  "input": name}
+        part = feeds if len(groups) == 1 else select_rows(feeds, group)
+        check_matrix(method, width, options["n_samples"], engine.memory_budget_mb)
+        count = (len(coalitions(width, options["n_samples"], options["seed"])[0]) + 1
+                 if method == "kernel_shap" else options["n_samples"])
+        runs.append(perturbation_run(
+            engine, method, part, _take_target(target, len(x), group), chosen,
+            {MASK: np.stack([masks[i] for i in group])}, count * len(background), method,
+            (ATTRIBUTION + name, *read)))
+    run = runs[0] if len(runs) == 1 else _stitch(runs, groups)
+    return run, name, masks
+
+
+def check_matrix(method: str, width: int, n_samples: int, budget_mb: float) -> None:
+    """The regression's float64 matrices ([F, samples], LIME's gram [F, F]) are built in
+    memory: over the memory budget they are one line, not a MemoryError."""
+    held = 8 * width * (n_samples + (width if method == "lime" else 0)) * 3
+    check_work(method, Work("n_samples", n_samples, 0, held, about=f"with {width:,} features "
+                            f"and n_samples={n_samples:,}"), MAX_RUNS, budget_mb)
+
+
+def background_rows(base: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The baseline as background rows [B, *row] (one row for a scalar or a row)."""
+    if base.ndim == x.ndim:
+        return np.ascontiguousarray(base)
+    return np.ascontiguousarray(np.broadcast_to(base, x.shape[1:])[None])
+
+
+def _take_target(target, rows: int, group: np.ndarray):
+    """The target of the rows in `group`: per-row values taken, one for all kept."""
+    if isinstance(target, OutputSeed):
+        values = target.values
+        return OutputSeed(values[group] if values.ndim and len(values) == rows else values)
+    if target is None or np.ndim(target) == 0:
+        return target
+    values = np.asarray(target)
+    return values[group] if len(values) == rows else target
+
+
+def _stitch(runs: list[GradientRun], groups: list[np.ndarray]) -> GradientRun:
+    """One run in row order from runs over groups of rows; per-feature outputs of groups
+    with fewer features are padded with NaN."""
+    order = np.argsort(np.concatenate(groups), kind="stable")
+
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        widest = max(part.shape[1] if part.ndim == 2 else 0 for part in parts)
+        if all(part.ndim == 2 for part in parts) and any(p.shape[1] < widest for p in parts):
+            parts = [np.pad(p.astype(np.float64), ((0, 0), (0, widest - p.shape[1])),
+                            constant_values=np.nan) for p in parts]
+        return np.concatenate(parts)[order]
+
+    def merged(field: str) -> dict[str, np.ndarray]:
+        first = getattr(runs[0], field)
+        return {key: joined([getattr(run, field)[key] for run in runs]) for key in first}
+
+    target = None if runs[0].target is None else joined([run.target for run in runs])
+    return GradientRun(outputs=merged("outputs"), grads=merged("grads"), target=target,
+                       objective=runs[0].objective, post=merged("post"))
+
+
+@functools.lru_cache(maxsize=8)
+def coalitions(width: int, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """shapley_coalitions, drawn once per (width, n_samples, seed): the program's builder
+    and the in-process extras read the same draws (read-only)."""
+    present, weights, exact = shapley_coalitions(width, n_samples, seed)
+    present.setflags(write=False)
+    weights.setflags(write=False)
+    return present, weights, exact
 
 
 def shapley_coalitions(width: int, n_samples: int, seed: int
@@ -126,44 +207,27 @@ def shapley_coalitions(width: int, n_samples: int, seed: int
     return np.vstack(present), np.concatenate(weights), not sizes
 
 
-def shapley_regression(present: np.ndarray, weights: np.ndarray, scores: np.ndarray,
-                       expected: np.ndarray, fx: np.ndarray) -> np.ndarray:
-    """[rows, F]: the kernel-weighted least squares of scores [rows, M] on the coalitions,
-    with sum(phi) = f(x) - E[f] imposed by eliminating the last feature (as shap does):
-    phi_F = delta - sum_{i<F} phi_i, so v(z) - E - z_F delta = sum_{i<F} (z_i - z_F) phi_i."""
-    delta = fx - expected
+def shapley_map(present: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[F - 1, M + 2]: the matrix A with phi_{<F} = A [E, v(z_1), ..., v(z_M), f(x)] for the
+    coalitions present [M, F] (empty and full ones left out) and their kernel weights.
+
+    The kernel-weighted least squares with sum(phi) = f(x) - E imposed by eliminating the
+    last feature (as shap does): phi_F = delta - sum_{i<F} phi_i with delta = f(x) - E, so
+    v(z) - E - z_F delta = sum_{i<F} (z_i - z_F) phi_i. Its minimum-norm solution is
+    pinv(D) sqrt(W) r (D the weighted design, r the responses, linear in the scores), the
+    cutoff of numpy's lstsq (eps max(M, F - 1) of the largest singular value)."""
     width = present.shape[1]
-    if width == 1:
-        return delta[:, None]
     z = present.astype(np.float64)
-    design = (z[:, :-1] - z[:, -1:]) * np.sqrt(weights)[:, None]
-    # Inf scores (a model undefined at the baseline) give NaN values: the additivity
-    # warning reports them, numpy's own warnings would only repeat it.
-    with np.errstate(invalid="ignore"):
-        response = (scores - expected[:, None] - delta[:, None] * z[:, -1]) * np.sqrt(weights)
-        head = np.linalg.lstsq(design, response.T, rcond=None)[0].T
-        return np.concatenate([head, (delta - head.sum(axis=1))[:, None]], axis=1)
-
-
-def coalition_values(engine: Engine, feeds: Mapping[str, np.ndarray], objective: Objective,
-                     name: str, masks: list[np.ndarray], present: np.ndarray,
-                     baseline: np.ndarray, label: str) -> np.ndarray:
-    """[rows, K] float64: the explained score of each row with only the features of each
-    coalition present[k] kept, the rest from `baseline` (see coalition_baseline; background
-    rows [B, *row] are averaged over, one model run per coalition and background row)."""
-    x = feeds[name]
-    background = baseline.ndim == x.ndim
-    repeats = len(baseline) if background else 1
-
-    def make(row: int, start: int, stop: int) -> dict[str, np.ndarray]:
-        coalition, rep = np.divmod(np.arange(start, stop), repeats)
-        base = baseline[rep] if background else baseline
-        values = apply_features(x[row], masks[row], present[coalition], base)
-        return copies(feeds, name, values)
-
-    scores = perturbed_scores(engine, feeds, objective, make, len(present) * repeats,
-                              label=label)
-    return scores.reshape(x.shape[0], len(present), repeats).mean(axis=2)
+    root = np.sqrt(weights)
+    design = (z[:, :-1] - z[:, -1:]) * root[:, None]
+    if width == 1 or not len(z):
+        return np.zeros((width - 1, len(z) + 2))
+    inverse = np.linalg.pinv(design, rcond=np.finfo(np.float64).eps * max(design.shape))
+    inverse *= root[None, :]
+    last = z[:, -1]
+    # r_j = v(z_j) - E (1 - z_jF) - f(x) z_jF
+    return np.concatenate([-(inverse @ (1 - last))[:, None], inverse,
+                           -(inverse @ last)[:, None]], axis=1)
 
 
 def coalition_baseline(baseline, x: np.ndarray) -> np.ndarray:

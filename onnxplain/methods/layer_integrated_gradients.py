@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..autodiff.build import ancestors, node_inputs
 from ..engine import Engine
 from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.model import Model
 from ..graph.sources import Source
+from ..graph.walk import ancestors, node_inputs
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run, loop_rows
@@ -58,12 +58,12 @@ def cut_at(model: Model, tensor: str) -> Model:
 
 
 def _cut_engine(engine: Engine, tensor: str) -> Engine:
-    cache = _CUT_ENGINES.setdefault(engine, {})
+    cache = _CUT_ENGINES.setdefault(engine.base, {})
     if tensor not in cache:
         cut = cut_at(engine.model, tensor)
         cache[tensor] = Engine(cut, engine.providers, engine.output, [Source(tensor, tensor)],
-                               engine.optimization, engine.memory_budget_mb)
-    return cache[tensor]
+                               engine.optimization, engine.policy)
+    return cache[tensor].with_policy(engine.policy)
 
 
 def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,

@@ -10,19 +10,9 @@ import numpy as np
 
 from ..engine import Engine
 from ..errors import InputError
-from ..features import row_masks
 from . import MethodOutput, MethodSpec, register
 from ._budget import counted
-from ._common import clean_run, fixed_objective
-from ._perturb import perturbed_input
-from ._tokens import cached_inputs
-from .kernel_shap import (
-    check_count,
-    coalition_baseline,
-    coalition_values,
-    feature_groups,
-    select_rows,
-)
+from .kernel_shap import check_count, coalition_run
 from .options import (
     COALITION_BASELINE,
     feature_options,
@@ -50,36 +40,24 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image; superpixels
     (SLIC) aim at `n_segments` segments.
     """
+    from ..export.coalitions import FIT, INTERCEPT, WEIGHTS  # imports us
+    from ..export.methods import ATTRIBUTION
+
     check_count("lime", "n_samples", n_samples)
-    check_count("lime", "n_segments", n_segments)
     if not isinstance(kernel_width, Real) or not kernel_width > 0:
         raise InputError(f"option 'kernel_width' of method 'lime' must be > 0, "
                          f"got {kernel_width!r}")
     if not isinstance(alpha, Real) or not alpha >= 0:
         raise InputError(f"option 'alpha' of method 'lime' must be >= 0, got {alpha!r}")
-    name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    objective, outputs = fixed_objective(engine, feeds, target)
-    x = feeds[name]
-    masks = row_masks(x, features, cell=cell, n_segments=n_segments)
-    base = coalition_baseline(baseline, x)
-    rows = x.shape[0]
-    widest = max(int(mask.max()) + 1 for mask in masks)
-    weights = np.full((rows, widest), np.nan)
-    intercept, score = np.empty(rows), np.empty(rows)
-    for group in feature_groups(masks):
-        width = int(masks[group[0]].max()) + 1
-        present = lime_samples(width, n_samples, seed)
-        scores = coalition_values(engine, select_rows(feeds, group),
-                                  objective.take(group), name,
-                                  [masks[i] for i in group], present, base, "lime")
-        fitted = weighted_ridge(present, scores, lime_kernel(present, kernel_width), alpha)
-        weights[group, :width], intercept[group], score[group] = fitted
-    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
-    mapped = np.stack([weights[i][masks[i]] for i in range(rows)]).astype(dtype)
-    extras = {"weights": weights, "intercept": intercept, "score": score,
-              "feature_mask": np.stack(masks)}
-    return MethodOutput(clean_run(outputs, objective, engine), at_inputs={name: mapped},
-                        extras=extras)
+    run, name, masks = coalition_run(
+        engine, "lime", feeds, target, features=features, cell=cell, n_segments=n_segments,
+        baseline=baseline, input=input,
+        options={"n_samples": n_samples, "seed": seed, "kernel_width": float(kernel_width),
+                 "alpha": float(alpha)},
+        read=(WEIGHTS, INTERCEPT, FIT))
+    extras = {"weights": run.post[WEIGHTS], "intercept": run.post[INTERCEPT],
+              "score": run.post[FIT], "feature_mask": np.stack(masks)}
+    return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
 
 
 def lime_samples(width: int, n_samples: int, seed: int) -> np.ndarray:
@@ -99,31 +77,24 @@ def lime_kernel(present: np.ndarray, kernel_width: float) -> np.ndarray:
     return np.sqrt(np.exp(-np.square(distance / np.float64(kernel_width))))
 
 
-def weighted_ridge(present: np.ndarray, scores: np.ndarray, weights: np.ndarray,
-                   alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coefficients [rows, F], intercepts [rows], weighted R^2 [rows]) of the ridge fit of
-    scores [rows, M] on the coalitions: centring by weighted means leaves the intercept out
-    of the penalty, coef = (Zc' W Zc + alpha I)^-1 Zc' W yc, b = mean_w(y) - mean_w(z) coef.
-    """
+def ridge_map(present: np.ndarray, weights: np.ndarray, alpha: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(C [F, M], c [M]): the coefficients C y and the intercept c . y of the ridge fit of
+    scores y [M] on the coalitions present [M, F] with sample weights w (the intercept
+    unpenalised): centring by weighted means leaves it out of the penalty,
+    coef = (Zc' W Zc + alpha I)^-1 Zc' W (y - mean_w(y)), b = mean_w(y) - mean_w(z) . coef.
+    Linear in y (lstsq: with alpha = 0 and too few samples the system is singular, and
+    the minimum-norm solution is pinv(gram) times the right-hand side)."""
     z = present.astype(np.float64)
     total = weights.sum()
     z_mean = weights @ z / total
-    y_mean = scores @ weights / total
     zc = z - z_mean
-    yc = scores - y_mean[:, None]
     gram = zc.T @ (weights[:, None] * zc) + alpha * np.eye(z.shape[1])
-    # lstsq: with alpha = 0 and too few samples the system is singular; take min-norm.
-    coef = np.linalg.lstsq(gram, zc.T @ (weights[:, None] * yc.T), rcond=None)[0].T
-    intercept = y_mean - coef @ z_mean
-    residual = ((scores - intercept[:, None] - coef @ z.T) ** 2) @ weights
-    spread = (yc ** 2) @ weights
-    # sklearn's convention for a constant target: R^2 = 1 if fitted exactly, else 0.
-    # "Constant" up to rounding: centring leaves ~1e-16 relative noise behind.
-    tiny = total * (1e-12 * np.abs(scores).max(axis=1, initial=0.0)) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(spread > tiny, 1 - residual / spread,
-                      np.where(residual > tiny, 0.0, 1.0))
-    return coef, intercept, r2
+    # Zc' W (I - 1 w' / total): the weighted centring of y folded into the matrix.
+    weighted = zc.T * weights[None, :]
+    right = weighted - np.outer(weighted.sum(axis=1), weights / total)
+    coef = np.linalg.lstsq(gram, right, rcond=None)[0]
+    return coef, weights / total - z_mean @ coef
 
 
 register(MethodSpec(

@@ -46,11 +46,12 @@ def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
     relevance is conserved; biases, epsilon and rules like alpha-beta without negative
     contributions make it drift.
     """
-    from ..export.methods import BOUND, FED_BASELINE, box_bound  # export imports us
+    from ..export.graph import FED  # export imports us
+    from ..export.methods import BOUND, box_bound
 
-    params = LrpParams(_number("epsilon", epsilon), _number("gamma", gamma),
-                       _number("alpha", alpha), _number("beta", beta), box_bound(low),
-                       box_bound(high), _number("stabilizer", stabilizer))
+    # The numbers come checked by the declarations below (MethodSpec.resolve_options).
+    params = LrpParams(epsilon, gamma, alpha, beta, box_bound(low), box_bound(high),
+                       stabilizer)
     names = [source.tensor for source in sources]
     rules = lrp_rules(engine.model, names, str(composite), params, bool(merge_batch_norm))
     # The program export.methods.lrp emits (the one `export` saves); box bounds are its
@@ -62,7 +63,7 @@ def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
            for name, bound in zip(("low", "high"), bounds, strict=True)} if boxed else {}
     options = {"composite": str(composite), "epsilon": params.epsilon, "gamma": params.gamma,
                "alpha": params.alpha, "beta": params.beta,
-               "low": FED_BASELINE if boxed else None, "high": FED_BASELINE if boxed else None,
+               "low": FED if boxed else None, "high": FED if boxed else None,
                "stabilizer": params.stabilizer, "merge_batch_norm": bool(merge_batch_norm),
                "bound_rank": bounds[0].ndim if boxed else None}
     run = graph_run(engine, "lrp", feeds, target, sources, options, fed=fed,
@@ -93,14 +94,6 @@ def initial_relevance(output: np.ndarray, target) -> np.ndarray:
         return output.copy()
     raise InputError(f"the explained output has shape {tuple(output.shape)}: neither class "
                      "scores [batch, classes] nor one value per row; pass an output seed")
-
-
-def _number(name: str, value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"option '{name}' of method 'lrp' expects a number, got {value!r}"
-                         ) from None
 
 
 register(MethodSpec(

@@ -5,23 +5,22 @@ what it covers by a baseline, and credit the covered elements with the drop of t
 
 (the mean over covering windows is Captum's normalisation, so overlapping strides keep the
 scale). Windows span every channel of an image; token ids and tabular rows are windowed
-along their one axis. Every occluded copy runs through the batched perturbation executor.
+along their one axis. The occluded copies run in one ONNX program (export.occlusion), the
+one `export` saves.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.perturb import perturbed_scores
-from ..viz.heatmap import image_layout
+from ..images import image_layout
+from ..runtime.batching import DEFAULT_BUDGET_MB
 from . import MethodOutput, MethodSpec, register
 from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
-from ._common import clean_run, fixed_objective
-from ._perturb import copies, perturbed_input
+from ._perturb import perturbation_run, perturbed_input
 from ._tokens import cached_inputs
 from .options import Option, input_option, perturbation_baseline
 
@@ -55,17 +54,9 @@ def _pair(value, what: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def window_starts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[tuple]:
-    """Start corners of every window position, as Captum places them: steps of `stride`
-    until the window reaches the end, the last one clipped at the border if it overhangs."""
-    counts = window_counts(row_shape, window, stride)
-    ranges = [[k * step for k in range(count)] for count, step in zip(counts, stride,
-                                                                         strict=True)]
-    return list(itertools.product(*ranges))
-
-
 def window_counts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[int]:
-    """Window positions along each axis of a row."""
+    """Window positions along each axis of a row, as Captum places them: steps of `stride`
+    until the window reaches the end, the last one clipped at the border if it overhangs."""
     counts = []
     for dim, size, step in zip(row_shape, window, stride, strict=True):
         if size > dim:
@@ -75,13 +66,14 @@ def window_counts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> l
     return counts
 
 
-def check_budget(engine, count: int, max_runs, row_shape: tuple, window: tuple) -> None:
+def check_budget(count: int, max_runs, row_shape: tuple, window: tuple,
+                 budget_mb: float = DEFAULT_BUDGET_MB) -> None:
     """Refuse more than `max_runs` occluded copies per row (the shared work budget), saying
     what would raise it; the count comes from the window geometry, so it is checked here."""
     about = f"with window {window} over an input row of shape {tuple(row_shape)}"
     work = Work("window", count, count, 0, advice="use a larger window (-O window=N)",
                 about=about)
-    check_work("occlusion", work, max_runs, engine.memory_budget_mb)
+    check_work("occlusion", work, max_runs, budget_mb)
 
 
 def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
@@ -90,7 +82,11 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     `window` and `stride` in pixels for images (one number for square, or "h,w"; default
     8 and 8), in elements for other inputs (default 1: one token or column at a time);
     `baseline` a number or an array like one row (token ids: the id put in); more than
-    `max_runs` windows per row are refused (MAX_RUNS by default)."""
+    `max_runs` windows per row are refused (MAX_RUNS by default). The windows run in the
+    program `export` saves (export.occlusion), the baseline fed as its input."""
+    from ..export.graph import FED  # export imports the methods
+    from ..export.methods import ATTRIBUTION, BASELINE
+
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
     value = feeds[name]
     row_shape = value.shape[1:]
@@ -98,34 +94,19 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     window = window if window is not None else (8 if image else 1)
     stride = stride if stride is not None else window
     size, step = window_geometry(row_shape, window, stride)
-    check_budget(engine, math.prod(window_counts(row_shape, size, step)), max_runs, row_shape, size)
-    starts = window_starts(row_shape, size, step)
-    fill = _baseline(baseline, value)
-    objective, clean = fixed_objective(engine, feeds, target)
-    clean_scores = objective.score(clean[engine.output])
-
-    def make(row: int, first: int, last: int) -> dict[str, np.ndarray]:
-        batch = np.repeat(value[row:row + 1], last - first, axis=0)
-        for k, corner in enumerate(starts[first:last]):
-            region = (k, *(slice(c, c + s) for c, s in zip(corner, size, strict=True)))
-            batch[region] = fill[region[1:]]
-        return copies(feeds, name, batch)
-
-    scores = perturbed_scores(engine, feeds, objective, make, len(starts), label="occlusion")
-    total = np.zeros(value.shape, dtype=np.float64)
-    covered = np.zeros(row_shape, dtype=np.float64)
-    drops = clean_scores[:, None] - scores
-    for k, corner in enumerate(starts):
-        region = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
-        total[(slice(None), *region)] += drops[:, k].reshape(-1, *[1] * len(row_shape))
-        covered[region] += 1
-    maps = np.where(covered > 0, total / np.maximum(covered, 1), 0.0).astype(np.float32)
-    extras = {"window": list(size), "stride": list(step), "windows": len(starts)}
-    return MethodOutput(clean_run(clean, objective, engine), at_inputs={name: maps},
-                        extras=extras)
+    count = math.prod(window_counts(row_shape, size, step))
+    check_budget(count, max_runs, row_shape, size, engine.memory_budget_mb)
+    fill = np.broadcast_to(baseline_like(baseline, value), value.shape)
+    options = {"window": window, "stride": stride, "baseline": FED, "input": name,
+               "row_shape": list(row_shape), "max_runs": max_runs}
+    run = perturbation_run(engine, "occlusion", feeds, target, options,
+                           {BASELINE + name: np.ascontiguousarray(fill)}, count, "occlusion",
+                           (ATTRIBUTION + name,))
+    extras = {"window": list(size), "stride": list(step), "windows": count}
+    return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
 
 
-def _baseline(baseline, value: np.ndarray) -> np.ndarray:
+def baseline_like(baseline, value: np.ndarray) -> np.ndarray:
     """The values occluded elements take, shaped like one row."""
     array = np.asarray(baseline)
     if array.dtype.kind not in "fiub":

@@ -48,13 +48,6 @@ class Option:
         if unknown or not self.kinds:
             raise ValueError(f"option {self.name}: unknown kinds {sorted(unknown)}")
 
-    @classmethod
-    def like(cls, name: str, default: object, help: str = "") -> Option:
-        """An option declared by its default alone: the default's type, None allowed only
-        where the default is None (then any text)."""
-        kinds = {bool: ("bool",), int: ("int",), float: ("float",)}.get(type(default), ("text",))
-        return cls(name, default, help, kinds, none=default is None)
-
     def expects(self) -> str:
         """What the option accepts, in words: 'an int >= 1', 'one of zeros, blur or a float'."""
         parts = [_KIND_WORDS[kind](self) for kind in self.kinds]

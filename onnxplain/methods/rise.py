@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.perturb import perturbed_scores
-from ..viz.heatmap import image_layout
+from ..images import image_layout
 from . import MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
-from ._common import clean_run, fixed_objective
-from ._perturb import copies, perturbed_input
+from ._perturb import perturbation_run, perturbed_input
 from ._tokens import cached_inputs
 from .options import (
     brief,
@@ -24,9 +21,6 @@ from .options import (
     perturbation_baseline,
     seed_option,
 )
-
-# Masks per block when the saliency is summed: bounds the float64 scratch at 224x224 to ~25 MB.
-_SUM_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,8 @@ def _bilinear(n_out: int, n_in: int) -> np.ndarray:
 
 
 def rise_masks(plan: RisePlan, start: int, stop: int) -> np.ndarray:
-    """Masks start..stop-1 of `plan` as float32 [stop - start, *plan.shape] in [0, 1].
+    """Masks start..stop-1 of `plan` as float32 [stop - start, *plan.shape] in [0, 1]: the
+    definition the graph computes (export.rise), written out for the tests' references.
 
     Images: M_i = crop(upsample(G_i)) with G_i the kept cells, upsampled bilinearly to
     ((grid + 1) * cell_h, (grid + 1) * cell_w) and cropped to H x W at the mask's shift.
@@ -113,45 +108,33 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     shifted at random), shared over channels; other inputs get binary masks over their
     features (token ids take the integer `baseline`, e.g. the padding id). The same masks
     explain every row; the saliency is unsigned, shaped [N, 1, H, W] / [N, H, W, 1] for
-    images and like the input otherwise.
+    images and like the input otherwise. The masks are made and applied in the program
+    `export` saves (export.rise), the baseline fed as its input.
     """
+    from ..export.graph import FED  # export imports the methods
+    from ..export.methods import ATTRIBUTION, BASELINE
+
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
-    objective, outputs = fixed_objective(engine, feeds, target)
     value = feeds[name]
     layout = image_layout(value.shape) if value.dtype.kind == "f" else None
-    if layout is None:
-        plan = rise_plan(value.shape[1:], n_masks, None, keep, seed)
-    else:
-        size = value.shape[2:] if layout == "NCHW" else value.shape[1:3]
-        plan = rise_plan(tuple(size), n_masks, grid, keep, seed)
-    fill = _baseline(value, baseline)
-
-    def make(row: int, first: int, last: int) -> Mapping[str, np.ndarray]:
-        masks = rise_masks(plan, first, last)
-        x, b = value[row:row + 1], fill[row:row + 1]
-        if layout is None:
-            perturbed = np.where(masks.astype(bool), x, b)
-        else:
-            m = masks[:, None] if layout == "NCHW" else masks[..., None]
-            perturbed = m * x + (1 - m) * b
-        return copies(feeds, name, perturbed)
-
-    scores = perturbed_scores(engine, feeds, objective, make, n_masks, label="rise")
-    saliency = _weighted_sum(plan, scores) / (n_masks * keep)
-    dtype = value.dtype if value.dtype.kind == "f" else np.float32
-    if layout == "NCHW":
-        saliency = saliency[:, None]
-    elif layout == "NHWC":
-        saliency = saliency[..., None]
+    size = value.shape[1:] if layout is None else \
+        value.shape[2:] if layout == "NCHW" else value.shape[1:3]
+    rise_plan(tuple(size), n_masks, grid if layout else None, keep, seed)  # one-line refusals
+    fill = rise_baseline(value, baseline)
+    options = {"n_masks": int(n_masks), "grid": int(grid), "keep": float(keep),
+               "seed": int(seed), "baseline": FED, "input": name,
+               "row_shape": list(value.shape[1:])}
+    run = perturbation_run(engine, "rise", feeds, target, options,
+                           {BASELINE + name: np.ascontiguousarray(fill)}, int(n_masks), "rise",
+                           (ATTRIBUTION + name,))
     extras = {"n_masks": n_masks, "grid": grid if layout else None, "keep": keep}
     notes = [] if value.dtype.kind == "f" else [
         f"rise: masked tokens of '{name}' were set to id {int(fill.flat[0])}"]
-    return MethodOutput(clean_run(outputs, objective, engine),
-                        at_inputs={name: saliency.astype(dtype)}, extras=extras, notes=notes,
-                        signed=False)
+    return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras,
+                        notes=notes, signed=False)
 
 
-def _baseline(value: np.ndarray, baseline) -> np.ndarray:
+def rise_baseline(value: np.ndarray, baseline) -> np.ndarray:
     """The baseline broadcast to the input (a scalar, or an array such as a blurred image)."""
     fill = np.asarray(baseline)
     if value.dtype.kind in "iu" and np.any(fill != np.round(fill)):
@@ -162,17 +145,6 @@ def _baseline(value: np.ndarray, baseline) -> np.ndarray:
     except ValueError:
         raise InputError(f"rise: baseline shape {fill.shape} does not broadcast to the "
                          f"input's {value.shape}") from None
-
-
-def _weighted_sum(plan: RisePlan, scores: np.ndarray) -> np.ndarray:
-    """[rows, *plan.shape] float64: sum_i scores[:, i] M_i, the masks made again block by
-    block (keeping them all would take n_masks * H * W floats)."""
-    total = np.zeros((scores.shape[0], math.prod(plan.shape)))
-    for start in range(0, plan.count, _SUM_BLOCK):
-        stop = min(start + _SUM_BLOCK, plan.count)
-        masks = rise_masks(plan, start, stop).reshape(stop - start, -1)
-        total += scores[:, start:stop] @ masks.astype(np.float64)
-    return total.reshape(scores.shape[0], *plan.shape)
 
 
 def rise_work(options, feeds) -> Work:

@@ -1,58 +1,36 @@
 """SmoothGrad, SmoothGrad-squared and VarGrad: any gradient method averaged over noisy copies.
 
 Smilkov et al. 2017 (SmoothGrad), Adebayo et al. 2018 (VarGrad, the variance).
+
+Over saliency, input x gradient, guided backprop and deconvnet the copies run in the ONNX
+Loop that `export` saves (export.noise: the same program, the same numbers); the noise is
+export.random's generator keyed by (seed, sample, element), so a row draws the same noise
+alone or in any batch. Other bases (DeepLIFT, LRP, integrated gradients), models with a fixed
+batch axis and opsets below 12 run the base method on chunks of copies here, with the same
+generator's draws (its numpy reference).
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping, Sequence
-
 import numpy as np
 
 from ..errors import InputError
+from ..inputs import batch_size
 from ..runtime.progress import progress_bar
 from . import METHODS, MethodOutput, MethodSpec, register
 from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, equal_runs, fixed_objective, input_sources
+from ._graph import graph_run
 from .integrated_gradients import INTERNAL_BATCH_SIZE
 from .options import choice, integer, number, seed_option
 
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def smoothgrad_noise(feeds: Mapping[str, np.ndarray], names: Sequence[str],
-                     noise_level: float, n_samples: int, seed: int) -> dict[str, np.ndarray]:
-    """Gaussian noise per input, [rows * n_samples, ...] with the samples of a row adjacent.
-
-    Its standard deviation is `noise_level` times the row's value range (max - min), as in
-    the SmoothGrad paper; a row with no range gets `noise_level` itself.
-    """
-    noise = {}
-    for index, name in enumerate(names):
-        x = feeds[name]
-        # Drawn in single precision unless the input is double: 58 against 140 ms
-        # for 25 samples at 224x224, and no copy to cast.
-        dtype = np.float64 if x.dtype == np.float64 else np.float32
-        draws = np.empty((x.shape[0], n_samples) + x.shape[1:], dtype=dtype)
-        for row in range(x.shape[0]):
-            _row_rng(seed, index, x[row]).standard_normal(draws.shape[1:], dtype=dtype,
-                                                          out=draws[row])
-            spread = float(x[row].max() - x[row].min())
-            draws[row] *= dtype(noise_level * (spread if spread > 0 else 1.0))
-        noise[name] = draws.reshape((-1,) + x.shape[1:]).astype(x.dtype, copy=False)
-    return noise
-
-
-def _row_rng(seed: int, input_index: int, row: np.ndarray) -> np.random.Generator:
-    """A generator seeded by the seed and the row's own bytes: a row gets the same noise
-    alone or in any batch, at any position (so a batch equals its rows run one by one)."""
-    digest = zlib.crc32(np.ascontiguousarray(row).tobytes())
-    return np.random.default_rng([int(seed), input_index, digest])
-
-
 def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
                   noise_level: float, n_samples: int, seed: int, internal_batch_size: int = 0):
+    from ..export.noise import BASES  # export imports us
+
     spec = METHODS.get(base)
     if spec is None or spec.family != "gradient" or base in NOISE_METHODS:
         gradient_methods = sorted(m.name for m in METHODS.values()
@@ -61,10 +39,50 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
                          f"(choose from {', '.join(gradient_methods)})")
     if n_samples < 1 or noise_level < 0:
         raise InputError(f"{kind} needs n_samples >= 1 and noise_level >= 0")
-    names = [source.tensor for source in input_sources(sources, feeds, kind)]
+    moved = input_sources(sources, feeds, kind)
+    notes = [f"{kind} over {base}: {n_samples} samples, noise {noise_level} x input range, "
+             f"seed {seed}"]
+    model = engine.model
+    if base not in BASES or not model.batch.symbolic or model.opset < 12:
+        return _chunked(kind, engine, feeds, target, sources, [s.tensor for s in moved], spec,
+                        noise_level=noise_level, n_samples=n_samples, seed=seed,
+                        internal_batch_size=internal_batch_size, notes=notes)
+    return _in_graph(kind, engine, feeds, target, moved, base, noise_level, n_samples, seed,
+                     internal_batch_size, notes)
+
+
+def _in_graph(kind: str, engine, feeds, target, moved, base: str, noise_level: float,
+              n_samples: int, seed: int, internal_batch_size: int, notes: list[str]
+              ) -> MethodOutput:
+    """The export.noise program, its seed fed (one per row) so a new seed is no new
+    program."""
+    from ..export.graph import FED
+    from ..export.noise import SEED
+    from ..export.random import seed_key
+
+    options = {"base": base, "noise_level": float(noise_level), "n_samples": int(n_samples),
+               "seed": FED, "internal_batch_size": internal_batch_size}
+    rows = batch_size(feeds, engine.model.batch.of_inputs)
+    # The Loop runs every sample in one call: the bar moves when the rows are done.
+    with progress_bar(engine.progress, n_samples, kind, "sample") as bar:
+        run = graph_run(engine, kind, feeds, target, moved, options,
+                        fed={SEED: np.full(rows, seed_key(seed), np.int64)}, specialise=False)
+        bar.update(n_samples)
+    signed = kind == "smoothgrad" and base != "saliency"  # saliency's default: |gradient|
+    return MethodOutput(run, dict(run.grads), signed=signed, notes=notes)
+
+
+def _chunked(kind: str, engine, feeds, target, sources, names, spec, *, noise_level: float,
+             n_samples: int, seed: int, internal_batch_size: int, notes: list[str]
+             ) -> MethodOutput:
+    """Bases without a Loop program, fixed batch axes, old opsets: the base method on chunks
+    of copies (the samples of a row adjacent), with the generator's draws."""
+    from ..export.noise import STREAM
+
     objective, clean_outputs = fixed_objective(engine, feeds, target)
-    noise = smoothgrad_noise(feeds, names, noise_level, n_samples, seed)
     rows = next(iter(feeds.values())).shape[0]
+    order = [spec.name for spec in engine.model.inputs]
+    sigmas = {name: noise_scale(feeds[name], noise_level) for name in names}
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     rows_per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
@@ -72,10 +90,10 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     with progress_bar(engine.progress, n_samples, kind, "sample") as bar:
         for first in range(0, n_samples, per_run):
             count = min(per_run, n_samples - first)
-            picked = _sample_rows(rows, n_samples, first, count)
             noisy = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
             for name in names:
-                noisy[name] = noisy[name] + noise[name][picked]
+                noisy[name] = noisy_copies(feeds[name], sigmas[name], seed,
+                                           first + order.index(name) * STREAM, count)
             output = spec.run(engine, noisy, objective.repeat(count).feed(), sources,
                               **spec.defaults)
             for tensor, value in output.at_sources.items():
@@ -83,7 +101,6 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
                 sums[tensor] = sums.get(tensor, 0) + value.sum(axis=1)
                 squares[tensor] = squares.get(tensor, 0) + np.square(value).sum(axis=1)
             bar.update(count)
-    signed = kind == "smoothgrad" and output.signed
     values = {}
     for tensor, total in sums.items():
         mean, mean_square = total / n_samples, squares[tensor] / n_samples
@@ -91,14 +108,31 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
                   # Rounding can leave E[g^2] - E[g]^2 just below 0; a variance is not.
                   "vargrad": np.maximum(mean_square - np.square(mean), 0)}[kind]
         values[tensor] = result.astype(feeds[tensor].dtype if tensor in feeds else np.float32)
-    return MethodOutput(clean_run(clean_outputs, objective, engine), values, signed=signed,
-                        notes=[f"{kind} over {base}: {n_samples} samples, noise "
-                               f"{noise_level} x input range, seed {seed}"])
+    return MethodOutput(clean_run(clean_outputs, objective, engine), values,
+                        signed=kind == "smoothgrad" and output.signed, notes=notes)
 
 
-def _sample_rows(rows: int, n_samples: int, first: int, count: int) -> np.ndarray:
-    """Indices into the [rows * n_samples] noise of samples first..first+count of each row."""
-    return (np.arange(rows)[:, None] * n_samples + first + np.arange(count)[None, :]).reshape(-1)
+def noise_scale(x: np.ndarray, noise_level: float) -> np.ndarray:
+    """sigma per row [N, 1, ...] in x's type: noise_level * (max - min), noise_level for a
+    row with no range (as export.noise._sigma computes it)."""
+    axes = tuple(range(1, x.ndim))
+    spread = x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)
+    spread = np.where(spread == 0, spread + 1, spread)
+    return spread * np.asarray(noise_level, x.dtype)
+
+
+def noisy_copies(x: np.ndarray, sigma: np.ndarray, seed: int, first: int, count: int
+                 ) -> np.ndarray:
+    """x + sigma z for samples first..first+count-1 of every row, [N * count, ...] with the
+    samples of a row adjacent; z is export.random's normal stream of (seed, sample) (model
+    input i: samples from i * export.noise.STREAM)."""
+    from ..export.random import reference_normal, seed_key
+
+    row = x.shape[1:]
+    z = reference_normal([seed_key(seed)], np.arange(first, first + count),
+                         int(np.prod(row, dtype=np.int64)), x.dtype)
+    z = z.reshape((1, count) + row).astype(x.dtype)
+    return (x[:, None] + z * sigma[:, None]).reshape((-1,) + row)
 
 
 def smoothgrad(engine, feeds, target, sources, *, base: str = "saliency",
@@ -130,8 +164,8 @@ def vargrad(engine, feeds, target, sources, *, base: str = "saliency",
 
 
 def noise_work(options, feeds) -> Work:
-    """n_samples runs of the base method per row; the noise of every sample of every row is
-    drawn at once (smoothgrad_noise)."""
+    """n_samples runs of the base method per row; held: every noisy copy (the chunked
+    path's bound; the Loop holds one iteration's)."""
     samples = count_of(options, "n_samples")
     rows, row_bytes = rows_and_bytes(feeds)
     return Work("n_samples", samples, samples, rows * samples * row_bytes, "noisy copies")
@@ -144,8 +178,7 @@ _OPTIONS = (
     number("noise_level", 0.15, "noise standard deviation as a share of each row's value range",
            low=0),
     integer("n_samples", 25, "noisy copies per row", low=1),
-    seed_option("seed of the noise (with each row's bytes: a row gets the same noise in any "
-                "batch)"),
+    seed_option("seed of the noise (a row gets the same noise alone or in any batch)"),
     INTERNAL_BATCH_SIZE,
 )
 register(MethodSpec("smoothgrad", smoothgrad,

@@ -11,7 +11,7 @@ from .._text import counted
 from ..attribution import Attribution
 from ..engine import OutputSeed
 from ..errors import InputError
-from ..viz.heatmap import image_layout
+from ..images import image_layout
 
 
 def attributed_input(attribution: Attribution, feeds: Mapping[str, np.ndarray],

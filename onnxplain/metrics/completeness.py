@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..attribution import Attribution
-from ..engine import target_scores
 from ..errors import InputError
+from ..objective import Objective
 from ._common import draw_rng, explained_target
 
 SOURCES = ("convergence_delta", "conservation", "additivity_error")
@@ -82,7 +82,8 @@ def completeness(attribution: Attribution, output_seed=None) -> Completeness:
         values = np.asarray(extras["values"], dtype=np.float64)
         rows = values.shape[0]
         target = explained_target(attribution, rows, output_seed)
-        fx = target_scores(attribution.outputs[attribution.output], target)
+        logits = attribution.outputs[attribution.output]
+        fx = Objective.given(target, logits).score(logits)
         difference = fx - np.asarray(extras["expected_value"], dtype=np.float64)
         return Completeness("additivity_error", values, difference,
                             np.nansum(values, axis=1) - difference)

@@ -32,11 +32,11 @@ import numpy as np
 from ..attribution import Attribution
 from ..errors import InputError
 from ..features import apply_features, row_masks
+from ..images import image_layout
 from ..inputs import Inputs, prepare_inputs
 from ..methods._perturb import copies
 from ..objective import class_scores
 from ..runtime.perturb import perturbed_scores
-from ..viz.heatmap import image_layout
 from ._common import attributed_input, check_output, explained_target
 
 # kind -> (most relevant first, insert into the baseline instead of removing)

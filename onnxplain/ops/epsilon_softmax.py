@@ -22,8 +22,11 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from ..errors import InputError, ModelError
+from ..graph.load import set_runtime_ir_version
+from ..graph.op_kinds import ONNXPLAIN_DOMAIN
+from ..graph.shapes import ai_onnx_opset
 
-DOMAIN = "onnxplain"
+DOMAIN = ONNXPLAIN_DOMAIN
 OP_TYPE = "EpsilonSoftmax"
 DOMAIN_VERSION = 1
 DISTANCES = ("l2", "squared_l2", "l1", "cosine")
@@ -205,9 +208,6 @@ def function_proto(distance: str, opset: int) -> onnx.FunctionProto:
 
 def add_function(model: onnx.ModelProto, distance: str) -> None:
     """Make `model` able to call EpsilonSoftmax with this distance (idempotent)."""
-    from ..graph.load import set_runtime_ir_version
-    from ..graph.shapes import ai_onnx_opset
-
     opset = ai_onnx_opset(model) or 0
     if not any(f.domain == DOMAIN and f.name == OP_TYPE and f.overload == distance
                for f in model.functions):

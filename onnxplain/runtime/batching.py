@@ -1,13 +1,17 @@
 """How many rows to run at once: large batches run in chunks sized by a memory budget, so
 explaining thousands of images does not hold all their activations at once (ResNet-18 at
-224x224 keeps ~70 MB a row for saliency)."""
+224x224 keeps ~70 MB a row for saliency). RunPolicy is the one value that decides it."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..graph.model import Model
 
 # A gradient program keeps the forward activations for the backward pass and adds as many
@@ -48,3 +52,62 @@ def rows_per_run(model: Model, feeds: Mapping[str, np.ndarray], budget_mb: float
     if per_row <= 0:
         return 1 << 30
     return max(1, int(budget_mb * 2**20 // per_row))
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How many rows one run takes, decided in one place and passed explicitly (Explainer
+    holds one; explain(batch_size=...) derives one for the call).
+
+    `memory_budget_mb` sizes what is left unset; `batch_size`: rows per run (model runs and
+    gradient runs, None: what the budget allows); `rows_per_iteration`: rows one iteration
+    of a method's Loop runs (its points over all rows, None: rows_per_run). A Loop program
+    reads it as an input (export.loop.ROWS_PER_ITERATION), so another value is another feed,
+    not another program.
+    """
+
+    memory_budget_mb: float = DEFAULT_BUDGET_MB
+    batch_size: int | None = None
+    rows_per_iteration: int | None = None
+
+    def __post_init__(self):
+        budget = self.memory_budget_mb
+        if (isinstance(budget, bool) or not isinstance(budget, int | float | np.number)
+                or not math.isfinite(budget) or budget <= 0):
+            raise InputError(f"memory_budget_mb must be positive (megabytes), got {budget!r}")
+        for name in ("batch_size", "rows_per_iteration"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, int | np.integer) or value < 1):
+                raise InputError(f"{name} must be a whole number of rows, at least 1 "
+                                 f"(or None: as the memory budget allows), got {value!r}")
+
+    def derive(self, batch_size: int | None = None, rows_per_iteration: int | None = None
+               ) -> RunPolicy:
+        """This policy with the values given set (None, and 0 for rows_per_iteration, the
+        internal_batch_size options' "as the budget allows", leave a field as it is)."""
+        changes = {name: value for name, value in (("batch_size", batch_size),
+                                                   ("rows_per_iteration", rows_per_iteration))
+                   if value is not None and not (name == "rows_per_iteration"
+                                                 and _is_zero(value))}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def rows_per_run(self, model: Model, feeds: Mapping[str, np.ndarray],
+                     factor: float = PROGRAM_FACTOR) -> int:
+        """Rows one run takes: batch_size, else what fits the budget (factor: see
+        rows_per_run)."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return rows_per_run(model, feeds, self.memory_budget_mb, factor)
+
+    def loop_rows(self, model: Model, feeds: Mapping[str, np.ndarray],
+                  factor: float = PROGRAM_FACTOR) -> int:
+        """Rows per Loop iteration: rows_per_iteration, else rows_per_run (an iteration is
+        one run over its points: factor 1 for a forward-only Loop)."""
+        if self.rows_per_iteration is not None:
+            return int(self.rows_per_iteration)
+        return self.rows_per_run(model, feeds, factor)
+
+
+def _is_zero(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value == 0

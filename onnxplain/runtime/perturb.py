@@ -22,7 +22,6 @@ from ..errors import InputError, OnnxplainError
 from ..inputs import RowAxes, join_rows, repeat_row, rows_axis, take_rows
 from ..inputs import batch_size as batch_size_of
 from ..objective import Objective, check_rows
-from .batching import rows_per_run
 from .progress import progress_bar
 
 # make(row, start, stop): feeds of the perturbed input(s) for perturbations start..stop-1 of
@@ -43,8 +42,7 @@ def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, ma
     axes = engine.model.batch.of_inputs
     rows = batch_size_of(feeds, axes)
     one_row = take_rows(feeds, axes, slice(0, 1))
-    chunk = batch_size or engine.requested_rows or rows_per_run(
-        engine.model, one_row, engine.memory_budget_mb, factor=1)
+    chunk = batch_size or engine.policy.rows_per_run(engine.model, one_row, factor=1)
     total = rows * count
     announce(engine, label, rows, count)
     scores = np.empty(total, dtype=np.float64)

@@ -14,8 +14,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from .._ort import ort
-from ..autodiff.build import node_inputs
 from ..errors import InputError, OnnxplainError
+from ..graph.walk import node_inputs
 from ..graph.weights import (
     SHARE_FROM,
     Weights,

@@ -67,17 +67,6 @@ def check_colormap(name: str) -> str:
     return name
 
 
-def image_layout(shape: tuple[int, ...]) -> str | None:
-    """'NCHW' or 'NHWC' when a tensor shape looks like a batch of images, else None."""
-    if len(shape) != 4:
-        return None
-    if shape[1] in (1, 3, 4) and shape[2] > 1 and shape[3] > 1:
-        return "NCHW"
-    if shape[3] in (1, 3, 4) and shape[1] > 1 and shape[2] > 1:
-        return "NHWC"
-    return None
-
-
 def spatial_map(attribution: np.ndarray, layout: str, signed: bool = False) -> np.ndarray:
     """One row's [C, H, W] or [H, W, C] attribution reduced over channels to [H, W].
 

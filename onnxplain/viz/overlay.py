@@ -6,7 +6,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .heatmap import ColourRange, colorize, colour_range, enlarge, image_layout, spatial_map
+from ..images import image_layout
+from .heatmap import ColourRange, colorize, colour_range, enlarge, spatial_map
 
 ImageLike = Image.Image | np.ndarray
 

@@ -19,6 +19,7 @@ import numpy as np
 from .._text import counted
 from ..attribution import Attribution
 from ..errors import InputError, OnnxplainError
+from ..images import image_layout
 from ..inputs import prepare_inputs
 from ..methods import get_method
 from ..objective import (
@@ -32,7 +33,6 @@ from ..objective import (
     resolve_dense,
 )
 from ..vocab import Vocabulary, ids_as_tokens
-from .heatmap import image_layout
 
 # score(explainer, feeds, attribution) -> {name: number, or a list with one number per row}
 Scorer = Callable[[Any, dict[str, np.ndarray], Attribution], Mapping[str, object]]

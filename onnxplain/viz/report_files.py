@@ -2,85 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InputError
-from ..files import atomic_write, safe_name, save_json
+from ..files import atomic_write, save_json
 from ..objective import class_scores
-from .heatmap import ColourRange, colour_range, enlarge, image_layout, spatial_map
-from .overlay import heatmap_parts, input_image
-from .report import Report, input_kind
+from .report import Report
+from .report_html import report_html
+from .report_pictures import MAX_ROWS, Picture, PictureKey, render_pictures
 from .tokens import token_scores_json
-
-MAX_ROWS = 64  # rows drawn (pictures, HTML); report.json keeps the numbers of every row
-
-
-@dataclass(frozen=True)
-class Picture:
-    """One PNG of the report: an input row, or one part of a method's heatmap."""
-
-    row: int
-    method: str  # "" for the input itself
-    input: str
-    part: str  # "input", "both", "positive", "negative" (signed maps) or "magnitude"
-    file: str
-    png: bytes
-    span: ColourRange | None = None  # heatmaps: the values at the ends of the colour scale
-
-
-PictureKey = tuple[int, str, str, str]
-
-
-def render_pictures(report: Report) -> dict[PictureKey, Picture]:
-    """Every picture, keyed (row, method, input, part); heatmaps have their input's size.
-    Maps shared over the image's channels (one channel, as Grad-CAM and RISE give) are drawn
-    like maps with a value per channel: summed over channels, to one value per pixel. Each
-    map is drawn on its colour_range (as `explain` draws it), which its colour bar shows."""
-    pictures: dict[PictureKey, Picture] = {}
-
-    def add(row: int, method: str, name: str, part: str, image, span=None) -> None:
-        stem = f"r{row}_{safe_name(method or 'input')}_{safe_name(name)}"
-        suffix = "" if part in ("input", "both", "magnitude") else f"_{part}"
-        pictures[row, method, name, part] = Picture(row, method, name, part,
-                                                    f"{stem}{suffix}.png", _png(image), span)
-
-    for name, values in report.feeds.items():
-        if input_kind(values) != "image":
-            continue
-        layout = image_layout(values.shape)
-        for row in range(min(report.rows, MAX_ROWS)):
-            base = enlarge(input_image(values[row]))
-            add(row, "", name, "input", base)
-            pixels = spatial_map(values[row], layout).shape
-            for result in report.results:
-                flat = _pixel_map(result.attribution, name, values.shape, row, layout)
-                if flat is None or flat.shape != pixels:
-                    continue
-                signed = result.attribution.signed
-                span = colour_range(flat, signed, stretch=True)
-                for part, heat in heatmap_parts(flat, signed, span=span).items():
-                    add(row, result.method, name, part, heat.resize(base.size, Image.NEAREST),
-                        span)
-    return pictures
-
-
-def _pixel_map(attribution, name: str, shape: tuple[int, ...], row: int, layout: str
-               ) -> np.ndarray | None:
-    """One row's attribution of image input `name` as an [H, W] map, or None when the
-    attribution has no image of that batch there."""
-    scores = None if attribution is None else attribution.attributions.get(name)
-    if scores is None or scores.ndim != len(shape) or scores.shape[0] != shape[0]:
-        return None
-    return spatial_map(scores[row], layout, attribution.signed)
 
 
 def report_json(report: Report, pictures: Mapping[PictureKey, Picture]) -> dict:
@@ -136,8 +72,6 @@ def write_report(report: Report, folder: str | os.PathLike,
                  protected: Iterable[str | os.PathLike] = ()) -> list[str]:
     """index.html, report.json and the PNGs into `folder` (made if missing), each written
     atomically; refuses (InputError) to overwrite any `protected` file, e.g. the inputs."""
-    from .report_html import report_html
-
     folder = Path(folder)
     pictures = render_pictures(report)
     names = [p.file for p in pictures.values()] + ["index.html", "report.json"]
@@ -207,11 +141,4 @@ def _files(pictures: Mapping[PictureKey, Picture], row: int, method: str) -> dic
     return found
 
 
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
-__all__ = ["MAX_ROWS", "Picture", "check_folder", "colour_ranges", "render_pictures",
-           "report_json", "write_report"]
+__all__ = ["check_folder", "colour_ranges", "report_json", "write_report"]

@@ -13,7 +13,7 @@ import numpy as np
 from .._text import counted
 from .heatmap import ColourRange, colorize, format_value
 from .report import FAILED, OK, MethodResult, Report, input_kind
-from .report_files import MAX_ROWS, Picture, PictureKey
+from .report_pictures import MAX_ROWS, Picture, PictureKey
 from .tokens import token_legend, token_spans
 
 MAX_FEATURES = 256  # longer feature vectors get their statistics, not coloured cells

@@ -264,3 +264,21 @@ def test_node_client_runs_cam(node, digits, tmp_path):
     reference = digits["explainer"].explain(digits["feeds"], method="cam")
     error = relative_error(from_node["layer_map"], reference.tensors[reference.extras["layer"]])
     assert error < RTOL, f"cam layer_map: relative error {error:.3g}"
+
+
+def test_node_client_runs_rise(node, digits, tmp_path):
+    """RISE, a perturbation method exported as one graph (its masks made in a Loop from the
+    seed's draws): onnxruntime-node gives Python's outputs, and the in-process method's."""
+    options = {"n_masks": 64, "grid": 4, "seed": 5}
+    model_file = export_to(tmp_path, digits["path"], "rise", options)
+    from_node = run_node(node, model_file, digits["feeds"], tmp_path, "rise")
+    assert {"attribution/image", TARGET_USED} <= set(from_node)
+    assert_same_run(from_node, run_python(model_file, digits["feeds"]))
+    np.testing.assert_array_equal(from_node[TARGET_USED], digits["predicted"])
+    for name, value in digits["original"].items():
+        error = relative_error(from_node[name], value)
+        assert error < RTOL, f"original output '{name}': relative error {error:.3g}"
+    reference = digits["explainer"].explain(digits["feeds"], method="rise", **options)
+    assert np.abs(reference["image"]).max() > 0
+    error = relative_error(from_node[ATTRIBUTION + "image"], reference["image"])
+    assert error < RTOL, f"rise: relative error {error:.3g}"

@@ -34,7 +34,7 @@ from click.testing import CliRunner
 # Imported here, once: every forked run inherits them instead of importing them again.
 import onnxplain
 from cli.main import main as cli_main
-from onnxplain.graph.inspect import describe_model
+from onnxplain.describe import describe_model
 from onnxplain.graph.model import Model
 
 from .mutate import MUTATIONS, mutate

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.graph.inspect import describe_model
+from onnxplain.describe import describe_model
 from onnxplain.graph.model import Model
 from onnxplain.graph.shape_fold import fold_static_shapes
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import onnxplain
-from onnxplain.methods.smoothgrad import smoothgrad_noise
+from onnxplain.export.random import reference_normal, seed_key
+from onnxplain.methods.smoothgrad import noise_scale
 
 from ..conftest import require
 
@@ -145,7 +146,7 @@ def test_noise_tunnel_with_the_same_noise(case, kind, monkeypatch):
 
     torch = case.torch
     samples, level = 6, 0.15
-    noise = smoothgrad_noise(case.sample, [case.input], level, samples, seed=3)[case.input]
+    noise = _generator_noise(case.x, level, samples, seed=3)
     # Captum draws torch.normal(0, stdev) once for all rows x samples, rows-major as ours.
     monkeypatch.setattr(torch, "normal", lambda *args, **kwargs: torch.from_numpy(noise))
     want = NoiseTunnel(Saliency(case.module)).attribute(
@@ -154,6 +155,16 @@ def test_noise_tunnel_with_the_same_noise(case, kind, monkeypatch):
     monkeypatch.undo()
     got = case.explain(kind, n_samples=samples, noise_level=level, seed=3)[case.input]
     assert max_relative_error(got, want) < 1e-4
+
+
+def _generator_noise(x: np.ndarray, level: float, samples: int, seed: int) -> np.ndarray:
+    """The noise onnxplain's program adds, [rows * samples, ...] with a row's samples
+    adjacent: sigma_row * z(seed, sample, element), z from the generator's reference (float64,
+    within a float32 rounding of the graph's own draws)."""
+    row = x.shape[1:]
+    z = reference_normal([seed_key(seed)], np.arange(samples), int(np.prod(row)))
+    z = z.reshape((1, samples) + row).astype(x.dtype)
+    return (z * noise_scale(x, level)[:, None]).reshape((-1,) + row)
 
 
 def test_grad_cam(cnn):

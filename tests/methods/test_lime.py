@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import onnxplain
 import onnxplain.methods.lime  # noqa: F401 - registers the method
 from onnxplain.errors import InputError
-from onnxplain.methods.lime import lime_kernel, lime_samples, weighted_ridge
+from onnxplain.methods.lime import lime_kernel, lime_samples
 
 from .test_kernel_shap import _model, product_model, product_reference
 
@@ -102,12 +102,15 @@ def test_kernel_is_lime_cosine_kernel():
 
 
 def test_constant_scores_fit_exactly():
-    present = lime_samples(4, 50, 0)
-    coef, intercept, score = weighted_ridge(present, np.full((1, 50), 3.0),
-                                            lime_kernel(present, 0.25), 0.0)
-    np.testing.assert_allclose(coef, 0.0, atol=1e-12)
-    np.testing.assert_allclose(intercept, 3.0)
-    np.testing.assert_array_equal(score, 1.0)  # sklearn's R^2 of a constant, fitted target
+    # y = 0 x + 3: every coalition scores 3 (up to rounding), so the fit is exact.
+    weights = {"w": np.zeros((4, 2)), "b": np.array([3.0, 1.0])}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"])]
+    x_info = helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 4])
+    explainer = onnxplain.Explainer(_model(nodes, [x_info], "y", weights), providers="cpu")
+    result = explainer.explain(np.ones((1, 4)), "lime", 0, n_samples=50, alpha=0.0)
+    np.testing.assert_allclose(result.extras["weights"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(result.extras["intercept"], 3.0)
+    np.testing.assert_array_equal(result.extras["score"], 1.0)  # sklearn's R^2 of a constant
 
 
 def test_image_cells_share_their_weight():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import onnxplain
+from onnxplain.describe import describe_model
 from onnxplain.errors import InputError, ModelError
 from onnxplain.graph.attention import find_attention
-from onnxplain.graph.inspect import describe_model
 from onnxplain.graph.model import Model
 
 METHODS = ["raw_attention", "rollout", "attgrad", "generic_attention", "partial_lrp",

@@ -96,22 +96,21 @@ def test_attention_matches_the_torch_reference(zoo, name, method):
 
 
 @pytest.mark.parametrize("name", CACHED)
-def test_partial_lrp_reads_the_last_relevance_over_the_new_tokens(zoo, name, monkeypatch):
+def test_partial_lrp_reads_the_last_relevance_over_the_new_tokens(zoo, name):
     """E_h R_L at the explained row, split into the new tokens and the cached block, from
-    the same run's relevance of the last map ([N, H, Tq, P + Tq])."""
+    the relevance of the last map ([N, H, Tq, P + Tq]) that a gradient program of its own
+    returns (Chefer et al.'s rules over the whole tail, no explained-row copy)."""
+    from onnxplain.engine import DenseObjective
+    from onnxplain.objective import NEXT_TOKEN, Place
+    from onnxplain.rules.chefer import CHEFER
+
     feeds = zoo.sample(name)
     ex = _explainer(zoo, name)
-    runs = []
-    gradients = ex.engine.gradients
-
-    def keep(*args, **kwargs):
-        runs.append(gradients(*args, **kwargs))
-        return runs[-1]
-
-    monkeypatch.setattr(ex.engine, "gradients", keep)
     result = ex.explain(feeds, "partial_lrp")
     last_map = result.extras["layers"][-1]["probabilities"]
-    relevance = runs[0].grads[last_map].astype(np.float64)
+    run = ex.engine.gradients(feeds, DenseObjective(NEXT_TOKEN, Place()), [last_map],
+                              rules=CHEFER, active_from=[s.tensor for s in ex.sources])
+    relevance = run.grads[last_map].astype(np.float64)
     assert relevance.shape[2] < relevance.shape[3]  # keys cached
     want, block = reference_raw([relevance], feeds["input_ids"].shape[1] - 1)
     assert worst_row_error(result.tensors["tokens"], want) < TOLERANCE
@@ -211,24 +210,22 @@ def _chained(matrices: list[np.ndarray], query: int, step: str) -> tuple[np.ndar
 
 @pytest.mark.parametrize("name", CACHED)
 @pytest.mark.parametrize("method", ["transformer_attribution", "generic_attention", "attgrad"])
-def test_gradient_chains_over_the_cached_maps(zoo, name, method, monkeypatch):
+def test_gradient_chains_over_the_cached_maps(zoo, name, method):
     """The in-graph chain over [Tq, P + Tq] maps equals its numpy recomputation from the
-    same run's gradients G_l, maps A_l and LRP relevances R_l: Transformer Attribution
-    rolls out E_h (G_l * R_l)+, generic attention accumulates E_h (G_l * A_l)+, AttGrad
-    multiplies E_h (G_l * A_l), each with rows that keep the cached positions."""
+    gradients G_l, maps A_l and LRP relevances R_l that a gradient program of their own
+    returns: Transformer Attribution rolls out E_h (G_l * R_l)+, generic attention
+    accumulates E_h (G_l * A_l)+, AttGrad multiplies E_h (G_l * A_l), each with rows that
+    keep the cached positions."""
+    from onnxplain.engine import DenseObjective
+    from onnxplain.methods.attention_flow import relevance_pass
+    from onnxplain.objective import NEXT_TOKEN, Place
+
     feeds = zoo.sample(name)
     ex = _explainer(zoo, name)
-    runs = []
-    gradients = ex.engine.gradients
-
-    def keep(*args, **kwargs):
-        runs.append(gradients(*args, **{**kwargs, "post": None}))  # the maps' G and R
-        return gradients(*args, **kwargs)
-
-    monkeypatch.setattr(ex.engine, "gradients", keep)
     result = ex.explain(feeds, method)
     names = [layer["probabilities"] for layer in result.extras["layers"]]
-    (run,) = runs
+    run = ex.engine.gradients(feeds, DenseObjective(NEXT_TOKEN, Place()), names,
+                              passes=[relevance_pass(names, [s.tensor for s in ex.sources])])
     maps = ex.forward(feeds, taps=names)
     last = feeds["input_ids"].shape[1] - 1
     g = {n: run.grads[n].astype(np.float64) for n in names}
@@ -265,14 +262,14 @@ def test_one_new_token_reads_the_cache_as_its_block(zoo):
     np.testing.assert_allclose(result.extras["cached_block"], block, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("method", "match"), [
-    ("rollout", r"has a KV cache \(past_key_0, past_key_1, past_value_0, past_value_1\)"),
-    ("saliency", "no float input besides its KV cache")])
-def test_exports_refuse_a_kv_cache_in_one_line(zoo, method, match):
+def test_gradient_exports_refuse_a_kv_cache_in_one_line(zoo):
+    """A KV cache is no input to attribute (attention methods export: see
+    tests/export/test_same_program_attention.py)."""
     from onnxplain.export import export_explainer
 
-    with pytest.raises(onnxplain.errors.InputError, match=match):
-        export_explainer(_explainer(zoo, "gpt2_tiny_kv").model, method)
+    with pytest.raises(onnxplain.errors.InputError,
+                       match="no float input besides its KV cache"):
+        export_explainer(_explainer(zoo, "gpt2_tiny_kv").model, "saliency")
 
 
 def _right_padded(feeds: dict, keep: list[int]) -> tuple[dict, list[dict]]:

@@ -26,7 +26,8 @@ from onnx import TensorProto, helper
 from ...errors import MissingRule, UnsupportedOpError
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo, infer_shapes, value_info_to_tensor_info
-from ..build import add_gradients, ancestors, captures, node_inputs, used_initializers
+from ...graph.walk import ancestors, captures, node_inputs, used_initializers
+from ..build import add_gradients
 from ..registry import GRADIENT, NodeContext, rule
 
 # Outer constants up to this size (shapes, axes, scalars) are read by rules inside bodies;

@@ -7,15 +7,15 @@ from collections import Counter
 
 import onnx
 
-from ..autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
-from ..errors import ModelError
-from .attention import find_attention, token_layout_of
-from .builder import GraphBuilder
-from .layers import conv_candidates
-from .model import Model, TensorSpec
-from .shape_fold import unknown_ranks
-from .sources import find_sources
-from .stem import affine_stem
+from .autodiff import GRADIENT, RuleSet, differentiated_region, missing_rules
+from .errors import ModelError
+from .graph.attention import find_attention, token_layout_of
+from .graph.builder import GraphBuilder
+from .graph.layers import conv_candidates
+from .graph.model import Model, TensorSpec
+from .graph.shape_fold import unknown_ranks
+from .graph.sources import find_sources
+from .graph.stem import affine_stem
 
 
 def describe_model(model: Model, rules: RuleSet = GRADIENT) -> dict:

@@ -1,0 +1,245 @@
+"""Kernel SHAP and LIME as one program each: the coalitions are fixed by the seed and the
+number of features, so each method's regression is a constant matrix applied to the scores
+of the coalitions with one MatMul (methods.kernel_shap.shapley_map, methods.lime.ridge_map,
+computed in float64 when the program is built and applied in float64).
+
+The program's inputs are the model's, `target`, `feature_mask` (int64 [1 or N, *row]: the
+feature id of each element, 0..F-1) and `background/<input>` ([B, *row]: the values absent
+features take, averaged over its B rows). Point p of the P x B points of a row is coalition
+p // B over background row p % B: h(z) = where(z[feature_mask], x, background). The points
+run in a Loop, a few per iteration, scores only (no gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from ..errors import InputError
+from ..features import baseline_values, row_masks
+from ..graph.shapes import TensorInfo
+from ..methods.kernel_shap import check_matrix, coalition_baseline, coalitions, shapley_map
+from ..methods.lime import lime_kernel, lime_samples, ridge_map
+from ..runtime.batching import DEFAULT_BUDGET_MB
+from .graph import ExplainerGraph, is_fed
+from .methods import ATTRIBUTION, SCORE, register_export
+from .perturb import (
+    Perturbation,
+    perturbation_loop,
+    perturbed_name,
+    row_shape,
+    rows_per_iteration,
+    score_table,
+    zeros,
+)
+
+MASK = "feature_mask"
+BACKGROUND = "background/"
+# Named after their method: "values" or "weights" are common tensor names inside models.
+VALUES, EXPECTED, ADDITIVITY = "shap_values", "expected_value", "additivity_error"
+WEIGHTS, INTERCEPT, FIT = "lime_weights", "lime_intercept", "lime_r2"
+COMMON = ("features", "cell", "n_samples", "seed", "baseline", "input")
+
+
+@dataclass(frozen=True)
+class Coalitions:
+    """What both methods perturb: input `name`, the feature id of each element in `mask`
+    ([N, *row], ids 0..width-1), the `count` rows of `background` ([B, *row])."""
+
+    name: str
+    mask: str
+    background: str
+    count: int
+    width: int
+
+
+@register_export("kernel_shap", COMMON, any_output=True)
+def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
+    """phi_{<F} = A [E, v(z_1..z_M), f(x)], phi_F = f(x) - E - sum(phi_{<F}): Kernel SHAP
+    (methods.kernel_shap) with E the score of the empty coalition (the first scored)."""
+    b = eg.b
+    features = _features(eg, options, "kernel_shap")
+    present, weights, _ = coalitions(features.width, int(options["n_samples"]),
+                                     int(options["seed"]))
+    evaluated = np.vstack([np.zeros((1, features.width), bool), present])
+    scores, fx = _scores(eg, features, evaluated, options)
+    expected = _column(b, scores, 0)
+    delta = b.op("Sub", fx, expected)
+    if features.width == 1:
+        values = b.unsqueeze(delta, [1])
+    else:
+        rows = b.concat([scores, b.unsqueeze(fx, [1])], 1)
+        head = b.op("MatMul", rows, b.const(np.ascontiguousarray(
+            shapley_map(present, weights).T), "shapley_map"))
+        last = b.op("Sub", delta, b.reduce("ReduceSum", head, [1], False))
+        values = b.concat([head, b.unsqueeze(last, [1])], 1)
+    error = b.op("Abs", b.op("Sub", b.op("Add", b.reduce("ReduceSum", values, [1], False),
+                                        expected), fx))
+    _declare_map(eg, features, values, "Kernel SHAP values (each element its feature's)")
+    _declare_rows(eg, {VALUES: (values, "Shapley values per feature", True),
+                       EXPECTED: (expected, "E[f], the score with every feature absent "
+                                  "(mean over the background)", False),
+                       ADDITIVITY: (error, "|sum(values) + E[f] - f(x)|", False),
+                       SCORE: (fx, "the explained score at the input", False)},
+                  features.width)
+
+
+@register_export("lime", (*COMMON, "kernel_width", "alpha"), any_output=True)
+def lime(eg: ExplainerGraph, options: dict) -> None:
+    """coef = C y, b = c . y for the scores y of the coalitions (methods.lime.ridge_map);
+    R^2 of the fit from its residuals (sklearn's convention for a constant target)."""
+    b = eg.b
+    features = _features(eg, options, "lime")
+    present = lime_samples(features.width, int(options["n_samples"]), int(options["seed"]))
+    weights = lime_kernel(present, float(options["kernel_width"]))
+    coef, intercept = ridge_map(present, weights, float(options["alpha"]))
+    scores, _ = _scores(eg, features, present, options)
+    fitted_coef = b.op("MatMul", scores, b.const(np.ascontiguousarray(coef.T), "ridge_map"))
+    fitted_intercept = b.op("MatMul", scores, b.const(intercept, "ridge_intercept"))
+    fitted = b.op("Add", b.op("MatMul", fitted_coef, b.const(
+        np.ascontiguousarray(present.T.astype(np.float64)), "coalitions")),
+        b.unsqueeze(fitted_intercept, [1]))
+    r2 = _r2(b, scores, fitted, weights)
+    _declare_map(eg, features, fitted_coef, "LIME weights (each element its feature's)")
+    _declare_rows(eg, {WEIGHTS: (fitted_coef, "the ridge weights per feature", True),
+                       INTERCEPT: (fitted_intercept, "the ridge intercepts", False),
+                       FIT: (r2, "the kernel-weighted R^2 of the fit", False)},
+                  features.width)
+
+
+def _r2(b, scores: str, fitted: str, weights: np.ndarray) -> str:
+    """1 - sum_w (y - fit)^2 / sum_w (y - mean_w y)^2 per row; a constant target (spread
+    below rounding) gets 1 if fitted exactly, else 0."""
+    total = float(weights.sum())
+    column = b.const(weights[:, None], "kernel_weights")
+
+    def weighted_squares(values: str) -> str:
+        return b.squeeze(b.op("MatMul", b.op("Mul", values, values), column), [1])
+
+    residual = weighted_squares(b.op("Sub", scores, fitted))
+    mean = b.op("MatMul", scores, b.const(weights[:, None] / total, "kernel_mean"))
+    spread = weighted_squares(b.op("Sub", scores, mean))
+    largest = b.op("Mul", b.reduce("ReduceMax", b.op("Abs", scores), [1], False),
+                   b.const(np.array(1e-12)))
+    tiny = b.op("Mul", b.op("Mul", largest, largest), b.const(np.array(total)))
+    one, zero = b.const(np.array(1.0)), b.const(np.array(0.0))
+    constant = b.where(b.op("Greater", residual, tiny), zero, one)
+    return b.where(b.op("Greater", spread, tiny),
+                   b.op("Sub", one, b.op("Div", residual, spread)), constant)
+
+
+def _column(b, values: str, index: int) -> str:
+    return b.squeeze(b.slice(values, [index], [index + 1], [1]), [1])
+
+
+def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
+            options: dict) -> tuple[str, str]:
+    """(float64 [N, P]: each row's explained score with the features of present[p] kept,
+    averaged over the background rows; float64 [N]: the score at the row itself). The
+    P x B points run in perturb's Loop."""
+    b, count, name = eg.b, features.count, features.name
+    table = b.const(present, "present")
+    points = len(present) * count
+
+    def perturb(bb, chunk, clean: dict[str, str]) -> dict[str, str]:
+        """k blocks of N copies: point p is coalition p // B over background row p % B."""
+        background_row = bb.ints([count])
+        keep = bb.op("Gather", table, bb.op("Div", chunk.index, background_row),
+                     axis=0)  # [k, F]
+        elements = bb.op("Gather", keep, features.mask, axis=1)  # [k, N, *row]
+        absent = bb.op("Gather", features.background,
+                       bb.op("Mod", chunk.index, background_row), axis=0)  # [k, *row]
+        made = bb.where(elements, bb.unsqueeze(clean[name], [0]), bb.unsqueeze(absent, [1]))
+        return {name: bb.reshape(made, bb.concat([bb.ints([-1]), bb.dims(clean[name], 1)],
+                                                 0))}
+
+    def contributions(bb, chunk, scores) -> list[str]:
+        return [score_table(bb, chunk, scores, points)]
+
+    run = perturbation_loop(
+        eg, Perturbation(points, perturb, contributions, [zeros(b, [eg.rows, points])]),
+        rows_per_iteration(options), bool(options.get("single")))
+    table_scores = run.sums[0]  # [N, P x B]
+    if count == 1:
+        return table_scores, run.clean
+    shaped = b.reshape(table_scores, b.concat([eg.rows, b.ints([len(present), count])], 0))
+    return b.reduce("ReduceMean", shaped, [2], False), run.clean
+
+
+def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
+    """The perturbed input, its feature mask and background inputs, and the counts."""
+    name = perturbed_name(eg, options)
+    b, rank = eg.b, eg.b.rank(name)
+    row = [None] * (rank - 1)
+    if is_fed(options["features"]):
+        default, width = None, int(options["n_features"])
+    else:
+        default = _exported_mask(eg, name, options)
+        width = int(default.max()) + 1
+        # The budget export checks its work against (in-process: the caller's, checked there).
+        check_matrix(method, width, int(options["n_samples"]), DEFAULT_BUDGET_MB)
+    mask = eg.add_input(MASK, TensorProto.INT64, ["mask_rows", *row], default,
+                        f"the feature id (0..{width - 1}) of each element of input '{name}'")
+    background = _background_rows(eg, name, options["baseline"])
+    count = len(background)
+    key = eg.add_input(BACKGROUND + name, b.dtype(name), [count, *row], background,
+                       f"the values absent features of input '{name}' take, averaged over "
+                       f"the {count} rows")
+    full = b.op("Expand", mask, b.shape(name))
+    b.infos[full] = TensorInfo(TensorProto.INT64, b.info(name).shape)
+    rows = b.op("Expand", key, b.concat([b.ints([count]), b.dims(name, 1)], 0))
+    b.infos[rows] = TensorInfo(b.dtype(name), (count, *b.info(name).shape[1:])
+                               if b.info(name).shape else None)
+    return Coalitions(name, full, rows, count, width)
+
+
+def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
+    """The feature mask of the exported program's rows, [1, *row]."""
+    features = options["features"]
+    if isinstance(features, str) and features == "superpixels":
+        raise InputError("superpixels depend on each image, so they cannot be baked into an "
+                         "export: export with features=grid, columns, tokens or an integer "
+                         "mask (the exported feature_mask input takes any mask)")
+    row = row_shape(eg, name, options)
+    blank = np.zeros((1, *row), eg.model.input(name).numpy_dtype)
+    return row_masks(blank, features, cell=int(options["cell"]))[0][None]
+
+
+def _background_rows(eg: ExplainerGraph, name: str, baseline) -> np.ndarray:
+    """The baseline as background rows [B, *row] ([1, 1, ...] for a number), baked in as
+    the default of the background input (in-process: the rows given, keyed by a digest)."""
+    dtype, rank = eg.model.input(name).numpy_dtype, eg.b.rank(name)
+    if np.ndim(baseline) in (0, rank):
+        base = baseline_values(baseline, dtype)
+        return np.ascontiguousarray(base.reshape((1,) * rank) if base.ndim == 0 else base)
+    blank = np.zeros((1, *row_shape(eg, name, {})), dtype)
+    base = coalition_baseline(baseline, blank)
+    return np.ascontiguousarray(np.broadcast_to(base, blank.shape[1:])[None])
+
+
+def _declare_map(eg: ExplainerGraph, features: Coalitions, values: str, meaning: str) -> None:
+    """Each element's feature value, in the input's float type (float32 for token ids)."""
+    b, name = eg.b, features.name
+    flat = b.reshape(features.mask, b.concat([eg.rows, b.ints([-1])], 0))  # [N, E]
+    if b.opset >= 11:
+        picked = b.op("GatherElements", values, flat, axis=1)
+    else:  # one-hot [N, E, F] (float32: ONNX Runtime has no double OneHot) times [N, F, 1]
+        hot = b.op("OneHot", flat, b.ints([features.width]),
+                   b.const(np.array([0.0, 1.0], np.float32)), axis=-1)
+        picked = b.squeeze(b.op("MatMul", b.op("Cast", hot, to=TensorProto.DOUBLE),
+                                b.unsqueeze(values, [2])), [2])
+    picked = b.reshape(picked, b.shape(name))
+    dtype = b.dtype(name) if b.info(name).is_float else TensorProto.FLOAT
+    eg.declare(b.op("Cast", picked, to=dtype), ATTRIBUTION + name,
+               f"{meaning}, shaped like input '{name}'", TensorInfo(dtype, b.info(name).shape))
+
+
+def _declare_rows(eg: ExplainerGraph, outputs: dict[str, tuple[str, str, bool]],
+                  width: int) -> None:
+    """float64 outputs per row ([N]) or per row and feature ([N, F])."""
+    for key, (tensor, meaning, per_feature) in outputs.items():
+        shape = ("N", width) if per_feature else ("N",)
+        eg.declare(tensor, key, f"float64 [{', '.join(map(str, shape))}]: {meaning}",
+                   TensorInfo(TensorProto.DOUBLE, shape))

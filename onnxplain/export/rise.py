@@ -1,0 +1,119 @@
+"""RISE as one graph (methods.rise's estimator): the masks are made inside the perturbation
+Loop (export.perturb) from the iteration's indices.
+
+The seed fixes the random draws as today's numpy code takes them (methods.rise.rise_plan:
+np.random.default_rng): for images a grid x grid kept/dropped grid and a crop shift per
+mask, stored as small initializers [n_masks, grid, grid] and [n_masks, 2] with the two
+bilinear resize matrices; each iteration gathers its masks' draws, upsamples them by two
+matrix products and crops them at their shifts (rows of the resize matrices), so no
+n_masks x H x W table is stored. Tabular rows and token ids keep one boolean per feature
+per mask ([n_masks, *row], as in-process did before)."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..graph.builder import GraphBuilder
+from ..graph.shapes import TensorInfo
+from ..images import image_layout
+from ..methods.rise import RisePlan, rise_baseline, rise_plan
+from .loop import Chunk
+from .methods import ATTRIBUTION, baseline_input, register_export
+from .perturb import (
+    Perturbation,
+    Scores,
+    baseline_row,
+    perturbation_loop,
+    perturbed_name,
+    row_shape,
+    rows_per_iteration,
+    zeros,
+)
+
+
+@register_export("rise", ("n_masks", "grid", "keep", "seed", "baseline", "input"),
+                 any_output=True)
+def rise(eg, options):
+    """S = 1 / (n p) sum_i S(x (.) M_i + (1 - M_i) baseline) M_i, the baseline the input
+    `baseline/<input>` (one row, or one per row)."""
+    b = eg.b
+    name = perturbed_name(eg, options)
+    row = row_shape(eg, name, options)
+    dtype = b.np_dtype(name)
+    layout = image_layout((1, *row)) if dtype.kind == "f" else None
+    count, keep = int(options["n_masks"]), float(options["keep"])
+    size = row if layout is None else row[1:] if layout == "NCHW" else row[:2]
+    plan = rise_plan(tuple(size), count, None if layout is None else int(options["grid"]),
+                     keep, int(options["seed"]))
+    fill = baseline_input(eg, name, baseline_row(
+        eg, name, row, options, lambda baseline, like: rise_baseline(like, baseline)))
+    masks: dict[str, str] = {}  # the chunk's masks, made once per body
+
+    def chunk_masks(bb: GraphBuilder, chunk: Chunk) -> str:
+        if "masks" not in masks:
+            masks["masks"] = _features(bb, plan, chunk) if layout is None else \
+                _smooth(bb, plan, chunk)
+        return masks["masks"]
+
+    def perturb(bb: GraphBuilder, chunk: Chunk, clean: dict[str, str]) -> dict[str, str]:
+        made = chunk_masks(bb, chunk)
+        x, base = bb.unsqueeze(clean[name], [0]), bb.unsqueeze(fill, [0])
+        if layout is None:  # [k, 1, *row]: the masked features take the baseline's values
+            copies = bb.where(bb.unsqueeze(made, [1]), x, base)
+        else:  # m * x + (1 - m) * b as numpy computes it: float32 masks, float32 or wider
+            wide = TensorProto.DOUBLE if bb.dtype(name) == TensorProto.DOUBLE else \
+                TensorProto.FLOAT
+            m = bb.unsqueeze(bb.op("Cast", made, to=wide), [1, 2] if layout == "NCHW" else
+                             [1, 4])  # [k, 1, ...]
+            x, base = (v if bb.dtype(v) == wide else bb.op("Cast", v, to=wide) for v in (x, base))
+            copies = bb.op("Add", bb.op("Mul", m, x),
+                           bb.op("Mul", bb.op("Sub", bb.scalar(1.0, m), m), base))
+            if wide != bb.dtype(name):
+                copies = bb.op("Cast", copies, to=bb.dtype(name))
+        return {name: bb.reshape(copies, bb.concat([bb.ints([-1]), bb.dims(clean[name], 1)],
+                                                   0))}
+
+    def contributions(bb: GraphBuilder, chunk: Chunk, scores: Scores) -> list[str]:
+        wide = bb.op("Cast", chunk_masks(bb, chunk), to=TensorProto.DOUBLE)
+        flat = bb.reshape(wide, bb.concat([chunk.k, bb.ints([int(np.prod(size))])], 0))
+        return [bb.op("MatMul", scores.copies, flat)]
+
+    run = perturbation_loop(eg, Perturbation(
+        count, perturb, contributions, [zeros(b, [eg.rows, int(np.prod(size))])]),
+        rows_per_iteration(options), bool(options.get("single")))
+    saliency = b.op("Div", run.sums[0], b.const(np.array(count * keep, np.float64)))
+    out_type = b.dtype(name) if dtype.kind == "f" else TensorProto.FLOAT
+    if layout is None:
+        shape, like = b.shape(name), b.info(name).shape
+    else:
+        shape = b.concat([eg.rows, b.ints(list(size)), b.ints([1])] if layout == "NHWC" else
+                         [eg.rows, b.ints([1]), b.ints(list(size))], 0)
+        like = (None, *size, 1) if layout == "NHWC" else (None, 1, *size)
+    saliency = b.op("Cast", b.reshape(saliency, shape), to=out_type)
+    eg.declare(saliency, ATTRIBUTION + name, f"RISE saliency over {count} random masks "
+               "(unsigned), shaped like input '" + name + "'" +
+               ("" if layout is None else " with one channel"), TensorInfo(out_type, like))
+
+
+def _smooth(bb: GraphBuilder, plan: RisePlan, chunk: Chunk) -> str:
+    """float [k, H, W]: masks chunk.index of an image plan, M = crop(upsample(G)) as
+    methods.rise.rise_masks computes them (float64 products, then float32)."""
+    height, width = plan.shape
+    kept = bb.op("Cast", bb.op("Gather", bb.const(plan.kept, "rise_cells"), chunk.index,
+                               axis=0), to=TensorProto.DOUBLE)  # [k, grid, grid], stored bool
+    shifts = bb.op("Gather", bb.const(plan.shifts.astype(np.int64), "rise_shifts"),
+                   chunk.index, axis=0)  # [k, 2]
+    crops = []
+    for axis, (table, extent) in enumerate(((plan.rows, height), (plan.cols, width))):
+        at = bb.op("Add", bb.slice(shifts, [axis], [axis + 1], [1]),
+                   bb.const(np.arange(extent, dtype=np.int64)[None]))  # [k, extent]
+        crops.append(bb.op("Gather", bb.const(table, "rise_resize"), at, axis=0))
+    upsampled = bb.op("MatMul", bb.op("MatMul", crops[0], kept),
+                      bb.op("Transpose", crops[1], perm=[0, 2, 1]))
+    return bb.op("Cast", upsampled, to=TensorProto.FLOAT)
+
+
+def _features(bb: GraphBuilder, plan: RisePlan, chunk: Chunk) -> str:
+    """bool [k, *row]: the kept features of masks chunk.index."""
+    return bb.op("Gather", bb.const(plan.kept, "rise_kept"), chunk.index, axis=0)
