@@ -12,7 +12,7 @@ Prints, per method, the median of per-repeat ratios of Explainer.explain time to
 Runtime forward of the plain model on the same inputs. Targets: rollout <= 1.3,
 transformer_attribution <= 4.0. `--whole-tail` also times Transformer Attribution with its
 backward passes over every position after the last attention layer (no explained-row copy,
-methods/_explained_row.py), alternately with the default in the same process.
+export/explained_row.py), alternately with the default in the same process.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from _timing import (  # noqa: E402
 )
 
 import onnxplain  # noqa: E402
-import onnxplain.methods.attention_flow as flow  # noqa: E402
+import onnxplain.export.explained_row as row_copy  # noqa: E402
 from model_zoo.decoders import export_dynamo_with_past18, make_llama_tiny_kv  # noqa: E402
 
 METHODS = {"rollout": 1.3, "transformer_attribution": 4.0, "raw_attention": None,
@@ -57,14 +57,14 @@ def whole_tail(path: Path, feeds: dict, forward, repeats: int) -> dict[str, floa
     copy, timed alternately."""
     copied, whole = (onnxplain.Explainer(path, providers="cpu", progress=False)
                      for _ in range(2))
-    pre = flow.explained_row
+    pre = row_copy.explained_row
 
     def run(explainer, make) -> None:
-        flow.explained_row = make
+        row_copy.explained_row = make
         try:
             explainer.explain(feeds, "transformer_attribution")
         finally:
-            flow.explained_row = pre
+            row_copy.explained_row = pre
 
     times = interleaved_times({"forward": forward, "copy": partial(run, copied, pre),
                                "whole": partial(run, whole, lambda *args: None)}, repeats)

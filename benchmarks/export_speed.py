@@ -31,7 +31,7 @@ from transformer_methods import batch as text_batch  # noqa: E402
 
 import model_zoo  # noqa: E402
 import onnxplain  # noqa: E402
-from onnxplain.export import export_explainer  # noqa: E402
+from onnxplain.exporter import export_explainer  # noqa: E402
 from onnxplain.graph.model import Model  # noqa: E402
 from onnxplain.runtime.session import Session, resolve_providers  # noqa: E402
 

@@ -538,7 +538,7 @@ def blocker_models(folder: Path) -> dict[str, tuple[Path, dict[str, np.ndarray]]
     from onnx import TensorProto, helper
 
     import model_zoo
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
     from onnxplain.graph.model import Model
 
     model = onnx.parser.parse_model(FEATURES)

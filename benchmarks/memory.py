@@ -237,7 +237,7 @@ def weight_bytes(model) -> int:
 
 
 def export_sizes(model, path: Path, methods: list[str]) -> None:
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
 
     size = path.stat().st_size
     print(f"exported explainers (file {size / MB:.1f} MB):")

@@ -47,8 +47,8 @@ def export(model: str, method: str, options: tuple[str, ...], output_name: str |
     """Write MODEL plus METHOD's attributions as one ONNX model (inputs: the original ones
     and an optional `target`; outputs: the original ones, `target_used` and the method's)."""
     from onnxplain._text import counted
-    from onnxplain.export import export_explainer
-    from onnxplain.export.check import check_export, sample_inputs
+    from onnxplain.export_check import check_export, sample_inputs
+    from onnxplain.exporter import export_explainer
     from onnxplain.graph.model import Model
 
     from .input_files import read_array

@@ -10,7 +10,14 @@ import time
 import click
 
 from .errors import friendly
-from .options import method_options, provider_option, quiet_option, vocab_option
+from .options import (
+    batch_size_option,
+    memory_budget_option,
+    method_options,
+    provider_option,
+    quiet_option,
+    vocab_option,
+)
 
 
 @click.command()
@@ -28,30 +35,38 @@ from .options import method_options, provider_option, quiet_option, vocab_option
 @click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="method option, as for `onnxplain explain` (repeatable)")
 @provider_option
+@batch_size_option
+@memory_budget_option
 @click.option("-o", "--out", default="onnxplain_generate", show_default=True,
               help="folder for generation.json and generation.html")
 @click.option("--json", "as_json", is_flag=True, help="print generation.json to stdout")
 @quiet_option
 @friendly
 def generate(model: str, prompt_file: str | None, text: str | None, vocab: str | None,
-             method: str, steps: int, options: tuple[str, ...], provider: str, out: str,
-             as_json: bool, quiet: bool) -> None:
+             method: str, steps: int, options: tuple[str, ...], provider: str,
+             batch_size: int | None, memory_budget_mb: float, out: str, as_json: bool,
+             quiet: bool) -> None:
     """Generate STEPS tokens greedily after a prompt and explain each one (the logit of the
     generated token, over the prompt and the tokens generated before it)."""
     from onnxplain import Explainer
+    from onnxplain.errors import InputError
     from onnxplain.generate import generate as run_generation
     from onnxplain.vocab import load_vocabulary
 
     from .outputs import prepare_folder, writing_into
 
     vocabulary = None if vocab is None else load_vocabulary(vocab)
-    explainer = Explainer(model, providers=provider, progress=False)
+    explainer = Explainer(model, providers=provider, memory_budget_mb=memory_budget_mb,
+                          progress=False)
     files = [model, *(f for f in (prompt_file, vocab) if f is not None)]
     prompt = _prompt(explainer, prompt_file, text, vocabulary)
     chosen = method_options(options, files)
+    if "batch_size" in chosen:
+        raise InputError("give rows per run as --batch-size, not -O batch_size")
     folder = prepare_folder(out, files)
     start = time.perf_counter()
-    generation = run_generation(explainer, prompt, steps, method=method, **chosen)
+    generation = run_generation(explainer, prompt, steps, method=method, batch_size=batch_size,
+                                **chosen)
     elapsed = time.perf_counter() - start
     record = generation.as_json(vocabulary)
     with writing_into(folder) as stage:

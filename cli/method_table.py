@@ -26,7 +26,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def method_rows() -> list[dict]:
     """One row per method, by family then name: name, family, summary, reference,
     exportable, defaults and its options (name, default, expects, help, exported)."""
-    from onnxplain.export import EXPORTS, export_options
+    from onnxplain.export import EXPORTS
+    from onnxplain.exporter import export_options
     from onnxplain.methods import METHODS
 
     order = list(FAMILIES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 
@@ -21,9 +22,18 @@ target_option = click.option(
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(min=1), default=None,
     help="rows per run (default: as the memory budget allows)")
+
+
+def _finite(ctx, param, value: float) -> float:
+    """FloatRange lets nan and inf through (no comparison refuses them)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of megabytes", ctx, param)
+    return value
+
+
 memory_budget_option = click.option(
     "--memory-budget-mb", "memory_budget_mb", type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_BUDGET_MB, show_default=True,
+    default=DEFAULT_BUDGET_MB, show_default=True, callback=_finite,
     help="memory a run may take, in MB: it sizes the rows per run (unless --batch-size) "
          "and per Loop iteration (unless -O internal_batch_size=N)")
 provider_option = click.option(

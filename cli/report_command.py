@@ -12,7 +12,9 @@ from onnxplain.errors import InputError
 
 from .errors import friendly
 from .options import (
+    batch_size_option,
     inputs_option,
+    memory_budget_option,
     output_seed_option,
     parse_targets,
     place_options,
@@ -46,6 +48,8 @@ REPORT_METRICS = ("deletion", "insertion")
               help="option of one method, e.g. -O integrated_gradients.n_steps=16 or "
                    "-O rise.baseline=@ref.npy (repeatable)")
 @provider_option
+@batch_size_option
+@memory_budget_option
 @click.option("--no-scores", is_flag=True,
               help="skip the faithfulness scores (onnxplain.metrics), which cost extra runs")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
@@ -54,8 +58,9 @@ REPORT_METRICS = ("deletion", "insertion")
 @friendly
 def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
            output_seed: str | None, place: dict, top_k: int, labels: str | None, vocab: str | None,
-           out: str, options: tuple[str, ...], provider: str, no_scores: bool, as_json: bool,
-           quiet: bool, image_settings) -> None:
+           out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
+           memory_budget_mb: float, no_scores: bool, as_json: bool, quiet: bool,
+           image_settings) -> None:
     """Explain MODEL with several methods; write one self-contained index.html comparing
     them (heatmaps or token highlighting, runtimes, scores), report.json and PNGs."""
     from onnxplain import Explainer
@@ -73,7 +78,11 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
         from onnxplain.vocab import load_vocabulary
 
         vocabulary = load_vocabulary(vocab)
-    explainer = Explainer(model, providers=provider, progress=not (quiet or as_json))
+    explainer = Explainer(model, providers=provider, memory_budget_mb=memory_budget_mb,
+                          progress=not (quiet or as_json))
+    # Every method and score of the report runs under --batch-size (a view: see Engine).
+    explainer.engine = explainer.engine.with_policy(explainer.policy.derive(
+        batch_size=batch_size))
     say = say_notes(quiet or as_json)
     arrays, files = read_inputs(explainer.model, inputs, image_settings, say)
     files += [path for path in (labels, vocab, output_seed) if path is not None]

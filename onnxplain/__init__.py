@@ -11,7 +11,6 @@ from __future__ import annotations
 from . import _ort  # noqa: F401 - fails early, with one message, when no runtime is installed
 from ._version import __version__
 from .attribution import Attribution
-from .engine import BatchNotice
 from .errors import (
     ExportWarning,
     InputError,
@@ -27,6 +26,8 @@ from .explainer import Explainer
 # `onnxplain.generate(...)`); `from onnxplain.generate import ...` still reads the module.
 from .generate import Generation, GenerationStep, generate
 from .methods import METHODS
+from .runtime.batching import RunPolicy
+from .runtime.engine import BatchNotice
 
 __all__ = [
     "METHODS",
@@ -40,6 +41,7 @@ __all__ = [
     "InputWarning",
     "ModelError",
     "OnnxplainError",
+    "RunPolicy",
     "RuntimeMissingError",
     "UnsupportedOpError",
     "__version__",

@@ -14,17 +14,8 @@ import onnx
 from .attribution import Attribution
 from .autodiff.build import partial_cut_notes
 from .autodiff.ops.quantize import straight_through_notes
-from .engine import (
-    DenseObjective,
-    Engine,
-    GradientRun,
-    OutputSeed,
-    decisions,
-    is_labels,
-    pick_output,
-)
 from .errors import AttributionWarning, InputError
-from .graph.attention import check_not_fused
+from .graph.attention import cached_inputs, check_not_fused
 from .graph.model import Model
 from .graph.sources import Source, find_sources
 from .graph.taps import resolve_taps
@@ -32,7 +23,7 @@ from .inputs import Inputs, RowAxes, check_rows_layout, prepare_inputs, rows_axi
 from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
 from .methods._common import rows_text
-from .methods._tokens import cached_inputs, is_auto_query, query_index
+from .methods._tokens import query_is_position
 from .objective import (
     DENSE,
     EVERYWHERE,
@@ -50,6 +41,15 @@ from .objective import (
     token_inputs,
 )
 from .runtime.batching import DEFAULT_BUDGET_MB, RunPolicy
+from .runtime.engine import (
+    DenseObjective,
+    Engine,
+    GradientRun,
+    OutputSeed,
+    decisions,
+    is_labels,
+    pick_output,
+)
 from .runtime.session import fallback_note, resolve_providers
 
 # Methods that hand the objective to one gradient program and read nothing else of it: their
@@ -305,26 +305,10 @@ def _ties(scores: np.ndarray) -> list[str]:
 
 def _query_is_position(options: dict, place: Place, feeds: Mapping[str, np.ndarray],
                        model: Model) -> tuple[dict, Place]:
-    """An attention method on a causal LM reads the row of the explained position: `-O
-    query=P` and `--position P` name the same place (the next token after position P)."""
-    query = options["query"]
-    if is_auto_query(query):
-        if place.position is None:
-            return options, place
-        return {**options, "query": place.position}, place
+    """methods._tokens.query_is_position over the token count of the inputs."""
     lengths = [feeds[name].shape[1] for name in token_inputs(model) if feeds[name].ndim == 2]
     # The shortest: with a KV cache the mask also covers the cached positions.
-    row = query_index(query, min(lengths) if lengths else None)
-    if row is None and place.position is not None:
-        raise InputError(f"query 'mean' averages every row, and position {place.position} "
-                         "names one: give one of them")
-    if row is None:  # 'mean': no one row, no one place
-        return options, place
-    if place.position is not None and place.position != row:
-        raise InputError(f"query {query} and position {place.position} name different rows; "
-                         "on a causal language model an attention method reads the row of "
-                         "the explained position: give one of them")
-    return {**options, "query": row}, make_place(row, place.pixel, place.region)
+    return query_is_position(options, place, min(lengths) if lengths else None)
 
 
 def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .graph.attention import cached_inputs
 from .graph.model import TensorSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -153,3 +154,20 @@ def _centre_crop(image: Image.Image, crop: tuple[int, int], path) -> Image.Image
     top = int(round((image.height - height) / 2.0))
     left = int(round((image.width - width) / 2.0))
     return image.crop((left, top, left + width, top + height))
+
+
+def image_inputs(model) -> dict[str, str]:
+    """Float inputs declared as images -> 'NCHW' or 'NHWC' (image_layout on the
+    declared dims, a symbolic size read as more than one pixel; a symbolic channel axis
+    reads as NCHW), what layer maps are resized to, in-process and exported alike."""
+    cached = cached_inputs(model)  # a KV cache [batch, heads, past, size] is no image
+    found = {}
+    for spec in model.inputs:
+        dims = spec.dims
+        if not spec.is_float or spec.name in cached or dims is None or len(dims) != 4:
+            continue
+        known = tuple(d if isinstance(d, int) else 2 for d in dims)
+        layout = image_layout(known) or ("NCHW" if not isinstance(dims[1], int) else None)
+        if layout is not None:
+            found[spec.name] = layout
+    return found

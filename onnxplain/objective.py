@@ -13,7 +13,7 @@ one rule for every method family.
   token unless a target names one); padding is read from the attention-mask inputs. It is
   resolved once on the clean forward run into an output seed (a one-hot at [row, position,
   token]) that every family already applies; methods that run one gradient program compute
-  the same seed inside it (export.seed.dense_weights), with no clean forward before it.
+  the same seed inside it (autodiff.seed.dense_weights), with no clean forward before it.
 - Scores per position: a float [N, T, C] output that is not over the vocabulary (a CTC
   recogniser, a token classifier). The summed score of the predicted class at every
   position is explained; positions where an attention-mask input is 0 are left out.
@@ -491,7 +491,7 @@ class OutputSeed:
 @dataclass(frozen=True)
 class DenseObjective:
     """A dense objective (DENSE) the gradient program computes from its own outputs
-    (export.seed.dense_weights) rather than from a separate clean forward run: `form` and
+    (autodiff.seed.dense_weights) rather than from a separate clean forward run: `form` and
     `place` as resolve_dense takes them, `target` the class (or None: the predicted one).
     The explainer resolves the reported pieces from the run's outputs."""
 

@@ -41,3 +41,19 @@ def zoo():
 @pytest.fixture(scope="session")
 def digits_path(zoo) -> Path:
     return zoo.model_path("digits_cnn")
+
+
+@pytest.fixture()
+def session_rows(monkeypatch) -> list[int]:
+    """Rows of every ONNX Runtime session run from now on (the first feed's first axis)."""
+    from onnxplain.runtime.session import Session
+
+    seen: list[int] = []
+    run = Session.run
+
+    def counted(self, names, feeds):
+        seen.append(int(next(iter(feeds.values())).shape[0]))
+        return run(self, names, feeds)
+
+    monkeypatch.setattr(Session, "run", counted)
+    return seen

@@ -149,7 +149,7 @@ def test_methods_that_slice_axis_0_refuse_such_models(case):
 
 
 def test_export_refuses_such_models(case):
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
     with pytest.raises(InputError, match="an exported explainer takes every input's rows on "
                                          "axis 0, but 'state' has its rows on axis 1"):
         export_explainer(case[0], "saliency")

@@ -20,7 +20,8 @@ from onnx import numpy_helper
 
 import onnxplain
 from onnxplain.errors import ModelError
-from onnxplain.export import ATTRIBUTION, export_explainer
+from onnxplain.export import ATTRIBUTION
+from onnxplain.exporter import export_explainer
 from onnxplain.graph import weights as weights_module
 from onnxplain.graph.model import Model
 from onnxplain.graph.weights import file_span, tensor_value

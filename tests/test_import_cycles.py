@@ -1,7 +1,7 @@
 """The package's import graph, read from the source with ast, has no cycles.
 
 A unit is a subpackage of onnxplain (graph, autodiff, ops, rules, methods, export, viz,
-runtime, local, metrics) or one of its top-level modules (engine, explainer, objective...).
+runtime, local, metrics) or one of its top-level modules (explainer, objective, inputs...).
 Forbidden:
 - a cycle between units through imports at module level (a real circular import),
 - a cycle between units through any imports, those inside functions included: a deferred
@@ -27,29 +27,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxplain"
 
 # (importing unit, imported unit) -> why this edge of a cycle is tolerated for now, inside
-# functions only (except the pairs in AT_MODULE_LEVEL).
-ALLOWED: dict[tuple[str, str], str] = {
-    ("runtime", "engine"): "runtime/perturb reads the engine; engine.py moves into runtime/ "
-                           "after the issue-19 merge (the lead's step), which ends this cycle",
-    ("methods", "export"): "issue 19 half way: methods run the programs export builds "
-                           "(imports inside functions), while export still reads helpers "
-                           "that live in methods/ (_tokens, _attention_graph, _layer, _budget, "
-                           "integrated_gradients, the METHODS registry and options); they "
-                           "move below export when the methods' conversion lands",
-    ("autodiff", "export"): "autodiff/program.py's dense seed reuses export/seed.py's "
-                            "dense_weights (inside a function); export/seed.py (the objective "
-                            "as graph weights, no export concept but the input's name) "
-                            "belongs below both, e.g. autodiff/seed.py, once the engineers "
-                            "editing export/ in issue 19 have landed",
-}
-AT_MODULE_LEVEL = {("runtime", "engine")}
+# functions only (except the pairs in AT_MODULE_LEVEL). Empty: every cycle is closed (issue 19
+# item 7); a new entry needs its reason and the step that removes it.
+ALLOWED: dict[tuple[str, str], str] = {}
+AT_MODULE_LEVEL: set[tuple[str, str]] = set()
 # (importing module, imported module) -> why, for cycles inside one unit (inside functions).
-ALLOWED_MODULES: dict[tuple[str, str], str] = {
-    ("onnxplain.methods._layer", "onnxplain.methods._tokens"):
-        "image_inputs reads cached_inputs (which inputs are a KV cache: a property of the "
-        "model, at home in graph/) inside a function; methods/ is under concurrent edit in "
-        "issue 19",
-}
+ALLOWED_MODULES: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

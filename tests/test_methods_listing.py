@@ -11,7 +11,8 @@ import pytest
 
 from onnxplain import METHODS
 from onnxplain.errors import InputError
-from onnxplain.export import EXPORTS, export_explainer
+from onnxplain.export import EXPORTS
+from onnxplain.exporter import export_explainer
 from onnxplain.methods import get_method
 from onnxplain_cli.main import FAMILIES
 

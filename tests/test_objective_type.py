@@ -163,6 +163,7 @@ def test_a_dense_objective_scores_the_predicted_class_per_pixel(place):
 def test_perturbed_copies_are_scored_with_their_rows_objective(batch_size):
     """Chunks of 3 mix copies of different rows: each takes its own row's class."""
     engine = explainer(linear()).engine
+    engine = engine.with_policy(engine.policy.derive(batch_size=batch_size))
     feeds = {"x": X[:2]}
     objective = Objective.resolve([2, 0], X[:2] @ W)
 
@@ -170,9 +171,9 @@ def test_perturbed_copies_are_scored_with_their_rows_objective(batch_size):
         scales = np.arange(start, stop, dtype=np.float32)[:, None] + 1
         return {"x": scales * X[row]}
 
-    scores = perturbed_scores(engine, feeds, objective, make, 4, batch_size=batch_size)
+    scores = perturbed_scores(engine, feeds, objective, make, 4)
     expected = np.array([[(k + 1) * (X[row] @ W)[c] for k in range(4)]
                          for row, c in enumerate([2, 0])])
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
-    legacy = perturbed_scores(engine, feeds, np.array([2, 0]), make, 4, batch_size=batch_size)
+    legacy = perturbed_scores(engine, feeds, np.array([2, 0]), make, 4)
     np.testing.assert_array_equal(legacy, scores)

@@ -15,9 +15,10 @@ import pytest
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import EXPORTS, export_explainer, export_options, exported_options
+from onnxplain.export import EXPORTS
+from onnxplain.exporter import export_explainer, export_options, exported_options
 from onnxplain.methods import METHODS, Option
-from onnxplain.methods._budget import MAX_RUNS_OPTION
+from onnxplain.methods.options import MAX_RUNS_OPTION
 from onnxplain_cli import method_table
 
 from .cli_helpers import run

@@ -90,7 +90,7 @@ def test_every_method_treats_n_c_1_1_as_n_c(method, squeezenet, flattened):
 
 def test_export_treats_n_c_1_1_as_n_c(squeezenet, flattened):
     ort = pytest.importorskip("onnxruntime")
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
 
     path, x = squeezenet
     outputs = {}

@@ -75,3 +75,32 @@ def test_report_shows_the_methods_bars(immediate, tmp_path, zoo):
                  "--no-scores")
     assert result.exit_code == 0, result.stderr
     assert "integrated gradients" in result.stderr and "smoothgrad" in result.stderr
+
+
+def test_perturbation_bar_advances_per_row_chunk(immediate, capfd, monkeypatch):
+    """The perturbation Loop runs every copy of its rows in one program run: a long run goes
+    in row chunks (methods._perturb), so the bar moves before the end."""
+    import contextlib
+
+    from onnxplain.methods import _perturb
+
+    steps: list[int] = []
+    real = _perturb.progress_bar
+
+    @contextlib.contextmanager
+    def spied(*args, **kwargs):
+        with real(*args, **kwargs) as bar:
+            update = bar.update
+
+            def counted(n: int) -> None:
+                steps.append(n)
+                update(n)
+
+            bar.update = counted
+            yield bar
+
+    monkeypatch.setattr(_perturb, "progress_bar", spied)
+    explainer = onnxplain.Explainer(mlp(), "cpu")
+    explainer.explain(X, "occlusion", target=1, window=1, batch_size=1)  # 6 runs a row
+    assert len(steps) > 1 and sum(steps) == len(X) * 6, steps
+    assert "/24 [" in capfd.readouterr().err

@@ -151,7 +151,7 @@ def test_cli_explains_a_quantized_model_and_states_the_rule(zoo, tmp_path, test_
 
 @pytest.mark.parametrize("name", ["digits_cnn_qdq", "digits_resnet_qoperator"])
 def test_exported_saliency_equals_in_process(zoo, test_digits, name):
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
 
     path = str(zoo.build(name) / "model.onnx")
     proto = export_explainer(path, "saliency")

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.errors import UnsupportedOpError
-from onnxplain.methods.integrated_gradients import path_points
+from onnxplain.export.methods import path_points
 
 from .conftest import require
 

@@ -21,9 +21,9 @@ import pytest
 import onnxplain
 from onnxplain.describe import describe_model
 from onnxplain.errors import AttributionWarning
-from onnxplain.export import export_explainer
+from onnxplain.export.methods import path_points
+from onnxplain.exporter import export_explainer
 from onnxplain.graph.model import Model
-from onnxplain.methods.integrated_gradients import path_points
 
 from .conftest import require
 from .test_recurrent_models import _relative

@@ -20,7 +20,7 @@ import pytest
 
 import onnxplain
 from onnxplain.errors import InputError
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 
 from .cli_helpers import run
 from .conftest import require

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import METHODS, Explainer
 from onnxplain.errors import InputError
-from onnxplain.methods._budget import MAX_RUNS
+from onnxplain.runtime.budget import MAX_RUNS
 from tests.cli_helpers import run
 
 HUGE = 10**12
@@ -117,11 +117,21 @@ def test_a_count_under_the_default_budget_runs():
 
 
 def test_memory_alone_is_refused_even_when_runs_are_allowed():
-    """Noise for every sample of every row is drawn at once: over the memory budget it is
-    refused in one line naming n_samples, even with max_runs raised."""
-    explainer = Explainer(IMAGE, progress=False, memory_budget_mb=1)
-    with pytest.raises(InputError, match="n_samples=2,000 holds about .* memory budget"):
-        explainer.explain(_inputs(IMAGE), "smoothgrad", n_samples=2000, max_runs=HUGE)
+    """LIME holds a score per sample and row at once (its regression's table): over the
+    memory budget it is refused in one line naming n_samples, even with max_runs raised."""
+    explainer = Explainer(TABLE, progress=False, memory_budget_mb=1)
+    with pytest.raises(InputError, match="n_samples=50,000 holds about .* memory budget"):
+        explainer.explain(_inputs(TABLE), "lime", n_samples=50_000, max_runs=HUGE)
+
+
+def test_noise_memory_is_flat_in_the_sample_count():
+    """The noise Loop draws an iteration's samples at a time and carries two sums per input:
+    what it holds does not grow with n_samples (the budget sizes the iterations)."""
+    work = METHODS["smoothgrad"].work
+    feeds = {"x": _inputs(IMAGE)}
+    few, many = (work({"n_samples": n}, feeds) for n in (2, 2000))
+    assert few.held == many.held == 2 * feeds["x"].nbytes
+    assert many.runs == 2000
 
 
 def test_max_runs_must_be_positive():

@@ -36,9 +36,9 @@ from onnx import helper
 import onnxplain
 from model_zoo.registry import ZOO
 from onnxplain.errors import AttributionWarning
+from onnxplain.export.rise import rise_masks, rise_plan
 from onnxplain.graph.load import set_runtime_ir_version
 from onnxplain.graph.weights import standalone
-from onnxplain.methods.rise import rise_masks, rise_plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CELLS = ("saliency", "integrated_gradients", "grad_cam", "rollout",
@@ -532,7 +532,7 @@ def check_derived(zoo, name, cell, feeds, result, target, extra) -> None:
 
 
 def check_export(ex, feeds) -> None:
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
 
     proto = export_explainer(ex.model, "saliency")
     options = ort.SessionOptions()

@@ -27,6 +27,7 @@ from .build import add_gradients
 from .commute import pool_after_relu_for
 from .ops.recurrent import finish_gate_forwards
 from .registry import GRADIENT, RuleSet
+from .seed import dense_weights
 
 TARGET_INPUT = "onnxplain/target"
 TARGET_OUTPUT = "onnxplain/target_used"
@@ -72,7 +73,7 @@ class Post:
 class Pre:
     """Ops inserted between the forward and the backward passes: `emit` gets the builder,
     the explained output and its seed, and returns the tensor the passes start from and its
-    seed (methods/_explained_row: a copy of the model's tail at the seeded position alone);
+    seed (export/explained_row: a copy of the model's tail at the seeded position alone);
     `key` names what it emits."""
 
     key: tuple
@@ -171,8 +172,6 @@ def _dense_seed(b: GraphBuilder, model: Model, output: str, dense: tuple[str, Pl
                 program: GradientProgram) -> str:
     """The dense objective's weights on `output`, computed in the graph (one definition,
     shared with exported explainers), so no separate clean forward resolves them."""
-    from ..export.seed import dense_weights  # export imports the engine, which imports us
-
     form, place = dense
     return dense_weights(b, model, output, _target_input(b, program), form, place, {})
 

@@ -19,18 +19,14 @@ from onnx import helper, numpy_helper
 
 from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.program import drop_unread
-from ..engine import QDQ_PROPAGATION, pick_output
 from ..errors import ExportWarning, InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
-from ..graph.op_kinds import QUANTIZERS
 from ..graph.walk import used_initializers
 from ..graph.weights import payload_bytes, standalone
 from ..inputs import check_rows_layout
-from ..methods import METHODS, Option, did_you_mean
-from ..methods._budget import MAX_RUNS_OPTION, check_work
-from ..objective import EVERYWHERE, Place, make_place
-from ..runtime.batching import DEFAULT_BUDGET_MB
+from ..objective import EVERYWHERE, Place
+from ..runtime.engine import pick_output
 from . import (  # noqa: F401 - register their exports
     attention,
     cat,
@@ -41,12 +37,13 @@ from . import (  # noqa: F401 - register their exports
     rise,
     tokens,
 )
-from .graph import TARGET, TARGET_USED, ExplainerGraph
+from .graph import TARGET, TARGET_USED, ExplainerGraph, freed_model
 from .loop import ROWS_PER_ITERATION
 from .methods import ATTRIBUTION, EXPORTS, metadata
+from .optimizers import optimizers_to_disable
 
-__all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "emit_explainer",
-           "export_explainer", "export_options", "exported_options"]
+__all__ = ["ATTRIBUTION", "EXPORTS", "LOOP_ROWS", "TARGET", "TARGET_USED", "emit_explainer",
+           "explainer_model"]
 
 
 # Rows per Loop iteration when internal_batch_size is 0 ("as the memory budget allows"
@@ -54,76 +51,24 @@ __all__ = ["ATTRIBUTION", "EXPORTS", "TARGET", "TARGET_USED", "emit_explainer",
 LOOP_ROWS = 16
 
 
-def exported_options(method: str, options: dict) -> dict:
-    """The options the exported graph reads, checked by the method's own declarations
-    (methods.options.Option) with defaults filled in, and the work they ask for checked
-    against the same budget as in-process (max_runs, the memory the builder holds)."""
-    export = EXPORTS.get(method)
-    if export is None:
-        hint = did_you_mean(method, EXPORTS) if method not in METHODS else ""
-        raise InputError(f"method '{method}' cannot be exported{hint} (exportable methods: "
-                         f"{', '.join(sorted(EXPORTS))})")
-    spec = METHODS.get(method)
-    declared = export_options(method)
-    for key in options:
-        if key not in declared:
-            _refuse_option(method, str(key), spec, declared)
-    resolved = {name: option.default for name, option in declared.items()}
-    resolved.update({key: declared[key].check(method, value) for key, value in options.items()})
-    if resolved.get("internal_batch_size") == 0:
-        resolved["internal_batch_size"] = LOOP_ROWS
-    if spec is not None and spec.work is not None:
-        check_work(method, spec.work(resolved, {}), resolved.pop("max_runs"), DEFAULT_BUDGET_MB)
-    return resolved
-
-
-def export_options(method: str) -> dict[str, Option]:
-    """{name: declaration} of the options an exported `method` reads (max_runs too where
-    its work is counted); empty for a method that does not export."""
-    spec, export = METHODS.get(method), EXPORTS.get(method)
-    if spec is None or export is None:
-        return {}
-    return {option.name: option for option in spec.options if export.reads is None
-            or option.name in export.reads or option is MAX_RUNS_OPTION}
-
-
-def _refuse_option(method: str, key: str, spec, declared: dict) -> None:
-    known = ", ".join(declared) or "none"
-    if spec is not None and key in spec.defaults:
-        raise InputError(f"option '{key}' of method '{method}' applies in-process only; an "
-                         f"exported {method} reads: {known}")
-    raise InputError(f"method '{method}' has no export option '{key}'"
-                     f"{did_you_mean(key, declared)} (its export options: {known})")
-
-
-def export_explainer(model, method: str = "saliency", *, output: str | None = None,
-                     target_input: str = "optional", output_seed=None,
-                     position: int | None = None, pixel=None, region=None,
-                     **options) -> onnx.ModelProto:
-    """One ONNX model computing the model's outputs and `method`'s attributions together.
-
-    `target_input="optional"` gives the `target` input a default (-1, the predicted class)
-    through an initializer of the same name; "required" makes it a plain input, for
-    runtimes that cannot feed inputs with defaults (onnxruntime-node ignores such feeds).
-    `output_seed` (one row of weights shaped like a row of the output) replaces the class
-    target: the explainer gets an `output_seed` input instead of `target`, defaulting to
-    these weights (export.seed). Sequence outputs and maps explain their dense objective
-    (objective), computed in the graph on each input: `position`, `pixel` and `region` as
-    in Explainer.explain, `target` naming the class."""
-    loaded = model if isinstance(model, Model) else Model.load(model)
-    options = exported_options(method, options)
-    if not loaded.batch.symbolic:
-        raise InputError(f"the model's batch axis is {loaded.batch.describe()}; an exported "
+def explainer_model(model: Model, method: str, options: dict, output: str | None = None,
+                    target_input: str = "optional", output_seed=None,
+                    place: Place = EVERYWHERE) -> onnx.ModelProto:
+    """The standalone explainer file of `method` with resolved `options` (the caller checks
+    them against the method's declarations: exporter.export_explainer): the program
+    emit_explainer builds, its weights embedded, metadata set, checked."""
+    if not model.batch.symbolic:
+        raise InputError(f"the model's batch axis is {model.batch.describe()}; an exported "
                          "explainer needs a symbolic batch axis (re-export with dynamic axes)")
-    check_rows_layout(loaded, "an exported explainer", frozenset())
-    eg = emit_explainer(loaded, method, options, pick_output(loaded, output), target_input,
-                        output_seed, make_place(position, pixel, region))
+    check_rows_layout(model, "an exported explainer", frozenset())
+    eg = emit_explainer(model, method, options, pick_output(model, output), target_input,
+                        output_seed, place)
     _check_size(eg.proto)
-    proto = standalone(eg.proto, loaded.weights)  # weights embedded (graph.weights)
+    proto = standalone(eg.proto, model.weights)  # weights embedded (graph.weights)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                    **metadata(method, options, eg), **_loop_rows(proto)})
     proto.producer_name = "onnxplain"
-    _warn_quantized_loop(proto)
+    _warn_optimizers(proto)
     _drop_unread_initializers(proto.graph)
     set_runtime_ir_version(proto)
     _check_exported(proto)
@@ -136,10 +81,21 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     """The program of `method` (resolved `options`) explaining `output`: the one graph that
     `export` saves and the in-process method runs (methods._graph), so both compute the same
     numbers. `sources`: see ExplainerGraph."""
-    eg = ExplainerGraph(model, output, target_input, output_seed, place, sources,
-                        EXPORTS[method].any_output)
-    start = len(eg.proto.graph.node)
-    EXPORTS[method].build(eg, options)
+    while True:
+        eg = ExplainerGraph(model, output, target_input, output_seed, place, sources,
+                            EXPORTS[method].any_output)
+        start = len(eg.proto.graph.node)
+        try:
+            EXPORTS[method].build(eg, options)
+        except Exception:
+            if not eg.clashes:
+                raise
+        else:
+            if not eg.clashes:
+                break
+        # The explainer added a name a model tensor has (a tensor called 'score'): build
+        # again on the model with those tensors renamed (ExplainerGraph.clashes).
+        model = freed_model(model, sorted(eg.clashes))
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
     drop_unread(eg.proto.graph, start)
     return eg
@@ -167,20 +123,23 @@ def _check_size(proto: onnx.ModelProto) -> None:
                          "external data is not supported yet")
 
 
-def _warn_quantized_loop(proto: onnx.ModelProto) -> None:
-    """ONNX Runtime 1.31 aborts the whole process while it optimises a Loop body holding
-    Q/DQ pairs (an assertion in QDQPropagationTransformer): the metadata names the
-    optimiser to disable, and the user hears it now rather than from a crash."""
-    bodies = [a.g for node in proto.graph.node if node.op_type == "Loop"
-              for a in node.attribute if a.HasField("g")]
-    if any(n.op_type in QUANTIZERS for body in bodies for n in body.node):
-        helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                       "onnxplain.disable_optimizers": QDQ_PROPAGATION})
-        warnings.warn(f"ONNX Runtime 1.31 aborts when it optimises this explainer's Loop of "
-                      f"quantized ops: load it with the optimizer '{QDQ_PROPAGATION}' "
-                      f"disabled (Python: InferenceSession(..., disabled_optimizers="
-                      f"['{QDQ_PROPAGATION}'])) or with graph optimizations off",
-                      ExportWarning, stacklevel=3)
+def _warn_optimizers(proto: onnx.ModelProto) -> None:
+    """ONNX Runtime 1.31 optimizers that break this explainer (export.optimizers): the
+    metadata names them (comma-separated) and the user hears it now, not from a crash or a
+    load failure."""
+    found = optimizers_to_disable(proto)
+    if not found:
+        return
+    names = ",".join(found)
+    helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                   "onnxplain.disable_optimizers": names})
+    why = "; ".join(f"'{name}' {reason}" for name, reason in found.items())
+    listed = ", ".join(f"'{name}'" for name in found)
+    warnings.warn(f"ONNX Runtime 1.31 breaks this explainer unless it is loaded with the "
+                  f"optimizer{'s' * (len(found) > 1)} {listed} disabled ({why}): Python: "
+                  f"InferenceSession(..., disabled_optimizers={list(found)}), or graph "
+                  "optimizations off; the metadata key 'onnxplain.disable_optimizers' names "
+                  "them", ExportWarning, stacklevel=4)
 
 
 def _check_exported(proto: onnx.ModelProto) -> None:

@@ -8,28 +8,64 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-from onnx import TensorProto
-
-from ..autodiff.ops.shape import iota
 from ..errors import InputError
+from ..graph.attention import (
+    attention_layers,
+    cached_inputs,
+    is_auto_query,
+    query_index,
+    token_layout_of,
+)
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
-from ..methods._attention_graph import wide
-from ..methods._layer import image_inputs
-from ..methods._tokens import attention_layers, cached_inputs
-from ..methods.cat import (
-    LAYER,
-    PATCHES,
-    TOKENS,
-    hidden_states,
-    query_row,
-    static_grid,
-    static_tokens,
-)
+from ..images import image_inputs
+from .attention import AUTO_ROW, auto_reads_text, finish_scores, query_rows
+from .attention_graph import Reading, wide
 from .graph import ExplainerGraph
-from .layer_maps import declare_maps, resized_maps
-from .methods import ATTRIBUTION, register_export
+from .methods import register_export
+
+TOKENS, PATCHES = "tokens", "patches"  # the programs' outputs besides the attributions
+LAYER = "layer/"  # and each layer's share of the scores, "layer/<index>"
+
+
+def hidden_states(layers) -> list[str]:
+    missing = [layer.index for layer in layers if layer.hidden is None]
+    if missing:
+        raise InputError(f"the hidden state read by attention layer(s) {missing} was not "
+                         "found (Q, K and V must be projected from one tensor)")
+    return [layer.hidden for layer in layers]
+
+
+def static_tokens(model, layers) -> int | None:
+    layout = token_layout_of(model, layers)
+    return None if layout is None else layout["tokens"]
+
+
+def static_grid(model, layers) -> tuple[int, tuple[int, int]] | None:
+    """(class tokens in front, patch grid) of an image model with static shapes."""
+    layout = token_layout_of(model, layers)
+    if not layout or not layout.get("patch_grid"):
+        return None
+    return layout.get("class_tokens", 0), tuple(layout["patch_grid"])
+
+
+def query_row(query, class_token: bool, tokens: int | None) -> int | None:
+    """The query row read: 'auto' is the class token (0) where there is one, else the mean
+    of all rows (None), and over token ids the graph decides (export.attention.AUTO_ROW);
+    a negative index counts from the end, in the graph where the token count is not
+    static."""
+    if is_auto_query(query):
+        return 0 if class_token else None
+    if tokens is None and _negative(query):
+        return int(query)
+    return query_index(query, tokens)
+
+
+def _negative(query) -> bool:
+    try:
+        return int(query) < 0
+    except (TypeError, ValueError):
+        return False
 
 
 def text_inputs(model, sources: Mapping[str, str] | None) -> list[str]:
@@ -60,50 +96,20 @@ def _head_shares(eg: ExplainerGraph, layer, grad: str, hidden: str) -> str:
     return b.reduce("ReduceSum", split, [-1], False)
 
 
-def _query_weights(eg: ExplainerGraph, probabilities: str, query: int | None) -> str:
-    """[N, S, heads]: the query row of the attention map (the mean of its rows for None)."""
+def _query_weights(eg: ExplainerGraph, probabilities: str, query: int | str | None) -> str:
+    """[N, S, heads]: the query row of the attention map (the mean of its rows for None,
+    each row's own for an int64 [N] tensor)."""
     b = eg.b
     a = wide(b, probabilities)
-    row = (b.reduce("ReduceMean", a, [2], False) if query is None else
-           b.squeeze(b.op("Gather", a, b.ints([query]), axis=2), [2]))
+    if query is None:
+        row = b.reduce("ReduceMean", a, [2], False)
+    elif isinstance(query, int):
+        row = b.squeeze(b.op("Gather", a, b.ints([query]), axis=2), [2])
+    else:
+        sizes = b.concat([b.dim(a, 0), b.dim(a, 1), b.ints([1]), b.dim(a, 3)], 0)
+        at = b.op("Expand", b.reshape(query, [-1, 1, 1, 1]), sizes)
+        row = b.squeeze(b.op("GatherElements", a, at, axis=2), [2])
     return b.op("Transpose", row, perm=[0, 2, 1])
-
-
-def _zero_padding_and_query(eg: ExplainerGraph, scores: str, layers, query: int | None
-                            ) -> str:
-    """Scores 0 on padded tokens (the last S columns of the [batch, length] inputs the
-    attention masks are computed from, as methods._tokens.padding_mask) and at the query."""
-    b = eg.b
-    tokens = b.dim(scores, 1)
-    for name in sorted({name for layer in layers for name in layer.mask_inputs}):
-        if name not in {spec.name for spec in eg.model.inputs} or b.info(name).rank != 2:
-            continue
-        last = b.slice(name, b.op("Neg", tokens), [np.iinfo(np.int64).max], [1])
-        zero = b.const(np.zeros((), b.np_dtype(name)))
-        scores = b.keep(scores, b.op("Not", b.equal(last, zero)))
-    if query is not None:
-        at = b.ints([query]) if query >= 0 else b.op("Add", tokens, b.ints([query]))
-        scores = b.keep(scores, b.op("Not", b.op("Equal", iota(b, tokens), at)))
-    return scores
-
-
-def _declare(eg: ExplainerGraph, scores: str, text: list[str], grid, upsample: str) -> None:
-    b = eg.b
-    dtype = b.dtype(scores)
-    eg.declare(scores, TOKENS, "float [N, tokens]: one score per token",
-               TensorInfo(dtype, ("N", None)))
-    for name in text:
-        eg.declare(scores, ATTRIBUTION + name, f"float [N, tokens]: score of each token of "
-                   f"'{name}'", TensorInfo(dtype, ("N", None)))
-    if grid is not None:
-        prefix, (rows, cols) = grid
-        patches = b.slice(scores, [prefix], [np.iinfo(np.int64).max], [1])
-        patches = b.op("Reshape", patches, b.ints([0, 1, rows, cols]))
-        eg.declare(patches, PATCHES, "float [N, 1, rows, cols]: patch scores on the grid",
-                   TensorInfo(dtype, ("N", 1, rows, cols)))
-        if dtype == TensorProto.DOUBLE:  # ONNX Runtime's CPU Resize has no double kernel
-            patches = b.op("Cast", patches, to=TensorProto.FLOAT)
-        declare_maps(eg, resized_maps(eg, patches, upsample), "the patch scores")
 
 
 def _check_rows(eg: ExplainerGraph, layers, hidden: list[str], method: str) -> None:
@@ -134,6 +140,8 @@ def _build(eg: ExplainerGraph, options: dict, weighted: bool) -> None:
     grid = None if text else static_grid(eg.model, layers)
     query = query_row(options["query"], bool(text) or bool(grid and grid[0]),
                       static_tokens(eg.model, layers))
+    if auto_reads_text(eg, layers, options["query"], text):  # as the attention methods
+        query = query_rows(eg, layers, AUTO_ROW)
     grads = eg.gradients(list(dict.fromkeys(hidden)))
     total = None
     for layer, name in zip(layers, hidden, strict=True):
@@ -144,8 +152,8 @@ def _build(eg: ExplainerGraph, options: dict, weighted: bool) -> None:
         eg.declare(score, f"{LAYER}{layer.index}", f"float [N, tokens]: layer {layer.index}'s "
                    "share of the scores", TensorInfo(b.dtype(score), ("N", None)))
         total = score if total is None else b.op("Add", total, score)
-    scores = _zero_padding_and_query(eg, total, layers, query)
-    _declare(eg, scores, text, grid, options["upsample"])
+    reading = Reading(query, *(grid or (0, None)), tuple(text))
+    finish_scores(eg, total, layers, reading, query, options["upsample"])
 
 
 @register_export("cat")

@@ -1,6 +1,6 @@
 """Kernel SHAP and LIME as one program each: the coalitions are fixed by the seed and the
 number of features, so each method's regression is a constant matrix applied to the scores
-of the coalitions with one MatMul (methods.kernel_shap.shapley_map, methods.lime.ridge_map,
+of the coalitions with one MatMul (export.designs: shapley_map, ridge_map,
 computed in float64 when the program is built and applied in float64).
 
 The program's inputs are the model's, `target`, `feature_mask` (int64 [1 or N, *row]: the
@@ -20,19 +20,25 @@ from onnx import TensorProto
 from ..errors import InputError
 from ..features import baseline_values, row_masks
 from ..graph.shapes import TensorInfo
-from ..methods.kernel_shap import check_matrix, coalition_baseline, coalitions, shapley_map
-from ..methods.lime import lime_kernel, lime_samples, ridge_map
 from ..runtime.batching import DEFAULT_BUDGET_MB
+from .designs import (
+    check_matrix,
+    coalition_baseline,
+    coalitions,
+    lime_kernel,
+    lime_samples,
+    ridge_map,
+    shapley_map,
+)
 from .graph import ExplainerGraph, is_fed
 from .methods import ATTRIBUTION, SCORE, register_export
 from .perturb import (
     Perturbation,
     perturbation_loop,
     perturbed_name,
+    remainder,
     row_shape,
     rows_per_iteration,
-    score_table,
-    zeros,
 )
 
 MASK = "feature_mask"
@@ -88,7 +94,7 @@ def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
 
 @register_export("lime", (*COMMON, "kernel_width", "alpha"), any_output=True)
 def lime(eg: ExplainerGraph, options: dict) -> None:
-    """coef = C y, b = c . y for the scores y of the coalitions (methods.lime.ridge_map);
+    """coef = C y, b = c . y for the scores y of the coalitions (designs.ridge_map);
     R^2 of the fit from its residuals (sklearn's convention for a constant target)."""
     b = eg.b
     features = _features(eg, options, "lime")
@@ -150,18 +156,15 @@ def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
                      axis=0)  # [k, F]
         elements = bb.op("Gather", keep, features.mask, axis=1)  # [k, N, *row]
         absent = bb.op("Gather", features.background,
-                       bb.op("Mod", chunk.index, background_row), axis=0)  # [k, *row]
+                       remainder(bb, chunk.index, background_row), axis=0)  # [k, *row]
         made = bb.where(elements, bb.unsqueeze(clean[name], [0]), bb.unsqueeze(absent, [1]))
         return {name: bb.reshape(made, bb.concat([bb.ints([-1]), bb.dims(clean[name], 1)],
                                                  0))}
 
-    def contributions(bb, chunk, scores) -> list[str]:
-        return [score_table(bb, chunk, scores, points)]
-
     run = perturbation_loop(
-        eg, Perturbation(points, perturb, contributions, [zeros(b, [eg.rows, points])]),
-        rows_per_iteration(options), bool(options.get("single")))
-    table_scores = run.sums[0]  # [N, P x B]
+        eg, Perturbation(points, perturb, lambda bb, chunk, scores: [], [], table=True),
+        rows_per_iteration(options))
+    table_scores = run.table  # [N, P x B]
     if count == 1:
         return table_scores, run.clean
     shaped = b.reshape(table_scores, b.concat([eg.rows, b.ints([len(present), count])], 0))

@@ -19,12 +19,13 @@ from ..autodiff.build import add_gradients
 from ..autodiff.commute import pool_after_relu_for
 from ..autodiff.program import Pass, Pre, chosen_class, one_hot
 from ..autodiff.registry import GRADIENT, RuleSet
+from ..autodiff.seed import dense_weights
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
-from ..graph.walk import rename_reads
+from ..graph.walk import defined_names, rename_reads, subgraphs
 from ..graph.weights import is_stub, light_copy
 from ..objective import (
     CLASS,
@@ -37,7 +38,7 @@ from ..objective import (
     describe_objective,
     output_form,
 )
-from .seed import OUTPUT_SEED, dense_weights, seed_row
+from .seed import OUTPUT_SEED, seed_row
 
 TARGET = "target"
 TARGET_USED = "target_used"
@@ -91,6 +92,11 @@ class ExplainerGraph:
         # export embeds them (graph.weights.standalone).
         self.proto = light_copy(model.proto)
         infos = _free_names(self.proto.graph, model, (TARGET, TARGET_USED, OUTPUT_SEED))
+        # Names the explainer added that a model tensor has: the builders may have read the
+        # model's tensor by that name, so export.emit_explainer builds again on the model
+        # with those tensors renamed (freed_model); renaming midway would leave them stale.
+        self.clashes: set[str] = set()
+        self._model_names = _names(self.proto.graph)
         self.b = GraphBuilder(self.proto, infos, prefix="onnxplain/export",
                               weights=model.weights)
         self.copies = 1
@@ -230,6 +236,7 @@ class ExplainerGraph:
         '<type> [<axes>][, optional]: <meaning>[; absent: <default>]'."""
         if name in self.added:
             return name
+        self._check_free(name)
         self.proto.graph.input.append(helper.make_tensor_value_info(
             name, dtype, None if shape is None else list(shape)))
         if default is not None:
@@ -305,12 +312,22 @@ class ExplainerGraph:
                 ) -> None:
         b = self.b
         info = info or b.info(tensor)
+        self._check_free(name)
         self.proto.graph.node.append(helper.make_node("Identity", [tensor], [name],
                                                       name=b.fresh("explainer_output")))
         dims = None if info.shape is None else list(info.shape)
         self.proto.graph.output.append(helper.make_tensor_value_info(name, info.dtype, dims))
         b.infos[name] = info
         self.added[name] = meaning
+
+    def _check_free(self, name: str) -> None:
+        """`name`, which the explainer adds, is no model input or output (one line), and
+        is noted in `clashes` where a model tensor has it."""
+        if name in self.added:
+            return
+        _refuse_model_end(self.model, name)
+        if name in self._model_names:
+            self.clashes.add(name)
 
     def batched(self, name: str) -> str:
         """What an original tensor is called inside the copies (the outputs were renamed)."""
@@ -347,36 +364,81 @@ def _describe_default(default: np.ndarray) -> str:
 
 def _free_names(graph: onnx.GraphProto, model: Model, names: Sequence[str]
                 ) -> Mapping[str, TensorInfo]:
-    """The explainer's own inputs and outputs (`names`) are free: a tensor of the model's
-    of that name is renamed inside (a Reshape target called 'target'), before a GraphBuilder
-    reads the graph's initializers by name; a model input or output of that name cannot be,
-    one line. A shared stub (graph.weights) stands for the model's initializer of its name:
-    renamed, it holds that initializer's bytes (a file stub names their place itself).
-    Returns the model's infos under the new names."""
-    ends = {v.name for v in (*graph.input, *graph.output)}
-    made = {o for node in graph.node for o in node.output} | \
-        {init.name for init in graph.initializer}
+    """Free `names` (free_name) before a GraphBuilder reads the graph's initializers by name;
+    returns the model's infos under the new names."""
     infos = model.infos
     for name in names:
-        if name in ends:
-            raise ModelError(f"the model has an input or output named '{name}', which the "
-                             "explainer adds: rename it in the model")
-        if name not in made:
-            continue
-        fresh = f"onnxplain/export/model_{name}"
-        while fresh in made or fresh in ends or any(fresh in n.input for n in graph.node):
-            fresh += "_"
-        _rename_everywhere(graph, name, fresh)
-        for init in graph.initializer:
-            if init.name == name:
-                if is_stub(init):  # rare (a weight called 'target'): one tensor copied
-                    init.CopyFrom(next(i for i in model.weights.proto.graph.initializer
-                                       if i.name == name))
-                init.name = fresh
-        if name in infos:
+        fresh = free_name(graph, model, name)
+        if fresh is not None and name in infos:
             infos = dict(infos)  # the model's own stay as they are
             infos[fresh] = infos.pop(name)
     return infos
+
+
+def freed_model(model: Model, names: Sequence[str]) -> Model:
+    """`model` with its tensors called `names` renamed (free_name): the same computation,
+    whose inputs and outputs keep their names."""
+    proto = light_copy(model.proto)
+    infos = _free_names(proto.graph, model, names)
+    return Model(proto, model.path, dict(infos), model.weights, model.file_ir_version)
+
+
+def free_name(graph: onnx.GraphProto, model: Model, name: str) -> str | None:
+    """An input or output the explainer adds (`name`) is free: a tensor of the model's of
+    that name (a Reshape target called 'target', a tensor called 'score') is renamed
+    wherever a graph or subgraph defines it, and the new name returned (None: nothing of
+    that name); a model input or output of that name cannot be, one line (ONNX Runtime's
+    own message about a duplicate name misleads). A shared stub (graph.weights) stands for
+    the model's initializer of its name: renamed, it holds that initializer's bytes."""
+    _refuse_model_end(model, name)
+    if not _defines(graph, name):
+        return None
+    taken = _names(graph)
+    fresh = f"onnxplain/export/model_{name}"
+    while fresh in taken:
+        fresh += "_"
+    _rename_definitions(graph, model, name, fresh)
+    return fresh
+
+
+def _refuse_model_end(model: Model, name: str) -> None:
+    if name in {v.name for v in (*model.proto.graph.input, *model.proto.graph.output)}:
+        raise ModelError(f"the model has an input or output named '{name}', which the "
+                         "explainer adds: rename it in the model")
+
+
+def _defines(graph: onnx.GraphProto, name: str) -> bool:
+    """`graph` or one of its subgraphs defines `name`."""
+    return name in defined_names(graph) or any(_defines(sub, name) for sub in _subgraphs(graph))
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name of `graph` and its subgraphs."""
+    names = defined_names(graph) | {v.name for v in graph.output}
+    names |= {n for node in graph.node for n in node.input}
+    return names.union(*(_names(sub) for sub in _subgraphs(graph)))
+
+
+def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    return [sub for node in graph.node for sub in subgraphs(node)]
+
+
+def _rename_definitions(graph: onnx.GraphProto, model: Model, old: str, new: str) -> None:
+    """Rename `old` where `graph` defines it (and the reads in its scope), then in each
+    subgraph that defines it itself."""
+    if old in defined_names(graph):
+        _rename_everywhere(graph, old, new)
+        for value in (*graph.input, *graph.output):
+            if value.name == old:
+                value.name = new
+        for init in graph.initializer:
+            if init.name == old:
+                if is_stub(init):  # rare (a weight called 'target'): one tensor copied
+                    init.CopyFrom(next(i for i in model.weights.proto.graph.initializer
+                                       if i.name == old))
+                init.name = new
+    for sub in _subgraphs(graph):
+        _rename_definitions(sub, model, old, new)
 
 
 def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 from ..autodiff.program import Pass
 from ..errors import InputError
 from ..graph.heads import dense_head
-from ..graph.layers import resolve_layer
+from ..graph.layers import pre_and_post, resolve_layer, spatial_layer
 from ..graph.shapes import TensorInfo
+from ..images import image_inputs
 from ..maps import MODES as UPSAMPLE_MODES
-from ..methods._layer import LAYER_MAP, PARTS, POST, PRE, image_inputs, pre_and_post, spatial_layer
 from ..rules.guided import GUIDED_BACKPROP
 from .graph import ExplainerGraph
 from .methods import ATTRIBUTION, register_export, resize_like_torch
+
+LAYER_MAP = "layer_map"  # the program's output: the map at the layer's resolution
+PRE, POST = "pre_activation", "post_activation"  # activation_maps' outputs, with PARTS
+PARTS = ("", ":positive", ":negative")
 
 
 def _weighted_map(eg: ExplainerGraph, layer: str, weights: str, relu: bool) -> str:

@@ -34,7 +34,7 @@ from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
-from ..graph.walk import ancestors, rename_reads, used_initializers
+from ..graph.walk import ancestors, defined_names, rename_reads, used_initializers
 from ..graph.weights import payload_bytes
 from .graph import ExplainerGraph
 
@@ -166,22 +166,42 @@ def weighted_blocks(bb: GraphBuilder, chunk: Chunk, value: str, weights: str | N
     return bb.reduce("ReduceSum", blocks, [0], False)
 
 
+@dataclass
+class Body:
+    """A Loop body being built on a copy of `model`: its builder and graph (the model's
+    nodes taken out, to be put back once their inputs are defined), the iteration counter,
+    the condition and the carried sums."""
+
+    bb: GraphBuilder
+    graph: onnx.GraphProto
+    step: str
+    cond: str
+    carried: list[str]
+    model_nodes: list[onnx.NodeProto]
+
+
+def body_on(eg: ExplainerGraph, model: Model, sums_like: Sequence[str]) -> Body:
+    """A Body over a copy of `model`, one carried sum per tensor of `sums_like` (outer)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    bb = GraphBuilder(proto, {**model.infos, **eg.b.infos}, prefix=BODY_PREFIX)
+    step, cond = bb.fresh("iteration"), bb.fresh("cond")
+    carried = [bb.fresh("sum") for _ in sums_like]
+    bb.infos[step] = TensorInfo(TensorProto.INT64, ())
+    for name, like in zip(carried, sums_like, strict=True):
+        bb.infos[name] = eg.b.info(like)
+    model_nodes = list(proto.graph.node)
+    del proto.graph.node[:]  # they run after the inputs are defined
+    return Body(bb, proto.graph, step, cond, carried, model_nodes)
+
+
 def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
           outputs: list[str], rules: RuleSet) -> onnx.GraphProto:
     outer, model = eg.b, walk.model
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    bb = GraphBuilder(proto, {**model.infos, **outer.infos}, prefix=BODY_PREFIX)
-    graph = proto.graph
-    step, cond = bb.fresh("iteration"), bb.fresh("cond")
-    carried = [bb.fresh("sum") for _ in walk.sums_like]
+    made = body_on(eg, model, walk.sums_like)
+    bb, graph, step, cond, carried = made.bb, made.graph, made.step, made.cond, made.carried
+    model_nodes = made.model_nodes
     kept = [bb.fresh("clean") for _ in outputs]
-    bb.infos[step] = TensorInfo(TensorProto.INT64, ())
-    for name, like in zip(carried, walk.sums_like, strict=True):
-        bb.infos[name] = outer.info(like)
-
-    model_nodes = list(graph.node)
-    del graph.node[:]  # they run after the inputs are defined
     chunk = _chunk(bb, step, k, walk.points)
     first = bb.op("Equal", step, bb.const(np.array(0, np.int64)))
     # Iteration 0 runs the clean rows before its points, the others none.
@@ -217,7 +237,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
         [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
          *_value_infos(bb, [*updated, *clean_outputs], likes)],
         _owned_weights(eg, walk.model, used_initializers(graph, nodes)))
-    _rename_shadowing(body, _outer_names(eg.proto.graph))
+    _rename_shadowing(body, defined_names(eg.proto.graph))
     return body
 
 
@@ -235,13 +255,25 @@ def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chun
 
 def _chunk(b: GraphBuilder, step: str, k: str, points: int) -> Chunk:
     """index = step * k + [0 .. count-1], count = min(k, the points left)."""
+    from .random import _indices  # 0 .. n-1 at any opset (Range from 11)
+
     first = b.op("Mul", b.reshape(step, [1]), k)
-    if b.opset < 12:
-        return Chunk(first, k)  # k is 1 below opset 12
-    count = b.op("Min", k, b.op("Sub", b.ints([points]), first))
-    steps = b.range(b.const(np.array(0, np.int64)), b.reshape(count, []),
-                    b.const(np.array(1, np.int64)))
-    return Chunk(b.op("Add", first, steps), count)
+    count = int_min(b, k, b.op("Sub", b.ints([points]), first))
+    return Chunk(b.op("Add", first, _indices(b, count)), count)
+
+
+def int_min(b: GraphBuilder, x: str, y: str) -> str:
+    """The smaller of two int64 tensors: Min from opset 12, Where(Less) below."""
+    if b.opset >= 12:
+        return b.op("Min", x, y)
+    return b.where(b.op("Less", x, y), x, y)
+
+
+def int_max(b: GraphBuilder, x: str, y: str) -> str:
+    """The larger of two int64 tensors: Max from opset 12, Where(Less) below."""
+    if b.opset >= 12:
+        return b.op("Max", x, y)
+    return b.where(b.op("Less", x, y), y, x)
 
 
 def _first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str) -> str:
@@ -292,17 +324,10 @@ def _value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
     return [_value_info(b, name, like) for name, like in zip(names, likes, strict=True)]
 
 
-def _outer_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in graph.input} | {init.name for init in graph.initializer}
-    return names | {out for node in graph.node for out in node.output}
-
-
 def _rename_shadowing(body: onnx.GraphProto, outer: set[str]) -> None:
     """A subgraph may not redefine a name of its enclosing graph: the body computes the
     model's tensors under their own names, so those get a prefix."""
-    defined = {v.name for v in body.input} | {init.name for init in body.initializer}
-    defined |= {out for n in body.node for out in n.output}
-    renamed = {name: f"{BODY_PREFIX}/{name}" for name in defined & outer}
+    renamed = {name: f"{BODY_PREFIX}/{name}" for name in defined_names(body) & outer}
     if not renamed:
         return
     for node in body.node:

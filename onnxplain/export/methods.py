@@ -13,10 +13,9 @@ from onnx import TensorProto
 from ..autodiff.build import add_gradients, differentiated_region, missing_rules
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError, UnsupportedOpError
+from ..graph.attention import cached_inputs
 from ..graph.shapes import TensorInfo
 from ..graph.stem import affine_stem
-from ..methods._tokens import cached_inputs
-from ..methods.integrated_gradients import path_points
 from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import NEEDS_BOUNDS, LrpParams, lrp_rules
@@ -104,6 +103,32 @@ register_export("guided_backprop")(_modified_gradient(
     "was positive)"))
 register_export("deconvnet")(_modified_gradient(
     DECONVNET, "deconvnet signal (ReLUs pass positive signals)"))
+
+
+PATH_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+              "gausslegendre")
+
+
+def path_points(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, weights) of the quadrature of the path integral over [0, 1]."""
+    if n_steps < 1:
+        raise InputError(f"n_steps must be at least 1, got {n_steps}")
+    if rule == "riemann_left":
+        return np.arange(n_steps) / n_steps, np.full(n_steps, 1 / n_steps)
+    if rule == "riemann_right":
+        return np.arange(1, n_steps + 1) / n_steps, np.full(n_steps, 1 / n_steps)
+    if rule == "riemann_middle":
+        return (np.arange(n_steps) + 0.5) / n_steps, np.full(n_steps, 1 / n_steps)
+    if rule == "riemann_trapezoid":
+        if n_steps < 2:
+            raise InputError("the trapezoid rule needs n_steps >= 2")
+        weights = np.full(n_steps, 1 / (n_steps - 1))
+        weights[[0, -1]] /= 2
+        return np.linspace(0, 1, n_steps), weights
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+        return (nodes + 1) / 2, weights / 2
+    raise InputError(f"unknown path rule '{rule}' (choose from {', '.join(PATH_RULES)})")
 
 
 @register_export("integrated_gradients", ("n_steps", "rule", "baseline", "baseline_value",
@@ -390,25 +415,3 @@ def metadata(method: str, options: dict, eg: ExplainerGraph) -> dict[str, str]:
             "onnxplain.version": __version__,
             "onnxplain.explained_output": eg.output,
             "onnxplain.added": json.dumps(eg.added)}
-
-
-
-@register_export("prototypes", ())
-def prototypes(eg, options):
-    """For a model with a local head (onnxplain local-head fit): the training row and label
-    behind each reported prototype, and whether the epsilon neuron rejects the row."""
-    from ..local.head import PREFIX, head_info
-
-    b = eg.b
-    info = head_info(eg.proto)
-    centers = eg.batched(PREFIX + "prototypes")
-    for key, meaning in (("sources", "training row"), ("labels", "label of the training row")):
-        table = b.const(np.asarray(info[key], np.int64), key)
-        eg.declare(b.op("Gather", table, centers, axis=0), f"{PREFIX}prototype_{key}",
-                   f"int64 [N, top]: the {meaning} each prototype was drawn from",
-                   TensorInfo(TensorProto.INT64, ("N", None)))
-    strongest = b.squeeze(b.slice(eg.batched(PREFIX + "prototype_activations"), [0], [1], [1]),
-                          [1])
-    eg.declare(b.op("Greater", eg.batched(PREFIX + "epsilon"), strongest), PREFIX + "rejected",
-               "bool [N]: the epsilon neuron is the most active one (the input is unlike "
-               "the training data)", TensorInfo(TensorProto.BOOL, ("N",)))

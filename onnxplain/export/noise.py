@@ -5,24 +5,29 @@ rows per iteration (export.loop), so memory does not grow with n_samples.
 The noise comes from export.random's counter-based generator, keyed by the seed input
 SEED, the sample index and the element index within the row: copy s of model input i's row
 is x + sigma * normal(seed, i * STREAM + s, elements), the same numbers in every run and
-every runtime.
-The row's index is no part of the key, so a row draws the same noise alone or anywhere in
-a batch (a batch equals its rows one by one); rows explained with one seed share the unit
-draws (each scaled by its own range), and a seed per row (SEED takes [N]) gives them
-different ones."""
+every runtime. The row's index is no part of the key. SEED takes one seed for all rows
+(the export's default: the rows share the unit draws, each scaled by its own range) or one
+per row; in process each row's seed is `row_seeds`, the option seed mixed with a digest of
+the row's bytes, so rows draw independent noise and a row draws the same alone or anywhere
+in a batch. The Loop's sums are carried in double: VarGrad's E[g^2] - E[g]^2 cancels."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, helper
 
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError
+from ..graph.builder import GraphBuilder
+from ..graph.shapes import TensorInfo
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from .graph import ExplainerGraph, is_fed
 from .loop import Walk, aliases, gradient_loop, repeated, weighted_blocks
 from .methods import declare_per_input, float_inputs, register_export
-from .random import normal, seed_key
+from .random import WORD, normal
 
 BASES = {"saliency": GRADIENT, "input_x_gradient": GRADIENT,
          "guided_backprop": GUIDED_BACKPROP, "deconvnet": DECONVNET}
@@ -50,14 +55,24 @@ def _noise_tunnel(kind: str):
                         gradient_loop(eg, walk, per_run, BASES[base]), strict=True))
         values = {}
         for name in inputs:
-            mean, square = (b.op("Div", sums[name, power], b.scalar(float(samples), name))
+            mean, square = (b.op("Div", sums[name, power],
+                                 b.scalar(float(samples), TensorProto.DOUBLE))
                             for power in (1, 2))
             variance = b.op("Sub", square, b.op("Mul", mean, mean))
-            values[name] = {"smoothgrad": mean, "smoothgrad_sq": square,
-                            # rounding can leave it just below 0; a variance is not
-                            "vargrad": b.op("Max", variance, b.scalar(0.0, name))}[kind]
+            value = {"smoothgrad": mean, "smoothgrad_sq": square,
+                     # rounding can leave it just below 0; a variance is not
+                     "vargrad": b.op("Max", variance, b.scalar(0.0, TensorProto.DOUBLE))}[kind]
+            values[name] = b.op("Cast", value, to=b.dtype(name))
+            b.infos[values[name]] = b.info(name)
         declare_per_input(eg, values, f"{kind} over {base} ({samples} noisy copies)")
     return build
+
+
+def _double(b, name: str) -> str:
+    """`name` cast to double (the sums' type and shape)."""
+    cast = b.op("Cast", name, to=TensorProto.DOUBLE)
+    b.infos[cast] = TensorInfo(TensorProto.DOUBLE, b.info(name).shape)
+    return cast
 
 
 def _row_size(b, name: str) -> str:
@@ -65,10 +80,29 @@ def _row_size(b, name: str) -> str:
     return b.reduce("ReduceProd", b.concat([b.ints([1]), b.dims(name, 1)], 0), [0], True)
 
 
-def _noisy_copies(bb, chunk, x: str, sigma: str, seed: str, size: str, stream: int) -> str:
-    """x + sigma * z for the chunk's samples: k blocks of the N rows, z [k, S, *row] from
+def copies_program(dtype: int, rank: int, level: float) -> onnx.ModelProto:
+    """The Loop's noisy copies as a program of their own, for the bases that have no Loop
+    (methods.smoothgrad runs it): x [N, ...] (rank `rank`), int64 seeds [1 or N] and samples
+    [k] (model input i: from i * STREAM) -> copies [k * N, ...], k blocks of the N rows."""
+    x = "x"
+    graph = helper.make_graph(
+        [], "noisy_copies",
+        [helper.make_tensor_value_info(x, dtype, ["N", *[None] * (rank - 1)]),
+         helper.make_tensor_value_info("seeds", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("samples", TensorProto.INT64, [None])], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    b = GraphBuilder(model, {x: TensorInfo(dtype, ("N", *[None] * (rank - 1)))})
+    copies = _noisy_copies(b, "samples", x, _sigma(b, x, level), "seeds", _row_size(b, x), 0)
+    model.graph.output.append(helper.make_tensor_value_info(copies, dtype, None))
+    return model
+
+
+def _noisy_copies(bb, index: str, x: str, sigma: str, seed: str, size: str, stream: int
+                  ) -> str:
+    """x + sigma * z for samples `index` [k]: k blocks of the N rows, z [k, S, *row] from
     the generator (S seeds: 1 or N) broadcast over the rows."""
-    samples = bb.op("Add", chunk.index, bb.ints([stream * STREAM]))
+    samples = bb.op("Add", index, bb.ints([stream * STREAM]))
     draws = normal(bb, seed, samples, size, bb.dtype(x))
     draws = bb.reshape(draws, bb.concat([bb.ints([-1]), bb.shape(seed), bb.dims(x, 1)], 0))
     copies = bb.op("Add", bb.unsqueeze(x, [0]), bb.op("Mul", draws, bb.unsqueeze(sigma, [0])))
@@ -87,13 +121,36 @@ def _sigma(b, name: str, level: float) -> str:
     return sigma
 
 
+def check_seed(seed) -> int:
+    """The noise seed: one of the generator's 2**32 streams, 0 .. 2**32 - 1."""
+    if not 0 <= int(seed) < WORD:
+        raise InputError(f"the noise seed must be in 0 .. 2**32 - 1, not {int(seed)}")
+    return int(seed)
+
+
+def row_seeds(rows: list[np.ndarray], seed: int) -> np.ndarray:
+    """One seed per row (int64 [N], each in [0, 2**32)): a digest of the option seed and the
+    row's bytes in every array of `rows` ([N, ...] each). Identical rows get one seed, other
+    rows independent ones; the same row gets the same seed alone or in any batch."""
+    seed = check_seed(seed).to_bytes(4, "little")
+    count = len(rows[0]) if rows else 1
+    out = np.empty(count, np.int64)
+    for row in range(count):
+        digest = hashlib.blake2b(seed, digest_size=4)
+        for array in rows:
+            digest.update(np.ascontiguousarray(array[row]).tobytes())
+        out[row] = int.from_bytes(digest.digest(), "little")
+    return out
+
+
 def _seed_input(eg: ExplainerGraph, seed) -> str:
-    """SEED, defaulting to the exported seed (export.random.seed_key of the option); with
-    FED it has no default (in-process runs feed it, one per row)."""
-    default = None if is_fed(seed) else np.array([seed_key(int(seed))], np.int64)
+    """SEED, defaulting to the option's seed (one for all rows); with FED it has no default
+    (in-process runs feed `row_seeds`)."""
+    default = None if is_fed(seed) else np.array([check_seed(seed)], np.int64)
     seeds = eg.add_input(SEED, TensorProto.INT64, ["seed_rows"], default,
-                         "the seed of the noise (one for all rows, or one per row; rows with "
-                         "the same seed get the same unit draws, scaled to their range)")
+                         "the seed of the noise, 0 .. 2**32 - 1 (feed one seed per row for "
+                         "independent noise across rows; rows with one seed share the unit "
+                         "draws, scaled to their range)")
     return _one_if_equal(eg.b, seeds)
 
 
@@ -120,8 +177,8 @@ def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], s
         made = {name: repeated(bb, chunk, alias) for name, alias in rows.items()
                 if name not in inputs}
         for name in inputs:
-            made[name] = noisy[name] = _noisy_copies(bb, chunk, rows[name], sigmas[name],
-                                                      seed, sizes[name], order.index(name))
+            made[name] = noisy[name] = _noisy_copies(
+                bb, chunk.index, rows[name], sigmas[name], seed, sizes[name], order.index(name))
         return made
 
     def contributions(bb, chunk, grads) -> list[str]:
@@ -132,11 +189,13 @@ def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], s
                 g = bb.op("Abs", g)
             elif base == "input_x_gradient":
                 g = bb.op("Mul", g, noisy[name])
+            g = bb.op("Cast", g, to=TensorProto.DOUBLE)
             parts += [weighted_blocks(bb, chunk, value, None, rows[name])
                       for value in (g, bb.op("Mul", g, g))]
         return parts
 
-    sums_like = [rows[name] for name in inputs for _ in (1, 2)]
+    doubles = {name: _double(eg.b, name) for name in inputs}
+    sums_like = [doubles[name] for name in inputs for _ in (1, 2)]
     return Walk(model, samples, rows, 1, inputs, feeds, contributions, sums_like)
 
 

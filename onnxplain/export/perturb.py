@@ -2,7 +2,8 @@
 row, k copies per iteration, so memory stays flat in P; the copies are made inside the body
 from the iteration's indices (a method's callback), and the scores of the explained output
 on them are summed into per-row totals (another callback: score x mask for RISE and
-occlusion, the scores written into an [N, P] table for the regression methods).
+occlusion), or stacked into an [N, P] table of every copy's score (Perturbation.table: the
+regression methods).
 
 The clean rows run once, in the outer graph, as the model itself: they give the original
 outputs (of any type) and the explained score at x. The objective is the graph's (the
@@ -13,11 +14,12 @@ each over all N rows (block after block, as export.loop lays them out), with k a
 max(1, rows // N), spread evenly over the iterations; `rows` is the explainer input
 ROWS_PER_ITERATION (export.loop; default rows_per_run), which in-process runs feed: 1 for a
 model whose batch axis is fixed or whose rows are coupled, and after a model failed on more
-rows than it was given. With `single`, k is 1 whatever that input says.
+rows than it was given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,21 +28,22 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import InputError
+from ..graph.attention import cached_inputs
 from ..graph.builder import GraphBuilder
 from ..graph.shapes import TensorInfo
-from ..graph.walk import ancestors, used_initializers
-from ..methods._tokens import cached_inputs
+from ..graph.walk import ancestors, defined_names, used_initializers
 from ..objective import LABELS, output_form
 from .graph import FED, TARGET, TARGET_USED, ExplainerGraph, is_fed
 from .loop import (
-    BODY_PREFIX,
     Chunk,
     _ceil_div,
     _chunk,
-    _outer_names,
     _owned_weights,
     _rename_shadowing,
     aliases,
+    body_on,
+    int_max,
+    int_min,
     repeated,
     rows_per_iteration_input,
 )
@@ -76,6 +79,7 @@ class Perturbation:
     perturb: Perturb
     contributions: Contributions
     sums: Sequence[str]
+    table: bool = False  # also every copy's score, [N, P] (PerturbRun.table)
 
 
 @dataclass(frozen=True)
@@ -85,34 +89,41 @@ class PerturbRun:
 
     sums: list[str]
     clean: str
+    table: str | None = None  # with Perturbation.table: the scores of every copy, [N, P]
 
 
-def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation, rows_per_run: int,
-                      single: bool = False) -> PerturbRun:
+def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation, rows_per_run: int
+                      ) -> PerturbRun:
     """Run `perturbation`'s copies through the model in a Loop (module docstring); the
     model's own nodes stay in the outer graph, on the clean rows."""
     b = eg.b
-    if b.opset < 10:
-        raise InputError(f"the perturbation methods' graph needs opset 10 or newer (computed "
-                         f"Slice); the model has opset {b.opset}")
     if perturbation.points < 1:
         raise InputError("the number of perturbed copies must be at least 1")
     score = _objective(eg)
     points = b.ints([perturbation.points])
-    if single or b.opset < 12:  # int64 Min and Max from opset 12
-        k, trips = b.ints([1]), points
-    else:
-        rows = rows_per_iteration_input(eg, rows_per_run)  # in-process: fed
-        most = b.op("Max", b.ints([1]), b.op("Div", rows, eg.rows))
-        trips = _ceil_div(b, points, b.op("Min", most, points))
-        k = _ceil_div(b, points, trips)
+    rows = rows_per_iteration_input(eg, rows_per_run)  # in-process: fed
+    most = int_max(b, b.ints([1]), b.op("Div", rows, eg.rows))
+    trips = _ceil_div(b, points, int_min(b, most, points))
+    k = _ceil_div(b, points, trips)
     clean = aliases(eg, [spec.name for spec in eg.model.inputs])
-    body = _body(eg, perturbation, score, clean, k)
     initial = list(perturbation.sums)
-    sums = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
+    if not initial and b.opset < 11:  # Loop-1 carries at least one value: a zero, kept
+        perturbation = dataclasses.replace(
+            perturbation, sums=[zeros(b, [1])],
+            contributions=lambda bb, chunk, scores: [bb.const(np.zeros(1), "zero")])
+    body = _body(eg, perturbation, score, clean, k)
+    found = b.node("Loop", [b.reshape(trips, []), "", *perturbation.sums],
+                   len(perturbation.sums) + perturbation.table, body=body)
+    sums = found[:len(initial)]
     for total, like in zip(sums, initial, strict=True):
         b.infos[total] = b.info(like)
-    return PerturbRun(sums, score.clean)
+    table = None
+    if perturbation.table:  # [trips, N, k] -> [N, trips * k], the last columns padding
+        b.infos[found[-1]] = TensorInfo(TensorProto.DOUBLE, (None, None, None))
+        rows = b.op("Transpose", found[-1], perm=[1, 0, 2])
+        table = b.slice(b.reshape(rows, b.concat([eg.rows, b.ints([-1])], 0)), [0],
+                        [perturbation.points], [1])
+    return PerturbRun(sums, score.clean, table)
 
 
 def zeros(b: GraphBuilder, dims: Sequence[int | str], dtype=np.float64) -> str:
@@ -126,19 +137,21 @@ def zeros(b: GraphBuilder, dims: Sequence[int | str], dtype=np.float64) -> str:
     return out
 
 
-def score_table(bb: GraphBuilder, chunk: Chunk, scores: Scores, points: int) -> str:
-    """The chunk's scores written at their copies' columns of an [N, P] table (zeros
-    elsewhere): summed over the iterations, every copy's score (the regression methods).
-    The chunk's copies are consecutive: zero padding places them, in memory [N, P] (a
-    [k, P] placement matrix is gigabytes at 2**16 coalitions) and exactly (Inf stays)."""
-    if bb.opset >= 11:
-        first = bb.slice(chunk.index, [0], [1], [0])
-        after = bb.op("Sub", bb.ints([points]), bb.op("Add", first, chunk.k))
-        return bb.pad(scores.copies, bb.concat([bb.ints([0]), first, bb.ints([0]), after], 0))
-    columns = bb.const(np.arange(points, dtype=np.int64)[None], "columns")  # [1, P]
-    placed = bb.op("Cast", bb.op("Equal", bb.unsqueeze(chunk.index, [1]), columns),
-                   to=TensorProto.DOUBLE)  # [k, P], one 1 per row
-    return bb.op("MatMul", scores.copies, placed)
+def remainder(b: GraphBuilder, x: str, d: str) -> str:
+    """x mod d for int64 x >= 0, d > 0: Mod from opset 10, x - (x / d) * d below (the same
+    integers: Div truncates, which is flooring here)."""
+    if b.opset >= 10:
+        return b.op("Mod", x, d)
+    return b.op("Sub", x, b.op("Mul", b.op("Div", x, d), d))
+
+
+def _scanned(bb: GraphBuilder, chunk: Chunk, scores: Scores, k: str) -> str:
+    """The chunk's scores [N, count] padded to k columns (the last iteration may run fewer):
+    the Loop stacks them, each copy's score once, with no [N, P] table per iteration."""
+    short = bb.op("Sub", k, chunk.k)
+    padding = bb.op("Expand", bb.const(np.zeros((), np.float64), "zero"),
+                    bb.concat([bb.dims(scores.copies, 0, 1), short], 0))
+    return bb.concat([scores.copies, padding], 1)
 
 
 @dataclass(frozen=True)
@@ -207,17 +220,9 @@ def _decisions(b: GraphBuilder, output: str) -> str:
 def _body(eg: ExplainerGraph, perturbation: Perturbation, score: _Objective,
           clean: dict[str, str], k: str) -> onnx.GraphProto:
     outer, model = eg.b, eg.model
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    bb = GraphBuilder(proto, {**model.infos, **outer.infos}, prefix=BODY_PREFIX)
-    graph = proto.graph
-    step, cond = bb.fresh("iteration"), bb.fresh("cond")
-    carried = [bb.fresh("sum") for _ in perturbation.sums]
-    bb.infos[step] = TensorInfo(TensorProto.INT64, ())
-    for name, like in zip(carried, perturbation.sums, strict=True):
-        bb.infos[name] = outer.info(like)
-    model_nodes = list(graph.node)
-    del graph.node[:]  # they run after the inputs are defined
+    made = body_on(eg, model, perturbation.sums)
+    bb, graph, step, cond, carried = made.bb, made.graph, made.step, made.cond, made.carried
+    model_nodes = made.model_nodes
     chunk = _chunk(bb, step, k, perturbation.points)
     made = perturbation.perturb(bb, chunk, dict(clean))
     axes = model.batch.of_inputs
@@ -231,17 +236,20 @@ def _body(eg: ExplainerGraph, perturbation: Perturbation, score: _Objective,
     scores = Scores(score.of_copies(bb, eg.output, chunk), score.clean)
     parts = perturbation.contributions(bb, chunk, scores)
     updated = [bb.op("Add", total, part) for total, part in zip(carried, parts, strict=True)]
+    scanned = [_scanned(bb, chunk, scores, k)] if perturbation.table else []
     done = bb.op("Identity", cond)
-    nodes = ancestors(graph.node, [done, *updated])
+    nodes = ancestors(graph.node, [done, *updated, *scanned])
     body = helper.make_graph(
         nodes, f"{model.proto.graph.name}_copies",
         [helper.make_tensor_value_info(step, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
          *_carried_infos(outer, carried, perturbation.sums)],
         [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
-         *_carried_infos(outer, updated, perturbation.sums)],
+         *_carried_infos(outer, updated, perturbation.sums),
+         *(helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, None])
+           for name in scanned)],
         _owned_weights(eg, model, used_initializers(graph, nodes)))
-    _rename_shadowing(body, _outer_names(eg.proto.graph))
+    _rename_shadowing(body, defined_names(eg.proto.graph))
     return body
 
 

@@ -1,7 +1,7 @@
 """RISE as one graph (methods.rise's estimator): the masks are made inside the perturbation
 Loop (export.perturb) from the iteration's indices.
 
-The seed fixes the random draws as today's numpy code takes them (methods.rise.rise_plan:
+The seed fixes the random draws as today's numpy code takes them (rise_plan:
 np.random.default_rng): for images a grid x grid kept/dropped grid and a crop shift per
 mask, stored as small initializers [n_masks, grid, grid] and [n_masks, 2] with the two
 bilinear resize matrices; each iteration gathers its masks' draws, upsamples them by two
@@ -11,13 +11,17 @@ per mask ([n_masks, *row], as in-process did before)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 from onnx import TensorProto
 
+from .._text import brief
+from ..errors import InputError
 from ..graph.builder import GraphBuilder
 from ..graph.shapes import TensorInfo
 from ..images import image_layout
-from ..methods.rise import RisePlan, rise_baseline, rise_plan
 from .loop import Chunk
 from .methods import ATTRIBUTION, baseline_input, register_export
 from .perturb import (
@@ -30,6 +34,94 @@ from .perturb import (
     rows_per_iteration,
     zeros,
 )
+
+
+@dataclass(frozen=True)
+class RisePlan:
+    """The random draws behind every mask, taken up front: they are tiny (a grid x grid
+    boolean grid and a shift per mask), so mask i never depends on the chunk it is made in."""
+
+    shape: tuple[int, ...]       # the mask's shape: (H, W) for images, else the features
+    kept: np.ndarray             # [n, grid, grid] (images) or [n, *shape] booleans
+    shifts: np.ndarray | None    # [n, 2] crop offsets in [0, cell) (images)
+    rows: np.ndarray | None      # [(grid + 1) * cell_h, grid] bilinear weights along H
+    cols: np.ndarray | None      # [(grid + 1) * cell_w, grid] bilinear weights along W
+
+    @property
+    def count(self) -> int:
+        return self.kept.shape[0]
+
+
+def rise_plan(shape: tuple[int, ...], n_masks: int, grid: int | None, keep: float, seed: int
+              ) -> RisePlan:
+    """The draws of `n_masks` RISE masks of `shape`, from np.random.default_rng(seed).
+
+    With `grid` (images, shape (H, W)): cells of a grid x grid grid are kept with probability
+    `keep`, and each mask is cropped at a random shift in [0, ceil(H / grid)) x
+    [0, ceil(W / grid)). With grid=None: every feature of `shape` is kept with probability
+    `keep` (tabular features, token ids).
+    """
+    if n_masks < 1:
+        raise InputError(f"rise: n_masks must be at least 1, got {n_masks}")
+    if not 0 < keep <= 1:
+        raise InputError(f"rise: keep is a probability in (0, 1], got {keep}")
+    rng = np.random.default_rng(seed)
+    if grid is None:
+        return RisePlan(tuple(shape), rng.random((n_masks, *shape)) < keep, None, None, None)
+    if grid < 1:
+        raise InputError(f"rise: grid must be at least 1 cell per side, got {grid}")
+    height, width = shape
+    cells = (math.ceil(height / grid), math.ceil(width / grid))
+    kept = rng.random((n_masks, grid, grid)) < keep
+    shifts = np.stack([rng.integers(0, cells[0], n_masks),
+                       rng.integers(0, cells[1], n_masks)], axis=1)
+    return RisePlan((height, width), kept, shifts, _bilinear((grid + 1) * cells[0], grid),
+                    _bilinear((grid + 1) * cells[1], grid))
+
+
+def _bilinear(n_out: int, n_in: int) -> np.ndarray:
+    """[n_out, n_in] weights of a linear resize with half-pixel centres and clamped edges
+    (torch's align_corners=False, tf.image.resize): resizing is then a matrix product."""
+    source = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, n_in - 1)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1 - (source - low))
+    np.add.at(weights, (np.arange(n_out), high), source - low)
+    return weights
+
+
+def rise_masks(plan: RisePlan, start: int, stop: int) -> np.ndarray:
+    """Masks start..stop-1 of `plan` as float32 [stop - start, *plan.shape] in [0, 1]: the
+    definition the graph computes (export.rise), written out for the tests' references.
+
+    Images: M_i = crop(upsample(G_i)) with G_i the kept cells, upsampled bilinearly to
+    ((grid + 1) * cell_h, (grid + 1) * cell_w) and cropped to H x W at the mask's shift.
+    Features: the kept booleans as 0 / 1.
+    """
+    kept = plan.kept[start:stop]
+    if plan.shifts is None:
+        return kept.astype(np.float32)
+    height, width = plan.shape
+    shifts = plan.shifts[start:stop]
+    # Cropping the upsampled grid = taking H consecutive rows of the resize matrix.
+    rows = plan.rows[shifts[:, :1] + np.arange(height)]          # [n, H, grid]
+    cols = plan.cols[shifts[:, 1:] + np.arange(width)]           # [n, W, grid]
+    masks = rows @ kept.astype(np.float64) @ cols.transpose(0, 2, 1)
+    return masks.astype(np.float32)
+
+
+def rise_baseline(value: np.ndarray, baseline) -> np.ndarray:
+    """The baseline broadcast to the input (a scalar, or an array such as a blurred image)."""
+    fill = np.asarray(baseline)
+    if value.dtype.kind in "iu" and np.any(fill != np.round(fill)):
+        raise InputError(f"rise: the baseline of an integer input must be an integer id, "
+                         f"got {brief(baseline)}")
+    try:
+        return np.broadcast_to(fill.astype(value.dtype), value.shape)
+    except ValueError:
+        raise InputError(f"rise: baseline shape {fill.shape} does not broadcast to the "
+                         f"input's {value.shape}") from None
 
 
 @register_export("rise", ("n_masks", "grid", "keep", "seed", "baseline", "input"),
@@ -81,7 +173,7 @@ def rise(eg, options):
 
     run = perturbation_loop(eg, Perturbation(
         count, perturb, contributions, [zeros(b, [eg.rows, int(np.prod(size))])]),
-        rows_per_iteration(options), bool(options.get("single")))
+        rows_per_iteration(options))
     saliency = b.op("Div", run.sums[0], b.const(np.array(count * keep, np.float64)))
     out_type = b.dtype(name) if dtype.kind == "f" else TensorProto.FLOAT
     if layout is None:
@@ -98,7 +190,7 @@ def rise(eg, options):
 
 def _smooth(bb: GraphBuilder, plan: RisePlan, chunk: Chunk) -> str:
     """float [k, H, W]: masks chunk.index of an image plan, M = crop(upsample(G)) as
-    methods.rise.rise_masks computes them (float64 products, then float32)."""
+    rise_masks computes them (float64 products, then float32)."""
     height, width = plan.shape
     kept = bb.op("Cast", bb.op("Gather", bb.const(plan.kept, "rise_cells"), chunk.index,
                                axis=0), to=TensorProto.DOUBLE)  # [k, grid, grid], stored bool

@@ -11,22 +11,31 @@ from ..errors import InputError
 from ..graph.attention import find_attention
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
-from ..graph.walk import ancestors, rename_reads
-from ..methods.integrated_gradients import path_points
-from ..methods.layer_integrated_gradients import (
-    EMBEDDING,
-    baseline_token_id,
-    cut_at,
-    lookup_inputs,
-)
+from ..graph.walk import ancestors, cut_at, lookup_inputs, rename_reads
 from .graph import ExplainerGraph
 from .loop import gradient_loop
 from .methods import (
     ATTRIBUTION,
     declare_completeness,
+    path_points,
     path_walk,
     register_export,
 )
+
+# The program's output of the attributions per embedding feature.
+EMBEDDING = "embedding_attribution"
+
+
+def baseline_token_id(baseline_token) -> int:
+    """The baseline token id, -1 for a zero embedding (None, "zeros", a negative id)."""
+    if baseline_token is None or (isinstance(baseline_token, str)
+                                  and baseline_token.strip().lower() in ("", "none", "zeros")):
+        return -1
+    try:
+        token = int(baseline_token)
+    except (TypeError, ValueError):
+        raise InputError(f"baseline_token must be a token id, got '{baseline_token}'") from None
+    return max(token, -1)
 
 
 @register_export("layer_integrated_gradients", ("n_steps", "rule", "baseline_token",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, OnnxplainError
 from .layers import tensor_of
 from .model import Model
 from .op_kinds import (
@@ -279,3 +279,90 @@ def _mask_inputs(model: Model, logits: str, scores: onnx.NodeProto | None) -> tu
 
 def _is_constant(model: Model, name: str) -> bool:
     return name in model.constants
+
+
+def cached_inputs(model: Model) -> tuple[str, ...]:
+    """Float graph inputs [batch, heads, past, head size] that a layer's keys or values are
+    computed from but not its queries: a KV cache (past_key_values), whatever its names."""
+    if "cached_inputs" not in model.derived:
+        model.derived["cached_inputs"] = _cached_inputs(model)
+    return model.derived["cached_inputs"]
+
+
+def _cached_inputs(model: Model) -> tuple[str, ...]:
+    candidates = {spec.name for spec in model.inputs if spec.dims is not None
+                  and len(spec.dims) == 4 and spec.numpy_dtype.kind == "f"}
+    try:
+        layers = find_attention(model) if candidates else ()
+    except OnnxplainError:  # no attention layers to read the cache from
+        return ()
+    found: set[str] = set()
+    for layer in layers:
+        if not (layer.query and layer.key and layer.value):
+            continue
+        keys = _inputs_behind(model, [layer.key, layer.value], candidates, depth=12)
+        found |= keys - _inputs_behind(model, [layer.query], keys, depth=None)
+    return tuple(sorted(found))
+
+
+def _inputs_behind(model: Model, starts: Sequence[str], inputs: set[str], depth: int | None
+                   ) -> set[str]:
+    """Which of `inputs` the values of tensors `starts` are computed from (`depth` producers
+    back; not through Shape or Size: a position computed from the cache's length reads no
+    cached value)."""
+    seen, frontier, step = set(starts), list(starts), 0
+    while frontier and (depth is None or step < depth):
+        following = []
+        for name in frontier:
+            node = model.node_by_output.get(name)
+            reads = node is not None and node.op_type not in SHAPE_READERS
+            for tensor in node.input if reads else ():
+                if tensor and tensor not in seen:
+                    seen.add(tensor)
+                    following.append(tensor)
+        frontier, step = following, step + 1
+    return seen & inputs
+
+
+def attention_layers(model: Model, attention) -> list[AttentionLayer]:
+    """The model's attention layers, or those named by the `attention` option (a list or a
+    comma-separated string of probability tensors or Softmax nodes)."""
+    if isinstance(attention, str):
+        attention = [name.strip() for name in attention.split(",") if name.strip()]
+    return require_attention(model, attention or None)
+
+
+def probabilities(layers: Sequence[AttentionLayer]) -> list[str]:
+    return [layer.probabilities for layer in layers]
+
+
+def is_auto_query(query) -> bool:
+    return query is None or (isinstance(query, str) and query.strip().lower() == "auto")
+
+
+def query_index(query, tokens: int | None) -> int | None:
+    if isinstance(query, str) and query.strip().lower() == "mean":
+        return None
+    try:
+        row = int(query)
+    except (TypeError, ValueError):
+        raise InputError(f"query must be a token index, 'auto' or 'mean', got '{query}'"
+                         ) from None
+    if tokens is None:
+        if row < 0:
+            raise InputError(f"query token {row}: negative indices need a known token count")
+        return row
+    if not -tokens <= row < tokens:
+        raise InputError(f"query token {row} is out of range for {tokens} tokens")
+    return row % tokens
+
+
+def layer_index(start_layer, count: int) -> int:
+    """A 0-based layer index (negative counts from the last), checked against `count`."""
+    try:
+        start = int(start_layer)
+    except (TypeError, ValueError):
+        raise InputError(f"start_layer must be a layer index, got '{start_layer}'") from None
+    if not -count <= start < count:
+        raise InputError(f"start_layer {start} is out of range for {count} attention layers")
+    return start % count

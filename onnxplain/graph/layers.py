@@ -25,6 +25,27 @@ def resolve_layer(model: Model, layer: str | None) -> str:
     return tensor_of(model, layer)
 
 
+def spatial_layer(model: Model, layer: str | None) -> str:
+    """The layer tensor, checked to be [batch, channels, height, width]."""
+    tensor = resolve_layer(model, layer)
+    info = model.infos.get(tensor)
+    if info is None or info.rank != 4:
+        rank = None if info is None else info.rank
+        raise InputError(f"layer '{tensor}' has rank {rank} and is not a [batch, channels, "
+                         "height, width] tensor, which this method needs")
+    return tensor
+
+
+def pre_and_post(model: Model, tensor: str) -> tuple[str, str | None]:
+    """(pre-activation, post-activation) around `tensor`: it is either the output of an
+    activation (then its input is the pre-activation) or the input of one."""
+    producer = model.node_by_output.get(tensor)
+    if producer is not None and producer.op_type in ACTIVATIONS:
+        return producer.input[0], tensor
+    users = [n for n in model.consumers.get(tensor, []) if n.op_type in ACTIVATIONS]
+    return tensor, (users[0].output[0] if len(users) == 1 else None)
+
+
 def tensor_of(model: Model, name: str) -> str:
     """A computed tensor by its name, or the first output of the node of that name."""
     if name in model.node_by_output:

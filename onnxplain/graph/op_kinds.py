@@ -42,6 +42,9 @@ UNARY_ACTIVATIONS = ACTIVATIONS - PARAMETERISED_ACTIVATIONS
 # The functions gates are written with when an activation is exported as primitive ops (GELU's
 # tanh form, SiLU, HardSwish, Mish).
 GATE_FUNCTIONS = frozenset({"Sigmoid", "HardSigmoid", "Tanh", "Softplus"})
+# The arithmetic a tanh-GELU is written out with around its Tanh (0.5 x (1 + tanh(c (x +
+# 0.044715 x^3)))): what ONNX Runtime's FastGeluFusion matches.
+TANH_GELU_ARITHMETIC = frozenset({"Mul", "Add", "Pow", "Div", "Sqrt"})
 # Bound logits: a softcap c * tanh(x / c) (Gemma 2) or a clamp.
 LOGIT_CAPS = frozenset({"Tanh", "Clip"})
 SOFTMAXES = frozenset({"Softmax", "LogSoftmax"})  # normalise exponentials along one axis

@@ -4,8 +4,8 @@ Exporters such as paddle2onnx compute Reshape targets at run time from Shape, Sl
 comparisons, NonZero and Concat. Static shape inference (ONNX's and ONNX Runtime's) gives up
 on some of these (NonZero's length, a Slice with computed ends), so the rank of everything
 after the Reshape is unknown and rules that need ranks cannot be built. With the inputs'
-shapes fixed (the programs specialised to a run's feed shapes, engine.py), those computations
-depend on constants and static dims only: evaluating them once (ONNX's reference
+shapes fixed (the programs specialised to a run's feed shapes, runtime/engine.py), those
+computations depend on constants and static dims only: evaluating them once (ONNX's reference
 implementation, one node at a time) gives the same values the run computes, and inference
 then knows the ranks. Only integer and boolean results are folded, so no float computation
 (weights, activations) is ever replaced by a value.

@@ -1,18 +1,28 @@
 """Walks over a graph's nodes that see into subgraphs (If, Loop and Scan bodies): what a node
-reads, which nodes an output is computed from, which initializers they use, and renaming
-what they read."""
+reads, which nodes an output is computed from, which initializers they use, renaming
+what they read, and a model cut at a tensor."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 import onnx
+from onnx import helper
+
+from ..errors import InputError
+from .model import Model
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs among `node`'s attributes (If branches, Loop and Scan bodies)."""
+    return [graph for attribute in node.attribute
+            for graph in ([attribute.g] if attribute.HasField("g") else attribute.graphs)]
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Explicit inputs plus outer-scope names read inside subgraphs (If, Loop, Scan bodies)."""
     names = [name for name in node.input if name]
-    for attribute in node.attribute:
+    for attribute in node.attribute:  # subgraphs() inlined: this runs on every node, often
         graphs = list(attribute.graphs)
         if attribute.HasField("g"):
             graphs.append(attribute.g)
@@ -59,7 +69,29 @@ def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> No
     name itself."""
     for node in nodes:
         node.input[:] = [renamed.get(name, name) for name in node.input]
-        for attribute in node.attribute:
-            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                inner = defined_names(graph)
-                rename_reads(graph.node, {k: v for k, v in renamed.items() if k not in inner})
+        for graph in subgraphs(node):
+            inner = defined_names(graph)
+            rename_reads(graph.node, {k: v for k, v in renamed.items() if k not in inner})
+
+
+def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
+    """The model inputs `tensor` is computed from. The program recomputes an embedding of
+    the token ids alone for the baseline token; one read from other inputs too (an
+    attribute_at past the sum with position or type embeddings) integrates the cut model."""
+    lookup = ancestors(nodes, [tensor])
+    return {name for node in lookup for name in node_inputs(node)} & set(inputs)
+
+
+def cut_at(model: Model, tensor: str) -> Model:
+    """A copy of the model where `tensor` is a graph input instead of a computed value."""
+    info = model.infos.get(tensor)
+    if info is None or info.dtype is None:
+        raise InputError(f"the type of tensor '{tensor}' is unknown; cannot cut the model there")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    kept = [node for node in proto.graph.node if tensor not in node.output]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    dims = None if info.certain is None else list(info.certain)
+    proto.graph.input.append(helper.make_tensor_value_info(tensor, info.dtype, dims))
+    return Model(proto, model.path)

@@ -24,6 +24,7 @@ from onnx import TensorProto
 from .._version import __version__
 from ..errors import InputError, ModelError
 from ..explainer import Explainer
+from ..export.methods import register_export
 from ..files import save_bytes
 from ..graph.builder import GraphBuilder
 from ..graph.load import set_runtime_ir_version
@@ -171,3 +172,22 @@ def _split(rows: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray
         raise InputError(f"{rows} rows are too few to hold out {holdout:.0%} for calibrating "
                          "epsilon")
     return np.sort(order[held:]), np.sort(order[:held])
+
+
+@register_export("prototypes", ())
+def prototypes(eg, options):
+    """For a model with a local head (onnxplain local-head fit): the training row and label
+    behind each reported prototype, and whether the epsilon neuron rejects the row."""
+    b = eg.b
+    info = head_info(eg.proto)
+    centers = eg.batched(PREFIX + "prototypes")
+    for key, meaning in (("sources", "training row"), ("labels", "label of the training row")):
+        table = b.const(np.asarray(info[key], np.int64), key)
+        eg.declare(b.op("Gather", table, centers, axis=0), f"{PREFIX}prototype_{key}",
+                   f"int64 [N, top]: the {meaning} each prototype was drawn from",
+                   TensorInfo(TensorProto.INT64, ("N", None)))
+    strongest = b.squeeze(b.slice(eg.batched(PREFIX + "prototype_activations"), [0], [1], [1]),
+                          [1])
+    eg.declare(b.op("Greater", eg.batched(PREFIX + "epsilon"), strongest), PREFIX + "rejected",
+               "bool [N]: the epsilon neuron is the most active one (the input is unlike "
+               "the training data)", TensorInfo(TensorProto.BOOL, ("N",)))

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..engine import GradientRun
 from ..errors import InputError
-from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
-from .options import Option
+from ..runtime.budget import MAX_RUNS, Work, check_work
+from ..runtime.engine import GradientRun
+from .options import MAX_RUNS_OPTION, Option
 
 
 @dataclass

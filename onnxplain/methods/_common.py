@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, GradientRun
 from ..errors import InputError
 from ..graph.sources import Source
 from ..inputs import batch_size
 from ..objective import Objective, OutputSeed, check_rows
+from ..runtime.engine import Engine, GradientRun
 
 
 def fixed_objective(engine: Engine, feeds: Mapping[str, np.ndarray], target

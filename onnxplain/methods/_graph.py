@@ -9,10 +9,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine, GradientRun
+from ..export import ATTRIBUTION, EXPORTS, LOOP_ROWS, TARGET, TARGET_USED, emit_explainer
+from ..export.graph import FED
+from ..export.loop import ROWS_PER_ITERATION
+from ..export.seed import OUTPUT_SEED
 from ..graph.sources import Source
 from ..inputs import batch_size, check_target_range, prepare_target
 from ..objective import EVERYWHERE
+from ..runtime.engine import Engine, GradientRun
 
 
 def loop_rows(engine: Engine, feeds: Mapping[str, np.ndarray], internal_batch_size: int) -> int:
@@ -51,12 +55,6 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     A method whose options hold `internal_batch_size` runs a Loop over points: its rows per
     iteration are fed (export.loop.ROWS_PER_ITERATION, loop_rows), so the program is the
     same for every value."""
-    # export imports us
-    from ..export import ATTRIBUTION, EXPORTS, LOOP_ROWS, TARGET, TARGET_USED, emit_explainer
-    from ..export.graph import FED
-    from ..export.loop import ROWS_PER_ITERATION
-    from ..export.seed import OUTPUT_SEED
-
     if not EXPORTS[method].any_output:  # activation maps explain no score: labels will do
         engine.check_scores()
     fed = dict(fed or {})
@@ -83,10 +81,7 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     if seed is not None:
         extra[OUTPUT_SEED] = seed
     extra.update(fed)
-    # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only,
-    # as Engine.forward returns them.
-    model_outputs = [value.name for value in engine.model.proto.graph.output
-                     if value.type.HasField("tensor_type")]
+    model_outputs = list(engine.tensor_outputs)  # as Engine.forward returns them
     wanted = [*model_outputs, *(ATTRIBUTION + name for name in at), TARGET_USED, *read]
 
     def names(session) -> list[str]:
@@ -96,8 +91,9 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
             for name, tensor in at.items()}
     results = engine.run_program(key, emit, feeds, extra, names, axes, specialise)
     used = results.get(TARGET_USED)
-    if used is not None and chosen is not None:
-        check_target_range(used, results[engine.output].shape[1])
+    scores = results.get(engine.output)
+    if used is not None and chosen is not None and scores is not None and scores.ndim >= 2:
+        check_target_range(used, scores.shape[1])  # labels ([N]): any class may be asked
     return GradientRun(
         outputs={name: results[name] for name in model_outputs},
         grads={tensor: results[ATTRIBUTION + name] for name, tensor in at.items()},

@@ -10,23 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..graph.attention import AttentionLayer, patch_grid, require_attention
-from ..graph.op_kinds import SHAPE_READERS
+from ..graph.attention import AttentionLayer, is_auto_query, patch_grid, probabilities, query_index
 from ..images import image_layout
-from ..objective import last_positions, mask_inputs
-from ._common import rows_text
-
-
-def attention_layers(model, attention) -> list[AttentionLayer]:
-    """The model's attention layers, or those named by the `attention` option (a list or a
-    comma-separated string of probability tensors or Softmax nodes)."""
-    if isinstance(attention, str):
-        attention = [name.strip() for name in attention.split(",") if name.strip()]
-    return require_attention(model, attention or None)
-
-
-def probabilities(layers: Sequence[AttentionLayer]) -> list[str]:
-    return [layer.probabilities for layer in layers]
+from ..objective import Place, last_positions, make_place, mask_inputs
 
 
 @dataclass(frozen=True)
@@ -74,34 +60,13 @@ class Rows:
     query: int | None
     past: int = 0
     tokens: int | None = None  # the queries (new tokens) per map
-    last: bool = False  # `query` is the explained position: each row's last real token
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What an attention method's graph (export.attention) reads and where its scores go,
-    resolved before building: in process from the inputs, by export from static shapes.
-
-    `query`: the row read (None: the mean of all rows; LAST_REAL: each row's last real
-    token, read from the padding mask in the graph); `prefix` tokens before the `grid` of
-    patches of an image; `text`: token-id inputs that take one score per token; `cached`:
-    the maps are [Tq, P + Tq] (a KV cache), squared in the graph.
-    """
-
-    query: int | str | None
-    prefix: int = 0
-    grid: tuple[int, int] | None = None
-    text: tuple[str, ...] = ()
-    cached: bool = False
-
-
-LAST_REAL = "last_real"
+    last: bool = False  # "auto" over token ids: the graph decides each row's (AUTO_ROW)
 
 
 @dataclass(frozen=True)
 class _Probe:
     """One forward run of the first row: each layer's map size, and for each query row of the
-    last layer its largest weight on a later token (0 in a causal model)."""
+    last layer its largest weight on a later token (0 in a causal model: a KV cache)."""
 
     sizes: tuple[tuple[int, ...], ...]
     spill: tuple[float, ...]
@@ -113,25 +78,51 @@ class _Probe:
 def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
                   layers: Sequence[AttentionLayer], query, method: str) -> Rows:
     """The rows read, decided before running (in-graph methods need them): as token_layout
-    decides, except "auto" on a causal model over token ids, whose row is the explained
-    position (the last non-padding one, objective.last_positions: the only row that sees the
-    whole prompt). Maps must be square, or [Tq, past + Tq] of a causal model (a KV cache):
-    others are refused naming the layers."""
-    text = [feeds[s.input] for s in sources if s.per_token and feeds[s.input].ndim == 2]
-    wants_last = is_auto_query(query) and bool(text)
+    decides, except "auto" over token ids, whose row the graph decides for each row as
+    export does (`last`: export.attention's AUTO_ROW, the explained position, objective.
+    last_positions, on a causal model; else the class token). Maps must be square, or
+    [Tq, past + Tq] of a causal model (a KV cache): others are refused naming the layers."""
     static = _static_tokens(engine.model, layers)
-    if static is not None and not wants_last:
-        return Rows(token_layout(feeds, sources, static, query).query, 0, static)
-    probe = _probe(engine, feeds, layers)
-    queries, past = _queries_and_past(probe, layers, method)
-    if wants_last:
-        positions = last_positions(feeds, mask_inputs(engine.model), len(text[0]), queries)
-        if probe.causal(int(positions[0])):
-            return Rows(_same_position(positions), past, queries, last=True)
-    if past and token_layout(feeds, sources, queries, query).query is None:
+    queries, past = (static, 0) if static is not None else \
+        _queries_and_past(_probe(engine, feeds, layers), layers, method)
+    layout = token_layout(feeds, sources, queries, query)
+    if is_auto_query(query) and layout.text_inputs:
+        # A row of padding alone has no last real token: refused here in one line (the
+        # graph would read its row 0 and give zeros: export.attention._last_real).
+        rows = len(feeds[layout.text_inputs[0]])
+        last_positions(feeds, mask_inputs(engine.model), rows, queries)
+        return Rows(0, past, queries, last=True)
+    if past and layout.query is None:
         raise InputError(f"{method} with cached keys reads one query row: query='mean' would "
                          "average rows that see different prefixes; name a query token")
-    return Rows(token_layout(feeds, sources, queries, query).query, past, queries)
+    return Rows(layout.query, past, queries)
+
+
+def query_is_position(options: dict, place: Place, tokens: int | None) -> tuple[dict, Place]:
+    """An attention method on a causal LM reads the row of the explained position: `query=P`
+    and `position=P` name the same place (the next token after position P); refused when
+    they name different rows. `tokens`: the token count, None where unknown (export: a
+    negative query is then read from the end in the graph, the objective at its default
+    place, the last position). One rule for Explainer.explain and export_explainer."""
+    query = options["query"]
+    if is_auto_query(query):
+        if place.position is None:
+            return options, place
+        return {**options, "query": place.position}, place
+    if tokens is None and place.position is None and isinstance(query, (int, np.integer)) \
+            and query < 0:
+        return options, place
+    row = query_index(query, tokens)
+    if row is None and place.position is not None:
+        raise InputError(f"query 'mean' averages every row, and position {place.position} "
+                         "names one: give one of them")
+    if row is None:  # 'mean': no one row, no one place
+        return options, place
+    if place.position is not None and place.position != row:
+        raise InputError(f"query {query} and position {place.position} name different rows; "
+                         "on a causal language model an attention method reads the row of "
+                         "the explained position: give one of them")
+    return {**options, "query": row}, make_place(row, place.pixel, place.region)
 
 
 def _static_tokens(model, layers: Sequence[AttentionLayer]) -> int | None:
@@ -201,37 +192,6 @@ def _queries_and_past(probe: _Probe, layers: Sequence[AttentionLayer], method: s
     return queries, keys - queries
 
 
-def _same_position(positions: np.ndarray) -> int:
-    if np.any(positions != positions[0]):
-        rows = rows_text(range(len(positions)))
-        raise InputError(f"the rows end at different positions ({rows}: "
-                         f"{', '.join(str(p) for p in positions[:8])}), and attention "
-                         "methods read one query row per run: pad on the left, or explain "
-                         "rows of the same length together")
-    return int(positions[0])
-
-
-def is_auto_query(query) -> bool:
-    return query is None or (isinstance(query, str) and query.strip().lower() == "auto")
-
-
-def query_index(query, tokens: int | None) -> int | None:
-    if isinstance(query, str) and query.strip().lower() == "mean":
-        return None
-    try:
-        row = int(query)
-    except (TypeError, ValueError):
-        raise InputError(f"query must be a token index, 'auto' or 'mean', got '{query}'"
-                         ) from None
-    if tokens is None:
-        if row < 0:
-            raise InputError(f"query token {row}: negative indices need a known token count")
-        return row
-    if not -tokens <= row < tokens:
-        raise InputError(f"query token {row} is out of range for {tokens} tokens")
-    return row % tokens
-
-
 def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer], rows: int,
                  tokens: int) -> np.ndarray:
     """[N, S], 1 for real tokens: from the inputs the attention masks are computed from, when
@@ -245,60 +205,3 @@ def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLaye
                 and value.shape[1] >= tokens:
             mask &= value[:, value.shape[1] - tokens:] != 0
     return mask
-
-
-def layer_index(start_layer, count: int) -> int:
-    """A 0-based layer index (negative counts from the last), checked against `count`."""
-    try:
-        start = int(start_layer)
-    except (TypeError, ValueError):
-        raise InputError(f"start_layer must be a layer index, got '{start_layer}'") from None
-    if not -count <= start < count:
-        raise InputError(f"start_layer {start} is out of range for {count} attention layers")
-    return start % count
-
-
-def cached_inputs(model) -> tuple[str, ...]:
-    """Float graph inputs [batch, heads, past, head size] that a layer's keys or values are
-    computed from but not its queries: a KV cache (past_key_values), whatever its names."""
-    if "cached_inputs" not in model.derived:
-        model.derived["cached_inputs"] = _cached_inputs(model)
-    return model.derived["cached_inputs"]
-
-
-def _cached_inputs(model) -> tuple[str, ...]:
-    from ..errors import OnnxplainError
-    from ..graph.attention import find_attention
-
-    candidates = {spec.name for spec in model.inputs if spec.dims is not None
-                  and len(spec.dims) == 4 and spec.numpy_dtype.kind == "f"}
-    try:
-        layers = find_attention(model) if candidates else ()
-    except OnnxplainError:  # no attention layers to read the cache from
-        return ()
-    found: set[str] = set()
-    for layer in layers:
-        if not (layer.query and layer.key and layer.value):
-            continue
-        keys = _inputs_behind(model, [layer.key, layer.value], candidates, depth=12)
-        found |= keys - _inputs_behind(model, [layer.query], keys, depth=None)
-    return tuple(sorted(found))
-
-
-def _inputs_behind(model, starts: Sequence[str], inputs: set[str], depth: int | None
-                   ) -> set[str]:
-    """Which of `inputs` the values of tensors `starts` are computed from (`depth` producers
-    back; not through Shape or Size: a position computed from the cache's length reads no
-    cached value)."""
-    seen, frontier, step = set(starts), list(starts), 0
-    while frontier and (depth is None or step < depth):
-        following = []
-        for name in frontier:
-            node = model.node_by_output.get(name)
-            reads = node is not None and node.op_type not in SHAPE_READERS
-            for tensor in node.input if reads else ():
-                if tensor and tensor not in seen:
-                    seen.add(tensor)
-                    following.append(tensor)
-        frontier, step = following, step + 1
-    return seen & inputs

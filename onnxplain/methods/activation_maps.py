@@ -7,12 +7,13 @@ sentence) can decide a prediction as much as one that fires.
 
 from __future__ import annotations
 
-from ..graph.layers import resolve_layer
+from ..export.layer_maps import PARTS, POST, PRE
+from ..graph.layers import pre_and_post, resolve_layer
 from ..objective import Objective
 from . import MethodOutput, MethodSpec, register
 from ._common import clean_run
 from ._graph import graph_run
-from ._layer import PARTS, POST, PRE, image_sources, pre_and_post
+from ._layer import image_sources
 from .options import layer_option, upsample_option
 
 

@@ -15,13 +15,14 @@ positive part, every method returns one score per token, read from the class-tok
 - attgrad (Barkan et al. 2021, Grad-SAM): the product of E_h (G_l * A_l), no clamping and
   no identity, in the same order as rollout.
 
-A causal model reads the row of the explained position (the last non-padding one). With a KV
+"auto" over token ids reads, in the graph (export.attention._auto_row, as export does), each
+row's last real token where the model is causal (the explained position), else token 0. With a KV
 cache the maps are [Tq, P + Tq]: the P cached keys are inputs of this step, so each layer's
 matrix gets P rows that keep them as they are (identity rows once the residual is added) and
 becomes square; the scores of the P cached positions come back summed as one block
 (extras 'cached_block', 'cached_positions'), the map covers the Tq new tokens. Under a
 next-token objective the gradient and relevance passes start from a copy of the model's tail
-after the last attention layer that holds the explained position alone (_explained_row).
+after the last attention layer that holds the explained position alone (export/explained_row).
 
 Each method is one graph (export.attention), the program `export` saves: here the layers,
 the query row and the token layout are resolved from the inputs (with their warnings and
@@ -32,34 +33,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..autodiff.program import Pass
-from ..graph.attention_layouts import readable
-from ..rules.chefer import CHEFER
-from . import MethodOutput, MethodSpec, register
-from ._attention_graph import RELEVANCE
-from ._explained_row import explained_row
-from ._graph import graph_run
-from ._layer import image_inputs
-from ._tokens import (
-    LAST_REAL,
-    Reading,
-    attention_layers,
-    layer_index,
-    map_sizes,
-    probabilities,
-    resolve_query,
-    token_layout,
+from ..export import explained_row as row_copy
+from ..export.attention import (
+    ACTIVE,
+    ATTENTION_OUTPUTS,
+    AUTO_ROW,
+    CACHED_BLOCK,
+    HEAD_RELEVANCE,
+    LAYER_MAP,
+    PATCHES,
+    QUERY_ROW,
+    READING,
+    ROW_COPY,
+    TOKENS,
 )
+from ..export.attention_graph import Reading
+from ..export.methods import ATTRIBUTION
+from ..graph.attention import attention_layers, layer_index, probabilities
+from ..graph.attention_layouts import readable
+from ..images import image_inputs
+from . import MethodOutput, MethodSpec, register
+from ._graph import graph_run
+from ._tokens import map_sizes, resolve_query, token_layout
 from .options import Option, attention_options, start_layer_option
 
 FORWARD_ONLY = ("raw_attention", "rollout")
-
-
-def relevance_pass(maps, active) -> Pass:
-    """R_l for every map under Chefer et al.'s LRP. Activations are what depends on the
-    source tensors `active` (not only on the maps), so that a residual sum splits relevance
-    between both its branches in the first layer too."""
-    return Pass(RELEVANCE, CHEFER, tuple(maps), tuple(active))
 
 
 def readable_layers(engine, feeds, layers, method: str) -> list:
@@ -84,18 +82,6 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
     """Run `method`'s one graph (export.attention) with what it reads resolved from the
     inputs here: the readable layers, the query row (`last_only`: resolved on the last
     layer alone), the token layout; wrap its outputs."""
-    from ..export.attention import (
-        ACTIVE,
-        ATTENTION_OUTPUTS,
-        CACHED_BLOCK,
-        HEAD_RELEVANCE,
-        LAYER_MAP,
-        PATCHES,
-        READING,
-        ROW_COPY,
-        TOKENS,
-    )
-    from ..export.methods import ATTRIBUTION
 
     layers = readable_layers(engine, feeds, attention_layers(engine.model, attention), method)
     start = layer_index(start_layer, len(layers))
@@ -103,14 +89,14 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
                          query, method)
     layout = token_layout(feeds, sources, rows.tokens, "mean" if rows.query is None
                           else rows.query)
-    # A causal model's explained position, the same in every row (checked): each row's last
-    # real token, read in the graph as export reads it.
-    reading = Reading(LAST_REAL if rows.last else layout.query, layout.prefix, layout.grid,
+    # "auto" over token ids: the graph decides each row's, as export does (a causal model's
+    # last real token, the explained position; else the class token).
+    reading = Reading(AUTO_ROW if rows.last else layout.query, layout.prefix, layout.grid,
                       layout.text_inputs, rows.past > 0)
     options = {"attention": tuple(probabilities(layers)), "upsample": upsample,
                "start_layer": start, READING: reading,
                ACTIVE: tuple(s.tensor for s in sources),
-               ROW_COPY: explained_row(target, layers[-1].probabilities) is not None}
+               ROW_COPY: row_copy.explained_row(target, layers[-1].probabilities) is not None}
     names = [*ATTENTION_OUTPUTS, *(f"{LAYER_MAP}{i}" for i in range(len(layers))),
              *(ATTRIBUTION + name for name in (*layout.text_inputs, *image_inputs(engine.model)))]
     # Forward-only methods run the generic program, as the model's own forward runs: ONNX
@@ -123,7 +109,7 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
     tensors = {name: value for name, value in found.items()
                if name in (TOKENS, PATCHES) or name.startswith(LAYER_MAP)}
     info = {"layers": [layer.as_dict() for layer in layers],
-            "query": layout.query if layout.query is not None else "mean",
+            "query": query_read(found.get(QUERY_ROW), layout.query),
             "patch_grid": list(layout.grid) if layout.grid else None}
     notes = []
     if CACHED_BLOCK in found:
@@ -136,6 +122,15 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
         info["head_relevance"] = found[HEAD_RELEVANCE].tolist()
     return MethodOutput(replace(run, post={}), at_inputs=at_inputs, tensors=tensors,
                         extras=info, signed=signed, notes=notes)
+
+
+def query_read(rows, query: int | None) -> int | list[int] | str:
+    """extras 'query': the row read (one per row where the graph chose them and they
+    differ), or 'mean'."""
+    if rows is not None:
+        found = [int(r) for r in rows]
+        return found[0] if len(set(found)) == 1 else found
+    return query if query is not None else "mean"
 
 
 def raw_attention(engine, feeds, target, sources, *, attention=None, query="auto",

@@ -16,56 +16,22 @@ One program each, export.cat's (the one `export` saves), run here by methods._gr
 
 from __future__ import annotations
 
-from ..errors import InputError
-from ..graph.attention import token_layout_of
+from ..export.attention import QUERY_ROW
+from ..export.cat import (
+    LAYER,
+    PATCHES,
+    TOKENS,
+    hidden_states,
+    query_row,
+    static_grid,
+    static_tokens,
+)
+from ..graph.attention import attention_layers
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run
 from ._layer import image_sources
-from ._tokens import attention_layers, is_auto_query, query_index
-from .attention_flow import readable_layers
+from .attention_flow import query_read, readable_layers
 from .options import attention_options
-
-TOKENS, PATCHES = "tokens", "patches"  # the programs' outputs besides the attributions
-LAYER = "layer/"  # and each layer's share of the scores, "layer/<index>"
-
-
-def hidden_states(layers) -> list[str]:
-    missing = [layer.index for layer in layers if layer.hidden is None]
-    if missing:
-        raise InputError(f"the hidden state read by attention layer(s) {missing} was not "
-                         "found (Q, K and V must be projected from one tensor)")
-    return [layer.hidden for layer in layers]
-
-
-def static_tokens(model, layers) -> int | None:
-    layout = token_layout_of(model, layers)
-    return None if layout is None else layout["tokens"]
-
-
-def static_grid(model, layers) -> tuple[int, tuple[int, int]] | None:
-    """(class tokens in front, patch grid) of an image model with static shapes."""
-    layout = token_layout_of(model, layers)
-    if not layout or not layout.get("patch_grid"):
-        return None
-    return layout.get("class_tokens", 0), tuple(layout["patch_grid"])
-
-
-def query_row(query, class_token: bool, tokens: int | None) -> int | None:
-    """The query row read: 'auto' is the class token (0) where there is one, else the mean
-    of all rows (None); a negative index counts from the end, in the graph where the token
-    count is not static."""
-    if is_auto_query(query):
-        return 0 if class_token else None
-    if tokens is None and _negative(query):
-        return int(query)
-    return query_index(query, tokens)
-
-
-def _negative(query) -> bool:
-    try:
-        return int(query) < 0
-    except (TypeError, ValueError):
-        return False
 
 
 def _run(method: str, engine, feeds, target, sources, options: dict) -> MethodOutput:
@@ -80,13 +46,14 @@ def _run(method: str, engine, feeds, target, sources, options: dict) -> MethodOu
     tokens = feeds[text[0].input].shape[1] if text else static_tokens(engine.model, layers)
     query = query_row(options["query"], bool(text) or bool(grid and grid[0]), tokens)
     at = text or (image_sources(engine.model) if grid else [])
-    read = (TOKENS, PATCHES, *(f"{LAYER}{layer.index}" for layer in layers))
+    read = (TOKENS, PATCHES, QUERY_ROW, *(f"{LAYER}{layer.index}" for layer in layers))
     run = graph_run(engine, method, feeds, target, at, options, read=read)
     tensors = dict(run.post)
+    rows = tensors.pop(QUERY_ROW, None)  # "auto" over token ids: the graph's choice
     if query is not None and query < 0:
         query += tensors[TOKENS].shape[1]
     extras = {"layers": [layer.as_dict() for layer in layers],
-              "query": query if query is not None else "mean"}
+              "query": query_read(rows, query)}
     return MethodOutput(run, at_inputs={s.input: run.grads[s.tensor] for s in at},
                         tensors=tensors, extras=extras)
 

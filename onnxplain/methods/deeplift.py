@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Engine
 from ..errors import InputError
+from ..export.graph import FED
+from ..export.methods import BASELINE, BASELINE_SCORE, SCORE
 from ..objective import Objective
 from ..rules.deeplift import DEFAULT_EPS, deeplift_rules
+from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._common import (
@@ -46,8 +48,6 @@ def deeplift(engine, feeds, target, sources, *, baseline="zeros", baseline_value
     sum(C) - (S_c(x) - S_c(x')) per row; a SummationWarning is issued where it exceeds
     `delta_tolerance` times |S_c(x) - S_c(x')|.
     """
-    from ..export.graph import FED  # export imports us
-    from ..export.methods import BASELINE, BASELINE_SCORE, SCORE
 
     moved = input_sources(sources, feeds, "deeplift")
     names = [source.tensor for source in moved]

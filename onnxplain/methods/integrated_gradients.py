@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..export.graph import FED
+from ..export.methods import BASELINE, BASELINE_SCORE, PATH_RULES, SCORE, path_points
 from ..objective import Objective, OutputSeed
+from ..runtime.budget import Work, count_of, rows_and_bytes
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
-from ._budget import Work, count_of, rows_and_bytes
 from ._common import (
     clean_run,
     completeness_delta,
@@ -30,34 +31,9 @@ from .options import (
     seed_option,
 )
 
-PATH_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
-              "gausslegendre")
-
 
 class ConvergenceWarning(UserWarning):
     """Integrated Gradients' completeness error is large: use more steps."""
-
-
-def path_points(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """(alphas, weights) of the quadrature of the path integral over [0, 1]."""
-    if n_steps < 1:
-        raise InputError(f"n_steps must be at least 1, got {n_steps}")
-    if rule == "riemann_left":
-        return np.arange(n_steps) / n_steps, np.full(n_steps, 1 / n_steps)
-    if rule == "riemann_right":
-        return np.arange(1, n_steps + 1) / n_steps, np.full(n_steps, 1 / n_steps)
-    if rule == "riemann_middle":
-        return (np.arange(n_steps) + 0.5) / n_steps, np.full(n_steps, 1 / n_steps)
-    if rule == "riemann_trapezoid":
-        if n_steps < 2:
-            raise InputError("the trapezoid rule needs n_steps >= 2")
-        weights = np.full(n_steps, 1 / (n_steps - 1))
-        weights[[0, -1]] /= 2
-        return np.linspace(0, 1, n_steps), weights
-    if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
-        return (nodes + 1) / 2, weights / 2
-    raise InputError(f"unknown path rule '{rule}' (choose from {', '.join(PATH_RULES)})")
 
 
 def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
@@ -78,8 +54,6 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
     path is walked at their output and the gradients go back through them once.
     """
-    from ..export.graph import FED  # export imports us
-    from ..export.methods import BASELINE, BASELINE_SCORE, SCORE
 
     moved = input_sources(sources, feeds, "integrated_gradients")
     names = [source.tensor for source in moved]
@@ -213,8 +187,9 @@ def path_work(options, feeds) -> Work:
 
 N_STEPS = integer("n_steps", 50, "points on the path from the baseline to the input", low=1)
 RULE = choice("rule", "gausslegendre", PATH_RULES, "quadrature rule of the path integral")
-INTERNAL_BATCH_SIZE = integer("internal_batch_size", 0, "rows per run (0: as the memory "
-                              "budget allows; exported: 16 per loop iteration)", low=0)
+INTERNAL_BATCH_SIZE = integer("internal_batch_size", 0, "rows per Loop iteration, the model's "
+                              "points times input rows (0: as the memory budget allows; "
+                              "exported: 16)", low=0)
 
 
 register(MethodSpec(

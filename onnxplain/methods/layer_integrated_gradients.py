@@ -14,15 +14,15 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-import onnx
-from onnx import helper
 
-from ..engine import Engine
 from ..errors import InputError
+from ..export.methods import BASELINE_SCORE, SCORE
+from ..export.tokens import EMBEDDING, baseline_token_id
 from ..graph.attention import find_attention
 from ..graph.model import Model
 from ..graph.sources import Source
-from ..graph.walk import ancestors, node_inputs
+from ..graph.walk import cut_at, lookup_inputs
+from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run, loop_rows
@@ -38,32 +38,13 @@ from .integrated_gradients import (
 from .options import delta_tolerance, integer
 
 _CUT_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# The program's output of the attributions per embedding feature (export.tokens).
-EMBEDDING = "embedding_attribution"
-
-
-def cut_at(model: Model, tensor: str) -> Model:
-    """A copy of the model where `tensor` is a graph input instead of a computed value."""
-    info = model.infos.get(tensor)
-    if info is None or info.dtype is None:
-        raise InputError(f"the type of tensor '{tensor}' is unknown; cannot cut the model there")
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    kept = [node for node in proto.graph.node if tensor not in node.output]
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
-    dims = None if info.certain is None else list(info.certain)
-    proto.graph.input.append(helper.make_tensor_value_info(tensor, info.dtype, dims))
-    return Model(proto, model.path)
 
 
 def _cut_engine(engine: Engine, tensor: str) -> Engine:
     cache = _CUT_ENGINES.setdefault(engine.base, {})
     if tensor not in cache:
-        cut = cut_at(engine.model, tensor)
-        cache[tensor] = Engine(cut, engine.providers, engine.output, [Source(tensor, tensor)],
-                               engine.optimization, engine.policy)
-    return cache[tensor].with_policy(engine.policy)
+        cache[tensor] = engine.part(cut_at(engine.model, tensor), engine.output, tensor)
+    return engine.as_part(cache[tensor])
 
 
 def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
@@ -97,19 +78,10 @@ def _reads_ids_alone(model: Model, source: Source) -> bool:
     return model.derived[key]
 
 
-def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
-    """The model inputs `tensor` is computed from. The program recomputes an embedding of
-    the token ids alone for the baseline token; one read from other inputs too (an
-    attribute_at past the sum with position or type embeddings) integrates the cut model."""
-    lookup = ancestors(nodes, [tensor])
-    return {name for node in lookup for name in node_inputs(node)} & set(inputs)
-
-
 def _in_graph(engine, feeds, target, source: Source, n_steps, rule, baseline_token,
               internal_batch_size, tolerance) -> MethodOutput:
     """The exported program (export.tokens) run in-process: per-token scores as it sums
     them, the per-feature values at the embedding, and its convergence delta, warned here."""
-    from ..export.methods import BASELINE_SCORE, SCORE  # imports us
 
     options = {"n_steps": int(n_steps), "rule": rule,
                "baseline_token": baseline_token_id(baseline_token),
@@ -151,18 +123,6 @@ def _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
                 *mask.shape, *(1,) * (value.ndim - 2)).astype(value.dtype)
     return MethodOutput(result.run, result.at_sources, extras=result.extras,
                         notes=result.notes)
-
-
-def baseline_token_id(baseline_token) -> int:
-    """The baseline token id, -1 for a zero embedding (None, "zeros", a negative id)."""
-    if baseline_token is None or (isinstance(baseline_token, str)
-                                  and baseline_token.strip().lower() in ("", "none", "zeros")):
-        return -1
-    try:
-        token = int(baseline_token)
-    except (TypeError, ValueError):
-        raise InputError(f"baseline_token must be a token id, got '{baseline_token}'") from None
-    return max(token, -1)
 
 
 def _baselines(engine, feeds, tokens, embedded, baseline_token) -> dict[str, np.ndarray]:

@@ -8,10 +8,12 @@ from numbers import Real
 
 import numpy as np
 
-from ..engine import Engine
 from ..errors import InputError
+from ..export.coalitions import FIT, INTERCEPT, WEIGHTS
+from ..export.methods import ATTRIBUTION
+from ..runtime.budget import counted
+from ..runtime.engine import Engine
 from . import MethodOutput, MethodSpec, register
-from ._budget import counted
 from .kernel_shap import check_count, coalition_run
 from .options import (
     COALITION_BASELINE,
@@ -40,8 +42,6 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image; superpixels
     (SLIC) aim at `n_segments` segments.
     """
-    from ..export.coalitions import FIT, INTERCEPT, WEIGHTS  # imports us
-    from ..export.methods import ATTRIBUTION
 
     check_count("lime", "n_samples", n_samples)
     if not isinstance(kernel_width, Real) or not kernel_width > 0:
@@ -58,43 +58,6 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     extras = {"weights": run.post[WEIGHTS], "intercept": run.post[INTERCEPT],
               "score": run.post[FIT], "feature_mask": np.stack(masks)}
     return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
-
-
-def lime_samples(width: int, n_samples: int, seed: int) -> np.ndarray:
-    """[n_samples, F] bool coalitions: all ones first, then independent fair coin flips
-    per feature (lime's image explainer)."""
-    rng = np.random.default_rng(seed)
-    present = rng.integers(0, 2, size=(n_samples, width)).astype(bool)
-    present[0] = True
-    return present
-
-
-def lime_kernel(present: np.ndarray, kernel_width: float) -> np.ndarray:
-    """sqrt(exp(-d^2 / width^2)), d the cosine distance of each coalition to all ones."""
-    size = present.sum(axis=1)
-    distance = 1.0 - np.sqrt(size / present.shape[1])  # 1 for the empty coalition
-    # d / width first: width ** 2 over- or underflows for widths like 1e308 or 1e-320.
-    return np.sqrt(np.exp(-np.square(distance / np.float64(kernel_width))))
-
-
-def ridge_map(present: np.ndarray, weights: np.ndarray, alpha: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(C [F, M], c [M]): the coefficients C y and the intercept c . y of the ridge fit of
-    scores y [M] on the coalitions present [M, F] with sample weights w (the intercept
-    unpenalised): centring by weighted means leaves it out of the penalty,
-    coef = (Zc' W Zc + alpha I)^-1 Zc' W (y - mean_w(y)), b = mean_w(y) - mean_w(z) . coef.
-    Linear in y (lstsq: with alpha = 0 and too few samples the system is singular, and
-    the minimum-norm solution is pinv(gram) times the right-hand side)."""
-    z = present.astype(np.float64)
-    total = weights.sum()
-    z_mean = weights @ z / total
-    zc = z - z_mean
-    gram = zc.T @ (weights[:, None] * zc) + alpha * np.eye(z.shape[1])
-    # Zc' W (I - 1 w' / total): the weighted centring of y folded into the matrix.
-    weighted = zc.T * weights[None, :]
-    right = weighted - np.outer(weighted.sum(axis=1), weights / total)
-    coef = np.linalg.lstsq(gram, right, rcond=None)[0]
-    return coef, weights / total - z_mean @ coef
 
 
 register(MethodSpec(

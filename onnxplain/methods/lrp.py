@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import OutputSeed
 from ..errors import InputError
+from ..export.graph import FED
+from ..export.methods import BOUND, box_bound
 from ..inputs import batch_size
 from ..objective import class_scores
 from ..rules.lrp import COMPOSITES, NEEDS_BOUNDS, LrpParams, lrp_rules
+from ..runtime.engine import OutputSeed
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run
 from .options import Option, choice, flag, number
@@ -46,8 +48,6 @@ def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
     relevance is conserved; biases, epsilon and rules like alpha-beta without negative
     contributions make it drift.
     """
-    from ..export.graph import FED  # export imports us
-    from ..export.methods import BOUND, box_bound
 
     # The numbers come checked by the declarations below (MethodSpec.resolve_options).
     params = LrpParams(epsilon, gamma, alpha, beta, box_bound(low), box_bound(high),

@@ -15,65 +15,15 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
+from ..export.graph import FED
+from ..export.methods import ATTRIBUTION, BASELINE
+from ..export.occlusion import baseline_like, check_budget, window_counts, window_geometry
+from ..graph.attention import cached_inputs
 from ..images import image_layout
-from ..runtime.batching import DEFAULT_BUDGET_MB
+from ..runtime.budget import MAX_RUNS
 from . import MethodOutput, MethodSpec, register
-from ._budget import MAX_RUNS, MAX_RUNS_OPTION, Work, check_work
 from ._perturb import perturbation_run, perturbed_input
-from ._tokens import cached_inputs
-from .options import Option, input_option, perturbation_baseline
-
-
-def window_geometry(row_shape: tuple[int, ...], window, stride) -> tuple[tuple, tuple]:
-    """Window and stride shapes over a row: images [C, H, W] or [H, W, C] get square
-    `window` x `window` patches over every channel; other rows a window along each axis."""
-    size, step = _pair(window, "window"), _pair(stride, "stride")
-    layout = image_layout((1, *row_shape))
-    if layout == "NCHW":
-        return (row_shape[0], *size), (row_shape[0], *step)
-    if layout == "NHWC":
-        return (*size, row_shape[2]), (*step, row_shape[2])
-    if len(row_shape) == 1:
-        return (size[0],), (step[0],)
-    return tuple(min(size[0], d) for d in row_shape), tuple(step[0] for _ in row_shape)
-
-
-def _pair(value, what: str) -> tuple[int, int]:
-    try:
-        if isinstance(value, str):
-            value = [int(part) for part in value.replace("x", ",").split(",") if part.strip()]
-        values = [int(v) for v in np.atleast_1d(value)]
-    except (ValueError, TypeError, OverflowError):
-        raise InputError(f"{what} must be one or two positive integers, got {value!r}"
-                         ) from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise InputError(f"{what} must be one or two positive integers, got {value!r}")
-    return values[0], values[1]
-
-
-def window_counts(row_shape: tuple[int, ...], window: tuple, stride: tuple) -> list[int]:
-    """Window positions along each axis of a row, as Captum places them: steps of `stride`
-    until the window reaches the end, the last one clipped at the border if it overhangs."""
-    counts = []
-    for dim, size, step in zip(row_shape, window, stride, strict=True):
-        if size > dim:
-            raise InputError(f"the occlusion window {window} is larger than the input row "
-                             f"{row_shape}")
-        counts.append(math.ceil((dim - size) / step) + 1)
-    return counts
-
-
-def check_budget(count: int, max_runs, row_shape: tuple, window: tuple,
-                 budget_mb: float = DEFAULT_BUDGET_MB) -> None:
-    """Refuse more than `max_runs` occluded copies per row (the shared work budget), saying
-    what would raise it; the count comes from the window geometry, so it is checked here."""
-    about = f"with window {window} over an input row of shape {tuple(row_shape)}"
-    work = Work("window", count, count, 0, advice="use a larger window (-O window=N)",
-                about=about)
-    check_work("occlusion", work, max_runs, budget_mb)
+from .options import MAX_RUNS_OPTION, Option, input_option, perturbation_baseline
 
 
 def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
@@ -84,8 +34,6 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
     `baseline` a number or an array like one row (token ids: the id put in); more than
     `max_runs` windows per row are refused (MAX_RUNS by default). The windows run in the
     program `export` saves (export.occlusion), the baseline fed as its input."""
-    from ..export.graph import FED  # export imports the methods
-    from ..export.methods import ATTRIBUTION, BASELINE
 
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
     value = feeds[name]
@@ -104,22 +52,6 @@ def occlusion(engine, feeds, target, sources, *, window=None, stride=None, basel
                            (ATTRIBUTION + name,))
     extras = {"window": list(size), "stride": list(step), "windows": count}
     return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
-
-
-def baseline_like(baseline, value: np.ndarray) -> np.ndarray:
-    """The values occluded elements take, shaped like one row."""
-    array = np.asarray(baseline)
-    if array.dtype.kind not in "fiub":
-        try:
-            array = np.asarray(float(str(baseline)))
-        except ValueError:
-            raise InputError(f"baseline must be a number or an array, got {baseline!r}"
-                             ) from None
-    try:
-        return np.broadcast_to(array, value.shape[1:]).astype(value.dtype)
-    except ValueError:
-        raise InputError(f"baseline of shape {array.shape} does not broadcast to an input "
-                         f"row {value.shape[1:]}") from None
 
 
 register(MethodSpec(

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._text import is_integer_text
+from .._text import brief, is_integer_text
 from ..errors import InputError
+from ..runtime.budget import MAX_RUNS
 
 # What an option accepts besides None (`none=True`):
 #   bool   true/false (also 1/0)        int    an integer       float  a finite number
@@ -216,21 +217,6 @@ def _bound(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def brief(value: object) -> str:
-    """What was given, short and on one line: never a large value."""
-    if isinstance(value, np.ndarray):
-        return f"a value of type ndarray shaped {value.shape} ({value.dtype})"
-    if isinstance(value, list | tuple | Mapping):
-        return f"a value of type {type(value).__name__} of length {len(value)}"
-    if isinstance(value, str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "...'"
-    if isinstance(value, bool | int | float | np.number | np.bool_) or value is None:
-        text = repr(value.item() if isinstance(value, np.generic) else value)
-        return text if len(text) <= 30 else f"an integer of {len(text)} digits"
-    return f"a value of type {type(value).__name__}"
-
-
 def _count(value) -> bool:
     """A positive integer (not a bool)."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
@@ -352,3 +338,6 @@ def delta_tolerance(default: float) -> Option:
 COALITION_BASELINE = perturbation_baseline(
     "value of absent features: a number, an array like one row, or background rows "
     "[B, ...] averaged over")
+
+MAX_RUNS_OPTION = integer("max_runs", MAX_RUNS, "runs per input row allowed before the "
+                          "method refuses (raise it to allow more work)", low=1)

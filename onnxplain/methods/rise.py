@@ -3,99 +3,24 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..export.graph import FED
+from ..export.methods import ATTRIBUTION, BASELINE
+from ..export.rise import rise_baseline, rise_plan
+from ..graph.attention import cached_inputs
 from ..images import image_layout
+from ..runtime.budget import Work, count_of, rows_and_bytes
 from . import MethodOutput, MethodSpec, register
-from ._budget import Work, count_of, rows_and_bytes
 from ._perturb import perturbation_run, perturbed_input
-from ._tokens import cached_inputs
 from .options import (
-    brief,
     input_option,
     integer,
     number,
     perturbation_baseline,
     seed_option,
 )
-
-
-@dataclass(frozen=True)
-class RisePlan:
-    """The random draws behind every mask, taken up front: they are tiny (a grid x grid
-    boolean grid and a shift per mask), so mask i never depends on the chunk it is made in."""
-
-    shape: tuple[int, ...]       # the mask's shape: (H, W) for images, else the features
-    kept: np.ndarray             # [n, grid, grid] (images) or [n, *shape] booleans
-    shifts: np.ndarray | None    # [n, 2] crop offsets in [0, cell) (images)
-    rows: np.ndarray | None      # [(grid + 1) * cell_h, grid] bilinear weights along H
-    cols: np.ndarray | None      # [(grid + 1) * cell_w, grid] bilinear weights along W
-
-    @property
-    def count(self) -> int:
-        return self.kept.shape[0]
-
-
-def rise_plan(shape: tuple[int, ...], n_masks: int, grid: int | None, keep: float, seed: int
-              ) -> RisePlan:
-    """The draws of `n_masks` RISE masks of `shape`, from np.random.default_rng(seed).
-
-    With `grid` (images, shape (H, W)): cells of a grid x grid grid are kept with probability
-    `keep`, and each mask is cropped at a random shift in [0, ceil(H / grid)) x
-    [0, ceil(W / grid)). With grid=None: every feature of `shape` is kept with probability
-    `keep` (tabular features, token ids).
-    """
-    if n_masks < 1:
-        raise InputError(f"rise: n_masks must be at least 1, got {n_masks}")
-    if not 0 < keep <= 1:
-        raise InputError(f"rise: keep is a probability in (0, 1], got {keep}")
-    rng = np.random.default_rng(seed)
-    if grid is None:
-        return RisePlan(tuple(shape), rng.random((n_masks, *shape)) < keep, None, None, None)
-    if grid < 1:
-        raise InputError(f"rise: grid must be at least 1 cell per side, got {grid}")
-    height, width = shape
-    cells = (math.ceil(height / grid), math.ceil(width / grid))
-    kept = rng.random((n_masks, grid, grid)) < keep
-    shifts = np.stack([rng.integers(0, cells[0], n_masks),
-                       rng.integers(0, cells[1], n_masks)], axis=1)
-    return RisePlan((height, width), kept, shifts, _bilinear((grid + 1) * cells[0], grid),
-                    _bilinear((grid + 1) * cells[1], grid))
-
-
-def _bilinear(n_out: int, n_in: int) -> np.ndarray:
-    """[n_out, n_in] weights of a linear resize with half-pixel centres and clamped edges
-    (torch's align_corners=False, tf.image.resize): resizing is then a matrix product."""
-    source = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, n_in - 1)
-    weights = np.zeros((n_out, n_in))
-    np.add.at(weights, (np.arange(n_out), low), 1 - (source - low))
-    np.add.at(weights, (np.arange(n_out), high), source - low)
-    return weights
-
-
-def rise_masks(plan: RisePlan, start: int, stop: int) -> np.ndarray:
-    """Masks start..stop-1 of `plan` as float32 [stop - start, *plan.shape] in [0, 1]: the
-    definition the graph computes (export.rise), written out for the tests' references.
-
-    Images: M_i = crop(upsample(G_i)) with G_i the kept cells, upsampled bilinearly to
-    ((grid + 1) * cell_h, (grid + 1) * cell_w) and cropped to H x W at the mask's shift.
-    Features: the kept booleans as 0 / 1.
-    """
-    kept = plan.kept[start:stop]
-    if plan.shifts is None:
-        return kept.astype(np.float32)
-    height, width = plan.shape
-    shifts = plan.shifts[start:stop]
-    # Cropping the upsampled grid = taking H consecutive rows of the resize matrix.
-    rows = plan.rows[shifts[:, :1] + np.arange(height)]          # [n, H, grid]
-    cols = plan.cols[shifts[:, 1:] + np.arange(width)]           # [n, W, grid]
-    masks = rows @ kept.astype(np.float64) @ cols.transpose(0, 2, 1)
-    return masks.astype(np.float32)
 
 
 def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
@@ -111,8 +36,6 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     images and like the input otherwise. The masks are made and applied in the program
     `export` saves (export.rise), the baseline fed as its input.
     """
-    from ..export.graph import FED  # export imports the methods
-    from ..export.methods import ATTRIBUTION, BASELINE
 
     name = perturbed_input(feeds, input, cached_inputs(engine.model))
     value = feeds[name]
@@ -132,19 +55,6 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
         f"rise: masked tokens of '{name}' were set to id {int(fill.flat[0])}"]
     return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras,
                         notes=notes, signed=False)
-
-
-def rise_baseline(value: np.ndarray, baseline) -> np.ndarray:
-    """The baseline broadcast to the input (a scalar, or an array such as a blurred image)."""
-    fill = np.asarray(baseline)
-    if value.dtype.kind in "iu" and np.any(fill != np.round(fill)):
-        raise InputError(f"rise: the baseline of an integer input must be an integer id, "
-                         f"got {brief(baseline)}")
-    try:
-        return np.broadcast_to(fill.astype(value.dtype), value.shape)
-    except ValueError:
-        raise InputError(f"rise: baseline shape {fill.shape} does not broadcast to the "
-                         f"input's {value.shape}") from None
 
 
 def rise_work(options, feeds) -> Work:

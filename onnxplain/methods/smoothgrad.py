@@ -4,25 +4,29 @@ Smilkov et al. 2017 (SmoothGrad), Adebayo et al. 2018 (VarGrad, the variance).
 
 Over saliency, input x gradient, guided backprop and deconvnet the copies run in the ONNX
 Loop that `export` saves (export.noise: the same program, the same numbers); the noise is
-export.random's generator keyed by (seed, sample, element), so a row draws the same noise
-alone or in any batch. Other bases (DeepLIFT, LRP, integrated gradients), models with a fixed
-batch axis and opsets below 12 run the base method on chunks of copies here, with the same
-generator's draws (its numpy reference).
+export.random's generator keyed by (seed, sample, element), each row's seed a digest of the
+option seed and the row's bytes (export.noise.row_seeds): rows draw independent noise, and a
+row draws the same alone or in any batch. Other bases (DeepLIFT, LRP, integrated gradients)
+and models with a fixed batch axis run the base method on chunks of copies here, made by
+export.noise's copies program (the Loop's sigma and draws, the same seeds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..errors import InputError
-from ..inputs import batch_size
+from ..inputs import rows_axis
+from ..runtime.budget import Work, count_of, rows_and_bytes
 from ..runtime.progress import progress_bar
+from ..runtime.session import Session
 from . import METHODS, MethodOutput, MethodSpec, register
-from ._budget import Work, count_of, rows_and_bytes
 from ._common import clean_run, equal_runs, fixed_objective, input_sources
 from ._graph import graph_run
 from .integrated_gradients import INTERNAL_BATCH_SIZE
-from .options import choice, integer, number, seed_option
+from .options import choice, integer, number
 
 NOISE_METHODS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -43,7 +47,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     notes = [f"{kind} over {base}: {n_samples} samples, noise {noise_level} x input range, "
              f"seed {seed}"]
     model = engine.model
-    if base not in BASES or not model.batch.symbolic or model.opset < 12:
+    if base not in BASES or not model.batch.symbolic:
         return _chunked(kind, engine, feeds, target, sources, [s.tensor for s in moved], spec,
                         noise_level=noise_level, n_samples=n_samples, seed=seed,
                         internal_batch_size=internal_batch_size, notes=notes)
@@ -58,15 +62,13 @@ def _in_graph(kind: str, engine, feeds, target, moved, base: str, noise_level: f
     program."""
     from ..export.graph import FED
     from ..export.noise import SEED
-    from ..export.random import seed_key
 
     options = {"base": base, "noise_level": float(noise_level), "n_samples": int(n_samples),
                "seed": FED, "internal_batch_size": internal_batch_size}
-    rows = batch_size(feeds, engine.model.batch.of_inputs)
     # The Loop runs every sample in one call: the bar moves when the rows are done.
     with progress_bar(engine.progress, n_samples, kind, "sample") as bar:
         run = graph_run(engine, kind, feeds, target, moved, options,
-                        fed={SEED: np.full(rows, seed_key(seed), np.int64)}, specialise=False)
+                        fed={SEED: seeds_of(engine, feeds, seed)}, specialise=False)
         bar.update(n_samples)
     signed = kind == "smoothgrad" and base != "saliency"  # saliency's default: |gradient|
     return MethodOutput(run, dict(run.grads), signed=signed, notes=notes)
@@ -75,14 +77,15 @@ def _in_graph(kind: str, engine, feeds, target, moved, base: str, noise_level: f
 def _chunked(kind: str, engine, feeds, target, sources, names, spec, *, noise_level: float,
              n_samples: int, seed: int, internal_batch_size: int, notes: list[str]
              ) -> MethodOutput:
-    """Bases without a Loop program, fixed batch axes, old opsets: the base method on chunks
-    of copies (the samples of a row adjacent), with the generator's draws."""
+    """Bases without a Loop program and fixed batch axes: the base method on chunks of copies
+    (the samples of a row adjacent), with the program's seeds and the generator's draws."""
     from ..export.noise import STREAM
 
     objective, clean_outputs = fixed_objective(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
     order = [spec.name for spec in engine.model.inputs]
-    sigmas = {name: noise_scale(feeds[name], noise_level) for name in names}
+    seeds = seeds_of(engine, feeds, seed)
+    makers = {name: noisy_copies(feeds[name], noise_level, seeds) for name in names}
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     rows_per_run = int(internal_batch_size) or engine.rows_per_run(feeds)
@@ -92,8 +95,7 @@ def _chunked(kind: str, engine, feeds, target, sources, names, spec, *, noise_le
             count = min(per_run, n_samples - first)
             noisy = {k: np.repeat(v, count, axis=0) for k, v in feeds.items()}
             for name in names:
-                noisy[name] = noisy_copies(feeds[name], sigmas[name], seed,
-                                           first + order.index(name) * STREAM, count)
+                noisy[name] = makers[name](first + order.index(name) * STREAM, count)
             output = spec.run(engine, noisy, objective.repeat(count).feed(), sources,
                               **spec.defaults)
             for tensor, value in output.at_sources.items():
@@ -112,27 +114,35 @@ def _chunked(kind: str, engine, feeds, target, sources, names, spec, *, noise_le
                         signed=kind == "smoothgrad" and output.signed, notes=notes)
 
 
-def noise_scale(x: np.ndarray, noise_level: float) -> np.ndarray:
-    """sigma per row [N, 1, ...] in x's type: noise_level * (max - min), noise_level for a
-    row with no range (as export.noise._sigma computes it)."""
-    axes = tuple(range(1, x.ndim))
-    spread = x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)
-    spread = np.where(spread == 0, spread + 1, spread)
-    return spread * np.asarray(noise_level, x.dtype)
+def seeds_of(engine, feeds: dict[str, np.ndarray], seed: int) -> np.ndarray:
+    """The noise seed of every row (int64 [N]): export.noise.row_seeds over the rows of all
+    the per-row inputs."""
+    from ..export.noise import row_seeds
+
+    axes = engine.model.batch.of_inputs
+    rows = [np.moveaxis(feeds[name], axis, 0) for name in sorted(feeds)
+            if (axis := rows_axis(axes, name, feeds[name])) is not None]
+    return row_seeds(rows, seed)
 
 
-def noisy_copies(x: np.ndarray, sigma: np.ndarray, seed: int, first: int, count: int
-                 ) -> np.ndarray:
-    """x + sigma z for samples first..first+count-1 of every row, [N * count, ...] with the
-    samples of a row adjacent; z is export.random's normal stream of (seed, sample) (model
-    input i: samples from i * export.noise.STREAM)."""
-    from ..export.random import reference_normal, seed_key
+def noisy_copies(x: np.ndarray, level: float, seeds: np.ndarray
+                 ) -> Callable[[int, int], np.ndarray]:
+    """copies(first, count): x + sigma z for samples first..first+count-1 of every row,
+    [N * count, ...] with the samples of a row adjacent, from export.noise's copies program
+    (the Loop's own definition of sigma and the draws; model input i: samples from
+    i * export.noise.STREAM)."""
+    from onnx import helper
 
-    row = x.shape[1:]
-    z = reference_normal([seed_key(seed)], np.arange(first, first + count),
-                         int(np.prod(row, dtype=np.int64)), x.dtype)
-    z = z.reshape((1, count) + row).astype(x.dtype)
-    return (x[:, None] + z * sigma[:, None]).reshape((-1,) + row)
+    from ..export.noise import copies_program
+
+    model = copies_program(helper.np_dtype_to_tensor_dtype(x.dtype), x.ndim, level)
+    session = Session(model, ["CPUExecutionProvider"])
+
+    def copies(first: int, count: int) -> np.ndarray:
+        feeds = {"x": x, "seeds": seeds, "samples": np.arange(first, first + count)}
+        made = next(iter(session.run(None, feeds).values()))  # [count * N, ...]
+        return np.swapaxes(made.reshape((count,) + x.shape), 0, 1).reshape(made.shape)
+    return copies
 
 
 def smoothgrad(engine, feeds, target, sources, *, base: str = "saliency",
@@ -164,21 +174,25 @@ def vargrad(engine, feeds, target, sources, *, base: str = "saliency",
 
 
 def noise_work(options, feeds) -> Work:
-    """n_samples runs of the base method per row; held: every noisy copy (the chunked
-    path's bound; the Loop holds one iteration's)."""
+    """n_samples runs of the base method per row; held: the Loop's two sums per input (of
+    the attributions and of their squares, shaped like the rows), whatever n_samples: an
+    iteration's noisy copies are as many as the rows per iteration, which the memory budget
+    sizes (RunPolicy.loop_rows)."""
     samples = count_of(options, "n_samples")
     rows, row_bytes = rows_and_bytes(feeds)
-    return Work("n_samples", samples, samples, rows * samples * row_bytes, "noisy copies")
+    return Work("n_samples", samples, samples, 2 * rows * row_bytes, "noisy copies")
 
 
 # Every gradient method registered before this module (the noise family is apart).
 _OPTIONS = (
     choice("base", "saliency", sorted(m.name for m in METHODS.values() if m.family == "gradient"),
-           "gradient method averaged over the noisy copies"),
+           "gradient method over the noisy copies (one graph over saliency, input_x_gradient, "
+           "guided_backprop, deconvnet)"),
     number("noise_level", 0.15, "noise standard deviation as a share of each row's value range",
            low=0),
     integer("n_samples", 25, "noisy copies per row", low=1),
-    seed_option("seed of the noise (a row gets the same noise alone or in any batch)"),
+    integer("seed", 0, "seed of the noise (with each row's bytes: rows draw independent noise, "
+            "the same alone or in any batch)", low=0, high=2**32 - 1),
     INTERNAL_BATCH_SIZE,
 )
 register(MethodSpec("smoothgrad", smoothgrad,

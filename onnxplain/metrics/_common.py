@@ -9,9 +9,9 @@ import numpy as np
 
 from .._text import counted
 from ..attribution import Attribution
-from ..engine import OutputSeed
 from ..errors import InputError
 from ..images import image_layout
+from ..runtime.engine import OutputSeed
 
 
 def attributed_input(attribution: Attribution, feeds: Mapping[str, np.ndarray],

@@ -107,7 +107,8 @@ def perturbation_curves(explainer, inputs: Inputs, attribution: Attribution,
     # Kinds that perturb alike (deletion and MoRF) share their runs.
     plans = sorted({KINDS[kind] for kind in kinds}, reverse=True)
     orders = [_positions(values, masks, row, plans) for row in range(rows)]
-    engine = explainer.engine
+    engine = explainer.engine  # settings.batch_size: rows per run of these curves only
+    engine = engine.with_policy(engine.policy.derive(batch_size=settings.batch_size))
     if settings.probability:
         engine = _SoftmaxScores(engine)
     plan_inserts = np.array([insert for _, insert in plans for _ in values])
@@ -124,8 +125,7 @@ def perturbation_curves(explainer, inputs: Inputs, attribution: Attribution,
         return copies(feeds, name, batch)
 
     count = len(plans) * len(values) * (steps + 1)
-    scores = perturbed_scores(engine, feeds, target, make, count,
-                              batch_size=settings.batch_size, label=label)
+    scores = perturbed_scores(engine, feeds, target, make, count, label=label)
     scores = scores.reshape(rows, len(plans), len(values), steps + 1)
     fractions = np.arange(steps + 1) / steps
     return {kind: [Curve(kind, fractions, scores[:, plans.index(KINDS[kind]), m])

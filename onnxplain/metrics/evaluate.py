@@ -51,6 +51,7 @@ def evaluate(explainer, inputs: Inputs, attribution: Attribution,
     (layers, order); random attributions are drawn from `seed`.
     """
     chosen = resolve_metrics(metrics)
+    explainer.policy.derive(batch_size=batch_size)  # a bad batch_size fails before any run
     if not isinstance(random_draws, int | np.integer) or random_draws < 0:
         raise InputError(f"random_draws must be an integer >= 0, got {random_draws!r}")
     feeds = prepare_inputs(explainer.model, inputs)

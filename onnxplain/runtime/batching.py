@@ -46,9 +46,10 @@ def forward_bytes_per_row(model: Model, feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def rows_per_run(model: Model, feeds: Mapping[str, np.ndarray], budget_mb: float,
-                 factor: float = PROGRAM_FACTOR) -> int:
-    """Rows whose gradient program (factor 1: forward run) fits the budget; at least one."""
-    per_row = factor * forward_bytes_per_row(model, feeds)
+                 factor: float = PROGRAM_FACTOR, extra: int = 0) -> int:
+    """Rows whose gradient program (factor 1: forward run) fits the budget, each holding
+    `extra` bytes besides (a perturbed copy and its mask); at least one."""
+    per_row = factor * forward_bytes_per_row(model, feeds) + extra
     if per_row <= 0:
         return 1 << 30
     return max(1, int(budget_mb * 2**20 // per_row))
@@ -71,16 +72,18 @@ class RunPolicy:
     rows_per_iteration: int | None = None
 
     def __post_init__(self):
-        budget = self.memory_budget_mb
-        if (isinstance(budget, bool) or not isinstance(budget, int | float | np.number)
-                or not math.isfinite(budget) or budget <= 0):
-            raise InputError(f"memory_budget_mb must be positive (megabytes), got {budget!r}")
+        budget = _positive_megabytes(self.memory_budget_mb)
+        if budget is None:
+            raise InputError(f"memory_budget_mb must be positive: a finite number of "
+                             f"megabytes, got {_shown(self.memory_budget_mb)}")
+        # A float from here on: numpy integers overflow in rows_per_run's arithmetic.
+        object.__setattr__(self, "memory_budget_mb", budget)
         for name in ("batch_size", "rows_per_iteration"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(
                     value, int | np.integer) or value < 1):
                 raise InputError(f"{name} must be a whole number of rows, at least 1 "
-                                 f"(or None: as the memory budget allows), got {value!r}")
+                                 f"(or None: as the memory budget allows), got {_shown(value)}")
 
     def derive(self, batch_size: int | None = None, rows_per_iteration: int | None = None
                ) -> RunPolicy:
@@ -93,20 +96,42 @@ class RunPolicy:
         return dataclasses.replace(self, **changes) if changes else self
 
     def rows_per_run(self, model: Model, feeds: Mapping[str, np.ndarray],
-                     factor: float = PROGRAM_FACTOR) -> int:
-        """Rows one run takes: batch_size, else what fits the budget (factor: see
+                     factor: float = PROGRAM_FACTOR, extra: int = 0) -> int:
+        """Rows one run takes: batch_size, else what fits the budget (factor, extra: see
         rows_per_run)."""
         if self.batch_size is not None:
             return int(self.batch_size)
-        return rows_per_run(model, feeds, self.memory_budget_mb, factor)
+        return rows_per_run(model, feeds, self.memory_budget_mb, factor, extra)
 
     def loop_rows(self, model: Model, feeds: Mapping[str, np.ndarray],
-                  factor: float = PROGRAM_FACTOR) -> int:
+                  factor: float = PROGRAM_FACTOR, extra: int = 0) -> int:
         """Rows per Loop iteration: rows_per_iteration, else rows_per_run (an iteration is
         one run over its points: factor 1 for a forward-only Loop)."""
         if self.rows_per_iteration is not None:
             return int(self.rows_per_iteration)
-        return self.rows_per_run(model, feeds, factor)
+        return self.rows_per_run(model, feeds, factor, extra)
+
+
+def _positive_megabytes(value) -> float | None:
+    """`value` as a finite positive float, else None (an int beyond float's range too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    try:
+        megabytes = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return megabytes if math.isfinite(megabytes) and megabytes > 0 else None
+
+
+def _shown(value) -> str:
+    """A value as a user wrote it: numpy scalars as plain Python numbers, not np.uint8(0)."""
+    if isinstance(value, np.integer):
+        return str(int(value))
+    if isinstance(value, np.floating):
+        return str(float(value))
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
 
 
 def _is_zero(value) -> bool:

@@ -2,9 +2,10 @@
 input row, generated chunk by chunk (never all at once), streamed through the engine's one
 cached forward session, with a progress bar on long runs.
 
-Chunks are sized by `batch_size`, else by the memory budget (forward activations only), and
-may mix perturbations of several input rows, so small runs still fill a batch. Models whose
-batch axis is fixed run through the engine in chunks of that size. A model whose batch axis
+Chunks are sized by the engine's policy (its batch_size, else the memory budget over the
+forward activations only: RunPolicy.rows_per_run with factor 1), and may mix perturbations
+of several input rows, so small runs still fill a batch. Models whose batch axis is fixed
+run through the engine in chunks of that size. A model whose batch axis
 is declared symbolic but that fails at batch > 1 (exports that bake a batch of 1 into a
 cache or a Reshape) runs one copy per run from then on, with a notice.
 """
@@ -17,11 +18,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..engine import BatchNotice, Engine
 from ..errors import InputError, OnnxplainError
 from ..inputs import RowAxes, join_rows, repeat_row, rows_axis, take_rows
 from ..inputs import batch_size as batch_size_of
 from ..objective import Objective, check_rows
+from .engine import BatchNotice, Engine
 from .progress import progress_bar
 
 # make(row, start, stop): feeds of the perturbed input(s) for perturbations start..stop-1 of
@@ -30,19 +31,19 @@ MakeFeeds = Callable[[int, int, int], Mapping[str, np.ndarray]]
 
 
 def perturbed_scores(engine: Engine, feeds: Mapping[str, np.ndarray], target, make: MakeFeeds,
-                     count: int, *, batch_size: int | None = None, label: str = "forward"
-                     ) -> np.ndarray:
+                     count: int, *, label: str = "forward") -> np.ndarray:
     """[rows, count] float64: the explained score of every perturbed copy of every row.
 
     The score is `target`'s (an Objective, see methods._common.fixed_objective, or a target
     explicit per row, see Objective.given), each copy scored with the objective of its row.
+    Rows per run: `engine.policy` (engine.with_policy(engine.policy.derive(batch_size=n))).
     """
     if count < 1:
         raise InputError(f"{label}: the number of perturbations must be at least 1")
     axes = engine.model.batch.of_inputs
     rows = batch_size_of(feeds, axes)
     one_row = take_rows(feeds, axes, slice(0, 1))
-    chunk = batch_size or engine.policy.rows_per_run(engine.model, one_row, factor=1)
+    chunk = engine.policy.rows_per_run(engine.model, one_row, factor=1)
     total = rows * count
     announce(engine, label, rows, count)
     scores = np.empty(total, dtype=np.float64)

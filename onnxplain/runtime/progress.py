@@ -20,6 +20,9 @@ class NoBar:
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
         return None
 
+    def reset(self, total: int | None = None) -> None:
+        return None
+
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total: int, label: str, unit: str = "run") -> Iterator:

@@ -120,8 +120,8 @@ def test_no_zoo_model_has_a_partly_cut_path(zoo):
     """Quantizer pairs (the straight-through estimator), attention masks, SDPA's IsNaN
     guard: none is a cut on the explained path."""
     from model_zoo.registry import ZOO
-    from onnxplain.engine import pick_output
     from onnxplain.graph.sources import find_sources
+    from onnxplain.runtime.engine import pick_output
 
     for name in ZOO:
         model = Model.load(str(zoo.model_path(name)))

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import EXPORTS, export_explainer
+from onnxplain.export import EXPORTS
+from onnxplain.exporter import export_explainer
 from onnxplain_cli.main import main
 from tests.ops.epsilon_models import run
 
@@ -168,12 +169,15 @@ def test_exported_attention_method_equals_the_in_process_method(method, model, z
 
 @pytest.mark.parametrize("kind", NOISE)
 def test_exported_noise_tunnels_agree_with_the_in_process_ones(kind, digits_path, digits):
-    """The same program and generator: the exported result is the in-process one with the
-    same seed (export's rows per iteration, 16); two seeds differ by sampling error only."""
+    """The same program and generator: the exported result is the in-process one when fed
+    its seeds (one per row, export.noise.row_seeds; export's rows per iteration, 16); two
+    seeds differ by sampling error only."""
+    from onnxplain.export.noise import SEED, row_seeds
+
     explainer = Explainer(str(digits_path), "cpu")
     options = {"n_samples": 200, "noise_level": 0.1, "internal_batch_size": 16}
     got = _run(export_explainer(str(digits_path), kind, seed=1, **options),
-               {"image": digits})["attribution/image"]
+               {"image": digits, SEED: row_seeds([digits], 1)})["attribution/image"]
     first = explainer.explain(digits, method=kind, seed=1, **options)["image"]
     second = explainer.explain(digits, method=kind, seed=2, **options)["image"]
     np.testing.assert_array_equal(got, first)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 from onnxplain.graph import weights as weights_module
 from onnxplain.graph.weights import file_span, is_stub
 from onnxplain.runtime import session as session_module

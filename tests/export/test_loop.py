@@ -16,8 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import export_explainer
 from onnxplain.export.loop import BODY_PREFIX
+from onnxplain.exporter import export_explainer
 from onnxplain.graph.model import Model
 from onnxplain.graph.stem import affine_stem
 from tests.conftest import ROOT
@@ -137,7 +137,7 @@ _PEAK = textwrap.dedent("""
     import onnxruntime as ort
     sys.path.insert(0, sys.argv[1])
     import model_zoo
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
     model = export_explainer(str(model_zoo.model_path("resnet18_64")), "integrated_gradients",
                              n_steps=int(sys.argv[2])).SerializeToString()
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])

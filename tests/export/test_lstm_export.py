@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from onnxplain import Explainer
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 from tests.ops.epsilon_models import run
 
 FEATURES, HIDDEN = 5, 6

@@ -18,7 +18,8 @@ import onnxruntime as ort
 import pytest
 
 import onnxplain
-from onnxplain.export import ATTRIBUTION, EXPORTS, TARGET, TARGET_USED, export_explainer
+from onnxplain.export import ATTRIBUTION, EXPORTS, TARGET, TARGET_USED
+from onnxplain.exporter import export_explainer
 
 from ..conftest import in_ci
 from .test_standalone import (

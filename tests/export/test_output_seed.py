@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 
 from ..cli_helpers import run as run_cli
 from .test_export import _close, _run

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError, ModelError
-from onnxplain.export import emit_explainer, export_explainer
+from onnxplain.export import emit_explainer
+from onnxplain.exporter import export_explainer
 from onnxplain.graph.weights import standalone
 from onnxplain.methods import get_method
 from onnxplain.methods._graph import graph_run
@@ -160,7 +161,7 @@ def test_deeplift_and_lrp_are_the_same_program(zoo, name, monkeypatch):
         got = _run(export_explainer(default.model, "deeplift"), feeds)["attribution/" + key]
         want = default.explain(feeds, method="deeplift")[key]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
-        monkeypatch.setattr("onnxplain.engine.SPECIALISE_MAX_BYTES", 0)
+        monkeypatch.setattr("onnxplain.runtime.engine.SPECIALISE_MAX_BYTES", 0)
     explainer = Explainer(str(zoo.model_path(name)), "cpu", progress=False)
     feeds = _rows(zoo, name, 2)
     (key, x), = feeds.items()

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from onnxplain import Explainer
-from onnxplain.engine import PROGRAM_FUSIONS_OFF
-from onnxplain.export import export_explainer
+from onnxplain.errors import InputError
+from onnxplain.exporter import export_explainer
+from onnxplain.runtime.engine import PROGRAM_FUSIONS_OFF
 from onnxplain.runtime.session import Session
 
 METHODS = ["raw_attention", "rollout", "partial_lrp", "transformer_attribution",
@@ -125,3 +126,71 @@ def test_a_kv_decoder_exports_the_explained_position_per_row(explainers, zoo):
         assert not got["attribution/input_ids"][row, keep:].any()
         np.testing.assert_allclose(got["cached_block"][row], alone.extras["cached_block"][0],
                                    rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def gpt2(zoo):
+    return Explainer(str(zoo.model_path("gpt2_tiny")), "cpu", progress=False)
+
+
+@pytest.mark.parametrize("method", ["transformer_attribution", "raw_attention"])
+@pytest.mark.parametrize("where", [{"query": 3}, {"position": 3}])
+def test_a_causal_lm_reads_the_explained_position_when_exported(gpt2, zoo, method, where):
+    """query=P and position=P name one place on a causal LM (methods._tokens.
+    query_is_position): the exported model reads row P and explains the next token after P,
+    as in process (there, the other row explained would give all-zero maps)."""
+    feeds = {k: v[:2] for k, v in zoo.sample("gpt2_tiny").items()}
+    got = _exported(gpt2, method, feeds, **where)
+    expected = gpt2.explain(feeds, method=method, **where)
+    value = expected.attributions["input_ids"]
+    assert np.abs(value).max(axis=1).min() > 0  # every row holds information
+    assert not value[:, 4:].any()  # nothing after the query row in a causal model
+    np.testing.assert_array_equal(got["attribution/input_ids"], value)
+
+
+def test_query_and_position_naming_different_rows_are_refused_on_export(gpt2):
+    with pytest.raises(InputError, match="name different rows"):
+        export_explainer(gpt2.model, "rollout", query=2, position=3)
+
+
+@pytest.mark.parametrize("method", ["rollout", "transformer_attribution"])
+def test_a_causal_classifier_reads_the_last_real_token_in_both(zoo, method):
+    """One "auto" rule, decided in the graph (export.attention._auto_row): a causal model
+    with a class objective (a Llama classifier) reads each row's last real token exported as
+    in process; a bidirectional one (BERT) its class token."""
+    explainer = Explainer(str(zoo.model_path("llama_tiny_opset23")), "cpu", progress=False)
+    feeds = {k: v[:2] for k, v in zoo.sample("llama_tiny_opset23").items()}
+    last = feeds["input_ids"].shape[1] - 1
+    got = _exported(explainer, method, feeds)
+    expected = explainer.explain(feeds, method=method)
+    assert expected.extras["query"] == last
+    np.testing.assert_array_equal(got["query_row"], [last, last])
+    value = expected.attributions["input_ids"]
+    assert np.abs(value).max(axis=1).min() > 0
+    np.testing.assert_array_equal(got["attribution/input_ids"], value)
+
+
+def test_a_bidirectional_model_reads_its_class_token(explainers, zoo):
+    feeds = _feeds(zoo, "bert_small")
+    got = _exported(explainers["bert_small"], "rollout", feeds)
+    np.testing.assert_array_equal(got["query_row"], [0, 0, 0])
+    assert explainers["bert_small"].explain(feeds, method="rollout").extras["query"] == 0
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny_kv", "llama_tiny_kv"])
+def test_a_row_of_padding_alone_is_zero_exported_and_refused_in_process(explainers, zoo, name):
+    """Exported, a row with no real token reads its row 0 (not the last row, silently) and
+    its scores are 0 (padding); its neighbour is untouched. In process it is refused."""
+    explainer = explainers[name]
+    feeds = {k: v[:2].copy() for k, v in zoo.sample(name).items()}
+    tokens = feeds["input_ids"].shape[1]
+    feeds["attention_mask"][1, -tokens:] = 0
+    got = _exported(explainer, "transformer_attribution", feeds)
+    assert got["query_row"][1] == 0
+    assert not got["attribution/input_ids"][1].any()
+    alone = explainer.explain({k: v[:1] for k, v in feeds.items()},
+                              method="transformer_attribution").attributions["input_ids"][0]
+    np.testing.assert_allclose(got["attribution/input_ids"][0], alone, rtol=1e-5,
+                               atol=1e-6 * np.abs(alone).max())
+    with pytest.raises(InputError, match="all padding"):
+        explainer.explain(feeds, method="transformer_attribution")

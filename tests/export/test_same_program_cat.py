@@ -13,7 +13,7 @@ import pytest
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 from onnxplain.runtime.session import Session
 
 from ..conftest import require
@@ -161,3 +161,22 @@ def test_other_query_rows_match_the_float64_reference(zoo, explainers, query):
         got = ours.tensors["tokens"].astype(np.float64)
         scale = np.abs(expected).max(axis=1, keepdims=True)
         assert float((np.abs(got - expected) / scale).max()) < 1e-4, method
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_auto_reads_the_last_real_token_of_a_causal_lm(zoo, method):
+    """query='auto' is the attention methods' rule (export.attention._auto_row): on a causal
+    LM each row's last real token, whose attention sees the prompt (token 0 sees only
+    itself: attncat was all zero), exported as in process."""
+    explainer = Explainer(str(zoo.model_path("qwen2_tiny_opset18")), "cpu", progress=False)
+    feeds = zoo.sample("qwen2_tiny_opset18")
+    last = feeds["input_ids"].shape[1] - 1
+    got = _run(export_explainer(explainer.model, method), feeds)
+    result = explainer.explain(feeds, method=method)
+    assert result.extras["query"] == last
+    np.testing.assert_array_equal(got["query_row"], np.full(len(result.target), last))
+    values = _compared(result)
+    assert np.abs(values["tokens"]).max(axis=1).min() > 0
+    assert not values["tokens"][:, last].any()  # the query's own entry
+    for key, value in values.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 from onnxplain.runtime.session import Session
 
 from ..methods.test_rise import token_model
@@ -171,3 +171,26 @@ def test_rows_per_iteration_is_a_feed_not_a_program(explainers, zoo, method):
     exported = export_explainer(explainer.model, method, **OPTIONS[method])
     fed = _run(exported, {**feeds, "rows_per_iteration": np.array(4, np.int64)})
     np.testing.assert_array_equal(fed["attribution/" + key], narrow[key])
+
+
+def test_a_label_head_explains_an_explicit_target():
+    """An ArgMax head scores whether each occluded copy keeps the asked class: occlusion with
+    one-element windows is the drop of that indicator, computed here in numpy."""
+    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 3], weights.ravel().tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=9)
+    x = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    explainer = Explainer(model, "cpu", progress=False)
+    for target in (0, 1, 2):
+        got = explainer.explain(x, "occlusion", target=target, window=1)
+        kept = [(np.argmax(rows @ weights, axis=1) == target).astype(float)
+                for rows in [x] + [np.where(np.eye(4)[i] > 0, 0, x) for i in range(4)]]
+        expected = np.stack([kept[0] - kept[1 + i] for i in range(4)], axis=1)
+        np.testing.assert_array_equal(got.target, np.full(5, target))
+        np.testing.assert_allclose(got["x"], expected, atol=1e-7)

@@ -12,10 +12,16 @@ import pytest
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.export import emit_explainer, export_explainer
+from onnxplain.export import emit_explainer
+from onnxplain.export.designs import (
+    lime_kernel,
+    lime_samples,
+    ridge_map,
+    shapley_coalitions,
+    shapley_map,
+)
+from onnxplain.exporter import export_explainer
 from onnxplain.graph.weights import standalone
-from onnxplain.methods.kernel_shap import shapley_coalitions, shapley_map
-from onnxplain.methods.lime import lime_kernel, lime_samples, ridge_map
 from onnxplain.runtime.session import Session
 
 from .test_export import _run

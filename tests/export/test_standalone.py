@@ -17,7 +17,8 @@ import onnxruntime as ort
 import pytest
 
 import onnxplain
-from onnxplain.export import ATTRIBUTION, TARGET, TARGET_USED, export_explainer
+from onnxplain.export import ATTRIBUTION, TARGET, TARGET_USED
+from onnxplain.exporter import export_explainer
 from onnxplain.methods.integrated_gradients import ConvergenceWarning
 
 ROOT = Path(__file__).resolve().parents[2]

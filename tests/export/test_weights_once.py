@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnxplain import Explainer
-from onnxplain.export import export_explainer
+from onnxplain.exporter import export_explainer
 
 
 def _new_constants(original, exported: onnx.ModelProto) -> int:

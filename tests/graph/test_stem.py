@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.engine import BatchNotice, OutputSeed
 from onnxplain.graph.model import Model
 from onnxplain.graph.stem import affine_stem
+from onnxplain.runtime.engine import BatchNotice, OutputSeed
 from onnxplain.runtime.session import Session
 
 RNG = np.random.default_rng(3)

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxplain
 import onnxplain.methods.kernel_shap  # noqa: F401 - registers the method
 from onnxplain.errors import InputError
-from onnxplain.methods.kernel_shap import AdditivityWarning, shapley_coalitions
+from onnxplain.export.designs import shapley_coalitions
+from onnxplain.methods.kernel_shap import AdditivityWarning
 
 from ..conftest import require
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import onnxplain
 import onnxplain.methods.lime  # noqa: F401 - registers the method
 from onnxplain.errors import InputError
-from onnxplain.methods.lime import lime_kernel, lime_samples
+from onnxplain.export.designs import lime_kernel, lime_samples
 
 from .test_kernel_shap import _model, product_model, product_reference
 

@@ -16,10 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxplain
 from onnxplain.autodiff import GRADIENT
 from onnxplain.autodiff.ops.conv import conv as conv_gradient_rule
-from onnxplain.engine import OutputSeed
 from onnxplain.errors import InputError, UnsupportedOpError
 from onnxplain.methods.lrp import initial_relevance
 from onnxplain.rules.lrp import COMPOSITES, LrpParams, lrp_rules
+from onnxplain.runtime.engine import OutputSeed
 
 from .test_lrp_rules import conv2d, lowered, reference, relative_error
 

@@ -30,9 +30,9 @@ import pytest
 from onnx import numpy_helper
 
 import onnxplain
-from onnxplain.engine import OutputSeed
 from onnxplain.methods.lrp import initial_relevance
 from onnxplain.rules.lrp import LrpParams, lrp_rules
+from onnxplain.runtime.engine import OutputSeed
 
 from ..conftest import require
 from .test_captum_oracles import Case, max_relative_error

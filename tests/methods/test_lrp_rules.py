@@ -17,8 +17,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.engine import OutputSeed
 from onnxplain.rules.lrp import LrpParams, lrp_rules
+from onnxplain.runtime.engine import OutputSeed
 
 EPS, GAMMA, STAB = 0.05, 0.3, 1e-6
 RULES = ["epsilon", "gamma", "z-plus", "alpha-beta", "flat", "w-square", "box"]

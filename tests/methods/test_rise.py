@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 import onnxplain.methods.rise  # noqa: F401 - registers the method
-from onnxplain.engine import BatchNotice
 from onnxplain.errors import InputError
-from onnxplain.methods.rise import rise_masks, rise_plan
+from onnxplain.export.rise import rise_masks, rise_plan
+from onnxplain.runtime.engine import BatchNotice
 from onnxplain_cli.main import main
 
 from ..conftest import require

@@ -14,7 +14,6 @@ import pytest
 
 import onnxplain
 from cli.outputs import describe_result
-from onnxplain.errors import InputError
 
 from ..conftest import require
 from ..test_zoo_coverage import check_rollout, explainer, worst_row_error
@@ -118,9 +117,21 @@ def test_rollout_reads_the_last_row(zoo, name):
     check_rollout(explainer, feeds, result, query=last)
 
 
-def test_rollout_refuses_rows_that_end_at_different_positions(zoo):
-    with pytest.raises(InputError, match="end at different positions"):
-        _explainer(zoo, "gpt2_tiny").explain(_right_padded(zoo), "rollout")
+@pytest.mark.parametrize("method", ["rollout", "transformer_attribution"])
+def test_rows_that_end_at_different_positions_read_each_its_own(zoo, method):
+    """Right padding: each row's query row is its own last real token (read in the graph,
+    export.attention._auto_row): the padded batch equals its rows explained alone."""
+    explainer = _explainer(zoo, "gpt2_tiny")
+    padded = _right_padded(zoo)
+    batch = explainer.explain(padded, method)
+    assert batch.extras["query"] == [6, 4]
+    for row, count in enumerate([7, 5]):
+        alone = explainer.explain({k: v[row:row + 1, :count] for k, v in padded.items()},
+                                  method).attributions["input_ids"][0]
+        assert np.abs(alone).max() > 0
+        np.testing.assert_allclose(batch.attributions["input_ids"][row, :count], alone,
+                                   rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+        assert not batch.attributions["input_ids"][row, count:].any()
 
 
 def test_the_objective_is_stated(zoo):

@@ -1,6 +1,6 @@
 """The gradient-based attention methods on causal language models differentiate a copy of
 the model's tail (from the last attention's output projection to the logits) at the
-explained position alone (methods/_explained_row.py).
+explained position alone (export/explained_row.py).
 
 Oracle: the same method with the copy switched off, on the same run's inputs (the programs
 without it are checked against float64 torch references in test_kv_cache and
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import onnxplain
-import onnxplain.engine as engine_module
-import onnxplain.methods._explained_row as explained
+import onnxplain.export.explained_row as explained
 import onnxplain.methods.attention_flow as flow
-from onnxplain.engine import DenseObjective
+import onnxplain.runtime.engine as engine_module
 from onnxplain.objective import NEXT_TOKEN, Place
+from onnxplain.runtime.engine import DenseObjective
 
 from ..test_zoo_coverage import explainer
 
@@ -68,7 +68,7 @@ def test_the_explained_row_alone_gives_the_same_scores(zoo, name, method, monkey
     counts = _pruned(monkeypatch)
     pruned = _explain(zoo, name, feeds, method)
     assert counts and all(c > 0 for c in counts), "the tail was not copied"
-    monkeypatch.setattr(flow, "explained_row", lambda *args: None)
+    monkeypatch.setattr(explained, "explained_row", lambda *args: None)
     _same(pruned, _explain(zoo, name, feeds, method))
 
 
@@ -86,7 +86,7 @@ def test_programs_for_symbolic_shapes_copy_the_tail_too(zoo, name, monkeypatch):
     counts = _pruned(monkeypatch)
     pruned = run()
     assert counts and all(c > 0 for c in counts)
-    monkeypatch.setattr(flow, "explained_row", lambda *args: None)
+    monkeypatch.setattr(explained, "explained_row", lambda *args: None)
     _same(pruned, run())
 
 
@@ -106,7 +106,7 @@ def test_rows_ending_at_different_positions_each_seed_their_own(zoo, monkeypatch
     counts = _pruned(monkeypatch)
     pruned = run()
     assert counts and all(c > 0 for c in counts)
-    monkeypatch.setattr(flow, "explained_row", lambda *args: None)
+    monkeypatch.setattr(explained, "explained_row", lambda *args: None)
     reference = run().at_inputs["input_ids"]
     assert np.abs(reference).max(axis=1).min() > 0  # every row explained
     assert np.abs(pruned.at_inputs["input_ids"] - reference).max() <= TOLERANCE * np.abs(

@@ -100,9 +100,9 @@ def test_partial_lrp_reads_the_last_relevance_over_the_new_tokens(zoo, name):
     """E_h R_L at the explained row, split into the new tokens and the cached block, from
     the relevance of the last map ([N, H, Tq, P + Tq]) that a gradient program of its own
     returns (Chefer et al.'s rules over the whole tail, no explained-row copy)."""
-    from onnxplain.engine import DenseObjective
     from onnxplain.objective import NEXT_TOKEN, Place
     from onnxplain.rules.chefer import CHEFER
+    from onnxplain.runtime.engine import DenseObjective
 
     feeds = zoo.sample(name)
     ex = _explainer(zoo, name)
@@ -216,9 +216,9 @@ def test_gradient_chains_over_the_cached_maps(zoo, name, method):
     returns: Transformer Attribution rolls out E_h (G_l * R_l)+, generic attention
     accumulates E_h (G_l * A_l)+, AttGrad multiplies E_h (G_l * A_l), each with rows that
     keep the cached positions."""
-    from onnxplain.engine import DenseObjective
-    from onnxplain.methods.attention_flow import relevance_pass
+    from onnxplain.export.attention_graph import relevance_pass
     from onnxplain.objective import NEXT_TOKEN, Place
+    from onnxplain.runtime.engine import DenseObjective
 
     feeds = zoo.sample(name)
     ex = _explainer(zoo, name)
@@ -265,7 +265,7 @@ def test_one_new_token_reads_the_cache_as_its_block(zoo):
 def test_gradient_exports_refuse_a_kv_cache_in_one_line(zoo):
     """A KV cache is no input to attribute (attention methods export: see
     tests/export/test_same_program_attention.py)."""
-    from onnxplain.export import export_explainer
+    from onnxplain.exporter import export_explainer
 
     with pytest.raises(onnxplain.errors.InputError,
                        match="no float input besides its KV cache"):
@@ -291,7 +291,8 @@ def _right_padded(feeds: dict, keep: list[int]) -> tuple[dict, list[dict]]:
 def test_a_right_padded_batch_with_a_cache_equals_singles(zoo):
     """With a cache, each row's explained position is its last real new token, read from the
     mask's last T columns: the next token, the token map and the cached block equal those of
-    the row alone; attention methods, which read one row per run, refuse rows ending apart."""
+    the row alone; so do the attention methods' maps (each row's query row is its own last
+    real token, read in the graph: export.attention._auto_row)."""
     feeds = zoo.sample("gpt2_tiny_kv")
     tokens = feeds["input_ids"].shape[1]
     padded, singles = _right_padded(feeds, [tokens, tokens - 1])
@@ -305,8 +306,19 @@ def test_a_right_padded_batch_with_a_cache_equals_singles(zoo):
                                    alone.attributions["input_ids"][0], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(batch.extras["cached_block"][row],
                                    alone.extras["cached_block"][0], rtol=1e-4, atol=1e-6)
-    with pytest.raises(onnxplain.errors.InputError, match="rows end at different positions"):
-        ex.explain(padded, "rollout")
+    for method in ("rollout", "transformer_attribution"):
+        batch = ex.explain(padded, method)
+        assert batch.extras["query"] == [tokens - 1, tokens - 2]
+        for row, single in enumerate(singles):
+            alone = ex.explain(single, method)
+            count = single["input_ids"].shape[1]
+            value = alone.attributions["input_ids"][0]
+            assert np.abs(value).max() > 0
+            np.testing.assert_allclose(batch.attributions["input_ids"][row, :count], value,
+                                       rtol=1e-5, atol=1e-6 * np.abs(value).max())
+            assert not batch.attributions["input_ids"][row, count:].any()
+            np.testing.assert_allclose(batch.extras["cached_block"][row],
+                                       alone.extras["cached_block"][0], rtol=1e-5)
 
 
 def test_right_padding_that_ends_rows_together_reads_that_row(zoo):

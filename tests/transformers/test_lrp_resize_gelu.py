@@ -19,10 +19,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.engine import OutputSeed
 from onnxplain.errors import UnsupportedOpError
 from onnxplain.rules.chefer import CHEFER
 from onnxplain.rules.lrp import lrp_rules
+from onnxplain.runtime.engine import OutputSeed
 
 from ..conftest import require
 

@@ -346,8 +346,8 @@ def _l2_model(root: str, tapped: bool = False) -> onnx.ModelProto:
 @pytest.mark.parametrize("root", ["pow", "sqrt", "normalize"])
 def test_l2_normalisation_passes_relevance_to_x(root):
     """The norm held constant: R_x = R, exactly, whatever the norm."""
-    from onnxplain.engine import OutputSeed
     from onnxplain.rules.chefer import CHEFER
+    from onnxplain.runtime.engine import OutputSeed
 
     x = np.array([[0.5, -2.0, 1.5, 3.0]], np.float32)
     r = np.array([[0.1, 0.7, -0.2, 0.4]], np.float32)
@@ -359,8 +359,8 @@ def test_l2_normalisation_passes_relevance_to_x(root):
 @pytest.mark.parametrize("root", ["pow", "normalize"])
 def test_l2_norm_read_elsewhere_is_refused(root):
     """A norm that also feeds the output would get relevance the rule drops: refused."""
-    from onnxplain.engine import OutputSeed
     from onnxplain.rules.chefer import CHEFER
+    from onnxplain.runtime.engine import OutputSeed
 
     x = np.ones((1, 4), np.float32)
     engine = onnxplain.Explainer(_l2_model(root, tapped=True), "cpu").engine

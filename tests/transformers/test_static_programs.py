@@ -1,4 +1,4 @@
-"""Gradient programs specialised to the feed shapes (engine.py) against the generic program
+"""Gradient programs specialised to the feed shapes (runtime/engine.py) against the generic program
 with symbolic dims: the same numbers, chunked runs included, and a bounded number of
 specialisations per program."""
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import onnxplain
-from onnxplain import engine as engine_module
+from onnxplain.runtime import engine as engine_module
 
 METHODS = ["transformer_attribution", "partial_lrp", "generic_attention", "saliency"]
 
 
 def _explainers(zoo, name: str) -> tuple[onnxplain.Explainer, onnxplain.Explainer]:
     generic = onnxplain.Explainer(zoo.model_path(name), providers="cpu")
-    generic.engine._small = False  # never specialised
+    generic.engine._shared.small = False  # never specialised
     return generic, onnxplain.Explainer(zoo.model_path(name), providers="cpu")
 
 

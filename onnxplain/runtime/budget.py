@@ -10,15 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .options import integer
 
 # Forward or gradient runs per input row that run without asking: 10,000 is a 224x224 image
 # under occlusion at window 3 (5,625) or a 10,000-column table, minutes on a CPU for a
 # mid-sized model; window 1 over a 5-D volume (98,304 copies), or a count of 10**12 masks,
 # samples or steps, is refused until the user raises `max_runs`.
 MAX_RUNS = 10_000
-MAX_RUNS_OPTION = integer("max_runs", MAX_RUNS, "runs per input row allowed before the "
-                          "method refuses (raise it to allow more work)", low=1)
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,41 @@ float16's smallest subnormal (6e-8) and would come back as an all-zero map.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from onnx import TensorProto
 
 from ..autodiff.ops.shape import iota
-from ..autodiff.program import Post
+from ..autodiff.program import Pass, Post
 from ..graph.builder import HALF_TYPES, GraphBuilder
+from ..rules.chefer import CHEFER
 
 RELEVANCE = "relevance"
 ROW = "row"
 
 # (builder, attention map, gradients by pass label and tensor) -> [N, S, S]
 Weighting = Callable[[GraphBuilder, str, Mapping[str, Mapping[str, str]]], str]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What an attention method's graph (export.attention) reads and where its scores go,
+    resolved before building: in process from the inputs, by export from static shapes.
+
+    `query`: the row read (None: the mean of all rows; LAST_REAL: each row's last real
+    token, read from the padding mask in the graph); `prefix` tokens before the `grid` of
+    patches of an image; `text`: token-id inputs that take one score per token; `cached`:
+    the maps are [Tq, P + Tq] (a KV cache), squared in the graph.
+    """
+
+    query: int | str | None
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+    text: tuple[str, ...] = ()
+    cached: bool = False
+
+
+LAST_REAL = "last_real"
 
 
 def head_mean(b: GraphBuilder, x: str) -> str:
@@ -165,3 +188,10 @@ def gradient_times_relevance(b: GraphBuilder, a: str, grads) -> str:
     """E_h (G * R)+ with R the LRP relevance of the map."""
     product = b.op("Mul", wide(b, grads[""][a]), wide(b, grads[RELEVANCE][a]))
     return head_mean(b, b.op("Relu", product))
+
+
+def relevance_pass(maps, active) -> Pass:
+    """R_l for every map under Chefer et al.'s LRP. Activations are what depends on the
+    source tensors `active` (not only on the maps), so that a residual sum splits relevance
+    between both its branches in the first layer too."""
+    return Pass(RELEVANCE, CHEFER, tuple(maps), tuple(active))

@@ -11,15 +11,15 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from ..engine import PROGRAM_FUSIONS_OFF
-from ..errors import InputError
-from ..explainer import Explainer
-from ..graph.model import Model
-from ..runtime.progress import progress_bar
-from ..runtime.session import Session
-from .graph import TARGET
-from .methods import ATTRIBUTION
-from .seed import OUTPUT_SEED, seed_row
+from .errors import InputError
+from .explainer import Explainer
+from .export.graph import TARGET
+from .export.methods import ATTRIBUTION
+from .export.seed import OUTPUT_SEED, seed_row
+from .graph.model import Model
+from .runtime.engine import PROGRAM_FUSIONS_OFF
+from .runtime.progress import progress_bar
+from .runtime.session import Session
 
 SAMPLE_ROWS = 2
 

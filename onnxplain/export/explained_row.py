@@ -18,7 +18,6 @@ import onnx
 from onnx import helper
 
 from ..autodiff.program import Pre
-from ..engine import DenseObjective
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
 from ..graph.op_kinds import (
@@ -35,7 +34,8 @@ from ..graph.op_kinds import (
 )
 from ..graph.shapes import TensorInfo
 from ..objective import NEXT_TOKEN
-from ._attention_graph import wide
+from ..runtime.engine import DenseObjective
+from .attention_graph import wide
 
 # Not under the builder's "onnxplain/" prefix: rules read nodes named so as their own.
 _PREFIX = "explained_row/"

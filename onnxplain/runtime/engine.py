@@ -16,19 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .autodiff import GRADIENT, POST_PREFIX, RuleSet, add_output
-from .autodiff.program import GradientProgram, Pass, Post, Pre, build_gradient_program
-from .errors import InputError, ModelError, OnnxplainError
-from .graph.builder import GraphBuilder
-from .graph.model import Model
-from .graph.shape_fold import fold_static_shapes
-from .graph.sources import Source
-from .graph.stem import affine_stem
-from .graph.taps import append_outputs
-from .graph.weights import Weights, light_copy, payload_bytes
-from .inputs import batch_size as batch_size_of
-from .inputs import check_target_range, join_rows, pad_rows, prepare_target, rows_axis, take_rows
-from .objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re-exported
+from ..autodiff import GRADIENT, POST_PREFIX, RuleSet, add_output
+from ..autodiff.program import GradientProgram, Pass, Post, Pre, build_gradient_program
+from ..errors import InputError, ModelError, OnnxplainError
+from ..graph.builder import GraphBuilder
+from ..graph.model import Model
+from ..graph.shape_fold import fold_static_shapes
+from ..graph.sources import Source
+from ..graph.stem import affine_stem
+from ..graph.taps import append_outputs
+from ..graph.weights import Weights, light_copy, payload_bytes
+from ..inputs import batch_size as batch_size_of
+from ..inputs import check_target_range, join_rows, pad_rows, prepare_target, rows_axis, take_rows
+from ..objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re-exported
     SPATIAL,
     DenseObjective,
     OutputSeed,
@@ -40,9 +40,9 @@ from .objective import (  # OutputSeed, DenseObjective, is_labels, decisions: re
     is_labels,  # noqa: F401
     output_form,
 )
-from .runtime.batching import RunPolicy
-from .runtime.progress import progress_bar
-from .runtime.session import Session
+from .batching import RunPolicy
+from .progress import progress_bar
+from .session import Session
 
 # A gradient program built for the exact feed shapes has every dim static, so the runtime
 # shape work symbolic dims need (broadcast checks, shape arithmetic, no-op reductions) goes:
@@ -103,6 +103,7 @@ class _Shared:
 
     noticed: bool = False  # a fixed batch axis or coupled rows were reported
     providers: list[str] | None = None  # of the most recent session
+    small: bool | None = None  # the weights are small enough to specialise programs
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,10 @@ class Engine:
     """Runs a model's rewritten programs on ONNX Runtime, rows in chunks of `policy`'s size.
 
     The policy is fixed for an engine: `with_policy` gives a view with another one (an
-    explain call's batch_size) that shares the programs and sessions, so no call changes
-    what another sees."""
+    explain call's batch_size), so no call changes another's policy. A view shares with
+    its engine the programs and sessions (each built once, by whichever call first needs
+    it), the providers the most recent session ran on, and the one notice of a fixed
+    batch axis or coupled rows (given once, whichever call runs first)."""
 
     def __init__(self, model: Model, providers: Sequence[str], output: str,
                  sources: Sequence[Source], optimization: str, policy: RunPolicy):
@@ -136,12 +139,13 @@ class Engine:
         # One static copy (and its shape inference) per input shape, shared by the programs.
         self._static_models: dict[ShapeKey, Model | None] = {}
         self._input_names = frozenset(spec.name for spec in model.inputs)
-        self._small: bool | None = None
         self._forward: dict[tuple, Session] = {}
         self._stems: dict[str, StemEngines | None] = {}
         self._shared = _Shared()
-        self._non_tensor_outputs = {o.name for o in model.proto.graph.output
-                                    if not o.type.HasField("tensor_type")}
+        # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: runs of
+        # the model return its tensor outputs only.
+        self.tensor_outputs = tuple(o.name for o in model.proto.graph.output
+                                    if o.type.HasField("tensor_type"))
         self.progress = True  # progress bars on runs longer than a second
 
     def with_policy(self, policy: RunPolicy) -> Engine:
@@ -242,23 +246,34 @@ class Engine:
         if name not in self._stems:
             stem = None if self.model.rows_coupled else affine_stem(self.model, name)
             self._stems[name] = None if stem is None else StemEngines(
-                stem.frontier, self._part(stem.prefix, stem.frontier, name),
-                self._part(stem.suffix, self.output, stem.frontier))
+                stem.frontier, self.part(stem.prefix, stem.frontier, name),
+                self.part(stem.suffix, self.output, stem.frontier))
         found = self._stems[name]
         if found is None:
             return None
-        # This engine's policy and progress bars hold for the parts too.
-        prefix, suffix = (part.with_policy(self.policy) for part in (found.prefix,
-                                                                      found.suffix))
-        for part in (prefix, suffix):
-            part.progress = self.progress
-        return StemEngines(found.frontier, prefix, suffix)
+        return StemEngines(found.frontier, self.as_part(found.prefix),
+                           self.as_part(found.suffix))
 
-    def _part(self, model: Model, output: str, source: str) -> Engine:
+    def part(self, model: Model, output: str, source: str) -> Engine:
+        """An engine over a piece of this model (`model`, reading `source` in place of what
+        computes it), to be cached by the caller and used through as_part. Built with the
+        base engine's policy: a view's (one call's batch_size) is no part's for good."""
         part = Engine(model, self.providers, output, [Source(source, source)],
-                      self.optimization, self.policy)
+                      self.optimization, self.base.policy)
         part._shared.noticed = True  # a fixed batch axis is this engine's to report, once
         return part
+
+    def as_part(self, part: Engine) -> Engine:
+        """`part` (see part) under this engine's policy and progress bars: a view of it
+        where they differ, so the cached part itself never changes."""
+        if part.policy == self.policy and part.progress == self.progress:
+            return part
+        view = part.with_policy(self.policy)
+        if view is part:
+            view = copy.copy(part)
+            view._base = part.base
+        view.progress = self.progress
+        return view
 
     def forward(self, feeds: Mapping[str, np.ndarray], taps: Sequence[str] = (),
                 post: Post | None = None) -> dict[str, np.ndarray]:
@@ -275,8 +290,8 @@ class Engine:
             self._forward[key] = Session(model, self.providers, self.optimization,
                                          weights=self.model.weights)
         session = self._forward[key]
-        # Sequences and maps (skl2onnx's ZipMap) cannot be joined across chunks: tensors only.
-        names = [n for n in session.output_names if n not in self._non_tensor_outputs]
+        names = [n for n in session.output_names  # taps, posts, and the tensor outputs
+                 if n in self.tensor_outputs or n not in self._output_axes]
         rows = batch_size_of(feeds, self.model.batch.of_inputs)
         outputs = [n for n in names if n in self._output_axes]
         # Outputs not declared per row may not be (a Flatten over the batch, a scalar):
@@ -374,9 +389,9 @@ class Engine:
         return variants[shapes]
 
     def _small_enough(self) -> bool:
-        if self._small is None:
-            self._small = payload_bytes(self.model.proto) <= SPECIALISE_MAX_BYTES
-        return self._small
+        if self._shared.small is None:  # once per engine and its views (a walk of weights)
+            self._shared.small = payload_bytes(self.model.proto) <= SPECIALISE_MAX_BYTES
+        return self._shared.small
 
     def _static_model(self, shapes: ShapeKey) -> Model | None:
         """A copy of the model whose inputs are declared with these shapes (None: they are
@@ -427,6 +442,17 @@ class Engine:
         count = dims[1] if output_form(self.model, self.output) == SPATIAL else dims[-1]
         return count if isinstance(count, int) else None
 
+    def notice(self, message: str, stacklevel: int) -> None:
+        """A BatchNotice, given once per engine (whichever call runs first)."""
+        if not self._shared.noticed:
+            self._shared.noticed = True
+            warnings.warn(message, BatchNotice, stacklevel=stacklevel)
+
+    def notice_coupled(self, stacklevel: int) -> None:
+        """Say that the model's rows are coupled (see Model.rows_coupled), once."""
+        self.notice(f"{self.model.rows_coupled} computes over the whole batch, so rows run one "
+                    "at a time (each as if explained alone)", stacklevel + 1)
+
     def _row_chunks(self, rows: int, feeds: Mapping[str, np.ndarray]
                     ) -> Iterator[tuple[slice, int]]:
         """Row slices to run, and the batch size each must be padded to (0: no padding)."""
@@ -434,17 +460,12 @@ class Engine:
         if fixed is not None and rows == 0:  # no row to pad the fixed batch with
             raise InputError(f"the inputs have no rows, and the model's batch axis is fixed "
                              f"to {fixed}: give at least one row")
-        if fixed is not None and rows != fixed and not self._shared.noticed:
-            self._shared.noticed = True
-            warnings.warn(f"the model's batch axis is fixed to {fixed}; running {rows} rows "
-                          f"in chunks of {fixed}", BatchNotice, stacklevel=5)
+        if fixed is not None and rows != fixed:
+            self.notice(f"the model's batch axis is fixed to {fixed}; running {rows} rows in "
+                        f"chunks of {fixed}", stacklevel=6)
         step = fixed or min(rows, self.rows_per_run(feeds)) or 1
-        coupled = self.model.rows_coupled
-        if coupled and rows > 1:
-            if not self._shared.noticed:
-                self._shared.noticed = True
-                warnings.warn(f"{coupled} computes over the whole batch, so rows run one at a "
-                              "time (each as if explained alone)", BatchNotice, stacklevel=5)
+        if self.model.rows_coupled and rows > 1:
+            self.notice_coupled(stacklevel=6)
             step = 1
         for start in range(0, max(rows, 1), step):
             yield slice(start, min(start + step, rows)), fixed or 0
