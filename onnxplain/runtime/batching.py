@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,18 @@ def forward_bytes_per_row(model: Model, feeds: Mapping[str, np.ndarray]) -> int:
         for axis, dim in enumerate(spec.dims or ()):
             if isinstance(dim, str) and value is not None and axis < value.ndim:
                 sizes[dim] = int(value.shape[axis])
+    known = _ACTIVATION_BYTES.setdefault(model, {})
+    key = tuple(sorted(sizes.items()))
+    if key not in known:  # every explain call asks; the walk is over every activation
+        known[key] = _activation_bytes(model, sizes)
+    return known[key]
+
+
+# model -> {symbolic sizes: bytes per row}
+_ACTIVATION_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _activation_bytes(model: Model, sizes: Mapping[str, int]) -> int:
     total = 0
     for dims, itemsize in model.float_activations:
         count = itemsize
