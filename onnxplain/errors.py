@@ -35,6 +35,10 @@ class UnsupportedOpError(OnnxplainError):
         super().__init__(f"{count} {noun} no backward rule: {'; '.join(parts)}")
 
 
+class SessionLoadError(OnnxplainError):
+    """ONNX Runtime could not make a session of the model or of a program built from it."""
+
+
 class RuntimeMissingError(OnnxplainError, ImportError):
     """Neither onnxruntime nor onnxruntime-gpu is installed."""
 

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError, OnnxplainError
+from ..errors import InputError, OnnxplainError, SessionLoadError
 from ..inputs import batch_size as batch_size_of
 from ..inputs import take_rows
 from ..objective import DenseObjective, OutputSeed
@@ -83,7 +83,7 @@ def perturbation_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray
             return _chunked(on, method, feeds, target, options, fed, count, read, per_run,
                             (fixed or 1) if alone else None, bar)
         except OnnxplainError as err:
-            if isinstance(err, InputError) or not alone:
+            if isinstance(err, InputError | SessionLoadError) or not alone:
                 raise
             raise _refused(engine, feeds, label, err) from err
 
@@ -94,6 +94,8 @@ def perturbation_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray
             if isinstance(err, InputError) or single:
                 raise
             engine.forward(feeds)  # the model's own failure on the input, if it is one
+            if isinstance(err, SessionLoadError):  # the program, not a copy, failed
+                raise
             warnings.warn(f"the model failed on a batch of perturbed copies although its "
                           f"batch axis is symbolic ({err}); running one copy per run (slower)",
                           BatchNotice, stacklevel=4)

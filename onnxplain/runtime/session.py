@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .._ort import ort
-from ..errors import InputError, OnnxplainError
+from ..errors import InputError, OnnxplainError, SessionLoadError
 from ..graph.walk import node_inputs
 from ..graph.weights import (
     SHARE_FROM,
@@ -140,7 +140,8 @@ class Session:
         except OnnxplainError:  # a weight that cannot be read (graph.weights.tensor_value)
             raise
         except Exception as err:  # noqa: BLE001 - ORT raises several untyped errors
-            raise OnnxplainError(f"ONNX Runtime could not load the model: {_short(err)}") from None
+            raise SessionLoadError(f"ONNX Runtime could not load the model: {_short(err)}"
+                                   ) from None
         finally:
             ort.set_default_logger_severity(2)
         # ORT's Python wrapper keeps the bytes a session was made from for as long as the

@@ -194,3 +194,28 @@ def test_a_label_head_explains_an_explicit_target():
         expected = np.stack([kept[0] - kept[1 + i] for i in range(4)], axis=1)
         np.testing.assert_array_equal(got.target, np.full(5, target))
         np.testing.assert_allclose(got["x"], expected, atol=1e-7)
+
+
+def test_a_program_that_does_not_load_is_not_blamed_on_the_copies(zoo, monkeypatch):
+    """When ONNX Runtime cannot load a perturbation program although it loads the model, the
+    error is the load's own (onnxplain's failure), with no retry one copy at a time and no
+    claim that perturbing the input removed something the model needs."""
+    import warnings
+
+    from onnxplain.errors import SessionLoadError
+    from onnxplain.runtime.engine import Engine
+
+    explainer = Explainer(str(zoo.model_path("digits_cnn")), "cpu", progress=False)
+    feeds = _rows(zoo, "digits_cnn", 2)
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        raise SessionLoadError("ONNX Runtime could not load the model: a broken program")
+
+    monkeypatch.setattr(Engine, "run_program", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no BatchNotice
+        with pytest.raises(SessionLoadError, match="a broken program"):
+            explainer.explain(feeds, "occlusion", window=4)
+    assert len(calls) == 1
