@@ -81,6 +81,7 @@ def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
             shapley_map(present, weights).T), "shapley_map"))
         last = b.op("Sub", delta, b.reduce("ReduceSum", head, [1], False))
         values = b.concat([head, b.unsqueeze(last, [1])], 1)
+    values = _zero_where_unchanged(b, values, scores, fx)
     error = b.op("Abs", b.op("Sub", b.op("Add", b.reduce("ReduceSum", values, [1], False),
                                         expected), fx))
     _declare_map(eg, features, values, "Kernel SHAP values (each element its feature's)")
@@ -101,8 +102,9 @@ def lime(eg: ExplainerGraph, options: dict) -> None:
     present = lime_samples(features.width, int(options["n_samples"]), int(options["seed"]))
     weights = lime_kernel(present, float(options["kernel_width"]))
     coef, intercept = ridge_map(present, weights, float(options["alpha"]))
-    scores, _ = _scores(eg, features, present, options)
-    fitted_coef = b.op("MatMul", scores, b.const(np.ascontiguousarray(coef.T), "ridge_map"))
+    scores, fx = _scores(eg, features, present, options)
+    fitted_coef = _zero_where_unchanged(b, b.op("MatMul", scores, b.const(
+        np.ascontiguousarray(coef.T), "ridge_map")), scores, fx)
     fitted_intercept = b.op("MatMul", scores, b.const(intercept, "ridge_intercept"))
     fitted = b.op("Add", b.op("MatMul", fitted_coef, b.const(
         np.ascontiguousarray(present.T.astype(np.float64)), "coalitions")),
@@ -138,6 +140,14 @@ def _r2(b, scores: str, fitted: str, weights: np.ndarray) -> str:
 
 def _column(b, values: str, index: int) -> str:
     return b.squeeze(b.slice(values, [index], [index + 1], [1]), [1])
+
+
+def _zero_where_unchanged(b, values: str, scores: str, fx: str) -> str:
+    """values [N, F], exactly 0 in rows where no coalition changed the score: the solve
+    leaves rounding noise there (1e-16), which would hide the all-zero warning."""
+    change = b.reduce("ReduceMax", b.op("Abs", b.op("Sub", scores, b.unsqueeze(fx, [1]))),
+                      [1], True)
+    return b.keep(values, b.op("Greater", change, b.scalar(0.0, change)))
 
 
 def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,

@@ -42,6 +42,16 @@ def _assert_batch_equals_rows(explainer, feeds: dict, method: str) -> None:
                                        rtol=1e-5, atol=1e-6 * float(np.abs(value).max()))
 
 
+def _seeded_both_ways(zoo, explainer, method: str, seed: int):
+    """rgb_cnn rows explained for a random output seed: exported (the row baked) and in
+    process (fed per row)."""
+    feeds = _rows(zoo, "rgb_cnn")
+    row = np.random.default_rng(seed).standard_normal(10).astype(np.float32)
+    got = _run(export_explainer(explainer.model, method, output_seed=row), feeds)
+    seeds = np.repeat(row[None], len(feeds["image"]), axis=0)
+    return got, explainer.explain(feeds, method=method, output_seed=seeds)
+
+
 @pytest.fixture(scope="module")
 def explainers(zoo):
     return {name: Explainer(str(zoo.model_path(name)), "cpu", progress=False)
@@ -71,11 +81,8 @@ def test_exported_equals_in_process_bit_for_bit(zoo, explainers, name, method):
 def test_seeds_and_places_are_the_same_program(zoo, explainers, method):
     """An output seed (baked row, fed per row in-process) and a pixel of a map: bit for
     bit too."""
-    explainer, feeds = explainers["rgb_cnn"], _rows(zoo, "rgb_cnn")
-    row = np.random.default_rng(1).standard_normal(10).astype(np.float32)
-    got = _run(export_explainer(explainer.model, method, output_seed=row), feeds)
-    seeds = np.repeat(row[None], len(feeds["image"]), axis=0)
-    expected = explainer.explain(feeds, method=method, output_seed=seeds)
+    explainer = explainers["rgb_cnn"]
+    got, expected = _seeded_both_ways(zoo, explainer, method, 1)
     np.testing.assert_array_equal(got["attribution/image"], expected["image"])
     segmenter = Explainer(str(zoo.model_path("segment_fcn_tiny")), "cpu", progress=False)
     feeds = _rows(zoo, "segment_fcn_tiny", 2)
@@ -255,11 +262,7 @@ def test_layer_methods_are_the_exported_program(zoo, layer_explainers, name, met
 @pytest.mark.parametrize("method", ["grad_cam", "grad_cam_plus_plus", "guided_grad_cam", "cam"])
 def test_layer_methods_explain_an_output_seed_in_the_same_program(zoo, layer_explainers,
                                                                   method):
-    explainer, feeds = layer_explainers["rgb_cnn"], _rows(zoo, "rgb_cnn")
-    row = np.random.default_rng(2).standard_normal(10).astype(np.float32)
-    got = _run(export_explainer(explainer.model, method, output_seed=row), feeds)
-    seeds = np.repeat(row[None], len(feeds["image"]), axis=0)
-    expected = explainer.explain(feeds, method=method, output_seed=seeds)
+    got, expected = _seeded_both_ways(zoo, layer_explainers["rgb_cnn"], method, 2)
     np.testing.assert_array_equal(got["attribution/image"], expected["image"])
     np.testing.assert_array_equal(got["layer_map"], _layer_extras(expected)["layer_map"])
 

@@ -54,7 +54,9 @@ def square_model() -> onnx.ModelProto:
 
 # Every method that runs the program `export` saves (methods._graph) included.
 @pytest.mark.parametrize("method", ["integrated_gradients", "deeplift", "saliency",
-                                    "input_x_gradient", "guided_backprop", "deconvnet", "lrp"])
+                                    "input_x_gradient", "guided_backprop", "deconvnet", "lrp",
+                                    "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion",
+                                    "kernel_shap", "lime"])
 def test_output_independent_of_the_input(method):
     explainer = onnxplain.Explainer(constant_model(), "cpu")
     caught = _caught(lambda: explainer.explain(X, method, target=1))
