@@ -92,8 +92,8 @@ def test_the_cli_refuses_a_huge_count_with_exit_2(tmp_path, method, option, valu
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("method, option", [
-    ("rise", "n_masks"), ("lime", "n_samples"), ("kernel_shap", "n_samples"),
+@pytest.mark.parametrize("method, option", [  # kernel_shap: test_perturbation_leftovers
+    ("rise", "n_masks"), ("lime", "n_samples"),
     ("smoothgrad", "n_samples"), ("integrated_gradients", "n_steps")])
 def test_the_budget_is_exact_and_max_runs_raises_it(method, option):
     """max_runs + 1 is refused naming `-O max_runs=N`; exactly max_runs runs; a raised

@@ -59,3 +59,10 @@ def with_unsupported_ops(opset: int = 17) -> onnx.ModelProto:
     graph.node.remove(dense2)
     graph.node.append(dense2)
     return model
+
+
+def saved(folder, model: onnx.ModelProto, name: str) -> str:
+    """`model` written to `folder`/`name`.onnx; the path."""
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    return str(path)

@@ -22,7 +22,6 @@ from ..autodiff.program import drop_unread
 from ..errors import ExportWarning, InputError, ModelError
 from ..graph.load import set_runtime_ir_version
 from ..graph.model import Model
-from ..graph.walk import used_initializers
 from ..graph.weights import payload_bytes, standalone
 from ..inputs import check_rows_layout
 from ..objective import EVERYWHERE, Place
@@ -69,7 +68,6 @@ def explainer_model(model: Model, method: str, options: dict, output: str | None
                                    **metadata(method, options, eg), **_loop_rows(proto)})
     proto.producer_name = "onnxplain"
     _warn_optimizers(proto)
-    _drop_unread_initializers(proto.graph)
     set_runtime_ir_version(proto)
     _check_exported(proto)
     return proto
@@ -84,7 +82,6 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     while True:
         eg = ExplainerGraph(model, output, target_input, output_seed, place, sources,
                             EXPORTS[method].any_output)
-        start = len(eg.proto.graph.node)
         try:
             EXPORTS[method].build(eg, options)
         except Exception:
@@ -97,7 +94,7 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
         # again on the model with those tensors renamed (ExplainerGraph.clashes).
         model = freed_model(model, sorted(eg.clashes))
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
-    drop_unread(eg.proto.graph, start)
+    drop_unread(eg.proto)
     return eg
 
 
@@ -159,12 +156,3 @@ def _check_exported(proto: onnx.ModelProto) -> None:
         raise ModelError(f"the model cannot be exported: ONNX shape inference fails{where}: "
                          f"{reason[:300]}") from None
 
-
-def _drop_unread_initializers(graph: onnx.GraphProto) -> None:
-    """Weights only a Loop body reads now live in that body (export.loop)."""
-    read = {init.name for init in used_initializers(graph, graph.node)}
-    read |= {v.name for v in list(graph.input) + list(graph.output)}  # e.g. target's default
-    kept = [init for init in graph.initializer if init.name in read]
-    if len(kept) < len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)

@@ -8,6 +8,8 @@ in process from the inputs, here from the static shapes when `export` builds it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from onnx import TensorProto
 
@@ -129,17 +131,15 @@ def auto_reads_text(eg: ExplainerGraph, layers, query, text) -> bool:
     return is_auto_query(query) and bool(text) and _reads_text(eg, layers, tuple(text))
 
 
-def _masks(eg: ExplainerGraph, names) -> list[str]:
-    """The [N, >= tokens] graph inputs among `names` (mask inputs)."""
-    inputs = {spec.name for spec in eg.model.inputs}
-    return [name for name in sorted(set(names))
-            if name in inputs and eg.b.info(name).rank == 2]
-
-
-def _real(eg: ExplainerGraph, masks: list[str], width: str) -> str | None:
-    """bool [N, width]: no mask of `masks` is 0 in its last `width` columns (a KV cache's
-    mask covers the cached tokens, then the new ones), None without one."""
+def real_tokens(eg: ExplainerGraph, names: Iterable[str], width: str) -> str | None:
+    """bool [N, width], the padding mask of every token program (the attention methods,
+    CAT, layer integrated gradients): true where no [N, >= width] graph input among `names`
+    (the inputs the attention masks are computed from) is 0 in its last `width` columns (a
+    KV cache's mask covers the cached tokens, then the new ones); None without such an
+    input. In process: objective.last_positions, methods._tokens.padding_mask."""
     b, real = eg.b, None
+    inputs = {spec.name for spec in eg.model.inputs}
+    masks = [name for name in sorted(set(names)) if name in inputs and b.info(name).rank == 2]
     for name in masks:
         last = b.slice(name, b.op("Neg", width), [np.iinfo(np.int64).max], [1])
         here = b.op("Not", b.equal(last, b.scalar(0, name)))
@@ -155,7 +155,7 @@ def _last_real(eg: ExplainerGraph, layers) -> str:
     b = eg.b
     queries = b.dim(layers[-1].probabilities, 2)
     count = b.op("Add", _positions(eg, queries), b.ints([1]))
-    real = _real(eg, _masks(eg, mask_inputs(eg.model)), queries)
+    real = real_tokens(eg, mask_inputs(eg.model), queries)
     if real is None:
         return b.op("Sub", b.reduce("ReduceMax", count, [-1], keepdims=False), b.ints([1]))
     count = b.op("Mul", b.unsqueeze(count, [0]), b.op("Cast", real, to=TensorProto.INT64))
@@ -178,7 +178,7 @@ def _auto_row(eg: ExplainerGraph, layers) -> str:
     later = b.op("Greater", b.unsqueeze(_positions(eg, keys), [0]),
                  b.unsqueeze(b.op("Add", rows, b.op("Sub", keys, queries)), [1]))  # [Tq, K]
     read = b.op("Not", b.op("Greater", b.unsqueeze(rows, [0]), b.unsqueeze(last, [1])))
-    real = _real(eg, _masks(eg, mask_inputs(eg.model)), queries)
+    real = real_tokens(eg, mask_inputs(eg.model), queries)
     if real is not None:
         read = b.op("And", read, real)  # [N, Tq]
     seen = b.op("And", b.unsqueeze(later, [0]), b.unsqueeze(read, [2]))
@@ -213,8 +213,8 @@ def finish_scores(eg: ExplainerGraph, scores: str, layers, reading: Reading, que
     dtype = b.dtype(scores)
     zero = b.scalar(0.0, scores)
     # Padding: the masks the attention layers read (methods._tokens.padding_mask).
-    real = _real(eg, _masks(eg, (n for layer in layers for n in layer.mask_inputs)),
-                 b.dim(scores, 1))
+    real = real_tokens(eg, (n for layer in layers for n in layer.mask_inputs),
+                       b.dim(scores, 1))
     if real is not None:
         scores = b.where(real, scores, zero)
     if reading.cached:

@@ -4,10 +4,12 @@ of the coalitions with one MatMul (export.designs: shapley_map, ridge_map,
 computed in float64 when the program is built and applied in float64).
 
 The program's inputs are the model's, `target`, `feature_mask` (int64 [1 or N, *row]: the
-feature id of each element, 0..F-1) and `background/<input>` ([B, *row]: the values absent
-features take, averaged over its B rows). Point p of the P x B points of a row is coalition
-p // B over background row p % B: h(z) = where(z[feature_mask], x, background). The points
-run in a Loop, a few per iteration, scores only (no gradients).
+feature id of each element, 0..F-1; an element with another id, such as -1, belongs to no
+feature: it is never perturbed and its attribution is 0) and `background/<input>`
+([B, *row]: the values absent features take, averaged over its B rows). Point p of the
+P x B points of a row is coalition p // B over background row p % B: h(z) =
+where(z[feature_mask], x, background). The points run in a Loop, a few per iteration,
+scores only (no gradients).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..graph.shapes import TensorInfo
 from ..runtime.batching import DEFAULT_BUDGET_MB
 from .designs import (
     check_matrix,
+    check_runs,
     coalition_baseline,
     coalitions,
     lime_kernel,
@@ -35,10 +38,10 @@ from .methods import ATTRIBUTION, SCORE, register_export
 from .perturb import (
     Perturbation,
     perturbation_loop,
-    perturbed_name,
+    perturbed_input,
     remainder,
     row_shape,
-    rows_per_iteration,
+    zeros,
 )
 
 MASK = "feature_mask"
@@ -52,7 +55,8 @@ COMMON = ("features", "cell", "n_samples", "seed", "baseline", "input")
 @dataclass(frozen=True)
 class Coalitions:
     """What both methods perturb: input `name`, the feature id of each element in `mask`
-    ([N, *row], ids 0..width-1), the `count` rows of `background` ([B, *row])."""
+    ([N, *row], ids 0..width-1, and `width` for an element of no feature), the `count`
+    rows of `background` ([B, *row])."""
 
     name: str
     mask: str
@@ -156,7 +160,8 @@ def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
     averaged over the background rows; float64 [N]: the score at the row itself). The
     P x B points run in perturb's Loop."""
     b, count, name = eg.b, features.count, features.name
-    table = b.const(present, "present")
+    # Column F: the elements of no feature, always kept.
+    table = b.const(np.hstack([present, np.ones((len(present), 1), bool)]), "present")
     points = len(present) * count
 
     def perturb(bb, chunk, clean: dict[str, str]) -> dict[str, str]:
@@ -172,8 +177,7 @@ def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
                                                  0))}
 
     run = perturbation_loop(
-        eg, Perturbation(points, perturb, lambda bb, chunk, scores: [], [], table=True),
-        rows_per_iteration(options))
+        eg, Perturbation(points, perturb, lambda bb, chunk, scores: [], [], table=True))
     table_scores = run.table  # [N, P x B]
     if count == 1:
         return table_scores, run.clean
@@ -183,7 +187,7 @@ def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
 
 def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
     """The perturbed input, its feature mask and background inputs, and the counts."""
-    name = perturbed_name(eg, options)
+    name = perturbed_input(eg.model, options.get("input"))
     b, rank = eg.b, eg.b.rank(name)
     row = [None] * (rank - 1)
     if is_fed(options["features"]):
@@ -194,18 +198,43 @@ def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
         # The budget export checks its work against (in-process: the caller's, checked there).
         check_matrix(method, width, int(options["n_samples"]), DEFAULT_BUDGET_MB)
     mask = eg.add_input(MASK, TensorProto.INT64, ["mask_rows", *row], default,
-                        f"the feature id (0..{width - 1}) of each element of input '{name}'")
+                        f"the feature id (0..{width - 1}) of each element of input '{name}' "
+                        "(another id, such as -1: no feature, never perturbed, attribution 0)")
     background = _background_rows(eg, name, options["baseline"])
     count = len(background)
+    if "max_runs" in options:  # export; in-process runs check it before (no program key)
+        check_runs(method, width, int(options["n_samples"]), int(options["seed"]), count,
+                   options["max_runs"], DEFAULT_BUDGET_MB)
     key = eg.add_input(BACKGROUND + name, b.dtype(name), [count, *row], background,
                        f"the values absent features of input '{name}' take, averaged over "
                        f"the {count} rows")
-    full = b.op("Expand", mask, b.shape(name))
+    full = _no_feature_last(b, b.op("Expand", mask, b.shape(name)), width)
     b.infos[full] = TensorInfo(TensorProto.INT64, b.info(name).shape)
     rows = b.op("Expand", key, b.concat([b.ints([count]), b.dims(name, 1)], 0))
     b.infos[rows] = TensorInfo(b.dtype(name), (count, *b.info(name).shape[1:])
                                if b.info(name).shape else None)
     return Coalitions(name, full, rows, count, width)
+
+
+def _no_feature_last(b, ids: str, width: int) -> str:
+    """The ids with every one outside 0..width-1 (a fed mask's -1) set to `width`: the
+    column of no feature (kept in every coalition, attribution 0), where Gather would read
+    a negative id as a feature counted from the end."""
+    inside = b.op("And", b.op("Not", b.op("Less", ids, b.ints([0]))),
+                  b.op("Less", ids, b.ints([width])))
+    return b.where(inside, ids, b.ints([width]))
+
+
+def check_feature_ids(features) -> None:
+    """A feature mask given as an array holds ids >= 0 (any labels: they are renumbered
+    0..F-1); a negative id is refused in one line rather than read as one more feature."""
+    if isinstance(features, str) or not np.size(features):
+        return
+    ids = np.asarray(features)
+    if ids.dtype.kind in "iu" and ids.min() < 0:
+        raise InputError(f"a feature mask holds feature ids >= 0, got {int(ids.min())}: give "
+                         "every element a feature (the exported feature_mask input reads "
+                         "negative ids as no feature)")
 
 
 def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
@@ -215,6 +244,7 @@ def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
         raise InputError("superpixels depend on each image, so they cannot be baked into an "
                          "export: export with features=grid, columns, tokens or an integer "
                          "mask (the exported feature_mask input takes any mask)")
+    check_feature_ids(features)
     row = row_shape(eg, name, options)
     blank = np.zeros((1, *row), eg.model.input(name).numpy_dtype)
     return row_masks(blank, features, cell=int(options["cell"]))[0][None]
@@ -236,10 +266,11 @@ def _declare_map(eg: ExplainerGraph, features: Coalitions, values: str, meaning:
     """Each element's feature value, in the input's float type (float32 for token ids)."""
     b, name = eg.b, features.name
     flat = b.reshape(features.mask, b.concat([eg.rows, b.ints([-1])], 0))  # [N, E]
+    values = b.concat([values, zeros(b, [eg.rows, 1])], 1)  # id F: no feature, 0
     if b.opset >= 11:
         picked = b.op("GatherElements", values, flat, axis=1)
-    else:  # one-hot [N, E, F] (float32: ONNX Runtime has no double OneHot) times [N, F, 1]
-        hot = b.op("OneHot", flat, b.ints([features.width]),
+    else:  # one-hot [N, E, F + 1] (float32: ONNX Runtime has no double OneHot) x [N, F + 1, 1]
+        hot = b.op("OneHot", flat, b.ints([features.width + 1]),
                    b.const(np.array([0.0, 1.0], np.float32)), axis=-1)
         picked = b.squeeze(b.op("MatMul", b.op("Cast", hot, to=TensorProto.DOUBLE),
                                 b.unsqueeze(values, [2])), [2])

@@ -26,6 +26,43 @@ def check_matrix(method: str, width: int, n_samples: int, budget_mb: float) -> N
                             f"and n_samples={n_samples:,}"), MAX_RUNS, budget_mb)
 
 
+def check_runs(method: str, width: int, n_samples: int, seed: int, background: int,
+               max_runs, budget_mb: float, rows: int = 1) -> None:
+    """Refuse more than `max_runs` forward runs per input row: each coalition scored runs
+    once per background row (coalition_runs), and the scores of `rows` rows are held at
+    once. Sampled coalitions are counted once drawn, after the count they take at least
+    (n_samples + 1) passed: a refused count draws nothing."""
+    about = f"with {width:,} features and n_samples={n_samples:,}" + (
+        f" over {background:,} background rows" if background > 1 else "")
+    advice = "lower n_samples, use fewer background rows" if background > 1 else ""
+
+    def check(runs: int) -> None:
+        check_work(method, Work("n_samples", n_samples, runs * background,
+                                16 * rows * runs * background, about=about, advice=advice),
+                   max_runs, budget_mb)
+
+    sampled = method == "kernel_shap" and not every_coalition(width, n_samples)
+    if sampled:
+        check(n_samples + 1)
+    check(coalition_runs(method, width, n_samples, seed))
+
+
+def every_coalition(width: int, n_samples: int) -> bool:
+    """Whether Kernel SHAP evaluates every coalition of `width` features (exact values)."""
+    return width <= EXACT_MAX_FEATURES or n_samples >= 2 ** width - 2
+
+
+def coalition_runs(method: str, width: int, n_samples: int, seed: int) -> int:
+    """Coalitions a row is scored at, each once per background row: LIME's n_samples;
+    Kernel SHAP's every one but the full one (2^F - 1) when it enumerates them, else the
+    drawn ones and the empty one (n_samples + 1, or + 2 where a drawn pair is completed)."""
+    if method != "kernel_shap":
+        return n_samples
+    if every_coalition(width, n_samples):
+        return 2 ** width - 1
+    return len(coalitions(width, n_samples, seed)[0]) + 1
+
+
 @functools.lru_cache(maxsize=8)
 def coalitions(width: int, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """shapley_coalitions, drawn once per (width, n_samples, seed): the program's builder
@@ -47,7 +84,7 @@ def shapley_coalitions(width: int, n_samples: int, seed: int
     drawn with P(size pair) proportional to its mass, each weighing (remaining mass) / count,
     so that the expected weight of every coalition is its kernel weight (duplicates merge).
     """
-    exact = width <= EXACT_MAX_FEATURES or n_samples >= 2 ** width - 2
+    exact = every_coalition(width, n_samples)
     budget = n_samples
     present, weights = [], []
     sizes = list(range(1, width // 2 + 1))

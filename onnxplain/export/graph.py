@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx_ir
 from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff.build import add_gradients
@@ -22,11 +23,12 @@ from ..autodiff.registry import GRADIENT, RuleSet
 from ..autodiff.seed import dense_weights
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
+from ..graph.ir import defined, to_ir, to_proto, values
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem
-from ..graph.walk import defined_names, rename_reads, subgraphs
-from ..graph.weights import is_stub, light_copy
+from ..graph.walk import rename_reads
+from ..graph.weights import is_stub, light_copy, nested_graphs
 from ..objective import (
     CLASS,
     DENSE,
@@ -49,6 +51,8 @@ TARGET_INPUTS = ("optional", "required")
 # in-process runs feed one row per row (methods._graph's `fed`), so the program is the same
 # whatever the values.
 FED = "fed"
+MODEL_NAMES = "tensor names"  # Model.derived: every tensor name (model_names)
+FREED = "freed"  # Model.derived: a freed_model
 
 # Makes the copies of one input: (builder, input tensor) -> the copies stacked block after
 # block, [count * N, ...]. Inputs without a maker are repeated.
@@ -87,17 +91,19 @@ class ExplainerGraph:
         if target_input not in TARGET_INPUTS:
             raise InputError(f"target_input must be one of {', '.join(TARGET_INPUTS)}, got "
                              f"'{target_input}'")
+        # Model tensors called like the inputs the explainer adds are renamed in the model
+        # itself (rare): the builders read its nodes too (a Loop body runs them).
+        model = freed_model(model, (TARGET, TARGET_USED, OUTPUT_SEED))
         self.model, self.output, self.target_input = model, output, target_input
         # Large weights stay the model's (stubs): in-process sessions read them from there,
         # export embeds them (graph.weights.standalone).
-        self.proto = light_copy(model.proto)
-        infos = _free_names(self.proto.graph, model, (TARGET, TARGET_USED, OUTPUT_SEED))
+        self.proto = _program_copy(model)
         # Names the explainer added that a model tensor has: the builders may have read the
         # model's tensor by that name, so export.emit_explainer builds again on the model
         # with those tensors renamed (freed_model); renaming midway would leave them stale.
         self.clashes: set[str] = set()
-        self._model_names = _names(self.proto.graph)
-        self.b = GraphBuilder(self.proto, infos, prefix="onnxplain/export",
+        self._model_names = model_names(model)
+        self.b = GraphBuilder(self.proto, model.infos, prefix="onnxplain/export",
                               weights=model.weights)
         self.copies = 1
         self.feeds = {spec.name: spec.name for spec in model.inputs}  # input -> what nodes see
@@ -122,6 +128,8 @@ class ExplainerGraph:
         graph, b = self.proto.graph, self.b
         original = list(graph.node)
         del graph.node[:]
+        # Inputs are read from their copies, outputs computed in all-rows form (batched()).
+        renamed = {name: name + ALL_ROWS for name in self.outputs}
         for spec in self.model.inputs:
             inside = b.fresh(f"{spec.name}_copies")
             made = [makers[spec.name](b, spec.name)] if spec.name in makers else \
@@ -130,8 +138,10 @@ class ExplainerGraph:
             graph.node.append(helper.make_node("Concat", order, [inside], axis=0,
                                                name=b.fresh("copies")))
             b.infos[inside] = b.info(spec.name)
-            rename_reads(original, {spec.name: inside})
-            self.feeds[spec.name] = inside
+            renamed[spec.name] = self.feeds[spec.name] = inside
+        rename_reads(original, renamed)  # all at once: one conversion
+        for node in original:
+            node.output[:] = [renamed.get(name, name) for name in node.output]
         graph.node.extend(original)
         self._batch_outputs(count, 0 if clean_first else count)
 
@@ -164,14 +174,14 @@ class ExplainerGraph:
             b.infos[name] = self.model.infos.get(name, TensorInfo(None, None))
 
     def _batch_outputs(self, count: int, clean: int) -> None:
-        """Rename the original outputs to their all-rows form and read the clean block
-        (index `clean` of count + 1) back under the original names."""
+        """The original outputs, now computed under their all-rows names (run_on_copies),
+        read back from the clean block (index `clean` of count + 1) under their own."""
         graph, b = self.proto.graph, self.b
         for name in self.outputs:
-            batched = name + ALL_ROWS
-            _rename_everywhere(graph, name, batched)
-            b.infos[batched] = b.info(name)
-            self._batched[name] = batched
+            self._batched[name] = name + ALL_ROWS
+            b.infos[self._batched[name]] = b.info(name)
+        for info in graph.value_info:  # declared types follow the renamed outputs
+            info.name = self._batched.get(info.name, info.name)
         self.copies = count + 1
         for name in self.outputs:  # the clean block, under the original name
             clean_rows = self.block(self._batched[name], clean)
@@ -194,18 +204,18 @@ class ExplainerGraph:
             self._declare_seed()
             return ""
         if self.dense:
-            self._declare_target()
+            self.declare_target()
             return ""
         if self.chosen:
             return self.chosen
-        self._declare_target()
+        self.declare_target()
         chosen = chosen_class(self.b, self.output, TARGET)
         self.declare(chosen, TARGET_USED, "int64 [N]: the class each row was explained for",
                      TensorInfo(TensorProto.INT64, ("N",)))
         self.chosen = chosen
         return chosen
 
-    def _declare_target(self) -> None:
+    def declare_target(self) -> None:
         """The `target` input: int64 [N], optional (default -1) or required. Runtimes that
         cannot feed inputs with a default (onnxruntime-node) need "required"."""
         optional = self.target_input == "optional"
@@ -286,7 +296,7 @@ class ExplainerGraph:
             self._declare_seed()
             weights = b.op("Expand", OUTPUT_SEED, b.shape(scores))
         elif self.dense:
-            self._declare_target()
+            self.declare_target()
             weights = dense_weights(b, self.model, scores, TARGET, self.dense, self.place,
                                     inputs or {})
         else:  # a Loop body's rows choose from their own outputs (the outer ones come later)
@@ -362,91 +372,73 @@ def _describe_default(default: np.ndarray) -> str:
     return f"{default.item():g}" if default.size == 1 else "the values given at export"
 
 
-def _free_names(graph: onnx.GraphProto, model: Model, names: Sequence[str]
-                ) -> Mapping[str, TensorInfo]:
-    """Free `names` (free_name) before a GraphBuilder reads the graph's initializers by name;
-    returns the model's infos under the new names."""
-    infos = model.infos
-    for name in names:
-        fresh = free_name(graph, model, name)
-        if fresh is not None and name in infos:
-            infos = dict(infos)  # the model's own stay as they are
-            infos[fresh] = infos.pop(name)
-    return infos
-
-
 def freed_model(model: Model, names: Sequence[str]) -> Model:
-    """`model` with its tensors called `names` renamed (free_name): the same computation,
-    whose inputs and outputs keep their names."""
-    proto = light_copy(model.proto)
-    infos = _free_names(proto.graph, model, names)
-    return Model(proto, model.path, dict(infos), model.weights, model.file_ir_version)
+    """`model` with its tensors called `names` renamed (free_name), itself where it has
+    none: the same computation, whose inputs and outputs keep their names. Its proto is
+    already a light copy, whose renamed stubs hold their bytes (_program_copy)."""
+    for name in names:
+        _refuse_model_end(model, name)
+    clashing = [name for name in names if name in model_names(model)]
+    if not clashing:  # nearly always: no conversion
+        return model
+    view = to_ir(_program_copy(model))
+    infos = dict(model.infos)  # the model's own stay as they are
+    for name in clashing:
+        fresh = free_name(view, model, name)
+        if name in infos:
+            infos[fresh] = infos.pop(name)
+    freed = Model(to_proto(view), model.path, infos, model.weights, model.file_ir_version)
+    freed.derived[FREED] = True
+    return freed
 
 
-def free_name(graph: onnx.GraphProto, model: Model, name: str) -> str | None:
-    """An input or output the explainer adds (`name`) is free: a tensor of the model's of
-    that name (a Reshape target called 'target', a tensor called 'score') is renamed
-    wherever a graph or subgraph defines it, and the new name returned (None: nothing of
-    that name); a model input or output of that name cannot be, one line (ONNX Runtime's
-    own message about a duplicate name misleads). A shared stub (graph.weights) stands for
-    the model's initializer of its name: renamed, it holds that initializer's bytes."""
-    _refuse_model_end(model, name)
-    if not _defines(graph, name):
-        return None
-    taken = _names(graph)
+def _program_copy(model: Model) -> onnx.ModelProto:
+    """A copy of `model` to build a program on: a light copy, or for a freed model (already
+    one) a plain copy (a light copy would make a renamed weight a stub of a name the
+    model's weights lack)."""
+    if not model.derived.get(FREED):
+        return light_copy(model.proto)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model.proto)
+    return copy
+
+
+def free_name(view: onnx_ir.Model, model: Model, name: str) -> str:
+    """An input or output the explainer adds (`name`) is free in `view` (of `model`): each
+    value of that name (a Reshape target called 'target', a tensor called 'score'), in a
+    subgraph too, is renamed, and its reads follow; the new name is returned. A shared stub
+    (graph.weights) stands for the model's initializer of its name: renamed, it holds that
+    initializer's bytes."""
+    graphs = [view.graph, *view.graph.subgraphs()]
+    taken = {found for graph in graphs for found in values(graph)}
     fresh = f"onnxplain/export/model_{name}"
     while fresh in taken:
         fresh += "_"
-    _rename_definitions(graph, model, name, fresh)
+    for value in [v for graph in graphs for v in defined(graph) if v.name == name]:
+        tensor = value.const_value
+        if isinstance(tensor, onnx_ir.serde.TensorProtoTensor) and is_stub(tensor.raw):
+            # rare (a weight called 'target'): one tensor copied (to_proto renames the
+            # TensorProto a value holds, so never the model's own)
+            shared = onnx.TensorProto()
+            shared.CopyFrom(next(i for i in model.weights.proto.graph.initializer
+                                 if i.name == name))
+            value.const_value = onnx_ir.serde.TensorProtoTensor(shared)
+        value.name = fresh
     return fresh
+
+
+def model_names(model: Model) -> frozenset[str]:
+    """Every tensor name of `model`, in its subgraphs too (computed once per model, from
+    the protobuf: the check that nearly always finds no clash converts nothing)."""
+    if MODEL_NAMES not in model.derived:
+        model.derived[MODEL_NAMES] = frozenset(
+            name for graph in nested_graphs(model.proto.graph)
+            for name in (*(v.name for v in graph.input), *(i.name for i in graph.initializer),
+                         *(n for node in graph.node for n in (*node.input, *node.output))))
+    return model.derived[MODEL_NAMES]  # type: ignore[return-value]
 
 
 def _refuse_model_end(model: Model, name: str) -> None:
     if name in {v.name for v in (*model.proto.graph.input, *model.proto.graph.output)}:
         raise ModelError(f"the model has an input or output named '{name}', which the "
                          "explainer adds: rename it in the model")
-
-
-def _defines(graph: onnx.GraphProto, name: str) -> bool:
-    """`graph` or one of its subgraphs defines `name`."""
-    return name in defined_names(graph) or any(_defines(sub, name) for sub in _subgraphs(graph))
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every value name of `graph` and its subgraphs."""
-    names = defined_names(graph) | {v.name for v in graph.output}
-    names |= {n for node in graph.node for n in node.input}
-    return names.union(*(_names(sub) for sub in _subgraphs(graph)))
-
-
-def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    return [sub for node in graph.node for sub in subgraphs(node)]
-
-
-def _rename_definitions(graph: onnx.GraphProto, model: Model, old: str, new: str) -> None:
-    """Rename `old` where `graph` defines it (and the reads in its scope), then in each
-    subgraph that defines it itself."""
-    if old in defined_names(graph):
-        _rename_everywhere(graph, old, new)
-        for value in (*graph.input, *graph.output):
-            if value.name == old:
-                value.name = new
-        for init in graph.initializer:
-            if init.name == old:
-                if is_stub(init):  # rare (a weight called 'target'): one tensor copied
-                    init.CopyFrom(next(i for i in model.weights.proto.graph.initializer
-                                       if i.name == old))
-                init.name = new
-    for sub in _subgraphs(graph):
-        _rename_definitions(sub, model, old, new)
-
-
-def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
-    rename_reads(graph.node, {old: new})
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-    for value in graph.value_info:
-        if value.name == old:
-            value.name = new

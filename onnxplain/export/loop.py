@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir
 from onnx import TensorProto, helper
 
 from ..autodiff.build import add_gradients
@@ -32,9 +33,10 @@ from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
+from ..graph.ir import defined, remove_unused, subgraph_to_ir
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
-from ..graph.walk import ancestors, defined_names, rename_reads, used_initializers
+from ..graph.walk import defined_names, node_inputs
 from ..graph.weights import payload_bytes
 from .graph import ExplainerGraph
 
@@ -178,6 +180,7 @@ class Body:
     cond: str
     carried: list[str]
     model_nodes: list[onnx.NodeProto]
+    weights: int  # the model's weight bytes (OUTER_WEIGHTS_FROM)
 
 
 def body_on(eg: ExplainerGraph, model: Model, sums_like: Sequence[str]) -> Body:
@@ -192,7 +195,7 @@ def body_on(eg: ExplainerGraph, model: Model, sums_like: Sequence[str]) -> Body:
         bb.infos[name] = eg.b.info(like)
     model_nodes = list(proto.graph.node)
     del proto.graph.node[:]  # they run after the inputs are defined
-    return Body(bb, proto.graph, step, cond, carried, model_nodes)
+    return Body(bb, proto.graph, step, cond, carried, model_nodes, payload_bytes(model.proto))
 
 
 def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
@@ -227,18 +230,11 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
     done = bb.op("Identity", cond)
     finish_gate_forwards(bb)  # the body's own gradient pass: its LSTMs too
 
-    nodes = ancestors(graph.node, [done, *updated, *clean_outputs])
     likes = [*walk.sums_like, *outputs]
-    body = helper.make_graph(
-        nodes, f"{model.proto.graph.name}_points",
-        [helper.make_tensor_value_info(step, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
-         *_value_infos(bb, [*carried, *kept], likes)],
-        [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
-         *_value_infos(bb, [*updated, *clean_outputs], likes)],
-        _owned_weights(eg, walk.model, used_initializers(graph, nodes)))
-    _rename_shadowing(body, defined_names(eg.proto.graph))
-    return body
+    return close_body(eg, made, f"{model.proto.graph.name}_points",
+                      _value_infos(bb, [*carried, *kept], likes),
+                      [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
+                       *_value_infos(bb, [*updated, *clean_outputs], likes)])
 
 
 def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chunk,
@@ -308,15 +304,50 @@ def _value_info(b: GraphBuilder, name: str, like: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, info.dtype or b.dtype(name), [None] * rank)
 
 
-def _owned_weights(eg: ExplainerGraph, model: Model, used: list[onnx.TensorProto]
-                   ) -> list[onnx.TensorProto]:
-    """The weights the body holds: all it reads, or none for a large model, whose weights
-    the outer graph then holds (once) for the body to read."""
-    if payload_bytes(model.proto) < OUTER_WEIGHTS_FROM:
-        return used
+def close_body(eg: ExplainerGraph, made: Body, name: str, carried: list[onnx.ValueInfoProto],
+               outputs: list[onnx.ValueInfoProto]) -> onnx.GraphProto:
+    """The Loop body `made` has built, with inputs (iteration, condition, *`carried`) and
+    `outputs`: only the nodes and weights the outputs are computed from (inside subgraphs
+    too), a large model's weights left to the outer graph, and the names the outer graph
+    defines renamed (a subgraph may not redefine them; the reads follow)."""
+    graph = made.graph
+    del graph.input[:], graph.output[:], graph.value_info[:]  # the model's, not the body's
+    graph.name = name
+    graph.input.extend([helper.make_tensor_value_info(made.step, TensorProto.INT64, []),
+                        helper.make_tensor_value_info(made.cond, TensorProto.BOOL, []),
+                        *carried])
+    graph.output.extend(outputs)
+    body = subgraph_to_ir(graph)
+    remove_unused(body)
+    _drop_outer_copies(eg, body)
+    if made.weights >= OUTER_WEIGHTS_FROM:
+        _weights_outside(eg, body)
+    # The outer graph's outputs too: the model's are defined there once the Loop is.
+    outer = defined_names(eg.proto.graph) | {value.name for value in eg.proto.graph.output}
+    _rename_shadowing(body, outer)
+    return onnx_ir.serde.serialize_graph(body)
+
+
+def _drop_outer_copies(eg: ExplainerGraph, body: onnx_ir.Graph) -> None:
+    """Remove the outer graph's initializers that the body holds (the model's weights, its
+    nodes gone from there) where no outer node reads them: each weight is stored once."""
+    graph = eg.proto.graph
+    read = {name for node in graph.node for name in node_inputs(node)}
+    read |= {value.name for value in [*graph.input, *graph.output]}
+    kept = [init for init in graph.initializer
+            if init.name in read or init.name not in body.initializers]
+    if len(kept) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+
+
+def _weights_outside(eg: ExplainerGraph, body: onnx_ir.Graph) -> None:
+    """Move the body's weights to the outer graph (once), which the body then reads."""
     outer = {init.name for init in eg.proto.graph.initializer}
-    eg.proto.graph.initializer.extend(init for init in used if init.name not in outer)
-    return []
+    for name, value in list(body.initializers.items()):
+        if name not in outer:
+            eg.proto.graph.initializer.append(onnx_ir.serde.serialize_tensor(value.const_value))
+        del body.initializers[name]
 
 
 def _value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
@@ -324,16 +355,10 @@ def _value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
     return [_value_info(b, name, like) for name, like in zip(names, likes, strict=True)]
 
 
-def _rename_shadowing(body: onnx.GraphProto, outer: set[str]) -> None:
+def _rename_shadowing(body: onnx_ir.Graph, outer: set[str]) -> None:
     """A subgraph may not redefine a name of its enclosing graph: the body computes the
-    model's tensors under their own names, so those get a prefix."""
-    renamed = {name: f"{BODY_PREFIX}/{name}" for name in defined_names(body) & outer}
-    if not renamed:
-        return
-    for node in body.node:
-        node.output[:] = [renamed.get(name, name) for name in node.output]
-    rename_reads(body.node, renamed)
-    for value in list(body.input) + list(body.output):
-        value.name = renamed.get(value.name, value.name)
-    for init in body.initializer:
-        init.name = renamed.get(init.name, init.name)
+    model's tensors under their own names, so those get a prefix (its reads, in nested
+    subgraphs too, are the same values; a nested graph's own definitions keep theirs)."""
+    for value in defined(body):
+        if value.name in outer:
+            value.name = f"{BODY_PREFIX}/{value.name}"

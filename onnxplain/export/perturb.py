@@ -5,22 +5,22 @@ on them are summed into per-row totals (another callback: score x mask for RISE 
 occlusion), or stacked into an [N, P] table of every copy's score (Perturbation.table: the
 regression methods).
 
-The clean rows run once, in the outer graph, as the model itself: they give the original
-outputs (of any type) and the explained score at x. The objective is the graph's (the
-`target` input, an output seed, a dense objective: ExplainerGraph.row_weights), so the
-score is the one the gradient methods explain; a label output (an ArgMax head) scores
-whether a copy's label is the explained class. Iteration i runs copies i*k .. i*k+k-1,
-each over all N rows (block after block, as export.loop lays them out), with k at most
-max(1, rows // N), spread evenly over the iterations; `rows` is the explainer input
-ROWS_PER_ITERATION (export.loop; default rows_per_run), which in-process runs feed: 1 for a
-model whose batch axis is fixed or whose rows are coupled, and after a model failed on more
-rows than it was given.
+The clean rows run once, in iteration 0, alone (a fixed batch axis or coupled rows see the
+rows the model would): they give the original outputs (of any type) and the explained score
+at x; the model's nodes and weights are the body's only, stored once. The objective is the
+graph's (the `target` input, an output seed, a dense objective:
+ExplainerGraph.row_weights), so the score is the one the gradient methods explain; a label
+output (an ArgMax head) scores whether a copy's label is the explained class. Iteration i >
+0 runs copies (i-1)*k .. i*k-1, each over all N rows (block after block, as export.loop
+lays them out), with k at most max(1, rows // N), spread evenly over the iterations; `rows`
+is the explainer input ROWS_PER_ITERATION (export.loop; exported default LOOP_ROWS), which
+in-process runs feed: 1 for a model whose batch axis is fixed or whose rows are coupled,
+and after a model failed on more rows than it was given.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,18 +30,20 @@ from onnx import TensorProto, helper
 from ..errors import InputError
 from ..graph.attention import cached_inputs
 from ..graph.builder import GraphBuilder
+from ..graph.model import Model
 from ..graph.shapes import TensorInfo
-from ..graph.walk import ancestors, defined_names, used_initializers
 from ..objective import LABELS, output_form
 from .graph import FED, TARGET, TARGET_USED, ExplainerGraph, is_fed
 from .loop import (
     Chunk,
     _ceil_div,
     _chunk,
-    _owned_weights,
-    _rename_shadowing,
+    _first_or_kept,
+    _placeholder,
+    _value_infos,
     aliases,
     body_on,
+    close_body,
     int_max,
     int_min,
     repeated,
@@ -92,38 +94,69 @@ class PerturbRun:
     table: str | None = None  # with Perturbation.table: the scores of every copy, [N, P]
 
 
-def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation, rows_per_run: int
-                      ) -> PerturbRun:
-    """Run `perturbation`'s copies through the model in a Loop (module docstring); the
-    model's own nodes stay in the outer graph, on the clean rows."""
+def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation) -> PerturbRun:
+    """Run the clean rows and then `perturbation`'s copies through the model in a Loop
+    (module docstring); the model's outputs on the clean rows become the explainer's."""
     b = eg.b
     if perturbation.points < 1:
         raise InputError("the number of perturbed copies must be at least 1")
-    score = _objective(eg)
+    outputs = [spec.name for spec in eg.model.outputs]
+    # Outputs that are no tensors (ZipMap's maps) cannot leave the Loop: the model's nodes
+    # then stay in the outer graph too, computing them there (its weights stored twice),
+    # and the Loop carries the explained output only (its body's objective reads it).
+    carried = all(_is_tensor(eg.model.infos.get(name)) for name in outputs)
+    if carried:
+        _drop_model_nodes(eg)
+    else:
+        outputs = [eg.output]
     points = b.ints([perturbation.points])
-    rows = rows_per_iteration_input(eg, rows_per_run)  # in-process: fed
+    from . import LOOP_ROWS  # the package imports the builders
+
+    rows = rows_per_iteration_input(eg, LOOP_ROWS)  # in-process: fed
     most = int_max(b, b.ints([1]), b.op("Div", rows, eg.rows))
     trips = _ceil_div(b, points, int_min(b, most, points))
     k = _ceil_div(b, points, trips)
     clean = aliases(eg, [spec.name for spec in eg.model.inputs])
-    initial = list(perturbation.sums)
-    if not initial and b.opset < 11:  # Loop-1 carries at least one value: a zero, kept
-        perturbation = dataclasses.replace(
-            perturbation, sums=[zeros(b, [1])],
-            contributions=lambda bb, chunk, scores: [bb.const(np.zeros(1), "zero")])
-    body = _body(eg, perturbation, score, clean, k)
-    found = b.node("Loop", [b.reshape(trips, []), "", *perturbation.sums],
-                   len(perturbation.sums) + perturbation.table, body=body)
-    sums = found[:len(initial)]
-    for total, like in zip(sums, initial, strict=True):
+    body = _body(eg, perturbation, clean, k, outputs)
+    initial = [*perturbation.sums, *(_placeholder(b, eg.model.infos.get(name))
+                                     for name in outputs),
+               _placeholder(b, TensorInfo(TensorProto.DOUBLE, (None,)))]  # the clean score
+    found = b.node("Loop", [b.reshape(b.op("Add", trips, b.ints([1])), []), "", *initial],
+                   len(initial) + perturbation.table, body=body)
+    sums = found[:len(perturbation.sums)]
+    for total, like in zip(sums, perturbation.sums, strict=True):
         b.infos[total] = b.info(like)
+    for value, name in zip(found[len(sums):len(initial) - 1], outputs, strict=True):
+        b.infos[value] = eg.model.infos.get(name, TensorInfo(None, None))
+        if carried:  # the explainer's original outputs
+            eg.proto.graph.node.append(helper.make_node("Identity", [value], [name],
+                                                        name=b.fresh("clean_output")))
+    score = found[len(initial) - 1]
+    b.infos[score] = TensorInfo(TensorProto.DOUBLE, (None,))
+    _declare_objective(eg)
     table = None
-    if perturbation.table:  # [trips, N, k] -> [N, trips * k], the last columns padding
+    if perturbation.table:  # [1 + trips, N, k] -> [N, trips * k], the last columns padding
         b.infos[found[-1]] = TensorInfo(TensorProto.DOUBLE, (None, None, None))
-        rows = b.op("Transpose", found[-1], perm=[1, 0, 2])
+        copies = b.slice(found[-1], [1], [np.iinfo(np.int64).max], [0])  # not iteration 0
+        rows = b.op("Transpose", copies, perm=[1, 0, 2])
         table = b.slice(b.reshape(rows, b.concat([eg.rows, b.ints([-1])], 0)), [0],
                         [perturbation.points], [1])
-    return PerturbRun(sums, score.clean, table)
+    return PerturbRun(sums, score, table)
+
+
+def _is_tensor(info: TensorInfo | None) -> bool:
+    """A value the Loop can carry: a tensor of known element type and rank."""
+    return info is not None and info.dtype is not None and info.rank is not None
+
+
+def _drop_model_nodes(eg: ExplainerGraph) -> None:
+    """Take the model's nodes out of the outer graph (the body runs them): the first ones,
+    as ExplainerGraph copied them; what the builders emitted before reads inputs only."""
+    graph, model_nodes = eg.proto.graph.node, eg.model.proto.graph.node
+    if eg.copies != 1 or [list(node.output) for node in graph[:len(model_nodes)]] != \
+            [list(node.output) for node in model_nodes]:
+        raise RuntimeError("the model's nodes are taken out of the outer graph once, first")
+    del graph[:len(model_nodes)]
 
 
 def zeros(b: GraphBuilder, dims: Sequence[int | str], dtype=np.float64) -> str:
@@ -156,50 +189,64 @@ def _scanned(bb: GraphBuilder, chunk: Chunk, scores: Scores, k: str) -> str:
 
 @dataclass(frozen=True)
 class _Objective:
-    """The explained score: `clean` (outer, double [N]) and `of_copies`, emitting the
-    scores [N, k] of k blocks of N rows of the explained output inside the body."""
+    """The explained score in the body: `clean` (double [N]) and `of_copies`, emitting the
+    scores [N, k] of k blocks of N rows of the explained output."""
 
     clean: str
     of_copies: Callable[[GraphBuilder, str, Chunk], str]
 
 
-def _objective(eg: ExplainerGraph) -> _Objective:
-    """The graph's objective on the clean rows, and how copies are scored with it."""
-    b = eg.b
+def _objective(eg: ExplainerGraph, b: GraphBuilder, output: str,
+               inputs: dict[str, str] | None = None) -> _Objective:
+    """The graph's objective on `output`, the explained output at the clean rows (in the
+    body, where `inputs` are the inputs' clean rows), and how copies are scored with it."""
     if output_form(eg.model, eg.output) == LABELS:
-        return _label_objective(eg)
+        return _label_objective(eg, b, output)
     if not eg.scores:
         raise InputError(f"output '{eg.output}' is not a [batch, classes] float output, "
                          "class labels nor scores per position; explain another output "
                          "(--output) or give an output seed")
-    weights = b.op("Cast", eg.row_weights(b, eg.output), to=TensorProto.DOUBLE)
-    flat = b.reshape(weights, b.concat([eg.rows, b.ints([-1])], 0))  # [N, C]
+    weights = b.op("Cast", eg.row_weights(b, output, inputs), to=TensorProto.DOUBLE)
 
     def of_copies(bb: GraphBuilder, output: str, chunk: Chunk) -> str:
+        flat = bb.reshape(weights, bb.concat([eg.rows, bb.ints([-1])], 0))  # [N, C]
         wide = bb.op("Cast", output, to=TensorProto.DOUBLE)
         blocks = bb.reshape(wide, bb.concat([chunk.k, eg.rows, bb.ints([-1])], 0))
         summed = bb.reduce("ReduceSum", bb.op("Mul", blocks, flat), [2], False)  # [k, N]
         return bb.op("Transpose", summed, perm=[1, 0])
 
-    rank = b.rank(eg.output)
-    clean = b.op("Mul", b.op("Cast", eg.output, to=TensorProto.DOUBLE), weights)
+    rank = b.rank(output)
+    clean = b.op("Mul", b.op("Cast", output, to=TensorProto.DOUBLE), weights)
     if rank > 1:
         clean = b.reduce("ReduceSum", clean, list(range(1, rank)), False)
     return _Objective(clean, of_copies)
 
 
-def _label_objective(eg: ExplainerGraph) -> _Objective:
+def _declare_objective(eg: ExplainerGraph) -> None:
+    """The objective's inputs and outputs in the outer graph (the `target` input, an output
+    seed, `target_used`: the classes chosen from the Loop's clean outputs, as the body did)."""
+    if output_form(eg.model, eg.output) != LABELS:
+        eg.target()
+        return
+    eg.declare(eg.b.op("Cast", _chosen_labels(eg, eg.b, eg.output)[1], to=TensorProto.INT64),
+               TARGET_USED, "int64 [N]: the class each row was explained for",
+               TensorInfo(TensorProto.INT64, ("N",)))
+
+
+def _chosen_labels(eg: ExplainerGraph, b: GraphBuilder, output: str) -> tuple[str, str]:
+    """The labels of `output` and the explained class per row: the `target` input where it
+    is >= 0, else the label."""
+    eg.declare_target()  # the target input, declared as the class methods'
+    labels = _decisions(b, output)
+    given = b.op("Expand", TARGET, b.shape(labels))
+    return labels, b.where(b.op("Less", given, b.ints([0])), labels,
+                           b.op("Cast", given, to=b.dtype(labels)))
+
+
+def _label_objective(eg: ExplainerGraph, b: GraphBuilder, output: str) -> _Objective:
     """Labels [N] (or the first of [N, k]): a copy scores 1 where its label is the
     explained class (the `target` input where >= 0, else the clean row's label)."""
-    b = eg.b
-    eg._declare_target()  # noqa: SLF001 - the target input, declared as the class methods'
-    labels = _decisions(b, eg.output)
-    given = b.op("Expand", TARGET, b.shape(labels))
-    chosen = b.where(b.op("Less", given, b.ints([0])), labels,
-                     b.op("Cast", given, to=b.dtype(labels)))
-    used = b.op("Cast", chosen, to=TensorProto.INT64)
-    eg.declare(used, TARGET_USED, "int64 [N]: the class each row was explained for",
-               TensorInfo(TensorProto.INT64, ("N",)))
+    labels, chosen = _chosen_labels(eg, b, output)
 
     def of_copies(bb: GraphBuilder, output: str, chunk: Chunk) -> str:
         found = bb.reshape(_decisions(bb, output), bb.concat([chunk.k, eg.rows], 0))
@@ -217,40 +264,73 @@ def _decisions(b: GraphBuilder, output: str) -> str:
     return b.squeeze(b.slice(output, [0], [1], [1]), [1])
 
 
-def _body(eg: ExplainerGraph, perturbation: Perturbation, score: _Objective,
-          clean: dict[str, str], k: str) -> onnx.GraphProto:
+def _body(eg: ExplainerGraph, perturbation: Perturbation, clean: dict[str, str], k: str,
+          outputs: list[str]) -> onnx.GraphProto:
     outer, model = eg.b, eg.model
     made = body_on(eg, model, perturbation.sums)
-    bb, graph, step, cond, carried = made.bb, made.graph, made.step, made.cond, made.carried
-    model_nodes = made.model_nodes
-    chunk = _chunk(bb, step, k, perturbation.points)
-    made = perturbation.perturb(bb, chunk, dict(clean))
-    axes = model.batch.of_inputs
-    for spec in model.inputs:
-        value = made[spec.name] if spec.name in made else \
-            _repeated(bb, chunk, clean[spec.name], axes.get(spec.name, 0))
-        graph.node.append(helper.make_node("Identity", [value], [spec.name],
-                                           name=bb.fresh("feed_node")))
-        bb.infos[spec.name] = model.infos.get(spec.name, spec.info)
-    graph.node.extend(model_nodes)
+    bb, graph, carried = made.bb, made.graph, made.carried
+    kept = [bb.fresh("clean") for _ in outputs]
+    kept_score = bb.fresh("clean_score")  # carried out only: each iteration recomputes it
+    first = bb.op("Equal", made.step, bb.const(np.array(0, np.int64)))
+    # Iteration i > 0 runs chunk i - 1; iteration 0 the clean rows instead of a chunk of one
+    # copy (made, then left: the copies' ops see no other shapes).
+    before = int_max(bb, bb.op("Sub", made.step, bb.const(np.array(1, np.int64))),
+                     bb.const(np.array(0, np.int64)))
+    chunk = _chunk(bb, before, bb.where(first, bb.ints([1]), k), perturbation.points)
+    _feed_model(bb, model, first, chunk, perturbation.perturb(bb, chunk, dict(clean)), clean)
+    graph.node.extend(made.model_nodes)
+    clean_outputs = [_first_or_kept(bb, first, name, previous, name)
+                     for name, previous in zip(outputs, kept, strict=True)]
+    score = _objective(eg, bb, clean_outputs[outputs.index(eg.output)], clean)
     scores = Scores(score.of_copies(bb, eg.output, chunk), score.clean)
     parts = perturbation.contributions(bb, chunk, scores)
-    updated = [bb.op("Add", total, part) for total, part in zip(carried, parts, strict=True)]
+    updated = [bb.where(first, total, bb.op("Add", total, part))  # iteration 0 adds nothing
+               for total, part in zip(carried, parts, strict=True)]
     scanned = [_scanned(bb, chunk, scores, k)] if perturbation.table else []
-    done = bb.op("Identity", cond)
-    nodes = ancestors(graph.node, [done, *updated, *scanned])
-    body = helper.make_graph(
-        nodes, f"{model.proto.graph.name}_copies",
-        [helper.make_tensor_value_info(step, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond, TensorProto.BOOL, []),
-         *_carried_infos(outer, carried, perturbation.sums)],
+    done = bb.op("Identity", made.cond)
+    return close_body(
+        eg, made, f"{model.proto.graph.name}_copies",
+        [*_carried_infos(outer, carried, perturbation.sums),
+         *_value_infos(bb, kept, outputs),
+         helper.make_tensor_value_info(kept_score, TensorProto.DOUBLE, [None])],
         [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
          *_carried_infos(outer, updated, perturbation.sums),
+         *_value_infos(bb, clean_outputs, outputs),
+         helper.make_tensor_value_info(score.clean, TensorProto.DOUBLE, [None]),
          *(helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, None])
-           for name in scanned)],
-        _owned_weights(eg, model, used_initializers(graph, nodes)))
-    _rename_shadowing(body, defined_names(eg.proto.graph))
-    return body
+           for name in scanned)])
+
+
+def _feed_model(bb: GraphBuilder, model: Model, first: str, chunk: Chunk,
+                copies: dict[str, str], clean: dict[str, str]) -> None:
+    """Define the model's inputs: the clean rows in iteration 0, else the chunk's copies
+    (of the inputs `copies` does not change, the rows repeated)."""
+    axes = model.batch.of_inputs
+    for spec in model.inputs:
+        axis = axes.get(spec.name, 0)
+        value = copies[spec.name] if spec.name in copies else \
+            _repeated(bb, chunk, clean[spec.name], axis)
+        fed = _clean_first(bb, first, clean[spec.name], value, axis)
+        bb.graph.node.append(helper.make_node("Identity", [fed], [spec.name],
+                                              name=bb.fresh("feed_node")))
+        bb.infos[spec.name] = model.infos.get(spec.name, spec.info)
+
+
+def _clean_first(bb: GraphBuilder, first: str, clean: str, copies: str, axis: int | None
+                 ) -> str:
+    """The clean rows in iteration 0, else the copies: each tiled once or not at all along
+    the rows axis. (Through an If, shape inference at opset 9 gave the copies the clean rows'
+    symbolic batch dim, and ONNX Runtime reused a buffer of N rows for k * N.)"""
+    rank = bb.rank(clean)
+    if axis is None or rank == 0:  # not per row: the copies are the clean value
+        return clean
+    once = bb.reshape(bb.op("Cast", first, to=TensorProto.INT64), [1])
+    times = []
+    for count in (once, bb.op("Sub", bb.ints([1]), once)):
+        repeats = [bb.ints([1])] * rank
+        repeats[axis] = count
+        times.append(bb.concat(repeats, 0))
+    return bb.concat([bb.op("Tile", clean, times[0]), bb.op("Tile", copies, times[1])], axis)
 
 
 def _repeated(bb: GraphBuilder, chunk: Chunk, rows: str, axis: int | None) -> str:
@@ -275,26 +355,32 @@ def _carried_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
 
 # ---- what the perturbation methods' builders share ----------------------------------------
 
-def perturbed_name(eg: ExplainerGraph, options: dict) -> str:
-    """The input the copies change: options["input"] (in-process: the one resolved on the
-    feeds, methods._perturb.perturbed_input), else the first float input that is no KV
-    cache, else the first integer input shaped [batch, tokens]."""
-    specs = {spec.name: spec for spec in eg.model.inputs}
-    name = options.get("input")
+def perturbed_input(model: Model, name: object, ranks: Mapping[str, int] | None = None
+                    ) -> str:
+    """The input the copies change, in process and exported alike: `name`, else the first
+    float input that is no KV cache (graph.attention.cached_inputs), else the first integer
+    input of rank 2 (token ids [batch, tokens]; `ranks`: the fed arrays' ranks, for inputs
+    declared without one). Perturbed inputs have their rows on axis 0."""
+    specs = {spec.name: spec for spec in model.inputs}
     if name is not None:
+        if not isinstance(name, str):
+            raise InputError(f"option 'input' names an input ({', '.join(specs)}), got a "
+                             f"value of type {type(name).__name__}")
         if name not in specs:
             raise InputError(f"unknown input '{name}' (inputs: {', '.join(specs)})")
-        axis = eg.model.batch.of_inputs.get(name, 0)
+        axis = model.batch.of_inputs.get(name, 0)
         if axis not in (0, None):
             raise InputError(f"input '{name}' has its rows on axis {axis}; perturbation "
                              "methods perturb inputs batched on axis 0")
         return name
-    cached = cached_inputs(eg.model)
+    cached = cached_inputs(model)
     for spec in specs.values():
         if spec.is_float and spec.name not in cached:
             return spec.name
+    ranks = ranks or {}
     for spec in specs.values():
-        if not spec.is_float and spec.dims is not None and len(spec.dims) == 2:
+        rank = ranks.get(spec.name, None if spec.dims is None else len(spec.dims))
+        if not spec.is_float and rank == 2:
             return spec.name
     raise InputError("no float or token-id input to perturb; name one with input=NAME")
 
@@ -323,11 +409,3 @@ def baseline_row(eg: ExplainerGraph, name: str, row: tuple[int, ...], options: d
     like = np.zeros((1, *row), eg.b.np_dtype(name))
     return {"baseline": np.ascontiguousarray(broadcast(options["baseline"], like)
                                              ).reshape(like.shape)}
-
-
-def rows_per_iteration(options: dict) -> int:
-    """The default of the rows one iteration runs (the ROWS_PER_ITERATION input, which
-    in-process runs feed): options["internal_batch_size"], else export's LOOP_ROWS."""
-    from . import LOOP_ROWS  # the package imports the builders
-
-    return int(options.get("internal_batch_size") or LOOP_ROWS)

@@ -29,9 +29,8 @@ from .perturb import (
     Scores,
     baseline_row,
     perturbation_loop,
-    perturbed_name,
+    perturbed_input,
     row_shape,
-    rows_per_iteration,
     zeros,
 )
 
@@ -124,19 +123,29 @@ def rise_baseline(value: np.ndarray, baseline) -> np.ndarray:
                          f"input's {value.shape}") from None
 
 
+def mask_shape(row: tuple[int, ...], dtype: np.dtype) -> tuple[str | None, tuple[int, ...]]:
+    """(the image layout or None, the shape of one mask): a float image row's masks are
+    H x W, shared over its channels (smooth, from a grid); other rows' masks are shaped
+    like the row (one boolean per feature or token)."""
+    layout = image_layout((1, *row)) if np.dtype(dtype).kind == "f" else None
+    if layout is None:
+        return None, tuple(row)
+    return layout, tuple(row[1:] if layout == "NCHW" else row[:2])
+
+
 @register_export("rise", ("n_masks", "grid", "keep", "seed", "baseline", "input"),
                  any_output=True)
 def rise(eg, options):
     """S = 1 / (n p) sum_i S(x (.) M_i + (1 - M_i) baseline) M_i, the baseline the input
-    `baseline/<input>` (one row, or one per row)."""
+    `baseline/<input>` (one row, or one per row); exactly 0 in rows where no mask changed
+    the score (the sum alone would be a map constant up to the masks' sampling noise)."""
     b = eg.b
-    name = perturbed_name(eg, options)
+    name = perturbed_input(eg.model, options.get("input"))
     row = row_shape(eg, name, options)
     dtype = b.np_dtype(name)
-    layout = image_layout((1, *row)) if dtype.kind == "f" else None
+    layout, size = mask_shape(row, dtype)
     count, keep = int(options["n_masks"]), float(options["keep"])
-    size = row if layout is None else row[1:] if layout == "NCHW" else row[:2]
-    plan = rise_plan(tuple(size), count, None if layout is None else int(options["grid"]),
+    plan = rise_plan(size, count, None if layout is None else int(options["grid"]),
                      keep, int(options["seed"]))
     fill = baseline_input(eg, name, baseline_row(
         eg, name, row, options, lambda baseline, like: rise_baseline(like, baseline)))
@@ -169,12 +178,18 @@ def rise(eg, options):
     def contributions(bb: GraphBuilder, chunk: Chunk, scores: Scores) -> list[str]:
         wide = bb.op("Cast", chunk_masks(bb, chunk), to=TensorProto.DOUBLE)
         flat = bb.reshape(wide, bb.concat([chunk.k, bb.ints([int(np.prod(size))])], 0))
-        return [bb.op("MatMul", scores.copies, flat)]
+        # sum |S(copy) - S(x)| per row: 0 iff no copy changed the score.
+        moved = bb.op("Abs", bb.op("Sub", scores.copies, bb.unsqueeze(scores.clean, [1])))
+        return [bb.op("MatMul", scores.copies, flat), bb.reduce("ReduceSum", moved, [1], False)]
 
     run = perturbation_loop(eg, Perturbation(
-        count, perturb, contributions, [zeros(b, [eg.rows, int(np.prod(size))])]),
-        rows_per_iteration(options))
+        count, perturb, contributions,
+        [zeros(b, [eg.rows, int(np.prod(size))]), zeros(b, [eg.rows])]))
     saliency = b.op("Div", run.sums[0], b.const(np.array(count * keep, np.float64)))
+    # A score no mask moves leaves S(x) sum_i M_i / (n p): sampling noise, not a saliency.
+    # 0 instead, which the explainer warns about as for every method.
+    moved = b.op("Greater", run.sums[1], b.scalar(0.0, run.sums[1]))
+    saliency = b.keep(saliency, b.unsqueeze(moved, [1]))
     out_type = b.dtype(name) if dtype.kind == "f" else TensorProto.FLOAT
     if layout is None:
         shape, like = b.shape(name), b.info(name).shape
@@ -184,7 +199,8 @@ def rise(eg, options):
         like = (None, *size, 1) if layout == "NHWC" else (None, 1, *size)
     saliency = b.op("Cast", b.reshape(saliency, shape), to=out_type)
     eg.declare(saliency, ATTRIBUTION + name, f"RISE saliency over {count} random masks "
-               "(unsigned), shaped like input '" + name + "'" +
+               "(unsigned; 0 in rows whose score no mask changed), shaped like input '" +
+               name + "'" +
                ("" if layout is None else " with one channel"), TensorInfo(out_type, like))
 
 

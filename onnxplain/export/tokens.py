@@ -9,9 +9,11 @@ from onnx import helper
 
 from ..errors import InputError
 from ..graph.attention import find_attention
+from ..graph.cut import cut_at
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
-from ..graph.walk import ancestors, cut_at, lookup_inputs, rename_reads
+from ..graph.walk import ancestors, lookup_inputs, rename_reads
+from .attention import real_tokens
 from .graph import ExplainerGraph
 from .loop import gradient_loop
 from .methods import (
@@ -72,9 +74,10 @@ def layer_integrated_gradients(eg: ExplainerGraph, options: dict) -> None:
     per_feature = b.op("Mul", difference, summed)
     features = list(range(b.rank(ids), b.rank(tensor)))
     declare_completeness(eg, {tensor: per_feature})
-    mask = _padding(eg, ids, tensor)
+    mask = _padding(eg, ids)
     if mask is not None:
-        per_feature = b.op("Mul", per_feature, b.unsqueeze(mask, features))
+        mask = b.op("Cast", b.unsqueeze(mask, features), to=b.dtype(tensor))
+        per_feature = b.op("Mul", per_feature, mask)
     eg.declare(per_feature, EMBEDDING, f"float [N, S, ...]: layer integrated gradients at "
                f"the embedding '{tensor}' per feature (0 on padding)", b.info(tensor))
     scores = b.reduce("ReduceSum", per_feature, features, False)
@@ -103,20 +106,10 @@ def _look_up_both(eg: ExplainerGraph, nodes, ids: str, tensor: str, token: int) 
     eg.proto.graph.node.extend(lookup)
 
 
-def _padding(eg: ExplainerGraph, ids: str, like: str) -> str | None:
-    """1 for real tokens [N, S] in `like`'s type: from the inputs of the ids' rank that
-    attention masks are computed from, their last S columns (a KV cache's mask covers the
-    cached tokens first), as in-process (methods._tokens.padding_mask)."""
-    b = eg.b
-    names = {name for layer in find_attention(eg.model) for name in layer.mask_inputs}
-    rank = b.rank(ids)
-    mask = None
-    for name in sorted(names):
-        if name not in {spec.name for spec in eg.model.inputs} or b.info(name).rank != rank:
-            continue
-        last = b.slice(name, b.op("Neg", b.dim(ids, rank - 1)),
-                       [np.iinfo(np.int64).max], [rank - 1])
-        zero = b.const(np.zeros((), b.np_dtype(name)))
-        real = b.op("Cast", b.op("Not", b.equal(last, zero)), to=b.dtype(like))
-        mask = real if mask is None else b.op("Mul", mask, real)
-    return mask
+def _padding(eg: ExplainerGraph, ids: str) -> str | None:
+    """bool [N, S]: the real tokens of ids [N, S] by the masks the attention layers read
+    (export.attention.real_tokens), as in process (methods._tokens.padding_mask)."""
+    if eg.b.rank(ids) != 2:  # masks line up with ids [N, S] only (in process too)
+        return None
+    names = [name for layer in find_attention(eg.model) for name in layer.mask_inputs]
+    return real_tokens(eg, names, eg.b.dim(ids, 1))

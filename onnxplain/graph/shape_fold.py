@@ -17,13 +17,13 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
+import onnx_ir
 from onnx import TensorProto, helper, numpy_helper
 
+from .ir import to_ir, to_proto
 from .model import Model
 from .op_kinds import RANDOM, SHAPE_READERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
-from .walk import node_inputs
-from .weights import copy_into, copy_without
 
 # Folded values are shape vectors and masks; anything larger is not a shape computation.
 MAX_FOLDED = 1 << 16
@@ -61,32 +61,41 @@ def fold_shape_computations(proto: onnx.ModelProto, infos: Mapping[str, TensorIn
     outputs = {value.name for value in graph.output}
     opset = ai_onnx_opset(proto) or 0
     folded: dict[str, np.ndarray] = {}
-    kept: list[onnx.NodeProto] = []
-    for node in graph.node:
+    done: list[int] = []
+    for index, node in enumerate(graph.node):
         result = None if any(out in outputs for out in node.output) else \
             _evaluate(node, values, infos, opset)
-        if result is None:
-            kept.append(node)
-            continue
-        for name, value in zip(node.output, result, strict=True):
-            values[name] = folded[name] = value
+        if result is not None:
+            done.append(index)
+            for name, value in zip(node.output, result, strict=True):
+                values[name] = folded[name] = value
     fresh = {name for name in folded if not infos.get(name) or _unknown(infos[name])}
     if not fresh:  # only values inference knew already: nothing gained
         return None
-    read = {name for node in kept for name in node_inputs(node)}
-    read |= {value.name for value in graph.output}
-    was_read = {name for node in graph.node for name in node_inputs(node)}
-    copy = copy_without(proto, "graph")
-    copy_into(graph, copy.graph, skip="initializer")
-    del copy.graph.node[:]
-    copy.graph.node.extend(kept)
-    # Constants only the folded nodes read go with them.
-    copy.graph.initializer.extend(
-        init for init in graph.initializer
-        if not (init.name in values and init.name in was_read and init.name not in read))
-    copy.graph.initializer.extend(numpy_helper.from_array(value, name)
-                                  for name, value in folded.items() if name in read)
-    return copy
+    model = to_ir(proto)
+    nodes = list(model.graph)
+    for index in reversed(done):  # later first: a result only folded nodes read goes too
+        _as_constants(model.graph, nodes[index], folded)
+    return to_proto(model)
+
+
+def _as_constants(graph: onnx_ir.Graph, node: onnx_ir.Node,
+                  folded: Mapping[str, np.ndarray]) -> None:
+    """`node` out of `graph`: the results something reads become initializers, and the
+    initializers only it read go with it."""
+    for out in node.outputs:
+        if out.uses():
+            name, out.name = out.name, None
+            tensor = onnx_ir.tensor(folded[name], name=name)
+            const = onnx_ir.Value(name=name, type=onnx_ir.TensorType(tensor.dtype),
+                                  shape=tensor.shape, const_value=tensor)
+            out.replace_all_uses_with(const)
+            graph.register_initializer(const)
+    read = {value: None for value in node.inputs if value is not None and value.is_initializer()}
+    graph.remove(node, safe=True)
+    for value in read:
+        if not (value.uses() or value.is_graph_input() or value.is_graph_output()):
+            graph.initializers.pop(value.name)
 
 
 def _unknown(info: TensorInfo) -> bool:

@@ -15,11 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
+import onnx_ir
 from onnx import helper
 
+from .cut import as_input
+from .ir import remove_unused, to_ir, to_proto, typed_value
 from .model import Model
 from .op_kinds import ARITHMETIC, BATCH_NORMS, IDENTITY, NEGATION, WEIGHTED
-from .walk import ancestors, node_inputs, used_initializers
+from .walk import node_inputs
 
 # Affine in the input with constant weights (a batch norm at inference is too).
 _WEIGHTED = WEIGHTED | BATCH_NORMS
@@ -63,11 +66,10 @@ def affine_stem(model: Model, name: str) -> Stem | None:
     info = model.infos.get(end)
     if info is None or info.dtype is None or info.shape is None:
         return None
-    prefix_nodes = ancestors(graph.node, [end], stop=[name])
+    prefix, suffix = _split(model, name, end)
     # Both parts keep the model's tensor names, so its shape facts hold for them.
-    return Stem(name, end, Model(_prefix(model, name, end, prefix_nodes), model.path,
-                                 model.infos),
-                Model(_suffix(model, name, end, inside), model.path, model.infos),
+    return Stem(name, end, Model(prefix, model.path, model.infos),
+                Model(suffix, model.path, model.infos),
                 frozenset(region - {name}))
 
 
@@ -120,31 +122,21 @@ def _no_batch_broadcast(model: Model, constants: list[str], rank: int | None) ->
     return True
 
 
-def _value_info(model: Model, name: str) -> onnx.ValueInfoProto:
-    info = model.infos[name]
-    return helper.make_tensor_value_info(name, info.dtype, list(info.certain or info.shape))
-
-
-def _prefix(model: Model, name: str, end: str, nodes: list[onnx.NodeProto]
-            ) -> onnx.ModelProto:
-    source = model.proto.graph
-    graph = helper.make_graph(
-        nodes, source.name + "_stem", [i for i in source.input if i.name == name],
-        [_value_info(model, end)], used_initializers(source, nodes))
-    return _model_like(model.proto, graph)
-
-
-def _suffix(model: Model, name: str, end: str, inside: set[int]) -> onnx.ModelProto:
-    source = model.proto.graph
-    nodes = [node for node in source.node if id(node) not in inside]
-    inputs = [_value_info(model, end) if i.name == name else i for i in source.input]
-    graph = helper.make_graph(nodes, source.name, inputs, list(source.output),
-                              used_initializers(source, nodes))
-    return _model_like(model.proto, graph)
-
-
-def _model_like(original: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
-    proto = helper.make_model(graph, opset_imports=list(original.opset_import),
-                              functions=list(original.functions))
-    proto.ir_version = original.ir_version
-    return proto
+def _split(model: Model, name: str, end: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The prefix (input `name` to `end`) and the suffix (`end` an input in `name`'s place)
+    of `model`, with its tensor names, functions and opsets."""
+    whole = to_ir(model.proto)
+    graph = whole.graph
+    stem = onnx_ir.convenience.extract(graph, [name], [end])  # copies the stem's nodes
+    order = {key: index for index, key in enumerate(graph.initializers)}
+    stem.initializers.data = dict(sorted(stem.initializers.items(),  # extract's are a set's
+                                         key=lambda item: order[item[0]]))
+    stem.name = (graph.name or "") + "_stem"
+    typed_value(stem.outputs[0], model.infos[end])
+    prefix = onnx_ir.Model(stem, ir_version=whole.ir_version, producer_name=whole.producer_name,
+                           producer_version=whole.producer_version,
+                           functions=list(whole.functions.values()))
+    frontier = as_input(graph, end, model.infos[end])
+    graph.inputs[[value.name for value in graph.inputs].index(name)] = frontier
+    remove_unused(graph)  # the stem's nodes: only `end` was read past them
+    return to_proto(prefix), to_proto(whole)

@@ -1,16 +1,16 @@
 """Walks over a graph's nodes that see into subgraphs (If, Loop and Scan bodies): what a node
 reads, which nodes an output is computed from, which initializers they use, renaming
-what they read, and a model cut at a tensor."""
+what they read."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 import onnx
+import onnx_ir
 from onnx import helper
 
-from ..errors import InputError
-from .model import Model
+from .ir import subgraph_to_ir
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -66,12 +66,26 @@ def used_initializers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]
 
 def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> None:
     """Rename what `nodes` read, in their subgraphs too, except where a subgraph defines the
-    name itself."""
-    for node in nodes:
-        node.input[:] = [renamed.get(name, name) for name in node.input]
-        for graph in subgraphs(node):
-            inner = defined_names(graph)
-            rename_reads(graph.node, {k: v for k, v in renamed.items() if k not in inner})
+    name itself (in place). Through onnx-ir, where a read is the value it reads: a
+    subgraph's own value of that name is another one."""
+    if not any(subgraphs(node) for node in nodes):  # one scope: a read is its name
+        for node in nodes:  # (5 to 10 times faster than the conversion, on most models)
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+        return
+    view = subgraph_to_ir(helper.make_graph(nodes, "reads", [], []))
+    seen: set[onnx_ir.Value] = set()
+    for node in view.all_nodes():
+        for value in node.inputs:
+            if value is None or value in seen or value.name not in renamed or \
+                    value.graph not in (None, view):  # defined in a subgraph
+                continue
+            seen.add(value)
+            if value.producer() is None:  # read from outside the nodes: only reads to rename
+                value.name = renamed[value.name]
+            else:
+                value.replace_all_uses_with(onnx_ir.Value(name=renamed[value.name]))
+    for proto, node in zip(nodes, view, strict=True):
+        proto.CopyFrom(onnx_ir.serde.serialize_node(node))
 
 
 def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
@@ -81,17 +95,3 @@ def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:
     lookup = ancestors(nodes, [tensor])
     return {name for node in lookup for name in node_inputs(node)} & set(inputs)
 
-
-def cut_at(model: Model, tensor: str) -> Model:
-    """A copy of the model where `tensor` is a graph input instead of a computed value."""
-    info = model.infos.get(tensor)
-    if info is None or info.dtype is None:
-        raise InputError(f"the type of tensor '{tensor}' is unknown; cannot cut the model there")
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    kept = [node for node in proto.graph.node if tensor not in node.output]
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
-    dims = None if info.certain is None else list(info.certain)
-    proto.graph.input.append(helper.make_tensor_value_info(tensor, info.dtype, dims))
-    return Model(proto, model.path)

@@ -301,26 +301,26 @@ def standalone(model: onnx.ModelProto, weights: Weights | None = None) -> onnx.M
     shared = {} if weights is None else {
         init.name: init for init in weights.proto.graph.initializer}
     if not any(is_stub(init) or file_span(init)
-               for graph in _graphs(model.graph) for init in graph.initializer):
+               for graph in nested_graphs(model.graph) for init in graph.initializer):
         return model
     full = copy_without(model, "graph")
     copy_into(model.graph, full.graph, skip="initializer")
     full.graph.initializer.extend(shared[init.name] if is_stub(init) else init
                                   for init in model.graph.initializer)
-    for graph in _graphs(full.graph):
+    for graph in nested_graphs(full.graph):
         for index, init in enumerate(graph.initializer):
             if file_span(init) is not None:
                 graph.initializer[index].CopyFrom(with_values(init))
     return full
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def nested_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every graph nested in its nodes' attributes."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             for inner in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _graphs(inner)
+                yield from nested_graphs(inner)
 
 
 def is_stub(init: onnx.TensorProto) -> bool:

@@ -26,6 +26,22 @@ def loop_rows(engine: Engine, feeds: Mapping[str, np.ndarray], internal_batch_si
         engine.model, feeds)
 
 
+def rows_fed(engine: Engine, feeds: Mapping[str, np.ndarray], options: Mapping
+             ) -> tuple[Mapping, dict[str, np.ndarray]]:
+    """(the options a program is built and keyed by, the feed that carries the rest): a Loop
+    method's `internal_batch_size` becomes its ROWS_PER_ITERATION input (loop_rows). The
+    builders read that option only as the input's default (export.loop.gradient_loop; the
+    perturbation Loops, and a gradient Loop below opset 12, not at all), and an in-process
+    run always feeds the input, so the program does not depend on the value: it is built
+    with export's LOOP_ROWS, the very program `export` saves for internal_batch_size 0
+    (exporter.exported_options), one program for every value."""
+    if "internal_batch_size" not in options:
+        return options, {}
+    rows = loop_rows(engine, feeds, options["internal_batch_size"])
+    return ({**options, "internal_batch_size": LOOP_ROWS},
+            {ROWS_PER_ITERATION: np.array(rows, np.int64)})
+
+
 def options_key(options: Mapping) -> tuple:
     """Resolved options as a cache key: arrays (baselines) by dtype, shape and a digest of
     their bytes, dicts of them by name, so equal options find the program already built."""
@@ -52,16 +68,11 @@ def graph_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], targ
     no part of the program's key; `read`: the method's outputs (one row per row: a
     convergence delta) returned in GradientRun.post; `specialise` False: the generic
     program only (a Loop body runs the model on other row counts than the input shapes').
-    A method whose options hold `internal_batch_size` runs a Loop over points: its rows per
-    iteration are fed (export.loop.ROWS_PER_ITERATION, loop_rows), so the program is the
-    same for every value."""
+    A Loop method's rows per iteration are fed, one program for every value (rows_fed)."""
     if not EXPORTS[method].any_output:  # activation maps explain no score: labels will do
         engine.check_scores()
-    fed = dict(fed or {})
-    if "internal_batch_size" in options:
-        fed[ROWS_PER_ITERATION] = np.array(
-            loop_rows(engine, feeds, options["internal_batch_size"]), np.int64)
-        options = {**options, "internal_batch_size": LOOP_ROWS}  # the default, never read
+    options, rows = rows_fed(engine, feeds, options)
+    fed = {**(fed or {}), **rows}
     split = engine.split_target(target)
     seed, dense = split.seed, split.dense
     place = EVERYWHERE if dense is None else dense.place
@@ -107,16 +118,16 @@ def _weights_in_bodies(proto, model):
     """The program with the weights its Loop bodies hold (export.loop: ONNX Runtime lays
     out convolutions for speed only in the graph that owns them) as values: a session hands
     over only the main graph's stubs (runtime.session)."""
-    from ..graph.weights import _graphs, file_span, is_stub, standalone
+    from ..graph.weights import file_span, is_stub, nested_graphs, standalone
 
-    nested = [graph for graph in _graphs(proto.graph) if graph is not proto.graph]
+    nested = [graph for graph in nested_graphs(proto.graph) if graph is not proto.graph]
     if not any(is_stub(init) or file_span(init) for graph in nested
                for init in graph.initializer):
         return proto
     full = standalone(proto, model.weights)  # file stubs, nested ones too
     shared = {} if model.weights is None else {
         init.name: init for init in model.weights.proto.graph.initializer}
-    for graph in _graphs(full.graph):
+    for graph in nested_graphs(full.graph):
         for index, init in enumerate(graph.initializer):
             if is_stub(init) and init.name in shared:
                 graph.initializer[index].CopyFrom(shared[init.name])

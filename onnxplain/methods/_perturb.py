@@ -1,12 +1,13 @@
-"""What the perturbation methods share: which input they perturb, how their one graph runs
-in process (perturbation_run: export.perturb's Loop), and feeds for a chunk of perturbed
-copies of one row (the metrics' curves: runtime.perturb repeats the other inputs)."""
+"""What the perturbation methods share: how their one graph runs in process
+(perturbation_run: export.perturb's Loop; the input they perturb is export.perturb's
+perturbed_input), and feeds for a chunk of perturbed copies of one row (the metrics'
+curves: runtime.perturb repeats the other inputs)."""
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -18,27 +19,6 @@ from ..runtime.engine import BatchNotice, Engine, GradientRun
 from ..runtime.perturb import announce
 from ..runtime.progress import progress_bar
 from ._graph import graph_run
-
-
-def perturbed_input(feeds: Mapping[str, np.ndarray], name: str | None,
-                    skip: Collection[str] = ()) -> str:
-    """The input a perturbation method changes: `name`, else the first float input not in
-    `skip` (a KV cache: graph.attention.cached_inputs), else the first integer input shaped
-    [batch, tokens] (token ids)."""
-    if name is not None:
-        if not isinstance(name, str):
-            raise InputError(f"option 'input' names an input ({', '.join(feeds)}), got a "
-                             f"value of type {type(name).__name__}")
-        if name not in feeds:
-            raise InputError(f"unknown input '{name}' (inputs: {', '.join(feeds)})")
-        return name
-    for key, value in feeds.items():
-        if value.dtype.kind == "f" and key not in skip:
-            return key
-    for key, value in feeds.items():
-        if value.dtype.kind in "iu" and value.ndim == 2:
-            return key
-    raise InputError("no float or token-id input to perturb; name one with input=NAME")
 
 
 def copies(feeds: Mapping[str, np.ndarray], name: str, values: np.ndarray

@@ -196,7 +196,8 @@ def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLaye
                  tokens: int) -> np.ndarray:
     """[N, S], 1 for real tokens: from the inputs the attention masks are computed from, when
     one of them is shaped [batch, at least tokens]: its last S columns (a KV cache's mask
-    covers the cached tokens, then these), as export.tokens reads them."""
+    covers the cached tokens, then these), as the programs read them
+    (export.attention.real_tokens)."""
     mask = np.ones((rows, tokens), dtype=bool)
     names = {name for layer in layers for name in layer.mask_inputs}
     for name in sorted(names):

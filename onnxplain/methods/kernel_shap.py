@@ -12,17 +12,29 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..export.coalitions import ADDITIVITY, EXPECTED, MASK, SCORE, VALUES
-from ..export.designs import check_matrix, coalition_baseline, coalitions
+from ..export.coalitions import ADDITIVITY, EXPECTED, MASK, SCORE, VALUES, check_feature_ids
+from ..export.designs import (
+    check_matrix,
+    check_runs,
+    coalition_baseline,
+    coalition_runs,
+    coalitions,
+)
 from ..export.graph import FED
 from ..export.methods import ATTRIBUTION
+from ..export.perturb import perturbed_input
 from ..features import row_masks
-from ..graph.attention import cached_inputs
-from ..runtime.budget import counted
 from ..runtime.engine import Engine, GradientRun
 from . import MethodOutput, MethodSpec, register
-from ._perturb import perturbation_run, perturbed_input, stitch, take_target
-from .options import COALITION_BASELINE, feature_options, input_option, integer, seed_option
+from ._perturb import perturbation_run, stitch, take_target
+from .options import (
+    COALITION_BASELINE,
+    MAX_RUNS_OPTION,
+    feature_options,
+    input_option,
+    integer,
+    seed_option,
+)
 
 ADDITIVITY_TOLERANCE = 1e-4
 
@@ -32,9 +44,8 @@ class AdditivityWarning(UserWarning):
 
 
 def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-                features: str | np.ndarray = "auto", cell: int = 0, n_segments: int = 50,
-                n_samples: int = 2048, seed: int = 0, baseline=0.0, input: str | None = None
-                ) -> MethodOutput:
+                features: str | np.ndarray, cell: int, n_segments: int, n_samples: int,
+                seed: int, baseline, input: str | None, max_runs: int) -> MethodOutput:
     """phi = argmin_phi sum_z pi(z) (v(z) - E[f] - z . phi)^2  s.t.  sum(phi) = f(x) - E[f],
 
     with the Shapley kernel pi(z) = (F - 1) / (C(F, |z|) |z| (F - |z|)) and v(z) the target
@@ -51,12 +62,14 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
     its rows give one by one. The coalitions fix the regression, so phi is a constant
     matrix (shapley_map) times the scores: the program export.coalitions emits, which
     `export` saves, scores the coalitions in a Loop and applies it with one MatMul.
+    `max_runs` bounds the forward runs per row: the coalitions scored (2^F - 1 when every
+    one is, else n_samples + 1 or + 2) times the background rows.
     """
 
     check_count("kernel_shap", "n_samples", n_samples)
     run, name, masks = coalition_run(
         engine, "kernel_shap", feeds, target, features=features, cell=cell,
-        n_segments=n_segments, baseline=baseline, input=input,
+        n_segments=n_segments, baseline=baseline, input=input, max_runs=max_runs,
         options={"n_samples": n_samples, "seed": seed},
         read=(VALUES, EXPECTED, ADDITIVITY, SCORE))
     post = run.post
@@ -72,33 +85,39 @@ def kernel_shap(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources
 
 def coalition_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], target, *,
                   features, cell: int, n_segments: int, baseline, input: str | None,
-                  options: Mapping, read: Sequence[str]
+                  max_runs: int, options: Mapping, read: Sequence[str]
                   ) -> tuple[GradientRun, str, list[np.ndarray]]:
     """Kernel SHAP's or LIME's program (export.coalitions) run on the rows: (the run, its
     attribution and `read` outputs in post, in row order; the perturbed
     input; each row's feature mask). The masks and the background rows are the program's
     inputs, computed here (input preparation); rows whose masks have different feature
-    counts (superpixels) run one program per count, their extras padded with NaN."""
+    counts (superpixels) run one program per count, their extras padded with NaN. More
+    than `max_runs` forward runs per row (the coalitions scored x the background rows:
+    export.designs.check_runs) are refused."""
 
     check_count(method, "n_segments", n_segments)
-    name = perturbed_input(feeds, input, cached_inputs(engine.model))
+    name = perturbed_input(engine.model, input, {k: v.ndim for k, v in feeds.items()})
     x = feeds[name]
-    masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     # Background rows are few and shared by all rows: baked in (the program's key holds
     # their digest), where a fed input would be split into chunks of rows.
     background = background_rows(coalition_baseline(baseline, x), x)
+    check_feature_ids(features)
+    masks = row_masks(x, features, cell=cell, n_segments=n_segments)
+    n_samples, seed = options["n_samples"], options["seed"]
+    for width in sorted({int(mask.max()) + 1 for mask in masks}):
+        check_matrix(method, width, n_samples, engine.memory_budget_mb)
+        check_runs(method, width, n_samples, seed, len(background), max_runs,
+                   engine.memory_budget_mb, len(x))
     runs, groups = [], feature_groups(masks)
     for group in groups:
         width = int(masks[group[0]].max()) + 1
         chosen = {**options, "features": FED, "n_features": width, "baseline": background,
                   "input": name}
         part = feeds if len(groups) == 1 else select_rows(feeds, group)
-        check_matrix(method, width, options["n_samples"], engine.memory_budget_mb)
-        count = (len(coalitions(width, options["n_samples"], options["seed"])[0]) + 1
-                 if method == "kernel_shap" else options["n_samples"])
+        count = coalition_runs(method, width, n_samples, seed) * len(background)
         runs.append(perturbation_run(
             engine, method, part, take_target(target, len(x), group), chosen,
-            {MASK: np.stack([masks[i] for i in group])}, count * len(background), method,
+            {MASK: np.stack([masks[i] for i in group])}, count, method,
             (ATTRIBUTION + name, *read)))
     run = runs[0] if len(runs) == 1 else stitch(runs, groups)
     return run, name, masks
@@ -148,7 +167,7 @@ register(MethodSpec(
     options=(*feature_options(),
              integer("n_samples", 2048, "coalitions sampled when there are more than 12 "
                      "features", low=1),
-             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option()),
+             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option(),
+             MAX_RUNS_OPTION),
     needs_sources=False,
-    work=counted("n_samples"),
 ))

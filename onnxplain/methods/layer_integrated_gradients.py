@@ -19,9 +19,10 @@ from ..errors import InputError
 from ..export.methods import BASELINE_SCORE, SCORE
 from ..export.tokens import EMBEDDING, baseline_token_id
 from ..graph.attention import find_attention
+from ..graph.cut import cut_at
 from ..graph.model import Model
 from ..graph.sources import Source
-from ..graph.walk import cut_at, lookup_inputs
+from ..graph.walk import lookup_inputs
 from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register

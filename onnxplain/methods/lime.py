@@ -11,12 +11,12 @@ import numpy as np
 from ..errors import InputError
 from ..export.coalitions import FIT, INTERCEPT, WEIGHTS
 from ..export.methods import ATTRIBUTION
-from ..runtime.budget import counted
 from ..runtime.engine import Engine
 from . import MethodOutput, MethodSpec, register
 from .kernel_shap import check_count, coalition_run
 from .options import (
     COALITION_BASELINE,
+    MAX_RUNS_OPTION,
     feature_options,
     input_option,
     integer,
@@ -26,9 +26,9 @@ from .options import (
 
 
 def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
-         features: str | np.ndarray = "auto", cell: int = 0, n_segments: int = 50,
-         n_samples: int = 1000, kernel_width: float = 0.25, alpha: float = 1.0, seed: int = 0,
-         baseline=0.0, input: str | None = None) -> MethodOutput:
+         features: str | np.ndarray, cell: int, n_segments: int, n_samples: int,
+         kernel_width: float, alpha: float, seed: int, baseline, input: str | None,
+         max_runs: int) -> MethodOutput:
     """(w, b) = argmin sum_z pi(z) (f(h_x(z)) - b - w . z)^2 + alpha |w|^2  (b unpenalised),
 
     over n_samples coalitions z ~ Bernoulli(1/2)^F (the first one all ones, the input
@@ -40,7 +40,8 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
     background rows [B, *row] averaged over). Returns w on the input (each element gets its
     feature's weight); extras: the weights [N, F], the intercepts b and the weighted R^2.
     Image grid cells are `cell` pixels, 0 for an 8x8 grid over the image; superpixels
-    (SLIC) aim at `n_segments` segments.
+    (SLIC) aim at `n_segments` segments. `max_runs` bounds the forward runs per row:
+    n_samples times the background rows.
     """
 
     check_count("lime", "n_samples", n_samples)
@@ -51,7 +52,7 @@ def lime(engine: Engine, feeds: Mapping[str, np.ndarray], target, sources, *,
         raise InputError(f"option 'alpha' of method 'lime' must be >= 0, got {alpha!r}")
     run, name, masks = coalition_run(
         engine, "lime", feeds, target, features=features, cell=cell, n_segments=n_segments,
-        baseline=baseline, input=input,
+        baseline=baseline, input=input, max_runs=max_runs,
         options={"n_samples": n_samples, "seed": seed, "kernel_width": float(kernel_width),
                  "alpha": float(alpha)},
         read=(WEIGHTS, INTERCEPT, FIT))
@@ -70,7 +71,7 @@ register(MethodSpec(
              number("kernel_width", 0.25, "width of lime's kernel on the cosine distance",
                     low=0, open_low=True),
              number("alpha", 1.0, "ridge penalty of the regression", low=0),
-             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option()),
+             seed_option("seed of the coalitions"), COALITION_BASELINE, input_option(),
+             MAX_RUNS_OPTION),
     needs_sources=False,
-    work=counted("n_samples"),
 ))

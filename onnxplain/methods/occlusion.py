@@ -17,36 +17,31 @@ import numpy as np
 
 from ..export.graph import FED
 from ..export.methods import ATTRIBUTION, BASELINE
-from ..export.occlusion import baseline_like, check_budget, window_counts, window_geometry
-from ..graph.attention import cached_inputs
-from ..images import image_layout
-from ..runtime.budget import MAX_RUNS
+from ..export.occlusion import baseline_like, check_budget, windows
+from ..export.perturb import perturbed_input
 from . import MethodOutput, MethodSpec, register
-from ._perturb import perturbation_run, perturbed_input
+from ._perturb import perturbation_run
 from .options import MAX_RUNS_OPTION, Option, input_option, perturbation_baseline
 
 
-def occlusion(engine, feeds, target, sources, *, window=None, stride=None, baseline=0.0,
-              input=None, max_runs=MAX_RUNS):
+def occlusion(engine, feeds, target, sources, *, window, stride, baseline, input, max_runs):
     """Occlusion maps for one input (`input`, default the first float or token-id input):
     `window` and `stride` in pixels for images (one number for square, or "h,w"; default
     8 and 8), in elements for other inputs (default 1: one token or column at a time);
     `baseline` a number or an array like one row (token ids: the id put in); more than
-    `max_runs` windows per row are refused (MAX_RUNS by default). The windows run in the
-    program `export` saves (export.occlusion), the baseline fed as its input."""
+    `max_runs` windows per row are refused. The windows run in the program `export` saves
+    (export.occlusion), the baseline fed as its input."""
 
-    name = perturbed_input(feeds, input, cached_inputs(engine.model))
+    name = perturbed_input(engine.model, input, {k: v.ndim for k, v in feeds.items()})
     value = feeds[name]
     row_shape = value.shape[1:]
-    image = image_layout(value.shape) is not None
-    window = window if window is not None else (8 if image else 1)
-    stride = stride if stride is not None else window
-    size, step = window_geometry(row_shape, window, stride)
-    count = math.prod(window_counts(row_shape, size, step))
+    size, step, counts = windows(row_shape, window, stride)
+    count = math.prod(counts)
     check_budget(count, max_runs, row_shape, size, engine.memory_budget_mb)
     fill = np.broadcast_to(baseline_like(baseline, value), value.shape)
+    # max_runs bounds the run, the program does not read it: no part of its key.
     options = {"window": window, "stride": stride, "baseline": FED, "input": name,
-               "row_shape": list(row_shape), "max_runs": max_runs}
+               "row_shape": list(row_shape)}
     run = perturbation_run(engine, "occlusion", feeds, target, options,
                            {BASELINE + name: np.ascontiguousarray(fill)}, count, "occlusion",
                            (ATTRIBUTION + name,))

@@ -8,12 +8,11 @@ import numpy as np
 
 from ..export.graph import FED
 from ..export.methods import ATTRIBUTION, BASELINE
-from ..export.rise import rise_baseline, rise_plan
-from ..graph.attention import cached_inputs
-from ..images import image_layout
+from ..export.perturb import perturbed_input
+from ..export.rise import mask_shape, rise_baseline
 from ..runtime.budget import Work, count_of, rows_and_bytes
 from . import MethodOutput, MethodSpec, register
-from ._perturb import perturbation_run, perturbed_input
+from ._perturb import perturbation_run
 from .options import (
     input_option,
     integer,
@@ -23,8 +22,8 @@ from .options import (
 )
 
 
-def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
-         keep: float = 0.5, seed: int = 0, baseline=0.0, input: str | None = None):
+def rise(engine, feeds, target, sources, *, n_masks: int, grid: int, keep: float, seed: int,
+         baseline, input: str | None):
     """S_c(x) = 1 / (N p) * sum_i f_c(x (.) M_i + (1 - M_i) baseline) M_i, with E[M] = p.
 
     Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for Explanation of Black-box
@@ -33,16 +32,14 @@ def rise(engine, feeds, target, sources, *, n_masks: int = 2000, grid: int = 7,
     shifted at random), shared over channels; other inputs get binary masks over their
     features (token ids take the integer `baseline`, e.g. the padding id). The same masks
     explain every row; the saliency is unsigned, shaped [N, 1, H, W] / [N, H, W, 1] for
-    images and like the input otherwise. The masks are made and applied in the program
-    `export` saves (export.rise), the baseline fed as its input.
+    images and like the input otherwise, and 0 in a row whose score no mask changed. The
+    masks are made and applied in the program `export` saves (export.rise), the baseline
+    fed as its input.
     """
 
-    name = perturbed_input(feeds, input, cached_inputs(engine.model))
+    name = perturbed_input(engine.model, input, {k: v.ndim for k, v in feeds.items()})
     value = feeds[name]
-    layout = image_layout(value.shape) if value.dtype.kind == "f" else None
-    size = value.shape[1:] if layout is None else \
-        value.shape[2:] if layout == "NCHW" else value.shape[1:3]
-    rise_plan(tuple(size), n_masks, grid if layout else None, keep, seed)  # one-line refusals
+    layout, _ = mask_shape(value.shape[1:], value.dtype)
     fill = rise_baseline(value, baseline)
     options = {"n_masks": int(n_masks), "grid": int(grid), "keep": float(keep),
                "seed": int(seed), "baseline": FED, "input": name,
@@ -66,7 +63,7 @@ def rise_work(options, feeds) -> Work:
     name = name if name in feeds else next(iter(feeds), None)
     value = np.asarray(feeds[name]) if name is not None else np.zeros((1, 1))
     rows, _ = rows_and_bytes(feeds)
-    image = value.dtype.kind == "f" and image_layout(value.shape) is not None
+    image = mask_shape(value.shape[1:], value.dtype)[0] is not None
     per_mask = 8 * grid * grid if image else math.prod(value.shape[1:])
     option = "grid" if image and grid * grid > masks else "n_masks"
     return Work(option, grid if option == "grid" else masks, masks,

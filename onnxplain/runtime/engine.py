@@ -76,7 +76,7 @@ class BatchNotice(UserWarning):
 class GradientRun:
     """Outputs of one gradient program over a batch, in input row order."""
 
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]  # the model's tensor outputs (Engine.tensor_outputs)
     grads: dict[str, np.ndarray]
     target: np.ndarray | None
     taps: dict[str, np.ndarray] = field(default_factory=dict)
@@ -200,8 +200,9 @@ class Engine:
             raise InputError(f"output '{self.output}' has no class axis; leave target unset")
         if program.seed_input:
             extra[program.seed_input] = seed
-        # Output names do not depend on the shapes a program was specialised to.
-        names = [o.name for o in self.model.outputs] + list(program.grads.values())
+        # Output names do not depend on the shapes a program was specialised to. Tensor
+        # outputs only, as Engine.forward: sequences and maps cannot be joined across chunks.
+        names = [*self.tensor_outputs, *program.grads.values()]
         if program.target_output:
             names.append(program.target_output)
         names += [t for t in program.taps if t not in names]
@@ -223,7 +224,7 @@ class Engine:
                 raise OnnxplainError(f"internal error: the gradient of '{name}' has shape "
                                      f"{results[out].shape}, the input {feeds[name].shape}")
         return GradientRun(
-            outputs={o.name: results[o.name] for o in self.model.outputs},
+            outputs={name: results[name] for name in self.tensor_outputs},
             grads={name: results[out] for name, out in program.grads.items()},
             target=used,
             taps={t: results[t] for t in program.taps},

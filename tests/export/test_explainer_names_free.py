@@ -16,6 +16,8 @@ from onnxplain.errors import ModelError
 from onnxplain.exporter import export_explainer
 from onnxplain.runtime.session import Session
 
+from ..tiny_models import saved
+
 METHODS = {"integrated_gradients": {"n_steps": 8}, "occlusion": {}}
 
 
@@ -35,19 +37,13 @@ def _model(first: str, second: str, output: str = "logits") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _saved(tmp_path, model: onnx.ModelProto, name: str) -> str:
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, path)
-    return str(path)
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_model_tensors_named_like_explainer_outputs(tmp_path, monkeypatch, method):
     # Bit for bit with the exported file holds for the program run generic (a copy
     # specialised to static shapes may pick other MatMul kernels: last bits).
     monkeypatch.setattr("onnxplain.runtime.engine.SPECIALISE_MAX_BYTES", 0)
-    clashing = _saved(tmp_path, _model("score", "rows_per_iteration"), "clashing")
-    plain = _saved(tmp_path, _model("h1", "h2"), "plain")
+    clashing = saved(tmp_path, _model("score", "rows_per_iteration"), "clashing")
+    plain = saved(tmp_path, _model("h1", "h2"), "plain")
     feeds = {"x": np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)}
     options = METHODS[method]
     quiet = {"delta_tolerance": 1e9} if method == "integrated_gradients" else {}
@@ -72,7 +68,7 @@ def test_model_tensors_named_like_explainer_outputs(tmp_path, monkeypatch, metho
 
 
 def test_a_model_output_named_like_an_explainer_output_is_refused(tmp_path):
-    path = _saved(tmp_path, _model("h1", "h2", output="rows_per_iteration"), "output")
+    path = saved(tmp_path, _model("h1", "h2", output="rows_per_iteration"), "output")
     with pytest.raises(ModelError, match="named 'rows_per_iteration', which the explainer "
                                          "adds: rename it in the model"):
         export_explainer(path, "integrated_gradients", n_steps=8)

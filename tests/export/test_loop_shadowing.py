@@ -1,16 +1,18 @@
 """A Loop body may not redefine a name of its enclosing graph: export.loop renames the
 body's own definitions that do (inputs, node outputs, initializers) and their reads, and
-spares a nested subgraph's own initializer of that name (graph.walk.rename_reads), so the
+spares a nested subgraph's own initializer of that name (onnx-ir values), so the
 renamed Loop computes what each scope meant."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain.export.loop import BODY_PREFIX, _rename_shadowing
+from onnxplain.graph.ir import subgraph_to_ir
 from onnxplain.graph.walk import defined_names
 
 F = TensorProto.FLOAT
@@ -52,8 +54,10 @@ def _loop_model() -> onnx.ModelProto:
 
 def test_a_body_initializer_shadowing_an_outer_name_is_renamed_nested_ones_kept():
     model = _loop_model()
+    graph = subgraph_to_ir(model.graph.node[0].attribute[0].g)
+    _rename_shadowing(graph, defined_names(model.graph))
+    model.graph.node[0].attribute[0].g.CopyFrom(onnx_ir.serde.serialize_graph(graph))
     body = model.graph.node[0].attribute[0].g
-    _rename_shadowing(body, defined_names(model.graph))
     renamed = f"{BODY_PREFIX}/w"
     assert [init.name for init in body.initializer] == [renamed]
     assert list(body.node[0].input) == ["acc", renamed]

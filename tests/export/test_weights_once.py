@@ -75,7 +75,7 @@ def test_exports_of_a_file_embed_its_weights(zoo, method):
     """A model loaded from a file holds its large weights as file stubs (graph.weights); its
     exported explainer holds their bytes, equal to the file's (Loop bodies' copies too)."""
     from onnxplain.graph.model import Model
-    from onnxplain.graph.weights import _graphs, file_span
+    from onnxplain.graph.weights import file_span, nested_graphs
 
     original = str(zoo.model_path("resnet18_64"))
     model = Model.load(original)
@@ -84,7 +84,7 @@ def test_exports_of_a_file_embed_its_weights(zoo, method):
     exported = export_explainer(model, method)
     values = {init.name: init.raw_data for init in onnx.load(original).graph.initializer}
     embedded = 0
-    for graph in _graphs(exported.graph):
+    for graph in nested_graphs(exported.graph):
         for init in graph.initializer:
             assert init.data_location != onnx.TensorProto.EXTERNAL, init.name
             name = init.name.removeprefix("onnxplain/loop/")

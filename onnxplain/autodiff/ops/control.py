@@ -21,12 +21,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnx_ir
 from onnx import TensorProto, helper
 
 from ...errors import MissingRule, UnsupportedOpError
 from ...graph.builder import GraphBuilder
+from ...graph.ir import remove_unused, subgraph_to_ir
 from ...graph.shapes import TensorInfo, infer_shapes, value_info_to_tensor_info
-from ...graph.walk import ancestors, captures, node_inputs, used_initializers
+from ...graph.walk import captures
 from ..build import add_gradients
 from ..registry import GRADIENT, NodeContext, rule
 
@@ -37,12 +39,12 @@ _KNOWN_ELEMENTS = 64
 
 def _free_names(graph: onnx.GraphProto) -> list[str]:
     """The outer-scope names `graph` reads (in nested subgraphs too), and outputs it passes
-    through from outside."""
-    inner = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-    inner |= {init.name for init in graph.initializer}
-    read = [name for node in graph.node for name in node_inputs(node)]
-    read += [out.name for out in graph.output]
-    return [name for name in dict.fromkeys(read) if name and name not in inner]
+    through from outside: values that no node, input or initializer of theirs defines."""
+    body = subgraph_to_ir(graph)
+    read = [value for node in body.all_nodes() for value in node.inputs if value is not None]
+    return list(dict.fromkeys(
+        value.name for value in [*read, *body.outputs] if value.producer() is None
+        and not value.is_graph_input() and not value.is_initializer()))
 
 
 class Body:
@@ -72,7 +74,6 @@ class Body:
             shape = outer.static_shape(name)
             if shape is not None and int(np.prod(shape)) <= _KNOWN_ELEMENTS:
                 self.b._static[name] = outer.static_value(name)  # as for its Constant nodes
-        self.forward = len(graph.node)
         self.bound: list[onnx.NodeProto] = []
 
     def bind(self, formal: str, value: str) -> None:
@@ -81,31 +82,21 @@ class Body:
                                            name=self.b.fresh("bind")))
 
     def close(self, outputs: Sequence[str], name: str) -> onnx.GraphProto:
-        """The subgraph returning `outputs`: bound inputs first (with what they are computed
-        from), then the forward body's copy, then its backward; dead forward nodes dropped."""
+        """The subgraph returning `outputs`: the bound inputs, the forward body's copy and
+        its backward, each node after what it reads, without the nodes and initializers no
+        output is computed from; the outer names stay reads of the enclosing graph."""
         b = self.b
-        nodes = list(b.graph.node)
-        body, emitted = nodes[:self.forward], nodes[self.forward:]
-        named = []
-        for out in outputs:
-            named.append(b.fresh("out"))
-            emitted.append(helper.make_node("Identity", [out], [named[-1]],
-                                            name=b.fresh("out_node")))
-        ordered = self._prelude(emitted) + self.bound + body + emitted
-        kept = ancestors(ordered, named)
-        result = helper.make_graph(
-            kept, name, self.inputs,
-            [helper.make_tensor_value_info(n, b.dtype(out), None)
-             for n, out in zip(named, outputs, strict=True)])
-        result.initializer.extend(used_initializers(b.graph, kept))
-        return result
-
-    def _prelude(self, emitted: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-        """The emitted nodes that the bound inputs are computed from, taken out of `emitted`."""
-        first = ancestors(emitted, [n.input[0] for n in self.bound])
-        ids = {id(n) for n in first}
-        emitted[:] = [n for n in emitted if id(n) not in ids]
-        return first
+        named = [b.fresh("out") for _ in outputs]
+        returned = [helper.make_node("Identity", [out], [n], name=b.fresh("out_node"))
+                    for n, out in zip(named, outputs, strict=True)]
+        results = [helper.make_tensor_value_info(n, b.dtype(out), None)
+                   for n, out in zip(named, outputs, strict=True)]
+        body = subgraph_to_ir(helper.make_graph(
+            [*self.bound, *b.graph.node, *returned], name, self.inputs, results,
+            list(b.graph.initializer)))
+        body.sort()  # what the bound inputs are computed from moves before them
+        remove_unused(body)
+        return onnx_ir.serde.serialize_graph(body)
 
 
 def _value_info(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
