@@ -79,6 +79,14 @@ def version(library: str) -> str:
     return meta.version(package)
 
 
+def _read_initializers(graph, nodes) -> list:
+    """The initializers of `graph` that `nodes` read (inside their subgraphs too)."""
+    from onnxplain.graph.walk import node_inputs
+
+    read = {name for node in nodes for name in node_inputs(node)}
+    return [init for init in graph.initializer if init.name in read]
+
+
 # ---- the edit, once per library --------------------------------------------------------------
 
 def onnx_run(source: str, target: str, tap: str | None, external: bool,
@@ -86,7 +94,7 @@ def onnx_run(source: str, target: str, tap: str | None, external: bool,
     """Plain protobuf with onnxplain's walkers (the `onnx` and `onnxplain` rows)."""
     import onnx
 
-    from onnxplain.graph.walk import ancestors, rename_reads, used_initializers
+    from onnxplain.graph.walk import ancestors, rename_reads
 
     start = time.perf_counter()
     weights = None
@@ -107,7 +115,7 @@ def onnx_run(source: str, target: str, tap: str | None, external: bool,
     if tap is not None:
         graph = proto.graph
         nodes = ancestors(graph.node, [tap])
-        kept = used_initializers(graph, nodes)
+        kept = _read_initializers(graph, nodes)
         renamed = TAP_PREFIX + tap
         for node in nodes:
             node.output[:] = [renamed if out == tap else out for out in node.output]
@@ -167,12 +175,12 @@ def spans_model(source: str):
     """Step 2 of docs/graph_ir.md's plan: onnxplain's file stubs (graph.weights: the large
     weights read from the protobuf file by offset, the parse dropped) as onnx-ir
     ExternalTensors over the same spans of the user's file."""
-    import onnx
     import onnx_ir as ir
 
-    from onnxplain.graph.weights import file_span, file_weights
+    from onnxplain.graph.load import read_model
+    from onnxplain.graph.weights import file_span
 
-    light = file_weights(onnx.load(source), source).proto
+    light = read_model(source)[0]
     model = ir.serde.deserialize_model(light)
     for init in list(model.graph.initializers.values()):
         proto = next((t for t in light.graph.initializer if t.name == init.name), None)
@@ -492,14 +500,14 @@ def _roundtrip(library: str, source: str, target: str, prune: bool) -> None:
             graph.cleanup()
         onnx.save(gs.export_onnx(graph), target)
     else:
-        from onnxplain.graph.walk import ancestors, used_initializers
+        from onnxplain.graph.walk import ancestors
 
         proto = onnx.load(source)
         if prune:
             graph = proto.graph
             nodes = ancestors(graph.node, [o.name for o in graph.output])
             keep = {id(node) for node in nodes}
-            kept = {init.name for init in used_initializers(graph, nodes)}
+            kept = {init.name for init in _read_initializers(graph, nodes)}
             for index in reversed(range(len(graph.node))):
                 if id(graph.node[index]) not in keep:
                     del graph.node[index]

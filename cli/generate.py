@@ -50,7 +50,7 @@ def generate(model: str, prompt_file: str | None, text: str | None, vocab: str |
     generated token, over the prompt and the tokens generated before it)."""
     from onnxplain import Explainer
     from onnxplain.errors import InputError
-    from onnxplain.generate import generate as run_generation
+    from onnxplain.generation import generate as run_generation
     from onnxplain.vocab import load_vocabulary
 
     from .outputs import prepare_folder, writing_into

@@ -22,9 +22,9 @@ from .errors import (
 )
 from .explainer import Explainer
 
-# The function shadows its module's name as an attribute of the package (as in
-# `onnxplain.generate(...)`); `from onnxplain.generate import ...` still reads the module.
-from .generate import Generation, GenerationStep, generate
+# The module is `generation`, not `generate`: a module named like the function would be
+# shadowed by it (`import onnxplain.generate as m` gave the function, mock.patch missed).
+from .generation import Generation, GenerationStep, generate
 from .methods import METHODS
 from .runtime.batching import RunPolicy
 from .runtime.engine import BatchNotice

@@ -1,7 +1,8 @@
-"""Checking an exported explainer against the in-process method on the same inputs. Methods
-whose in-process run is the exported program itself (methods._graph: saliency,
-input_x_gradient, guided_backprop, deconvnet) differ by 0: for them the check tests the
-serialisation (weights embedded, metadata, inputs with defaults)."""
+"""Checking an exported explainer against the in-process method on the same inputs. The
+in-process run is the exported program itself (methods._graph), fed what explain() feeds,
+so the check tests the serialisation (weights embedded, metadata, inputs with defaults); the
+exceptions the README lists (fixed-batch DeepLIFT, SmoothGrad over DeepLIFT, LRP or IG)
+compose the same numbers differently and differ in the last bits."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from .errors import InputError
 from .explainer import Explainer
 from .export.graph import TARGET
 from .export.methods import ATTRIBUTION
+from .export.noise import SEED as NOISE_SEED
 from .export.seed import OUTPUT_SEED, seed_row
 from .graph.model import Model
+from .methods.smoothgrad import seeds_of
 from .runtime.engine import PROGRAM_FUSIONS_OFF
 from .runtime.progress import progress_bar
 from .runtime.session import Session
@@ -63,13 +66,19 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
         reference = explainer.explain(dict(inputs), method=method, output_seed=seeds,
                                       **dict(place or {}), **options)
         bar.update(1)
-        got = _run_exported(exported, explainer.providers, inputs, rows, seeds)
+        noise = None if NOISE_SEED not in {i.name for i in exported.graph.input} else \
+            seeds_of(explainer.engine, dict(inputs), int({**baked, **options}["seed"]))
+        got = _run_exported(exported, explainer.providers, inputs, rows, seeds, noise)
         bar.update(1)
     return _differences(reference, got, method, rows)
 
 
 def _run_exported(exported: onnx.ModelProto, providers, inputs: Mapping[str, np.ndarray],
-                  rows: int, seeds: np.ndarray | None) -> dict[str, np.ndarray]:
+                  rows: int, seeds: np.ndarray | None, noise: np.ndarray | None
+                  ) -> dict[str, np.ndarray]:
+    """The exported model's outputs on `inputs`, fed what explain() used: the output seed
+    on every row, and the noise tunnels' per-row seeds (explain mixes each row's bytes into
+    the seed: export.noise.row_seeds)."""
     session = Session(exported, providers, disabled=PROGRAM_FUSIONS_OFF)
     feeds = dict(inputs)
     required = ({i.name for i in exported.graph.input}
@@ -78,6 +87,8 @@ def _run_exported(exported: onnx.ModelProto, providers, inputs: Mapping[str, np.
         feeds[TARGET] = np.full(rows, -1, np.int64)
     if OUTPUT_SEED in required and seeds is not None:
         feeds[OUTPUT_SEED] = seeds
+    if noise is not None:
+        feeds[NOISE_SEED] = noise
     return session.run(None, feeds)
 
 

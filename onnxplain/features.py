@@ -24,9 +24,9 @@ def feature_mask(value_row: np.ndarray, kind: str = "auto", *, cell: int = 8,
     pixels, shared over channels), "superpixels" (SLIC, Achanta et al. 2012, on the image,
     `n_segments` wanted; needs scikit-image), "tokens" (one feature per position on the
     row's first axis, e.g. each id of a [S] token row), "columns" (one feature per element)
-    or "mask" (`mask`: integer ids broadcastable to the row, relabelled to 0..F-1 in sorted
-    order). "auto": images -> grid, integer 1-D rows -> tokens, anything else -> columns;
-    a given `mask` wins under "auto".
+    or "mask" (`mask`: integer ids >= 0 broadcastable to the row, relabelled to 0..F-1 in
+    sorted order; a negative id is refused). "auto": images -> grid, integer 1-D rows ->
+    tokens, anything else -> columns; a given `mask` wins under "auto".
     """
     row = np.asarray(value_row)
     if mask is not None:
@@ -168,5 +168,11 @@ def _user_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     except ValueError:
         raise InputError(f"feature mask of shape {mask.shape} does not broadcast to an input "
                          f"row of shape {shape}") from None
+    if full.dtype.kind == "i" and full.size and full.min() < 0:
+        # The methods' exported feature_mask input reads a negative id as no feature (never
+        # perturbed): renumbering it here as one more feature would say otherwise.
+        raise InputError(f"a feature mask holds feature ids >= 0, got {int(full.min())}: give "
+                         "every element a feature (the exported feature_mask input reads "
+                         "negative ids as no feature)")
     ids = np.unique(full, return_inverse=True)[1].reshape(shape)
     return ids.astype(np.int64)

@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import InputError, InputWarning
 from .graph.model import Model, TensorSpec
+from .graph.op_kinds import RECURRENT
+from .graph.shapes import Dim, TensorInfo
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 # Input name -> the axis its rows lie on, None where it is not per row (see Model.batch);
@@ -44,6 +46,7 @@ def prepare_inputs(model: Model, inputs: Inputs) -> dict[str, np.ndarray]:
     feeds = {spec.name: _check_one(spec, given[spec.name], axes.get(spec.name, 0))
              for spec in specs}
     _check_batch(feeds, axes)
+    _check_lengths(model, feeds)
     return feeds
 
 
@@ -87,6 +90,54 @@ def _check_batch(feeds: dict[str, np.ndarray], axes: RowAxes) -> None:
         listing = ", ".join(f"{name}: {size} (axis {axis})"
                             for name, (size, axis) in sizes.items())
         raise InputError(f"inputs disagree on the batch size: {listing}")
+
+
+def _check_lengths(model: Model, feeds: Mapping[str, np.ndarray]) -> None:
+    """A recurrent layer's sequence_lens fed from an input (lengths [batch]) holds values in
+    0..T, T the sequence length: checked here in one line, where ONNX Runtime would fail
+    the run in its own words."""
+    for name, dim in _sequence_lengths(model):
+        length = _dim_value(model, feeds, dim)
+        value = feeds[name]
+        if length is None or not value.size:
+            continue
+        bad = np.flatnonzero((value < 0) | (value > length))
+        if len(bad):
+            raise InputError(f"input '{name}' holds {int(value.flat[bad[0]])} at row "
+                             f"{int(bad[0])}, outside 0..{length} (the sequence length is "
+                             f"{length}: the recurrent layer's sequence_lens)")
+
+
+def _sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
+    """(input, sequence dim) for each LSTM/GRU/RNN whose sequence_lens is a graph input
+    (through Casts): the dim of its X's sequence axis (layout 0: axis 0, else 1)."""
+    if "sequence_lens" not in model.derived:
+        inputs = {spec.name for spec in model.inputs}
+        found = []
+        for node in model.proto.graph.node:
+            if node.op_type not in RECURRENT or node.domain not in ("", "ai.onnx") \
+                    or len(node.input) < 5 or not node.input[4]:
+                continue
+            source = node.input[4]
+            while (producer := model.node_by_output.get(source)) is not None \
+                    and producer.op_type in ("Cast", "Identity"):
+                source = producer.input[0]
+            shape = model.infos.get(node.input[0], TensorInfo(None, None)).shape
+            if source in inputs and shape:
+                layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+                found.append((source, shape[1 if layout else 0]))
+        model.derived["sequence_lens"] = found
+    return model.derived["sequence_lens"]
+
+
+def _dim_value(model: Model, feeds: Mapping[str, np.ndarray], dim: Dim) -> int | None:
+    """A dim's size in these feeds: an int as it is, a symbol where an input declares it."""
+    if dim is None or isinstance(dim, int):
+        return dim
+    for spec in model.inputs:
+        if spec.dims and dim in spec.dims:
+            return int(feeds[spec.name].shape[spec.dims.index(dim)])
+    return None
 
 
 # Methods that take every input's rows where Model.batch places them (a recurrent state

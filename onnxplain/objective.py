@@ -46,6 +46,7 @@ from .errors import InputError, OnnxplainError
 from .graph.attention import find_attention
 from .graph.model import Model
 from .graph.op_kinds import CASTS, CONCATS, CONTROL_FLOW, VALUE_MOVERS
+from .graph.padding import real_positions
 from .graph.sources import embedding_rows
 from .inputs import batch_size, prepare_target
 
@@ -270,7 +271,7 @@ def last_positions(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: 
     """The last non-padding position of each row (padding: 0 in a [rows, length] mask
     input, or in the last `length` columns of a [rows, past + length] one: a KV cache's
     mask covers the cached positions first), else length - 1."""
-    real = _real(feeds, masks, rows, length, cached=True)
+    real = real_positions(feeds, masks, rows, length, cached=True)
     empty = np.flatnonzero(~real.any(axis=1))
     if len(empty):
         raise InputError(f"row {int(empty[0])} is all padding: its attention mask has no "
@@ -410,7 +411,7 @@ def _sequence_mask(model: Model, form: str, feeds: Mapping[str, np.ndarray], len
         positions = (last_positions(feeds, masks, rows, length) if place.position is None
                      else np.full(rows, _position(place.position, length)))
         return np.arange(length) == positions[:, None]
-    real = _real(feeds, masks, rows, length)
+    real = real_positions(feeds, masks, rows, length, cached=False)
     if place.position is None:
         if not real.any(axis=1).all():
             raise InputError(f"row {int(np.argmin(real.any(axis=1)))} is all padding: its "
@@ -451,20 +452,6 @@ def _spatial_mask(size: tuple[int, int], place: Place, rows: int) -> np.ndarray:
     else:
         where[:] = True
     return np.broadcast_to(where, (rows, height, width))
-
-
-def _real(feeds: Mapping[str, np.ndarray], masks: Sequence[str], rows: int,
-          length: int, cached: bool = False) -> np.ndarray:
-    """[rows, length]: True where no [rows, length] mask input is 0; with `cached`, also
-    read the last `length` columns of longer [rows, past + length] masks."""
-    real = np.ones((rows, length), dtype=bool)
-    for name in masks:
-        value = feeds.get(name)
-        if value is None or value.ndim != 2 or value.shape[0] != rows:
-            continue
-        if value.shape[1] == length or (cached and value.shape[1] > length):
-            real &= value[:, value.shape[1] - length:] != 0
-    return real
 
 
 def is_labels(output: np.ndarray) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
-from onnxplain.generate import generate
+from onnxplain.generation import generate
 from onnxplain.vocab import load_vocabulary
 
 from .cli_helpers import run

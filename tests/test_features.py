@@ -55,10 +55,10 @@ def test_tokens_follow_the_first_axis():
 
 def test_user_masks_are_broadcast_and_relabelled():
     row = np.zeros((3, 2, 4))
-    given = np.array([[[9, 9, -1, 4], [4, 4, -1, 9]]])  # [1, 2, 4]: shared over channels
+    given = np.array([[[9, 9, 2, 4], [4, 4, 2, 9]]])  # [1, 2, 4]: shared over channels
     mask = feature_mask(row, mask=given)
     assert assert_ids_used(mask) == 3
-    # Sorted order: -1 -> 0, 4 -> 1, 9 -> 2; the grouping is kept.
+    # Sorted order: 2 -> 0, 4 -> 1, 9 -> 2; the grouping is kept.
     np.testing.assert_array_equal(mask[1], [[2, 2, 0, 1], [1, 1, 0, 2]])
     np.testing.assert_array_equal(mask[0], mask[2])
     # row_masks accepts the mask as the `features` option.

@@ -277,8 +277,8 @@ def test_the_cli_takes_the_budget_and_refuses_a_bad_one(digits_path, digits, tmp
 
 
 def test_parts_take_the_base_policy_and_the_callers_progress(zoo, monkeypatch):
-    """Layer IG on the model cut at the embedding (the path of fixed-batch and older-opset
-    models): the cached cut engine keeps the explainer's policy after a batch_size=1 call,
+    """Layer IG on the model cut at the embedding (the path of embeddings computed from
+    other inputs too): the cached cut engine keeps the explainer's policy after a batch_size=1 call,
     and progress=False reaches it (no bar is made, however long the run)."""
     import contextlib
 

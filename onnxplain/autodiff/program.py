@@ -138,8 +138,8 @@ def build_gradient_program(model: Model, output: str, wrt: Sequence[str], *,
     else:
         program.post = {label: add_output(b, POST_PREFIX + label, tensor)
                         for label, tensor in post.emit(b, computed).items()}
+    append_outputs(proto.graph, b.infos, list(taps))  # first: a tapped LSTM output is read
     finish_gate_forwards(b)  # LSTM kernels give way to the Scans that keep gates
-    append_outputs(proto.graph, b.infos, list(taps))
     program.taps = list(taps)
     drop_unread(proto)
     return program

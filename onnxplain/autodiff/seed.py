@@ -12,6 +12,7 @@ from onnx import TensorProto
 
 from ..graph.builder import GraphBuilder
 from ..graph.model import Model
+from ..graph.padding import real_positions_in_graph
 from ..objective import NEXT_TOKEN, SPATIAL, Place, mask_inputs
 
 
@@ -68,23 +69,16 @@ def _positions(b: GraphBuilder, model: Model, scores: str, form: str, place: Pla
 
 def _real(b: GraphBuilder, model: Model, inputs: Mapping[str, str], rows: str,
           cached: str | None = None) -> str | None:
-    """bool [N, T]: no [N, T] mask input is 0 there (objective.mask_inputs), else None. A
-    mapped input may hold more blocks of rows (a path's x and x'): its first N are read.
-    `cached` (T, [1]): read the last T columns, as a KV cache's [N, P + T] mask covers the
-    cached positions first (objective.last_positions)."""
-    real = None
+    """bool [N, T]: no [N, T] mask input is 0 there (objective.mask_inputs), else None: the
+    rule of graph.padding. A mapped input may hold more blocks of rows (a path's x and x'):
+    its first N are read. `cached` (T, [1]): read the last T columns, as a KV cache's
+    [N, P + T] mask covers the cached positions first (objective.last_positions)."""
     specs = {spec.name: spec for spec in model.inputs}
-    for name in mask_inputs(model):
-        spec = specs.get(name)
-        if spec is None or spec.dims is None or len(spec.dims) != 2:
-            continue
-        zero = b.const(np.zeros((), spec.numpy_dtype))
-        value = b.slice(inputs[name], [0], rows, [0]) if name in inputs else name
-        if cached is not None:
-            value = b.slice(value, b.op("Neg", cached), [np.iinfo(np.int64).max], [1])
-        here = b.op("Not", b.equal(value, zero))
-        real = here if real is None else b.op("And", real, here)
-    return real
+    masks = [name for name in mask_inputs(model) if name in specs
+             and specs[name].dims is not None and len(specs[name].dims) == 2]
+    return real_positions_in_graph(
+        b, [b.slice(inputs[name], [0], rows, [0]) if name in inputs else name
+            for name in masks], cached)
 
 
 def _pixels(b: GraphBuilder, scores: str, place: Place) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -49,6 +50,9 @@ __all__ = ["ATTRIBUTION", "EXPORTS", "LOOP_ROWS", "TARGET", "TARGET_USED", "emit
 # in-process: an exported model cannot know the budget of where it runs).
 LOOP_ROWS = 16
 
+# Exports that run the model on [x; x'] (2N rows) in one batch: a fixed batch axis cannot.
+PAIRED_ROWS = frozenset({"deeplift"})
+
 
 def explainer_model(model: Model, method: str, options: dict, output: str | None = None,
                     target_input: str = "optional", output_seed=None,
@@ -56,16 +60,20 @@ def explainer_model(model: Model, method: str, options: dict, output: str | None
     """The standalone explainer file of `method` with resolved `options` (the caller checks
     them against the method's declarations: exporter.export_explainer): the program
     emit_explainer builds, its weights embedded, metadata set, checked."""
-    if not model.batch.symbolic:
+    if not model.batch.symbolic and method in PAIRED_ROWS:
         raise InputError(f"the model's batch axis is {model.batch.describe()}; an exported "
-                         "explainer needs a symbolic batch axis (re-export with dynamic axes)")
+                         f"{method} runs each row with its reference in one batch (2N rows): "
+                         "re-export the model with dynamic axes")
     check_rows_layout(model, "an exported explainer", frozenset())
     eg = emit_explainer(model, method, options, pick_output(model, output), target_input,
                         output_seed, place)
     _check_size(eg.proto)
     proto = standalone(eg.proto, model.weights)  # weights embedded (graph.weights)
+    if not model.batch.symbolic:
+        _one_copy_per_iteration(proto)
     helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                   **metadata(method, options, eg), **_loop_rows(proto)})
+                                   **metadata(method, options, eg), **_loop_rows(proto),
+                                   **_fixed_rows(model)})
     proto.producer_name = "onnxplain"
     _warn_optimizers(proto)
     set_runtime_ir_version(proto)
@@ -96,6 +104,23 @@ def emit_explainer(model: Model, method: str, options: dict, output: str,
     finish_gate_forwards(eg.b)  # LSTM kernels give way to the Scans that keep gates
     drop_unread(eg.proto)
     return eg
+
+
+def _one_copy_per_iteration(proto: onnx.ModelProto) -> None:
+    """A fixed batch of B: the perturbation Loop's default rows per iteration becomes 1, one
+    copy of the B rows per model run (as in process); the gradient Loop declares no such
+    input for it (export.loop runs one block of B rows per iteration)."""
+    for init in proto.graph.initializer:
+        if init.name == ROWS_PER_ITERATION:
+            init.CopyFrom(numpy_helper.from_array(np.array(1, np.int64), ROWS_PER_ITERATION))
+
+
+def _fixed_rows(model: Model) -> dict[str, str]:
+    """The rows an explainer of a fixed-batch model takes: exactly the model's B."""
+    if model.batch.symbolic:
+        return {}
+    return {"onnxplain.batch": f"fixed: feed exactly {model.batch.size} rows per run (the "
+                               "model's batch axis is fixed; run more rows in chunks of it)"}
 
 
 def _loop_rows(proto: onnx.ModelProto) -> dict[str, str]:

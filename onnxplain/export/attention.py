@@ -23,6 +23,7 @@ from ..graph.attention import (
     query_index,
     token_layout_of,
 )
+from ..graph.padding import real_positions_in_graph
 from ..graph.shapes import TensorInfo
 from ..graph.sources import find_sources
 from ..images import image_inputs
@@ -137,14 +138,9 @@ def real_tokens(eg: ExplainerGraph, names: Iterable[str], width: str) -> str | N
     (the inputs the attention masks are computed from) is 0 in its last `width` columns (a
     KV cache's mask covers the cached tokens, then the new ones); None without such an
     input. In process: objective.last_positions, methods._tokens.padding_mask."""
-    b, real = eg.b, None
     inputs = {spec.name for spec in eg.model.inputs}
-    masks = [name for name in sorted(set(names)) if name in inputs and b.info(name).rank == 2]
-    for name in masks:
-        last = b.slice(name, b.op("Neg", width), [np.iinfo(np.int64).max], [1])
-        here = b.op("Not", b.equal(last, b.scalar(0, name)))
-        real = here if real is None else b.op("And", real, here)
-    return real
+    masks = [name for name in sorted(set(names)) if name in inputs and eg.b.info(name).rank == 2]
+    return real_positions_in_graph(eg.b, masks, width)
 
 
 def _last_real(eg: ExplainerGraph, layers) -> str:

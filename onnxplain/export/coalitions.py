@@ -225,18 +225,6 @@ def _no_feature_last(b, ids: str, width: int) -> str:
     return b.where(inside, ids, b.ints([width]))
 
 
-def check_feature_ids(features) -> None:
-    """A feature mask given as an array holds ids >= 0 (any labels: they are renumbered
-    0..F-1); a negative id is refused in one line rather than read as one more feature."""
-    if isinstance(features, str) or not np.size(features):
-        return
-    ids = np.asarray(features)
-    if ids.dtype.kind in "iu" and ids.min() < 0:
-        raise InputError(f"a feature mask holds feature ids >= 0, got {int(ids.min())}: give "
-                         "every element a feature (the exported feature_mask input reads "
-                         "negative ids as no feature)")
-
-
 def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
     """The feature mask of the exported program's rows, [1, *row]."""
     features = options["features"]
@@ -244,7 +232,6 @@ def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
         raise InputError("superpixels depend on each image, so they cannot be baked into an "
                          "export: export with features=grid, columns, tokens or an integer "
                          "mask (the exported feature_mask input takes any mask)")
-    check_feature_ids(features)
     row = row_shape(eg, name, options)
     blank = np.zeros((1, *row), eg.model.input(name).numpy_dtype)
     return row_masks(blank, features, cell=int(options["cell"]))[0][None]

@@ -20,8 +20,13 @@ EXACT_MAX_FEATURES = 12
 
 def check_matrix(method: str, width: int, n_samples: int, budget_mb: float) -> None:
     """The regression's float64 matrices ([F, samples], LIME's gram [F, F]) are built in
-    memory: over the memory budget they are one line, not a MemoryError."""
-    held = 8 * width * (n_samples + (width if method == "lime" else 0)) * 3
+    memory: over the memory budget they are one line, not a MemoryError. Kernel SHAP's
+    samples are its coalitions: 2^F - 1 when it enumerates them, whatever n_samples says
+    (a larger count is no larger matrix), else about n_samples (sized before the draw)."""
+    samples = n_samples + (width if method == "lime" else 0)
+    if method == "kernel_shap" and every_coalition(width, n_samples):
+        samples = 2 ** width - 1
+    held = 8 * width * samples * 3
     check_work(method, Work("n_samples", n_samples, 0, held, about=f"with {width:,} features "
                             f"and n_samples={n_samples:,}"), MAX_RUNS, budget_mb)
 

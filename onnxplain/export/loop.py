@@ -15,7 +15,14 @@ evenly over the iterations that needs (the last one takes what is left). rows_pe
 is an input of the explainer (ROWS_PER_ITERATION, its default given at export), so in-process
 runs feed the memory budget's value and a new value is a new feed, not a new program.
 Iteration 0 also runs the clean rows (x, and x' for a path), whose outputs leave the Loop
-as the explainer's original outputs, so the model's nodes appear once.
+as the explainer's original outputs, so the model's nodes appear once. Below opset 12 the
+int64 Min and Max are Where(Less) (int_min, int_max): the same Loop.
+
+A model whose batch axis is fixed to B (then N = B: the engine runs the rows in padded
+chunks of B, and the exported explainer takes exactly B rows) sees B rows in every run: the
+clean blocks run in iterations of their own (x in iteration 0, x' in iteration 1 for a
+path), then one point per iteration (k = 1; no ROWS_PER_ITERATION input), as
+export.perturb runs its clean rows alone.
 """
 
 from __future__ import annotations
@@ -85,22 +92,24 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
     """Run the walk with gradients seeded by the one-hot of eg's target at every point, and
     return the sums of its contributions. The model's outputs on the clean rows become the
     explainer's outputs (ExplainerGraph.outputs_from), and its nodes leave the outer graph.
-    `rows_per_iteration` is the default of the input of that name (rows_per_iteration)."""
+    `rows_per_iteration` is the default of the input of that name (rows_per_iteration); a
+    fixed batch axis runs one block of B rows per iteration instead (module docstring)."""
     b = eg.b
     if b.opset < 10:
         raise InputError(f"exported methods that run the model at many points per row "
                          f"(integrated_gradients, the noise tunnels) need opset 10 or newer "
                          f"(computed Slice); the model has opset {b.opset}")
     points = b.ints([walk.points])
-    if b.opset >= 12:  # int64 Min and Max
-        most = b.op("Max", b.ints([1]), b.op("Div", rows_per_iteration_input(
-            eg, rows_per_iteration), eg.rows))
-        trips = _ceil_div(b, points, b.op("Min", most, points))
-        k = _ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
-    else:
+    fixed = not eg.model.batch.symbolic
+    if fixed:  # a block of N = B rows per model run: the clean blocks, then a point each
+        _unfix_rows(eg.proto.graph)
         k = b.ints([1])
-        trips = points
-    clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
+        trips = b.op("Add", points, b.ints([walk.clean_blocks]))
+    else:
+        most = int_max(b, b.ints([1]), b.op("Div", rows_per_iteration_input(
+            eg, rows_per_iteration), eg.rows))
+        trips = _ceil_div(b, points, int_min(b, most, points))
+        k = _ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
     outputs = [spec.name for spec in eg.model.outputs]
     # The body defines the model's inputs and tensors: it reads such clean rows (a stem's
     # end) via aliases.
@@ -108,17 +117,24 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
     defined = {spec.name for spec in model.inputs}
     defined |= {out for node in model.proto.graph.node for out in node.output}
     clean = aliases(eg, [value for value in walk.clean.values() if value in defined])
-    body = _body(eg, walk, {name: clean.get(value, value) for name, value in walk.clean.items()},
-                 k, clean_rows, outputs, rules)
+    clean = {name: clean.get(value, value) for name, value in walk.clean.items()}
+    if fixed:
+        body = _fixed_body(eg, walk, clean, outputs, rules)
+    else:
+        clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
+        body = _body(eg, walk, clean, k, clean_rows, outputs, rules)
+    blocks = walk.clean_blocks if fixed else 1
     initial = [b.zeros_like(like) for like in walk.sums_like]
-    initial += [_placeholder(b, eg.model.infos.get(name)) for name in outputs]
+    initial += [_placeholder(b, eg.model.infos.get(name)) for _ in range(blocks)
+                for name in outputs]
     results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
     sums, on_clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
     for total, like in zip(sums, walk.sums_like, strict=True):
         b.infos[total] = b.info(like)
-    for value, name in zip(on_clean, outputs, strict=True):
+    for value, name in zip(on_clean, outputs * blocks, strict=True):
         b.infos[value] = eg.model.infos.get(name, TensorInfo(None, None))
-    eg.outputs_from(dict(zip(outputs, on_clean, strict=True)))
+    eg.outputs_from({name: _joined(b, on_clean[index::len(outputs)])
+                     for index, name in enumerate(outputs)})
     eg.target()  # the same choice as the body's, from the same outputs
     return sums
 
@@ -235,6 +251,76 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
                       _value_infos(bb, [*carried, *kept], likes),
                       [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
                        *_value_infos(bb, [*updated, *clean_outputs], likes)])
+
+
+def _unfix_rows(graph: onnx.GraphProto) -> None:
+    """Make the rows dim of the outer graph's declared value infos unknown: what the model
+    computes there (an input's affine stem, a token lookup) runs on [x; x'], 2B rows, and
+    ONNX Runtime would take a declared B for a fact."""
+    for info in graph.value_info:
+        shape = info.type.tensor_type.shape
+        if info.type.HasField("tensor_type") and len(shape.dim):
+            shape.dim[0].Clear()
+
+
+def _joined(b: GraphBuilder, blocks: Sequence[str]) -> str:
+    """An output's clean blocks (one per Loop iteration of a fixed batch) as one tensor, rows
+    on axis 0 as the Loop's clean rows are."""
+    if len(blocks) == 1:
+        return blocks[0]
+    joined = b.concat(list(blocks), 0)
+    info = b.info(blocks[0])
+    b.infos[joined] = TensorInfo(info.dtype, None if info.shape is None else
+                                 (None, *info.shape[1:]))
+    return joined
+
+
+def _fixed_body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], outputs: list[str],
+                rules: RuleSet) -> onnx.GraphProto:
+    """The body for a model whose batch axis is fixed to B = N: every iteration runs the
+    model on one block of N rows (iteration j < clean_blocks: clean block j, whose outputs
+    it carries out; then one point each), as export.perturb runs its clean rows alone."""
+    model, blocks = walk.model, walk.clean_blocks
+    made = body_on(eg, model, walk.sums_like)
+    bb, step = made.bb, made.step
+    kept = [[bb.fresh("clean") for _ in outputs] for _ in range(blocks)]
+    at_clean = bb.op("Less", step, bb.const(np.array(blocks, np.int64)))
+    # The clean iterations make point 0 too (then leave it): the ops see one shape.
+    point = int_max(bb, bb.op("Sub", bb.reshape(step, [1]), bb.ints([blocks])), bb.ints([0]))
+    chunk = _chunk(bb, bb.reshape(point, []), bb.ints([1]), walk.points)
+    start = bb.op("Mul", int_min(bb, bb.reshape(step, [1]), bb.ints([blocks])), eg.rows)
+    _feed_block(bb, walk, clean, chunk, start, eg.rows)
+    made.graph.node.extend(made.model_nodes)
+    on_clean = [[_first_or_kept(bb, bb.op("Equal", step, bb.const(np.array(j, np.int64))),
+                                name, previous, name)
+                 for name, previous in zip(outputs, kept[j], strict=True)]
+                for j in range(blocks)]
+    weights = eg.row_weights(bb, on_clean[0][outputs.index(eg.output)], clean)
+    grads = add_gradients(bb, {eg.output: weights}, list(walk.wrt), rules)
+    parts = walk.contributions(bb, chunk, grads)
+    updated = [bb.where(at_clean, total, bb.op("Add", total, part))  # no point there
+               for total, part in zip(made.carried, parts, strict=True)]
+    done = bb.op("Identity", made.cond)
+    finish_gate_forwards(bb)  # the body's own gradient pass: its LSTMs too
+    likes = [*walk.sums_like, *outputs * blocks]
+    flat = [value for block in on_clean for value in block]
+    return close_body(eg, made, f"{model.proto.graph.name}_points",
+                      _value_infos(bb, [*made.carried, *sum(kept, [])], likes),
+                      [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
+                       *_value_infos(bb, [*updated, *flat], likes)])
+
+
+def _feed_block(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chunk,
+                start: str, rows: str) -> None:
+    """Define the model's inputs: `rows` rows of [clean; the chunk's point] from `start` (a
+    clean block, else the point)."""
+    at_points = walk.feeds(bb, chunk)
+    for spec in walk.model.inputs:
+        block = bb.slice(bb.concat([clean[spec.name], at_points[spec.name]], 0), start,
+                         bb.op("Add", start, rows), [0])
+        bb.graph.node.append(helper.make_node("Identity", [block], [spec.name],
+                                              name=bb.fresh("feed_node")))
+        bb.infos[spec.name] = walk.model.infos.get(spec.name, spec.info)
 
 
 def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chunk,

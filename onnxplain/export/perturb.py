@@ -1,9 +1,9 @@
 """The perturbation methods' forward Loop: the model evaluated on P perturbed copies of each
 row, k copies per iteration, so memory stays flat in P; the copies are made inside the body
 from the iteration's indices (a method's callback), and the scores of the explained output
-on them are summed into per-row totals (another callback: score x mask for RISE and
-occlusion), or stacked into an [N, P] table of every copy's score (Perturbation.table: the
-regression methods).
+on them are summed into per-row totals (another callback: score x mask for RISE), or
+stacked into an [N, P] table of every copy's score (Perturbation.table: Kernel SHAP and
+LIME regress on it, occlusion spreads each window's drop after the Loop).
 
 The clean rows run once, in iteration 0, alone (a fixed batch axis or coupled rows see the
 rows the model would): they give the original outputs (of any type) and the explained score

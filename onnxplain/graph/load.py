@@ -22,6 +22,7 @@ from .validate import validate
 from .weights import (
     external_weights,
     payload_bytes,  # noqa: F401 - re-exported
+    read_light,
     standalone,
 )
 
@@ -44,8 +45,8 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto
 
 def read_model(source: str | os.PathLike | bytes | onnx.ModelProto
                ) -> tuple[onnx.ModelProto, str | None]:
-    """The model as given (a copy), checked, and the path it came from; large initializers
-    a file keeps as external data are file stubs of their data file (graph.weights)."""
+    """The model as given (a copy), checked, and the path it came from; the large
+    initializers of a file are file stubs of it, or of its external data file (graph.weights)."""
     if isinstance(source, onnx.ModelProto):
         model, path = _copy(source), None
     elif isinstance(source, (bytes, bytearray)):
@@ -72,8 +73,9 @@ def _read(path: str) -> onnx.ModelProto:
     if file.is_dir():
         raise ModelError(f"model path is a directory, not an ONNX file: {path}")
     try:
-        model = onnx.load(path, load_external_data=False)
-        # Large external weights stay in their data file, as file stubs (graph.weights).
+        # Large weights stay in the file, as file stubs (graph.weights): those it holds
+        # itself are never read (read_light), those of its external data file likewise.
+        model = (_binary(path) and read_light(path)) or onnx.load(path, load_external_data=False)
         external_weights(model, os.path.dirname(os.path.abspath(path)))
         return model
     except DecodeError as err:
@@ -85,6 +87,12 @@ def _read(path: str) -> onnx.ModelProto:
             raise ModelError(f"external data of {path} is missing or unreadable: "
                              f"{_first_line(err)}") from None
         raise ModelError(f"cannot read {path}: {_first_line(err)}") from None
+
+
+def _binary(path: str) -> bool:
+    """Whether onnx reads the file at `path` as binary protobuf (not a text format)."""
+    found = onnx.serialization.registry.get_format_from_file_extension(Path(path).suffix)
+    return found in (None, "protobuf")
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:

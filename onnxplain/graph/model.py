@@ -11,7 +11,7 @@ import onnx
 
 from .load import normalize, read_model
 from .shapes import Dim, TensorInfo, ai_onnx_opset, infer_shapes, value_info_to_tensor_info
-from .weights import Weights, file_weights
+from .weights import Weights
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,11 @@ class Model:
 
     @classmethod
     def load(cls, source: str | os.PathLike | bytes | onnx.ModelProto) -> Model:
+        # Large weights are file stubs (read_model), read from the file where needed;
+        # normalising reads them through tensor_value, and what it rewrites holds bytes.
         proto, path = read_model(source)
         ir_version = proto.ir_version  # read first: normalize may change it in place
-        weights = file_weights(normalize(proto), path)
-        # Large weights the file holds unchanged are file stubs in weights.proto, read
-        # from the file where needed: the parse that held their bytes goes here.
-        del proto
-        return cls(weights.proto, path, weights=weights, file_ir_version=ir_version)
+        return cls(normalize(proto), path, file_ir_version=ir_version)
 
     @cached_property
     def infos(self) -> dict[str, TensorInfo]:

@@ -1,6 +1,5 @@
 """Walks over a graph's nodes that see into subgraphs (If, Loop and Scan bodies): what a node
-reads, which nodes an output is computed from, which initializers they use, renaming
-what they read."""
+reads, which nodes an output is computed from, renaming what they read."""
 
 from __future__ import annotations
 
@@ -55,13 +54,6 @@ def ancestors(nodes: Sequence[onnx.NodeProto], ends: Iterable[str],
             kept.append(node)
             wanted.update(node_inputs(node))
     return kept[::-1]
-
-
-def used_initializers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]
-                      ) -> list[onnx.TensorProto]:
-    """The initializers of `graph` that `nodes` read (inside their subgraphs too)."""
-    used = {name for node in nodes for name in node_inputs(node)}
-    return [init for init in graph.initializer if init.name in used]
 
 
 def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> None:

@@ -5,7 +5,8 @@ A light copy of a model holds stubs (type and dims) for its large initializers; 
 runtime.session, which hands them to ONNX Runtime as arrays.
 
 A model loaded from a file holds no bytes of the large initializers that file holds
-unchanged either: each is a file stub naming the file, the offset and length of its bytes
+either (`read_light` parses it without them, and what normalising rewrites holds bytes):
+each is a file stub naming the file, the offset and length of its bytes
 and the file's inode, size and mtime when it was read (`tensor_value` reads it back,
 refusing once the file has changed; sessions have ONNX Runtime read it as external data
 of that file). Large initializers a model file keeps as external data (in a data file beside
@@ -17,11 +18,12 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from ..errors import ModelError
@@ -36,66 +38,124 @@ SHARED_TYPES = frozenset(helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (
     "float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64"))
 _ITEM_BYTES = {"float_data": 4, "int32_data": 4, "int64_data": 8, "double_data": 8,
                "uint64_data": 8}
-_COMPARED = 16 << 20  # bytes of the file read at a time when checking its spans
 
 
 @dataclass(eq=False)
 class Weights:
-    """The initializers that light copies of `proto` stand for, and for those that are file
-    stubs where their bytes lie in the model's file: name -> (offset, length)."""
+    """The initializers that light copies of `proto` stand for (file stubs among them read
+    their bytes from the model's file)."""
 
     proto: onnx.ModelProto
-    file: str | None = None
-    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
-    stamp: tuple[int, int, int] | None = None  # the file's inode, size and mtime when read
+
+    @property
+    def spans(self) -> dict[str, tuple[int, int]]:
+        """Where the bytes of its file stubs lie in their file: name -> (offset, length)."""
+        return {init.name: (span.offset, span.length) for init in self.proto.graph.initializer
+                if (span := file_span(init)) is not None}
 
 
-def file_weights(model: onnx.ModelProto, path: str | None) -> Weights:
-    """The Weights of `model` (normalised from the file at `path`): its large initializers
-    whose bytes the file holds unchanged are read from there, by offset."""
-    weights = Weights(model)
-    if path is None or payload_bytes(model) < SHARE_FROM:
-        return weights
+def read_light(path: str) -> onnx.ModelProto | None:
+    """The model in the protobuf file at `path` with its large initializers as file stubs,
+    parsed without their bytes: only the rest of the file is read (a memory map of it,
+    whose weight pages are never touched), so loading costs neither a full read nor a copy
+    of the weights. None where the file is small, holds no such initializer, is not a
+    plain protobuf file, or changed while read: onnx then reads it whole."""
+    with open(path, "rb") as file:
+        opened = os.fstat(file.fileno())
+        if opened.st_size < SHARE_FROM:
+            return None
+        stamp = opened.st_ino, opened.st_size, opened.st_mtime_ns
+        try:
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                data, stubs = _light_bytes(mm, os.path.abspath(path), stamp)
+        except (ValueError, IndexError, DecodeError):  # not a well-formed protobuf file
+            return None
+    if not stubs or _stamp(path) != stamp:
+        return None
     try:
-        stamp = _stamp(path)
-        found = raw_spans(path)
-        with open(path, "rb") as file:
-            spans = {init.name: found[init.name] for init in model.graph.initializer
-                     if shareable(init) and init.name in found
-                     and _same_bytes(file, found[init.name], init)}
-    except (OSError, ValueError, IndexError):  # not a plain protobuf file: arrays then
-        return weights
-    where = os.path.abspath(path)
-    if stamp is None or not spans:
-        return weights
-    light = copy_without(model, "graph")
-    copy_into(model.graph, light.graph, skip="initializer")
-    light.graph.initializer.extend(
-        _file_stub(init, FileSpan(where, *spans[init.name], stamp)) if init.name in spans
-        else init for init in model.graph.initializer)
-    return Weights(light, where, spans, stamp)
+        return onnx.ModelProto.FromString(data)
+    except DecodeError:
+        return None
+
+
+def _light_bytes(buf, where: str, stamp: tuple[int, int, int]) -> tuple[bytes, int]:
+    """The ModelProto serialised in `buf` (the file at `where`), its main graph's large
+    initializers (GraphProto.initializer = 5 of ModelProto.graph = 7) replaced by file
+    stubs in place (order kept); and how many were. The graph's fields go last, as one:
+    protobuf merges repeated occurrences of a message field, as it would have."""
+    kept, graph, has_graph, stubs = [], [], False, 0
+    for number, wire, key, start, end in _wire_fields(buf, 0, len(buf)):
+        if number != 7 or wire != 2:
+            kept.append(buf[key:end])
+            continue
+        has_graph = True
+        for inner, kind, first, begin, stop in _wire_fields(buf, start, end):
+            stub = _stub_bytes(buf, begin, stop, where, stamp) if (inner, kind) == (5, 2) \
+                else None
+            graph.append(buf[first:stop] if stub is None else _length_delimited(5, stub))
+            stubs += stub is not None
+    if has_graph:
+        kept.append(_length_delimited(7, b"".join(graph)))
+    return b"".join(kept), stubs
+
+
+def _stub_bytes(buf, start: int, end: int, where: str, stamp: tuple[int, int, int]
+                ) -> bytes | None:
+    """The file stub (serialised) of the TensorProto in buf[start:end] where it is a large
+    initializer of a shared type whose raw_data (TensorProto.raw_data = 9, the last one
+    counts) holds exactly its bytes; None to keep it as it is (validation judges it)."""
+    raw, rest = None, []
+    for number, wire, key, begin, stop in _wire_fields(buf, start, end):
+        if (number, wire) == (9, 2):
+            raw = begin, stop - begin
+        else:
+            rest.append(buf[key:stop])
+    if raw is None or raw[1] < SHARED_BYTES:
+        return None
+    tensor = TensorProto.FromString(b"".join(rest))
+    if tensor.data_type not in SHARED_TYPES or tensor.data_location == TensorProto.EXTERNAL \
+            or tensor.external_data or tensor_bytes(tensor) != raw[1] \
+            or any(len(getattr(tensor, name)) for name in (*_ITEM_BYTES, "string_data")):
+        return None
+    return _file_stub(tensor, FileSpan(where, *raw, stamp)).SerializeToString()
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encoded_varint(number << 3 | 2) + _encoded_varint(len(payload)) + payload
+
+
+def _encoded_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def external_weights(model: onnx.ModelProto, folder: str) -> None:
     """Bring in the external data of `model`, read from a file in `folder` without it: the
     large initializers of its main graph whose data file holds them whole become file stubs
     of that file (their bytes stay there), every other tensor's bytes are read in. Data
-    outside `folder` or missing is refused by onnx, as onnx.load refuses it."""
+    outside `folder` or missing is refused by onnx, as onnx.load refuses it. (File stubs
+    of the model's own file, read_light's, stay as they are.)"""
     graph = model.graph
+    stubs = [index for index, init in enumerate(graph.initializer) if file_span(init)]
     external = [init for init in graph.initializer
-                if external_data_helper.uses_external_data(init)]
+                if external_data_helper.uses_external_data(init) and not file_span(init)]
     spans: dict[int, FileSpan] = {}
     if external and payload_bytes(model) + sum(map(tensor_bytes, external)) >= SHARE_FROM:
         files: dict[str, DataFile | None] = {}  # location -> its file, opened once
         spans = {index: span for index, init in enumerate(graph.initializer)
-                 if external_data_helper.uses_external_data(init)
+                 if external_data_helper.uses_external_data(init) and index not in stubs
                  and (span := _data_span(init, folder, files)) is not None}
     for index, span in spans.items():
-        # Marked as held until the rest is read in: onnx would read a stub's bytes too.
         graph.initializer[index].CopyFrom(_file_stub(graph.initializer[index], span))
+    held = [*stubs, *spans]
+    for index in held:  # marked as held until the rest is read in: onnx would read stubs too
         graph.initializer[index].data_location = TensorProto.DEFAULT
     external_data_helper.load_external_data_for_model(model, folder)
-    for index in spans:
+    for index in held:
         graph.initializer[index].data_location = TensorProto.EXTERNAL
 
 
@@ -207,74 +267,38 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def _same_bytes(file, span: tuple[int, int], init: onnx.TensorProto) -> bool:
-    """Whether `init`'s bytes equal the file's at `span` (normalising may have changed it)."""
-    offset, length = span
-    raw = init.raw_data
-    if len(raw) != length:
-        return False
-    view = memoryview(raw)
-    file.seek(offset)
-    for start in range(0, length, _COMPARED):
-        if file.read(min(_COMPARED, length - start)) != view[start:start + _COMPARED]:
-            return False
-    return True
-
-
-def raw_spans(path: str) -> dict[str, tuple[int, int]]:
-    """(offset, length) of the raw bytes of each initializer of the ModelProto in the file
-    at `path`, found by walking protobuf's wire format (ModelProto.graph = 7,
-    GraphProto.initializer = 5, TensorProto.name = 8, raw_data = 9) over a memory map."""
-    spans: dict[str, tuple[int, int]] = {}
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        for number, start, end in _fields(mm, 0, len(mm)):
-            if number != 7:
-                continue
-            for inner, begin, stop in _fields(mm, start, end):
-                if inner != 5:
-                    continue
-                name = raw = None
-                for key, first, last in _fields(mm, begin, stop):
-                    if key == 8:
-                        name = bytes(mm[first:last]).decode()
-                    elif key == 9:
-                        raw = (first, last - first)
-                if name is not None and raw is not None:
-                    spans[name] = raw
-    return spans
-
-
-def _fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each field of the message in buf[pos:end]; only
-    length-delimited fields are yielded, the others skipped."""
+def _wire_fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, start of its key, start of its value, its end) of each
+    field of the message in buf[pos:end], by protobuf's wire format; ValueError where
+    that is not well formed (groups, which ONNX never writes, included)."""
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, start = _varint(buf, pos)
         wire = key & 7
         if wire == 0:
-            pos = _varint(buf, pos)[1]
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
+            stop = _varint(buf, start)[1]
+        elif wire in (1, 5):
+            stop = start + (8 if wire == 1 else 4)
         elif wire == 2:
-            size, pos = _varint(buf, pos)
-            if pos + size > end:
-                raise ValueError("truncated field")
-            yield key >> 3, pos, pos + size
-            pos += size
+            size, start = _varint(buf, start)
+            stop = start + size
         else:
             raise ValueError(f"wire type {wire}")
+        if stop > end or key >> 3 == 0:
+            raise ValueError("truncated or malformed field")
+        yield key >> 3, wire, pos, start, stop
+        pos = stop
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
     result = shift = 0
-    while True:
+    while shift < 70:
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
             return result, pos
         shift += 7
+    raise ValueError("varint over 10 bytes")
 
 
 def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -31,10 +31,10 @@ def rows_fed(engine: Engine, feeds: Mapping[str, np.ndarray], options: Mapping
     """(the options a program is built and keyed by, the feed that carries the rest): a Loop
     method's `internal_batch_size` becomes its ROWS_PER_ITERATION input (loop_rows). The
     builders read that option only as the input's default (export.loop.gradient_loop; the
-    perturbation Loops, and a gradient Loop below opset 12, not at all), and an in-process
-    run always feeds the input, so the program does not depend on the value: it is built
-    with export's LOOP_ROWS, the very program `export` saves for internal_batch_size 0
-    (exporter.exported_options), one program for every value."""
+    perturbation Loops not at all; a gradient Loop over a fixed batch axis declares no such
+    input), and an in-process run feeds it, so the program does not depend on the value: it
+    is built with export's LOOP_ROWS, the very program `export` saves for
+    internal_batch_size 0 (exporter.exported_options), one program for every value."""
     if "internal_batch_size" not in options:
         return options, {}
     rows = loop_rows(engine, feeds, options["internal_batch_size"])

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..graph.attention import AttentionLayer, is_auto_query, patch_grid, probabilities, query_index
+from ..graph.padding import real_positions
 from ..images import image_layout
 from ..objective import Place, last_positions, make_place, mask_inputs
 
@@ -198,11 +199,5 @@ def padding_mask(feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLaye
     one of them is shaped [batch, at least tokens]: its last S columns (a KV cache's mask
     covers the cached tokens, then these), as the programs read them
     (export.attention.real_tokens)."""
-    mask = np.ones((rows, tokens), dtype=bool)
-    names = {name for layer in layers for name in layer.mask_inputs}
-    for name in sorted(names):
-        value = feeds.get(name)
-        if value is not None and value.ndim == 2 and value.shape[0] == rows \
-                and value.shape[1] >= tokens:
-            mask &= value[:, value.shape[1] - tokens:] != 0
-    return mask
+    names = sorted({name for layer in layers for name in layer.mask_inputs})
+    return real_positions(feeds, names, rows, tokens, cached=True)

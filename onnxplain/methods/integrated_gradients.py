@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..export.graph import FED
 from ..export.methods import BASELINE, BASELINE_SCORE, PATH_RULES, SCORE, path_points
-from ..objective import Objective, OutputSeed
 from ..runtime.budget import Work, count_of, rows_and_bytes
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
-from ._common import (
-    clean_run,
-    completeness_delta,
-    equal_runs,
-    fixed_objective,
-    input_sources,
-)
+from ._common import completeness_delta, input_sources
+from ._folded_path import Quadrature, folded_path, needs_folding
 from ._graph import graph_run, loop_rows
 from .baselines import make_baselines
 from .options import (
@@ -52,7 +44,9 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     extras["convergence_delta"] holds, per row, sum(IG) - (S_c(x) - S_c(x')); a
     ConvergenceWarning is issued when it exceeds `delta_tolerance` times |S_c(x) - S_c(x')|.
     Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
-    path is walked at their output and the gradients go back through them once.
+    path is walked at their output and the gradients go back through them once. Opset-9
+    models and models whose ranks are known only at run time run the path folded into the
+    batch axis instead (methods._folded_path).
     """
 
     moved = input_sources(sources, feeds, "integrated_gradients")
@@ -60,11 +54,10 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     alphas, weights = path_points(int(n_steps), rule)
     baselines = make_baselines(feeds, names, baseline, baseline_value, blur_sigma, seed)
     per_run = loop_rows(engine, feeds, internal_batch_size)
-    # A fixed batch axis cannot hold a Loop's points; below opset 12 (no int64 Min/Max) it
-    # would run one point per iteration.
-    if not engine.model.batch.symbolic or engine.model.opset < 12:
-        return _folded(engine, feeds, target, names, baselines,
-                       Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule)
+    if needs_folding(engine.model):
+        return folded_path(engine, feeds, target, names, baselines,
+                           Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule,
+                           _warned_delta)
     options = {"n_steps": int(n_steps), "rule": rule, "baseline": FED,
                "baseline_value": 0.0, "internal_batch_size": per_run}
     # The Loop runs every step in one call: the bar moves when the rows are done.
@@ -77,93 +70,6 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     delta = _warned_delta(values, run.post[SCORE], run.post[BASELINE_SCORE], delta_tolerance,
                           rule)
     return MethodOutput(run, values, extras={"convergence_delta": delta})
-
-
-def _folded(engine, feeds, target, names, baselines, path: Quadrature, per_run: int,
-            tolerance: float, rule: str) -> MethodOutput:
-    """The path's points folded into the batch axis, a chunk per run: fixed-batch models
-    (a Loop's blocks of points cannot pass their batch axis) and opsets below 12."""
-    objective, clean_outputs = fixed_objective(engine, feeds, target)
-    rows = next(iter(feeds.values())).shape[0]
-    path = Quadrature(path.alphas, path.weights,
-                      equal_runs(len(path.alphas), max(1, per_run // max(rows, 1))))
-    stem = engine.stem(names[0]) if len(names) == 1 else None
-    if stem is None:
-        totals = _path_sums(engine, feeds, baselines, objective, path)
-    else:
-        totals = _path_sums_at_stem(stem, names[0], feeds, baselines, objective, path)
-    values = {name: ((feeds[name] - baselines[name]) * totals[name]).astype(feeds[name].dtype)
-              for name in names}
-    base_outputs = engine.forward({**feeds, **baselines})
-    delta = _warned_delta(values, objective.score(clean_outputs[engine.output]),
-                          objective.score(base_outputs[engine.output]), tolerance, rule)
-    return MethodOutput(clean_run(clean_outputs, objective, engine), values,
-                        extras={"convergence_delta": delta})
-
-
-@dataclass(frozen=True)
-class Quadrature:
-    """Quadrature points and weights along [0, 1], and how many points one run takes."""
-
-    alphas: np.ndarray
-    weights: np.ndarray
-    steps_per_run: int
-
-
-def _path_sums(engine, feeds, starts, objective: Objective, path: Quadrature
-               ) -> dict[str, np.ndarray]:
-    """sum_k w_k dS/dt(start + a_k (end - start)) for each tensor t of `starts`, whose end
-    point is feeds[t]; the points are folded into the batch axis, a chunk per run."""
-    totals = {name: np.zeros(feeds[name].shape, np.float64) for name in starts}
-    # One buffer per tensor for every chunk's points: fresh arrays this size cost page faults.
-    points = {name: np.empty((path.steps_per_run, *feeds[name].shape), feeds[name].dtype)
-              for name in starts}
-    with progress_bar(engine.progress, len(path.alphas), "integrated gradients",
-                      "step") as bar:
-        for first in range(0, len(path.alphas), path.steps_per_run):
-            count = _path_chunk(engine, feeds, starts, objective, path, first, points,
-                                totals)
-            bar.update(count)
-    return totals
-
-
-def _path_chunk(engine, feeds, starts, objective: Objective, path: Quadrature, first: int,
-                points, totals) -> int:
-    """Adds the weighted gradients of the points from `first` on (one run) to `totals`."""
-    chunk = slice(first, first + path.steps_per_run)
-    count = len(path.alphas[chunk])
-    batch = {k: np.concatenate([v] * count, axis=0) for k, v in feeds.items()
-             if k not in starts}
-    for name, start in starts.items():
-        end, out = feeds[name], points[name][:count]
-        # In the input's own precision, as frameworks interpolate: the same points.
-        np.multiply.outer(path.alphas[chunk].astype(end.dtype), end - start, out=out)
-        out += start
-        batch[name] = out.reshape(-1, *end.shape[1:])
-    run = engine.gradients(batch, objective.tile(count).feed(), list(starts))
-    for name in starts:
-        grads = run.grads[name].reshape(count, -1)
-        # In the gradients' precision: a BLAS matrix-vector product, where float64
-        # tensordot first copies them (141 ms of 2.4 s for 32 steps on ResNet-18).
-        summed = path.weights[chunk].astype(grads.dtype) @ grads
-        totals[name] += summed.reshape(feeds[name].shape)
-    return count
-
-
-def _path_sums_at_stem(stem, name, feeds, baselines, objective: Objective, path: Quadrature
-                       ) -> dict[str, np.ndarray]:
-    """_path_sums for input `name` through its affine stem L (graph.stem): the straight
-    path runs between L(x') and L(x), and L's adjoint maps the summed gradient back once.
-    On ResNet-18 this skips the input convolution and its transposed convolution at every
-    path point."""
-    rows = feeds[name].shape[0]
-    both = stem.prefix.forward({name: np.concatenate([feeds[name], baselines[name]])})
-    ends, starts = both[stem.frontier][:rows], both[stem.frontier][rows:]
-    inner = {k: v for k, v in feeds.items() if k != name}
-    inner[stem.frontier] = ends
-    summed = _path_sums(stem.suffix, inner, {stem.frontier: starts}, objective, path)
-    seed = OutputSeed(summed[stem.frontier].astype(ends.dtype))
-    return {name: stem.prefix.gradients({name: feeds[name]}, seed, [name]).grads[name]}
 
 
 def _warned_delta(values, clean: np.ndarray, base: np.ndarray, tolerance: float, rule: str

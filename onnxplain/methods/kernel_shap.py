@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..export.coalitions import ADDITIVITY, EXPECTED, MASK, SCORE, VALUES, check_feature_ids
+from ..export.coalitions import ADDITIVITY, EXPECTED, MASK, SCORE, VALUES
 from ..export.designs import (
     check_matrix,
     check_runs,
@@ -101,7 +101,6 @@ def coalition_run(engine: Engine, method: str, feeds: Mapping[str, np.ndarray], 
     # Background rows are few and shared by all rows: baked in (the program's key holds
     # their digest), where a fed input would be split into chunks of rows.
     background = background_rows(coalition_baseline(baseline, x), x)
-    check_feature_ids(features)
     masks = row_masks(x, features, cell=cell, n_segments=n_segments)
     n_samples, seed = options["n_samples"], options["seed"]
     for width in sorted({int(mask.max()) + 1 for mask in masks}):

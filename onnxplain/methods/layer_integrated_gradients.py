@@ -5,8 +5,8 @@ into (the embedding lookup's output, or the tensor named with attribute_at): the
 there, that tensor becomes an input of the cut model, and Integrated Gradients runs on it
 (Sundararajan et al. 2017; Captum's LayerIntegratedGradients on the embedding layer). Scores
 per token are the sums over the embedding features. It runs the program `export` saves
-(export.tokens: the same numbers); models with a fixed batch axis or below opset 12 (no
-Loop of path points) run Integrated Gradients on the cut model.
+(export.tokens: the same numbers); where the embedding reads other inputs too, Integrated
+Gradients runs on the model cut there.
 """
 
 from __future__ import annotations
@@ -62,8 +62,7 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
                          "embedding, and this model has none (use integrated_gradients)")
     # The first token-id input is integrated; others (token types) stay as they are.
     tokens = tokens[:1]
-    if engine.model.batch.symbolic and engine.model.opset >= 12 and \
-            _reads_ids_alone(engine.model, tokens[0]):
+    if _reads_ids_alone(engine.model, tokens[0]):
         return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
                          internal_batch_size, delta_tolerance)
     return _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
@@ -104,8 +103,8 @@ def _in_graph(engine, feeds, target, source: Source, n_steps, rule, baseline_tok
 
 def _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
                   internal_batch_size, tolerance) -> MethodOutput:
-    """Integrated Gradients on the model cut at the embedding, the points folded into the
-    batch axis (integrated_gradients' fixed-batch path)."""
+    """Integrated Gradients (its Loop) on the model cut at the embedding, for an embedding
+    computed from other inputs too (the program's lookup takes the ids alone)."""
     name = tokens[0].tensor
     embedded = engine.forward(feeds, taps=[name])
     baselines = _baselines(engine, feeds, tokens, embedded, baseline_token)

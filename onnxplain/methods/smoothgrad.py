@@ -6,9 +6,10 @@ Over saliency, input x gradient, guided backprop and deconvnet the copies run in
 Loop that `export` saves (export.noise: the same program, the same numbers); the noise is
 export.random's generator keyed by (seed, sample, element), each row's seed a digest of the
 option seed and the row's bytes (export.noise.row_seeds): rows draw independent noise, and a
-row draws the same alone or in any batch. Other bases (DeepLIFT, LRP, integrated gradients)
-and models with a fixed batch axis run the base method on chunks of copies here, made by
-export.noise's copies program (the Loop's sigma and draws, the same seeds).
+row draws the same alone or in any batch (a model whose batch axis is fixed runs the Loop
+too, one copy of its rows per iteration). Other bases (DeepLIFT, LRP, integrated gradients)
+run the base method on chunks of copies here, made by export.noise's copies program (the
+Loop's sigma and draws, the same seeds).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def _noise_tunnel(kind: str, engine, feeds, target, sources, *, base: str,
     moved = input_sources(sources, feeds, kind)
     notes = [f"{kind} over {base}: {n_samples} samples, noise {noise_level} x input range, "
              f"seed {seed}"]
-    model = engine.model
-    if base not in BASES or not model.batch.symbolic:
+    if base not in BASES:
         return _chunked(kind, engine, feeds, target, sources, [s.tensor for s in moved], spec,
                         noise_level=noise_level, n_samples=n_samples, seed=seed,
                         internal_batch_size=internal_batch_size, notes=notes)
@@ -77,8 +77,8 @@ def _in_graph(kind: str, engine, feeds, target, moved, base: str, noise_level: f
 def _chunked(kind: str, engine, feeds, target, sources, names, spec, *, noise_level: float,
              n_samples: int, seed: int, internal_batch_size: int, notes: list[str]
              ) -> MethodOutput:
-    """Bases without a Loop program and fixed batch axes: the base method on chunks of copies
-    (the samples of a row adjacent), with the program's seeds and the generator's draws."""
+    """Bases without a Loop program: the base method on chunks of copies (the samples of a
+    row adjacent), with the program's seeds and the generator's draws."""
     from ..export.noise import STREAM
 
     objective, clean_outputs = fixed_objective(engine, feeds, target)

@@ -278,8 +278,8 @@ def test_the_copies_carry_the_generators_draws():
 
 
 def test_a_fixed_batch_axis_draws_the_same_noise():
-    """A model whose batch axis is fixed (no Loop of copies) runs the chunks in process with
-    the generator's reference: the symbolic model's in-graph result, to float32 rounding."""
+    """A model whose batch axis is fixed runs its noisy copies in the Loop, one sample of
+    its B rows per iteration: the symbolic model's result, to float32 rounding."""
     symbolic = _sum_of_two_inputs()
     fixed = onnx.ModelProto()
     fixed.CopyFrom(symbolic)

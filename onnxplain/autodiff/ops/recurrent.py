@@ -35,6 +35,7 @@ from onnx import TensorProto
 
 from ...graph.builder import GraphBuilder
 from ...graph.shapes import TensorInfo
+from ...graph.walk import node_inputs
 from ..registry import NodeContext, rule
 from .recurrent_activations import Activation, parse
 from .recurrent_cells import Cell, cell_gates, dact, lstm_finish, lstm_inputs, part, scan
@@ -299,14 +300,17 @@ def _take(b: GraphBuilder, x: str, d: int, axis: int = 0) -> str:
     return b.op("Gather", x, b.const(np.array(d, np.int64), "direction"), axis=axis)
 
 
-def _cell(c: NodeContext, d: int, hidden: int) -> tuple[Cell, str, str, str | None]:
-    """Direction d's cell, its W [G*H, I], R [G*H, H] and input bias (or None)."""
+def _cell(c: NodeContext, d: int, hidden: int, forward: bool = True
+          ) -> tuple[Cell, str, str, str | None]:
+    """Direction d's cell, its W [G*H, I], R [G*H, H] and input bias (or None). Without
+    `forward` (the gates are known: _gate_forward) neither the bias nor R^T, which only the
+    forward reads, is emitted (cell.rt is then '')."""
     b, op = c.b, c.node.op_type
     gates = GATES[op]
     w, r = _take(b, c.x(1), d), _take(b, c.x(2), d)
     lbr = op == "GRU" and bool(c.attr("linear_before_reset", 0))
     bias, rb_h, peepholes = None, None, None
-    if c.x(3):
+    if c.x(3) and forward:
         both = _take(b, c.x(3), d)
         wb, rb = (b.slice(both, [k * gates * hidden], [(k + 1) * gates * hidden], [0])
                   for k in range(2))
@@ -320,7 +324,7 @@ def _cell(c: NodeContext, d: int, hidden: int) -> tuple[Cell, str, str, str | No
     clip, activations = c.attr("clip", None), _activations(c)
     assert not isinstance(activations, str)  # _supports refused otherwise
     slots = len(DEFAULT_ACTIVATIONS[op])
-    cell = Cell(op, hidden, b.op("Transpose", r, perm=[1, 0]),
+    cell = Cell(op, hidden, b.op("Transpose", r, perm=[1, 0]) if forward else "",
                 None if clip is None else float(clip), bool(c.attr("input_forget", 0)), lbr,
                 rb_h, peepholes, tuple(activations[d * slots:(d + 1) * slots]))
     return cell, w, r, bias
@@ -339,10 +343,11 @@ def _direction(c: NodeContext, d: int, xt: str, steps: Steps, seeds: Seeds,
     """dX, d initial_h and d initial_c of direction d (`known`: its forward values, kept by
     _gate_forward)."""
     b, hidden = c.b, _hidden(c)
-    cell, w, r, bias = _cell(c, d, hidden)
+    cell, w, r, bias = _cell(c, d, hidden, forward=known is None)
     lstm = cell.op == "LSTM"
+    hp: str | None = None
     if known is not None:
-        gates, hp, cp = known
+        gates, cp = known
     else:
         xw = _projection(b, xt, b.op("Transpose", w, perm=[1, 0]), bias)
         h0, c0 = _initial(c, d, xt, states, hidden)
@@ -351,6 +356,7 @@ def _direction(c: NodeContext, d: int, xt: str, steps: Steps, seeds: Seeds,
         assert cp is not None
         k = _lstm_coefficients(b, cell, gates, cp)
     elif cell.op == "GRU":
+        assert hp is not None
         k = _gru_coefficients(b, cell, gates, hp)
     else:
         k = _rnn_coefficients(b, cell, gates)
@@ -383,17 +389,18 @@ def _initial(c: NodeContext, d: int, xt: str, states: tuple[str | None, str | No
 # graph stays valid); finish_gate_forwards then puts them in the kernel's place. Plain
 # forwards keep the kernel.
 
-Known = tuple[dict[str, str], str, str]  # gates, h and c before every step
+Known = tuple[dict[str, str], str]  # gates, and c before every step
 
 
 @dataclass(frozen=True)
 class GateForward:
-    """The Scans' forward values per direction, the names their nodes compute, and the
-    names (of Y, Y_h, Y_c) they take when they replace the node."""
+    """The Scans' forward values per direction, the names their nodes compute, and each
+    direction's (y, final h, final c), stacked into the node's outputs once it is known
+    which of them anything reads."""
 
     known: list[Known]
     computed: frozenset[str]
-    renames: dict[str, str]
+    finals: list[tuple[str, str, str]]
 
 
 _FORWARDS: WeakKeyDictionary[GraphBuilder, dict[tuple[str, ...], GateForward]] = (
@@ -425,14 +432,14 @@ def _emit_gate_forward(c: NodeContext, xt: str, states: tuple[str | None, str | 
                        ) -> GateForward:
     b, start = c.b, len(c.b.graph.node)
     with b.own_memo():  # these nodes will move to the kernel's place
-        known, renames = _gate_forward_nodes(c, xt, states)
+        known, finals = _gate_forward_nodes(c, xt, states)
     computed = frozenset(out for node in b.graph.node[start:] for out in node.output)
-    return GateForward(known, computed, renames)
+    return GateForward(known, computed, finals)
 
 
 def _gate_forward_nodes(c: NodeContext, xt: str, states: tuple[str | None, str | None]
-                        ) -> tuple[list[Known], dict[str, str]]:
-    """Each direction's Scan, and Y, Y_h, Y_c under fresh names (with the node's names)."""
+                        ) -> tuple[list[Known], list[tuple[str, str, str]]]:
+    """Each direction's Scan: its forward values and its (y, final h, final c)."""
     b, hidden = c.b, _hidden(c)
     known, finals = [], []
     for d in range(_directions(c)):
@@ -444,26 +451,43 @@ def _gate_forward_nodes(c: NodeContext, xt: str, states: tuple[str | None, str |
         values, h_t, c_t = _gate_scan(b, cell, xw, h0, c0, reverse)
         known.append(values)
         finals.append((values[0]["y"], h_t, c_t))
-    renames = {}
-    for k, axis in enumerate((1, 0, 0)):
-        if c.y(k):
-            renames[b.concat([b.unsqueeze(f[k], [axis]) for f in finals], axis)] = c.y(k)
-    return known, renames
+    return known, finals
 
 
 def finish_gate_forwards(b: GraphBuilder) -> None:
     """Put the gate-keeping Scans the rules emitted in place of the LSTM kernels they copy
-    (call once every backward pass is emitted)."""
-    for key, forward in _FORWARDS.pop(b, {}).items():
+    (call once every backward pass is emitted, and before adding outputs (taps) that read
+    an LSTM output nothing else reads: only the outputs read then are stacked)."""
+    forwards = _FORWARDS.pop(b, {})
+    if not forwards:
+        return
+    read = {name for node in b.graph.node for name in node_inputs(node)}
+    read.update(value.name for value in b.graph.output)
+    for key, forward in forwards.items():
+        start = len(b.graph.node)
+        with b.own_memo():  # these nodes move too
+            renames = _stacked_outputs(b, forward.finals, [n if n in read else "" for n in key])
+        computed = forward.computed | {out for node in b.graph.node[start:] for out in node.output}
         nodes = list(b.graph.node)
-        moved = [n for n in nodes if any(out in forward.computed for out in n.output)]
-        rest = [n for n in nodes if not any(out in forward.computed for out in n.output)]
+        moved = [n for n in nodes if any(out in computed for out in n.output)]
+        rest = [n for n in nodes if not any(out in computed for out in n.output)]
         index = next(k for k, n in enumerate(rest)
                      if n.op_type == "LSTM" and tuple(n.output) == key)
         for node in moved:
-            node.output[:] = [forward.renames.get(out, out) for out in node.output]
+            node.output[:] = [renames.get(out, out) for out in node.output]
         del b.graph.node[:]
         b.graph.node.extend(rest[:index] + moved + rest[index + 1:])
+
+
+def _stacked_outputs(b: GraphBuilder, finals: list[tuple[str, str, str]], names: list[str]
+                     ) -> dict[str, str]:
+    """Y [T, D, N, H], Y_h and Y_c [D, N, H] from the directions' `finals`, for the node's
+    output `names` that are not '' (unread ones are not emitted): fresh name -> node's name."""
+    renames = {}
+    for k, (name, axis) in enumerate(zip(names, (1, 0, 0), strict=False)):
+        if name:
+            renames[b.concat([b.unsqueeze(f[k], [axis]) for f in finals], axis)] = name
+    return renames
 
 
 def _gate_scan(b: GraphBuilder, cell: Cell, xw: str, h0: str, c0: str, reverse: bool
@@ -482,9 +506,8 @@ def _gate_scan(b: GraphBuilder, cell: Cell, xw: str, h0: str, c0: str, reverse: 
     i, o, f = (part(b, s, k, cell.hidden) for k in range(3))
     gates = {"y": y, "s": s, "g": g, "c": c_new, "tc": tc, "i": i, "o": o, "f": f,
              "a_iof": s, "ac": g}  # (pre-activations: Sigmoid's and Tanh's derivatives skip them)
-    hp = _shifted(b, y, b.unsqueeze(h0, [0]), reverse)
-    cp = _shifted(b, c_new, b.unsqueeze(c0, [0]), reverse)
-    return (gates, hp, cp), h_t, c_t
+    cp = _shifted(b, c_new, b.unsqueeze(c0, [0]), reverse)  # (LSTM's rule reads no h before)
+    return (gates, cp), h_t, c_t
 
 
 def _forward_values(b: GraphBuilder, cell: Cell, steps: Steps, xw: str, y: str | None, d: int,
@@ -494,10 +517,10 @@ def _forward_values(b: GraphBuilder, cell: Cell, steps: Steps, xw: str, y: str |
     if y is None or cell.peepholes is not None:
         before = _states_before(b, cell, steps, xw, h0, c0)
         hp, cp = before[0], before[1] if c0 is not None else None
-        return cell_gates(b, cell, xw, hp, cp), hp, cp
+        return cell_gates(b, cell, xw, hp, cp, new_state=False), hp, cp
     hp = _hidden_before(b, steps, _take(b, y, d, axis=1), h0)
     if cell.op != "LSTM":
-        return cell_gates(b, cell, xw, hp, None), hp, None
+        return cell_gates(b, cell, xw, hp, None, new_state=False), hp, None
     assert c0 is not None
     early = lstm_inputs(b, cell, _projection(b, hp, cell.rt, plus=xw), None)
     cp, c_new = _cells_before(b, steps, early["f"], early["ig"], c0)

@@ -51,22 +51,25 @@ def clipped(b: GraphBuilder, cell: Cell, a: str) -> str:
     return b.op("Max", b.op("Min", a, bound), b.op("Neg", bound))
 
 
-def cell_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[str, str]:
+def cell_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None,
+               new_state: bool = True) -> dict[str, str]:
     """The cell at one step ([N, ...]) or at all steps ([T, N, ...]): gate values, raw
-    pre-activations (for clip's derivative) and the new state under "h" (and "c")."""
+    pre-activations (for clip's derivative) and the new state under "h" (and "c"). Without
+    `new_state` (the backward reads gates only) LSTM's and GRU's "h" is not emitted."""
     if cell.op == "LSTM":
-        return _lstm_gates(b, cell, xw, h, c)
+        return _lstm_gates(b, cell, xw, h, c, new_state)
     if cell.op == "GRU":
-        return _gru_gates(b, cell, xw, h)
+        return _gru_gates(b, cell, xw, h, new_state)
     a = b.op("Add", xw, b.op("MatMul", h, cell.rt))
     return {"a": a, "h": act(b, cell, 0, clipped(b, cell, a))}
 
 
-def _lstm_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None) -> dict[str, str]:
+def _lstm_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, c: str | None,
+                new_state: bool) -> dict[str, str]:
     assert c is not None
     a = b.op("Add", xw, b.op("MatMul", h, cell.rt))
     gates = lstm_finish(b, cell, lstm_inputs(b, cell, a, c), c)
-    return {**gates, "h": b.op("Mul", gates["o"], gates["tc"])}
+    return {**gates, "h": b.op("Mul", gates["o"], gates["tc"])} if new_state else gates
 
 
 def lstm_inputs(b: GraphBuilder, cell: Cell, a: str, c: str | None) -> dict[str, str]:
@@ -106,7 +109,8 @@ def lstm_finish(b: GraphBuilder, cell: Cell, gates: dict[str, str], c: str,
     return {**gates, "ao": ao, "o": act(b, cell, 0, clipped(b, cell, ao))}
 
 
-def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
+def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str, new_state: bool
+               ) -> dict[str, str]:
     hidden = cell.hidden
     rt_zr, rt_h = part(b, cell.rt, 0, hidden, 2), part(b, cell.rt, 2, hidden)
     hr = b.op("MatMul", h, rt_zr)
@@ -124,7 +128,9 @@ def _gru_gates(b: GraphBuilder, cell: Cell, xw: str, h: str) -> dict[str, str]:
     else:
         ah = b.op("Add", part(b, xw, 2, hidden), b.op("MatMul", b.op("Mul", r, h), rt_h))
     hh = act(b, cell, 1, clipped(b, cell, ah))
-    out.update(ah=ah, hh=hh, h=b.op("Add", hh, b.op("Mul", z, b.op("Sub", h, hh))))
+    out.update(ah=ah, hh=hh)
+    if new_state:
+        out["h"] = b.op("Add", hh, b.op("Mul", z, b.op("Sub", h, hh)))
     return out
 
 
