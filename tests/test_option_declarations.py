@@ -87,7 +87,8 @@ def test_every_hostile_value_is_taken_or_refused_in_one_line(name):
     ("integrated_gradients", {"baseline": np.array([np.nan])}, "must hold finite numbers"),
     ("integrated_gradients", {"baseline_value": math.inf}, "must be a finite number, got inf"),
     ("integrated_gradients", {"baseline_value": 10**400}, "finite number, got an integer of"),
-    ("integrated_gradients", {"seed": -1}, "must be an integer from 0 to 2\\*\\*128 - 1"),
+    ("integrated_gradients", {"seed": -1}, "must be an integer from 0 to 4294967295"),
+    ("kernel_shap", {"seed": -1}, "must be an integer from 0 to 2\\*\\*128 - 1"),
     ("smoothgrad", {"noise_level": "nan"}, "must be a finite number, got 'nan'"),
     ("smoothgrad", {"noise_level": -0.1}, "must be a finite number >= 0, got -0.1"),
     ("smoothgrad", {"base": "smoothgrad"}, "expects one of deconvnet, .*got 'smoothgrad'"),
@@ -170,9 +171,9 @@ def test_export_checks_the_same_declarations_and_the_same_work_budget(files):
         exported_options("integrated_gradients", {"n_steps": 10**12})
     with pytest.raises(InputError, match="holds about .* over the memory budget"):
         exported_options("integrated_gradients", {"n_steps": 10**6, "max_runs": 10**7})
-    with pytest.raises(InputError, match="'blur_sigma' of method 'integrated_gradients' "
+    with pytest.raises(InputError, match="'delta_tolerance' of method 'integrated_gradients' "
                                          "applies in-process only"):
-        exported_options("integrated_gradients", {"blur_sigma": 1.0})
+        exported_options("integrated_gradients", {"delta_tolerance": 1.0})
     with pytest.raises(InputError, match="'noise_level' of method 'smoothgrad' must be a finite"):
         exported_options("smoothgrad", {"noise_level": math.nan})
     # 0 rows per run means "as the memory budget allows" in-process, 16 per loop iteration.

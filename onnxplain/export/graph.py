@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnx_ir
 from onnx import TensorProto, helper, numpy_helper
 
 from ..autodiff.build import add_gradients
@@ -23,7 +22,7 @@ from ..autodiff.registry import GRADIENT, RuleSet
 from ..autodiff.seed import dense_weights
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
-from ..graph.ir import defined, to_ir, to_proto, values
+from ..graph.ir import defined, onnx_ir, to_ir, to_proto, values
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.stem import Stem

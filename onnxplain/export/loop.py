@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnx_ir
 from onnx import TensorProto, helper
 
 from ..autodiff.build import add_gradients
@@ -40,7 +39,7 @@ from ..autodiff.ops.recurrent import finish_gate_forwards
 from ..autodiff.registry import GRADIENT, RuleSet
 from ..errors import InputError, ModelError
 from ..graph.builder import GraphBuilder
-from ..graph.ir import defined, remove_unused, subgraph_to_ir
+from ..graph.ir import defined, onnx_ir, remove_unused, subgraph_to_ir
 from ..graph.model import Model
 from ..graph.shapes import TensorInfo
 from ..graph.walk import defined_names, node_inputs

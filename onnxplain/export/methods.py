@@ -19,6 +19,7 @@ from ..graph.stem import affine_stem
 from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import NEEDS_BOUNDS, LrpParams, lrp_rules
+from .baselines import COMPUTED, computed_baseline
 from .graph import ExplainerGraph, is_fed
 from .loop import Walk, aliases, gradient_loop, per_block, repeated, weighted_blocks
 
@@ -132,7 +133,7 @@ def path_points(n_steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_export("integrated_gradients", ("n_steps", "rule", "baseline", "baseline_value",
-                                         "internal_batch_size"))
+                                         "blur_sigma", "seed", "internal_batch_size"))
 def integrated_gradients(eg, options):
     """IG_i = (x_i - x'_i) sum_s w_s d S_c(x' + a_s (x - x')) / d x_i.
 
@@ -253,8 +254,12 @@ def baseline_input(eg: ExplainerGraph, name: str, options: dict) -> str:
     """Input `name`'s baseline, read from the explainer input BASELINE + name ([1 or N, ...],
     expanded to the input's shape): a new baseline is a new feed, not a new program. Its
     default is the exported baseline (one row, or [1, ..., 1] for a constant); with
-    options["baseline"] FED it has none (in-process runs feed every row's)."""
+    options["baseline"] FED it has none (in-process runs feed every row's). A blurred or
+    uniform baseline is computed from the input instead (export.baselines), no input."""
     b = eg.b
+    if isinstance(options["baseline"], str) and options["baseline"] in COMPUTED:
+        return computed_baseline(b, name, options["baseline"], options["blur_sigma"],
+                                 options["seed"], name)
     default = None if is_fed(options["baseline"]) else _baseline_row(b, name, options)
     key = eg.add_input(BASELINE + name, b.dtype(name),
                        ["baseline_rows", *[None] * (b.rank(name) - 1)], default,
@@ -279,10 +284,10 @@ def _baseline_row(b, name: str, options: dict) -> np.ndarray:
         return np.full((1,) * rank, value, dtype)
     what = f"baseline '{baseline}'" if isinstance(baseline, str) else "a baseline dict"
     raise InputError(f"{what} cannot be exported; use zeros, constant (with baseline_value), "
-                     "a number or an array shaped like one row")
+                     "blur, uniform, a number or an array shaped like one row")
 
 
-@register_export("deeplift", ("baseline", "baseline_value", "eps"))
+@register_export("deeplift", ("baseline", "baseline_value", "blur_sigma", "seed", "eps"))
 def deeplift(eg, options):
     """C_i = (x_i - x'_i) m_i with DeepLIFT's Rescale multipliers: the model runs on
     [x; x'] and the rules read the reference half (onnxplain.rules.deeplift). x' is the

@@ -3,10 +3,8 @@ suffix of an affine stem), over onnx-ir values, so reads inside subgraphs follow
 
 from __future__ import annotations
 
-import onnx_ir
-
 from ..errors import InputError
-from .ir import remove_unused, to_ir, to_proto, typed_value, values
+from .ir import onnx_ir, remove_unused, to_ir, to_proto, typed_value, values
 from .model import Model
 from .shapes import TensorInfo
 

@@ -15,9 +15,21 @@ import logging
 from collections.abc import Iterator
 
 import onnx
-import onnx_ir
 
 from .shapes import TensorInfo
+
+
+class _OnDemand:
+    """onnx_ir, imported on first use: importing it costs about 0.2 s (sympy with it),
+    and most runs convert nothing (a saliency map of a model without dead nodes)."""
+
+    def __getattr__(self, name: str):
+        import onnx_ir as module
+
+        return getattr(module, name)
+
+
+onnx_ir = _OnDemand()
 
 _SERDE_LOG = logging.getLogger("onnx_ir.serde")
 _MAP_TYPES = "onnxplain.map_types"  # model.meta: the map types to_ir took out

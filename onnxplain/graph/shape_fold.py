@@ -17,10 +17,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-import onnx_ir
 from onnx import TensorProto, helper, numpy_helper
 
-from .ir import to_ir, to_proto
+from .ir import onnx_ir, to_ir, to_proto
 from .model import Model
 from .op_kinds import RANDOM, SHAPE_READERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-import onnx_ir
 from onnx import helper
 
 from .cut import as_input
-from .ir import remove_unused, to_ir, to_proto, typed_value
+from .ir import onnx_ir, remove_unused, to_ir, to_proto, typed_value
 from .model import Model
 from .op_kinds import ARITHMETIC, BATCH_NORMS, IDENTITY, NEGATION, WEIGHTED
 from .walk import node_inputs

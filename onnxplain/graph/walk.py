@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import onnx
-import onnx_ir
 from onnx import helper
 
-from .ir import subgraph_to_ir
+from .ir import onnx_ir, subgraph_to_ir
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

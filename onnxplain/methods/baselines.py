@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ..images import image_layout
+from ..export.baselines import COMPUTED, baseline_program
 
 NAMED = ("zeros", "constant", "blur", "uniform")
 
@@ -29,8 +30,7 @@ def make_baselines(feeds: Mapping[str, np.ndarray], names: Sequence[str], baseli
         if len(names) != 1:
             raise InputError("pass one baseline array per input as a dict name -> array")
         return {names[0]: _array_baseline(feeds[names[0]], baseline, names[0])}
-    rng = np.random.default_rng(seed)
-    return {name: _named_baseline(feeds[name], baseline, value, blur_sigma, rng, name)
+    return {name: _named_baseline(feeds[name], baseline, value, blur_sigma, seed, name)
             for name in names}
 
 
@@ -43,8 +43,8 @@ def _array_baseline(x: np.ndarray, given, name: str) -> np.ndarray:
                          f"broadcast to the input's {x.shape}") from None
 
 
-def _named_baseline(x: np.ndarray, kind, value: float, blur_sigma: float,
-                    rng: np.random.Generator, name: str) -> np.ndarray:
+def _named_baseline(x: np.ndarray, kind, value: float, blur_sigma: float, seed: int,
+                    name: str) -> np.ndarray:
     if isinstance(kind, (int, float)) and not isinstance(kind, bool):
         return np.full_like(x, float(kind))
     text = str(kind).strip().lower()
@@ -56,37 +56,22 @@ def _named_baseline(x: np.ndarray, kind, value: float, blur_sigma: float,
         return np.zeros_like(x)
     if text == "constant":
         return np.full_like(x, value)
-    if text == "uniform":
-        flat = x.reshape(x.shape[0], -1)
-        low, high = flat.min(axis=1), flat.max(axis=1)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        noise = rng.uniform(size=x.shape)
-        return (low.reshape(shape) + noise * (high - low).reshape(shape)).astype(x.dtype)
-    if text == "blur":
-        layout = image_layout(x.shape)
-        if layout is None:
-            raise InputError(f"a blurred baseline needs an image input; '{name}' has shape "
-                             f"{x.shape}")
-        axes = (2, 3) if layout == "NCHW" else (1, 2)
-        return gaussian_blur(x, blur_sigma, axes).astype(x.dtype)
+    if text in COMPUTED:
+        return _computed(x, text, float(blur_sigma), int(seed), name)
     raise InputError(f"unknown baseline '{kind}' (use {', '.join(NAMED)}, a number or an "
                      "array)")
 
 
-def gaussian_blur(x: np.ndarray, sigma: float, axes: Sequence[int]) -> np.ndarray:
-    """Separable Gaussian blur over `axes`, mirroring at the borders (no scipy needed)."""
-    if sigma <= 0:
-        return x.copy()
-    radius = max(1, int(round(3 * sigma)))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel /= kernel.sum()
-    out = x.astype(np.float64)
-    for axis in axes:
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
-        length = out.shape[axis]
-        out = sum(weight * np.take(padded, np.arange(k, k + length), axis=axis)
-                  for k, weight in enumerate(kernel))
-    return out
+def _computed(x: np.ndarray, kind: str, sigma: float, seed: int, name: str) -> np.ndarray:
+    """The blurred or uniform baseline of `x`, by the ONNX definition the exported
+    explainers compute it with (export.baselines), run here on its own."""
+    return _baseline_session(x.shape[1:], x.dtype.str, kind, sigma, seed, name).run(
+        None, {"x": x})[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _baseline_session(row: tuple, dtype: str, kind: str, sigma: float, seed: int, name: str):
+    from .._ort import ort
+
+    model = baseline_program(np.empty((1, *row), np.dtype(dtype)), kind, sigma, seed, name)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -139,7 +139,7 @@ register(MethodSpec(
     reference="Shrikumar, Greenside, Kundaje 2017, arXiv:1704.02685",
     family="gradient",
     options=(path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
-             seed_option("seed of the uniform baseline"),
+             seed_option("seed of the uniform baseline", high=2**32 - 1),
              number("eps", DEFAULT_EPS, "below this |input difference| a nonlinearity takes "
                     "its derivative instead of the difference quotient", low=0),
              delta_tolerance(1e-3)),

@@ -40,7 +40,8 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     memory does not grow with n_steps; baselines are its inputs, computed here (input
     preparation). The baseline x' is "zeros", "constant" (`baseline_value`), "blur"
     (Gaussian blur of image inputs, `blur_sigma` pixels), "uniform" (noise within each
-    row's range, seeded) or an array (or dict of arrays).
+    row's range, seeded; both computed by export.baselines' ONNX ops, as exported
+    explainers compute them) or an array (or dict of arrays).
     extras["convergence_delta"] holds, per row, sum(IG) - (S_c(x) - S_c(x')); a
     ConvergenceWarning is issued when it exceeds `delta_tolerance` times |S_c(x) - S_c(x')|.
     Where the input meets affine ops first (a convolution, normalisation: graph.stem), the
@@ -106,7 +107,7 @@ register(MethodSpec(
     reference="Sundararajan, Taly, Yan 2017, arXiv:1703.01365",
     family="gradient",
     options=(N_STEPS, RULE, path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
-             seed_option("seed of the uniform baseline"), INTERNAL_BATCH_SIZE,
+             seed_option("seed of the uniform baseline", high=2**32 - 1), INTERNAL_BATCH_SIZE,
              delta_tolerance(0.05)),
     work=path_work,
 ))

@@ -263,9 +263,10 @@ def choice(name: str, default: str, choices: Sequence[str], help: str) -> Option
     return Option(name, default, help, ("choice",), tuple(choices))
 
 
-def seed_option(help: str = "seed of the random draws (same seed, same result)") -> Option:
-    # numpy's generators take integers 0 .. 2**128 - 1.
-    return integer("seed", 0, help, low=0, high=2**128 - 1)
+def seed_option(help: str = "seed of the random draws (same seed, same result)",
+                high: int = 2**128 - 1) -> Option:
+    # numpy's generators take integers 0 .. 2**128 - 1, export.random's 0 .. 2**32 - 1.
+    return integer("seed", 0, help, low=0, high=high)
 
 
 def layer_option(help: str = "layer tensor or node name (default: the last spatial conv "

@@ -228,7 +228,9 @@ def test_cli_export_checks_text_integrated_gradients(token, tmp_path, zoo, text_
 @pytest.mark.parametrize("method,options,message", [
     ("lime", {"features": "superpixels"}, "superpixels depend on each image"),
     ("saliency", {"foo": 1}, "has no export option 'foo'"),
-    ("integrated_gradients", {"baseline": "blur"}, "baseline 'blur' cannot be exported"),
+    ("integrated_gradients", {"baseline": {"image": 0.5}}, "a baseline dict cannot be exported"),
+    ("integrated_gradients", {"baseline": "uniform", "seed": 2**32},
+     "'seed' of method 'integrated_gradients' must be an integer from 0 to 4294967295"),
     ("integrated_gradients", {"n_steps": "many"}, "expects an int"),
     ("grad_cam", {"layer": "logits"}, "is not a \\[batch, channels, height, width\\]"),
     ("grad_cam", {"upsample": "cubic"}, "'upsample' of method 'grad_cam' expects one of"),

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-import onnx_ir
 from onnx import TensorProto, helper
 
 from ...errors import MissingRule, UnsupportedOpError
 from ...graph.builder import GraphBuilder
-from ...graph.ir import remove_unused, subgraph_to_ir
+from ...graph.ir import onnx_ir, remove_unused, subgraph_to_ir
 from ...graph.shapes import TensorInfo, infer_shapes, value_info_to_tensor_info
 from ...graph.walk import captures
 from ..build import add_gradients
