@@ -11,6 +11,7 @@ from .errors import InputError, InputWarning
 from .graph.model import Model, TensorSpec
 from .graph.op_kinds import RECURRENT
 from .graph.shapes import Dim, TensorInfo
+from .token_ids import check_token_ids
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 # Input name -> the axis its rows lie on, None where it is not per row (see Model.batch);
@@ -47,6 +48,7 @@ def prepare_inputs(model: Model, inputs: Inputs) -> dict[str, np.ndarray]:
              for spec in specs}
     _check_batch(feeds, axes)
     _check_lengths(model, feeds)
+    check_token_ids(model, feeds)
     return feeds
 
 
