@@ -74,11 +74,17 @@ def _blurred(b: GraphBuilder, x: str, sigma: float, name: str) -> str:
     flat = b.op("Cast", b.reshape(nchw, b.concat([b.ints([-1, 1]), b.dims(nchw, 2)], 0)),
                 to=TensorProto.FLOAT)
     b.infos[flat] = TensorInfo(TensorProto.FLOAT, (None, 1, None, None))
+    # Blurred about each channel's minimum: a flat channel comes back exactly (its
+    # attributions then are exactly 0, and warned), not off by the kernel's rounding.
+    low = b.reduce("ReduceMin", flat, [2, 3], True)
+    flat = b.op("Sub", flat, low)
+    b.infos[flat] = TensorInfo(TensorProto.FLOAT, (None, 1, None, None))
     for axis, shape in ((2, (1, 1, len(kernel), 1)), (3, (1, 1, 1, len(kernel)))):
         padded = b.op("Gather", flat, _mirrored(b, b.dim(flat, axis), radius), axis=axis)
         b.infos[padded] = b.info(flat)
         flat = b.op("Conv", padded, b.const(kernel.reshape(shape).astype(np.float32)))
         b.infos[flat] = TensorInfo(TensorProto.FLOAT, (None, 1, None, None))
+    flat = b.op("Add", flat, low)
     blurred = b.reshape(b.op("Cast", flat, to=b.dtype(x)), b.shape(nchw))
     out = blurred if layout == "NCHW" else b.op("Transpose", blurred, perm=[0, 2, 3, 1])
     b.infos[out] = b.info(x)

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from onnxplain import Explainer
-from onnxplain.errors import InputError
+from onnxplain.errors import AttributionWarning, InputError
 from onnxplain.export_check import check_export
 from onnxplain.exporter import export_explainer
 from onnxplain.methods.baselines import make_baselines
@@ -85,3 +85,16 @@ def test_exported_computed_baselines_equal_explain(zoo, method, baseline):
                                atol=1e-6 * np.abs(expected["image"]).max())
     check = check_export(explainer.model, exported, method, options, feeds)
     assert check["max_rel_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift"])
+@pytest.mark.parametrize("baseline", ["blur", "uniform"])
+def test_a_flat_image_is_its_own_baseline_and_warned(zoo, method, baseline):
+    """A flat row's blur and uniform baselines are the row itself: the attributions are
+    exactly 0, and the all-zero warning says so (not rounding noise presented as a map)."""
+    explainer = Explainer(str(zoo.model_path("rgb_cnn")), "cpu", progress=False)
+    x = np.full((2, 3, 32, 32), 0.3, np.float32)
+    assert np.array_equal(make_baselines({"x": x}, ["x"], baseline)["x"], x)
+    with pytest.warns(AttributionWarning, match="every attribution is 0 in rows 0, 1"):
+        result = explainer.explain(x, method=method, baseline=baseline, delta_tolerance=1e9)
+    assert not result["image"].any()
