@@ -124,8 +124,10 @@ def _sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
             while (producer := model.node_by_output.get(source)) is not None \
                     and producer.op_type in ("Cast", "Identity"):
                 source = producer.input[0]
+            if source not in inputs:
+                continue  # checked first: model.infos runs shape inference
             shape = model.infos.get(node.input[0], TensorInfo(None, None)).shape
-            if source in inputs and shape:
+            if shape:
                 layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
                 found.append((source, shape[1 if layout else 0]))
         model.derived["sequence_lens"] = found

@@ -41,9 +41,11 @@ def _lookups(model: Model) -> list[tuple[str, str, int]]:
             while (producer := model.node_by_output.get(source)) is not None \
                     and producer.op_type in ("Cast", "Identity"):
                 source = producer.input[0]
+            if source not in inputs or node.input[0] not in model.constants:
+                continue  # checked first: model.infos runs shape inference
             info = model.infos.get(node.input[0])
             rows = None if info is None or not info.shape else info.shape[0]
-            if source in inputs and node.input[0] in model.constants and isinstance(rows, int):
+            if isinstance(rows, int):
                 found.append((source, node.input[0], rows))
         model.derived["token_lookups"] = found
     return model.derived["token_lookups"]

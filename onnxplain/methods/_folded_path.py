@@ -19,10 +19,13 @@ from ._common import clean_run, equal_runs, fixed_objective
 
 
 def needs_folding(model) -> bool:
-    """Whether IG runs folded on `model` (see the module)."""
+    """Whether IG runs folded on `model` (see the module); once per model (a walk of every
+    node)."""
     from ..graph.shape_fold import unknown_ranks
 
-    return model.opset < 10 or bool(unknown_ranks(model))
+    if "ig_folds" not in model.derived:
+        model.derived["ig_folds"] = model.opset < 10 or bool(unknown_ranks(model))
+    return model.derived["ig_folds"]
 
 
 def folded_path(engine, feeds, target, names, baselines, path: Quadrature, per_run: int,

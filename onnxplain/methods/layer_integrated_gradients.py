@@ -26,6 +26,7 @@ from ..graph.walk import lookup_inputs
 from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
+from ._folded_path import needs_folding
 from ._graph import graph_run, loop_rows
 from ._tokens import padding_mask
 from .integrated_gradients import (
@@ -62,7 +63,8 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
                          "embedding, and this model has none (use integrated_gradients)")
     # The first token-id input is integrated; others (token types) stay as they are.
     tokens = tokens[:1]
-    if _reads_ids_alone(engine.model, tokens[0]):
+    # The program's Loop needs opset 10 and static ranks; the cut model's IG folds without.
+    if not needs_folding(engine.model) and _reads_ids_alone(engine.model, tokens[0]):
         return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
                          internal_batch_size, delta_tolerance)
     return _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,

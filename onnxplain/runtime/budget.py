@@ -83,14 +83,3 @@ def count_of(options: Mapping[str, object], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         return 0
     return max(int(value), 0)
-
-
-def counted(option: str, what: str = "forward runs", per_run: int = 16):
-    """The work of a method whose `option` counts its runs per input row, holding `per_run`
-    bytes per run and row at once (a score and a weight: LIME, Kernel SHAP)."""
-    def work(options: Mapping[str, object], feeds: Mapping[str, np.ndarray]) -> Work:
-        count = count_of(options, option)
-        rows, _ = rows_and_bytes(feeds)
-        return Work(option, count, count, rows * count * per_run, what)
-
-    return work
