@@ -313,18 +313,25 @@ def _query_is_position(options: dict, place: Place, feeds: Mapping[str, np.ndarr
 
 def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,
               attention: bool = False) -> list[str]:
-    """Rows whose every attribution is exactly 0, or one same value (a constant map ranks no
-    feature above another): never to be shown as a result. `attention`: an attention
-    method, whose map of a query is 0 when its row is its own one-hot in every layer."""
+    """Rows whose attributions are NaN or infinite, or every one exactly 0 or one same value
+    (a constant map ranks no feature above another): never to be shown as a result.
+    `attention`: an attention method, whose map of a query is 0 when its row is its own
+    one-hot in every layer."""
     values = [np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
               for name, v in attributions.items()
               if (axis := rows_axis(axes, name, v)) is not None and v.size]
     if not values:
         return []
     flat = np.concatenate(values, axis=1)
+    found = []
+    broken = ~np.all(np.isfinite(flat), axis=1)
+    if np.any(broken):
+        found.append(f"attributions are NaN or infinite in {rows_text(np.flatnonzero(broken))}"
+                     ": the method's arithmetic overflowed or divided by 0 (a float16 model's "
+                     "range, or an op whose derivative is infinite at the input, such as Sqrt "
+                     "at 0), so the map is no explanation there")
     zero = ~np.any(flat, axis=1)
     same = ~zero & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
-    found = []
     if np.any(zero):
         found.append(f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: " + (
             "the maps read hold nothing beyond the explained query's own entry, which is "

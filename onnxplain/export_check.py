@@ -7,7 +7,7 @@ compose the same numbers differently and differ in the last bits."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -66,29 +66,30 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
         reference = explainer.explain(dict(inputs), method=method, output_seed=seeds,
                                       **dict(place or {}), **options)
         bar.update(1)
-        noise = None if NOISE_SEED not in {i.name for i in exported.graph.input} else \
-            seeds_of(explainer.engine, dict(inputs), int({**baked, **options}["seed"]))
+        def noise() -> np.ndarray:  # the per-row seeds explain() drew noise with
+            return seeds_of(explainer.engine, dict(inputs), int({**baked, **options}["seed"]))
         got = _run_exported(exported, explainer.providers, inputs, rows, seeds, noise)
         bar.update(1)
     return _differences(reference, got, method, rows)
 
 
 def _run_exported(exported: onnx.ModelProto, providers, inputs: Mapping[str, np.ndarray],
-                  rows: int, seeds: np.ndarray | None, noise: np.ndarray | None
-                  ) -> dict[str, np.ndarray]:
+                  rows: int, seeds: np.ndarray | None,
+                  noise: Callable[[], np.ndarray] | None) -> dict[str, np.ndarray]:
     """The exported model's outputs on `inputs`, fed what explain() used: the output seed
-    on every row, and the noise tunnels' per-row seeds (explain mixes each row's bytes into
-    the seed: export.noise.row_seeds)."""
+    on every row, and where the model reads noise seeds, the noise tunnels' per-row seeds
+    that `noise` makes (explain mixes each row's bytes into the seed:
+    export.noise.row_seeds)."""
     session = Session(exported, providers, disabled=PROGRAM_FUSIONS_OFF)
     feeds = dict(inputs)
-    required = ({i.name for i in exported.graph.input}
-                - {init.name for init in exported.graph.initializer})
+    declared = {i.name for i in exported.graph.input}
+    required = declared - {init.name for init in exported.graph.initializer}
     if TARGET in required:
         feeds[TARGET] = np.full(rows, -1, np.int64)
     if OUTPUT_SEED in required and seeds is not None:
         feeds[OUTPUT_SEED] = seeds
-    if noise is not None:
-        feeds[NOISE_SEED] = noise
+    if noise is not None and NOISE_SEED in declared:
+        feeds[NOISE_SEED] = noise()
     return session.run(None, feeds)
 
 

@@ -11,6 +11,7 @@ from .errors import InputError, InputWarning
 from .graph.model import Model, TensorSpec
 from .graph.op_kinds import RECURRENT
 from .graph.shapes import Dim, TensorInfo
+from .graph.walk import produced_from
 from .token_ids import check_token_ids
 
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -120,10 +121,7 @@ def _sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
             if node.op_type not in RECURRENT or node.domain not in ("", "ai.onnx") \
                     or len(node.input) < 5 or not node.input[4]:
                 continue
-            source = node.input[4]
-            while (producer := model.node_by_output.get(source)) is not None \
-                    and producer.op_type in ("Cast", "Identity"):
-                source = producer.input[0]
+            source = produced_from(model.node_by_output, node.input[4])
             if source not in inputs:
                 continue  # checked first: model.infos runs shape inference
             shape = model.infos.get(node.input[0], TensorInfo(None, None)).shape

@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import InputError
 from .graph.model import Model
+from .graph.walk import produced_from
 
 
 def check_token_ids(model: Model, feeds: Mapping[str, np.ndarray]) -> None:
@@ -37,10 +38,7 @@ def _lookups(model: Model) -> list[tuple[str, str, int]]:
             if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or \
                     any(a.name == "axis" and a.i != 0 for a in node.attribute):
                 continue
-            source = node.input[1]
-            while (producer := model.node_by_output.get(source)) is not None \
-                    and producer.op_type in ("Cast", "Identity"):
-                source = producer.input[0]
+            source = produced_from(model.node_by_output, node.input[1])
             if source not in inputs or node.input[0] not in model.constants:
                 continue  # checked first: model.infos runs shape inference
             info = model.infos.get(node.input[0])

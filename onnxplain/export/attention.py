@@ -163,22 +163,24 @@ def _last_real(eg: ExplainerGraph, layers) -> str:
 
 def _auto_row(eg: ExplainerGraph, layers) -> str:
     """int64 [N]: the "auto" query of token ids, one rule for export and in process: each
-    row's last real token where the model is causal (no real query up to it puts more than
-    CAUSAL_SPILL on a later key in the last layer's map), else 0 (the class token)."""
+    row's last real token where the model is causal (the row's first real query puts no more
+    than CAUSAL_SPILL on a later key in the last layer's map: a bidirectional model's first
+    token sees the later ones), else 0 (the class token). One query row of the maps is
+    read, not all of them (a pass over every map entry cost rollout a tenth of a forward)."""
     b = eg.b
     last = _last_real(eg, layers)
     a = layers[-1].probabilities
-    spill = b.reduce("ReduceMax", b.op("Abs", a), [1], keepdims=False)  # [N, Tq, P + Tq]
     queries, keys = b.dim(a, 2), b.dim(a, 3)
-    rows = _positions(eg, queries)
-    later = b.op("Greater", b.unsqueeze(_positions(eg, keys), [0]),
-                 b.unsqueeze(b.op("Add", rows, b.op("Sub", keys, queries)), [1]))  # [Tq, K]
-    read = b.op("Not", b.op("Greater", b.unsqueeze(rows, [0]), b.unsqueeze(last, [1])))
     real = real_tokens(eg, mask_inputs(eg.model), queries)
-    if real is not None:
-        read = b.op("And", read, real)  # [N, Tq]
-    seen = b.op("And", b.unsqueeze(later, [0]), b.unsqueeze(read, [2]))
-    most = b.reduce("ReduceMax", b.where(seen, spill, b.scalar(0.0, spill)), [1, 2],
+    first = b.op("Mul", last, b.ints([0])) if real is None else b.op(
+        "ArgMax", b.op("Cast", real, to=TensorProto.INT32), axis=1, keepdims=0)
+    sizes = b.concat([b.dims(a, 0, 2), b.ints([1]), keys], 0)
+    row = b.op("GatherElements", a, b.op("Expand", b.reshape(first, [-1, 1, 1, 1]), sizes),
+               axis=2)  # [N, H, 1, K]
+    spill = b.reduce("ReduceMax", b.op("Abs", row), [1, 2], keepdims=False)  # [N, K]
+    later = b.op("Greater", b.unsqueeze(_positions(eg, keys), [0]),
+                 b.unsqueeze(b.op("Add", first, b.op("Sub", keys, queries)), [1]))  # [N, K]
+    most = b.reduce("ReduceMax", b.where(later, spill, b.scalar(0.0, spill)), [1],
                     keepdims=False)
     causal = b.op("Not", b.op("Greater", most, b.scalar(CAUSAL_SPILL, spill)))
     return b.where(causal, last, b.op("Mul", last, b.ints([0])))

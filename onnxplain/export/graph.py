@@ -256,6 +256,19 @@ class ExplainerGraph:
         self.added[name] = f"{_type_word(dtype)} {_axes_words(shape)}{optional}: {meaning}{absent}"
         return name
 
+    def adopt_input(self, other: ExplainerGraph, name: str) -> str:
+        """Input `name` of `other`'s program as an input of this one: its declaration,
+        default and description (a program run inside this one reads it from here)."""
+        if name in self.added:
+            return name
+        self._check_free(name)
+        self.proto.graph.input.extend(v for v in other.proto.graph.input if v.name == name)
+        self.proto.graph.initializer.extend(
+            init for init in other.proto.graph.initializer if init.name == name)
+        self.b.infos[name] = other.b.info(name)
+        self.added[name] = other.added[name]
+        return name
+
     def gradients(self, wrt: Sequence[str], rules: RuleSet = GRADIENT,
                   times_output: bool = False) -> dict[str, str]:
         """d(target score)/d(t) for t in `wrt`, every copy explaining its row's target (with
@@ -300,7 +313,10 @@ class ExplainerGraph:
                                     inputs or {})
         else:  # a Loop body's rows choose from their own outputs (the outer ones come later)
             chosen = self.target() if scores == self.output else chosen_class(b, scores, TARGET)
-            weights = one_hot(b, chosen, self.output)
+            # The classes counted on `scores` where its rank is known: a body that does not
+            # define the output's name cannot read it (export.noise_program).
+            weights = one_hot(b, chosen, scores if b.info(scores).rank is not None else
+                              self.output)
         b.infos[weights] = b.info(self.output)
         return weights
 

@@ -107,8 +107,8 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
     else:
         most = int_max(b, b.ints([1]), b.op("Div", rows_per_iteration_input(
             eg, rows_per_iteration), eg.rows))
-        trips = _ceil_div(b, points, int_min(b, most, points))
-        k = _ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
+        trips = ceil_div(b, points, int_min(b, most, points))
+        k = ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
     outputs = [spec.name for spec in eg.model.outputs]
     # The body defines the model's inputs and tensors: it reads such clean rows (a stem's
     # end) via aliases.
@@ -124,7 +124,7 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
         body = _body(eg, walk, clean, k, clean_rows, outputs, rules)
     blocks = walk.clean_blocks if fixed else 1
     initial = [b.zeros_like(like) for like in walk.sums_like]
-    initial += [_placeholder(b, eg.model.infos.get(name)) for _ in range(blocks)
+    initial += [placeholder(b, eg.model.infos.get(name)) for _ in range(blocks)
                 for name in outputs]
     results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
     sums, on_clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
@@ -149,7 +149,7 @@ def rows_per_iteration_input(eg: ExplainerGraph, default: int) -> str:
                         "least one point): lower it to use less memory")
 
 
-def _ceil_div(b: GraphBuilder, a: str, d: str) -> str:
+def ceil_div(b: GraphBuilder, a: str, d: str) -> str:
     return b.op("Div", b.op("Add", a, b.op("Sub", d, b.ints([1]))), d)
 
 
@@ -202,7 +202,14 @@ def body_on(eg: ExplainerGraph, model: Model, sums_like: Sequence[str]) -> Body:
     """A Body over a copy of `model`, one carried sum per tensor of `sums_like` (outer)."""
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    bb = GraphBuilder(proto, {**model.infos, **eg.b.infos}, prefix=BODY_PREFIX)
+    return body_over(eg, proto, model.infos, sums_like)
+
+
+def body_over(eg: ExplainerGraph, proto: onnx.ModelProto, infos: dict[str, TensorInfo],
+              sums_like: Sequence[str], prefix: str = BODY_PREFIX) -> Body:
+    """A Body over `proto` (the caller's: its nodes are taken out), whose tensors `infos`
+    describes; fresh names start with `prefix` (one a nested body of `proto` does not use)."""
+    bb = GraphBuilder(proto, {**infos, **eg.b.infos}, prefix=prefix)
     step, cond = bb.fresh("iteration"), bb.fresh("cond")
     carried = [bb.fresh("sum") for _ in sums_like]
     bb.infos[step] = TensorInfo(TensorProto.INT64, ())
@@ -210,7 +217,7 @@ def body_on(eg: ExplainerGraph, model: Model, sums_like: Sequence[str]) -> Body:
         bb.infos[name] = eg.b.info(like)
     model_nodes = list(proto.graph.node)
     del proto.graph.node[:]  # they run after the inputs are defined
-    return Body(bb, proto.graph, step, cond, carried, model_nodes, payload_bytes(model.proto))
+    return Body(bb, proto.graph, step, cond, carried, model_nodes, payload_bytes(proto))
 
 
 def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
@@ -227,7 +234,7 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
                                 bb.const(np.array(0, np.int64))), [1])
     _feed_model(bb, walk, clean, chunk, extra)
     graph.node.extend(model_nodes)
-    clean_outputs = [_first_or_kept(bb, first, bb.slice(name, [0], extra, [0]), previous,
+    clean_outputs = [first_or_kept(bb, first, bb.slice(name, [0], extra, [0]), previous,
                                     name) for name, previous in zip(outputs, kept, strict=True)]
     explained = clean_outputs[outputs.index(eg.output)]
     weights = eg.row_weights(bb, bb.slice(explained, [0], eg.rows, [0]), clean)
@@ -247,9 +254,9 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
 
     likes = [*walk.sums_like, *outputs]
     return close_body(eg, made, f"{model.proto.graph.name}_points",
-                      _value_infos(bb, [*carried, *kept], likes),
+                      value_infos(bb, [*carried, *kept], likes),
                       [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
-                       *_value_infos(bb, [*updated, *clean_outputs], likes)])
+                       *value_infos(bb, [*updated, *clean_outputs], likes)])
 
 
 def _unfix_rows(graph: onnx.GraphProto) -> None:
@@ -290,7 +297,7 @@ def _fixed_body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], outputs: 
     start = bb.op("Mul", int_min(bb, bb.reshape(step, [1]), bb.ints([blocks])), eg.rows)
     _feed_block(bb, walk, clean, chunk, start, eg.rows)
     made.graph.node.extend(made.model_nodes)
-    on_clean = [[_first_or_kept(bb, bb.op("Equal", step, bb.const(np.array(j, np.int64))),
+    on_clean = [[first_or_kept(bb, bb.op("Equal", step, bb.const(np.array(j, np.int64))),
                                 name, previous, name)
                  for name, previous in zip(outputs, kept[j], strict=True)]
                 for j in range(blocks)]
@@ -304,9 +311,9 @@ def _fixed_body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], outputs: 
     likes = [*walk.sums_like, *outputs * blocks]
     flat = [value for block in on_clean for value in block]
     return close_body(eg, made, f"{model.proto.graph.name}_points",
-                      _value_infos(bb, [*made.carried, *sum(kept, [])], likes),
+                      value_infos(bb, [*made.carried, *sum(kept, [])], likes),
                       [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
-                       *_value_infos(bb, [*updated, *flat], likes)])
+                       *value_infos(bb, [*updated, *flat], likes)])
 
 
 def _feed_block(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chunk,
@@ -357,7 +364,7 @@ def int_max(b: GraphBuilder, x: str, y: str) -> str:
     return b.where(b.op("Less", x, y), y, x)
 
 
-def _first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str) -> str:
+def first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str) -> str:
     """`fresh` in iteration 0, else what the Loop carried (an If: their shapes differ)."""
     branches = {}
     for label, value in (("then", fresh), ("else", kept)):
@@ -371,7 +378,7 @@ def _first_or_kept(b: GraphBuilder, first: str, fresh: str, kept: str, like: str
     return result
 
 
-def _placeholder(b: GraphBuilder, info: TensorInfo | None) -> str:
+def placeholder(b: GraphBuilder, info: TensorInfo | None) -> str:
     """An empty tensor of the output's type and rank: what the Loop carries into
     iteration 0, which replaces it."""
     if info is None or info.dtype is None or info.rank is None:
@@ -415,12 +422,13 @@ def close_body(eg: ExplainerGraph, made: Body, name: str, carried: list[onnx.Val
 
 def _drop_outer_copies(eg: ExplainerGraph, body: onnx_ir.Graph) -> None:
     """Remove the outer graph's initializers that the body holds (the model's weights, its
-    nodes gone from there) where no outer node reads them: each weight is stored once."""
+    nodes gone from there), in a Loop of its own too, where no outer node reads them: each
+    weight is stored once."""
     graph = eg.proto.graph
     read = {name for node in graph.node for name in node_inputs(node)}
     read |= {value.name for value in [*graph.input, *graph.output]}
-    kept = [init for init in graph.initializer
-            if init.name in read or init.name not in body.initializers]
+    held = {name for inner in (body, *body.subgraphs()) for name in inner.initializers}
+    kept = [init for init in graph.initializer if init.name in read or init.name not in held]
     if len(kept) < len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(kept)
@@ -435,7 +443,7 @@ def _weights_outside(eg: ExplainerGraph, body: onnx_ir.Graph) -> None:
         del body.initializers[name]
 
 
-def _value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
+def value_infos(b: GraphBuilder, names: Sequence[str], likes: Sequence[str]
                  ) -> list[onnx.ValueInfoProto]:
     return [_value_info(b, name, like) for name, like in zip(names, likes, strict=True)]
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError
-from ..graph.builder import GraphBuilder
 from ..graph.shapes import TensorInfo
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from .graph import ExplainerGraph, is_fed
 from .loop import Walk, aliases, gradient_loop, repeated, weighted_blocks
 from .methods import declare_per_input, float_inputs, register_export
+from .noise_program import PROGRAM_BASES, program_sums
 from .random import WORD, normal
 
 BASES = {"saliency": GRADIENT, "input_x_gradient": GRADIENT,
@@ -41,8 +40,9 @@ def _noise_tunnel(kind: str):
     def build(eg: ExplainerGraph, options: dict) -> None:
         base, samples = options["base"], int(options["n_samples"])
         level, per_run = float(options["noise_level"]), int(options["internal_batch_size"])
-        if base not in BASES:
-            raise InputError(f"exported {kind} runs over {', '.join(BASES)}, not '{base}'")
+        if base not in BASES and base not in PROGRAM_BASES:
+            raise InputError(f"{kind} runs over {', '.join([*BASES, *PROGRAM_BASES])}, not "
+                             f"'{base}'")
         if samples < 1 or level < 0 or per_run < 1:
             raise InputError(f"{kind} needs n_samples >= 1, noise_level >= 0 and "
                              "internal_batch_size >= 1")
@@ -50,9 +50,16 @@ def _noise_tunnel(kind: str):
         inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
         eg.take_model_nodes()
         sigmas = {name: _sigma(b, name, level) for name in inputs}
-        walk = _noisy_walk(eg, inputs, sigmas, samples, base, _seed_input(eg, options["seed"]))
-        sums = dict(zip([(name, power) for name in inputs for power in (1, 2)],
-                        gradient_loop(eg, walk, per_run, BASES[base]), strict=True))
+        seed = _seed_input(eg, options["seed"])
+        if base in BASES:
+            parts = gradient_loop(eg, _noisy_walk(eg, inputs, sigmas, samples, base, seed),
+                                  per_run, BASES[base])
+        else:
+            parts = program_sums(eg, base, options["base_options"], inputs,
+                                 _copies_of(eg, inputs, sigmas, seed), samples, per_run,
+                                 [_double(b, name) for name in inputs for _ in (1, 2)])
+        sums = dict(zip([(name, power) for name in inputs for power in (1, 2)], parts,
+                        strict=True))
         values = {}
         for name in inputs:
             mean, square = (b.op("Div", sums[name, power],
@@ -78,24 +85,6 @@ def _double(b, name: str) -> str:
 def _row_size(b, name: str) -> str:
     """Elements per row of `name`, int64 [1]."""
     return b.reduce("ReduceProd", b.concat([b.ints([1]), b.dims(name, 1)], 0), [0], True)
-
-
-def copies_program(dtype: int, rank: int, level: float) -> onnx.ModelProto:
-    """The Loop's noisy copies as a program of their own, for the bases that have no Loop
-    (methods.smoothgrad runs it): x [N, ...] (rank `rank`), int64 seeds [1 or N] and samples
-    [k] (model input i: from i * STREAM) -> copies [k * N, ...], k blocks of the N rows."""
-    x = "x"
-    graph = helper.make_graph(
-        [], "noisy_copies",
-        [helper.make_tensor_value_info(x, dtype, ["N", *[None] * (rank - 1)]),
-         helper.make_tensor_value_info("seeds", TensorProto.INT64, [None]),
-         helper.make_tensor_value_info("samples", TensorProto.INT64, [None])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              ir_version=8)
-    b = GraphBuilder(model, {x: TensorInfo(dtype, ("N", *[None] * (rank - 1)))})
-    copies = _noisy_copies(b, "samples", x, _sigma(b, x, level), "seeds", _row_size(b, x), 0)
-    model.graph.output.append(helper.make_tensor_value_info(copies, dtype, None))
-    return model
 
 
 def _noisy_copies(bb, index: str, x: str, sigma: str, seed: str, size: str, stream: int
@@ -163,22 +152,33 @@ def _one_if_equal(b, seeds: str) -> str:
     return b.slice(seeds, [0], count, [0])
 
 
+def _copies_of(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], seed: str):
+    """copies(builder, sample indices, input): the noisy copies of the input's rows, as the
+    Loop of _noisy_walk draws them."""
+    order = [spec.name for spec in eg.model.inputs]
+    sizes = {name: _row_size(eg.b, name) for name in inputs}
+
+    def copies(bb, index: str, name: str, rows: str | None = None) -> str:
+        """`rows`: where the body reads the input's N rows (the input itself by default)."""
+        return _noisy_copies(bb, index, rows or name, sigmas[name], seed, sizes[name],
+                             order.index(name))
+    return copies
+
+
 def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], samples: int,
                 base: str, seed: str) -> Walk:
     """The model at `samples` noisy copies of every row; per input, the sums of the base
     method's gradient and of its square."""
     model = eg.model
     rows = aliases(eg, [spec.name for spec in model.inputs])
-    sizes = {name: _row_size(eg.b, name) for name in inputs}
-    order = [spec.name for spec in model.inputs]
+    copies = _copies_of(eg, inputs, sigmas, seed)
     noisy: dict[str, str] = {}
 
     def feeds(bb, chunk) -> dict[str, str]:
         made = {name: repeated(bb, chunk, alias) for name, alias in rows.items()
                 if name not in inputs}
         for name in inputs:
-            made[name] = noisy[name] = _noisy_copies(
-                bb, chunk.index, rows[name], sigmas[name], seed, sizes[name], order.index(name))
+            made[name] = noisy[name] = copies(bb, chunk.index, name, rows[name])
         return made
 
     def contributions(bb, chunk, grads) -> list[str]:

@@ -36,18 +36,18 @@ from ..objective import LABELS, output_form
 from .graph import FED, TARGET, TARGET_USED, ExplainerGraph, is_fed
 from .loop import (
     Chunk,
-    _ceil_div,
     _chunk,
-    _first_or_kept,
-    _placeholder,
-    _value_infos,
     aliases,
     body_on,
+    ceil_div,
     close_body,
+    first_or_kept,
     int_max,
     int_min,
+    placeholder,
     repeated,
     rows_per_iteration_input,
+    value_infos,
 )
 
 SCORE = "score"
@@ -114,13 +114,13 @@ def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation) -> Perturb
 
     rows = rows_per_iteration_input(eg, LOOP_ROWS)  # in-process: fed
     most = int_max(b, b.ints([1]), b.op("Div", rows, eg.rows))
-    trips = _ceil_div(b, points, int_min(b, most, points))
-    k = _ceil_div(b, points, trips)
+    trips = ceil_div(b, points, int_min(b, most, points))
+    k = ceil_div(b, points, trips)
     clean = aliases(eg, [spec.name for spec in eg.model.inputs])
     body = _body(eg, perturbation, clean, k, outputs)
-    initial = [*perturbation.sums, *(_placeholder(b, eg.model.infos.get(name))
+    initial = [*perturbation.sums, *(placeholder(b, eg.model.infos.get(name))
                                      for name in outputs),
-               _placeholder(b, TensorInfo(TensorProto.DOUBLE, (None,)))]  # the clean score
+               placeholder(b, TensorInfo(TensorProto.DOUBLE, (None,)))]  # the clean score
     found = b.node("Loop", [b.reshape(b.op("Add", trips, b.ints([1])), []), "", *initial],
                    len(initial) + perturbation.table, body=body)
     sums = found[:len(perturbation.sums)]
@@ -279,7 +279,7 @@ def _body(eg: ExplainerGraph, perturbation: Perturbation, clean: dict[str, str],
     chunk = _chunk(bb, before, bb.where(first, bb.ints([1]), k), perturbation.points)
     _feed_model(bb, model, first, chunk, perturbation.perturb(bb, chunk, dict(clean)), clean)
     graph.node.extend(made.model_nodes)
-    clean_outputs = [_first_or_kept(bb, first, name, previous, name)
+    clean_outputs = [first_or_kept(bb, first, name, previous, name)
                      for name, previous in zip(outputs, kept, strict=True)]
     score = _objective(eg, bb, clean_outputs[outputs.index(eg.output)], clean)
     scores = Scores(score.of_copies(bb, eg.output, chunk), score.clean)
@@ -291,11 +291,11 @@ def _body(eg: ExplainerGraph, perturbation: Perturbation, clean: dict[str, str],
     return close_body(
         eg, made, f"{model.proto.graph.name}_copies",
         [*_carried_infos(outer, carried, perturbation.sums),
-         *_value_infos(bb, kept, outputs),
+         *value_infos(bb, kept, outputs),
          helper.make_tensor_value_info(kept_score, TensorProto.DOUBLE, [None])],
         [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
          *_carried_infos(outer, updated, perturbation.sums),
-         *_value_infos(bb, clean_outputs, outputs),
+         *value_infos(bb, clean_outputs, outputs),
          helper.make_tensor_value_info(score.clean, TensorProto.DOUBLE, [None]),
          *(helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, None])
            for name in scanned)])

@@ -106,8 +106,13 @@ def token_layout_of(model: Model, layers: Sequence[AttentionLayer]) -> dict | No
 
 
 def fused_attention_nodes(model: Model) -> list[onnx.NodeProto]:
-    return [node for node in model.proto.graph.node
+    """The model's fused attention nodes (looked for once per model: every attention method
+    asks on every call)."""
+    if "fused attention" not in model.derived:
+        model.derived["fused attention"] = [
+            node for node in model.proto.graph.node
             if node.domain == "com.microsoft" and node.op_type in FUSED_ATTENTION]
+    return model.derived["fused attention"]
 
 
 def check_not_fused(model: Model) -> None:

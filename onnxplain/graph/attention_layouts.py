@@ -30,6 +30,7 @@ from ..errors import InputError
 from .attention import AttentionLayer, projection_input
 from .model import Model
 from .op_kinds import CASTS, DEQUANTIZERS, IDENTITY, QUANTIZERS
+from .walk import produced_from
 
 READ = frozenset({"self", "cache"})
 _WHY = {"windowed": "window attention", "pooled": "keys pooled from the tokens",
@@ -139,11 +140,7 @@ _SAME_VALUES = QUANTIZERS | DEQUANTIZERS | CASTS | IDENTITY
 
 def _unquantized(model: Model, name: str | None) -> str | None:
     """`name` followed back through re-encodings of the same values."""
-    node = model.node_by_output.get(name) if name else None
-    while node is not None and node.op_type in _SAME_VALUES:
-        name = node.input[0]
-        node = model.node_by_output.get(name)
-    return name
+    return name and produced_from(model.node_by_output, name, _SAME_VALUES)
 
 
 def _ancestors(model: Model, start: str, depth: int | None = None) -> set[str]:

@@ -12,7 +12,7 @@ tensor's entries, dropping the file and stamp a file stub names.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import onnx
 
@@ -123,11 +123,18 @@ def _prune(graph: onnx_ir.Graph) -> bool:
             elif attribute.type == onnx_ir.AttributeType.GRAPHS:
                 for inner in attribute.as_graphs():
                     removed |= _prune(inner)
-    for init in [v for v in graph.initializers.values()
-                 if not v.uses() and not v.is_graph_input() and not v.is_graph_output()]:
-        del graph.initializers[init.name]
-        removed = True
-    return removed
+    return drop_unused_initializers(graph) or removed
+
+
+def drop_unused_initializers(graph: onnx_ir.Graph,
+                             among: Iterable[onnx_ir.Value] | None = None) -> bool:
+    """Delete the initializers of `graph` (those of `among`, or all) that nothing reads and
+    that are no graph input or output; whether any went."""
+    unused = [value for value in (graph.initializers.values() if among is None else among)
+              if not value.uses() and not value.is_graph_input() and not value.is_graph_output()]
+    for value in unused:
+        del graph.initializers[value.name]
+    return bool(unused)
 
 
 def typed_value(value: onnx_ir.Value, info: TensorInfo) -> None:
@@ -149,9 +156,11 @@ def values(graph: onnx_ir.Graph) -> dict[str, onnx_ir.Value]:
 
 def defined(graph: onnx_ir.Graph) -> list[onnx_ir.Value]:
     """The values `graph` defines itself: inputs, initializers, node outputs (not its
-    subgraphs'; what a subgraph reads from outside is the outer graph's value)."""
-    return [*graph.inputs, *graph.initializers.values(),
-            *(value for node in graph for value in node.outputs)]
+    subgraphs'; what a subgraph reads from outside is the outer graph's value), each once
+    (an input with a default is an initializer too)."""
+    found = [*graph.inputs, *graph.initializers.values(),
+             *(value for node in graph for value in node.outputs)]
+    return list({id(value): value for value in found}.values())
 
 
 def _graph_pairs(proto: onnx.GraphProto, graph: onnx_ir.Graph

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .ir import onnx_ir, to_ir, to_proto
+from .ir import drop_unused_initializers, onnx_ir, to_ir, to_proto
 from .model import Model
 from .op_kinds import RANDOM, SHAPE_READERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
@@ -92,9 +92,7 @@ def _as_constants(graph: onnx_ir.Graph, node: onnx_ir.Node,
             graph.register_initializer(const)
     read = {value: None for value in node.inputs if value is not None and value.is_initializer()}
     graph.remove(node, safe=True)
-    for value in read:
-        if not (value.uses() or value.is_graph_input() or value.is_graph_output()):
-            graph.initializers.pop(value.name)
+    drop_unused_initializers(graph, read)
 
 
 def _unknown(info: TensorInfo) -> bool:

@@ -3,12 +3,13 @@ reads, which nodes an output is computed from, renaming what they read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import onnx
 from onnx import helper
 
 from .ir import onnx_ir, subgraph_to_ir
+from .op_kinds import CAST_OR_IDENTITY
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -77,6 +78,16 @@ def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> No
                 value.replace_all_uses_with(onnx_ir.Value(name=renamed[value.name]))
     for proto, node in zip(nodes, view, strict=True):
         proto.CopyFrom(onnx_ir.serde.serialize_node(node))
+
+
+def produced_from(producers: Mapping[str, onnx.NodeProto], name: str,
+                  through: Collection[str] = CAST_OR_IDENTITY) -> str:
+    """`name` followed back through its producers (`producers`: tensor -> node) while they
+    are of the op types `through`, each read at its first input: ops that pass the same
+    values on, re-encoded or aliased."""
+    while (node := producers.get(name)) is not None and node.op_type in through:
+        name = node.input[0]
+    return name
 
 
 def lookup_inputs(nodes, tensor: str, inputs) -> set[str]:

@@ -140,15 +140,15 @@ def external_weights(model: onnx.ModelProto, folder: str) -> None:
     outside `folder` or missing is refused by onnx, as onnx.load refuses it. (File stubs
     of the model's own file, read_light's, stay as they are.)"""
     graph = model.graph
-    stubs = [index for index, init in enumerate(graph.initializer) if file_span(init)]
-    external = [init for init in graph.initializer
-                if external_data_helper.uses_external_data(init) and not file_span(init)]
+    stubs = {index for index, init in enumerate(graph.initializer) if file_span(init)}
+    external = [(index, init) for index, init in enumerate(graph.initializer)
+                if external_data_helper.uses_external_data(init) and index not in stubs]
     spans: dict[int, FileSpan] = {}
-    if external and payload_bytes(model) + sum(map(tensor_bytes, external)) >= SHARE_FROM:
+    if external and payload_bytes(model) + sum(tensor_bytes(init) for _, init in external) \
+            >= SHARE_FROM:
         files: dict[str, DataFile | None] = {}  # location -> its file, opened once
-        spans = {index: span for index, init in enumerate(graph.initializer)
-                 if external_data_helper.uses_external_data(init) and index not in stubs
-                 and (span := _data_span(init, folder, files)) is not None}
+        spans = {index: span for index, init in external
+                 if (span := _data_span(init, folder, files)) is not None}
     for index, span in spans.items():
         graph.initializer[index].CopyFrom(_file_stub(graph.initializer[index], span))
     held = [*stubs, *spans]

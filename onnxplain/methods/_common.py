@@ -86,6 +86,21 @@ def completeness_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base
     return delta
 
 
+class ConvergenceWarning(UserWarning):
+    """Integrated Gradients' completeness error is large: use more steps."""
+
+
+def convergence_delta(values: Mapping[str, np.ndarray], clean: np.ndarray, base: np.ndarray,
+                      tolerance: float, rule: str) -> np.ndarray:
+    """sum(IG) - (S(x) - S(x')) per row: 0 for an exact integral (completeness); a
+    ConvergenceWarning where it is large (quadrature `rule` with too few steps)."""
+    advice = "use more n_steps" + ("" if rule == "gausslegendre" else
+                                   " (or rule=gausslegendre)")
+    return completeness_delta(values, clean, base, tolerance, ConvergenceWarning,
+                              "integrated gradients", "the attributions miss the output "
+                              "difference", advice)
+
+
 def rows_text(rows: Sequence[int]) -> str:
     """'row 3' or 'rows 0, 2, 5' (the first eight, then how many more)."""
     rows = [int(r) for r in rows]

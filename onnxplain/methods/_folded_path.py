@@ -15,7 +15,7 @@ import numpy as np
 from ..objective import Objective, OutputSeed
 from ..runtime.progress import progress_bar
 from . import MethodOutput
-from ._common import clean_run, equal_runs, fixed_objective
+from ._common import clean_run, convergence_delta, equal_runs, fixed_objective
 
 
 def needs_folding(model) -> bool:
@@ -29,7 +29,7 @@ def needs_folding(model) -> bool:
 
 
 def folded_path(engine, feeds, target, names, baselines, path: Quadrature, per_run: int,
-                tolerance: float, rule: str, warned_delta) -> MethodOutput:
+                tolerance: float, rule: str) -> MethodOutput:
     """The path's points folded into the batch axis, a chunk per run (see the module)."""
     objective, clean_outputs = fixed_objective(engine, feeds, target)
     rows = next(iter(feeds.values())).shape[0]
@@ -43,8 +43,8 @@ def folded_path(engine, feeds, target, names, baselines, path: Quadrature, per_r
     values = {name: ((feeds[name] - baselines[name]) * totals[name]).astype(feeds[name].dtype)
               for name in names}
     base_outputs = engine.forward({**feeds, **baselines})
-    delta = warned_delta(values, objective.score(clean_outputs[engine.output]),
-                         objective.score(base_outputs[engine.output]), tolerance, rule)
+    delta = convergence_delta(values, objective.score(clean_outputs[engine.output]),
+                              objective.score(base_outputs[engine.output]), tolerance, rule)
     return MethodOutput(clean_run(clean_outputs, objective, engine), values,
                         extras={"convergence_delta": delta})
 

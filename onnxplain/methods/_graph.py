@@ -34,7 +34,7 @@ def rows_fed(engine: Engine, feeds: Mapping[str, np.ndarray], options: Mapping
     perturbation Loops not at all; a gradient Loop over a fixed batch axis declares no such
     input), and an in-process run feeds it, so the program does not depend on the value: it
     is built with export's LOOP_ROWS, the very program `export` saves for
-    internal_batch_size 0 (exporter.exported_options), one program for every value."""
+    internal_batch_size 0 (methods.export_options.exported_options), one program for every value."""
     if "internal_batch_size" not in options:
         return options, {}
     rows = loop_rows(engine, feeds, options["internal_batch_size"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 from ..export.baselines import COMPUTED, baseline_program
+from ..runtime.session import Session
 
 NAMED = ("zeros", "constant", "blur", "uniform")
 
@@ -65,13 +65,24 @@ def _named_baseline(x: np.ndarray, kind, value: float, blur_sigma: float, seed: 
 def _computed(x: np.ndarray, kind: str, sigma: float, seed: int, name: str) -> np.ndarray:
     """The blurred or uniform baseline of `x`, by the ONNX definition the exported
     explainers compute it with (export.baselines), run here on its own."""
-    return _baseline_session(x.shape[1:], x.dtype.str, kind, sigma, seed, name).run(
-        None, {"x": x})[0]
+    session = _baseline_session(x, kind, sigma, seed, name)
+    return next(iter(session.run(None, {"x": x}).values()))
 
 
-@functools.lru_cache(maxsize=8)
-def _baseline_session(row: tuple, dtype: str, kind: str, sigma: float, seed: int, name: str):
-    from .._ort import ort
+# The baseline programs last used, by what one is built from: a row's shape and type, the
+# kind and its parameter. Not by the input's name: it only words a refusal, raised before a
+# program is kept.
+_SESSIONS: dict[tuple, Session] = {}
+_KEPT = 8
 
-    model = baseline_program(np.empty((1, *row), np.dtype(dtype)), kind, sigma, seed, name)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+def _baseline_session(x: np.ndarray, kind: str, sigma: float, seed: int, name: str
+                      ) -> Session:
+    key = (x.shape[1:], x.dtype.str, kind, sigma if kind == "blur" else seed)
+    session = _SESSIONS.pop(key, None)
+    if session is None:
+        session = Session(baseline_program(x, kind, sigma, seed, name), ["CPUExecutionProvider"])
+    _SESSIONS[key] = session  # the most recently used last
+    while len(_SESSIONS) > _KEPT:
+        del _SESSIONS[next(iter(_SESSIONS))]
+    return session

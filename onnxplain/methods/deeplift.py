@@ -22,7 +22,14 @@ from ._common import (
 )
 from ._graph import graph_run
 from .baselines import make_baselines
-from .options import BASELINE_VALUE, BLUR_SIGMA, delta_tolerance, number, path_baseline, seed_option
+from .options import (
+    BASELINE_SEED,
+    BASELINE_VALUE,
+    BLUR_SIGMA,
+    delta_tolerance,
+    number,
+    path_baseline,
+)
 
 
 class SummationWarning(UserWarning):
@@ -139,7 +146,7 @@ register(MethodSpec(
     reference="Shrikumar, Greenside, Kundaje 2017, arXiv:1704.02685",
     family="gradient",
     options=(path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
-             seed_option("seed of the uniform baseline", high=2**32 - 1),
+             BASELINE_SEED,
              number("eps", DEFAULT_EPS, "below this |input difference| a nonlinearity takes "
                     "its derivative instead of the difference quotient", low=0),
              delta_tolerance(1e-3)),

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..export.graph import FED
 from ..export.methods import BASELINE, BASELINE_SCORE, PATH_RULES, SCORE, path_points
 from ..runtime.budget import Work, count_of, rows_and_bytes
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
-from ._common import completeness_delta, input_sources
+from ._common import (  # ConvergenceWarning: re-exported, where warning filters name it
+    ConvergenceWarning,  # noqa: F401
+    convergence_delta,
+    input_sources,
+)
 from ._folded_path import Quadrature, folded_path, needs_folding
 from ._graph import graph_run, loop_rows
 from .baselines import make_baselines
 from .options import (
+    BASELINE_SEED,
     BASELINE_VALUE,
     BLUR_SIGMA,
     choice,
     delta_tolerance,
     integer,
     path_baseline,
-    seed_option,
 )
-
-
-class ConvergenceWarning(UserWarning):
-    """Integrated Gradients' completeness error is large: use more steps."""
 
 
 def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
@@ -57,8 +55,7 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
     per_run = loop_rows(engine, feeds, internal_batch_size)
     if needs_folding(engine.model):
         return folded_path(engine, feeds, target, names, baselines,
-                           Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule,
-                           _warned_delta)
+                           Quadrature(alphas, weights, 0), per_run, delta_tolerance, rule)
     options = {"n_steps": int(n_steps), "rule": rule, "baseline": FED,
                "baseline_value": 0.0, "internal_batch_size": per_run}
     # The Loop runs every step in one call: the bar moves when the rows are done.
@@ -68,19 +65,9 @@ def integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
                         read=(SCORE, BASELINE_SCORE), specialise=False)
         bar.update(len(alphas))
     values = dict(run.grads)
-    delta = _warned_delta(values, run.post[SCORE], run.post[BASELINE_SCORE], delta_tolerance,
-                          rule)
+    delta = convergence_delta(values, run.post[SCORE], run.post[BASELINE_SCORE],
+                              delta_tolerance, rule)
     return MethodOutput(run, values, extras={"convergence_delta": delta})
-
-
-def _warned_delta(values, clean: np.ndarray, base: np.ndarray, tolerance: float, rule: str
-                  ) -> np.ndarray:
-    """sum(IG) - (S(x) - S(x')) per row: 0 for an exact integral (completeness)."""
-    advice = "use more n_steps" + ("" if rule == "gausslegendre" else
-                                   " (or rule=gausslegendre)")
-    return completeness_delta(values, clean, base, tolerance, ConvergenceWarning,
-                              "integrated gradients", "the attributions miss the output "
-                              "difference", advice)
 
 
 def path_work(options, feeds) -> Work:
@@ -106,8 +93,7 @@ register(MethodSpec(
             "extras)",
     reference="Sundararajan, Taly, Yan 2017, arXiv:1703.01365",
     family="gradient",
-    options=(N_STEPS, RULE, path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
-             seed_option("seed of the uniform baseline", high=2**32 - 1), INTERNAL_BATCH_SIZE,
-             delta_tolerance(0.05)),
+    options=(N_STEPS, RULE, path_baseline(), BASELINE_VALUE, BLUR_SIGMA, BASELINE_SEED,
+             INTERNAL_BATCH_SIZE, delta_tolerance(0.05)),
     work=path_work,
 ))

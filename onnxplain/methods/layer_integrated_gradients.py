@@ -26,6 +26,7 @@ from ..graph.walk import lookup_inputs
 from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
+from ._common import convergence_delta
 from ._folded_path import needs_folding
 from ._graph import graph_run, loop_rows
 from ._tokens import padding_mask
@@ -33,7 +34,6 @@ from .integrated_gradients import (
     INTERNAL_BATCH_SIZE,
     N_STEPS,
     RULE,
-    _warned_delta,
     integrated_gradients,
     path_work,
 )
@@ -97,7 +97,7 @@ def _in_graph(engine, feeds, target, source: Source, n_steps, rule, baseline_tok
     clean, base = (run.post[name].astype(np.float64) for name in (SCORE, BASELINE_SCORE))
     # The program's delta counts padding too (before it is zeroed): its sum is the one checked.
     total = run.post["convergence_delta"].astype(np.float64) + clean - base
-    delta = _warned_delta({source.tensor: total[:, None]}, clean, base, tolerance, rule)
+    delta = convergence_delta({source.tensor: total[:, None]}, clean, base, tolerance, rule)
     return MethodOutput(run, {source.tensor: run.post[EMBEDDING]},
                         at_inputs={source.input: run.grads[source.tensor]},
                         extras={"convergence_delta": delta})

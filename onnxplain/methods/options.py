@@ -14,6 +14,7 @@ import numpy as np
 
 from .._text import brief, is_integer_text
 from ..errors import InputError
+from ..export.random import WORD
 from ..runtime.budget import MAX_RUNS
 
 # What an option accepts besides None (`none=True`):
@@ -329,6 +330,8 @@ BASELINE_VALUE = number("baseline_value", 0.0, "the constant baseline's value "
                         "(baseline=constant)")
 BLUR_SIGMA = number("blur_sigma", 5.0, "the blurred baseline's Gaussian sigma in pixels "
                     "(baseline=blur)", low=0)
+# The uniform baseline draws from export.random's generator, which takes a word as its seed.
+BASELINE_SEED = seed_option("seed of the uniform baseline", high=WORD - 1)
 
 
 def delta_tolerance(default: float) -> Option:

@@ -105,8 +105,11 @@ def delta(b: GraphBuilder, t: str) -> str:
 
 
 def _small(b: GraphBuilder, dx: str, eps: float) -> str:
-    """|Δx| < ε: where the ratio Δy / Δx is unreliable and the derivative is used instead."""
-    return b.op("Less", b.op("Abs", dx), b.scalar(eps, dx))
+    """|Δx| < ε: where the ratio Δy / Δx is unreliable and the derivative is used instead.
+    ε is at least Δx's type's smallest normal number: float16 would round the default 1e-10
+    to 0, and 0 / 0 made every multiplier NaN."""
+    return b.op("Less", b.op("Abs", dx),
+                b.scalar(max(eps, float(np.finfo(b.np_dtype(dx)).smallest_normal)), dx))
 
 
 def _gradient(c: NodeContext, gy: list[Grad]) -> list[Grad]:

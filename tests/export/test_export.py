@@ -43,6 +43,17 @@ def _run(model, feeds):
     return dict(zip(names, run(model, feeds), strict=True))
 
 
+def assert_model_outputs(explainer, got, feeds) -> None:
+    """The explainer's original outputs in `got` are the model's own on `feeds` (the same
+    ONNX Runtime kernels on them)."""
+    from onnxplain.runtime.session import Session
+
+    plain = Session(explainer.model.proto, ["CPUExecutionProvider"],
+                    weights=explainer.model.weights).run(None, feeds)
+    for output, value in plain.items():
+        np.testing.assert_allclose(got[output], value, rtol=1e-6, atol=1e-7)
+
+
 def _close(got, expected, rtol=1e-5):
     scale = float(np.abs(expected).max()) or 1.0
     assert float(np.abs(got - expected).max()) <= rtol * scale

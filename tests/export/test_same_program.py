@@ -19,9 +19,8 @@ from onnxplain.exporter import export_explainer
 from onnxplain.graph.weights import standalone
 from onnxplain.methods import get_method
 from onnxplain.methods._graph import graph_run
-from onnxplain.runtime.session import Session
 
-from .test_export import _run
+from .test_export import _run, assert_model_outputs
 
 METHODS = ["saliency", "input_x_gradient", "guided_backprop", "deconvnet"]
 FLOAT_MODELS = ["digits_cnn", "rgb_cnn", "gru_features_tiny"]
@@ -71,10 +70,7 @@ def test_exported_equals_in_process_bit_for_bit(zoo, explainers, name, method):
                                       expected.attributions[source.input])
     np.testing.assert_array_equal(got["target_used"], expected.target)
     # The original outputs are the model's own (the same ONNX Runtime kernels on them).
-    plain = Session(explainer.model.proto, ["CPUExecutionProvider"],
-                    weights=explainer.model.weights).run(None, feeds)
-    for output, value in plain.items():
-        np.testing.assert_allclose(got[output], value, rtol=1e-6, atol=1e-7)
+    assert_model_outputs(explainer, got, feeds)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,10 +14,9 @@ import pytest
 from onnxplain import Explainer
 from onnxplain.errors import InputError
 from onnxplain.exporter import export_explainer
-from onnxplain.runtime.session import Session
 
 from ..conftest import require
-from .test_export import _run
+from .test_export import _run, assert_model_outputs
 
 METHODS = ["cat", "attncat"]
 MODELS = ["bert_small", "sentiment_bert", "vit_small", "clip_vision_tiny"]
@@ -51,10 +50,7 @@ def test_exported_equals_in_process_bit_for_bit(zoo, explainers, name, method, o
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     np.testing.assert_array_equal(got["target_used"], expected.target)
     assert np.abs(values["tokens"]).max() > 0
-    plain = Session(explainer.model.proto, ["CPUExecutionProvider"],
-                    weights=explainer.model.weights).run(None, feeds)
-    for output, value in plain.items():
-        np.testing.assert_allclose(got[output], value, rtol=1e-6, atol=1e-7)
+    assert_model_outputs(explainer, got, feeds)
 
 
 @pytest.mark.parametrize(("name", "method", "options"), [

@@ -22,9 +22,8 @@ from onnxplain.export.designs import (
 )
 from onnxplain.exporter import export_explainer
 from onnxplain.graph.weights import standalone
-from onnxplain.runtime.session import Session
 
-from .test_export import _run
+from .test_export import _run, assert_model_outputs
 from .test_node_client import node as _node  # noqa: F401 - the fixture, named _node here
 
 MODELS = ["digits_cnn", "rgb_cnn"]
@@ -56,10 +55,7 @@ def test_exported_equals_in_process_bit_for_bit(zoo, explainers, name, method):
     for extra in EXTRAS[method]:
         np.testing.assert_array_equal(got[OUTPUTS.get(extra, extra)], expected.extras[extra])
     np.testing.assert_array_equal(got["target_used"], expected.target)
-    plain = Session(explainer.model.proto, ["CPUExecutionProvider"],
-                    weights=explainer.model.weights).run(None, feeds)
-    for output, value in plain.items():
-        np.testing.assert_allclose(got[output], value, rtol=1e-6, atol=1e-7)
+    assert_model_outputs(explainer, got, feeds)
 
 
 @pytest.mark.parametrize("method", ["kernel_shap", "lime"])
