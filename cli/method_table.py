@@ -27,8 +27,8 @@ def method_rows() -> list[dict]:
     """One row per method, by family then name: name, family, summary, reference,
     exportable, defaults and its options (name, default, expects, help, exported)."""
     from onnxplain.export import EXPORTS
-    from onnxplain.exporter import export_options
     from onnxplain.methods import METHODS
+    from onnxplain.methods.export_options import export_options
 
     order = list(FAMILIES)
     ordered = sorted(METHODS.values(), key=lambda m: (

@@ -267,7 +267,8 @@ class Explainer:
         notes += self._straight_through_notes if method.needs_sources else []
         notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
-        doubts += _all_zero(per_input, self.model.batch.of_inputs, method.family == "attention")
+        doubts += _unreadable_rows(per_input, self.model.batch.of_inputs,
+                                   method.family == "attention")
         for doubt in doubts:
             warnings.warn(doubt, AttributionWarning, stacklevel=3)
         notes += doubts
@@ -311,7 +312,7 @@ def _query_is_position(options: dict, place: Place, feeds: Mapping[str, np.ndarr
     return query_is_position(options, place, min(lengths) if lengths else None)
 
 
-def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,
+def _unreadable_rows(attributions: Mapping[str, np.ndarray], axes: RowAxes,
               attention: bool = False) -> list[str]:
     """Rows whose attributions are NaN or infinite, or every one exactly 0 or one same value
     (a constant map ranks no feature above another): never to be shown as a result.
@@ -331,7 +332,7 @@ def _all_zero(attributions: Mapping[str, np.ndarray], axes: RowAxes,
                      "range, or an op whose derivative is infinite at the input, such as Sqrt "
                      "at 0), so the map is no explanation there")
     zero = ~np.any(flat, axis=1)
-    same = ~zero & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
+    same = ~zero & ~broken & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
     if np.any(zero):
         found.append(f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: " + (
             "the maps read hold nothing beyond the explained query's own entry, which is "

@@ -66,6 +66,7 @@ def check_export(model: Model, exported: onnx.ModelProto, method: str, options: 
         reference = explainer.explain(dict(inputs), method=method, output_seed=seeds,
                                       **dict(place or {}), **options)
         bar.update(1)
+
         def noise() -> np.ndarray:  # the per-row seeds explain() drew noise with
             return seeds_of(explainer.engine, dict(inputs), int({**baked, **options}["seed"]))
         got = _run_exported(exported, explainer.providers, inputs, rows, seeds, noise)

@@ -11,7 +11,7 @@ from .export import explainer_model
 from .graph.model import Model
 from .local import head  # noqa: F401 - registers the local head's export (prototypes)
 from .methods._tokens import query_is_position
-from .methods.export_options import export_options, exported_options  # noqa: F401 - API
+from .methods.export_options import exported_options
 from .objective import NEXT_TOKEN, make_place, output_form
 from .runtime.engine import pick_output
 

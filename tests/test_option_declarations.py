@@ -16,8 +16,9 @@ import pytest
 from onnxplain import Explainer
 from onnxplain.errors import InputError
 from onnxplain.export import EXPORTS
-from onnxplain.exporter import export_explainer, export_options, exported_options
+from onnxplain.exporter import export_explainer
 from onnxplain.methods import METHODS, Option
+from onnxplain.methods.export_options import export_options, exported_options
 from onnxplain.methods.options import MAX_RUNS_OPTION
 from onnxplain_cli import method_table
 

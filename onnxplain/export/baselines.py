@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..graph.builder import GraphBuilder
 from ..graph.shapes import TensorInfo
 from ..images import image_layout
-from .random import WORD, _indices, uniform
+from .random import WORD, indices, uniform
 
 COMPUTED = ("blur", "uniform")
 
@@ -94,7 +94,7 @@ def _blurred(b: GraphBuilder, x: str, sigma: float, name: str) -> str:
 def _mirrored(b: GraphBuilder, length: str, radius: int) -> str:
     """Indices of a side of `length` (int64 [1]) padded by `radius` on both ends:
     mirrored (-p, 2 (L - 1) - p) where L > radius, else clamped to the edge."""
-    p = b.op("Sub", _indices(b, b.op("Add", length, b.ints([2 * radius]))), b.ints([radius]))
+    p = b.op("Sub", indices(b, b.op("Add", length, b.ints([2 * radius]))), b.ints([radius]))
     last = b.op("Sub", length, b.ints([1]))
     zero = b.ints([0])
     low = b.op("Less", p, zero)

@@ -343,11 +343,11 @@ def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chun
 
 def _chunk(b: GraphBuilder, step: str, k: str, points: int) -> Chunk:
     """index = step * k + [0 .. count-1], count = min(k, the points left)."""
-    from .random import _indices  # 0 .. n-1 at any opset (Range from 11)
+    from .random import indices  # 0 .. n-1 at any opset (Range from 11)
 
     first = b.op("Mul", b.reshape(step, [1]), k)
     count = int_min(b, k, b.op("Sub", b.ints([points]), first))
-    return Chunk(b.op("Add", first, _indices(b, count)), count)
+    return Chunk(b.op("Add", first, indices(b, count)), count)
 
 
 def int_min(b: GraphBuilder, x: str, y: str) -> str:

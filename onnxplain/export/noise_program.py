@@ -8,8 +8,10 @@ Iteration 0 runs the base program on the clean rows. Their outputs leave the Loo
 explainer's original outputs, and the explained score's weights come from them (the class
 chosen on the clean rows, the output seed, the dense objective), which the base program
 then takes as its output seed on every noisy copy: each copy explains its row's clean
-objective, and the model's weights are stored once (in the body). That run's attributions
-are not used: one base run of the N rows beyond the n_samples. Iteration t >= 1 runs copies
+objective, and the model's weights are stored once (where the base program keeps them: in
+the body, in IG's own Loop body inside it, or for models of OUTER_WEIGHTS_FROM bytes in the
+outer graph). That run's attributions are not used: one base run of the N rows beyond the
+n_samples. Iteration t >= 1 runs copies
 (t - 1) k .. t k - 1 of every row, k blocks of the N rows (k from rows_per_iteration, 1 on
 a fixed batch axis).
 """
@@ -39,6 +41,7 @@ from .loop import (
     value_infos,
 )
 from .methods import ATTRIBUTION
+from .random import indices
 from .seed import OUTPUT_SEED
 
 # The bases that run this way (the others, gradients with a post-op, run in export.noise's
@@ -46,8 +49,9 @@ from .seed import OUTPUT_SEED
 PROGRAM_BASES = ("deeplift", "integrated_gradients", "lrp")
 # The base program's own values, renamed so that the noise graph's names stay readable.
 BASE_PREFIX = "onnxplain/noise/base/"
-# Rows a base program runs per row: DeepLIFT runs each row with its reference.
-ROWS_PER_COPY = {"deeplift": 2}
+# Rows a base program runs at once per row: DeepLIFT each row with its reference (its
+# PAIRED_ROWS), Integrated Gradients the row and its baseline with the path's first point.
+ROWS_PER_COPY = {"deeplift": 2, "integrated_gradients": 3}
 
 # copies(builder, sample indices [k], input) -> the k noisy copies of the input's N rows,
 # block after block ([k * N, ...]).
@@ -71,7 +75,10 @@ def program_sums(eg: ExplainerGraph, base: str, base_options: Mapping, inputs: S
     if b.opset < 10:
         raise InputError(f"the noise tunnels over {base} need opset 10 or newer (computed "
                          f"Slice); the model has opset {b.opset}")
-    inner = emit_explainer(model, base, dict(base_options), eg.output, output_seed=FED,
+    # A base with a Loop of its own shares the noise Loop's rows per iteration (one input).
+    options = {**base_options, **({"internal_batch_size": rows_per_iteration}
+                                  if "internal_batch_size" in base_options else {})}
+    inner = emit_explainer(model, base, options, eg.output, output_seed=FED,
                            sources=eg.sources)
     proto, infos, per_row = _embeddable(eg, inner)
     rows, outputs = eg.rows, [spec.name for spec in model.outputs]
@@ -147,9 +154,7 @@ def _body(eg: ExplainerGraph, proto: onnx.ModelProto, infos: dict[str, TensorInf
                                  bb.ints([0])), k)
     zero = bb.ints([0])
     count = bb.where(first, zero, int_min(bb, k, bb.op("Sub", bb.ints([samples]), start)))
-    from .random import _indices  # 0 .. n-1 at any opset (Range from 11)
-
-    index = bb.op("Add", start, _indices(bb, count))
+    index = bb.op("Add", start, indices(bb, count))
     extra = bb.where(first, rows, zero)  # the clean rows, in iteration 0 only
     blocks = int_max(bb, count, bb.ints([1]))
     for spec in eg.model.inputs:

@@ -76,7 +76,7 @@ def _keys(b: GraphBuilder, seeds: str, samples: str, size: str, streams: int
     for _ in range(streams):
         key = _mix(b, _add(b, key, _const(b, _G)))
         keys.append(b.unsqueeze(key, [2]))
-    return _word(b, _indices(b, size)), keys
+    return _word(b, indices(b, size)), keys
 
 
 # From opset 11 a word is a uint32 (its Add and Mul wrap mod 2**32, BitShift shifts): half
@@ -136,7 +136,7 @@ def _to_unit(b: GraphBuilder, bits: str, dtype: int) -> str:
     return b.op("Mul", unit, b.scalar(2.0 ** -precision, dtype))
 
 
-def _indices(b: GraphBuilder, size: str) -> str:
+def indices(b: GraphBuilder, size: str) -> str:
     """0 .. size-1 (int64 [size]); NonZero of ones below opset 11 (no Range)."""
     if b.opset >= 11:
         zero, one = (b.const(np.array(v, np.int64)) for v in (0, 1))

@@ -119,9 +119,6 @@ NO_GRADIENT = (SHAPE_READERS | BOOLEAN_RESULTS | INDEX_RESULTS | GENERATORS
                | PIECEWISE_CONSTANT | RANDOM | BITWISE)
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})  # run subgraphs held in their attributes
-# What an integer input (token ids, sequence lengths) is read through on its way to the op
-# that uses it: exporters cast ids to int64 or alias them.
-CAST_OR_IDENTITY = frozenset({"Cast", "Identity"})
 
 # ---- ONNX Runtime contrib ops (domain com.microsoft) --------------------------------------------
 # Fused attention that no canonicalisation decomposes (canonical/ms_attention.py turns

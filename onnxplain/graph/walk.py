@@ -9,7 +9,7 @@ import onnx
 from onnx import helper
 
 from .ir import onnx_ir, subgraph_to_ir
-from .op_kinds import CAST_OR_IDENTITY
+from .op_kinds import CASTS, IDENTITY
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -81,7 +81,7 @@ def rename_reads(nodes: Sequence[onnx.NodeProto], renamed: dict[str, str]) -> No
 
 
 def produced_from(producers: Mapping[str, onnx.NodeProto], name: str,
-                  through: Collection[str] = CAST_OR_IDENTITY) -> str:
+                  through: Collection[str] = CASTS | IDENTITY) -> str:
     """`name` followed back through its producers (`producers`: tensor -> node) while they
     are of the op types `through`, each read at its first input: ops that pass the same
     values on, re-encoded or aliased."""

@@ -61,7 +61,7 @@ class Rows:
     query: int | None
     past: int = 0
     tokens: int | None = None  # the queries (new tokens) per map
-    last: bool = False  # "auto" over token ids: each row's last real token if causal, else 0
+    last: bool = False  # "auto" over token ids: the graph decides each row's (AUTO_ROW)
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class _Probe:
 def resolve_query(engine, feeds: Mapping[str, np.ndarray], sources,
                   layers: Sequence[AttentionLayer], query, method: str) -> Rows:
     """The rows read, decided before running (in-graph methods need them): as token_layout
-    decides, except "auto" over token ids (`last`: each row's last real token, the explained
-    position, objective.last_positions, on a causal model; else the class token: `causal`
-    decides). Maps must be square, or
+    decides, except "auto" over token ids, whose row the graph decides for each row as
+    export does (`last`: export.attention's AUTO_ROW, the explained position, objective.
+    last_positions, on a causal model; else the class token). Maps must be square, or
     [Tq, past + Tq] of a causal model (a KV cache): others are refused naming the layers."""
     static = _static_tokens(engine.model, layers)
     queries, past = (static, 0) if static is not None else \
@@ -139,35 +139,18 @@ def _static_tokens(model, layers: Sequence[AttentionLayer]) -> int | None:
 def _probe(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]
            ) -> _Probe:
     """Run once per model and input shapes for each layer (kept with the model's derived
-    facts, so that every method and layer selection reuses it), on the first row with every
-    token real."""
+    facts, so that every method and layer selection reuses it)."""
     key = tuple((name, np.shape(value)[1:]) for name, value in sorted(feeds.items()))
     known = engine.model.derived.setdefault("attention_probes", {}).setdefault(key, {})
     names = probabilities(layers)
     missing = [name for name in names if name not in known]
     if missing:
-        # Every token real (masks all ones), so that a bidirectional model's tokens see
-        # later ones (causal).
-        masks = set(mask_inputs(engine.model))
-        row = {name: np.ones_like(value[:1]) if name in masks else value[:1]
-               for name, value in feeds.items()}
+        row = {name: value[:1] for name, value in feeds.items()}
         values = engine.forward(row, taps=missing)
         for name in missing:
             value = np.asarray(values[name], dtype=np.float64)
             known[name] = (tuple(value.shape), _spill(value))
     return _Probe(tuple(known[name][0] for name in names), known[names[-1]][1])
-
-
-def causal(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]) -> bool:
-    """Whether no query of the last layer puts more than CAUSAL_SPILL on a later key (the
-    probe's first row, every token real: a bidirectional model's tokens then all see later
-    ones). In process this decides "auto" over token ids once per model and input shapes
-    (each row's last real token where causal, else the class token), where export's AUTO_ROW
-    decides it in the graph for each row: the program reads a static row or the mask's last
-    real token, a twentieth of a forward less on BERT."""
-    from ..export.attention import CAUSAL_SPILL  # export imports us
-
-    return max(_probe(engine, feeds, layers).spill, default=0.0) <= CAUSAL_SPILL
 
 
 def map_sizes(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]

@@ -37,6 +37,7 @@ from ..export import explained_row as row_copy
 from ..export.attention import (
     ACTIVE,
     ATTENTION_OUTPUTS,
+    AUTO_ROW,
     CACHED_BLOCK,
     HEAD_RELEVANCE,
     LAYER_MAP,
@@ -46,14 +47,14 @@ from ..export.attention import (
     ROW_COPY,
     TOKENS,
 )
-from ..export.attention_graph import LAST_REAL, Reading
+from ..export.attention_graph import Reading
 from ..export.methods import ATTRIBUTION
 from ..graph.attention import attention_layers, layer_index, probabilities
 from ..graph.attention_layouts import readable
 from ..images import image_inputs
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run
-from ._tokens import causal, map_sizes, resolve_query, token_layout
+from ._tokens import map_sizes, resolve_query, token_layout
 from .options import Option, attention_options, start_layer_option
 
 FORWARD_ONLY = ("raw_attention", "rollout")
@@ -88,13 +89,10 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
                          query, method)
     layout = token_layout(feeds, sources, rows.tokens, "mean" if rows.query is None
                           else rows.query)
-    # "auto" over token ids: a causal model's last real token in each row (the explained
-    # position, read from the mask in the graph), else the class token; export decides it
-    # in the graph for each row (AUTO_ROW), here the probe does once (causal).
-    query = layout.query
-    if rows.last:
-        query = LAST_REAL if causal(engine, feeds, layers) else 0
-    reading = Reading(query, layout.prefix, layout.grid, layout.text_inputs, rows.past > 0)
+    # "auto" over token ids: the graph decides each row's, as export does (a causal model's
+    # last real token, the explained position; else the class token).
+    reading = Reading(AUTO_ROW if rows.last else layout.query, layout.prefix, layout.grid,
+                      layout.text_inputs, rows.past > 0)
     options = {"attention": tuple(probabilities(layers)), "upsample": upsample,
                "start_layer": start, READING: reading,
                ACTIVE: tuple(s.tensor for s in sources),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -74,15 +75,18 @@ def _computed(x: np.ndarray, kind: str, sigma: float, seed: int, name: str) -> n
 # program is kept.
 _SESSIONS: dict[tuple, Session] = {}
 _KEPT = 8
+_LOCK = threading.Lock()  # explanations may run in threads (the dataset engine)
 
 
 def _baseline_session(x: np.ndarray, kind: str, sigma: float, seed: int, name: str
                       ) -> Session:
     key = (x.shape[1:], x.dtype.str, kind, sigma if kind == "blur" else seed)
-    session = _SESSIONS.pop(key, None)
+    with _LOCK:
+        session = _SESSIONS.pop(key, None)
     if session is None:
         session = Session(baseline_program(x, kind, sigma, seed, name), ["CPUExecutionProvider"])
-    _SESSIONS[key] = session  # the most recently used last
-    while len(_SESSIONS) > _KEPT:
-        del _SESSIONS[next(iter(_SESSIONS))]
+    with _LOCK:
+        _SESSIONS[key] = session  # the most recently used last
+        while len(_SESSIONS) > _KEPT:
+            del _SESSIONS[next(iter(_SESSIONS))]
     return session

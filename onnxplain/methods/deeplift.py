@@ -148,6 +148,6 @@ register(MethodSpec(
     options=(path_baseline(), BASELINE_VALUE, BLUR_SIGMA,
              BASELINE_SEED,
              number("eps", DEFAULT_EPS, "below this |input difference| a nonlinearity takes "
-                    "its derivative instead of the difference quotient", low=0),
+                    "its derivative (float16: at least 6.1e-5, its smallest normal)", low=0),
              delta_tolerance(1e-3)),
 ))

@@ -94,16 +94,19 @@ def vargrad(engine, feeds, target, sources, *, base: str = "saliency",
 
 
 def noise_work(options, feeds) -> Work:
-    """n_samples runs of the base method per row (each its own runs: IG's n_steps);
-    held: the Loop's two sums per input (of the attributions and of their squares, shaped
-    like the rows), whatever n_samples: an iteration's noisy copies are as many as the rows
-    per iteration, which the memory budget sizes (RunPolicy.loop_rows)."""
+    """n_samples runs of the base method per row (each its own runs: IG's n_steps), one more
+    over a base's own program (its clean run: export.noise_program); held: the Loop's two
+    sums per input (of the attributions and of their squares, shaped like the rows),
+    whatever n_samples: an iteration's noisy copies are as many as the rows per iteration,
+    which the memory budget sizes (RunPolicy.loop_rows)."""
     samples = count_of(options, "n_samples")
     rows, row_bytes = rows_and_bytes(feeds)
-    base = METHODS.get(str(options.get("base")))
+    name = str(options.get("base"))
+    base = METHODS.get(name)
     each = 1 if base is None or base.work is None else max(
         base.work(base.defaults, feeds).runs, 1)
-    return Work("n_samples", samples, samples * each, 2 * rows * row_bytes,
+    runs = (samples + (name in PROGRAM_BASES)) * each
+    return Work("n_samples", samples, runs, 2 * rows * row_bytes,
                 "noisy copies" if each == 1 else f"gradient runs ({each:,} per noisy copy)")
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxplain import Explainer
 from onnxplain.errors import InputError
 from onnxplain.export import LOOP_ROWS
-from onnxplain.export.noise import SEED, row_seeds
+from onnxplain.export.loop import ROWS_PER_ITERATION
+from onnxplain.export.noise import SEED, STREAM, row_seeds
 from onnxplain.export.random import reference_normal
 from onnxplain.exporter import export_explainer
 
@@ -145,9 +148,77 @@ def test_a_fixed_batch_runs_one_copy_of_its_rows_per_iteration(base, size, rows)
 
 def test_deeplift_on_a_fixed_batch_is_refused_in_one_line():
     x = np.zeros((2, 6), np.float32)
-    with pytest.raises(InputError, match="deeplift runs each row with its reference"):
+    with pytest.raises(InputError, match="deeplift runs each row with its reference") as err:
         Explainer(dense(2, True), "cpu", progress=False).explain(
             {"x": x}, "smoothgrad", base="deeplift", n_samples=2)
+    assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="deeplift runs each row with its reference"):
         export_explainer(dense(2, True), "smoothgrad", base="deeplift", n_samples=2)
+
+
+def test_the_exported_rows_per_iteration_is_the_one_asked_for(explainer, feeds):
+    """Integrated Gradients' own Loop and the noise Loop read one rows_per_iteration input,
+    whose saved default is the export's internal_batch_size (not the base's)."""
+    options = {"n_samples": 3, "seed": 2, "base": "integrated_gradients",
+               "internal_batch_size": 4}
+    exported = export_explainer(explainer.model, "smoothgrad", **options)
+    defaults = {init.name: init for init in exported.graph.initializer}
+    assert int(numpy_helper.to_array(defaults[ROWS_PER_ITERATION])) == 4
+    props = {p.key: p.value for p in exported.metadata_props}
+    assert props["onnxplain." + ROWS_PER_ITERATION] == "4"
+    got = _run(exported, {**feeds, SEED: _seeds(feeds, 2)})
+    expected = explainer.explain(feeds, method="smoothgrad", **options)
+    np.testing.assert_array_equal(got["attribution/image"], expected["image"])
+
+
+def _two_inputs(opset: int) -> onnx.ModelProto:
+    """y = relu(a @ w1 + b @ w2) @ w3: two float inputs, each with its own noise."""
+    rng = np.random.default_rng(3)
+    weights = {"w1": (4, 5), "w2": (3, 5), "w3": (5, 2)}
+    nodes = [helper.make_node("MatMul", ["a", "w1"], ["p"]),
+             helper.make_node("MatMul", ["b", "w2"], ["q"]),
+             helper.make_node("Add", ["p", "q"], ["s"]), helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("MatMul", ["r", "w3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 4]),
+                       helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+         for name, shape in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                             ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [10, 17])
+@pytest.mark.parametrize("base", BASES)
+def test_two_inputs_draw_their_own_noise_at_old_and_new_opsets(base, opset):
+    """Input i's copies draw samples i * STREAM + s: the mean of the base over the reference
+    copies of both inputs; the export equals in process bit for bit."""
+    model = _two_inputs(opset)
+    rng = np.random.default_rng(8)
+    feeds = {"a": rng.standard_normal((3, 4)).astype(np.float32),
+             "b": rng.standard_normal((3, 3)).astype(np.float32)}
+    explainer = Explainer(model, "cpu", progress=False)
+    options = {"n_samples": 3, "seed": 5, "noise_level": 0.3, "base": base,
+               "internal_batch_size": LOOP_ROWS}
+    got = explainer.explain(feeds, method="smoothgrad", **options)
+    target, seeds = got.target, _seeds(feeds, 5)
+    noisy = {}
+    for index, name in enumerate(("a", "b")):
+        x = feeds[name]
+        sigma = np.float32(0.3) * (x.max(1, keepdims=True) - x.min(1, keepdims=True))
+        draws = reference_normal(seeds, index * STREAM + np.arange(3), x.shape[1])
+        noisy[name] = x[None] + draws.astype(np.float32) * sigma[None]  # [sample, row, ...]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = [explainer.explain({name: noisy[name][s] for name in feeds}, method=base,
+                                   target=target, **QUIET[base]) for s in range(3)]
+    for name in feeds:
+        expected = np.mean([a[name].astype(np.float64) for a in alone], axis=0)
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(got[name], expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())
+    exported = _run(export_explainer(model, "smoothgrad", **options), {**feeds, SEED: seeds})
+    for name in feeds:
+        np.testing.assert_array_equal(exported["attribution/" + name], got[name])
 

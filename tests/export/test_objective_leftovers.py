@@ -18,10 +18,10 @@ from onnxplain.export import emit_explainer
 from onnxplain.export.attention import real_tokens
 from onnxplain.export.graph import TARGET, ExplainerGraph
 from onnxplain.export.loop import ROWS_PER_ITERATION
-from onnxplain.exporter import exported_options
 from onnxplain.graph.model import Model
 from onnxplain.methods._graph import rows_fed
 from onnxplain.methods._tokens import padding_mask
+from onnxplain.methods.export_options import exported_options
 
 
 def _model(nodes, inputs, outputs, initializers=()) -> Model:

@@ -51,10 +51,14 @@ def test_a_refusal_names_each_input():
 
 
 def test_only_the_last_used_programs_are_kept():
+    """Least recently used goes first: seed 0, used again before the overflow, stays."""
     x = np.random.default_rng(2).normal(size=(1, 4, 4)).astype(np.float32)
     baselines._SESSIONS.clear()
-    for seed in range(baselines._KEPT + 3):
+    for seed in range(baselines._KEPT):
+        make_baselines({"x": x}, ["x"], "uniform", seed=seed)
+    make_baselines({"x": x}, ["x"], "uniform", seed=0)
+    for seed in range(baselines._KEPT, baselines._KEPT + 3):
         make_baselines({"x": x}, ["x"], "uniform", seed=seed)
     assert _session_count() == baselines._KEPT
-    kept = [key[-1] for key in baselines._SESSIONS]
-    assert kept == list(range(3, baselines._KEPT + 3))
+    kept = sorted(key[-1] for key in baselines._SESSIONS)
+    assert kept == [0, *range(4, baselines._KEPT + 3)]

@@ -150,3 +150,22 @@ def test_layer_maps_of_an_output_independent_of_the_input(method):
     zero = _texts(_caught(run), AttributionWarning)
     assert not np.any(result["x"]) and np.all(np.isfinite(result["x"]))
     assert len(zero) == 1 and zero[0].startswith("every attribution is 0 in rows 0, 1, 2")
+
+
+def test_nan_or_infinite_attributions_are_reported_naming_the_rows():
+    """Sqrt's derivative is infinite at 0: row 1's saliency holds inf, and a warning names
+    that row alone (row 0's inputs are away from 0), not as a constant map too."""
+    weights = numpy_helper.from_array(np.ones((3, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])],
+        "sqrt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.array([[1, 2, 3], [0, 1, 4]], np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = onnxplain.Explainer(model, "cpu", progress=False).explain(x, method="saliency",
+                                                                            target=[0, 0])
+    texts = [str(w.message) for w in caught if issubclass(w.category, AttributionWarning)]
+    assert [t for t in texts if "NaN or infinite in row 1:" in t] and len(texts) == 1, texts
+    assert np.isinf(result["x"][1, 0]) and np.isfinite(result["x"][0]).all()
