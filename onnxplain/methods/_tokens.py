@@ -153,6 +153,27 @@ def _probe(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLa
     return _Probe(tuple(known[name][0] for name in names), known[names[-1]][1])
 
 
+def settled_auto_row(engine, feeds: Mapping[str, np.ndarray],
+                     layers: Sequence[AttentionLayer], queries: int) -> int | str:
+    """The row "auto" over token ids reads, settled here where the inputs decide it for every
+    row as export.attention's AUTO_ROW decides it in the graph (a twentieth of a forward on
+    BERT): LAST_REAL on a causal model (the probe's row has two real tokens or more and its
+    first real query puts nothing on a later key), the class token 0 on a bidirectional one
+    (that query does) unless a row's one real token lies elsewhere; else AUTO_ROW."""
+    from ..export.attention import AUTO_ROW, CAUSAL_SPILL  # export imports us
+    from ..export.attention_graph import LAST_REAL
+
+    spill = _probe(engine, feeds, layers).spill
+    rows = len(next(iter(feeds.values())))
+    real = real_positions(feeds, mask_inputs(engine.model), rows, queries, cached=True)
+    if len(spill) != queries or not real.any(axis=1).all():
+        return AUTO_ROW
+    first, count = np.argmax(real, axis=1), real.sum(axis=1)
+    if spill[first[0]] > CAUSAL_SPILL:  # bidirectional: AUTO_ROW reads 0 but in one-token rows
+        return AUTO_ROW if np.any((count == 1) & (first != 0)) else 0
+    return LAST_REAL if count[0] >= 2 else AUTO_ROW
+
+
 def map_sizes(engine, feeds: Mapping[str, np.ndarray], layers: Sequence[AttentionLayer]
               ) -> list[tuple[int, ...]]:
     """Each layer's map shape on the first row (one probe per model and input shapes)."""

@@ -37,7 +37,6 @@ from ..export import explained_row as row_copy
 from ..export.attention import (
     ACTIVE,
     ATTENTION_OUTPUTS,
-    AUTO_ROW,
     CACHED_BLOCK,
     HEAD_RELEVANCE,
     LAYER_MAP,
@@ -54,7 +53,7 @@ from ..graph.attention_layouts import readable
 from ..images import image_inputs
 from . import MethodOutput, MethodSpec, register
 from ._graph import graph_run
-from ._tokens import map_sizes, resolve_query, token_layout
+from ._tokens import map_sizes, resolve_query, settled_auto_row, token_layout
 from .options import Option, attention_options, start_layer_option
 
 FORWARD_ONLY = ("raw_attention", "rollout")
@@ -89,10 +88,11 @@ def _explain(engine, feeds, target, sources, method: str, *, attention, query,
                          query, method)
     layout = token_layout(feeds, sources, rows.tokens, "mean" if rows.query is None
                           else rows.query)
-    # "auto" over token ids: the graph decides each row's, as export does (a causal model's
-    # last real token, the explained position; else the class token).
-    reading = Reading(AUTO_ROW if rows.last else layout.query, layout.prefix, layout.grid,
-                      layout.text_inputs, rows.past > 0)
+    # "auto" over token ids: a causal model's last real token in each row (the explained
+    # position), else the class token; settled here where the inputs decide it for every row
+    # as export's in-graph rule would (AUTO_ROW, left to the graph otherwise).
+    query = settled_auto_row(engine, feeds, layers, rows.tokens) if rows.last else layout.query
+    reading = Reading(query, layout.prefix, layout.grid, layout.text_inputs, rows.past > 0)
     options = {"attention": tuple(probabilities(layers)), "upsample": upsample,
                "start_layer": start, READING: reading,
                ACTIVE: tuple(s.tensor for s in sources),
