@@ -105,10 +105,8 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
         k = b.ints([1])
         trips = b.op("Add", points, b.ints([walk.clean_blocks]))
     else:
-        most = int_max(b, b.ints([1]), b.op("Div", rows_per_iteration_input(
-            eg, rows_per_iteration), eg.rows))
-        trips = ceil_div(b, points, int_min(b, most, points))
-        k = ceil_div(b, points, trips)  # as even as the trips allow; the last takes the rest
+        k, trips = points_per_iteration(b, points, rows_per_iteration_input(
+            eg, rows_per_iteration), eg.rows)
     outputs = [spec.name for spec in eg.model.outputs]
     # The body defines the model's inputs and tensors: it reads such clean rows (a stem's
     # end) via aliases.
@@ -147,6 +145,16 @@ def rows_per_iteration_input(eg: ExplainerGraph, default: int) -> str:
                         np.array(int(default), np.int64),
                         "rows one Loop iteration runs (its points times the input rows, at "
                         "least one point): lower it to use less memory")
+
+
+def points_per_iteration(b: GraphBuilder, points: str, rows: str, share: str
+                         ) -> tuple[str, str]:
+    """(k, trips): k of the `points` per iteration, each `share` rows (int64 [1] each), so
+    an iteration runs about `rows` (at least one point); k is as even as the trips allow,
+    the last iteration takes the rest."""
+    most = int_max(b, b.ints([1]), b.op("Div", rows, share))
+    trips = ceil_div(b, points, int_min(b, most, points))
+    return ceil_div(b, points, trips), trips
 
 
 def ceil_div(b: GraphBuilder, a: str, d: str) -> str:

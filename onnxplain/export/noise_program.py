@@ -37,6 +37,7 @@ from .loop import (
     int_max,
     int_min,
     placeholder,
+    points_per_iteration,
     rows_per_iteration_input,
     value_infos,
 )
@@ -87,9 +88,8 @@ def program_sums(eg: ExplainerGraph, base: str, base_options: Mapping, inputs: S
         k = b.ints([1])
     else:
         share = b.op("Mul", rows, b.ints([ROWS_PER_COPY.get(base, 1)]))
-        most = int_max(b, b.ints([1]), b.op("Div", rows_per_iteration_input(
-            eg, rows_per_iteration), share))
-        k = ceil_div(b, points, ceil_div(b, points, int_min(b, most, points)))
+        k, trips = points_per_iteration(b, points, rows_per_iteration_input(
+            eg, rows_per_iteration), share)
     trips = b.op("Add", ceil_div(b, points, k), b.ints([1]))  # + the clean iteration
     body = _body(eg, proto, infos, per_row, inputs, copies, samples, k, sums_like, outputs)
     like = eg.model.infos.get(eg.output)

@@ -39,12 +39,11 @@ from .loop import (
     _chunk,
     aliases,
     body_on,
-    ceil_div,
     close_body,
     first_or_kept,
     int_max,
-    int_min,
     placeholder,
+    points_per_iteration,
     repeated,
     rows_per_iteration_input,
     value_infos,
@@ -113,9 +112,7 @@ def perturbation_loop(eg: ExplainerGraph, perturbation: Perturbation) -> Perturb
     from . import LOOP_ROWS  # the package imports the builders
 
     rows = rows_per_iteration_input(eg, LOOP_ROWS)  # in-process: fed
-    most = int_max(b, b.ints([1]), b.op("Div", rows, eg.rows))
-    trips = ceil_div(b, points, int_min(b, most, points))
-    k = ceil_div(b, points, trips)
+    k, trips = points_per_iteration(b, points, rows, eg.rows)
     clean = aliases(eg, [spec.name for spec in eg.model.inputs])
     body = _body(eg, perturbation, clean, k, outputs)
     initial = [*perturbation.sums, *(placeholder(b, eg.model.infos.get(name))

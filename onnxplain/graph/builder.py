@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import ModelError
 from .op_kinds import BOOLEAN_RESULTS, INT64_RESULTS, SCATTERS
 from .shapes import FLOAT_TYPES, TensorInfo, ai_onnx_opset, constant_node_value
-from .weights import Weights, is_stub, tensor_value
+from .weights import Weights, is_stub, nested_graphs, tensor_value
 
 HALF_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 # Ops ONNX Runtime's CPU provider has a half-precision kernel for that fails at run time
@@ -62,13 +62,16 @@ class GraphBuilder:
                     self._static[node.output[0]] = value
 
     def _all_names(self) -> set[str]:
-        graph = self.graph
-        names = {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
-        names |= {init.name for init in graph.initializer}
-        for node in graph.node:
-            names.add(node.name)
-            names.update(node.input)
-            names.update(node.output)
+        """Every name of the graph and of the graphs nested in it: a fresh name must not be
+        one a nested body defines either (the outer graph would then define it too)."""
+        names: set[str] = set()
+        for graph in nested_graphs(self.graph):
+            names |= {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+            names |= {init.name for init in graph.initializer}
+            for node in graph.node:
+                names.add(node.name)
+                names.update(node.input)
+                names.update(node.output)
         return names
 
     # ---- names and facts -------------------------------------------------------------
