@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .dataset import explain_dataset
 from .errors import COMMAND_LINE, friendly, one_line
 from .evaluate import evaluate
 from .export import export
@@ -197,6 +198,7 @@ def explain(model: str, inputs: tuple[str, ...], method: str, target: str | None
 
 
 main.add_command(local_head)
+main.add_command(explain_dataset)
 main.add_command(export)
 main.add_command(evaluate)
 main.add_command(report)

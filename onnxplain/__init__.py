@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import _ort  # noqa: F401 - fails early, with one message, when no runtime is installed
 from ._version import __version__
 from .attribution import Attribution
+from .dataset import explain_dataset
 from .errors import (
     ExportWarning,
     InputError,
@@ -34,6 +35,7 @@ __all__ = [
     "Attribution",
     "BatchNotice",
     "Explainer",
+    "explain_dataset",
     "Generation",
     "GenerationStep",
     "InputError",

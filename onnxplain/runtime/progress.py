@@ -25,7 +25,8 @@ class NoBar:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, label: str, unit: str = "run") -> Iterator:
+def progress_bar(enabled: bool, total: int | None, label: str, unit: str = "run"
+                 ) -> Iterator:
     """A tqdm bar (or a NoBar) for `total` steps; closed on exit."""
     global _open_bars
     if not enabled or _open_bars:

@@ -1,0 +1,73 @@
+"""`onnxplain explain-dataset`: explain every row of a folder of images or of .npy/.npz shards
+and write Parquet result shards (onnxplain.dataset)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .errors import friendly
+from .options import memory_budget_option, method_options, provider_option, quiet_option
+from .presets import image_options
+
+
+@click.command("explain-dataset")
+@click.argument("model")
+@click.option("--data", required=True, metavar="SOURCE",
+              help="a folder of images (class sub-folders give labels), or .npy/.npz shards "
+                   "(a file or a folder of them: one array per model input, rows on axis 0)")
+@click.option("-m", "--method", default="saliency", show_default=True,
+              help="attribution method (see `onnxplain methods`)")
+@click.option("-t", "--target", type=int, default=None,
+              help="class explained in every row (default: each row's predicted class)")
+@click.option("-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="method option (repeatable; each method's options: `onnxplain methods`)")
+@click.option("-o", "--out", required=True, metavar="FOLDER",
+              help="where results/part-*.parquet, errors.parquet and summary.json go")
+@click.option("--resume", is_flag=True,
+              help="continue a run stopped before its end: rows already written are skipped")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="rows explained per run")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=256, show_default=True,
+              help="rows per Parquet shard (a stopped run loses at most the shard in flight)")
+@provider_option
+@memory_budget_option
+@click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
+@quiet_option
+@image_options
+@friendly
+def explain_dataset(model: str, data: str, method: str, target: int | None,
+                    options: tuple[str, ...], out: str, resume: bool, batch_size: int,
+                    shard_rows: int, provider: str, memory_budget_mb: float, as_json: bool,
+                    quiet: bool, image_settings) -> None:
+    """Explain every row of --data with MODEL; write Parquet results under --out. The exit
+    code is 1 when some rows could not be explained (errors.parquet says why)."""
+    from onnxplain.dataset import explain_dataset as run
+    from onnxplain.graph.model import Model
+    from onnxplain.images import image_inputs
+
+    from .presets import preprocessing_for, read_config
+
+    loaded = Model.load(model)
+    # Image settings given, or a preset saved next to the model: the images are read so
+    # (array shards refuse them); else each image input's default, from its shape.
+    chosen = image_settings is not None and (image_settings.preset or image_settings.overrides
+                                             or image_settings.save_as)
+    preprocessing = None
+    if chosen or read_config(loaded.path).get("default"):
+        preprocessing = {name: preprocessing_for(loaded, loaded.input(name), image_settings).prep
+                         for name in image_inputs(loaded)}
+    summary = run(loaded, data, out, method, target=target, resume=resume,
+                  batch_size=batch_size, shard_rows=shard_rows, preprocessing=preprocessing,
+                  providers=provider, memory_budget_mb=memory_budget_mb,
+                  progress=not (quiet or as_json), **method_options(options, [model, data]))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        click.echo(f"{summary['method']}: {summary['explained']} rows explained, "
+                   f"{summary['errors']} errors, {summary['skipped']} already written "
+                   f"({summary['seconds']:.1f} s, {summary['rows_per_second']} rows/s); "
+                   f"results in {out}/")
+    if summary["errors"]:
+        raise SystemExit(1)

@@ -1,0 +1,141 @@
+"""explain-dataset on this machine (issue 20, first increment): a folder of images and .npz
+shards explained in batches, written as Parquet shards. Oracles: Explainer.explain on the
+same rows held in memory (the same batches: bit for bit); a run killed mid-way and resumed
+holds every row exactly once, with the values of an uninterrupted run; bad rows land in
+errors.parquet and the exit code says so."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from onnxplain import Explainer
+from onnxplain.dataset import explain_dataset
+from onnxplain.dataset.results import attribution, read_errors, read_results
+from onnxplain.images import default_preprocessing, load_images
+from onnxplain_cli.main import main
+
+from ..conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _pyarrow():
+    require("pyarrow")  # the dataset extra: in CI a failure, elsewhere a skip
+
+
+def _digits_folder(zoo, folder: Path, count: int = 10) -> list[Path]:
+    """`count` 8x8 grey PNGs of the zoo's digits in class sub-folders."""
+    images = zoo.sample("digits_cnn")["image"]
+    paths = []
+    for index in range(count):
+        pixels = images[index % len(images), 0]
+        scaled = (255 * (pixels - pixels.min()) / max(np.ptp(pixels), 1e-6)).astype(np.uint8)
+        path = folder / f"class{index % 3}" / f"img{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scaled, mode="L").save(path)
+        paths.append(path)
+    return sorted(paths)
+
+
+def test_an_image_folder_equals_explain_on_the_same_batches(zoo, tmp_path):
+    model = zoo.model_path("digits_cnn")
+    paths = _digits_folder(zoo, tmp_path / "data")
+    summary = explain_dataset(model, tmp_path / "data", tmp_path / "out", "saliency",
+                              batch_size=3, shard_rows=4, progress=False)
+    assert summary["explained"] == 10 and summary["errors"] == 0
+    table = read_results(tmp_path / "out")
+    ids = table.column("id").to_pylist()
+    assert ids == [p.relative_to(tmp_path / "data").as_posix() for p in paths]
+    assert table.column("label").to_pylist() == [p.parent.name for p in paths]
+    explainer = Explainer(str(model), "cpu", progress=False)
+    x = load_images([str(p) for p in paths], default_preprocessing(explainer.model.inputs[0]))
+    expected = explainer.explain(x, method="saliency", batch_size=3)
+    np.testing.assert_array_equal(attribution(table, "image"), expected["image"])
+    np.testing.assert_array_equal(table.column("predicted").to_pylist(), expected.predicted)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["explained"] == 10 and written["method"] == "saliency"
+
+
+def test_bad_rows_go_to_errors_and_the_rest_is_explained(zoo, tmp_path):
+    x = zoo.sample("digits_cnn")["image"][:6].copy()
+    x[2, 0, 3, 3] = np.nan
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "a.npz", image=x[:4])
+    np.savez(tmp_path / "data" / "b.npz", image=x[4:])
+    result = CliRunner().invoke(main, [
+        "explain-dataset", str(zoo.model_path("digits_cnn")), "--data", str(tmp_path / "data"),
+        "-m", "integrated_gradients", "-O", "n_steps=8", "-O", "delta_tolerance=1e9",
+        "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["explained"] == 5 and summary["errors"] == 1
+    errors = read_errors(tmp_path / "out")
+    assert errors.column("id").to_pylist() == ["a.npz#2"]
+    assert "NaN" in errors.column("reason")[0].as_py()
+    table = read_results(tmp_path / "out")
+    assert table.column("id").to_pylist() == ["a.npz#0", "a.npz#1", "a.npz#3", "b.npz#0",
+                                              "b.npz#1"]
+    assert all(d is not None for d in table.column("delta").to_pylist())
+
+
+def test_an_earlier_run_is_refused_without_resume_and_left_as_it_is(zoo, tmp_path):
+    _digits_folder(zoo, tmp_path / "data", 4)
+    args = ["explain-dataset", str(zoo.model_path("digits_cnn")), "--data",
+            str(tmp_path / "data"), "-o", str(tmp_path / "out"), "-q"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert len(again.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
+def test_a_killed_run_resumes_with_every_row_once(zoo, tmp_path):
+    """The CLI in a subprocess, killed once its first shard is written; --resume finishes
+    the job: every row once, equal to an uninterrupted run's."""
+    x = np.repeat(zoo.sample("digits_cnn")["image"], 100, axis=0)[:1200]
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "rows.npy", x)
+    model = str(zoo.model_path("digits_cnn"))
+    args = [sys.executable, "-m", "onnxplain_cli.main", "explain-dataset", model, "--data",
+            str(tmp_path / "data"), "-m", "smoothgrad", "-O", "n_samples=50",
+            "--batch-size", "4", "--shard-rows", "8", "-q"]
+    process = subprocess.Popen([*args, "-o", str(tmp_path / "out")], cwd=ROOT)
+    deadline = time.time() + 120
+    while not list((tmp_path / "out" / "results").glob("part-*.parquet")):
+        assert time.time() < deadline and process.poll() is None, "no shard was written"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(read_results(tmp_path / "out"))
+    assert 0 < partial < 1200
+    subprocess.run([*args, "-o", str(tmp_path / "out"), "--resume"], cwd=ROOT, check=True)
+    subprocess.run([*args, "-o", str(tmp_path / "whole")], cwd=ROOT, check=True)
+    resumed, whole = read_results(tmp_path / "out"), read_results(tmp_path / "whole")
+    ids = resumed.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 1200
+    order = np.argsort(ids)
+    expected = np.argsort(whole.column("id").to_pylist())
+    np.testing.assert_array_equal(attribution(resumed, "image")[order],
+                                  attribution(whole, "image")[expected])
+
+
+def test_a_bad_option_is_refused_before_any_row(zoo, tmp_path):
+    _digits_folder(zoo, tmp_path / "data", 3)
+    result = CliRunner().invoke(main, [
+        "explain-dataset", str(zoo.model_path("digits_cnn")), "--data", str(tmp_path / "data"),
+        "-m", "integrated_gradients", "-O", "n_steps=0", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "n_steps" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
