@@ -1,5 +1,5 @@
-"""`onnxplain explain-dataset`: explain every row of a folder of images or of .npy/.npz shards
-and write Parquet result shards (onnxplain.dataset)."""
+"""`onnxplain explain-dataset`: explain every row of a folder of images, of .npy/.npz shards
+or of Parquet files and write Parquet result shards (onnxplain.dataset)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .presets import image_options
 @click.argument("model")
 @click.option("--data", required=True, metavar="SOURCE",
               help="a folder of images (class sub-folders give labels), or .npy/.npz shards "
-                   "(a file or a folder of them: one array per model input, rows on axis 0)")
+                   "or Parquet files (a file or a folder of them: one array or column per "
+                   "model input, rows on axis 0; Parquet may add `id` and `label` columns)")
 @click.option("-m", "--method", default="saliency", show_default=True,
               help="attribution method (see `onnxplain methods`)")
 @click.option("-t", "--target", type=int, default=None,
@@ -27,8 +28,9 @@ from .presets import image_options
               help="where results/part-*.parquet, errors.parquet and summary.json go")
 @click.option("--resume", is_flag=True,
               help="continue a run stopped before its end: rows already written are skipped")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="rows explained per run")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="rows read and explained per run (default: 32 read at a time, run as the "
+                   "memory budget allows)")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=256, show_default=True,
               help="rows per Parquet shard (a stopped run loses at most the shard in flight)")
 @provider_option
@@ -38,7 +40,7 @@ from .presets import image_options
 @image_options
 @friendly
 def explain_dataset(model: str, data: str, method: str, target: int | None,
-                    options: tuple[str, ...], out: str, resume: bool, batch_size: int,
+                    options: tuple[str, ...], out: str, resume: bool, batch_size: int | None,
                     shard_rows: int, provider: str, memory_budget_mb: float, as_json: bool,
                     quiet: bool, image_settings) -> None:
     """Explain every row of --data with MODEL; write Parquet results under --out. The exit

@@ -44,7 +44,7 @@ _STORED = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32,
            np.dtype(np.float64): np.float64}
 
 
-def _arrow():
+def pyarrow_modules():
     """pyarrow and pyarrow.parquet, or the one-line error that says how to get them."""
     try:
         import pyarrow
@@ -65,7 +65,7 @@ class ResultWriter:
 
     def __init__(self, out: str | os.PathLike, meta: Mapping[str, str], resume: bool,
                  shard_rows: int = 256):
-        self._pa, self._pq = _arrow()
+        self._pa, self._pq = pyarrow_modules()
         if shard_rows < 1:
             raise InputError(f"shard_rows must be at least 1, not {shard_rows}")
         for key, value in meta.items():
@@ -283,7 +283,7 @@ def read_errors(out: str | os.PathLike) -> pyarrow.Table:
 
 
 def _read(out: str | os.PathLike, kind: str) -> pyarrow.Table:
-    pa, pq = _arrow()
+    pa, pq = pyarrow_modules()
     out = Path(out)
     if not _earlier_run(out):
         raise InputError(f"{out} holds no explain-dataset results")

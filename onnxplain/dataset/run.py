@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from queue import Full, Queue
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,32 +33,37 @@ from .results import ResultWriter
 from .rows import Batch, RowError, RowResult
 from .sources import open_source
 
-# Rows explained per call when the caller names none: enough to keep ONNX Runtime busy, few
-# enough that a killed run loses little (a shard holds SHARD_ROWS).
+# Rows read per batch when the caller names no batch size (each batch then runs in as many
+# runs as the memory budget needs).
 BATCH_ROWS = 32
 SHARD_ROWS = 256
 # Distinct warning texts kept in the summary (each with its count).
 WARNINGS_KEPT = 20
+T = TypeVar("T")
+_END = object()  # the reader thread's last item
 
 
 def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                     out: str | os.PathLike, method: str = "saliency", *,
                     target: int | None = None, resume: bool = False,
-                    batch_size: int = BATCH_ROWS, shard_rows: int = SHARD_ROWS,
+                    batch_size: int | None = None, shard_rows: int = SHARD_ROWS,
                     preprocessing: Mapping[str, ImagePreprocessing] | None = None,
                     providers=None, memory_budget_mb: float = DEFAULT_BUDGET_MB,
                     progress: bool = True, **options) -> dict:
-    """Explain every row of `data` (a folder of images, class sub-folders giving labels, or
-    .npy/.npz shards) with `method` and write the results under `out` as Parquet shards
-    (results/part-*.parquet, one row per input row: id, source, label, target, predicted
-    class and score, each attribution, the completeness gap where the method has one),
+    """Explain every row of `data` (a folder of images, class sub-folders giving labels,
+    .npy/.npz shards or Parquet files) with `method` and write the results under `out` as
+    Parquet shards (results/part-*.parquet, one row per input row: id, source, label,
+    target, predicted class and score, each attribution, the completeness gap where the
+    method has one),
     errors.parquet (rows that could not be explained, with the reason) and summary.json,
     which is also returned. `resume` continues a run stopped before its end: rows already
     written are skipped. `target`: the class explained in every row (None: the predicted
-    one). `preprocessing`: how the image inputs are read (default: from their shapes). Method
-    options are keyword arguments, as for Explainer.explain. A model file (or a Model
-    loaded from one) is required: resume checks the model is the one the results are of."""
-    if batch_size < 1 or shard_rows < 1:
+    one). `batch_size`: rows read and explained per run (None: BATCH_ROWS read at a time,
+    run as the memory budget allows). `preprocessing`: how the image inputs are read
+    (default: from their shapes). Method options are keyword arguments, as for
+    Explainer.explain. A model file (or a Model loaded from one) is required: resume checks
+    the model is the one the results are of."""
+    if (batch_size is not None and batch_size < 1) or shard_rows < 1:
         raise InputError("batch_size and shard_rows must be at least 1")
     get_method(method).resolve_options(dict(options))  # a bad option: refused before any row
     explainer = Explainer(model, providers, memory_budget_mb=memory_budget_mb, progress=False)
@@ -70,11 +78,12 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     notes: Counter = Counter()
     start = time.perf_counter()
     with progress_bar(progress, source.count(), "explain-dataset", "row") as bar:
-        for batch, errors in source.batches(batch_size, skip=done):
+        for batch, errors in prefetched(source.batches(batch_size or BATCH_ROWS, skip=done)):
             writer.add_errors(errors)
             counts["errors"] += len(errors)
             if len(batch):
-                results, failed = _explained(explainer, batch, method, target, options, notes)
+                results, failed = _explained(explainer, batch, method, target,
+                                             {**options, "batch_size": batch_size}, notes)
                 writer.add(results)
                 writer.add_errors(failed)
                 counts["explained"] += len(results)
@@ -91,6 +100,43 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
         "warnings": dict(notes.most_common(WARNINGS_KEPT)), "onnxplain": __version__}
     writer.close(summary)
     return summary
+
+
+def prefetched(items: Iterator[T], ahead: int = 2) -> Iterator[T]:
+    """`items`, read by a thread of their own up to `ahead` items in advance: the next
+    batches decode (PIL and numpy release the GIL) while ONNX Runtime explains this one.
+    An exception in the reader is raised here, where the item would have come."""
+    queue: Queue = Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            queue.put((None, err))
+            return
+        queue.put((_END, None))
+
+    reader = threading.Thread(target=read, name="onnxplain-dataset-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, err = queue.get()
+            if err is not None:
+                raise err
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _meta(model, method: str, target, options: Mapping) -> dict[str, str]:

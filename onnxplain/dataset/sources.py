@@ -1,21 +1,19 @@
 """Datasets read lazily in batches for one model: a folder of images (class sub-folders give
-labels, as torchvision's ImageFolder) or .npy/.npz shards (rows on axis 0, never loaded whole).
+labels, as torchvision's ImageFolder), .npy/.npz shards (rows on axis 0, never loaded whole)
+or Parquet files (one column per input: parquet_source.py).
 Each row is checked alone before it joins a batch, so a bad row becomes a RowError and the
 run goes on; memory stays bounded by one batch whatever the dataset size."""
 
 from __future__ import annotations
 
 import os
-import struct
 import zipfile
 import zlib
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..graph.model import Model
@@ -28,12 +26,11 @@ from ..images import (
     load_image,
 )
 from ..inputs import prepare_inputs
+from .parquet_source import parquet_parts
+from .parts import IMAGE_ERRORS, Part, Read, one_line, relative_path
 from .rows import Batch, RowError
 
-ARRAY_SUFFIXES = (".npy", ".npz")
-# What reading one image may raise besides load_image's InputError: the file's fault, not ours.
-IMAGE_ERRORS = (InputError, UnidentifiedImageError, OSError, ValueError, SyntaxError,
-                EOFError, struct.error, Image.DecompressionBombError)
+ARRAY_SUFFIXES = (".npy", ".npz", ".parquet")
 # What reading a shard's member stream may raise when the file is truncated or corrupt.
 STREAM_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError)
 # Errors held before a batch fills are handed out at this many, so memory stays bounded even
@@ -41,29 +38,10 @@ STREAM_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError)
 MAX_PENDING_ERRORS = 1024
 
 
-@dataclass
-class _Read:
-    """One row as read: its values by input name (no batch axis), or why it was not read."""
-
-    id: str
-    source: str
-    label: str | None
-    values: dict[str, np.ndarray] | None = None
-    reason: str | None = None
-
-
-class _Part(Protocol):
-    """One file of the source: how many rows it holds and how to read them lazily."""
-
-    rows: int
-
-    def read(self, skip: Container[str]) -> Iterator[_Read]: ...
-
-
 class Source:
     """A dataset for one model: `count()` rows, read by `batches()`; see open_source."""
 
-    def __init__(self, model: Model, root: Path, parts: list[_Part]):
+    def __init__(self, model: Model, root: Path, parts: list[Part]):
         self.model = model
         self.root = root
         self._parts = parts
@@ -109,7 +87,7 @@ class Source:
             feeds = prepare_inputs(self.model, {name: value[None] for name, value in
                                                 values.items()})
         except InputError as err:
-            return None, _one_line(err)
+            return None, one_line(err)
         # A cast (float64 -> float32) may overflow to Inf.
         return (None, bad) if (bad := _not_finite(feeds)) else (feeds, None)
 
@@ -127,7 +105,7 @@ class _Pending:
     def fits(self, feeds: dict[str, np.ndarray]) -> bool:
         return all(self.feeds[name][0].shape == value.shape for name, value in feeds.items())
 
-    def add(self, read: _Read, feeds: dict[str, np.ndarray]) -> None:
+    def add(self, read: Read, feeds: dict[str, np.ndarray]) -> None:
         self.ids.append(read.id)
         self.sources.append(read.source)
         self.labels.append(read.label)
@@ -148,9 +126,10 @@ class _Pending:
 def open_source(model: Model, data: str | os.PathLike,
                 preprocessing: Mapping[str, ImagePreprocessing] | None = None) -> Source:
     """The dataset at `data` for `model`: a folder (walked recursively, in sorted order) of
-    images or of .npy/.npz shards, or one such file. Images feed the model's single image
-    input (preprocessing[input], else what its declared shape says); .npy files feed a
-    single-input model; .npz keys are input names. Refused in one line (InputError): a
+    images, of .npy/.npz shards or of Parquet files, or one such file. Images feed the
+    model's single image input (preprocessing[input], else what its declared shape says);
+    .npy files feed a single-input model; .npz keys and Parquet columns are input names.
+    Refused in one line (InputError): a
     missing path, an empty folder, images mixed with arrays, an unknown suffix, shards whose
     headers do not fit the model."""
     path = Path(data)
@@ -158,7 +137,7 @@ def open_source(model: Model, data: str | os.PathLike,
     if path.is_dir():
         root, files = path, _walk(path)
         if not files:
-            raise InputError(f"no image, .npy or .npz files in the folder {data}")
+            raise InputError(f"no image, .npy, .npz or .parquet files in the folder {data}")
     elif path.is_file():
         root, files = path.parent, [path]
     else:
@@ -168,12 +147,17 @@ def open_source(model: Model, data: str | os.PathLike,
     unknown = [file for file in files if file not in images and file not in arrays]
     if unknown:
         raise InputError(f"{unknown[0]} is neither an image ({', '.join(IMAGE_SUFFIXES)}) "
-                         "nor a .npy/.npz shard")
+                         "nor a .npy/.npz/.parquet shard")
     if images and arrays:
         raise InputError(f"the folder {data} mixes images ({images[0]}) and array shards "
                          f"({arrays[0]}); give one kind per run")
     if images:
         return Source(model, root, _image_parts(model, root, images, preprocessing or {}))
+    if any(file.suffix.lower() == ".parquet" for file in arrays):
+        if any(file.suffix.lower() != ".parquet" for file in arrays):
+            raise InputError(f"the folder {data} mixes Parquet files and .npy/.npz shards; "
+                             "give one kind per run")
+        return Source(model, root, parquet_parts(model, root, arrays, preprocessing or {}))
     if preprocessing:
         raise InputError("image preprocessing applies to image files, but the data at "
                          f"{data} holds array shards")
@@ -200,14 +184,6 @@ def _check_rows_on_axis_0(model: Model) -> None:
                          f"{where}")
 
 
-def _relative(root: Path, file: Path) -> str:
-    return file.relative_to(root).as_posix()
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _not_finite(values: Mapping[str, np.ndarray]) -> str | None:
     for name, value in values.items():
         if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
@@ -219,7 +195,7 @@ def _not_finite(values: Mapping[str, np.ndarray]) -> str | None:
 # --- images -----------------------------------------------------------------------------
 
 @dataclass
-class _ImageFile(_Part):
+class _ImageFile(Part):
     """One image file: one row of the model's image input."""
 
     path: Path
@@ -229,20 +205,20 @@ class _ImageFile(_Part):
     prep: ImagePreprocessing
     rows: int = 1
 
-    def read(self, skip: Container[str]) -> Iterator[_Read]:
+    def read(self, skip: Container[str]) -> Iterator[Read]:
         if self.id in skip:
             return
         source = str(self.path)
         try:
             value = load_image(self.path, self.prep)
         except IMAGE_ERRORS as err:
-            yield _Read(self.id, source, self.label, reason=_one_line(err))
+            yield Read(self.id, source, self.label, reason=one_line(err))
             return
-        yield _Read(self.id, source, self.label, values={self.input: value})
+        yield Read(self.id, source, self.label, values={self.input: value})
 
 
 def _image_parts(model: Model, root: Path, files: list[Path],
-                 preprocessing: Mapping[str, ImagePreprocessing]) -> list[_Part]:
+                 preprocessing: Mapping[str, ImagePreprocessing]) -> list[Part]:
     found = image_inputs(model)
     if len(found) != 1 or len(model.inputs) != 1:
         listing = ", ".join(spec.describe() for spec in model.inputs)
@@ -254,7 +230,7 @@ def _image_parts(model: Model, root: Path, files: list[Path],
         raise InputError(f"preprocessing given for '{unknown[0]}', which is not the model's "
                          f"image input '{name}'")
     prep = preprocessing.get(name) or default_preprocessing(model.input(name))
-    parts: list[_Part] = []
+    parts: list[Part] = []
     for file in files:
         relative = file.relative_to(root)
         label = relative.parts[0] if len(relative.parts) > 1 else None
@@ -291,7 +267,7 @@ def _read_header(stream, where: str) -> _Header:
             raise ValueError(f"unsupported .npy format version {version}")
         offset = stream.tell()
     except STREAM_ERRORS as err:
-        raise InputError(f"cannot read the array header of {where}: {_one_line(err)}") from None
+        raise InputError(f"cannot read the array header of {where}: {one_line(err)}") from None
     if not shape:
         raise InputError(f"{where} holds a single value (shape ()); rows lie on axis 0")
     if dtype.hasobject:
@@ -300,7 +276,7 @@ def _read_header(stream, where: str) -> _Header:
 
 
 @dataclass
-class _NpyFile(_Part):
+class _NpyFile(Part):
     """A .npy shard of a single-input model, memory-mapped: rows are read one at a time."""
 
     path: Path
@@ -308,23 +284,23 @@ class _NpyFile(_Part):
     input: str
     rows: int
 
-    def read(self, skip: Container[str]) -> Iterator[_Read]:
+    def read(self, skip: Container[str]) -> Iterator[Read]:
         ids = [(f"{self.relative}#{row}", f"{self.path}#{row}") for row in range(self.rows)]
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except STREAM_ERRORS as err:
-            reason = f"cannot read {self.path}: {_one_line(err)}"
-            yield from (_Read(id, source, None, reason=reason) for id, source in ids
+            reason = f"cannot read {self.path}: {one_line(err)}"
+            yield from (Read(id, source, None, reason=reason) for id, source in ids
                         if id not in skip)
             return
         for row, (id, source) in enumerate(ids):
             if id not in skip:
-                yield _Read(id, source, None, values={self.input: np.array(array[row])})
+                yield Read(id, source, None, values={self.input: np.array(array[row])})
         del array  # closes the map
 
 
 @dataclass
-class _NpzFile(_Part):
+class _NpzFile(Part):
     """An .npz shard (one member per model input), its members streamed row by row so a
     shard is never loaded whole (np.load of an .npz member reads all of it). Its CRCs are
     checked first, so a damaged shard gives RowErrors, never wrong rows (it is read twice)."""
@@ -334,7 +310,7 @@ class _NpzFile(_Part):
     members: dict[str, tuple[str, _Header]]  # input -> (member name, header)
     rows: int
 
-    def read(self, skip: Container[str]) -> Iterator[_Read]:
+    def read(self, skip: Container[str]) -> Iterator[Read]:
         wanted = [row for row in range(self.rows) if f"{self.relative}#{row}" not in skip]
         if not wanted:
             return
@@ -343,7 +319,7 @@ class _NpzFile(_Part):
         damage = self._damage()
         if damage:
             reason = f"cannot read {self.path}: {damage}"
-            yield from (_Read(f"{self.relative}#{row}", f"{self.path}#{row}", None,
+            yield from (Read(f"{self.relative}#{row}", f"{self.path}#{row}", None,
                               reason=reason) for row in wanted)
             return
         yield from self._rows(skip)
@@ -357,10 +333,10 @@ class _NpzFile(_Part):
                         while stream.read(1 << 20):
                             pass
         except STREAM_ERRORS as err:
-            return _one_line(err)
+            return one_line(err)
         return None
 
-    def _rows(self, skip: Container[str]) -> Iterator[_Read]:
+    def _rows(self, skip: Container[str]) -> Iterator[Read]:
         row = 0
         try:
             with zipfile.ZipFile(self.path) as shard:
@@ -374,14 +350,14 @@ class _NpzFile(_Part):
                         continue
                     values = {name: self._row(stream, self.members[name][1])
                               for name, stream in streams.items()}
-                    yield _Read(id, source, None, values=values)
+                    yield Read(id, source, None, values=values)
                 row = self.rows
         except STREAM_ERRORS as err:  # a truncated or corrupt shard: its remaining rows fail
-            reason = f"cannot read {self.path} from row {row}: {_one_line(err)}"
+            reason = f"cannot read {self.path} from row {row}: {one_line(err)}"
             for rest in range(row, self.rows):
                 id = f"{self.relative}#{rest}"
                 if id not in skip:
-                    yield _Read(id, f"{self.path}#{rest}", None, reason=reason)
+                    yield Read(id, f"{self.path}#{rest}", None, reason=reason)
 
     @staticmethod
     def _row(stream, header: _Header) -> np.ndarray:
@@ -406,8 +382,8 @@ def _skip_bytes(stream, count: int) -> None:
         count -= len(data)
 
 
-def _array_part(model: Model, root: Path, file: Path) -> _Part:
-    relative = _relative(root, file)
+def _array_part(model: Model, root: Path, file: Path) -> Part:
+    relative = relative_path(root, file)
     if file.suffix.lower() == ".npy":
         return _npy_part(model, file, relative)
     return _npz_part(model, file, relative)
@@ -422,7 +398,7 @@ def _npy_part(model: Model, file: Path, relative: str) -> _NpyFile:
         with open(file, "rb") as stream:
             header = _read_header(stream, str(file))
     except OSError as err:
-        raise InputError(f"cannot read {file}: {_one_line(err)}") from None
+        raise InputError(f"cannot read {file}: {one_line(err)}") from None
     size = header.offset + header.shape[0] * header.row_bytes
     if file.stat().st_size < size:
         raise InputError(f"{file} is truncated: its header declares {header.shape} "
@@ -443,7 +419,7 @@ def _npz_part(model: Model, file: Path, relative: str) -> _NpzFile:
                 with shard.open(member) as stream:
                     members[key] = (member, _read_header(stream, f"{file}['{key}']"))
     except STREAM_ERRORS as err:
-        raise InputError(f"cannot read {file} as an .npz shard: {_one_line(err)}") from None
+        raise InputError(f"cannot read {file} as an .npz shard: {one_line(err)}") from None
     missing = [name for name in names if name not in members]
     if missing:
         raise InputError(f"{file} lacks the model input '{missing[0]}' (its keys: "

@@ -139,3 +139,28 @@ def test_a_bad_option_is_refused_before_any_row(zoo, tmp_path):
     assert result.exit_code == 2 and "n_steps" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reader_thread_keeps_order_raises_where_it_failed_and_stops_with_the_consumer():
+    from onnxplain.dataset.run import prefetched
+
+    assert list(prefetched(iter(range(50)), ahead=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("row 3 is unreadable")
+
+    got = []
+    with pytest.raises(ValueError, match="row 3"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    endless = prefetched(iter(range(10**9)), ahead=2)
+    assert next(endless) == 0
+    endless.close()  # the consumer stops: the reader thread ends instead of blocking
+    import threading
+    deadline = time.time() + 5
+    while any(t.name == "onnxplain-dataset-reader" for t in threading.enumerate()):
+        assert time.time() < deadline, "the reader thread did not stop"
+        time.sleep(0.05)
