@@ -15,11 +15,11 @@ from onnxplain import Explainer
 from onnxplain.dataset import explain_dataset, parquet_source
 from onnxplain.dataset.results import attribution, read_results
 from onnxplain.dataset.sources import open_source
-from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
 from onnxplain.images import ImagePreprocessing, default_preprocessing, load_image
 
 from ..conftest import require
+from .conftest import one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -48,27 +48,6 @@ def scalar_model() -> Model:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return Model.load(model)
-
-
-@pytest.fixture(scope="module")
-def any_size() -> Model:
-    """A grey image input of any height and width: image [batch, 1, h, w] -> mean [batch, 1]."""
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["mean"])], "any_size",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "h", "w"])],
-        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return Model.load(model)
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(InputError) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 def nested(x: np.ndarray):

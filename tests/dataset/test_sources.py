@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 from onnxplain.dataset import sources
 from onnxplain.dataset.sources import open_source
-from onnxplain.errors import InputError
 from onnxplain.graph.model import Model
 from onnxplain.images import ImagePreprocessing, default_preprocessing, load_images
+
+from .conftest import joined, one_line_error, read_all, write_png
 
 
 @pytest.fixture(scope="module")
@@ -42,48 +42,6 @@ def two_inputs() -> Model:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return Model.load(model)
-
-
-@pytest.fixture(scope="module")
-def any_size() -> Model:
-    """A grey image input of any height and width: image [batch, 1, h, w] -> mean [batch, 1]."""
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["mean"])], "any_size",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "h", "w"])],
-        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return Model.load(model)
-
-
-def write_png(path: Path, size: tuple[int, int], mode: str = "L", seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    channels = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
-    pixels = np.random.default_rng(seed).integers(0, 256, channels, dtype=np.uint8)
-    Image.fromarray(pixels, mode).save(path)
-    return path
-
-
-def read_all(source, rows: int, skip=()):
-    """Every batch's (size, ids, labels, sources, feeds) and every error, in order."""
-    out, errors = [], []
-    for batch, errs in source.batches(rows, skip):
-        out.append(batch)
-        errors.extend(errs)
-    return out, errors
-
-
-def joined(batches, name: str) -> np.ndarray:
-    return np.concatenate([batch.feeds[name] for batch in batches if len(batch)])
-
-
-def one_line_error(call) -> str:
-    with pytest.raises(InputError) as info:
-        call()
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 def test_image_folder_ids_labels_order_and_pixels(digits, tmp_path):

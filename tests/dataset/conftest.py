@@ -1,0 +1,56 @@
+"""What the dataset tests share: a model of any image size, PNG writing, reading a source
+whole, and the one-line error check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from onnxplain.errors import InputError
+from onnxplain.graph.model import Model
+
+
+@pytest.fixture(scope="module")
+def any_size() -> Model:
+    """A grey image input of any height and width: image [batch, 1, h, w] -> mean [batch, 1]."""
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["mean"])], "any_size",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "h", "w"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return Model.load(model)
+
+
+def write_png(path: Path, size: tuple[int, int], mode: str = "L", seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    pixels = np.random.default_rng(seed).integers(0, 256, channels, dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(path)
+    return path
+
+
+def read_all(source, rows: int, skip=()):
+    """Every batch's (size, ids, labels, sources, feeds) and every error, in order."""
+    out, errors = [], []
+    for batch, errs in source.batches(rows, skip):
+        out.append(batch)
+        errors.extend(errs)
+    return out, errors
+
+
+def joined(batches, name: str) -> np.ndarray:
+    return np.concatenate([batch.feeds[name] for batch in batches if len(batch)])
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(InputError) as info:
+        call()
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
