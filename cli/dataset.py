@@ -71,5 +71,8 @@ def explain_dataset(model: str, data: str, method: str, target: int | None,
                    f"{summary['errors']} errors, {summary['skipped']} already written "
                    f"({summary['seconds']:.1f} s, {summary['rows_per_second']} rows/s); "
                    f"results in {out}/")
+    for kind, count in summary["unreadable"].items():  # no explanation: never silent
+        click.echo(f"warning: {count} rows have attributions that are {kind}, so their maps "
+                   "are no explanation (the `note` column names them)", err=True)
     if summary["errors"]:
         raise SystemExit(1)

@@ -312,42 +312,63 @@ def _query_is_position(options: dict, place: Place, feeds: Mapping[str, np.ndarr
     return query_is_position(options, place, min(lengths) if lengths else None)
 
 
-def _unreadable_rows(attributions: Mapping[str, np.ndarray], axes: RowAxes,
-              attention: bool = False) -> list[str]:
-    """Rows whose attributions are NaN or infinite, or every one exactly 0 or one same value
-    (a constant map ranks no feature above another): never to be shown as a result.
-    `attention`: an attention method, whose map of a query is 0 when its row is its own
-    one-hot in every layer."""
+# The kinds of map that are no explanation (unreadable_rows): a dataset row's `note`.
+NOT_FINITE, ALL_ZERO, CONSTANT = "not finite", "all zero", "constant"
+
+
+def unreadable_rows(attributions: Mapping[str, np.ndarray], axes: RowAxes
+                    ) -> dict[str, np.ndarray]:
+    """Per kind (NOT_FINITE, ALL_ZERO, CONSTANT), a bool [rows] mask of the rows whose
+    attributions are NaN or infinite, every one exactly 0, or one same value (a constant map
+    ranks no feature above another); {} where no input holds rows."""
+    flat = _rows_flat(attributions, axes)
+    if flat is None:
+        return {}
+    broken = ~np.all(np.isfinite(flat), axis=1)
+    zero = ~np.any(flat, axis=1)
+    same = ~zero & ~broken & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
+    return {NOT_FINITE: broken, ALL_ZERO: zero, CONSTANT: same}
+
+
+def _rows_flat(attributions: Mapping[str, np.ndarray], axes: RowAxes) -> np.ndarray | None:
+    """Every attribution of a row side by side, [rows, values]."""
     values = [np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
               for name, v in attributions.items()
               if (axis := rows_axis(axes, name, v)) is not None and v.size]
-    if not values:
-        return []
-    flat = np.concatenate(values, axis=1)
+    return np.concatenate(values, axis=1) if values else None
+
+
+def _unreadable_rows(attributions: Mapping[str, np.ndarray], axes: RowAxes,
+                     attention: bool = False) -> list[str]:
+    """What unreadable_rows finds, in words: never to be shown as a result. `attention`: an
+    attention method, whose map of a query is 0 when its row is its own one-hot in every
+    layer."""
+    kinds = unreadable_rows(attributions, axes)
     found = []
-    broken = ~np.all(np.isfinite(flat), axis=1)
-    if np.any(broken):
-        found.append(f"attributions are NaN or infinite in {rows_text(np.flatnonzero(broken))}"
-                     ": the method's arithmetic overflowed or divided by 0 (a float16 model's "
-                     "range, or an op whose derivative is infinite at the input, such as Sqrt "
-                     "at 0), so the map is no explanation there")
-    zero = ~np.any(flat, axis=1)
-    same = ~zero & ~broken & (flat.shape[1] > 1) & np.all(flat == flat[:, :1], axis=1)
-    if np.any(zero):
-        found.append(f"every attribution is 0 in {rows_text(np.flatnonzero(zero))}: " + (
-            "the maps read hold nothing beyond the explained query's own entry, which is "
-            "left out (the first token of a causal model attends only to itself; gradient-"
-            "weighted maps also when the gradient is 0), so the map holds no information: "
-            "explain a later query (-O query=N; by default the explained position)"
-            if attention else
-            "the explained score does not change with the input where this method looks (a "
-            "constant output, a saturated activation, an input equal to the baseline, or an "
-            "op whose gradient is 0 almost everywhere on the path)"))
-    if np.any(same):
-        first = int(np.flatnonzero(same)[0])
-        found.append(f"every attribution has the same value ({flat[first, 0]:.4g}) in "
-                     f"{rows_text(np.flatnonzero(same))}: a constant map ranks no feature "
-                     "above another and holds no information about what the score depends on")
+    if np.any(kinds.get(NOT_FINITE, False)):
+        found.append(f"attributions are NaN or infinite in "
+                     f"{rows_text(np.flatnonzero(kinds[NOT_FINITE]))}: the method's arithmetic "
+                     "overflowed or divided by 0 (a float16 model's range, or an op whose "
+                     "derivative is infinite at the input, such as Sqrt at 0), so the map is no "
+                     "explanation there")
+    if np.any(kinds.get(ALL_ZERO, False)):
+        found.append(f"every attribution is 0 in {rows_text(np.flatnonzero(kinds[ALL_ZERO]))}: "
+                     + ("the maps read hold nothing beyond the explained query's own entry, "
+                        "which is left out (the first token of a causal model attends only to "
+                        "itself; gradient-weighted maps also when the gradient is 0), so the "
+                        "map holds no information: explain a later query (-O query=N; by "
+                        "default the explained position)"
+                        if attention else
+                        "the explained score does not change with the input where this method "
+                        "looks (a constant output, a saturated activation, an input equal to "
+                        "the baseline, or an op whose gradient is 0 almost everywhere on the "
+                        "path)"))
+    if np.any(kinds.get(CONSTANT, False)):
+        rows = np.flatnonzero(kinds[CONSTANT])
+        value = _rows_flat(attributions, axes)[rows[0], 0]
+        found.append(f"every attribution has the same value ({value:.4g}) in "
+                     f"{rows_text(rows)}: a constant map ranks no feature above another and "
+                     "holds no information about what the score depends on")
     return found
 
 

@@ -209,6 +209,7 @@ class ResultWriter:
             "predicted": pa.array([row.predicted for row in rows], pa.int64()),
             "score": pa.array([row.score for row in rows], pa.float64()),
             "delta": pa.array([row.delta for row in rows], pa.float64()),
+            "note": pa.array([row.note for row in rows], pa.string()),
         }
         for name, (shape, dtype) in (self._layout or {}).items():
             size = int(np.prod(shape, dtype=np.int64))
@@ -294,7 +295,8 @@ def _read(out: str | os.PathLike, kind: str) -> pyarrow.Table:
     fields = [pa.field(name, pa.string()) for name in names]
     if kind == RESULTS:
         fields += [pa.field("target", pa.int64()), pa.field("predicted", pa.int64()),
-                   pa.field("score", pa.float64()), pa.field("delta", pa.float64())]
+                   pa.field("score", pa.float64()), pa.field("delta", pa.float64()),
+                   pa.field("note", pa.string())]
     recorded = _read_run_file(out) or {}
     return pa.schema(fields, {META_PREFIX + k: v for k, v in recorded.items()}).empty_table()
 

@@ -39,7 +39,8 @@ class RowResult:
     """One explained row: its id, source and label (as the Batch gave them), the class
     explained (`target`), the predicted class and its score, the attribution of each
     attributed input (one row, without the batch axis) and the completeness gap where the
-    method reports one (IG, DeepLIFT: extras['convergence_delta'])."""
+    method reports one (IG, DeepLIFT: extras['convergence_delta']), and `note` where the map
+    is no explanation (explainer.unreadable_rows: "not finite", "all zero", "constant")."""
 
     id: str
     source: str
@@ -49,3 +50,4 @@ class RowResult:
     score: float | None
     attributions: dict[str, np.ndarray]
     delta: float | None = None
+    note: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import warnings
@@ -23,7 +24,7 @@ import numpy as np
 from .._version import __version__
 from ..attribution import Attribution
 from ..errors import InputError
-from ..explainer import Explainer
+from ..explainer import Explainer, unreadable_rows
 from ..graph.model import Model
 from ..images import ImagePreprocessing
 from ..methods import get_method
@@ -40,6 +41,8 @@ SHARD_ROWS = 256
 # Distinct warning texts kept in the summary (each with its count).
 WARNINGS_KEPT = 20
 T = TypeVar("T")
+# 'in row 3', 'in rows 0, 2 and 5 more' (methods._common.rows_text) within one batch.
+_BATCH_ROWS = re.compile(r" in rows? \d+(, \d+)*( and \d+ more)?")
 _END = object()  # the reader thread's last item
 
 
@@ -51,18 +54,18 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                     providers=None, memory_budget_mb: float = DEFAULT_BUDGET_MB,
                     progress: bool = True, **options) -> dict:
     """Explain every row of `data` (a folder of images, class sub-folders giving labels,
-    .npy/.npz shards or Parquet files) with `method` and write the results under `out` as
+    .npy/.npz shards or Parquet files) with `method` and write the results under `out`:
     Parquet shards (results/part-*.parquet, one row per input row: id, source, label,
     target, predicted class and score, each attribution, the completeness gap where the
-    method has one),
-    errors.parquet (rows that could not be explained, with the reason) and summary.json,
-    which is also returned. `resume` continues a run stopped before its end: rows already
-    written are skipped. `target`: the class explained in every row (None: the predicted
-    one). `batch_size`: rows read and explained per run (None: BATCH_ROWS read at a time,
-    run as the memory budget allows). `preprocessing`: how the image inputs are read
-    (default: from their shapes). Method options are keyword arguments, as for
-    Explainer.explain. A model file (or a Model loaded from one) is required: resume checks
-    the model is the one the results are of."""
+    method has one, a note where the map is no explanation), errors.parquet (rows that could
+    not be explained, with the reason) and summary.json, which is also returned.
+
+    `resume` continues a run stopped before its end: rows already written are skipped.
+    `target`: the class explained in every row (None: the predicted one). `batch_size`: rows
+    read and explained per run (None: BATCH_ROWS read at a time, run as the memory budget
+    allows). `preprocessing`: how the image inputs are read (default: from their shapes).
+    Method options are keyword arguments, as for Explainer.explain. A model file (or a Model
+    loaded from one) is required: resume checks the model is the one the results are of."""
     if (batch_size is not None and batch_size < 1) or shard_rows < 1:
         raise InputError("batch_size and shard_rows must be at least 1")
     get_method(method).resolve_options(dict(options))  # a bad option: refused before any row
@@ -75,6 +78,7 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     writer = ResultWriter(out, meta, resume, shard_rows)
     done = writer.committed()
     counts: Counter = Counter()
+    unreadable: Counter = Counter()
     notes: Counter = Counter()
     start = time.perf_counter()
     with progress_bar(progress, source.count(), "explain-dataset", "row") as bar:
@@ -85,6 +89,7 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                 results, failed = _explained(explainer, batch, method, target,
                                              {**options, "batch_size": batch_size}, notes)
                 writer.add(results)
+                unreadable.update(row.note for row in results if row.note)
                 writer.add_errors(failed)
                 counts["explained"] += len(results)
                 counts["errors"] += len(failed)
@@ -97,7 +102,8 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
         "explained": counts["explained"], "errors": counts["errors"],
         "skipped": len(done), "seconds": round(seconds, 3),
         "rows_per_second": round(counts["explained"] / seconds, 2) if seconds > 0 else None,
-        "warnings": dict(notes.most_common(WARNINGS_KEPT)), "onnxplain": __version__}
+        "unreadable": dict(unreadable), "warnings": dict(notes.most_common(WARNINGS_KEPT)),
+        "onnxplain": __version__}
     writer.close(summary)
     return summary
 
@@ -166,8 +172,10 @@ def _explained(explainer: Explainer, batch: Batch, method: str, target, options:
                notes: Counter) -> tuple[list[RowResult], list[RowError]]:
     """The batch's results; where the method refuses the batch (an input error), each row
     alone, so that one bad row does not take the others with it."""
+    axes = explainer.model.batch.of_inputs
     try:
-        return _rows(batch, _explain(explainer, batch.feeds, method, target, options, notes)), []
+        return _rows(batch, _explain(explainer, batch.feeds, method, target, options, notes),
+                     axes), []
     except InputError as err:
         if len(batch) == 1:
             return [], [RowError(batch.ids[0], batch.sources[0], str(err))]
@@ -179,7 +187,7 @@ def _explained(explainer: Explainer, batch: Batch, method: str, target, options:
         except InputError as err:
             failed.append(RowError(one.ids[0], one.sources[0], str(err)))
             continue
-        results += _rows(one, attribution)
+        results += _rows(one, attribution, axes)
     return results, failed
 
 
@@ -190,8 +198,9 @@ def _explain(explainer: Explainer, feeds, method: str, target, options: Mapping,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         attribution = explainer.explain(feeds, method=method, target=target, **options)
-    for warning in caught:
-        notes[str(warning.message).split("\n")[0][:200]] += 1
+    for warning in caught:  # the batch's row numbers mean nothing across the dataset
+        text = _BATCH_ROWS.sub(" in some rows", str(warning.message).split("\n")[0])
+        notes[text[:200]] += 1
     return attribution
 
 
@@ -200,9 +209,13 @@ def _take(batch: Batch, index: int) -> Batch:
                  {name: value[index:index + 1] for name, value in batch.feeds.items()})
 
 
-def _rows(batch: Batch, attribution: Attribution) -> list[RowResult]:
-    """One RowResult per row of the batch, from the batch's Attribution."""
+def _rows(batch: Batch, attribution: Attribution, axes) -> list[RowResult]:
+    """One RowResult per row of the batch, from the batch's Attribution; a row whose map is
+    no explanation (NaN, all 0, constant) says so in its note."""
     delta = attribution.extras.get("convergence_delta")
+    kinds = unreadable_rows(attribution.attributions, axes)
+    notes = [next((kind for kind, rows in kinds.items() if rows[index]), None)
+             for index in range(len(batch))]
     results = []
     for index, (row_id, source, label) in enumerate(zip(batch.ids, batch.sources,
                                                         batch.labels, strict=True)):
@@ -211,7 +224,7 @@ def _rows(batch: Batch, attribution: Attribution) -> list[RowResult]:
             _item(attribution.target, index, int), _item(attribution.predicted, index, int),
             _item(attribution.predicted_score, index, float),
             {name: np.asarray(value[index]) for name, value in attribution.attributions.items()},
-            _item(delta, index, float)))
+            _item(delta, index, float), notes[index]))
     return results
 
 

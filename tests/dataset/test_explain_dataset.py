@@ -164,3 +164,34 @@ def test_the_reader_thread_keeps_order_raises_where_it_failed_and_stops_with_the
     while any(t.name == "onnxplain-dataset-reader" for t in threading.enumerate()):
         assert time.time() < deadline, "the reader thread did not stop"
         time.sleep(0.05)
+
+
+def test_rows_whose_map_is_no_explanation_say_so(tmp_path):
+    """A model whose scores ignore the input: every saliency map is 0. Each row's note says
+    so, the summary counts them, and the command warns on stderr (never a silent result)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["y"])], "ignores",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(np.zeros((4, 3), np.float32), "w"),
+         numpy_helper.from_array(np.array([0.0, 1.0, 2.0], np.float32), "b")])
+    import onnx
+
+    model = tmp_path / "ignores.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), model)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "x.npy", np.random.default_rng(0).normal(size=(5, 4))
+            .astype(np.float32))
+    result = CliRunner().invoke(main, ["explain-dataset", str(model), "--data",
+                                       str(tmp_path / "data"), "-o", str(tmp_path / "out"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["unreadable"] == {"all zero": 5}
+    assert "warning: 5 rows have attributions that are all zero" in result.stderr
+    table = read_results(tmp_path / "out")
+    assert table.column("note").to_pylist() == ["all zero"] * 5
+    assert not attribution(table, "x").any()
