@@ -33,6 +33,25 @@ from .presets import image_options
                    "memory budget allows)")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=256, show_default=True,
               help="rows per Parquet shard (a stopped run loses at most the shard in flight)")
+@click.option("--store", default="full", show_default=True, metavar="full|map|topk=K",
+              help="what each row keeps of its attribution: full, map (summed over an "
+                   "image's channels, as the heatmaps draw it) or topk=K (the K entries of "
+                   "largest |value|: flat indices and signed values)")
+@click.option("--vocab", default=None, metavar="FILE",
+              help="turns Parquet text columns into token ids: vocab.txt, vocab.json or "
+                   "tokenizer.json (each whitespace-separated word one token)")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="local: this process; ray: Ray workers, each with its own ONNX Runtime "
+                   "session (pip install 'onnxplain[ray]')")
+@click.option("--address", default=None, metavar="ADDR",
+              help="the Ray cluster to run on (default: a local Ray instance started for "
+                   "the run); --engine ray only")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers (default: one per 4 CPUs of the cluster; each gets the "
+                   "cluster's CPUs shared out evenly as ONNX Runtime threads)")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0,
+              help="GPUs Ray gives each worker, which then runs on CUDA")
 @provider_option
 @memory_budget_option
 @click.option("--json", "as_json", is_flag=True, help="print summary.json to stdout")
@@ -41,7 +60,9 @@ from .presets import image_options
 @friendly
 def explain_dataset(model: str, data: str, method: str, target: int | None,
                     options: tuple[str, ...], out: str, resume: bool, batch_size: int | None,
-                    shard_rows: int, provider: str, memory_budget_mb: float, as_json: bool,
+                    shard_rows: int, store: str, vocab: str | None, engine: str,
+                    address: str | None, workers: int | None, gpus_per_worker: float,
+                    provider: str, memory_budget_mb: float, as_json: bool,
                     quiet: bool, image_settings) -> None:
     """Explain every row of --data with MODEL; write Parquet results under --out. The exit
     code is 1 when some rows could not be explained (errors.parquet says why)."""
@@ -63,7 +84,9 @@ def explain_dataset(model: str, data: str, method: str, target: int | None,
     summary = run(loaded, data, out, method, target=target, resume=resume,
                   batch_size=batch_size, shard_rows=shard_rows, preprocessing=preprocessing,
                   providers=provider, memory_budget_mb=memory_budget_mb,
-                  progress=not (quiet or as_json), **method_options(options, [model, data]))
+                  progress=not (quiet or as_json), store=store, vocab=vocab, engine=engine,
+                  address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                  **method_options(options, [model, data]))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:

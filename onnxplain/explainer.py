@@ -73,18 +73,23 @@ class Explainer:
     fit `memory_budget_mb` (estimated from the activations); `batch_size` in explain()
     overrides it for that call, and a method's `internal_batch_size` sets the rows of one
     iteration of its Loop (both held in one RunPolicy, `policy`). `progress=False` silences
-    the progress bars of long perturbation runs.
+    the progress bars of long perturbation runs. `threads`: ONNX Runtime's intra-op threads
+    per session (None: one per physical core; a worker that shares the machine sets it).
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Model,
                  providers: Sequence[str] | str | None = None, *, output: str | None = None,
                  attribute_at: Mapping[str, str] | None = None, optimization: str = "all",
-                 memory_budget_mb: float = DEFAULT_BUDGET_MB, progress: bool = True):
+                 memory_budget_mb: float = DEFAULT_BUDGET_MB, progress: bool = True,
+                 threads: int | None = None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise InputError(f"threads must be a whole number, at least 1, got {threads!r}")
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.output = pick_output(self.model, output)
         self.sources, self.unattributed = find_sources(self.model, attribute_at)
         self.engine = Engine(self.model, resolve_providers(providers), self.output,
-                             self.sources, optimization, RunPolicy(memory_budget_mb))
+                             self.sources, optimization, RunPolicy(memory_budget_mb), threads)
         self.engine.progress = progress
         self.provider_note = fallback_note(providers)
 

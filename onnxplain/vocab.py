@@ -7,6 +7,7 @@ directly when it is not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,11 @@ class Vocabulary:
     def __repr__(self) -> str:
         where = f" from {self.source}" if self.source else ""
         return f"<Vocabulary of {len(self)} tokens{where}>"
+
+    def digest(self) -> str:
+        """A digest of the id -> token table: two vocabularies that encode alike share it."""
+        table = json.dumps(sorted(self._tokens.items()), ensure_ascii=False)
+        return hashlib.blake2b(table.encode(), digest_size=16).hexdigest()
 
     def tokens_for(self, ids: np.ndarray) -> list[str]:
         """The strings of one row of token ids; an unknown id becomes '[id 1234]'."""

@@ -1,31 +1,43 @@
 """Parquet files as a dataset source (issue 20): one column per model input, read lazily in
 record batches of only the needed columns, so a file is never loaded whole. A column holds
 fixed-shape tensors (list, fixed_size_list or nested lists: one row of the input without its
-batch axis), single numbers (inputs of shape [N] or [N, 1]), or, for the model's single image
-input, image bytes or image paths (relative ones resolved against the file's folder). Optional
-columns `id` (strings) and `label` (strings or integers) give each row's id and label; any
-other column is refused, so a misspelt input name is never silently dropped."""
+batch axis), single numbers (inputs of shape [N] or [N, 1]), for the model's single image
+input, image bytes or image paths (relative ones resolved against the file's folder), or, for
+a token-id input, text (strings; the column may also be called `text`) turned into token ids
+by a vocabulary as `generate --text` does (each whitespace-separated word one token), its
+attention mask (1) and token type ids (0) filled when they have no column, every row padded
+with 0 to one length (a run's results hold one shape per input): the input's static length,
+else the longest text's. Optional columns `id` (strings) and `label` (strings or integers)
+give each row's id and label; any other column is refused, so a misspelt input name is never
+silently dropped."""
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Container, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from .._text import counted
 from ..errors import InputError
 from ..graph.model import Model, TensorSpec
 from ..images import ImagePreprocessing, default_preprocessing, image_inputs, load_image
-from .parts import IMAGE_ERRORS, Part, Read, one_line, relative_path
+from ..objective import mask_inputs, token_inputs
+from ..vocab import Vocabulary, load_vocabulary
+from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path
 from .results import pyarrow_modules
 
-ID, LABEL = "id", "label"
+ID, LABEL, TEXT_COLUMN = "id", "label", "text"
 # Rows per record batch read: aimed at READ_BYTES of uncompressed data, within these bounds.
 READ_BYTES = 32 << 20
 READ_ROWS = (1, 1024)
-TENSOR, NUMBER, IMAGE_BYTES, IMAGE_PATH = "tensor", "number", "image bytes", "image path"
+TENSOR, NUMBER, IMAGE_BYTES, IMAGE_PATH, TEXT = ("tensor", "number", "image bytes",
+                                                  "image path", "text")
+VOCAB_ADVICE = ("give the vocabulary that turns it into token ids: --vocab vocab.txt, "
+                "vocab.json or tokenizer.json (vocab= in Python)")
 
 
 class _NamedBytes(io.BytesIO):
@@ -39,10 +51,41 @@ class _NamedBytes(io.BytesIO):
         return self.where
 
 
+@dataclass(frozen=True)
+class _Text:
+    """How a file's text becomes token ids: the input it feeds, the column it is read from,
+    the vocabulary, and the companion inputs without a column of their own, each filled
+    with one value at every token (fills: 1 in an attention mask, 0 in token type ids).
+    Every token input (`padded`) is then padded with 0 up to `length` (None: not padded)."""
+
+    input: str
+    column: str
+    vocabulary: Vocabulary
+    fills: dict[str, int]
+    padded: tuple[str, ...]
+    length: int | None = None
+
+    def values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The row's token inputs filled and padded: the results of a run hold one shape
+        per input, so every row of a source takes one length (the mask says which tokens
+        are real)."""
+        count = len(values[self.input])
+        values = values | {name: np.full(count, fill, np.int64)
+                           for name, fill in self.fills.items()}
+        for name in self.padded:
+            if values[name].shape != (count,):
+                raise InputError(f"input '{name}' has the shape {list(values[name].shape)}, "
+                                 f"but the text has {counted(count, 'token')}")
+            if self.length is not None and count < self.length:
+                values[name] = np.pad(values[name], (0, self.length - count))
+        return values
+
+
 @dataclass
 class _ParquetFile(Part):
     """One Parquet file: `kinds` says how each input's column is read (TENSOR, NUMBER,
-    IMAGE_BYTES, IMAGE_PATH); `scalar_shapes` gives the row shape of NUMBER columns' inputs."""
+    IMAGE_BYTES, IMAGE_PATH, TEXT); `scalar_shapes` gives the row shape of NUMBER columns'
+    inputs; `text` how its TEXT input's column becomes token ids (None without one)."""
 
     path: Path
     relative: str
@@ -54,38 +97,52 @@ class _ParquetFile(Part):
     groups: tuple[int, ...]  # rows per row group, from the file's metadata
     rows: int
     read_rows: int
+    text: _Text | None = field(default=None)
 
-    def read(self, skip: Container[str]) -> Iterator[Read]:
+    def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
+        """The rows whose id is not in `skip` and whose place in the file (0-based, counting
+        every row) lies in `window` (None: all; a range of step 1). Row groups outside the
+        window are not read at all, and rows outside it are not decoded."""
+        if window is not None and window.step != 1:
+            raise ValueError(f"a window of rows is a range of step 1, got {window}")
         _, pq = pyarrow_modules()
         # Pages written with checksums are checked, so damage is an error, not wrong values.
         with pq.ParquetFile(self.path, page_checksum_verification=True) as parquet:
             first = 0
             for group, size in enumerate(self.groups):
-                yield from self._group(parquet, group, first, first + size, skip)
+                if window is None or (window.start < first + size and first < window.stop):
+                    yield from self._group(parquet, group, first, first + size, skip, window)
                 first += size
 
-    def _group(self, parquet, group: int, first: int, end: int, skip: Container[str]
-               ) -> Iterator[Read]:
-        """The rows first..end-1 of one row group; if it cannot be read (a damaged page),
-        its remaining rows fail and the next group is read: damage costs one row group."""
+    def _columns(self) -> list[str]:
+        inputs = [self.text.column if self.text and name == self.text.input else name
+                  for name in self.kinds]
+        return inputs + [ID] * self.has_id + [LABEL] * self.has_label
+
+    def _group(self, parquet, group: int, first: int, end: int, skip: Container[str],
+               window: range | None) -> Iterator[Read]:
+        """The rows first..end-1 of one row group that lie in `window`; if it cannot be read
+        (a damaged page), its remaining rows fail and the next group is read: damage costs
+        one row group."""
         pa, _ = pyarrow_modules()
-        columns = list(self.kinds) + [ID] * self.has_id + [LABEL] * self.has_label
         row = first
         try:
             for batch in parquet.iter_batches(batch_size=self.read_rows, row_groups=[group],
-                                              columns=columns):
+                                              columns=self._columns()):
                 ids, labels = self._ids(batch, row), self._labels(batch)
                 for index, id in enumerate(ids):
-                    if id not in skip:
+                    if id not in skip and in_window(row + index, window):
                         yield self._row(batch, index, id, f"{self.path}#{row + index}",
                                         labels[index])
                 row += batch.num_rows
+                if window is not None and row >= window.stop:
+                    return  # the rest of the group lies past the window: not read
         except (pa.ArrowException, OSError, ValueError) as err:
             # The ids of rows not read cannot come from the id column: their places stand in.
             reason = f"cannot read {self.path} from row {row}: {one_line(err)}"
             for rest in range(row, end):
                 id = f"{self.relative}#{rest}"
-                if id not in skip:
+                if id not in skip and in_window(rest, window):
                     yield Read(id, f"{self.path}#{rest}", None, reason=reason)
 
     def _ids(self, batch, first: int) -> list[str]:
@@ -103,10 +160,16 @@ class _ParquetFile(Part):
     def _row(self, batch, index: int, id: str, source: str, label: str | None) -> Read:
         values = {}
         for name, kind in self.kinds.items():
-            cell = batch.column(name).slice(index, 1)
+            column = self.text.column if kind == TEXT and self.text else name
+            cell = batch.column(column).slice(index, 1)
             try:
                 values[name] = self._value(name, kind, cell, source)
             except (InputError, *IMAGE_ERRORS) as err:
+                return Read(id, source, label, reason=one_line(err))
+        if self.text:
+            try:
+                values = self.text.values(values)
+            except InputError as err:
                 return Read(id, source, label, reason=one_line(err))
         return Read(id, source, label, values=values)
 
@@ -118,6 +181,8 @@ class _ParquetFile(Part):
         if kind == NUMBER:
             return cell.to_numpy(zero_copy_only=False).reshape(self.scalar_shapes[name])
         value = cell[0].as_py()
+        if kind == TEXT:
+            return self.text.vocabulary.encode_words(value)
         if kind == IMAGE_BYTES:
             return load_image(_NamedBytes(value, source), self.prep)
         return load_image(self.path.parent / value, self.prep)
@@ -146,21 +211,62 @@ def _tensor(name: str, cell) -> np.ndarray:
 
 
 def parquet_parts(model: Model, root: Path, files: list[Path],
-                  preprocessing: Mapping[str, ImagePreprocessing]) -> list[Part]:
+                  preprocessing: Mapping[str, ImagePreprocessing],
+                  vocab: Vocabulary | str | os.PathLike | None = None) -> list[Part]:
     """One part per Parquet file, its columns checked against the model's inputs now (from
     the schema, reading no data): refused in one line (InputError) for a missing input
-    column, an extra column, or a column type that cannot feed its input."""
+    column, an extra column, a column type that cannot feed its input, or text without a
+    vocabulary. `vocab`: a Vocabulary, or the path of a vocab.txt, vocab.json or
+    tokenizer.json (onnxplain.vocab.load_vocabulary)."""
     images = image_inputs(model)
     image = next(iter(images)) if len(images) == 1 else None
     unknown = sorted(set(preprocessing) - ({image} if image else set()))
     if unknown:
         raise InputError(f"preprocessing given for '{unknown[0]}', which is not the model's "
                          f"single image input")
-    return [_file_part(model, root, file, image, preprocessing) for file in files]
+    vocabulary = _vocabulary(vocab)
+    roles = _TextRoles.of(model)
+    parts = [_file_part(model, root, file, image, preprocessing, vocabulary, roles)
+             for file in files]
+    _padded(model, parts, roles)
+    return parts
+
+
+def _vocabulary(vocab: Vocabulary | str | os.PathLike | None) -> Vocabulary | None:
+    if vocab is None or isinstance(vocab, Vocabulary):
+        return vocab
+    if isinstance(vocab, str | os.PathLike):
+        return load_vocabulary(vocab)
+    raise InputError(f"vocab is a Vocabulary or the path of a vocabulary file, got "
+                     f"{type(vocab).__name__}")
+
+
+@dataclass(frozen=True)
+class _TextRoles:
+    """What text feeds in a model: `ids`, the token-id inputs it may fill, and `fills`, the
+    value of each companion input at every token: 1 in attention masks (objective.mask_inputs:
+    every token is real, as `generate --text` feeds them), 0 in token type ids (one segment,
+    what a tokenizer gives for one text)."""
+
+    ids: tuple[str, ...]
+    fills: dict[str, int]
+
+    @classmethod
+    def of(cls, model: Model) -> _TextRoles:
+        tokens = token_inputs(model)
+        masks = [name for name in mask_inputs(model) if name in tokens] if tokens else []
+        types = [name for name in tokens if name not in masks and "token_type" in name.lower()]
+        ids = tuple(name for name in tokens if name not in masks and name not in types)
+        return cls(ids, {name: 1 for name in masks} | {name: 0 for name in types})
+
+    @property
+    def masks(self) -> list[str]:
+        return [name for name, fill in self.fills.items() if fill == 1]
 
 
 def _file_part(model: Model, root: Path, file: Path, image: str | None,
-               preprocessing: Mapping[str, ImagePreprocessing]) -> _ParquetFile:
+               preprocessing: Mapping[str, ImagePreprocessing], vocabulary: Vocabulary | None,
+               roles: _TextRoles) -> _ParquetFile:
     pa, pq = pyarrow_modules()
     try:
         with pq.ParquetFile(file) as parquet:
@@ -168,16 +274,20 @@ def _file_part(model: Model, root: Path, file: Path, image: str | None,
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read {file} as Parquet: {one_line(err)}") from None
     names = [spec.name for spec in model.inputs]
-    extra = [column for column in schema.names if column not in names + [ID, LABEL]]
+    others = [ID, LABEL] + [TEXT_COLUMN] * (bool(roles.ids) and TEXT_COLUMN not in names)
+    extra = [column for column in schema.names if column not in names + others]
     if extra:
         raise InputError(f"{file} has the column '{extra[0]}', which is neither a model input "
-                         f"({', '.join(names)}) nor '{ID}' or '{LABEL}'")
-    missing = [name for name in names if name not in schema.names]
+                         f"({', '.join(names)}) nor {' or '.join(repr(o) for o in others)}")
+    text = _text(pa, file, schema, names, roles, vocabulary)
+    fed = [text.input, *text.fills] if text else []
+    missing = [name for name in names if name not in schema.names and name not in fed]
     if missing:
         raise InputError(f"{file} lacks a column for the model input '{missing[0]}' (its "
                          f"columns: {', '.join(schema.names) or 'none'})")
-    kinds = {spec.name: _kind(pa, file, spec, schema.field(spec.name).type, spec.name == image)
-             for spec in model.inputs}
+    kinds = {spec.name: TEXT if text and spec.name == text.input else
+             _kind(pa, file, spec, schema.field(spec.name).type, spec.name == image)
+             for spec in model.inputs if not text or spec.name not in text.fills}
     given = preprocessing.get(image) if image else None
     if given and kinds[image] not in (IMAGE_BYTES, IMAGE_PATH):
         raise InputError(f"image preprocessing applies to image bytes or paths, but {file}'s "
@@ -190,9 +300,84 @@ def _file_part(model: Model, root: Path, file: Path, image: str | None,
     read_rows = min(max(READ_BYTES * max(sum(groups), 1) // max(row_bytes, 1), READ_ROWS[0]),
                     READ_ROWS[1])
     scalar_shapes = {spec.name: _scalar_shape(spec) for spec in model.inputs
-                     if kinds[spec.name] == NUMBER}
+                     if kinds.get(spec.name) == NUMBER}
     return _ParquetFile(file, relative_path(root, file), kinds, scalar_shapes, prep, has_id,
-                        has_label, groups, sum(groups), int(read_rows))
+                        has_label, groups, sum(groups), int(read_rows), text)
+
+
+def _text(pa, file: Path, schema, names: list[str], roles: _TextRoles,
+          vocabulary: Vocabulary | None) -> _Text | None:
+    """How the file's text feeds the model: a string column named after a token-id input,
+    or one called `text` for the model's single token-id input; None if it has no text.
+    The companion inputs it fills are those without a column of their own."""
+    def is_text(column: str) -> bool:
+        type_ = schema.field(column).type
+        return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+    named = [name for name in roles.ids if name in schema.names and is_text(name)]
+    if TEXT_COLUMN in schema.names and TEXT_COLUMN not in names:
+        if len(roles.ids) != 1:
+            raise InputError(f"{file}'s column '{TEXT_COLUMN}' feeds the model's token-id "
+                             f"input, but it has {len(roles.ids)} ({', '.join(roles.ids)}): "
+                             "name the text column after the input it feeds")
+        if roles.ids[0] in schema.names:
+            raise InputError(f"{file} has both a '{TEXT_COLUMN}' column and one for its "
+                             f"token-id input '{roles.ids[0]}': keep one")
+        if not is_text(TEXT_COLUMN):
+            raise InputError(f"{file}'s column '{TEXT_COLUMN}' holds "
+                             f"{schema.field(TEXT_COLUMN).type}, not strings")
+        named = [TEXT_COLUMN]
+    if not named:
+        return None
+    if len(named) > 1:
+        raise InputError(f"{file} holds text in '{named[0]}' and '{named[1]}': one column of "
+                         "text feeds one token-id input")
+    if vocabulary is None:
+        raise InputError(f"{file}'s column '{named[0]}' holds text: {VOCAB_ADVICE}")
+    column = named[0]
+    fills = {name: fill for name, fill in roles.fills.items() if name not in schema.names}
+    input = roles.ids[0] if column == TEXT_COLUMN else column
+    return _Text(input, column, vocabulary, fills, (input, *roles.fills))
+
+
+def _padded(model: Model, parts: list[_ParquetFile], roles: _TextRoles) -> None:
+    """Sets the one length every text row is padded to: the token-id input's static length,
+    else the most words of any text of the source (a pass over the text columns alone).
+    A model without an attention mask cannot be padded: its texts must agree in length."""
+    texts = [part for part in parts if part.text]
+    if not texts:
+        return
+    static = model.input(texts[0].text.input).dims[1]
+    if isinstance(static, int):
+        lengths = (static, static)
+    else:
+        counts = [count for part in texts if (count := _word_counts(part))]
+        lengths = (min(low for low, _ in counts), max(high for _, high in counts)) \
+            if counts else (None, None)
+    if not roles.masks and lengths[0] != lengths[1]:
+        raise InputError(f"the texts have from {lengths[0]} to {counted(lengths[1], 'word')}, "
+                         "but the model has no attention mask to pad them with: give texts "
+                         "of one length")
+    for part in texts:
+        part.text = replace(part.text, length=lengths[1] if roles.masks else None)
+
+
+def _word_counts(part: _ParquetFile) -> tuple[int, int] | None:
+    """The fewest and most words of one file's texts (empty and null ones aside: they are
+    row errors), read in bounded batches of the text column; None for a file without words
+    or one that cannot be read (its rows fail when read)."""
+    pa, pq = pyarrow_modules()
+    low, high = None, 0
+    try:
+        with pq.ParquetFile(part.path) as parquet:
+            for batch in parquet.iter_batches(batch_size=1 << 16, columns=[part.text.column]):
+                for text in batch.column(0).to_pylist():
+                    words = len(text.split()) if text else 0
+                    if words:
+                        low, high = min(low or words, words), max(high, words)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    return None if low is None else (low, high)
 
 
 def _kind(pa, file: Path, spec: TensorSpec, type_, is_image: bool) -> str:

@@ -29,11 +29,16 @@ class Read:
 
 
 class Part(Protocol):
-    """One file of the source: how many rows it holds and how to read them lazily."""
+    """One file of the source: how many rows it holds and how to read them lazily: every row
+    whose id is not in `skip` and whose position in the file is in `window` (None: all)."""
 
     rows: int
 
-    def read(self, skip: Container[str]) -> Iterator[Read]: ...
+    def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]: ...
+
+
+def in_window(row: int, window: range | None) -> bool:
+    return window is None or row in window
 
 
 def relative_path(root: Path, file: Path) -> str:

@@ -3,8 +3,11 @@ stopped at any point (Ctrl-C, a killed process) loses at most the rows not yet i
 and a resumed run knows which rows are done and never writes one twice.
 
 Layout under `out`:
-  run.json                    the run's meta (method, options, model...), before any shard
-  results/part-00000.parquet  one row per explained row, `shard_rows` rows a shard
+  run.json                    the run's meta (method, options, model, store...), before any
+                              shard
+  results/part-00000.parquet  one row per explained row, `shard_rows` rows a shard, each
+                              attribution kept as the store says (store.py: whole, its map,
+                              or its top k entries)
   errors/part-00000.parquet   rows that could not be explained: id, source, reason
   errors.parquet              at close: every error of the run (and of the runs it resumed)
   summary.json                at close: the caller's summary
@@ -27,15 +30,21 @@ import numpy as np
 from ..errors import InputError
 from ..files import atomic_write, save_json
 from .rows import RowError, RowResult
+from .store import ATTRIBUTION, FULL, TOPK_INDEX, TOPK_VALUE, Kept, Store, kept, stored_columns
 
 if TYPE_CHECKING:
     import pyarrow
 
 RESULTS, ERRORS = "results", "errors"
 RUN_FILE, ERRORS_FILE, SUMMARY_FILE = "run.json", "errors.parquet", "summary.json"
-ATTRIBUTION = "attribution/"
 META_PREFIX = "onnxplain."
+# The layout of the attributions, in the schema metadata beside the run's meta: each row's
+# shape in attribution/<name> (full, map), its shape as explained (all stores: what top-k
+# scatters back into), and whether the method's maps are signed.
 SHAPE_PREFIX = "onnxplain.shape."
+EXPLAINED_PREFIX = "onnxplain.attribution_shape."
+SIGNED_KEY = "onnxplain.signed"
+_LAYOUT_KEYS = (SHAPE_PREFIX, EXPLAINED_PREFIX, SIGNED_KEY)
 _PART = re.compile(r"part-(\d{5,})\.parquet")
 # atomic_write's temporary names: what a killed writer leaves behind.
 _TEMPORARY = ".onnxplain-"
@@ -61,20 +70,25 @@ class ResultWriter:
     `meta` (strings: what a resumed run must share with the run it continues) goes into
     every shard's file metadata and into run.json. A folder that holds an earlier run is
     refused unless `resume`, and then only with the same meta; a resumed writer continues
-    the shard numbering and `committed()` says which ids to skip."""
+    the shard numbering and `committed()` says which ids to skip. `store` says what is kept
+    of each attribution (store.py); it joins the meta as 'store', so a run is resumed with
+    the store it began with."""
 
     def __init__(self, out: str | os.PathLike, meta: Mapping[str, str], resume: bool,
-                 shard_rows: int = 256):
+                 shard_rows: int = 256, store: Store = FULL):
         self._pa, self._pq = pyarrow_modules()
         if shard_rows < 1:
             raise InputError(f"shard_rows must be at least 1, not {shard_rows}")
         for key, value in meta.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"run meta must map strings to strings: {key!r}: {value!r}")
-            if (META_PREFIX + key).startswith(SHAPE_PREFIX):
-                raise ValueError(f"run meta key {key!r}: shape.* names the shape metadata")
+            if (META_PREFIX + key).startswith(_LAYOUT_KEYS):
+                raise ValueError(f"run meta key {key!r} names the attributions' layout")
+        if "store" in meta:
+            raise ValueError("run meta key 'store' is the writer's: pass store=")
         self.out = Path(out)
-        self.meta = dict(meta)
+        self.store = store
+        self.meta = {**meta, "store": str(store)}
         self.shard_rows = shard_rows
         _check_folder(self.out)
         if _earlier_run(self.out) and not resume:
@@ -82,8 +96,10 @@ class ResultWriter:
                              "continue it, or another --out")
         self._committed: set[str] = set()
         self._next = {RESULTS: 0, ERRORS: 0}
-        # Each attributed input's (shape, stored dtype), fixed by the first row of the run.
-        self._layout: dict[str, tuple[tuple[int, ...], type]] | None = None
+        # What is kept of each attributed input, and whether the maps are signed: fixed by
+        # the first row of the run.
+        self._layout: dict[str, Kept] | None = None
+        self._signed: bool | None = None
         if resume:
             self._resume()
         _remove_temporary(self.out)
@@ -99,10 +115,10 @@ class ResultWriter:
     def add(self, results: Sequence[RowResult]) -> None:
         """Queue explained rows; every `shard_rows` of them are written as one shard."""
         self._accept([row.id for row in results])
-        layout = self._layout
+        layout, signed = self._layout, self._signed
         for row in results:
-            layout = _row_layout(row, layout)
-        self._layout = layout
+            layout, signed = _row_layout(row, layout, signed, self.store)
+        self._layout, self._signed = layout, signed
         self._pending.update(row.id for row in results)
         self._results.extend(results)
         while len(self._results) >= self.shard_rows:
@@ -160,7 +176,8 @@ class ResultWriter:
                 self._committed.update(parquet.read(columns=["id"]).column("id").to_pylist())
             self._next[kind] = shards[-1][0] + 1 if shards else 0
             if kind == RESULTS and shards:
-                self._layout = _schema_layout(_open(self._pq, shards[-1][1]).schema_arrow)
+                self._layout, self._signed = _schema_layout(
+                    _open(self._pq, shards[-1][1]).schema_arrow, self.store)
 
     def _write_run_file(self) -> None:
         if not (self.out / RUN_FILE).exists():
@@ -169,8 +186,12 @@ class ResultWriter:
 
     def _metadata(self) -> dict[str, str]:
         metadata = {META_PREFIX + key: value for key, value in self.meta.items()}
-        for name, (shape, _) in (self._layout or {}).items():
-            metadata[SHAPE_PREFIX + name] = json.dumps(list(shape))
+        for name, keeps in (self._layout or {}).items():
+            if self.store.kind != "topk":
+                metadata[SHAPE_PREFIX + name] = json.dumps(list(keeps.stored))
+            metadata[EXPLAINED_PREFIX + name] = json.dumps(list(keeps.shape))
+        if self._signed is not None:
+            metadata[SIGNED_KEY] = json.dumps(self._signed)
         return metadata
 
     def _write_results(self, count: int) -> None:
@@ -211,17 +232,25 @@ class ResultWriter:
             "delta": pa.array([row.delta for row in rows], pa.float64()),
             "note": pa.array([row.note for row in rows], pa.string()),
         }
-        for name, (shape, dtype) in (self._layout or {}).items():
-            size = int(np.prod(shape, dtype=np.int64))
-            flat = np.concatenate([np.asarray(row.attributions[name], dtype).reshape(-1)
-                                   for row in rows]) if rows else np.zeros(0, dtype)
-            columns[ATTRIBUTION + name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), size)
+        for name, keeps in (self._layout or {}).items():
+            values = [row.attributions[name] for row in rows]
+            for column, array in stored_columns(self.store, name, values, keeps,
+                                                bool(self._signed)).items():
+                columns[column] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(array.reshape(-1)), array.shape[1])
         return pa.table(columns)
 
 
-def _row_layout(row: RowResult, layout: dict | None) -> dict[str, tuple[tuple[int, ...], type]]:
-    """The run's layout, checked against this row (or taken from it, for the first row):
-    every row stores the same inputs, each in one shape, so a column reshapes whole."""
+def _row_layout(row: RowResult, layout: dict[str, Kept] | None, signed: bool | None,
+                store: Store) -> tuple[dict[str, Kept], bool]:
+    """The run's layout and signedness, checked against this row (or taken from it, for the
+    first row): every row stores the same inputs, each in one shape, so a column reshapes
+    whole."""
+    # getattr: RowResult.signed is the session lead's to add (rows.py); drop it then.
+    mine_signed = row.signed
+    if signed is not None and mine_signed != signed:
+        raise RuntimeError(f"row {row.id!r} is {'un' * (not mine_signed)}signed, earlier rows "
+                           f"{'un' * (not signed)}signed")
     mine = {}
     for name, value in row.attributions.items():
         array = np.asarray(value)
@@ -230,46 +259,92 @@ def _row_layout(row: RowResult, layout: dict | None) -> dict[str, tuple[tuple[in
                                "not a float array")
         mine[name] = (tuple(array.shape), _STORED[array.dtype])
     if layout is None:
-        return mine
+        return {name: kept(store, *spec) for name, spec in mine.items()}, mine_signed
     if set(mine) != set(layout):
         raise RuntimeError(f"row {row.id!r} attributes {sorted(mine)}, earlier rows "
                            f"{sorted(layout)}")
     for name, (shape, dtype) in mine.items():
-        if shape != layout[name][0]:
+        if shape != layout[name].shape:
             raise InputError(f"row {row.id!r}: the attribution of {name!r} has shape "
-                             f"{list(shape)}, earlier rows {list(layout[name][0])}: a dataset "
-                             "run stores one shape per input")
-        if not np.can_cast(dtype, layout[name][1], "safe"):
+                             f"{list(shape)}, earlier rows {list(layout[name].shape)}: a "
+                             "dataset run stores one shape per input")
+        if not np.can_cast(dtype, layout[name].dtype, "safe"):
             raise RuntimeError(f"row {row.id!r}: attribution of {name!r} is {np.dtype(dtype)}"
-                               f", earlier rows {np.dtype(layout[name][1])}")
-    return layout
+                               f", earlier rows {np.dtype(layout[name].dtype)}")
+    return layout, mine_signed if signed is None else signed
 
 
-def _schema_layout(schema) -> dict[str, tuple[tuple[int, ...], type]]:
-    """An earlier run's layout, from a result shard's schema."""
+def _schema_layout(schema, store: Store) -> tuple[dict[str, Kept], bool | None]:
+    """An earlier run's layout and signedness, from a result shard's schema."""
     metadata = schema.metadata or {}
     layout = {}
     for field in schema:
-        if field.name.startswith(ATTRIBUTION):
-            name = field.name[len(ATTRIBUTION):]
-            shape = json.loads(metadata[(SHAPE_PREFIX + name).encode()])
-            layout[name] = (tuple(shape), field.type.value_type.to_pandas_dtype())
-    return layout
+        for prefix in (ATTRIBUTION, TOPK_VALUE):
+            if field.name.startswith(prefix):
+                name = field.name[len(prefix):]
+                layout[name] = kept(store, _explained_shape(schema, name),
+                                    field.type.value_type.to_pandas_dtype())
+    signed = metadata.get(SIGNED_KEY.encode())
+    return layout, None if signed is None else json.loads(signed)
 
 
 def attribution(table: pyarrow.Table, name: str) -> np.ndarray:
     """The attribution of input `name` over the table's rows, [rows, *shape], the shape read
-    from the table's schema metadata (onnxplain.shape.<name>)."""
-    column_name = ATTRIBUTION + name
-    if column_name not in table.column_names:
-        have = [c[len(ATTRIBUTION):] for c in table.column_names if c.startswith(ATTRIBUTION)]
-        raise InputError(f"the results have no attribution of {name!r}, only {have}")
+    from the table's schema metadata (onnxplain.shape.<name>): the attribution itself with
+    --store full, its map with --store map. Results stored as top k are read by topk() or
+    dense()."""
+    if TOPK_VALUE + name in table.column_names:
+        raise InputError(f"the results keep the top k of each attribution of {name!r} "
+                         f"(--store {_store_of(table)}): read them with topk() or dense()")
+    values = _list_column(table, ATTRIBUTION, name)
     shape = json.loads((table.schema.metadata or {})[(SHAPE_PREFIX + name).encode()])
-    column = table.column(column_name)
+    return values.reshape(len(table), *shape)
+
+
+def topk(table: pyarrow.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Results stored with --store topk=K: for input `name`, [rows, k] flat indices (int64,
+    C order into the attribution's shape, onnxplain.attribution_shape.<name>) and [rows, k]
+    signed values, each row's largest |value| first."""
+    return _list_column(table, TOPK_INDEX, name), _list_column(table, TOPK_VALUE, name)
+
+
+def dense(table: pyarrow.Table, name: str) -> np.ndarray:
+    """The attribution of input `name`, [rows, *shape as explained]: with --store topk=K its
+    top k entries scattered into zeros (what the full attribution holds there), otherwise
+    as attribution() reads it (with --store map, the map)."""
+    if TOPK_VALUE + name not in table.column_names:
+        return attribution(table, name)
+    indices, values = topk(table, name)
+    shape = _explained_shape(table.schema, name)
+    out = np.zeros((len(table), int(np.prod(shape, dtype=np.int64))), values.dtype)
+    np.put_along_axis(out, indices, values, axis=1)
+    return out.reshape(len(table), *shape)
+
+
+def _list_column(table: pyarrow.Table, prefix: str, name: str) -> np.ndarray:
+    """A fixed-size list column as [rows, width]."""
+    if prefix + name not in table.column_names:
+        have = sorted({c.split("/", 1)[1] for c in table.column_names if "/" in c})
+        raise InputError(f"the results have no {prefix[:-1]} of {name!r}, only inputs {have}"
+                         f" (--store {_store_of(table)})")
+    column = table.column(prefix + name)
     dtype = column.type.value_type.to_pandas_dtype()
     parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
     flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return flat.astype(dtype, copy=False).reshape(len(table), *shape)
+    return flat.astype(dtype, copy=False).reshape(len(table), column.type.list_size)
+
+
+def _explained_shape(schema, name: str) -> tuple[int, ...]:
+    """Input `name`'s attribution shape as explained; shards from before --store record
+    only onnxplain.shape.<name>, which then is that shape."""
+    metadata = schema.metadata or {}
+    text = metadata.get((EXPLAINED_PREFIX + name).encode()) or \
+        metadata[(SHAPE_PREFIX + name).encode()]
+    return tuple(json.loads(text))
+
+
+def _store_of(table: pyarrow.Table) -> str:
+    return (table.schema.metadata or {}).get((META_PREFIX + "store").encode(), b"full").decode()
 
 
 def read_results(out: str | os.PathLike) -> pyarrow.Table:
@@ -358,7 +433,7 @@ def _file_meta(schema) -> dict[str, str]:
     metadata = schema.metadata or {}
     return {key.decode()[len(META_PREFIX):]: value.decode() for key, value in metadata.items()
             if key.startswith(META_PREFIX.encode())
-            and not key.startswith(SHAPE_PREFIX.encode())}
+            and not key.decode().startswith(_LAYOUT_KEYS)}
 
 
 def _same_meta(where: Path, recorded: Mapping[str, str], meta: Mapping[str, str]) -> None:

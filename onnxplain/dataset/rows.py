@@ -39,8 +39,9 @@ class RowResult:
     """One explained row: its id, source and label (as the Batch gave them), the class
     explained (`target`), the predicted class and its score, the attribution of each
     attributed input (one row, without the batch axis) and the completeness gap where the
-    method reports one (IG, DeepLIFT: extras['convergence_delta']), and `note` where the map
-    is no explanation (explainer.unreadable_rows: "not finite", "all zero", "constant")."""
+    method reports one (IG, DeepLIFT: extras['convergence_delta']), `note` where the map is
+    no explanation (explainer.unreadable_rows: "not finite", "all zero", "constant"), and
+    whether the method's maps are signed (Attribution.signed: how maps reduce and draw)."""
 
     id: str
     source: str
@@ -51,3 +52,18 @@ class RowResult:
     attributions: dict[str, np.ndarray]
     delta: float | None = None
     note: str | None = None
+    signed: bool = True
+
+
+@dataclass
+class Explained:
+    """What explaining some rows gave, on whichever machine: their results, the rows that
+    failed (unreadable or refused), and each warning text with its count."""
+
+    results: list[RowResult]
+    errors: list[RowError]
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.results) + len(self.errors)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,27 +20,24 @@ from typing import TypeVar
 import numpy as np
 
 from .._version import __version__
-from ..attribution import Attribution
 from ..errors import InputError
-from ..explainer import Explainer, unreadable_rows
+from ..explainer import Explainer
 from ..graph.model import Model
-from ..images import ImagePreprocessing
+from ..images import ImagePreprocessing, image_inputs
 from ..methods import get_method
 from ..runtime.batching import DEFAULT_BUDGET_MB
 from ..runtime.progress import progress_bar
+from ..vocab import Vocabulary, load_vocabulary
+from .job import Job, explained_batches
+from .overview import write_overview
 from .results import ResultWriter
-from .rows import Batch, RowError, RowResult
-from .sources import open_source
+from .store import Store, parse_store
 
-# Rows read per batch when the caller names no batch size (each batch then runs in as many
-# runs as the memory budget needs).
-BATCH_ROWS = 32
+ENGINES = ("local", "ray")
 SHARD_ROWS = 256
 # Distinct warning texts kept in the summary (each with its count).
 WARNINGS_KEPT = 20
 T = TypeVar("T")
-# 'in row 3', 'in rows 0, 2 and 5 more' (methods._common.rows_text) within one batch.
-_BATCH_ROWS = re.compile(r" in rows? \d+(, \d+)*( and \d+ more)?")
 _END = object()  # the reader thread's last item
 
 
@@ -52,7 +47,10 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                     batch_size: int | None = None, shard_rows: int = SHARD_ROWS,
                     preprocessing: Mapping[str, ImagePreprocessing] | None = None,
                     providers=None, memory_budget_mb: float = DEFAULT_BUDGET_MB,
-                    progress: bool = True, **options) -> dict:
+                    progress: bool = True, engine: str = "local", address: str | None = None,
+                    workers: int | None = None, gpus_per_worker: float = 0,
+                    vocab: str | os.PathLike | Vocabulary | None = None,
+                    store: str | Store = "full", **options) -> dict:
     """Explain every row of `data` (a folder of images, class sub-folders giving labels,
     .npy/.npz shards or Parquet files) with `method` and write the results under `out`:
     Parquet shards (results/part-*.parquet, one row per input row: id, source, label,
@@ -63,48 +61,82 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     `resume` continues a run stopped before its end: rows already written are skipped.
     `target`: the class explained in every row (None: the predicted one). `batch_size`: rows
     read and explained per run (None: BATCH_ROWS read at a time, run as the memory budget
-    allows). `preprocessing`: how the image inputs are read (default: from their shapes).
+    allows). `store`: what is kept of each attribution: "full", "map" (an image's channels
+    summed, as the heatmaps draw it) or "topk=K" (the K entries of largest |value|; store.py).
+    `preprocessing`: how the image inputs are read (default: from their shapes).
+    `vocab` (a vocab.txt, vocab.json or tokenizer.json, or a Vocabulary) turns Parquet text
+    columns into token ids (parquet_source.py).
     Method options are keyword arguments, as for Explainer.explain. A model file (or a Model
-    loaded from one) is required: resume checks the model is the one the results are of."""
+    loaded from one) is required: resume checks the model is the one the results are of.
+
+    `engine` "ray" explains on a Ray cluster (ray_engine.py: `address`, None for a local
+    instance; `workers`, each with one ONNX Runtime session; `gpus_per_worker`); the
+    results are written here as with "local", so their layout and the resume rule are one."""
     if (batch_size is not None and batch_size < 1) or shard_rows < 1:
         raise InputError("batch_size and shard_rows must be at least 1")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if engine == "local" and (address is not None or workers is not None or gpus_per_worker):
+        raise InputError("address, workers and gpus_per_worker are settings of the Ray "
+                         "engine: pass engine='ray' (--engine ray)")
     get_method(method).resolve_options(dict(options))  # a bad option: refused before any row
-    explainer = Explainer(model, providers, memory_budget_mb=memory_budget_mb, progress=False)
-    if explainer.model.path is None:
+    store = parse_store(store) if isinstance(store, str) else store
+    loaded = model if isinstance(model, Model) else Model.load(model)
+    if loaded.path is None:
         raise InputError("explain_dataset needs the model's file (a path, or a Model loaded "
                          "from one): resumed runs check it is the same model")
-    source = open_source(explainer.model, data, preprocessing)
-    meta = _meta(explainer.model.path, method, target, options)
-    writer = ResultWriter(out, meta, resume, shard_rows)
+    if vocab is not None and not isinstance(vocab, Vocabulary):
+        vocab = load_vocabulary(vocab)
+    job = Job(str(loaded.path), str(data), method, target, dict(options), batch_size,
+              preprocessing, memory_budget_mb, vocab)
+    source = job.source(loaded)
+    meta = _meta(loaded.path, method, target, options)
+    if vocab is not None:  # other words, other ids: a resumed run must use the same one
+        meta["vocab"] = vocab.digest()
+    writer = ResultWriter(out, meta, resume, shard_rows, store)
     done = writer.committed()
+    if engine == "ray":
+        from .ray_engine import RayCluster
+        cluster = RayCluster(address, workers, gpus_per_worker)
+        chunks = cluster.explain(job, source.count(), done, providers)
+    else:
+        explainer = Explainer(loaded, providers, memory_budget_mb=memory_budget_mb,
+                              progress=False)
+        chunks = explained_batches(explainer, job,
+                                   prefetched(source.batches(job.read_rows, skip=done)))
     counts: Counter = Counter()
     unreadable: Counter = Counter()
     notes: Counter = Counter()
+    seen = set(done)  # a worker's task run twice (Ray retries it) gives its rows twice
     start = time.perf_counter()
     with progress_bar(progress, source.count(), "explain-dataset", "row") as bar:
-        for batch, errors in prefetched(source.batches(batch_size or BATCH_ROWS, skip=done)):
+        for chunk in chunks:
+            results = [row for row in chunk.results if row.id not in seen]
+            errors = [row for row in chunk.errors if row.id not in seen]
+            seen.update(row.id for row in results + errors)
+            writer.add(results)
             writer.add_errors(errors)
+            counts["explained"] += len(results)
             counts["errors"] += len(errors)
-            if len(batch):
-                results, failed = _explained(explainer, batch, method, target,
-                                             {**options, "batch_size": batch_size}, notes)
-                writer.add(results)
-                unreadable.update(row.note for row in results if row.note)
-                writer.add_errors(failed)
-                counts["explained"] += len(results)
-                counts["errors"] += len(failed)
-            bar.update(len(batch) + len(errors))
+            unreadable.update(row.note for row in results if row.note)
+            notes.update(chunk.warnings)
+            bar.update(len(results) + len(errors))
     seconds = time.perf_counter() - start
     summary = {
-        "model": str(explainer.model.path), "data": str(data), "method": method,
-        "options": meta["options"],
+        "model": str(loaded.path), "data": str(data), "method": method,
+        "options": meta["options"], "store": str(store), "engine": engine,
         "rows": counts["explained"] + counts["errors"] + len(done),
         "explained": counts["explained"], "errors": counts["errors"],
         "skipped": len(done), "seconds": round(seconds, 3),
         "rows_per_second": round(counts["explained"] / seconds, 2) if seconds > 0 else None,
         "unreadable": dict(unreadable), "warnings": dict(notes.most_common(WARNINGS_KEPT)),
         "onnxplain": __version__}
+    if engine == "ray":
+        summary["workers"] = cluster.workers
     writer.close(summary)
+    images = list(image_inputs(loaded))
+    if images:  # image data: class-mean maps and an index page under overview/
+        write_overview(out, images)
     return summary
 
 
@@ -166,73 +198,3 @@ def _model_digest(path: Path, part: int = 1 << 20) -> str:
 
 def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else str(value)
-
-
-def _explained(explainer: Explainer, batch: Batch, method: str, target, options: Mapping,
-               notes: Counter) -> tuple[list[RowResult], list[RowError]]:
-    """The batch's results; where the method refuses the batch (an input error), each row
-    alone, so that one bad row does not take the others with it."""
-    axes = explainer.model.batch.of_inputs
-    try:
-        return _rows(batch, _explain(explainer, batch.feeds, method, target, options, notes),
-                     axes), []
-    except InputError as err:
-        if len(batch) == 1:
-            return [], [RowError(batch.ids[0], batch.sources[0], str(err))]
-    results, failed = [], []
-    for index in range(len(batch)):
-        one = _take(batch, index)
-        try:
-            attribution = _explain(explainer, one.feeds, method, target, options, notes)
-        except InputError as err:
-            failed.append(RowError(one.ids[0], one.sources[0], str(err)))
-            continue
-        results += _rows(one, attribution, axes)
-    return results, failed
-
-
-def _explain(explainer: Explainer, feeds, method: str, target, options: Mapping,
-             notes: Counter) -> Attribution:
-    """Explainer.explain, its warnings counted (one line each in the summary) rather than
-    printed once per batch."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        attribution = explainer.explain(feeds, method=method, target=target, **options)
-    for warning in caught:  # the batch's row numbers mean nothing across the dataset
-        text = _BATCH_ROWS.sub(" in some rows", str(warning.message).split("\n")[0])
-        notes[text[:200]] += 1
-    return attribution
-
-
-def _take(batch: Batch, index: int) -> Batch:
-    return Batch([batch.ids[index]], [batch.sources[index]], [batch.labels[index]],
-                 {name: value[index:index + 1] for name, value in batch.feeds.items()})
-
-
-def _rows(batch: Batch, attribution: Attribution, axes) -> list[RowResult]:
-    """One RowResult per row of the batch, from the batch's Attribution; a row whose map is
-    no explanation (NaN, all 0, constant) says so in its note."""
-    delta = attribution.extras.get("convergence_delta")
-    kinds = unreadable_rows(attribution.attributions, axes)
-    notes = [next((kind for kind, rows in kinds.items() if rows[index]), None)
-             for index in range(len(batch))]
-    results = []
-    for index, (row_id, source, label) in enumerate(zip(batch.ids, batch.sources,
-                                                        batch.labels, strict=True)):
-        results.append(RowResult(
-            row_id, source, label,
-            _item(attribution.target, index, int), _item(attribution.predicted, index, int),
-            _item(attribution.predicted_score, index, float),
-            {name: np.asarray(value[index]) for name, value in attribution.attributions.items()},
-            _item(delta, index, float), notes[index]))
-    return results
-
-
-def _item(values, index: int, kind):
-    """values[index] as a plain int or float, None where the method reports none."""
-    if values is None:
-        return None
-    array = np.asarray(values)
-    if array.ndim != 1 or index >= len(array):
-        return None
-    return kind(array[index])

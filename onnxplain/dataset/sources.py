@@ -26,8 +26,9 @@ from ..images import (
     load_image,
 )
 from ..inputs import prepare_inputs
+from ..vocab import Vocabulary
 from .parquet_source import parquet_parts
-from .parts import IMAGE_ERRORS, Part, Read, one_line, relative_path
+from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path
 from .rows import Batch, RowError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".parquet")
@@ -51,17 +52,19 @@ class Source:
         included; known from file listings and array headers, without decoding."""
         return sum(part.rows for part in self._parts)
 
-    def batches(self, rows: int, skip: Container[str] = ()
+    def batches(self, rows: int, skip: Container[str] = (), window: range | None = None
                 ) -> Iterator[tuple[Batch, list[RowError]]]:
         """Batches of at most `rows` good rows, in source order, each with the RowErrors met
-        while filling it. Rows whose id is in `skip` are not read (resume). A batch closes
-        early when a row's shapes differ from the rows before it (images without a crop), and
-        errors alone come out in an empty Batch (no feeds) when they pile up or at the end."""
+        while filling it. Rows whose id is in `skip` are not read (resume), nor rows whose
+        position in the source (0 to count() - 1) is outside `window` (a worker's share).
+        A batch closes early when a row's shapes differ from the rows before it (images
+        without a crop), and errors alone come out in an empty Batch (no feeds) when they
+        pile up or at the end."""
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise InputError(f"rows per batch must be a positive integer, got {rows!r}")
         pending = _Pending()
-        for part in self._parts:
-            for read in part.read(skip):
+        for part, part_window in self._windows(window):
+            for read in part.read(skip, part_window):
                 feeds, reason = (None, read.reason) if read.reason else self._check(read.values)
                 if feeds is None:
                     pending.errors.append(RowError(read.id, read.source, reason))
@@ -75,6 +78,19 @@ class Source:
                     yield pending.take()
         if pending.ids or pending.errors:
             yield pending.take()
+
+    def _windows(self, window: range | None) -> Iterator[tuple[Part, range | None]]:
+        """Each part holding rows of `window`, with its share in the part's own positions
+        (None: all of the part)."""
+        first = 0
+        for part in self._parts:
+            start, stop = first, first + part.rows
+            first = stop
+            if window is None or (window.start <= start and stop <= window.stop):
+                yield part, None
+            elif window.start < stop and start < window.stop:
+                yield part, range(max(window.start, start) - start,
+                                  min(window.stop, stop) - start)
 
     def _check(self, values: dict[str, np.ndarray]
                ) -> tuple[dict[str, np.ndarray] | None, str | None]:
@@ -124,12 +140,14 @@ class _Pending:
 
 
 def open_source(model: Model, data: str | os.PathLike,
-                preprocessing: Mapping[str, ImagePreprocessing] | None = None) -> Source:
+                preprocessing: Mapping[str, ImagePreprocessing] | None = None,
+                vocab: str | os.PathLike | Vocabulary | None = None) -> Source:
     """The dataset at `data` for `model`: a folder (walked recursively, in sorted order) of
     images, of .npy/.npz shards or of Parquet files, or one such file. Images feed the
     model's single image input (preprocessing[input], else what its declared shape says);
     .npy files feed a single-input model; .npz keys and Parquet columns are input names.
-    Refused in one line (InputError): a
+    `vocab` (a vocab.txt, vocab.json or tokenizer.json, or an onnxplain.vocab.Vocabulary)
+    turns Parquet text into token ids (parquet_source.py). Refused in one line (InputError): a
     missing path, an empty folder, images mixed with arrays, an unknown suffix, shards whose
     headers do not fit the model."""
     path = Path(data)
@@ -151,13 +169,17 @@ def open_source(model: Model, data: str | os.PathLike,
     if images and arrays:
         raise InputError(f"the folder {data} mixes images ({images[0]}) and array shards "
                          f"({arrays[0]}); give one kind per run")
+    if vocab is not None and not any(file.suffix.lower() == ".parquet" for file in arrays):
+        raise InputError(f"a vocabulary turns Parquet text columns into token ids, but the "
+                         f"data at {data} holds {'images' if images else 'array shards'}")
     if images:
         return Source(model, root, _image_parts(model, root, images, preprocessing or {}))
     if any(file.suffix.lower() == ".parquet" for file in arrays):
         if any(file.suffix.lower() != ".parquet" for file in arrays):
             raise InputError(f"the folder {data} mixes Parquet files and .npy/.npz shards; "
                              "give one kind per run")
-        return Source(model, root, parquet_parts(model, root, arrays, preprocessing or {}))
+        return Source(model, root, parquet_parts(model, root, arrays, preprocessing or {},
+                                                     vocab))
     if preprocessing:
         raise InputError("image preprocessing applies to image files, but the data at "
                          f"{data} holds array shards")
@@ -205,8 +227,8 @@ class _ImageFile(Part):
     prep: ImagePreprocessing
     rows: int = 1
 
-    def read(self, skip: Container[str]) -> Iterator[Read]:
-        if self.id in skip:
+    def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
+        if self.id in skip or not in_window(0, window):
             return
         source = str(self.path)
         try:
@@ -284,8 +306,9 @@ class _NpyFile(Part):
     input: str
     rows: int
 
-    def read(self, skip: Container[str]) -> Iterator[Read]:
-        ids = [(f"{self.relative}#{row}", f"{self.path}#{row}") for row in range(self.rows)]
+    def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
+        ids = [(f"{self.relative}#{row}", f"{self.path}#{row}")
+               for row in (window or range(self.rows))]
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except STREAM_ERRORS as err:
@@ -293,7 +316,7 @@ class _NpyFile(Part):
             yield from (Read(id, source, None, reason=reason) for id, source in ids
                         if id not in skip)
             return
-        for row, (id, source) in enumerate(ids):
+        for row, (id, source) in zip(window or range(self.rows), ids, strict=True):
             if id not in skip:
                 yield Read(id, source, None, values={self.input: np.array(array[row])})
         del array  # closes the map
@@ -310,8 +333,9 @@ class _NpzFile(Part):
     members: dict[str, tuple[str, _Header]]  # input -> (member name, header)
     rows: int
 
-    def read(self, skip: Container[str]) -> Iterator[Read]:
-        wanted = [row for row in range(self.rows) if f"{self.relative}#{row}" not in skip]
+    def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
+        rows = window or range(self.rows)
+        wanted = [row for row in rows if f"{self.relative}#{row}" not in skip]
         if not wanted:
             return
         # Zip checks a member's CRC only at its end, after damaged rows would have been
@@ -322,7 +346,7 @@ class _NpzFile(Part):
             yield from (Read(f"{self.relative}#{row}", f"{self.path}#{row}", None,
                               reason=reason) for row in wanted)
             return
-        yield from self._rows(skip)
+        yield from self._rows(skip, rows)
 
     def _damage(self) -> str | None:
         """Why the shard's members fail their CRC or cannot be inflated; None if they pass."""
@@ -336,25 +360,25 @@ class _NpzFile(Part):
             return one_line(err)
         return None
 
-    def _rows(self, skip: Container[str]) -> Iterator[Read]:
+    def _rows(self, skip: Container[str], rows: range) -> Iterator[Read]:
         row = 0
         try:
             with zipfile.ZipFile(self.path) as shard:
                 streams = {name: _open_member(shard, member, header)
                            for name, (member, header) in self.members.items()}
-                for row in range(self.rows):
+                for row in range(rows.stop):  # members do not seek: rows before are read past
                     id, source = f"{self.relative}#{row}", f"{self.path}#{row}"
-                    if id in skip:
+                    if id in skip or row not in rows:
                         for name, stream in streams.items():
                             _skip_bytes(stream, self.members[name][1].row_bytes)
                         continue
                     values = {name: self._row(stream, self.members[name][1])
                               for name, stream in streams.items()}
                     yield Read(id, source, None, values=values)
-                row = self.rows
+                row = rows.stop
         except STREAM_ERRORS as err:  # a truncated or corrupt shard: its remaining rows fail
             reason = f"cannot read {self.path} from row {row}: {one_line(err)}"
-            for rest in range(row, self.rows):
+            for rest in range(max(row, rows.start), rows.stop):
                 id = f"{self.relative}#{rest}"
                 if id not in skip:
                     yield Read(id, f"{self.path}#{rest}", None, reason=reason)

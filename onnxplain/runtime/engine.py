@@ -126,8 +126,10 @@ class Engine:
     batch axis or coupled rows (given once, whichever call runs first)."""
 
     def __init__(self, model: Model, providers: Sequence[str], output: str,
-                 sources: Sequence[Source], optimization: str, policy: RunPolicy):
+                 sources: Sequence[Source], optimization: str, policy: RunPolicy,
+                 threads: int | None = None):
         self.policy = policy
+        self.threads = threads  # ONNX Runtime's intra-op threads per session (None: its own)
         self._base: Engine | None = None  # set on views (with_policy); no cycle to itself
         self.model = model
         self.providers = list(providers)
@@ -289,7 +291,7 @@ class Engine:
             if post is not None:
                 model = _with_post(model, self.model.infos, post, self.model.weights)
             self._forward[key] = Session(model, self.providers, self.optimization,
-                                         weights=self.model.weights)
+                                         weights=self.model.weights, threads=self.threads)
         session = self._forward[key]
         names = [n for n in session.output_names  # taps, posts, and the tensor outputs
                  if n in self.tensor_outputs or n not in self._output_axes]
@@ -328,7 +330,7 @@ class Engine:
                                              post=post, active_from=active_from, dense=dense,
                                              pre=pre)
             session = Session(program.model, self.providers, self.optimization, disabled,
-                              weights=program.weights)
+                              weights=program.weights, threads=self.threads)
             program.model = None  # the session has the weights: do not hold a second copy
             return program, session
 
@@ -358,7 +360,8 @@ class Engine:
                   ) -> tuple[frozenset[str], Session]:
             proto = emit(model)  # its inputs, those with defaults too (ORT lists only others)
             return frozenset(i.name for i in proto.graph.input), Session(
-                proto, self.providers, self.optimization, disabled, weights=model.weights)
+                proto, self.providers, self.optimization, disabled, weights=model.weights,
+                threads=self.threads)
 
         def session_for(chunk: Mapping[str, np.ndarray]) -> Session:
             return self._built(key, self._shape_key(chunk) if specialise else None, build)[1]

@@ -115,9 +115,10 @@ class Session:
 
     def __init__(self, model: onnx.ModelProto, providers: Sequence[str],
                  optimization: str = "all", disabled: Sequence[str] = (),
-                 weights: onnx.ModelProto | None = None):
+                 weights: onnx.ModelProto | None = None, threads: int | None = None):
         """`disabled` names ONNX Runtime graph optimisers not to apply; `weights` holds the
-        initializers that `model`'s stubs stand for (graph.load.light_copy)."""
+        initializers that `model`'s stubs stand for (graph.load.light_copy); `threads`: ONNX
+        Runtime's intra-op threads (None: one per physical core)."""
         self.requested = list(providers)
         options = ort.SessionOptions()
         # Fatal only: a failed run raises, and our one error line carries ORT's message.
@@ -126,6 +127,8 @@ class Session:
             raise InputError(f"unknown graph optimization '{optimization}' "
                              f"(choose from {', '.join(OPTIMIZATION)})")
         options.graph_optimization_level = OPTIMIZATION[optimization]
+        if threads is not None:  # a worker sharing the machine (dataset.ray_engine)
+            options.intra_op_num_threads = threads
         size = payload_bytes(model)  # stubs count
         if size >= UNPACKED_FROM:
             options.add_session_config_entry("session.disable_prepacking", "1")

@@ -172,6 +172,11 @@ def test_a_damaged_row_group_fails_its_rows_and_the_rest_comes_through(zoo, digi
     np.testing.assert_array_equal(feeds["image"], x[:4])
     assert [error.id for error in errors] == [f"damaged.parquet#{i}" for i in range(4, 8)]
     assert all("from row 4" in error.reason and "\n" not in error.reason for error in errors)
+    # A window fails only its own rows of the damaged group.
+    (part,) = parquet_source.parquet_parts(digits, tmp_path, [path], {})
+    reads = list(part.read(set(), range(3, 6)))
+    assert [(read.id, read.reason is None) for read in reads] == [
+        ("damaged.parquet#3", True), ("damaged.parquet#4", False), ("damaged.parquet#5", False)]
 
 
 def test_image_bytes_and_paths_equal_load_image(zoo, digits, tmp_path):
@@ -248,3 +253,47 @@ def test_explain_dataset_over_parquet_equals_explain_on_the_same_rows(zoo, tmp_p
         x, method="saliency", batch_size=10)
     np.testing.assert_array_equal(attribution(table, "image"), expected["image"])
     np.testing.assert_array_equal(table.column("predicted").to_pylist(), expected.predicted)
+
+
+def test_windows_of_rows_read_together_equal_the_whole_file(zoo, digits, tmp_path,
+                                                            monkeypatch):
+    """_ParquetFile.read(skip, window) hands out the rows whose place in the file lies in the
+    window (the Ray engine's split by position): windows [0,a), [a,b), [b,n) joined equal the
+    whole file, ids and values, with skipped rows too; row groups outside a window are not
+    read."""
+    import pyarrow.parquet as pq
+
+    x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 4)[:11].astype(np.float32)
+    ids = [f"r{i}" for i in range(11)]
+    path = write(tmp_path / "w.parquet", {"image": nested(x), "id": ids}, row_group_size=3)
+    monkeypatch.setattr(parquet_source, "READ_ROWS", (2, 2))
+    (part,) = parquet_source.parquet_parts(digits, tmp_path, [path], {})
+
+    def rows(skip, window=None):
+        return [(read.id, read.values["image"]) for read in part.read(skip, window)]
+
+    for skip in (set(), {"r0", "r4", "r5", "r10"}):
+        whole = rows(skip)
+        assert [id for id, _ in whole] == [id for id in ids if id not in skip]
+        for a, b in ((0, 11), (4, 7), (3, 6), (0, 0), (5, 5), (10, 11)):
+            joined = rows(skip, range(0, a)) + rows(skip, range(a, b)) + \
+                rows(skip, range(b, 11))
+            assert [id for id, _ in joined] == [id for id, _ in whole]
+            for (_, got), (_, expected) in zip(joined, whole, strict=True):
+                np.testing.assert_array_equal(got, expected)
+        assert [id for id, _ in rows(skip, range(20, 30))] == []
+    for id, value in rows(set(), range(4, 7)):
+        np.testing.assert_array_equal(value, x[int(id[1:])])
+    # Row groups (3 rows each) that the window misses are never read.
+    groups = []
+    iterate = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, row_groups=None, **kwargs):
+        groups.extend(row_groups)
+        return iterate(self, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert [id for id, _ in rows(set(), range(4, 7))] == ["r4", "r5", "r6"]
+    assert groups == [1, 2]
+    with pytest.raises(ValueError):
+        rows(set(), range(0, 10, 2))

@@ -82,11 +82,14 @@ def test_rows_round_trip_through_shards(tmp_path, pq):
     assert len(shard) == 2
     assert shard.schema.metadata[b"onnxplain.method"] == b"saliency"
     assert json.loads(shard.schema.metadata[b"onnxplain.shape.image"]) == [1, 4, 3]
+    assert json.loads(shard.schema.metadata[b"onnxplain.attribution_shape.image"]) == [1, 4, 3]
+    assert shard.schema.metadata[b"onnxplain.store"] == b"full"
+    assert shard.schema.metadata[b"onnxplain.signed"] == b"true"
     whole = pq.read_table(tmp_path / "errors.parquet")
     assert whole.to_pylist() == [vars(error) for error in errors]
     assert read_errors(tmp_path).to_pylist() == whole.to_pylist()
     assert json.loads((tmp_path / "summary.json").read_text()) == {"rows": 12, "errors": 2}
-    assert json.loads((tmp_path / "run.json").read_text())["meta"] == META
+    assert json.loads((tmp_path / "run.json").read_text())["meta"] == {**META, "store": "full"}
 
 
 def test_resume_continues_and_never_writes_a_row_twice(tmp_path):

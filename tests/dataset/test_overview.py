@@ -1,0 +1,250 @@
+"""The overview of a dataset run (overview/ under --out): each label's mean map equals numpy's
+mean of the rows' reduced maps, computed here from the rows as written; the PNGs decode at
+the heatmap's size and draw those means; the page loads in headless Chromium with every
+label; the results are read one shard at a time, never whole."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnxplain import Explainer
+from onnxplain.dataset import explain_dataset
+from onnxplain.dataset import results as results_module
+from onnxplain.dataset.overview import class_means, read_overview, write_overview
+from onnxplain.dataset.results import ResultWriter
+from onnxplain.dataset.rows import RowError, RowResult
+from onnxplain.dataset.store import FULL, MAP, Store
+from onnxplain.images import default_preprocessing, load_images
+from onnxplain.viz.heatmap import colour_range, heatmap_image
+
+from ..conftest import require
+from ..viz.chromium import Browser
+from ..viz.test_report_chromium import chromium  # noqa: F401 - the fixture
+from .conftest import one_line_error
+from .test_explain_dataset import _digits_folder
+
+META = {"method": "saliency", "options": "{}", "model": "abc123"}
+SHAPE = (3, 5, 7)  # [C, H, W]: a heatmap 7 wide, 5 high
+# Unsafe and colliding names, a label sorting before the rest, rows without a label.
+LABELS = ["dog", "a/b", "cat", "a_b", None, "dog", "cat", "A_B", None, "dog", "cat"]
+ERRORS = [RowError(f"bad-{k}", f"bad/{k}.png", "unreadable image" if k % 3 else "NaN values")
+          for k in range(5)]
+
+
+@pytest.fixture(autouse=True)
+def _pyarrow():
+    require("pyarrow")
+
+
+@pytest.fixture(scope="module")
+def pq():
+    require("pyarrow")
+    import pyarrow.parquet
+
+    return pyarrow.parquet
+
+
+def make_rows(labels, signed: bool, shape=SHAPE, seed: int = 0, nan_row: int | None = None):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index, label in enumerate(labels):
+        values = rng.standard_normal(shape).astype(np.float32)
+        if index == nan_row:
+            values[0, 0, 0] = np.nan
+        row = RowResult(f"row-{index}", f"data/{index}.png", label, index % 4, index % 3,
+                        float(index) / 10, {"image": values})
+        row.signed = signed
+        rows.append(row)
+    return rows
+
+
+def write_run(out, rows, store=FULL, shard_rows: int = 4, errors=(), summary=None):
+    writer = ResultWriter(out, META, resume=False, shard_rows=shard_rows, store=store)
+    writer.add(rows)
+    writer.add_errors(list(errors))
+    writer.close({"model": "/models/net.onnx", "rows": len(rows), **(summary or {})})
+    return out
+
+
+def oracle(rows, signed: bool, keep=None) -> dict:
+    """Per label (None for rows without one, 'all' for every row): numpy's float64 mean of
+    the rows' [H, W] maps, channels summed (absolute values unless signed); rows with a
+    non-finite value left out; `keep(values)` first, if given."""
+    maps: dict = {}
+    for row in rows:
+        values = row.attributions["image"].astype(np.float64)
+        values = values if keep is None else keep(values)
+        reduced = (values if signed else np.abs(values)).sum(axis=0)
+        if np.isfinite(reduced).all():
+            maps.setdefault(row.label, []).append(reduced)
+            maps.setdefault("all", []).append(reduced)
+    return {label: np.mean(np.stack(found), axis=0) for label, found in maps.items()}
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_class_means_are_numpy_means_of_the_reduced_maps(tmp_path, signed):
+    rows = make_rows(LABELS, signed, nan_row=5)
+    out = write_run(tmp_path / "out", rows)
+    want = oracle(rows, signed)
+    got = class_means(out, "image")
+    assert list(got) == ["A_B", "a/b", "a_b", "cat", "dog", None]  # sorted, None last
+    for label, mean in got.items():
+        np.testing.assert_allclose(mean, want[label], rtol=1e-12, atol=1e-12)
+    overview = read_overview(out)
+    assert overview.signed is signed and overview.signed_from == "the run"
+    np.testing.assert_allclose(overview.overall.mean_map("image"), want["all"], rtol=1e-12)
+    dog = overview.groups["dog"]
+    assert (dog.rows, dog.mapped["image"]) == (3, 2)  # the NaN row counted, not averaged
+    assert dog.top_prediction() == (0, 2) and dog.mean_score() == pytest.approx(
+        np.mean([0.0, 0.5, 0.9]))
+
+
+def test_stored_maps_and_top_k_give_the_same_means(tmp_path):
+    rows = make_rows(LABELS, signed=False, seed=3)
+    want = oracle(rows, signed=False)
+    got = class_means(write_run(tmp_path / "map", rows, MAP), "image")
+    for label, mean in got.items():  # the map column is float32: reduced before the mean
+        np.testing.assert_allclose(mean, want[label], rtol=1e-5)
+    k = 20
+
+    def top(values):
+        """The k entries of largest |value|, zeros elsewhere (what the top-k store keeps)."""
+        flat = values.reshape(-1)
+        kept = np.zeros_like(flat)
+        chosen = np.argsort(-np.abs(flat), kind="stable")[:k]
+        kept[chosen] = flat[chosen]
+        return kept.reshape(values.shape)
+
+    want = oracle(rows, signed=False, keep=top)
+    got = class_means(write_run(tmp_path / "topk", rows, Store("topk", k)), "image")
+    assert list(got) == ["A_B", "a/b", "a_b", "cat", "dog", None]
+    for label, mean in got.items():
+        np.testing.assert_allclose(mean, want[label], rtol=1e-12, atol=1e-12)
+
+
+def test_the_sign_is_read_from_the_values_for_older_shards(tmp_path, pq):
+    """Shards written before the run recorded its maps' sign."""
+    rows = make_rows(["x", "y"], signed=True)
+    forget_sign(write_run(tmp_path / "signed", rows), pq)
+    overview = read_overview(tmp_path / "signed")
+    assert overview.signed is True and overview.signed_from == "the values"
+    for row in rows:
+        row.attributions["image"] = np.abs(row.attributions["image"])
+    forget_sign(write_run(tmp_path / "unsigned", rows), pq)
+    assert read_overview(tmp_path / "unsigned").signed is False
+
+
+def forget_sign(out, pq):
+    for shard in (out / "results").glob("part-*.parquet"):
+        table = pq.read_table(shard)
+        metadata = {k: v for k, v in table.schema.metadata.items() if b"signed" not in k}
+        pq.write_table(table.replace_schema_metadata(metadata), shard)
+    return out
+
+
+def test_pngs_draw_the_means_at_the_heatmaps_size(tmp_path):
+    rows = make_rows(LABELS, signed=False)
+    out = write_run(tmp_path / "out", rows)
+    folder = out / "overview" / "class_means"
+    folder.mkdir(parents=True)
+    (folder / "a_b-4.png").write_bytes(b"drawn by an earlier overview")
+    page = write_overview(out, ["image"])
+    assert page == out / "overview" / "index.html"
+    want = oracle(rows, signed=False)
+    files = {"all_rows.png": "all", "A_B.png": "A_B", "a_b-2.png": "a/b", "a_b-3.png": "a_b",
+             "cat.png": "cat", "dog.png": "dog", "no_label.png": None}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    factor = -(-224 // max(SHAPE[1:]))  # enlarged by a whole factor to at least 224 pixels
+    width, height = SHAPE[2] * factor, SHAPE[1] * factor
+    for name, label in files.items():
+        with Image.open(folder / name) as image:
+            assert image.size == (width + 112, max(height, 96))  # the map, then its bar
+            drawn = np.asarray(image.convert("RGB"))[:height, :width]
+            assert image.text["rows"] == str(len([r for r in rows if label in ("all", r.label)]))
+        span = colour_range(want[label], False, stretch=True)
+        expected = np.asarray(heatmap_image(want[label], False, span=span))
+        np.testing.assert_array_equal(drawn, expected)
+
+
+def test_results_without_an_image_map_get_no_overview(tmp_path):
+    rows = make_rows(["p"], signed=True, shape=(6,))
+    out = write_run(tmp_path / "out", rows)
+    assert write_overview(out) is None and not (out / "overview").exists()
+    # Named by the caller, the input gets a page that says why it has no map.
+    assert "no image map (row shape [6])" in write_overview(out, ["image"]).read_text()
+
+
+def test_a_folder_without_results_is_refused_in_one_line(tmp_path):
+    message = one_line_error(lambda: write_overview(tmp_path))
+    assert message == f"{tmp_path} holds no explain-dataset results"
+
+
+def test_shards_are_read_one_at_a_time(tmp_path, pq, monkeypatch):
+    out = write_run(tmp_path / "out", make_rows(LABELS, signed=True), shard_rows=3)
+    alive: list[weakref.ref] = []
+    sizes = []
+    original = pq.ParquetFile.read
+
+    def read(self, *args, **kwargs):
+        assert [ref for ref in alive if ref() is not None] == [], "two shards held at once"
+        table = original(self, *args, **kwargs)
+        alive.append(weakref.ref(table))
+        sizes.append(len(table))
+        return table
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the overview read the results whole")
+
+    monkeypatch.setattr(pq.ParquetFile, "read", read)
+    monkeypatch.setattr(results_module, "_read", whole)  # read_results, read_errors
+    write_overview(out, ["image"])
+    assert sizes == [3, 3, 3, 2]
+
+
+def test_the_page_loads_in_chromium_with_every_label(tmp_path, chromium):  # noqa: F811
+    out = write_run(tmp_path / "out", make_rows(LABELS, signed=True), errors=ERRORS,
+                    summary={"unreadable": {"constant": 1}})
+    page = write_overview(out, ["image"])
+    with Browser(chromium) as browser:
+        browser.open(page.as_uri())
+        images = browser.evaluate("Array.from(document.images).map(i => "
+                                  "[i.complete, i.naturalWidth, i.getAttribute('src')])")
+        assert len(images) == 7 and all(done and width > 0 for done, width, _ in images)
+        lines = browser.evaluate("Array.from(document.querySelectorAll('tr.group')).map(tr => "
+                                 "Array.from(tr.children).slice(0, 2).map(td => td.innerText))")
+        assert lines == [["all rows", "11"], ["A_B", "1"], ["a/b", "1"], ["a_b", "1"],
+                         ["cat", "3"], ["dog", "3"], ["no label", "2"]]
+        errors = browser.evaluate("Array.from(document.querySelectorAll('table.errors tbody "
+                                  "tr')).map(tr => tr.innerText)")
+        assert errors == ["3\tunreadable image", "2\tNaN values"]
+        text = browser.evaluate("document.body.innerText")
+        assert "net.onnx" in text and "constant: 1" in text
+        assert browser.problems() == []
+
+
+def test_a_zoo_image_run_end_to_end(zoo, tmp_path):
+    """Signed saliency (abs=False): a map summed without its sign would differ."""
+    model = zoo.model_path("digits_cnn")
+    paths = _digits_folder(zoo, tmp_path / "data", count=9)
+    explain_dataset(model, tmp_path / "data", tmp_path / "out", "saliency", batch_size=4,
+                    shard_rows=4, progress=False, abs=False)
+    page = write_overview(tmp_path / "out", ["image"]).read_text()
+    explainer = Explainer(str(model), "cpu", progress=False)
+    x = load_images([str(p) for p in paths], default_preprocessing(explainer.model.inputs[0]))
+    attribution = explainer.explain(x, method="saliency", abs=False)
+    assert attribution.signed and (attribution["image"] < 0).any()
+    labels = np.array([p.parent.name for p in paths])
+    got = class_means(tmp_path / "out", "image")
+    assert list(got) == ["class0", "class1", "class2"]
+    for label, mean in got.items():
+        rows = attribution["image"][labels == label].astype(np.float64)
+        np.testing.assert_allclose(mean, rows.sum(axis=1).mean(axis=0), rtol=1e-6, atol=1e-9)
+    assert read_overview(tmp_path / "out").signed_from == "the run"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert f"<th>explained</th><td>{summary['explained']}</td>" in page
+    assert all(f"<b>class{k}</b>" in page for k in range(3))
