@@ -74,9 +74,14 @@ def rss() -> int:
     return _status_bytes("VmRSS:")
 
 
-def _status_bytes(field: str) -> int:
+def peak_rss_of(pid: int) -> int:
+    """Another process's peak resident set in bytes (0 once it has exited)."""
+    return _status_bytes("VmHWM:", pid)
+
+
+def _status_bytes(field: str, pid: int | str = "self") -> int:
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith(field):
                     return int(line.split()[1]) * 1024

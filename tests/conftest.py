@@ -57,3 +57,21 @@ def session_rows(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(Session, "run", counted)
     return seen
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium's binary (installed with apt-get when missing and we are root)."""
+    from .viz.chromium import find_chromium, install_chromium
+
+    binary = find_chromium()
+    why = "no chromium on PATH"
+    if binary is None:
+        binary, why = install_chromium()
+    if binary is None:
+        message = f"headless Chromium is not available ({why})"
+        if in_ci():
+            pytest.fail(message + ": CI must be able to install Debian's chromium",
+                        pytrace=False)
+        pytest.skip(message)
+    return binary

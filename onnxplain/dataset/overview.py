@@ -36,19 +36,19 @@ from ..viz.heatmap import (
     save_png,
     with_colour_bar,
 )
-from ..viz.report_html import _CSS, _number
+from ..viz.report_html import number, page
 from .results import (
     ERRORS,
     ERRORS_FILE,
     RESULTS,
     SIGNED_KEY,
     SUMMARY_FILE,
-    _earlier_run,
-    _explained_shape,
-    _open,
-    _shards,
     dense,
+    explained_shape,
+    holds_run,
+    open_shard,
     pyarrow_modules,
+    shard_files,
 )
 from .store import ATTRIBUTION, TOPK_VALUE, row_map
 
@@ -127,10 +127,10 @@ def read_overview(out: str | os.PathLike, inputs: Sequence[str] | None = None
     negative value (unsigned maps sum absolute values, so a map with no negative value gives
     the same mean either way)."""
     _, pq = pyarrow_modules()
-    if not _earlier_run(Path(out)):
+    if not holds_run(Path(out)):
         raise InputError(f"{out} holds no explain-dataset results")
-    shards = [path for _, path in _shards(Path(out) / RESULTS)]
-    schema = _open(pq, shards[0]).schema_arrow if shards else None
+    shards = [path for _, path in shard_files(Path(out) / RESULTS)]
+    schema = open_shard(pq, shards[0]).schema_arrow if shards else None
     names, skipped = _mapped_inputs(schema, inputs)
     recorded = None if schema is None else (schema.metadata or {}).get(SIGNED_KEY.encode())
     sums = _Sums(names, None if recorded is None else json.loads(recorded))
@@ -182,7 +182,7 @@ def _mapped_inputs(schema, inputs: Sequence[str] | None) -> tuple[list[str], dic
         if f.name.startswith(ATTRIBUTION) or f.name.startswith(TOPK_VALUE)}
     names, skipped = [], {}
     for name in inputs if inputs is not None else sorted(stored):
-        shape = _explained_shape(schema, name) if name in stored else None
+        shape = explained_shape(schema, name) if name in stored else None
         if shape is not None and row_map(np.zeros(shape, np.float32), True).ndim == 2:
             names.append(name)
         elif inputs is None:
@@ -198,7 +198,7 @@ def _mapped_inputs(schema, inputs: Sequence[str] | None) -> tuple[list[str], dic
 
 def _read_shard(pq, path: Path, names: Sequence[str]):
     """The columns of one result shard that the overview needs."""
-    parquet = _open(pq, path)
+    parquet = open_shard(pq, path)
     # label and the rest, and the attribution/, topk_index/, topk_value/ columns of `names`
     wanted = {"label", "predicted", "score"}
     columns = [column for column in parquet.schema_arrow.names if column in wanted
@@ -242,10 +242,10 @@ def _error_counts(out: Path) -> Counter:
     one record batch at a time."""
     _, pq = pyarrow_modules()
     files = ([out / ERRORS_FILE] if (out / ERRORS_FILE).exists()
-             else [path for _, path in _shards(out / ERRORS)])
+             else [path for _, path in shard_files(out / ERRORS)])
     counts: Counter = Counter()
     for path in files:
-        for batch in _open(pq, path).iter_batches(columns=["reason"]):
+        for batch in open_shard(pq, path).iter_batches(columns=["reason"]):
             counts.update(batch.column(0).to_pylist())
     return counts
 
@@ -329,12 +329,9 @@ def _page(overview: Overview, entries: list[_Entry], drawn: list[dict[str, str]]
           summary: Mapping, errors: Counter) -> str:
     model = Path(str(summary.get("model") or "model")).name
     title = f"onnxplain explain-dataset: {model}"
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{escape(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
-            f"<h1>{escape(title)}</h1>\n{_notes(overview)}\n"
-            f"{_groups_table(overview, entries, drawn)}\n<h2>Summary</h2>\n"
-            f"{_summary_table(summary)}\n<h2>Errors</h2>\n{_errors_table(errors)}\n"
-            "</body>\n</html>\n")
+    return page(title, f"{_notes(overview)}\n{_groups_table(overview, entries, drawn)}\n"
+                       f"<h2>Summary</h2>\n{_summary_table(summary)}\n<h2>Errors</h2>\n"
+                       f"{_errors_table(errors)}")
 
 
 def _notes(overview: Overview) -> str:
@@ -376,7 +373,7 @@ def _group_row(entry: _Entry, pictures: Mapping[str, str], inputs: list[str]) ->
              f'src="{escape(pictures[name])}">' if name in pictures
              else '<span class="note">no finite map</span>' for name in inputs]
     return (f'<tr class="group"><td>{caption}</td><td>{group.rows}</td><td>{prediction}</td>'
-            f"<td>{'-' if score is None else _number(score)}</td>"
+            f"<td>{'-' if score is None else number(score)}</td>"
             + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
 
 
@@ -391,7 +388,7 @@ def _summary_table(summary: Mapping) -> str:
 def _value(value: object) -> str:
     if isinstance(value, Mapping):
         return "<br>".join(f"{escape(str(k))}: {_value(v)}" for k, v in value.items()) or "-"
-    return _number(value)
+    return number(value)
 
 
 def _errors_table(errors: Counter) -> str:

@@ -91,7 +91,7 @@ class ResultWriter:
         self.meta = {**meta, "store": str(store)}
         self.shard_rows = shard_rows
         _check_folder(self.out)
-        if _earlier_run(self.out) and not resume:
+        if holds_run(self.out) and not resume:
             raise InputError(f"{self.out} holds results of an earlier run: pass --resume to "
                              "continue it, or another --out")
         self._committed: set[str] = set()
@@ -169,15 +169,15 @@ class ResultWriter:
         if recorded is not None:
             _same_meta(self.out, recorded, self.meta)
         for kind in (RESULTS, ERRORS):
-            shards = _shards(self.out / kind)
+            shards = shard_files(self.out / kind)
             for _, path in shards:
-                parquet = _open(self._pq, path)
+                parquet = open_shard(self._pq, path)
                 _same_meta(path, _file_meta(parquet.schema_arrow), self.meta)
                 self._committed.update(parquet.read(columns=["id"]).column("id").to_pylist())
             self._next[kind] = shards[-1][0] + 1 if shards else 0
             if kind == RESULTS and shards:
                 self._layout, self._signed = _schema_layout(
-                    _open(self._pq, shards[-1][1]).schema_arrow, self.store)
+                    open_shard(self._pq, shards[-1][1]).schema_arrow, self.store)
 
     def _write_run_file(self) -> None:
         if not (self.out / RUN_FILE).exists():
@@ -282,7 +282,7 @@ def _schema_layout(schema, store: Store) -> tuple[dict[str, Kept], bool | None]:
         for prefix in (ATTRIBUTION, TOPK_VALUE):
             if field.name.startswith(prefix):
                 name = field.name[len(prefix):]
-                layout[name] = kept(store, _explained_shape(schema, name),
+                layout[name] = kept(store, explained_shape(schema, name),
                                     field.type.value_type.to_pandas_dtype())
     signed = metadata.get(SIGNED_KEY.encode())
     return layout, None if signed is None else json.loads(signed)
@@ -315,7 +315,7 @@ def dense(table: pyarrow.Table, name: str) -> np.ndarray:
     if TOPK_VALUE + name not in table.column_names:
         return attribution(table, name)
     indices, values = topk(table, name)
-    shape = _explained_shape(table.schema, name)
+    shape = explained_shape(table.schema, name)
     out = np.zeros((len(table), int(np.prod(shape, dtype=np.int64))), values.dtype)
     np.put_along_axis(out, indices, values, axis=1)
     return out.reshape(len(table), *shape)
@@ -334,7 +334,7 @@ def _list_column(table: pyarrow.Table, prefix: str, name: str) -> np.ndarray:
     return flat.astype(dtype, copy=False).reshape(len(table), column.type.list_size)
 
 
-def _explained_shape(schema, name: str) -> tuple[int, ...]:
+def explained_shape(schema, name: str) -> tuple[int, ...]:
     """Input `name`'s attribution shape as explained; shards from before --store record
     only onnxplain.shape.<name>, which then is that shape."""
     metadata = schema.metadata or {}
@@ -361,9 +361,9 @@ def read_errors(out: str | os.PathLike) -> pyarrow.Table:
 def _read(out: str | os.PathLike, kind: str) -> pyarrow.Table:
     pa, pq = pyarrow_modules()
     out = Path(out)
-    if not _earlier_run(out):
+    if not holds_run(out):
         raise InputError(f"{out} holds no explain-dataset results")
-    tables = [_open(pq, path, read=True) for _, path in _shards(out / kind)]
+    tables = [open_shard(pq, path, read=True) for _, path in shard_files(out / kind)]
     if tables:
         return pa.concat_tables(tables)
     names = ("id", "source", "reason") if kind == ERRORS else ("id", "source", "label")
@@ -384,15 +384,15 @@ def _check_folder(out: Path) -> None:
         raise InputError(f"--out {out} is a file, not a folder")
 
 
-def _earlier_run(out: Path) -> bool:
+def holds_run(out: Path) -> bool:
     """Whether `out` holds anything a run writes (a file a killed run leaves counts)."""
     if (out / RUN_FILE).exists() or (out / SUMMARY_FILE).exists() \
             or (out / ERRORS_FILE).exists():
         return True
-    return any(_shards(out / kind) for kind in (RESULTS, ERRORS))
+    return any(shard_files(out / kind) for kind in (RESULTS, ERRORS))
 
 
-def _shards(folder: Path) -> list[tuple[int, Path]]:
+def shard_files(folder: Path) -> list[tuple[int, Path]]:
     """The shards in `folder`, by number; temporary files are not shards."""
     if not folder.is_dir():
         return []
@@ -410,7 +410,7 @@ def _remove_temporary(out: Path) -> None:
                     (folder / name).unlink(missing_ok=True)
 
 
-def _open(pq, path: Path, read: bool = False):
+def open_shard(pq, path: Path, read: bool = False):
     """The shard at `path` (its whole table where `read`), or a one-line error."""
     try:
         return pq.ParquetFile(path).read() if read else pq.ParquetFile(path)

@@ -21,7 +21,7 @@ PARTS = ("both", "positive", "negative")
 # A picture that enlarges on click (or Enter): focusable, labelled for screen readers.
 _STACK = 'class="stack" tabindex="0" role="button" title="click to enlarge"'
 
-_CSS = """:root { --alpha: 0.6; }
+CSS = """:root { --alpha: 0.6; }
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #111; }
 h1 { font-size: 1.4em; margin: 0 0 0.3em; }
 .meta, .note, .legend, .runtime { color: #555; font-size: 0.85em; }
@@ -108,15 +108,19 @@ def report_html(report: Report, pictures: Mapping[PictureKey, Picture]) -> str:
     more = (f'<p class="note">{counted(left, "more row")} {"is" if left == 1 else "are"} in '
             "report.json only.</p>" if left > 0 else "")
     title = f"onnxplain report: {report.model or 'model'}"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{escape(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n"
-        f"<body data-part=\"both\">\n<h1>{escape(title)}</h1>\n{_meta(report)}\n{_controls()}\n"
-        f"<table class=\"report\">\n<thead><tr><th>row</th><th>input</th><th>prediction</th>"
-        f"{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n{more}\n"
-        f'<div id="lightbox" hidden></div>\n<script>\n{_SCRIPT}\n</script>\n</body>\n'
-        "</html>\n"
-    )
+    return page(title,
+                f"{_meta(report)}\n{_controls()}\n"
+                f"<table class=\"report\">\n<thead><tr><th>row</th><th>input</th><th>prediction"
+                f"</th>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>\n{more}\n"
+                f'<div id="lightbox" hidden></div>\n<script>\n{_SCRIPT}\n</script>',
+                body_attributes=' data-part="both"')
+
+
+def page(title: str, body: str, body_attributes: str = "") -> str:
+    """A whole page in the report's frame and style: `body` (HTML) under the title."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{escape(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n"
+            f"<body{body_attributes}>\n<h1>{escape(title)}</h1>\n{body}\n</body>\n</html>\n")
 
 
 def _meta(report: Report) -> str:
@@ -190,7 +194,7 @@ def _prediction(report: Report, row: int) -> str:
         bar = (f' <span class="bar" style="width: {4 * p:.2f}em"></span> {p:.3g}'
                if p is not None else "")
         items.append(f"<li><b>{name}</b>{bar} <span class=\"meta\">"
-                     f"(score {_number(entry['score'])})</span></li>")
+                     f"(score {number(entry['score'])})</span></li>")
     targets = {int(r.attribution.target[row]) for r in report.results
                if r.attribution is not None and row < len(r.attribution.target)}
     explained = (f'<div class="meta">explained class {", ".join(map(str, sorted(targets)))}'
@@ -307,18 +311,18 @@ def _scores(result: MethodResult, row: int, rows: int) -> str:
 
 def _this_row(value: object, row: int, rows: int) -> str:
     if isinstance(value, list | tuple | np.ndarray) and len(value) == rows:
-        return _number(value[row])
-    return f"{_number(value)} <span class=\"meta\">(batch)</span>"
+        return number(value[row])
+    return f"{number(value)} <span class=\"meta\">(batch)</span>"
 
 
-def _number(value: object) -> str:
+def number(value: object) -> str:
     if isinstance(value, bool) or value is None:
         return escape(str(value))
     if isinstance(value, numbers.Real):
         return f"{float(value):.4g}"
     if isinstance(value, list | tuple | np.ndarray):
         items = list(value)
-        shown = ", ".join(_number(v) for v in items[:8])
+        shown = ", ".join(number(v) for v in items[:8])
         return f"[{shown}{', ...' if len(items) > 8 else ''}]"
     return escape(str(value))
 

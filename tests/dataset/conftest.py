@@ -54,3 +54,17 @@ def one_line_error(call) -> str:
     message = str(info.value)
     assert message and "\n" not in message
     return message
+
+
+def digits_folder(zoo, folder: Path, count: int = 10) -> list[Path]:
+    """`count` 8x8 grey PNGs of the zoo's digits in class sub-folders."""
+    images = zoo.sample("digits_cnn")["image"]
+    paths = []
+    for index in range(count):
+        pixels = images[index % len(images), 0]
+        scaled = (255 * (pixels - pixels.min()) / max(np.ptp(pixels), 1e-6)).astype(np.uint8)
+        path = folder / f"class{index % 3}" / f"img{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scaled, mode="L").save(path)
+        paths.append(path)
+    return sorted(paths)

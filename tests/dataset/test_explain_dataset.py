@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from onnxplain import Explainer
 from onnxplain.dataset import explain_dataset
@@ -25,6 +24,7 @@ from onnxplain.images import default_preprocessing, load_images
 from onnxplain_cli.main import main
 
 from ..conftest import require
+from .conftest import digits_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,23 +34,9 @@ def _pyarrow():
     require("pyarrow")  # the dataset extra: in CI a failure, elsewhere a skip
 
 
-def _digits_folder(zoo, folder: Path, count: int = 10) -> list[Path]:
-    """`count` 8x8 grey PNGs of the zoo's digits in class sub-folders."""
-    images = zoo.sample("digits_cnn")["image"]
-    paths = []
-    for index in range(count):
-        pixels = images[index % len(images), 0]
-        scaled = (255 * (pixels - pixels.min()) / max(np.ptp(pixels), 1e-6)).astype(np.uint8)
-        path = folder / f"class{index % 3}" / f"img{index:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(scaled, mode="L").save(path)
-        paths.append(path)
-    return sorted(paths)
-
-
 def test_an_image_folder_equals_explain_on_the_same_batches(zoo, tmp_path):
     model = zoo.model_path("digits_cnn")
-    paths = _digits_folder(zoo, tmp_path / "data")
+    paths = digits_folder(zoo, tmp_path / "data")
     summary = explain_dataset(model, tmp_path / "data", tmp_path / "out", "saliency",
                               batch_size=3, shard_rows=4, progress=False)
     assert summary["explained"] == 10 and summary["errors"] == 0
@@ -90,7 +76,7 @@ def test_bad_rows_go_to_errors_and_the_rest_is_explained(zoo, tmp_path):
 
 
 def test_an_earlier_run_is_refused_without_resume_and_left_as_it_is(zoo, tmp_path):
-    _digits_folder(zoo, tmp_path / "data", 4)
+    digits_folder(zoo, tmp_path / "data", 4)
     args = ["explain-dataset", str(zoo.model_path("digits_cnn")), "--data",
             str(tmp_path / "data"), "-o", str(tmp_path / "out"), "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -132,7 +118,7 @@ def test_a_killed_run_resumes_with_every_row_once(zoo, tmp_path):
 
 
 def test_a_bad_option_is_refused_before_any_row(zoo, tmp_path):
-    _digits_folder(zoo, tmp_path / "data", 3)
+    digits_folder(zoo, tmp_path / "data", 3)
     result = CliRunner().invoke(main, [
         "explain-dataset", str(zoo.model_path("digits_cnn")), "--data", str(tmp_path / "data"),
         "-m", "integrated_gradients", "-O", "n_steps=0", "-o", str(tmp_path / "out")])

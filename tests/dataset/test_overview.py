@@ -24,9 +24,7 @@ from onnxplain.viz.heatmap import colour_range, heatmap_image
 
 from ..conftest import require
 from ..viz.chromium import Browser
-from ..viz.test_report_chromium import chromium  # noqa: F401 - the fixture
-from .conftest import one_line_error
-from .test_explain_dataset import _digits_folder
+from .conftest import digits_folder, one_line_error
 
 META = {"method": "saliency", "options": "{}", "model": "abc123"}
 SHAPE = (3, 5, 7)  # [C, H, W]: a heatmap 7 wide, 5 high
@@ -230,7 +228,7 @@ def test_the_page_loads_in_chromium_with_every_label(tmp_path, chromium):  # noq
 def test_a_zoo_image_run_end_to_end(zoo, tmp_path):
     """Signed saliency (abs=False): a map summed without its sign would differ."""
     model = zoo.model_path("digits_cnn")
-    paths = _digits_folder(zoo, tmp_path / "data", count=9)
+    paths = digits_folder(zoo, tmp_path / "data", count=9)
     explain_dataset(model, tmp_path / "data", tmp_path / "out", "saliency", batch_size=4,
                     shard_rows=4, progress=False, abs=False)
     page = write_overview(tmp_path / "out", ["image"]).read_text()

@@ -24,15 +24,15 @@ from onnxplain.errors import ModelError
 from onnxplain.graph.model import Model
 
 from ..conftest import require
-from .conftest import one_line_error
-from .test_explain_dataset import ROOT, _digits_folder
+from .conftest import digits_folder, one_line_error
+from .test_explain_dataset import ROOT
 
 
 @pytest.fixture(scope="module")
 def ray_instance():
     require("pyarrow")
     ray = require("ray")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -71,7 +71,7 @@ def _digits_shards(zoo, folder: Path, rows: int) -> None:
 
 def test_ray_equals_the_local_engine_rows_values_and_errors(zoo, ray_instance, tmp_path):
     model = zoo.model_path("digits_cnn")
-    _digits_folder(zoo, tmp_path / "images", 23)
+    digits_folder(zoo, tmp_path / "images", 23)
     (tmp_path / "images" / "class1" / "broken.png").write_bytes(b"not a png")
     _digits_shards(zoo, tmp_path / "shards", 90)
     for data, method in (("images", "saliency"), ("shards", "integrated_gradients")):
@@ -185,7 +185,7 @@ def test_a_workers_failure_to_start_is_raised_with_its_own_type(zoo, ray_instanc
 
 def test_the_cli_starts_and_stops_its_own_ray_instance(zoo, tmp_path):
     require("ray")
-    _digits_folder(zoo, tmp_path / "data", 6)
+    digits_folder(zoo, tmp_path / "data", 6)
     result = subprocess.run(
         [sys.executable, "-m", "onnxplain_cli.main", "explain-dataset",
          str(zoo.model_path("digits_cnn")), "--data", str(tmp_path / "data"), "-o",

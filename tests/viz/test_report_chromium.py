@@ -20,26 +20,11 @@ from click.testing import CliRunner
 
 from onnxplain_cli.main import main
 
-from ..conftest import ROOT, in_ci
-from .chromium import Browser, find_chromium, install_chromium
+from ..conftest import ROOT
+from .chromium import Browser
 
 IMAGE_METHODS = "saliency,integrated_gradients,grad_cam,rollout"  # signed, unsigned, n/a
 TEXT_METHODS = "saliency,input_x_gradient,rollout,grad_cam"  # unsigned, signed, n/a
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = find_chromium()
-    why = "no chromium on PATH"
-    if binary is None:
-        binary, why = install_chromium()
-    if binary is None:
-        message = f"headless Chromium is not available ({why})"
-        if in_ci():
-            pytest.fail(message + ": CI must be able to install Debian's chromium",
-                        pytrace=False)
-        pytest.skip(message)
-    return binary
 
 
 @pytest.fixture(scope="module")
