@@ -325,6 +325,8 @@ def main() -> None:
     print(machine())
     print(f"onnxplain {onnxplain.__version__}, {args.model}, {args.method}, provider "
           f"{args.provider}")
+    if args.out_dir:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out_dir) as work:
         root = args.images_dir or Path(work) / "images"
         if args.rows or args.engines:

@@ -24,6 +24,7 @@ from .inputs import batch_size as batch_size_of
 from .methods import MethodOutput, MethodSpec, get_method
 from .methods._common import rows_text
 from .methods._tokens import query_is_position
+from .methods.options import is_count
 from .objective import (
     DENSE,
     EVERYWHERE,
@@ -82,8 +83,7 @@ class Explainer:
                  attribute_at: Mapping[str, str] | None = None, optimization: str = "all",
                  memory_budget_mb: float = DEFAULT_BUDGET_MB, progress: bool = True,
                  threads: int | None = None):
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
+        if threads is not None and not is_count(threads):
             raise InputError(f"threads must be a whole number, at least 1, got {threads!r}")
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.output = pick_output(self.model, output)

@@ -17,9 +17,12 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Vocabulary", "ids_as_tokens", "load_vocabulary", "read_tokenizer_json"]
+__all__ = ["Vocabulary", "as_vocabulary", "ids_as_tokens", "load_vocabulary",
+           "read_tokenizer_json"]
 
 _EXPECTED = "expected a vocab.txt (one token per line), a {token: id} JSON or a tokenizer.json"
+# Padding tokens by convention: BERT's, then RoBERTa's, BART's and T5's.
+PAD_TOKENS = ("[PAD]", "<pad>")
 
 
 class Vocabulary:
@@ -41,7 +44,11 @@ class Vocabulary:
     def digest(self) -> str:
         """A digest of the id -> token table: two vocabularies that encode alike share it."""
         table = json.dumps(sorted(self._tokens.items()), ensure_ascii=False)
-        return hashlib.blake2b(table.encode(), digest_size=16).hexdigest()
+        # surrogatepass: a table built in Python may hold a lone surrogate, which plain UTF-8
+        # cannot encode; it keeps its own bytes, unlike JSON's \u escapes, where two lone
+        # surrogates would read as the character they pair into.
+        return hashlib.blake2b(table.encode("utf-8", "surrogatepass"),
+                               digest_size=16).hexdigest()
 
     def tokens_for(self, ids: np.ndarray) -> list[str]:
         """The strings of one row of token ids; an unknown id becomes '[id 1234]'."""
@@ -55,22 +62,40 @@ class Vocabulary:
     def id_of(self, token: str) -> int:
         """The id of one token string; InputError when the vocabulary lacks it (the lowest
         id wins when a token is listed twice)."""
-        if self._ids is None:
-            self._ids = {}
-            for i in sorted(self._tokens, reverse=True):
-                self._ids[self._tokens[i]] = i
-        if token not in self._ids:
+        ids = self._by_token()
+        if token not in ids:
             where = f" {self.source}" if self.source else ""
             raise InputError(f"token {token!r} is not in the vocabulary{where}")
-        return self._ids[token]
+        return ids[token]
+
+    def pad_id(self) -> int:
+        """The id that pads token ids to one length: that of "[PAD]" or "<pad>" when the
+        vocabulary has one, else 0. Padded positions are masked out (attention mask 0), yet
+        the id still reaches the embedding: it should be the one the model was trained with."""
+        ids = self._by_token()
+        return next((ids[token] for token in PAD_TOKENS if token in ids), 0)
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        """The words of `text` that encode_words makes one token each: split at whitespace."""
+        return text.split()
 
     def encode_words(self, text: str) -> np.ndarray:
         """Ids of the whitespace-separated words of `text`, each a whole token of the
         vocabulary (no subword splitting: for word-level vocabularies)."""
-        words = text.split()
+        words = self.words(text)
         if not words:
             raise InputError("the text is empty: give at least one word")
         return np.array([self.id_of(word) for word in words], dtype=np.int64)
+
+    def _by_token(self) -> dict[str, int]:
+        """The token -> id table, built on first use (the lowest id wins for a token listed
+        twice)."""
+        if self._ids is None:
+            self._ids = {}
+            for i in sorted(self._tokens, reverse=True):
+                self._ids[self._tokens[i]] = i
+        return self._ids
 
 
 def ids_as_tokens(ids: np.ndarray) -> list[str]:
@@ -80,6 +105,17 @@ def ids_as_tokens(ids: np.ndarray) -> list[str]:
     token views never glue two bare ids together.
     """
     return [f"#{i}" for i in _id_row(ids)]
+
+
+def as_vocabulary(vocab: Vocabulary | str | os.PathLike | None) -> Vocabulary | None:
+    """`vocab` as a Vocabulary: one given is kept, a path is read (load_vocabulary), None
+    stays None; anything else raises InputError."""
+    if vocab is None or isinstance(vocab, Vocabulary):
+        return vocab
+    if isinstance(vocab, str | os.PathLike):
+        return load_vocabulary(vocab)
+    raise InputError(f"vocab is a Vocabulary or the path of a vocabulary file, got "
+                     f"{type(vocab).__name__}")
 
 
 def load_vocabulary(path: str | os.PathLike) -> Vocabulary:

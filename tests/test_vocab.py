@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from onnxplain.errors import InputError
-from onnxplain.vocab import Vocabulary, ids_as_tokens, load_vocabulary, read_tokenizer_json
+from onnxplain.vocab import (
+    Vocabulary,
+    as_vocabulary,
+    ids_as_tokens,
+    load_vocabulary,
+    read_tokenizer_json,
+)
 
 from .conftest import require
 
@@ -158,3 +164,44 @@ def test_ids_as_tokens_are_numbered_and_never_continuations():
     tokens = ids_as_tokens(np.array([101, 1996, 0], dtype=np.int64))
     assert tokens == ["#101", "#1996", "#0"]
     assert not any(token.startswith("##") for token in tokens)
+
+
+def test_digest_takes_lone_surrogates_and_tells_them_from_the_pair_they_form():
+    """A table built in Python may hold a lone surrogate (plain UTF-8 cannot encode it); two
+    lone surrogates are two tokens' worth of characters, not the emoji they would pair into."""
+    lone = Vocabulary(["a", "\ud800"])
+    assert lone.digest() == Vocabulary(["a", "\ud800"]).digest()
+    assert lone.digest() != Vocabulary(["a", "\ud801"]).digest()
+    assert Vocabulary(["\ud83d\ude00"]).digest() != Vocabulary(["\U0001f600"]).digest()
+    assert Vocabulary(["é"]).digest() != Vocabulary(["e"]).digest()
+
+
+@pytest.mark.parametrize("tokens, pad", [
+    (["[CLS]", "[SEP]", "hello", "[PAD]"], 3),
+    ({5: "<s>", 9: "<pad>", 2: "</s>"}, 9),
+    (["<pad>", "x", "[PAD]"], 2),  # BERT's name first
+    (["[CLS]", "hello"], 0),
+    ({}, 0),
+])
+def test_pad_id_is_the_padding_tokens_else_0(tokens, pad):
+    assert Vocabulary(tokens).pad_id() == pad
+
+
+def test_words_are_what_encode_words_makes_one_token_each():
+    vocab = Vocabulary(["[CLS]", "not", "bad", "[SEP]"])
+    text = " [CLS]\tnot\n bad  [SEP] "
+    assert Vocabulary.words(text) == ["[CLS]", "not", "bad", "[SEP]"]
+    assert vocab.encode_words(text).tolist() == [vocab.id_of(w) for w in vocab.words(text)]
+
+
+def test_as_vocabulary_reads_paths_and_keeps_vocabularies(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("a\nb\n")
+    vocab = Vocabulary(["x"])
+    assert as_vocabulary(vocab) is vocab and as_vocabulary(None) is None
+    for given in (path, str(path)):
+        assert as_vocabulary(given).tokens_for(np.arange(2)) == ["a", "b"]
+    with pytest.raises(InputError, match="got int"):
+        as_vocabulary(3)
+    with pytest.raises(InputError, match="not found"):
+        as_vocabulary(tmp_path / "missing.txt")

@@ -42,13 +42,15 @@ class Job:
     preprocessing: Mapping[str, ImagePreprocessing] | None
     memory_budget_mb: float
     vocab: Vocabulary | None = None
+    text_length: int | None = None  # the driver's, so that Ray workers never count again
 
     @property
     def read_rows(self) -> int:
         return self.batch_size or BATCH_ROWS
 
     def source(self, model: Model) -> Source:
-        return open_source(model, self.data, self.preprocessing, self.vocab)
+        return open_source(model, self.data, self.preprocessing, self.vocab,
+                           self.text_length)
 
 
 def explained_batches(explainer: Explainer, job: Job,

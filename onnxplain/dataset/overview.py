@@ -7,11 +7,12 @@ Layout under `out/overview/`:
                             row; no_label.png: rows without one), with its colour bar
   index.html                the page (pictures linked from class_means/)
 
-A row's map is the one `--store map` keeps and its heatmaps show (store.row_map: an image
-row summed over channels, as absolute values unless the method's maps are signed), whatever
-the store: a map column is used as it is, a full one reduced, top-k entries scattered back
-first (results.dense). The result shards are read one at a time and summed per label in
-float64, so memory is one shard plus one running sum per label and input."""
+A row's map is the one `--store map` keeps and its heatmaps show (viz.heatmap.row_maps: an
+image row summed over channels, as absolute values unless the method's maps are signed),
+whatever the store: a map column is used as it is, a full one reduced, top-k entries
+scattered back first (results.dense). The result shards are read one at a time and summed per
+label in float64, so memory is one shard plus one running sum per label and input; above
+MAX_GROUPS labels only the sum of every row is kept."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ import numpy as np
 from .._text import counted
 from ..errors import InputError
 from ..files import safe_name, save_bytes
+from ..images import image_layout
 from ..viz.heatmap import (
     colour_bar_text,
     colour_range,
     default_colormap,
     heatmap_image,
+    row_maps,
     save_png,
     with_colour_bar,
 )
@@ -50,11 +53,17 @@ from .results import (
     pyarrow_modules,
     shard_files,
 )
-from .store import ATTRIBUTION, TOPK_VALUE, row_map
+from .store import ATTRIBUTION, TOPK_VALUE, map_shape
 
 OVERVIEW, CLASS_MEANS, INDEX = "overview", "class_means", "index.html"
 ALL_ROWS, NO_LABEL = "all rows", "no label"
 MAX_REASONS = 50  # error reasons listed on the page, most frequent first
+# Labels given a mean map of their own: each holds a float64 map per input, so a label column
+# with one value per row would hold one per row. Above it, only every row's mean is kept.
+MAX_GROUPS = 200
+# Attribution bytes reduced to maps at once: a few image rows, so that the temporaries stay
+# small and reused; tiny rows (8 x 8 digits) go thousands at a time.
+MAP_BLOCK = 4 << 20
 
 
 @dataclass
@@ -69,23 +78,6 @@ class Group:
     scored: int = 0
     map_totals: dict[str, np.ndarray] = field(default_factory=dict)
     mapped: Counter = field(default_factory=Counter)  # rows in each input's sum
-
-    def add(self, predicted: int | None, score: float | None,
-            maps: Mapping[str, np.ndarray]) -> None:
-        self.rows += 1
-        if predicted is not None:
-            self.predicted[predicted] += 1
-        if score is not None and np.isfinite(score):
-            self.score_total += score
-            self.scored += 1
-        for name, values in maps.items():
-            if not np.isfinite(values).all():
-                continue
-            if name in self.map_totals:
-                self.map_totals[name] += values
-            else:
-                self.map_totals[name] = values.copy()
-            self.mapped[name] += 1
 
     def mean_map(self, name: str) -> np.ndarray | None:
         """The mean of the summed maps of input `name`, None when no row has one."""
@@ -105,9 +97,10 @@ class Group:
 @dataclass
 class Overview:
     """A run's class means: `groups` by label in sorted order (None, rows without a label,
-    last; left out when no row has a label: `overall` is those rows), `overall` every row;
-    `inputs` the inputs with a map, `skipped` why the others named have none; `signed` how
-    the maps were reduced and `signed_from` who said so."""
+    last; left out when no row has a label: `overall` is those rows; none at all when
+    `too_many_labels`, more than max_groups), `overall` every row; `inputs` the inputs with
+    a map, `skipped` why the others named have none; `signed` how the maps were reduced and
+    `signed_from` who said so."""
 
     groups: dict[str | None, Group]
     overall: Group
@@ -115,12 +108,14 @@ class Overview:
     skipped: dict[str, str]
     signed: bool
     signed_from: str
+    too_many_labels: bool = False
 
 
-def read_overview(out: str | os.PathLike, inputs: Sequence[str] | None = None
-                  ) -> Overview:
-    """Sum the maps of `inputs` (None: every attributed input whose rows reduce to an [H, W]
-    map) over the committed result shards under `out`, one shard at a time, per label.
+def read_overview(out: str | os.PathLike, inputs: Sequence[str] | None = None,
+                  max_groups: int | None = None) -> Overview:
+    """Sum the maps of `inputs` (None: every attributed input whose rows are images, reduced
+    to an [H, W] map) over the committed result shards under `out`, one shard at a time,
+    per label; with more than `max_groups` labels (default MAX_GROUPS) over every row only.
 
     Maps are reduced as the run says its method's are (signed or not: the shards' metadata);
     for shards written before the run said so, as signed when the first shard holds a
@@ -131,24 +126,31 @@ def read_overview(out: str | os.PathLike, inputs: Sequence[str] | None = None
         raise InputError(f"{out} holds no explain-dataset results")
     shards = [path for _, path in shard_files(Path(out) / RESULTS)]
     schema = open_shard(pq, shards[0]).schema_arrow if shards else None
-    names, skipped = _mapped_inputs(schema, inputs)
+    shapes, skipped = _mapped_inputs(schema, inputs, str(shards[0]) if shards else "")
     recorded = None if schema is None else (schema.metadata or {}).get(SIGNED_KEY.encode())
-    sums = _Sums(names, None if recorded is None else json.loads(recorded))
+    labels = _labels(pq, shards, MAX_GROUPS if max_groups is None else max_groups)
+    sums = _Sums(shapes, labels, None if recorded is None else json.loads(recorded))
     for path in shards:
         # Read and summed inside one call: the shard's table is freed before the next.
-        sums.add_shard(_read_shard(pq, path, names))
-    labels = sorted(label for label in sums.groups if label is not None)
-    groups = {label: sums.groups[label] for label in labels}
-    if None in sums.groups and labels:
-        groups[None] = sums.groups[None]
-    return Overview(groups, sums.overall, names, skipped, bool(sums.signed),
-                    "the run" if recorded is not None else "the values")
+        sums.add_shard(_read_shard(pq, path, list(shapes)), str(path))
+    overall, *labelled = sums.groups()
+    groups = dict(zip(labels or [], labelled, strict=True))
+    if groups.keys() == {None}:
+        groups = {}  # no row has a label: `overall` is those rows
+    return Overview(groups, overall, list(shapes), skipped, bool(sums.signed),
+                    "the run" if recorded is not None else "the values", labels is None)
 
 
-def class_means(out: str | os.PathLike, name: str) -> dict[str | None, np.ndarray]:
+def class_means(out: str | os.PathLike, name: str, max_groups: int | None = None
+                ) -> dict[str | None, np.ndarray]:
     """The mean map of input `name` per label (None: rows without a label), as drawn in
-    overview/class_means/; read_overview says more."""
-    overview = read_overview(out, [name])
+    overview/class_means/; read_overview says more. More than `max_groups` labels (default
+    MAX_GROUPS) is a one-line error."""
+    overview = read_overview(out, [name], max_groups)
+    if overview.too_many_labels:
+        limit = MAX_GROUPS if max_groups is None else max_groups
+        raise InputError(f"{out} has more than {limit} labels: pass a larger max_groups to "
+                         "have each label's mean")
     return {label: mean for label, group in overview.groups.items()
             if (mean := group.mean_map(name)) is not None}
 
@@ -174,17 +176,20 @@ def write_overview(out: str | os.PathLike, inputs: Sequence[str] | None = None
 # -- reading
 
 
-def _mapped_inputs(schema, inputs: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
-    """From a result shard's schema: the inputs whose rows reduce to an [H, W] map, and why
-    each other input named in `inputs` has none."""
+def _mapped_inputs(schema, inputs: Sequence[str] | None, where: str
+                   ) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """From the schema of the result shard `where`: the inputs whose rows are images (an
+    [H, W] map each) with their row shapes as explained, and why each other input named in
+    `inputs` has none. An [H, W] row is no image: a map as explained is [C, H, W] or
+    [H, W, C], and [seq, hidden] embeddings are 2-D too."""
     stored = set() if schema is None else {
         f.name.split("/", 1)[1] for f in schema
         if f.name.startswith(ATTRIBUTION) or f.name.startswith(TOPK_VALUE)}
-    names, skipped = [], {}
+    shapes, skipped = {}, {}
     for name in inputs if inputs is not None else sorted(stored):
-        shape = explained_shape(schema, name) if name in stored else None
-        if shape is not None and row_map(np.zeros(shape, np.float32), True).ndim == 2:
-            names.append(name)
+        shape = explained_shape(schema, name, where) if name in stored else None
+        if shape is not None and image_layout((1, *shape)) is not None:
+            shapes[name] = shape
         elif inputs is None:
             continue  # not an image: nothing to say about it
         elif schema is None:
@@ -193,7 +198,19 @@ def _mapped_inputs(schema, inputs: Sequence[str] | None) -> tuple[list[str], dic
             skipped[name] = "the results hold no attribution of it"
         else:
             skipped[name] = f"its attribution is no image map (row shape {list(shape)})"
-    return names, skipped
+    return shapes, skipped
+
+
+def _labels(pq, shards: Sequence[Path], max_groups: int) -> list[str | None] | None:
+    """The labels of the rows in `shards`, sorted, None (no label) last; None when there are
+    more than `max_groups`. Only the label column is read."""
+    seen: set[str | None] = set()
+    for path in shards:
+        seen.update(open_shard(pq, path).read(columns=["label"]).column("label").unique()
+                    .to_pylist())
+        if len(seen) > max_groups:
+            return None
+    return sorted(label for label in seen if label is not None) + [None] * (None in seen)
 
 
 def _read_shard(pq, path: Path, names: Sequence[str]):
@@ -207,26 +224,91 @@ def _read_shard(pq, path: Path, names: Sequence[str]):
 
 
 class _Sums:
-    """The groups being summed, shard after shard."""
+    """The running totals, shard after shard, as arrays over groups: group 0 every row,
+    group 1 + i the rows labelled labels[i]."""
 
-    def __init__(self, names: Sequence[str], signed: bool | None):
-        self.names = list(names)
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], labels: list[str | None] | None,
+                 signed: bool | None):
+        import pyarrow
+
         self.signed = signed
-        self.groups: dict[str | None, Group] = {}
-        self.overall = Group()
+        self._labels = None if not labels else pyarrow.array(labels, pyarrow.string())
+        count = 1 + len(labels or [])
+        self._rows = np.zeros(count, np.int64)
+        self._scored = np.zeros(count, np.int64)
+        self._score_total = np.zeros(count)
+        self._predicted = [Counter() for _ in range(count)]
+        self._totals = {name: np.zeros((count, *map_shape(shape)))
+                        for name, shape in shapes.items()}
+        self._mapped = {name: np.zeros(count, np.int64) for name in shapes}
 
-    def add_shard(self, table) -> None:
-        arrays = {name: dense(table, name) for name in self.names}
-        if self.signed is None and len(table):
+    def add_shard(self, table, where: str) -> None:
+        if not len(table):
+            return
+        groups = self._group_of_rows(table)
+        count = len(self._rows)
+        scores = _numbers(table.column("score"), np.float64)
+        scored = np.isfinite(scores)
+        predicted = _numbers(table.column("predicted"), np.int64)
+        known = predicted >= 0
+        for group in groups.T:
+            self._rows += np.bincount(group, minlength=count)
+            np.add.at(self._score_total, group[scored], scores[scored])  # in row order
+            self._scored += np.bincount(group[scored], minlength=count)
+            pairs, times = np.unique(np.stack([group[known], predicted[known]]), axis=1,
+                                     return_counts=True)
+            for (index, cls), seen in zip(pairs.T.tolist(), times.tolist(), strict=True):
+                self._predicted[index][cls] += seen
+        arrays = {name: dense(table, name, where) for name in self._totals}
+        if self.signed is None:
             self.signed = any(bool((values < 0).any()) for values in arrays.values())
-        labels = table.column("label").to_pylist()
-        predicted = table.column("predicted").to_pylist()
-        scores = table.column("score").to_pylist()
-        for row, label in enumerate(labels):
-            maps = {name: row_map(values[row].astype(np.float64), bool(self.signed))
-                    for name, values in arrays.items()}
-            for group in (self.groups.setdefault(label, Group()), self.overall):
-                group.add(predicted[row], scores[row], maps)
+        for name, values in arrays.items():
+            self._add_maps(name, values, groups)
+
+    def _add_maps(self, name: str, values: np.ndarray, groups: np.ndarray) -> None:
+        """Reduce the rows `values` to float64 maps a block of MAP_BLOCK bytes at a time, and
+        add each finite one to its groups' totals in row order: the float64 sums of a loop
+        over rows, exactly. Rows whose map is not finite are counted, not summed (one NaN
+        would blank the mean). Not np.add.at, nor a whole shard at once: at 224 x 224 each
+        was several times slower than these in-place adds (np.add.at 6 times, measured), and
+        a shard's float64 maps would double the memory a shard takes."""
+        totals, mapped = self._totals[name], self._mapped[name]
+        step = max(1, MAP_BLOCK // max(1, values[0].nbytes))
+        for start in range(0, len(values), step):
+            maps = row_maps(values[start:start + step], bool(self.signed), np.float64)
+            finite = np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+            block = groups[start:start + step]
+            for row in np.flatnonzero(finite).tolist():
+                for index in block[row].tolist():
+                    totals[index] += maps[row]
+            for group in block[finite].T:
+                mapped += np.bincount(group, minlength=len(mapped))
+
+    def _group_of_rows(self, table) -> np.ndarray:
+        """[rows, 1 or 2]: each row's groups, 0 (every row) and its label's where labels
+        are kept."""
+        import pyarrow.compute
+
+        groups = [np.zeros(len(table), np.intp)]
+        if self._labels is not None:
+            found = pyarrow.compute.index_in(table.column("label"), value_set=self._labels)
+            groups.append(1 + found.to_numpy().astype(np.intp))
+        return np.stack(groups, axis=1)
+
+    def groups(self) -> list[Group]:
+        """The totals as one Group each, in group order (every row first)."""
+        return [Group(int(self._rows[index]), self._predicted[index],
+                      float(self._score_total[index]), int(self._scored[index]),
+                      {name: totals[index] for name, totals in self._totals.items()
+                       if self._mapped[name][index]},
+                      Counter({name: int(mapped[index]) for name, mapped in self._mapped.items()
+                               if mapped[index]}))
+                for index in range(len(self._rows))]
+
+
+def _numbers(column, dtype) -> np.ndarray:
+    """A nullable numeric column as numpy: nulls as NaN (floats) or -1 (classes)."""
+    return column.fill_null(np.nan if dtype == np.float64 else -1).to_numpy().astype(dtype)
 
 
 def _summary(out: Path) -> dict:
@@ -344,6 +426,9 @@ def _notes(overview: Overview) -> str:
              "each map gives its values (larger ones saturate)."]
     notes += [f"No map of {escape(name)}: {escape(why)}." for name, why in
               overview.skipped.items()]
+    if overview.too_many_labels:
+        notes.append(f"More than {MAX_GROUPS} labels: only the mean map of every row is drawn, "
+                     "not one per label.")
     left_out = {name: overview.overall.rows - overview.overall.mapped[name]
                 for name in overview.inputs}
     notes += [f"{counted(count, 'row')} left out of the means of {escape(name)}: their maps "
@@ -388,6 +473,8 @@ def _summary_table(summary: Mapping) -> str:
 def _value(value: object) -> str:
     if isinstance(value, Mapping):
         return "<br>".join(f"{escape(str(k))}: {_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # counts, whole: number()'s 4 digits would print 12345 as 1.234e+04
     return number(value)
 
 

@@ -3,19 +3,22 @@ record batches of only the needed columns, so a file is never loaded whole. A co
 fixed-shape tensors (list, fixed_size_list or nested lists: one row of the input without its
 batch axis), single numbers (inputs of shape [N] or [N, 1]), for the model's single image
 input, image bytes or image paths (relative ones resolved against the file's folder), or, for
-a token-id input, text (strings; the column may also be called `text`) turned into token ids
-by a vocabulary as `generate --text` does (each whitespace-separated word one token), its
-attention mask (1) and token type ids (0) filled when they have no column, every row padded
-with 0 to one length (a run's results hold one shape per input): the input's static length,
-else the longest text's. Optional columns `id` (strings) and `label` (strings or integers)
-give each row's id and label; any other column is refused, so a misspelt input name is never
-silently dropped."""
+a token-id input, text (strings; the column may also be called `text` when the model has a
+single token-id input) turned into token ids by a vocabulary as `generate --text` does (each
+whitespace-separated word one token), its attention mask (1) and token type ids (0) filled
+when they have no column. Every text row takes one length (a run's results hold one shape per
+input): the input's static length, else the longest text's (or the `text_length` given: a
+resumed run keeps its first length). Only a model with an attention mask has shorter texts
+padded (with the vocabulary's pad id, mask 0); a text longer than the length, or of another
+length without a mask, is a row error. Optional columns `id` (strings) and `label` (strings
+or integers) give each row's id and label; any other column is refused, so a misspelt input
+name is never silently dropped."""
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from ..errors import InputError
 from ..graph.model import Model, TensorSpec
 from ..images import ImagePreprocessing, default_preprocessing, image_inputs, load_image
 from ..objective import mask_inputs, token_inputs
-from ..vocab import Vocabulary, load_vocabulary
+from ..vocab import Vocabulary, as_vocabulary
 from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path
 from .results import pyarrow_modules
 
@@ -56,7 +59,10 @@ class _Text:
     """How a file's text becomes token ids: the input it feeds, the column it is read from,
     the vocabulary, and the companion inputs without a column of their own, each filled
     with one value at every token (fills: 1 in an attention mask, 0 in token type ids).
-    Every token input (`padded`) is then padded with 0 up to `length` (None: not padded)."""
+    Every token input (`padded`) then takes `length` tokens (None: no text had a word when
+    the source opened, each row keeps its own): with a mask (`pads`) shorter texts are padded
+    (the ids with the vocabulary's pad id, the others with 0); `static`: the length is the
+    model's own, else the source's."""
 
     input: str
     column: str
@@ -64,12 +70,17 @@ class _Text:
     fills: dict[str, int]
     padded: tuple[str, ...]
     length: int | None = None
+    pads: bool = True
+    static: bool = False
 
     def values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The row's token inputs filled and padded: the results of a run hold one shape
         per input, so every row of a source takes one length (the mask says which tokens
         are real)."""
         count = len(values[self.input])
+        if self.length is not None and (count > self.length or
+                                        (count < self.length and not self.pads)):
+            raise InputError(self._misfit(count))
         values = values | {name: np.full(count, fill, np.int64)
                            for name, fill in self.fills.items()}
         for name in self.padded:
@@ -77,8 +88,21 @@ class _Text:
                 raise InputError(f"input '{name}' has the shape {list(values[name].shape)}, "
                                  f"but the text has {counted(count, 'token')}")
             if self.length is not None and count < self.length:
-                values[name] = np.pad(values[name], (0, self.length - count))
+                pad = self.vocabulary.pad_id() if name == self.input else 0
+                values[name] = np.pad(values[name], (0, self.length - count),
+                                      constant_values=pad)
         return values
+
+    def _misfit(self, count: int) -> str:
+        """Why a text of `count` words does not fit the length every row takes."""
+        takes = f"{'at most' if self.pads else 'exactly'} {self.length}"
+        if self.static:
+            why = "" if self.pads or count > self.length else \
+                " (it has no attention mask to pad shorter texts)"
+            return f"the text has {counted(count, 'word')}, the model takes {takes}{why}"
+        why = "its longest text when it began: explain longer texts in a new run" \
+            if self.pads else "the model has no attention mask to pad texts to one length"
+        return f"the text has {counted(count, 'word')}, this run takes {takes} ({why})"
 
 
 @dataclass
@@ -124,7 +148,6 @@ class _ParquetFile(Part):
         """The rows first..end-1 of one row group that lie in `window`; if it cannot be read
         (a damaged page), its remaining rows fail and the next group is read: damage costs
         one row group."""
-        pa, _ = pyarrow_modules()
         row = first
         try:
             for batch in parquet.iter_batches(batch_size=self.read_rows, row_groups=[group],
@@ -137,13 +160,25 @@ class _ParquetFile(Part):
                 row += batch.num_rows
                 if window is not None and row >= window.stop:
                     return  # the rest of the group lies past the window: not read
-        except (pa.ArrowException, OSError, ValueError) as err:
-            # The ids of rows not read cannot come from the id column: their places stand in.
+        except _read_errors() as err:
             reason = f"cannot read {self.path} from row {row}: {one_line(err)}"
+            ids = self._group_ids(parquet, group, first)
             for rest in range(row, end):
-                id = f"{self.relative}#{rest}"
+                id = ids[rest - first]
                 if id not in skip and in_window(rest, window):
                     yield Read(id, f"{self.path}#{rest}", None, reason=reason)
+
+    def _group_ids(self, parquet, group: int, first: int) -> list[str]:
+        """The ids of a damaged row group's rows, from its id column alone when that can be
+        read (the damage may lie in another column): rows that fail keep their real ids, so
+        once the file is repaired a resumed run skips them rather than writing them again
+        under other ids. Their places stand in when the id column cannot be read."""
+        if self.has_id:
+            try:
+                return self._ids(parquet.read_row_group(group, columns=[ID]), first)
+            except _read_errors():
+                pass
+        return [f"{self.relative}#{first + index}" for index in range(self.groups[group])]
 
     def _ids(self, batch, first: int) -> list[str]:
         given = batch.column(ID).to_pylist() if self.has_id else [None] * batch.num_rows
@@ -212,33 +247,38 @@ def _tensor(name: str, cell) -> np.ndarray:
 
 def parquet_parts(model: Model, root: Path, files: list[Path],
                   preprocessing: Mapping[str, ImagePreprocessing],
-                  vocab: Vocabulary | str | os.PathLike | None = None) -> list[Part]:
+                  vocab: Vocabulary | str | os.PathLike | None = None,
+                  text_length: int | None = None) -> list[Part]:
     """One part per Parquet file, its columns checked against the model's inputs now (from
     the schema, reading no data): refused in one line (InputError) for a missing input
     column, an extra column, a column type that cannot feed its input, or text without a
     vocabulary. `vocab`: a Vocabulary, or the path of a vocab.txt, vocab.json or
-    tokenizer.json (onnxplain.vocab.load_vocabulary)."""
+    tokenizer.json (onnxplain.vocab.as_vocabulary). `text_length`: the tokens every text
+    row takes (a resumed run's, see text_use), else the model's static sequence length or,
+    failing that, the most words of any text (a pass over the text columns alone)."""
     images = image_inputs(model)
     image = next(iter(images)) if len(images) == 1 else None
     unknown = sorted(set(preprocessing) - ({image} if image else set()))
     if unknown:
         raise InputError(f"preprocessing given for '{unknown[0]}', which is not the model's "
                          f"single image input")
-    vocabulary = _vocabulary(vocab)
+    if text_length is not None and (isinstance(text_length, bool) or
+                                    not isinstance(text_length, int) or text_length < 1):
+        raise InputError(f"text_length must be a positive integer, got {text_length!r}")
+    vocabulary = as_vocabulary(vocab)
     roles = _TextRoles.of(model)
     parts = [_file_part(model, root, file, image, preprocessing, vocabulary, roles)
              for file in files]
-    _padded(model, parts, roles)
+    _set_length(model, parts, roles, text_length)
     return parts
 
 
-def _vocabulary(vocab: Vocabulary | str | os.PathLike | None) -> Vocabulary | None:
-    if vocab is None or isinstance(vocab, Vocabulary):
-        return vocab
-    if isinstance(vocab, str | os.PathLike):
-        return load_vocabulary(vocab)
-    raise InputError(f"vocab is a Vocabulary or the path of a vocabulary file, got "
-                     f"{type(vocab).__name__}")
+def text_use(parts: Sequence[Part]) -> tuple[bool, int | None]:
+    """Whether the parts read text (so the vocabulary matters), and the tokens every text
+    row takes (None without text, or when no text had a word): what a resumed run passes
+    back as text_length, so that its rows take the length its first rows took."""
+    texts = [part.text for part in parts if isinstance(part, _ParquetFile) and part.text]
+    return bool(texts), texts[0].length if texts else None
 
 
 @dataclass(frozen=True)
@@ -337,47 +377,63 @@ def _text(pa, file: Path, schema, names: list[str], roles: _TextRoles,
     column = named[0]
     fills = {name: fill for name, fill in roles.fills.items() if name not in schema.names}
     input = roles.ids[0] if column == TEXT_COLUMN else column
-    return _Text(input, column, vocabulary, fills, (input, *roles.fills))
+    return _Text(input, column, vocabulary, fills, (input, *roles.fills),
+                 pads=bool(roles.masks))
 
 
-def _padded(model: Model, parts: list[_ParquetFile], roles: _TextRoles) -> None:
-    """Sets the one length every text row is padded to: the token-id input's static length,
-    else the most words of any text of the source (a pass over the text columns alone).
-    A model without an attention mask cannot be padded: its texts must agree in length."""
+def _set_length(model: Model, parts: list[_ParquetFile], roles: _TextRoles,
+                given: int | None) -> None:
+    """Sets the one length every text row takes: the token-id input's static length, else
+    `given`, else the most words of any text of the source. A model without an attention
+    mask cannot be padded: when the length is counted here, its texts must agree on it."""
     texts = [part for part in parts if part.text]
     if not texts:
         return
     static = model.input(texts[0].text.input).dims[1]
-    if isinstance(static, int):
-        lengths = (static, static)
+    if isinstance(static, int) and given is not None and given != static:
+        raise InputError(f"text_length is {given}, but the model's token-id input "
+                         f"'{texts[0].text.input}' takes {static} tokens")
+    if isinstance(static, int) or given is not None:
+        length = static if isinstance(static, int) else given
     else:
         counts = [count for part in texts if (count := _word_counts(part))]
-        lengths = (min(low for low, _ in counts), max(high for _, high in counts)) \
-            if counts else (None, None)
-    if not roles.masks and lengths[0] != lengths[1]:
-        raise InputError(f"the texts have from {lengths[0]} to {counted(lengths[1], 'word')}, "
-                         "but the model has no attention mask to pad them with: give texts "
-                         "of one length")
+        low = min((low for low, _ in counts), default=None)
+        length = max((high for _, high in counts), default=None)
+        if not roles.masks and low != length:
+            raise InputError(f"the texts have from {low} to {counted(length, 'word')}, but "
+                             "the model has no attention mask to pad them with: give texts "
+                             "of one length")
     for part in texts:
-        part.text = replace(part.text, length=lengths[1] if roles.masks else None)
+        part.text = replace(part.text, length=length, static=isinstance(static, int))
 
 
 def _word_counts(part: _ParquetFile) -> tuple[int, int] | None:
     """The fewest and most words of one file's texts (empty and null ones aside: they are
-    row errors), read in bounded batches of the text column; None for a file without words
-    or one that cannot be read (its rows fail when read)."""
-    pa, pq = pyarrow_modules()
+    row errors), read in bounded batches of the text column; None for a file without words.
+    A row group that cannot be read is left out (its rows fail when read), as is a file."""
+    _, pq = pyarrow_modules()
     low, high = None, 0
     try:
-        with pq.ParquetFile(part.path) as parquet:
-            for batch in parquet.iter_batches(batch_size=1 << 16, columns=[part.text.column]):
-                for text in batch.column(0).to_pylist():
-                    words = len(text.split()) if text else 0
-                    if words:
-                        low, high = min(low or words, words), max(high, words)
-    except (pa.ArrowException, OSError, ValueError):
+        with pq.ParquetFile(part.path, page_checksum_verification=True) as parquet:
+            for group in range(len(part.groups)):
+                try:
+                    for batch in parquet.iter_batches(batch_size=1 << 16, row_groups=[group],
+                                                      columns=[part.text.column]):
+                        for text in batch.column(0).to_pylist():
+                            words = len(Vocabulary.words(text)) if text else 0
+                            if words:
+                                low, high = min(low or words, words), max(high, words)
+                except _read_errors():
+                    continue
+    except _read_errors():
         return None
     return None if low is None else (low, high)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or vanished Parquet file raises (pyarrow is imported late)."""
+    pa, _ = pyarrow_modules()
+    return pa.ArrowException, OSError, ValueError
 
 
 def _kind(pa, file: Path, spec: TensorSpec, type_, is_image: bool) -> str:

@@ -33,12 +33,23 @@ class Part(Protocol):
     whose id is not in `skip` and whose position in the file is in `window` (None: all)."""
 
     rows: int
+    # False where reading a window means reading every row before it (Source.windows).
+    seeks: bool = True
 
     def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]: ...
 
 
 def in_window(row: int, window: range | None) -> bool:
     return window is None or row in window
+
+
+def window_rows(window: range | None, rows: int) -> range:
+    """The positions of a part of `rows` rows that `window` selects (None: all of them)."""
+    if window is None:
+        return range(rows)
+    if window.step != 1:
+        raise ValueError(f"a window of rows is a contiguous range, not {window}")
+    return range(max(window.start, 0), max(min(window.stop, rows), 0))
 
 
 def relative_path(root: Path, file: Path) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError
 from ..files import atomic_write, save_json
 from .rows import RowError, RowResult
-from .store import ATTRIBUTION, FULL, TOPK_INDEX, TOPK_VALUE, Kept, Store, kept, stored_columns
+from .store import ATTRIBUTION, FULL, TOPK_INDEX, TOPK_VALUE, Kept, Store, stored_columns
 
 if TYPE_CHECKING:
     import pyarrow
@@ -44,7 +44,6 @@ META_PREFIX = "onnxplain."
 SHAPE_PREFIX = "onnxplain.shape."
 EXPLAINED_PREFIX = "onnxplain.attribution_shape."
 SIGNED_KEY = "onnxplain.signed"
-_LAYOUT_KEYS = (SHAPE_PREFIX, EXPLAINED_PREFIX, SIGNED_KEY)
 _PART = re.compile(r"part-(\d{5,})\.parquet")
 # atomic_write's temporary names: what a killed writer leaves behind.
 _TEMPORARY = ".onnxplain-"
@@ -82,7 +81,7 @@ class ResultWriter:
         for key, value in meta.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"run meta must map strings to strings: {key!r}: {value!r}")
-            if (META_PREFIX + key).startswith(_LAYOUT_KEYS):
+            if _is_layout_key(META_PREFIX + key):
                 raise ValueError(f"run meta key {key!r} names the attributions' layout")
         if "store" in meta:
             raise ValueError("run meta key 'store' is the writer's: pass store=")
@@ -167,17 +166,18 @@ class ResultWriter:
         attribution layout."""
         recorded = _read_run_file(self.out)
         if recorded is not None:
-            _same_meta(self.out, recorded, self.meta)
+            _same_meta(self.out, _with_store(recorded), self.meta)
         for kind in (RESULTS, ERRORS):
             shards = shard_files(self.out / kind)
             for _, path in shards:
                 parquet = open_shard(self._pq, path)
-                _same_meta(path, _file_meta(parquet.schema_arrow), self.meta)
+                _same_meta(path, _with_store(_file_meta(parquet.schema_arrow)), self.meta)
                 self._committed.update(parquet.read(columns=["id"]).column("id").to_pylist())
             self._next[kind] = shards[-1][0] + 1 if shards else 0
             if kind == RESULTS and shards:
+                last = shards[-1][1]
                 self._layout, self._signed = _schema_layout(
-                    open_shard(self._pq, shards[-1][1]).schema_arrow, self.store)
+                    open_shard(self._pq, last).schema_arrow, self.store, str(last))
 
     def _write_run_file(self) -> None:
         if not (self.out / RUN_FILE).exists():
@@ -186,10 +186,10 @@ class ResultWriter:
 
     def _metadata(self) -> dict[str, str]:
         metadata = {META_PREFIX + key: value for key, value in self.meta.items()}
-        for name, keeps in (self._layout or {}).items():
+        for name, layout in (self._layout or {}).items():
             if self.store.kind != "topk":
-                metadata[SHAPE_PREFIX + name] = json.dumps(list(keeps.stored))
-            metadata[EXPLAINED_PREFIX + name] = json.dumps(list(keeps.shape))
+                metadata[SHAPE_PREFIX + name] = json.dumps(list(layout.stored))
+            metadata[EXPLAINED_PREFIX + name] = json.dumps(list(layout.shape))
         if self._signed is not None:
             metadata[SIGNED_KEY] = json.dumps(self._signed)
         return metadata
@@ -232,9 +232,9 @@ class ResultWriter:
             "delta": pa.array([row.delta for row in rows], pa.float64()),
             "note": pa.array([row.note for row in rows], pa.string()),
         }
-        for name, keeps in (self._layout or {}).items():
+        for name, layout in (self._layout or {}).items():
             values = [row.attributions[name] for row in rows]
-            for column, array in stored_columns(self.store, name, values, keeps,
+            for column, array in stored_columns(self.store, name, values, layout,
                                                 bool(self._signed)).items():
                 columns[column] = pa.FixedSizeListArray.from_arrays(
                     pa.array(array.reshape(-1)), array.shape[1])
@@ -246,7 +246,6 @@ def _row_layout(row: RowResult, layout: dict[str, Kept] | None, signed: bool | N
     """The run's layout and signedness, checked against this row (or taken from it, for the
     first row): every row stores the same inputs, each in one shape, so a column reshapes
     whole."""
-    # getattr: RowResult.signed is the session lead's to add (rows.py); drop it then.
     mine_signed = row.signed
     if signed is not None and mine_signed != signed:
         raise RuntimeError(f"row {row.id!r} is {'un' * (not mine_signed)}signed, earlier rows "
@@ -259,7 +258,7 @@ def _row_layout(row: RowResult, layout: dict[str, Kept] | None, signed: bool | N
                                "not a float array")
         mine[name] = (tuple(array.shape), _STORED[array.dtype])
     if layout is None:
-        return {name: kept(store, *spec) for name, spec in mine.items()}, mine_signed
+        return {name: Kept.of(store, *spec) for name, spec in mine.items()}, mine_signed
     if set(mine) != set(layout):
         raise RuntimeError(f"row {row.id!r} attributes {sorted(mine)}, earlier rows "
                            f"{sorted(layout)}")
@@ -274,31 +273,30 @@ def _row_layout(row: RowResult, layout: dict[str, Kept] | None, signed: bool | N
     return layout, mine_signed if signed is None else signed
 
 
-def _schema_layout(schema, store: Store) -> tuple[dict[str, Kept], bool | None]:
-    """An earlier run's layout and signedness, from a result shard's schema."""
+def _schema_layout(schema, store: Store, where: str) -> tuple[dict[str, Kept], bool | None]:
+    """An earlier run's layout and signedness, from the schema of the result shard `where`."""
     metadata = schema.metadata or {}
     layout = {}
     for field in schema:
         for prefix in (ATTRIBUTION, TOPK_VALUE):
             if field.name.startswith(prefix):
                 name = field.name[len(prefix):]
-                layout[name] = kept(store, explained_shape(schema, name),
-                                    field.type.value_type.to_pandas_dtype())
+                layout[name] = Kept.of(store, explained_shape(schema, name, where),
+                                       field.type.value_type.to_pandas_dtype())
     signed = metadata.get(SIGNED_KEY.encode())
     return layout, None if signed is None else json.loads(signed)
 
 
-def attribution(table: pyarrow.Table, name: str) -> np.ndarray:
+def attribution(table: pyarrow.Table, name: str, where: str = "the results") -> np.ndarray:
     """The attribution of input `name` over the table's rows, [rows, *shape], the shape read
     from the table's schema metadata (onnxplain.shape.<name>): the attribution itself with
     --store full, its map with --store map. Results stored as top k are read by topk() or
-    dense()."""
+    dense(). `where` names the table in errors (a shard's path)."""
     if TOPK_VALUE + name in table.column_names:
         raise InputError(f"the results keep the top k of each attribution of {name!r} "
                          f"(--store {_store_of(table)}): read them with topk() or dense()")
     values = _list_column(table, ATTRIBUTION, name)
-    shape = json.loads((table.schema.metadata or {})[(SHAPE_PREFIX + name).encode()])
-    return values.reshape(len(table), *shape)
+    return values.reshape(len(table), *_recorded_shape(table.schema, name, where))
 
 
 def topk(table: pyarrow.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -308,14 +306,14 @@ def topk(table: pyarrow.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return _list_column(table, TOPK_INDEX, name), _list_column(table, TOPK_VALUE, name)
 
 
-def dense(table: pyarrow.Table, name: str) -> np.ndarray:
+def dense(table: pyarrow.Table, name: str, where: str = "the results") -> np.ndarray:
     """The attribution of input `name`, [rows, *shape as explained]: with --store topk=K its
     top k entries scattered into zeros (what the full attribution holds there), otherwise
-    as attribution() reads it (with --store map, the map)."""
+    as attribution() reads it (with --store map, the map); `where` as there."""
     if TOPK_VALUE + name not in table.column_names:
-        return attribution(table, name)
+        return attribution(table, name, where)
     indices, values = topk(table, name)
-    shape = explained_shape(table.schema, name)
+    shape = explained_shape(table.schema, name, where)
     out = np.zeros((len(table), int(np.prod(shape, dtype=np.int64))), values.dtype)
     np.put_along_axis(out, indices, values, axis=1)
     return out.reshape(len(table), *shape)
@@ -334,13 +332,27 @@ def _list_column(table: pyarrow.Table, prefix: str, name: str) -> np.ndarray:
     return flat.astype(dtype, copy=False).reshape(len(table), column.type.list_size)
 
 
-def explained_shape(schema, name: str) -> tuple[int, ...]:
+def explained_shape(schema, name: str, where: str = "the results") -> tuple[int, ...]:
     """Input `name`'s attribution shape as explained; shards from before --store record
-    only onnxplain.shape.<name>, which then is that shape."""
+    only onnxplain.shape.<name>, which then is that shape. `where` names the schema's
+    table in errors (a shard's path)."""
+    return _recorded_shape(schema, name, where, EXPLAINED_PREFIX)
+
+
+def _recorded_shape(schema, name: str, where: str, prefix: str = SHAPE_PREFIX
+                    ) -> tuple[int, ...]:
+    """The shape the metadata records under `prefix`+name (onnxplain.shape.<name> as well,
+    the only one before --store), or a one-line error naming `where`."""
     metadata = schema.metadata or {}
-    text = metadata.get((EXPLAINED_PREFIX + name).encode()) or \
-        metadata[(SHAPE_PREFIX + name).encode()]
-    return tuple(json.loads(text))
+    text = metadata.get((prefix + name).encode()) or metadata.get((SHAPE_PREFIX + name).encode())
+    try:
+        shape = tuple(json.loads(text))
+        if all(isinstance(size, int) and size >= 0 for size in shape):
+            return shape
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"no shape of the attribution of {name!r} ({prefix}{name}) in the schema "
+                     f"metadata of {where}: not written by explain-dataset")
 
 
 def _store_of(table: pyarrow.Table) -> str:
@@ -432,8 +444,18 @@ def _read_run_file(out: Path) -> dict[str, str] | None:
 def _file_meta(schema) -> dict[str, str]:
     metadata = schema.metadata or {}
     return {key.decode()[len(META_PREFIX):]: value.decode() for key, value in metadata.items()
-            if key.startswith(META_PREFIX.encode())
-            and not key.decode().startswith(_LAYOUT_KEYS)}
+            if key.startswith(META_PREFIX.encode()) and not _is_layout_key(key.decode())}
+
+
+def _is_layout_key(key: str) -> bool:
+    """Whether a schema metadata key holds the attributions' layout, not the run's meta."""
+    return key == SIGNED_KEY or key.startswith((SHAPE_PREFIX, EXPLAINED_PREFIX))
+
+
+def _with_store(recorded: Mapping[str, str]) -> dict[str, str]:
+    """A recorded meta as today's writer records it: runs from before --store kept the
+    attributions whole and did not say so."""
+    return {"store": str(FULL), **recorded}
 
 
 def _same_meta(where: Path, recorded: Mapping[str, str], meta: Mapping[str, str]) -> None:
@@ -450,3 +472,8 @@ def _short(value: str | None, limit: int = 60) -> str:
         return "none"
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def recorded_meta(out: str | os.PathLike) -> dict[str, str] | None:
+    """The meta of the run under `out` (its run.json); None when there is none."""
+    return _read_run_file(Path(out))

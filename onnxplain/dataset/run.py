@@ -12,7 +12,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Full, Queue
 from typing import TypeVar
@@ -27,10 +28,11 @@ from ..images import ImagePreprocessing, image_inputs
 from ..methods import get_method
 from ..runtime.batching import DEFAULT_BUDGET_MB
 from ..runtime.progress import progress_bar
-from ..vocab import Vocabulary, load_vocabulary
+from ..vocab import Vocabulary, as_vocabulary
 from .job import Job, explained_batches
 from .overview import write_overview
-from .results import ResultWriter
+from .results import ResultWriter, recorded_meta
+from .rows import Explained
 from .store import Store, parse_store
 
 ENGINES = ("local", "ray")
@@ -81,55 +83,52 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                          "engine: pass engine='ray' (--engine ray)")
     get_method(method).resolve_options(dict(options))  # a bad option: refused before any row
     store = parse_store(store) if isinstance(store, str) else store
+    if not isinstance(store, Store):
+        raise InputError(f"store must be 'full', 'map' or 'topk=K', not {store!r}")
+    if engine == "ray":  # its settings too, before anything is read or written
+        from .ray_engine import RayCluster
+        cluster = RayCluster(address, workers, gpus_per_worker, providers)
     loaded = model if isinstance(model, Model) else Model.load(model)
     if loaded.path is None:
         raise InputError("explain_dataset needs the model's file (a path, or a Model loaded "
                          "from one): resumed runs check it is the same model")
-    if vocab is not None and not isinstance(vocab, Vocabulary):
-        vocab = load_vocabulary(vocab)
-    job = Job(str(loaded.path), str(data), method, target, dict(options), batch_size,
-              preprocessing, memory_budget_mb, vocab)
+    vocab = as_vocabulary(vocab)
+    # A resumed run pads its texts to the length it began with.
+    length = ((recorded_meta(out) or {}) if resume else {}).get("text_length", "")
+    # Absolute paths: Ray workers on other machines start elsewhere than this process.
+    job = Job(str(Path(loaded.path).resolve()), str(Path(data).resolve()), method, target,
+              dict(options), batch_size, preprocessing, memory_budget_mb, vocab,
+              int(length) if length.isdigit() else None)
     source = job.source(loaded)
+    job = replace(job, text_length=source.text_length)  # workers reuse this length
     meta = _meta(loaded.path, method, target, options)
-    if vocab is not None:  # other words, other ids: a resumed run must use the same one
+    if source.uses_text:  # other words, other ids: a resumed run must use the same one
         meta["vocab"] = vocab.digest()
+        if source.text_length is not None:
+            meta["text_length"] = str(source.text_length)
     writer = ResultWriter(out, meta, resume, shard_rows, store)
     done = writer.committed()
+    start = time.perf_counter()
     if engine == "ray":
-        from .ray_engine import RayCluster
-        cluster = RayCluster(address, workers, gpus_per_worker)
-        chunks = cluster.explain(job, source.count(), done, providers)
+        with cluster:
+            counts = _written(cluster.explain(job, source, done), writer, source.count(),
+                              progress)
     else:
         explainer = Explainer(loaded, providers, memory_budget_mb=memory_budget_mb,
                               progress=False)
-        chunks = explained_batches(explainer, job,
-                                   prefetched(source.batches(job.read_rows, skip=done)))
-    counts: Counter = Counter()
-    unreadable: Counter = Counter()
-    notes: Counter = Counter()
-    seen = set(done)  # a worker's task run twice (Ray retries it) gives its rows twice
-    start = time.perf_counter()
-    with progress_bar(progress, source.count(), "explain-dataset", "row") as bar:
-        for chunk in chunks:
-            results = [row for row in chunk.results if row.id not in seen]
-            errors = [row for row in chunk.errors if row.id not in seen]
-            seen.update(row.id for row in results + errors)
-            writer.add(results)
-            writer.add_errors(errors)
-            counts["explained"] += len(results)
-            counts["errors"] += len(errors)
-            unreadable.update(row.note for row in results if row.note)
-            notes.update(chunk.warnings)
-            bar.update(len(results) + len(errors))
+        batches = prefetched(source.batches(job.read_rows, skip=done))
+        counts = _written(explained_batches(explainer, job, batches), writer,
+                          source.count(), progress)
     seconds = time.perf_counter() - start
     summary = {
         "model": str(loaded.path), "data": str(data), "method": method,
         "options": meta["options"], "store": str(store), "engine": engine,
-        "rows": counts["explained"] + counts["errors"] + len(done),
-        "explained": counts["explained"], "errors": counts["errors"],
+        "rows": counts.explained + counts.errors + len(done),
+        "explained": counts.explained, "errors": counts.errors,
         "skipped": len(done), "seconds": round(seconds, 3),
-        "rows_per_second": round(counts["explained"] / seconds, 2) if seconds > 0 else None,
-        "unreadable": dict(unreadable), "warnings": dict(notes.most_common(WARNINGS_KEPT)),
+        "rows_per_second": round(counts.explained / seconds, 2) if seconds > 0 else None,
+        "unreadable": dict(counts.unreadable),
+        "warnings": dict(counts.warnings.most_common(WARNINGS_KEPT)),
         "onnxplain": __version__}
     if engine == "ray":
         summary["workers"] = cluster.workers
@@ -138,6 +137,31 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     if images:  # image data: class-mean maps and an index page under overview/
         write_overview(out, images)
     return summary
+
+
+@dataclass
+class _Counts:
+    explained: int = 0
+    errors: int = 0
+    unreadable: Counter = field(default_factory=Counter)  # rows by note
+    warnings: Counter = field(default_factory=Counter)  # by text
+
+
+def _written(chunks: Iterable[Explained], writer: ResultWriter, rows: int,
+             progress: bool) -> _Counts:
+    """Every chunk handed to the writer (which refuses a row given twice: each window is
+    explained once, its results all or nothing), counted, under a progress bar."""
+    counts = _Counts()
+    with progress_bar(progress, rows, "explain-dataset", "row") as bar:
+        for chunk in chunks:
+            writer.add(chunk.results)
+            writer.add_errors(chunk.errors)
+            counts.explained += len(chunk.results)
+            counts.errors += len(chunk.errors)
+            counts.unreadable.update(row.note for row in chunk.results if row.note)
+            counts.warnings.update(chunk.warnings)
+            bar.update(chunk.rows)
+    return counts
 
 
 def prefetched(items: Iterator[T], ahead: int = 2) -> Iterator[T]:

@@ -6,12 +6,15 @@ run goes on; memory stays bounded by one batch whatever the dataset size."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import zipfile
 import zlib
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,9 +29,10 @@ from ..images import (
     load_image,
 )
 from ..inputs import prepare_inputs
+from ..methods.options import is_count
 from ..vocab import Vocabulary
-from .parquet_source import parquet_parts
-from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path
+from .parquet_source import parquet_parts, text_use
+from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path, window_rows
 from .rows import Batch, RowError
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".parquet")
@@ -42,15 +46,21 @@ MAX_PENDING_ERRORS = 1024
 class Source:
     """A dataset for one model: `count()` rows, read by `batches()`; see open_source."""
 
-    def __init__(self, model: Model, root: Path, parts: list[Part]):
+    def __init__(self, model: Model, root: Path, parts: list[Part], uses_text: bool = False,
+                 text_length: int | None = None):
         self.model = model
         self.root = root
         self._parts = parts
+        self.uses_text = uses_text  # a Parquet text column is read: the vocabulary matters
+        self.text_length = text_length  # tokens every text row takes (parquet_source.py)
+        # Each part's first row in the source: a window finds its parts by bisection.
+        self._firsts = list(itertools.accumulate((part.rows for part in parts), initial=0))
+        self._total = self._firsts.pop()
 
     def count(self) -> int | None:
         """The number of rows (files for images, axis-0 sizes for shards), skipped ones
         included; known from file listings and array headers, without decoding."""
-        return sum(part.rows for part in self._parts)
+        return self._total
 
     def batches(self, rows: int, skip: Container[str] = (), window: range | None = None
                 ) -> Iterator[tuple[Batch, list[RowError]]]:
@@ -60,8 +70,10 @@ class Source:
         A batch closes early when a row's shapes differ from the rows before it (images
         without a crop), and errors alone come out in an empty Batch (no feeds) when they
         pile up or at the end."""
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        if not is_count(rows):
             raise InputError(f"rows per batch must be a positive integer, got {rows!r}")
+        if window is not None and window.step != 1:
+            raise ValueError(f"a window of rows is a contiguous range, not {window}")
         pending = _Pending()
         for part, part_window in self._windows(window):
             for read in part.read(skip, part_window):
@@ -79,16 +91,41 @@ class Source:
         if pending.ids or pending.errors:
             yield pending.take()
 
+    def windows(self, rows: int) -> list[range]:
+        """The source cut into windows of about `rows` rows for workers to share: parts
+        whose rows are read in order from the start (.npz members do not seek) are never
+        cut, so no worker reads past rows another explains."""
+        found: list[range] = []
+        start = 0  # of the window being filled
+        for part, first in zip(self._parts, self._firsts, strict=True):
+            end = first + part.rows
+            if not getattr(part, "seeks", True):
+                if start < first:
+                    found.append(range(start, first))
+                found.append(range(first, end))
+                start = end
+                continue
+            while end - start >= rows:
+                found.append(range(start, start + rows))
+                start += rows
+        if start < self._total:
+            found.append(range(start, self._total))
+        return [window for window in found if len(window)]
+
     def _windows(self, window: range | None) -> Iterator[tuple[Part, range | None]]:
         """Each part holding rows of `window`, with its share in the part's own positions
         (None: all of the part)."""
-        first = 0
-        for part in self._parts:
-            start, stop = first, first + part.rows
-            first = stop
-            if window is None or (window.start <= start and stop <= window.stop):
+        if window is None:
+            yield from ((part, None) for part in self._parts)
+            return
+        index = max(bisect.bisect_right(self._firsts, window.start) - 1, 0)
+        for part, start in zip(self._parts[index:], self._firsts[index:], strict=True):
+            if start >= window.stop:
+                return
+            stop = start + part.rows
+            if window.start <= start and stop <= window.stop:
                 yield part, None
-            elif window.start < stop and start < window.stop:
+            elif window.start < stop:
                 yield part, range(max(window.start, start) - start,
                                   min(window.stop, stop) - start)
 
@@ -141,13 +178,16 @@ class _Pending:
 
 def open_source(model: Model, data: str | os.PathLike,
                 preprocessing: Mapping[str, ImagePreprocessing] | None = None,
-                vocab: str | os.PathLike | Vocabulary | None = None) -> Source:
+                vocab: str | os.PathLike | Vocabulary | None = None,
+                text_length: int | None = None) -> Source:
     """The dataset at `data` for `model`: a folder (walked recursively, in sorted order) of
     images, of .npy/.npz shards or of Parquet files, or one such file. Images feed the
     model's single image input (preprocessing[input], else what its declared shape says);
     .npy files feed a single-input model; .npz keys and Parquet columns are input names.
     `vocab` (a vocab.txt, vocab.json or tokenizer.json, or an onnxplain.vocab.Vocabulary)
-    turns Parquet text into token ids (parquet_source.py). Refused in one line (InputError): a
+    turns Parquet text into token ids (parquet_source.py), every text row taking
+    `text_length` tokens when given (a resumed run's source.text_length), else the model's
+    sequence length or the longest text's. Refused in one line (InputError): a
     missing path, an empty folder, images mixed with arrays, an unknown suffix, shards whose
     headers do not fit the model."""
     path = Path(data)
@@ -178,8 +218,8 @@ def open_source(model: Model, data: str | os.PathLike,
         if any(file.suffix.lower() != ".parquet" for file in arrays):
             raise InputError(f"the folder {data} mixes Parquet files and .npy/.npz shards; "
                              "give one kind per run")
-        return Source(model, root, parquet_parts(model, root, arrays, preprocessing or {},
-                                                     vocab))
+        parts = parquet_parts(model, root, arrays, preprocessing or {}, vocab, text_length)
+        return Source(model, root, parts, *text_use(parts))
     if preprocessing:
         raise InputError("image preprocessing applies to image files, but the data at "
                          f"{data} holds array shards")
@@ -307,8 +347,8 @@ class _NpyFile(Part):
     rows: int
 
     def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
-        ids = [(f"{self.relative}#{row}", f"{self.path}#{row}")
-               for row in (window or range(self.rows))]
+        rows = window_rows(window, self.rows)
+        ids = [(f"{self.relative}#{row}", f"{self.path}#{row}") for row in rows]
         try:
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except STREAM_ERRORS as err:
@@ -316,7 +356,7 @@ class _NpyFile(Part):
             yield from (Read(id, source, None, reason=reason) for id, source in ids
                         if id not in skip)
             return
-        for row, (id, source) in zip(window or range(self.rows), ids, strict=True):
+        for row, (id, source) in zip(rows, ids, strict=True):
             if id not in skip:
                 yield Read(id, source, None, values={self.input: np.array(array[row])})
         del array  # closes the map
@@ -332,9 +372,11 @@ class _NpzFile(Part):
     relative: str
     members: dict[str, tuple[str, _Header]]  # input -> (member name, header)
     rows: int
+    # Members stream from their start: a window is read past every row before it.
+    seeks: ClassVar[bool] = False
 
     def read(self, skip: Container[str], window: range | None = None) -> Iterator[Read]:
-        rows = window or range(self.rows)
+        rows = window_rows(window, self.rows)
         wanted = [row for row in rows if f"{self.relative}#{row}" not in skip]
         if not wanted:
             return

@@ -4,7 +4,7 @@ writer as it builds a shard (RowResult.attributions stay whole in memory):
   full     the attribution as the method gave it, one value per input value.
   map      one value per position, as the heatmaps draw it: an image row's [C, H, W] or
            [H, W, C] attribution (images.image_layout) summed over its channels to [H, W] by
-           viz.heatmap.spatial_map (|values| for unsigned methods, values for signed ones).
+           viz.heatmap.row_maps (|values| for unsigned methods, values for signed ones).
            Other inputs are kept as they are: token-id inputs already hold one value per
            token (the method's reduction over the embedding axes), and vectors or float
            embeddings have no channel axis the library reduces anywhere.
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..images import image_layout
-from ..viz.heatmap import spatial_map
+from ..viz.heatmap import row_map
 
 KINDS = ("full", "map", "topk")
 # Column name prefixes, followed by the input's name.
@@ -43,9 +42,10 @@ class Store:
     k: int | None = None
 
     def __post_init__(self) -> None:
+        whole = isinstance(self.k, int) and not isinstance(self.k, bool)  # True is no K
         if self.kind not in KINDS or (self.kind == "topk") != (self.k is not None) \
-                or (self.k is not None and (not isinstance(self.k, int) or self.k < 1)):
-            raise InputError(f"--store must be {_FORMS}, not {self}")
+                or (self.k is not None and (not whole or self.k < 1)):
+            raise InputError(f"--store must be {_FORMS}, not {self!r}")
 
     def __str__(self) -> str:
         return f"topk={self.k}" if self.kind == "topk" else self.kind
@@ -74,21 +74,18 @@ class Kept:
     dtype: type
     stored: tuple[int, ...]
 
-
-def kept(store: Store, shape: tuple[int, ...], dtype: type) -> Kept:
-    """What `store` keeps of attributions shaped `shape`: the map's shape is the reduction's
-    own (computed on zeros, so that it cannot drift from row_map)."""
-    if store.kind == "topk":
-        return Kept(shape, dtype, (min(store.k, int(np.prod(shape, dtype=np.int64))),))
-    if store.kind == "map":
-        return Kept(shape, dtype, row_map(np.zeros(shape, dtype), True).shape)
-    return Kept(shape, dtype, shape)
+    @classmethod
+    def of(cls, store: Store, shape: tuple[int, ...], dtype: type) -> Kept:
+        """What `store` keeps of attributions shaped `shape`."""
+        if store.kind == "topk":
+            return cls(shape, dtype, (min(store.k, int(np.prod(shape, dtype=np.int64))),))
+        return cls(shape, dtype, map_shape(shape) if store.kind == "map" else shape)
 
 
-def row_map(attribution: np.ndarray, signed: bool) -> np.ndarray:
-    """One row's map: an image row summed over channels (spatial_map), anything else as is."""
-    layout = image_layout((1, *attribution.shape))
-    return attribution if layout is None else spatial_map(attribution, layout, signed)
+def map_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the map of a row shaped `shape` (viz.heatmap.row_map): the reduction's
+    own, computed on zeros (broadcast: nothing allocated), so that it cannot drift."""
+    return row_map(np.broadcast_to(np.float32(0), shape), True).shape
 
 
 def top_entries(attribution: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,19 +109,19 @@ def top_entries(attribution: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return order, flat[order]
 
 
-def stored_columns(store: Store, name: str, values: Sequence[np.ndarray], kept: Kept,
+def stored_columns(store: Store, name: str, values: Sequence[np.ndarray], layout: Kept,
                    signed: bool) -> dict[str, np.ndarray]:
     """The columns that keep these rows' attributions of input `name`, each [rows, width]:
     attribution/<name> (full, map), or topk_index/<name> and topk_value/<name>."""
-    rows = [np.asarray(value, kept.dtype) for value in values]
-    width = int(np.prod(kept.stored, dtype=np.int64))
+    rows = [np.asarray(value, layout.dtype) for value in values]
+    width = int(np.prod(layout.stored, dtype=np.int64))
     if store.kind == "topk":
         pairs = [top_entries(row, store.k) for row in rows]
         return {TOPK_INDEX + name: _stacked([i for i, _ in pairs], width, np.int64),
-                TOPK_VALUE + name: _stacked([v for _, v in pairs], width, kept.dtype)}
+                TOPK_VALUE + name: _stacked([v for _, v in pairs], width, layout.dtype)}
     if store.kind == "map":
         rows = [row_map(row, signed) for row in rows]
-    return {ATTRIBUTION + name: _stacked(rows, width, kept.dtype)}
+    return {ATTRIBUTION + name: _stacked(rows, width, layout.dtype)}
 
 
 def _stacked(rows: list[np.ndarray], width: int, dtype) -> np.ndarray:

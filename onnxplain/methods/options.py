@@ -166,7 +166,7 @@ class Option:
 
     def _pair(self, method: str, value, given: object) -> int | tuple[int, int]:
         items = list(value) if len(value) in (1, 2) else []
-        if not items or not all(_count(v) for v in items):
+        if not items or not all(is_count(v) for v in items):
             raise self._error(method, given)
         ints = tuple(int(v) for v in items)
         return ints[0] if len(ints) == 1 else ints
@@ -218,7 +218,7 @@ def _bound(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _count(value) -> bool:
+def is_count(value) -> bool:
     """A positive integer (not a bool)."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
 

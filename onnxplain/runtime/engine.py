@@ -262,7 +262,7 @@ class Engine:
         computes it), to be cached by the caller and used through as_part. Built with the
         base engine's policy: a view's (one call's batch_size) is no part's for good."""
         part = Engine(model, self.providers, output, [Source(source, source)],
-                      self.optimization, self.base.policy)
+                      self.optimization, self.base.policy, self.threads)
         part._shared.noticed = True  # a fixed batch axis is this engine's to report, once
         return part
 

@@ -12,6 +12,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..errors import InputError
 from ..files import atomic_write
+from ..images import image_layout
 
 # The value drawn at full colour is this percentile of |value|, so that a few outlier pixels
 # don't darken the rest (Captum clips at the 98th, the PAIR saliency library at the 99.9th).
@@ -67,14 +68,31 @@ def check_colormap(name: str) -> str:
     return name
 
 
-def spatial_map(attribution: np.ndarray, layout: str, signed: bool = False) -> np.ndarray:
-    """One row's [C, H, W] or [H, W, C] attribution reduced over channels to [H, W].
+def spatial_map(attribution: np.ndarray, layout: str, signed: bool = False,
+                dtype=None) -> np.ndarray:
+    """One row's [C, H, W] or [H, W, C] attribution reduced over channels to [H, W] (rows
+    [N, C, H, W] or [N, H, W, C] to [N, H, W] alike), summed in `dtype` (default: its own).
 
     Unsigned maps sum absolute values (Captum's 'absolute_value'); signed maps sum values.
     """
-    axis = 0 if layout == "NCHW" else -1
+    axis = -3 if layout == "NCHW" else -1
     values = attribution if signed else np.abs(attribution)
-    return values.sum(axis=axis)
+    return values.sum(axis=axis, dtype=dtype)
+
+
+def row_maps(rows: np.ndarray, signed: bool, dtype=None) -> np.ndarray:
+    """Rows [N, *shape] of attributions as the heatmaps draw them: image rows ([C, H, W] or
+    [H, W, C], images.image_layout) summed over channels by spatial_map, anything else (a
+    map already, token scores, an embedding) as it is; in `dtype` (default: their own)."""
+    layout = image_layout((1, *rows.shape[1:]))
+    if layout is None:
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+    return spatial_map(rows, layout, signed, dtype)
+
+
+def row_map(attribution: np.ndarray, signed: bool) -> np.ndarray:
+    """One row's map (row_maps): [H, W] for an image row, anything else as it is."""
+    return row_maps(attribution[None], signed)[0]
 
 
 def colour_range(values: np.ndarray, signed: bool = False,

@@ -7,7 +7,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import image_layout
-from .heatmap import ColourRange, colorize, colour_range, enlarge, spatial_map
+from .heatmap import ColourRange, colorize, colour_range, enlarge, row_map
 
 ImageLike = Image.Image | np.ndarray
 
@@ -70,14 +70,11 @@ def overlay(image: ImageLike, attribution: np.ndarray, signed: bool = False,
 
 
 def _as_map(attribution: np.ndarray, signed: bool) -> np.ndarray:
-    values = np.asarray(attribution)
-    if values.ndim == 2:
-        return values
-    layout = image_layout((1, *values.shape)) if values.ndim == 3 else None
-    if layout is None:
-        raise InputError(f"an attribution of shape {values.shape} is not an image map: pass "
-                         "[H, W] or one row shaped like the image")
-    return spatial_map(values, layout, signed)
+    values = row_map(np.asarray(attribution), signed)
+    if values.ndim != 2:
+        raise InputError(f"an attribution of shape {np.shape(attribution)} is not an image "
+                         "map: pass [H, W] or one row shaped like the image")
+    return values
 
 
 def _channels_first(shape: tuple[int, ...]) -> bool:

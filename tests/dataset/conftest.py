@@ -68,3 +68,42 @@ def digits_folder(zoo, folder: Path, count: int = 10) -> list[Path]:
         Image.fromarray(scaled, mode="L").save(path)
         paths.append(path)
     return sorted(paths)
+
+
+def write_parquet(path: Path, columns: dict, row_group_size: int | None = None,
+                  **options) -> Path:
+    """`columns` (name -> values or an Arrow array) written as one Parquet file; `options`
+    go to pyarrow.parquet.write_table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size, **options)
+    return path
+
+
+def read_rows(source, rows: int, skip=()):
+    """Every batch's ids, labels and feeds joined, and every error."""
+    ids, labels, feeds, errors = [], [], {}, []
+    for batch, batch_errors in source.batches(rows, skip):
+        ids += batch.ids
+        labels += batch.labels
+        errors += batch_errors
+        for name, value in batch.feeds.items():
+            feeds.setdefault(name, []).append(value)
+    return ids, labels, {name: np.concatenate(v) for name, v in feeds.items()}, errors
+
+
+def damage_column(path: Path, group: int, column: str) -> None:
+    """Flips the last byte of one column's data in one row group, so that its last page fails
+    its checksum (write the file with write_page_checksum=True, compression="none" and
+    use_dictionary=False, so that this byte is a value: a byte in the middle may fall in a
+    page header's statistics, which the checksum does not cover)."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    index = metadata.schema.to_arrow_schema().get_field_index(column)
+    chunk = metadata.row_group(group).column(index)
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 1] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -14,6 +14,7 @@ from PIL import Image
 
 from onnxplain import Explainer
 from onnxplain.dataset import explain_dataset
+from onnxplain.dataset import overview as overview_module
 from onnxplain.dataset import results as results_module
 from onnxplain.dataset.overview import class_means, read_overview, write_overview
 from onnxplain.dataset.results import ResultWriter
@@ -84,18 +85,19 @@ def oracle(rows, signed: bool, keep=None) -> dict:
     return {label: np.mean(np.stack(found), axis=0) for label, found in maps.items()}
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_class_means_are_numpy_means_of_the_reduced_maps(tmp_path, signed):
+@pytest.mark.parametrize("signed, block", [(False, 1 << 20), (True, 1 << 20), (True, 1000)])
+def test_class_means_are_numpy_means_of_the_reduced_maps(tmp_path, monkeypatch, signed, block):
+    monkeypatch.setattr(overview_module, "MAP_BLOCK", block)  # 1000: rows reduced 2 at a time
     rows = make_rows(LABELS, signed, nan_row=5)
     out = write_run(tmp_path / "out", rows)
     want = oracle(rows, signed)
     got = class_means(out, "image")
     assert list(got) == ["A_B", "a/b", "a_b", "cat", "dog", None]  # sorted, None last
-    for label, mean in got.items():
-        np.testing.assert_allclose(mean, want[label], rtol=1e-12, atol=1e-12)
+    for label, mean in got.items():  # float64 sums row after row: numpy's numbers exactly
+        np.testing.assert_array_equal(mean, want[label])
     overview = read_overview(out)
     assert overview.signed is signed and overview.signed_from == "the run"
-    np.testing.assert_allclose(overview.overall.mean_map("image"), want["all"], rtol=1e-12)
+    np.testing.assert_array_equal(overview.overall.mean_map("image"), want["all"])
     dog = overview.groups["dog"]
     assert (dog.rows, dog.mapped["image"]) == (3, 2)  # the NaN row counted, not averaged
     assert dog.top_prediction() == (0, 2) and dog.mean_score() == pytest.approx(
@@ -169,12 +171,13 @@ def test_pngs_draw_the_means_at_the_heatmaps_size(tmp_path):
         np.testing.assert_array_equal(drawn, expected)
 
 
-def test_results_without_an_image_map_get_no_overview(tmp_path):
-    rows = make_rows(["p"], signed=True, shape=(6,))
+@pytest.mark.parametrize("shape", [(6,), (6, 8)])  # token scores, an embedding [seq, hidden]
+def test_results_without_an_image_map_get_no_overview(tmp_path, shape):
+    rows = make_rows(["p"], signed=True, shape=shape)
     out = write_run(tmp_path / "out", rows)
     assert write_overview(out) is None and not (out / "overview").exists()
     # Named by the caller, the input gets a page that says why it has no map.
-    assert "no image map (row shape [6])" in write_overview(out, ["image"]).read_text()
+    assert f"no image map (row shape {list(shape)})" in write_overview(out, ["image"]).read_text()
 
 
 def test_a_folder_without_results_is_refused_in_one_line(tmp_path):
@@ -201,7 +204,7 @@ def test_shards_are_read_one_at_a_time(tmp_path, pq, monkeypatch):
     monkeypatch.setattr(pq.ParquetFile, "read", read)
     monkeypatch.setattr(results_module, "_read", whole)  # read_results, read_errors
     write_overview(out, ["image"])
-    assert sizes == [3, 3, 3, 2]
+    assert sizes == [3, 3, 3, 2] * 2  # the label columns first, then the shards' columns
 
 
 def test_the_page_loads_in_chromium_with_every_label(tmp_path, chromium):  # noqa: F811
@@ -246,3 +249,68 @@ def test_a_zoo_image_run_end_to_end(zoo, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert f"<th>explained</th><td>{summary['explained']}</td>" in page
     assert all(f"<b>class{k}</b>" in page for k in range(3))
+
+
+def test_summary_counts_print_whole(tmp_path):
+    out = write_run(tmp_path / "out", make_rows(["x"], signed=True),
+                    summary={"rows": 12345, "seconds": 1.23456789, "resumed": True})
+    page = write_overview(out).read_text()
+    assert "<th>rows</th><td>12345</td>" in page
+    assert "<th>seconds</th><td>1.235</td>" in page and "<th>resumed</th><td>True</td>" in page
+
+
+def test_above_max_groups_only_every_row_is_kept(tmp_path, monkeypatch):
+    """LABELS has 6 groups (5 labels and rows without one): a cap of 5 keeps one map."""
+    rows = make_rows(LABELS, signed=False)
+    out = write_run(tmp_path / "out", rows, shard_rows=3)
+    made = []
+    original = overview_module._Sums
+
+    def spy(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(overview_module, "_Sums", spy)
+    monkeypatch.setattr(overview_module, "MAX_GROUPS", 5)
+    page = write_overview(out, ["image"]).read_text()
+    assert made[-1]._totals["image"].shape == (1, *SHAPE[1:])  # memory: one running sum
+    overview = read_overview(out)
+    assert overview.too_many_labels and overview.groups == {}
+    np.testing.assert_array_equal(overview.overall.mean_map("image"),
+                                  oracle(rows, signed=False)["all"])
+    assert overview.overall.rows == len(rows)
+    assert sorted(p.name for p in (out / "overview" / "class_means").iterdir()) == \
+        ["all_rows.png"]
+    assert "More than 5 labels: only the mean map of every row is drawn" in page
+    assert one_line_error(lambda: class_means(out, "image")) == (
+        f"{out} has more than 5 labels: pass a larger max_groups to have each label's mean")
+    assert len(class_means(out, "image", max_groups=6)) == 6
+    monkeypatch.setattr(overview_module, "MAX_GROUPS", 6)
+    assert not read_overview(out).too_many_labels and len(read_overview(out).groups) == 6
+
+
+def test_a_shard_without_shapes_is_one_line_naming_it(tmp_path, pq):
+    out = write_run(tmp_path / "out", make_rows(LABELS, signed=True), shard_rows=4)
+    for number in (1, 0):  # a later shard, read by the sums; the first, read for its layout
+        shard = out / "results" / f"part-0000{number}.parquet"
+        table = pq.read_table(shard)
+        metadata = {k: v for k, v in table.schema.metadata.items() if b"shape." not in k}
+        pq.write_table(table.replace_schema_metadata(metadata), shard)
+        message = one_line_error(lambda: read_overview(out, ["image"]))
+        assert message.startswith("no shape of the attribution of 'image'")
+        assert f"in the schema metadata of {shard}:" in message
+
+
+def test_rows_without_a_prediction_or_score_are_counted_only(tmp_path):
+    rows = make_rows(LABELS, signed=True)
+    for index, row in enumerate(rows):
+        row.predicted = None if index % 4 == 1 else row.predicted
+        row.score = None if index % 5 == 2 else float("nan") if index % 5 == 3 else row.score
+    overview = read_overview(write_run(tmp_path / "out", rows, shard_rows=3))
+    for label, group in [*overview.groups.items(), ("all", overview.overall)]:
+        mine = [row for row in rows if label in ("all", row.label)]
+        predicted = [row.predicted for row in mine if row.predicted is not None]
+        scores = [row.score for row in mine if row.score is not None and np.isfinite(row.score)]
+        assert group.rows == len(mine)
+        assert dict(group.predicted) == {c: predicted.count(c) for c in set(predicted)}
+        assert group.mean_score() == (sum(scores) / len(scores) if scores else None)

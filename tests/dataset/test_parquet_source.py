@@ -19,7 +19,11 @@ from onnxplain.graph.model import Model
 from onnxplain.images import ImagePreprocessing, default_preprocessing, load_image
 
 from ..conftest import require
-from .conftest import one_line_error
+from .conftest import damage_column, one_line_error, read_rows, write_parquet
+
+# Pages with checksums, values stored plainly: a flipped byte is caught.
+INTACT_VALUES = {"write_page_checksum": True, "compression": "none",
+                 "use_dictionary": False}
 
 
 @pytest.fixture(autouse=True)
@@ -60,27 +64,6 @@ def nested(x: np.ndarray):
     return column
 
 
-def write(path: Path, columns: dict, row_group_size: int | None = None) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
-    return path
-
-
-def read_all(source, rows: int, skip=()):
-    """Every batch's ids, labels and feeds joined, and every error."""
-    ids, labels, feeds, errors = [], [], {}, []
-    for batch, batch_errors in source.batches(rows, skip):
-        ids += batch.ids
-        labels += batch.labels
-        errors += batch_errors
-        for name, value in batch.feeds.items():
-            feeds.setdefault(name, []).append(value)
-    return ids, labels, {name: np.concatenate(v) for name, v in feeds.items()}, errors
-
-
 def digits_pngs(zoo, folder: Path, count: int) -> list[Path]:
     images = zoo.sample("digits_cnn")["image"]
     paths = []
@@ -99,19 +82,19 @@ def test_tensor_rows_come_back_across_read_batches_and_files(zoo, digits, tmp_pa
     x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 2)[:11].astype(np.float32)
     # Nested lists of float64 in one file (cast to float32, exact), fixed-size float32 lists
     # in the other; small row groups and read batches of 3 so every boundary is crossed.
-    write(tmp_path / "data" / "a.parquet", {"image": x[:7].astype(np.float64).tolist()},
-          row_group_size=2)
-    write(tmp_path / "data" / "b.parquet", {"image": nested(x[7:])})
+    write_parquet(tmp_path / "data" / "a.parquet", {"image": x[:7].astype(np.float64).tolist()},
+                  row_group_size=2)
+    write_parquet(tmp_path / "data" / "b.parquet", {"image": nested(x[7:])})
     monkeypatch.setattr(parquet_source, "READ_ROWS", (3, 3))
     source = open_source(digits, tmp_path / "data")
     assert source.count() == 11
-    ids, labels, feeds, errors = read_all(source, rows=4)
+    ids, labels, feeds, errors = read_rows(source, rows=4)
     assert not errors and labels == [None] * 11
     assert ids == [f"a.parquet#{i}" for i in range(7)] + [f"b.parquet#{i}" for i in range(4)]
     assert feeds["image"].dtype == np.float32
     np.testing.assert_array_equal(feeds["image"], x)
     # One file given alone: ids relative to its folder.
-    ids, _, feeds, _ = read_all(open_source(digits, tmp_path / "data" / "b.parquet"), rows=2)
+    ids, _, feeds, _ = read_rows(open_source(digits, tmp_path / "data" / "b.parquet"), rows=2)
     assert ids == [f"b.parquet#{i}" for i in range(4)]
     np.testing.assert_array_equal(feeds["image"], x[7:])
 
@@ -119,9 +102,9 @@ def test_tensor_rows_come_back_across_read_batches_and_files(zoo, digits, tmp_pa
 def test_id_and_label_columns_and_skipped_rows_are_not_decoded(zoo, digits, tmp_path):
     x = zoo.sample("digits_cnn")["image"][:5].copy()
     x[3, 0, 0, 0] = np.nan  # skipped below: never checked, so no error
-    path = write(tmp_path / "d.parquet", {"image": nested(x), "id": list("abcde"),
-                                          "label": [7, None, 1, 2, 3]})
-    ids, labels, feeds, errors = read_all(open_source(digits, path), rows=10, skip={"b", "d"})
+    path = write_parquet(tmp_path / "d.parquet", {"image": nested(x), "id": list("abcde"),
+                                                  "label": [7, None, 1, 2, 3]})
+    ids, labels, feeds, errors = read_rows(open_source(digits, path), rows=10, skip={"b", "d"})
     assert ids == ["a", "c", "e"] and labels == ["7", "1", "3"] and not errors
     np.testing.assert_array_equal(feeds["image"], x[[0, 2, 4]])
 
@@ -132,8 +115,8 @@ def test_nan_ragged_and_wrong_length_rows_become_row_errors(zoo, digits, tmp_pat
     rows[1][0][2][3] = float("nan")
     rows[2][0][4] = rows[2][0][4][:7]  # one ragged line
     rows[3] = [[line[:7] for line in rows[3][0]]]  # [1, 8, 7]: the wrong width
-    path = write(tmp_path / "bad.parquet", {"image": rows})
-    ids, _, feeds, errors = read_all(open_source(digits, path), rows=10)
+    path = write_parquet(tmp_path / "bad.parquet", {"image": rows})
+    ids, _, feeds, errors = read_rows(open_source(digits, path), rows=10)
     assert ids == ["bad.parquet#0", "bad.parquet#4"]
     np.testing.assert_array_equal(feeds["image"], x[[0, 4]])
     assert [error.id for error in errors] == [f"bad.parquet#{i}" for i in (1, 2, 3)]
@@ -146,7 +129,7 @@ def test_nan_ragged_and_wrong_length_rows_become_row_errors(zoo, digits, tmp_pat
 def test_symbolic_dims_take_each_rows_length_and_a_batch_one_shape(any_size, tmp_path):
     rows = [np.full((1, 4, 4), 1, np.float32), np.full((1, 4, 4), 2, np.float32),
             np.full((1, 5, 3), 3, np.float32), np.full((1, 5, 3), 4, np.float32)]
-    path = write(tmp_path / "sizes.parquet", {"image": [row.tolist() for row in rows]})
+    path = write_parquet(tmp_path / "sizes.parquet", {"image": [row.tolist() for row in rows]})
     batches = [batch for batch, _ in open_source(any_size, path).batches(3)]
     assert [batch.ids for batch in batches] == [["sizes.parquet#0", "sizes.parquet#1"],
                                                 ["sizes.parquet#2", "sizes.parquet#3"]]
@@ -156,18 +139,11 @@ def test_symbolic_dims_take_each_rows_length_and_a_batch_one_shape(any_size, tmp
 
 def test_a_damaged_row_group_fails_its_rows_and_the_rest_comes_through(zoo, digits,
                                                                        tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 8)[:8].astype(np.float32)
-    path = tmp_path / "damaged.parquet"
-    pq.write_table(pa.table({"image": nested(x)}), path, row_group_size=4,
-                   write_page_checksum=True, compression="none", use_dictionary=False)
-    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
-    data = bytearray(path.read_bytes())
-    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF  # a value
-    path.write_bytes(bytes(data))
-    ids, _, feeds, errors = read_all(open_source(digits, path), rows=3)
+    path = write_parquet(tmp_path / "damaged.parquet", {"image": nested(x)}, row_group_size=4,
+                         **INTACT_VALUES)
+    damage_column(path, 1, "image")
+    ids, _, feeds, errors = read_rows(open_source(digits, path), rows=3)
     assert ids == [f"damaged.parquet#{i}" for i in range(4)]
     np.testing.assert_array_equal(feeds["image"], x[:4])
     assert [error.id for error in errors] == [f"damaged.parquet#{i}" for i in range(4, 8)]
@@ -179,34 +155,53 @@ def test_a_damaged_row_group_fails_its_rows_and_the_rest_comes_through(zoo, digi
         ("damaged.parquet#3", True), ("damaged.parquet#4", False), ("damaged.parquet#5", False)]
 
 
+def test_rows_of_a_damaged_group_keep_the_ids_of_their_id_column(zoo, digits, tmp_path):
+    """Damage in the image column only: the failed rows are named by their id column, so
+    that a resumed run over the repaired file skips them instead of writing them twice (once
+    under place ids); where the id column is damaged too, places stand in."""
+    x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 8)[:8].astype(np.float32)
+    ids = [f"r{i}" for i in range(8)]
+    path = write_parquet(tmp_path / "d.parquet", {"image": nested(x), "id": ids},
+                         row_group_size=4, **INTACT_VALUES)
+    damage_column(path, 1, "image")
+    got, _, feeds, errors = read_rows(open_source(digits, path), rows=3, skip={"r5"})
+    assert got == ids[:4]
+    np.testing.assert_array_equal(feeds["image"], x[:4])
+    assert [error.id for error in errors] == ["r4", "r6", "r7"]
+    assert [error.source for error in errors] == [f"{path}#{i}" for i in (4, 6, 7)]
+    damage_column(path, 1, "id")
+    _, _, _, errors = read_rows(open_source(digits, path), rows=3)
+    assert [error.id for error in errors] == [f"d.parquet#{i}" for i in range(4, 8)]
+
+
 def test_image_bytes_and_paths_equal_load_image(zoo, digits, tmp_path):
     paths = digits_pngs(zoo, tmp_path / "pngs", 4)
     prep = default_preprocessing(digits.inputs[0])
     expected = np.stack([load_image(path, prep) for path in paths])
     blobs = [path.read_bytes() for path in paths]
     blobs[2] = b"not a png"
-    write(tmp_path / "data" / "bytes.parquet", {"image": blobs})
-    write(tmp_path / "data" / "paths.parquet",
-          {"image": [f"../pngs/{p.name}" for p in paths[:3]] + [str(paths[3])]})  # one absolute
-    ids, _, feeds, errors = read_all(open_source(digits, tmp_path / "data"), rows=3)
+    write_parquet(tmp_path / "data" / "bytes.parquet", {"image": blobs})
+    write_parquet(tmp_path / "data" / "paths.parquet",  # the last path absolute
+                  {"image": [f"../pngs/{p.name}" for p in paths[:3]] + [str(paths[3])]})
+    ids, _, feeds, errors = read_rows(open_source(digits, tmp_path / "data"), rows=3)
     assert ids == ["bytes.parquet#0", "bytes.parquet#1", "bytes.parquet#3"] + [
         f"paths.parquet#{i}" for i in range(4)]
     np.testing.assert_array_equal(feeds["image"], expected[[0, 1, 3, 0, 1, 2, 3]])
     assert [error.id for error in errors] == ["bytes.parquet#2"]
     assert "bytes.parquet#2" in errors[0].reason and "BytesIO" not in errors[0].reason
-    _, _, _, errors = read_all(open_source(digits, tmp_path / "data"), 3, {"bytes.parquet#2"})
+    _, _, _, errors = read_rows(open_source(digits, tmp_path / "data"), 3, {"bytes.parquet#2"})
     assert not errors  # a skipped row is not decoded
     # Preprocessing given applies to the decoded images.
     scaled = ImagePreprocessing(layout="NCHW", channels="L", scale=1.0)
-    _, _, feeds, _ = read_all(open_source(digits, tmp_path / "data" / "paths.parquet",
+    _, _, feeds, _ = read_rows(open_source(digits, tmp_path / "data" / "paths.parquet",
                                           {"image": scaled}), rows=4)
     np.testing.assert_array_equal(feeds["image"],
                                   np.stack([load_image(path, scaled) for path in paths]))
 
 
 def test_single_number_columns_feed_inputs_of_one_value_per_row(scalar_model, tmp_path):
-    path = write(tmp_path / "s.parquet", {"x": [0.5, 1.5, None], "n": [1, 2, 3]})
-    ids, _, feeds, errors = read_all(open_source(scalar_model, path), rows=5)
+    path = write_parquet(tmp_path / "s.parquet", {"x": [0.5, 1.5, None], "n": [1, 2, 3]})
+    ids, _, feeds, errors = read_rows(open_source(scalar_model, path), rows=5)
     assert ids == ["s.parquet#0", "s.parquet#1"]
     np.testing.assert_array_equal(feeds["x"], np.array([[0.5], [1.5]], np.float32))
     np.testing.assert_array_equal(feeds["n"], np.array([1, 2], np.int64))
@@ -216,17 +211,17 @@ def test_single_number_columns_feed_inputs_of_one_value_per_row(scalar_model, tm
 def test_bad_columns_and_mixed_kinds_are_refused_in_one_line(zoo, digits, scalar_model,
                                                              tmp_path):
     x = nested(zoo.sample("digits_cnn")["image"][:2])
-    extra = write(tmp_path / "extra.parquet", {"image": x, "imagee": x})
+    extra = write_parquet(tmp_path / "extra.parquet", {"image": x, "imagee": x})
     assert "'imagee'" in one_line_error(lambda: open_source(digits, extra))
-    missing = write(tmp_path / "missing.parquet", {"x": [1.0, 2.0]})
+    missing = write_parquet(tmp_path / "missing.parquet", {"x": [1.0, 2.0]})
     assert "'n'" in one_line_error(lambda: open_source(scalar_model, missing))
-    text = write(tmp_path / "text.parquet", {"x": ["a", "b"], "n": [1, 2]})
+    text = write_parquet(tmp_path / "text.parquet", {"x": ["a", "b"], "n": [1, 2]})
     assert "'x'" in one_line_error(lambda: open_source(scalar_model, text))
-    numbers = write(tmp_path / "numbers.parquet", {"image": [1.0, 2.0]})
+    numbers = write_parquet(tmp_path / "numbers.parquet", {"image": [1.0, 2.0]})
     assert "list" in one_line_error(lambda: open_source(digits, numbers))
-    ids = write(tmp_path / "ids.parquet", {"image": x, "id": [1, 2]})
+    ids = write_parquet(tmp_path / "ids.parquet", {"image": x, "id": [1, 2]})
     assert "'id'" in one_line_error(lambda: open_source(digits, ids))
-    tensors = write(tmp_path / "t" / "t.parquet", {"image": x})
+    tensors = write_parquet(tmp_path / "t" / "t.parquet", {"image": x})
     prep = {"image": default_preprocessing(digits.inputs[0])}
     assert "preprocessing" in one_line_error(lambda: open_source(digits, tensors, prep))
     np.save(tmp_path / "t" / "u.npy", np.zeros((1, 1, 8, 8), np.float32))
@@ -242,7 +237,8 @@ def test_explain_dataset_over_parquet_equals_explain_on_the_same_rows(zoo, tmp_p
     model = zoo.model_path("digits_cnn")
     x = zoo.sample("digits_cnn")["image"][:10].astype(np.float32)
     labels = [str(i % 3) for i in range(10)]
-    write(tmp_path / "data.parquet", {"image": nested(x), "label": labels}, row_group_size=4)
+    write_parquet(tmp_path / "data.parquet", {"image": nested(x), "label": labels},
+                  row_group_size=4)
     summary = explain_dataset(model, tmp_path / "data.parquet", tmp_path / "out", "saliency",
                               batch_size=10, progress=False)
     assert summary["explained"] == 10 and summary["errors"] == 0
@@ -265,7 +261,7 @@ def test_windows_of_rows_read_together_equal_the_whole_file(zoo, digits, tmp_pat
 
     x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 4)[:11].astype(np.float32)
     ids = [f"r{i}" for i in range(11)]
-    path = write(tmp_path / "w.parquet", {"image": nested(x), "id": ids}, row_group_size=3)
+    path = write_parquet(tmp_path / "w.parquet", {"image": nested(x), "id": ids}, row_group_size=3)
     monkeypatch.setattr(parquet_source, "READ_ROWS", (2, 2))
     (part,) = parquet_source.parquet_parts(digits, tmp_path, [path], {})
 

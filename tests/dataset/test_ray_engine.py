@@ -6,11 +6,8 @@ test_explain_dataset.py). Kept small for the 2-core CI machine: one shared insta
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +22,6 @@ from onnxplain.graph.model import Model
 
 from ..conftest import require
 from .conftest import digits_folder, one_line_error
-from .test_explain_dataset import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +102,29 @@ def _worker_pids() -> list[int]:
     return found
 
 
+def test_parquet_token_ids_on_ray_equal_the_local_engine(zoo, ray_instance, tmp_path):
+    """A Parquet file of token ids (several row groups, so windows cut through them) over the
+    sentiment BERT: the same rows and attributions as the local engine."""
+    pq = require("pyarrow.parquet")
+    pa = require("pyarrow")
+    model = zoo.build("sentiment_bert") / "model.onnx"
+    ids = np.random.default_rng(0).integers(5, 60, (37, 9))
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = np.ones_like(ids)
+    mask[::3, -3:], ids[::3, -3:] = 0, 0
+    pq.write_table(pa.table({"input_ids": list(ids), "attention_mask": list(mask)}),
+                   tmp_path / "ids.parquet", row_group_size=5)
+    common = dict(batch_size=4, shard_rows=8, progress=False)
+    for engine, extra in (("local", {}), ("ray", {"workers": 2})):
+        summary = explain_dataset(model, tmp_path / "ids.parquet", tmp_path / engine,
+                                  "saliency", engine=engine, **common, **extra)
+        assert summary["explained"] == 37
+    ray_rows, local_rows = _by_id(tmp_path / "ray"), _by_id(tmp_path / "local")
+    assert ray_rows.column("id").to_pylist() == local_rows.column("id").to_pylist()
+    np.testing.assert_allclose(attribution(ray_rows, "input_ids"),
+                               attribution(local_rows, "input_ids"), rtol=1e-6, atol=1e-7)
+
+
 def test_a_killed_worker_loses_and_duplicates_no_row(zoo, ray_instance, tmp_path):
     model = zoo.model_path("digits_cnn")
     _digits_shards(zoo, tmp_path / "data", 400)
@@ -163,9 +182,19 @@ def test_ray_settings_are_checked_in_one_line(zoo, ray_instance, tmp_path):
         model, tmp_path / "data", tmp_path / "b", engine="spark", **run))
     assert "workers" in one_line_error(lambda: explain_dataset(
         model, tmp_path / "data", tmp_path / "c", engine="ray", workers=0, **run))
-    assert "GPUs" in one_line_error(lambda: explain_dataset(
+    assert "GPU" in one_line_error(lambda: explain_dataset(
         model, tmp_path / "data", tmp_path / "d", engine="ray", gpus_per_worker=1, **run))
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert "CPU each" in one_line_error(lambda: explain_dataset(
+        model, tmp_path / "data", tmp_path / "e", engine="ray", workers=3, **run))
+    assert "--gpus-per-worker" in one_line_error(lambda: explain_dataset(
+        model, tmp_path / "data", tmp_path / "f", engine="ray", providers="cuda", **run))
+    assert "not on the CPU" in one_line_error(lambda: explain_dataset(
+        model, tmp_path / "data", tmp_path / "g", engine="ray", providers="cpu",
+        gpus_per_worker=0.5, **run))
+    assert "already connected" in one_line_error(lambda: explain_dataset(
+        model, tmp_path / "data", tmp_path / "h", engine="ray", address="auto", **run))
+    assert not any((tmp_path / name).exists() for name in "abcdefgh")
+    assert ray_instance.is_initialized()  # the caller's instance is left running
 
 
 def test_a_workers_failure_to_start_is_raised_with_its_own_type(zoo, ray_instance, tmp_path):
@@ -181,17 +210,3 @@ def test_a_workers_failure_to_start_is_raised_with_its_own_type(zoo, ray_instanc
                         workers=1, progress=False)
     assert type(info.value) is ModelError
     assert str(info.value).startswith(f"{model} is not an ONNX model")
-
-
-def test_the_cli_starts_and_stops_its_own_ray_instance(zoo, tmp_path):
-    require("ray")
-    digits_folder(zoo, tmp_path / "data", 6)
-    result = subprocess.run(
-        [sys.executable, "-m", "onnxplain_cli.main", "explain-dataset",
-         str(zoo.model_path("digits_cnn")), "--data", str(tmp_path / "data"), "-o",
-         str(tmp_path / "out"), "--engine", "ray", "--workers", "2", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout)
-    assert summary["engine"] == "ray" and summary["explained"] == 6
-    assert "Traceback" not in result.stderr

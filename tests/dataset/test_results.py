@@ -13,8 +13,11 @@ import pytest
 
 from onnxplain.dataset.results import ResultWriter, attribution, read_errors, read_results
 from onnxplain.dataset.rows import RowError, RowResult
+from onnxplain.dataset.store import MAP
 from onnxplain.errors import InputError
 from tests.conftest import require
+
+from .conftest import one_line_error
 
 META = {"method": "saliency", "options": '{"abs": true}', "model": "abc123"}
 SHAPES = {"image": (1, 4, 3), "mask": (5,)}
@@ -243,3 +246,67 @@ def test_damaged_shard_is_one_line(tmp_path):
         with pytest.raises(InputError, match="part-00001.parquet is not a readable") as caught:
             call()
         assert "\n" not in str(caught.value)
+
+
+def test_meta_keys_are_refused_only_where_they_name_the_layout(tmp_path):
+    """'signed_by' starts like the layout key 'signed' without being it: run meta."""
+    meta = {**META, "signed_by": "alice", "shaped": "no"}
+    writer = ResultWriter(tmp_path, meta, resume=False, shard_rows=2)
+    writer.add(make_rows(0, 3))
+    writer.flush()
+    resumed = ResultWriter(tmp_path, meta, resume=True, shard_rows=2)
+    assert resumed.committed() == {"row-0", "row-1", "row-2"}
+    message = one_line_error(lambda: ResultWriter(tmp_path, {**meta, "signed_by": "bob"},
+                                                  resume=True))
+    assert "another signed_by ('alice', now 'bob')" in message
+    for key in ("signed", "shape.image", "attribution_shape.x"):
+        with pytest.raises(ValueError, match=f"run meta key '{key}' names"):
+            ResultWriter(tmp_path / key, {**META, key: "1"}, resume=False)
+
+
+def forget_store(folder: Path, pq) -> None:
+    """What a run from before --store wrote: no store in run.json or the shards, and of the
+    layout only onnxplain.shape.<name>."""
+    run = json.loads((folder / "run.json").read_text())
+    del run["meta"]["store"]
+    (folder / "run.json").write_text(json.dumps(run))
+    for shard in (folder / "results").glob("part-*.parquet"):
+        table = pq.read_table(shard)
+        metadata = {key: value for key, value in table.schema.metadata.items()
+                    if key != b"onnxplain.store" and key != b"onnxplain.signed"
+                    and not key.startswith(b"onnxplain.attribution_shape.")}
+        pq.write_table(table.replace_schema_metadata(metadata), shard)
+
+
+def test_a_run_from_before_store_resumes_as_full(tmp_path, pq):
+    rows = make_rows(0, 9)
+    first = ResultWriter(tmp_path, META, resume=False, shard_rows=4)
+    first.add(rows[:8])
+    first.flush()
+    forget_store(tmp_path, pq)
+    message = one_line_error(lambda: ResultWriter(tmp_path, META, resume=True, store=MAP))
+    assert "holds a run with another store ('full', now 'map')" in message
+    resumed = ResultWriter(tmp_path, META, resume=True, shard_rows=4)
+    assert resumed.committed() == {row.id for row in rows[:8]}
+    resumed.add(rows[8:])
+    resumed.close({})
+    check_equal(read_results(tmp_path), rows)  # old and new shards read as one
+
+
+def test_a_shard_without_shapes_is_one_line_naming_it(tmp_path, pq):
+    writer = ResultWriter(tmp_path, META, resume=False, shard_rows=2)
+    writer.add(make_rows(0, 4))
+    writer.flush()
+    for shard in (tmp_path / "results").glob("part-*.parquet"):
+        table = pq.read_table(shard)
+        metadata = {key: value for key, value in table.schema.metadata.items()
+                    if b"shape." not in key}
+        pq.write_table(table.replace_schema_metadata(metadata), shard)
+    last = tmp_path / "results" / "part-00001.parquet"
+    assert one_line_error(lambda: ResultWriter(tmp_path, META, resume=True)) == (
+        "no shape of the attribution of 'image' (onnxplain.attribution_shape.image) in the "
+        f"schema metadata of {last}: not written by explain-dataset")
+    table = read_results(tmp_path)
+    assert one_line_error(lambda: attribution(table, "mask")) == (
+        "no shape of the attribution of 'mask' (onnxplain.shape.mask) in the schema "
+        "metadata of the results: not written by explain-dataset")

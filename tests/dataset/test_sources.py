@@ -267,3 +267,56 @@ def test_damaged_npz_gives_errors_never_wrong_rows(digits, tmp_path):
     assert [id for b in batches for id in b.ids] == ["b.npy#0", "b.npy#1"]
     assert [e.id for e in errors] == [f"a.npz#{i}" for i in range(500)]
     assert "cannot read" in errors[0].reason and "a.npz" in errors[0].reason
+
+
+def _in_windows(source, windows, skip=()):
+    """ids, values and error ids of every window's batches, one window after another."""
+    ids, values, errors = [], [], []
+    for window in windows:
+        for batch, errs in source.batches(3, skip, window):
+            ids += batch.ids
+            values += [batch.feeds["image"]] if len(batch) else []
+            errors += [error.id for error in errs]
+    return ids, (np.concatenate(values) if values else None), errors
+
+
+def test_windows_put_together_read_what_the_whole_source_reads(digits, tmp_path):
+    """Windows at any cut, and those Source.windows gives workers, over .npy, .npz (with a
+    NaN row) and images (one unreadable): the same ids, values and errors as reading the
+    whole source, with a skip set too; .npz shards are never cut (they do not seek)."""
+    rng = np.random.default_rng(7)
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "a.npy", rng.standard_normal((7, 1, 8, 8)).astype(np.float32))
+    shard = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    shard[2, 0, 1, 1] = np.nan
+    np.savez(arrays / "b.npz", image=shard)
+    np.save(arrays / "c.npy", rng.standard_normal((4, 1, 8, 8)).astype(np.float32))
+    images = tmp_path / "images"
+    for index in range(5):
+        write_png(images / f"k{index % 2}" / f"{index}.png", (8, 8), seed=index)
+    (images / "k0" / "broken.png").write_bytes(b"no png")
+    for root, skip in ((arrays, {"a.npy#1", "b.npz#4", "c.npy#0"}), (images, {"k1/1.png"})):
+        source = open_source(digits, root)
+        whole = _in_windows(source, [None], skip)
+        rows = source.count()
+        cuts = [range(0, 5), range(5, 9), range(9, rows)]
+        for windows in (cuts, source.windows(4), source.windows(1), [range(0, rows)]):
+            assert [w.start for w in windows[1:]] == [w.stop for w in windows[:-1]]
+            got = _in_windows(source, windows, skip)
+            assert got[0] == whole[0] and got[2] == whole[2]
+            np.testing.assert_array_equal(got[1], whole[1])
+    windows = open_source(digits, arrays).windows(4)
+    assert range(7, 13) in windows  # b.npz whole, in one window of its own
+    assert all(w.stop <= 7 or w.start >= 13 for w in windows if w != range(7, 13))
+
+
+def test_a_damaged_npz_read_by_windows_fails_only_its_own_rows(digits, tmp_path):
+    rows = np.random.default_rng(4).standard_normal((50, 1, 8, 8)).astype(np.float32)
+    np.savez_compressed(tmp_path / "a.npz", image=rows)
+    data = bytearray((tmp_path / "a.npz").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 40] = bytes(40)
+    (tmp_path / "a.npz").write_bytes(bytes(data))
+    source = open_source(digits, tmp_path)
+    ids, _, errors = _in_windows(source, [range(10, 20)])
+    assert ids == [] and errors == [f"a.npz#{i}" for i in range(10, 20)]

@@ -20,9 +20,9 @@ from onnxplain.dataset.results import (
     topk,
 )
 from onnxplain.dataset.rows import RowResult
-from onnxplain.dataset.store import FULL, MAP, Store, parse_store, top_entries
+from onnxplain.dataset.store import FULL, MAP, Kept, Store, map_shape, parse_store, top_entries
 from onnxplain.errors import InputError
-from onnxplain.viz.heatmap import spatial_map
+from onnxplain.viz.heatmap import row_map, spatial_map
 
 from ..conftest import require
 from .conftest import one_line_error
@@ -85,9 +85,23 @@ def test_other_forms_are_one_line_errors(text):
                       f"not {text!r}"
 
 
-@pytest.mark.parametrize("kind, k", [("topk", 0), ("topk", None), ("map", 3), ("sparse", None)])
-def test_a_bad_store_built_in_python_is_refused(kind, k):
-    assert "--store must be full, map or topk=K" in one_line_error(partial(Store, kind, k))
+@pytest.mark.parametrize("kind, k", [("topk", 0), ("topk", None), ("map", 3), ("sparse", None),
+                                     ("topk", True), ("topk", 2.0), ("full", False)])
+def test_a_bad_store_built_in_python_is_refused_naming_both_fields(kind, k):
+    assert one_line_error(partial(Store, kind, k)) == (
+        "--store must be full, map or topk=K (K a positive whole number), not "
+        f"Store(kind={kind!r}, k={k!r})")
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_map_shape_is_the_shape_row_map_gives(signed):
+    for name, shape in SHAPES.items():
+        value = make_rows(0, 1, signed)[0].attributions[name]
+        assert map_shape(shape) == row_map(value, signed).shape
+        assert map_shape(shape) == by_hand_map(name, value, signed).shape
+        assert Kept.of(MAP, shape, np.float32) == Kept(shape, np.float32, map_shape(shape))
+        assert Kept.of(FULL, shape, np.float32).stored == shape
+        assert Kept.of(Store("topk", 50), shape, np.float32).stored == (min(50, value.size),)
 
 
 @pytest.mark.parametrize("signed", [True, False])
