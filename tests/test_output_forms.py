@@ -26,7 +26,8 @@ from .cli_helpers import run
 QUICK = {"rise": {"n_masks": 16}, "lime": {"n_samples": 24}, "kernel_shap": {"n_samples": 24},
          "integrated_gradients": {"n_steps": 4}, "smoothgrad": {"n_samples": 3},
          "smoothgrad_sq": {"n_samples": 3}, "vargrad": {"n_samples": 3},
-         "occlusion": {"window": 16, "stride": 16}}
+         "occlusion": {"window": 16, "stride": 16},
+         "feature_ablation": {"features": "grid", "cell": 16}}
 IMAGE_METHODS = sorted(name for name, spec in METHODS.items()
                        if spec.family not in ("attention",)
                        and name not in ("layer_integrated_gradients", "cam"))

@@ -31,10 +31,14 @@ from . import (  # noqa: F401 - register their exports
     attention,
     cat,
     coalitions,
+    conductance,
+    feature_ablation,
+    gradient_shap,
     layer_maps,
     noise,
     occlusion,
     rise,
+    shapley,
     tokens,
 )
 from .graph import TARGET, TARGET_USED, ExplainerGraph, freed_model

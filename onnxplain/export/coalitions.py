@@ -70,12 +70,12 @@ def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
     """phi_{<F} = A [E, v(z_1..z_M), f(x)], phi_F = f(x) - E - sum(phi_{<F}): Kernel SHAP
     (methods.kernel_shap) with E the score of the empty coalition (the first scored)."""
     b = eg.b
-    features = _features(eg, options, "kernel_shap")
+    features = coalition_features(eg, options, "kernel_shap")
     present, weights, _ = coalitions(features.width, int(options["n_samples"]),
                                      int(options["seed"]))
     evaluated = np.vstack([np.zeros((1, features.width), bool), present])
-    scores, fx = _scores(eg, features, evaluated, options)
-    expected = _column(b, scores, 0)
+    scores, fx = coalition_scores(eg, features, evaluated, options)
+    expected = feature_column(b, scores, 0)
     delta = b.op("Sub", fx, expected)
     if features.width == 1:
         values = b.unsqueeze(delta, [1])
@@ -88,8 +88,8 @@ def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
     values = _zero_where_unchanged(b, values, scores, fx)
     error = b.op("Abs", b.op("Sub", b.op("Add", b.reduce("ReduceSum", values, [1], False),
                                         expected), fx))
-    _declare_map(eg, features, values, "Kernel SHAP values (each element its feature's)")
-    _declare_rows(eg, {VALUES: (values, "Shapley values per feature", True),
+    declare_feature_map(eg, features, values, "Kernel SHAP values (each element its feature's)")
+    declare_row_outputs(eg, {VALUES: (values, "Shapley values per feature", True),
                        EXPECTED: (expected, "E[f], the score with every feature absent "
                                   "(mean over the background)", False),
                        ADDITIVITY: (error, "|sum(values) + E[f] - f(x)|", False),
@@ -102,11 +102,11 @@ def lime(eg: ExplainerGraph, options: dict) -> None:
     """coef = C y, b = c . y for the scores y of the coalitions (designs.ridge_map);
     R^2 of the fit from its residuals (sklearn's convention for a constant target)."""
     b = eg.b
-    features = _features(eg, options, "lime")
+    features = coalition_features(eg, options, "lime")
     present = lime_samples(features.width, int(options["n_samples"]), int(options["seed"]))
     weights = lime_kernel(present, float(options["kernel_width"]))
     coef, intercept = ridge_map(present, weights, float(options["alpha"]))
-    scores, fx = _scores(eg, features, present, options)
+    scores, fx = coalition_scores(eg, features, present, options)
     fitted_coef = _zero_where_unchanged(b, b.op("MatMul", scores, b.const(
         np.ascontiguousarray(coef.T), "ridge_map")), scores, fx)
     fitted_intercept = b.op("MatMul", scores, b.const(intercept, "ridge_intercept"))
@@ -114,8 +114,8 @@ def lime(eg: ExplainerGraph, options: dict) -> None:
         np.ascontiguousarray(present.T.astype(np.float64)), "coalitions")),
         b.unsqueeze(fitted_intercept, [1]))
     r2 = _r2(b, scores, fitted, weights)
-    _declare_map(eg, features, fitted_coef, "LIME weights (each element its feature's)")
-    _declare_rows(eg, {WEIGHTS: (fitted_coef, "the ridge weights per feature", True),
+    declare_feature_map(eg, features, fitted_coef, "LIME weights (each element its feature's)")
+    declare_row_outputs(eg, {WEIGHTS: (fitted_coef, "the ridge weights per feature", True),
                        INTERCEPT: (fitted_intercept, "the ridge intercepts", False),
                        FIT: (r2, "the kernel-weighted R^2 of the fit", False)},
                   features.width)
@@ -142,7 +142,7 @@ def _r2(b, scores: str, fitted: str, weights: np.ndarray) -> str:
                    b.op("Sub", one, b.op("Div", residual, spread)), constant)
 
 
-def _column(b, values: str, index: int) -> str:
+def feature_column(b, values: str, index: int) -> str:
     return b.squeeze(b.slice(values, [index], [index + 1], [1]), [1])
 
 
@@ -154,7 +154,7 @@ def _zero_where_unchanged(b, values: str, scores: str, fx: str) -> str:
     return b.keep(values, b.op("Greater", change, b.scalar(0.0, change)))
 
 
-def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
+def coalition_scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
             options: dict) -> tuple[str, str]:
     """(float64 [N, P]: each row's explained score with the features of present[p] kept,
     averaged over the background rows; float64 [N]: the score at the row itself). The
@@ -185,7 +185,7 @@ def _scores(eg: ExplainerGraph, features: Coalitions, present: np.ndarray,
     return b.reduce("ReduceMean", shaped, [2], False), run.clean
 
 
-def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
+def coalition_features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
     """The perturbed input, its feature mask and background inputs, and the counts."""
     name = perturbed_input(eg.model, options.get("input"))
     b, rank = eg.b, eg.b.rank(name)
@@ -193,7 +193,7 @@ def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
     if is_fed(options["features"]):
         default, width = None, int(options["n_features"])
     else:
-        default = _exported_mask(eg, name, options)
+        default = exported_mask(eg, name, options)
         width = int(default.max()) + 1
         # The budget export checks its work against (in-process: the caller's, checked there).
         check_matrix(method, width, int(options["n_samples"]), DEFAULT_BUDGET_MB)
@@ -208,7 +208,7 @@ def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
     key = eg.add_input(BACKGROUND + name, b.dtype(name), [count, *row], background,
                        f"the values absent features of input '{name}' take, averaged over "
                        f"the {count} rows")
-    full = _no_feature_last(b, b.op("Expand", mask, b.shape(name)), width)
+    full = no_feature_last(b, b.op("Expand", mask, b.shape(name)), width)
     b.infos[full] = TensorInfo(TensorProto.INT64, b.info(name).shape)
     rows = b.op("Expand", key, b.concat([b.ints([count]), b.dims(name, 1)], 0))
     b.infos[rows] = TensorInfo(b.dtype(name), (count, *b.info(name).shape[1:])
@@ -216,7 +216,7 @@ def _features(eg: ExplainerGraph, options: dict, method: str) -> Coalitions:
     return Coalitions(name, full, rows, count, width)
 
 
-def _no_feature_last(b, ids: str, width: int) -> str:
+def no_feature_last(b, ids: str, width: int) -> str:
     """The ids with every one outside 0..width-1 (a fed mask's -1) set to `width`: the
     column of no feature (kept in every coalition, attribution 0), where Gather would read
     a negative id as a feature counted from the end."""
@@ -225,7 +225,7 @@ def _no_feature_last(b, ids: str, width: int) -> str:
     return b.where(inside, ids, b.ints([width]))
 
 
-def _exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
+def exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
     """The feature mask of the exported program's rows, [1, *row]."""
     features = options["features"]
     if isinstance(features, str) and features == "superpixels":
@@ -249,7 +249,8 @@ def _background_rows(eg: ExplainerGraph, name: str, baseline) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(base, blank.shape[1:])[None])
 
 
-def _declare_map(eg: ExplainerGraph, features: Coalitions, values: str, meaning: str) -> None:
+def declare_feature_map(eg: ExplainerGraph, features: Coalitions, values: str,
+                        meaning: str) -> None:
     """Each element's feature value, in the input's float type (float32 for token ids)."""
     b, name = eg.b, features.name
     flat = b.reshape(features.mask, b.concat([eg.rows, b.ints([-1])], 0))  # [N, E]
@@ -267,7 +268,7 @@ def _declare_map(eg: ExplainerGraph, features: Coalitions, values: str, meaning:
                f"{meaning}, shaped like input '{name}'", TensorInfo(dtype, b.info(name).shape))
 
 
-def _declare_rows(eg: ExplainerGraph, outputs: dict[str, tuple[str, str, bool]],
+def declare_row_outputs(eg: ExplainerGraph, outputs: dict[str, tuple[str, str, bool]],
                   width: int) -> None:
     """float64 outputs per row ([N]) or per row and feature ([N, F])."""
     for key, (tensor, meaning, per_feature) in outputs.items():

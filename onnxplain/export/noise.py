@@ -50,14 +50,14 @@ def _noise_tunnel(kind: str):
         inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
         eg.take_model_nodes()
         sigmas = {name: _sigma(b, name, level) for name in inputs}
-        seed = _seed_input(eg, options["seed"])
+        seed = seed_input(eg, options["seed"])
         if base in BASES:
             parts = gradient_loop(eg, _noisy_walk(eg, inputs, sigmas, samples, base, seed),
                                   per_run, BASES[base])
         else:
             parts = program_sums(eg, base, options["base_options"], inputs,
                                  _copies_of(eg, inputs, sigmas, seed), samples, per_run,
-                                 [_double(b, name) for name in inputs for _ in (1, 2)])
+                                 [as_double(b, name) for name in inputs for _ in (1, 2)])
         sums = dict(zip([(name, power) for name in inputs for power in (1, 2)], parts,
                         strict=True))
         values = {}
@@ -75,14 +75,14 @@ def _noise_tunnel(kind: str):
     return build
 
 
-def _double(b, name: str) -> str:
+def as_double(b, name: str) -> str:
     """`name` cast to double (the sums' type and shape)."""
     cast = b.op("Cast", name, to=TensorProto.DOUBLE)
     b.infos[cast] = TensorInfo(TensorProto.DOUBLE, b.info(name).shape)
     return cast
 
 
-def _row_size(b, name: str) -> str:
+def row_size(b, name: str) -> str:
     """Elements per row of `name`, int64 [1]."""
     return b.reduce("ReduceProd", b.concat([b.ints([1]), b.dims(name, 1)], 0), [0], True)
 
@@ -132,7 +132,7 @@ def row_seeds(rows: list[np.ndarray], seed: int) -> np.ndarray:
     return out
 
 
-def _seed_input(eg: ExplainerGraph, seed) -> str:
+def seed_input(eg: ExplainerGraph, seed) -> str:
     """SEED, defaulting to the option's seed (one for all rows); with FED it has no default
     (in-process runs feed `row_seeds`)."""
     default = None if is_fed(seed) else np.array([check_seed(seed)], np.int64)
@@ -156,7 +156,7 @@ def _copies_of(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], se
     """copies(builder, sample indices, input): the noisy copies of the input's rows, as the
     Loop of _noisy_walk draws them."""
     order = [spec.name for spec in eg.model.inputs]
-    sizes = {name: _row_size(eg.b, name) for name in inputs}
+    sizes = {name: row_size(eg.b, name) for name in inputs}
 
     def copies(bb, index: str, name: str, rows: str | None = None) -> str:
         """`rows`: where the body reads the input's N rows (the input itself by default)."""
@@ -194,7 +194,7 @@ def _noisy_walk(eg: ExplainerGraph, inputs: list[str], sigmas: dict[str, str], s
                       for value in (g, bb.op("Mul", g, g))]
         return parts
 
-    doubles = {name: _double(eg.b, name) for name in inputs}
+    doubles = {name: as_double(eg.b, name) for name in inputs}
     sums_like = [doubles[name] for name in inputs for _ in (1, 2)]
     return Walk(model, samples, rows, 1, inputs, feeds, contributions, sums_like)
 

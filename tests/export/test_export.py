@@ -110,6 +110,10 @@ def test_every_exportable_method_is_covered_here():
         "prototypes", "layer_integrated_gradients", "cat", "attncat"}  # test_same_program_cat
     covered |= {"kernel_shap", "lime"}  # test_same_program_shap_lime
     covered |= {"occlusion", "rise"}  # test_same_program_perturb
+    covered |= {"shapley_sampling"}  # tests/methods/test_shapley_sampling
+    covered |= {"feature_ablation"}  # tests/methods/test_feature_ablation
+    covered |= {"gradient_shap"}  # tests/methods/test_gradient_shap
+    covered |= {"layer_conductance", "neuron_conductance"}  # tests/methods/test_conductance
     assert covered == set(EXPORTS)
 
 
