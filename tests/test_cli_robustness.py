@@ -472,9 +472,9 @@ def _check(declared: tuple[str, str], value):
 
 @pytest.mark.parametrize(("value", "declared", "message"), [
     ((), EPSILON, "expects a float > 0, got a value of type tuple"),
-    (np.zeros(10**6), N_STEPS, "expects an int >= 1, got a value of type ndarray"),
-    (3.5, N_STEPS, "expects an int >= 1, got 3.5"),
-    (True, N_STEPS, "expects an int >= 1, got True"),
+    (np.zeros(10**6), N_STEPS, "expects an int >= 1 or one of auto, got a value of type ndarray"),
+    (3.5, N_STEPS, "expects an int >= 1 or one of auto, got 3.5"),
+    (True, N_STEPS, "expects an int >= 1 or one of auto, got True"),
     (2, ABS, "expects a bool, got 2"),
 ])
 def test_api_option_of_the_wrong_kind_is_one_line(value, declared, message):

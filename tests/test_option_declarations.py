@@ -80,8 +80,8 @@ def test_every_hostile_value_is_taken_or_refused_in_one_line(name):
 
 @pytest.mark.parametrize("method, options, fragment", [
     ("integrated_gradients", {"n_steps": 0}, "must be an integer >= 1, got 0"),
-    ("integrated_gradients", {"n_steps": 2.5}, "expects an int >= 1, got 2.5"),
-    ("integrated_gradients", {"n_steps": True}, "expects an int >= 1, got True"),
+    ("integrated_gradients", {"n_steps": 2.5}, "expects an int >= 1 or one of auto, got 2.5"),
+    ("integrated_gradients", {"n_steps": True}, "expects an int >= 1 or one of auto, got True"),
     ("integrated_gradients", {"n_steps": np.zeros(10**6)}, "got a value of type ndarray shaped"),
     ("integrated_gradients", {"rule": "simpson"}, "expects one of riemann_left, .* 'simpson'"),
     ("integrated_gradients", {"baseline": "moon"}, "expects one of zeros, .*got 'moon'"),

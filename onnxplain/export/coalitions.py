@@ -86,15 +86,24 @@ def kernel_shap(eg: ExplainerGraph, options: dict) -> None:
         last = b.op("Sub", delta, b.reduce("ReduceSum", head, [1], False))
         values = b.concat([head, b.unsqueeze(last, [1])], 1)
     values = _zero_where_unchanged(b, values, scores, fx)
+    declare_shapley_outputs(eg, features, values, expected, fx, "Kernel SHAP values")
+
+
+def declare_shapley_outputs(eg: ExplainerGraph, features: Coalitions, values: str,
+                            expected: str, fx: str, kind: str) -> None:
+    """Shapley-value outputs (kernel_shap, shapley_sampling): the values per feature and
+    per element, the score with every feature absent, the additivity error and the score."""
+    b = eg.b
     error = b.op("Abs", b.op("Sub", b.op("Add", b.reduce("ReduceSum", values, [1], False),
                                         expected), fx))
-    declare_feature_map(eg, features, values, "Kernel SHAP values (each element its feature's)")
-    declare_row_outputs(eg, {VALUES: (values, "Shapley values per feature", True),
-                       EXPECTED: (expected, "E[f], the score with every feature absent "
-                                  "(mean over the background)", False),
-                       ADDITIVITY: (error, "|sum(values) + E[f] - f(x)|", False),
-                       SCORE: (fx, "the explained score at the input", False)},
-                  features.width)
+    declare_feature_map(eg, features, values, f"{kind} (each element its feature's)")
+    declare_row_outputs(eg, {VALUES: (values, f"{kind} per feature", True),
+                             EXPECTED: (expected, "the score with every feature absent "
+                                        "(mean over the background)", False),
+                             ADDITIVITY: (error, "|sum(values) + expected_value - score|",
+                                          False),
+                             SCORE: (fx, "the explained score at the input", False)},
+                        features.width)
 
 
 @register_export("lime", (*COMMON, "kernel_width", "alpha"), any_output=True)

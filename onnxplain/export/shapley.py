@@ -23,18 +23,14 @@ import numpy as np
 from ..runtime.batching import DEFAULT_BUDGET_MB
 from ..runtime.budget import Work, check_work
 from .coalitions import (
-    ADDITIVITY,
     COMMON,
-    EXPECTED,
-    VALUES,
     coalition_features,
     coalition_scores,
-    declare_feature_map,
-    declare_row_outputs,
+    declare_shapley_outputs,
     feature_column,
 )
 from .graph import ExplainerGraph
-from .methods import SCORE, register_export
+from .methods import register_export
 from .random import reference_bits
 
 METHOD = "shapley_sampling"
@@ -170,13 +166,4 @@ def shapley_sampling(eg: ExplainerGraph, options: dict) -> None:
     changes = b.op("Mul", b.op("Sub", *joins), b.const(drawn.weight, "join_shares"))
     values = b.reduce("ReduceSum", changes, [1], False)  # [N, K, F] -> [N, F]
     expected = feature_column(b, scores, drawn.empty)
-    error = b.op("Abs", b.op("Sub", b.op("Add", b.reduce("ReduceSum", values, [1], False),
-                                        expected), fx))
-    declare_feature_map(eg, features, values, "sampled Shapley values (each element its feature's)")
-    declare_row_outputs(eg, {VALUES: (values, "sampled Shapley values per feature", True),
-                       EXPECTED: (expected, "the score with every feature absent (mean "
-                                  "over the background)", False),
-                       ADDITIVITY: (error, "|sum(values) + expected_value - score|: "
-                                    "rounding only", False),
-                       SCORE: (fx, "the explained score at the input", False)},
-                  features.width)
+    declare_shapley_outputs(eg, features, values, expected, fx, "sampled Shapley values")

@@ -29,6 +29,8 @@ def exported_options(method: str, options: dict) -> dict:
             _refuse_option(method, str(key), spec, declared)
     resolved = {name: option.default for name, option in declared.items()}
     resolved.update({key: declared[key].check(method, value) for key, value in options.items()})
+    if resolved.get("n_steps") == "auto":  # methods.ig_auto picks orders per row, in process
+        raise InputError(f"{method}: n_steps=auto runs in process; export a fixed n_steps")
     if resolved.get("internal_batch_size") == 0:  # as the budget allows: export's default,
         resolved["internal_batch_size"] = LOOP_ROWS  # the program run in process (rows_fed)
     if spec is not None and spec.work is not None:

@@ -23,6 +23,7 @@ from ..graph.cut import cut_at
 from ..graph.model import Model
 from ..graph.sources import Source
 from ..graph.walk import lookup_inputs
+from ..inputs import batch_size
 from ..runtime.engine import Engine
 from ..runtime.progress import progress_bar
 from . import MethodOutput, MethodSpec, register
@@ -30,14 +31,17 @@ from ._common import convergence_delta
 from ._folded_path import needs_folding
 from ._graph import graph_run, loop_rows
 from ._tokens import padding_mask
+from .ig_auto import AUTO, auto_steps, take, tolerance_for
 from .integrated_gradients import (
+    DELTA_TOLERANCE,
     INTERNAL_BATCH_SIZE,
     N_STEPS,
     RULE,
+    check_auto_rule,
     integrated_gradients,
     path_work,
 )
-from .options import delta_tolerance, integer
+from .options import integer
 
 _CUT_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -49,14 +53,16 @@ def _cut_engine(engine: Engine, tensor: str) -> Engine:
     return engine.as_part(cache[tensor])
 
 
-def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int = 50,
+def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int | str = 50,
                                rule: str = "gausslegendre", baseline_token=None,
-                               internal_batch_size: int = 0, delta_tolerance: float = 0.05):
+                               internal_batch_size: int = 0,
+                               delta_tolerance: float | None = None):
     """IG over the embeddings of the (first) token-id input, from a baseline embedding to the
     embedding of the input. The baseline is zeros (also for a negative `baseline_token`, as
     the exported method takes -1), or the embedding of `baseline_token`, an id put in place
     of every token. Padded tokens (from the attention mask) get zero. extras hold the
-    convergence delta per row, as for integrated_gradients."""
+    convergence delta per row, as for integrated_gradients (and with n_steps="auto" the
+    order each row took)."""
     tokens = [s for s in sources if s.per_token]
     if not tokens:
         raise InputError("layer_integrated_gradients attributes token-id inputs at their "
@@ -65,8 +71,20 @@ def layer_integrated_gradients(engine, feeds, target, sources, *, n_steps: int =
     tokens = tokens[:1]
     # The program's Loop needs opset 10 and static ranks; the cut model's IG folds without.
     if not needs_folding(engine.model) and _reads_ids_alone(engine.model, tokens[0]):
-        return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
-                         internal_batch_size, delta_tolerance)
+        tolerance = tolerance_for(n_steps, delta_tolerance)
+        if n_steps != AUTO:
+            return _in_graph(engine, feeds, target, tokens[0], n_steps, rule, baseline_token,
+                             internal_batch_size, tolerance)
+        check_auto_rule(rule, "layer_integrated_gradients")
+        axes = engine.model.batch.of_inputs
+
+        def run(rows, chosen, order):
+            return _in_graph(engine, take(feeds, axes, rows), chosen, tokens[0], order, rule,
+                             baseline_token, internal_batch_size, tolerance)
+
+        return auto_steps(run, target, batch_size(feeds, axes), axes, tolerance,
+                          "layer integrated gradients")
+    # IG on the cut model runs n_steps=auto itself.
     return _on_cut_model(engine, feeds, target, tokens, n_steps, rule, baseline_token,
                          internal_batch_size, delta_tolerance)
 
@@ -147,6 +165,6 @@ register(MethodSpec(
     options=(N_STEPS, RULE,
              integer("baseline_token", -1, "token id put in place of every token for the "
                      "baseline (negative or None: a zero embedding)", none=True),
-             INTERNAL_BATCH_SIZE, delta_tolerance(0.05)),
+             INTERNAL_BATCH_SIZE, DELTA_TOLERANCE),
     work=path_work,
 ))
