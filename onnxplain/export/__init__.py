@@ -29,11 +29,13 @@ from ..objective import EVERYWHERE, Place
 from ..runtime.engine import pick_output
 from . import (  # noqa: F401 - register their exports
     attention,
+    blur_ig,
     cat,
     coalitions,
     conductance,
     feature_ablation,
     gradient_shap,
+    guided_ig,
     layer_maps,
     noise,
     occlusion,

@@ -119,6 +119,7 @@ def did_you_mean(name: str, known) -> str:
 from . import (  # noqa: E402,F401
     activation_maps,
     attention_flow,
+    blur_ig,
     cam,
     cat,
     deconvnet,
@@ -129,6 +130,7 @@ from . import (  # noqa: E402,F401
     gradient_shap,
     guided_backprop,
     guided_grad_cam,
+    guided_ig,
     input_x_gradient,
     integrated_gradients,
     kernel_shap,

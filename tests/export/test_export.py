@@ -113,6 +113,8 @@ def test_every_exportable_method_is_covered_here():
     covered |= {"shapley_sampling"}  # tests/methods/test_shapley_sampling
     covered |= {"feature_ablation"}  # tests/methods/test_feature_ablation
     covered |= {"gradient_shap"}  # tests/methods/test_gradient_shap
+    covered |= {"blur_ig"}  # tests/methods/test_blur_ig
+    covered |= {"guided_ig"}  # tests/methods/test_guided_ig
     covered |= {"layer_conductance", "neuron_conductance"}  # tests/methods/test_conductance
     assert covered == set(EXPORTS)
 
