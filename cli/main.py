@@ -32,6 +32,7 @@ from .options import (
 )
 from .presets import image_options
 from .report_command import report
+from .tcav import tcav
 
 
 class OneLineErrors(click.Group):
@@ -203,6 +204,7 @@ main.add_command(export)
 main.add_command(evaluate)
 main.add_command(report)
 main.add_command(generate)
+main.add_command(tcav)
 
 
 if __name__ == "__main__":

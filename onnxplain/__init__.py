@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import _ort  # noqa: F401 - fails early, with one message, when no runtime is installed
 from ._version import __version__
 from .attribution import Attribution
+from .concepts import tcav
 from .dataset import explain_dataset
 from .errors import (
     ExportWarning,
@@ -48,4 +49,5 @@ __all__ = [
     "UnsupportedOpError",
     "__version__",
     "generate",
+    "tcav",
 ]
