@@ -53,6 +53,8 @@ class MethodSpec:
     # What a method's count options ask for (work(options, feeds) -> Work), checked against
     # the `max_runs` option (added with MAX_RUNS) and the memory budget before it runs.
     work: Callable[[Mapping[str, object], Mapping[str, np.ndarray]], Work] | None = None
+    # Why the method runs in process only (export names it), where it has no graph builder.
+    in_process_only: str = ""
 
     @property
     def defaults(self) -> dict:
@@ -144,6 +146,7 @@ from . import (  # noqa: E402,F401
     saliency,
     shapley_sampling,
     smoothgrad,
+    xrai,
 )
 
 __all__ = ["METHODS", "MethodOutput", "MethodSpec", "Option", "did_you_mean", "get_method",

@@ -18,6 +18,9 @@ def exported_options(method: str, options: dict) -> dict:
     (methods.options.Option) with defaults filled in, and the work they ask for checked
     against the same budget as in-process (max_runs, the memory the builder holds)."""
     export = EXPORTS.get(method)
+    if export is None and method in METHODS and METHODS[method].in_process_only:
+        raise InputError(f"method '{method}' runs in process only: "
+                         f"{METHODS[method].in_process_only}")
     if export is None:
         hint = did_you_mean(method, EXPORTS) if method not in METHODS else ""
         raise InputError(f"method '{method}' cannot be exported{hint} (exportable methods: "
