@@ -55,6 +55,8 @@ def tcav(model: str, inputs: tuple[str, ...], concepts: tuple[str, ...],
         name, sep, files = spec.partition("=")
         if not sep or not name or not files:
             raise InputError(f"--concept takes NAME=FILES, got '{spec}'")
+        if name in named:
+            raise InputError(f"--concept '{name}' is given twice")
         named[name] = read(files)
     arrays = read_inputs(explainer.model, inputs, image_settings, say)[0]
     result = run_tcav(explainer, arrays, named, [read(files) for files in randoms],

@@ -9,8 +9,11 @@ derivative of the class score S_c along v is S_c,v(x) = grad_l S_c(x) . v, and
 
 (Captum's TCAV.interpret scores, which also give the random set's scores, taken along -v).
 Repeated against several random sets, a two-sided Student t-test (scipy.stats.ttest_ind, as
-Captum's TCAV tutorial applies it) of the concept's scores against the random sets' scores
-says whether the concept's score is more than chance.
+Captum's TCAV tutorial applies it) of the concept's scores against the random sets' scores.
+The random set's scores are the same CAV read along -v (1 - sign_count where no derivative
+is 0), so this asks whether the sign count differs from 0.5: a weaker test than Kim et al.'s,
+whose null is CAVs trained between two random sets (random directions alone often give
+sign counts far from 0.5). Read a small p-value together with the CAV's accuracy.
 
 The activations and layer gradients come from the Explainer's tapped forward and gradient
 program. The CAV classifier is a closed-form ridge (least-squares) classifier on +-1 labels,
@@ -78,6 +81,7 @@ def tcav(model: Explainer | str | os.PathLike, inputs, concepts: Mapping[str, np
     from another tool). `ridge`: the CAV classifier's L2 penalty, relative to the mean
     squared activation. Returns a TcavResult (as_dict() for JSON).
     """
+    _check_ridge(ridge)
     explainer = model if isinstance(model, Explainer) else Explainer(model, progress=False)
     if not concepts:
         raise InputError("give at least one concept")
@@ -105,25 +109,40 @@ def tcav(model: Explainer | str | os.PathLike, inputs, concepts: Mapping[str, np
 
 def fit_cav(concept: np.ndarray, random: np.ndarray, ridge: float = 1e-2
             ) -> tuple[np.ndarray, float]:
-    """(unit CAV pointing from the random activations to the concept's, training accuracy).
+    """(unit CAV pointing from the random activations to the concept's, its leave-one-out
+    accuracy).
 
     Ridge regression of +-1 labels on centred activations, w = X^T (X X^T + lambda n I)^-1 y,
-    solved over examples (they are far fewer than a layer's features)."""
+    solved over examples (they are far fewer than a layer's features). The accuracy is each
+    example's prediction by the fit without it (centring included: the fit is ridge with an
+    unpenalised intercept, whose hat matrix is G (G + lambda n I)^-1 + 11^T / n, so
+    y_i - (y_i - f_i) / (1 - H_ii) is that prediction), not the training accuracy, which is
+    ~1 whenever features outnumber examples, even for noise."""
+    _check_ridge(ridge)
     x = np.concatenate([concept, random]).astype(np.float64)
     y = np.concatenate([np.ones(len(concept)), -np.ones(len(random))])
     centre = x.mean(axis=0)
     centred = x - centre
     gram = centred @ centred.T
     penalty = ridge * max(float(np.trace(gram)) / len(x), 1e-12)
-    dual = np.linalg.solve(gram + penalty * np.eye(len(x)), y - y.mean())
-    weights = centred.T @ dual
+    inverse = np.linalg.inv(gram + penalty * np.eye(len(x)))
+    labels = y - y.mean()  # centred features: the fitted intercept is the mean label
+    weights = centred.T @ (inverse @ labels)
     norm = float(np.linalg.norm(weights))
     if norm == 0.0:
         raise InputError("the concept and random activations are identical at this layer: "
                          "no concept direction to test")
-    # Centred features: the fitted intercept is the mean label.
-    accuracy = float(np.mean(np.sign(centred @ weights + y.mean()) == y))
+    hat = gram @ inverse
+    fitted, leverage = hat @ labels + y.mean(), np.diag(hat) + 1.0 / len(x)
+    left_out = y - (y - fitted) / np.maximum(1.0 - leverage, 1e-12)
+    accuracy = float(np.mean(np.sign(left_out) == y))
     return weights / norm, accuracy
+
+
+def _check_ridge(ridge) -> None:
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) \
+            or not math.isfinite(ridge) or ridge <= 0:
+        raise InputError(f"ridge must be a finite number above 0, got {ridge!r}")
 
 
 def ttest_pvalue(first: np.ndarray, second: np.ndarray) -> float | None:

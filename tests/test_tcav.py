@@ -99,7 +99,7 @@ def test_scores_match_captum_given_the_same_cavs(zoo, explainer, digits, target,
 def test_a_digit_concept_supports_its_own_class(result):
     """Sevens push the class 'seven' up; the CAVs separate their sets."""
     test = result.concepts["seven"]
-    assert test.sign_count.mean() > 0.8 and test.accuracy.min() == 1.0
+    assert test.sign_count.mean() > 0.8 and test.accuracy.min() >= 0.9
     assert np.all(result.targets == TARGET) and result.layer == LAYER
     assert np.allclose(np.linalg.norm(test.cavs, axis=1), 1.0)
 
@@ -122,7 +122,32 @@ def test_cav_is_the_ridge_direction():
     penalty = 0.1 * np.trace(centred @ centred.T) / len(x)
     primal = np.linalg.solve(centred.T @ centred + penalty * np.eye(9), centred.T @ (y - y.mean()))
     np.testing.assert_allclose(cav, primal / np.linalg.norm(primal), atol=1e-10)
-    assert cav @ (concept.mean(axis=0) - random.mean(axis=0)) > 0 and accuracy == 1.0
+    assert cav @ (concept.mean(axis=0) - random.mean(axis=0)) > 0 and accuracy > 0.5
+
+
+def test_cav_accuracy_is_leave_one_out():
+    """Against refitting without each example (centred and labelled anew, the same penalty):
+    noise against noise with more features than examples scores near chance, where the
+    training accuracy would be 1; separated sets score 1."""
+    rng = np.random.default_rng(3)
+    concept, random = rng.standard_normal((20, 500)), rng.standard_normal((20, 500))
+    _, accuracy = fit_cav(concept, random, ridge=0.1)
+    x = np.concatenate([concept, random])
+    y = np.r_[np.ones(20), -np.ones(20)]
+    centred = x - x.mean(axis=0)
+    penalty = 0.1 * np.trace(centred @ centred.T) / len(x)
+    right = 0
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        mean, label = x[keep].mean(axis=0), y[keep].mean()
+        kept = x[keep] - mean
+        dual = np.linalg.solve(kept @ kept.T + penalty * np.eye(len(kept)), y[keep] - label)
+        right += np.sign((x[i] - mean) @ (kept.T @ dual) + label) == y[i]
+    assert accuracy == right / len(x) and accuracy < 0.7
+    assert fit_cav(concept + 3.0, random, ridge=0.1)[1] == 1.0
+    for ridge in (0, -1.0, float("nan"), True):
+        with pytest.raises(InputError, match="ridge must be a finite number above 0"):
+            fit_cav(concept, random, ridge=ridge)
 
 
 def test_pvalue_matches_scipy():

@@ -58,13 +58,14 @@ register(MethodSpec(
             "image to the input (PAIR saliency's BlurIG)",
     reference="Xu, Venugopalan, Sundararajan, Sturmfels 2020, arXiv:2004.03383",
     family="gradient",
-    options=(number("max_sigma", 50.0, "the Gaussian sigma in pixels where the path starts",
+    options=(number("max_sigma", 50.0, "the Gaussian sigma in pixels where the path starts "
+                    "(sqrt: at sqrt(max_sigma), as PAIR)",
                     low=0, open_low=True),
              integer("steps", 100, "blur levels between the fully blurred image and the "
                      "input", low=1),
              number("grad_step", 0.01, "sigma step of the finite difference d blur / d sigma",
                     low=0, open_low=True),
-             flag("sqrt", False, "space the sigmas as the square root of even steps"),
+             flag("sqrt", False, "PAIR's sqrt schedule: sigma_s = sqrt(s max_sigma / steps)"),
              INTERNAL_BATCH_SIZE),
     work=blur_work,
 ))
