@@ -3,6 +3,10 @@ Lundberg, Lee 2021), with Captum's GradientShap semantics."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 from ..export.gradient_shap import background_rows
 from ..export.graph import FED
 from ..export.methods import BASELINE_SCORE, SCORE
@@ -75,17 +79,26 @@ def gradient_shap(engine, feeds, target, sources, *, n_samples: int = 25, stdevs
 def shap_work(options, feeds) -> Work:
     """n_samples gradient runs per row, and one per background row (its score: the
     reference of the convergence delta); held: the Loop's sum per input, shaped like the
-    rows."""
+    rows, and the background rows."""
     samples = count_of(options, "n_samples")
     rows, row_bytes = rows_and_bytes(feeds)
-    baselines = options.get("baselines", "zeros")
-    count = 1
-    if isinstance(baselines, dict):
-        count = max((len(value) if getattr(value, "ndim", 0) > 1 else 1
-                     for value in baselines.values()), default=1)
-    elif getattr(baselines, "ndim", 0) > 1:
-        count = len(baselines)
-    return Work("n_samples", samples, samples + count, rows * row_bytes, "gradient runs")
+    count = _background_count(options.get("baselines", "zeros"), feeds)
+    return Work("n_samples", samples, samples + count, (rows + count) * row_bytes,
+                "gradient runs")
+
+
+def _background_count(baselines, feeds) -> int:
+    """Background rows: an array with the feed's rank holds rows [B, *row]; one of lower
+    rank is one row (a number or a row broadcast)."""
+    def count(value, name: str) -> int:
+        ndim = np.ndim(feeds[name]) if name in feeds else None
+        return len(value) if ndim is not None and np.ndim(value) == ndim else 1
+
+    if isinstance(baselines, Mapping):
+        return max((count(value, name) for name, value in baselines.items()), default=1)
+    if np.ndim(baselines) > 0 and len(feeds) == 1:
+        return count(baselines, next(iter(feeds)))
+    return 1
 
 
 BASELINES = Option("baselines", "zeros", "background rows drawn from: [B, *row] (-O "

@@ -139,7 +139,7 @@ def greedy_regions(density: np.ndarray, regions: np.ndarray, area_threshold: flo
         alive, free, counts = alive[keep], free[keep], counts[keep]
         if not len(alive):
             break
-        means = np.where(free, values, 0.0).sum(axis=1) / counts
+        means = _free_sums(free, values) / counts
         best = int(np.argmax(means))  # the first of equal gains, as PAIR's strict '>'
         new = free[best]
         added.append((new, float(means[best])))
@@ -147,6 +147,13 @@ def greedy_regions(density: np.ndarray, regions: np.ndarray, area_threshold: flo
         covered |= new
         alive = np.delete(alive, best)
     return _finish(gains, values, added, density.shape)
+
+
+def _free_sums(free: np.ndarray, values: np.ndarray, block: int = 32) -> np.ndarray:
+    """Each region's sum of `values` over its free pixels, a few regions at a time: the
+    whole [regions, pixels] float array would be 0.2-0.4 GB at 224x224 on every step."""
+    return np.concatenate([np.where(free[start:start + block], values, 0.0).sum(axis=1)
+                           for start in range(0, len(free), block)])
 
 
 def ordered_regions(density: np.ndarray, regions: np.ndarray, min_pixel_diff: int
