@@ -11,7 +11,14 @@ from . import MethodOutput, MethodSpec, register
 from ._common import ConvergenceWarning, completeness_delta, input_sources
 from ._graph import graph_run
 from .baselines import make_baselines
-from .options import BASELINE_SEED, BASELINE_VALUE, BLUR_SIGMA, integer, number, path_baseline
+from .options import (
+    BASELINE_SEED,
+    BASELINE_VALUE,
+    BLUR_SIGMA,
+    n_steps_option,
+    number,
+    path_baseline,
+)
 
 
 def guided_ig(engine, feeds, target, sources, *, n_steps: int = 200, fraction: float = 0.25,
@@ -64,8 +71,7 @@ register(MethodSpec(
     reference="Kapishnikov, Venugopalan, Avci, Wedin, Terry, Bolukbasi 2021, "
               "arXiv:2106.09788",
     family="gradient",
-    options=(integer("n_steps", 200, "steps of the path from the baseline to the input",
-                     low=1),
+    options=(n_steps_option(200, what="steps of the path from the baseline to the input"),
              number("fraction", 0.25, "share of the features (smallest |gradient|) moved "
                     "at each selection", low=0, high=1),
              number("max_dist", 0.02, "how far (share of the L1 distance) a feature may "

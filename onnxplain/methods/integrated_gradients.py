@@ -25,6 +25,7 @@ from .options import (
     Option,
     choice,
     integer,
+    n_steps_option,
     path_baseline,
 )
 
@@ -115,8 +116,7 @@ def check_auto_rule(rule: str, method: str) -> None:
                          f"rule=gausslegendre (or a fixed n_steps with rule={rule})")
 
 
-N_STEPS = Option("n_steps", 50, "points on the path from the baseline to the input (auto: "
-                 "8 to 128 per row, to delta_tolerance)", ("int", "choice"), (AUTO,), low=1)
+N_STEPS = n_steps_option(auto=AUTO)
 RULE = choice("rule", "gausslegendre", PATH_RULES, "quadrature rule of the path integral")
 INTERNAL_BATCH_SIZE = integer("internal_batch_size", 0, "rows per Loop iteration, the model's "
                               "points times input rows (0: as the memory budget allows; "

@@ -18,14 +18,14 @@ from .options import (
     BASELINE_VALUE,
     BLUR_SIGMA,
     delta_tolerance,
-    integer,
     layer_option,
+    n_steps_option,
     path_baseline,
     upsample_option,
 )
 
 # Without integrated_gradients' "auto": conductance sums over a fixed set of points.
-N_STEPS = integer("n_steps", 50, "points on the path from the baseline to the input", low=1)
+N_STEPS = n_steps_option()  # no auto: IG's orders are chosen by IG's own delta
 
 
 def layer_conductance(engine, feeds, target, sources, *, layer: str | None = None,

@@ -334,6 +334,16 @@ BLUR_SIGMA = number("blur_sigma", 5.0, "the blurred baseline's Gaussian sigma in
 BASELINE_SEED = seed_option("seed of the uniform baseline", high=WORD - 1)
 
 
+def n_steps_option(default: int = 50, auto: str | None = None,
+                   what: str = "points on the path from the baseline to the input") -> Option:
+    """A path method's step count; `auto`, where given, the word that lets the method pick
+    its own (integrated_gradients)."""
+    if auto is None:
+        return integer("n_steps", default, what, low=1)
+    return Option("n_steps", default, f"{what} ({auto}: 8 to 128 per row, to "
+                  "delta_tolerance)", ("int", "choice"), (auto,), low=1)
+
+
 def delta_tolerance(default: float) -> Option:
     return number("delta_tolerance", default, "warn when |convergence delta| exceeds this "
                   "share of |S(input) - S(baseline)|", low=0)
