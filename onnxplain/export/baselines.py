@@ -56,14 +56,20 @@ def baseline_program(x: np.ndarray, kind: str, sigma: float, seed: int, name: st
     return model
 
 
-def _blurred(b: GraphBuilder, x: str, sigma: float, name: str) -> str:
+def graph_layout(b: GraphBuilder, x: str, refusal: str, shown: str | None = None) -> str:
+    """'NCHW' or 'NHWC' of image tensor `x` in the graph (a symbolic side is taken as longer
+    than 1, an image's), else InputError: `refusal`, then the shape of `shown` (default x)."""
     dims = b.info(x).shape
-    # A symbolic side is taken as longer than 1 (an image's).
     layout = None if dims is None else image_layout(
         tuple(d if isinstance(d, int) else 2 for d in dims))
     if layout is None:
-        raise InputError(f"a blurred baseline needs an image input; '{name}' has shape "
+        raise InputError(f"{refusal}; '{shown or x}' has shape "
                          f"{'unknown' if dims is None else tuple(dims)}")
+    return layout
+
+
+def _blurred(b: GraphBuilder, x: str, sigma: float, name: str) -> str:
+    layout = graph_layout(b, x, "a blurred baseline needs an image input", name)
     if sigma <= 0:
         return b.op("Identity", x)
     kernel = gaussian_kernel(sigma)

@@ -21,9 +21,8 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from ..errors import InputError
 from ..graph.shapes import TensorInfo
-from ..images import image_layout
+from .baselines import graph_layout
 from .graph import ExplainerGraph
 from .loop import Chunk, Walk, aliases, gradient_loop, repeated, weighted_blocks
 from .methods import declare_per_input, float_inputs, register_export
@@ -64,14 +63,7 @@ def blur_ig(eg: ExplainerGraph, options: dict) -> None:
 
 
 def _layout(b, name: str) -> str:
-    """'NCHW' or 'NHWC' of image input `name` (a symbolic side taken as longer than 1)."""
-    dims = b.info(name).shape
-    layout = None if dims is None else image_layout(
-        tuple(d if isinstance(d, int) else 2 for d in dims))
-    if layout is None:
-        raise InputError(f"blur_ig blurs image inputs [N, C, H, W] or [N, H, W, C]; '{name}' "
-                         f"has shape {'unknown' if dims is None else tuple(dims)}")
-    return layout
+    return graph_layout(b, name, "blur_ig blurs image inputs [N, C, H, W] or [N, H, W, C]")
 
 
 def _walk(eg: ExplainerGraph, inputs: list[str], layouts: dict[str, str],
