@@ -72,11 +72,13 @@ def describe(result: dict) -> list[str]:
     """One line per concept: mean sign count, its spread over the random sets, p-value."""
     lines = [f"TCAV at '{result['layer']}', {len(result['targets'])} inputs",
              f"  {'concept':20s} {'sign count':>10s} {'min..max':>13s} {'magnitude':>11s} "
-             f"{'p-value':>9s}"]
+             f"{'p-value':>9s} {'vs random':>9s}"]
     for name, scores in result["concepts"].items():
-        signs, p = scores["sign_count"], scores["p_value"]
+        signs = scores["sign_count"]
         magnitude = sum(scores["magnitude"]) / len(scores["magnitude"])
+        shown = ["n/a" if p is None else format(p, ".3g")
+                 for p in (scores["p_value"], scores["null_p_value"])]
         lines.append(f"  {name:20s} {scores['mean_sign_count']:10.3f} "
                      f"{min(signs):6.3f}..{max(signs):5.3f} {magnitude:11.4g} "
-                     f"{'n/a' if p is None else format(p, '.3g'):>9s}")
+                     f"{shown[0]:>9s} {shown[1]:>9s}")
     return lines

@@ -11,9 +11,10 @@ derivative of the class score S_c along v is S_c,v(x) = grad_l S_c(x) . v, and
 Repeated against several random sets, a two-sided Student t-test (scipy.stats.ttest_ind, as
 Captum's TCAV tutorial applies it) of the concept's scores against the random sets' scores.
 The random set's scores are the same CAV read along -v (1 - sign_count where no derivative
-is 0), so this asks whether the sign count differs from 0.5: a weaker test than Kim et al.'s,
-whose null is CAVs trained between two random sets (random directions alone often give
-sign counts far from 0.5). Read a small p-value together with the CAV's accuracy.
+is 0), so this asks whether the sign count differs from 0.5. Random directions alone often
+give sign counts far from 0.5, so null_p_value is Kim et al.'s test: the concept's sign
+counts against those of CAVs trained between each pair of random sets (at least three
+random sets give it at least three samples). Read either with the CAV's accuracy.
 
 The activations and layer gradients come from the Explainer's tapped forward and gradient
 program. The CAV classifier is a closed-form ridge (least-squares) classifier on +-1 labels,
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,13 +49,16 @@ class ConceptTest:
     p_value: float | None  # None: fewer than two random sets, or no variance at all
     accuracy: np.ndarray
     cavs: np.ndarray  # [random sets, layer features], unit length
+    # Against the sign counts of CAVs trained between two random sets (Kim et al.'s null).
+    null_p_value: float | None = None
 
     def as_dict(self) -> dict:
         return {"sign_count": self.sign_count.tolist(), "magnitude": self.magnitude.tolist(),
                 "random_sign_count": self.random_sign_count.tolist(),
                 "random_magnitude": self.random_magnitude.tolist(),
                 "mean_sign_count": float(self.sign_count.mean()),
-                "p_value": self.p_value, "cav_accuracy": self.accuracy.tolist()}
+                "p_value": self.p_value, "null_p_value": self.null_p_value,
+                "cav_accuracy": self.accuracy.tolist()}
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,12 @@ class TcavResult:
     layer: str
     targets: np.ndarray  # the class explained per input
     concepts: dict[str, ConceptTest]
+    # Sign counts of the CAVs between each pair of random sets: what chance gives.
+    null_sign_count: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def as_dict(self) -> dict:
         return {"layer": self.layer, "targets": self.targets.tolist(),
+                "null_sign_count": self.null_sign_count.tolist(),
                 "concepts": {name: test.as_dict() for name, test in self.concepts.items()}}
 
 
@@ -92,6 +99,8 @@ def tcav(model: Explainer | str | os.PathLike, inputs, concepts: Mapping[str, np
     grads = _rows(run.grads[tensor])
     randoms = [_activations(explainer, tensor, array, f"random set {i}")
                for i, array in enumerate(random_sets)]
+    null = np.array([np.mean(grads @ fit_cav(randoms[i], randoms[j], ridge)[0] > 0)
+                     for i in range(len(randoms)) for j in range(i + 1, len(randoms))])
     tests = {}
     for name, examples in concepts.items():
         given = None if cavs is None or name not in cavs else np.asarray(cavs[name], float)
@@ -103,8 +112,8 @@ def tcav(model: Explainer | str | os.PathLike, inputs, concepts: Mapping[str, np
         else:
             vectors = _checked_cavs(name, given, len(randoms), grads.shape[1])
             accuracy = np.full(len(randoms), np.nan)
-        tests[name] = _test(name, grads, vectors, accuracy)
-    return TcavResult(tensor, np.asarray(run.target), tests)
+        tests[name] = _test(name, grads, vectors, accuracy, null)
+    return TcavResult(tensor, np.asarray(run.target), tests, null)
 
 
 def fit_cav(concept: np.ndarray, random: np.ndarray, ridge: float = 1e-2
@@ -164,14 +173,14 @@ def ttest_pvalue(first: np.ndarray, second: np.ndarray) -> float | None:
     return float(_betainc(df / 2, 0.5, df / (df + t * t)))
 
 
-def _test(name: str, grads: np.ndarray, vectors: np.ndarray, accuracy: np.ndarray
-          ) -> ConceptTest:
+def _test(name: str, grads: np.ndarray, vectors: np.ndarray, accuracy: np.ndarray,
+          null: np.ndarray) -> ConceptTest:
     derivatives = grads @ vectors.T  # [inputs, random sets]
     sign = np.mean(derivatives > 0, axis=0)
     random_sign = np.mean(-derivatives > 0, axis=0)
     return ConceptTest(name, sign, derivatives.mean(axis=0), random_sign,
                        -derivatives.mean(axis=0), ttest_pvalue(sign, random_sign), accuracy,
-                       vectors)
+                       vectors, ttest_pvalue(sign, null))
 
 
 def _activations(explainer: Explainer, tensor: str, examples, what: str) -> np.ndarray:

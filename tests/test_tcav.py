@@ -96,6 +96,25 @@ def test_scores_match_captum_given_the_same_cavs(zoo, explainer, digits, target,
     assert test.p_value == pytest.approx(ttest_ind(sign[:, 0], sign[:, 1]).pvalue, rel=1e-6)
 
 
+def test_the_null_is_cavs_between_random_sets(explainer, digits, result):
+    """Kim et al.'s null: the sign counts of CAVs fitted between each pair of random sets,
+    computed here from the layer's activations and gradients read directly; the concept's
+    null p-value is scipy's t-test of its sign counts against those."""
+    from scipy.stats import ttest_ind
+
+    grads = explainer.gradients(digits["inputs"], TARGET, wrt=[LAYER]).grads[LAYER]
+    grads = grads.reshape(len(grads), -1).astype(np.float64)
+    acts = [explainer.forward(r, taps=[LAYER])[LAYER].reshape(len(r), -1)
+            for r in digits["randoms"]]
+    null = [np.mean(grads @ fit_cav(acts[i], acts[j])[0] > 0)
+            for i in range(len(acts)) for j in range(i + 1, len(acts))]
+    np.testing.assert_array_equal(result.null_sign_count, null)
+    test = result.concepts["seven"]
+    want = ttest_ind(test.sign_count, null).pvalue
+    assert np.isfinite(want) and test.null_p_value == pytest.approx(want, rel=1e-9)
+    assert result.as_dict()["concepts"]["seven"]["null_p_value"] == test.null_p_value
+
+
 def test_a_digit_concept_supports_its_own_class(result):
     """Sevens push the class 'seven' up; the CAVs separate their sets."""
     test = result.concepts["seven"]
