@@ -41,6 +41,9 @@ class Attribution:
     # Dense objectives (objective.DENSE): the weights resolved on the clean run, so that
     # metrics score perturbed inputs with the same objective; not part of the summary.
     seed: np.ndarray | None = field(default=None, repr=False)
+    # explainer.unreadable_rows of the attributions: per kind, a bool mask of the rows whose
+    # map is no explanation (each warned about when explained).
+    unreadable: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.attributions[name]

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
+from ._text import counted
+from .errors import AttributionWarning, InputError
 from .explainer import Explainer
 from .graph.layers import resolve_layer
 
@@ -97,6 +99,13 @@ def tcav(model: Explainer | str | os.PathLike, inputs, concepts: Mapping[str, np
     tensor = resolve_layer(explainer.model, layer)
     run = explainer.gradients(inputs, target, wrt=[tensor])
     grads = _rows(run.grads[tensor])
+    dead = ~np.any(grads, axis=1)
+    if dead.any():  # a zero derivative is not 'the concept lowers the class': it says nothing
+        inputs = counted(int(dead.sum()), "input")
+        warnings.warn(f"the class score's gradient at '{tensor}' is 0 for {inputs} of "
+                      f"{len(grads)}: their directional derivatives are 0, so they count "
+                      "against every concept (sign counts) and say nothing; test another "
+                      "layer or class", AttributionWarning, stacklevel=2)
     randoms = [_activations(explainer, tensor, array, f"random set {i}")
                for i, array in enumerate(random_sets)]
     null = np.array([np.mean(grads @ fit_cav(randoms[i], randoms[j], ridge)[0] > 0)

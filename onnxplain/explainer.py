@@ -272,7 +272,8 @@ class Explainer:
         notes += self._straight_through_notes if method.needs_sources else []
         notes += self._cut_notes if method.needs_sources else []
         doubts = _ties(scores) if objective is None and scores is not None else []
-        doubts += _unreadable_rows(per_input, self.model.batch.of_inputs,
+        unreadable = unreadable_rows(per_input, self.model.batch.of_inputs)
+        doubts += _unreadable_rows(unreadable, per_input, self.model.batch.of_inputs,
                                    method.family == "attention")
         for doubt in doubts:
             warnings.warn(doubt, AttributionWarning, stacklevel=3)
@@ -281,7 +282,8 @@ class Explainer:
                            predicted, predicted_score, target_score,
                            self.engine.session_providers, elapsed, options, run.outputs, notes,
                            explained, extras, output.signed,
-                           objective.seed if isinstance(objective, Dense) else None)
+                           objective.seed if isinstance(objective, Dense) else None,
+                           unreadable)
 
 
 def _dense_scores(objective: Dense, logits: np.ndarray) -> tuple:
@@ -343,12 +345,11 @@ def _rows_flat(attributions: Mapping[str, np.ndarray], axes: RowAxes) -> np.ndar
     return np.concatenate(values, axis=1) if values else None
 
 
-def _unreadable_rows(attributions: Mapping[str, np.ndarray], axes: RowAxes,
-                     attention: bool = False) -> list[str]:
-    """What unreadable_rows finds, in words: never to be shown as a result. `attention`: an
-    attention method, whose map of a query is 0 when its row is its own one-hot in every
-    layer."""
-    kinds = unreadable_rows(attributions, axes)
+def _unreadable_rows(kinds: Mapping[str, np.ndarray], attributions: Mapping[str, np.ndarray],
+                     axes: RowAxes, attention: bool = False) -> list[str]:
+    """What unreadable_rows found in `attributions` (`kinds`), in words: never to be shown as
+    a result. `attention`: an attention method, whose map of a query is 0 when its row is
+    its own one-hot in every layer."""
     found = []
     if np.any(kinds.get(NOT_FINITE, False)):
         found.append(f"attributions are NaN or infinite in "

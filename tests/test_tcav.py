@@ -11,7 +11,7 @@ import pytest
 
 import onnxplain
 from onnxplain.concepts import fit_cav, tcav, ttest_pvalue
-from onnxplain.errors import InputError
+from onnxplain.errors import AttributionWarning, InputError
 
 from .conftest import require
 
@@ -210,3 +210,25 @@ def test_bad_input_is_one_line(explainer, digits):
              layer=LAYER, target=TARGET, cavs={"seven": np.zeros((2, 5))})
     with pytest.raises(InputError, match="at least one random set"):
         tcav(explainer, digits["inputs"], {"seven": digits["sevens"]}, [], layer=LAYER)
+
+
+def test_a_layer_the_score_does_not_depend_on_warns():
+    """h = x W feeds the output only through a product with 0: the gradient at h is 0 for
+    every input, so every sign count is 0; that is said, never presented as a result."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    zeros = numpy_helper.from_array(np.zeros((3, 2), np.float32), "z")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("MatMul", ["h", "z"], ["y"])], "dead",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], [weights, zeros])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    explainer = onnxplain.Explainer(model, "cpu", progress=False)
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((6, 4)).astype(np.float32) for _ in range(4)]
+    with pytest.warns(AttributionWarning, match="gradient at 'h' is 0 for 6 inputs"):
+        result = tcav(explainer, data[0], {"c": data[1] + 2}, data[2:], layer="h", target=0)
+    assert not result.concepts["c"].sign_count.any()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..attribution import Attribution
 from ..errors import InputError
-from ..explainer import Explainer, unreadable_rows
+from ..explainer import Explainer
 from ..graph.model import Model
 from ..images import ImagePreprocessing
 from ..vocab import Vocabulary
@@ -68,10 +68,9 @@ def _explained(explainer: Explainer, batch: Batch, method: str, target, options:
                notes: Counter) -> tuple[list[RowResult], list[RowError]]:
     """The batch's results; where the method refuses the batch (an input error), each row
     alone, so that one bad row does not take the others with it."""
-    axes = explainer.model.batch.of_inputs
     try:
-        return _rows(batch, _explain(explainer, batch.feeds, method, target, options, notes),
-                     axes), []
+        return _rows(batch, _explain(explainer, batch.feeds, method, target, options,
+                                     notes)), []
     except InputError as err:
         if len(batch) == 1:
             return [], [RowError(batch.ids[0], batch.sources[0], str(err))]
@@ -83,7 +82,7 @@ def _explained(explainer: Explainer, batch: Batch, method: str, target, options:
         except InputError as err:
             failed.append(RowError(one.ids[0], one.sources[0], str(err)))
             continue
-        results += _rows(one, attribution, axes)
+        results += _rows(one, attribution)
     return results, failed
 
 
@@ -105,11 +104,11 @@ def _take(batch: Batch, index: int) -> Batch:
                  {name: value[index:index + 1] for name, value in batch.feeds.items()})
 
 
-def _rows(batch: Batch, attribution: Attribution, axes) -> list[RowResult]:
+def _rows(batch: Batch, attribution: Attribution) -> list[RowResult]:
     """One RowResult per row of the batch, from the batch's Attribution; a row whose map is
     no explanation (NaN, all 0, constant) says so in its note."""
     delta = attribution.extras.get("convergence_delta")
-    kinds = unreadable_rows(attribution.attributions, axes)
+    kinds = attribution.unreadable  # found (and warned about) by Explainer.explain
     notes = [next((kind for kind, rows in kinds.items() if rows[index]), None)
              for index in range(len(batch))]
     results = []

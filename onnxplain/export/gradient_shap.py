@@ -45,7 +45,7 @@ from .random import normal, uniform
 DRAWS = 255
 
 
-def background_rows(baselines, names: Sequence[str], rows: Mapping[str, tuple],
+def background_sets(baselines, names: Sequence[str], rows: Mapping[str, tuple],
                     dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
     """Each input's background rows [B, *row] ([1, ..., 1] for a number, which broadcasts to
     any row) from the option: "zeros", a number, an array (rows [B, *row] or one row; one
@@ -113,7 +113,7 @@ def gradient_shap(eg: ExplainerGraph, options: dict) -> None:
     b = eg.b
     inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
     eg.take_model_nodes()
-    found = background_rows(options["baselines"], inputs,
+    found = background_sets(options["baselines"], inputs,
                             {name: row_dims(eg, name) for name in inputs},
                             {name: b.np_dtype(name) for name in inputs})
     count = max(len(rows) for rows in found.values())

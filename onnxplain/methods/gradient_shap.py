@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..export.gradient_shap import background_rows
+from ..export.gradient_shap import background_sets
 from ..export.graph import FED
 from ..export.methods import BASELINE_SCORE, SCORE
 from ..export.noise import SEED
@@ -52,7 +52,7 @@ def gradient_shap(engine, feeds, target, sources, *, n_samples: int = 25, stdevs
 
     moved = input_sources(sources, feeds, "gradient_shap")
     names = [source.tensor for source in moved]
-    background = background_rows(baselines, names,
+    background = background_sets(baselines, names,
                                  {name: feeds[name].shape[1:] for name in names},
                                  {name: feeds[name].dtype for name in names})
     options = {"n_samples": int(n_samples), "stdevs": float(stdevs), "baselines": background,
