@@ -21,8 +21,12 @@ $(VENV)/.zoo-$(EXTRA): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),zoo]'
 	touch $@
 
-$(VENV)/.test-$(EXTRA): pyproject.toml | $(VENV)/bin/python
+$(VENV)/.test-$(EXTRA): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),test]'
+	# LXT (the AttnLRP authors' code), the oracle of tests/transformers/test_attn_lrp_lxt.py,
+	# without its dependencies: they include open_clip_torch and torchvision, which would
+	# replace torch.
+	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
 demo: $(VENV)/.zoo-$(EXTRA)

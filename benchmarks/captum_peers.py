@@ -10,7 +10,7 @@ Captum gets its batching options at their fastest (perturbations_per_eval 64,
 internal_batch_size the whole path). Each pair's agreement (relative L2 distance of the
 maps) is printed beside its ratio, so a ratio is never of different work.
 
-    python benchmarks/captum_peers.py [--repeats 3]
+    python benchmarks/captum_peers.py [--repeats 3] [--methods gradient_shap ...]
 """
 
 from __future__ import annotations
@@ -33,11 +33,15 @@ import model_zoo  # noqa: E402
 import onnxplain  # noqa: E402
 
 ROWS, TARGET, CELL = 4, 3, 8
+METHODS = ["gradient_shap", "layer_conductance", "neuron_conductance", "feature_ablation",
+           "shapley_sampling"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+                        help="the rows to time (default: all)")
     args = parser.parse_args()
     import torch
 
@@ -57,6 +61,8 @@ def main() -> None:
     print(f"\n{'method':>20} {'onnxplain s':>12} {'captum s':>10} {'ours/captum':>12} "
           f"{'map distance':>13}")
     for name, (ours, theirs, compare) in cases.items():
+        if name not in args.methods:
+            continue
         times = interleaved_times({"ours": ours, "captum": theirs}, args.repeats)
         print(f"{name:>20} {statistics.median(times['ours']):>12.3f} "
               f"{statistics.median(times['captum']):>10.3f} "

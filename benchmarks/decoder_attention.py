@@ -9,7 +9,7 @@ over 2 key/value heads), exported by the zoo's exporter (dynamo, opset 18) to a 
 folder; every row has `past` cached positions and `new` new tokens (at hidden 256 with 96
 cached tokens the forward takes 3 to 4 ms and Python's fixed cost per call dominates).
 Prints, per method, the median of per-repeat ratios of Explainer.explain time to one ONNX
-Runtime forward of the plain model on the same inputs. Targets: rollout <= 1.3,
+Runtime forward of the plain model on the same inputs. Targets: rollout <= 1.3, attn_lrp <= 3.0,
 transformer_attribution <= 4.0. `--whole-tail` also times Transformer Attribution with its
 backward passes over every position after the last attention layer (no explained-row copy,
 export/explained_row.py), alternately with the default in the same process.
@@ -41,7 +41,7 @@ import onnxplain.export.explained_row as row_copy  # noqa: E402
 from model_zoo.decoders import export_dynamo_with_past18, make_llama_tiny_kv  # noqa: E402
 
 METHODS = {"rollout": 1.3, "transformer_attribution": 4.0, "raw_attention": None,
-           "generic_attention": None}
+           "generic_attention": None, "attn_lrp": 3.0}
 
 
 def export(folder: Path, args) -> tuple[Path, dict]:

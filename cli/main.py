@@ -13,7 +13,7 @@ from .evaluate import evaluate
 from .export import export
 from .generate import generate
 from .local_head import local_head
-from .method_table import FAMILIES, method_rows
+from .method_table import FAMILIES, SET_TESTS_HEADING, method_rows, set_test_rows
 from .options import (
     batch_size_option,
     clip_percentile_option,
@@ -93,6 +93,12 @@ def methods(as_json: bool, quiet: bool) -> None:
             local = "; in-process only" if row["exportable"] and not option["exported"] else ""
             click.echo(f"  {'':{width}s} -O {option['name']}={option['default']}: "
                        f"{option['help']} ({option['expects']}{local})")
+    click.echo("\n" + SET_TESTS_HEADING)
+    for test in set_test_rows():
+        click.echo(f"  {test['name']:{width}s} {test['summary']}")
+        click.echo(f"  {'':{width}s} paper: {test['reference']}")
+        click.echo(f"  {'':{width}s} API: {test['function']}")
+        click.echo(f"  {'':{width}s} CLI: {test['command']}")
     click.echo("\n[export]: `onnxplain export` bakes the method into a standalone ONNX file; "
                "-O KEY=VALUE sets an option (API: keyword arguments)")
 

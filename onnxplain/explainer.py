@@ -58,7 +58,7 @@ from .runtime.session import fallback_note, resolve_providers
 # (engine.DenseObjective), which saves the clean forward run that would resolve it first.
 SEEDED_IN_GRAPH = frozenset({"saliency", "input_x_gradient", "guided_backprop", "deconvnet",
                              "transformer_attribution",
-                             "generic_attention", "attgrad", "partial_lrp"})
+                             "generic_attention", "attgrad", "partial_lrp", "attn_lrp"})
 
 
 class Explainer:

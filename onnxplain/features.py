@@ -60,9 +60,11 @@ def feature_mask(value_row: np.ndarray, kind: str = "auto", *, cell: int = 8,
 def row_masks(values: np.ndarray, features: str | np.ndarray = "auto", *, cell: int = 0,
               n_segments: int = 50) -> list[np.ndarray]:
     """One feature mask per row of `values` [N, *row]. `features` is a kind (see
-    feature_mask) or an integer mask shared by every row; only superpixels depend on the
-    row's values, so the other kinds are computed once. `cell` 0 sizes grid cells so that
-    the image's shorter side holds GRID_CELLS of them (8x8 digits: 1 pixel; 224: 28)."""
+    feature_mask), an integer mask shared by every row (like one row, or broadcastable to
+    it), or one integer mask per row: an array with the batch's rank, [N, *row] (or
+    [1, *row] for every row), each relabelled on its own. Only superpixels and per-row masks
+    differ between rows; the other kinds are computed once. `cell` 0 sizes grid cells so
+    that the image's shorter side holds GRID_CELLS of them (8x8 digits: 1 pixel; 224: 28)."""
     if not cell:
         cell = default_cell(values[0])
     if isinstance(features, str):
@@ -71,6 +73,13 @@ def row_masks(values: np.ndarray, features: str | np.ndarray = "auto", *, cell: 
         kind, mask = "mask", np.asarray(features)
     if kind == "superpixels":
         return [feature_mask(row, kind, n_segments=n_segments) for row in values]
+    if mask is not None and mask.ndim == np.ndim(values):
+        if len(mask) not in (1, len(values)):
+            raise InputError(f"a feature mask per row needs one row per input row "
+                             f"({len(values)}) or one for all, got shape {mask.shape}")
+        if len(mask) == len(values) > 1:
+            return [feature_mask(row, mask=own) for row, own in zip(values, mask, strict=True)]
+        mask = mask[0]
     one = feature_mask(values[0], kind, cell=cell, n_segments=n_segments, mask=mask)
     return [one] * len(values)
 
@@ -167,7 +176,7 @@ def _user_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         full = np.broadcast_to(mask, shape)
     except ValueError:
         raise InputError(f"feature mask of shape {mask.shape} does not broadcast to an input "
-                         f"row of shape {shape}") from None
+                         f"row of shape {shape} (one mask per row: [rows, *row])") from None
     if full.dtype.kind == "i" and full.size and full.min() < 0:
         # The methods' exported feature_mask input reads a negative id as no feature (never
         # perturbed): renumbering it here as one more feature would say otherwise.

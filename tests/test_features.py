@@ -66,6 +66,61 @@ def test_user_masks_are_broadcast_and_relabelled():
     np.testing.assert_array_equal(masks[1], mask)
 
 
+# Three masks over an 8x8 image, ids not from 0: quadrants (4 features), left and right
+# halves (2) and bands of 3 rows (3).
+PLANE = np.indices((8, 8))
+PER_ROW = np.stack([10 + (PLANE[0] // 4) * 2 + PLANE[1] // 4, 7 * (PLANE[1] // 4),
+                    3 + PLANE[0] // 3])[:, None]  # [3, 1, 8, 8]
+
+
+def test_row_masks_take_one_mask_per_row():
+    """An array with the batch's rank is one mask per row, each relabelled on its own;
+    [1, *row] serves every row, as a mask like one row does."""
+    values = np.zeros((3, 1, 8, 8), np.float32)
+    masks = row_masks(values, PER_ROW)
+    assert [assert_ids_used(mask) for mask in masks] == [4, 2, 3]
+    for mask, given in zip(masks, PER_ROW, strict=True):
+        np.testing.assert_array_equal(mask, np.unique(given, return_inverse=True)[1]
+                                      .reshape(given.shape))
+    shared = row_masks(values, PER_ROW[1:2])
+    assert len(shared) == 3
+    for mask in shared:
+        np.testing.assert_array_equal(mask, masks[1])
+        np.testing.assert_array_equal(mask, row_masks(values, PER_ROW[1])[0])
+    with pytest.raises(InputError, match=r"^a feature mask per row needs one row per input "
+                                         r"row \(3\) or one for all, got shape "
+                                         r"\(2, 1, 8, 8\)$"):
+        row_masks(values, PER_ROW[:2])
+    with pytest.raises(InputError, match="holds feature ids >= 0"):
+        row_masks(values, PER_ROW - 20)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("feature_ablation", {}),
+    ("kernel_shap", {}),
+    ("shapley_sampling", {"n_samples": 4}),
+    ("lime", {"n_samples": 40}),
+])
+def test_every_perturbation_method_reads_per_row_masks(zoo, method, options):
+    """features=[N, *row]: each row explained with its own mask, as alone with that mask
+    (rows of different feature counts run apart), and the masks come back relabelled."""
+    import onnxplain
+
+    explainer = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu",
+                                    progress=False)
+    x = zoo.sample("digits_cnn")["image"][:3]
+    batch = explainer.explain(x, method, target=[1, 4, 7], features=PER_ROW, **options)
+    np.testing.assert_array_equal(batch.extras["feature_mask"],
+                                  np.stack(row_masks(x, PER_ROW)))
+    for row, (target, count) in enumerate(zip((1, 4, 7), (4, 2, 3), strict=True)):
+        alone = explainer.explain(x[row:row + 1], method, target=target,
+                                  features=PER_ROW[row, 0], **options)
+        value = alone["image"][0]
+        assert np.abs(value).max() > 0 and len(np.unique(value)) <= count
+        np.testing.assert_allclose(batch["image"][row], value, rtol=1e-5,
+                                   atol=1e-6 * np.abs(value).max())
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: feature_mask(np.zeros(4), "stripes"), "unknown features 'stripes'"),
     (lambda: feature_mask(np.zeros(4), "grid"), "needs an image row"),

@@ -2,7 +2,8 @@
 exactly as the README's "Coverage of production exports" table says (checked below).
 
 Cells: saliency; integrated gradients (layer integrated gradients for token-id models);
-Grad-CAM; rollout; Transformer Attribution; RISE; saliency exported into a standalone model.
+Grad-CAM; rollout; Transformer Attribution; RISE; saliency exported into a standalone model;
+AttnLRP.
 Two rows of each model's sample. Oracles:
 - derived models (quantized, float16, ONNX Runtime-optimized, the same weights through
   another exporter) against the same cell on their parent (PARENTS), within their form's
@@ -12,7 +13,10 @@ Two rows of each model's sample. Oracles:
   token ids, the model cut there); (layer) integrated gradients by completeness; Grad-CAM
   recomputed from the tapped layer and its gradient, that gradient checked by central
   differences at the layer; Transformer Attribution only nonzero here (its oracles are in
-  tests/transformers);
+  tests/transformers); AttnLRP equal to input x gradient where every op's AttnLRP rule is
+  the gradient (ReLU CNNs and MLPs), against a float64 torch reference of the same rules on
+  cond_cnn, and only nonzero here on transformers (their float64 torch reference runs in
+  tests/transformers/test_attn_lrp_oracle.py, over ATTN_LRP_REFERENCE);
 - every model: rollout recomputed in numpy from the tapped attention probabilities (and
   against the parent for derived models), RISE recomputed from its masks and forward runs,
   the exported saliency equal to the in-process one.
@@ -42,9 +46,9 @@ from onnxplain.graph.weights import standalone
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CELLS = ("saliency", "integrated_gradients", "grad_cam", "rollout",
-         "transformer_attribution", "rise", "export_saliency")
+         "transformer_attribution", "rise", "export_saliency", "attn_lrp")
 COLUMNS = ("saliency", "IG / layer IG", "Grad-CAM", "rollout", "Transformer Attribution",
-           "RISE", "export saliency")
+           "RISE", "export saliency", "AttnLRP")
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -68,6 +72,8 @@ OK = "ok"
 NO_ATTENTION = Refused("no attention", "no attention layer found")
 NO_CONV = Refused("no conv layer", "no spatial conv layer found")
 NO_FLOAT_INPUT = Refused("token ids", "has no float input")
+RECURRENT = Refused("recurrent cells", r"(LSTM|GRU|RNN) .* at .*node.*'.*' "
+                                       r"\(AttnLRP has no rule for recurrent cells\)")
 
 CNN = {"rollout": NO_ATTENTION, "transformer_attribution": NO_ATTENTION}
 TEXT = {"grad_cam": NO_CONV, "export_saliency": NO_FLOAT_INPUT}
@@ -92,9 +98,10 @@ EXPECTED: dict[str, dict] = {
     **{name: TEXT for name in ("gpt2_tiny", "gpt2_tiny_ort", "causal_lm", "gpt2_tiny_kv",
                                "llama_tiny_kv", "qwen2_tiny_opset18", "qwen2_tiny_opset23")},
     # Recurrent and control-flow models.
-    **{name: {**CNN, **TEXT} for name in ("lstm_tokens_tiny", "lstm_tokens_padded_tiny")},
-    **{name: {**CNN, "grad_cam": NO_CONV} for name in ("gru_features_tiny", "rnn_features_tiny",
-                                                       "gru_features_padded_tiny")},
+    **{name: {**CNN, **TEXT, "attn_lrp": RECURRENT} for name in ("lstm_tokens_tiny",
+                                                                  "lstm_tokens_padded_tiny")},
+    **{name: {**CNN, "grad_cam": NO_CONV, "attn_lrp": RECURRENT}
+       for name in ("gru_features_tiny", "rnn_features_tiny", "gru_features_padded_tiny")},
     "cond_cnn": CNN,
     # Sequence and map outputs: the predicted class summed over positions or pixels.
     "token_tagger_tiny": TEXT,
@@ -192,7 +199,7 @@ def oracle_label(name: str) -> str:
 ROWS = 2
 OPTIONS = {"saliency": {"abs": False}, "integrated_gradients": {"n_steps": 32},
            "layer_integrated_gradients": {"n_steps": 32}, "grad_cam": {}, "rollout": {},
-           "transformer_attribution": {}, "rise": {"n_masks": 32}}
+           "transformer_attribution": {}, "rise": {"n_masks": 32}, "attn_lrp": {}}
 # Llama's path starts at a zero embedding, where RMSNormalization is singular: rms(a e) ~ a,
 # so the normalised embedding jumps from 0 to e / rms(e) within a < sqrt(eps) / rms(e),
 # which Gauss-Legendre resolves only with many points (32: 15% off, 128: 0.5%).
@@ -512,6 +519,43 @@ def check_rise(ex, feeds, result) -> None:
     assert worst_row_error(got, want) < tolerance
 
 
+# Every op of these models has the gradient as its AttnLRP rule (Conv, ConvTranspose, Gemm,
+# BatchNormalization at inference, ReLU, pools, Add, Concat, reshapes, a closing Softmax),
+# so AttnLRP is input x gradient there, whose gradient the saliency cell checks.
+ATTN_LRP_IS_INPUT_X_GRADIENT = {
+    "digits_cnn", "digits_bn_cnn", "digits_mlp", "resnet18", "resnet18_64", "rgb_cnn",
+    "rgb_squeezenet", "ctc_conv_tiny", "segment_fcn_tiny"}
+# Transformers whose AttnLRP the float64 torch reference (tests/transformers/
+# attn_lrp_reference.py) checks, in tests/transformers/test_attn_lrp_oracle.py.
+ATTN_LRP_REFERENCE = (
+    "bert_small", "sentiment_bert", "token_tagger_tiny", "vit_small", "gpt2_tiny", "causal_lm",
+    "gpt2_tiny_kv", "llama_tiny_kv", "llama_tiny_opset23", "llama_tiny_legacy",
+    "qwen2_tiny_opset18", "qwen2_tiny_opset23", "swin_tiny", "segformer_tiny", "detr_tiny",
+    "clip_vision_tiny", "clip_tiny", "bart_tiny")
+
+
+def check_attn_lrp(zoo, name: str, ex, feeds, result) -> None:
+    """Transformers: nonzero and finite (their oracle is in tests/transformers); cond_cnn:
+    float64 torch (measured 1.9e-7); the ReLU networks: input x gradient (measured 0: the
+    same program)."""
+    if name in ATTN_LRP_REFERENCE:
+        check_nonzero(ex, feeds, result)
+    elif name == "cond_cnn":  # float64 torch on both heads: tanh's and f * f's rules
+        from .transformers import attn_lrp_reference
+
+        module = zoo.load_torch(name)
+        dark, _ = run_cell(ex, "attn_lrp", {"image": -feeds["image"]})  # the other branch
+        for run, image in ((result, feeds["image"]), (dark, -feeds["image"])):
+            want = attn_lrp_reference.cond_cnn(module, image, run.target)
+            assert worst_row_error(run.attributions["image"], want.input.numpy()) < 1e-5
+    else:
+        assert name in ATTN_LRP_IS_INPUT_X_GRADIENT, f"{name} has no AttnLRP oracle"
+        target = result.target if result.seed is None and result.target.size else None
+        plain = ex.explain(feeds, "input_x_gradient", target=target)
+        for got, want in zip(full_maps(result), full_maps(plain), strict=True):
+            assert worst_row_error(got, want) < 1e-6
+
+
 BASE_ORACLES = {"saliency": check_saliency,
                 "integrated_gradients": check_integrated_gradients,
                 "grad_cam": check_grad_cam, "transformer_attribution": check_nonzero}
@@ -594,6 +638,8 @@ def test_cell_matches_its_oracle_or_is_refused_in_one_line(zoo, name, cell):
         check_saliency_by_torch(zoo, name, feeds, result)
     elif name in PARENTS:
         check_derived(zoo, name, cell, feeds, result, target, extra)
+    elif cell == "attn_lrp":
+        check_attn_lrp(zoo, name, ex, feeds, result)
     elif cell in BASE_ORACLES:
         BASE_ORACLES[cell](ex, feeds, result)
 

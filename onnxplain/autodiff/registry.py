@@ -115,6 +115,13 @@ GRADIENT = RuleSet("gradient")
 rule = GRADIENT.rule
 
 
+def plain_gradient(c: NodeContext, gy: list[Grad]) -> list[Grad]:
+    """The op's ordinary backward rule, for modified rule sets that keep it in some cases."""
+    entry = GRADIENT.lookup(c.node.domain, c.node.op_type, c.b.opset)
+    assert entry is not None, c.node.op_type  # rule sets override only ops GRADIENT knows
+    return list(entry.rule(c, gy))
+
+
 def has_no_gradient(domain: str, op_type: str) -> bool:
     """Whether the op's outputs carry no gradient (op_kinds.NO_GRADIENT): float tensors
     flowing out of it get zero gradient."""

@@ -4,7 +4,11 @@ saves it. Its steps run in a Loop, about `internal_batch_size` rows per iteratio
 
 Step i < steps evaluates the model at x_i = blur(x, sigma_i) and adds
 (sigma_{i+1} - sigma_i) * (blur(x, sigma_i + grad_step) - x_i) / grad_step * dS/dx(x_i) to a
-sum the program negates at the end, as PAIR's saliency.core.BlurIG does. The blur is
+sum the program negates at the end, as PAIR's saliency.core.BlurIG does. Each step weighs by
+its own sigma difference (a left Riemann sum, even for the uneven sqrt spacing), so the sum
+approximates S(x) - S(blur(x, sigma_steps)): the Loop's first iteration also runs the clean
+rows [x; blur(x, sigma_steps)], whose scores give the convergence delta
+(declare_completeness). The blur is
 scipy.ndimage.gaussian_filter's, which PAIR calls: a 1-D Gaussian truncated at
 int(4 sigma + 0.5) pixels (truncate=4.0), applied along the height and then the width with
 zeros beyond the border (mode="constant"), each pass summed in double and rounded to the
@@ -25,7 +29,7 @@ from ..graph.shapes import TensorInfo
 from .baselines import graph_layout
 from .graph import ExplainerGraph
 from .loop import Chunk, Walk, aliases, gradient_loop, repeated, weighted_blocks
-from .methods import declare_per_input, float_inputs, register_export
+from .methods import declare_completeness, declare_per_input, float_inputs, register_export
 from .noise import as_double
 from .random import indices
 
@@ -44,7 +48,8 @@ def blur_sigmas(max_sigma: float, steps: int, sqrt: bool) -> np.ndarray:
                              "internal_batch_size"))
 def blur_ig(eg: ExplainerGraph, options: dict) -> None:
     """BlurIG_i = -sum_s (sigma_{s+1} - sigma_s) d blur(x, sigma_s)_i / d sigma
-    d S(blur(x, sigma_s)) / d x_i (the module)."""
+    d S(blur(x, sigma_s)) / d x_i (the module); extra outputs: the scores at x and at the
+    most blurred image and the gap (declare_completeness)."""
     max_sigma, steps = float(options["max_sigma"]), int(options["steps"])
     grad_step, per_run = float(options["grad_step"]), int(options["internal_batch_size"])
     # The options are checked against their declarations (methods.blur_ig) before a build.
@@ -60,6 +65,7 @@ def blur_ig(eg: ExplainerGraph, options: dict) -> None:
         values[name] = b.op("Cast", b.op("Neg", total), to=b.dtype(name))
         b.infos[values[name]] = b.info(name)
     declare_per_input(eg, values, f"Blur IG ({steps} steps to sigma {max_sigma})")
+    declare_completeness(eg, values)
 
 
 def _layout(b, name: str) -> str:
@@ -69,9 +75,13 @@ def _layout(b, name: str) -> str:
 def _walk(eg: ExplainerGraph, inputs: list[str], layouts: dict[str, str],
           sigmas: np.ndarray, grad_step: float) -> Walk:
     """The model at blur(x, sigma_s) for the steps s; sums: per input (double), the steps'
-    weight * (blur(x, sigma_s + grad_step) - blur(x, sigma_s)) / grad_step * gradient."""
+    weight * (blur(x, sigma_s + grad_step) - blur(x, sigma_s)) / grad_step * gradient. The
+    clean rows: [x; x blurred at the path's start] (the other inputs twice)."""
     model, b = eg.model, eg.b
     rows = aliases(eg, [spec.name for spec in model.inputs])
+    start = {name: _most_blurred(b, name, layouts[name], float(sigmas[-1])) for name in inputs}
+    clean = {spec.name: b.concat([spec.name, start.get(spec.name, spec.name)], 0)
+             for spec in model.inputs}
     # Padded to the largest kernel any step uses: the tables' offsets -R .. R.
     radius = _radius(float(sigmas[-2]) + grad_step) if len(sigmas) > 1 else 0
     tables = {"at": _kernel_tables(sigmas[:-1]),
@@ -102,8 +112,19 @@ def _walk(eg: ExplainerGraph, inputs: list[str], layouts: dict[str, str],
                                          weight, rows[name]))
         return parts
 
-    return Walk(model, len(sigmas) - 1, rows, 1, inputs, feeds, contributions,
+    return Walk(model, len(sigmas) - 1, clean, 2, inputs, feeds, contributions,
                 [as_double(b, name) for name in inputs])
+
+
+def _most_blurred(b, x: str, layout: str, sigma: float) -> str:
+    """x [N, *row] blurred at `sigma` (> 0), as the steps blur: where the path starts."""
+    radius = _radius(sigma)
+    kernels = _kernels(b, _kernel_tables(np.array([sigma])), Chunk(b.ints([0]), b.ints([1])),
+                       radius)
+    out = b.reshape(_blurred(b, x, layout, kernels, radius),
+                    b.concat([b.ints([-1]), b.dims(x, 1)], 0))
+    b.infos[out] = b.info(x)
+    return out
 
 
 def _radius(sigma: float) -> int:

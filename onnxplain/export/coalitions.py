@@ -242,6 +242,11 @@ def exported_mask(eg: ExplainerGraph, name: str, options: dict) -> np.ndarray:
                          "export: export with features=grid, columns, tokens or an integer "
                          "mask (the exported feature_mask input takes any mask)")
     row = row_shape(eg, name, options)
+    if not isinstance(features, str) and np.ndim(features) == len(row) + 1 and \
+            len(features) > 1:
+        raise InputError("an exported feature mask is one mask for every row; to explain "
+                         "rows with masks of their own, feed them to the exported "
+                         "feature_mask input")
     blank = np.zeros((1, *row), eg.model.input(name).numpy_dtype)
     return row_masks(blank, features, cell=int(options["cell"]))[0][None]
 

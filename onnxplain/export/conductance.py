@@ -1,10 +1,13 @@
 """Conductance as one graph each: the programs `export` saves and methods.layer_conductance
 and methods.neuron_conductance run in-process. Integrated Gradients' Loop (export.loop) walks
 the path x' + a_s (x - x'), so memory stays that of one iteration however many steps there
-are. Layer conductance takes the gradient at the layer y at each point and recomputes y at
-the next point (a copy of the nodes y is computed from, fed that point), summing
-dS/dy(a_s) (y(a_{s+1}) - y(a_s)) with no table of activations; neuron conductance takes the
-gradient at y, keeps one unit's, and takes it back to the inputs.
+are; as there, a one-input model walks it after the input's affine stem when the layer
+comes after that (export.methods.straight_path). Layer conductance reads the layer y and
+the gradient at it at each of the n + 1 points and sums dS/dy(a_s) (y(a_{s+1}) - y(a_s))
+over consecutive points: within a chunk of points, and across chunks from the previous
+chunk's last point, which the Loop carries (Walk.state_like), so the model runs once per
+point with no table of activations. Neuron conductance takes the gradient at y, keeps one
+unit's, and takes it back to the inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from ..autodiff.build import add_gradients
 from ..errors import InputError
@@ -23,15 +27,18 @@ from ..graph.walk import ancestors, node_inputs, rename_reads
 from ..images import image_inputs
 from .graph import ExplainerGraph
 from .layer_maps import declare_maps, resized_maps
-from .loop import gradient_loop, weighted_blocks
+from .loop import Walk, gradient_loop, per_block, weighted_blocks
 from .methods import (
+    StraightPath,
     baseline_input,
     declare_completeness,
     declare_per_input,
     float_inputs,
     path_points,
+    path_values,
     path_walk,
     register_export,
+    straight_path,
 )
 
 LAYER_ATTRIBUTION = "layer_attribution"  # the program's output: conductance per layer unit
@@ -46,25 +53,33 @@ class LayerPath:
 
     layer: str
     inputs: list[str]
-    nodes: list[onnx.NodeProto]  # the model's, taken out of the outer graph
-    baselines: dict[str, str]
-    clean: dict[str, str]  # [x; x'] per model input
-    differences: dict[str, str]  # x - x' per input
+    prefix: list[onnx.NodeProto]  # the nodes the layer is computed from (copies)
+    path: StraightPath  # after the input's affine stem where the layer is
+
+    def walk(self, eg: ExplainerGraph, alphas: np.ndarray, weights: np.ndarray) -> Walk:
+        path = self.path
+        return replace(path_walk(eg, path.body, alphas, weights, path.clean, path.starts,
+                                 path.differences), clean_blocks=path.clean_blocks)
 
 
-def layer_path(eg: ExplainerGraph, options: dict, inputs: list[str]) -> LayerPath:
-    """The layer, the baselines of `inputs` (inputs, as integrated_gradients takes them) and
-    the clean rows of the path's Loop (export.loop)."""
-    b = eg.b
+def layer_path(eg: ExplainerGraph, options: dict, inputs: list[str], both_ends: bool
+               ) -> LayerPath:
+    """The layer and the path from the baselines of `inputs` (inputs, as
+    integrated_gradients takes them), at the output of the input's affine stem where the
+    layer comes after it (export.methods.straight_path); its Loop's clean rows are [x; x']
+    with `both_ends` (the scores at both ends of the path), else x alone."""
     layer = resolve_layer(eg.model, options["layer"])
     nodes = eg.take_model_nodes()
+    prefix = [_copied(node) for node in ancestors(nodes, [layer])]  # as they read x
     baselines = {name: baseline_input(eg, name, options) for name in inputs}
-    for name, baseline in baselines.items():
-        b.infos[baseline] = b.info(name)
-    clean = {spec.name: b.concat([spec.name, baselines.get(spec.name, spec.name)], 0)
-             for spec in eg.model.inputs}
-    differences = {name: b.op("Sub", name, baselines[name]) for name in inputs}
-    return LayerPath(layer, inputs, nodes, baselines, clean, differences)
+    path = straight_path(eg, inputs, baselines, nodes, both_ends, keep=layer)
+    return LayerPath(layer, inputs, prefix, path)
+
+
+def _copied(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def last_rows(bb: GraphBuilder, tensor: str, count: str) -> str:
@@ -80,30 +95,35 @@ def layer_conductance(eg, options):
     the scores at x and x' and the convergence delta (declare_completeness); for a spatial
     layer, the map sum_k Cond_k (over channels) resized to every image input, as Grad-CAM's
     (export.layer_maps)."""
-    path = layer_path(eg, options, float_inputs(eg))  # eg.sources: where maps come back
-    layer, inputs = path.layer, path.inputs
-    prefix = ancestors(path.nodes, [layer])
+    # eg.sources: where maps come back; both ends: the completeness delta.
+    path = layer_path(eg, options, float_inputs(eg), both_ends=True)
+    layer, inputs, prefix = path.layer, path.inputs, path.prefix
     _check_reads(eg, prefix, layer, inputs)
     steps = int(options["n_steps"])
     alphas, _ = path_points(steps + 1, options["rule"])
-    at_input = layer_copy(eg.b, prefix, eg.model.infos, layer, {name: name for name in inputs})
-    walk, following = (path_walk(eg, eg.model, points, np.ones(steps), path.clean,
-                                 path.baselines, path.differences)
-                       for points in (alphas[:-1], alphas[1:]))
+    layer_zeros = _layer_zeros(eg, prefix, layer, inputs)
+    walk = path.walk(eg, alphas, np.ones(steps + 1))  # its weighted sums: not read
 
     def contributions(bb, chunk, grads) -> list[str]:
-        here = last_rows(bb, layer, bb.op("Mul", chunk.k, eg.rows))
-        points = following.feeds(bb, chunk)
-        there = layer_copy(bb, prefix, eg.model.infos, layer,
-                           {name: points[name] for name in inputs})
-        step = bb.op("Mul", grads[layer], bb.op("Sub", there, here))
-        return [weighted_blocks(bb, chunk, step, None, at_input)]
+        at_points = bb.op("Mul", chunk.k, eg.rows)
+        here = last_rows(bb, layer, at_points)
+        # Each point pairs with the one before it: the first with the previous chunk's last
+        # (the state; zeros before the path's first point make its pair 0).
+        before, flow_before = chunk.state
+        values = bb.concat([before, here], 0)
+        flows = bb.concat([flow_before, grads[layer]], 0)
+        change = bb.op("Sub", bb.slice(values, eg.rows, [_LAST], [0]),
+                       bb.slice(values, [0], at_points, [0]))
+        step = bb.op("Mul", bb.slice(flows, [0], at_points, [0]), change)
+        return [weighted_blocks(bb, chunk, step, None, layer_zeros),
+                last_rows(bb, here, eg.rows), last_rows(bb, grads[layer], eg.rows)]
 
-    walk = replace(walk, wrt=[layer], contributions=contributions, sums_like=[at_input])
+    walk = replace(walk, wrt=[layer], contributions=contributions, sums_like=[layer_zeros],
+                   state_like=[layer_zeros, layer_zeros])
     conductance = gradient_loop(eg, walk, int(options["internal_batch_size"]))[0]
     eg.declare(conductance, LAYER_ATTRIBUTION, f"float [N, ...]: the conductance of each unit "
-               f"of layer '{layer}'", eg.b.info(at_input))
-    declare_completeness(eg, {at_input: conductance})
+               f"of layer '{layer}'", eg.b.info(layer_zeros))
+    declare_completeness(eg, {layer_zeros: conductance})
     if spatial_maps(eg.model, layer):
         channels = eg.b.reduce("ReduceSum", conductance, [1], True)
         declare_maps(eg, resized_maps(eg, channels, options["upsample"]),
@@ -122,36 +142,72 @@ def neuron_conductance(eg, options):
     """NC_i = (x_i - x'_i) sum_s w_s dS_c/dy_j(a_s) dy_j/dx_i(a_s), y_j the layer's unit
     `neuron` (a flat index into one row of the layer) at x' + a_s (x - x'), with the
     quadrature `rule`'s points and weights (Captum's NeuronConductance). At each point the
-    gradient at the layer, kept at unit j, is taken back to the inputs."""
-    path = layer_path(eg, options, list(eg.sources or float_inputs(eg)))
-    layer, inputs = path.layer, path.inputs
+    gradient at the layer, kept at unit j and times w_s, is taken back to the inputs."""
+    # x alone in the clean rows: no score at x' is wanted.
+    path = layer_path(eg, options, list(eg.sources or float_inputs(eg)), both_ends=False)
+    layer = path.layer
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
-    summed = path_walk(eg, eg.model, alphas, weights, path.clean, path.baselines,
-                       path.differences)  # its contributions: the weighted sums at the inputs
+    walk = path.walk(eg, alphas, weights)
+    walked = list(walk.wrt)  # the inputs, or the stem's frontier
     unit = _unit(eg, layer, options["neuron"])
 
     def contributions(bb, chunk, grads) -> list[str]:
-        at_points = bb.op("Mul", chunk.k, eg.rows)
-        kept = bb.op("Mul", grads[layer], bb.const(unit.astype(bb.np_dtype(grads[layer]))))
-        clean_rows = bb.op("Sub", bb.dims(layer, 0, 1), at_points)
+        dtype = bb.np_dtype(grads[layer])
+        kept = bb.op("Mul", grads[layer], bb.const(unit.astype(dtype)))
+        # The quadrature's weights scale the seed at the layer, a smaller tensor than the
+        # gradients at the inputs.
+        weight = bb.op("Gather", bb.const(weights.astype(dtype)), chunk.index, axis=0)
+        blocks = bb.reshape(kept, bb.concat([chunk.k, bb.ints([-1]), bb.dims(layer, 1)], 0))
+        kept = bb.reshape(bb.op("Mul", blocks, per_block(bb, weight, layer)),
+                          bb.shape(grads[layer]))
+        clean_rows = bb.op("Sub", bb.dims(layer, 0, 1), bb.op("Mul", chunk.k, eg.rows))
         unseeded = bb.op("Expand", bb.scalar(0.0, kept),
                          bb.concat([clean_rows, bb.dims(layer, 1)], 0))
-        through = add_gradients(bb, {layer: bb.concat([unseeded, kept], 0)}, inputs)
-        return summed.contributions(bb, chunk, {name: last_rows(bb, through[name], at_points)
-                                              for name in inputs})
+        through = add_gradients(bb, {layer: bb.concat([unseeded, kept], 0)}, walked)
+        # All blocks of N rows summed: the clean rows (x's block, in the first iteration)
+        # were not seeded, their gradients are zeros.
+        return [_blocks_summed(bb, through[name], eg.rows) for name in walked]
 
-    walk = replace(summed, wrt=[layer], contributions=contributions)
+    walk = replace(walk, wrt=[layer], contributions=contributions)
     sums = gradient_loop(eg, walk, int(options["internal_batch_size"]))
-    declare_per_input(eg, {name: eg.b.op("Mul", path.differences[name], total)
-                           for name, total in zip(inputs, sums, strict=True)},
+    declare_per_input(eg, path_values(eg, path.path, dict(zip(walked, sums, strict=True))),
                       f"neuron conductance through unit {options['neuron']} of '{layer}'")
+
+
+def _blocks_summed(bb: GraphBuilder, value: str, rows: str) -> str:
+    """The sum of `value`'s blocks of `rows` rows."""
+    blocks = bb.reshape(value, bb.concat([bb.ints([-1]), rows, bb.dims(value, 1)], 0))
+    return bb.reduce("ReduceSum", blocks, [0], False)
+
+
+def _row_dims(eg: ExplainerGraph, layer: str) -> tuple | None:
+    """The dims of one row of the layer (None: unknown; a name: symbolic)."""
+    info = eg.model.infos.get(layer)
+    return None if info is None or info.shape is None else tuple(info.shape[1:])
+
+
+def _fixed(dims: tuple | None) -> bool:
+    return dims is not None and all(isinstance(d, int) for d in dims)
+
+
+def _layer_zeros(eg: ExplainerGraph, prefix, layer: str, inputs: list[str]) -> str:
+    """Zeros shaped like the layer at the N rows, where the Loop's sum and state start: from
+    its fixed unit dims, else from a copy of its nodes run on x (one more forward there)."""
+    b, dims = eg.b, _row_dims(eg, layer)
+    if not _fixed(dims):
+        return b.zeros_like(layer_copy(b, prefix, eg.model.infos, layer,
+                                       {name: name for name in inputs}))
+    dtype = eg.model.infos[layer].dtype
+    zero = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(dtype)))
+    zeros = b.op("ConstantOfShape", b.concat([eg.rows, b.ints(dims)], 0), value=zero)
+    b.infos[zeros] = TensorInfo(dtype, (None, *dims))
+    return zeros
 
 
 def _unit(eg: ExplainerGraph, layer: str, neuron) -> np.ndarray:
     """The one-hot of unit `neuron` over one row of the layer, [1, *unit dims]."""
-    info = eg.model.infos.get(layer)
-    dims = None if info is None or info.shape is None else info.shape[1:]
-    if dims is None or not all(isinstance(d, int) for d in dims):
+    dims = _row_dims(eg, layer)
+    if not _fixed(dims):
         raise InputError(f"neuron_conductance needs the layer's unit dims fixed; '{layer}' "
                          f"has {dims}")
     count = int(np.prod(dims, dtype=np.int64))
@@ -164,8 +220,8 @@ def _unit(eg: ExplainerGraph, layer: str, neuron) -> np.ndarray:
 
 
 def _check_reads(eg: ExplainerGraph, prefix, layer: str, inputs: list[str]) -> None:
-    """The layer must be computed from the attributed (float) inputs alone: the copy that
-    recomputes it at the next point is fed those."""
+    """The layer must be computed from the attributed (float) inputs alone: the path moves
+    those."""
     names = {spec.name for spec in eg.model.inputs}
     read = {name for node in prefix for name in node_inputs(node)} & names
     if not read:
@@ -182,8 +238,7 @@ def layer_copy(b: GraphBuilder, prefix: list[onnx.NodeProto], infos: dict[str, T
     of the model inputs, every tensor under a fresh name; return the copy's layer tensor."""
     copies, renamed = [], dict(fed)
     for node in prefix:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+        copy = _copied(node)
         copy.name = b.fresh("layer_copy_node")
         for out in copy.output:
             if out:

@@ -4,11 +4,15 @@ iteration (export.loop), so memory does not grow with n_samples.
 
 Point p < n_samples of a row is draw p: background row j_p, alpha_p and, for stdevs > 0,
 the noisy input x~_p = x + stdevs * z_p; the model runs at b + alpha (x~ - b), and the sum
-of grad * (x~ - b) over the draws, divided by n_samples, is the attribution. Points
-n_samples .. n_samples + B - 1 are the B background rows themselves (alpha 0, no weight in
-that sum): the Loop sums the model's outputs there, whose mean is E_b[f(b)], the reference
-of completeness (Erion et al. 2021: the attributions sum to S(x) - E_b[S(b)] in
-expectation), so the program reports the convergence delta as Integrated Gradients does.
+of grad * (x~ - b) over the draws, divided by n_samples, is the attribution. The points
+after the draws are the B background rows themselves (alpha 0, no weight in that sum): the
+Loop sums the model's outputs there, whose mean is E_b[f(b)], the reference of completeness
+(Erion et al. 2021: the attributions sum to S(x) - E_b[S(b)] in expectation), so the
+program reports the convergence delta as Integrated Gradients does. They are packed N to a
+point (point n_samples + q, block row i: background row q N + i; the last point's rows past
+B repeat row B - 1 and are not summed), so B rows cost ceil(B / N) points, not B; where
+the model has inputs that are not drawn (an integer mask: each row's own value pairs with
+every background row), each background row is one point over all N rows.
 
 The draws are export.random's generator, keyed by the seed input (export.noise.SEED, one
 seed or one per row), the sample index and the element: alpha and j from the uniform stream
@@ -27,7 +31,16 @@ from ..errors import InputError
 from ..graph.shapes import TensorInfo
 from .coalitions import BACKGROUND
 from .graph import ExplainerGraph
-from .loop import Chunk, Walk, aliases, gradient_loop, repeated, weighted_blocks
+from .loop import (
+    Chunk,
+    Walk,
+    aliases,
+    ceil_div,
+    gradient_loop,
+    int_min,
+    repeated,
+    weighted_blocks,
+)
 from .methods import (
     BASELINE_SCORE,
     SCORE,
@@ -39,7 +52,7 @@ from .methods import (
 )
 from .noise import STREAM, as_double, row_size, seed_input
 from .perturb import zeros
-from .random import normal, uniform
+from .random import indices, normal, uniform
 
 # The uniform stream of the draws' alpha and background row: past the inputs' noise streams.
 DRAWS = 255
@@ -148,24 +161,27 @@ def _background_input(eg: ExplainerGraph, name: str, rows: np.ndarray, count: in
 
 def _walk(eg: ExplainerGraph, inputs: list[str], backgrounds: dict[str, str], count: int,
           samples: int, stdev: float, seed: str) -> Walk:
-    """The model at the draws' points and at the background rows (the module); sums: per
-    input, grad * (x~ - b) over the draws (double), then the outputs over the background
-    rows (double [N, elements of an output row])."""
+    """The model at the draws' points and at the background points after them (the
+    module); sums: per input, grad * (x~ - b) over the draws (double), then the outputs
+    over the background rows (double: [elements of an output row] packed, else [N,
+    elements])."""
     model, b = eg.model, eg.b
-    rows = aliases(eg, [spec.name for spec in model.inputs])
     order = [spec.name for spec in model.inputs]
+    rows = aliases(eg, order)
     sizes = {name: row_size(b, name) for name in inputs} if stdev > 0 else {}
     n = eg.rows
+    # A background row pairs with each row's own values of the inputs that are not drawn.
+    packed = n if set(inputs) == set(order) else None
     differences: dict[str, str] = {}
 
     def feeds(bb, chunk: Chunk) -> dict[str, str]:
         drawn = bb.op("Less", chunk.index, bb.ints([samples]))
-        alpha, row = _alpha_and_row(bb, seed, chunk.index, drawn, samples, count)
+        alpha, row = _alpha_and_row(bb, seed, chunk.index, drawn, samples, count, packed)
         made = {name: repeated(bb, chunk, alias) for name, alias in rows.items()
                 if name not in inputs}
         for name in inputs:
             x = rows[name]
-            start = bb.op("Gather", backgrounds[name], row, axis=0)  # [k, S, *row]
+            start = bb.op("Gather", backgrounds[name], row, axis=0)  # [k, S or N, *row]
             end = bb.unsqueeze(x, [0])
             if stdev > 0:
                 end = _noisy(bb, end, seed, chunk.index, sizes[name], order.index(name), stdev)
@@ -186,11 +202,16 @@ def _walk(eg: ExplainerGraph, inputs: list[str], backgrounds: dict[str, str], co
             parts.append(weighted_blocks(bb, chunk, bb.op("Cast", product,
                                                           to=TensorProto.DOUBLE),
                                          drawn, rows[name]))
-        return [*parts, _background_outputs(bb, eg.output, chunk, n, drawn)]
+        return [*parts, _background_outputs(bb, eg.output, chunk, n, drawn, samples, count,
+                                            packed)]
 
-    # The outputs' sum starts [N, 1] and broadcasts to [N, elements] in the first iteration.
-    sums_like = [*(as_double(b, name) for name in inputs), zeros(b, [n, 1])]
-    return Walk(model, samples + count, rows, 1, inputs, feeds, contributions, sums_like)
+    if packed is not None:  # ceil(B / N) background points
+        points = b.op("Add", ceil_div(b, b.ints([count]), n), b.ints([samples]))
+        summed = zeros(b, [1])  # becomes [elements] in the first iteration
+    else:  # the sum starts [N, 1] and becomes [N, elements] in the first iteration
+        points, summed = samples + count, zeros(b, [n, 1])
+    sums_like = [*(as_double(b, name) for name in inputs), summed]
+    return Walk(model, points, rows, 1, inputs, feeds, contributions, sums_like)
 
 
 def _noisy(bb, x: str, seed: str, index: str, size: str, stream: int, stdev: float) -> str:
@@ -201,22 +222,30 @@ def _noisy(bb, x: str, seed: str, index: str, size: str, stream: int, stdev: flo
     return bb.op("Add", x, bb.op("Mul", z, bb.scalar(stdev, x)))
 
 
-def _background_outputs(bb, output: str, chunk: Chunk, rows: str, drawn: str) -> str:
-    """The model's outputs summed over the chunk's background points (double [N, elements
-    of an output row]). The chunk's points are the model run's last k N rows (export.loop
-    feeds the clean rows first)."""
+def _background_outputs(bb, output: str, chunk: Chunk, rows: str, drawn: str, samples: int,
+                        count: int, packed: str | None) -> str:
+    """The model's outputs summed over the background rows of the chunk's background points
+    (double [elements of an output row] packed, else [N, elements]). The chunk's points are
+    the model run's last k N rows (export.loop feeds the clean rows first)."""
     at_points = bb.slice(output, bb.op("Neg", bb.op("Mul", chunk.k, rows)),
                          [np.iinfo(np.int64).max], [0])
     flat = bb.reshape(bb.op("Cast", at_points, to=TensorProto.DOUBLE),
                       bb.concat([chunk.k, rows, bb.ints([-1])], 0))
-    background = bb.unsqueeze(bb.op("Sub", bb.const(np.array(1.0)), drawn), [1, 2])
-    return bb.reduce("ReduceSum", bb.op("Mul", flat, background), [0], False)
+    background = bb.unsqueeze(bb.op("Sub", bb.const(np.array(1.0)), drawn), [1])
+    if packed is None:
+        return bb.reduce("ReduceSum", bb.op("Mul", flat, bb.unsqueeze(background, [2])),
+                         [0], False)
+    held = bb.op("Less", _background_rows(bb, chunk.index, samples, packed),
+                 bb.ints([count]))  # [k, N]: not a packed point's padding
+    weights = bb.op("Mul", background, bb.op("Cast", held, to=TensorProto.DOUBLE))
+    return bb.reduce("ReduceSum", bb.op("Mul", flat, bb.unsqueeze(weights, [2])), [0, 1],
+                     False)
 
 
-def _alpha_and_row(bb, seed: str, index: str, drawn: str, samples: int, count: int
-                   ) -> tuple[str, str]:
-    """Each point's alpha (double [k, S]) and background row (int64 [k, S]): drawn for the
-    draws, 0 and the row itself for the background points."""
+def _alpha_and_row(bb, seed: str, index: str, drawn: str, samples: int, count: int,
+                   packed: str | None) -> tuple[str, str]:
+    """Each point's alpha (double [k, S]) and background row (int64 [k, S], or [k, N]
+    packed): drawn for the draws, 0 and the background point's own rows for the others."""
     u = uniform(bb, seed, bb.op("Add", index, bb.ints([DRAWS * STREAM])), bb.ints([2]),
                 TensorProto.DOUBLE)  # [k, S, 2]
     alpha, pick = (bb.squeeze(bb.slice(u, [i], [i + 1], [2]), [2]) for i in (0, 1))
@@ -224,8 +253,20 @@ def _alpha_and_row(bb, seed: str, index: str, drawn: str, samples: int, count: i
         float(count))))), to=TensorProto.INT64)
     column = bb.unsqueeze(drawn, [1])
     alpha = bb.where(column, alpha, bb.const(np.array(0.0)))
-    own = bb.unsqueeze(bb.op("Sub", index, bb.ints([samples])), [1])
+    own = _background_rows(bb, index, samples, packed)
+    if packed is not None:  # a packed point's padding repeats the last row (not summed)
+        own = int_min(bb, own, bb.ints([count - 1]))
     return alpha, bb.where(column, picked, own)
+
+
+def _background_rows(bb, index: str, samples: int, packed: str | None) -> str:
+    """Each background point's background row (int64 [k, 1]); packed (`packed`: N), point
+    samples + q holds rows q N .. q N + N - 1, one per block row ([k, N]; past B in the
+    last point's padding). Negative at the draws."""
+    own = bb.unsqueeze(bb.op("Sub", index, bb.ints([samples])), [1])
+    if packed is None:
+        return own
+    return bb.op("Add", bb.op("Mul", own, packed), bb.unsqueeze(indices(bb, packed), [0]))
 
 
 def _declare_completeness(eg: ExplainerGraph, values: dict[str, str], summed: str,
@@ -235,8 +276,10 @@ def _declare_completeness(eg: ExplainerGraph, values: dict[str, str], summed: st
     attributions' sum and their difference."""
     b = eg.b
     clean = eg.block(eg.batched(eg.output), 0)
-    mean = b.op("Div", summed, b.const(np.array(float(count))))
-    mean = b.op("Cast", b.reshape(mean, b.shape(clean)), to=b.dtype(eg.output))
+    mean = b.op("Div", summed, b.const(np.array(float(count))))  # one row or N
+    mean = b.op("Expand", b.reshape(mean, b.concat([b.ints([-1]), b.dims(clean, 1)], 0)),
+                b.shape(clean))
+    mean = b.op("Cast", mean, to=b.dtype(eg.output))
     b.infos[mean] = b.info(eg.output)
     ends = []
     for name, at, where in ((SCORE, clean, "input"),

@@ -28,7 +28,7 @@ export.perturb runs its clean rows alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -56,17 +56,19 @@ OUTER_WEIGHTS_FROM = 1 << 27
 @dataclass(frozen=True)
 class Chunk:
     """One iteration's points: `index` [k] into the point tables and their count `k` (int64
-    [1]; the last iteration may take fewer)."""
+    [1]; the last iteration may take fewer); `state`: what the iteration before left
+    (Walk.state_like)."""
 
     index: str
     k: str
+    state: tuple[str, ...] = ()
 
 
 # Emits, inside the body, the values of the body model's inputs at a chunk's points: k
 # blocks of N rows each.
 Feeds = Callable[[GraphBuilder, Chunk], dict[str, str]]
 # Emits a chunk's contribution to each loop-carried sum (N rows) from the gradients at the
-# points (k blocks of N rows).
+# points (k blocks of N rows), then the new values of the walk's state (Walk.state_like).
 Contributions = Callable[[GraphBuilder, Chunk, dict[str, str]], list[str]]
 
 
@@ -77,13 +79,16 @@ class Walk:
     rows: [x; x'] for a path from x', [x] for noise)."""
 
     model: Model
-    points: int
+    points: int | str  # or an outer int64 [1] (a count that depends on N)
     clean: dict[str, str]
     clean_blocks: int
     wrt: Sequence[str]  # the inputs of `model` whose gradients the contributions read
     feeds: Feeds
     contributions: Contributions
     sums_like: Sequence[str]  # outer tensors shaped like the sums
+    # Outer tensors shaped like what each iteration leaves the next (Chunk.state, zeros in
+    # the first): a point's values that the next chunk's first point pairs with.
+    state_like: Sequence[str] = ()
 
 
 def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
@@ -98,7 +103,7 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
         raise InputError(f"exported methods that run the model at many points per row "
                          f"(integrated_gradients, the noise tunnels) need opset 10 or newer "
                          f"(computed Slice); the model has opset {b.opset}")
-    points = b.ints([walk.points])
+    points = point_count(b, walk.points)
     fixed = not eg.model.batch.symbolic
     if fixed:  # a block of N = B rows per model run: the clean blocks, then a point each
         _unfix_rows(eg.proto.graph)
@@ -121,11 +126,11 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
         clean_rows = b.op("Mul", eg.rows, b.ints([walk.clean_blocks]))
         body = _body(eg, walk, clean, k, clean_rows, outputs, rules)
     blocks = walk.clean_blocks if fixed else 1
-    initial = [b.zeros_like(like) for like in walk.sums_like]
+    initial = [b.zeros_like(like) for like in carried_like(walk)]
     initial += [placeholder(b, eg.model.infos.get(name)) for _ in range(blocks)
                 for name in outputs]
     results = b.node("Loop", [b.reshape(trips, []), "", *initial], len(initial), body=body)
-    sums, on_clean = results[:len(walk.sums_like)], results[len(walk.sums_like):]
+    sums, on_clean = results[:len(walk.sums_like)], results[len(carried_like(walk)):]
     for total, like in zip(sums, walk.sums_like, strict=True):
         b.infos[total] = b.info(like)
     for value, name in zip(on_clean, outputs * blocks, strict=True):
@@ -134,6 +139,19 @@ def gradient_loop(eg: ExplainerGraph, walk: Walk, rows_per_iteration: int,
                      for index, name in enumerate(outputs)})
     eg.target()  # the same choice as the body's, from the same outputs
     return sums
+
+
+def carried_like(walk: Walk) -> list[str]:
+    """What the Loop carries, besides the clean outputs: the sums, then the state."""
+    return [*walk.sums_like, *walk.state_like]
+
+
+def carried_on(b: GraphBuilder, walk: Walk, carried: Sequence[str], parts: Sequence[str]
+               ) -> list[str]:
+    """The sums plus the chunk's parts, then the state the chunk left."""
+    sums = len(walk.sums_like)
+    return [*(b.op("Add", total, part) for total, part in
+              zip(carried[:sums], parts[:sums], strict=True)), *parts[sums:]]
 
 
 def rows_per_iteration_input(eg: ExplainerGraph, default: int) -> str:
@@ -230,12 +248,12 @@ def body_over(eg: ExplainerGraph, proto: onnx.ModelProto, infos: dict[str, Tenso
 
 def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_rows: str,
           outputs: list[str], rules: RuleSet) -> onnx.GraphProto:
-    outer, model = eg.b, walk.model
-    made = body_on(eg, model, walk.sums_like)
+    outer, model, likes = eg.b, walk.model, carried_like(walk)
+    made = body_on(eg, model, likes)
     bb, graph, step, cond, carried = made.bb, made.graph, made.step, made.cond, made.carried
     model_nodes = made.model_nodes
     kept = [bb.fresh("clean") for _ in outputs]
-    chunk = _chunk(bb, step, k, walk.points)
+    chunk = replace(_chunk(bb, step, k, walk.points), state=tuple(carried[len(walk.sums_like):]))
     first = bb.op("Equal", step, bb.const(np.array(0, np.int64)))
     # Iteration 0 runs the clean rows before its points, the others none.
     extra = bb.reshape(bb.where(first, bb.reshape(clean_rows, []),
@@ -253,14 +271,13 @@ def _body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], k: str, clean_r
     grads = add_gradients(bb, {eg.output: seed}, list(walk.wrt), rules)
     at_grads = {name: bb.slice(grads[name], extra, [np.iinfo(np.int64).max], [0])
                 for name in walk.wrt}
-    parts = walk.contributions(bb, chunk, at_grads)
-    updated = [bb.op("Add", total, part) for total, part in zip(carried, parts, strict=True)]
-    for name, like in zip(updated, walk.sums_like, strict=True):
+    updated = carried_on(bb, walk, carried, walk.contributions(bb, chunk, at_grads))
+    for name, like in zip(updated, likes, strict=True):
         bb.infos[name] = outer.info(like)
     done = bb.op("Identity", cond)
     finish_gate_forwards(bb)  # the body's own gradient pass: its LSTMs too
 
-    likes = [*walk.sums_like, *outputs]
+    likes = [*likes, *outputs]
     return close_body(eg, made, f"{model.proto.graph.name}_points",
                       value_infos(bb, [*carried, *kept], likes),
                       [helper.make_tensor_value_info(done, TensorProto.BOOL, []),
@@ -295,13 +312,14 @@ def _fixed_body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], outputs: 
     model on one block of N rows (iteration j < clean_blocks: clean block j, whose outputs
     it carries out; then one point each), as export.perturb runs its clean rows alone."""
     model, blocks = walk.model, walk.clean_blocks
-    made = body_on(eg, model, walk.sums_like)
+    made = body_on(eg, model, carried_like(walk))
     bb, step = made.bb, made.step
     kept = [[bb.fresh("clean") for _ in outputs] for _ in range(blocks)]
     at_clean = bb.op("Less", step, bb.const(np.array(blocks, np.int64)))
     # The clean iterations make point 0 too (then leave it): the ops see one shape.
     point = int_max(bb, bb.op("Sub", bb.reshape(step, [1]), bb.ints([blocks])), bb.ints([0]))
-    chunk = _chunk(bb, bb.reshape(point, []), bb.ints([1]), walk.points)
+    chunk = replace(_chunk(bb, bb.reshape(point, []), bb.ints([1]), walk.points),
+                    state=tuple(made.carried[len(walk.sums_like):]))
     start = bb.op("Mul", int_min(bb, bb.reshape(step, [1]), bb.ints([blocks])), eg.rows)
     _feed_block(bb, walk, clean, chunk, start, eg.rows)
     made.graph.node.extend(made.model_nodes)
@@ -311,12 +329,12 @@ def _fixed_body(eg: ExplainerGraph, walk: Walk, clean: dict[str, str], outputs: 
                 for j in range(blocks)]
     weights = eg.row_weights(bb, on_clean[0][outputs.index(eg.output)], clean)
     grads = add_gradients(bb, {eg.output: weights}, list(walk.wrt), rules)
-    parts = walk.contributions(bb, chunk, grads)
-    updated = [bb.where(at_clean, total, bb.op("Add", total, part))  # no point there
-               for total, part in zip(made.carried, parts, strict=True)]
+    parts = carried_on(bb, walk, made.carried, walk.contributions(bb, chunk, grads))
+    updated = [bb.where(at_clean, before, after)  # no point there
+               for before, after in zip(made.carried, parts, strict=True)]
     done = bb.op("Identity", made.cond)
     finish_gate_forwards(bb)  # the body's own gradient pass: its LSTMs too
-    likes = [*walk.sums_like, *outputs * blocks]
+    likes = [*carried_like(walk), *outputs * blocks]
     flat = [value for block in on_clean for value in block]
     return close_body(eg, made, f"{model.proto.graph.name}_points",
                       value_infos(bb, [*made.carried, *sum(kept, [])], likes),
@@ -349,12 +367,17 @@ def _feed_model(bb: GraphBuilder, walk: Walk, clean: dict[str, str], chunk: Chun
         bb.infos[spec.name] = walk.model.infos.get(spec.name, spec.info)
 
 
-def _chunk(b: GraphBuilder, step: str, k: str, points: int) -> Chunk:
+def point_count(b: GraphBuilder, points: int | str) -> str:
+    """Walk.points as an int64 [1] tensor."""
+    return points if isinstance(points, str) else b.ints([points])
+
+
+def _chunk(b: GraphBuilder, step: str, k: str, points: int | str) -> Chunk:
     """index = step * k + [0 .. count-1], count = min(k, the points left)."""
     from .random import indices  # 0 .. n-1 at any opset (Range from 11)
 
     first = b.op("Mul", b.reshape(step, [1]), k)
-    count = int_min(b, k, b.op("Sub", b.ints([points]), first))
+    count = int_min(b, k, b.op("Sub", point_count(b, points), first))
     return Chunk(b.op("Add", first, indices(b, count)), count)
 
 

@@ -4,7 +4,7 @@ attribution with no onnxplain and no Python."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -14,8 +14,11 @@ from ..autodiff.build import add_gradients, differentiated_region, missing_rules
 from ..autodiff.registry import GRADIENT
 from ..errors import InputError, UnsupportedOpError
 from ..graph.attention import cached_inputs
+from ..graph.model import Model
 from ..graph.shapes import TensorInfo
-from ..graph.stem import affine_stem
+from ..graph.sources import find_sources
+from ..graph.stem import Stem, affine_stem
+from ..rules.attn_lrp import ATTN_LRP
 from ..rules.deeplift import deeplift_rules
 from ..rules.guided import DECONVNET, GUIDED_BACKPROP
 from ..rules.lrp import NEEDS_BOUNDS, LrpParams, lrp_rules
@@ -84,10 +87,17 @@ def saliency(eg, options):
 @register_export("input_x_gradient")
 def input_x_gradient(eg, options):
     """x * d S / d x: methods.input_x_gradient's graph, in-process and exported."""
+    times_input(eg, GRADIENT, "input * d score / d input")
+
+
+def times_input(eg: ExplainerGraph, rules, meaning: str, active_from: Sequence[str] = ()
+                ) -> None:
+    """x * g per attributed input, g the gradient under `rules` (`active_from` as
+    add_gradients takes it)."""
     at = attributed(eg)
-    grads = eg.gradients(list(at.values()))
+    grads = eg.gradient_passes(list(at.values()), rules, active_from=active_from)[""]
     declare_per_input(eg, {name: eg.b.op("Mul", tensor, grads[tensor])
-                           for name, tensor in at.items()}, "input * d score / d input", at)
+                           for name, tensor in at.items()}, meaning, at)
 
 
 def _modified_gradient(rules, meaning: str):
@@ -143,40 +153,15 @@ def integrated_gradients(eg, options):
     model walks the path at the output of its input's affine stem L and maps the summed
     gradient back through L's adjoint once. The baselines are inputs (baseline_input), the
     explained scores at x and x' outputs (declare_completeness: the convergence warning)."""
-    b = eg.b
     inputs = list(eg.sources) if eg.sources is not None else float_inputs(eg)
     alphas, weights = path_points(int(options["n_steps"]), options["rule"])
-    per_run = int(options["internal_batch_size"])
     nodes = eg.take_model_nodes()
     baselines = {name: baseline_input(eg, name, options) for name in inputs}
-    for name, baseline in baselines.items():
-        b.infos[baseline] = b.info(name)
-    single = len(eg.model.inputs) == 1 and not eg.model.rows_coupled
-    stem = affine_stem(eg.model, inputs[0]) if single else None
-    if stem is not None and stem.frontier in {spec.name for spec in eg.model.outputs}:
-        stem = None  # an affine model: nothing of it left for the Loop to run
-    if stem is None:
-        body = eg.model
-        clean = {spec.name: b.concat([spec.name, baselines.get(spec.name, spec.name)], 0)
-                 for spec in body.inputs}
-        starts, ends = baselines, {name: name for name in inputs}
-    else:
-        body, x = stem.suffix, stem.input
-        both = b.concat([x, baselines[x]], 0)
-        shape = b.info(x).shape
-        b.infos[both] = TensorInfo(b.dtype(x), None if shape is None else (None, *shape[1:]))
-        eg.put_back_stem(stem, nodes, both)
-        clean = {stem.frontier: stem.frontier}
-        ends, starts = ({stem.frontier: eg.block(stem.frontier, i)} for i in (0, 1))
-        for block in (ends, starts):
-            b.infos[block[stem.frontier]] = b.info(stem.frontier)
-    differences = {name: b.op("Sub", ends[name], starts[name]) for name in ends}
-    walk = path_walk(eg, body, alphas, weights, clean, starts, differences)
-    sums = dict(zip(ends, gradient_loop(eg, walk, per_run), strict=True))
-    if stem is None:
-        values = {name: b.op("Mul", differences[name], sums[name]) for name in inputs}
-    else:
-        values = {x: _through_stem(eg, stem, sums[stem.frontier], baselines[x])}
+    path = straight_path(eg, inputs, baselines, nodes)
+    walk = path_walk(eg, path.body, alphas, weights, path.clean, path.starts,
+                     path.differences)
+    sums = gradient_loop(eg, walk, int(options["internal_batch_size"]))
+    values = path_values(eg, path, dict(zip(path.starts, sums, strict=True)))
     declare_per_input(eg, values, "integrated gradients")
     declare_completeness(eg, values)
 
@@ -212,6 +197,67 @@ def path_walk(eg: ExplainerGraph, body, alphas: np.ndarray, weights: np.ndarray,
 def _gathered(bb, table: np.ndarray, chunk, like: str) -> str:
     """table[chunk.index] in `like`'s type, [k]."""
     return bb.op("Gather", bb.const(table.astype(bb.np_dtype(like))), chunk.index, axis=0)
+
+
+@dataclass(frozen=True)
+class StraightPath:
+    """The straight path from the baselines to the inputs as a Loop walks it (path_walk):
+    in `body`, the model or, for a one-input model, the part after its input's affine
+    `stem` (the path then runs at the stem's frontier, graph.stem), from `starts` to the
+    `ends` per walked tensor; `clean`: the Loop's clean rows per body input, [x; x'] or
+    x alone (`clean_blocks` 2 or 1)."""
+
+    body: Model
+    clean: dict[str, str]
+    clean_blocks: int
+    starts: dict[str, str]
+    ends: dict[str, str]
+    differences: dict[str, str]  # ends - starts
+    stem: Stem | None
+    baselines: dict[str, str]  # per attributed input
+
+
+def straight_path(eg: ExplainerGraph, inputs: list[str], baselines: dict[str, str],
+                  nodes, both_ends: bool = True, keep: str | None = None) -> StraightPath:
+    """The path from `baselines` to `inputs`, given the model's `nodes` (taken out of the
+    outer graph, whose stem nodes come back there). `both_ends`: the clean rows hold x'
+    too (the scores at both ends); `keep`: a tensor the body must hold (not the stem's
+    input or one the stem computes)."""
+    b = eg.b
+    for name, baseline in baselines.items():
+        b.infos[baseline] = b.info(name)
+    single = len(eg.model.inputs) == 1 and not eg.model.rows_coupled
+    stem = affine_stem(eg.model, inputs[0]) if single else None
+    if stem is not None and (stem.frontier in {spec.name for spec in eg.model.outputs}
+                             or keep in {stem.input, *stem.region}):
+        stem = None  # an affine model (nothing left for the Loop to run), or `keep` in it
+    if stem is None:
+        clean = {spec.name: b.concat([spec.name, baselines.get(spec.name, spec.name)], 0)
+                 if both_ends else spec.name for spec in eg.model.inputs}
+        starts, ends = baselines, {name: name for name in inputs}
+    else:
+        x = stem.input
+        both = b.concat([x, baselines[x]], 0)
+        shape = b.info(x).shape
+        b.infos[both] = TensorInfo(b.dtype(x), None if shape is None else (None, *shape[1:]))
+        eg.put_back_stem(stem, nodes, both)
+        ends, starts = ({stem.frontier: eg.block(stem.frontier, i)} for i in (0, 1))
+        for block in (ends, starts):
+            b.infos[block[stem.frontier]] = b.info(stem.frontier)
+        clean = {stem.frontier: stem.frontier if both_ends else ends[stem.frontier]}
+    differences = {name: b.op("Sub", ends[name], starts[name]) for name in ends}
+    return StraightPath(eg.model if stem is None else stem.suffix, clean,
+                        2 if both_ends else 1, starts, ends, differences, stem, baselines)
+
+
+def path_values(eg: ExplainerGraph, path: StraightPath, sums: dict[str, str]
+                ) -> dict[str, str]:
+    """Per attributed input, (x - x') times the path's weighted sum of gradients (`sums`
+    per walked tensor), through the stem's adjoint where the path ran at its frontier."""
+    if path.stem is None:
+        return {name: eg.b.op("Mul", path.differences[name], sums[name]) for name in path.ends}
+    x = path.stem.input
+    return {x: _through_stem(eg, path.stem, sums[path.stem.frontier], path.baselines[x])}
 
 
 def _through_stem(eg: ExplainerGraph, stem, summed: str, baseline: str) -> str:
@@ -347,6 +393,22 @@ def lrp(eg, options):
     grads = eg.gradients(list(at.values()), rules, times_output=True)
     declare_per_input(eg, {name: grads[tensor] for name, tensor in at.items()},
                       f"LRP relevance ({options['composite']})", at)
+    declare_output_relevance(eg)
+
+
+@register_export("attn_lrp")
+def attn_lrp(eg, options):
+    """x * g with AttnLRP's modified gradient g (rules.attn_lrp: the relevance in LXT's
+    Gradient x Input form); extra output `output_relevance`, as lrp's."""
+    # Whether a product has two active operands must not depend on what is attributed.
+    everything = {*attributed(eg).values(), *(s.tensor for s in find_sources(eg.model)[0])}
+    times_input(eg, ATTN_LRP, "AttnLRP relevance", tuple(sorted(everything)))
+    declare_output_relevance(eg)
+
+
+def declare_output_relevance(eg: ExplainerGraph) -> None:
+    """Output `output_relevance`: the explained score per row, the relevance an LRP starts
+    from (conservation is the attributions' sum over it)."""
     given = explained_score(eg, eg.output)
     eg.declare(given, "output_relevance", "float [N]: the relevance given at the output "
                "(the explained score); conservation is the attributions' sum over it",

@@ -64,6 +64,10 @@ NEGATION = frozenset({"Neg"})
 ERF = frozenset({"Erf"})
 # Elementwise math functions of one input that are not activations.
 UNARY_MATH = NEGATION | ERF | frozenset({"Abs", "Exp", "Log", "Sqrt", "Reciprocal"})
+PERIODIC = frozenset({"Sin", "Cos"})  # rotary embeddings' tables, usually of positions only
+SOFTSIGN = frozenset({"Softsign"})  # x / (1 + |x|)
+# Piecewise linear through the origin: f(x) / x equals f'(x) wherever both are defined.
+SLOPE_IS_RATIO = frozenset({"Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Abs"})
 # What computes the scale of a normalisation written out as primitive ops.
 NORM_STATISTICS = POWERS | frozenset({"Sqrt", "Reciprocal", "ReduceL2"})
 

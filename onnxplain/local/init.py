@@ -69,13 +69,19 @@ def _stratified(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.
 
 
 def auto_temperature(x: np.ndarray, centers: np.ndarray, distance: str,
-                     sample: int = 2000, seed: int = 0) -> float:
+                     sample: int = 2000, seed: int = 0,
+                     sources: np.ndarray | None = None) -> float:
     """TEMPERATURE_FRACTION times the median distance from a row to its nearest center that
-    is not itself."""
+    is not itself. `sources`: the row of x each center was taken from, so that a row's own
+    center is skipped by index (l2's expansion leaves ~1e-6 between a row and its own copy,
+    not 0, and a temperature from those would saturate the epsilon neuron); exact
+    duplicates of other rows are skipped too."""
     x = _rows(x)
     rng = np.random.default_rng(seed)
-    rows = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
-    d = es.distances(rows.astype(np.float64), np.asarray(centers, np.float64), distance)
+    picked = rng.choice(len(x), min(sample, len(x)), replace=False)
+    d = es.distances(x[picked].astype(np.float64), np.asarray(centers, np.float64), distance)
+    if sources is not None:
+        d[picked[:, None] == np.asarray(sources)[None, :]] = np.inf
     d[d <= 1e-9] = np.inf
     nearest = d.min(1)
     nearest = nearest[np.isfinite(nearest)]
@@ -105,7 +111,7 @@ def _layer_from_rows(kind: str, x: np.ndarray, values: np.ndarray, chosen: np.nd
         rng = np.random.default_rng(seed + 1)
         centers = centers + noise * spread * rng.standard_normal(centers.shape)
     if temperature == "auto":
-        temperature = auto_temperature(x, centers, distance, seed=seed)
+        temperature = auto_temperature(x, centers, distance, seed=seed, sources=chosen)
     return LocalLayer(kind, centers, values, distance=distance, temperature=float(temperature),
                       epsilon=epsilon, sources=chosen,
                       labels=None if labels is None else np.asarray(labels)[chosen])

@@ -121,6 +121,7 @@ def did_you_mean(name: str, known) -> str:
 from . import (  # noqa: E402,F401
     activation_maps,
     attention_flow,
+    attn_lrp,
     blur_ig,
     cam,
     cat,

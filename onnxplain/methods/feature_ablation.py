@@ -17,14 +17,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import InputError
 from ..export.coalitions import MASK
 from ..export.feature_ablation import DROPS, check_features
 from ..export.graph import FED
 from ..export.methods import ATTRIBUTION, BASELINE
 from ..export.occlusion import baseline_like
 from ..export.perturb import perturbed_input
-from ..features import feature_mask, row_masks
+from ..features import row_masks
 from ..runtime.engine import Engine
 from . import MethodOutput, MethodSpec, register
 from ._perturb import perturbation_run
@@ -42,7 +41,7 @@ def feature_ablation(engine: Engine, feeds: Mapping[str, np.ndarray], target, so
     `max_runs` features are refused. Extras: the drops per feature [N, F] and the masks."""
     name = perturbed_input(engine.model, input, {k: v.ndim for k, v in feeds.items()})
     x = feeds[name]
-    masks = np.stack(_masks(x, features, cell, n_segments))
+    masks = np.stack(row_masks(x, features, cell=cell, n_segments=n_segments))
     width = int(masks.max()) + 1
     check_features(width, max_runs, len(x), engine.memory_budget_mb)
     fill = np.broadcast_to(baseline_like(baseline, x), x.shape)
@@ -54,19 +53,6 @@ def feature_ablation(engine: Engine, feeds: Mapping[str, np.ndarray], target, so
                            "feature_ablation", (ATTRIBUTION + name, DROPS))
     extras = {"feature_drops": run.post[DROPS], "feature_mask": masks}
     return MethodOutput(run, at_inputs={name: run.post[ATTRIBUTION + name]}, extras=extras)
-
-
-def _masks(x: np.ndarray, features, cell: int, n_segments: int) -> list[np.ndarray]:
-    """One feature mask per row: row_masks' kinds and one-row masks, or an integer mask per
-    row ([N, *row], or [1, *row] for all: an array with the batch's rank)."""
-    if isinstance(features, str) or np.ndim(features) != x.ndim:
-        return row_masks(x, features, cell=cell, n_segments=n_segments)
-    given = np.asarray(features)
-    if len(given) not in (1, len(x)):
-        raise InputError(f"a feature mask per row must have {len(x)} rows (or 1), got shape "
-                         f"{given.shape}")
-    given = np.broadcast_to(given, (len(x), *given.shape[1:]))
-    return [feature_mask(row, mask=mask) for row, mask in zip(x, given, strict=True)]
 
 
 def _features_option():

@@ -44,8 +44,9 @@ def gradient_shap(engine, feeds, target, sources, *, n_samples: int = 25, stdevs
     gradients); with noise it also holds E[S_c(x~)] - S_c(x). A ConvergenceWarning is
     issued where it exceeds `delta_tolerance` times |S_c(x) - E_b[S_c(b)]|: the Monte Carlo
     error shrinks as 1 / sqrt(n_samples). extras["expected_value"] is E_b[S_c(b)]. That
-    reference costs one gradient run per background row and row (the Loop runs each
-    background row as one more point): n_samples + B runs per row.
+    reference costs one run per background row, N rows to a point of the Loop (at most B +
+    N - 1 runs beside the draws' n_samples N; B N where the model has inputs that are not
+    drawn: n_samples + B runs per row).
     Unlike Captum, the inputs of a several-input model draw their background row together
     (Captum draws an index per input), so a background row stays one example.
     """
@@ -77,9 +78,10 @@ def gradient_shap(engine, feeds, target, sources, *, n_samples: int = 25, stdevs
 
 
 def shap_work(options, feeds) -> Work:
-    """n_samples gradient runs per row, and one per background row (its score: the
-    reference of the convergence delta); held: the Loop's sum per input, shaped like the
-    rows, and the background rows."""
+    """n_samples gradient runs per row, and at most one per background row (its score:
+    the reference of the convergence delta, N rows to a point where the model's inputs are
+    all drawn); held: the Loop's sum per input, shaped like the rows, and the background
+    rows."""
     samples = count_of(options, "n_samples")
     rows, row_bytes = rows_and_bytes(feeds)
     count = _background_count(options.get("baselines", "zeros"), feeds)

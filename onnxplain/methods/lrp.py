@@ -69,16 +69,20 @@ def lrp(engine, feeds, target, sources, *, composite: str = "epsilon-plus",
     run = graph_run(engine, "lrp", feeds, target, sources, options, fed=fed,
                     read=("output_relevance",))
     values = dict(run.grads)
-    # Conservation from the outputs, in float64: the attributions' sum over the relevance
-    # given (the explained score the graph read).
+    extras = {"composite": composite, "rules": rules.labels, **conservation(run, values)}
+    return MethodOutput(run, values, extras=extras)
+
+
+def conservation(run, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Extras "output_relevance" (the explained score the graph read), "input_relevance" (the
+    attributions' sum per row) and their ratio "conservation", in float64."""
     given = run.post["output_relevance"].astype(np.float64)
     rows = given.shape[0]
     found = sum(v.reshape(rows, -1).sum(axis=1, dtype=np.float64) for v in values.values())
     with np.errstate(divide="ignore", invalid="ignore"):
-        conservation = np.asarray(found) / given
-    extras = {"composite": composite, "rules": rules.labels, "output_relevance": given,
-              "input_relevance": np.asarray(found), "conservation": conservation}
-    return MethodOutput(run, values, extras=extras)
+        ratio = np.asarray(found) / given
+    return {"output_relevance": given, "input_relevance": np.asarray(found),
+            "conservation": ratio}
 
 
 def initial_relevance(output: np.ndarray, target) -> np.ndarray:

@@ -305,7 +305,7 @@ def feature_options() -> tuple[Option, ...]:
 
     kinds = tuple(kind for kind in FEATURE_KINDS if kind != "mask")
     return (Option("features", "auto", "feature kind (auto: grid for images, tokens for token "
-                   "ids, else columns) or an integer mask shaped like one row",
+                   "ids, else columns) or an integer mask: one row's, or one per row",
                    ("choice", "array"), kinds),
             integer("cell", 0, "grid cell size in pixels (0: an 8x8 grid over the image)",
                     low=0),

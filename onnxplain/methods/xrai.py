@@ -5,7 +5,9 @@ segmentation, so XRAI runs in process: `export` refuses it, as it refuses superp
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -67,8 +69,7 @@ def xrai(engine, feeds: Mapping[str, np.ndarray], target, sources, *, n_steps=50
     images = x if channels_last else np.moveaxis(x, 1, -1)
     density = (attribution if channels_last else np.moveaxis(attribution, 1, -1)).max(axis=-1)
     maps, ranks = [], []
-    for image, row in zip(images, density, strict=True):
-        regions = segments(image)
+    for regions, row in zip(_segmented(images, engine.threads), density, strict=True):
         found = (greedy_regions(row, regions, area_threshold, min_pixel_diff)
                  if algorithm == "full" else ordered_regions(row, regions, min_pixel_diff))
         maps.append(found[0])
@@ -97,11 +98,23 @@ def _fill(feeds, name: str, pick) -> dict[str, np.ndarray]:
             name: np.broadcast_to(value, x.shape).astype(x.dtype)}
 
 
+def _segmented(images: np.ndarray, threads: int | None) -> list[np.ndarray]:
+    """segments() of each image, several at once: scikit-image's Felzenszwalb and resize
+    release the GIL, and the segmentation is most of XRAI's time on small images (PAIR
+    segments one image at a time). As many threads as ONNX Runtime may use (`threads`,
+    else the cores)."""
+    workers = min(len(images), threads or os.cpu_count() or 1)
+    if workers <= 1:
+        return [segments(image) for image in images]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(segments, images))
+
+
 def segments(image: np.ndarray) -> np.ndarray:
     """[K, H, W] bool: PAIR's candidate regions of one H x W x C image (every segment of
     every scale, dilated)."""
     try:
-        from skimage.morphology import dilation, disk
+        from skimage.morphology import disk
         from skimage.segmentation import felzenszwalb
         from skimage.transform import resize
     except ImportError:
@@ -113,14 +126,32 @@ def segments(image: np.ndarray) -> np.ndarray:
     scaled = (image - low) / (high - low) * 2 - 1 if high > low else np.zeros_like(image)
     scaled = resize(scaled, SEGMENTATION_SIZE, order=3, mode="constant", preserve_range=True,
                     anti_aliasing=True)
-    footprint, masks = disk(DILATION), []
+    masks = []
     for scale in SCALES:
         labels = felzenszwalb(scaled, scale=scale, sigma=SIGMA, min_size=MIN_SEGMENT)
         labels = resize(labels, image.shape[:2], order=0, preserve_range=True,
                         mode="constant", anti_aliasing=False).astype(int)
-        masks += [dilation(labels == label, footprint=footprint)
-                  for label in range(labels.min(), labels.max() + 1)]
-    return np.stack(masks)
+        masks.append(dilated_labels(labels - labels.min(), disk(DILATION)))
+    return np.concatenate(masks)
+
+
+def dilated_labels(labels: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """[labels.max() + 1, H, W] bool: each label's mask (labels 0 ..) dilated by the
+    symmetric `footprint`, as skimage's dilation of labels == l gives it (its reflected
+    border adds no pixel a disk does not reach from inside). One pass over the footprint's
+    offsets, each marking every pixel with the label it reaches, rather than one filter per
+    label (PAIR's way: ~300 filters an image, 12% of XRAI's time on a 64x64 ResNet)."""
+    height, width = labels.shape
+    masks = np.zeros((int(labels.max()) + 1, height, width), dtype=bool)
+    rows, cols = np.indices(labels.shape)
+    for dy, dx in np.argwhere(footprint) - np.array(footprint.shape) // 2:
+        if abs(dy) >= height or abs(dx) >= width:
+            continue  # an offset past the image reaches no pixel from any pixel
+        # Pixels p whose p + (dy, dx) is inside take that pixel's label.
+        ys, xs = slice(max(0, -dy), height - max(0, dy)), slice(max(0, -dx), width - max(0, dx))
+        reached = labels[max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)]
+        masks[reached, rows[ys, xs], cols[ys, xs]] = True
+    return masks
 
 
 def greedy_regions(density: np.ndarray, regions: np.ndarray, area_threshold: float,

@@ -6,11 +6,13 @@ reads it and puts every method on one footing, per row:
     error    = sum_i A_i - Delta          (signed)
     absolute = |error|,   relative = |error| / |Delta|
 
-- integrated_gradients, layer_integrated_gradients (Sundararajan et al. 2017) and deeplift
-  (Shrikumar et al. 2017): extras["convergence_delta"] = sum_i A_i - (S_c(x) - S_c(x')),
+- path methods (integrated_gradients, layer_integrated_gradients, layer_conductance,
+  gradient_shap, blur_ig, whose x' is the most blurred image) and deeplift (Shrikumar et
+  al. 2017): extras["convergence_delta"] = sum_i A_i - (S_c(x) - S_c(x')),
   so Delta = S_c(x) - S_c(x') = sum_i A_i - convergence_delta.
-- lrp (Bach et al. 2015): the relevance put into the output, R_out = extras
-  ["output_relevance"], should reach the inputs, R_in = extras["input_relevance"]:
+- lrp (Bach et al. 2015) and attn_lrp (Achtibat et al. 2024): the relevance put into the
+  output, R_out = extras["output_relevance"], should reach the inputs, R_in =
+  extras["input_relevance"]:
   Delta = R_out, error = R_in - R_out (extras["conservation"] = R_in / R_out).
 - kernel_shap (Lundberg and Lee 2017): the Shapley values phi = extras["values"] (one per
   feature) should satisfy sum phi = f(x) - E[f], E[f] = extras["expected_value"]:
@@ -87,9 +89,8 @@ def completeness(attribution: Attribution, output_seed=None) -> Completeness:
         difference = fx - np.asarray(extras["expected_value"], dtype=np.float64)
         return Completeness("additivity_error", values, difference,
                             np.nansum(values, axis=1) - difference)
-    raise InputError(f"method '{attribution.method}' reports no completeness error (only "
-                     "integrated_gradients, layer_integrated_gradients, deeplift, lrp and "
-                     "kernel_shap promise completeness)")
+    raise InputError(f"method '{attribution.method}' reports no completeness error (path "
+                     "methods, DeepLIFT, LRP and KernelSHAP do: they promise completeness)")
 
 
 def _source_values(attribution: Attribution) -> np.ndarray:

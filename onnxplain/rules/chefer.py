@@ -64,7 +64,7 @@ from ..graph.op_kinds import (
 )
 from .lrp import GRADIENT_KEPT, PASS_THROUGH, both_supports
 from .lrp_layers import Layer, negative_part, positive_part, producer, static_value
-from .lrp_norms import norm_chains
+from .lrp_norms import divides_by_statistic, norm_chains
 
 # Chefer et al.'s safe_divide: a / (b + 1e-9), 0 where b == 0. Unlike z + eps sign(z), the
 # shift is always positive; near-zero negative denominators make the two differ visibly.
@@ -119,10 +119,7 @@ def _refused(c: NodeContext) -> str | None:
 
 
 def _divisor_constant(c: NodeContext) -> str | None:
-    chains = norm_chains(c.b)
-    if not c.need(1) or c.y() in chains.relevance_to or c.y() in chains.held:
-        return None
-    return "no relevance rule for a division by an activation"
+    return None if divides_by_statistic(c) else "no relevance rule for a division by an activation"
 
 
 def _statistics_only(c: NodeContext) -> str | None:
@@ -257,7 +254,7 @@ def _scaling(c: NodeContext, gy: list[Grad]) -> list[Grad]:
     if len(active) == 1:
         return _unbroadcast_to(c, gy, active[0])
     if c.node.op_type == "Mul":
-        gated = _gated_input(c.b, c.node)
+        gated = gated_input(c.b, c.node)
         if gated is not None:
             return _unbroadcast_to(c, gy, gated)
         return _halved(c, gy[0])
@@ -340,7 +337,7 @@ def _stabilizer(b: GraphBuilder, like: str) -> str:
     return b.scalar(max(STABILIZER, tiny), like)
 
 
-def _gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
+def gated_input(b: GraphBuilder, node: onnx.NodeProto) -> int | None:
     """For Mul(x, f(x)) or Mul(c x, f(x)), with f elementwise and built from x and constants
     and c a constant: the index of x (or c x)."""
     for i in (0, 1):
@@ -372,7 +369,7 @@ def gate_branches(b: GraphBuilder) -> frozenset[str]:
         for node in b.graph.node:
             if node.op_type != "Mul" or node.name.startswith(emitted) or len(node.input) != 2:
                 continue
-            gated = _gated_input(b, node)
+            gated = gated_input(b, node)
             if gated is not None:
                 _branch(b, node.input[1 - gated], _unscaled(b, node.input[gated]), found)
         _GATES[b] = frozenset(found)

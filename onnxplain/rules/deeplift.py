@@ -65,7 +65,7 @@ import numpy as np
 
 from ..autodiff import GRADIENT, NodeContext, RuleSet
 from ..autodiff.ops.normalization import softmax_axes
-from ..autodiff.registry import Grad, Rule
+from ..autodiff.registry import Grad, Rule, plain_gradient
 from ..graph.builder import GraphBuilder
 from ..graph.op_kinds import MONOTONE_ACTIVATIONS, RECURRENT
 
@@ -112,13 +112,6 @@ def _small(b: GraphBuilder, dx: str, eps: float) -> str:
                 b.scalar(max(eps, float(np.finfo(b.np_dtype(dx)).smallest_normal)), dx))
 
 
-def _gradient(c: NodeContext, gy: list[Grad]) -> list[Grad]:
-    """The op's ordinary backward rule: the fallback for |Δx| < ε, and other inputs' grads."""
-    entry = GRADIENT.lookup(c.node.domain, c.node.op_type, c.b.opset)
-    assert entry is not None, c.node.op_type  # every overridden op has a gradient rule
-    return list(entry.rule(c, gy))
-
-
 def _rescaled(c: NodeContext, g: str, fallback: str, eps: float) -> str:
     """where(|Δx| < ε, fallback, g · Δy / Δx), in Captum's order of operations."""
     b = c.b
@@ -129,7 +122,7 @@ def _rescaled(c: NodeContext, g: str, fallback: str, eps: float) -> str:
 # ---- the rules ---------------------------------------------------------------------------
 def rescale(c: NodeContext, gy: list[Grad], eps: float = DEFAULT_EPS) -> list[Grad]:
     """Rescale: dx = g · Δy / Δx (the derivative where |Δx| < ε); other inputs as usual."""
-    grads = _gradient(c, gy)
+    grads = plain_gradient(c, gy)
     if gy[0] is None or grads[0] is None:
         return grads
     grads[0] = _rescaled(c, gy[0], grads[0], eps)
@@ -138,7 +131,7 @@ def rescale(c: NodeContext, gy: list[Grad], eps: float = DEFAULT_EPS) -> list[Gr
 
 def softmax(c: NodeContext, gy: list[Grad], eps: float = DEFAULT_EPS) -> list[Grad]:
     """Rescale elementwise, then centre over the softmax axes (the logits' shift invariance)."""
-    grads = _gradient(c, gy)
+    grads = plain_gradient(c, gy)
     if gy[0] is None or grads[0] is None:
         return grads
     b = c.b
@@ -153,7 +146,7 @@ def max_pool(c: NodeContext, gy: list[Grad], eps: float = DEFAULT_EPS) -> list[G
 
     The scatters reuse the ordinary MaxPool rule on g · [Δy⁺; Δy⁻]: each half is scattered
     through its own rows' Indices, then the halves are added (a pair's two routes)."""
-    grads = _gradient(c, gy)
+    grads = plain_gradient(c, gy)
     g = gy[0]
     if g is None or grads[0] is None:
         return grads
@@ -161,7 +154,7 @@ def max_pool(c: NodeContext, gy: list[Grad], eps: float = DEFAULT_EPS) -> list[G
     y, y_ref = halves(b, c.y())
     top = b.op("Max", y, y_ref)
     split = b.concat([b.op("Sub", top, y_ref), b.op("Sub", y, top)], axis=0)
-    scattered = _gradient(c, [b.op("Mul", g, split)])[0]
+    scattered = plain_gradient(c, [b.op("Mul", g, split)])[0]
     assert scattered is not None
     first, second = halves(b, scattered)
     dx = delta(b, c.x(0))
@@ -198,7 +191,7 @@ def deeplift_rules(eps: float = DEFAULT_EPS) -> RuleSet:
         rules.register(op_type, functools.partial(fn, eps=float(eps)),
                        supports=_supports)
     for op_type in RECURRENT:
-        rules.register(op_type, _gradient, supports=_recurrent_refused)
+        rules.register(op_type, plain_gradient, supports=_recurrent_refused)
     return rules
 
 

@@ -45,6 +45,13 @@ class NormChains:
 _CHAINS: weakref.WeakKeyDictionary[GraphBuilder, NormChains] = weakref.WeakKeyDictionary()
 
 
+def divides_by_statistic(c) -> bool:
+    """Whether a Div's divisor is constant or a normalisation's statistic (the rules hold it),
+    rather than an activation (c: an autodiff NodeContext)."""
+    chains = norm_chains(c.b)
+    return not c.need(1) or c.y() in chains.relevance_to or c.y() in chains.held
+
+
 def norm_chains(b: GraphBuilder) -> NormChains:
     """The normalisation chains among the model's nodes in b's graph (once per builder)."""
     if b not in _CHAINS:

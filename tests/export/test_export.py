@@ -116,6 +116,7 @@ def test_every_exportable_method_is_covered_here():
     covered |= {"blur_ig"}  # tests/methods/test_blur_ig
     covered |= {"guided_ig"}  # tests/methods/test_guided_ig
     covered |= {"layer_conductance", "neuron_conductance"}  # tests/methods/test_conductance
+    covered |= {"attn_lrp"}  # tests/methods/test_attn_lrp
     assert covered == set(EXPORTS)
 
 

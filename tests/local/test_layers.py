@@ -118,6 +118,18 @@ def test_calibrated_epsilon_rejects_the_asked_share_of_held_out_rows():
         assert abs(layer.rejected(x[500:]).mean() - rate) <= 2 / 500
 
 
+def test_auto_temperature_skips_each_rows_own_center():
+    """Every row a center, at magnitudes where l2's expansion leaves ~1e-4 between a row and
+    its own copy: the temperature is still 0.1 x the median distance to the nearest OTHER
+    row, computed here from explicit differences."""
+    x = 1000 + np.random.default_rng(3).standard_normal((300, 16))
+    explicit = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    np.fill_diagonal(explicit, np.inf)
+    expected = 0.1 * np.median(explicit.min(1))
+    got = auto_temperature(x, x.astype(np.float32), "l2", sources=np.arange(300))
+    assert np.isclose(got, expected, rtol=1e-3)
+
+
 def test_auto_temperature_scales_with_the_data():
     x, _ = _blobs()
     w = x[:20]

@@ -12,6 +12,10 @@ largest value; asserted: 1e-4."""
 
 from __future__ import annotations
 
+import copy
+import math
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -21,11 +25,16 @@ import onnxplain
 from onnxplain.errors import InputError
 from onnxplain.export import LOOP_ROWS
 from onnxplain.exporter import export_explainer
+from onnxplain.methods.integrated_gradients import ConvergenceWarning
 
 from ..conftest import require
 from ..export.test_export import _run
 from ..tiny_models import mlp
 from .test_captum_oracles import Case, max_relative_error
+
+# The tests' few steps leave a large completeness gap; the delta's own tests read it.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::onnxplain.methods.integrated_gradients.ConvergenceWarning")
 
 
 def pair_blur_ig(x_chw: np.ndarray, gradient, **options) -> np.ndarray:
@@ -42,14 +51,15 @@ def pair_blur_ig(x_chw: np.ndarray, gradient, **options) -> np.ndarray:
     return np.transpose(mask, (2, 0, 1))
 
 
-def torch_gradient(case: Case, target: int):
-    """d logit[target] / d image of the torch original, channels-last in and out."""
-    torch = case.torch
+def torch_gradient(case: Case, target: int, module=None):
+    """d logit[target] / d image of the torch original (or `module`, a double copy),
+    channels-last in and out."""
+    torch, module = case.torch, module or case.module
 
     def gradient(batch: np.ndarray) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(np.transpose(batch, (0, 3, 1, 2))))
         image.requires_grad_(True)
-        case.module(image)[:, target].sum().backward()
+        module(image)[:, target].sum().backward()
         return np.transpose(image.grad.numpy(), (0, 2, 3, 1))
 
     return gradient
@@ -68,6 +78,55 @@ def test_pair_blur_ig_on_the_torch_original(zoo, name, rows, options):
         want = pair_blur_ig(x[row], torch_gradient(case, int(targets[row])), **options)
         assert np.abs(want).max() > 0
         assert max_relative_error(got[row], want) < 1e-4
+
+
+@pytest.mark.parametrize("name, rows, options", [
+    ("digits_cnn", 3, {"max_sigma": 50.0, "steps": 20}),
+    ("digits_cnn", 2, {"max_sigma": 6.0, "steps": 9, "sqrt": True, "grad_step": 0.05}),
+    ("resnet18_64", 1, {"max_sigma": 12.0, "steps": 6}),
+])
+def test_convergence_delta_in_float64(zoo, name, rows, options):
+    """extras["convergence_delta"] = sum(BlurIG) - (S(x) - S(B(x, sigma_steps))), the path
+    starting at PAIR's last sigma (sqrt: sqrt(max_sigma)): against the torch original in
+    double, scipy's blur and PAIR's BlurIG in float64. The two parts are checked apart:
+    sum - delta is the score change (the most blurred image scored in the graph) and delta
+    the sum's gap. Tolerance: float32 against float64 (measured below 1e-4 of the change)."""
+    ndimage = require("scipy.ndimage")
+    case = Case(zoo, name)
+    double = copy.deepcopy(case.module).double()
+    x, targets = case.x[:rows], case.targets[:rows]
+    got = case.explainer.explain(x, method="blur_ig", target=targets, **options)
+    steps, most = options["steps"], options["max_sigma"]
+    start = math.sqrt(most) if options.get("sqrt") else most  # PAIR's sigmas[steps]
+    for row in range(rows):
+        target, image = int(targets[row]), x[row].astype(np.float64)
+        blurred = ndimage.gaussian_filter(image, sigma=[0, start, start], mode="constant")
+        with case.torch.no_grad():
+            scores = double(case.torch.from_numpy(np.stack([image, blurred])))[:, target]
+        change = float(scores[0] - scores[1])
+        total = float(pair_blur_ig(image, torch_gradient(case, target, double),
+                                   **options).sum())
+        summed = float(got[case.input][row].astype(np.float64).sum())
+        delta = float(got.extras["convergence_delta"][row])
+        assert abs(change) > 0.1 and abs(total - change) > 1e-3 * abs(change), steps
+        assert abs((summed - delta) - change) < 1e-4 * abs(change)
+        assert abs(delta - (total - change)) < 1e-4 * abs(change)
+
+
+def test_the_delta_warns_as_integrated_gradients(zoo):
+    """Few steps miss the change by more than delta_tolerance (5%): a ConvergenceWarning
+    that names the method; a tolerance above the gap is silent."""
+    explainer = onnxplain.Explainer(str(zoo.model_path("digits_cnn")), "cpu", progress=False)
+    x = zoo.sample("digits_cnn")["image"][:2]
+    options = {"max_sigma": 50.0, "steps": 3}
+    with pytest.warns(ConvergenceWarning, match=r"^blur integrated gradients: the "
+                                                r"attributions miss the output difference"):
+        result = explainer.explain(x, "blur_ig", **options)
+    delta = np.abs(result.extras["convergence_delta"])
+    assert delta.shape == (2,) and delta.max() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        explainer.explain(x, "blur_ig", delta_tolerance=1e6, **options)
 
 
 def linear_nhwc(batch="N", shape=(10, 12, 3), classes=4) -> tuple[onnx.ModelProto, np.ndarray]:
@@ -124,6 +183,11 @@ def test_exported_equals_in_process(zoo):
     expected = explainer.explain(x, method="blur_ig", **options)
     np.testing.assert_array_equal(got["attribution/image"], expected["image"])
     np.testing.assert_array_equal(got["target_used"], expected.target)
+    # The export's delta sums in float32, in-process in double.
+    change = got["score"] - got["baseline_score"]
+    assert np.abs(got["convergence_delta"]).min() > 1e-3 * np.abs(change).max()
+    np.testing.assert_allclose(got["convergence_delta"], expected.extras["convergence_delta"],
+                               rtol=0, atol=1e-5 * np.abs(change).max())
 
 
 def test_a_batch_equals_its_rows(zoo):

@@ -1,5 +1,6 @@
 """Layer and neuron conductance against Captum's LayerConductance and NeuronConductance on the
-zoo's torch originals (a conv layer of the digits CNN, the hidden layers of the digits MLP),
+zoo's torch originals (conv layers of the digits CNN, after its affine stem and at the stem's
+end, the hidden layers of the digits MLP),
 completeness of layer conductance (its delta as Captum computes it, and small with enough
 steps), the exported program equal to in-process, a batch equal to its rows, a fixed batch
 axis equal to a symbolic one, and one-line errors for a bad unit or layer."""
@@ -9,7 +10,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
 from onnxplain.errors import InputError
@@ -23,13 +26,17 @@ from .test_captum_oracles import Case, max_relative_error
 
 STEPS = 16
 CONV = "/features/features.2/Conv_output_0"  # digits_cnn: features[2], a Conv2d
+# The end of digits_cnn's affine stem (graph.stem): the path cannot run after it there.
+STEM = "/features/features.0/Conv_output_0"
 LAYERS = {  # (zoo model, onnx tensor) -> the torch module whose output it is
     ("digits_cnn", CONV): lambda module: module.features[2],
+    ("digits_cnn", STEM): lambda module: module.features[0],
     ("digits_mlp", "/1/Relu_output_0"): lambda module: module[1],
     ("digits_mlp", "/2/Gemm_output_0"): lambda module: module[2],
 }
-UNITS = {"digits_cnn": (CONV, (3, 2, 4), (32, 8, 8)),
-         "digits_mlp": ("/2/Gemm_output_0", (5,), (32,))}
+UNITS = [("digits_cnn", CONV, (3, 2, 4), (32, 8, 8)),
+         ("digits_cnn", STEM, (7, 5, 1), (16, 8, 8)),
+         ("digits_mlp", "/2/Gemm_output_0", (5,), (32,))]
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +82,12 @@ def test_layer_conductance_is_complete(cases):
 
 
 @pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid"])
-@pytest.mark.parametrize("model", list(UNITS))
-def test_neuron_conductance_matches_captum(cases, model, rule):
+@pytest.mark.parametrize("model, layer, unit, dims", UNITS)
+def test_neuron_conductance_matches_captum(cases, model, layer, unit, dims, rule):
     from captum.attr import NeuronConductance
 
     case = cases[model]
-    layer, unit, dims = UNITS[model]
-    module = next(f for (m, t), f in LAYERS.items() if (m, t) == (model, layer))(case.module)
-    want = NeuronConductance(case.module, module).attribute(
+    want = NeuronConductance(case.module, LAYERS[model, layer](case.module)).attribute(
         case.tensor(), unit, target=case.target_tensor(), n_steps=STEPS, method=rule).detach()
     if rule == "riemann_trapezoid":  # Captum's trapezoid weights sum to (n-1)/n, ours to 1
         want = want * STEPS / (STEPS - 1)
@@ -116,8 +121,8 @@ def test_exported_equals_in_process(cases, method, options, attribution):
 
 def test_maps_are_the_channel_sums_and_loop_chunks_do_not_matter(cases):
     """A conv layer's map at the image is its conductance summed over channels (resized);
-    one point per Loop iteration (each recomputing the next point's layer) gives the same
-    conductance as all points at once."""
+    one point per Loop iteration (each pairing its point with the previous one's layer
+    and gradient, carried by the Loop) gives the same conductance as all points at once."""
     case = cases["digits_cnn"]
     whole = _quiet_explain(case, "layer_conductance", layer=CONV, n_steps=6, upsample="none")
     single = _quiet_explain(case, "layer_conductance", layer=CONV, n_steps=6,
@@ -152,13 +157,53 @@ def test_a_batch_equals_its_rows(cases, method, options):
     np.testing.assert_allclose(batch, singles, rtol=1e-5, atol=1e-6 * np.abs(batch).max())
 
 
-def test_fixed_batch_equals_symbolic():
+@pytest.mark.parametrize("method, options", [
+    ("layer_conductance", {}),  # clean blocks x and x', the layer carried between points
+    ("neuron_conductance", {"neuron": 5}),  # one clean block, x
+])
+def test_fixed_batch_equals_symbolic(method, options):
     """A model whose batch axis is fixed runs the path one block per Loop iteration."""
     feeds = {"x": np.random.default_rng(3).standard_normal((3, 6)).astype(np.float32)}
-    options = {"layer": "a", "n_steps": 5}
-    symbolic = _explain(dense(None, False), feeds, "layer_conductance", options).tensors["a"]
-    fixed = _exported(dense(2, False), "layer_conductance", options, feeds, {})
-    np.testing.assert_allclose(fixed[LAYER_ATTRIBUTION], symbolic, rtol=1e-5, atol=1e-6)
+    options = {**options, "layer": "a", "n_steps": 5}
+    symbolic = _explain(dense(None, False), feeds, method, options)
+    fixed = _exported(dense(2, False), method, options, feeds, {})
+    if method == "layer_conductance":
+        got, want = fixed[LAYER_ATTRIBUTION], symbolic.tensors["a"]
+    else:
+        got, want = fixed["attribution/x"], symbolic["x"]
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fixed["logits"], symbolic.outputs["logits"], rtol=1e-6)
+
+
+def _squares(width) -> onnx.ModelProto:
+    """x [B, width] -> a = Tanh(x) -> sum of a^2 per row -> times [1, -2, 0.5]: logits [B, 3];
+    `width` a number or a name (then the layer a's unit dims are not fixed)."""
+    nodes = [helper.make_node("Tanh", ["x"], ["a"]),
+             helper.make_node("Mul", ["a", "a"], ["squared"]),
+             helper.make_node("ReduceSum", ["squared", "axis"], ["total"]),
+             helper.make_node("Mul", ["total", "scale"], ["logits"])]
+    weights = {"axis": np.array([1], np.int64), "scale": np.array([[1, -2, 0.5]], np.float32)}
+    graph = helper.make_graph(
+        nodes, "squares", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_layer_with_symbolic_dims_equals_fixed():
+    """A layer whose unit dims are symbolic: the Loop's zeros come from the layer computed
+    at x rather than from its dims; the same conductance and delta."""
+    feeds = {"x": np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)}
+    options = {"layer": "a", "n_steps": 7, "internal_batch_size": 6}  # points in 4 chunks
+    symbolic, fixed = (_explain(_squares(width), feeds, "layer_conductance", options)
+                       for width in ("width", 6))
+    assert np.abs(fixed.tensors["a"]).max() > 0
+    np.testing.assert_allclose(symbolic.tensors["a"], fixed.tensors["a"], rtol=1e-6)
+    np.testing.assert_allclose(symbolic.extras["convergence_delta"],
+                               fixed.extras["convergence_delta"], rtol=1e-6, atol=1e-7)
 
 
 def test_bad_unit_and_layer_are_one_line_errors(cases):

@@ -107,7 +107,8 @@ def test_superpixels_are_per_row_masks(zoo):
 def test_bad_masks_and_budgets_are_refused(zoo):
     explainer = onnxplain.Explainer(zoo.model_path("digits_cnn"), providers="cpu")
     x = zoo.sample("digits_cnn")["image"][:3]
-    with pytest.raises(InputError, match="a feature mask per row must have 3 rows"):
+    with pytest.raises(InputError, match=r"a feature mask per row needs one row per input "
+                                         r"row \(3\)"):
         explainer.explain(x, "feature_ablation", features=np.zeros((2, 1, 8, 8), np.int64))
     with pytest.raises(InputError, match="does not broadcast"):
         explainer.explain(x, "feature_ablation", features=np.zeros((5,), np.int64))
@@ -115,3 +116,6 @@ def test_bad_masks_and_budgets_are_refused(zoo):
         explainer.explain(x, "feature_ablation", max_runs=10)
     with pytest.raises(InputError, match="superpixels depend on each image"):
         export_explainer(explainer.model, "feature_ablation", features="superpixels")
+    with pytest.raises(InputError, match="one mask for every row.*feature_mask input"):
+        export_explainer(explainer.model, "feature_ablation",
+                         features=np.zeros((2, 1, 8, 8), np.int64))

@@ -287,3 +287,92 @@ def test_two_inputs_against_numpy_with_the_same_draws():
                           baselines={"x": background["x"], "y": background["y"][:2]})
     with pytest.raises(InputError, match="pass gradient_shap's baselines as a dict"):
         explainer.explain(feeds, method="gradient_shap", baselines=background["x"])
+
+
+def _scores(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """_two_inputs' score of class targets[i] at points [..., N, 5] (x and y joined)."""
+    logits = np.tanh(points.astype(np.float64) @ W1) @ W2
+    return np.take_along_axis(logits, np.broadcast_to(targets[:, None], (*logits.shape[:-1],
+                                                                          1)), -1)[..., 0]
+
+
+@pytest.mark.parametrize("rows, count", [(5, 3), (2, 5), (3, 3)])
+def test_background_rows_run_packed_into_points(rows, count):
+    """The background rows run N to a point (the last one padded when N does not divide
+    B): E_b[S(b)] and the delta from numpy's forward pass over the background rows."""
+    rng = np.random.default_rng(rows * 10 + count)
+    feeds = {name: rng.standard_normal((rows, size)).astype(np.float32)
+             for name, size in (("x", 3), ("y", 2))}
+    background = {name: rng.standard_normal((count, size)).astype(np.float32)
+                  for name, size in (("x", 3), ("y", 2))}
+    targets = np.arange(rows) % 3
+    explainer = onnxplain.Explainer(_two_inputs(), "cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 3 draws: far from complete
+        result = explainer.explain(feeds, method="gradient_shap", target=targets, n_samples=3,
+                                   baselines=background, internal_batch_size=rows)
+    joined = np.concatenate([background["x"], background["y"]], 1)  # [B, 5]
+    expected = _scores(np.repeat(joined[:, None], rows, 1), targets).mean(axis=0)
+    np.testing.assert_allclose(result.extras["expected_value"], expected, rtol=1e-5, atol=1e-6)
+    score = _scores(np.concatenate([feeds["x"], feeds["y"]], 1), targets)
+    total = sum(result[name].reshape(rows, -1).sum(axis=1) for name in ("x", "y"))
+    np.testing.assert_allclose(result.extras["convergence_delta"], total - (score - expected),
+                               rtol=1e-4, atol=1e-5)
+
+
+W_MASKED = RNG.standard_normal((3, 3)).astype(np.float32)
+
+
+def _masked():
+    """x [N, 3] float, m [N, 3] int64 -> x * m -> MatMul -> Tanh: m is not drawn (an integer
+    input), so each row's own m pairs with every background row of x."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "mf"], ["xm"]),
+             helper.make_node("MatMul", ["xm", "w"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("m", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(W_MASKED, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_an_input_that_is_not_drawn_pairs_with_every_background_row():
+    """E_b[S(b, m_i)] per row, and the attributions from the formula with the program's
+    draws, in float64 numpy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 3)).astype(np.float32)
+    m = np.array([[1, 0, 1], [1, 1, 1], [0, 1, 0]], np.int64)
+    background = rng.standard_normal((4, 3)).astype(np.float32)
+    targets, samples, stdev, seed = np.array([2, 0, 1]), 5, 0.2, 7
+    explainer = onnxplain.Explainer(_masked(), "cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 5 draws: far from complete
+        result = explainer.explain({"x": x, "m": m}, method="gradient_shap", target=targets,
+                                   n_samples=samples, stdevs=stdev, baselines=background,
+                                   seed=seed)
+
+    def score(points):  # [..., N, 3]
+        h = np.tanh((points * m).astype(np.float64) @ W_MASKED)
+        return h[..., np.arange(len(x)), targets]
+
+    expected = score(np.repeat(background[:, None], len(x), 1)).mean(axis=0)
+    np.testing.assert_allclose(result.extras["expected_value"], expected, rtol=1e-5, atol=1e-6)
+    seeds = row_seeds([m, x], seed)  # the rows of all inputs, by name
+    u = reference_uniform(seeds, DRAWS * STREAM + np.arange(samples), 2, np.float64)
+    alpha = u[..., 0].astype(np.float32)[..., None]  # [samples, N, 1]
+    starts = background[np.floor(u[..., 1] * len(background)).astype(np.int64)]
+    ends = x[None] + _draws(seeds, np.arange(samples), 3)[1] * np.float32(stdev)
+    points = (starts + alpha * (ends - starts)).astype(np.float64)
+    hidden = np.tanh((points * m) @ W_MASKED)  # [samples, N, 3]
+    grad = ((1 - hidden ** 2)[..., np.arange(len(x)), targets][..., None]
+            * W_MASKED[:, targets].T[None]) * m
+    want = (grad * (ends - starts)).mean(axis=0)
+    assert max_relative_error(result["x"], want) < 1e-4

@@ -18,30 +18,17 @@ from onnxplain.exporter import export_explainer
 
 from ..export.test_export import _run
 from ..export.test_fixed_batch_loop import _model, dense
+from ..pair_saliency import use_numpy_shim
 from .test_captum_oracles import Case, max_relative_error
 
 STEPS = 24
 
 
-class _NumpyForPair:
-    """numpy for PAIR's guided_ig module: numpy 2 dropped np.quantile's `interpolation`
-    keyword, which PAIR passes (its `method` is the same choice)."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def quantile(a, q, interpolation):
-        return np.quantile(a, q, method=interpolation)
-
-
 def pair_guided_ig(case: Case, row: int, baseline: np.ndarray, **options) -> np.ndarray:
     """PAIR's GuidedIG().GetMask on row `row`, gradients from the torch original."""
     saliency = pytest.importorskip("saliency.core")
-    import saliency.core.guided_ig as module
-
     torch = case.torch
-    module.np = _NumpyForPair()
+    use_numpy_shim()
     target = int(case.targets[row])
 
     def call_model(batch, call_model_args=None, expected_keys=None):
@@ -183,9 +170,7 @@ def test_ties_are_selected_together_as_in_pair():
     gradients. PAIR selects every feature at or below its quantile, so both of a pair move
     together (with fraction 0.1 its threshold is the one smallest |gradient|)."""
     saliency = pytest.importorskip("saliency.core")
-    import saliency.core.guided_ig as module
-
-    module.np = _NumpyForPair()
+    use_numpy_shim()
     weights = np.repeat(np.array([[0.5, -1.0], [-1.5, 0.3], [2.0, 1.0], [0.25, -2.0]],
                                  np.float32), 2, axis=0)
     model = _model([helper.make_node("Tanh", ["x"], ["t"]),
@@ -223,9 +208,7 @@ def test_matches_pair_on_resnet_given_the_same_gradients(zoo):
     gradient at each point (the saliency method, itself checked against Captum), PAIR's
     selection and sums agree with the program's to rounding."""
     saliency = pytest.importorskip("saliency.core")
-    import saliency.core.guided_ig as module
-
-    module.np = _NumpyForPair()
+    use_numpy_shim()
     case = Case(zoo, "resnet18_64")
     x, target = case.x[:1], [int(case.targets[0])]
     options = {"n_steps": 6, "fraction": 0.25, "max_dist": 0.02}

@@ -175,6 +175,12 @@ def batch_norm_parameter_grads(c: NodeContext, g: str) -> list[str | None]:
 
 
 # ---- LayerNormalization ------------------------------------------------------------------
+def layer_norm_axes(c: NodeContext) -> list[int]:
+    """The normalised axes: from `axis` to the last."""
+    rank, axis = c.b.rank(c.x(0)), c.attr("axis", -1)
+    return list(range(axis + rank if axis < 0 else axis, rank))
+
+
 def layer_norm_stats(c: NodeContext, axes: list[int]) -> tuple[str, str]:
     """x - μ and r = 1/sqrt(var + eps) over the normalised axes, in x's element type.
 
@@ -203,11 +209,9 @@ def layer_norm(c, gy):
     If the model also reads the Mean and InvStdDev outputs, their gradients add
     gμ/n - gr·r²·x̂/n to dx (dr/dx = -r²·x̂/n).
     """
-    b, x, g = c.b, c.x(0), gy[0]
+    b, g = c.b, gy[0]
     gy = list(gy) + [None] * (3 - len(gy))  # the Mean and InvStdDev outputs are optional
-    rank = b.rank(x)
-    axis = c.attr("axis", -1)
-    axes = list(range(axis + rank if axis < 0 else axis, rank))
+    axes = layer_norm_axes(c)
     centred, inv_std = layer_norm_stats(c, axes)
     xhat = b.op("Mul", centred, inv_std)
     grads: list[str | None] = [None] * len(c.node.input)
@@ -303,17 +307,22 @@ def group_view(b: GraphBuilder, t: str) -> str:
 
 
 # ---- RMSNormalization ----------------------------------------------------------------------
+def rms_norm_stats(c: NodeContext) -> tuple[list[int], str]:
+    """The normalised axes and r = 1/sqrt(mean(x²) + ε) over them, in x's type."""
+    b, x = c.b, c.x(0)
+    axes = layer_norm_axes(c)
+    square_mean = b.reduce("ReduceMean", b.op("Mul", x, x), axes, keepdims=True)
+    return axes, b.op("Reciprocal", b.op("Sqrt", b.op(
+        "Add", square_mean, b.scalar(c.attr("epsilon", 1e-5), x))))
+
+
 @rule("RMSNormalization", since=23)
 def rms_norm(c, gy):
     """y = x̂·scale with x̂ = x·r, r = 1/sqrt(mean(x²) + ε) over the axes from `axis` on
     (Zhang and Sennrich 2019); with gs = g·scale, dx = r · (gs - x̂ · mean(gs · x̂)) and
     dscale = Σ g·x̂ over the broadcast axes. Computed in x's type whatever the stash_type."""
     b, x, g = c.b, c.x(0), gy[0]
-    rank = b.rank(x)
-    axes = list(range(int(c.attr("axis", -1)) % rank, rank))
-    square_mean = b.reduce("ReduceMean", b.op("Mul", x, x), axes, keepdims=True)
-    inv_rms = b.op("Reciprocal", b.op("Sqrt", b.op(
-        "Add", square_mean, b.scalar(c.attr("epsilon", 1e-5), x))))
+    axes, inv_rms = rms_norm_stats(c)
     xhat = b.op("Mul", x, inv_rms)
     grads: list[str | None] = [None, None]
     if c.need(0):
