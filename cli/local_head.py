@@ -52,7 +52,11 @@ def _temperature(text: str):
 @click.option("--reject-rate", type=click.FloatRange(0, 1, max_open=True), default=0.05,
               show_default=True, help="share of clean held-out rows to reject")
 @click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2,
-              show_default=True, help="share of rows held out to calibrate epsilon")
+              show_default=True, help="share of rows held out to calibrate epsilon (without "
+              "--calibration-data)")
+@click.option("--calibration-data", metavar="FILE.npz", default=None,
+              help="inputs the model did not train on, to calibrate epsilon on (rows it "
+              "trained on make the head reject more new data than --reject-rate)")
 @click.option("--per-class", type=click.IntRange(min=1), default=50, show_default=True,
               help="centers drawn from each class")
 @click.option("--distance", type=click.Choice(["l2", "squared_l2", "l1", "cosine"]),
@@ -67,20 +71,22 @@ def _temperature(text: str):
 @quiet_option
 @friendly
 def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: float,
-        holdout: float, per_class: int, distance: str, temperature: str, top: int, seed: int,
-        provider: str, as_json: bool, quiet: bool) -> None:
+        holdout: float, calibration_data: str | None, per_class: int, distance: str,
+        temperature: str, top: int, seed: int, provider: str, as_json: bool,
+        quiet: bool) -> None:
     """Fit a local classifier on MODEL's features at --layer and write MODEL plus the head."""
     from onnxplain.graph.model import Model
     from onnxplain.local.head import fit_local_head
 
-    refuse_inputs(out, [model, data])
+    refuse_inputs(out, [model, data, *([calibration_data] if calibration_data else [])])
     loaded = Model.load(model)
     inputs, labels = read_data(loaded, data)
+    calibration = read_data(loaded, calibration_data)[0] if calibration_data else None
     head = fit_local_head(loaded, layer, inputs, labels, per_class=per_class,
                           distance=distance, temperature=_temperature(temperature),
                           epsilon=_epsilon(epsilon), reject_rate=reject_rate, holdout=holdout,
                           top=top, seed=seed, providers=provider,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), calibration=calibration)
     write_model(head.model, out)
     summary = {key: value for key, value in head.info.items() if key not in ("sources",
                                                                             "labels")}
@@ -92,7 +98,12 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
                    f"({summary['classes']} classes, labels from {summary['labels_from']}), "
                    f"{summary['features']} features, {distance} distance")
         click.echo(f"  temperature {summary['temperature']:.4g}, epsilon "
-                   f"{summary['epsilon']:.4g}")
+                   f"{summary['epsilon']:.4g}"
+                   + (f" (calibrated on {summary['calibrated_on']})"
+                      if summary["calibrated_on"] else ""))
+        if summary["calibrated_on"] and not calibration_data:
+            click.echo("  if the model trained on these rows, new data is rejected more often "
+                       "than asked: --calibration-data takes rows it did not see")
         click.echo(f"wrote {out} (outputs: {', '.join(summary['outputs'].values())})")
 
 

@@ -86,6 +86,26 @@ def test_epsilon_is_calibrated_and_rejects_noise(head, digits):
     assert evaluate_head(head.model, noise, providers="cpu")["rejection_rate"] >= 0.9
 
 
+def test_epsilon_calibrates_on_rows_the_model_did_not_train_on(digits_path, digits):
+    """With calibration rows every training row may be a center's source (no holdout), and
+    epsilon is minus the (1 - reject_rate) quantile of those rows' nearest-center distances,
+    computed here from the tapped features by explicit differences."""
+    x, y, x_test, _ = digits
+    calibration = x_test[:150]
+    head = fit_local_head(str(digits_path), LAYER, x, y, per_class=20, providers="cpu",
+                          calibration=calibration)
+    assert head.info["calibrated_on"] == "150 calibration rows"
+    features = Explainer(str(digits_path), "cpu").forward(calibration, taps=[LAYER])[LAYER]
+    features = features.reshape(len(calibration), -1).astype(np.float64)
+    centers = head.layer.centers.astype(np.float64)
+    nearest = np.sqrt(((features[:, None] - centers[None]) ** 2).sum(-1)).min(1)
+    assert np.isclose(head.layer.epsilon, -np.quantile(nearest, 0.95), rtol=1e-5)
+    rejected = evaluate_head(head.model, calibration, providers="cpu")["rejection_rate"]
+    assert abs(rejected - 0.05) <= 1 / 150 + 1e-9
+    with pytest.raises(InputError, match="nothing to calibrate"):
+        fit_local_head(str(digits_path), LAYER, x, y, epsilon=-1.0, calibration=calibration)
+
+
 def test_prototypes_are_the_nearest_training_rows(head, digits_path, digits):
     x, y, x_test, _ = digits
     rows = explain_prototypes(head.model, x_test[:5], providers="cpu")
@@ -147,6 +167,13 @@ def test_cli_fit_evaluate_explain(tmp_path, digits_path, digits):
     assert fitted.exit_code == 0, fitted.stderr
     summary = json.loads(fitted.stdout)
     assert summary["centers"] == 100 and summary["reject_rate"] == 0.05
+    assert summary["calibrated_on"] == f"{round(len(x) * 0.2)} held-out rows of the fitting data"
+    calibrated = invoke(main, ["local-head", "fit", str(digits_path), "--layer", LAYER, "--data",
+                               str(tmp_path / "train.npz"), "-o", str(tmp_path / "c.onnx"),
+                               "--calibration-data", str(tmp_path / "test.npz"),
+                               "--per-class", "10", "--provider", "cpu"])
+    assert calibrated.exit_code == 0, calibrated.stderr
+    assert "calibrated on 60 calibration rows" in calibrated.stdout
     assert METADATA_KEY in {p.key for p in onnx.load(str(out)).metadata_props}
     evaluated = invoke(main, ["local-head", "evaluate", str(out), "--data",
                               str(tmp_path / "test.npz"), "--json"])
@@ -168,6 +195,9 @@ def test_cli_fit_evaluate_explain(tmp_path, digits_path, digits):
           "-o", str(tmp_path / "h.onnx")], "expected an .npz file"),
         (["fit", str(digits_path), "--layer", LAYER, "--data", str(tmp_path / "train.npz"),
           "-o", str(tmp_path / "h.onnx"), "--epsilon", "big"], "neither 'auto' nor a number"),
+        (["fit", str(digits_path), "--layer", LAYER, "--data", str(tmp_path / "train.npz"),
+          "-o", str(tmp_path / "h.onnx"), "--epsilon", "-1", "--calibration-data",
+          str(tmp_path / "test.npz")], "nothing to calibrate"),
         (["evaluate", str(digits_path), "--data", str(tmp_path / "test.npz")],
          "has no local head"),
     ]:
