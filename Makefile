@@ -21,11 +21,11 @@ $(VENV)/.zoo-$(EXTRA): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),zoo]'
 	touch $@
 
+# LXT (the AttnLRP authors' code), the oracle of tests/transformers/test_attn_lrp_lxt.py, is
+# installed without its dependencies: they include open_clip_torch and torchvision, which
+# would replace torch.
 $(VENV)/.test-$(EXTRA): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),test]'
-	# LXT (the AttnLRP authors' code), the oracle of tests/transformers/test_attn_lrp_lxt.py,
-	# without its dependencies: they include open_clip_torch and torchvision, which would
-	# replace torch.
 	$(PY) -m pip install --quiet --no-deps lxt==2.1
 	touch $@
 
