@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxplain
-from onnxplain.errors import UnsupportedOpError
+from onnxplain.errors import AttributionWarning, UnsupportedOpError
 from onnxplain.exporter import export_explainer
 from onnxplain.rules.attn_lrp import ATTN_LRP
 from onnxplain.runtime.engine import OutputSeed
@@ -101,6 +101,12 @@ def test_identity_rule_is_zero_where_the_input_is_zero():
     x = np.array([[0.0, 1.0, -2.0]], np.float32)
     got = relevance(model, {"x": x}, np.ones_like(x))["x"]
     assert np.all(np.isfinite(got)) and got[0, 0] == 0
+    # A row that is 0 everywhere gets an all-zero map: warned of, never shown as a result.
+    zeros = np.zeros((2, 3), np.float32)
+    with pytest.warns(AttributionWarning, match="every attribution is 0 in rows 0, 1"):
+        result = onnxplain.Explainer(model, providers="cpu").explain(
+            zeros, "attn_lrp", output_seed=np.ones((2, 3), np.float32))
+    assert not np.any(result.attributions["x"])
 
 
 @pytest.mark.parametrize("op", ["MatMul", "Mul", "Einsum"])
