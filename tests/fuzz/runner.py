@@ -18,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import resource
 import select
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -350,6 +353,31 @@ def run_case(case: Case, runs: tuple[str, ...] = RUNS, timeout: float = 30.0) ->
 def run_cases(cases: list[Case], runs: tuple[str, ...] = RUNS, timeout: float = 30.0
               ) -> list[Result]:
     return [result for case in cases for result in run_case(case, runs, timeout)]
+
+
+def run_plan_apart(plan: list[tuple[Case, tuple[str, ...]]], timeout: float = 30.0
+                   ) -> list[Result]:
+    """Each (case, runs) of `plan` through run_case, forked from a fresh interpreter: a fork
+    of a process that holds other threads (ONNX Runtime's pools, a Ray client's, tqdm's
+    monitor: a test session's) can leave the child waiting on a lock one of them held."""
+    with tempfile.TemporaryDirectory(prefix="onnxplain-fuzz-plan-") as tmp:
+        plan_file, results_file = Path(tmp) / "plan.pickle", Path(tmp) / "results.pickle"
+        plan_file.write_bytes(pickle.dumps((plan, timeout)))
+        subprocess.run([sys.executable, "-m", "tests.fuzz.runner", str(plan_file),
+                        str(results_file)], check=True, cwd=Path(__file__).parents[2])
+        return pickle.loads(results_file.read_bytes())
+
+
+def _run_plan_file(plan_file: str, results_file: str) -> None:
+    plan, timeout = pickle.loads(Path(plan_file).read_bytes())
+    results = [result for case, runs in plan for result in run_case(case, runs, timeout)]
+    Path(results_file).write_bytes(pickle.dumps(results))
+
+
+if __name__ == "__main__":
+    # Through the package's module, so that what is pickled names tests.fuzz.runner's classes.
+    from tests.fuzz.runner import _run_plan_file as run_plan_file
+    run_plan_file(*sys.argv[1:])
 
 
 def table(results: list[Result]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .runner import ALL_MUTATIONS, draw_cases, failures, run_cases, table
+from .runner import ALL_MUTATIONS, draw_cases, failures, run_plan_apart, table
 from .seeds import all_seeds
 
 CASES = 400
@@ -29,9 +29,8 @@ KNOWN = {"ort": 0, "internal": 0, "partial": 0}
 def results():
     seeds = all_seeds(per_op=3, ops=CI_OPS)
     cases = draw_cases(seeds, CASES, seed=18)
-    found = []
-    for index, case in enumerate(cases):
-        found += run_cases([case], (RUNS[index % len(RUNS)],), timeout=30.0)
+    found = run_plan_apart([(case, (RUNS[index % len(RUNS)],))
+                            for index, case in enumerate(cases)], timeout=30.0)
     print("\n" + table(found))
     return found
 
