@@ -138,6 +138,16 @@ class _ParquetFile(Part):
                     yield from self._group(parquet, group, first, first + size, skip, window)
                 first += size
 
+    def ids(self) -> Iterator[tuple[str, str]]:
+        """Every row's (id, source), from the id column alone (places where it is damaged)."""
+        _, pq = pyarrow_modules()
+        with pq.ParquetFile(self.path, page_checksum_verification=True) as parquet:
+            first = 0
+            for group, size in enumerate(self.groups):
+                for index, id in enumerate(self._group_ids(parquet, group, first)):
+                    yield id, f"{self.path}#{first + index}"
+                first += size
+
     def _columns(self) -> list[str]:
         inputs = [self.text.column if self.text and name == self.text.input else name
                   for name in self.kinds]
@@ -271,6 +281,23 @@ def parquet_parts(model: Model, root: Path, files: list[Path],
              for file in files]
     _set_length(model, parts, roles, text_length)
     return parts
+
+
+def check_unique_ids(parts: Sequence[Part]) -> None:
+    """Results and resumed runs know rows by id: of two rows under one id the second would be
+    taken for one written already. Places ('file#row') are unique unless a given id
+    repeats one, so nothing is read unless a Parquet file has an id column."""
+    parts = [part for part in parts if isinstance(part, _ParquetFile)]
+    if not any(part.has_id for part in parts):
+        return
+    seen: dict[str, str] = {}
+    for part in parts:
+        for id, source in part.ids():
+            if id in seen:
+                raise InputError(f"the id '{id}' names two rows, {seen[id]} and {source}: "
+                                 "ids must be unique (results and resumed runs know rows by "
+                                 "id)")
+            seen[id] = source
 
 
 def text_use(parts: Sequence[Part]) -> tuple[bool, int | None]:

@@ -100,6 +100,7 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
               dict(options), batch_size, preprocessing, memory_budget_mb, vocab,
               int(length) if length.isdigit() else None)
     source = job.source(loaded)
+    source.check_unique_ids()
     job = replace(job, text_length=source.text_length)  # workers reuse this length
     meta = _meta(loaded.path, method, target, options)
     if source.uses_text:  # other words, other ids: a resumed run must use the same one

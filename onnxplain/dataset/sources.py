@@ -31,7 +31,7 @@ from ..images import (
 from ..inputs import prepare_inputs
 from ..methods.options import is_count
 from ..vocab import Vocabulary
-from .parquet_source import parquet_parts, text_use
+from .parquet_source import check_unique_ids, parquet_parts, text_use
 from .parts import IMAGE_ERRORS, Part, Read, in_window, one_line, relative_path, window_rows
 from .rows import Batch, RowError
 
@@ -56,6 +56,10 @@ class Source:
         # Each part's first row in the source: a window finds its parts by bisection.
         self._firsts = list(itertools.accumulate((part.rows for part in parts), initial=0))
         self._total = self._firsts.pop()
+
+    def check_unique_ids(self) -> None:
+        """Refuse two rows under one id (a pass over the id columns: the driver's, once)."""
+        check_unique_ids(self._parts)
 
     def count(self) -> int | None:
         """The number of rows (files for images, axis-0 sizes for shards), skipped ones

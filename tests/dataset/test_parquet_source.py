@@ -293,3 +293,34 @@ def test_windows_of_rows_read_together_equal_the_whole_file(zoo, digits, tmp_pat
     assert groups == [1, 2]
     with pytest.raises(ValueError):
         rows(set(), range(0, 10, 2))
+
+
+@pytest.mark.parametrize("layout", ["one file", "two files", "a place id"])
+def test_two_rows_under_one_id_are_refused_before_anything_is_written(zoo, tmp_path, layout):
+    """Without the check the second row was taken for one written already: an internal
+    error midway through the run."""
+    x = zoo.sample("digits_cnn")["image"][:3].astype(np.float32)
+    data = tmp_path / "data"
+    if layout == "one file":
+        write_parquet(data / "a.parquet", {"image": nested(x), "id": ["p", "q", "p"]})
+        rows = ("a.parquet#0", "a.parquet#2")
+    elif layout == "two files":
+        write_parquet(data / "a.parquet", {"image": nested(x), "id": ["p", "q", "r"]})
+        write_parquet(data / "b.parquet", {"image": nested(x), "id": ["s", "r", "t"]})
+        rows = ("a.parquet#2", "b.parquet#1")
+    else:  # a given id equal to the place id of a row in a file without an id column
+        write_parquet(data / "a.parquet", {"image": nested(x)})
+        write_parquet(data / "b.parquet", {"image": nested(x), "id": ["s", "a.parquet#1", "t"]})
+        rows = ("a.parquet#1", "b.parquet#1")
+    out = tmp_path / "out"
+    message = one_line_error(lambda: explain_dataset(zoo.model_path("digits_cnn"), data, out,
+                                                     "saliency"))
+    assert "ids must be unique" in message
+    assert all(str(data / row) in message for row in rows), message
+    assert not out.exists()
+    # Unique ids pass the check, and rows keep them.
+    write_parquet(data / "a.parquet", {"image": nested(x), "id": ["u", "v", "w"]})
+    if (data / "b.parquet").exists():
+        (data / "b.parquet").unlink()
+    explain_dataset(zoo.model_path("digits_cnn"), data, out, "saliency")
+    assert read_results(out).column("id").to_pylist() == ["u", "v", "w"]
