@@ -28,6 +28,9 @@ from .presets import image_options
               help="where results/part-*.parquet, errors.parquet and summary.json go")
 @click.option("--resume", is_flag=True,
               help="continue a run stopped before its end: rows already written are skipped")
+@click.option("--retry-errors", is_flag=True,
+              help="with --resume: explain again the rows that failed (errors.parquet then "
+                   "keeps only what still fails)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="rows read and explained per run (default: 32 read at a time, run as the "
                    "memory budget allows)")
@@ -59,7 +62,8 @@ from .presets import image_options
 @image_options
 @friendly
 def explain_dataset(model: str, data: str, method: str, target: int | None,
-                    options: tuple[str, ...], out: str, resume: bool, batch_size: int | None,
+                    options: tuple[str, ...], out: str, resume: bool, retry_errors: bool,
+                    batch_size: int | None,
                     shard_rows: int, store: str, vocab: str | None, engine: str,
                     address: str | None, workers: int | None, gpus_per_worker: float,
                     provider: str, memory_budget_mb: float, as_json: bool,
@@ -82,6 +86,7 @@ def explain_dataset(model: str, data: str, method: str, target: int | None,
         preprocessing = {name: preprocessing_for(loaded, loaded.input(name), image_settings).prep
                          for name in image_inputs(loaded)}
     summary = run(loaded, data, out, method, target=target, resume=resume,
+                  retry_errors=retry_errors,
                   batch_size=batch_size, shard_rows=shard_rows, preprocessing=preprocessing,
                   providers=provider, memory_budget_mb=memory_budget_mb,
                   progress=not (quiet or as_json), store=store, vocab=vocab, engine=engine,
@@ -91,7 +96,8 @@ def explain_dataset(model: str, data: str, method: str, target: int | None,
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
         click.echo(f"{summary['method']}: {summary['explained']} rows explained, "
-                   f"{summary['errors']} errors, {summary['skipped']} already written "
+                   f"{summary['errors']} errors, {summary['skipped']} already written"
+                   + (f", {summary['retried']} retried" if summary["retried"] else "") + " "
                    f"({summary['seconds']:.1f} s, {summary['rows_per_second']} rows/s); "
                    f"results in {out}/")
     for kind, count in summary["unreadable"].items():  # no explanation: never silent

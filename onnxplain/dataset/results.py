@@ -71,10 +71,12 @@ class ResultWriter:
     refused unless `resume`, and then only with the same meta; a resumed writer continues
     the shard numbering and `committed()` says which ids to skip. `store` says what is kept
     of each attribution (store.py); it joins the meta as 'store', so a run is resumed with
-    the store it began with."""
+    the store it began with. `retry_errors`: a resumed writer leaves the rows that failed
+    before out of `committed()` (`retried` holds them), so that they are explained again;
+    an error row a later result or error supersedes is left out of read_errors."""
 
     def __init__(self, out: str | os.PathLike, meta: Mapping[str, str], resume: bool,
-                 shard_rows: int = 256, store: Store = FULL):
+                 shard_rows: int = 256, store: Store = FULL, retry_errors: bool = False):
         self._pa, self._pq = pyarrow_modules()
         if shard_rows < 1:
             raise InputError(f"shard_rows must be at least 1, not {shard_rows}")
@@ -94,13 +96,14 @@ class ResultWriter:
             raise InputError(f"{self.out} holds results of an earlier run: pass --resume to "
                              "continue it, or another --out")
         self._committed: set[str] = set()
+        self.retried: set[str] = set()
         self._next = {RESULTS: 0, ERRORS: 0}
         # What is kept of each attributed input, and whether the maps are signed: fixed by
         # the first row of the run.
         self._layout: dict[str, Kept] | None = None
         self._signed: bool | None = None
         if resume:
-            self._resume()
+            self._resume(retry_errors)
         _remove_temporary(self.out)
         self._results: list[RowResult] = []
         self._errors: list[RowError] = []
@@ -161,23 +164,28 @@ class ResultWriter:
                 raise RuntimeError(f"row {row_id!r} is already written or queued")
             seen.add(row_id)
 
-    def _resume(self) -> None:
+    def _resume(self, retry_errors: bool) -> None:
         """Check the earlier run's meta against ours, then learn its ids, shard numbers and
         attribution layout."""
         recorded = _read_run_file(self.out)
         if recorded is not None:
             _same_meta(self.out, _with_store(recorded), self.meta)
+        ids: dict[str, set[str]] = {}
         for kind in (RESULTS, ERRORS):
             shards = shard_files(self.out / kind)
+            ids[kind] = set()
             for _, path in shards:
                 parquet = open_shard(self._pq, path)
                 _same_meta(path, _with_store(_file_meta(parquet.schema_arrow)), self.meta)
-                self._committed.update(parquet.read(columns=["id"]).column("id").to_pylist())
+                ids[kind].update(parquet.read(columns=["id"]).column("id").to_pylist())
             self._next[kind] = shards[-1][0] + 1 if shards else 0
             if kind == RESULTS and shards:
                 last = shards[-1][1]
                 self._layout, self._signed = _schema_layout(
                     open_shard(self._pq, last).schema_arrow, self.store, str(last))
+        failed = ids[ERRORS] - ids[RESULTS]
+        self._committed = ids[RESULTS] | (set() if retry_errors else failed)
+        self.retried = failed if retry_errors else set()
 
     def _write_run_file(self) -> None:
         if not (self.out / RUN_FILE).exists():
@@ -366,8 +374,22 @@ def read_results(out: str | os.PathLike) -> pyarrow.Table:
 
 
 def read_errors(out: str | os.PathLike) -> pyarrow.Table:
-    """Every committed error row of the run in `out` (id, source, reason), in order."""
-    return _read(out, ERRORS)
+    """Every committed error row of the run in `out` (id, source, reason), in order; of a
+    row retried (retry_errors), only its last error, and none once it was explained."""
+    errors = _read(out, ERRORS)
+    ids = errors.column("id").to_pylist()
+    explained = _result_ids(out) & set(ids)
+    if not explained and len(set(ids)) == len(ids):
+        return errors
+    last = {id: index for index, id in enumerate(ids)}
+    keep = [index for index, id in enumerate(ids) if last[id] == index and id not in explained]
+    return errors.take(keep)
+
+
+def _result_ids(out: str | os.PathLike) -> set[str]:
+    _, pq = pyarrow_modules()
+    return {id for _, path in shard_files(Path(out) / RESULTS)
+            for id in open_shard(pq, path).read(columns=["id"]).column("id").to_pylist()}
 
 
 def _read(out: str | os.PathLike, kind: str) -> pyarrow.Table:

@@ -46,7 +46,8 @@ _END = object()  # the reader thread's last item
 def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
                     out: str | os.PathLike, method: str = "saliency", *,
                     target: int | None = None, resume: bool = False,
-                    batch_size: int | None = None, shard_rows: int = SHARD_ROWS,
+                    retry_errors: bool = False, batch_size: int | None = None,
+                    shard_rows: int = SHARD_ROWS,
                     preprocessing: Mapping[str, ImagePreprocessing] | None = None,
                     providers=None, memory_budget_mb: float = DEFAULT_BUDGET_MB,
                     progress: bool = True, engine: str = "local", address: str | None = None,
@@ -60,7 +61,9 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     method has one, a note where the map is no explanation), errors.parquet (rows that could
     not be explained, with the reason) and summary.json, which is also returned.
 
-    `resume` continues a run stopped before its end: rows already written are skipped.
+    `resume` continues a run stopped before its end: rows already written are skipped;
+    with `retry_errors`, the rows that failed are explained again (after their data was
+    repaired, say), and errors.parquet keeps only what still fails.
     `target`: the class explained in every row (None: the predicted one). `batch_size`: rows
     read and explained per run (None: BATCH_ROWS read at a time, run as the memory budget
     allows). `store`: what is kept of each attribution: "full", "map" (an image's channels
@@ -74,6 +77,9 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
     `engine` "ray" explains on a Ray cluster (ray_engine.py: `address`, None for a local
     instance; `workers`, each with one ONNX Runtime session; `gpus_per_worker`); the
     results are written here as with "local", so their layout and the resume rule are one."""
+    if retry_errors and not resume:
+        raise InputError("retrying the rows that failed continues an earlier run: pass "
+                         "resume=True (--resume)")
     if (batch_size is not None and batch_size < 1) or shard_rows < 1:
         raise InputError("batch_size and shard_rows must be at least 1")
     if engine not in ENGINES:
@@ -107,7 +113,7 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
         meta["vocab"] = vocab.digest()
         if source.text_length is not None:
             meta["text_length"] = str(source.text_length)
-    writer = ResultWriter(out, meta, resume, shard_rows, store)
+    writer = ResultWriter(out, meta, resume, shard_rows, store, retry_errors)
     done = writer.committed()
     start = time.perf_counter()
     if engine == "ray":
@@ -126,7 +132,7 @@ def explain_dataset(model: str | os.PathLike | Model, data: str | os.PathLike,
         "options": meta["options"], "store": str(store), "engine": engine,
         "rows": counts.explained + counts.errors + len(done),
         "explained": counts.explained, "errors": counts.errors,
-        "skipped": len(done), "seconds": round(seconds, 3),
+        "skipped": len(done), "retried": len(writer.retried), "seconds": round(seconds, 3),
         "rows_per_second": round(counts.explained / seconds, 2) if seconds > 0 else None,
         "unreadable": dict(counts.unreadable),
         "warnings": dict(counts.warnings.most_common(WARNINGS_KEPT)),

@@ -181,3 +181,48 @@ def test_rows_whose_map_is_no_explanation_say_so(tmp_path):
     table = read_results(tmp_path / "out")
     assert table.column("note").to_pylist() == ["all zero"] * 5
     assert not attribution(table, "x").any()
+
+
+def test_retry_errors_explains_again_the_rows_that_failed(zoo, tmp_path):
+    """Rows that failed (NaN values) are skipped by --resume alone; once the data is
+    repaired, --resume --retry-errors explains them (as a clean run does, bit for bit) and
+    errors.parquet keeps only the row that still fails, once."""
+    from .conftest import write_parquet
+    from .test_parquet_source import nested
+
+    model = zoo.model_path("digits_cnn")
+    x = np.concatenate([zoo.sample("digits_cnn")["image"]] * 6)[:6].astype(np.float32)
+    ids = [f"r{i}" for i in range(6)]
+    broken = x.copy()
+    broken[[1, 4], 0, 0, 0] = np.nan
+    data, out = tmp_path / "data.parquet", tmp_path / "out"
+    write_parquet(data, {"image": nested(broken), "id": ids})
+    args = ["explain-dataset", str(model), "--data", str(data), "-o", str(out), "-q",
+            "--shard-rows", "2"]
+    assert CliRunner().invoke(main, args).exit_code == 1
+    assert sorted(read_errors(out).column("id").to_pylist()) == ["r1", "r4"]
+    repaired = x.copy()
+    repaired[4, 0, 0, 0] = np.nan  # r4 still fails
+    write_parquet(data, {"image": nested(repaired), "id": ids})
+    alone = explain_dataset(model, data, out, "saliency", resume=True, progress=False)
+    assert (alone["skipped"], alone["retried"], alone["explained"]) == (6, 0, 0)
+    refused = CliRunner().invoke(main, [*args, "--retry-errors"])
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    again = explain_dataset(model, data, out, "saliency", resume=True, retry_errors=True,
+                            progress=False)
+    assert (again["skipped"], again["retried"], again["explained"], again["errors"]) == (
+        4, 2, 1, 1)
+    errors = read_errors(out)
+    assert errors.column("id").to_pylist() == ["r4"] and "NaN" in errors[2][0].as_py()
+    results = read_results(out)
+    order = np.argsort(results.column("id").to_pylist())
+    assert [results.column("id").to_pylist()[i] for i in order] == ["r0", "r1", "r2", "r3",
+                                                                    "r5"]
+    write_parquet(tmp_path / "clean.parquet", {"image": nested(x), "id": ids})
+    clean = explain_dataset(model, tmp_path / "clean.parquet", tmp_path / "clean", "saliency",
+                            progress=False)
+    assert clean["errors"] == 0
+    whole = read_results(tmp_path / "clean")
+    keep = [whole.column("id").to_pylist().index(id) for id in ("r0", "r1", "r2", "r3", "r5")]
+    np.testing.assert_array_equal(attribution(results, "image")[order],
+                                  attribution(whole, "image")[keep])
