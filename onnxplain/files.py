@@ -16,8 +16,12 @@ from typing import BinaryIO
 import numpy as np
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write` on a temporary file in the target's folder, then rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
+                 durable: bool = False) -> None:
+    """Call `write` on a temporary file in the target's folder, then rename it into place.
+    `durable`: the file and the rename reach the disk before this returns (a few ms each),
+    so that a machine that stops, not only a process, never leaves an empty file under the
+    name: for what a later run trusts, as a resumed dataset run trusts its shards."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
@@ -27,11 +31,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         os.chmod(temporary, 0o666 & ~umask())
         with os.fdopen(handle, "wb") as stream:
             write(stream)
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
+        if durable:
+            _sync_folder(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _sync_folder(folder: str) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def save_bytes(path: str | os.PathLike, data: bytes) -> None:

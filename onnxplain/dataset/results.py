@@ -13,7 +13,8 @@ Layout under `out`:
   summary.json                at close: the caller's summary
 
 Each file is written under a temporary name in its folder and renamed into place
-(files.atomic_write); a reader only ever sees whole files. pyarrow is imported when a writer
+(files.atomic_write); a reader only ever sees whole files. Shards reach the disk before
+their ids count as written, so a resumed run can trust them after a machine stops too. pyarrow is imported when a writer
 or reader is made, so `import onnxplain` never needs it."""
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class ResultWriter:
         folder.mkdir(parents=True, exist_ok=True)
         table = table.replace_schema_metadata(self._metadata())
         path = folder / f"part-{self._next[kind]:05d}.parquet"
-        atomic_write(path, lambda stream: self._pq.write_table(table, stream))
+        atomic_write(path, lambda stream: self._pq.write_table(table, stream), durable=True)
         self._next[kind] += 1
         self._committed.update(ids)
         self._pending.difference_update(ids)
