@@ -14,8 +14,8 @@ Layout under `out`:
 
 Each file is written under a temporary name in its folder and renamed into place
 (files.atomic_write); a reader only ever sees whole files. Shards reach the disk before
-their ids count as written, so a resumed run can trust them after a machine stops too. pyarrow is imported when a writer
-or reader is made, so `import onnxplain` never needs it."""
+their ids count as written, so a resumed run can trust them after a machine stops too.
+pyarrow is imported when a writer or reader is made, so `import onnxplain` never needs it."""
 
 from __future__ import annotations
 
