@@ -21,9 +21,10 @@ from onnx import helper, numpy_helper
 from ..autodiff.build import add_gradients
 from ..errors import InputError
 from ..graph.builder import GraphBuilder
+from ..graph.layer_copy import copied, layer_copy
 from ..graph.layers import resolve_layer
 from ..graph.shapes import TensorInfo
-from ..graph.walk import ancestors, node_inputs, rename_reads
+from ..graph.walk import ancestors, node_inputs
 from ..images import image_inputs
 from .graph import ExplainerGraph
 from .layer_maps import declare_maps, resized_maps
@@ -70,16 +71,10 @@ def layer_path(eg: ExplainerGraph, options: dict, inputs: list[str], both_ends: 
     with `both_ends` (the scores at both ends of the path), else x alone."""
     layer = resolve_layer(eg.model, options["layer"])
     nodes = eg.take_model_nodes()
-    prefix = [_copied(node) for node in ancestors(nodes, [layer])]  # as they read x
+    prefix = [copied(node) for node in ancestors(nodes, [layer])]  # as they read x
     baselines = {name: baseline_input(eg, name, options) for name in inputs}
     path = straight_path(eg, inputs, baselines, nodes, both_ends, keep=layer)
     return LayerPath(layer, inputs, prefix, path)
-
-
-def _copied(node: onnx.NodeProto) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    return copy
 
 
 def last_rows(bb: GraphBuilder, tensor: str, count: str) -> str:
@@ -230,32 +225,3 @@ def _check_reads(eg: ExplainerGraph, prefix, layer: str, inputs: list[str]) -> N
         raise InputError(f"layer '{layer}' reads inputs that are not attributed "
                          f"({', '.join(sorted(read - set(inputs)))}); layer_conductance "
                          "needs a layer computed from the float inputs alone")
-
-
-def layer_copy(b: GraphBuilder, prefix: list[onnx.NodeProto], infos: dict[str, TensorInfo],
-               layer: str, fed: dict[str, str]) -> str:
-    """Append a copy of `prefix` (the nodes `layer` is computed from) reading `fed` in place
-    of the model inputs, every tensor under a fresh name; return the copy's layer tensor."""
-    copies, renamed = [], dict(fed)
-    for node in prefix:
-        copy = _copied(node)
-        copy.name = b.fresh("layer_copy_node")
-        for out in copy.output:
-            if out:
-                renamed[out] = b.fresh("layer_copy")
-        copies.append(copy)
-    rename_reads(copies, renamed)
-    for copy in copies:
-        for index, out in enumerate(copy.output):
-            if out:
-                copy.output[index] = renamed[out]
-                b.infos[renamed[out]] = _any_rows(infos.get(out))
-    b.graph.node.extend(copies)
-    return renamed[layer]
-
-
-def _any_rows(info: TensorInfo | None) -> TensorInfo:
-    """`info` with its rows unknown: the copies run on other row counts."""
-    if info is None or not info.shape:
-        return info or TensorInfo(None, None)
-    return TensorInfo(info.dtype, (None, *info.shape[1:]))

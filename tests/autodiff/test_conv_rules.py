@@ -158,3 +158,52 @@ def test_conv_transpose_output_shape_follows_onnxruntime():
     got = gradient.run([diff.grads["x"]], {"x": np.zeros((1, 2, 5), np.float32),
                                            diff.seeds["y"]: seed})[0]
     np.testing.assert_allclose(got.reshape(-1), expected, atol=1e-5)
+
+
+def test_bias_gradient_when_the_incoming_gradient_has_no_recorded_rank():
+    """A Conv's dB sums dY over every axis but the channels. Where the gradient reaching it
+    comes through ops whose output shapes inference leaves open (here a Resize feeding
+    another Conv, its output declared without a shape), its rank comes from X: once this
+    raised ModelError. Checked against central differences (float32, ONNX Runtime has no
+    double Conv; y is affine in the biases, so a unit step is exact up to rounding)."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "scales"], ["r"], mode="linear"),
+             helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "unranked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("b2", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(r32(rng, 3, 2, 3, 3), "w"),
+         numpy_helper.from_array(r32(rng, 3, 2, 3, 3), "w2"),
+         numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    set_runtime_ir_version(model)
+    feeds = {"x": r32(rng, 2, 2, 4, 4), "b": r32(rng, 3), "b2": r32(rng, 2)}
+    seed = r32(rng, 2, 2, 8, 8)
+    diff = differentiate(model, ["b", "b2"], outputs=["y"])
+    session = ort.InferenceSession(diff.model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    grads = session.run([diff.grads["b"], diff.grads["b2"]], {**feeds, diff.seeds["y"]: seed})
+    forward = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def objective(changed: dict) -> float:
+        return float(np.sum(seed.astype(np.float64)
+                            * forward.run(["y"], {**feeds, **changed})[0]))
+
+    for name, grad in zip(["b", "b2"], grads, strict=True):
+        numeric = np.zeros_like(feeds[name])
+        for i in range(numeric.size):
+            step = np.zeros_like(feeds[name])
+            step[i] = 1
+            numeric[i] = (objective({name: feeds[name] + step})
+                          - objective({name: feeds[name] - step})) / 2
+        np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-4)
+
+
+def r32(rng, *shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)

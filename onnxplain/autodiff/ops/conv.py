@@ -234,8 +234,10 @@ def conv_kernel(c: NodeContext) -> list[int] | None:
     return list(shape[2:])
 
 
-def _bias_grad(b: GraphBuilder, g: str) -> str:
-    return b.reduce("ReduceSum", g, [0, *range(2, b.rank(g))], keepdims=False)
+def _bias_grad(b: GraphBuilder, g: str, x: str) -> str:
+    """dY summed over all axes but the channels; dY's rank is X's (a gradient's own rank
+    may be unrecorded)."""
+    return b.reduce("ReduceSum", g, [0, *range(2, b.rank(x))], keepdims=False)
 
 
 def dynamic_window_reason(c: NodeContext, win: Window) -> str | None:
@@ -271,7 +273,7 @@ def conv(c, gy):
     pads = resolve_pads(b, x, win)
     dx = _conv_input_grad(b, g, x, w, win, pads, group) if c.need(0) else None
     dw = correlate(b, x, g, pads, win, group) if c.need(1) else None
-    db = _bias_grad(b, g) if c.need(2) else None
+    db = _bias_grad(b, g, x) if c.need(2) else None
     return [dx, dw, db]
 
 
@@ -346,5 +348,5 @@ def conv_transpose(c, gy):
         dx = b.op("Conv", g, w, strides=list(win.strides), dilations=list(win.dilations),
                   pads=pads, group=group if group != 1 else None)
     dw = correlate(b, g, x, pads, win, group) if c.need(1) else None
-    db = _bias_grad(b, g) if c.need(2) else None
+    db = _bias_grad(b, g, x) if c.need(2) else None
     return [dx, dw, db]
