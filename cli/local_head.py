@@ -41,8 +41,9 @@ def _temperature(text: str):
 
 @local_head.command("fit")
 @click.argument("model")
-@click.option("--layer", required=True, help="tensor (or node) whose features the head reads, "
-              "for example the penultimate layer")
+@click.option("--layer", default="auto", show_default=True, help="tensor (or node) whose "
+              "features the head reads; 'auto' scores the candidate layers (those `onnxplain "
+              "inspect` lists, and the inputs of the last dense layers) on the fitting rows")
 @click.option("--data", required=True, metavar="FILE.npz", help="training inputs by input "
               "name (or one array), and labels under 'y' (default: the model's predictions)")
 @click.option("-o", "--out", "out", required=True, metavar="FILE.onnx",
@@ -57,8 +58,9 @@ def _temperature(text: str):
 @click.option("--calibration-data", metavar="FILE.npz", default=None,
               help="inputs the model did not train on, to calibrate epsilon on (rows it "
               "trained on make the head reject more new data than --reject-rate)")
-@click.option("--per-class", type=click.IntRange(min=1), default=50, show_default=True,
-              help="centers drawn from each class")
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="centers drawn from each class [default: every fitting row, up to 2^24 "
+              "center values (centers x features) and 20000 centers]")
 @click.option("--distance", type=click.Choice(["l2", "squared_l2", "l1", "cosine"]),
               default="l2", show_default=True)
 @click.option("--temperature", default="auto", show_default=True,
@@ -71,7 +73,7 @@ def _temperature(text: str):
 @quiet_option
 @friendly
 def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: float,
-        holdout: float, calibration_data: str | None, per_class: int, distance: str,
+        holdout: float, calibration_data: str | None, per_class: int | None, distance: str,
         temperature: str, top: int, seed: int, provider: str, as_json: bool,
         quiet: bool) -> None:
     """Fit a local classifier on MODEL's features at --layer and write MODEL plus the head."""
@@ -94,17 +96,36 @@ def fit(model: str, layer: str, data: str, out: str, epsilon: str, reject_rate: 
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
-        click.echo(f"fitted a local head on '{summary['layer']}': {summary['centers']} centers "
-                   f"({summary['classes']} classes, labels from {summary['labels_from']}), "
-                   f"{summary['features']} features, {distance} distance")
-        click.echo(f"  temperature {summary['temperature']:.4g}, epsilon "
-                   f"{summary['epsilon']:.4g}"
-                   + (f" (calibrated on {summary['calibrated_on']})"
-                      if summary["calibrated_on"] else ""))
-        if summary["calibrated_on"] and not calibration_data:
-            click.echo("  if the model trained on these rows, new data is rejected more often "
-                       "than asked: --calibration-data takes rows it did not see")
-        click.echo(f"wrote {out} (outputs: {', '.join(summary['outputs'].values())})")
+        _print_fit(summary, distance, bool(calibration_data))
+
+
+def _print_fit(summary: dict, distance: str, calibration_data: bool) -> None:
+    choice = summary["layer_choice"]
+    if choice:
+        click.echo("layer scores (leave-one-out nearest-neighbour agreement):")
+        for entry in choice["candidates"]:
+            mark = "*" if entry["layer"] == choice["chosen"] else " "
+            click.echo(f"  {mark} {entry['agreement']:.3f}  {entry['layer']} "
+                       f"({entry['features']} features)")
+        click.echo(f"  chose '{choice['chosen']}': {choice['why']}")
+    click.echo(f"fitted a local head on '{summary['layer']}': {summary['centers']} centers "
+               f"({summary['centers_from']}; {summary['classes']} classes, labels from "
+               f"{summary['labels_from']}), {summary['features']} features, {distance} "
+               "distance")
+    click.echo(f"  temperature {summary['temperature']:.4g}, epsilon {summary['epsilon']:.4g}"
+               + (f" (calibrated on {summary['calibrated_on']})"
+                  if summary["calibrated_on"] else ""))
+    check = summary["calibration"]
+    if check and check["rejected"] is not None:
+        click.echo(f"  calibration, cross-validated on those rows: asked "
+                   f"{percent(check['asked'])}, rejected {percent(check['rejected'])} "
+                   f"(+- {percent(check['spread'])} over folds)")
+    if summary["calibrated_on"] and not calibration_data:
+        click.echo("  if the model trained on these rows, new data is rejected more often "
+                   "than asked (`local-head evaluate` on test data measures it): "
+                   "--calibration-data takes rows it did not see")
+    click.echo(f"wrote {summary['written']} (outputs: "
+               f"{', '.join(summary['outputs'].values())})")
 
 
 @local_head.command("evaluate")
@@ -131,12 +152,18 @@ def evaluate(model: str, data: str, provider: str, as_json: bool, quiet: bool) -
         return
     click.echo(f"{result['rows']} rows (truth: {result['truth']}), epsilon "
                f"{result['epsilon']:.4g}")
-    click.echo(f"  rejected: {_percent(result['rejection_rate'])}")
+    asked = result["asked_rejection_rate"]
+    click.echo(f"  rejected: {percent(result['rejection_rate'])}"
+               + ("" if asked is None else
+                  f" (calibrated to {percent(asked)}: "
+                  f"{100 * result['calibration_error']:+.1f} points, "
+                  f"{_ratio(result['rejection_rate'], asked)} the asked rate; on data like "
+                  "the calibration rows, that is the calibration error)"))
     if "model_accuracy" in result:
-        click.echo(f"  model accuracy: {_percent(result['model_accuracy'])} on all rows, "
-                   f"{_percent(result['model_accuracy_accepted'])} on accepted rows")
-    click.echo(f"  local classifier accuracy: {_percent(result['local_accuracy'])} on all "
-               f"rows, {_percent(result['local_accuracy_accepted'])} on accepted rows")
+        click.echo(f"  model accuracy: {percent(result['model_accuracy'])} on all rows, "
+                   f"{percent(result['model_accuracy_accepted'])} on accepted rows")
+    click.echo(f"  local classifier accuracy: {percent(result['local_accuracy'])} on all "
+               f"rows, {percent(result['local_accuracy_accepted'])} on accepted rows")
     if "rejected" in result:
         rejected, accepted = result["rejected"], result["accepted"]
         click.echo("  confusion:        model right  model wrong")
@@ -213,5 +240,9 @@ def write_model(model, out: str) -> None:
         save_bytes(stage.path / Path(out).name, data)
 
 
-def _percent(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+def percent(value) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"  # NaN: none
+
+
+def _ratio(value: float, asked: float) -> str:
+    return f"{value / asked:.2f}x" if asked else "n/a"

@@ -99,8 +99,8 @@ def _check_lengths(model: Model, feeds: Mapping[str, np.ndarray]) -> None:
     """A recurrent layer's sequence_lens fed from an input (lengths [batch]) holds values in
     0..T, T the sequence length: checked here in one line, where ONNX Runtime would fail
     the run in its own words."""
-    for name, dim in _sequence_lengths(model):
-        length = _dim_value(model, feeds, dim)
+    for name, dim in sequence_lengths(model):
+        length = dim_value(model, feeds, dim)
         value = feeds[name]
         if length is None or not value.size:
             continue
@@ -111,7 +111,7 @@ def _check_lengths(model: Model, feeds: Mapping[str, np.ndarray]) -> None:
                              f"{length}: the recurrent layer's sequence_lens)")
 
 
-def _sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
+def sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
     """(input, sequence dim) for each LSTM/GRU/RNN whose sequence_lens is a graph input
     (through Casts): the dim of its X's sequence axis (layout 0: axis 0, else 1)."""
     if "sequence_lens" not in model.derived:
@@ -132,7 +132,7 @@ def _sequence_lengths(model: Model) -> list[tuple[str, Dim]]:
     return model.derived["sequence_lens"]
 
 
-def _dim_value(model: Model, feeds: Mapping[str, np.ndarray], dim: Dim) -> int | None:
+def dim_value(model: Model, feeds: Mapping[str, np.ndarray], dim: Dim) -> int | None:
     """A dim's size in these feeds: an int as it is, a symbol where an input declares it."""
     if dim is None or isinstance(dim, int):
         return dim

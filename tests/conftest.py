@@ -43,6 +43,15 @@ def digits_path(zoo) -> Path:
     return zoo.model_path("digits_cnn")
 
 
+@pytest.fixture(scope="session")
+def digits_split(zoo):
+    """scikit-learn's digits as the zoo's digits CNN was trained on them: x_train, y_train,
+    x_test, y_test."""
+    from model_zoo.digits import digits_data
+
+    return digits_data()
+
+
 @pytest.fixture()
 def session_rows(monkeypatch) -> list[int]:
     """Rows of every ONNX Runtime session run from now on (the first feed's first axis)."""

@@ -4,9 +4,12 @@ fine-tuning in ONNX Runtime, and local heads that reject inputs unlike the train
 from .init import (
     auto_temperature,
     calibrate_epsilon,
+    calibration_check,
+    center_budget,
     classifier_from_data,
     mlp_from_data,
     pick_centers,
+    rejection_threshold,
 )
 from .layers import LocalLayer, LocalNetwork
 from .train import (
@@ -27,11 +30,14 @@ __all__ = [
     "add_neurons",
     "auto_temperature",
     "calibrate_epsilon",
+    "calibration_check",
+    "center_budget",
     "classifier_from_data",
     "fine_tune",
     "mlp_from_data",
     "pick_centers",
     "prune",
+    "rejection_threshold",
     "row_losses",
     "training_graph",
 ]

@@ -30,7 +30,9 @@ def rejected(outputs: dict[str, np.ndarray]) -> np.ndarray:
 def evaluate_head(model, inputs, labels=None, providers=None, progress: bool = False) -> dict:
     """Rejection rate, accuracy of the model and of the local classifier (all rows and
     accepted rows), and how rejection splits between rows the model gets right and wrong.
-    Without labels the model's predictions stand in for them."""
+    Without labels the model's predictions stand in for them. On clean data the head did not
+    fit on, `calibration_error` = rejection rate - the rate epsilon was calibrated to ask
+    (None for an epsilon set by hand)."""
     outputs, info, own = head_outputs(model, inputs, providers, progress)
     local = outputs[PREFIX + "probabilities"].argmax(axis=1)
     model_pred = _argmax(outputs.get(own))
@@ -44,8 +46,10 @@ def evaluate_head(model, inputs, labels=None, providers=None, progress: bool = F
         if truth.shape != (rows,):
             raise InputError(f"expected {rows} labels, got {truth.shape[0]}")
     out = rejected(outputs)
+    asked = info.get("reject_rate")
     result = {"rows": rows, "truth": truth_from, "epsilon": info["epsilon"],
-              "rejection_rate": float(out.mean()),
+              "rejection_rate": float(out.mean()), "asked_rejection_rate": asked,
+              "calibration_error": None if asked is None else float(out.mean()) - asked,
               "local_accuracy": _rate(local == truth),
               "local_accuracy_accepted": _rate((local == truth)[~out]),
               "rejected_by_class": _counts(truth[out])}

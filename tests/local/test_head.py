@@ -23,15 +23,8 @@ LAYER = "/features/features.6/Relu_output_0"
 
 
 @pytest.fixture(scope="module")
-def digits(zoo):
-    from model_zoo.digits import digits_data
-
-    return digits_data()
-
-
-@pytest.fixture(scope="module")
-def head(digits_path, digits):
-    x, y, _, _ = digits
+def head(digits_path, digits_split):
+    x, y, _, _ = digits_split
     return fit_local_head(str(digits_path), LAYER, x, y, per_class=20, providers="cpu")
 
 
@@ -40,16 +33,16 @@ def _outputs(model, x):
     return dict(zip(names, run(model, {"image": x}), strict=True))
 
 
-def test_the_original_outputs_are_unchanged(head, digits_path, digits):
-    _, _, x, _ = digits
+def test_the_original_outputs_are_unchanged(head, digits_path, digits_split):
+    _, _, x, _ = digits_split
     original = onnx.load(str(digits_path))
     expected = run(original, {"image": x})[0]
     np.testing.assert_array_equal(_outputs(head.model, x)["logits"], expected)
     onnx.checker.check_model(head.model, full_check=True)
 
 
-def test_head_equals_the_numpy_layer_on_the_tapped_features(head, digits_path, digits):
-    _, _, x, _ = digits
+def test_head_equals_the_numpy_layer_on_the_tapped_features(head, digits_path, digits_split):
+    _, _, x, _ = digits_split
     features = Explainer(str(digits_path), "cpu").forward(x, taps=[LAYER])[LAYER]
     features = features.reshape(len(x), -1)
     outputs = _outputs(head.model, x)
@@ -62,8 +55,8 @@ def test_head_equals_the_numpy_layer_on_the_tapped_features(head, digits_path, d
     np.testing.assert_allclose(outputs["local/prototype_activations"][:, 0], a.max(1), atol=1e-5)
 
 
-def test_metadata_records_where_every_center_came_from(head, digits):
-    x, y, _, _ = digits
+def test_metadata_records_where_every_center_came_from(head, digits_split):
+    x, y, _, _ = digits_split
     info = head_info(head.model)
     assert info["layer"] == LAYER and info["centers"] == 200 and info["classes"] == 10
     assert info["labels_from"] == "data"
@@ -73,8 +66,8 @@ def test_metadata_records_where_every_center_came_from(head, digits):
     assert info["epsilon"] == pytest.approx(head.layer.epsilon)
 
 
-def test_epsilon_is_calibrated_and_rejects_noise(head, digits):
-    _, _, x_test, y_test = digits
+def test_epsilon_is_calibrated_and_rejects_noise(head, digits_split):
+    _, _, x_test, y_test = digits_split
     clean = evaluate_head(head.model, x_test, y_test, providers="cpu")
     assert 0.0 < clean["rejection_rate"] < 0.15  # calibrated to 5% of held-out training rows
     assert clean["local_accuracy"] > 0.9
@@ -86,11 +79,12 @@ def test_epsilon_is_calibrated_and_rejects_noise(head, digits):
     assert evaluate_head(head.model, noise, providers="cpu")["rejection_rate"] >= 0.9
 
 
-def test_epsilon_calibrates_on_rows_the_model_did_not_train_on(digits_path, digits):
+def test_epsilon_calibrates_on_rows_the_model_did_not_train_on(digits_path, digits_split):
     """With calibration rows every training row may be a center's source (no holdout), and
-    epsilon is minus the (1 - reject_rate) quantile of those rows' nearest-center distances,
-    computed here from the tapped features by explicit differences."""
-    x, y, x_test, _ = digits
+    epsilon is minus the ceil(151 x 0.95) = 144th smallest of those 150 rows' nearest-center
+    distances (local.init.rejection_threshold), computed here from the tapped features by
+    explicit differences; 6 of the 150 rows lie above it."""
+    x, y, x_test, _ = digits_split
     calibration = x_test[:150]
     head = fit_local_head(str(digits_path), LAYER, x, y, per_class=20, providers="cpu",
                           calibration=calibration)
@@ -99,15 +93,15 @@ def test_epsilon_calibrates_on_rows_the_model_did_not_train_on(digits_path, digi
     features = features.reshape(len(calibration), -1).astype(np.float64)
     centers = head.layer.centers.astype(np.float64)
     nearest = np.sqrt(((features[:, None] - centers[None]) ** 2).sum(-1)).min(1)
-    assert np.isclose(head.layer.epsilon, -np.quantile(nearest, 0.95), rtol=1e-5)
+    assert np.isclose(head.layer.epsilon, -np.sort(nearest)[143], rtol=1e-5)
     rejected = evaluate_head(head.model, calibration, providers="cpu")["rejection_rate"]
-    assert abs(rejected - 0.05) <= 1 / 150 + 1e-9
+    assert abs(rejected - 6 / 150) <= 1 / 150 + 1e-9  # the row at the threshold: float32 epsilon
     with pytest.raises(InputError, match="nothing to calibrate"):
         fit_local_head(str(digits_path), LAYER, x, y, epsilon=-1.0, calibration=calibration)
 
 
-def test_prototypes_are_the_nearest_training_rows(head, digits_path, digits):
-    x, y, x_test, _ = digits
+def test_prototypes_are_the_nearest_training_rows(head, digits_path, digits_split):
+    x, y, x_test, _ = digits_split
     rows = explain_prototypes(head.model, x_test[:5], providers="cpu")
     explainer = Explainer(str(digits_path), "cpu")
     train_features = explainer.forward(x, taps=[LAYER])[LAYER].reshape(len(x), -1)
@@ -121,8 +115,8 @@ def test_prototypes_are_the_nearest_training_rows(head, digits_path, digits):
         assert strengths == sorted(strengths, reverse=True) and len(strengths) == 5
 
 
-def test_gradient_methods_explain_the_head(head, digits):
-    _, _, x_test, _ = digits
+def test_gradient_methods_explain_the_head(head, digits_split):
+    _, _, x_test, _ = digits_split
     x = x_test[:3]
     explainer = Explainer(head.model, "cpu", output="local/probabilities")
     result = explainer.explain(x, method="saliency", target=[1, 2, 3], abs=False)
@@ -139,8 +133,8 @@ def test_gradient_methods_explain_the_head(head, digits):
     assert np.abs(ig.extras["convergence_delta"]).max() < 0.01
 
 
-def test_bad_requests_are_typed_errors(digits_path, digits, head):
-    x, y, _, _ = digits
+def test_bad_requests_are_typed_errors(digits_path, digits_split, head):
+    x, y, _, _ = digits_split
     with pytest.raises(InputError, match="no tensor, node or op type named 'nope'"):
         fit_local_head(str(digits_path), "nope", x, y)
     with pytest.raises(InputError, match="labels must be 100 non-negative class indices"):
@@ -154,8 +148,8 @@ def test_bad_requests_are_typed_errors(digits_path, digits, head):
         attach(Model.load(head.model), LAYER, head.layer, head.info)
 
 
-def test_cli_fit_evaluate_explain(tmp_path, digits_path, digits):
-    x, y, x_test, y_test = digits
+def test_cli_fit_evaluate_explain(tmp_path, digits_path, digits_split):
+    x, y, x_test, y_test = digits_split
     np.savez(tmp_path / "train.npz", image=x, y=y)
     np.savez(tmp_path / "test.npz", image=x_test[:60], y=y_test[:60])
     np.save(tmp_path / "rows.npy", x_test[:2])
