@@ -31,6 +31,7 @@ from .options import (
     vocab_option,
 )
 from .presets import image_options
+from .probe import probe
 from .report_command import report
 from .tcav import tcav
 
@@ -211,6 +212,7 @@ main.add_command(evaluate)
 main.add_command(report)
 main.add_command(generate)
 main.add_command(tcav)
+main.add_command(probe)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import numpy as np
 
 from onnxplain.errors import InputError
 
@@ -50,6 +51,11 @@ REPORT_METRICS = ("deletion", "insertion")
 @provider_option
 @batch_size_option
 @memory_budget_option
+@click.option("--probe", "probe_file", default=None, metavar="FILE.onnx",
+              help="a decoder probe of MODEL ('onnxplain probe fit'): its reconstructions "
+                   "of each row, per probed layer, beside the methods (the method name "
+                   "'probe' in --methods asks for it too; --methods probe alone runs no "
+                   "attribution method)")
 @click.option("--no-scores", is_flag=True,
               help="skip the faithfulness scores (onnxplain.metrics), which cost extra runs")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
@@ -59,8 +65,8 @@ REPORT_METRICS = ("deletion", "insertion")
 def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str | None,
            output_seed: str | None, place: dict, top_k: int, labels: str | None, vocab: str | None,
            out: str, options: tuple[str, ...], provider: str, batch_size: int | None,
-           memory_budget_mb: float, no_scores: bool, as_json: bool, quiet: bool,
-           image_settings) -> None:
+           memory_budget_mb: float, probe_file: str | None, no_scores: bool, as_json: bool,
+           quiet: bool, image_settings) -> None:
     """Explain MODEL with several methods; write one self-contained index.html comparing
     them (heatmaps or token highlighting, runtimes, scores), report.json and PNGs."""
     from onnxplain import Explainer
@@ -71,7 +77,7 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
     from .input_files import read_array, read_inputs, say_notes
     from .outputs import prepare_folder, writing_into
 
-    names = _method_list(methods)
+    names, with_probe = _without_probe(_method_list(methods), probe_file)
     class_names = load_labels(labels) if labels is not None else None
     vocabulary = None
     if vocab is not None:
@@ -85,7 +91,12 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
         batch_size=batch_size))
     say = say_notes(quiet or as_json)
     arrays, files = read_inputs(explainer.model, inputs, image_settings, say)
-    files += [path for path in (labels, vocab, output_seed) if path is not None]
+    files += [path for path in (labels, vocab, output_seed, probe_file) if path is not None]
+    probe = _probe_of(probe_file, explainer.model) if with_probe else None
+    if probe is not None:  # refused before the methods run, not after them
+        from onnxplain.probe.explain import check_probe_inputs
+
+        check_probe_inputs(probe, {name: np.asarray(value) for name, value in arrays.items()})
     seed = read_array(output_seed) if output_seed is not None else None
     per_method = _method_options(options)
     for values in per_method.values():
@@ -99,6 +110,10 @@ def report(model: str, inputs: tuple[str, ...], methods: str | None, target: str
                          labels=class_names, vocabulary=vocabulary, options=per_method,
                          score=None if no_scores else metrics_scorer(seed), progress=say,
                          output_seed=seed, place=place)
+    if probe is not None:
+        from onnxplain.probe.explain import explain_probe, report_columns
+
+        built.reconstructions = report_columns(explain_probe(probe, built.feeds, provider))
     with writing_into(Path(out)) as stage:  # checked against the inputs by check_folder
         written = write_report(built, stage.path)
     if as_json:  # the file just written, so stdout and report.json cannot differ
@@ -134,6 +149,28 @@ def _method_list(text: str | None) -> list[str] | None:
     if not names:
         raise InputError("--methods is empty; give method names separated by commas")
     return names
+
+
+def _without_probe(names: list[str] | None, probe_file: str | None
+                   ) -> tuple[list[str] | None, bool]:
+    """The methods without 'probe' (no attribution method: the probe file's decoders), and
+    whether the report shows the probe (asked by name or by --probe)."""
+    asked = names is not None and "probe" in names
+    if asked and probe_file is None:
+        raise InputError("--methods asks for 'probe' but no --probe FILE.onnx is given (fit "
+                         "one with 'onnxplain probe fit')")
+    if names is not None:
+        names = [name for name in names if name != "probe"]  # [] (probe alone): no method
+    return names, asked or probe_file is not None
+
+
+def _probe_of(path: str, model):
+    """The probe file, refused when it was fitted on another model than MODEL."""
+    from onnxplain.probe.model import check_probe_of, load_probe
+
+    probe = load_probe(path)
+    check_probe_of(probe, model)
+    return probe
 
 
 def _method_options(pairs: tuple[str, ...]) -> dict[str, dict[str, object]]:

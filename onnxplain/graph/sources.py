@@ -10,6 +10,7 @@ import onnx
 from ..errors import InputError
 from .model import Model
 from .op_kinds import CASTS, IDENTITY, RESHAPES
+from .walk import produced_from
 
 # Ops that carry token ids unchanged (up to shape) from the graph input to the embedding lookup.
 _ID_PASSTHROUGH = CASTS | IDENTITY | RESHAPES
@@ -76,6 +77,19 @@ def embedding_rows(model: Model, ids: str) -> int | None:
     info = None if found is None else model.infos.get(found[0].input[0])
     rows = None if info is None or not info.shape else info.shape[0]
     return rows if isinstance(rows, int) else None
+
+
+def embedding_lookup(model: Model, rows: str) -> tuple[str, str] | None:
+    """(ids input, table) when `rows` is a Gather of a weight table by ids read from a model
+    input (through the ops that carry ids unchanged, as _lookup_of follows them forward:
+    casts, aliases, reshapes): rows that map back to tokens, by the nearest table row;
+    else None."""
+    node = model.node_by_output.get(rows)
+    tables = {init.name for init in model.proto.graph.initializer}
+    if node is None or node.op_type != "Gather" or node.input[0] not in tables:
+        return None
+    ids = produced_from(model.node_by_output, node.input[1], _ID_PASSTHROUGH)
+    return (ids, node.input[0]) if ids in {spec.name for spec in model.inputs} else None
 
 
 def _lookup_of(model: Model, ids: str) -> tuple[onnx.NodeProto, str] | None:

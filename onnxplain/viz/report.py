@@ -55,6 +55,22 @@ class MethodResult:
 
 
 @dataclass
+class ReconstructionColumn:
+    """One layer of a decoder probe (onnxplain.probe) beside the methods: per row the input
+    rebuilt from the layer's activations, its squared error per element and the class the
+    model predicts on it (token models: the share of tokens the rebuilt embeddings name)."""
+
+    heading: str  # e.g. "probe 0: <layer>"
+    input: str  # the model input it rebuilds (token models: the ids input)
+    reconstruction: np.ndarray | None  # [N, *image] for image inputs, else None
+    error: np.ndarray | None  # like reconstruction
+    mean_error: np.ndarray  # [N]
+    predicted_class: np.ndarray | None  # [N]
+    token_accuracy: np.ndarray | None = None  # [N]
+    notes: list[str] = field(default_factory=list)  # about the whole layer, e.g. its fit
+
+
+@dataclass
 class Report:
     """Everything a report shows: the batch, the prediction and each method's result."""
 
@@ -68,6 +84,7 @@ class Report:
     results: list[MethodResult]
     tokens: dict[str, list[list[str]]] = field(default_factory=dict)  # per token input, row
     masks: dict[str, np.ndarray | None] = field(default_factory=dict)  # 1 for real tokens
+    reconstructions: list[ReconstructionColumn] = field(default_factory=list)  # a probe's
 
     @property
     def rows(self) -> int:
@@ -82,6 +99,8 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
                  output_seed: np.ndarray | None = None,
                  place: Mapping[str, object] | None = None) -> Report:
     """Run each method on `inputs` with an onnxplain.Explainer and collect what a report shows.
+    `methods` None: default_methods; an empty list: no method (the batch and the prediction
+    only, e.g. for a report of a decoder probe's reconstructions).
 
     A method that cannot explain this model (no conv layer for grad_cam, no attention for
     rollout, ...) becomes a note in its result instead of an error; unknown methods or
@@ -95,7 +114,7 @@ def build_report(explainer: Any, inputs: Any, methods: Sequence[str] | None = No
     from each attribution (metrics' explained_target), so they score that place too.
     """
     feeds = prepare_inputs(explainer.model, inputs)
-    names = list(dict.fromkeys(methods or default_methods(explainer)))
+    names = list(dict.fromkeys(default_methods(explainer) if methods is None else methods))
     resolved = _check_options(names, options or {})
     if top_k < 1:
         raise InputError(f"top-k must be at least 1, got {top_k}")
@@ -308,5 +327,5 @@ def _line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-__all__ = ["FAILED", "NOT_APPLICABLE", "OK", "MethodResult", "Report",
+__all__ = ["FAILED", "NOT_APPLICABLE", "OK", "MethodResult", "ReconstructionColumn", "Report",
            "build_report", "default_methods", "load_labels", "top_classes"]

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..files import atomic_write, save_json
 from ..objective import class_scores
-from .report import Report
+from .report import ReconstructionColumn, Report
 from .report_html import report_html
 from .report_pictures import MAX_ROWS, Picture, PictureKey, render_pictures
 from .tokens import token_scores_json
@@ -48,11 +48,28 @@ def report_json(report: Report, pictures: Mapping[PictureKey, Picture]) -> dict:
         entry["scores"] = jsonable(result.scores)
         entry["score_note"] = result.score_note
         methods[result.method] = entry
-    return {"model": report.model, "output": report.output,
-            "execution_providers": report.providers, "rows": report.rows,
-            "rows_drawn": min(report.rows, MAX_ROWS),
-            "inputs": {name: list(values.shape) for name, values in report.feeds.items()},
-            "probabilities": report.probabilities, "predictions": rows, "methods": methods}
+    found = {"model": report.model, "output": report.output,
+             "execution_providers": report.providers, "rows": report.rows,
+             "rows_drawn": min(report.rows, MAX_ROWS),
+             "inputs": {name: list(values.shape) for name, values in report.feeds.items()},
+             "probabilities": report.probabilities, "predictions": rows, "methods": methods}
+    if report.reconstructions:
+        found["probe"] = [_probe_json(report, pictures, column)
+                          for column in report.reconstructions]
+    return found
+
+
+def _probe_json(report: Report, pictures: Mapping[PictureKey, Picture],
+                column: ReconstructionColumn) -> dict:
+    """A probe layer's numbers per row (mean error, class on the reconstruction, token
+    accuracy) and its pictures' files."""
+    entry = {"heading": column.heading, "input": column.input,
+             "mean_error": jsonable(column.mean_error),
+             "predicted_class": jsonable(column.predicted_class),
+             "token_accuracy": jsonable(column.token_accuracy), "notes": column.notes}
+    entry["files"] = [_files(pictures, row, column.heading)
+                      for row in range(min(report.rows, MAX_ROWS))]
+    return entry
 
 
 def token_views(report: Report, attribution) -> dict[str, list[list[dict]]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._text import counted
 from .heatmap import ColourRange, colorize, format_value
-from .report import FAILED, OK, MethodResult, Report, input_kind
+from .report import FAILED, OK, MethodResult, ReconstructionColumn, Report, input_kind
 from .report_pictures import MAX_ROWS, Picture, PictureKey
 from .tokens import token_legend, token_spans
 
@@ -103,6 +103,10 @@ def report_html(report: Report, pictures: Mapping[PictureKey, Picture]) -> str:
     """The whole page, UTF-8 text; `pictures` are those written beside it as PNG files."""
     drawn = min(report.rows, MAX_ROWS)
     head = "".join(f"<th>{_method_heading(result)}</th>" for result in report.results)
+    head += "".join(f'<th>{escape(column.heading)}<br><span class="meta">decoder probe: the '
+                    "input rebuilt from this layer, its squared error"
+                    + "".join(f"; {escape(note)}" for note in column.notes) + "</span></th>"
+                    for column in report.reconstructions)
     rows = "\n".join(_row(report, pictures, row) for row in range(drawn))
     left = report.rows - drawn
     more = (f'<p class="note">{counted(left, "more row")} {"is" if left == 1 else "are"} in '
@@ -160,6 +164,8 @@ def _method_heading(result: MethodResult) -> str:
 def _row(report: Report, pictures: Mapping[PictureKey, Picture], row: int) -> str:
     cells = "".join(f"<td>{_method_cell(report, pictures, result, row)}</td>"
                     for result in report.results)
+    cells += "".join(f"<td>{_reconstruction_cell(pictures, column, row)}</td>"
+                     for column in report.reconstructions)
     return (f"<tr><td>{row}</td><td>{_input_cell(report, pictures, row)}</td>"
             f"<td>{_prediction(report, row)}</td>{cells}</tr>")
 
@@ -220,6 +226,25 @@ def _method_cell(report: Report, pictures: Mapping[PictureKey, Picture],
     body = "".join(views) or '<div class="note">no picture for this attribution\'s shape</div>'
     runtime = f'<div class="runtime">{result.attribution.runtime_s:.3f} s (batch)</div>'
     return body + runtime + _scores(result, row, report.rows)
+
+
+def _reconstruction_cell(pictures: Mapping[PictureKey, Picture], column: ReconstructionColumn,
+                         row: int) -> str:
+    """A probe layer's reconstruction of the row and its error map, then its numbers."""
+    views = []
+    for part in ("reconstruction", "error"):
+        picture = pictures.get((row, column.heading, column.input, part))
+        if picture is not None:
+            views.append(f'<div class="view"><div {_STACK}><img alt="{escape(column.heading)} '
+                         f'{part}, row {row}" src="{_data_uri(picture.png)}"></div>'
+                         f"{colour_bar(picture.span, False)}</div>")
+    facts = [f"mean error {number(column.mean_error[row])}"]
+    if column.predicted_class is not None:
+        facts.append(f"class {int(column.predicted_class[row])} on it")
+    if column.token_accuracy is not None and np.isfinite(column.token_accuracy[row]):
+        facts.append(f"{100 * float(column.token_accuracy[row]):.0f}% of its real tokens "
+                     "named")
+    return "".join(views) + f'<div class="meta">{escape(", ".join(facts))}</div>'
 
 
 def _image_view(pictures: Mapping[PictureKey, Picture], row: int, method: str, name: str

@@ -14,7 +14,7 @@ from ..files import safe_name
 from ..images import image_layout
 from .heatmap import ColourRange, colour_range, enlarge, spatial_map
 from .overlay import heatmap_parts, input_image
-from .report import Report, input_kind
+from .report import ReconstructionColumn, Report, input_kind
 
 MAX_ROWS = 64  # rows drawn (pictures, HTML); report.json keeps the numbers of every row
 
@@ -26,7 +26,8 @@ class Picture:
     row: int
     method: str  # "" for the input itself
     input: str
-    part: str  # "input", "both", "positive", "negative" (signed maps) or "magnitude"
+    part: str  # "input", "both", "positive", "negative" (signed maps) or "magnitude"; a
+    # probe's layer: "reconstruction" and "error"
     file: str
     png: bytes
     span: ColourRange | None = None  # heatmaps: the values at the ends of the colour scale
@@ -65,7 +66,26 @@ def render_pictures(report: Report) -> dict[PictureKey, Picture]:
                 for part, heat in heatmap_parts(flat, signed, span=span).items():
                     add(row, result.method, name, part, heat.resize(base.size, Image.NEAREST),
                         span)
+            probed = [column for column in report.reconstructions
+                      if column.input == name and column.reconstruction is not None]
+            # One colour scale for the row's error maps: the layers compare.
+            errors = [spatial_map(column.error[row], layout) for column in probed]
+            span = colour_range(np.concatenate([e.ravel() for e in errors])) if errors else None
+            for column, error in zip(probed, errors, strict=True):
+                add(row, column.heading, name, "reconstruction",
+                    _rebuilt(column, values[row], row, layout).resize(base.size, Image.NEAREST))
+                add(row, column.heading, name, "error", heatmap_parts(
+                    error, False, span=span)["magnitude"].resize(base.size, Image.NEAREST), span)
     return pictures
+
+
+def _rebuilt(column: ReconstructionColumn, image: np.ndarray, row: int, layout: str
+             ) -> Image.Image:
+    """A probe's reconstruction of one image row in grey on the input's own scale: drawn
+    beside the input, then cut off it, so that input_image stretches both alike."""
+    rebuilt = np.clip(column.reconstruction[row], float(image.min()), float(image.max()))
+    both = input_image(np.concatenate([image, rebuilt], axis=2 if layout == "NCHW" else 1))
+    return both.crop((both.width // 2, 0, both.width, both.height))
 
 
 def _pixel_map(attribution, name: str, shape: tuple[int, ...], row: int, layout: str
