@@ -219,7 +219,13 @@ def _numbers(info: dict, layer: str) -> list[str]:
                            if errors.get(key) is not None))
     if errors.get("token_accuracy") is not None:
         lines.append(_tokens(errors))
-    return [f"{rows}: {line}" for line in lines if line]
+    lines = [f"{rows}: {line}" for line in lines if line]
+    compared = info["layers"][layer].get("auto")
+    if compared:  # --decoder auto fitted both
+        kept = "linear" if compared["linear"] < compared["conv"] else "conv"
+        lines.append(f"auto: held-out relative error conv {compared['conv']:.3g}, linear "
+                     f"{compared['linear']:.3g}; kept {kept}")
+    return lines
 
 
 def _tokens(scores: dict) -> str:

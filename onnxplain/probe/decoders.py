@@ -73,6 +73,10 @@ def choose_kind(kind: str, layer_shape: Sequence[int], target_shape: Sequence[in
         raise InputError(f"the conv decoder needs a spatial layer [C, h, w] and input "
                          f"[C, H, W], got layer {list(layer_shape)} and input "
                          f"{list(target_shape)}")
+    if kind == "conv" and min(layer_shape[1:]) < 2:
+        raise InputError(f"the conv decoder spreads a layer's positions over the image, but "
+                         f"the layer {list(layer_shape)} has fewer than 2 x 2 (Resize would "
+                         "spread one value); use the linear decoder")
     if kind == "conv" and not _channels_first(target_shape):
         raise InputError(f"the conv decoder rebuilds channels-first images [C, H, W], but the "
                          f"input {list(target_shape)} has its channels last (NHWC); use the "

@@ -32,13 +32,13 @@ from ..errors import InputError
 from ..graph.cut import cut_at
 from ..graph.model import Model
 from ..graph.shapes import ai_onnx_opset
-from ..graph.weights import tensor_value
+from ..graph.weights import payload_bytes, tensor_value
 from ..local.head import class_labels
 from ..methods._common import ConvergenceWarning
 from ..runtime.session import Session, resolve_providers
 from .data import Tapped, tap
 from .decoders import Decoder, choose_kind, init_decoder, per_position
-from .ridge import check_budget, fits_budget, ridge_solution
+from .ridge import WEIGHT_BUDGET, check_budget, fits_budget, ridge_solution, weight_bytes
 from .tokens import RealTokens, token_scores
 from .training import DECODER_OPSET, Classifier, Schedule, Trained, reconstruct, train
 
@@ -105,6 +105,7 @@ def fit_probe(model, layers: Sequence[str], inputs, *, decoder: str = "auto", la
     opset = ai_onnx_opset(data.explainer.model.proto) or DECODER_OPSET
     kinds = {layer: _plan(data, layer, decoder, classifier_weight, linear_init, fit_rows,
                           opset) for layer in data.activations}
+    _check_file_size(data, kinds, decoder == "auto")
     predicted = _predictions(data, data.feeds)
     labels = predicted if labels is None else class_labels(labels, data.rows)
     run = _Run(data, decoder, kinds, classifier_weight, linear_init, hidden,
@@ -157,6 +158,8 @@ def _plan(data: Tapped, layer: str, wanted: str, classifier_weight: float, linea
     a, name = data.activations[layer], data.target_of[layer]
     layer_shape, target_shape = a.shape[1:], data.targets[name].shape[1:]
     kind = choose_kind(wanted, layer_shape, target_shape)
+    if wanted == "auto" and kind == "conv" and opset < TRAINING_OPSET:
+        kind = "linear"  # conv trains, and training starts at opset 10
     sequence = per_position(layer_shape, target_shape)
     if name in data.embedding_of and not (kind == "linear" and sequence):
         raise InputError(
@@ -173,15 +176,49 @@ def _plan(data: Tapped, layer: str, wanted: str, classifier_weight: float, linea
             f"training a {kind} decoder needs opset >= {TRAINING_OPSET}, but the model has "
             f"opset {opset}; use the linear decoder without classifier_weight (closed form)")
     if kind == "linear":
-        if sequence:
-            real = None if data.real is None else data.real[fit_rows]
-            rows = int(real.sum()) if real is not None else len(fit_rows) * layer_shape[0]
-            features, outputs = layer_shape[-1], target_shape[-1]
-        else:
-            rows, features = len(fit_rows), int(np.prod(layer_shape))
-            outputs = int(np.prod(target_shape))
+        features, outputs = _linear_size(data, layer)
+        real = None if data.real is None or not sequence else data.real[fit_rows]
+        rows = (int(real.sum()) if real is not None
+                else len(fit_rows) * (layer_shape[0] if sequence else 1))
         check_budget(layer, rows, features, outputs, closed_form=linear_init == "ridge")
     return kind
+
+
+def _solver(kind: str, trained: bool, kept: str | None, linear_init: str) -> str:
+    """How the shipped weights were found."""
+    if not trained:
+        return "closed-form ridge"
+    if kept == "start":  # training did not improve on where it began
+        return ("closed-form ridge" if kind == "linear" and linear_init == "ridge"
+                else "initial weights")
+    return "adam"
+
+
+def _linear_size(data: Tapped, layer: str) -> tuple[int, int]:
+    """A linear decoder's (features, outputs): per position for a sequence layer, else of
+    the flattened rows."""
+    layer_shape = data.activations[layer].shape[1:]
+    target_shape = data.targets[data.target_of[layer]].shape[1:]
+    if per_position(layer_shape, target_shape):
+        return layer_shape[-1], target_shape[-1]
+    return int(np.prod(layer_shape)), int(np.prod(target_shape))
+
+
+# One protobuf file holds at most 2 GB: the model's weights, the decoders', and the graph.
+FILE_BUDGET = 2**31 - 2**26
+
+
+def _check_file_size(data: Tapped, kinds: dict[str, str], auto: bool) -> None:
+    """Refuse, before any fitting, decoders that would not fit one probe file with the
+    model: linear weights (an `auto` conv layer may end linear) plus the model's."""
+    sizes = {layer: weight_bytes(*_linear_size(data, layer)) for layer in kinds}
+    decoders = sum(size for layer, size in sizes.items()
+                   if kinds[layer] == "linear" or auto and size <= WEIGHT_BUDGET)
+    model = payload_bytes(data.explainer.model.proto)
+    if decoders + model > FILE_BUDGET:
+        raise InputError(f"the decoders' weights ({decoders / 2**30:.2f} GB, linear) and the "
+                         f"model's ({model / 2**30:.2f} GB) pass the 2 GB one ONNX file holds; "
+                         "probe fewer or smaller layers per file")
 
 
 def _fit_layer(run: _Run, layer: str) -> tuple[Decoder, dict]:
@@ -228,7 +265,8 @@ def _fit_kind(run: _Run, layer: str, kind: str) -> tuple[Decoder, dict]:
     info = {
         "kind": kind, "target": name, "embedding_table": data.embedding_of.get(name),
         "layer_shape": list(fitted.layer_shape), "target_shape": list(fitted.target_shape),
-        "solver": "adam" if run.trains(kind) else "closed-form ridge", **training,
+        "solver": _solver(kind, run.trains(kind), training.get("kept"), run.linear_init),
+        **training,
         "train": _errors(run, fitted, rows, x[rows]),
         "held_out": _errors(run, fitted, held, x[held]) if len(held) else None}
     if kind == "conv":

@@ -24,16 +24,23 @@ SOLVE_BUDGET = 2 * 2**30
 def ridge_solution(a: np.ndarray, x: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """argmin_{W, b} mean((a W + b - x)^2) + ridge ||W||^2 over rows a [M, D], x [M, P],
     in float64: primal or dual form, whichever system is smaller."""
-    a, x = a.astype(np.float64), x.astype(np.float64)
-    scale = len(a) * x.shape[1]
-    a_mean, x_mean = a.mean(axis=0), x.mean(axis=0)
-    ac, xc = a - a_mean, x - x_mean
+    # Copies centred in place, the penalty added on the diagonal in place: the memory
+    # solve_bytes counts, not twice it.
+    ac, xc = np.array(a, np.float64), np.array(x, np.float64)
+    scale = len(ac) * xc.shape[1]
+    a_mean, x_mean = ac.mean(axis=0), xc.mean(axis=0)
+    ac -= a_mean
+    xc -= x_mean
     if ridge == 0:  # least squares (minimum norm); the normal equations may be singular
         weight = np.linalg.lstsq(ac, xc, rcond=None)[0]
-    elif len(a) < a.shape[1]:
-        weight = ac.T @ np.linalg.solve(ac @ ac.T + ridge * scale * np.eye(len(a)), xc)
+    elif len(ac) < ac.shape[1]:
+        kernel = ac @ ac.T
+        kernel.flat[::len(ac) + 1] += ridge * scale
+        weight = ac.T @ np.linalg.solve(kernel, xc)
     else:
-        gram = ac.T @ ac / scale + ridge * np.eye(a.shape[1])
+        gram = ac.T @ ac
+        gram /= scale
+        gram.flat[::ac.shape[1] + 1] += ridge
         weight = np.linalg.solve(gram, ac.T @ xc / scale)
     return weight, x_mean - a_mean @ weight
 

@@ -75,8 +75,9 @@ def test_opset_9_trains_nothing_but_fits_the_closed_form(digits_path, digits_spl
     path = str(tmp_path / "cnn_opset9.onnx")
     onnx.save(model, path)
     x = digits_split[0][:100]
-    _refused("needs opset >= 10, but the model has opset 9", path, [POOL], x)
+    _refused("needs opset >= 10, but the model has opset 9", path, [POOL], x, decoder="conv")
     _refused("needs opset >= 10", path, [POOL], x, decoder="linear", classifier_weight=1.0)
+    assert fit_probe(path, [POOL], x).decoders[0].kind == "linear"  # auto: no training
     fitted = fit_probe(path, [POOL], x, decoder="linear")
     reference = fit_probe(str(digits_path), [POOL], x, decoder="linear")
     np.testing.assert_allclose(fitted.decoders[0].params["weight"],
@@ -130,3 +131,33 @@ def test_the_closed_form_system_over_budget_is_refused(monkeypatch, digits_path,
     _refused(f"layer '{POOL}' needs about", str(digits_path), [POOL], x, decoder="linear")
     monkeypatch.setattr(ridge, "SOLVE_BUDGET", needed)
     fit_probe(str(digits_path), [POOL], x, decoder="linear")
+
+
+def test_decoders_that_would_not_fit_one_file_with_the_model_are_refused(monkeypatch,
+                                                                         digits_path,
+                                                                         digits_split):
+    """Each layer within its budget, but together with the model's weights past what one
+    ONNX file holds (2 GB; lowered here to the sum less one byte): refused before fitting.
+    Under `auto` a conv layer counts at its linear decoder's size, which it may end with."""
+    from onnxplain.graph.model import Model
+    from onnxplain.graph.weights import payload_bytes
+    from onnxplain.probe import fit
+
+    x = digits_split[0][:100]
+    early = "/features/features.1/Relu_output_0"
+    model = payload_bytes(Model.load(str(digits_path)).proto)
+    total = model + 4 * 64 * (16 * 64 + 32 * 16)  # [16,8,8] and [32,4,4] to 64 pixels
+    monkeypatch.setattr(fit, "FILE_BUDGET", total - 1)
+    _refused("pass the 2 GB one ONNX file holds", str(digits_path), [early, POOL], x)
+    _refused("pass the 2 GB one ONNX file holds", str(digits_path), [early, POOL], x,
+             decoder="linear")
+    monkeypatch.setattr(fit, "FILE_BUDGET", total)
+    fit_probe(str(digits_path), [early, POOL], x, decoder="linear")
+
+
+def test_conv_from_fewer_than_2_by_2_positions_is_refused(zoo):
+    """rgb_cnn's global average pool [32, 1, 1]: Resize would spread one value."""
+    path = str(zoo.model_path("rgb_cnn"))
+    x = np.random.default_rng(0).uniform(size=(20, 3, 32, 32)).astype(np.float32)
+    _refused("has fewer than 2 x 2", path, ["/7/GlobalAveragePool_output_0"], x,
+             decoder="conv")
