@@ -16,7 +16,6 @@ from .local_head import LABEL_KEYS, percent, read_data, refuse_inputs, write_mod
 from .options import provider_option, quiet_option
 
 MAX_PICTURES = 64  # rows drawn; probe.npz and summary.json keep every row
-NO_BETTER = "no better than the mean input"  # relative error >= 1
 
 
 @click.group("probe")
@@ -114,7 +113,7 @@ def explain(probe_file: str, inputs: tuple[str, ...], out: str, provider: str, a
     """Reconstruct the inputs from every probed layer: per row and layer the reconstruction,
     its error per pixel, the class the model predicts on it; pictures across layers."""
     from onnxplain.graph.model import Model
-    from onnxplain.probe.explain import explain_probe
+    from onnxplain.probe.explain import explain_probe, fit_note
     from onnxplain.probe.model import load_probe
 
     from .outputs import prepare_folder
@@ -145,8 +144,7 @@ def explain(probe_file: str, inputs: tuple[str, ...], out: str, provider: str, a
         if "token_accuracy" in entry:
             parts.append(_tokens(entry))
         if entry.get("no_better_than_mean"):
-            parts.append(f"{NO_BETTER} at fit ({entry['fit_relative_mse']['rows']} "
-                         f"relative error {entry['fit_relative_mse']['value']:.3g})")
+            parts.append(fit_note(entry))
         click.echo(f"  layer {entry['index']} '{entry['layer']}' ({entry['kind']}): "
                    + ", ".join(parts))
     click.echo(f"wrote {len(written)} files to {folder}/")
@@ -205,7 +203,7 @@ def _numbers(info: dict, layer: str) -> list[str]:
     rows): the mean squared error and that over the target's variance (flagged when >= 1);
     the model's agreement with itself (and accuracy) on reconstructions; for token targets
     the nearest-token accuracy beside its chance baseline."""
-    from onnxplain.probe.model import fit_errors, no_better_than_mean
+    from onnxplain.probe.model import NO_BETTER, fit_errors, no_better_than_mean
 
     errors, rows = fit_errors(info, layer)
     lines = [", ".join(f"{label} {errors[key]:.4g}" for key, label in

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import InputError
 from .model import Model
 from .op_kinds import IDENTITY, RESHAPES
-from .weights import tensor_value
 
 _PASS = RESHAPES | IDENTITY
 
@@ -34,7 +32,7 @@ def dense_head(model: Model, layer: str, output: str) -> tuple[np.ndarray, np.nd
     follower = _single_consumer(model, out)
     if bias is None and follower is not None and follower.op_type == "Add":
         other = [i for i in follower.input if i != out]
-        value = _constant(model, other[0]) if other else None
+        value = model.constant_value(other[0]) if other else None
         if value is not None:
             bias, out = value.reshape(-1), follower.output[0]
             follower = _single_consumer(model, out)
@@ -61,16 +59,6 @@ def _single_consumer(model: Model, tensor: str) -> onnx.NodeProto | None:
     return users[0] if len(users) == 1 else None
 
 
-def _constant(model: Model, name: str) -> np.ndarray | None:
-    for init in model.proto.graph.initializer:
-        if init.name == name:
-            return tensor_value(init)  # a file stub's read from the model's file
-    producer = model.node_by_output.get(name)
-    if producer is not None and producer.op_type == "Constant":
-        return numpy_helper.to_array(producer.attribute[0].t)
-    return None
-
-
 def _is_global_average(model: Model, node: onnx.NodeProto | None) -> bool:
     if node is None:
         return False
@@ -83,7 +71,7 @@ def _is_global_average(model: Model, node: onnx.NodeProto | None) -> bool:
         if attribute.name == "axes":
             axes = list(attribute.ints)
     if axes is None and len(node.input) > 1:
-        value = _constant(model, node.input[1])
+        value = model.constant_value(node.input[1])
         axes = None if value is None else [int(a) for a in value.reshape(-1)]
     return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
@@ -92,7 +80,7 @@ def _dense_weights(model: Model, node: onnx.NodeProto | None, features: str):
     """(W [classes, channels], bias or None, output tensor) of a Gemm or MatMul on features."""
     if node is None or node.input[0] != features:
         return None
-    weights = _constant(model, node.input[1]) if len(node.input) > 1 else None
+    weights = model.constant_value(node.input[1]) if len(node.input) > 1 else None
     if weights is None or weights.ndim != 2:
         return None
     if node.op_type == "Gemm":
@@ -102,7 +90,7 @@ def _dense_weights(model: Model, node: onnx.NodeProto | None, features: str):
         alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
         beta = attrs["beta"].f if "beta" in attrs else 1.0
         matrix = weights if ("transB" in attrs and attrs["transB"].i) else weights.T
-        bias = _constant(model, node.input[2]) if len(node.input) > 2 else None
+        bias = model.constant_value(node.input[2]) if len(node.input) > 2 else None
         return (alpha * matrix, None if bias is None else beta * bias.reshape(-1),
                 node.output[0])
     if node.op_type == "MatMul":

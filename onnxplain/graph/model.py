@@ -11,7 +11,7 @@ import onnx
 
 from .load import normalize, read_model
 from .shapes import Dim, TensorInfo, ai_onnx_opset, infer_shapes, value_info_to_tensor_info
-from .weights import Weights
+from .weights import Weights, tensor_value
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,17 @@ class Model:
                 if name:
                     users.setdefault(name, []).append(node)
         return users
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """The value of initializer or Constant output `name` (a file stub's read from the
+        model's file), else None."""
+        for init in self.proto.graph.initializer:
+            if init.name == name:
+                return tensor_value(init)
+        producer = self.node_by_output.get(name)
+        if producer is not None and producer.op_type == "Constant":
+            return onnx.numpy_helper.to_array(producer.attribute[0].t)
+        return None
 
     @cached_property
     def constants(self) -> frozenset[str]:

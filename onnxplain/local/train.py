@@ -19,7 +19,7 @@ initialisation values them; pruning drops the centers the data never activates (
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,22 +138,37 @@ def fine_tune(network: LocalNetwork, x: np.ndarray, targets: np.ndarray, *,
     params = {name: getattr(network.layers[i], part).astype(np.float64)
               for name, (i, part) in tg.params.items()}
     adam = Adam(params, lr, betas, eps)
-    outputs = [LOSS] + [tg.grads[name] for name in params]
-    rng, history, size = np.random.default_rng(seed), [], min(batch_size, len(x))
-    for _ in range(epochs):
-        order, total = rng.permutation(len(x)), 0.0
-        for start in range(0, len(x), size):
-            rows = order[start:start + size]
-            feeds = {INPUT: x[rows], TARGET: targets[rows], tg.seed: np.ones((), np.float32)}
-            feeds |= {name: p.astype(np.float32) for name, p in params.items()}
-            result = session.run(outputs, feeds)
-            total += float(result[LOSS]) * len(rows)
-            adam.step({name: result[tg.grads[name]] for name in params})
-        history.append(total / len(x))
+
+    def feeds_for(rows: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {INPUT: x[rows], TARGET: targets[rows], tg.seed: np.ones((), np.float32)}
+        return feeds | {name: p.astype(np.float32) for name, p in params.items()}
+
+    history = adam_epochs(session, [LOSS] + [tg.grads[name] for name in params], LOSS,
+                          len(x), epochs, batch_size, seed, feeds_for,
+                          lambda result: adam.step({name: result[tg.grads[name]]
+                                                    for name in params}))
     layers = [_copy(layer) for layer in network.layers]
     for name, (i, part) in tg.params.items():
         layers[i] = _copy(layers[i], **{part: params[name].astype(np.float32)})
     return FineTuneResult(LocalNetwork(layers), history)
+
+
+def adam_epochs(session: Session, outputs: list[str], loss: str, count: int, epochs: int,
+                batch_size: int, seed: int, feeds_for: Callable[[np.ndarray], dict],
+                step: Callable[[dict], None]) -> list[float]:
+    """Mini-batch epochs over `count` rows, shuffled with `seed`: each batch's feeds_for(rows)
+    run for `outputs`, the result handed to `step` (the optimiser's); returns the mean batch
+    `loss` per epoch."""
+    rng, history, size = np.random.default_rng(seed), [], min(batch_size, count)
+    for _ in range(epochs):
+        order, total = rng.permutation(count), 0.0
+        for first in range(0, count, size):
+            rows = order[first:first + size]
+            result = session.run(outputs, feeds_for(rows))
+            total += float(result[loss]) * len(rows)
+            step(result)
+        history.append(total / count)
+    return history
 
 
 class Adam:

@@ -37,6 +37,7 @@ class Tapped:
     ids_of: dict[str, str]              # token target -> the ids input it embeds
     real: np.ndarray | None             # bool [N, T]: positions that are not padding
     padding: str | None = None          # how padding was told apart (tokens.RealTokens.rule)
+    scores: np.ndarray | None = None    # the explained output, from the same run
 
     @property
     def rows(self) -> int:
@@ -63,14 +64,14 @@ def tap(model, layers: Sequence[str], inputs, providers=None, target: str | None
     activations = {layer: _floats(found[layer], f"layer '{layer}'") for layer in tensors}
     targets = {t: _floats(feeds[t] if t in feeds else found[t], f"target '{t}'")
                for t in target_of.values()}
-    embedding_of = {t: found[1] for t in targets
-                    if (found := embedding_lookup(explainer.model, t))}
+    embedding_of = {t: lookup[1] for t in targets
+                    if (lookup := embedding_lookup(explainer.model, t))}
     ids_of = {s.tensor: s.input for s in explainer.sources if s.tensor in embedding_of}
     tokens = (real_tokens(explainer.model, feeds, next(iter(ids_of.values())))
               if ids_of else None)
     return Tapped(explainer, feeds, activations, targets, target_of, embedding_of, ids_of,
                   None if tokens is None else tokens.real,
-                  None if tokens is None else tokens.rule)
+                  None if tokens is None else tokens.rule, found[explainer.output])
 
 
 def _layer(model: Model, name: str) -> str:

@@ -25,7 +25,7 @@ from ..viz.heatmap import colour_range, enlarge, heatmap_image, spatial_map, wit
 from ..viz.overlay import input_image
 from ..viz.report import ReconstructionColumn
 from ..viz.report_files import jsonable
-from .model import Probe, ProbeLayer, fit_errors, load_probe, no_better_than_mean
+from .model import NO_BETTER, Probe, ProbeLayer, fit_errors, load_probe, no_better_than_mean
 from .tokens import real_tokens, row_token_accuracy, token_scores
 
 GAP = 4  # pixels between the pictures of a strip
@@ -137,24 +137,23 @@ class ProbeExplanation:
         scale (the input's range), under them each layer's error per pixel on one colour
         scale with its bar; above each, its caption: 'input' or 'layer k', and the class
         the model predicts on it. None when the target is not an image input."""
-        images = [found for found in self.layers if found.layer.target in self.feeds]
-        if not images:
+        name = next((f.layer.target for f in self.layers if f.layer.target in self.feeds),
+                    None)
+        if name is None:
             return None
-        name = images[0].layer.target
         values = self.feeds[name]
         layout = image_layout(values.shape)
         if layout is None:
             return None
+        shown = [f for f in self.layers if f.layer.target == name]
         low, high = float(values[row].min()), float(values[row].max())
-        tiles = [values[row]] + [np.clip(f.reconstruction[row], low, high)
-                                 for f in images if f.layer.target == name]
-        errors = [spatial_map(f.error[row], layout) for f in images if f.layer.target == name]
+        tiles = [values[row]] + [np.clip(f.reconstruction[row], low, high) for f in shown]
+        errors = [spatial_map(f.error[row], layout) for f in shown]
         width = 3 if layout == "NCHW" else 2  # the image's width axis within a row
         top = _split(enlarge(input_image(np.concatenate(tiles, axis=width - 1))), len(tiles))
         span = colour_range(np.concatenate(errors, axis=1))
         bottom = _split(heatmap_image(np.concatenate(errors, axis=1), span=span,
                                       min_size=top[0].width * len(errors)), len(errors))
-        shown = [f for f in images if f.layer.target == name]
         captions = [_caption("input", self.predicted_class, row)] + [
             _caption(f"layer {f.layer.index}", f.predicted_class, row) for f in shown]
         return _strip(top, [None, *bottom], span, captions)
@@ -178,17 +177,15 @@ def explain_probe(probe, inputs, providers=None, labels=None, progress: bool = F
 
 
 def check_probe_inputs(probe: Probe, feeds: Mapping[str, np.ndarray]) -> None:
-    """InputError, before anything runs, for inputs a probe's decoders cannot take: a
-    decoder that fixes its output's shape given another sequence length or size."""
+    """InputError, before ONNX Runtime runs, for inputs a probe's decoders cannot take: a
+    decoder that fixes its output's shape (a linear one on flattened rows) given another
+    sequence length or size."""
     for layer in probe.layers:
-        check_fitted_shape(layer, feeds)
+        if layer.fixed_target:
+            _check_fitted_shape(layer, feeds)
 
 
-def check_fitted_shape(layer: ProbeLayer, feeds: Mapping[str, np.ndarray]) -> None:
-    """InputError, before ONNX Runtime runs, when a decoder that fixes its output's shape
-    (a linear one on flattened rows) is given inputs of another sequence length or size."""
-    if not layer.fixed_target:
-        return
+def _check_fitted_shape(layer: ProbeLayer, feeds: Mapping[str, np.ndarray]) -> None:
     wanted = layer.target_shape
     if layer.token_input in feeds:  # the target is [N, T, E] for ids [N, T]
         name, have, need = layer.token_input, feeds[layer.token_input].shape[1:2], wanted[:1]
@@ -298,7 +295,11 @@ def _notes(entry: dict) -> list[str]:
                      f"tokens named (chance {entry['chance_accuracy']:.1%}; padding by "
                      f"{entry['padding']})")
     if entry.get("no_better_than_mean"):
-        fit = entry["fit_relative_mse"]
-        notes.append(f"no better than the mean input at fit ({fit['rows']} relative error "
-                     f"{fit['value']:.3g})")
+        notes.append(fit_note(entry))
     return notes
+
+
+def fit_note(entry: dict) -> str:
+    """A summary entry's flag of a fit no better than the mean input, with its number."""
+    fit = entry["fit_relative_mse"]
+    return f"{NO_BETTER} at fit ({fit['rows']} relative error {fit['value']:.3g})"

@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..graph.cut import cut_at
 from ..graph.model import Model
 from ..graph.shapes import ai_onnx_opset
-from ..graph.weights import payload_bytes, tensor_value
+from ..graph.weights import payload_bytes
 from ..local.head import class_labels
 from ..methods._common import ConvergenceWarning
 from ..runtime.session import Session, resolve_providers
@@ -106,7 +106,7 @@ def fit_probe(model, layers: Sequence[str], inputs, *, decoder: str = "auto", la
     kinds = {layer: _plan(data, layer, decoder, classifier_weight, linear_init, fit_rows,
                           opset) for layer in data.activations}
     _check_file_size(data, kinds, decoder == "auto")
-    predicted = _predictions(data, data.feeds)
+    predicted = _classes(data.scores)  # the tapping run's output: no second run
     labels = predicted if labels is None else class_labels(labels, data.rows)
     run = _Run(data, decoder, kinds, classifier_weight, linear_init, hidden,
                Schedule(epochs, batch_size, lr, ridge, seed, opset), providers, fit_rows,
@@ -392,7 +392,10 @@ def _scores_output(data: Tapped) -> str:
 
 def _predictions(data: Tapped, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
     """The model's class per row, or None when its output is not [batch, classes]."""
-    scores = data.explainer.forward(feeds)[data.explainer.output]
+    return _classes(data.explainer.forward(feeds)[data.explainer.output])
+
+
+def _classes(scores: np.ndarray) -> np.ndarray | None:
     return scores.argmax(axis=1) if scores.ndim == 2 else None
 
 
@@ -415,8 +418,7 @@ def predict_on(run: _Run, target: str, reconstruction: np.ndarray, rows: np.ndar
     session, names = run.cut_sessions[target]
     output = data.explainer.output
     fed = {name: value for name, value in feeds.items() if name in names}
-    scores = session.run([output], fed | {target: reconstruction})[output]
-    return scores.argmax(axis=1) if scores.ndim == 2 else None
+    return _classes(session.run([output], fed | {target: reconstruction})[output])
 
 
 def _errors(run: _Run, decoder: Decoder, rows: np.ndarray, x: np.ndarray) -> dict:
@@ -449,10 +451,10 @@ def _errors(run: _Run, decoder: Decoder, rows: np.ndarray, x: np.ndarray) -> dic
 # ---- tokens ----------------------------------------------------------------------------------
 def embedding_table(model: Model, name: str) -> np.ndarray:
     """The values of initializer `name` (an embedding table [vocabulary, E])."""
-    for init in model.weights.proto.graph.initializer:
-        if init.name == name:
-            return tensor_value(init)
-    raise InputError(f"no initializer named '{name}' in the model")
+    table = model.constant_value(name)
+    if table is None:
+        raise InputError(f"no initializer named '{name}' in the model")
+    return table
 
 
 def nearest_tokens(embeddings: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 METADATA_KEY = "onnxplain.probe"
 PREFIX = "probe/"
 OUTPUTS = ("reconstruction", "error", "prediction", "tokens")
+NO_BETTER = "no better than the mean input"  # a fit of relative error >= 1
 
 
 @dataclass

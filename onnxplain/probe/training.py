@@ -31,7 +31,7 @@ from ..graph.shapes import TensorInfo
 from ..graph.walk import ancestors, node_inputs
 from ..graph.weights import standalone
 from ..local.layers import declare_output
-from ..local.train import PROBABILITY_FLOOR, Adam
+from ..local.train import PROBABILITY_FLOOR, Adam, adam_epochs
 from ..runtime.session import Session, resolve_providers
 from .decoders import Decoder, emit_decoder
 
@@ -106,7 +106,6 @@ def train(decoder: Decoder, activations: np.ndarray, targets: np.ndarray, schedu
                   for key in params]
     outputs = [LOSS] + [diff.grads[name] for name in names.values()]
     ridge = np.array(schedule.ridge, np.float32)
-    rng, history = np.random.default_rng(schedule.seed), []
     size = min(schedule.batch_size, len(activations))
 
     def feeds_for(rows: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,15 +126,13 @@ def train(decoder: Decoder, activations: np.ndarray, targets: np.ndarray, schedu
         return sum(float(session.run([LOSS], feeds_for(rows, values))[LOSS]) * len(rows)
                    for rows in batches) / len(activations)
 
-    for _ in range(schedule.epochs):
-        order, total = rng.permutation(len(activations)), 0.0
-        for first in range(0, len(order), size):
-            rows = order[first:first + size]
-            result = session.run(outputs, feeds_for(rows, params))
-            total += float(result[LOSS]) * len(rows)
-            for adam in optimisers:
-                adam.step({key: result[diff.grads[names[key]]] for key in adam.params})
-        history.append(total / len(activations))
+    def step(result: dict[str, np.ndarray]) -> None:
+        for adam in optimisers:
+            adam.step({key: result[diff.grads[names[key]]] for key in adam.params})
+
+    history = adam_epochs(session, outputs, LOSS, len(activations), schedule.epochs,
+                          schedule.batch_size, schedule.seed,
+                          lambda rows: feeds_for(rows, params), step)
     start_loss, trained_loss = loss_at(start), loss_at(params)
     kept = "trained" if trained_loss <= start_loss else "start"
     chosen = params if kept == "trained" else start
